@@ -1,0 +1,93 @@
+"""One settings object, read from the environment.
+
+Every knob that differs between a laptop, CI and a user's deployment lives here, so the
+rest of the code takes a `Settings` and never reads `os.environ` itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Neo4j. `neo4j_uri` None means: use (and if needed start) the project-managed server.
+    neo4j_uri: str | None = None
+    neo4j_user: str = "neo4j"
+    neo4j_password: str = "mllgraph-local"
+    neo4j_database: str = "neo4j"
+    # The project-managed local server (Bolt on 127.0.0.1 only).
+    local_neo4j_port: int = 7687
+    local_neo4j_heap: str = "768m"
+    local_neo4j_pagecache: str = "384m"
+    # Where the project keeps what it builds: Neo4j jars and data, NLTK data, model store, probes.
+    home: Path = field(default_factory=lambda: Path(".mllgraph").resolve())
+    # gRPC services.
+    ingestion_port: int = 50051
+    selection_port: int = 50052
+    inference_port: int = 50053
+    # "auto" picks CUDA when present, else the CPU.
+    device: str = "auto"
+    wordnet_dir: Path = Path("/usr/share/wordnet")
+    fashion_mnist_dir: Path = Path("/usr/share/datasets/fashion-mnist")
+
+    @property
+    def uses_local_neo4j(self) -> bool:
+        return self.neo4j_uri is None
+
+    @property
+    def bolt_uri(self) -> str:
+        return self.neo4j_uri or f"bolt://127.0.0.1:{self.local_neo4j_port}"
+
+    @property
+    def neo4j_home(self) -> Path:
+        return self.home / "neo4j"
+
+    @property
+    def nltk_data(self) -> Path:
+        return self.home / "nltk_data"
+
+    @property
+    def model_store(self) -> Path:
+        return Path(_env("MLLGRAPH_MODEL_STORE", str(self.home / "models")))
+
+    @property
+    def probe_store(self) -> Path:
+        return Path(_env("MLLGRAPH_PROBE_STORE", str(self.home / "probes")))
+
+    @property
+    def plan_store(self) -> Path:
+        return self.home / "plans"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            neo4j_uri=os.environ.get("NEO4J_URI") or None,
+            neo4j_user=_env("NEO4J_USER", cls.neo4j_user),
+            neo4j_password=_env("NEO4J_PASSWORD", cls.neo4j_password),
+            neo4j_database=_env("NEO4J_DATABASE", cls.neo4j_database),
+            local_neo4j_port=int(_env("MLLGRAPH_NEO4J_PORT", str(cls.local_neo4j_port))),
+            local_neo4j_heap=_env("MLLGRAPH_NEO4J_HEAP", cls.local_neo4j_heap),
+            local_neo4j_pagecache=_env("MLLGRAPH_NEO4J_PAGECACHE", cls.local_neo4j_pagecache),
+            home=Path(_env("MLLGRAPH_HOME", ".mllgraph")).resolve(),
+            ingestion_port=int(_env("MLLGRAPH_INGESTION_PORT", str(cls.ingestion_port))),
+            selection_port=int(_env("MLLGRAPH_SELECTION_PORT", str(cls.selection_port))),
+            inference_port=int(_env("MLLGRAPH_INFERENCE_PORT", str(cls.inference_port))),
+            device=_env("MLLGRAPH_DEVICE", cls.device),
+            wordnet_dir=Path(_env("MLLGRAPH_WORDNET_DIR", str(cls.wordnet_dir))),
+            fashion_mnist_dir=Path(_env("MLLGRAPH_FASHION_MNIST_DIR", str(cls.fashion_mnist_dir))),
+        )
+
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
