@@ -1,0 +1,395 @@
+"""Server plumbing shared by the mllgraph gRPC services (grpc.aio).
+
+* `STATUS_BY_ERROR` / `status_for`: the one mapping from mllgraph.errors to gRPC status codes.
+* `rpc`: decorator for servicer methods (unary or streaming responses) that turns domain
+  errors into their status, anything else into INTERNAL, and logs one line per call.
+* `build_server`: an aio server with the given servicers, standard health checking (every
+  service NOT_SERVING until `set_serving`) and server reflection.
+* `serve_until_signal`: run until SIGTERM/SIGINT, then report NOT_SERVING and stop
+  gracefully so in-flight RPCs finish.
+* `configure_logging`: one-line key=value log records.
+
+Typical service main::
+
+    server, health, port = await build_server(port, [(add_fn, servicer)], [name])
+    await server.start()
+    await set_serving(health, [name], True)
+    await serve_until_signal(server, health, [name], grace=5.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from types import ModuleType
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from mllgraph import errors
+from mllgraph.errors import MllgraphError, Unavailable
+
+log = logging.getLogger("mllgraph.services")
+
+HealthServicer = health_aio.HealthServicer
+"""The asyncio health servicer type returned by `build_server`."""
+
+AddServicerFn = Callable[[Any, grpc.aio.Server], None]
+"""A generated ``add_XServicer_to_server`` function."""
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Largest request/response the servers accept (weights uploads, image batches)."""
+
+_HandlerT = TypeVar("_HandlerT", bound=Callable[..., Any])
+
+
+# --- errors -> status codes -------------------------------------------------------------
+
+
+def _status_code(name: str) -> grpc.StatusCode:
+    """The grpc.StatusCode called `name`; ValueError for an unknown name."""
+    try:
+        return grpc.StatusCode[name]
+    except KeyError:
+        raise ValueError(f"{name!r} is not a grpc.StatusCode name") from None
+
+
+def _error_classes() -> list[type[MllgraphError]]:
+    """MllgraphError and every subclass defined in mllgraph.errors."""
+    return [
+        obj
+        for obj in vars(errors).values()
+        if isinstance(obj, type) and issubclass(obj, MllgraphError)
+    ]
+
+
+STATUS_BY_ERROR: dict[type[MllgraphError], grpc.StatusCode] = {
+    cls: _status_code(cls.grpc_code) for cls in _error_classes()
+}
+"""The one mapping from domain error classes to gRPC status codes (via `grpc_code`)."""
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    """The status code an exception is reported with.
+
+    Domain errors map through STATUS_BY_ERROR; a subclass defined outside mllgraph.errors
+    uses its (inherited or overridden) `grpc_code`; anything else is INTERNAL.
+    """
+    if isinstance(exc, MllgraphError):
+        cls = type(exc)
+        code = STATUS_BY_ERROR.get(cls)
+        if code is not None:
+            return code
+        try:
+            return _status_code(cls.grpc_code)
+        except ValueError:
+            return grpc.StatusCode.UNKNOWN
+    return grpc.StatusCode.INTERNAL
+
+
+def _short(text: str, limit: int = 500) -> str:
+    """`text` cut to `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+    """End the RPC with the status for `exc` (always raises, as context.abort does).
+
+    A domain error sends its own message. Anything else sends INTERNAL with only the
+    exception type and a reference id; the traceback is logged under that id.
+    """
+    if isinstance(exc, MllgraphError):
+        message = _short(str(exc) or type(exc).__name__)
+        await context.abort(status_for(exc), message)
+    ref = uuid.uuid4().hex[:12]
+    log.error(
+        "rpc_internal_error ref=%s error=%s msg=%r",
+        ref,
+        type(exc).__name__,
+        _short(str(exc)),
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
+    await context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal error ({type(exc).__name__}); see the server log, ref={ref}",
+    )
+    raise AssertionError("unreachable: context.abort returned")  # pragma: no cover
+
+
+# --- the rpc decorator ------------------------------------------------------------------
+
+
+def _final_code(context: grpc.aio.ServicerContext) -> str:
+    """Name of the status the handler left on `context` (OK unless it set one)."""
+    try:
+        code = context.code()
+    except Exception:  # EXPERIMENTAL API: never fail a call over logging
+        return "OK"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return "OK" if code in (None, 0) else str(code)
+
+
+def _log_call(method: str, status: str, start: float, **fields: Any) -> None:
+    """Log one `rpc method=... status=... ms=...` line (warning for non-OK)."""
+    ms = (time.perf_counter() - start) * 1000.0
+    extra = "".join(f" {key}={value!r}" for key, value in fields.items())
+    level = logging.INFO if status == "OK" else logging.WARNING
+    log.log(level, "rpc method=%s status=%s ms=%.1f%s", method, status, ms, extra)
+
+
+def rpc(handler: _HandlerT) -> _HandlerT:
+    """Wrap an async servicer method ``(self, request_or_iterator, context)``.
+
+    Works for coroutine methods (unary responses) and async-generator methods (streaming
+    responses). MllgraphError -> its mapped status and message; grpc aborts and
+    cancellation pass through; any other exception -> INTERNAL (logged with traceback).
+    Every call logs ``rpc method=<Class.Method> status=<CODE> ms=<elapsed>``.
+    """
+    method = handler.__qualname__
+
+    if inspect.isasyncgenfunction(handler):
+
+        @functools.wraps(handler)
+        async def stream_wrapper(
+            self: Any, request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            start = time.perf_counter()
+            sent = 0
+            try:
+                async for response in handler(self, request, context):
+                    yield response
+                    sent += 1
+            except grpc.aio.AbortError:
+                _log_call(method, _final_code(context), start, sent=sent)
+                raise
+            except asyncio.CancelledError:
+                _log_call(method, "CANCELLED", start, sent=sent)
+                raise
+            except Exception as exc:
+                _log_call(method, status_for(exc).name, start, sent=sent, msg=_short(str(exc)))
+                await abort_with(context, exc)
+            else:
+                _log_call(method, _final_code(context), start, sent=sent)
+
+        return stream_wrapper  # type: ignore[return-value]
+
+    if not inspect.iscoroutinefunction(handler):
+        raise TypeError(f"@rpc needs an async def or async generator method, got {method}")
+
+    @functools.wraps(handler)
+    async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        try:
+            response = await handler(self, request, context)
+        except grpc.aio.AbortError:
+            _log_call(method, _final_code(context), start)
+            raise
+        except asyncio.CancelledError:
+            _log_call(method, "CANCELLED", start)
+            raise
+        except Exception as exc:
+            _log_call(method, status_for(exc).name, start, msg=_short(str(exc)))
+            await abort_with(context, exc)
+        _log_call(method, _final_code(context), start)
+        return response
+
+    return unary_wrapper  # type: ignore[return-value]
+
+
+# --- server construction ----------------------------------------------------------------
+
+
+def full_service_name(pb2_module: ModuleType, service: str) -> str:
+    """Fully qualified name of `service` declared in a generated ``*_pb2`` module.
+
+    E.g. ``full_service_name(selection_pb2, "SelectionService")`` ->
+    ``"mllgraph.v1.SelectionService"``.
+    """
+    return pb2_module.DESCRIPTOR.services_by_name[service].full_name
+
+
+async def set_serving(health: HealthServicer, names: Iterable[str], serving: bool) -> None:
+    """Report `names` (and the overall server, "") as SERVING or NOT_SERVING."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", *names):
+        await health.set(name, status)
+
+
+def _address(host: str, port: int) -> str:
+    """host:port, with IPv6 literals bracketed."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+async def build_server(
+    port: int,
+    servicers: Sequence[tuple[AddServicerFn, Any]],
+    service_names: Sequence[str],
+    *,
+    host: str = "127.0.0.1",
+) -> tuple[grpc.aio.Server, HealthServicer, int]:
+    """Create (not start) an aio server with `servicers`, health checking and reflection.
+
+    `service_names` are the fully qualified names of the services (see
+    `full_service_name`); health reports each of them and the overall server ("") as
+    NOT_SERVING until `set_serving` is called. Reflection lists them plus the health and
+    reflection services. `port` 0 picks a free port. Returns (server, health, bound_port).
+    Raises Unavailable when the address cannot be bound (e.g. the port is in use).
+    """
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Fail loudly on a port another process listens on instead of sharing it.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    for add_fn, servicer in servicers:
+        add_fn(servicer, server)
+
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    await set_serving(health, service_names, False)
+
+    reflection.enable_server_reflection(
+        [*service_names, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+
+    address = _address(host, port)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise Unavailable(
+            f"cannot listen on {address}: the port is in use or the address is not local; "
+            "choose another port (0 picks a free one)"
+        ) from exc
+    log.info("server_built address=%s services=%s", _address(host, bound), ",".join(service_names))
+    return server, health, bound
+
+
+async def serve_until_signal(
+    server: grpc.aio.Server,
+    health: HealthServicer,
+    names: Iterable[str],
+    grace: float,
+    *,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Wait for SIGTERM/SIGINT (or `stop` being set), then shut down gracefully.
+
+    On shutdown: health reports `names` and "" NOT_SERVING, then ``server.stop(grace)`` lets
+    in-flight RPCs finish for up to `grace` seconds. A second signal during the grace period
+    gets the default behaviour (terminates the process). Also returns if the server
+    terminates by itself. The server must already be started.
+    """
+    names = list(names)
+    loop = asyncio.get_running_loop()
+    stop = stop if stop is not None else asyncio.Event()
+    received: list[str] = []
+    installed: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            # Not the main thread, or a platform without loop signal handlers: `stop` only.
+            pass
+
+    def uninstall() -> None:
+        while installed:
+            loop.remove_signal_handler(installed.pop())
+
+    stop_wait = asyncio.ensure_future(stop.wait())
+    termination = asyncio.ensure_future(server.wait_for_termination())
+    try:
+        done, _ = await asyncio.wait({stop_wait, termination}, return_when=asyncio.FIRST_COMPLETED)
+        if stop_wait in done:
+            uninstall()
+            log.info(
+                "shutdown reason=%s grace_s=%.1f",
+                received[0] if received else "stop_event",
+                grace,
+            )
+            await set_serving(health, names, False)
+            await health.enter_graceful_shutdown()
+            await server.stop(grace)
+            log.info("shutdown status=done")
+        else:
+            log.info("server_terminated")
+    finally:
+        uninstall()
+        for task in (stop_wait, termination):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+# --- logging ----------------------------------------------------------------------------
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``ts=... level=... logger=... <message>`` on one line; exceptions as ``exc="..."``."""
+
+    converter = time.gmtime
+
+    def __init__(self) -> None:
+        super().__init__(
+            fmt="ts=%(asctime)s.%(msecs)03dZ level=%(levelname)s logger=%(name)s %(message)s",
+            datefmt="%Y-%m-%dT%H:%M:%S",
+        )
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format `record`, folding any traceback into a single escaped field."""
+        exc_info, exc_text, stack_info = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            line = super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = exc_info, exc_text, stack_info
+        if exc_info and exc_info[0] is not None:
+            line += " exc=" + _escape(self.formatException(exc_info))
+        if stack_info:
+            line += " stack=" + _escape(self.formatStack(stack_info))
+        return line.replace("\n", "\\n")
+
+
+def _escape(text: str) -> str:
+    """`text` as one double-quoted line (newlines and quotes escaped)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def configure_logging(level: int | str = logging.INFO) -> None:
+    """Send one-line key=value records at `level` and above to stderr (idempotent)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_mllgraph", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    handler._mllgraph = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
