@@ -10,6 +10,7 @@ command line here. Bolt listens on 127.0.0.1 only; HTTP is off.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -206,14 +207,16 @@ def _try_connect(settings: Settings) -> str:
     from neo4j.exceptions import AuthError, ServiceUnavailable
 
     try:
-        with neo4j.GraphDatabase.driver(
-            settings.bolt_uri,
-            auth=(settings.neo4j_user, settings.neo4j_password),
-            connection_timeout=2,
-        ) as driver:
-            # A plain session, not execute_query: that one retries for ~30 s when down.
-            with driver.session(database=settings.neo4j_database) as session:
-                session.run("RETURN 1").consume()
+        # A plain session, not execute_query: that one retries for ~30 s when down.
+        with (
+            neo4j.GraphDatabase.driver(
+                settings.bolt_uri,
+                auth=(settings.neo4j_user, settings.neo4j_password),
+                connection_timeout=2,
+            ) as driver,
+            driver.session(database=settings.neo4j_database) as session,
+        ):
+            session.run("RETURN 1").consume()
         return "ok"
     except AuthError:
         return "auth"
@@ -320,10 +323,8 @@ def stop(settings: Settings, *, timeout: float = 60.0) -> bool:
         time.sleep(0.2)
     if Path(f"/proc/{pid}").exists() and not _is_zombie(pid):
         os.kill(pid, signal.SIGKILL)
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reap it if it was our child
-    except ChildProcessError:
-        pass
     paths(settings).pid_file.unlink(missing_ok=True)
     return True
 
