@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install everything mllgraph needs on a fresh Debian machine (idempotent, cached), then run
+#   demo  — the main job end to end on the project-managed local Neo4j
+#   test  — lint, the generated-code check and the whole test suite
+# Re-runs reuse the virtual environment (.venv), the Maven cache and the Neo4j jars.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-}"
+case "$what" in demo|test) ;; *) echo "usage: $0 demo|test" >&2; exit 2 ;; esac
+
+# System packages: WordNet 3.0, Fashion-MNIST, a Java for Neo4j 5.26, Maven to fetch it.
+need=()
+for pkg in wordnet-base wordnet-sense-index dataset-fashion-mnist maven python3-venv; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if ! { java -version 2>&1 | grep -qE 'version "(17|21)' || ls /usr/lib/jvm/*-17-* /usr/lib/jvm/*-21-* >/dev/null 2>&1; }; then
+  need+=(openjdk-17-jre-headless)
+fi
+if ((${#need[@]})); then
+  echo "[setup] apt-get install ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Python: one virtual environment, reinstalled only when pyproject.toml changes.
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=".venv/.mllgraph-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] pip install -e .[dev] (the first time downloads torch: a few minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+
+if [ "$what" = demo ]; then
+  exec .venv/bin/mllgraph demo
+fi
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/python -m mllgraph.protos --check
+exec .venv/bin/python -m pytest -q -ra --durations=15

@@ -1,0 +1,100 @@
+"""The project-managed Neo4j and the CLI's behaviour when Neo4j is missing or input is bad."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from mllgraph import neo4j_server
+from mllgraph.db import Graph
+from mllgraph.errors import FailedPrecondition, Unavailable
+from mllgraph.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mllgraph.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+
+
+def test_unreachable_neo4j_is_one_clear_line() -> None:
+    uri = f"bolt://127.0.0.1:{_free_port()}"
+    out = _cli("sdag", "stats", NEO4J_URI=uri)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert uri in out.stderr and "cannot reach Neo4j" in out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 2  # rich may wrap the one line
+
+
+def test_unreachable_local_server_says_how_to_start_it(tmp_path: Path) -> None:
+    settings = replace(Settings.from_env(), neo4j_uri=None, home=tmp_path,
+                       local_neo4j_port=_free_port())  # fmt: skip
+    with Graph(settings) as graph, pytest.raises(Unavailable, match="mllgraph neo4j start"):
+        graph.verify()
+
+
+def test_start_refuses_when_uri_is_a_users_server() -> None:
+    settings = replace(Settings.from_env(), neo4j_uri="bolt://example.invalid:7687")
+    with pytest.raises(FailedPrecondition, match="NEO4J_URI is set"):
+        neo4j_server.start(settings)
+
+
+def _scratch(neo4j_settings: Settings, tmp_path: Path, **changes: object) -> Settings:
+    if not neo4j_settings.uses_local_neo4j:
+        pytest.skip("tests of the project-managed server need NEO4J_URI unset")
+    from mllgraph.bench import scratch_settings
+
+    base = replace(neo4j_settings, **changes)
+    return scratch_settings(base, tmp_path / "home", _free_port())
+
+
+@pytest.mark.neo4j
+def test_start_failure_prints_log_tail(neo4j_settings: Settings, tmp_path: Path) -> None:
+    scratch = _scratch(neo4j_settings, tmp_path, local_neo4j_heap="not-a-size")
+    with pytest.raises(Unavailable, match="(?s)exited during start-up.*Log tail"):
+        neo4j_server.start(scratch, timeout=60)
+    assert neo4j_server.running_pid(scratch) is None
+
+
+@pytest.mark.neo4j
+def test_start_status_stop_by_recorded_pid(neo4j_settings: Settings, tmp_path: Path) -> None:
+    scratch = _scratch(neo4j_settings, tmp_path, local_neo4j_heap="256m",
+                       local_neo4j_pagecache="64m")  # fmt: skip
+    try:
+        pid, _ = neo4j_server.start(scratch)
+        status = neo4j_server.status(scratch)
+        assert status["pid"] == pid and status["answers"] is True
+        assert neo4j_server.start(scratch)[0] == pid  # already running: same server
+    finally:
+        assert neo4j_server.stop(scratch) is True
+    assert neo4j_server.running_pid(scratch) is None
+    assert neo4j_server.status(scratch)["answers"] is False
+    assert neo4j_server.stop(scratch) is False
+
+
+@pytest.mark.neo4j
+def test_cli_names_an_unknown_concept(sdag_graph, neo4j_settings: Settings) -> None:
+    env = {"NEO4J_URI": neo4j_settings.bolt_uri, "NEO4J_PASSWORD": neo4j_settings.neo4j_password}
+    out = _cli("sdag", "ancestors", "n99999999", **env)
+    assert out.returncode == 1 and "n99999999" in out.stderr and "Traceback" not in out.stderr
+    out = _cli("sdag", "ancestors", "sandal.n.01", **env)
+    assert out.returncode == 0 and "footwear.n.02" in out.stdout
