@@ -1,0 +1,275 @@
+"""CHCO: exact optimality on a crafted trap, budget, determinism, validation, and the
+heuristic-vs-exact gap study."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+from mllgraph import chco
+from mllgraph.chco import (
+    Candidate,
+    ChcoProblem,
+    Plan,
+    exact_search_size,
+    gap_study,
+    solve,
+    solve_exact,
+    solve_heuristic,
+    synthetic_problem,
+)
+from mllgraph.combine import (
+    ClassAssignment,
+    HeadGroup,
+    accuracy,
+    combine,
+    default_params,
+)
+from mllgraph.errors import InvalidArgument
+
+BAG, TROUSER, SANDAL = 0, 1, 2
+
+
+def _trap_problem(budget: int = 2, per_class: int = 4) -> ChcoProblem:
+    """Closed-set trap: model A knows {bag, trouser} very well (label score 0.95) but calls
+    every sandal a bag; model B knows all three a bit less well (0.8). Picking per class the
+    best label score (bag, trouser -> A; sandal -> B) loses every sandal image."""
+    labels = np.repeat([BAG, TROUSER, SANDAL], per_class)
+    a_rows = {BAG: [3.0, 0.0], TROUSER: [0.0, 3.0], SANDAL: [3.0, 0.0]}
+    b_rows = {BAG: [2.0, 0.0, 0.0], TROUSER: [0.0, 2.0, 0.0], SANDAL: [0.0, 0.0, 2.0]}
+    logits = {
+        "A": np.array([a_rows[int(y)] for y in labels]),
+        "B": np.array([b_rows[int(y)] for y in labels]),
+    }
+    cands = [
+        Candidate(BAG, HeadGroup("A", (0,), "exact", 0.95)),
+        Candidate(TROUSER, HeadGroup("A", (1,), "exact", 0.95)),
+        Candidate(BAG, HeadGroup("B", (0,), "exact", 0.8)),
+        Candidate(TROUSER, HeadGroup("B", (1,), "exact", 0.8)),
+        Candidate(SANDAL, HeadGroup("B", (2,), "exact", 0.8)),
+    ]
+    return ChcoProblem(3, cands, logits, labels, {"A": 1.0, "B": 1.0}, budget)
+
+
+def _greedy_by_label_score(problem: ChcoProblem) -> list[ClassAssignment]:
+    best: dict[int, HeadGroup] = {}
+    for c in problem.candidates:
+        if c.class_index not in best or c.group.label_score > best[c.class_index].label_score:
+            best[c.class_index] = c.group
+    return [ClassAssignment(k, (best[k],) if k in best else ()) for k in range(problem.num_classes)]
+
+
+def test_exact_beats_greedy_by_label_score_on_closed_set_trap() -> None:
+    problem = _trap_problem(budget=2)
+    naive = _greedy_by_label_score(problem)
+    naive_acc = accuracy(
+        combine(problem.logits_by_model, naive, default_params(naive)), problem.labels
+    )
+    assert naive_acc == pytest.approx(8 / 12)  # every sandal called a bag
+    plan = solve_exact(problem)
+    assert plan.estimated_accuracy == 1.0
+    # Among the perfect assignments, the tie-break takes the highest mean label score:
+    # bag -> B (A would take the sandals), trouser -> A, sandal -> B.
+    chosen = [(a.groups[0].model_id, a.groups[0].heads) for a in plan.assignment]
+    assert chosen == [("B", (0,)), ("A", (1,)), ("B", (2,))]
+    assert plan.solver == "exact" and plan.models == ["A", "B"] and plan.uncovered == []
+    assert plan.evaluated == exact_search_size(problem) == 3 * 3 * 2
+    heur = solve_heuristic(problem)
+    assert heur.estimated_accuracy == 1.0
+    # Budget 1: only B can cover all three.
+    one = solve_exact(_trap_problem(budget=1))
+    assert one.models == ["B"] and one.estimated_accuracy == 1.0
+    assert solve_heuristic(_trap_problem(budget=1)).models == ["B"]
+
+
+def test_budget_respected_and_plan_consistent_with_combine() -> None:
+    for seed in range(6):
+        for budget in (1, 2, 3):
+            problem = synthetic_problem(seed, 6, 8, 4, 6, budget)
+            plans = [solve_heuristic(problem), solve(problem, fit=False)]
+            if exact_search_size(problem) <= 50_000:
+                plans.append(solve_exact(problem))
+            for plan in plans:
+                assert len(plan.models) <= budget
+                assert {a.groups[0].model_id for a in plan.assignment if a.groups} == set(
+                    plan.models
+                )
+                assert plan.uncovered == [a.class_index for a in plan.assignment if not a.groups]
+                probs = combine(problem.logits_by_model, plan.assignment, plan.params)
+                assert accuracy(probs, problem.labels) == plan.estimated_accuracy
+
+
+def test_internal_evaluator_matches_combine() -> None:
+    """The heuristic's incremental top-2 bookkeeping and batched first-order pass agree with
+    a from-scratch argmax of combine() scores."""
+    problem = synthetic_problem(11, 7, 10, 4, 8, 3)
+    prep = chco._prepare(problem)
+    state = chco._State(prep)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        c = int(rng.integers(0, prep.k))
+        ids = np.arange(prep.start[c], prep.start[c + 1])
+        cand = int(rng.choice(np.append(ids, -1)))
+        state.set(c, cand)
+        assignment = [
+            ClassAssignment(k, (prep.cands[i].group,) if i >= 0 else ())
+            for k, i in enumerate(state.choice)
+        ]
+        probs = combine(problem.logits_by_model, assignment, default_params(assignment))
+        assert state.count == int((probs.argmax(axis=1) == problem.labels).sum())
+        first = state.first_order()
+        for k in range(prep.k):
+            lo, hi = prep.start[k], prep.start[k + 1]
+            if hi > lo:
+                np.testing.assert_array_equal(first[lo:hi], state.totals(k, prep.scores[lo:hi]))
+
+
+def test_determinism_and_candidate_order_invariance() -> None:
+    problem = synthetic_problem(5, 8, 12, 4, 10, 2)
+    shuffled = list(problem.candidates)
+    np.random.default_rng(1).shuffle(shuffled)
+    again = ChcoProblem(
+        problem.num_classes,
+        shuffled,
+        problem.logits_by_model,
+        problem.labels,
+        problem.temperatures,
+        problem.budget,
+    )
+    for solver in (solve_heuristic, solve):
+        assert solver(problem).to_dict() == solver(again).to_dict()
+    small = synthetic_problem(2, 4, 6, 3, 6, 2)
+    assert solve_exact(small) == solve_exact(small)
+    assert (
+        synthetic_problem(3, 5, 6, 3, 5, 2).candidates
+        == synthetic_problem(3, 5, 6, 3, 5, 2).candidates
+    )
+
+
+def test_plan_json_round_trip() -> None:
+    plan = solve(synthetic_problem(4, 5, 7, 3, 8, 2))
+    back = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert back == plan
+    assert back.params == plan.params
+    with pytest.raises(InvalidArgument, match="Plan.models is missing"):
+        Plan.from_dict({k: v for k, v in plan.to_dict().items() if k != "models"})
+
+
+def test_uncovered_class_without_candidates() -> None:
+    problem = _trap_problem()
+    labels = np.append(problem.labels, [3, 3])
+    logits = {m: np.vstack([x, x[:2]]) for m, x in problem.logits_by_model.items()}
+    four = ChcoProblem(4, problem.candidates, logits, labels, problem.temperatures, 2)
+    for plan in (solve_exact(four), solve_heuristic(four)):
+        assert plan.uncovered == [3]
+        assert plan.assignment[3].groups == ()
+        assert plan.per_class_accuracy[3] == 0.0
+        assert plan.estimated_accuracy == pytest.approx(12 / 14)
+
+
+def test_validation_errors() -> None:
+    p = _trap_problem()
+    args = dict(
+        num_classes=3,
+        candidates=p.candidates,
+        logits_by_model=p.logits_by_model,
+        labels=p.labels,
+        temperatures={},
+        budget=1,
+    )
+    for bad in (0, -2):
+        with pytest.raises(InvalidArgument, match="budget"):
+            ChcoProblem(**{**args, "budget": bad})
+    bad_head = [Candidate(0, HeadGroup("A", (7,), "exact", 0.5))]
+    with pytest.raises(InvalidArgument, match="head 7 is out of range for model 'A'"):
+        ChcoProblem(**{**args, "candidates": bad_head})
+    unknown = [Candidate(0, HeadGroup("nope", (0,), "exact", 0.5))]
+    with pytest.raises(InvalidArgument, match="unknown model 'nope'"):
+        ChcoProblem(**{**args, "candidates": unknown})
+    with pytest.raises(InvalidArgument, match="labels must lie in 0..2"):
+        ChcoProblem(**{**args, "labels": np.append(p.labels[:-1], 3)})
+    with pytest.raises(InvalidArgument, match="rows but labels has"):
+        ChcoProblem(**{**args, "labels": p.labels[:-1]})
+    with pytest.raises(InvalidArgument, match="candidate class_index 5"):
+        ChcoProblem(**{**args, "candidates": [Candidate(5, HeadGroup("A", (0,), "exact", 1.0))]})
+    with pytest.raises(InvalidArgument, match="temperatures"):
+        ChcoProblem(**{**args, "temperatures": {"A": -1.0}})
+    with pytest.raises(InvalidArgument, match="model_cost"):
+        ChcoProblem(**{**args, "model_cost": {"A": math.nan}})
+    with pytest.raises(InvalidArgument, match="num_classes"):
+        ChcoProblem(**{**args, "num_classes": 0})
+    big = synthetic_problem(0, 12, 30, 5, 2, 2)
+    size = exact_search_size(big)
+    with pytest.raises(InvalidArgument, match=f"{size} assignments"):
+        solve_exact(big, limit=1000)
+
+
+def test_solve_picks_solver_and_fits_only_when_it_helps() -> None:
+    problem = synthetic_problem(7, 5, 8, 4, 20, 2)
+    small = solve(problem, fit=False)
+    assert small.solver == "exact"
+    big = solve(problem, exact_limit=1, fit=False)
+    assert big.solver == "heuristic"
+    fitted = solve(problem)
+    if fitted.params.fitted:  # kept only when the cross-validated accuracy is higher
+        assert fitted.estimated_accuracy > small.estimated_accuracy
+    else:
+        assert fitted == small
+    # Too few probes per class: the parameter-free rule is kept.
+    few = synthetic_problem(7, 5, 8, 4, 4, 2)
+    assert not solve(few).params.fitted
+
+
+def test_solve_fits_on_miscalibrated_closed_set_experts() -> None:
+    """Both experts are closed-set and miscalibrated (see test_combine._miscalibrated):
+    the fitted biases fix what no choice of heads can."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 40)
+    pa = np.where(labels == 0, 0.9, 0.7) + rng.normal(0, 0.02, labels.size)
+    pb = np.where(labels == 0, 0.3, 0.6) + rng.normal(0, 0.02, labels.size)
+    logits = {
+        "A": np.stack([np.log(pa), np.log(1 - pa)], axis=1),
+        "B": np.stack([np.log(pb), np.log(1 - pb)], axis=1),
+    }
+    cands = [
+        Candidate(0, HeadGroup("A", (0,), "exact", 0.9)),
+        Candidate(1, HeadGroup("B", (0,), "exact", 0.9)),
+    ]
+    problem = ChcoProblem(2, cands, logits, labels, {}, 2)
+    plan = solve(problem)
+    assert plan.params.fitted
+    assert plan.estimated_accuracy > 0.9  # 2-fold cross-validated
+    assert solve_exact(problem).estimated_accuracy == pytest.approx(0.5)
+
+
+def test_gap_study_heuristic_vs_exact() -> None:
+    t0 = time.perf_counter()
+    study = gap_study(200, seed=0)
+    elapsed = time.perf_counter() - t0
+    print(
+        "\ngap study (exact - heuristic accuracy, {n:.0f} instances): mean {mean_gap:.4f}, "
+        "median {median_gap:.4f}, p95 {p95_gap:.4f}, max {max_gap:.4f}, "
+        "exactly optimal {frac_optimal:.1%}; exact {exact_seconds:.2f}s, "
+        "heuristic {heuristic_seconds:.2f}s".format(n=study["n_instances"], **study)
+        + f", total {elapsed:.1f}s"
+    )
+    assert study["n_instances"] == 200
+    assert study["min_gap"] >= -1e-12  # exact is optimal: the heuristic never beats it
+    assert study["mean_gap"] < 0.05
+    assert study["frac_optimal"] > 0.5
+
+
+def test_heuristic_speed_on_large_instance() -> None:
+    problem = synthetic_problem(3, 100, 500, 5, 50, 5)
+    assert 1500 <= len(problem.candidates) <= 3000 and problem.num_images == 5000
+    wall, cpu = time.perf_counter(), time.process_time()
+    plan = solve_heuristic(problem)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    n = len(problem.candidates)
+    print(f"\nheuristic: {n} candidates, 5000 images: {wall:.2f}s wall, {cpu:.2f}s cpu")
+    assert len(plan.models) <= 5
+    assert cpu < 3.0  # ~0.4 s; loose because CI machines are shared
