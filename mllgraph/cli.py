@@ -54,8 +54,10 @@ def cmd_neo4j(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "start":
         with console.status("starting Neo4j (the first start fetches it from Maven Central)"):
             pid, seconds = neo4j_server.start(settings)
-        console.print(f"Neo4j {neo4j_server.NEO4J_VERSION} answers on {settings.bolt_uri} "
-                      f"(pid {pid}, {seconds:.1f} s)")  # fmt: skip
+        console.print(
+            f"Neo4j {neo4j_server.NEO4J_VERSION} answers on {settings.bolt_uri} "
+            f"(pid {pid}, {seconds:.1f} s)"
+        )
     elif args.action == "stop":
         stopped = neo4j_server.stop(settings)
         console.print("Neo4j stopped" if stopped else "no project-managed Neo4j was running")
@@ -130,6 +132,174 @@ def _print_stats(graph: Any) -> None:
     )
 
 
+# -- models, probes, hub, query --------------------------------------------------------------
+
+
+def _spec_from_args(args: argparse.Namespace):  # -> InputSpec | None
+    from mllgraph.preprocess import InputSpec
+
+    if args.input_size is None:
+        return None
+    channels = args.channels
+    mean = tuple(args.mean) if args.mean else (0.5,) * channels
+    std = tuple(args.std) if args.std else (0.5,) * channels
+    return InputSpec(
+        size=args.input_size,
+        resize=args.resize,
+        crop_pct=args.crop_pct,
+        mean=mean,
+        std=std,
+        channels=channels,
+    )
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",")] if text else None
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from mllgraph import db, hub, labeller, registry
+
+    with db.connect(settings) as graph:
+        if args.action == "register":
+            reg = registry.Registration(
+                name=args.name,
+                version=args.version,
+                arch=args.arch or "",
+                builtin=args.builtin,
+                weights_path=Path(args.weights) if args.weights else None,
+                class_names=_split_list(args.class_names),
+                wnids=_split_list(args.wnids),
+                input_spec=_spec_from_args(args),
+            )
+            ground = hub.grounder(settings) if reg.class_names else None
+            result = registry.register_model(graph, settings, reg, ground)
+            state = "registered" if result.created else "already registered (same weights)"
+            console.print(
+                f"{result.record['id']} {state}: {result.record['num_classes']} heads, "
+                f"sha256 {result.record['sha256'][:12]}…"
+            )
+        elif args.action == "label":
+            options = labeller.LabelOptions(samples_per_concept=args.samples_per_concept)
+            with _progress() as progress:
+                task = progress.add_task("labelling", total=None)
+                result = labeller.label_model(
+                    graph,
+                    settings,
+                    args.model_id,
+                    options,
+                    progress=lambda done, total: progress.update(task, completed=done, total=total),
+                )
+            console.print(
+                f"{result.model_id}: {result.labels} labels + {result.group_labels} "
+                f"group labels over {result.concepts} concepts, "
+                f"T={result.temperature:.2f}, {result.images_per_second:.0f} img/s"
+            )
+        elif args.action == "list":
+            rows = registry.list_models(
+                graph,
+                name=args.name,
+                arch=args.arch,
+                covers=args.covers,
+                min_score=args.min_score,
+                limit=args.limit,
+            )
+            keys = ["id", "arch", "num_classes", "source", "labelled_at"]
+            console.print(_table([{k: r.get(k) for k in keys} for r in rows], "models"))
+        elif args.action == "show":
+            record = registry.get_model(graph, args.model_id)
+            console.print_json(data=record)
+            heads = registry.heads(graph, args.model_id, top_k=3)[: args.heads]
+            for h in heads:
+                h["labels"] = ", ".join(f"{x['name']} {x['score']:.2f}" for x in h["labels"])
+            console.print(_table(heads, f"first {len(heads)} heads (best measured labels)"))
+        elif args.action == "delete":
+            console.print_json(data=registry.delete_model(graph, settings, args.model_id))
+    return 0
+
+
+def cmd_probes(args: argparse.Namespace, settings: Settings) -> int:
+    import numpy as np
+
+    from mllgraph import db, probes
+
+    with db.connect(settings) as graph:
+        if args.action == "add":
+            data = np.load(args.images)
+            images = data["images"] if hasattr(data, "files") else data
+            ps, created = probes.add_probe_set(
+                graph,
+                settings,
+                concept=args.concept,
+                images=images,
+                set_id=args.id,
+                source=args.source,
+            )
+            console.print(
+                f"{'added' if created else 'already there'}: {ps.id} → {ps.concept} "
+                f"({ps.count} images)"
+            )
+        elif args.action == "list":
+            rows = [p.__dict__ for p in probes.probe_sets(graph)]
+            console.print(_table(rows, "probe sets"))
+        elif args.action == "remove":
+            probes.remove_probe_set(graph, args.id)
+            console.print(f"removed {args.id}")
+    return 0
+
+
+def cmd_hub(args: argparse.Namespace, settings: Settings) -> int:
+    from mllgraph import db, hub, labeller, sdag
+    from mllgraph.wordnet import load_nouns
+
+    with db.connect(settings) as graph:
+        sdag.load(graph, load_nouns(settings.wordnet_dir))
+        hub.build(
+            graph,
+            settings,
+            experts=args.experts,
+            seed=args.seed,
+            epochs=args.epochs,
+            imagenet=() if args.no_imagenet else hub.registry.BUILTINS,
+            probes_per_class=args.probes_per_class,
+            label_options=labeller.LabelOptions(samples_per_concept=args.samples_per_concept),
+            log=console.print,
+        )
+    return 0
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--param wants key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+    from mllgraph import cypher, db
+
+    if args.list or not args.query:
+        for name in cypher.names("cookbook/"):
+            console.print(f"[bold]{name.removeprefix('cookbook/')}[/]: {cypher.doc(name)}")
+        return 0
+    name = f"cookbook/{args.query}"
+    text = cypher.load(name) if name in cypher.names("cookbook/") else args.query
+    with db.connect(settings) as graph:
+        rows = graph.run_user_query(text, dict(args.param))
+    if args.json:
+        print(json.dumps(rows, default=str, indent=1))
+    elif rows:
+        console.print(_table(rows))
+    else:
+        console.print("(no rows)")
+    return 0
+
+
 # -- bench -----------------------------------------------------------------------------------
 
 
@@ -185,6 +355,70 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lemma", action="append", default=None, help="word naming it")
     q.add_argument("--wnid", default=None, help="default: 'u' + 8 digits from the name")
     p.set_defaults(handler=cmd_sdag)
+
+    p = sub.add_parser("models", help="the model catalogue")
+    s = p.add_subparsers(dest="action", required=True)
+    q = s.add_parser("register", help="register an expert (validated; idempotent)")
+    q.add_argument("--name", required=True)
+    q.add_argument("--version", default="1")
+    q.add_argument(
+        "--builtin", choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    )
+    q.add_argument("--weights", help="safetensors (or a weights-only torch checkpoint)")
+    q.add_argument("--arch", help="timm architecture of --weights")
+    q.add_argument("--class-names", help="comma-separated, one per head in logit order")
+    q.add_argument("--wnids", help="comma-separated wnids, one per head")
+    q.add_argument("--input-size", type=int)
+    q.add_argument("--channels", type=int, default=3)
+    q.add_argument("--mean", type=float, nargs="+")
+    q.add_argument("--std", type=float, nargs="+")
+    q.add_argument("--resize", default="resize", choices=["resize", "resize_crop"])
+    q.add_argument("--crop-pct", type=float, default=1.0)
+    q = s.add_parser("label", help="run a model on the probes and write its labels")
+    q.add_argument("model_id")
+    q.add_argument("--samples-per-concept", type=int, default=200)
+    q = s.add_parser("list")
+    q.add_argument("--name")
+    q.add_argument("--arch")
+    q.add_argument("--covers", help="a concept (wnid or name) the model has a head under")
+    q.add_argument("--min-score", type=float, default=0.0)
+    q.add_argument("--limit", type=int, default=50)
+    q = s.add_parser("show")
+    q.add_argument("model_id")
+    q.add_argument("--heads", type=int, default=10)
+    q = s.add_parser("delete")
+    q.add_argument("model_id")
+    p.set_defaults(handler=cmd_models)
+
+    p = sub.add_parser("probes", help="probe images attached to concepts")
+    s = p.add_subparsers(dest="action", required=True)
+    q = s.add_parser("add", help="register images (.npy, or .npz with 'images') for a concept")
+    q.add_argument("--concept", required=True, help="wnid or name")
+    q.add_argument("--images", required=True)
+    q.add_argument("--id")
+    q.add_argument("--source", default="")
+    s.add_parser("list")
+    q = s.add_parser("remove")
+    q.add_argument("id")
+    p.set_defaults(handler=cmd_probes)
+
+    p = sub.add_parser("hub", help="build the standard hub (probes, experts, labels)")
+    s = p.add_subparsers(dest="action", required=True)
+    q = s.add_parser("build")
+    q.add_argument("--experts", type=int, default=20, help="Fashion-MNIST experts to train")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--epochs", type=int, default=2)
+    q.add_argument("--no-imagenet", action="store_true", help="skip EfficientNet-Lite0/1/2")
+    q.add_argument("--probes-per-class", type=int, default=None)
+    q.add_argument("--samples-per-concept", type=int, default=200)
+    p.set_defaults(handler=cmd_hub)
+
+    p = sub.add_parser("query", help="run a cookbook query or any Cypher, read-only")
+    p.add_argument("query", nargs="?", help="cookbook name or Cypher text")
+    p.add_argument("--param", action="append", type=_param, default=[], help="key=value (JSON)")
+    p.add_argument("--list", action="store_true", help="list the cookbook")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_query)
 
     p = sub.add_parser("bench", help="benchmarks (print figures, write reports/*.json)")
     p.add_argument("what", choices=["sdag"])

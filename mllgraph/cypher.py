@@ -43,7 +43,7 @@ def doc(name: str) -> str:
         if not line.lstrip().startswith("//"):
             break
         out.append(line.lstrip()[2:].strip())
-    return "\n".join(out)
+    return " ".join(out)
 
 
 def names(prefix: str = "") -> list[str]:

@@ -133,10 +133,16 @@ def fetch_jars(settings: Settings) -> Path:
     pom = resources.files("mllgraph") / "data" / "neo4j-pom.xml"
     with resources.as_file(pom) as pom_path:
         cmd = [
-            mvn, "-q", "-B", "-f", str(pom_path), "dependency:copy-dependencies",
-            "-DincludeScope=runtime", f"-DoutputDirectory={p.lib}",
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom_path),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={p.lib}",
             f"-Dneo4j.version={NEO4J_VERSION}",
-        ]  # fmt: skip
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         tail = "\n".join((out.stdout + out.stderr).splitlines()[-15:])
@@ -274,14 +280,24 @@ def start(settings: Settings, *, timeout: float = 180.0) -> tuple[int, float]:
     p = paths(settings)
     heap = settings.local_neo4j_heap
     cmd = [
-        java, f"-Xms{heap}", f"-Xmx{heap}", *JVM_FLAGS, "-cp", f"{lib}/*", MAIN_CLASS,
-        f"--home-dir={p.root}", f"--config-dir={conf.parent}",
-    ]  # fmt: skip
+        java,
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
+        *JVM_FLAGS,
+        "-cp",
+        f"{lib}/*",
+        MAIN_CLASS,
+        f"--home-dir={p.root}",
+        f"--config-dir={conf.parent}",
+    ]
     with p.console_log.open("ab") as log:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,  # survives the CLI that started it
-        )  # fmt: skip
+        )
     p.pid_file.write_text(str(proc.pid))
     _wait_ready(settings, proc.pid, t0, timeout)
     return proc.pid, time.monotonic() - t0

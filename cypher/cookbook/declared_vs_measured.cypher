@@ -1,0 +1,11 @@
+// Heads whose best measured concept is not what they declare (nor under it): where a model's
+// own label names mislead.
+// params: model_id (e.g. 'fashion-0-000-test_resnet@1')
+MATCH (:Model {id: $model_id})-[:HAS_HEAD]->(h:Head)-[:DECLARED]->(d:Concept)
+MATCH (h)-[l:LABELED]->(c:Concept)
+WITH h, d, c, l ORDER BY l.score DESC
+WITH h, d, collect({concept: c, score: l.score})[0] AS best
+WHERE best.concept <> d AND NOT (best.concept)-[:IS_A*1..]->(d)
+RETURN h.index AS head, h.label AS head_label, d.name AS declared, best.concept.name AS measured,
+       round(best.score, 3) AS score
+ORDER BY head

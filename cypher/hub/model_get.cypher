@@ -1,0 +1,3 @@
+// One model's node, or nothing.
+MATCH (m:Model {id: $id})
+RETURN m {.*} AS model
