@@ -1,0 +1,49 @@
+// Candidate heads for every class of a task, in one round trip. Per target concept v:
+//   exact        heads labelled on v itself;
+//   group        a model's heads measured together on v (their declared concepts lie under v);
+//   descendants  one model's heads labelled on concepts strictly under v (summed at use);
+//   ancestor     heads labelled on an ancestor of v that no other task class lies under
+//                (score discounted by $ancestor_discount).
+// params: targets [{index, wnid, others: [wnids of the task's other classes]}],
+//         min_score, per_kind_limit, allow_ancestor, ancestor_discount
+UNWIND $targets AS t
+MATCH (v:Concept {wnid: t.wnid})
+CALL (v, t) {
+  MATCH (m:Model)-[:HAS_HEAD]->(h:Head)-[l:LABELED]->(v)
+  WHERE l.method <> 'group' AND l.score >= $min_score
+  WITH m, h, l ORDER BY l.score DESC, m.id, h.index LIMIT $per_kind_limit
+  RETURN m.id AS model, [h.index] AS heads, [h.label] AS labels, 'exact' AS kind,
+         l.score AS score, v.wnid AS via
+  UNION
+  MATCH (m:Model)-[:HAS_HEAD]->(h:Head)-[l:LABELED {method: 'group'}]->(v)
+  WHERE l.score >= $min_score
+  WITH m, l.group_heads AS heads, max(l.score) AS score, collect(h.label) AS labels
+  ORDER BY score DESC, m.id LIMIT $per_kind_limit
+  RETURN m.id AS model, heads, labels, 'group' AS kind, score, v.wnid AS via
+  UNION
+  MATCH (v)<-[:IS_A*1..]-(d:Concept)
+  WITH DISTINCT d
+  MATCH (m:Model)-[:HAS_HEAD]->(h:Head)-[l:LABELED]->(d)
+  WHERE l.method <> 'group' AND l.score >= $min_score
+  WITH m, h, max(l.score) AS best ORDER BY h.index
+  WITH m, collect(h.index) AS heads, collect(h.label) AS labels, avg(best) AS score
+  ORDER BY score DESC, m.id LIMIT $per_kind_limit
+  RETURN m.id AS model, heads, labels, 'descendants' AS kind, score, null AS via
+  UNION
+  WITH v, t WHERE $allow_ancestor
+  // Ancestors of the other classes are blocked: going up is cheap, going down is not.
+  OPTIONAL MATCH (o:Concept)-[:IS_A*0..]->(x:Concept) WHERE o.wnid IN t.others
+  WITH v, collect(DISTINCT x.wnid) AS blocked
+  MATCH (v)-[:IS_A*1..]->(a:Concept)
+  WHERE NOT a.wnid IN blocked
+  WITH DISTINCT a
+  MATCH (m:Model)-[:HAS_HEAD]->(h:Head)-[l:LABELED]->(a)
+  WHERE l.method <> 'group' AND l.score >= $min_score
+  WITH m, h, l, a ORDER BY l.score DESC, a.depth DESC, m.id, h.index LIMIT $per_kind_limit
+  RETURN m.id AS model, [h.index] AS heads, [h.label] AS labels, 'ancestor' AS kind,
+         l.score * $ancestor_discount AS score, a.wnid AS via
+}
+MATCH (m:Model {id: model})
+RETURN t.index AS class_index, model, m.version AS version, coalesce(m.temperature, 1.0) AS temperature,
+       m.labelled_at IS NOT NULL AS labelled, heads, labels, kind, score, via
+ORDER BY class_index, score DESC, model

@@ -1,0 +1,448 @@
+"""Selection: from a task's class names to a stored plan of heads (the paper's second step).
+
+1. Ground the class names to SDAG concepts (the shared resolver; callers may pin wnids).
+2. Find candidate heads for every class with one Cypher round trip (`selection/candidates`)
+   and the task's probe sets with another (`selection/task_probes`).
+3. Run CHCO on the candidate models' stored probe outputs (no model runs here).
+4. Store the plan in Neo4j under an id derived from the request and the catalogue version,
+   so the same inputs always give the same plan.
+
+The plan is a JSON document; `combination` holds what inference needs to rebuild the shared
+combination rule (`mllgraph.combine`), versioned by `schema_version`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mllgraph import chco, cypher, labeller, registry
+from mllgraph.combine import ClassAssignment, HeadGroup, combine, per_class_accuracy
+from mllgraph.db import Graph
+from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
+from mllgraph.settings import Settings
+
+PLAN_SCHEMA_VERSION = 1
+MAX_CLASSES = 1000
+KINDS = {"exact": "exact", "group": "descendants", "descendants": "descendants",
+         "ancestor": "ancestor"}  # fmt: skip
+SOLVERS = ("auto", "exact", "heuristic")
+
+
+@dataclass(frozen=True)
+class TaskClass:
+    name: str
+    pinned_wnid: str | None = None
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    budget: int = 5  # max distinct models run at inference
+    solver: str = "auto"
+    allow_ancestor: bool = True
+    fit_params: bool = True
+    min_label_score: float = 0.05
+    per_kind_limit: int = 12  # candidates per class per kind, best first
+    ancestor_discount: float = 0.5
+
+    def validate(self) -> None:
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            raise InvalidArgument(f"budget must be a positive number of models, got {self.budget}")
+        if self.solver not in SOLVERS:
+            raise InvalidArgument(f"solver {self.solver!r}: one of {', '.join(SOLVERS)}")
+        if not 0.0 <= self.min_label_score <= 1.0:
+            raise InvalidArgument(f"min_label_score must be in [0, 1], got {self.min_label_score}")
+        if not 1 <= self.per_kind_limit <= 1000:
+            raise InvalidArgument(f"per_kind_limit must be 1..1000, got {self.per_kind_limit}")
+
+
+@dataclass
+class Timings:
+    grounding_ms: float = 0.0
+    cypher_ms: float = 0.0
+    load_ms: float = 0.0
+    chco_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass
+class SelectionContext:
+    """Everything CHCO saw, kept for ExplainSelection and the benchmark."""
+
+    plan: dict[str, Any]
+    candidates: list[chco.Candidate] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+
+
+def ensure_schema(graph: Graph) -> None:
+    for statement in cypher.statements("selection/schema"):
+        graph.driver.execute_query(statement, database_=graph.database)
+
+
+# -- probe outputs cache ---------------------------------------------------------------------
+
+
+class ProbeOutputCache:
+    """Each model's probe outputs, read once per file version (an LRU of `capacity` models)."""
+
+    def __init__(self, capacity: int = 512) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[str, float], tuple[dict[str, np.ndarray], float]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def get(self, settings: Settings, mid: str) -> tuple[dict[str, np.ndarray], float]:
+        path = labeller.probe_outputs_path(settings, mid)
+        key = (mid, path.stat().st_mtime if path.exists() else -1.0)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = labeller.load_probe_outputs(settings, mid)
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return value
+
+
+CACHE = ProbeOutputCache()
+
+
+# -- the request -----------------------------------------------------------------------------
+
+
+def validate_classes(classes: list[TaskClass]) -> None:
+    if not classes:
+        raise InvalidArgument("classes: the task has no classes")
+    if len(classes) < 2:
+        raise InvalidArgument(
+            f"classes: a task needs at least two classes, got one ({classes[0].name!r})"
+        )
+    if len(classes) > MAX_CLASSES:
+        raise InvalidArgument(f"classes: {len(classes)} is over the limit of {MAX_CLASSES}")
+
+
+def plan_id_for(classes: list[TaskClass], options: SelectOptions, catalogue_version: int) -> str:
+    key = json.dumps(
+        {
+            "classes": [[c.name, c.pinned_wnid] for c in classes],
+            "options": asdict(options),
+            "catalogue_version": catalogue_version,
+            "schema": PLAN_SCHEMA_VERSION,
+        },
+        sort_keys=True,
+    )
+    return "plan-" + hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def _ground(classes: list[TaskClass], resolver: Any) -> list[Any]:
+    pinned = {i: c.pinned_wnid for i, c in enumerate(classes) if c.pinned_wnid}
+    return resolver.resolve_task([c.name for c in classes], pinned=pinned or None)
+
+
+# -- selection -------------------------------------------------------------------------------
+
+
+def select(
+    graph: Graph,
+    settings: Settings,
+    classes: list[TaskClass],
+    options: SelectOptions,
+    resolver: Any,
+    *,
+    cache: ProbeOutputCache = CACHE,
+    store: bool = True,
+) -> SelectionContext:
+    t_start = time.perf_counter()
+    options.validate()
+    validate_classes(classes)
+    ensure_schema(graph)
+    if graph.read("selection/labelled_models")[0]["labelled"] == 0:
+        raise FailedPrecondition(
+            "the hub has no labelled models: register and label some first "
+            "(`mllgraph hub build` or `mllgraph models label`)"
+        )
+    version = registry.catalogue_version(graph)
+    pid = plan_id_for(classes, options, version)
+    if store:
+        existing = graph.read("selection/plan_get", id=pid)
+        if existing:
+            return SelectionContext(plan=json.loads(existing[0]["body"]))
+
+    timings = Timings()
+    t = time.perf_counter()
+    groundings = _ground(classes, resolver)
+    timings.grounding_ms = (time.perf_counter() - t) * 1000
+    wnids = [g.wnid for g in groundings]
+    if len(set(wnids)) != len(wnids):  # pinned wnids can collide; the resolver checks names
+        dup = [(classes[i].name, w) for i, w in enumerate(wnids) if wnids.count(w) > 1]
+        raise InvalidArgument(f"classes ground to the same concept: {dup}")
+
+    t = time.perf_counter()
+    targets = [
+        {"index": i, "wnid": w, "others": [x for j, x in enumerate(wnids) if j != i]}
+        for i, w in enumerate(wnids)
+    ]
+    rows = graph.read(
+        "selection/candidates",
+        targets=targets,
+        min_score=options.min_label_score,
+        per_kind_limit=options.per_kind_limit,
+        allow_ancestor=options.allow_ancestor,
+        ancestor_discount=options.ancestor_discount,
+    )
+    probe_rows = graph.read("selection/task_probes", targets=targets)
+    timings.cypher_ms = (time.perf_counter() - t) * 1000
+
+    t = time.perf_counter()
+    model_ids = sorted({r["model"] for r in rows})
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    temperatures: dict[str, float] = {}
+    versions: dict[str, str] = {}
+    for r in rows:
+        versions[r["model"]] = r["version"]
+    for mid in model_ids:
+        try:
+            outputs[mid], temperatures[mid] = cache.get(settings, mid)
+        except FailedPrecondition:
+            continue  # labelled in the graph but its outputs are gone: not a candidate
+    labels, logits = _probe_matrix(probe_rows, outputs, len(classes))
+    timings.load_ms = (time.perf_counter() - t) * 1000
+
+    candidates: list[chco.Candidate] = []
+    info: dict[tuple[int, str, tuple[int, ...]], dict[str, Any]] = {}
+    for r in rows:
+        if r["model"] not in logits:
+            continue
+        heads = tuple(sorted(int(h) for h in r["heads"]))
+        key = (r["class_index"], r["model"], heads)
+        if key in info:
+            continue  # the same heads found through two kinds: keep the first (best) one
+        kind = KINDS[r["kind"]]
+        group = HeadGroup(r["model"], heads, kind, float(min(1.0, r["score"])))
+        candidates.append(chco.Candidate(r["class_index"], group))
+        info[key] = {"labels": r["labels"], "via": r["via"], "kind": r["kind"]}
+
+    t = time.perf_counter()
+    if labels.size == 0 or not candidates:
+        plan = _uncovered_plan(len(classes))
+        solver_note = "no candidates or no probe images"
+    else:
+        problem = chco.ChcoProblem(
+            num_classes=len(classes),
+            candidates=candidates,
+            logits_by_model=logits,
+            labels=labels,
+            temperatures={m: temperatures[m] for m in logits},
+            budget=options.budget,
+        )
+        plan = _solve(problem, options)
+        solver_note = plan.solver
+    timings.chco_ms = (time.perf_counter() - t) * 1000
+    timings.total_ms = (time.perf_counter() - t_start) * 1000
+
+    body = _plan_document(
+        pid, classes, groundings, plan, info, versions, options, version, labels, timings
+    )
+    body["solver_note"] = solver_note
+    body["alternatives"] = _alternatives(plan, candidates, logits, labels, info)
+    if store:
+        graph.write("selection/plan_put", id=pid, body=json.dumps(body), catalogue_version=version)
+    return SelectionContext(plan=body, candidates=candidates, timings=timings)
+
+
+def _probe_matrix(
+    probe_rows: list[dict[str, Any]], outputs: dict[str, dict[str, np.ndarray]], k: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Task-class labels of the probe images and each model's logits on them, aligned.
+
+    A set under two task classes goes to the nearer one. Only images every candidate model
+    has outputs for are used (models labelled on different probe sets stay comparable).
+    """
+    nearest: dict[str, tuple[int, int]] = {}
+    for r in probe_rows:
+        best = nearest.get(r["set_id"])
+        if best is None or r["distance"] < best[1]:
+            nearest[r["set_id"]] = (r["class_index"], r["distance"])
+    models = sorted(outputs)
+    usable = []
+    for set_id in sorted(nearest):
+        counts = [outputs[m][set_id].shape[0] for m in models if set_id in outputs[m]]
+        if models and len(counts) == len(models) and min(counts) > 0:
+            usable.append((set_id, min(counts)))
+    labels = np.concatenate(
+        [np.full(n, nearest[s][0], dtype=np.int64) for s, n in usable] or [np.zeros(0, np.int64)]
+    )
+    logits = {m: np.concatenate([outputs[m][s][:n] for s, n in usable]) for m in models if usable}
+    return labels, logits
+
+
+def _solve(problem: chco.ChcoProblem, options: SelectOptions) -> chco.Plan:
+    if options.solver == "exact":
+        plan = chco.solve_exact(problem)
+    elif options.solver == "heuristic":
+        plan = chco.solve_heuristic(problem)
+    else:
+        return chco.solve(problem, fit=options.fit_params)
+    if options.fit_params:
+        plan = chco._maybe_fit(problem, plan, 5, 1e-2, False)
+    return plan
+
+
+def _uncovered_plan(k: int) -> chco.Plan:
+    from mllgraph.combine import default_params
+
+    assignment = [ClassAssignment(i, ()) for i in range(k)]
+    return chco.Plan(
+        assignment=assignment,
+        params=default_params(assignment),
+        estimated_accuracy=float("nan"),
+        per_class_accuracy=[float("nan")] * k,
+        uncovered=list(range(k)),
+        models=[],
+        solver="none",
+        evaluated=0,
+    )
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _plan_document(
+    pid: str,
+    classes: list[TaskClass],
+    groundings: list[Any],
+    plan: chco.Plan,
+    info: dict[tuple[int, str, tuple[int, ...]], dict[str, Any]],
+    versions: dict[str, str],
+    options: SelectOptions,
+    catalogue_version: int,
+    labels: np.ndarray,
+    timings: Timings,
+) -> dict[str, Any]:
+    counts = np.bincount(labels, minlength=len(classes)) if labels.size else [0] * len(classes)
+    planned = []
+    for i, (cls, g) in enumerate(zip(classes, groundings, strict=True)):
+        a = plan.assignment[i]
+        heads = []
+        coverage = "uncovered"
+        for grp in a.groups:
+            meta = info.get((i, grp.model_id, grp.heads), {"labels": [], "via": None})
+            coverage = grp.kind
+            for j, h in enumerate(grp.heads):
+                heads.append(
+                    {
+                        "model_id": grp.model_id,
+                        "model_version": versions.get(grp.model_id, ""),
+                        "head_index": h,
+                        "head_label": meta["labels"][j] if j < len(meta["labels"]) else "",
+                        "label_score": grp.label_score,
+                        "label_wnid": meta["via"] or "",
+                    }
+                )
+        planned.append(
+            {
+                "name": cls.name,
+                "concept": {"wnid": g.wnid, "name": g.concept_name},
+                "grounding": g.to_dict(),
+                "coverage": coverage,
+                "heads": heads,
+                "estimated_accuracy": _finite(plan.per_class_accuracy[i]),
+                "probe_images": int(counts[i]),
+            }
+        )
+    return {
+        "plan_id": pid,
+        "schema_version": PLAN_SCHEMA_VERSION,
+        "classes": planned,
+        "estimated_accuracy": _finite(plan.estimated_accuracy),
+        "models": plan.models,
+        "uncovered": [classes[i].name for i in plan.uncovered],
+        "solver": plan.solver,
+        "params_fitted": bool(plan.params.fitted),
+        "catalogue_version": catalogue_version,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "budget": options.budget,
+        "options": asdict(options),
+        "timings_ms": asdict(timings),
+        "combination": {"schema_version": PLAN_SCHEMA_VERSION, "plan": plan.to_dict()},
+    }
+
+
+def _alternatives(
+    plan: chco.Plan,
+    candidates: list[chco.Candidate],
+    logits: dict[str, np.ndarray],
+    labels: np.ndarray,
+    info: dict[tuple[int, str, tuple[int, ...]], dict[str, Any]],
+    per_class: int = 5,
+) -> list[list[dict[str, Any]]]:
+    """Per class, the best other candidates and the plan's estimate with each swapped in."""
+    out: list[list[dict[str, Any]]] = [[] for _ in plan.assignment]
+    if labels.size == 0:
+        return out
+    by_class: dict[int, list[chco.Candidate]] = {}
+    for c in candidates:
+        by_class.setdefault(c.class_index, []).append(c)
+    for ci, cands in by_class.items():
+        chosen = plan.assignment[ci].groups
+        others = [c for c in cands if (c.group,) != chosen]
+        others.sort(key=lambda c: (-c.group.label_score, c.group.model_id, c.group.heads))
+        for cand in others[:per_class]:
+            assignment = list(plan.assignment)
+            assignment[ci] = ClassAssignment(ci, (cand.group,))
+            models = {g.model_id for a in assignment for g in a.groups}
+            probs = combine({m: logits[m] for m in models}, assignment, plan.params)
+            acc = float((probs.argmax(1) == labels).mean())
+            recall = per_class_accuracy(probs, labels)[ci]
+            meta = info.get((ci, cand.group.model_id, cand.group.heads), {})
+            out[ci].append(
+                {
+                    "model_id": cand.group.model_id,
+                    "heads": list(cand.group.heads),
+                    "head_labels": meta.get("labels", []),
+                    "kind": cand.group.kind,
+                    "via": meta.get("via"),
+                    "label_score": cand.group.label_score,
+                    "plan_accuracy_if_used": acc,
+                    "class_accuracy_if_used": _finite(recall),
+                    "extra_models": len(models) - len(plan.models),
+                }
+            )
+    return out
+
+
+def get_plan(graph: Graph, plan_id: str) -> dict[str, Any]:
+    ensure_schema(graph)
+    rows = graph.read("selection/plan_get", id=plan_id)
+    if not rows:
+        raise NotFound(f"plan {plan_id!r} does not exist (plans come from SelectHeads)")
+    return json.loads(rows[0]["body"])
+
+
+def combination_of(plan: dict[str, Any]) -> chco.Plan:
+    """The combination rule's inputs from a plan document (inference uses this)."""
+    comb = plan.get("combination") or {}
+    if comb.get("schema_version") != PLAN_SCHEMA_VERSION:
+        raise FailedPrecondition(
+            f"plan {plan.get('plan_id')} has combination schema {comb.get('schema_version')}, "
+            f"this server reads {PLAN_SCHEMA_VERSION}: select the task again"
+        )
+    return chco.Plan.from_dict(comb["plan"])
+
+
+def write_plan_file(plan: dict[str, Any], path: Path) -> Path:
+    path.write_text(json.dumps(plan, indent=1))
+    return path
