@@ -53,6 +53,8 @@ class SelectOptions:
     min_label_score: float = 0.05
     per_kind_limit: int = 12  # candidates per class per kind, best first
     ancestor_discount: float = 0.5
+    # Restrict candidates to these model ids (None: the whole hub). Used to study hub size.
+    models: tuple[str, ...] | None = None
 
     def validate(self) -> None:
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
@@ -210,6 +212,9 @@ def select(
     outputs: dict[str, dict[str, np.ndarray]] = {}
     temperatures: dict[str, float] = {}
     versions: dict[str, str] = {}
+    if options.models is not None:
+        allowed = set(options.models)
+        rows = [r for r in rows if r["model"] in allowed]
     for r in rows:
         versions[r["model"]] = r["version"]
     for mid in model_ids:
