@@ -47,6 +47,11 @@ def trained_dir(settings: Settings, seed: int) -> Path:
     return settings.model_store / "trained" / f"fashion-s{seed}"
 
 
+def recipe_version(meta: dict) -> str:
+    """Experts retrained with another recipe are new versions, never overwrites."""
+    return f"e{meta['epochs']}-m{meta.get('max_train') or 'all'}-p{meta['hub_seed']}"
+
+
 def register_trained(
     graph: Graph, settings: Settings, json_path: Path, ground: Callable[[str], str]
 ) -> registry.RegisteredModel:
@@ -56,7 +61,7 @@ def register_trained(
         settings,
         registry.Registration(
             name=meta["name"],
-            version="1",
+            version=recipe_version(meta),
             arch=meta["arch"],
             weights_path=json_path.with_suffix(".safetensors"),
             class_names=list(meta["class_names"]),
@@ -79,6 +84,7 @@ def build(
     *,
     experts: int,
     seed: int = 0,
+    split_seed: int = 0,
     epochs: int = 2,
     imagenet: tuple[str, ...] = registry.BUILTINS,
     probes_per_class: int | None = None,
@@ -93,7 +99,7 @@ def build(
     ground = grounder(settings)
     concepts = fashion_concepts(settings)
     report.probe_sets = probes.register_fashion_probes(
-        graph, settings, seed=seed, wnids=concepts, per_class=probes_per_class
+        graph, settings, seed=split_seed, wnids=concepts, per_class=probes_per_class
     )
     log(
         f"probe sets: {len(report.probe_sets)} concepts, "
@@ -108,11 +114,14 @@ def build(
         paths = experts_mod.train_fashion_hub(
             experts,
             seed,
-            trained_dir(settings, seed),
+            trained_dir(settings, seed) / f"split{split_seed}-e{epochs}-m{max_train_per_expert}",
             epochs=epochs,
             max_train_per_expert=max_train_per_expert,
             progress=progress,
             root=settings.fashion_mnist_dir,
+            # One thread: on a small shared CPU, competing OpenMP threads cost ~4x.
+            num_threads=1,
+            split_seed=split_seed,
         )
         for p in paths:
             r = register_trained(graph, settings, p, ground)
