@@ -44,20 +44,22 @@ class TaskClass(_message.Message):
     def __init__(self, name: _Optional[str] = ..., pinned_wnid: _Optional[str] = ...) -> None: ...
 
 class SelectOptions(_message.Message):
-    __slots__ = ("solver", "allow_ancestor", "fit_params", "max_heads_per_class", "min_label_score", "time_limit_seconds")
+    __slots__ = ("solver", "allow_ancestor", "fit_params", "max_heads_per_class", "min_label_score", "time_limit_seconds", "models")
     SOLVER_FIELD_NUMBER: _ClassVar[int]
     ALLOW_ANCESTOR_FIELD_NUMBER: _ClassVar[int]
     FIT_PARAMS_FIELD_NUMBER: _ClassVar[int]
     MAX_HEADS_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
     MIN_LABEL_SCORE_FIELD_NUMBER: _ClassVar[int]
     TIME_LIMIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     solver: Solver
     allow_ancestor: bool
     fit_params: bool
     max_heads_per_class: int
     min_label_score: float
     time_limit_seconds: float
-    def __init__(self, solver: _Optional[_Union[Solver, str]] = ..., allow_ancestor: _Optional[bool] = ..., fit_params: _Optional[bool] = ..., max_heads_per_class: _Optional[int] = ..., min_label_score: _Optional[float] = ..., time_limit_seconds: _Optional[float] = ...) -> None: ...
+    models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, solver: _Optional[_Union[Solver, str]] = ..., allow_ancestor: _Optional[bool] = ..., fit_params: _Optional[bool] = ..., max_heads_per_class: _Optional[int] = ..., min_label_score: _Optional[float] = ..., time_limit_seconds: _Optional[float] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SelectHeadsRequest(_message.Message):
     __slots__ = ("classes", "budget", "options")
