@@ -78,10 +78,10 @@ class Graph:
 
     # -- named statements ------------------------------------------------------------------
 
-    def read(self, name: str, **params: Any) -> list[Row]:
+    def read(self, name: str, /, **params: Any) -> list[Row]:
         return self._execute(cypher.load(name), params, RoutingControl.READ)
 
-    def write(self, name: str, **params: Any) -> list[Row]:
+    def write(self, name: str, /, **params: Any) -> list[Row]:
         return self._execute(cypher.load(name), params, RoutingControl.WRITE)
 
     def _execute(self, text: str, params: dict[str, Any], routing: RoutingControl) -> list[Row]:

@@ -211,6 +211,7 @@ def label_model(
         temperature=float(temperature),
         n_images=int(total),
         probe_outputs=json.dumps({"path": str(path), "sets": {ps.id: n for ps, n in plan}}),
+        seconds=time.monotonic() - t0,
     )[0]["catalogue_version"]
     return LabelResult(
         model_id=mid,

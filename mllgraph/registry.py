@@ -21,13 +21,21 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mllgraph import cypher
-from mllgraph.db import Graph
-from mllgraph.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mllgraph.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    MllgraphError,
+    NotFound,
+)
 from mllgraph.preprocess import InputSpec
 from mllgraph.settings import Settings
+
+if TYPE_CHECKING:  # annotations only: load_model works without the neo4j driver
+    from mllgraph.db import Graph
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
@@ -117,7 +125,7 @@ def list_models(
         covers = sdag.concept(graph, covers)["wnid"]
     rows = graph.read(
         "hub/models_list",
-        name=name or None,
+        name_part=name or None,  # not `name`: Graph.read's first parameter is the file name
         arch=arch or None,
         covers=covers,
         min_score=float(min_score),
@@ -267,8 +275,11 @@ def register_model(
                 raise InvalidArgument("input_spec: required for uploaded weights")
             spec = reg.input_spec
             if reg.weights_bytes:
-                path = Path(tmp) / "weights.bin"
+                # Named by content: the loader picks safetensors or torch.load by suffix.
+                path = Path(tmp) / "weights.pt"
                 path.write_bytes(reg.weights_bytes)
+                if _is_safetensors(path):
+                    path = path.rename(path.with_suffix(".safetensors"))
                 source, source_ref = "upload", f"{len(reg.weights_bytes)} bytes"
             else:
                 path = Path(reg.weights_path).expanduser()  # type: ignore[arg-type]
@@ -299,7 +310,21 @@ def register_model(
             model, _, _ = experts.load_efficientnet_lite(reg.builtin)
         else:
             model = experts.build_timm(arch, n_labels, spec.channels)
-            experts.load_weights(model, path)
+            try:
+                experts.load_weights(model, path)
+            except InvalidArgument as e:
+                if "does not fit" not in str(e):  # corrupt or refused: already clear
+                    raise
+                raise InvalidArgument(
+                    f"the weights do not fit {arch} built with {n_labels} heads (one per label "
+                    f"given) and {spec.channels} input channel(s) (input_spec.channels): {e}"
+                ) from e
+            except MllgraphError:
+                raise
+            except Exception as e:  # torch's unpicklers raise assorted errors on garbage
+                raise InvalidArgument(
+                    f"the weights file is corrupt or not a weights file: {type(e).__name__}: {e}"
+                ) from e
         experts.check_forward(model, spec, n_labels)
         labels, wnids = _labels_to_wnids(graph, reg, n_labels, ground)
 

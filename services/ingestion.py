@@ -1,0 +1,758 @@
+"""IngestionService (grpc.aio): register expert models, label their heads, browse and delete
+the catalogue. Thin wiring over `mllgraph.registry`, `mllgraph.labeller` and `mllgraph.probes`.
+
+* Every blocking library call (the Neo4j driver, torch, the grounding resolver) runs in a
+  worker thread (`asyncio.to_thread`), so the event loop keeps answering health checks.
+* Domain errors become gRPC statuses in one place (`services.common.rpc`).
+* Registrations are serialised within the process (one at a time), so two concurrent
+  requests for the same id cannot both pass the existence check.
+* Class names are grounded with `mllgraph.hub.grounder(settings)`, built lazily on first
+  use (about 15 s: WordNet, morphology, the text embedder) and shared afterwards; `serve`
+  warms it up in the background.
+
+Labelling jobs
+--------------
+`LabelModel` validates synchronously (the model exists -> else NOT_FOUND; it is not labelled
+yet unless `options.relabel` -> else FAILED_PRECONDITION; at least one probe set exists ->
+else FAILED_PRECONDITION), then queues a job and returns it QUEUED. One worker task runs the
+jobs one at a time, in submission order, each in a worker thread
+(`labeller.label_model`). A second `LabelModel` for a model whose job is still queued or
+running returns that job instead of queuing another. `GetLabelJob` reports QUEUED -> RUNNING ->
+DONE | FAILED; `progress` follows the labeller's progress callback (probe images through the
+model, scaled to 0..0.95; measuring and writing the labels is the rest) and is 1 at DONE;
+`message` is a summary at DONE and the error at FAILED; `heads_done` jumps from 0 to
+`heads_total` at DONE (all heads are measured together).
+
+Jobs live only in this process's memory: a restart forgets them (labels a finished job wrote
+stay in the graph; a queued or running job is lost and must be resubmitted). The newest
+`MAX_FINISHED_JOBS` finished jobs are kept for `GetLabelJob`; older ones answer NOT_FOUND.
+While a model has an active job, `DeleteModel` refuses it (FAILED_PRECONDITION). On shutdown,
+queued jobs fail ("server shutting down") and a running job gets the grace period to finish.
+
+Run it with ``python -m services.ingestion [--port N] [--host H]`` (port default
+MLLGRAPH_INGESTION_PORT, 50051). Health reports SERVING only once Neo4j answers, and
+NOT_SERVING again while it does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import sys
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from mllgraph import labeller, probes, registry
+from mllgraph.db import Graph
+from mllgraph.errors import FailedPrecondition, InvalidArgument, MllgraphError, NotFound
+from mllgraph.preprocess import InputSpec
+from mllgraph.settings import Settings
+from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
+from services.common import (
+    HealthServicer,
+    build_server,
+    configure_logging,
+    full_service_name,
+    rpc,
+    serve_until_signal,
+    set_serving,
+)
+
+log = logging.getLogger("mllgraph.services.ingestion")
+
+SERVICE_NAME = full_service_name(ingestion_pb2, "IngestionService")
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000
+TOP_LABELS_PER_HEAD = 5
+MAX_FINISHED_JOBS = 1000
+GRACE_S = 10.0
+HEALTH_INTERVAL_S = 10.0  # Neo4j check once serving; every second before that
+MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}@[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_RESIZE_FROM_PROTO = {
+    common_pb2.RESIZE_MODE_RESIZE: "resize",
+    common_pb2.RESIZE_MODE_RESIZE_CROP: "resize_crop",
+}
+_RESIZE_TO_PROTO = {v: k for k, v in _RESIZE_FROM_PROTO.items()}
+_SOURCE_TO_PROTO = {
+    "file": ingestion_pb2.MODEL_SOURCE_WEIGHTS_PATH,
+    "upload": ingestion_pb2.MODEL_SOURCE_WEIGHTS_BYTES,
+    "builtin": ingestion_pb2.MODEL_SOURCE_BUILTIN,
+}
+
+QUEUED = ingestion_pb2.LABEL_JOB_STATE_QUEUED
+RUNNING = ingestion_pb2.LABEL_JOB_STATE_RUNNING
+DONE = ingestion_pb2.LABEL_JOB_STATE_DONE
+FAILED = ingestion_pb2.LABEL_JOB_STATE_FAILED
+_STATE_NAMES = {QUEUED: "queued", RUNNING: "running", DONE: "done", FAILED: "failed"}
+
+
+# --- conversions ----------------------------------------------------------------------------
+
+
+def _required(value: str, name: str) -> str:
+    value = value.strip()
+    if not value:
+        raise InvalidArgument(f"{name}: required")
+    return value
+
+
+def _f32(value: float) -> float:
+    """A proto float32 as the decimal it was written as (0.286, not 0.28600001335144043)."""
+    return float(f"{value:.7g}")
+
+
+def _arch_defaults(arch: str) -> dict[str, Any]:
+    """timm's pretrained config for `arch` (metadata only, no download); {} if none."""
+    try:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(arch) if arch and timm.is_model(arch) else None
+    except Exception:  # noqa: BLE001 - defaults are a convenience; validation comes later
+        cfg = None
+    if cfg is None:
+        return {}
+    out: dict[str, Any] = {}
+    if cfg.input_size:
+        out["size"] = int(cfg.input_size[-1])
+    if cfg.interpolation:
+        out["interpolation"] = cfg.interpolation
+    if cfg.crop_pct:
+        out["crop_pct"] = float(cfg.crop_pct)
+    if cfg.mean and len(cfg.mean) == 3:
+        out["mean"], out["std"] = tuple(cfg.mean), tuple(cfg.std)
+    return out
+
+
+def spec_from_proto(msg: common_pb2.InputSpec, arch: str, base: InputSpec | None) -> InputSpec:
+    """The effective InputSpec: fields set in `msg`, the rest from `base` (a builtin's own
+    spec), else timm's config for `arch`, else ImageNet statistics (averaged for 1 channel).
+    Raises InvalidArgument naming the first bad field."""
+    channels = msg.channels or (base.channels if base else 3)
+    arch_cfg = {} if base else _arch_defaults(arch)
+    size = msg.size or (base.size if base else arch_cfg.get("size", 0))
+    if not size:
+        raise InvalidArgument(f"input_spec.size: required (arch {arch!r} has no default size)")
+    if msg.resize_mode and msg.resize_mode not in _RESIZE_FROM_PROTO:
+        raise InvalidArgument(f"input_spec.resize_mode: unknown value {msg.resize_mode}")
+    resize = _RESIZE_FROM_PROTO.get(msg.resize_mode) or (base.resize if base else "resize_crop")
+    if msg.crop_pct:
+        crop_pct = _f32(msg.crop_pct)
+    elif base:
+        crop_pct = base.crop_pct
+    else:
+        crop_pct = arch_cfg.get("crop_pct", 0.875) if resize == "resize_crop" else 1.0
+
+    def stats(given: list[float], name: str, imagenet: tuple[float, ...]) -> tuple[float, ...]:
+        if given:
+            return tuple(_f32(v) for v in given)
+        if base and base.channels == channels:
+            return tuple(getattr(base, name))
+        values = tuple(arch_cfg.get(name, imagenet))
+        return values if channels == 3 else (round(sum(values) / len(values), 4),)
+
+    return InputSpec(
+        size=size,
+        resize=resize,
+        crop_pct=crop_pct,
+        mean=stats(list(msg.mean), "mean", IMAGENET_MEAN),
+        std=stats(list(msg.std), "std", IMAGENET_STD),
+        channels=channels,
+        interpolation=msg.interpolation
+        or (base.interpolation if base else arch_cfg.get("interpolation", "bilinear")),
+    ).validate()
+
+
+def spec_to_proto(spec: dict[str, Any]) -> common_pb2.InputSpec:
+    return common_pb2.InputSpec(
+        size=int(spec["size"]),
+        resize_mode=_RESIZE_TO_PROTO.get(spec["resize"], common_pb2.RESIZE_MODE_UNSPECIFIED),
+        crop_pct=float(spec.get("crop_pct", 1.0)),
+        mean=list(spec["mean"]),
+        std=list(spec["std"]),
+        channels=int(spec["channels"]),
+        interpolation=spec.get("interpolation", ""),
+    )
+
+
+def _timestamp(value: str | float | None) -> Timestamp | None:
+    """An ISO 8601 string (Neo4j datetime) or epoch seconds as a Timestamp; None stays None."""
+    if value in (None, ""):
+        return None
+    ts = Timestamp()
+    if isinstance(value, str):
+        ts.FromJsonString(value)
+    else:
+        ts.FromNanoseconds(int(value * 1e9))
+    return ts
+
+
+def concept_display_name(name: str) -> str:
+    """'gym_shoe.n.01' -> 'gym shoe' (first lemma, underscores as spaces)."""
+    m = re.match(r"^(.+)\.n\.\d+$", name or "")
+    return (m.group(1) if m else name or "").replace("_", " ")
+
+
+def head_to_proto(row: dict[str, Any]) -> ingestion_pb2.Head:
+    return ingestion_pb2.Head(
+        index=int(row["index"]),
+        label=row["label"] or "",
+        declared_wnid=row.get("declared_wnid") or "",
+        top_labels=[
+            ingestion_pb2.HeadConcept(
+                concept=common_pb2.ConceptRef(
+                    wnid=lab["wnid"], name=concept_display_name(lab["name"])
+                ),
+                score=float(lab["score"]),
+            )
+            for lab in row.get("labels") or []
+        ],
+    )
+
+
+def model_to_proto(
+    record: dict[str, Any], heads: list[dict[str, Any]] | None = None
+) -> ingestion_pb2.Model:
+    source = record.get("source", "")
+    model = ingestion_pb2.Model(
+        id=record["id"],
+        name=record["name"],
+        version=record["version"],
+        arch=record["arch"],
+        source=_SOURCE_TO_PROTO.get(source, ingestion_pb2.MODEL_SOURCE_UNSPECIFIED),
+        source_ref="" if source == "upload" else record.get("source_ref", ""),
+        sha256=record["sha256"],
+        num_classes=int(record["num_classes"]),
+        input_spec=spec_to_proto(record["input_spec"]),
+        labelled=bool(record.get("labelled_at")),
+        metadata={str(k): str(v) for k, v in (record.get("metadata") or {}).items()},
+        heads=[head_to_proto(h) for h in heads or []],
+    )
+    created = _timestamp(record.get("created_at"))
+    if created is not None:
+        model.created_at.CopyFrom(created)
+    labelled = _timestamp(record.get("labelled_at"))
+    if labelled is not None:
+        model.labelled_at.CopyFrom(labelled)
+    return model
+
+
+def label_options_from_proto(msg: ingestion_pb2.LabelOptions) -> labeller.LabelOptions:
+    """Zero fields take labeller.LabelOptions' defaults; out-of-range ones are refused."""
+    default = labeller.LabelOptions()
+    if msg.probe_set:
+        raise InvalidArgument(
+            f"options.probe_set {msg.probe_set!r}: choosing probe sets is not supported yet; "
+            "leave it empty to label with every probe set"
+        )
+    checks = (
+        ("samples_per_concept", msg.samples_per_concept, 100_000),
+        ("top_k", msg.top_k, 1000),
+        ("batch_size", msg.batch_size, 4096),
+    )
+    for name, value, most in checks:
+        if not 0 <= value <= most:
+            raise InvalidArgument(f"options.{name} must be in 0..{most} (0 = default), got {value}")
+    if not (math.isfinite(msg.min_score) and 0.0 <= msg.min_score <= 1.0):
+        raise InvalidArgument(f"options.min_score must be in [0, 1], got {msg.min_score}")
+    return labeller.LabelOptions(
+        samples_per_concept=msg.samples_per_concept or default.samples_per_concept,
+        batch_size=msg.batch_size or default.batch_size,
+        top_k=msg.top_k or default.top_k,
+        min_score=_f32(msg.min_score) if msg.min_score else default.min_score,
+    )
+
+
+# --- labelling jobs -------------------------------------------------------------------------
+
+
+@dataclass
+class LabelJob:
+    """One labelling job (in memory; see the module docstring)."""
+
+    job_id: str
+    model_id: str
+    options: labeller.LabelOptions
+    heads_total: int
+    state: int = QUEUED
+    progress: float = 0.0  # written by the labelling thread, read by the event loop
+    message: str = "queued"
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    heads_done: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.state in (QUEUED, RUNNING)
+
+    def to_proto(self) -> ingestion_pb2.LabelJob:
+        job = ingestion_pb2.LabelJob(
+            job_id=self.job_id,
+            model_id=self.model_id,
+            state=self.state,
+            progress=min(max(self.progress, 0.0), 1.0),
+            message=self.message,
+            heads_done=self.heads_done,
+            heads_total=self.heads_total,
+        )
+        for name in ("started_at", "finished_at"):
+            ts = _timestamp(getattr(self, name))
+            if ts is not None:
+                getattr(job, name).CopyFrom(ts)
+        return job
+
+
+class LabelJobQueue:
+    """In-memory FIFO of labelling jobs with one worker task: one job runs at a time."""
+
+    def __init__(self, run: Callable[[LabelJob], Any], keep_finished: int = MAX_FINISHED_JOBS):
+        self._run = run  # async (job) -> summary message
+        self._keep = keep_finished
+        self._jobs: OrderedDict[str, LabelJob] = OrderedDict()
+        self._queue: asyncio.Queue[LabelJob | None] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._current: asyncio.Task[str] | None = None
+
+    def get(self, job_id: str) -> LabelJob:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(
+                f"label job {job_id!r} does not exist (jobs live in the server's memory: "
+                "a restart forgets them, and only recent finished jobs are kept)"
+            )
+        return job
+
+    def active_for(self, model_id: str) -> LabelJob | None:
+        return next((j for j in self._jobs.values() if j.active and j.model_id == model_id), None)
+
+    def submit(self, model_id: str, options: labeller.LabelOptions, heads_total: int) -> LabelJob:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.create_task(self._work(), name="label-job-worker")
+        job = LabelJob(uuid.uuid4().hex, model_id, options, heads_total)
+        self._jobs[job.job_id] = job
+        self._queue.put_nowait(job)
+        self._evict()
+        log.info(
+            "label_job state=queued job=%s model=%s waiting=%d",
+            job.job_id,
+            model_id,
+            self._queue.qsize(),
+        )
+        return job
+
+    def _evict(self) -> None:
+        finished = [k for k, j in self._jobs.items() if not j.active]
+        for key in finished[: max(0, len(finished) - self._keep)]:
+            del self._jobs[key]
+
+    def _finish(self, job: LabelJob, state: int, message: str) -> None:
+        job.state, job.message, job.finished_at = state, message, time.time()
+        if state == DONE:
+            job.progress, job.heads_done = 1.0, job.heads_total
+        seconds = job.finished_at - (job.started_at or job.created_at)
+        log.log(
+            logging.INFO if state == DONE else logging.WARNING,
+            "label_job state=%s job=%s model=%s s=%.1f msg=%r",
+            _STATE_NAMES[state],
+            job.job_id,
+            job.model_id,
+            seconds,
+            message,
+        )
+        self._evict()
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            job = await self._queue.get()
+            if job is None:  # close(): no more jobs
+                return
+            if not job.active:  # failed at shutdown while waiting
+                continue
+            job.state, job.started_at, job.message = RUNNING, time.time(), "running"
+            log.info("label_job state=running job=%s model=%s", job.job_id, job.model_id)
+            self._current = asyncio.ensure_future(self._run(job))
+            try:
+                message = await asyncio.shield(self._current)
+            except asyncio.CancelledError:
+                if job.active:
+                    self._finish(job, FAILED, "server shut down while labelling")
+                raise
+            except MllgraphError as e:
+                self._finish(job, FAILED, str(e))
+            except Exception as e:  # noqa: BLE001 - reported on the job, logged with traceback
+                log.exception("label_job_internal_error job=%s", job.job_id)
+                self._finish(job, FAILED, f"internal error ({type(e).__name__}): {e}")
+            else:
+                self._finish(job, DONE, message)
+            finally:
+                self._current = None
+
+    async def close(self, grace: float | None) -> None:
+        """Fail queued jobs, give a running one `grace` seconds, then stop the worker."""
+        for job in list(self._jobs.values()):
+            if job.state == QUEUED:
+                self._finish(job, FAILED, "server shutting down before the job started")
+        if self._worker is None or self._queue is None:
+            return
+        self._queue.put_nowait(None)  # the worker stops after the running job
+        done, _ = await asyncio.wait({self._worker}, timeout=grace or 0)
+        if not done:
+            self._worker.cancel()  # the job is reported FAILED; its thread runs to its end
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        self._worker = None
+
+
+# --- the servicer ---------------------------------------------------------------------------
+
+
+class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        graph: Graph | None = None,
+        grounder_factory: Callable[[Settings], Callable[[str], str]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.graph = graph if graph is not None else Graph(settings)
+        self._owns_graph = graph is None
+        self._grounder_factory = grounder_factory
+        self._grounder: Callable[[str], str] | None = None
+        self._grounder_lock = threading.Lock()
+        self._register_lock = asyncio.Lock()
+        self.jobs = LabelJobQueue(self._run_label_job)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def grounder(self) -> Callable[[str], str]:
+        """The class-name grounder, built once (blocking: call it from a thread)."""
+        with self._grounder_lock:
+            if self._grounder is None:
+                t0 = time.monotonic()
+                if self._grounder_factory is None:
+                    from mllgraph import hub
+
+                    self._grounder = hub.grounder(self.settings)
+                else:
+                    self._grounder = self._grounder_factory(self.settings)
+                log.info("grounder_ready s=%.1f", time.monotonic() - t0)
+            return self._grounder
+
+    def _ground(self, name: str) -> str:
+        return self.grounder()(name)
+
+    async def close(self, grace: float | None = None) -> None:
+        await self.jobs.close(grace)
+        if self._owns_graph:
+            await asyncio.to_thread(self.graph.close)
+
+    def _register(self, reg: registry.Registration) -> registry.RegisteredModel:
+        ground = self._ground if reg.class_names else None
+        return registry.register_model(self.graph, self.settings, reg, ground)
+
+    def _model_with_heads(self, mid: str, include_heads: bool) -> ingestion_pb2.Model:
+        record = registry.get_model(self.graph, mid)
+        heads = registry.heads(self.graph, mid, TOP_LABELS_PER_HEAD) if include_heads else None
+        return model_to_proto(record, heads)
+
+    async def _run_label_job(self, job: LabelJob) -> str:
+        def progress(done: int, total: int) -> None:
+            job.progress = 0.95 * done / total if total else 0.0
+
+        r = await asyncio.to_thread(
+            labeller.label_model,
+            self.graph,
+            self.settings,
+            job.model_id,
+            job.options,
+            progress=progress,
+        )
+        return (
+            f"labelled {job.heads_total} heads of {r.model_id}: {r.labels} labels and "
+            f"{r.group_labels} group labels from {r.images} probe images of {r.concepts} "
+            f"concepts in {r.seconds:.1f} s (temperature {r.temperature:.3f}); catalogue "
+            f"version {r.catalogue_version}"
+        )
+
+    # -- RPCs ------------------------------------------------------------------------------
+
+    @rpc
+    async def RegisterModel(  # noqa: N802 - gRPC method name
+        self, request: ingestion_pb2.RegisterModelRequest, context: grpc.aio.ServicerContext
+    ) -> ingestion_pb2.Model:
+        source = request.WhichOneof("source")
+        builtin = request.builtin if source == "builtin" else None
+        spec = None
+        if request.HasField("input_spec"):
+            from mllgraph import experts
+
+            lite = experts.EFFICIENTNET_LITE.get(builtin or "")
+            base = lite.input_spec if lite else None
+            spec = spec_from_proto(request.input_spec, request.arch or builtin or "", base)
+        reg = registry.Registration(
+            name=request.name,
+            version=request.version or "1",
+            arch=request.arch,
+            builtin=builtin,
+            weights_path=Path(request.weights_path) if source == "weights_path" else None,
+            weights_bytes=request.weights_bytes if source == "weights_bytes" else None,
+            class_names=list(request.class_names) or None,
+            wnids=list(request.wnids) or None,
+            input_spec=spec,
+            metadata=dict(request.metadata),
+        )
+        async with self._register_lock:
+            result = await asyncio.to_thread(self._register, reg)
+        record = result.record
+        log.info(
+            "model_registered id=%s created=%s arch=%s heads=%d source=%s sha256=%s",
+            record["id"],
+            result.created,
+            record["arch"],
+            record["num_classes"],
+            record["source"],
+            record["sha256"][:12],
+        )
+        return model_to_proto(record)
+
+    @rpc
+    async def LabelModel(  # noqa: N802
+        self, request: ingestion_pb2.LabelModelRequest, context: grpc.aio.ServicerContext
+    ) -> ingestion_pb2.LabelJob:
+        mid = _required(request.model_id, "model_id")
+        options = label_options_from_proto(request.options)
+        record = await asyncio.to_thread(registry.get_model, self.graph, mid)
+        active = self.jobs.active_for(mid)
+        if active is not None:
+            return active.to_proto()
+        if record.get("labelled_at") and not request.options.relabel:
+            raise FailedPrecondition(
+                f"model {mid} is already labelled (at {record['labelled_at']}); set "
+                "options.relabel to replace its labels"
+            )
+        sets = await asyncio.to_thread(probes.probe_sets, self.graph)
+        if not sets:
+            raise FailedPrecondition(
+                f"cannot label {mid}: no concept has probe images yet; add some with "
+                "`mllgraph probes add` (or `mllgraph hub fashion-probes`)"
+            )
+        return self.jobs.submit(mid, options, int(record["num_classes"])).to_proto()
+
+    @rpc
+    async def GetLabelJob(  # noqa: N802
+        self, request: ingestion_pb2.GetLabelJobRequest, context: grpc.aio.ServicerContext
+    ) -> ingestion_pb2.LabelJob:
+        return self.jobs.get(_required(request.job_id, "job_id")).to_proto()
+
+    @rpc
+    async def GetModel(  # noqa: N802
+        self, request: ingestion_pb2.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> ingestion_pb2.Model:
+        mid = _required(request.model_id, "model_id")
+        return await asyncio.to_thread(self._model_with_heads, mid, request.include_heads)
+
+    @rpc
+    async def ListModels(  # noqa: N802
+        self, request: ingestion_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> ingestion_pb2.ListModelsResponse:
+        if request.page_size < 0:
+            raise InvalidArgument(f"page_size must be >= 0, got {request.page_size}")
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        if request.page_token and not MODEL_ID_RE.match(request.page_token):
+            raise InvalidArgument(
+                f"page_token {request.page_token!r} is not one this server issued "
+                "(use next_page_token of the previous response)"
+            )
+        score = request.min_label_score
+        if not (math.isfinite(score) and 0.0 <= score <= 1.0):
+            raise InvalidArgument(f"min_label_score must be in [0, 1], got {score}")
+
+        def work() -> ingestion_pb2.ListModelsResponse:
+            try:
+                records = registry.list_models(
+                    self.graph,
+                    name=request.name or None,
+                    arch=request.arch or None,
+                    covers=request.covers_concept or None,
+                    min_score=_f32(score),
+                    limit=page_size,
+                    after=request.page_token or None,
+                )
+            except NotFound as e:  # only the covers_concept lookup raises it
+                raise InvalidArgument(f"covers_concept: {e}") from e
+            models = [
+                model_to_proto(
+                    r,
+                    registry.heads(self.graph, r["id"], TOP_LABELS_PER_HEAD)
+                    if request.include_heads
+                    else None,
+                )
+                for r in records
+            ]
+            token = records[-1]["id"] if len(records) == page_size else ""
+            return ingestion_pb2.ListModelsResponse(models=models, next_page_token=token)
+
+        return await asyncio.to_thread(work)
+
+    @rpc
+    async def DeleteModel(  # noqa: N802
+        self, request: ingestion_pb2.DeleteModelRequest, context: grpc.aio.ServicerContext
+    ) -> ingestion_pb2.DeleteModelResponse:
+        mid = _required(request.model_id, "model_id")
+        active = self.jobs.active_for(mid)
+        if active is not None:
+            raise FailedPrecondition(
+                f"model {mid} has a labelling job {_STATE_NAMES[active.state]} "
+                f"({active.job_id}); delete it once the job has finished"
+            )
+        try:
+            out = await asyncio.to_thread(registry.delete_model, self.graph, self.settings, mid)
+        except NotFound:
+            if request.allow_missing:
+                return ingestion_pb2.DeleteModelResponse(model_id=mid)
+            raise
+        log.info(
+            "model_deleted id=%s heads=%d label_edges=%d weights_removed=%s",
+            mid,
+            out["deleted_heads"],
+            out["deleted_label_edges"],
+            out["weights_removed"],
+        )
+        return ingestion_pb2.DeleteModelResponse(
+            model_id=mid,
+            deleted_heads=int(out["deleted_heads"]),
+            deleted_label_edges=int(out["deleted_label_edges"]),
+            weights_removed=bool(out["weights_removed"]),
+        )
+
+
+# --- running the server ---------------------------------------------------------------------
+
+
+async def watch_neo4j(
+    graph: Graph, health: HealthServicer, stop: asyncio.Event, interval: float = HEALTH_INTERVAL_S
+) -> None:
+    """Report SERVING while Neo4j answers and NOT_SERVING while it does not, until `stop`."""
+    serving: bool | None = None
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(graph.verify)
+            ok, why = True, ""
+        except Exception as e:  # noqa: BLE001 - any failure means: not serving
+            ok, why = False, str(e) or type(e).__name__
+        if ok != serving and not stop.is_set():
+            await set_serving(health, [SERVICE_NAME], ok)
+            if ok:
+                log.info("health status=SERVING neo4j=%s", graph.settings.bolt_uri)
+            else:
+                log.warning("health status=NOT_SERVING reason=%r", why)
+            serving = ok
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval if serving else 1.0)
+
+
+@dataclass
+class IngestionServer:
+    """A started server (from `start`): its port, health servicer and the servicer itself."""
+
+    server: grpc.aio.Server
+    health: HealthServicer
+    port: int
+    servicer: IngestionServicer
+    stop_event: asyncio.Event
+    watcher: asyncio.Task[None]
+
+    async def close(self, grace: float | None = GRACE_S) -> None:
+        """Stop health watching, report NOT_SERVING, stop the server, finish jobs, close."""
+        self.stop_event.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.watcher
+        await set_serving(self.health, [SERVICE_NAME], False)
+        await self.server.stop(grace)
+        await self.servicer.close(grace)
+
+
+async def start(
+    settings: Settings,
+    port: int = 0,
+    *,
+    host: str = "127.0.0.1",
+    servicer: IngestionServicer | None = None,
+    health_interval: float = HEALTH_INTERVAL_S,
+) -> IngestionServer:
+    """Build and start the server on `port` (0: a free one); health turns SERVING once Neo4j
+    answers. Stop it with `await running.close()`."""
+    servicer = servicer or IngestionServicer(settings)
+    server, health, bound = await build_server(
+        port,
+        [(ingestion_pb2_grpc.add_IngestionServiceServicer_to_server, servicer)],
+        [SERVICE_NAME],
+        host=host,
+    )
+    await server.start()
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_neo4j(servicer.graph, health, stop, health_interval))
+    log.info("ingestion_started port=%d neo4j=%s", bound, settings.bolt_uri)
+    return IngestionServer(server, health, bound, servicer, stop, watcher)
+
+
+async def serve(settings: Settings, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully."""
+    running = await start(settings, settings.ingestion_port if port is None else port, host=host)
+
+    def warm_up() -> None:
+        try:
+            running.servicer.grounder()
+        except Exception as e:  # noqa: BLE001 - registration will report it when used
+            log.warning("grounder_warm_up_failed error=%r", str(e))
+
+    # A daemon thread, not the loop's executor: shutdown need not wait for the warm-up.
+    threading.Thread(target=warm_up, name="grounder-warm-up", daemon=True).start()
+    try:
+        await serve_until_signal(
+            running.server, running.health, [SERVICE_NAME], GRACE_S, stop=running.stop_event
+        )
+    finally:
+        await running.close(GRACE_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.ingestion", description="the mllgraph IngestionService"
+    )
+    parser.add_argument("--port", type=int, help="port (default MLLGRAPH_INGESTION_PORT, 50051)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        asyncio.run(serve(Settings.from_env(), port=args.port, host=args.host))
+    except MllgraphError as e:
+        log.error("ingestion_failed error=%r", str(e))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
