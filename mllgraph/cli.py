@@ -300,6 +300,125 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- select, serve ---------------------------------------------------------------------------
+
+
+def _task_classes(texts: list[str]) -> list[str]:
+    """One argument: comma-separated class names; several: one class each (commas kept)."""
+    if len(texts) == 1:
+        return [x.strip() for x in texts[0].split(",") if x.strip()]
+    return [x.strip() for x in texts]
+
+
+def _pins(names: list[str], pins: list[str]) -> dict[str, str]:
+    from mllgraph.errors import InvalidArgument
+
+    out: dict[str, str] = {}
+    for text in pins:
+        name, sep, wnid = text.rpartition("=")
+        name, wnid = name.strip(), wnid.strip()
+        if not sep or not name or not wnid:
+            raise InvalidArgument(f"--pin wants NAME=WNID, got {text!r}")
+        match = [n for n in names if n == name] or [n for n in names if n.lower() == name.lower()]
+        if not match:
+            raise InvalidArgument(f"--pin {text!r}: {name!r} is not one of the classes {names}")
+        out[match[0]] = wnid
+    return out
+
+
+def _fmt_acc(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
+    """A plan document, readably: per class its concept, coverage, heads and accuracy."""
+    table = Table(title=f"plan {plan['plan_id']}")
+    for col in ("class", "concept", "grounding", "coverage", "heads (model:head label score)",
+                "est. acc"):  # fmt: skip
+        table.add_column(col, overflow="fold")
+    for c in plan["classes"]:
+        g = c.get("grounding") or {}
+        how = "pinned" if g.get("pinned") else f"{g.get('method', '')} {g.get('score', 0):.2f}"
+        if g.get("approximate"):
+            how += " approx."
+        if g.get("ambiguous"):
+            how += " ambiguous"
+        heads = "\n".join(
+            f"{h['model_id']}:{h['head_index']} {h['head_label']} {h['label_score']:.2f}"
+            for h in c["heads"]
+        )
+        table.add_row(
+            c["name"],
+            f"{c['concept']['name'].split('.')[0].replace('_', ' ')} ({c['concept']['wnid']})",
+            how,
+            c["coverage"],
+            heads or "-",
+            _fmt_acc(c.get("estimated_accuracy")),
+        )
+    console.print(table)
+    if plan.get("uncovered"):
+        console.print(f"uncovered: {', '.join(plan['uncovered'])}")
+    fitted = "fitted" if plan.get("params_fitted") else "default"
+    console.print(
+        f"models ({len(plan['models'])} of at most {plan['budget']}): "
+        f"{', '.join(plan['models']) or 'none'} · solver {plan['solver']} · params {fitted} · "
+        f"estimated accuracy {_fmt_acc(plan.get('estimated_accuracy'))} · "
+        f"catalogue v{plan['catalogue_version']}"
+    )
+    t = timings if timings is not None and timings.total_ms else None
+    if t is None:
+        console.print(f"stored plan, made {plan.get('created_at')} (same task, same catalogue)")
+    else:
+        console.print(
+            f"timings: grounding {t.grounding_ms:.0f} ms · cypher {t.cypher_ms:.0f} ms · "
+            f"load {t.load_ms:.0f} ms · chco {t.chco_ms:.0f} ms · total {t.total_ms:.0f} ms"
+        )
+
+
+def cmd_select(args: argparse.Namespace, settings: Settings) -> int:
+    from mllgraph import db, select
+    from mllgraph.ground import default_resolver
+
+    names = _task_classes(args.classes)
+    pins = _pins(names, args.pin)
+    classes = [select.TaskClass(n, pins.get(n)) for n in names]
+    options = select.SelectOptions(
+        budget=args.budget,
+        solver=args.solver,
+        allow_ancestor=not args.no_ancestor,
+        fit_params=not args.no_fit,
+        min_label_score=args.min_label_score,
+    )
+    options.validate()
+    select.validate_classes(classes)
+    with console.status("loading the grounding resolver"):
+        resolver = default_resolver(settings)
+    with db.connect(settings) as graph:
+        ctx = select.select(graph, settings, classes, options, resolver)
+    if args.json:
+        print(json.dumps(ctx.plan, indent=1))
+    else:
+        print_plan(ctx.plan, ctx.timings)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import importlib
+
+    from mllgraph.errors import FailedPrecondition
+
+    module_name = f"services.{args.service}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name not in ("services", module_name):
+            raise
+        raise FailedPrecondition(
+            f"the {args.service} service is not part of this installation ({module_name})"
+        ) from e
+    return int(module.main(list(args.args)) or 0)
+
+
 # -- bench -----------------------------------------------------------------------------------
 
 
@@ -420,8 +539,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_query)
 
+    p = sub.add_parser("select", help="choose expert heads for a task (a stored plan)")
+    p.add_argument("classes", nargs="+", help='"sandal, sneakers, handbag" or one per argument')
+    p.add_argument("--budget", type=int, default=5, help="max distinct models (default 5)")
+    p.add_argument("--pin", action="append", default=[], metavar="NAME=WNID",
+                   help="ground class NAME to this concept (repeatable)")  # fmt: skip
+    p.add_argument("--solver", choices=["auto", "exact", "heuristic"], default="auto")
+    p.add_argument("--no-ancestor", action="store_true", help="no ancestor-concept heads")
+    p.add_argument("--no-fit", action="store_true", help="default combination parameters")
+    p.add_argument("--min-label-score", type=float, default=0.05)
+    p.add_argument("--json", action="store_true", help="print the plan document")
+    p.set_defaults(handler=cmd_select)
+
+    p = sub.add_parser("serve", help="run a gRPC service until SIGTERM/SIGINT")
+    p.add_argument("service", choices=["selection", "ingestion", "inference"])
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the service's own flags (--port N)")
+    p.set_defaults(handler=cmd_serve)
+
     p = sub.add_parser("bench", help="benchmarks (print figures, write reports/*.json)")
-    p.add_argument("what", choices=["sdag"])
+    p.add_argument("what", choices=["sdag", "label", "infer"])
+    p.add_argument("--sizes", default="1,32,256", help="infer: request batch sizes")
+    p.add_argument("--samples-per-concept", type=int, default=100)
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="reports")
