@@ -20,7 +20,7 @@ The rule, exactly (K task classes, N images):
    score is ``log(EPS) + log(QUALITY_FLOOR)``, about -18.4), so it never wins.
 5. Class probabilities ``softmax_c(z)``; a prediction is ``argmax`` (first index on ties).
 
-``HeadGroup.kind`` ("exact", "descendants", "ancestor") is descriptive only: the rule never
+``HeadGroup.kind`` ("exact", "descendants", "ancestor", "related") is descriptive only: the rule never
 looks at it; the ancestor discount is expected inside ``label_score``.
 
 Parameter-free default (:func:`default_params`): ``weights[c] = 1`` and
@@ -45,7 +45,7 @@ from mllgraph.errors import InvalidArgument
 EPS = 1e-6
 UNCOVERED_SCORE = -1000.0
 QUALITY_FLOOR = 0.01
-KINDS = ("exact", "descendants", "ancestor")
+KINDS = ("exact", "descendants", "ancestor", "related")
 # Bounds keep fitted parameters meaningful: a weight <= 0 would invert the evidence.
 _WEIGHT_BOUNDS = (1e-3, 100.0)
 _LOG_TEMPERATURE_BOUNDS = (math.log(0.05), math.log(20.0))

@@ -34,7 +34,7 @@ from mllgraph.settings import Settings
 PLAN_SCHEMA_VERSION = 1
 MAX_CLASSES = 1000
 KINDS = {"exact": "exact", "group": "descendants", "descendants": "descendants",
-         "ancestor": "ancestor"}  # fmt: skip
+         "ancestor": "ancestor", "related": "related"}  # fmt: skip
 SOLVERS = ("auto", "exact", "heuristic")
 
 
@@ -53,6 +53,7 @@ class SelectOptions:
     min_label_score: float = 0.05
     per_kind_limit: int = 12  # candidates per class per kind, best first
     ancestor_discount: float = 0.5
+    related_discount: float = 0.4
     # Restrict candidates to these model ids (None: the whole hub). Used to study hub size.
     models: tuple[str, ...] | None = None
 
@@ -83,6 +84,7 @@ class SelectionContext:
     plan: dict[str, Any]
     candidates: list[chco.Candidate] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
+    problem: chco.ChcoProblem | None = None  # None for a stored plan or an empty problem
 
 
 def ensure_schema(graph: Graph) -> None:
@@ -203,6 +205,7 @@ def select(
         per_kind_limit=options.per_kind_limit,
         allow_ancestor=options.allow_ancestor,
         ancestor_discount=options.ancestor_discount,
+        related_discount=options.related_discount,
     )
     probe_rows = graph.read("selection/task_probes", targets=targets)
     timings.cypher_ms = (time.perf_counter() - t) * 1000
@@ -240,6 +243,7 @@ def select(
         info[key] = {"labels": r["labels"], "via": r["via"], "kind": r["kind"]}
 
     t = time.perf_counter()
+    problem = None
     if labels.size == 0 or not candidates:
         plan = _uncovered_plan(len(classes))
         solver_note = "no candidates or no probe images"
@@ -264,7 +268,7 @@ def select(
     body["alternatives"] = _alternatives(plan, candidates, logits, labels, info)
     if store:
         graph.write("selection/plan_put", id=pid, body=json.dumps(body), catalogue_version=version)
-    return SelectionContext(plan=body, candidates=candidates, timings=timings)
+    return SelectionContext(plan=body, candidates=candidates, timings=timings, problem=problem)
 
 
 def _probe_matrix(

@@ -3,9 +3,12 @@
 //   group        a model's heads measured together on v (their declared concepts lie under v);
 //   descendants  one model's heads labelled on concepts strictly under v (summed at use);
 //   ancestor     heads labelled on an ancestor of v that no other task class lies under
-//                (score discounted by $ancestor_discount).
+//                (score discounted by $ancestor_discount);
+//   related      heads labelled on a sibling or cousin of v: a concept at most two steps
+//                below an ancestor at most two steps above v, where no other task class lies
+//                under that ancestor (score discounted by $related_discount).
 // params: targets [{index, wnid, others: [wnids of the task's other classes]}],
-//         min_score, per_kind_limit, allow_ancestor, ancestor_discount
+//         min_score, per_kind_limit, allow_ancestor, ancestor_discount, related_discount
 UNWIND $targets AS t
 MATCH (v:Concept {wnid: t.wnid})
 CALL (v, t) {
@@ -42,6 +45,20 @@ CALL (v, t) {
   WITH m, h, l, a ORDER BY l.score DESC, a.depth DESC, m.id, h.index LIMIT $per_kind_limit
   RETURN m.id AS model, [h.index] AS heads, [h.label] AS labels, 'ancestor' AS kind,
          l.score * $ancestor_discount AS score, a.wnid AS via
+  UNION
+  WITH v, t WHERE $allow_ancestor
+  OPTIONAL MATCH (o:Concept)-[:IS_A*0..]->(x:Concept) WHERE o.wnid IN t.others
+  WITH v, collect(DISTINCT x.wnid) AS blocked
+  MATCH (v)-[:IS_A*1..2]->(a:Concept)
+  WHERE NOT a.wnid IN blocked
+  MATCH (a)<-[:IS_A*1..2]-(u:Concept)
+  WHERE u <> v AND NOT (u)-[:IS_A*1..]->(v) AND NOT (v)-[:IS_A*1..]->(u)
+  WITH DISTINCT u
+  MATCH (m:Model)-[:HAS_HEAD]->(h:Head)-[l:LABELED]->(u)
+  WHERE l.method <> 'group' AND l.score >= $min_score
+  WITH m, h, l, u ORDER BY l.score DESC, m.id, h.index LIMIT $per_kind_limit
+  RETURN m.id AS model, [h.index] AS heads, [h.label] AS labels, 'related' AS kind,
+         l.score * $related_discount AS score, u.wnid AS via
 }
 MATCH (m:Model {id: model})
 RETURN t.index AS class_index, model, m.version AS version, coalesce(m.temperature, 1.0) AS temperature,

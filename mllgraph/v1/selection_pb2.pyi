@@ -25,6 +25,7 @@ class Coverage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COVERAGE_DESCENDANTS: _ClassVar[Coverage]
     COVERAGE_ANCESTOR: _ClassVar[Coverage]
     COVERAGE_UNCOVERED: _ClassVar[Coverage]
+    COVERAGE_RELATED: _ClassVar[Coverage]
 SOLVER_UNSPECIFIED: Solver
 SOLVER_AUTO: Solver
 SOLVER_EXACT: Solver
@@ -34,6 +35,7 @@ COVERAGE_EXACT: Coverage
 COVERAGE_DESCENDANTS: Coverage
 COVERAGE_ANCESTOR: Coverage
 COVERAGE_UNCOVERED: Coverage
+COVERAGE_RELATED: Coverage
 
 class TaskClass(_message.Message):
     __slots__ = ("name", "pinned_wnid")
