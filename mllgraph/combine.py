@@ -20,8 +20,8 @@ The rule, exactly (K task classes, N images):
    score is ``log(EPS) + log(QUALITY_FLOOR)``, about -18.4), so it never wins.
 5. Class probabilities ``softmax_c(z)``; a prediction is ``argmax`` (first index on ties).
 
-``HeadGroup.kind`` ("exact", "descendants", "ancestor", "related") is descriptive only: the rule never
-looks at it; the ancestor discount is expected inside ``label_score``.
+``HeadGroup.kind`` ("exact", "descendants", "ancestor", "related") is descriptive only: the
+rule never looks at it; ancestor/related discounts are expected inside ``label_score``.
 
 Parameter-free default (:func:`default_params`): ``weights[c] = 1`` and
 ``biases[c] = log(max(q_c, QUALITY_FLOOR))`` with ``q_c`` the mean label score of the class's

@@ -35,6 +35,12 @@ class Settings:
     inference_port: int = 50053
     # "auto" picks CUDA when present, else the CPU.
     device: str = "auto"
+    # Inference service limits and batching (see mllgraph.infer).
+    infer_max_image_pixels: int = 4096 * 4096  # per image; more: RESOURCE_EXHAUSTED
+    infer_max_images: int = 256  # per request; more: RESOURCE_EXHAUSTED
+    infer_max_batch: int = 64  # images per model pass (larger requests are split)
+    infer_max_delay_ms: float = 2.0  # longest a request waits for others to batch with
+    infer_cache_mb: int = 4096  # device memory for loaded experts (LRU beyond)
     wordnet_dir: Path = Path("/usr/share/wordnet")
     fashion_mnist_dir: Path = Path("/usr/share/datasets/fashion-mnist")
 
@@ -81,6 +87,15 @@ class Settings:
             selection_port=int(_env("MLLGRAPH_SELECTION_PORT", str(cls.selection_port))),
             inference_port=int(_env("MLLGRAPH_INFERENCE_PORT", str(cls.inference_port))),
             device=_env("MLLGRAPH_DEVICE", cls.device),
+            infer_max_image_pixels=int(
+                _env("MLLGRAPH_INFER_MAX_IMAGE_PIXELS", str(cls.infer_max_image_pixels))
+            ),
+            infer_max_images=int(_env("MLLGRAPH_INFER_MAX_IMAGES", str(cls.infer_max_images))),
+            infer_max_batch=int(_env("MLLGRAPH_INFER_MAX_BATCH", str(cls.infer_max_batch))),
+            infer_max_delay_ms=float(
+                _env("MLLGRAPH_INFER_MAX_DELAY_MS", str(cls.infer_max_delay_ms))
+            ),
+            infer_cache_mb=int(_env("MLLGRAPH_INFER_CACHE_MB", str(cls.infer_cache_mb))),
             wordnet_dir=Path(_env("MLLGRAPH_WORDNET_DIR", str(cls.wordnet_dir))),
             fashion_mnist_dir=Path(_env("MLLGRAPH_FASHION_MNIST_DIR", str(cls.fashion_mnist_dir))),
         )
