@@ -136,9 +136,18 @@ def bench_label(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     per_concept = args.samples_per_concept
     with db.connect(settings) as graph:
         sdag.load(graph, load_nouns(settings.wordnet_dir))
-        hub.build(graph, settings, experts=1, seed=0, epochs=1, max_train_per_expert=3000,
-                  imagenet=("efficientnet_lite0",), probes_per_class=max(per_concept, 100),
-                  log=lambda _m: None, progress=False)  # fmt: skip
+        hub.build(
+            graph,
+            settings,
+            experts=1,
+            seed=0,
+            epochs=1,
+            max_train_per_expert=3000,
+            imagenet=("efficientnet_lite0",),
+            probes_per_class=max(per_concept, 100),
+            log=lambda _m: None,
+            progress=False,
+        )
         fashion = registry.list_models(graph, name="fashion-0-000-", limit=1)
         models = ["efficientnet_lite0@1"] + [m["id"] for m in fashion]
         out = {}
@@ -152,17 +161,22 @@ def bench_label(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
                 "label_seconds": round(result.seconds, 2),
                 "labels": result.labels,
             }
-    return {"device": settings.torch_device(), "samples_per_concept": per_concept,
-            "models": out}  # fmt: skip
+    return {"device": settings.torch_device(), "samples_per_concept": per_concept, "models": out}
 
 
 # ImageNet classes for the inference benchmark's plan (one head of every model per class).
 _INFER_CLASSES = {
-    "sandal": "n04133789", "jersey": "n03595614", "cardigan": "n02963159",
-    "trench coat": "n04479046", "running shoe": "n04120489", "cowboy boot": "n03124043",
-    "jean": "n03594734", "purse": "n04026417", "miniskirt": "n03770439",
+    "sandal": "n04133789",
+    "jersey": "n03595614",
+    "cardigan": "n02963159",
+    "trench coat": "n04479046",
+    "running shoe": "n04120489",
+    "cowboy boot": "n03124043",
+    "jean": "n03594734",
+    "purse": "n04026417",
+    "miniskirt": "n03770439",
     "sweatshirt": "n04370456",
-}  # fmt: skip
+}
 
 
 def _bench_plan(models: list[dict[str, Any]], classes: dict[str, int]) -> dict[str, Any]:
@@ -172,13 +186,22 @@ def _bench_plan(models: list[dict[str, Any]], classes: dict[str, int]) -> dict[s
     from mllgraph.combine import ClassAssignment, HeadGroup, default_params
 
     assignment = [
-        ClassAssignment(i, tuple(HeadGroup(m["id"], (h % m["num_classes"],), "exact", 0.5)
-                                 for m in models))
+        ClassAssignment(
+            i, tuple(HeadGroup(m["id"], (h % m["num_classes"],), "exact", 0.5) for m in models)
+        )
         for i, h in enumerate(classes.values())
-    ]  # fmt: skip
+    ]
     k = len(assignment)
-    plan = chco.Plan(assignment, default_params(assignment), float("nan"), [float("nan")] * k,
-                     [], [m["id"] for m in models], "none", 0)  # fmt: skip
+    plan = chco.Plan(
+        assignment,
+        default_params(assignment),
+        float("nan"),
+        [float("nan")] * k,
+        [],
+        [m["id"] for m in models],
+        "none",
+        0,
+    )
     return {
         "plan_id": "",
         "classes": [{"name": n, "heads": []} for n in classes],
@@ -223,10 +246,11 @@ def bench_infer(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     configs.update({m["id"]: _bench_plan([m], classes) for m in models})
     images, _ = fashion.load_split("test", settings.fashion_mnist_dir)
     raw = [
-        inference_pb2.Image(raw=inference_pb2.RawArray(data=im.tobytes(), shape=[28, 28],
-                                                       dtype="uint8"))
+        inference_pb2.Image(
+            raw=inference_pb2.RawArray(data=im.tobytes(), shape=[28, 28], dtype="uint8")
+        )
         for im in images[: max(sizes)]
-    ]  # fmt: skip
+    ]
     settings = replace(settings, infer_max_images=max(settings.infer_max_images, max(sizes)))
 
     async def run() -> dict[str, Any]:
@@ -237,16 +261,18 @@ def bench_infer(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
                 stub = inference_pb2_grpc.InferenceServiceStub(channel)
                 inline = {k: svc.plan_to_proto(doc) for k, doc in configs.items()}
                 for k in configs:  # warm-up: load every model, one image
-                    await stub.Classify(inference_pb2.ClassifyRequest(inline_plan=inline[k],
-                                                                      images=raw[:1]))  # fmt: skip
+                    await stub.Classify(
+                        inference_pb2.ClassifyRequest(inline_plan=inline[k], images=raw[:1])
+                    )
                 for bs in sizes:
                     row: dict[str, Any] = {}
                     for k in configs:
                         lat, server_ms = [], {}
                         t0 = time.perf_counter()
                         for _ in range(repeats.get(bs, 1)):
-                            req = inference_pb2.ClassifyRequest(inline_plan=inline[k],
-                                                                images=raw[:bs])  # fmt: skip
+                            req = inference_pb2.ClassifyRequest(
+                                inline_plan=inline[k], images=raw[:bs]
+                            )
                             t = time.perf_counter()
                             resp = await stub.Classify(req)
                             lat.append(time.perf_counter() - t)
@@ -361,13 +387,28 @@ class _SyntheticHub:
         labels: list[dict[str, Any]] = []
         for i, c in enumerate(concepts):
             hid = f"{mid}#{i}"
-            labels.append({"head_id": hid, "wnid": c, "score": float(quality[i]),
-                           "method": "probe", "n_probe": 5, "group_heads": None})  # fmt: skip
+            labels.append(
+                {
+                    "head_id": hid,
+                    "wnid": c,
+                    "score": float(quality[i]),
+                    "method": "probe",
+                    "n_probe": 5,
+                    "group_heads": None,
+                }
+            )
             parents = self.wn.synsets[c].hypernyms
             if parents and rng.random() < 0.4:
-                labels.append({"head_id": hid, "wnid": parents[0], "method": "propagated",
-                               "score": float(quality[i] * rng.uniform(0.5, 0.9)),
-                               "n_probe": 10, "group_heads": None})  # fmt: skip
+                labels.append(
+                    {
+                        "head_id": hid,
+                        "wnid": parents[0],
+                        "method": "propagated",
+                        "score": float(quality[i] * rng.uniform(0.5, 0.9)),
+                        "n_probe": 10,
+                        "group_heads": None,
+                    }
+                )
         by_parent: dict[str, list[int]] = {}
         for i, c in enumerate(concepts):
             for p in self.wn.synsets[c].hypernyms[:1]:
@@ -375,17 +416,28 @@ class _SyntheticHub:
         for p, members in by_parent.items():
             if len(members) >= 2:
                 score = float(rng.uniform(0.5, 0.95))
-                labels += [{"head_id": f"{mid}#{i}", "wnid": p, "score": score,
-                            "method": "group", "n_probe": 10, "group_heads": members}
-                           for i in members]  # fmt: skip
+                labels += [
+                    {
+                        "head_id": f"{mid}#{i}",
+                        "wnid": p,
+                        "score": score,
+                        "method": "group",
+                        "n_probe": 10,
+                        "group_heads": members,
+                    }
+                    for i in members
+                ]
         model = {"id": mid, "name": f"synthetic-{index:05d}", "num_classes": h, "heads": heads}
         return model, labels, [concepts, quality]
 
     def _signal(self, concept: str) -> tuple[np.ndarray, np.ndarray]:
         """Probe-set indices whose concept is `concept` or under it, and those above it."""
         if concept not in self._under_cache:
-            under = [i for i, p in enumerate(self.task_pool)
-                     if p == concept or concept in self.ancestors(p)]  # fmt: skip
+            under = [
+                i
+                for i, p in enumerate(self.task_pool)
+                if p == concept or concept in self.ancestors(p)
+            ]
             above = [i for i, p in enumerate(self.task_pool) if p in self.ancestors(concept)]
             self._under_cache[concept] = (np.array(under, int), np.array(above, int))
         return self._under_cache[concept]
@@ -415,9 +467,14 @@ class _SyntheticHub:
         self.task_pool = concepts
         image = np.zeros((_SELECT_PROBES_PER_SET, 8, 8), np.uint8)
         for i, wnid in enumerate(concepts):
-            ps, _ = probes.add_probe_set(self.graph, self.settings, concept=wnid,
-                                         images=image + (i % 251), set_id=f"bench-{wnid}",
-                                         source="bench select (synthetic)")  # fmt: skip
+            ps, _ = probes.add_probe_set(
+                self.graph,
+                self.settings,
+                concept=wnid,
+                images=image + (i % 251),
+                set_id=f"bench-{wnid}",
+                source="bench select (synthetic)",
+            )
             self.probe_ids.append(ps.id)
         for mid, head_concepts, quality in self._pending:  # models made before the probes
             self._probe_outputs(mid, head_concepts, quality)
@@ -462,8 +519,9 @@ def _select_request(wnids: list[str], names: dict[str, str], pinned: bool) -> An
     )
 
 
-def _timed_selects(stub: Any, tasks: list[list[str]], names: dict[str, str], pinned: bool,
-                   warmup: int = 2) -> dict[str, Any]:  # fmt: skip
+def _timed_selects(
+    stub: Any, tasks: list[list[str]], names: dict[str, str], pinned: bool, warmup: int = 2
+) -> dict[str, Any]:
     """Latency of SelectHeads through gRPC for `tasks` (the first `warmup` not counted),
     with the plan's own grounding / cypher / load / chco split."""
     import grpc
@@ -501,8 +559,9 @@ def _timed_selects(stub: Any, tasks: list[list[str]], names: dict[str, str], pin
     return out
 
 
-def _exact_comparison(graph: Any, settings: Settings, resolver: Any,
-                      tasks: list[list[str]]) -> dict[str, Any]:  # fmt: skip
+def _exact_comparison(
+    graph: Any, settings: Settings, resolver: Any, tasks: list[list[str]]
+) -> dict[str, Any]:
     """CHCO (as selection runs it) vs the exact optimum on the same problems.
 
     Full problems are compared where the exact search space is at most 200k assignments; as
@@ -525,8 +584,9 @@ def _exact_comparison(graph: Any, settings: Settings, resolver: Any,
         if sizes[-1] <= chco.DEFAULT_EXACT_LIMIT:
             exact = chco.solve_exact(problem)
             heur = chco.solve_heuristic(problem)
-            full.append((exact.estimated_accuracy, heur.estimated_accuracy,
-                         ctx.plan["estimated_accuracy"]))  # fmt: skip
+            full.append(
+                (exact.estimated_accuracy, heur.estimated_accuracy, ctx.plan["estimated_accuracy"])
+            )
         by_class: dict[int, list[Any]] = {}
         for c in problem.candidates:
             by_class.setdefault(c.class_index, []).append(c)
@@ -576,23 +636,29 @@ def _profile_candidates(graph: Any, wnids: list[str], allow_ancestor: bool) -> d
     """PROFILE of selection/candidates for one task: time, db hits, the costliest operators."""
     from mllgraph import cypher
 
-    targets = [{"index": i, "wnid": w, "others": [x for x in wnids if x != w]}
-               for i, w in enumerate(wnids)]  # fmt: skip
-    params = {"targets": targets, "min_score": 0.05, "per_kind_limit": 12,
-              "allow_ancestor": allow_ancestor, "ancestor_discount": 0.5}  # fmt: skip
+    targets = [
+        {"index": i, "wnid": w, "others": [x for x in wnids if x != w]} for i, w in enumerate(wnids)
+    ]
+    params = {
+        "targets": targets,
+        "min_score": 0.05,
+        "per_kind_limit": 12,
+        "allow_ancestor": allow_ancestor,
+        "ancestor_discount": 0.5,
+    }
     text = cypher.load("selection/candidates")
     times = []
     for _ in range(3):
         t = time.perf_counter()
         graph.driver.execute_query(text, params, database_=graph.database)
         times.append(time.perf_counter() - t)
-    _, summary, _ = graph.driver.execute_query("PROFILE " + text, params,
-                                               database_=graph.database)  # fmt: skip
+    _, summary, _ = graph.driver.execute_query("PROFILE " + text, params, database_=graph.database)
     ops: list[tuple[str, int, int]] = []
 
     def walk(node: Any) -> None:
-        ops.append((node.get("operatorType", "?"), int(node.get("dbHits", 0)),
-                    int(node.get("rows", 0))))  # fmt: skip
+        ops.append(
+            (node.get("operatorType", "?"), int(node.get("dbHits", 0)), int(node.get("rows", 0)))
+        )
         for child in node.get("children", []):
             walk(child)
 
@@ -629,8 +695,9 @@ def bench_select(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
     for d in (neo4j_server.paths(scratch).data, home / "models", home / "probes"):
         shutil.rmtree(d, ignore_errors=True)
     # The scratch hub's files must stay under its own home, whatever the environment says.
-    saved_env = {k: os.environ.pop(k, None) for k in ("MLLGRAPH_MODEL_STORE",
-                                                      "MLLGRAPH_PROBE_STORE")}  # fmt: skip
+    saved_env = {
+        k: os.environ.pop(k, None) for k in ("MLLGRAPH_MODEL_STORE", "MLLGRAPH_PROBE_STORE")
+    }
     figures: dict[str, Any] = {"sizes": {}, "method": {}}
     rng = random.Random(args.seed)
     _, start_s = neo4j_server.start(scratch)
@@ -694,8 +761,11 @@ def bench_select(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
         for d in (home / "models", home / "probes"):
             shutil.rmtree(d, ignore_errors=True)
     largest = figures["sizes"].get(str(sizes[-1]), {})
-    figures["setup"] = {"neo4j_start_s": round(start_s, 1), "sdag_load_s": round(load.seconds, 1),
-                        "setup_s": round(setup_s, 1)}  # fmt: skip
+    figures["setup"] = {
+        "neo4j_start_s": round(start_s, 1),
+        "sdag_load_s": round(load.seconds, 1),
+        "setup_s": round(setup_s, 1),
+    }
     figures["method"] = {
         "hub": f"models with 20-100 heads on concepts drawn Zipf(a={_SELECT_ZIPF}) over "
         f"{_SELECT_POOL} concepts of the animal/artifact/food/plant subtrees (40/40/10/10%); "

@@ -233,8 +233,15 @@ def _accuracy(assignment, logits_of, idx, labels, k) -> float:
 class Oracle:
     """The strongest hub architecture trained on a task's classes (cached per class set)."""
 
-    def __init__(self, settings: Settings, arch: str, epochs: int, seed: int, split_seed: int,
-                 max_train: int | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        arch: str,
+        epochs: int,
+        seed: int,
+        split_seed: int,
+        max_train: int | None,
+    ) -> None:
         self.settings, self.arch, self.epochs = settings, arch, epochs
         self.seed, self.split_seed, self.max_train = seed, split_seed, max_train
         self._cache: dict[tuple[tuple[int, ...], ...], Any] = {}
@@ -261,9 +268,13 @@ class Oracle:
             y = np.array([mapping[int(f)] for f in train_y[keep]], dtype=np.int64)
             # train_expert trains head i on label value classes[i]: give it task indices.
             model = experts.train_expert(
-                self.arch, list(range(len(task.classes))), train_x[keep], y,
-                epochs=self.epochs, seed=self.seed,
-            )  # fmt: skip
+                self.arch,
+                list(range(len(task.classes))),
+                train_x[keep],
+                y,
+                epochs=self.epochs,
+                seed=self.seed,
+            )
             self._cache[key] = model
             self.seconds += time.perf_counter() - t
         model = self._cache[key]

@@ -33,8 +33,13 @@ from mllgraph.settings import Settings
 
 PLAN_SCHEMA_VERSION = 1
 MAX_CLASSES = 1000
-KINDS = {"exact": "exact", "group": "descendants", "descendants": "descendants",
-         "ancestor": "ancestor", "related": "related"}  # fmt: skip
+KINDS = {
+    "exact": "exact",
+    "group": "descendants",
+    "descendants": "descendants",
+    "ancestor": "ancestor",
+    "related": "related",
+}
 SOLVERS = ("auto", "exact", "heuristic")
 
 

@@ -92,21 +92,43 @@ def run(
     oracle = _oracle(graph, settings, config, main_models) if config.oracle else None
     conse = ev.ConSE(graph, settings, logits) if config.imagenet else None
 
-    log(f"main run: {len(suite.tasks)} tasks, hub of {len(main_models)} models, "
-        f"budget {config.budget}, {'gRPC' if config.grpc else 'in-process'}")  # fmt: skip
+    log(
+        f"main run: {len(suite.tasks)} tasks, hub of {len(main_models)} models, "
+        f"budget {config.budget}, {'gRPC' if config.grpc else 'in-process'}"
+    )
     if config.grpc:
         from mllgraph.grpc_pipeline import GrpcPipeline
 
         with GrpcPipeline(settings) as pipeline:
-            main = ev.run_suite(graph, settings, suite, pipeline, images, logits,
-                                budget=config.budget, models=main_models, oracle=oracle,
-                                conse=conse, log=log)  # fmt: skip
+            main = ev.run_suite(
+                graph,
+                settings,
+                suite,
+                pipeline,
+                images,
+                logits,
+                budget=config.budget,
+                models=main_models,
+                oracle=oracle,
+                conse=conse,
+                log=log,
+            )
             report.cost["inference"] = pipeline.stats()
     else:
         pipeline = ev.LibraryPipeline(graph, settings, logits)
-        main = ev.run_suite(graph, settings, suite, pipeline, images, logits,
-                            budget=config.budget, models=main_models, oracle=oracle,
-                            conse=conse, log=log)  # fmt: skip
+        main = ev.run_suite(
+            graph,
+            settings,
+            suite,
+            pipeline,
+            images,
+            logits,
+            budget=config.budget,
+            models=main_models,
+            oracle=oracle,
+            conse=conse,
+            log=log,
+        )
     report.main = ev.results_json(main)
     report.summary = ev.summarise(main)
 
@@ -118,17 +140,28 @@ def run(
                 continue
             models = tuple(ids) + tuple(registry.model_id(b, "1") for b in imagenet)
             pipeline = ev.LibraryPipeline(graph, settings, logits)
-            res = ev.run_suite(graph, settings, suite, pipeline, images, logits,
-                               budget=config.budget, models=models,
-                               baselines=("random", "single", "uniform"), seed=seed,
-                               log=lambda _m: None)  # fmt: skip
+            res = ev.run_suite(
+                graph,
+                settings,
+                suite,
+                pipeline,
+                images,
+                logits,
+                budget=config.budget,
+                models=models,
+                baselines=("random", "single", "uniform"),
+                seed=seed,
+                log=lambda _m: None,
+            )
             for r in res:
                 if oracle_by_task.get(r.task) is not None:
                     r.baselines["oracle"] = oracle_by_task[r.task]
             s = ev.summarise(res)["mean_accuracy"]
             report.hub_size.append({"experts": size, "seed": seed, **s})
-            log(f"hub size {size:>3} seed {seed}: " + "  ".join(
-                f"{m} {v:.3f}" for m, v in s.items() if v is not None))  # fmt: skip
+            log(
+                f"hub size {size:>3} seed {seed}: "
+                + "  ".join(f"{m} {v:.3f}" for m, v in s.items() if v is not None)
+            )
 
     report.cost.update(_cost(graph, main, logits, hub_s, time.perf_counter() - t_all))
     if oracle is not None:
@@ -149,12 +182,11 @@ def _oracle(
     from mllgraph import experts
 
     archs = {registry.get_model(graph, m)["arch"] for m in models if m.startswith("fashion-")}
-    sizes = {
-        a: sum(p.numel() for p in experts.build_timm(a, 10, 1).parameters()) for a in archs
-    }
+    sizes = {a: sum(p.numel() for p in experts.build_timm(a, 10, 1).parameters()) for a in archs}
     arch = max(sorted(sizes), key=sizes.__getitem__) if sizes else "test_resnet"
-    return ev.Oracle(settings, arch, config.epochs, seed=0, split_seed=0,
-                     max_train=config.oracle_max_train)  # fmt: skip
+    return ev.Oracle(
+        settings, arch, config.epochs, seed=0, split_seed=0, max_train=config.oracle_max_train
+    )
 
 
 def _cost(
@@ -243,8 +275,15 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         xs = [s for s in sizes if m in agg[s]]
         ys = [agg[s][m][0] for s in xs]
         es = [agg[s][m][1] for s in xs]
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m.upper() if m == "mll" else m,
-                    linewidth=2.5 if m == "mll" else 1.2)  # fmt: skip
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=es,
+            marker="o",
+            capsize=3,
+            label=m.upper() if m == "mll" else m,
+            linewidth=2.5 if m == "mll" else 1.2,
+        )
     ax.set_xscale("log")
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_xlabel("Fashion-MNIST experts in the hub")
