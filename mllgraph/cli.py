@@ -333,8 +333,14 @@ def _fmt_acc(x: float | None) -> str:
 def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
     """A plan document, readably: per class its concept, coverage, heads and accuracy."""
     table = Table(title=f"plan {plan['plan_id']}")
-    for col in ("class", "concept", "grounding", "coverage", "heads (model:head label score)",
-                "est. acc"):  # fmt: skip
+    for col in (
+        "class",
+        "concept",
+        "grounding",
+        "coverage",
+        "heads (model:head label score)",
+        "est. acc",
+    ):
         table.add_column(col, overflow="fold")
     for c in plan["classes"]:
         g = c.get("grounding") or {}
@@ -425,8 +431,58 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from mllgraph import bench
 
+    if args.what == "zeroshot":
+        return cmd_zeroshot(args, settings)
     figures = bench.run(args.what, settings, args)
     console.print_json(data=figures)
+    return 0
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+
+
+def cmd_zeroshot(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from mllgraph import db, sdag, zeroshot
+    from mllgraph.tasks import load_suite
+    from mllgraph.wordnet import load_nouns
+
+    suite = load_suite(args.tasks)  # refuses an invalid file before any work
+    config = zeroshot.ZeroShotConfig(
+        experts=args.experts,
+        seeds=args.seeds,
+        hub_sizes=args.sizes,
+        epochs=args.epochs,
+        max_train_per_expert=args.max_train,
+        probes_per_class=args.probes_per_class,
+        samples_per_concept=args.samples_per_concept,
+        test_per_class=args.test_per_class,
+        budget=args.budget,
+        imagenet=not args.no_imagenet,
+        oracle=not args.no_oracle,
+        grpc=not args.in_process,
+        out_dir=Path(args.out),
+        name=args.name,
+    )
+    with db.connect(settings) as graph:
+        sdag.load(graph, load_nouns(settings.wordnet_dir))
+        report = zeroshot.run(graph, settings, suite, config, log=console.print)
+    paths = zeroshot.write(report, config.out_dir, config.name)
+    console.print(
+        _table(
+            [
+                {"method": m, "mean accuracy": None if v is None else round(v, 4)}
+                for m, v in report.summary["mean_accuracy"].items()
+            ],
+            f"{len(report.main)} tasks",
+        )
+    )
+    console.print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -542,8 +598,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="choose expert heads for a task (a stored plan)")
     p.add_argument("classes", nargs="+", help='"sandal, sneakers, handbag" or one per argument')
     p.add_argument("--budget", type=int, default=5, help="max distinct models (default 5)")
-    p.add_argument("--pin", action="append", default=[], metavar="NAME=WNID",
-                   help="ground class NAME to this concept (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="NAME=WNID",
+        help="ground class NAME to this concept (repeatable)",
+    )
     p.add_argument("--solver", choices=["auto", "exact", "heuristic"], default="auto")
     p.add_argument("--no-ancestor", action="store_true", help="no ancestor-concept heads")
     p.add_argument("--no-fit", action="store_true", help="default combination parameters")
@@ -569,6 +630,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="reports")
+    g = p.add_argument_group("zeroshot")
+    g.add_argument("--tasks", help="task suite JSON (default: the shipped 32-task suite)")
+    g.add_argument("--experts", type=int, default=50, help="Fashion experts per hub seed")
+    g.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="hub seeds, e.g. 0,1,2")
+    g.add_argument("--sizes", type=_ints, default=(5, 10, 20, 50), help="hub sizes to study")
+    g.add_argument("--epochs", type=int, default=2)
+    g.add_argument("--max-train", type=int, default=None, help="training images per expert")
+    g.add_argument("--probes-per-class", type=int, default=None)
+    g.add_argument("--test-per-class", type=int, default=300)
+    g.add_argument("--budget", type=int, default=5)
+    g.add_argument("--no-imagenet", action="store_true")
+    g.add_argument("--no-oracle", action="store_true")
+    g.add_argument("--in-process", action="store_true", help="library calls instead of gRPC")
+    g.add_argument("--name", default="zeroshot", help="report file stem under --out")
     p.set_defaults(handler=cmd_bench)
 
     p = sub.add_parser("demo", help="the main job, end to end (README command 1)")

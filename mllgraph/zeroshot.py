@@ -96,27 +96,9 @@ def run(
         f"main run: {len(suite.tasks)} tasks, hub of {len(main_models)} models, "
         f"budget {config.budget}, {'gRPC' if config.grpc else 'in-process'}"
     )
-    if config.grpc:
-        from mllgraph.grpc_pipeline import GrpcPipeline
 
-        with GrpcPipeline(settings) as pipeline:
-            main = ev.run_suite(
-                graph,
-                settings,
-                suite,
-                pipeline,
-                images,
-                logits,
-                budget=config.budget,
-                models=main_models,
-                oracle=oracle,
-                conse=conse,
-                log=log,
-            )
-            report.cost["inference"] = pipeline.stats()
-    else:
-        pipeline = ev.LibraryPipeline(graph, settings, logits)
-        main = ev.run_suite(
+    def run_main(pipeline: ev.Pipeline) -> list[ev.TaskResult]:
+        return ev.run_suite(
             graph,
             settings,
             suite,
@@ -129,6 +111,17 @@ def run(
             conse=conse,
             log=log,
         )
+
+    if config.grpc:
+        from mllgraph.grpc_pipeline import GrpcPipeline
+
+        with GrpcPipeline(settings) as pipeline:
+            listed = pipeline.list_models()
+            log(f"ingestion service lists {len(listed)} models")
+            main = run_main(pipeline)
+            report.cost["inference"] = pipeline.stats()
+    else:
+        main = run_main(ev.LibraryPipeline(graph, settings, logits))
     report.main = ev.results_json(main)
     report.summary = ev.summarise(main)
 
