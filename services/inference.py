@@ -1,0 +1,567 @@
+"""InferenceService (grpc.aio): classify images with a plan. Thin wiring over mllgraph.infer.
+
+* Classify: the plan is a stored plan id (read from Neo4j with `select.get_plan`) or an inline
+  Plan carrying `combination_json`; images are PNG/JPEG bytes or raw arrays. Every request goes
+  through one :class:`mllgraph.infer.DynamicBatcher` (one model pass per batch on the device
+  from ``settings.torch_device()``).
+* ClassifyStream: one response per request, in order; a request may leave the plan unset to
+  reuse the previous one.
+* Limits (Settings): ``infer_max_images`` per request and ``infer_max_image_pixels`` per image
+  (RESOURCE_EXHAUSTED beyond); a request's images together may hold at most
+  ``REQUEST_PIXEL_FACTOR`` times the per-image limit (RESOURCE_EXHAUSTED).
+* Deadlines: the batcher gets the RPC deadline less a safety margin
+  (``min(DEADLINE_MARGIN_S, 20 % of the time left)``), so a request that waits too long in
+  the queue is dropped with the server's own DEADLINE_EXCEEDED before the client gives up.
+* Health: NOT_SERVING until models can be served: Neo4j answers (checked every
+  ``health_interval_s``), or a bundle (``--bundle``) holds a plan and its models.
+* Neo4j is used lazily: a server given a bundle (`python -m mllgraph.infer export-plan`) serves
+  inline plans and the bundle's plan with no neo4j driver installed.
+* Shutdown (SIGTERM/SIGINT): NOT_SERVING, in-flight RPCs get ``grace`` seconds, then the
+  batcher finishes what is queued.
+
+Run: ``python -m services.inference [--port N] [--bundle DIR] [--vlm-arch A --vlm-checkpoint P]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from mllgraph import infer
+from mllgraph.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MllgraphError,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from mllgraph.settings import Settings
+from mllgraph.v1 import common_pb2, inference_pb2, inference_pb2_grpc, selection_pb2
+from services.common import (
+    build_server,
+    configure_logging,
+    full_service_name,
+    rpc,
+    serve_until_signal,
+    set_serving,
+)
+
+log = logging.getLogger("mllgraph.services.inference")
+
+SERVICE_NAME = full_service_name(inference_pb2, "InferenceService")
+DEFAULT_TOP_K = 5
+REQUEST_PIXEL_FACTOR = 4
+DEADLINE_MARGIN_S = 0.2
+CLASSIFIER_CACHE = 64
+
+_COVERAGE = {
+    "exact": selection_pb2.COVERAGE_EXACT,
+    "descendants": selection_pb2.COVERAGE_DESCENDANTS,
+    "group": selection_pb2.COVERAGE_DESCENDANTS,
+    "ancestor": selection_pb2.COVERAGE_ANCESTOR,
+    "uncovered": selection_pb2.COVERAGE_UNCOVERED,
+}
+_COVERAGE_NAME = {
+    selection_pb2.COVERAGE_EXACT: "exact",
+    selection_pb2.COVERAGE_DESCENDANTS: "descendants",
+    selection_pb2.COVERAGE_ANCESTOR: "ancestor",
+    selection_pb2.COVERAGE_UNCOVERED: "uncovered",
+}
+_SOLVER = {"exact": selection_pb2.SOLVER_EXACT, "heuristic": selection_pb2.SOLVER_HEURISTIC}
+
+
+# -- plans <-> proto -------------------------------------------------------------------------
+
+
+def plan_to_proto(doc: dict[str, Any]) -> selection_pb2.Plan:
+    """A plan document (select's JSON) as a proto Plan, e.g. to send it inline."""
+    plan = selection_pb2.Plan(
+        plan_id=str(doc.get("plan_id", "")),
+        estimated_accuracy=float(doc.get("estimated_accuracy") or 0.0),
+        model_ids=list(doc.get("models") or []),
+        solver=_SOLVER.get(str(doc.get("solver", "")), selection_pb2.SOLVER_UNSPECIFIED),
+        params_fitted=bool(doc.get("params_fitted", False)),
+        catalogue_version=str(doc.get("catalogue_version", "")),
+        combination_json=json.dumps(doc.get("combination") or {}),
+        budget=int(doc.get("budget") or 0),
+    )
+    for c in doc.get("classes") or []:
+        concept = c.get("concept") or {}
+        plan.classes.append(
+            selection_pb2.PlannedClass(
+                name=str(c.get("name", "")),
+                concept=common_pb2.ConceptRef(
+                    wnid=str(concept.get("wnid", "")), name=str(concept.get("name", ""))
+                ),
+                coverage=_COVERAGE.get(str(c.get("coverage", "")), 0),
+                heads=[_head_ref_from_dict(h) for h in c.get("heads") or []],
+                estimated_accuracy=float(c.get("estimated_accuracy") or 0.0),
+            )
+        )
+    return plan
+
+
+def _head_ref_from_dict(h: dict[str, Any]) -> common_pb2.HeadRef:
+    return common_pb2.HeadRef(
+        model_id=str(h.get("model_id", "")),
+        model_version=str(h.get("model_version", "")),
+        head_index=int(h.get("head_index", 0)),
+        head_label=str(h.get("head_label", "") or ""),
+        label_score=float(h.get("label_score", 0.0) or 0.0),
+        label_wnid=str(h.get("label_wnid", "") or ""),
+    )
+
+
+def plan_from_proto(plan: selection_pb2.Plan) -> dict[str, Any]:
+    """An inline proto Plan as a plan document (checked by PlanClassifier)."""
+    if not plan.combination_json:
+        raise InvalidArgument("inline_plan.combination_json is empty: pass the Plan unchanged")
+    try:
+        combination = json.loads(plan.combination_json)
+    except ValueError as e:
+        raise InvalidArgument(f"inline_plan.combination_json is not JSON: {e}") from e
+    if not isinstance(combination, dict) or "schema_version" not in combination:
+        raise InvalidArgument("inline_plan.combination_json must be an object with schema_version")
+    classes = []
+    for i, c in enumerate(plan.classes):
+        if not c.name.strip():
+            raise InvalidArgument(f"inline_plan.classes[{i}].name is empty")
+        classes.append(
+            {
+                "name": c.name,
+                "concept": {"wnid": c.concept.wnid, "name": c.concept.name},
+                "coverage": _COVERAGE_NAME.get(c.coverage, ""),
+                "heads": [
+                    {
+                        "model_id": h.model_id,
+                        "model_version": h.model_version,
+                        "head_index": h.head_index,
+                        "head_label": h.head_label,
+                        "label_score": h.label_score,
+                        "label_wnid": h.label_wnid,
+                    }
+                    for h in c.heads
+                ],
+            }
+        )
+    return {
+        "plan_id": plan.plan_id,
+        "classes": classes,
+        "models": list(plan.model_ids),
+        "combination": combination,
+    }
+
+
+# -- where plans and model records come from -------------------------------------------------
+
+
+class PlanSource:
+    """Stored plans and model records: a bundle first, then Neo4j (connected lazily)."""
+
+    def __init__(
+        self, settings: Settings, *, bundle: infer.Bundle | None = None, use_neo4j: bool = True
+    ) -> None:
+        self.settings = settings
+        self.bundle = bundle
+        self.use_neo4j = use_neo4j
+        self._graph: Any = None
+        self._lock = threading.Lock()
+        self._plans: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def graph(self) -> Any:
+        if not self.use_neo4j:
+            raise FailedPrecondition(
+                "this inference server runs without Neo4j: use an inline plan or the bundle's"
+            )
+        with self._lock:
+            if self._graph is None:
+                try:
+                    from mllgraph.db import Graph
+                except ImportError as e:
+                    raise FailedPrecondition(
+                        f"the neo4j driver is not installed ({e}): only inline plans whose "
+                        "models are in the bundle can be served"
+                    ) from e
+                self._graph = Graph(self.settings)
+            return self._graph
+
+    def get_plan(self, plan_id: str) -> dict[str, Any]:
+        if self.bundle is not None and self.bundle.plan.get("plan_id") == plan_id:
+            return self.bundle.plan
+        with self._lock:
+            if plan_id in self._plans:  # plan ids name immutable content
+                self._plans.move_to_end(plan_id)
+                return self._plans[plan_id]
+        if not self.use_neo4j:
+            raise NotFound(f"plan {plan_id!r} is not in this server's bundle")
+        from mllgraph import select
+
+        doc = select.get_plan(self.graph(), plan_id)
+        with self._lock:
+            self._plans[plan_id] = doc
+            while len(self._plans) > 256:
+                self._plans.popitem(last=False)
+        return doc
+
+    def record(self, model_id: str) -> dict[str, Any]:
+        if self.bundle is not None and model_id in self.bundle.records:
+            return dict(self.bundle.records[model_id])
+        if not self.use_neo4j:
+            raise NotFound(f"model {model_id!r} is not in this server's bundle")
+        return infer.lookup_record(self.graph(), model_id)
+
+    def ready(self) -> bool:
+        """Can models be served? Neo4j answers, or a bundle holds a plan and its models."""
+        if self.use_neo4j:
+            try:
+                self.graph().verify()
+                return True
+            except Exception as e:  # noqa: BLE001 - reported as NOT_SERVING
+                log.warning("neo4j_not_ready bundle=%s reason=%r", bool(self.bundle), str(e)[:200])
+        return self.bundle is not None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._graph is not None:
+                self._graph.close()
+                self._graph = None
+
+
+# -- the servicer ----------------------------------------------------------------------------
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(
+        self,
+        settings: Settings,
+        source: PlanSource,
+        *,
+        cache: infer.ModelCache | None = None,
+        batcher: infer.DynamicBatcher | None = None,
+        vlm: infer.VlmPatch | None = None,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.cache = cache if cache is not None else infer.ModelCache(settings)
+        self.batcher = (
+            batcher if batcher is not None else infer.DynamicBatcher.from_settings(settings)
+        )
+        self.vlm = vlm
+        self._classifiers: OrderedDict[str, infer.PlanClassifier] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- plans --
+
+    def _classifier_for(self, doc: dict[str, Any], key: str) -> infer.PlanClassifier:
+        with self._lock:
+            clf = self._classifiers.get(key)
+            if clf is not None:
+                self._classifiers.move_to_end(key)
+                return clf
+        clf = infer.PlanClassifier(doc, self.source.record, self.settings, self.cache, self.vlm)
+        with self._lock:
+            self._classifiers[key] = clf
+            while len(self._classifiers) > CLASSIFIER_CACHE:
+                self._classifiers.popitem(last=False)
+        return clf
+
+    def _resolve(self, request: inference_pb2.ClassifyRequest) -> infer.PlanClassifier | None:
+        which = request.WhichOneof("plan")
+        if which == "plan_id":
+            plan_id = request.plan_id.strip()
+            if not plan_id:
+                raise InvalidArgument("plan_id is empty")
+            with self._lock:
+                if plan_id in self._classifiers:
+                    self._classifiers.move_to_end(plan_id)
+                    return self._classifiers[plan_id]
+            return self._classifier_for(self.source.get_plan(plan_id), plan_id)
+        if which == "inline_plan":
+            doc = plan_from_proto(request.inline_plan)
+            return self._classifier_for(doc, infer.plan_key(doc))
+        return None
+
+    def clear_caches(self) -> None:
+        """Forget loaded models and classifiers (plans and weights are read again)."""
+        with self._lock:
+            self._classifiers.clear()
+        self.cache.clear()
+
+    # -- images --
+
+    def _images(self, request: inference_pb2.ClassifyRequest) -> list[np.ndarray]:
+        n = len(request.images)
+        if n == 0:
+            raise InvalidArgument("images: a request needs at least one image")
+        if n > self.settings.infer_max_images:
+            raise ResourceExhausted(
+                f"images: {n} images is over this server's limit of "
+                f"{self.settings.infer_max_images} per request; split the request"
+            )
+        max_px = self.settings.infer_max_image_pixels
+        out = []
+        total = 0
+        for i, im in enumerate(request.images):
+            where = f"images[{i}]" + (f" ({im.id})" if im.id else "")
+            kind = im.WhichOneof("data")
+            if kind == "encoded":
+                arr = infer.decode_image(im.encoded, max_pixels=max_px, where=where)
+            elif kind == "raw":
+                arr = infer.raw_image(
+                    im.raw.data, list(im.raw.shape), im.raw.dtype, max_pixels=max_px, where=where
+                )
+            else:
+                raise InvalidArgument(f"{where}: no pixels: set encoded or raw")
+            total += arr.shape[0] * arr.shape[1]
+            if total > REQUEST_PIXEL_FACTOR * max_px:
+                raise ResourceExhausted(
+                    f"images: the request's images hold over {REQUEST_PIXEL_FACTOR * max_px:,} "
+                    "pixels together; split the request"
+                )
+            out.append(arr)
+        return out
+
+    # -- classification --
+
+    async def _classify(
+        self,
+        request: inference_pb2.ClassifyRequest,
+        clf: infer.PlanClassifier,
+        context: grpc.aio.ServicerContext,
+    ) -> inference_pb2.ClassifyResponse:
+        t0 = time.perf_counter()
+        if request.top_k < 0:
+            raise InvalidArgument(f"top_k must be >= 0, got {request.top_k}")
+        top_k = min(request.top_k or DEFAULT_TOP_K, len(clf.class_names))
+        if any(im.WhichOneof("data") == "encoded" for im in request.images):
+            images = await asyncio.to_thread(self._images, request)
+        else:
+            images = self._images(request)
+        deadline = None
+        remaining = context.time_remaining()
+        if remaining is not None:
+            deadline = time.monotonic() + remaining - min(DEADLINE_MARGIN_S, 0.2 * remaining)
+        fut = self.batcher.submit(clf.key, clf.run_batch, images, deadline=deadline)
+        run: infer.BatchRun = await asyncio.wrap_future(fut)
+        response = inference_pb2.ClassifyResponse(
+            plan_id=clf.plan.plan_id, uncovered_classes=clf.uncovered_names
+        )
+        for i, (im, res) in enumerate(zip(request.images, run.results, strict=True)):
+            order = np.argsort(-res.probabilities, kind="stable")[:top_k]
+            response.predictions.append(
+                inference_pb2.Prediction(
+                    image_id=im.id or str(i),
+                    class_index=res.class_index,
+                    class_name=res.class_name,
+                    probability=res.probability,
+                    class_probabilities=res.probabilities.astype(np.float32).tolist(),
+                    contributing_heads=[_head_ref(h) for h in res.contributing_heads],
+                    used_fallback=res.used_fallback,
+                    top=[
+                        inference_pb2.ClassScore(
+                            class_index=int(c),
+                            class_name=clf.class_names[int(c)],
+                            probability=float(res.probabilities[c]),
+                        )
+                        for c in order
+                    ],
+                )
+            )
+        for mid, t in run.timings.items():
+            response.model_timings.append(
+                inference_pb2.ModelTiming(
+                    model_id=mid, forward_ms=t.forward_ms, preprocess_ms=t.preprocess_ms
+                )
+            )
+        response.total_ms = (time.perf_counter() - t0) * 1000
+        return response
+
+    @rpc
+    async def Classify(
+        self, request: inference_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.ClassifyResponse:
+        clf = await asyncio.to_thread(self._resolve, request)
+        if clf is None:
+            raise InvalidArgument("plan: set plan_id or inline_plan")
+        return await self._classify(request, clf, context)
+
+    @rpc
+    async def ClassifyStream(
+        self, request_iterator: AsyncIterator[inference_pb2.ClassifyRequest], context: Any
+    ) -> AsyncIterator[inference_pb2.ClassifyResponse]:
+        previous: infer.PlanClassifier | None = None
+        index = 0
+        async for request in request_iterator:
+            clf = await asyncio.to_thread(self._resolve, request)
+            if clf is None:
+                if previous is None:
+                    raise InvalidArgument(
+                        f"request {index}: the first request of a stream must name a plan"
+                    )
+                clf = previous
+            previous = clf
+            yield await self._classify(request, clf, context)
+            index += 1
+
+
+def _head_ref(h: infer.HeadInfo) -> common_pb2.HeadRef:
+    return common_pb2.HeadRef(
+        model_id=h.model_id,
+        model_version=h.model_version,
+        head_index=h.head_index,
+        head_label=h.head_label,
+        label_score=h.label_score,
+        label_wnid=h.label_wnid,
+    )
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    health: Any
+    port: int
+    servicer: InferenceServicer
+    health_task: asyncio.Task | None = None
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """NOT_SERVING, let in-flight RPCs finish for `grace` s, then drain the batcher."""
+        if self.health_task is not None:
+            self.health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.health_task
+        await set_serving(self.health, [SERVICE_NAME], False)
+        await self.server.stop(grace)
+        await asyncio.to_thread(self.servicer.batcher.close)
+        self.servicer.source.close()
+
+
+async def _watch_health(server: RunningServer, interval_s: float) -> None:
+    state: bool | None = None
+    while True:
+        ready = await asyncio.to_thread(server.servicer.source.ready)
+        if ready != state:
+            await set_serving(server.health, [SERVICE_NAME], ready)
+            log.info("health serving=%s", ready)
+            state = ready
+        await asyncio.sleep(interval_s)
+
+
+async def start_server(
+    settings: Settings,
+    *,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    bundle: infer.Bundle | None = None,
+    use_neo4j: bool = True,
+    vlm: infer.VlmPatch | None = None,
+    cache: infer.ModelCache | None = None,
+    batcher: infer.DynamicBatcher | None = None,
+    health_interval_s: float = 5.0,
+) -> RunningServer:
+    """Build and start the server (health flips to SERVING once models can be served)."""
+    source = PlanSource(settings, bundle=bundle, use_neo4j=use_neo4j)
+    if cache is None and bundle is not None:  # a bundle carries every weights file itself
+        cache = infer.ModelCache(settings, loader=infer.load_from_blob)
+    servicer = InferenceServicer(settings, source, cache=cache, batcher=batcher, vlm=vlm)
+    server, health, bound = await build_server(
+        settings.inference_port if port is None else port,
+        [(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer)],
+        [SERVICE_NAME],
+        host=host,
+    )
+    await server.start()
+    running = RunningServer(server, health, bound, servicer)
+    running.health_task = asyncio.ensure_future(_watch_health(running, health_interval_s))
+    log.info(
+        "inference_started port=%d device=%s precision=%s bundle=%s neo4j=%s vlm=%s",
+        bound,
+        servicer.cache.device,
+        next(k for k, v in infer.DTYPES.items() if v == servicer.cache.dtype),
+        bundle.root if bundle else None,
+        use_neo4j,
+        vlm.name if vlm else None,
+    )
+    return running
+
+
+async def serve(
+    settings: Settings,
+    *,
+    port: int | None = None,
+    bundle: infer.Bundle | None = None,
+    use_neo4j: bool = True,
+    vlm: infer.VlmPatch | None = None,
+    grace: float = 10.0,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or `stop`), then shut down gracefully."""
+    running = await start_server(settings, port=port, bundle=bundle, use_neo4j=use_neo4j, vlm=vlm)
+    try:
+        await serve_until_signal(running.server, running.health, [SERVICE_NAME], grace, stop=stop)
+    finally:
+        await running.stop(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.inference", description=__doc__)
+    parser.add_argument("--port", type=int, default=None, help="default MLLGRAPH_INFERENCE_PORT")
+    parser.add_argument("--bundle", type=Path, help="serve a plan bundle (export-plan)")
+    parser.add_argument("--no-neo4j", action="store_true", help="bundle and inline plans only")
+    parser.add_argument("--vlm-arch", help="open_clip architecture of the VLM patch")
+    parser.add_argument("--vlm-checkpoint", help="local weights file or open_clip local dir")
+    parser.add_argument("--vlm-pretrained", help="open_clip pretrained tag (needs internet)")
+    parser.add_argument("--vlm-weight", type=float, default=infer.VLM_WEIGHT, help="λ")
+    parser.add_argument("--grace", type=float, default=10.0)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    settings = Settings.from_env()
+    try:
+        bundle = infer.load_bundle(args.bundle) if args.bundle else None
+        vlm = None
+        device = settings.torch_device()
+        if args.vlm_checkpoint:
+            vlm = infer.VlmPatch.from_checkpoint(
+                args.vlm_arch or "", args.vlm_checkpoint, device=device, weight=args.vlm_weight
+            )
+        elif args.vlm_pretrained:
+            if not args.vlm_arch:
+                raise InvalidArgument("--vlm-pretrained needs --vlm-arch")
+            vlm = infer.VlmPatch.from_pretrained(
+                args.vlm_arch, args.vlm_pretrained, device=device, weight=args.vlm_weight
+            )
+        asyncio.run(
+            serve(
+                settings,
+                port=args.port,
+                bundle=bundle,
+                use_neo4j=not args.no_neo4j,
+                vlm=vlm,
+                grace=args.grace,
+            )
+        )
+    except (MllgraphError, Unavailable) as e:
+        log.error("inference_failed msg=%r", str(e))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

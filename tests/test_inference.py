@@ -1,0 +1,712 @@
+"""Inference: the library (mllgraph.infer) and the gRPC service (services/inference.py).
+
+A tiny hub is built here (two quickly trained Fashion experts, small probe sets, labels, a
+plan from `select.select`) and removed afterwards. Real Neo4j, real gRPC in-process on port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from mllgraph import chco, combine, experts, fashion, forward, infer, registry
+from mllgraph.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from mllgraph.v1 import inference_pb2, inference_pb2_grpc
+from services import inference as svc
+
+pytestmark = pytest.mark.neo4j
+
+WNIDS = {
+    1: "n04489008",  # trouser
+    3: "n03236735",  # dress
+    5: "n04133789",  # sandal
+    7: "n03472535",  # gym shoe (sneaker)
+    8: "n02773037",  # bag
+    9: "n02872752",  # boot
+}
+DOG = "n02084071"
+TASK = [("sandal", 5), ("sneaker", 7), ("trouser", 1), ("bag", 8), ("dog", None)]
+MAX_IMAGES = 40
+MAX_PIXELS = 128 * 128
+N_TEST = 16  # the selected plan may use any hub model (even EfficientNet-Lite)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+class ServerThread:
+    """services.inference.start_server on its own event loop thread; a sync stub to it."""
+
+    def __init__(self, settings: Any, **kwargs: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        kwargs.setdefault("health_interval_s", 0.2)
+        self.running = self.call(svc.start_server(settings, port=0, **kwargs))
+        self.servicer = self.running.servicer
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.running.port}")
+        self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def call(self, coro: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def status(self) -> int:
+        req = health_pb2.HealthCheckRequest(service=svc.SERVICE_NAME)
+        return self.health.Check(req, timeout=5).status
+
+    def wait_serving(self, timeout: float = 20) -> None:
+        end = time.monotonic() + timeout
+        while self.status() != health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < end, "the inference service never became SERVING"
+            time.sleep(0.05)
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.channel.close()
+        self.call(self.running.stop(grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def raw(img: np.ndarray, dtype: str = "uint8") -> inference_pb2.Image:
+    data = (img.astype("<f4") / 255.0).tobytes() if dtype == "float32" else img.tobytes()
+    return inference_pb2.Image(
+        raw=inference_pb2.RawArray(data=data, shape=list(img.shape), dtype=dtype)
+    )
+
+
+def png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def request(plan_id: str = "", images: list[inference_pb2.Image] | None = None, **kw: Any):
+    req = inference_pb2.ClassifyRequest(images=images or [], **kw)
+    if plan_id:
+        req.plan_id = plan_id
+    return req
+
+
+def manual_probs(hub: dict[str, Any], plan: dict[str, Any], images: np.ndarray, extra=None):
+    """The plan's models run here by hand (registry + forward), then the one rule."""
+    comb = infer.combination_of(plan)
+    logits = {}
+    for mid in comb.models:
+        model, spec = registry.load_model(hub["settings"], registry.get_model(hub["graph"], mid))
+        logits[mid] = forward.logits(model, spec, images, device="cpu")
+    if extra is None:
+        extra = infer.fallback_evidence(len(images), comb.uncovered)
+    return combine.combine(logits, comb.assignment, comb.params, extra_evidence=extra)
+
+
+def single_model_plan(hub: dict[str, Any], mid: str, wnids: list[str]) -> dict[str, Any]:
+    """A hand-made plan document over one model's heads (class i = head i)."""
+    assignment = [
+        combine.ClassAssignment(i, (combine.HeadGroup(mid, (i,), "exact", 0.8),))
+        for i in range(len(wnids))
+    ]
+    cp = chco.Plan(
+        assignment=assignment,
+        params=combine.default_params(assignment),
+        estimated_accuracy=float("nan"),
+        per_class_accuracy=[float("nan")] * len(wnids),
+        uncovered=[],
+        models=[mid],
+        solver="none",
+        evaluated=0,
+    )
+    return {
+        "plan_id": "",
+        "classes": [{"name": f"class-{w}", "heads": []} for w in wnids],
+        "models": [mid],
+        "combination": {"schema_version": 1, "plan": cp.to_dict()},
+    }
+
+
+# -- the hub ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.TempPathFactory):
+    from mllgraph import labeller, probes, select
+    from mllgraph.ground import default_resolver
+
+    graph = sdag_graph
+    settings = replace(
+        neo4j_settings,
+        device="cpu",
+        infer_max_images=MAX_IMAGES,
+        infer_max_image_pixels=MAX_PIXELS,
+        infer_max_batch=32,
+        infer_max_delay_ms=2.0,
+    )
+    uid = uuid.uuid4().hex[:8]
+    tmp = tmp_path_factory.mktemp("inference")
+    x_train, y_train = fashion.load_split("train", settings.fashion_mnist_dir)
+    x_test, y_test = fashion.load_split("test", settings.fashion_mnist_dir)
+    models: list[str] = []
+    sets: list[str] = []
+    try:
+        for name, arch, classes, seed in (
+            ("a", "test_mambaout", (5, 7, 9), 1),
+            ("b", "test_efficientnet", (1, 8, 3), 2),
+        ):
+            model = experts.train_expert(
+                arch, classes, x_train[:20000], y_train[:20000], epochs=1, seed=seed,
+                max_train=800, batch_size=100,
+            )  # fmt: skip
+            path = experts.save_weights(model, tmp / f"{name}.safetensors")
+            reg = registry.register_model(
+                graph,
+                settings,
+                registry.Registration(
+                    name=f"inftest-{uid}-{name}",
+                    arch=arch,
+                    weights_path=path,
+                    wnids=[WNIDS[c] for c in classes],
+                    input_spec=experts.FASHION_INPUT_SPEC,
+                ),
+            )
+            models.append(reg.record["id"])
+        pool_x, pool_y = x_train[50000:], y_train[50000:]
+        for cls, wnid in WNIDS.items():
+            ps, _ = probes.add_probe_set(
+                graph,
+                settings,
+                concept=wnid,
+                images=pool_x[pool_y == cls][:20],
+                set_id=f"inftest-{uid}-c{cls}",
+            )
+            sets.append(ps.id)
+        for mid in models:
+            labeller.label_model(
+                graph, settings, mid, labeller.LabelOptions(samples_per_concept=20)
+            )
+        classes = [select.TaskClass(n, WNIDS[c] if c is not None else DOG) for n, c in TASK]
+        ctx = select.select(
+            graph,
+            settings,
+            classes,
+            select.SelectOptions(budget=3),
+            default_resolver(settings, use_embeddings=False),
+        )
+        server = ServerThread(settings)
+        server.wait_serving()
+        try:
+            yield {
+                "graph": graph,
+                "settings": settings,
+                "models": models,
+                "plan": ctx.plan,
+                "server": server,
+                "x": x_test[:N_TEST].copy(),
+                "y": y_test[:N_TEST].copy(),
+                "tmp": tmp,
+            }
+        finally:
+            server.stop()
+    finally:
+        for mid in models:
+            registry.delete_model(graph, settings, mid)
+        for set_id in sets:
+            probes.remove_probe_set(graph, set_id)
+
+
+# -- classification through gRPC = library = manual combine ----------------------------------
+
+
+def test_grpc_equals_library_and_manual_combine(hub: dict[str, Any]) -> None:
+    plan, x, stub = hub["plan"], hub["x"], hub["server"].stub
+    assert "dog" in plan["uncovered"]
+    expected = manual_probs(hub, plan, x)
+
+    clf = infer.PlanClassifier(
+        plan, hub["graph"], hub["settings"], infer.ModelCache(hub["settings"], device="cpu")
+    )
+    lib = clf.classify(list(x))
+    assert clf.fallback_rule == "constant" and clf.uncovered_names == plan["uncovered"]
+    lib_probs = np.stack([r.probabilities for r in lib])
+    np.testing.assert_allclose(lib_probs, expected, atol=1e-6)
+    assert [r.class_index for r in lib] == list(expected.argmax(1))
+
+    responses = [
+        stub.Classify(request(plan["plan_id"], [raw(im) for im in x]), timeout=60),
+        stub.Classify(request(plan["plan_id"], [raw(im, "float32") for im in x]), timeout=60),
+        stub.Classify(
+            request(
+                images=[
+                    inference_pb2.Image(id=f"img{i}", encoded=png(im)) for i, im in enumerate(x)
+                ],
+                inline_plan=svc.plan_to_proto(plan),
+                top_k=3,
+            ),
+            timeout=60,
+        ),
+    ]
+    half = N_TEST // 2
+    stream = list(
+        stub.ClassifyStream(
+            iter(
+                [
+                    request(plan["plan_id"], [raw(im) for im in x[:half]]),
+                    request("", [raw(im) for im in x[half:]]),  # reuses the plan
+                ]
+            ),
+            timeout=60,
+        )
+    )
+    assert len(stream) == 2
+    merged = inference_pb2.ClassifyResponse()
+    for r in stream:
+        merged.predictions.extend(r.predictions)
+    responses.append(merged)
+
+    names = [c["name"] for c in plan["classes"]]
+    for resp in responses:
+        got = np.array([list(p.class_probabilities) for p in resp.predictions])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        preds = [p.class_index for p in resp.predictions]
+        assert preds == [r.class_index for r in lib]
+        for p, r in zip(resp.predictions, lib, strict=True):
+            assert p.class_name == names[p.class_index]
+            assert p.used_fallback == r.used_fallback == (names[p.class_index] in plan["uncovered"])
+            heads = [(h.model_id, h.head_index) for h in p.contributing_heads]
+            planned = [
+                (h["model_id"], h["head_index"]) for h in plan["classes"][p.class_index]["heads"]
+            ]
+            assert heads == planned
+            assert p.top[0].class_index == p.class_index
+    first = responses[0]
+    assert list(first.uncovered_classes) == plan["uncovered"]
+    assert {t.model_id for t in first.model_timings} == set(plan["models"])
+    assert all(t.forward_ms > 0 for t in first.model_timings)
+    assert first.plan_id == plan["plan_id"] and first.total_ms > 0
+    assert [p.image_id for p in first.predictions][:2] == ["0", "1"]
+    inline = responses[2]
+    assert [p.image_id for p in inline.predictions][:2] == ["img0", "img1"]
+    assert all(len(p.top) == 3 for p in inline.predictions)
+
+
+def test_inline_plan_without_heads_uses_fallback(hub: dict[str, Any]) -> None:
+    assignment = [combine.ClassAssignment(i, ()) for i in range(3)]
+    cp = chco.Plan(assignment, combine.default_params(assignment), float("nan"),
+                   [float("nan")] * 3, [0, 1, 2], [], "none", 0)  # fmt: skip
+    doc = {
+        "plan_id": "",
+        "classes": [{"name": n} for n in ("dog", "cat", "horse")],
+        "combination": {"schema_version": 1, "plan": cp.to_dict()},
+    }
+    resp = hub["server"].stub.Classify(
+        request(images=[raw(im) for im in hub["x"][:4]], inline_plan=svc.plan_to_proto(doc)),
+        timeout=30,
+    )
+    assert list(resp.uncovered_classes) == ["dog", "cat", "horse"]
+    for p in resp.predictions:
+        assert p.used_fallback and not p.contributing_heads
+        assert p.class_index == 0  # equal constant evidence: the first uncovered class
+        np.testing.assert_allclose(list(p.class_probabilities), [1 / 3] * 3, atol=1e-6)
+    assert not resp.model_timings
+
+
+def _tiny_clip(tmp: Path) -> tuple[str, Path]:
+    """A randomly initialised, very small open_clip model saved as a local checkpoint."""
+    import open_clip
+
+    name = "mllgraph-test-tiny-clip"
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
+                       "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                     "layers": 1},
+    }  # fmt: skip
+    (tmp / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp / f"{name}.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model(name, pretrained=None)
+    path = tmp / "tiny-clip.pt"
+    torch.save(model.state_dict(), path)
+    return name, path
+
+
+def test_vlm_patch_is_used_and_reported(hub: dict[str, Any]) -> None:
+    plan, x = hub["plan"], hub["x"][:6]
+    arch, path = _tiny_clip(hub["tmp"])
+    # λ large: a random VLM must win some images so the patch path shows (plumbing only).
+    vlm = infer.VlmPatch.from_checkpoint(arch, path, device="cpu", weight=1e4)
+    assert vlm.spec.size == 32 and len(vlm.prompts) >= 2
+    server = ServerThread(hub["settings"], vlm=vlm)
+    try:
+        server.wait_serving()
+        resp = server.stub.Classify(request(plan["plan_id"], [raw(im) for im in x]), timeout=60)
+    finally:
+        server.stop()
+    names = [c["name"] for c in plan["classes"]]
+    uncovered = [names.index(n) for n in plan["uncovered"]]
+    extra = vlm.evidence(list(x), names, uncovered)
+    expected = manual_probs(hub, plan, x, extra=extra)
+    got = np.array([list(p.class_probabilities) for p in resp.predictions])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert vlm.name in {t.model_id for t in resp.model_timings}
+    assert list(resp.uncovered_classes) == plan["uncovered"]
+    fallback = [p for p in resp.predictions if p.used_fallback]
+    assert fallback, "the VLM patch decided no prediction"
+    for p in fallback:
+        assert p.class_name in plan["uncovered"] and not p.contributing_heads
+    # Not the constant fallback: the VLM gives every image its own evidence.
+    constant = manual_probs(hub, plan, x)
+    assert not np.allclose(got, constant, atol=1e-3)
+
+
+# -- bad input: each with its status, the service still serving after -----------------------
+
+
+def _bad_requests(hub: dict[str, Any]) -> list[tuple[str, Any, grpc.StatusCode, str]]:
+    pid, x = hub["plan"]["plan_id"], hub["x"]
+    big = np.zeros((200, 200), np.uint8)
+    bad_schema = svc.plan_to_proto(hub["plan"])
+    bad_schema.combination_json = json.dumps({"schema_version": 99, "plan": {}})
+    ok_img = raw(x[0])
+    return [
+        ("undecodable", request(pid, [inference_pb2.Image(encoded=b"not an image")]),
+         grpc.StatusCode.INVALID_ARGUMENT, "not a PNG or JPEG"),
+        ("truncated png", request(pid, [inference_pb2.Image(encoded=png(x[0])[:60])]),
+         grpc.StatusCode.INVALID_ARGUMENT, "images[0]"),
+        ("empty bytes", request(pid, [inference_pb2.Image(encoded=b"")]),
+         grpc.StatusCode.INVALID_ARGUMENT, "empty"),
+        ("no pixels", request(pid, [inference_pb2.Image(id="x")]),
+         grpc.StatusCode.INVALID_ARGUMENT, "no pixels"),
+        ("no images", request(pid, []), grpc.StatusCode.INVALID_ARGUMENT, "at least one image"),
+        ("too many pixels", request(pid, [ok_img, inference_pb2.Image(encoded=png(big))]),
+         grpc.StatusCode.RESOURCE_EXHAUSTED, "images[1]"),
+        ("raw too many pixels", request(pid, [raw(big)]),
+         grpc.StatusCode.RESOURCE_EXHAUSTED, "pixels"),
+        ("too many images", request(pid, [ok_img] * (MAX_IMAGES + 1)),
+         grpc.StatusCode.RESOURCE_EXHAUSTED, f"limit of {MAX_IMAGES}"),
+        ("raw 2 channels", request(pid, [inference_pb2.Image(raw=inference_pb2.RawArray(
+            data=bytes(28 * 28 * 2), shape=[28, 28, 2], dtype="uint8"))]),
+         grpc.StatusCode.INVALID_ARGUMENT, "channels"),
+        ("raw 1-d", request(pid, [inference_pb2.Image(raw=inference_pb2.RawArray(
+            data=bytes(28), shape=[28], dtype="uint8"))]),
+         grpc.StatusCode.INVALID_ARGUMENT, "shape"),
+        ("raw int16", request(pid, [inference_pb2.Image(raw=inference_pb2.RawArray(
+            data=bytes(28 * 28 * 2), shape=[28, 28], dtype="int16"))]),
+         grpc.StatusCode.INVALID_ARGUMENT, "dtype"),
+        ("raw size mismatch", request(pid, [inference_pb2.Image(raw=inference_pb2.RawArray(
+            data=bytes(100), shape=[28, 28], dtype="uint8"))]),
+         grpc.StatusCode.INVALID_ARGUMENT, "bytes"),
+        ("raw float out of range", request(pid, [inference_pb2.Image(raw=inference_pb2.RawArray(
+            data=np.full((28, 28), 2.0, "<f4").tobytes(), shape=[28, 28], dtype="float32"))]),
+         grpc.StatusCode.INVALID_ARGUMENT, "[0, 1]"),
+        ("unknown plan", request("plan-does-not-exist", [ok_img]),
+         grpc.StatusCode.NOT_FOUND, "plan-does-not-exist"),
+        ("no plan", request("", [ok_img]), grpc.StatusCode.INVALID_ARGUMENT, "plan"),
+        ("negative top_k", request(pid, [ok_img], top_k=-1),
+         grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
+        ("bad combination schema", request(images=[ok_img], inline_plan=bad_schema),
+         grpc.StatusCode.FAILED_PRECONDITION, "schema"),
+    ]  # fmt: skip
+
+
+def test_bad_input_statuses_and_still_serving(hub: dict[str, Any]) -> None:
+    server = hub["server"]
+    good = request(hub["plan"]["plan_id"], [raw(hub["x"][0])])
+    for name, req, code, text in _bad_requests(hub):
+        with pytest.raises(grpc.RpcError) as info:
+            server.stub.Classify(req, timeout=30)
+        assert info.value.code() == code, (name, info.value.details())
+        assert text in info.value.details(), (name, info.value.details())
+        assert server.status() == health_pb2.HealthCheckResponse.SERVING, name
+        assert len(server.stub.Classify(good, timeout=30).predictions) == 1, name
+    # A stream ends with the same status; its first request must name a plan.
+    with pytest.raises(grpc.RpcError) as info:
+        list(server.stub.ClassifyStream(iter([request("", [raw(hub["x"][0])])]), timeout=30))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "first request" in info.value.details()
+
+
+def test_missing_model_file_is_failed_precondition(hub: dict[str, Any]) -> None:
+    server, mid = hub["server"], hub["models"][0]
+    doc = single_model_plan(hub, mid, [WNIDS[c] for c in (5, 7, 9)])
+    req = request(images=[raw(hub["x"][0])], inline_plan=svc.plan_to_proto(doc))
+    blob = Path(registry.get_model(hub["graph"], mid)["weights_path"])
+    aside = hub["tmp"] / "moved-away.blob"
+    server.servicer.clear_caches()
+    shutil.move(blob, aside)
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            server.stub.Classify(req, timeout=30)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert mid in info.value.details() and "missing" in info.value.details()
+        assert server.status() == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        shutil.move(aside, blob)
+    assert len(server.stub.Classify(req, timeout=30).predictions) == 1
+
+
+def test_deadline_expiring_in_the_queue(hub: dict[str, Any]) -> None:
+    server = hub["server"]
+    batcher = server.servicer.batcher
+    before = batcher.stats.expired
+    batcher.max_delay_s, batcher.max_batch_size = 5.0, 1000  # nothing fills a batch
+    try:
+        t = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            server.stub.Classify(request(hub["plan"]["plan_id"], [raw(hub["x"][0])]), timeout=1.0)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - t < 3.0
+        end = time.monotonic() + 3
+        while batcher.stats.expired == before and time.monotonic() < end:
+            time.sleep(0.02)
+        assert batcher.stats.expired == before + 1  # dropped by the server, never run
+    finally:
+        batcher.max_delay_s, batcher.max_batch_size = 0.002, 32
+    good = request(hub["plan"]["plan_id"], [raw(hub["x"][0])])
+    assert len(server.stub.Classify(good, timeout=30).predictions) == 1
+
+
+class OomAbove(torch.nn.Module):
+    """A real expert that raises CUDA OOM for batches larger than `limit` (no GPU here)."""
+
+    def __init__(self, inner: torch.nn.Module, limit: int, seen: list[int]) -> None:
+        super().__init__()
+        self.inner, self.limit, self.seen = inner, limit, seen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner(x)
+
+
+def test_cuda_oom_retries_with_half_batches(hub: dict[str, Any]) -> None:
+    seen: list[int] = []
+
+    def loader(settings: Any, record: dict[str, Any]):
+        model, spec = registry.load_model(settings, record)
+        return OomAbove(model, 4, seen), spec
+
+    cache = infer.ModelCache(hub["settings"], device="cpu", loader=loader)
+    batcher = infer.DynamicBatcher(max_batch_size=16, max_delay_s=0.002)
+    server = ServerThread(hub["settings"], cache=cache, batcher=batcher)
+    doc = single_model_plan(hub, hub["models"][1], [WNIDS[c] for c in (1, 8, 3)])
+    x = hub["x"][:16]
+    req = request(images=[raw(im) for im in x], inline_plan=svc.plan_to_proto(doc))
+    try:
+        server.wait_serving()
+        resp = server.stub.Classify(req, timeout=60)
+        normal = hub["server"].stub.Classify(req, timeout=60)
+        assert [p.class_index for p in resp.predictions] == [
+            p.class_index for p in normal.predictions
+        ]
+        assert batcher.stats.oom_retries >= 3  # 16 -> 8 + 8 -> 4 + 4 + 4 + 4
+        assert max(batcher.stats.batch_sizes) <= 4 and sum(batcher.stats.batch_sizes) == 16
+        assert 16 in seen and 8 in seen
+        retries = batcher.stats.oom_retries
+        server.stub.Classify(req, timeout=60)
+        assert batcher.stats.oom_retries == retries  # the lowered cap avoids new OOMs
+        assert batcher.cap(server.servicer._resolve(req).key) == 4
+    finally:
+        server.stop()
+
+
+# -- the rest of the service -----------------------------------------------------------------
+
+
+def test_health_reflection_and_not_serving_without_neo4j(hub: dict[str, Any]) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    server = hub["server"]
+    assert server.status() == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(server.channel)
+    reply = next(
+        refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    )
+    assert svc.SERVICE_NAME in {s.name for s in reply.list_services_response.service}
+
+    down = replace(hub["settings"], neo4j_uri="bolt://127.0.0.1:9")  # nothing listens there
+    other = ServerThread(down)
+    try:
+        time.sleep(0.5)
+        assert other.status() == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        other.stop()
+
+
+def test_bundle_serves_without_neo4j(hub: dict[str, Any]) -> None:
+    plan, x = hub["plan"], hub["x"][:4]
+    records = {m: registry.get_model(hub["graph"], m) for m in plan["models"]}
+    root = infer.export_bundle(plan, records, hub["tmp"] / "bundle", images=x)
+    bundle = infer.load_bundle(root)
+    assert all(Path(r["weights_path"]).is_file() for r in bundle.records.values())
+    server = ServerThread(hub["settings"], bundle=bundle, use_neo4j=False)
+    try:
+        server.wait_serving()
+        inline = server.stub.Classify(
+            request(images=[raw(im) for im in x], inline_plan=svc.plan_to_proto(plan)), timeout=60
+        )
+        by_id = server.stub.Classify(request(plan["plan_id"], [raw(im) for im in x]), timeout=60)
+        expected = hub["server"].stub.Classify(request(plan["plan_id"], [raw(im) for im in x]))
+        for resp in (inline, by_id):
+            assert [p.class_index for p in resp.predictions] == [
+                p.class_index for p in expected.predictions
+            ]
+        with pytest.raises(grpc.RpcError) as info:
+            server.stub.Classify(request("plan-elsewhere", [raw(x[0])]), timeout=30)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        server.stop()
+    # The service and the library import and serve with no neo4j driver at all.
+    code = (
+        "import sys; sys.modules['neo4j'] = None\n"
+        "import services.inference, mllgraph.infer\n"
+        "assert 'mllgraph.db' not in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+def test_graceful_shutdown_finishes_in_flight(hub: dict[str, Any]) -> None:
+    batcher = infer.DynamicBatcher(max_batch_size=64, max_delay_s=1.0)
+    server = ServerThread(hub["settings"], batcher=batcher)
+    server.wait_serving()
+    req = request(hub["plan"]["plan_id"], [raw(im) for im in hub["x"][:2]])
+    result: dict[str, Any] = {}
+    client = threading.Thread(target=lambda: result.update(r=server.stub.Classify(req, timeout=30)))
+    client.start()
+    end = time.monotonic() + 5
+    while batcher.pending() == 0 and time.monotonic() < end:
+        time.sleep(0.01)
+    server.call(server.running.stop(grace=10))  # the request is still queued here
+    client.join(30)
+    assert len(result["r"].predictions) == 2
+    server.channel.close()
+    server.loop.call_soon_threadsafe(server.loop.stop)
+    server.thread.join(10)
+
+
+# -- library units ---------------------------------------------------------------------------
+
+
+def test_decode_and_raw_images() -> None:
+    gray = (np.arange(30 * 20) % 256).astype(np.uint8).reshape(30, 20)
+    rgb = np.stack([gray, gray[::-1], 255 - gray], axis=-1)
+    assert np.array_equal(infer.decode_image(png(gray), max_pixels=10_000), gray)
+    assert np.array_equal(infer.decode_image(png(rgb), max_pixels=10_000), rgb)
+    rgba = np.concatenate([rgb, np.full((30, 20, 1), 7, np.uint8)], axis=-1)
+    assert np.array_equal(infer.decode_image(png(rgba), max_pixels=10_000), rgb)
+    pal = Image.fromarray(rgb).convert("P")
+    buf = io.BytesIO()
+    pal.save(buf, format="PNG")
+    assert infer.decode_image(buf.getvalue(), max_pixels=10_000).shape == (30, 20, 3)
+    buf = io.BytesIO()
+    Image.fromarray(gray.astype(np.uint16) * 257).save(buf, format="PNG")
+    assert np.array_equal(infer.decode_image(buf.getvalue(), max_pixels=10_000), gray)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=95)
+    jpg = infer.decode_image(buf.getvalue(), max_pixels=10_000)
+    assert jpg.shape == (30, 20, 3) and np.abs(jpg.astype(int) - rgb).mean() < 20
+    with pytest.raises(ResourceExhausted, match="over this server's limit"):
+        infer.decode_image(png(gray), max_pixels=599)
+    with pytest.raises(InvalidArgument):
+        infer.decode_image(b"GIF89a....", max_pixels=10_000)
+    gif = io.BytesIO()
+    Image.fromarray(gray).save(gif, format="GIF")
+    with pytest.raises(InvalidArgument, match="PNG or JPEG"):
+        infer.decode_image(gif.getvalue(), max_pixels=10_000)
+
+    assert np.array_equal(infer.raw_image(gray.tobytes(), [30, 20], "uint8", max_pixels=600), gray)
+    f = (gray.astype("<f4") / 255).tobytes()
+    assert np.array_equal(infer.raw_image(f, [30, 20, 1], "float32", max_pixels=600), gray)
+    assert infer.raw_image(rgb.tobytes(), [30, 20, 3], "uint8", max_pixels=600).shape == (30, 20, 3)
+    nan = np.full((2, 2), np.nan, "<f4").tobytes()
+    for data, shape, dtype in [
+        (gray.tobytes(), [30, 20, 4], "uint8"),
+        (gray.tobytes(), [0, 20], "uint8"),
+        (gray.tobytes(), [30, 20], "float64"),
+        (gray.tobytes()[:-1], [30, 20], "uint8"),
+        (nan, [2, 2], "float32"),
+    ]:
+        with pytest.raises(InvalidArgument):
+            infer.raw_image(data, shape, dtype, max_pixels=600)
+    with pytest.raises(ResourceExhausted):
+        infer.raw_image(gray.tobytes(), [30, 20], "uint8", max_pixels=599)
+
+
+def _echo_runner(log: list[int]):
+    def run(images: list[np.ndarray]) -> infer.BatchRun:
+        log.append(len(images))
+        results = [
+            infer.PredictionResult(int(im[0, 0]), "", 1.0, np.ones(1), (), False) for im in images
+        ]
+        return infer.BatchRun(results, {"m": infer.ModelTiming("m", 1.0, 10.0, len(images))})
+
+    return run
+
+
+def test_dynamic_batcher_merges_splits_and_expires() -> None:
+    log: list[int] = []
+    run = _echo_runner(log)
+    b = infer.DynamicBatcher(max_batch_size=8, max_delay_s=0.3)
+    try:
+        imgs = [np.full((2, 2), i, np.uint8) for i in range(12)]
+        futs = [b.submit("p", run, imgs[i : i + 2]) for i in (0, 2, 4)]
+        outs = [f.result(10) for f in futs]
+        assert log == [6]  # three concurrent requests, one pass
+        assert [[r.class_index for r in o.results] for o in outs] == [[0, 1], [2, 3], [4, 5]]
+        assert outs[0].timings["m"].forward_ms == pytest.approx(10.0 * 2 / 6)
+        log.clear()
+        big = b.submit("p", run, imgs).result(10)  # 12 > 8: split into passes of 8 and 4
+        assert log == [8, 4] and [r.class_index for r in big.results] == list(range(12))
+        log.clear()
+        other = [b.submit("p", run, imgs[:1]), b.submit("q", run, imgs[1:2])]
+        [f.result(10) for f in other]
+        assert log == [1, 1]  # different plans never share a pass
+        late = b.submit("p", run, imgs[:1], deadline=time.monotonic() - 1)
+        with pytest.raises(DeadlineExceeded, match="expired"):
+            late.result(10)
+        assert b.stats.expired == 1
+
+        def boom(images: list[np.ndarray]) -> infer.BatchRun:
+            raise InvalidArgument("bad batch")
+
+        with pytest.raises(InvalidArgument):
+            b.submit("r", boom, imgs[:1]).result(10)
+        assert b.submit("p", run, imgs[:1]).result(10).results[0].class_index == 0
+    finally:
+        b.close(10)
+    with pytest.raises(Exception, match="shut down"):
+        b.submit("p", run, imgs[:1])
+
+
+def test_model_cache_lru_budget(hub: dict[str, Any]) -> None:
+    recs = [registry.get_model(hub["graph"], m) for m in hub["models"]]
+    one = infer.ModelCache(hub["settings"], device="cpu").get(recs[0]).nbytes
+    cache = infer.ModelCache(hub["settings"], device="cpu", budget_bytes=one + 1)
+    a = cache.get(recs[0])
+    assert cache.get(recs[0]) is a and cache.loads == 1
+    assert a.dtype == torch.float32 and not a.channels_last and a.precision == "fp32"
+    cache.get(recs[1])
+    assert cache.model_ids() == [recs[1]["id"]] and cache.evictions == 1
+    cache.get(recs[0])
+    assert cache.loads == 3 and cache.model_ids() == [recs[0]["id"]]
