@@ -19,7 +19,8 @@ from rich.table import Table
 from mllgraph.errors import MllgraphError
 from mllgraph.settings import Settings
 
-console = Console()
+# Pipes and CI logs get 120 columns rather than rich's 80, so tables are not cut.
+console = Console(width=None if sys.stdout.isatty() else 120)
 Handler = Callable[[argparse.Namespace, Settings], int]
 
 
@@ -456,7 +457,7 @@ def cmd_zeroshot(args: argparse.Namespace, settings: Settings) -> int:
     config = zeroshot.ZeroShotConfig(
         experts=args.experts,
         seeds=args.seeds,
-        hub_sizes=args.sizes,
+        hub_sizes=args.hub_sizes,
         epochs=args.epochs,
         max_train_per_expert=args.max_train,
         probes_per_class=args.probes_per_class,
@@ -618,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks (print figures, write reports/*.json)")
-    p.add_argument("what", choices=["sdag", "label", "infer", "select"])
+    p.add_argument("what", choices=["sdag", "label", "select", "infer", "zeroshot"])
     p.add_argument(
         "--sizes",
         default=None,
@@ -634,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tasks", help="task suite JSON (default: the shipped 32-task suite)")
     g.add_argument("--experts", type=int, default=50, help="Fashion experts per hub seed")
     g.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="hub seeds, e.g. 0,1,2")
-    g.add_argument("--sizes", type=_ints, default=(5, 10, 20, 50), help="hub sizes to study")
+    g.add_argument("--hub-sizes", type=_ints, default=(5, 10, 20, 50), help="hub sizes to study")
     g.add_argument("--epochs", type=int, default=2)
     g.add_argument("--max-train", type=int, default=None, help="training images per expert")
     g.add_argument("--probes-per-class", type=int, default=None)

@@ -451,6 +451,10 @@ class RunningServer:
         await asyncio.to_thread(self.servicer.batcher.close)
         self.servicer.source.close()
 
+    async def close(self, grace: float = 5.0) -> None:
+        """The same shutdown, under the name the other services use."""
+        await self.stop(grace)
+
 
 async def _watch_health(server: RunningServer, interval_s: float) -> None:
     state: bool | None = None
@@ -499,6 +503,11 @@ async def start_server(
         vlm.name if vlm else None,
     )
     return running
+
+
+async def start(settings: Settings, port: int = 0, **kwargs: Any) -> RunningServer:
+    """Start on `port` (0: a free one); the same entry point the other services have."""
+    return await start_server(settings, port=port, **kwargs)
 
 
 async def serve(
