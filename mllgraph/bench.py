@@ -528,6 +528,7 @@ def _timed_selects(
 
     wall: list[float] = []
     parts: dict[str, list[float]] = {k: [] for k in ("grounding", "cypher", "load", "chco")}
+    rest: list[float] = []
     solvers: dict[str, int] = {}
     models, uncovered, errors = [], [], []
     for i, wnids in enumerate(tasks):
@@ -544,6 +545,7 @@ def _timed_selects(
         wall.append(dt)
         for k in parts:
             parts[k].append(doc["timings_ms"][f"{k}_ms"] / 1000.0)
+        rest.append(dt - sum(p[-1] for p in parts.values()))
         solvers[doc["solver"]] = solvers.get(doc["solver"], 0) + 1
         models.append(len(doc["models"]))
         uncovered.append(len(doc["uncovered"]))
@@ -553,10 +555,45 @@ def _timed_selects(
     if wall:
         out["grpc"] = percentiles(wall)
         out.update({f"{k}": percentiles(v) for k, v in parts.items()})
+        out["rest"] = percentiles(rest)
         out["solver"] = solvers
         out["models_per_plan_mean"] = round(float(np.mean(models)), 2)
         out["uncovered_per_plan_mean"] = round(float(np.mean(uncovered)), 2)
     return out
+
+
+def _probe_output_load_cost(settings: Settings, hub: _SyntheticHub, n: int = 20) -> dict[str, Any]:
+    """What one model's probe outputs cost to read: the stored format (one .npz member per
+    probe set, all sets decoded) against the same logits as one float16 .npy read through a
+    memory map, slicing only a 10-class task's sets (what a columnar layout would cost)."""
+    import tempfile
+
+    from mllgraph import labeller
+
+    pick = hub.models[:: max(1, len(hub.models) // n)][:n]
+    npz, npy, sizes = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for mid in pick:
+            t = time.perf_counter()
+            outputs, _ = labeller.load_probe_outputs(settings, mid)
+            npz.append(time.perf_counter() - t)
+            sizes.append(labeller.probe_outputs_path(settings, mid).stat().st_size)
+            ids = sorted(outputs)
+            path = Path(tmp) / "x.npy"
+            np.save(path, np.concatenate([outputs[i] for i in ids]).astype(np.float16))
+            rows = np.arange(len(ids) * _SELECT_PROBES_PER_SET).reshape(len(ids), -1)
+            want = rows[np.sort(hub.rng.choice(len(ids), 10, replace=False))].ravel()
+            t = time.perf_counter()
+            arr = np.load(path, mmap_mode="r")
+            np.asarray(arr[want], dtype=np.float32)
+            npy.append(time.perf_counter() - t)
+    return {
+        "models": len(pick),
+        "probe_sets_per_model": len(hub.probe_ids),
+        "file_kb_mean": round(float(np.mean(sizes)) / 1024, 1),
+        "stored_npz_all_sets": percentiles(npz),
+        "one_npy_mmap_10_sets": percentiles(npy),
+    }
 
 
 def _exact_comparison(
@@ -634,17 +671,20 @@ def _exact_comparison(
 
 def _profile_candidates(graph: Any, wnids: list[str], allow_ancestor: bool) -> dict[str, Any]:
     """PROFILE of selection/candidates for one task: time, db hits, the costliest operators."""
-    from mllgraph import cypher
+    from dataclasses import asdict
+
+    from mllgraph import cypher, select
 
     targets = [
         {"index": i, "wnid": w, "others": [x for x in wnids if x != w]} for i, w in enumerate(wnids)
     ]
+    opts = select.SelectOptions(allow_ancestor=allow_ancestor)
     params = {
         "targets": targets,
-        "min_score": 0.05,
-        "per_kind_limit": 12,
+        "min_score": opts.min_label_score,
+        "per_kind_limit": opts.per_kind_limit,
         "allow_ancestor": allow_ancestor,
-        "ancestor_discount": 0.5,
+        **{k: v for k, v in asdict(opts).items() if k.endswith("_discount")},
     }
     text = cypher.load("selection/candidates")
     times = []
@@ -715,7 +755,9 @@ def bench_select(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
             build = hub.grow(sizes[0])  # the first models define the task pool
             popular = sorted(hub.head_concepts)
             pool = rng.sample(popular, min(_SELECT_TASK_POOL, len(popular)))
-            hub.register_task_probes(sorted(pool))
+            t = time.perf_counter()
+            hub.register_task_probes(sorted(pool))  # and the first models' probe outputs
+            build["probe_outputs_s"] = round(time.perf_counter() - t, 1)
             names = {w: wn.synsets[w].lemmas[0].replace("_", " ") for w in hub.task_pool}
             with (
                 BackgroundServer(scratch, resolver=resolver) as server,
@@ -738,6 +780,7 @@ def bench_select(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
                     entry["chco_vs_exact_10_classes"] = _exact_comparison(
                         graph, scratch, resolver, cut_tasks
                     )
+                    entry["probe_output_load"] = _probe_output_load_cost(scratch, hub)
                     if size == sizes[-1]:
                         task = rng.sample(hub.task_pool, 100)
                         entry["profile_candidates"] = [
@@ -779,6 +822,8 @@ def bench_select(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
         "random class sample (no stored-plan hits); first 2 requests of each series not "
         "counted; grounding/cypher/load/chco are the plan's own timings_ms",
         "cache": "probe outputs are cached per model (LRU of 512 models) across requests",
+        "rest": "wall time outside the four parts: schema/precondition/catalogue/plan-store "
+        "round trips, alternatives for ExplainSelection, JSON and gRPC",
     }
     figures["goals"] = {
         "p95_ms_10_classes_1000_models": 100,

@@ -278,6 +278,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
             linewidth=2.5 if m == "mll" else 1.2,
         )
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_xlabel("Fashion-MNIST experts in the hub")
     ax.set_ylabel("mean task accuracy")
