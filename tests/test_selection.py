@@ -1,0 +1,495 @@
+"""SelectionService over gRPC and `mllgraph.select`, on a real Neo4j with a tiny hub built here.
+
+The hub: three tiny timm experts trained for a few steps on synthetic 28x28 patterns, one
+pattern per concept (clog, moccasin, tote bag, kilt: concepts nothing else in a dev database
+is labelled on), registered by wnid, with a 24-image probe set per concept, labelled with
+`labeller.label_model`. Everything is created under a per-run prefix and removed afterwards
+(models with their blobs and probe outputs, probe sets, the Plan nodes the tests stored).
+
+"No labelled models" (FAILED_PRECONDITION) needs a catalogue without any, which the shared
+dev database is not: that test runs a second SelectionService against a throwaway, empty
+project-managed Neo4j (`bench.scratch_settings`, ~12 s to start), started in the background
+while the hub is built so it costs little wall time. It skips where no local Neo4j jars are
+at hand (a NEO4J_URI / testcontainers run without them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mllgraph import experts, labeller, probes, registry, select
+from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
+from mllgraph.settings import Settings
+from mllgraph.v1 import selection_pb2, selection_pb2_grpc
+
+pytestmark = pytest.mark.neo4j
+
+CLOG, MOCCASIN, TOTE, KILT = "n03047553", "n03776877", "n02970408", "n03617312"
+DEMOCRACY = "n06217103"  # no probe images, no labelled heads: always uncovered
+NAMES = {CLOG: "clog", MOCCASIN: "moccasin", TOTE: "tote bag", KILT: "kilt"}
+LEMMAS = {CLOG: "clog", MOCCASIN: "moccasin", TOTE: "carryall", KILT: "kilt"}  # first lemmas
+PATTERN = {CLOG: 0, MOCCASIN: 1, TOTE: 2, KILT: 3}
+PROBES_PER_CONCEPT = 24
+ARCH = "test_efficientnet"
+BACKGROUND = "n05933834"  # background.n.02: every expert's last head, "none of mine"
+# name suffix -> the concepts of its heads, in logit order (plus the background head)
+EXPERTS = {"a": [CLOG, MOCCASIN], "b": [TOTE, KILT], "c": [KILT, CLOG]}
+
+
+def pattern_images(kind: int, n: int, seed: int) -> np.ndarray:
+    """n noisy 28x28 images of one of four patterns (stripes -, stripes |, checks, disc)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:28, 0:28]
+    base = [
+        (yy // 3) % 2 == 0,
+        (xx // 3) % 2 == 0,
+        ((yy // 5) + (xx // 5)) % 2 == 0,
+        (yy - 13.5) ** 2 + (xx - 13.5) ** 2 < 80,
+    ][kind].astype(np.float32)
+    out = np.empty((n, 28, 28), dtype=np.uint8)
+    for i in range(n):
+        img = np.roll(base, (rng.integers(-2, 3), rng.integers(-2, 3)), axis=(0, 1))
+        img = 200 * img + 25 + rng.normal(0, 20, img.shape)
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+# --- the scratch (empty) Neo4j for FAILED_PRECONDITION ------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ScratchNeo4j:
+    """An empty project-managed Neo4j, started in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        from mllgraph import bench, neo4j_server
+
+        self.error: BaseException | None = None
+        self.settings: Settings | None = None
+        self.home = Path(tempfile.mkdtemp(prefix="mllgraph-selection-test-"))
+        main = Settings.from_env()
+        if not neo4j_server.paths(main).fetched_marker.exists():
+            self.error = RuntimeError("no fetched Neo4j jars for a scratch server")
+            self._thread = None
+            return
+        self.settings = bench.scratch_settings(main, self.home, _free_port())
+        self._thread = threading.Thread(target=self._start, daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        from mllgraph import neo4j_server
+
+        try:
+            neo4j_server.start(self.settings)  # type: ignore[arg-type]
+        except BaseException as e:  # noqa: BLE001 - reported by the test that needs it
+            self.error = e
+
+    def wait(self) -> Settings:
+        if self._thread is not None:
+            self._thread.join(timeout=180)
+        if self.error is not None or self.settings is None:
+            pytest.skip(f"no scratch Neo4j: {self.error}")
+        return self.settings
+
+    def stop(self) -> None:
+        """Kill the throwaway server (its data is deleted anyway) and remove its folder."""
+        from mllgraph import neo4j_server
+
+        if self._thread is not None:
+            self._thread.join(timeout=180)
+        pid = neo4j_server.running_pid(self.settings) if self.settings else None
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)  # the JVM this process started, by its pid
+            try:
+                os.waitpid(pid, 0)  # our child: reap it
+            except ChildProcessError:
+                deadline = time.monotonic() + 10
+                while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+# --- the hub -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Hub:
+    settings: Settings
+    graph: Any
+    resolver: Any
+    prefix: str
+    models: dict[str, str] = field(default_factory=dict)  # suffix -> model id
+    probe_sets: list[str] = field(default_factory=list)
+    plan_ids: set[str] = field(default_factory=set)
+    scratch: ScratchNeo4j | None = None
+
+    def heads_of(self, mid: str) -> list[str]:
+        suffix = next(k for k, v in self.models.items() if v == mid)
+        return [*EXPERTS[suffix], BACKGROUND]
+
+
+def _training_set(wnids: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """48 images per head concept, and for the background head the other patterns and noise."""
+    n = 48
+    others = [w for w in PATTERN if w not in wnids]
+    parts = [pattern_images(PATTERN[w], n, seed=seed + j) for j, w in enumerate(wnids)]
+    parts += [pattern_images(PATTERN[w], n // 2, seed=seed + 10 + j) for j, w in enumerate(others)]
+    rng = np.random.default_rng(seed)
+    parts.append(rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8))
+    labels = [np.full(n, i) for i in range(len(wnids))]
+    labels.append(np.full(sum(p.shape[0] for p in parts[len(wnids) :]), len(wnids)))
+    return np.concatenate(parts), np.concatenate(labels)
+
+
+def _build(hub: Hub, tmp: Path) -> None:
+    settings, graph = hub.settings, hub.graph
+    for wnid in (CLOG, MOCCASIN, TOTE, KILT):
+        ps, _ = probes.add_probe_set(
+            graph,
+            settings,
+            concept=wnid,
+            images=pattern_images(PATTERN[wnid], PROBES_PER_CONCEPT, seed=PATTERN[wnid]),
+            set_id=f"{hub.prefix}-{wnid}",
+            source="tests/test_selection.py synthetic patterns",
+        )
+        hub.probe_sets.append(ps.id)
+    for i, (suffix, wnids) in enumerate(EXPERTS.items()):
+        x, y = _training_set(wnids, seed=100 * (i + 1))
+        heads = [*wnids, BACKGROUND]
+        model = experts.train_expert(
+            ARCH, list(range(len(heads))), x, y, epochs=2, seed=i, batch_size=32
+        )
+        path = experts.save_weights(model, tmp / f"{suffix}.safetensors")
+        reg = registry.Registration(
+            name=f"{hub.prefix}-{suffix}",
+            arch=ARCH,
+            weights_path=path,
+            wnids=heads,
+            input_spec=experts.FASHION_INPUT_SPEC,
+        )
+        mid = registry.register_model(graph, settings, reg).record["id"]
+        hub.models[suffix] = mid
+        # top_k: the shared database's other probe sets must not crowd our concepts out
+        options = labeller.LabelOptions(samples_per_concept=30, top_k=100)
+        labeller.label_model(graph, settings, mid, options, device="cpu")
+
+
+def _cleanup(hub: Hub) -> None:
+    for mid in hub.models.values():
+        with contextlib.suppress(NotFound):
+            registry.delete_model(hub.graph, hub.settings, mid)
+    for set_id in hub.probe_sets:
+        with contextlib.suppress(NotFound):
+            probes.remove_probe_set(hub.graph, set_id)
+    if hub.plan_ids:
+        hub.graph.driver.execute_query(
+            "MATCH (p:Plan) WHERE p.id IN $ids DETACH DELETE p",
+            ids=sorted(hub.plan_ids),
+            database_=hub.graph.database,
+        )
+    left = hub.graph.run_user_query(
+        "OPTIONAL MATCH (m:Model) WHERE m.id STARTS WITH $prefix WITH count(m) AS models "
+        "OPTIONAL MATCH (p:ProbeSet) WHERE p.id STARTS WITH $prefix WITH models, count(p) AS sets "
+        "OPTIONAL MATCH (x:Plan) WHERE x.id IN $ids RETURN models, sets, count(x) AS plans",
+        {"prefix": hub.prefix, "ids": sorted(hub.plan_ids)},
+    )[0]
+    assert left == {"models": 0, "sets": 0, "plans": 0}, left
+    for mid in hub.models.values():
+        assert not registry.model_dir(hub.settings, mid).exists()
+
+
+@pytest.fixture(scope="module")
+def hub(neo4j_settings: Settings, sdag_graph: Any) -> Iterator[Hub]:
+    from mllgraph.ground import default_resolver
+
+    settings = neo4j_settings
+    scratch = ScratchNeo4j(settings) if settings.uses_local_neo4j else None
+    resolver = default_resolver(settings)
+    hub = Hub(settings, sdag_graph, resolver, f"tsel-{uuid.uuid4().hex[:8]}", scratch=scratch)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            _build(hub, Path(tmp))
+            yield hub
+        finally:
+            _cleanup(hub)
+            if scratch is not None:
+                scratch.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(hub: Hub) -> Iterator[selection_pb2_grpc.SelectionServiceStub]:
+    from services.selection import BackgroundServer
+
+    server = BackgroundServer(hub.settings, resolver=hub.resolver)
+    channel = grpc.insecure_channel(server.address)
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(health_pb2.HealthCheckRequest(service="mllgraph.v1.SelectionService"))
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        yield selection_pb2_grpc.SelectionServiceStub(channel)
+    finally:
+        channel.close()
+        server.close()
+
+
+def _select(hub: Hub, stub: Any, classes: list[Any], **kw: Any) -> selection_pb2.Plan:
+    request = selection_pb2.SelectHeadsRequest(
+        classes=[
+            c if isinstance(c, selection_pb2.TaskClass) else selection_pb2.TaskClass(name=c)
+            for c in classes
+        ],
+        **kw,
+    )
+    plan = stub.SelectHeads(request, timeout=60)
+    hub.plan_ids.add(plan.plan_id)
+    return plan
+
+
+def _error(call: Any) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+TASK = ["clog", "moccasin", "tote bag", "kilt"]
+
+
+# --- the happy path ---------------------------------------------------------------------------
+
+
+def test_select_covers_classes_with_the_right_heads(hub: Hub, stub: Any) -> None:
+    plan = _select(hub, stub, TASK)
+    assert [c.concept.wnid for c in plan.classes] == [CLOG, MOCCASIN, TOTE, KILT]
+    assert [c.name for c in plan.classes] == TASK
+    assert plan.budget == 5  # budget 0 -> the server default
+    assert plan.solver in (selection_pb2.SOLVER_EXACT, selection_pb2.SOLVER_HEURISTIC)
+    assert set(plan.model_ids) <= set(hub.models.values())
+    assert 0 < int(plan.catalogue_version) <= registry.catalogue_version(hub.graph)
+    assert plan.created_at.seconds > 0
+    for c in plan.classes:
+        assert c.concept.name == LEMMAS[c.concept.wnid] and c.concept.definition
+        assert not c.grounding.pinned
+        # every class is covered exactly, by heads measured on its concept, of plan models
+        assert c.coverage == selection_pb2.COVERAGE_EXACT and c.heads
+        for h in c.heads:
+            assert h.model_id in plan.model_ids and h.label_wnid == c.concept.wnid
+            assert 0 < h.label_score <= 1 and h.model_version == "1"
+            assert h.head_label in ("clog", "moccasin", "carryall", "kilt", "background")
+    # the experts trained on each concept cover it (a background head may help, never all)
+    declared = [
+        any(hub.heads_of(h.model_id)[h.head_index] == c.concept.wnid for h in c.heads)
+        for c in plan.classes
+    ]
+    assert sum(declared) >= 3, declared
+    assert 0.95 <= plan.estimated_accuracy <= 1.0
+    doc = json.loads(plan.combination_json)
+    assert doc["plan_id"] == plan.plan_id and doc["schema_version"] == 1
+    rule = select.combination_of(doc)  # what inference rebuilds the combination from
+    assert rule.models == list(plan.model_ids)
+
+
+def test_same_request_same_plan_and_get_plan_round_trips(hub: Hub, stub: Any) -> None:
+    before = registry.catalogue_version(hub.graph)
+    first = _select(hub, stub, TASK)
+    second = _select(hub, stub, TASK)
+    if registry.catalogue_version(hub.graph) != before:
+        pytest.skip("someone changed the shared catalogue during the test")
+    assert second.plan_id == first.plan_id
+    assert second == first
+    assert stub.GetPlan(selection_pb2.GetPlanRequest(plan_id=first.plan_id)) == first
+    other = _select(hub, stub, TASK, budget=2)
+    assert other.plan_id != first.plan_id and other.budget == 2
+
+
+def test_explain_lists_chosen_alternatives_and_reasons(hub: Hub, stub: Any) -> None:
+    democracy = selection_pb2.TaskClass(name="democracy", pinned_wnid=DEMOCRACY)
+    plan = _select(hub, stub, [*TASK, democracy])
+    uncovered = plan.classes[4]
+    assert uncovered.concept.wnid == DEMOCRACY
+    assert uncovered.coverage == selection_pb2.COVERAGE_UNCOVERED and not uncovered.heads
+    assert uncovered.estimated_accuracy == 0.0  # no probe images: not estimated
+    ex = stub.ExplainSelection(selection_pb2.ExplainSelectionRequest(plan_id=plan.plan_id))
+    assert ex.plan_id == plan.plan_id and len(ex.classes) == 5 and ex.notes
+    assert any("no candidate" in r for r in ex.classes[4].reasons)
+    assert any("not estimated" in r for r in ex.classes[4].reasons)
+    alternatives = [a for c in ex.classes for a in c.alternatives]
+    assert alternatives, "each covered concept has a head in two models: one is an alternative"
+    for c, pc in zip(ex.classes, plan.classes, strict=True):
+        assert c.name == pc.name and c.coverage == pc.coverage
+        assert [x.head for x in c.chosen] == list(pc.heads)
+        assert c.reasons and ("grounded" in c.reasons[0] or "pinned" in c.reasons[0])
+        for a in c.alternatives:
+            assert a.head.model_id in hub.models.values()
+            assert a.head.label_wnid == pc.concept.wnid == a.via_concept.wnid
+            assert a.reason and "if used" in a.reason
+            assert (a.head.model_id, a.head.head_index) not in {
+                (h.model_id, h.head_index) for h in pc.heads
+            }
+
+
+def test_budget_one_uses_one_model(hub: Hub, stub: Any) -> None:
+    free = _select(hub, stub, TASK)
+    assert len(free.model_ids) >= 2  # no single expert knows all four concepts
+    plan = _select(hub, stub, TASK, budget=1)
+    assert len(plan.model_ids) == 1 and plan.budget == 1
+    assert {h.model_id for c in plan.classes for h in c.heads} == set(plan.model_ids)
+    assert plan.estimated_accuracy < free.estimated_accuracy
+    ex = stub.ExplainSelection(selection_pb2.ExplainSelectionRequest(plan_id=plan.plan_id))
+    reasons = [a.reason for c in ex.classes for a in c.alternatives] + [
+        r for c in ex.classes for r in c.reasons
+    ]
+    assert any("budget of 1" in r for r in reasons)
+
+
+def test_pinned_classes_and_options(hub: Hub, stub: Any) -> None:
+    classes = [selection_pb2.TaskClass(name=f"thing {w}", pinned_wnid=w) for w in NAMES]
+    plan = _select(
+        hub,
+        stub,
+        classes,
+        options=selection_pb2.SelectOptions(
+            solver=selection_pb2.SOLVER_HEURISTIC, min_label_score=0.06, fit_params=True
+        ),
+    )
+    assert [c.concept.wnid for c in plan.classes] == list(NAMES)
+    assert all(c.grounding.pinned and c.grounding.score == 1.0 for c in plan.classes)
+    assert plan.solver == selection_pb2.SOLVER_HEURISTIC
+    assert plan.options.min_label_score == pytest.approx(0.06)
+    assert plan.options.fit_params and not plan.options.allow_ancestor
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("classes", "budget", "code", "needle"),
+    [
+        ([], 0, INVALID, "no classes"),
+        (["kilt"], 0, INVALID, "at least two"),
+        (["kilt", "kilts"], 0, INVALID, "'kilts'"),
+        ([f"class {i}" for i in range(1001)], 0, INVALID, "1001"),
+        (TASK, -1, INVALID, "budget"),
+        (["kilt", "clo\x00g"], 0, INVALID, "control characters"),
+        (["kilt", "tote\nbag"], 0, INVALID, "control characters"),
+        (["kilt", ""], 0, INVALID, "empty"),
+    ],
+)
+def test_bad_requests(
+    hub: Hub, stub: Any, classes: list[str], budget: int, code: grpc.StatusCode, needle: str
+) -> None:
+    err = _error(lambda: _select(hub, stub, classes, budget=budget))
+    assert err.code() == code, err.details()
+    assert needle in err.details()
+    if needle == "'kilts'":
+        assert "'kilt'" in err.details()  # the message names both classes
+
+
+def test_unknown_pinned_wnid_is_not_found(hub: Hub, stub: Any) -> None:
+    classes = [selection_pb2.TaskClass(name="kilt"), selection_pb2.TaskClass(name="x",
+               pinned_wnid="n99999999")]  # fmt: skip
+    err = _error(lambda: _select(hub, stub, classes))
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "n99999999" in err.details()
+
+
+def test_unsupported_options_are_refused(hub: Hub, stub: Any) -> None:
+    for opts in (
+        selection_pb2.SelectOptions(max_heads_per_class=2),
+        selection_pb2.SelectOptions(time_limit_seconds=1.0),
+        selection_pb2.SelectOptions(min_label_score=1.5),
+        selection_pb2.SelectOptions(solver=42),
+    ):
+        err = _error(lambda o=opts: _select(hub, stub, TASK, options=o))
+        assert err.code() == INVALID, err.details()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        'Robert"); MATCH (n) DETACH DELETE n //',
+        "O'Brien's `kilt`",
+        "}) RETURN 1 UNION MATCH (m:Model) RETURN m.id AS model //",
+        "$targets",
+    ],
+)
+def test_quotes_and_cypher_in_names_are_just_text(hub: Hub, stub: Any, name: str) -> None:
+    try:
+        plan = _select(hub, stub, ["kilt", name])
+    except grpc.RpcError as err:
+        assert err.code() == INVALID, err.details()
+    else:
+        assert plan.classes[1].name == name
+    # nothing was run as Cypher: the hub is intact
+    for mid in hub.models.values():
+        assert registry.get_model(hub.graph, mid)["labelled_at"]
+
+
+def test_plan_lookups(hub: Hub, stub: Any) -> None:
+    for call in (stub.GetPlan, stub.ExplainSelection):
+        request_type = (
+            selection_pb2.GetPlanRequest
+            if call is stub.GetPlan
+            else selection_pb2.ExplainSelectionRequest
+        )
+        err = _error(lambda c=call, r=request_type: c(r(plan_id="plan-doesnotexist")))
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        err = _error(lambda c=call, r=request_type: c(r(plan_id="")))
+        assert err.code() == INVALID
+
+
+def test_library_select_matches_the_service(hub: Hub, stub: Any) -> None:
+    plan = _select(hub, stub, TASK)
+    classes = [select.TaskClass(n) for n in TASK]
+    options = select.SelectOptions(allow_ancestor=False, fit_params=False)
+    ctx = select.select(hub.graph, hub.settings, classes, options, hub.resolver, store=False)
+    assert ctx.plan["models"] == list(plan.model_ids)
+    assert ctx.problem is not None and ctx.problem.num_classes == 4
+    with pytest.raises(InvalidArgument, match="budget"):
+        select.select(hub.graph, hub.settings, classes, select.SelectOptions(budget=0), None)
+
+
+# --- a catalogue without labelled models ---------------------------------------------------------
+
+
+def test_empty_hub_is_failed_precondition(hub: Hub) -> None:
+    if hub.scratch is None:
+        pytest.skip("needs the project-managed Neo4j to start a scratch server")
+    settings = hub.scratch.wait()
+    from mllgraph.db import Graph
+    from services.selection import BackgroundServer
+
+    classes = [select.TaskClass(n) for n in TASK]
+    with Graph(settings) as graph, pytest.raises(FailedPrecondition, match="no labelled models"):
+        select.select(graph, settings, classes, select.SelectOptions(), hub.resolver)
+    with (
+        BackgroundServer(settings, resolver=hub.resolver) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        empty = selection_pb2_grpc.SelectionServiceStub(channel)
+        err = _error(lambda: _select(hub, empty, TASK))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no labelled models" in err.details()
