@@ -328,7 +328,7 @@ _SELECT_PROBES_PER_SET = 5
 
 class _SyntheticHub:
     """Synthetic labelled models over the real SDAG, written the way the hub writes them:
-    Model/Head/DECLARED/LABELED in Neo4j, probe outputs as `probe_outputs.npz` files."""
+    Model/Head/DECLARED/LABELED in Neo4j, probe outputs as `probe_outputs.npy` files."""
 
     def __init__(self, graph: Any, settings: Settings, wn: Any, seed: int) -> None:
         self.graph, self.settings, self.wn = graph, settings, wn
@@ -816,7 +816,7 @@ def bench_select(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
         "label on its parent, group labels on parents shared by >= 2 heads",
         "probes": f"{_SELECT_TASK_POOL} probe sets of {_SELECT_PROBES_PER_SET} images on "
         "concepts labelled in the first models; probe outputs synthesised per model "
-        "(a head fires on its concept's and descendants' images) as probe_outputs.npz",
+        "(a head fires on its concept's and descendants' images) as probe_outputs.npy",
         "requests": "SelectHeads through gRPC (in-process server, port 0), server defaults "
         "(budget 5, solver auto, allow_ancestor off, fit_params off), every task a fresh "
         "random class sample (no stored-plan hits); first 2 requests of each series not "

@@ -24,7 +24,8 @@ from mllgraph.db import Graph
 from mllgraph.errors import FailedPrecondition
 from mllgraph.settings import Settings
 
-PROBE_OUTPUTS = "probe_outputs.npz"
+PROBE_OUTPUTS = "probe_outputs.npy"
+PROBE_INDEX = "probe_outputs.json"
 ProgressFn = Callable[[int, int], None]  # (images done, images total)
 
 
@@ -71,36 +72,77 @@ def hierarchy(graph: Graph, wnids: list[str]) -> labelling.ConceptHierarchy:
 
 
 def probe_outputs_path(settings: Settings, mid: str) -> Path:
+    """The model's logits on the probes: one float16 array, rows grouped by probe set."""
     return registry.model_dir(settings, mid) / PROBE_OUTPUTS
+
+
+def probe_index_path(settings: Settings, mid: str) -> Path:
+    """Where each probe set's rows start in `probe_outputs.npy`, and the temperature."""
+    return registry.model_dir(settings, mid) / PROBE_INDEX
 
 
 def save_probe_outputs(
     settings: Settings, mid: str, outputs: dict[str, np.ndarray], temperature: float
 ) -> Path:
+    """One contiguous array plus a small JSON index, so selection can memory-map the file and
+    read only a task's probe sets (a compressed archive of one entry per set costs ~10 ms
+    per model to open, which dominates selection on a large hub)."""
     path = probe_outputs_path(settings, mid)
     path.parent.mkdir(parents=True, exist_ok=True)
     ids = sorted(outputs)
-    part = path.with_name("probe_outputs.part.npz")
+    index, offset = {}, 0
+    for s in ids:
+        index[s] = [offset, int(outputs[s].shape[0])]
+        offset += int(outputs[s].shape[0])
+    heads = next((int(outputs[s].shape[1]) for s in ids), 0)
     # float16 halves the file; logits need no more precision than that for simulation.
-    np.savez_compressed(
-        part,
-        set_ids=np.array(ids),
-        temperature=np.float64(temperature),
-        **{f"logits_{i}": outputs[s].astype(np.float16) for i, s in enumerate(ids)},
+    data = (
+        np.concatenate([outputs[s] for s in ids]).astype(np.float16)
+        if ids
+        else np.zeros((0, heads), np.float16)
     )
+    part = path.with_name("probe_outputs.part.npy")
+    np.save(part, data)
     os.replace(part, path)
+    meta = {"temperature": float(temperature), "heads": heads, "sets": index}
+    index_path = probe_index_path(settings, mid)
+    part_json = index_path.with_name(index_path.name + ".part")
+    part_json.write_text(json.dumps(meta))
+    os.replace(part_json, index_path)  # written last: its presence marks a complete pair
     return path
+
+
+@dataclass(frozen=True)
+class ProbeOutputs:
+    """A labelled model's probe logits, memory-mapped; slices are read on demand."""
+
+    data: np.ndarray  # float16 (rows, heads), memory-mapped
+    sets: dict[str, tuple[int, int]]  # probe set id -> (first row, rows)
+    temperature: float
+
+    def get(self, set_id: str) -> np.ndarray:
+        start, n = self.sets[set_id]
+        return np.asarray(self.data[start : start + n], dtype=np.float32)
+
+    def as_dict(self, set_ids: list[str] | None = None) -> dict[str, np.ndarray]:
+        wanted = self.sets if set_ids is None else [s for s in set_ids if s in self.sets]
+        return {s: self.get(s) for s in wanted}
+
+
+def open_probe_outputs(settings: Settings, mid: str) -> ProbeOutputs:
+    index_path = probe_index_path(settings, mid)
+    if not index_path.is_file():
+        raise FailedPrecondition(f"model {mid} has no probe outputs ({index_path}): label it")
+    meta = json.loads(index_path.read_text())
+    data = np.load(probe_outputs_path(settings, mid), mmap_mode="r")
+    sets = {s: (int(a), int(n)) for s, (a, n) in meta["sets"].items()}
+    return ProbeOutputs(data, sets, float(meta["temperature"]))
 
 
 def load_probe_outputs(settings: Settings, mid: str) -> tuple[dict[str, np.ndarray], float]:
     """({probe set id: logits (n, heads) float32}, temperature) of a labelled model."""
-    path = probe_outputs_path(settings, mid)
-    if not path.is_file():
-        raise FailedPrecondition(f"model {mid} has no probe outputs ({path}): label it first")
-    with np.load(path) as data:
-        ids = [str(s) for s in data["set_ids"]]
-        outputs = {s: data[f"logits_{i}"].astype(np.float32) for i, s in enumerate(ids)}
-        return outputs, float(data["temperature"])
+    outputs = open_probe_outputs(settings, mid)
+    return outputs.as_dict(), outputs.temperature
 
 
 def label_model(

@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 
 from mllgraph import chco, cypher, labeller, registry
-from mllgraph.combine import ClassAssignment, HeadGroup, combine, per_class_accuracy
+from mllgraph.combine import (
+    ClassAssignment,
+    HeadGroup,
+    class_scores,
+    group_evidence,
+    model_probabilities,
+    score_column,
+)
 from mllgraph.db import Graph
 from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
 from mllgraph.settings import Settings
@@ -101,23 +108,22 @@ def ensure_schema(graph: Graph) -> None:
 
 
 class ProbeOutputCache:
-    """Each model's probe outputs, read once per file version (an LRU of `capacity` models)."""
+    """Each model's memory-mapped probe outputs, opened once per file version (an LRU of
+    `capacity` models); only the probe sets a task needs are ever read."""
 
-    def __init__(self, capacity: int = 512) -> None:
+    def __init__(self, capacity: int = 20_000) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[tuple[str, float], tuple[dict[str, np.ndarray], float]] = (
-            OrderedDict()
-        )
+        self._items: OrderedDict[tuple[str, float], labeller.ProbeOutputs] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, settings: Settings, mid: str) -> tuple[dict[str, np.ndarray], float]:
-        path = labeller.probe_outputs_path(settings, mid)
+    def get(self, settings: Settings, mid: str) -> labeller.ProbeOutputs:
+        path = labeller.probe_index_path(settings, mid)
         key = (mid, path.stat().st_mtime if path.exists() else -1.0)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        value = labeller.load_probe_outputs(settings, mid)
+        value = labeller.open_probe_outputs(settings, mid)
         with self._lock:
             self._items[key] = value
             while len(self._items) > self.capacity:
@@ -216,7 +222,6 @@ def select(
     timings.cypher_ms = (time.perf_counter() - t) * 1000
 
     t = time.perf_counter()
-    model_ids = sorted({r["model"] for r in rows})
     outputs: dict[str, dict[str, np.ndarray]] = {}
     temperatures: dict[str, float] = {}
     versions: dict[str, str] = {}
@@ -225,11 +230,13 @@ def select(
         rows = [r for r in rows if r["model"] in allowed]
     for r in rows:
         versions[r["model"]] = r["version"]
-    for mid in model_ids:
+    task_sets = sorted({r["set_id"] for r in probe_rows})
+    for mid in sorted(versions):
         try:
-            outputs[mid], temperatures[mid] = cache.get(settings, mid)
+            stored = cache.get(settings, mid)
         except FailedPrecondition:
             continue  # labelled in the graph but its outputs are gone: not a candidate
+        outputs[mid], temperatures[mid] = stored.as_dict(task_sets), stored.temperature
     labels, logits = _probe_matrix(probe_rows, outputs, len(classes))
     timings.load_ms = (time.perf_counter() - t) * 1000
 
@@ -403,10 +410,16 @@ def _alternatives(
     info: dict[tuple[int, str, tuple[int, ...]], dict[str, Any]],
     per_class: int = 5,
 ) -> list[list[dict[str, Any]]]:
-    """Per class, the best other candidates and the plan's estimate with each swapped in."""
+    """Per class, the best other candidates and the plan's estimate with each swapped in.
+
+    Only the swapped class's score column changes, so the plan's scores are computed once
+    and each alternative costs one column and an argmax."""
     out: list[list[dict[str, Any]]] = [[] for _ in plan.assignment]
-    if labels.size == 0:
+    if labels.size == 0 or not plan.models:
         return out
+    params = plan.params
+    base = class_scores({m: logits[m] for m in plan.models}, plan.assignment, params)
+    probs: dict[str, np.ndarray] = {}
     by_class: dict[int, list[chco.Candidate]] = {}
     for c in candidates:
         by_class.setdefault(c.class_index, []).append(c)
@@ -414,25 +427,32 @@ def _alternatives(
         chosen = plan.assignment[ci].groups
         others = [c for c in cands if (c.group,) != chosen]
         others.sort(key=lambda c: (-c.group.label_score, c.group.model_id, c.group.heads))
+        in_class = labels == ci
         for cand in others[:per_class]:
-            assignment = list(plan.assignment)
-            assignment[ci] = ClassAssignment(ci, (cand.group,))
-            models = {g.model_id for a in assignment for g in a.groups}
-            probs = combine({m: logits[m] for m in models}, assignment, plan.params)
-            acc = float((probs.argmax(1) == labels).mean())
-            recall = per_class_accuracy(probs, labels)[ci]
-            meta = info.get((ci, cand.group.model_id, cand.group.heads), {})
+            g = cand.group
+            if g.model_id not in probs:
+                probs[g.model_id] = model_probabilities(
+                    logits[g.model_id], params.temperature(g.model_id)
+                )
+            z = base.copy()
+            evidence = group_evidence(probs[g.model_id], g.heads)
+            z[:, ci] = score_column(evidence, float(params.weights[ci]), float(params.biases[ci]))
+            right = z.argmax(1) == labels
+            meta = info.get((ci, g.model_id, g.heads), {})
+            extra = 0 if g.model_id in plan.models else 1
             out[ci].append(
                 {
-                    "model_id": cand.group.model_id,
-                    "heads": list(cand.group.heads),
+                    "model_id": g.model_id,
+                    "heads": list(g.heads),
                     "head_labels": meta.get("labels", []),
-                    "kind": cand.group.kind,
+                    "kind": g.kind,
                     "via": meta.get("via"),
-                    "label_score": cand.group.label_score,
-                    "plan_accuracy_if_used": acc,
-                    "class_accuracy_if_used": _finite(recall),
-                    "extra_models": len(models) - len(plan.models),
+                    "label_score": g.label_score,
+                    "plan_accuracy_if_used": float(right.mean()),
+                    "class_accuracy_if_used": float(right[in_class].mean())
+                    if in_class.any()
+                    else None,
+                    "extra_models": extra,
                 }
             )
     return out
