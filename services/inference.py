@@ -519,9 +519,12 @@ async def serve(
     vlm: infer.VlmPatch | None = None,
     grace: float = 10.0,
     stop: asyncio.Event | None = None,
+    host: str = "127.0.0.1",
 ) -> None:
     """Serve until SIGTERM/SIGINT (or `stop`), then shut down gracefully."""
-    running = await start_server(settings, port=port, bundle=bundle, use_neo4j=use_neo4j, vlm=vlm)
+    running = await start_server(
+        settings, port=port, host=host, bundle=bundle, use_neo4j=use_neo4j, vlm=vlm
+    )
     try:
         await serve_until_signal(running.server, running.health, [SERVICE_NAME], grace, stop=stop)
     finally:
@@ -531,6 +534,7 @@ async def serve(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.inference", description=__doc__)
     parser.add_argument("--port", type=int, default=None, help="default MLLGRAPH_INFERENCE_PORT")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--bundle", type=Path, help="serve a plan bundle (export-plan)")
     parser.add_argument("--no-neo4j", action="store_true", help="bundle and inline plans only")
     parser.add_argument("--vlm-arch", help="open_clip architecture of the VLM patch")
@@ -560,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             serve(
                 settings,
                 port=args.port,
+                host=args.host,
                 bundle=bundle,
                 use_neo4j=not args.no_neo4j,
                 vlm=vlm,

@@ -1,0 +1,14 @@
+# The mllgraph services image (untested here: these machines have no Docker engine).
+FROM python:3.11-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends wordnet-base wordnet-sense-index dataset-fashion-mnist \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY mllgraph mllgraph
+COPY services services
+COPY cypher cypher
+RUN pip install --no-cache-dir .
+ENV MLLGRAPH_HOME=/data HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+VOLUME /data
+ENTRYPOINT ["mllgraph", "serve"]
