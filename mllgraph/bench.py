@@ -330,8 +330,11 @@ class _SyntheticHub:
     """Synthetic labelled models over the real SDAG, written the way the hub writes them:
     Model/Head/DECLARED/LABELED in Neo4j, probe outputs as `probe_outputs.npy` files."""
 
-    def __init__(self, graph: Any, settings: Settings, wn: Any, seed: int) -> None:
+    def __init__(
+        self, graph: Any, settings: Settings, wn: Any, seed: int, heads: tuple[int, int] = (20, 100)
+    ) -> None:
         self.graph, self.settings, self.wn = graph, settings, wn
+        self.heads_range = heads
         self.rng = np.random.default_rng(seed)
         self.children: dict[str, list[str]] = {}
         for s in wn.synsets.values():
@@ -377,7 +380,7 @@ class _SyntheticHub:
     def _model_rows(self, index: int) -> tuple[dict[str, Any], list[dict[str, Any]], list[Any]]:
         rng = self.rng
         mid = f"synthetic-{index:05d}@1"
-        h = int(rng.integers(20, 101))
+        h = int(rng.integers(self.heads_range[0], self.heads_range[1] + 1))
         concepts = [str(c) for c in rng.choice(self.pool, size=h, replace=False, p=self.weights)]
         quality = rng.beta(4.0, 2.0, size=h)
         heads = [
@@ -839,7 +842,81 @@ def bench_select(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
     return figures
 
 
-BENCHES = {"sdag": bench_sdag, "label": bench_label, "infer": bench_infer, "select": bench_select}
+def bench_ingest(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Catalogue scale: synthetic models (100 heads each, labelled on Zipf-skewed WordNet
+    concepts, as `_SyntheticHub` writes them) into a scratch Neo4j with the full SDAG, in
+    UNWIND batches; heads/s, then the latency of cookbook queries at that size."""
+    import shutil
+
+    from mllgraph import cypher, db, neo4j_server, registry, sdag
+    from mllgraph.wordnet import load_nouns
+
+    n_models = int(getattr(args, "models", None) or 1000)
+    home = settings.home / "scratch" / "ingest"
+    scratch = scratch_settings(settings, home, settings.local_neo4j_port + 300)
+    neo4j_server.stop(scratch)
+    shutil.rmtree(neo4j_server.paths(scratch).data, ignore_errors=True)
+    neo4j_server.start(scratch)
+    try:
+        wn = load_nouns(settings.wordnet_dir)
+        with db.connect(scratch) as graph:
+            sdag.load(graph, wn)
+            registry.ensure_schema(graph)
+            hub = _SyntheticHub(graph, scratch, wn, args.seed, heads=(100, 100))
+            t = time.perf_counter()
+            build = hub.grow(n_models, batch=100)
+            wall = time.perf_counter() - t
+            counts = graph.run_user_query(
+                "MATCH (h:Head) WITH count(h) AS heads "
+                "MATCH ()-[l:LABELED]->() RETURN heads, count(l) AS labels"
+            )[0]
+            rng = random.Random(args.seed)
+            popular = [str(c) for c in hub.pool[:50]]
+            queries = {
+                "best_heads_for_concept": lambda: {"wnid": rng.choice(popular), "limit": 10},
+                "heads_covering_subtree": lambda: {
+                    "wnid": rng.choice(popular),
+                    "min_score": 0.3,
+                    "limit": 25,
+                },
+                "model_coverage": lambda: {"model_id": rng.choice(hub.models)},
+                "models_for_concepts": lambda: {"wnids": rng.sample(popular, 5), "min_score": 0.3},
+                "hub_coverage_at_quality": lambda: {"min_score": 0.5},
+            }
+            latency = {}
+            for name, params in queries.items():
+                text = cypher.load(f"cookbook/{name}")
+                graph.run_user_query(text, params())  # plan cache warm-up
+                samples = []
+                for _ in range(int(getattr(args, "requests", None) or 30)):
+                    p = params()
+                    t = time.perf_counter()
+                    graph.run_user_query(text, p)
+                    samples.append(time.perf_counter() - t)
+                latency[name] = percentiles(samples)
+    finally:
+        neo4j_server.stop(scratch)
+    heads = counts["heads"]
+    return {
+        "models": n_models,
+        "heads": heads,
+        "label_edges": counts["labels"],
+        "write_s": build["graph_s"],
+        "heads_per_s": round(heads / build["graph_s"], 1) if build["graph_s"] else None,
+        "label_edges_per_s": round(counts["labels"] / build["graph_s"], 1),
+        "wall_s_incl_row_generation": round(wall, 1),
+        "cookbook_latency": latency,
+        "goals": {"heads_per_s": 10_000, "cookbook_p95_ms": 50},
+    }
+
+
+BENCHES = {
+    "ingest": bench_ingest,
+    "sdag": bench_sdag,
+    "label": bench_label,
+    "infer": bench_infer,
+    "select": bench_select,
+}
 
 
 def run(what: str, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:

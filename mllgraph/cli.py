@@ -619,14 +619,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks (print figures, write reports/*.json)")
-    p.add_argument("what", choices=["sdag", "label", "select", "infer", "zeroshot"])
+    p.add_argument("what", choices=["sdag", "ingest", "label", "select", "infer", "zeroshot"])
     p.add_argument(
         "--sizes",
         default=None,
         help="infer: request batch sizes (default 1,32,256); select: hub sizes in models "
         "(default 10,100,1000; 10000 takes long)",
     )
-    p.add_argument("--requests", type=int, default=30, help="select: requests per series")
+    p.add_argument("--requests", type=int, default=30, help="select/ingest: requests per series")
+    p.add_argument("--models", type=int, default=1000, help="ingest: synthetic models")
     p.add_argument("--samples-per-concept", type=int, default=100)
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
