@@ -219,6 +219,7 @@ def select(
         related_discount=options.related_discount,
     )
     probe_rows = graph.read("selection/task_probes", targets=targets)
+    probe_rows += _proxy_probes(graph, rows, probe_rows, len(classes))
     timings.cypher_ms = (time.perf_counter() - t) * 1000
 
     t = time.perf_counter()
@@ -281,6 +282,41 @@ def select(
     if store:
         graph.write("selection/plan_put", id=pid, body=json.dumps(body), catalogue_version=version)
     return SelectionContext(plan=body, candidates=candidates, timings=timings, problem=problem)
+
+
+def _proxy_probes(
+    graph: Graph, rows: list[dict[str, Any]], probe_rows: list[dict[str, Any]], k: int
+) -> list[dict[str, Any]]:
+    """Stand-in probes for classes with none under their own concept.
+
+    Without images a class cannot be simulated, and CHCO would then pick whichever head hurts
+    the other classes least, however unrelated. So such a class borrows the probe sets under
+    the nearest concept its ancestor/related candidates were labelled on (e.g. "slacks"
+    borrows the trouser probes its trouser.n.01 candidates came from), provided no other
+    class of the task has probes there. Marked `proxy` with a large distance, so a class's own sets
+    always win.
+    """
+    have = {r["class_index"] for r in probe_rows}
+    claimed = {r["set_id"] for r in probe_rows}
+    extra: list[dict[str, Any]] = []
+    for ci in range(k):
+        if ci in have:
+            continue
+        near = [
+            r
+            for r in rows
+            if r["class_index"] == ci and r["kind"] in ("ancestor", "related") and r["via"]
+        ]
+        # The nearest concept first (deepest), then the better label.
+        near.sort(key=lambda r: (-(r.get("via_depth") or 0), -r["score"], r["via"]))
+        for via in dict.fromkeys(r["via"] for r in near):  # each concept once
+            found = graph.read("selection/task_probes", targets=[{"index": ci, "wnid": via}])
+            free = [r for r in found if r["set_id"] not in claimed]
+            if free and len(free) == len(found):
+                extra += [{**r, "distance": 1000 + r["distance"], "proxy": via} for r in free]
+                claimed |= {r["set_id"] for r in free}
+                break
+    return extra
 
 
 def _probe_matrix(

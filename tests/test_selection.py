@@ -493,3 +493,21 @@ def test_empty_hub_is_failed_precondition(hub: Hub) -> None:
         err = _error(lambda: _select(hub, empty, TASK))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "no labelled models" in err.details()
+
+
+def test_class_without_probes_borrows_its_nearest_concepts_probes(hub: Hub) -> None:
+    """handbag (bag.n.04) has no probe images; its related candidates were labelled on the
+    tote bag, a cousin under container.n.01, so it borrows the tote probes to be simulated."""
+    handbag = "n02774152"
+    classes = [
+        select.TaskClass("handbag", pinned_wnid=handbag),
+        select.TaskClass("clog", pinned_wnid=CLOG),
+        select.TaskClass("kilt", pinned_wnid=KILT),
+    ]
+    options = select.SelectOptions(fit_params=False)
+    ctx = select.select(hub.graph, hub.settings, classes, options, hub.resolver, store=False)
+    bag = ctx.plan["classes"][0]
+    assert bag["coverage"] == "related"
+    assert bag["probe_images"] == PROBES_PER_CONCEPT  # the tote bag's probe set
+    assert {h["label_wnid"] for h in bag["heads"]} == {TOTE}
+    assert bag["estimated_accuracy"] is not None

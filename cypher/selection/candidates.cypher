@@ -27,13 +27,14 @@ CALL (v, t, shared) {
   WHERE l.method <> 'group' AND l.score >= $min_score
   WITH m, h, l ORDER BY l.score DESC, m.id, h.index LIMIT $per_kind_limit
   RETURN m.id AS model, [h.index] AS heads, [h.label] AS labels, 'exact' AS kind,
-         l.score AS score, v.wnid AS via
+         l.score AS score, v.wnid AS via, v.depth AS via_depth
   UNION
   MATCH (m:Model)-[:HAS_HEAD]->(h:Head)-[l:LABELED {method: 'group'}]->(v)
   WHERE l.score >= $min_score
   WITH m, l.group_heads AS heads, max(l.score) AS score, collect(h.label) AS labels
   ORDER BY score DESC, m.id LIMIT $per_kind_limit
-  RETURN m.id AS model, heads, labels, 'group' AS kind, score, v.wnid AS via
+  RETURN m.id AS model, heads, labels, 'group' AS kind, score, v.wnid AS via,
+         v.depth AS via_depth
   UNION
   MATCH (v)<-[:IS_A*1..]-(d:Concept)
   WITH DISTINCT d
@@ -42,7 +43,8 @@ CALL (v, t, shared) {
   WITH m, h, max(l.score) AS best ORDER BY h.index
   WITH m, collect(h.index) AS heads, collect(h.label) AS labels, avg(best) AS score
   ORDER BY score DESC, m.id LIMIT $per_kind_limit
-  RETURN m.id AS model, heads, labels, 'descendants' AS kind, score, null AS via
+  RETURN m.id AS model, heads, labels, 'descendants' AS kind, score, null AS via,
+         null AS via_depth
   UNION
   WITH v, shared WHERE $allow_ancestor
   // Ancestors of the other classes are blocked: going up is cheap, going down is not.
@@ -53,7 +55,7 @@ CALL (v, t, shared) {
   WHERE l.method <> 'group' AND l.score >= $min_score
   WITH m, h, l, a ORDER BY l.score DESC, a.depth DESC, m.id, h.index LIMIT $per_kind_limit
   RETURN m.id AS model, [h.index] AS heads, [h.label] AS labels, 'ancestor' AS kind,
-         l.score * $ancestor_discount AS score, a.wnid AS via
+         l.score * $ancestor_discount AS score, a.wnid AS via, a.depth AS via_depth
   UNION
   WITH v, shared WHERE $allow_ancestor
   MATCH (v)-[:IS_A*1..2]->(a:Concept)
@@ -65,9 +67,9 @@ CALL (v, t, shared) {
   WHERE l.method <> 'group' AND l.score >= $min_score
   WITH m, h, l, u ORDER BY l.score DESC, m.id, h.index LIMIT $per_kind_limit
   RETURN m.id AS model, [h.index] AS heads, [h.label] AS labels, 'related' AS kind,
-         l.score * $related_discount AS score, u.wnid AS via
+         l.score * $related_discount AS score, u.wnid AS via, u.depth AS via_depth
 }
 MATCH (m:Model {id: model})
 RETURN t.index AS class_index, model, m.version AS version, coalesce(m.temperature, 1.0) AS temperature,
-       m.labelled_at IS NOT NULL AS labelled, heads, labels, kind, score, via
+       m.labelled_at IS NOT NULL AS labelled, heads, labels, kind, score, via, via_depth
 ORDER BY class_index, score DESC, model
