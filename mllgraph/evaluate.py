@@ -125,9 +125,16 @@ class LibraryPipeline:
         return ctx.plan
 
     def classify_indices(self, plan: dict[str, Any], idx: np.ndarray) -> np.ndarray:
+        """What the inference service answers (same rule, same offline fallback for uncovered
+        classes), from cached logits."""
+        from mllgraph.infer import fallback_evidence
+
         combo = select.combination_of(plan)
         logits = {m: self.logits(m)[idx] for m in combo.models}
-        return _predict(combo.assignment, combo.params, logits, len(plan["classes"]), len(idx))
+        if not logits:
+            return np.zeros(len(idx), dtype=np.int64)
+        extra = fallback_evidence(len(idx), combo.uncovered) if combo.uncovered else None
+        return combine(logits, combo.assignment, combo.params, extra_evidence=extra).argmax(1)
 
     def classify(self, plan: dict[str, Any], images: np.ndarray) -> np.ndarray:
         raise NotImplementedError("LibraryPipeline classifies by index: use classify_indices")

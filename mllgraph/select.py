@@ -39,6 +39,9 @@ from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
 from mllgraph.settings import Settings
 
 PLAN_SCHEMA_VERSION = 1
+# Part of every plan id: bump it when selection itself changes, so stored plans made by the
+# old rules are not served for the same request (2: proxy probes for classes without any).
+SELECTION_VERSION = 2
 MAX_CLASSES = 1000
 KINDS = {
     "exact": "exact",
@@ -155,6 +158,7 @@ def plan_id_for(classes: list[TaskClass], options: SelectOptions, catalogue_vers
             "options": asdict(options),
             "catalogue_version": catalogue_version,
             "schema": PLAN_SCHEMA_VERSION,
+            "selection": SELECTION_VERSION,
         },
         sort_keys=True,
     )
