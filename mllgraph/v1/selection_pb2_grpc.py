@@ -58,8 +58,9 @@ class SelectionServiceServicer:
 
     def SelectHeads(self, request, context):
         """Grounds each task class to a concept and selects heads, returning a stored Plan.
-        Errors: INVALID_ARGUMENT (no classes, duplicate names, unknown pinned_wnid, negative
-        budget), FAILED_PRECONDITION (no labelled models in the catalogue).
+        Errors: INVALID_ARGUMENT (fewer than 2 or more than 1,000 classes, two names grounding
+        to one concept, control characters, negative budget), NOT_FOUND (a pinned_wnid that is
+        no concept), FAILED_PRECONDITION (no labelled models in the catalogue), UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
