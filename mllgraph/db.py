@@ -38,6 +38,7 @@ class Graph:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.database = settings.neo4j_database
+        self._schemas: set[str] = set()
         self.driver = GraphDatabase.driver(
             settings.bolt_uri,
             auth=(settings.neo4j_user, settings.neo4j_password),
@@ -55,6 +56,15 @@ class Graph:
 
     def close(self) -> None:
         self.driver.close()
+
+    def ensure_schema(self, name: str) -> None:
+        """Run a schema file's `IF NOT EXISTS` statements once per Graph: callers on hot paths
+        (every SelectHeads, every registration) then cost no extra round trips."""
+        if name in self._schemas:
+            return
+        for statement in cypher.statements(name):
+            self.driver.execute_query(statement, database_=self.database)
+        self._schemas.add(name)
 
     def verify(self) -> None:
         """Fail fast, with one clear line, if the server is unreachable or refuses us."""

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mllgraph import cypher
 from mllgraph.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -71,8 +70,7 @@ def model_id(name: str, version: str) -> str:
 
 
 def ensure_schema(graph: Graph) -> None:
-    for statement in cypher.statements("hub/schema"):
-        graph.driver.execute_query(statement, database_=graph.database)
+    graph.ensure_schema("hub/schema")
 
 
 def sha256_file(path: Path) -> str:

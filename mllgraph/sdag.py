@@ -71,10 +71,7 @@ def lemma_rows(wn: WordNetNouns) -> list[dict[str, Any]]:
 
 
 def ensure_schema(graph: Graph) -> None:
-    from mllgraph import cypher
-
-    for statement in cypher.statements("sdag/schema"):
-        graph.driver.execute_query(statement, database_=graph.database)
+    graph.ensure_schema("sdag/schema")
 
 
 def meta(graph: Graph) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mllgraph import chco, cypher, labeller, registry
+from mllgraph import chco, labeller, registry
 from mllgraph.combine import (
     ClassAssignment,
     HeadGroup,
@@ -103,8 +103,7 @@ class SelectionContext:
 
 
 def ensure_schema(graph: Graph) -> None:
-    for statement in cypher.statements("selection/schema"):
-        graph.driver.execute_query(statement, database_=graph.database)
+    graph.ensure_schema("selection/schema")
 
 
 # -- probe outputs cache ---------------------------------------------------------------------
@@ -301,20 +300,25 @@ def _proxy_probes(
     always win.
     """
     have = {r["class_index"] for r in probe_rows}
+    near: dict[int, list[str]] = {}
+    for r in sorted(rows, key=lambda r: (-(r.get("via_depth") or 0), -r["score"], r["via"] or "")):
+        # The nearest concept first (deepest), then the better label.
+        if r["class_index"] not in have and r["kind"] in ("ancestor", "related") and r["via"]:
+            near.setdefault(r["class_index"], []).append(r["via"])
+    vias = sorted({v for vs in near.values() for v in vs})
+    if not vias:
+        return []
+    # task_probes keys its rows by `index`: here the position of each concept in `vias`.
+    sets_under: dict[str, list[dict[str, Any]]] = {v: [] for v in vias}
+    for r in graph.read(
+        "selection/task_probes", targets=[{"index": i, "wnid": v} for i, v in enumerate(vias)]
+    ):
+        sets_under[vias[r["class_index"]]].append(r)
     claimed = {r["set_id"] for r in probe_rows}
     extra: list[dict[str, Any]] = []
-    for ci in range(k):
-        if ci in have:
-            continue
-        near = [
-            r
-            for r in rows
-            if r["class_index"] == ci and r["kind"] in ("ancestor", "related") and r["via"]
-        ]
-        # The nearest concept first (deepest), then the better label.
-        near.sort(key=lambda r: (-(r.get("via_depth") or 0), -r["score"], r["via"]))
-        for via in dict.fromkeys(r["via"] for r in near):  # each concept once
-            found = graph.read("selection/task_probes", targets=[{"index": ci, "wnid": via}])
+    for ci in sorted(near):
+        for via in dict.fromkeys(near[ci]):  # each concept once
+            found = [{**r, "class_index": ci} for r in sets_under[via]]
             free = [r for r in found if r["set_id"] not in claimed]
             if free and len(free) == len(found):
                 extra += [{**r, "distance": 1000 + r["distance"], "proxy": via} for r in free]

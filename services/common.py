@@ -393,3 +393,34 @@ def configure_logging(level: int | str = logging.INFO) -> None:
     handler._mllgraph = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+
+
+def run_service_main(
+    name: str,
+    serve: Callable[..., Any],
+    argv: list[str] | None,
+    *,
+    port_help: str,
+) -> int:
+    """The `python -m services.<name>` entry point shared by the services: --port, --host,
+    --log-level, structured logs, exit 1 on a domain error, 130 on Ctrl-C."""
+    import argparse
+
+    from mllgraph.settings import Settings
+
+    parser = argparse.ArgumentParser(
+        prog=f"python -m services.{name}", description=f"the mllgraph {name} service"
+    )
+    parser.add_argument("--port", type=int, help=port_help)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        asyncio.run(serve(Settings.from_env(), port=args.port, host=args.host))
+    except MllgraphError as e:
+        logging.getLogger(f"services.{name}").error("%s_failed error=%r", name, str(e))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -36,7 +36,6 @@ NOT_SERVING again while it does not.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -64,9 +63,9 @@ from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from services.common import (
     HealthServicer,
     build_server,
-    configure_logging,
     full_service_name,
     rpc,
+    run_service_main,
     serve_until_signal,
     set_serving,
 )
@@ -736,22 +735,9 @@ async def serve(settings: Settings, *, port: int | None = None, host: str = "127
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.ingestion", description="the mllgraph IngestionService"
+    return run_service_main(
+        "ingestion", serve, argv, port_help="port (default MLLGRAPH_INGESTION_PORT, 50051)"
     )
-    parser.add_argument("--port", type=int, help="port (default MLLGRAPH_INGESTION_PORT, 50051)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    try:
-        asyncio.run(serve(Settings.from_env(), port=args.port, host=args.host))
-    except MllgraphError as e:
-        log.error("ingestion_failed error=%r", str(e))
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
 
 
 if __name__ == "__main__":

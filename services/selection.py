@@ -51,7 +51,6 @@ cypher / load / chco / total milliseconds.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -74,9 +73,9 @@ from mllgraph.v1 import common_pb2, selection_pb2, selection_pb2_grpc
 from services.common import (
     HealthServicer,
     build_server,
-    configure_logging,
     full_service_name,
     rpc,
+    run_service_main,
     serve_until_signal,
     set_serving,
 )
@@ -665,22 +664,9 @@ async def serve(settings: Settings, *, port: int | None = None, host: str = "127
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.selection", description="the mllgraph SelectionService"
+    return run_service_main(
+        "selection", serve, argv, port_help="port (default MLLGRAPH_SELECTION_PORT, 50052)"
     )
-    parser.add_argument("--port", type=int, help="port (default MLLGRAPH_SELECTION_PORT, 50052)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    try:
-        asyncio.run(serve(Settings.from_env(), port=args.port, host=args.host))
-    except MllgraphError as e:
-        log.error("selection_failed error=%r", str(e))
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -111,6 +111,8 @@ class ScratchNeo4j:
         if self._thread is not None:
             self._thread.join(timeout=180)
         if self.error is not None or self.settings is None:
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(f"CI=true and no scratch Neo4j: {self.error}")
             pytest.skip(f"no scratch Neo4j: {self.error}")
         return self.settings
 
