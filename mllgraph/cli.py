@@ -50,7 +50,7 @@ def _table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
 
 
 def cmd_neo4j(args: argparse.Namespace, settings: Settings) -> int:
-    from mllgraph import neo4j_server
+    from mllgraph.graph import neo4j_server
 
     if args.action == "start":
         with console.status("starting Neo4j (the first start fetches it from Maven Central)"):
@@ -71,11 +71,11 @@ def cmd_neo4j(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sdag(args: argparse.Namespace, settings: Settings) -> int:
-    from mllgraph import db, sdag
+    from mllgraph.graph import db, sdag
 
     with db.connect(settings) as graph:
         if args.action == "load":
-            from mllgraph.wordnet import load_nouns
+            from mllgraph.graph.wordnet import load_nouns
 
             wn = load_nouns(settings.wordnet_dir)
             with _progress() as progress:
@@ -124,7 +124,7 @@ def cmd_sdag(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_stats(graph: Any) -> None:
-    from mllgraph import sdag
+    from mllgraph.graph import sdag
 
     c = sdag.counts(graph)
     console.print(
@@ -137,7 +137,7 @@ def _print_stats(graph: Any) -> None:
 
 
 def _spec_from_args(args: argparse.Namespace):  # -> InputSpec | None
-    from mllgraph.preprocess import InputSpec
+    from mllgraph.hub.preprocess import InputSpec
 
     if args.input_size is None:
         return None
@@ -161,7 +161,10 @@ def _split_list(text: str | None) -> list[str] | None:
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from mllgraph import db, hub, labeller, registry
+    from mllgraph.graph import db
+    from mllgraph.hub import build as hub
+    from mllgraph.hub import registry
+    from mllgraph.label import run as labeller
 
     with db.connect(settings) as graph:
         if args.action == "register":
@@ -224,7 +227,8 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_probes(args: argparse.Namespace, settings: Settings) -> int:
     import numpy as np
 
-    from mllgraph import db, probes
+    from mllgraph.graph import db
+    from mllgraph.hub import probes
 
     with db.connect(settings) as graph:
         if args.action == "add":
@@ -252,8 +256,10 @@ def cmd_probes(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_hub(args: argparse.Namespace, settings: Settings) -> int:
-    from mllgraph import db, hub, labeller, sdag
-    from mllgraph.wordnet import load_nouns
+    from mllgraph.graph import db, sdag
+    from mllgraph.graph.wordnet import load_nouns
+    from mllgraph.hub import build as hub
+    from mllgraph.label import run as labeller
 
     with db.connect(settings) as graph:
         sdag.load(graph, load_nouns(settings.wordnet_dir))
@@ -282,7 +288,7 @@ def _param(text: str) -> tuple[str, Any]:
 
 
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
-    from mllgraph import cypher, db
+    from mllgraph.graph import cypher, db
 
     if args.list or not args.query:
         for name in cypher.names("cookbook/"):
@@ -383,8 +389,9 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
 
 
 def cmd_select(args: argparse.Namespace, settings: Settings) -> int:
-    from mllgraph import db, select
-    from mllgraph.ground import default_resolver
+    from mllgraph.graph import db
+    from mllgraph.select import run as select
+    from mllgraph.select.ground import default_resolver
 
     names = _task_classes(args.classes)
     pins = _pins(names, args.pin)
@@ -430,7 +437,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from mllgraph import bench
+    from mllgraph.eval import bench
 
     if args.what == "zeroshot":
         return cmd_zeroshot(args, settings)
@@ -449,9 +456,10 @@ def _ints(text: str) -> tuple[int, ...]:
 def cmd_zeroshot(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from mllgraph import db, sdag, zeroshot
-    from mllgraph.tasks import load_suite
-    from mllgraph.wordnet import load_nouns
+    from mllgraph.eval import zeroshot
+    from mllgraph.eval.tasks import load_suite
+    from mllgraph.graph import db, sdag
+    from mllgraph.graph.wordnet import load_nouns
 
     suite = load_suite(args.tasks)  # refuses an invalid file before any work
     config = zeroshot.ZeroShotConfig(
@@ -491,7 +499,7 @@ def cmd_zeroshot(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from mllgraph import demo
+    from mllgraph.eval import demo
 
     return demo.run(settings, console, args)
 

@@ -35,7 +35,7 @@ class Settings:
     inference_port: int = 50053
     # "auto" picks CUDA when present, else the CPU.
     device: str = "auto"
-    # Inference service limits and batching (see mllgraph.infer).
+    # Inference service limits and batching (see mllgraph.reuse).
     infer_max_image_pixels: int = 4096 * 4096  # per image; more: RESOURCE_EXHAUSTED
     infer_max_images: int = 256  # per request; more: RESOURCE_EXHAUSTED
     infer_max_batch: int = 64  # images per model pass (larger requests are split)

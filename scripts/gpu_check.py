@@ -1,8 +1,8 @@
 """The inference service on a GPU machine (no network, no Neo4j): correctness and speed.
 
 Run through `scripts/gpu_check.sh run` (it sets PYTHONPATH). Serves a bundle written by
-`python -m mllgraph.infer export-plan` with `services.inference` on CUDA (the CPU when there is
-none: said so), sends the plan INLINE through gRPC, and checks:
+`python -m mllgraph.reuse.bundle export-plan` with `services.inference` on CUDA (the CPU when
+there is none: said so), sends the plan INLINE through gRPC, and checks:
 
 * predictions and probabilities against the CPU fp32 reference in the bundle: on the CPU
   they must match (max |dp| <= 1e-4, every prediction equal); on CUDA (fp16) max |dp| <= 0.05
@@ -47,7 +47,9 @@ def main() -> int:
     import torch
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from mllgraph import infer
+    from mllgraph.reuse import bundle as bundles
+    from mllgraph.reuse import cache as model_cache
+    from mllgraph.select import plan as plan_doc
     from mllgraph.settings import Settings
     from mllgraph.v1 import inference_pb2, inference_pb2_grpc
     from services import inference as svc
@@ -60,7 +62,7 @@ def main() -> int:
     settings = replace(
         Settings.from_env(), device=device, infer_max_images=max([256, *sizes]), infer_max_batch=256
     )
-    bundle = infer.load_bundle(args.bundle)
+    bundle = bundles.load_bundle(args.bundle)
     with np.load(args.bundle / "images.npz") as data:
         images = data["images"]
     reference = np.load(args.bundle / "reference.npy")
@@ -173,12 +175,12 @@ def main() -> int:
     summary = {
         "device": device,
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
-        "precision": {v: k for k, v in infer.DTYPES.items()}[cache.dtype],
+        "precision": {v: k for k, v in model_cache.DTYPES.items()}[cache.dtype],
         "torch": torch.__version__,
         "python": platform.python_version(),
         "grpc": grpc.__version__,
         "plan": bundle.plan.get("plan_id"),
-        "models": infer.parse_plan(bundle.plan).models,
+        "models": plan_doc.parse_plan(bundle.plan).models,
         "images": n_img,
         "first_pass_s": round(first_pass_s, 2),
         "max_abs_prob_diff": max_diff,

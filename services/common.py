@@ -40,6 +40,19 @@ from grpc_reflection.v1alpha import reflection
 
 from mllgraph import errors
 from mllgraph.errors import MllgraphError, Unavailable
+from mllgraph.select.plan import COVERAGES
+from mllgraph.v1 import selection_pb2
+
+# A plan's coverage names <-> the proto's Coverage enum, in one place for all services.
+COVERAGE_TO_PROTO = {
+    "exact": selection_pb2.COVERAGE_EXACT,
+    "descendants": selection_pb2.COVERAGE_DESCENDANTS,
+    "group": selection_pb2.COVERAGE_DESCENDANTS,  # the candidates query's name for it
+    "ancestor": selection_pb2.COVERAGE_ANCESTOR,
+    "related": selection_pb2.COVERAGE_RELATED,
+    "uncovered": selection_pb2.COVERAGE_UNCOVERED,
+}
+COVERAGE_FROM_PROTO = {COVERAGE_TO_PROTO[name]: name for name in COVERAGES}
 
 log = logging.getLogger("mllgraph.services")
 

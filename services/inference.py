@@ -1,8 +1,8 @@
-"""InferenceService (grpc.aio): classify images with a plan. Thin wiring over mllgraph.infer.
+"""InferenceService (grpc.aio): classify images with a plan. Thin wiring over mllgraph.reuse.infer.
 
 * Classify: the plan is a stored plan id (read from Neo4j with `select.get_plan`) or an inline
   Plan carrying `combination_json`; images are PNG/JPEG bytes or raw arrays. Every request goes
-  through one :class:`mllgraph.infer.DynamicBatcher` (one model pass per batch on the device
+  through one :class:`mllgraph.reuse.batcher.DynamicBatcher` (one model pass per batch on the device
   from ``settings.torch_device()``).
 * ClassifyStream: one response per request, in order; a request may leave the plan unset to
   reuse the previous one.
@@ -14,8 +14,8 @@
   the queue is dropped with the server's own DEADLINE_EXCEEDED before the client gives up.
 * Health: NOT_SERVING until models can be served: Neo4j answers (checked every
   ``health_interval_s``), or a bundle (``--bundle``) holds a plan and its models.
-* Neo4j is used lazily: a server given a bundle (`python -m mllgraph.infer export-plan`) serves
-  inline plans and the bundle's plan with no neo4j driver installed.
+* Neo4j is used lazily: a server given a bundle (`python -m mllgraph.reuse.bundle
+  export-plan`) serves inline plans and the bundle's plan with no neo4j driver installed.
 * Shutdown (SIGTERM/SIGINT): NOT_SERVING, in-flight RPCs get ``grace`` seconds, then the
   batcher finishes what is queued.
 
@@ -40,7 +40,6 @@ from typing import Any
 import grpc
 import numpy as np
 
-from mllgraph import infer
 from mllgraph.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -49,9 +48,17 @@ from mllgraph.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from mllgraph.reuse import batcher as batching
+from mllgraph.reuse import bundle as bundles
+from mllgraph.reuse import cache as model_cache
+from mllgraph.reuse import classifier, images
+from mllgraph.reuse import vlm as vlm_patch
+from mllgraph.select import plan as plan_doc
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, inference_pb2, inference_pb2_grpc, selection_pb2
 from services.common import (
+    COVERAGE_FROM_PROTO,
+    COVERAGE_TO_PROTO,
     build_server,
     configure_logging,
     full_service_name,
@@ -68,19 +75,6 @@ REQUEST_PIXEL_FACTOR = 4
 DEADLINE_MARGIN_S = 0.2
 CLASSIFIER_CACHE = 64
 
-_COVERAGE = {
-    "exact": selection_pb2.COVERAGE_EXACT,
-    "descendants": selection_pb2.COVERAGE_DESCENDANTS,
-    "group": selection_pb2.COVERAGE_DESCENDANTS,
-    "ancestor": selection_pb2.COVERAGE_ANCESTOR,
-    "uncovered": selection_pb2.COVERAGE_UNCOVERED,
-}
-_COVERAGE_NAME = {
-    selection_pb2.COVERAGE_EXACT: "exact",
-    selection_pb2.COVERAGE_DESCENDANTS: "descendants",
-    selection_pb2.COVERAGE_ANCESTOR: "ancestor",
-    selection_pb2.COVERAGE_UNCOVERED: "uncovered",
-}
 _SOLVER = {"exact": selection_pb2.SOLVER_EXACT, "heuristic": selection_pb2.SOLVER_HEURISTIC}
 
 
@@ -107,7 +101,7 @@ def plan_to_proto(doc: dict[str, Any]) -> selection_pb2.Plan:
                 concept=common_pb2.ConceptRef(
                     wnid=str(concept.get("wnid", "")), name=str(concept.get("name", ""))
                 ),
-                coverage=_COVERAGE.get(str(c.get("coverage", "")), 0),
+                coverage=COVERAGE_TO_PROTO.get(str(c.get("coverage", "")), 0),
                 heads=[_head_ref_from_dict(h) for h in c.get("heads") or []],
                 estimated_accuracy=float(c.get("estimated_accuracy") or 0.0),
             )
@@ -144,7 +138,7 @@ def plan_from_proto(plan: selection_pb2.Plan) -> dict[str, Any]:
             {
                 "name": c.name,
                 "concept": {"wnid": c.concept.wnid, "name": c.concept.name},
-                "coverage": _COVERAGE_NAME.get(c.coverage, ""),
+                "coverage": COVERAGE_FROM_PROTO.get(c.coverage, ""),
                 "heads": [
                     {
                         "model_id": h.model_id,
@@ -173,7 +167,7 @@ class PlanSource:
     """Stored plans and model records: a bundle first, then Neo4j (connected lazily)."""
 
     def __init__(
-        self, settings: Settings, *, bundle: infer.Bundle | None = None, use_neo4j: bool = True
+        self, settings: Settings, *, bundle: bundles.Bundle | None = None, use_neo4j: bool = True
     ) -> None:
         self.settings = settings
         self.bundle = bundle
@@ -190,7 +184,7 @@ class PlanSource:
         with self._lock:
             if self._graph is None:
                 try:
-                    from mllgraph.db import Graph
+                    from mllgraph.graph.db import Graph
                 except ImportError as e:
                     raise FailedPrecondition(
                         f"the neo4j driver is not installed ({e}): only inline plans whose "
@@ -208,7 +202,7 @@ class PlanSource:
                 return self._plans[plan_id]
         if not self.use_neo4j:
             raise NotFound(f"plan {plan_id!r} is not in this server's bundle")
-        from mllgraph import select
+        from mllgraph.select import run as select
 
         doc = select.get_plan(self.graph(), plan_id)
         with self._lock:
@@ -222,7 +216,7 @@ class PlanSource:
             return dict(self.bundle.records[model_id])
         if not self.use_neo4j:
             raise NotFound(f"model {model_id!r} is not in this server's bundle")
-        return infer.lookup_record(self.graph(), model_id)
+        return model_cache.lookup_record(self.graph(), model_id)
 
     def ready(self) -> bool:
         """Can models be served? Neo4j answers, or a bundle holds a plan and its models."""
@@ -250,36 +244,38 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         settings: Settings,
         source: PlanSource,
         *,
-        cache: infer.ModelCache | None = None,
-        batcher: infer.DynamicBatcher | None = None,
-        vlm: infer.VlmPatch | None = None,
+        cache: model_cache.ModelCache | None = None,
+        batcher: batching.DynamicBatcher | None = None,
+        vlm: vlm_patch.VlmPatch | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
-        self.cache = cache if cache is not None else infer.ModelCache(settings)
+        self.cache = cache if cache is not None else model_cache.ModelCache(settings)
         self.batcher = (
-            batcher if batcher is not None else infer.DynamicBatcher.from_settings(settings)
+            batcher if batcher is not None else batching.DynamicBatcher.from_settings(settings)
         )
         self.vlm = vlm
-        self._classifiers: OrderedDict[str, infer.PlanClassifier] = OrderedDict()
+        self._classifiers: OrderedDict[str, classifier.PlanClassifier] = OrderedDict()
         self._lock = threading.Lock()
 
     # -- plans --
 
-    def _classifier_for(self, doc: dict[str, Any], key: str) -> infer.PlanClassifier:
+    def _classifier_for(self, doc: dict[str, Any], key: str) -> classifier.PlanClassifier:
         with self._lock:
             clf = self._classifiers.get(key)
             if clf is not None:
                 self._classifiers.move_to_end(key)
                 return clf
-        clf = infer.PlanClassifier(doc, self.source.record, self.settings, self.cache, self.vlm)
+        clf = classifier.PlanClassifier(
+            doc, self.source.record, self.settings, self.cache, self.vlm
+        )
         with self._lock:
             self._classifiers[key] = clf
             while len(self._classifiers) > CLASSIFIER_CACHE:
                 self._classifiers.popitem(last=False)
         return clf
 
-    def _resolve(self, request: inference_pb2.ClassifyRequest) -> infer.PlanClassifier | None:
+    def _resolve(self, request: inference_pb2.ClassifyRequest) -> classifier.PlanClassifier | None:
         which = request.WhichOneof("plan")
         if which == "plan_id":
             plan_id = request.plan_id.strip()
@@ -292,7 +288,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             return self._classifier_for(self.source.get_plan(plan_id), plan_id)
         if which == "inline_plan":
             doc = plan_from_proto(request.inline_plan)
-            return self._classifier_for(doc, infer.plan_key(doc))
+            return self._classifier_for(doc, plan_doc.plan_key(doc))
         return None
 
     def clear_caches(self) -> None:
@@ -319,9 +315,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             where = f"images[{i}]" + (f" ({im.id})" if im.id else "")
             kind = im.WhichOneof("data")
             if kind == "encoded":
-                arr = infer.decode_image(im.encoded, max_pixels=max_px, where=where)
+                arr = images.decode_image(im.encoded, max_pixels=max_px, where=where)
             elif kind == "raw":
-                arr = infer.raw_image(
+                arr = images.raw_image(
                     im.raw.data, list(im.raw.shape), im.raw.dtype, max_pixels=max_px, where=where
                 )
             else:
@@ -340,7 +336,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def _classify(
         self,
         request: inference_pb2.ClassifyRequest,
-        clf: infer.PlanClassifier,
+        clf: classifier.PlanClassifier,
         context: grpc.aio.ServicerContext,
     ) -> inference_pb2.ClassifyResponse:
         t0 = time.perf_counter()
@@ -356,7 +352,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if remaining is not None:
             deadline = time.monotonic() + remaining - min(DEADLINE_MARGIN_S, 0.2 * remaining)
         fut = self.batcher.submit(clf.key, clf.run_batch, images, deadline=deadline)
-        run: infer.BatchRun = await asyncio.wrap_future(fut)
+        run: classifier.BatchRun = await asyncio.wrap_future(fut)
         response = inference_pb2.ClassifyResponse(
             plan_id=clf.plan.plan_id, uncovered_classes=clf.uncovered_names
         )
@@ -403,7 +399,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def ClassifyStream(
         self, request_iterator: AsyncIterator[inference_pb2.ClassifyRequest], context: Any
     ) -> AsyncIterator[inference_pb2.ClassifyResponse]:
-        previous: infer.PlanClassifier | None = None
+        previous: classifier.PlanClassifier | None = None
         index = 0
         async for request in request_iterator:
             clf = await asyncio.to_thread(self._resolve, request)
@@ -418,7 +414,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             index += 1
 
 
-def _head_ref(h: infer.HeadInfo) -> common_pb2.HeadRef:
+def _head_ref(h: plan_doc.HeadInfo) -> common_pb2.HeadRef:
     return common_pb2.HeadRef(
         model_id=h.model_id,
         model_version=h.model_version,
@@ -472,17 +468,17 @@ async def start_server(
     *,
     port: int | None = None,
     host: str = "127.0.0.1",
-    bundle: infer.Bundle | None = None,
+    bundle: bundles.Bundle | None = None,
     use_neo4j: bool = True,
-    vlm: infer.VlmPatch | None = None,
-    cache: infer.ModelCache | None = None,
-    batcher: infer.DynamicBatcher | None = None,
+    vlm: vlm_patch.VlmPatch | None = None,
+    cache: model_cache.ModelCache | None = None,
+    batcher: batching.DynamicBatcher | None = None,
     health_interval_s: float = 5.0,
 ) -> RunningServer:
     """Build and start the server (health flips to SERVING once models can be served)."""
     source = PlanSource(settings, bundle=bundle, use_neo4j=use_neo4j)
     if cache is None and bundle is not None:  # a bundle carries every weights file itself
-        cache = infer.ModelCache(settings, loader=infer.load_from_blob)
+        cache = model_cache.ModelCache(settings, loader=model_cache.load_from_blob)
     servicer = InferenceServicer(settings, source, cache=cache, batcher=batcher, vlm=vlm)
     server, health, bound = await build_server(
         settings.inference_port if port is None else port,
@@ -497,7 +493,7 @@ async def start_server(
         "inference_started port=%d device=%s precision=%s bundle=%s neo4j=%s vlm=%s",
         bound,
         servicer.cache.device,
-        next(k for k, v in infer.DTYPES.items() if v == servicer.cache.dtype),
+        next(k for k, v in model_cache.DTYPES.items() if v == servicer.cache.dtype),
         bundle.root if bundle else None,
         use_neo4j,
         vlm.name if vlm else None,
@@ -514,9 +510,9 @@ async def serve(
     settings: Settings,
     *,
     port: int | None = None,
-    bundle: infer.Bundle | None = None,
+    bundle: bundles.Bundle | None = None,
     use_neo4j: bool = True,
-    vlm: infer.VlmPatch | None = None,
+    vlm: vlm_patch.VlmPatch | None = None,
     grace: float = 10.0,
     stop: asyncio.Event | None = None,
     host: str = "127.0.0.1",
@@ -540,24 +536,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vlm-arch", help="open_clip architecture of the VLM patch")
     parser.add_argument("--vlm-checkpoint", help="local weights file or open_clip local dir")
     parser.add_argument("--vlm-pretrained", help="open_clip pretrained tag (needs internet)")
-    parser.add_argument("--vlm-weight", type=float, default=infer.VLM_WEIGHT, help="λ")
+    parser.add_argument("--vlm-weight", type=float, default=vlm_patch.VLM_WEIGHT, help="λ")
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     settings = Settings.from_env()
     try:
-        bundle = infer.load_bundle(args.bundle) if args.bundle else None
+        bundle = bundles.load_bundle(args.bundle) if args.bundle else None
         vlm = None
         device = settings.torch_device()
         if args.vlm_checkpoint:
-            vlm = infer.VlmPatch.from_checkpoint(
+            vlm = vlm_patch.VlmPatch.from_checkpoint(
                 args.vlm_arch or "", args.vlm_checkpoint, device=device, weight=args.vlm_weight
             )
         elif args.vlm_pretrained:
             if not args.vlm_arch:
                 raise InvalidArgument("--vlm-pretrained needs --vlm-arch")
-            vlm = infer.VlmPatch.from_pretrained(
+            vlm = vlm_patch.VlmPatch.from_pretrained(
                 args.vlm_arch, args.vlm_pretrained, device=device, weight=args.vlm_weight
             )
         asyncio.run(

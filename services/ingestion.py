@@ -1,12 +1,13 @@
 """IngestionService (grpc.aio): register expert models, label their heads, browse and delete
-the catalogue. Thin wiring over `mllgraph.registry`, `mllgraph.labeller` and `mllgraph.probes`.
+the catalogue. Thin wiring over `mllgraph.hub.registry`, `mllgraph.label.run` and
+`mllgraph.hub.probes`.
 
 * Every blocking library call (the Neo4j driver, torch, the grounding resolver) runs in a
   worker thread (`asyncio.to_thread`), so the event loop keeps answering health checks.
 * Domain errors become gRPC statuses in one place (`services.common.rpc`).
 * Registrations are serialised within the process (one at a time), so two concurrent
   requests for the same id cannot both pass the existence check.
-* Class names are grounded with `mllgraph.hub.grounder(settings)`, built lazily on first
+* Class names are grounded with `mllgraph.hub.build.grounder(settings)`, built lazily on first
   use (about 15 s: WordNet, morphology, the text embedder) and shared afterwards; `serve`
   warms it up in the background.
 
@@ -54,10 +55,12 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mllgraph import labeller, probes, registry
-from mllgraph.db import Graph
 from mllgraph.errors import FailedPrecondition, InvalidArgument, MllgraphError, NotFound
-from mllgraph.preprocess import InputSpec
+from mllgraph.graph.db import Graph
+from mllgraph.graph.wordnet import concept_display_name
+from mllgraph.hub import probes, registry
+from mllgraph.hub.preprocess import InputSpec
+from mllgraph.label import run as labeller
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from services.common import (
@@ -199,12 +202,6 @@ def _timestamp(value: str | float | None) -> Timestamp | None:
     else:
         ts.FromNanoseconds(int(value * 1e9))
     return ts
-
-
-def concept_display_name(name: str) -> str:
-    """'gym_shoe.n.01' -> 'gym shoe' (first lemma, underscores as spaces)."""
-    m = re.match(r"^(.+)\.n\.\d+$", name or "")
-    return (m.group(1) if m else name or "").replace("_", " ")
 
 
 def head_to_proto(row: dict[str, Any]) -> ingestion_pb2.Head:
@@ -448,7 +445,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             if self._grounder is None:
                 t0 = time.monotonic()
                 if self._grounder_factory is None:
-                    from mllgraph import hub
+                    from mllgraph.hub import build as hub
 
                     self._grounder = hub.grounder(self.settings)
                 else:
@@ -502,7 +499,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         builtin = request.builtin if source == "builtin" else None
         spec = None
         if request.HasField("input_spec"):
-            from mllgraph import experts
+            from mllgraph.hub import experts
 
             lite = experts.EFFICIENTNET_LITE.get(builtin or "")
             base = lite.input_spec if lite else None

@@ -1,5 +1,5 @@
 """SelectionService (grpc.aio): ground a task's class names, select expert heads under a model
-budget (CHCO), store the plan, return it and explain it. Thin wiring over `mllgraph.select`.
+budget (CHCO), store the plan, return it and explain it. Thin wiring over `mllgraph.select.run`.
 
 * `SelectHeads` runs `select.select` in a worker thread (`asyncio.to_thread`); the grounding
   resolver is built and warmed once at start-up, so no request pays for WordNet or the text
@@ -29,7 +29,7 @@ budget (CHCO), store the plan, return it and explain it. Thin wiring over `mllgr
   Class names are data, never Cypher: quotes or Cypher text in a name are grounded like any
   other text (usually approximately or to a word inside it) or refused as INVALID_ARGUMENT.
 
-Mapping the plan document (`mllgraph.select`) to the `Plan` message
+Mapping the plan document (`mllgraph.select.run`) to the `Plan` message
 -------------------------------------------------------------------
 * Accuracies the plan cannot estimate (a class without probe images; a plan without
   candidates or probes) are ``null`` in the document and **0** in the message: the proto has
@@ -55,22 +55,24 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import sys
 import time
-import unicodedata
 from dataclasses import dataclass, fields
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mllgraph import registry, select
-from mllgraph.db import Graph
 from mllgraph.errors import InvalidArgument, MllgraphError, Unavailable
+from mllgraph.graph.db import Graph
+from mllgraph.graph.wordnet import concept_display_name
+from mllgraph.hub import registry
+from mllgraph.select import plan as plan_doc
+from mllgraph.select import run as select
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, selection_pb2, selection_pb2_grpc
 from services.common import (
+    COVERAGE_TO_PROTO,
     HealthServicer,
     build_server,
     full_service_name,
@@ -100,15 +102,6 @@ _SOLVER_TO_PROTO = {
     "heuristic": selection_pb2.SOLVER_HEURISTIC,
     "none": selection_pb2.SOLVER_EXACT,  # nothing to search: the empty plan is optimal
 }
-_COVERAGE_TO_PROTO = {
-    "exact": selection_pb2.COVERAGE_EXACT,
-    "descendants": selection_pb2.COVERAGE_DESCENDANTS,
-    "group": selection_pb2.COVERAGE_DESCENDANTS,
-    "ancestor": selection_pb2.COVERAGE_ANCESTOR,
-    # a sibling or cousin concept's heads; older protos without COVERAGE_RELATED: ANCESTOR
-    "related": getattr(selection_pb2, "COVERAGE_RELATED", selection_pb2.COVERAGE_ANCESTOR),
-    "uncovered": selection_pb2.COVERAGE_UNCOVERED,
-}
 _KIND_TEXT = {
     "exact": "labelled with the concept itself",
     "group": "a group of one model's heads measured together on the concept",
@@ -127,14 +120,7 @@ def _f32(value: float) -> float:
 
 
 def _check_name(index: int, name: str) -> str:
-    if not name.strip():
-        raise InvalidArgument(f"classes[{index}].name: required (the class name is empty)")
-    bad = [ch for ch in name if unicodedata.category(ch) in ("Cc", "Zl", "Zp")]
-    if bad:
-        raise InvalidArgument(
-            f"classes[{index}].name {name!r} contains control characters {''.join(bad)!r}"
-        )
-    return name
+    return plan_doc.check_class_name(name, f"classes[{index}].name")
 
 
 def _models_option(opts: selection_pb2.SelectOptions) -> dict[str, Any]:
@@ -170,9 +156,9 @@ def request_to_task(
             "options.time_limit_seconds is not supported by this server yet (the solver "
             "switches to its heuristic on large problems); leave it 0"
         )
-    if len(request.classes) > select.MAX_CLASSES:
+    if len(request.classes) > plan_doc.MAX_CLASSES:
         raise InvalidArgument(
-            f"classes: {len(request.classes)} is over the limit of {select.MAX_CLASSES}"
+            f"classes: {len(request.classes)} is over the limit of {plan_doc.MAX_CLASSES}"
         )
     classes = [
         select.TaskClass(name=_check_name(i, c.name), pinned_wnid=c.pinned_wnid.strip() or None)
@@ -209,12 +195,6 @@ def _timestamp(value: str | None) -> Timestamp | None:
     ts = Timestamp()
     ts.FromJsonString(value)
     return ts
-
-
-def concept_display_name(name: str) -> str:
-    """'gym_shoe.n.01' -> 'gym shoe' (first lemma, underscores as spaces)."""
-    m = re.match(r"^(.+)\.n\.\d+$", name or "")
-    return (m.group(1) if m else name or "").replace("_", " ")
 
 
 class Concepts:
@@ -285,7 +265,7 @@ def plan_to_proto(plan: dict[str, Any], concepts: Concepts) -> selection_pb2.Pla
                 name=c["name"],
                 concept=concepts.ref(c["concept"]["wnid"], c["concept"].get("name", "")),
                 grounding=_grounding(c.get("grounding") or {}),
-                coverage=_COVERAGE_TO_PROTO.get(c["coverage"], selection_pb2.COVERAGE_UNCOVERED),
+                coverage=COVERAGE_TO_PROTO.get(c["coverage"], selection_pb2.COVERAGE_UNCOVERED),
                 heads=[head_ref(h) for h in c["heads"]],
                 estimated_accuracy=_acc(c.get("estimated_accuracy")),
             )
@@ -437,7 +417,7 @@ def explain(plan: dict[str, Any], concepts: Concepts, current_catalogue: int | N
             selection_pb2.ClassExplanation(
                 name=c["name"],
                 concept=concepts.ref(c["concept"]["wnid"], c["concept"].get("name", "")),
-                coverage=_COVERAGE_TO_PROTO.get(kind, selection_pb2.COVERAGE_UNCOVERED),
+                coverage=COVERAGE_TO_PROTO.get(kind, selection_pb2.COVERAGE_UNCOVERED),
                 chosen=chosen,
                 alternatives=alt_msgs,
                 reasons=reasons,
@@ -495,7 +475,7 @@ class SelectionServicer(selection_pb2_grpc.SelectionServiceServicer):
         """Build and warm the resolver (unless given), check Neo4j, create the plan schema."""
         t = time.perf_counter()
         if self.resolver is None:
-            from mllgraph.ground import default_resolver
+            from mllgraph.select.ground import default_resolver
 
             self.resolver = default_resolver(self.settings)
         self.resolver.warm_up()

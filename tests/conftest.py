@@ -1,18 +1,53 @@
-"""Shared fixtures. Neo4j tests run against a real server, found in this order:
-NEO4J_URI if set; a testcontainers Neo4j where a Docker engine answers; else the
-project-managed local server (started here, and stopped again if we started it).
+"""Shared fixtures. The suite never touches the user's own data: at import, before any test
+reads the environment, it gets a fresh home (models, probes, plans, Neo4j data) in a temporary
+folder and a free Bolt port, and `NEO4J_URI` is dropped so a user's own database is never
+written. Neo4j tests run against a real server, found in this order:
+MLLGRAPH_TEST_NEO4J_URI if set (a server you dedicate to tests; the suite writes to it); a
+testcontainers Neo4j where a Docker engine answers; else a project-managed server in the test
+home (sharing the fetched jars), started here and stopped at the end.
 With CI=true a missing Neo4j fails the run; elsewhere those tests skip.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from mllgraph.settings import Settings
+
+# The user's settings (for the cached Neo4j jars only), then the test run's own environment.
+USER_SETTINGS = replace(Settings.from_env(), neo4j_uri=None)
+TEST_HOME = Path(tempfile.mkdtemp(prefix="mllgraph-test-"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _isolate_environment() -> None:
+    for var in ("NEO4J_URI", "MLLGRAPH_MODEL_STORE", "MLLGRAPH_PROBE_STORE"):
+        os.environ.pop(var, None)
+    if os.environ.get("MLLGRAPH_TEST_NEO4J_URI"):
+        os.environ["NEO4J_URI"] = os.environ["MLLGRAPH_TEST_NEO4J_URI"]
+    os.environ["MLLGRAPH_HOME"] = str(TEST_HOME)
+    os.environ["MLLGRAPH_NEO4J_PORT"] = str(_free_port())
+
+
+_isolate_environment()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(TEST_HOME, ignore_errors=True)
+
 
 NEO4J_IMAGE = "neo4j:5.26.30-community"
 
@@ -45,22 +80,23 @@ def neo4j_settings() -> Iterator[Settings]:
         with Neo4jContainer(NEO4J_IMAGE, password=settings.neo4j_password) as container:
             yield replace(settings, neo4j_uri=container.get_connection_url())
         return
-    from mllgraph import neo4j_server
     from mllgraph.errors import MllgraphError
+    from mllgraph.graph import neo4j_server
 
-    was_running = neo4j_server.running_pid(settings) is not None
     try:
+        settings = neo4j_server.scratch_settings(
+            USER_SETTINGS, settings.home, settings.local_neo4j_port
+        )
         neo4j_server.start(settings)
     except MllgraphError as e:
         _unavailable(str(e))
     yield settings
-    if not was_running:
-        neo4j_server.stop(settings)
+    neo4j_server.stop(settings)
 
 
 @pytest.fixture(scope="session")
 def graph(neo4j_settings: Settings) -> Iterator[object]:
-    from mllgraph.db import Graph
+    from mllgraph.graph.db import Graph
 
     g = Graph(neo4j_settings)
     try:
@@ -73,14 +109,14 @@ def graph(neo4j_settings: Settings) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def wordnet(neo4j_settings: Settings):  # -> WordNetNouns
-    from mllgraph.wordnet import load_nouns
+    from mllgraph.graph.wordnet import load_nouns
 
     return load_nouns(neo4j_settings.wordnet_dir)
 
 
 @pytest.fixture(scope="session")
 def sdag_graph(graph, wordnet):  # -> Graph with the full SDAG
-    from mllgraph import sdag
+    from mllgraph.graph import sdag
 
     sdag.load(graph, wordnet)
     return graph

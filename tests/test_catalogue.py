@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from mllgraph import cypher, experts, labeller, probes, registry
 from mllgraph.errors import InvalidArgument, NotFound
+from mllgraph.graph import cypher
+from mllgraph.hub import experts, probes, registry
+from mllgraph.label import run as labeller
 
 pytestmark = pytest.mark.neo4j
 

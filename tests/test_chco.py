@@ -10,26 +10,25 @@ import time
 import numpy as np
 import pytest
 
-from mllgraph import chco
-from mllgraph.chco import (
-    Candidate,
-    ChcoProblem,
-    Plan,
-    exact_search_size,
-    gap_study,
-    solve,
-    solve_exact,
-    solve_heuristic,
-    synthetic_problem,
-)
-from mllgraph.combine import (
+from mllgraph.errors import InvalidArgument
+from mllgraph.eval.gap_study import gap_study, synthetic_problem
+from mllgraph.reuse.rule import (
     ClassAssignment,
     HeadGroup,
     accuracy,
     combine,
     default_params,
 )
-from mllgraph.errors import InvalidArgument
+from mllgraph.select import chco
+from mllgraph.select.chco import (
+    Candidate,
+    ChcoProblem,
+    Plan,
+    exact_search_size,
+    solve,
+    solve_exact,
+    solve_heuristic,
+)
 
 BAG, TROUSER, SANDAL = 0, 1, 2
 

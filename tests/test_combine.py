@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from scipy.optimize import check_grad
 
-from mllgraph import combine as cb
-from mllgraph.combine import (
+from mllgraph.errors import InvalidArgument
+from mllgraph.reuse import rule as cb
+from mllgraph.reuse.rule import (
     EPS,
     ClassAssignment,
     CombinationParams,
@@ -23,7 +24,6 @@ from mllgraph.combine import (
     fit_params,
     per_class_accuracy,
 )
-from mllgraph.errors import InvalidArgument
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 

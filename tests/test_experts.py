@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from mllgraph import experts, fashion
 from mllgraph.errors import AlreadyExists, InvalidArgument, NotFound
-from mllgraph.preprocess import InputSpec, preprocess
+from mllgraph.hub import experts, fashion
+from mllgraph.hub.preprocess import InputSpec, preprocess
 from mllgraph.settings import Settings
 
 GRAY28 = experts.FASHION_INPUT_SPEC

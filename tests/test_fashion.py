@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mllgraph import fashion
 from mllgraph.errors import FailedPrecondition, InvalidArgument
+from mllgraph.hub import fashion
 from mllgraph.settings import Settings
 
 ROOT = Settings.from_env().fashion_mnist_dir

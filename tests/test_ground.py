@@ -1,4 +1,4 @@
-"""mllgraph.ground: grounding class names to WordNet noun concepts (no Neo4j).
+"""mllgraph.select.ground: grounding class names to WordNet noun concepts (no Neo4j).
 
 Every expected wnid below was checked against /usr/share/wordnet/data.noun (and the override
 table is checked against WordNet by `test_override_table_matches_wordnet`).
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from mllgraph.errors import InvalidArgument, NotFound
-from mllgraph.ground import (
+from mllgraph.graph.wordnet import ROOT_WNID, Synset, WordNetNouns
+from mllgraph.select.ground import (
     MAX_CLASSES,
     METHODS,
     Grounding,
@@ -25,7 +26,6 @@ from mllgraph.ground import (
     normalise_name,
 )
 from mllgraph.settings import Settings
-from mllgraph.wordnet import ROOT_WNID, Synset, WordNetNouns
 
 FASHION_MNIST = [
     "T-shirt/top",
@@ -389,7 +389,7 @@ def test_lexical_only_when_the_embedder_fails(
     resolver: Resolver, caplog: pytest.LogCaptureFixture
 ) -> None:
     lexical = Resolver(resolver.nouns, morphology=resolver._morphology, embedder=_BrokenEmbedder())
-    with caplog.at_level("WARNING", logger="mllgraph.ground"):
+    with caplog.at_level("WARNING", logger="mllgraph.select.ground"):
         gs = lexical.resolve_task(FASHION_MNIST)
     assert "embedder unavailable" in caplog.text
     assert not lexical.embeddings_available

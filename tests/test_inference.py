@@ -1,4 +1,4 @@
-"""Inference: the library (mllgraph.infer) and the gRPC service (services/inference.py).
+"""Inference: the library (mllgraph.reuse.infer) and the gRPC service (services/inference.py).
 
 A tiny hub is built here (two quickly trained Fashion experts, small probe sets, labels, a
 plan from `select.select`) and removed afterwards. Real Neo4j, real gRPC in-process on port 0.
@@ -27,8 +27,16 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from mllgraph import chco, combine, experts, fashion, forward, infer, registry
 from mllgraph.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from mllgraph.hub import experts, fashion, forward, registry
+from mllgraph.reuse import batcher as batching
+from mllgraph.reuse import bundle as bundles
+from mllgraph.reuse import cache as model_cache
+from mllgraph.reuse import classifier, images
+from mllgraph.reuse import rule as combine
+from mllgraph.reuse import vlm as vlm_patch
+from mllgraph.select import chco
+from mllgraph.select import plan as plan_doc
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc
 from services import inference as svc
 
@@ -109,13 +117,13 @@ def request(plan_id: str = "", images: list[inference_pb2.Image] | None = None, 
 
 def manual_probs(hub: dict[str, Any], plan: dict[str, Any], images: np.ndarray, extra=None):
     """The plan's models run here by hand (registry + forward), then the one rule."""
-    comb = infer.combination_of(plan)
+    comb = plan_doc.combination_of(plan)
     logits = {}
     for mid in comb.models:
         model, spec = registry.load_model(hub["settings"], registry.get_model(hub["graph"], mid))
         logits[mid] = forward.logits(model, spec, images, device="cpu")
     if extra is None:
-        extra = infer.fallback_evidence(len(images), comb.uncovered)
+        extra = vlm_patch.fallback_evidence(len(images), comb.uncovered)
     return combine.combine(logits, comb.assignment, comb.params, extra_evidence=extra)
 
 
@@ -148,8 +156,10 @@ def single_model_plan(hub: dict[str, Any], mid: str, wnids: list[str]) -> dict[s
 
 @pytest.fixture(scope="module")
 def hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.TempPathFactory):
-    from mllgraph import labeller, probes, select
-    from mllgraph.ground import default_resolver
+    from mllgraph.hub import probes
+    from mllgraph.label import run as labeller
+    from mllgraph.select import run as select
+    from mllgraph.select.ground import default_resolver
 
     graph = sdag_graph
     settings = replace(
@@ -240,8 +250,8 @@ def test_grpc_equals_library_and_manual_combine(hub: dict[str, Any]) -> None:
     assert "dog" in plan["uncovered"]
     expected = manual_probs(hub, plan, x)
 
-    clf = infer.PlanClassifier(
-        plan, hub["graph"], hub["settings"], infer.ModelCache(hub["settings"], device="cpu")
+    clf = classifier.PlanClassifier(
+        plan, hub["graph"], hub["settings"], model_cache.ModelCache(hub["settings"], device="cpu")
     )
     lib = clf.classify(list(x))
     assert clf.fallback_rule == "constant" and clf.uncovered_names == plan["uncovered"]
@@ -353,7 +363,7 @@ def test_vlm_patch_is_used_and_reported(hub: dict[str, Any]) -> None:
     plan, x = hub["plan"], hub["x"][:6]
     arch, path = _tiny_clip(hub["tmp"])
     # λ large: a random VLM must win some images so the patch path shows (plumbing only).
-    vlm = infer.VlmPatch.from_checkpoint(arch, path, device="cpu", weight=1e4)
+    vlm = vlm_patch.VlmPatch.from_checkpoint(arch, path, device="cpu", weight=1e4)
     assert vlm.spec.size == 32 and len(vlm.prompts) >= 2
     server = ServerThread(hub["settings"], vlm=vlm)
     try:
@@ -506,8 +516,8 @@ def test_cuda_oom_retries_with_half_batches(hub: dict[str, Any]) -> None:
         model, spec = registry.load_model(settings, record)
         return OomAbove(model, 4, seen), spec
 
-    cache = infer.ModelCache(hub["settings"], device="cpu", loader=loader)
-    batcher = infer.DynamicBatcher(max_batch_size=16, max_delay_s=0.002)
+    cache = model_cache.ModelCache(hub["settings"], device="cpu", loader=loader)
+    batcher = batching.DynamicBatcher(max_batch_size=16, max_delay_s=0.002)
     server = ServerThread(hub["settings"], cache=cache, batcher=batcher)
     doc = single_model_plan(hub, hub["models"][1], [WNIDS[c] for c in (1, 8, 3)])
     x = hub["x"][:16]
@@ -556,8 +566,8 @@ def test_health_reflection_and_not_serving_without_neo4j(hub: dict[str, Any]) ->
 def test_bundle_serves_without_neo4j(hub: dict[str, Any]) -> None:
     plan, x = hub["plan"], hub["x"][:4]
     records = {m: registry.get_model(hub["graph"], m) for m in plan["models"]}
-    root = infer.export_bundle(plan, records, hub["tmp"] / "bundle", images=x)
-    bundle = infer.load_bundle(root)
+    root = bundles.export_bundle(plan, records, hub["tmp"] / "bundle", images=x)
+    bundle = bundles.load_bundle(root)
     assert all(Path(r["weights_path"]).is_file() for r in bundle.records.values())
     server = ServerThread(hub["settings"], bundle=bundle, use_neo4j=False)
     try:
@@ -579,15 +589,15 @@ def test_bundle_serves_without_neo4j(hub: dict[str, Any]) -> None:
     # The service and the library import and serve with no neo4j driver at all.
     code = (
         "import sys; sys.modules['neo4j'] = None\n"
-        "import services.inference, mllgraph.infer\n"
-        "assert 'mllgraph.db' not in sys.modules\n"
+        "import services.inference, mllgraph.reuse.classifier\n"
+        "assert 'mllgraph.graph.db' not in sys.modules\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 
 
 def test_graceful_shutdown_finishes_in_flight(hub: dict[str, Any]) -> None:
-    batcher = infer.DynamicBatcher(max_batch_size=64, max_delay_s=1.0)
+    batcher = batching.DynamicBatcher(max_batch_size=64, max_delay_s=1.0)
     server = ServerThread(hub["settings"], batcher=batcher)
     server.wait_serving()
     req = request(hub["plan"]["plan_id"], [raw(im) for im in hub["x"][:2]])
@@ -611,34 +621,38 @@ def test_graceful_shutdown_finishes_in_flight(hub: dict[str, Any]) -> None:
 def test_decode_and_raw_images() -> None:
     gray = (np.arange(30 * 20) % 256).astype(np.uint8).reshape(30, 20)
     rgb = np.stack([gray, gray[::-1], 255 - gray], axis=-1)
-    assert np.array_equal(infer.decode_image(png(gray), max_pixels=10_000), gray)
-    assert np.array_equal(infer.decode_image(png(rgb), max_pixels=10_000), rgb)
+    assert np.array_equal(images.decode_image(png(gray), max_pixels=10_000), gray)
+    assert np.array_equal(images.decode_image(png(rgb), max_pixels=10_000), rgb)
     rgba = np.concatenate([rgb, np.full((30, 20, 1), 7, np.uint8)], axis=-1)
-    assert np.array_equal(infer.decode_image(png(rgba), max_pixels=10_000), rgb)
+    assert np.array_equal(images.decode_image(png(rgba), max_pixels=10_000), rgb)
     pal = Image.fromarray(rgb).convert("P")
     buf = io.BytesIO()
     pal.save(buf, format="PNG")
-    assert infer.decode_image(buf.getvalue(), max_pixels=10_000).shape == (30, 20, 3)
+    assert images.decode_image(buf.getvalue(), max_pixels=10_000).shape == (30, 20, 3)
     buf = io.BytesIO()
     Image.fromarray(gray.astype(np.uint16) * 257).save(buf, format="PNG")
-    assert np.array_equal(infer.decode_image(buf.getvalue(), max_pixels=10_000), gray)
+    assert np.array_equal(images.decode_image(buf.getvalue(), max_pixels=10_000), gray)
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=95)
-    jpg = infer.decode_image(buf.getvalue(), max_pixels=10_000)
+    jpg = images.decode_image(buf.getvalue(), max_pixels=10_000)
     assert jpg.shape == (30, 20, 3) and np.abs(jpg.astype(int) - rgb).mean() < 20
     with pytest.raises(ResourceExhausted, match="over this server's limit"):
-        infer.decode_image(png(gray), max_pixels=599)
+        images.decode_image(png(gray), max_pixels=599)
     with pytest.raises(InvalidArgument):
-        infer.decode_image(b"GIF89a....", max_pixels=10_000)
+        images.decode_image(b"GIF89a....", max_pixels=10_000)
     gif = io.BytesIO()
     Image.fromarray(gray).save(gif, format="GIF")
     with pytest.raises(InvalidArgument, match="PNG or JPEG"):
-        infer.decode_image(gif.getvalue(), max_pixels=10_000)
+        images.decode_image(gif.getvalue(), max_pixels=10_000)
 
-    assert np.array_equal(infer.raw_image(gray.tobytes(), [30, 20], "uint8", max_pixels=600), gray)
+    assert np.array_equal(images.raw_image(gray.tobytes(), [30, 20], "uint8", max_pixels=600), gray)
     f = (gray.astype("<f4") / 255).tobytes()
-    assert np.array_equal(infer.raw_image(f, [30, 20, 1], "float32", max_pixels=600), gray)
-    assert infer.raw_image(rgb.tobytes(), [30, 20, 3], "uint8", max_pixels=600).shape == (30, 20, 3)
+    assert np.array_equal(images.raw_image(f, [30, 20, 1], "float32", max_pixels=600), gray)
+    assert images.raw_image(rgb.tobytes(), [30, 20, 3], "uint8", max_pixels=600).shape == (
+        30,
+        20,
+        3,
+    )
     nan = np.full((2, 2), np.nan, "<f4").tobytes()
     for data, shape, dtype in [
         (gray.tobytes(), [30, 20, 4], "uint8"),
@@ -648,18 +662,21 @@ def test_decode_and_raw_images() -> None:
         (nan, [2, 2], "float32"),
     ]:
         with pytest.raises(InvalidArgument):
-            infer.raw_image(data, shape, dtype, max_pixels=600)
+            images.raw_image(data, shape, dtype, max_pixels=600)
     with pytest.raises(ResourceExhausted):
-        infer.raw_image(gray.tobytes(), [30, 20], "uint8", max_pixels=599)
+        images.raw_image(gray.tobytes(), [30, 20], "uint8", max_pixels=599)
 
 
 def _echo_runner(log: list[int]):
-    def run(images: list[np.ndarray]) -> infer.BatchRun:
+    def run(images: list[np.ndarray]) -> classifier.BatchRun:
         log.append(len(images))
         results = [
-            infer.PredictionResult(int(im[0, 0]), "", 1.0, np.ones(1), (), False) for im in images
+            classifier.PredictionResult(int(im[0, 0]), "", 1.0, np.ones(1), (), False)
+            for im in images
         ]
-        return infer.BatchRun(results, {"m": infer.ModelTiming("m", 1.0, 10.0, len(images))})
+        return classifier.BatchRun(
+            results, {"m": classifier.ModelTiming("m", 1.0, 10.0, len(images))}
+        )
 
     return run
 
@@ -667,7 +684,7 @@ def _echo_runner(log: list[int]):
 def test_dynamic_batcher_merges_splits_and_expires() -> None:
     log: list[int] = []
     run = _echo_runner(log)
-    b = infer.DynamicBatcher(max_batch_size=8, max_delay_s=0.3)
+    b = batching.DynamicBatcher(max_batch_size=8, max_delay_s=0.3)
     try:
         imgs = [np.full((2, 2), i, np.uint8) for i in range(12)]
         futs = [b.submit("p", run, imgs[i : i + 2]) for i in (0, 2, 4)]
@@ -687,7 +704,7 @@ def test_dynamic_batcher_merges_splits_and_expires() -> None:
             late.result(10)
         assert b.stats.expired == 1
 
-        def boom(images: list[np.ndarray]) -> infer.BatchRun:
+        def boom(images: list[np.ndarray]) -> classifier.BatchRun:
             raise InvalidArgument("bad batch")
 
         with pytest.raises(InvalidArgument):
@@ -701,8 +718,8 @@ def test_dynamic_batcher_merges_splits_and_expires() -> None:
 
 def test_model_cache_lru_budget(hub: dict[str, Any]) -> None:
     recs = [registry.get_model(hub["graph"], m) for m in hub["models"]]
-    one = infer.ModelCache(hub["settings"], device="cpu").get(recs[0]).nbytes
-    cache = infer.ModelCache(hub["settings"], device="cpu", budget_bytes=one + 1)
+    one = model_cache.ModelCache(hub["settings"], device="cpu").get(recs[0]).nbytes
+    cache = model_cache.ModelCache(hub["settings"], device="cpu", budget_bytes=one + 1)
     a = cache.get(recs[0])
     assert cache.get(recs[0]) is a and cache.loads == 1
     assert a.dtype == torch.float32 and not a.channels_last and a.precision == "fp32"

@@ -30,9 +30,10 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from mllgraph import experts, labeller, probes, registry
 from mllgraph.errors import FailedPrecondition, NotFound
-from mllgraph.preprocess import InputSpec
+from mllgraph.hub import experts, probes, registry
+from mllgraph.hub.preprocess import InputSpec
+from mllgraph.label import run as labeller
 from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from services import ingestion
 

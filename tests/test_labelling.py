@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mllgraph.errors import InvalidArgument
-from mllgraph.labelling import (
+from mllgraph.label.measure import (
     ConceptHierarchy,
     GroupLabel,
     HeadLabel,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mllgraph import neo4j_server
-from mllgraph.db import Graph
 from mllgraph.errors import FailedPrecondition, Unavailable
+from mllgraph.graph import neo4j_server
+from mllgraph.graph.db import Graph
 from mllgraph.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def test_start_refuses_when_uri_is_a_users_server() -> None:
 def _scratch(neo4j_settings: Settings, tmp_path: Path, **changes: object) -> Settings:
     if not neo4j_settings.uses_local_neo4j:
         pytest.skip("tests of the project-managed server need NEO4J_URI unset")
-    from mllgraph.bench import scratch_settings
+    from mllgraph.graph.neo4j_server import scratch_settings
 
     base = replace(neo4j_settings, **changes)
     return scratch_settings(base, tmp_path / "home", _free_port())

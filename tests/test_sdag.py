@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mllgraph import sdag
 from mllgraph.errors import AlreadyExists, InvalidArgument, NotFound
-from mllgraph.wordnet import ROOT_WNID
+from mllgraph.graph import sdag
+from mllgraph.graph.wordnet import ROOT_WNID
 
 pytestmark = pytest.mark.neo4j
 
@@ -17,7 +17,7 @@ def test_full_wordnet_is_loaded_as_one_dag(sdag_graph) -> None:
     c = sdag.counts(sdag_graph)
     assert c["concepts"] - c["added"] == 82_115
     assert c["is_a"] >= 84_427 and c["instance_of"] == 8_577
-    assert [r["wnid"] for r in sdag_graph.read("sdag/roots")] == [ROOT_WNID]
+    assert [r["wnid"] for r in sdag_graph.read("graph/roots")] == [ROOT_WNID]
     sdag.verify(sdag_graph, expect_concepts=82_115)
     assert sdag.meta(sdag_graph)["concepts"] >= 82_115
 

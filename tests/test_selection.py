@@ -1,4 +1,4 @@
-"""SelectionService over gRPC and `mllgraph.select`, on a real Neo4j with a tiny hub built here.
+"""SelectionService over gRPC and `mllgraph.select.run`, on a real Neo4j with a tiny hub built here.
 
 The hub: three tiny timm experts trained for a few steps on synthetic 28x28 patterns, one
 pattern per concept (clog, moccasin, tote bag, kilt: concepts nothing else in a dev database
@@ -8,7 +8,7 @@ is labelled on), registered by wnid, with a 24-image probe set per concept, labe
 
 "No labelled models" (FAILED_PRECONDITION) needs a catalogue without any, which the shared
 dev database is not: that test runs a second SelectionService against a throwaway, empty
-project-managed Neo4j (`bench.scratch_settings`, ~12 s to start), started in the background
+project-managed Neo4j (`neo4j_server.scratch_settings`, ~12 s to start), started in the background
 while the hub is built so it costs little wall time. It skips where no local Neo4j jars are
 at hand (a NEO4J_URI / testcontainers run without them).
 """
@@ -35,8 +35,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mllgraph import experts, labeller, probes, registry, select
 from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
+from mllgraph.hub import experts, probes, registry
+from mllgraph.label import run as labeller
+from mllgraph.select import plan as plan_doc
+from mllgraph.select import run as select
 from mllgraph.settings import Settings
 from mllgraph.v1 import selection_pb2, selection_pb2_grpc
 
@@ -85,7 +88,7 @@ class ScratchNeo4j:
     """An empty project-managed Neo4j, started in a background thread."""
 
     def __init__(self, settings: Settings) -> None:
-        from mllgraph import bench, neo4j_server
+        from mllgraph.graph import neo4j_server
 
         self.error: BaseException | None = None
         self.settings: Settings | None = None
@@ -95,12 +98,12 @@ class ScratchNeo4j:
             self.error = RuntimeError("no fetched Neo4j jars for a scratch server")
             self._thread = None
             return
-        self.settings = bench.scratch_settings(main, self.home, _free_port())
+        self.settings = neo4j_server.scratch_settings(main, self.home, _free_port())
         self._thread = threading.Thread(target=self._start, daemon=True)
         self._thread.start()
 
     def _start(self) -> None:
-        from mllgraph import neo4j_server
+        from mllgraph.graph import neo4j_server
 
         try:
             neo4j_server.start(self.settings)  # type: ignore[arg-type]
@@ -118,7 +121,7 @@ class ScratchNeo4j:
 
     def stop(self) -> None:
         """Kill the throwaway server (its data is deleted anyway) and remove its folder."""
-        from mllgraph import neo4j_server
+        from mllgraph.graph import neo4j_server
 
         if self._thread is not None:
             self._thread.join(timeout=180)
@@ -225,7 +228,7 @@ def _cleanup(hub: Hub) -> None:
 
 @pytest.fixture(scope="module")
 def hub(neo4j_settings: Settings, sdag_graph: Any) -> Iterator[Hub]:
-    from mllgraph.ground import default_resolver
+    from mllgraph.select.ground import default_resolver
 
     settings = neo4j_settings
     scratch = ScratchNeo4j(settings) if settings.uses_local_neo4j else None
@@ -309,7 +312,7 @@ def test_select_covers_classes_with_the_right_heads(hub: Hub, stub: Any) -> None
     assert 0.95 <= plan.estimated_accuracy <= 1.0
     doc = json.loads(plan.combination_json)
     assert doc["plan_id"] == plan.plan_id and doc["schema_version"] == 1
-    rule = select.combination_of(doc)  # what inference rebuilds the combination from
+    rule = plan_doc.combination_of(doc)  # what inference rebuilds the combination from
     assert rule.models == list(plan.model_ids)
 
 
@@ -481,7 +484,7 @@ def test_empty_hub_is_failed_precondition(hub: Hub) -> None:
     if hub.scratch is None:
         pytest.skip("needs the project-managed Neo4j to start a scratch server")
     settings = hub.scratch.wait()
-    from mllgraph.db import Graph
+    from mllgraph.graph.db import Graph
     from services.selection import BackgroundServer
 
     classes = [select.TaskClass(n) for n in TASK]

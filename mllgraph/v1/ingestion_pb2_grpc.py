@@ -74,7 +74,8 @@ class IngestionServiceServicer:
     def RegisterModel(self, request, context):
         """Registers a model: stores its weights, records its heads (one per logit) in the graph.
         Errors: INVALID_ARGUMENT (bad arch, label count != logit count, unknown wnid, unreadable
-        weights), ALREADY_EXISTS (same name and version), NOT_FOUND (weights_path / builtin).
+        weights, a weights_path that is not a file, an unknown builtin), ALREADY_EXISTS (same
+        name and version).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,13 @@
+"""Evaluation, benchmarks and the demo. The library never imports this package.
+
+- `tasks`: task suites (JSON) of class names with their Fashion-MNIST ground truth.
+- `evaluate`: MLL and the baselines (random, single, uniform, oracle, ConSE) on a suite.
+- `pipeline` pieces: `evaluate.LibraryPipeline` (in-process) and `grpc_pipeline` (the
+  three services).
+- `zeroshot`: `mllgraph bench zeroshot`: hub build, suite, hub-size study, report.
+- `gap_study`: CHCO's heuristic against its exact solver on synthetic problems.
+- `bench/`: one module per benchmark (`mllgraph bench NAME`).
+- `demo`: README command (1).
+
+Graph statements: `cypher/eval/`.
+"""

@@ -1,0 +1,33 @@
+"""Benchmarks: each prints its figures and writes `reports/bench_<name>.json`.
+
+One module per benchmark, registered by name below (``mllgraph bench NAME``). Figures come
+from one run on the machine at hand; compare ratios within a run, not across machines.
+Nothing here is asserted by the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Any
+
+from mllgraph.eval.bench.common import write_report
+from mllgraph.settings import Settings
+
+# name -> (module, function); modules are imported on use (some pull in torch or gRPC).
+BENCHES = {
+    "ingest": ("ingest", "bench_ingest"),
+    "sdag": ("sdag", "bench_sdag"),
+    "label": ("label", "bench_label"),
+    "infer": ("infer", "bench_infer"),
+    "select": ("select", "bench_select"),
+}
+
+
+def run(what: str, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    module, function = BENCHES[what]
+    bench = getattr(importlib.import_module(f"mllgraph.eval.bench.{module}"), function)
+    figures = bench(settings, args)
+    path = write_report(what, figures, args.out)
+    figures["report"] = str(path)
+    return figures

@@ -1,0 +1,441 @@
+"""Zero-shot evaluation: MLL against baselines on the same tasks and test images.
+
+For every task of a suite: SelectHeads (CHCO) then Classify on Fashion-MNIST test images of
+the task's classes, through a `Pipeline` — the gRPC services in `bench zeroshot` and the
+demo, or the library in-process (the hub-size study, where hundreds of selections run).
+
+Baselines, computed on the same images from each model's logits (every model runs once on
+the evaluation images and its logits are cached):
+  (a) random   — a uniformly random candidate per class (mean of 5 draws);
+  (b) single   — the one expert covering most classes (ties: higher mean label score); each
+                 image goes, with probability |uncovered|/K, to a random uncovered class
+                 (chance), otherwise to the expert's best covered class;
+  (c) uniform  — every candidate group of every candidate model, evidence averaged with
+                 equal weights, no budget and no optimisation;
+  (d) oracle   — the hub's largest expert architecture trained with the experts' own recipe
+                 directly on the task's classes, on the whole training pool;
+  (e) conse    — text-only zero-shot from offline parts (a stand-in for a VLM):
+                 EfficientNet-Lite0's ImageNet top-10 probabilities mapped to the task's class
+                 names by MiniLM text-embedding similarity (ConSE-style).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from mllgraph.eval.tasks import Suite, Task
+from mllgraph.graph.db import Graph
+from mllgraph.hub import forward, registry
+from mllgraph.hub.fashion import FASHION_CLASSES
+from mllgraph.reuse.rule import ClassAssignment, HeadGroup, combine, default_params
+from mllgraph.select import chco
+from mllgraph.select import plan as plan_doc
+from mllgraph.select import run as select
+from mllgraph.settings import Settings
+
+BASELINES = ("random", "single", "uniform", "oracle", "conse")
+Log = Callable[[str], None]
+
+
+# -- evaluation images -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalImages:
+    images: np.ndarray  # uint8 (N, 28, 28), Fashion-MNIST test split
+    fashion: np.ndarray  # (N,) Fashion class index
+
+    def for_task(self, task: Task) -> tuple[np.ndarray, np.ndarray]:
+        """Indices into `images` of the task's classes, and their task-class labels."""
+        mapping = task.label_map()
+        idx = np.flatnonzero(np.isin(self.fashion, list(mapping)))
+        labels = np.array([mapping[int(f)] for f in self.fashion[idx]], dtype=np.int64)
+        return idx, labels
+
+
+def eval_images(settings: Settings, per_class: int | None, seed: int = 0) -> EvalImages:
+    """The first `per_class` test images of every class in a seeded order (all if None)."""
+    from mllgraph.hub import fashion
+
+    images, labels = fashion.load_split("test", settings.fashion_mnist_dir)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in range(len(FASHION_CLASSES)):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        keep.append(idx if per_class is None else idx[:per_class])
+    order = np.sort(np.concatenate(keep))
+    return EvalImages(images[order], labels[order])
+
+
+class LogitCache:
+    """Each model's logits on the evaluation images, computed once."""
+
+    def __init__(self, graph: Graph, settings: Settings, images: EvalImages) -> None:
+        self.graph, self.settings, self.images = graph, settings, images
+        self._logits: dict[str, np.ndarray] = {}
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, mid: str) -> np.ndarray:
+        if mid not in self._logits:
+            record = registry.get_model(self.graph, mid)
+            model, spec = registry.load_model(self.settings, record)
+            t = time.perf_counter()
+            self._logits[mid] = forward.logits(
+                model, spec, self.images.images, batch_size=128, device="cpu"
+            )
+            self.seconds[mid] = time.perf_counter() - t
+        return self._logits[mid]
+
+
+# -- the system under test -------------------------------------------------------------------
+
+
+class Pipeline(Protocol):
+    def select(self, task: Task, budget: int, models: tuple[str, ...] | None) -> dict[str, Any]:
+        """The plan document for a task."""
+        ...
+
+    def classify(self, plan: dict[str, Any], images: np.ndarray) -> np.ndarray:
+        """Predicted task-class index per image."""
+        ...
+
+
+class LibraryPipeline:
+    """Selection and classification in-process (same code the services wrap)."""
+
+    def __init__(self, graph: Graph, settings: Settings, logits: LogitCache) -> None:
+        from mllgraph.select.ground import default_resolver
+
+        self.graph, self.settings, self.logits = graph, settings, logits
+        self.resolver = default_resolver(settings)
+
+    def select(self, task: Task, budget: int, models: tuple[str, ...] | None) -> dict[str, Any]:
+        ctx = select.select(
+            self.graph,
+            self.settings,
+            [select.TaskClass(n) for n in task.names],
+            select.SelectOptions(budget=budget, models=models),
+            self.resolver,
+        )
+        return ctx.plan
+
+    def classify_indices(self, plan: dict[str, Any], idx: np.ndarray) -> np.ndarray:
+        """What the inference service answers (same rule, same offline fallback for uncovered
+        classes), from cached logits."""
+        from mllgraph.reuse.vlm import fallback_evidence
+
+        combo = plan_doc.combination_of(plan)
+        logits = {m: self.logits(m)[idx] for m in combo.models}
+        if not logits:
+            return np.zeros(len(idx), dtype=np.int64)
+        extra = fallback_evidence(len(idx), combo.uncovered) if combo.uncovered else None
+        return combine(logits, combo.assignment, combo.params, extra_evidence=extra).argmax(1)
+
+    def classify(self, plan: dict[str, Any], images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError("LibraryPipeline classifies by index: use classify_indices")
+
+
+def _predict(
+    assignment: list[ClassAssignment], params: Any, logits: dict[str, np.ndarray], k: int, n: int
+) -> np.ndarray:
+    if not logits:  # nothing covered: every class equally (un)likely
+        return np.zeros(n, dtype=np.int64)
+    return combine(logits, assignment, params).argmax(1)
+
+
+# -- baselines -------------------------------------------------------------------------------
+
+
+def candidates_for(
+    graph: Graph, settings: Settings, task: Task, resolver: Any, models: tuple[str, ...] | None
+) -> list[chco.Candidate]:
+    ctx = select.select(
+        graph,
+        settings,
+        [select.TaskClass(n) for n in task.names],
+        select.SelectOptions(budget=1000, models=models, fit_params=False, solver="heuristic"),
+        resolver,
+        store=False,
+    )
+    return ctx.candidates
+
+
+def baseline_random(cands, k, logits_of, idx, labels, seed: int, draws: int = 5) -> float:
+    by_class = _by_class(cands, k)
+    rng = np.random.default_rng(seed)
+    accs = []
+    for _ in range(draws):
+        assignment = [
+            ClassAssignment(c, (by_class[c][rng.integers(len(by_class[c]))].group,))
+            if by_class[c]
+            else ClassAssignment(c, ())
+            for c in range(k)
+        ]
+        accs.append(_accuracy(assignment, logits_of, idx, labels, k))
+    return float(np.mean(accs))
+
+
+def baseline_single(cands, k, logits_of, idx, labels, seed: int) -> float:
+    by_model: dict[str, dict[int, chco.Candidate]] = {}
+    for c in cands:
+        best = by_model.setdefault(c.group.model_id, {}).get(c.class_index)
+        if best is None or c.group.label_score > best.group.label_score:
+            by_model[c.group.model_id][c.class_index] = c
+    if not by_model:
+        return 1.0 / k
+    mid = max(
+        sorted(by_model),
+        key=lambda m: (
+            len(by_model[m]),
+            np.mean([c.group.label_score for c in by_model[m].values()]),
+        ),
+    )
+    covered = by_model[mid]
+    assignment = [
+        ClassAssignment(c, (covered[c].group,)) if c in covered else ClassAssignment(c, ())
+        for c in range(k)
+    ]
+    pred = _predict(assignment, default_params(assignment), {mid: logits_of(mid)[idx]}, k, len(idx))
+    uncovered = [c for c in range(k) if c not in covered]
+    if uncovered:
+        rng = np.random.default_rng(seed)
+        chance = rng.random(len(idx)) < len(uncovered) / k
+        pred = np.where(chance, rng.choice(uncovered, size=len(idx)), pred)
+    return float((pred == labels).mean())
+
+
+def baseline_uniform(cands, k, logits_of, idx, labels) -> float:
+    by_class = _by_class(cands, k)
+    assignment = [
+        ClassAssignment(
+            c,
+            tuple(
+                HeadGroup(x.group.model_id, x.group.heads, x.group.kind, 1.0) for x in by_class[c]
+            ),
+        )
+        for c in range(k)
+    ]
+    return _accuracy(assignment, logits_of, idx, labels, k)
+
+
+def _by_class(cands: list[chco.Candidate], k: int) -> list[list[chco.Candidate]]:
+    out: list[list[chco.Candidate]] = [[] for _ in range(k)]
+    for c in cands:
+        out[c.class_index].append(c)
+    return out
+
+
+def _accuracy(assignment, logits_of, idx, labels, k) -> float:
+    models = sorted({g.model_id for a in assignment for g in a.groups})
+    logits = {m: logits_of(m)[idx] for m in models}
+    pred = _predict(assignment, default_params(assignment), logits, k, len(idx))
+    return float((pred == labels).mean())
+
+
+class Oracle:
+    """The strongest hub architecture trained on a task's classes (cached per class set)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        arch: str,
+        epochs: int,
+        seed: int,
+        split_seed: int,
+        max_train: int | None,
+    ) -> None:
+        self.settings, self.arch, self.epochs = settings, arch, epochs
+        self.seed, self.split_seed, self.max_train = seed, split_seed, max_train
+        self._cache: dict[tuple[tuple[int, ...], ...], Any] = {}
+        self.seconds = 0.0
+
+    def accuracy(
+        self, task: Task, images: EvalImages, idx: np.ndarray, labels: np.ndarray
+    ) -> float:
+        import torch
+
+        from mllgraph.hub import experts, fashion
+
+        key = tuple(c.fashion for c in task.classes)
+        if key not in self._cache:
+            t = time.perf_counter()
+            train_x, train_y = fashion.load_split("train", self.settings.fashion_mnist_dir)
+            pool, _ = fashion.split_pools(self.split_seed, root=self.settings.fashion_mnist_dir)
+            mapping = task.label_map()
+            keep = pool[np.isin(train_y[pool], list(mapping))]
+            if self.max_train is not None and len(keep) > self.max_train:
+                keep = np.sort(
+                    np.random.default_rng(self.seed).choice(keep, self.max_train, replace=False)
+                )
+            y = np.array([mapping[int(f)] for f in train_y[keep]], dtype=np.int64)
+            # train_expert trains head i on label value classes[i]: give it task indices.
+            model = experts.train_expert(
+                self.arch,
+                list(range(len(task.classes))),
+                train_x[keep],
+                y,
+                epochs=self.epochs,
+                seed=self.seed,
+            )
+            self._cache[key] = model
+            self.seconds += time.perf_counter() - t
+        model = self._cache[key]
+        with torch.inference_mode():
+            out = forward.logits(model, experts.FASHION_INPUT_SPEC, images.images[idx])
+        return float((out.argmax(1) == labels).mean())
+
+
+class ConSE:
+    """EfficientNet-Lite0's ImageNet top-10 mapped to class names by text similarity."""
+
+    def __init__(self, graph: Graph, settings: Settings, logits: LogitCache, top: int = 10) -> None:
+        from mllgraph.graph.wordnet import load_nouns
+        from mllgraph.select.embed import default_embedder
+
+        self.logits, self.top = logits, top
+        self.model_id = registry.model_id("efficientnet_lite0", "1")
+        registry.get_model(graph, self.model_id)  # NotFound if the hub lacks it
+        wn = load_nouns(settings.wordnet_dir)
+        from mllgraph.hub.experts import imagenet_wnids
+
+        names = [wn.synsets[w].lemmas[0].replace("_", " ") for w in imagenet_wnids()]
+        self.embedder = default_embedder().load()
+        self.imagenet_emb = self.embedder.encode([f"a photo of a {n}" for n in names])
+
+    def accuracy(self, task: Task, idx: np.ndarray, labels: np.ndarray) -> float:
+        from mllgraph.reuse.rule import model_probabilities
+
+        class_emb = self.embedder.encode([f"a photo of a {n}" for n in task.names])
+        sim = self.imagenet_emb @ class_emb.T  # (1000, K)
+        p = model_probabilities(self.logits(self.model_id)[idx].astype(np.float64), 1.0)
+        top = np.argsort(-p, axis=1)[:, : self.top]
+        rows = np.arange(len(idx))[:, None]
+        scores = np.einsum("nt,ntk->nk", p[rows, top], sim[top])
+        return float((scores.argmax(1) == labels).mean())
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskResult:
+    task: str
+    classes: list[str]
+    images: int
+    mll: float
+    estimated: float | None
+    models: list[str]
+    uncovered: list[str]
+    selection_ms: float
+    classify_ms: float
+    baselines: dict[str, float] = field(default_factory=dict)
+
+
+def run_suite(
+    graph: Graph,
+    settings: Settings,
+    suite: Suite,
+    pipeline: Pipeline,
+    images: EvalImages,
+    logits: LogitCache,
+    *,
+    budget: int,
+    models: tuple[str, ...] | None = None,
+    oracle: Oracle | None = None,
+    conse: ConSE | None = None,
+    baselines: tuple[str, ...] = BASELINES,
+    seed: int = 0,
+    log: Log = print,
+) -> list[TaskResult]:
+    from mllgraph.select.ground import default_resolver
+
+    resolver = default_resolver(settings)
+    results = []
+    for t_i, task in enumerate(suite.tasks):
+        idx, labels = images.for_task(task)
+        k = len(task.classes)
+        t = time.perf_counter()
+        plan = pipeline.select(task, budget, models)
+        sel_ms = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        if isinstance(pipeline, LibraryPipeline):
+            pred = pipeline.classify_indices(plan, idx)
+        else:
+            pred = pipeline.classify(plan, images.images[idx])
+        cls_ms = (time.perf_counter() - t) * 1000
+        r = TaskResult(
+            task=task.name,
+            classes=task.names,
+            images=len(idx),
+            mll=float((pred == labels).mean()),
+            estimated=plan.get("estimated_accuracy"),
+            models=plan.get("models", []),
+            uncovered=plan.get("uncovered", []),
+            selection_ms=sel_ms,
+            classify_ms=cls_ms,
+        )
+        cands = candidates_for(graph, settings, task, resolver, models)
+        if "random" in baselines:
+            r.baselines["random"] = baseline_random(cands, k, logits, idx, labels, seed + t_i)
+        if "single" in baselines:
+            r.baselines["single"] = baseline_single(cands, k, logits, idx, labels, seed + t_i)
+        if "uniform" in baselines:
+            r.baselines["uniform"] = baseline_uniform(cands, k, logits, idx, labels)
+        if oracle is not None and "oracle" in baselines:
+            r.baselines["oracle"] = oracle.accuracy(task, images, idx, labels)
+        if conse is not None and "conse" in baselines:
+            r.baselines["conse"] = conse.accuracy(task, idx, labels)
+        results.append(r)
+        shown = "  ".join(f"{b} {v:.3f}" for b, v in r.baselines.items())
+        log(f"{task.name:<44} MLL {r.mll:.3f}  {shown}")
+    return results
+
+
+def summarise(results: list[TaskResult]) -> dict[str, Any]:
+    methods = ["mll"] + sorted({b for r in results for b in r.baselines})
+    mean = {}
+    for m in methods:
+        vals = [
+            r.mll if m == "mll" else r.baselines[m]
+            for r in results
+            if m == "mll" or m in r.baselines
+        ]
+        mean[m] = float(np.mean(vals)) if vals else None
+    return {"tasks": len(results), "mean_accuracy": mean}
+
+
+def markdown_table(results: list[TaskResult]) -> str:
+    methods = ["mll"] + sorted({b for r in results for b in r.baselines})
+    lines = [
+        "| task | K | images | " + " | ".join(methods) + " | models | uncovered |",
+        "|---|---|---|" + "---|" * len(methods) + "---|---|",
+    ]
+    for r in results:
+        vals = [r.mll] + [r.baselines.get(m) for m in methods[1:]]
+        cells = " | ".join("" if v is None else f"{v:.3f}" for v in vals)
+        lines.append(
+            f"| {r.task} | {len(r.classes)} | {r.images} | {cells} | {len(r.models)} | "
+            f"{', '.join(r.uncovered) or '-'} |"
+        )
+    s = summarise(results)["mean_accuracy"]
+    cells = " | ".join("" if s[m] is None else f"**{s[m]:.3f}**" for m in methods)
+    lines.append(f"| **mean** | | | {cells} | | |")
+    return "\n".join(lines)
+
+
+def results_json(results: list[TaskResult]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in results]
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    return path

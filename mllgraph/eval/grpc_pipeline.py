@@ -1,0 +1,177 @@
+"""The three gRPC services in one background event loop, and a client pipeline over them.
+
+`bench zeroshot` and the demo use this to run the system as its users do: SelectHeads on the
+selection service, Classify on the inference service, ListModels on the ingestion service,
+each a real grpc.aio server on a free local port spoken to through real channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+
+from mllgraph.eval.tasks import Task
+from mllgraph.settings import Settings
+from mllgraph.v1 import (
+    inference_pb2,
+    inference_pb2_grpc,
+    ingestion_pb2,
+    ingestion_pb2_grpc,
+    selection_pb2,
+    selection_pb2_grpc,
+)
+
+CLASSIFY_BATCH = 256  # images per Classify request
+
+
+class Services:
+    """Ingestion, selection and inference servers on one event loop in a daemon thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, daemon=True, name="mllgraph-services"
+        )
+        self._running: dict[str, Any] = {}
+        self.ports: dict[str, int] = {}
+
+    def _run(self, coro: Any, timeout: float = 600.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> Services:
+        from services import inference, ingestion, selection
+
+        self._thread.start()
+        try:
+            self._running["ingestion"] = self._run(ingestion.start(self.settings, port=0))
+            self._running["selection"] = self._run(selection.start(self.settings, 0))
+            self._running["inference"] = self._run(inference.start(self.settings, port=0))
+        except BaseException:
+            self.stop()
+            raise
+        self.ports = {name: r.port for name, r in self._running.items()}
+        return self
+
+    def stop(self) -> None:
+        for name in ("inference", "selection", "ingestion"):
+            running = self._running.pop(name, None)
+            if running is not None:
+                self._run(running.close(1.0))
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+    def __enter__(self) -> Services:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _channel(address: str) -> grpc.Channel:
+    limit = 64 * 1024 * 1024
+    return grpc.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+        ],
+    )
+
+
+class GrpcPipeline:
+    """`evaluate.Pipeline` over the services: plans by SelectHeads, predictions by Classify."""
+
+    def __init__(self, settings: Settings, services: Services | None = None) -> None:
+        self.settings = settings
+        self._own = services is None
+        self.services = services or Services(settings)
+        self._latency_ms: list[float] = []
+        self._images = 0
+
+    def __enter__(self) -> GrpcPipeline:
+        if self._own:
+            self.services.start()
+        self._sel_channel = _channel(self.services.address("selection"))
+        self._inf_channel = _channel(self.services.address("inference"))
+        self._ing_channel = _channel(self.services.address("ingestion"))
+        self.selection = selection_pb2_grpc.SelectionServiceStub(self._sel_channel)
+        self.inference = inference_pb2_grpc.InferenceServiceStub(self._inf_channel)
+        self.ingestion = ingestion_pb2_grpc.IngestionServiceStub(self._ing_channel)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for ch in (self._sel_channel, self._inf_channel, self._ing_channel):
+            ch.close()
+        if self._own:
+            self.services.stop()
+
+    def list_models(self) -> list[Any]:
+        out, token = [], ""
+        while True:
+            page = self.ingestion.ListModels(
+                ingestion_pb2.ListModelsRequest(page_size=1000, page_token=token)
+            )
+            out += list(page.models)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    def select(self, task: Task, budget: int, models: tuple[str, ...] | None) -> dict[str, Any]:
+        import json
+
+        request = selection_pb2.SelectHeadsRequest(
+            classes=[selection_pb2.TaskClass(name=n) for n in task.names],
+            budget=budget,
+            options=selection_pb2.SelectOptions(
+                allow_ancestor=True, fit_params=True, models=list(models or ())
+            ),
+        )
+        plan = self.selection.SelectHeads(request, timeout=300)
+        doc = json.loads(plan.combination_json)
+        doc["plan_id"] = plan.plan_id
+        return doc
+
+    def classify(self, plan: dict[str, Any], images: np.ndarray) -> np.ndarray:
+        preds = []
+        for start in range(0, len(images), CLASSIFY_BATCH):
+            batch = images[start : start + CLASSIFY_BATCH]
+            request = inference_pb2.ClassifyRequest(
+                plan_id=plan["plan_id"],
+                images=[
+                    inference_pb2.Image(
+                        id=str(start + i),
+                        raw=inference_pb2.RawArray(
+                            data=img.tobytes(), shape=list(img.shape), dtype="uint8"
+                        ),
+                    )
+                    for i, img in enumerate(batch)
+                ],
+                top_k=1,
+            )
+            t = time.perf_counter()
+            response = self.inference.Classify(request, timeout=600)
+            self._latency_ms.append((time.perf_counter() - t) * 1000)
+            self._images += len(batch)
+            preds += [p.class_index for p in response.predictions]
+        return np.asarray(preds, dtype=np.int64)
+
+    def stats(self) -> dict[str, Any]:
+        total_s = sum(self._latency_ms) / 1000
+        return {
+            "classify_requests": len(self._latency_ms),
+            "images": self._images,
+            "images_per_s": round(self._images / total_s, 1) if total_s else None,
+            "request_p50_ms": round(float(np.percentile(self._latency_ms, 50)), 1)
+            if self._latency_ms
+            else None,
+        }

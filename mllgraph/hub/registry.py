@@ -1,0 +1,394 @@
+"""The model catalogue: registering, reading, listing and deleting expert models.
+
+A model is `(:Model)-[:HAS_HEAD]->(:Head)-[:DECLARED]->(:Concept)`; its weights live
+content-addressed in the model store (`<store>/blobs/<sha[:2]>/<sha>.<ext>`). Registration
+validates everything first — weights load safely, a dummy forward pass works, the head count
+matches the labels, every label grounds to a concept — and only then copies the weights and
+writes the graph in one transaction, so a failed registration leaves nothing behind.
+
+Model ids are `name@version`. Versions are immutable: the same weights under the same id are
+an idempotent re-registration; different weights under an existing id are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mllgraph.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    MllgraphError,
+    NotFound,
+)
+from mllgraph.hub.preprocess import InputSpec
+from mllgraph.settings import Settings
+
+if TYPE_CHECKING:  # annotations only: load_model works without the neo4j driver
+    from mllgraph.graph.db import Graph
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+WNID_RE = re.compile(r"^[a-z]\d{8}$")
+BUILTINS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+MAX_HEADS = 100_000
+
+
+@dataclass
+class Registration:
+    """What a caller asks to register (the gRPC request and the CLI both build one)."""
+
+    name: str
+    version: str = "1"
+    arch: str = ""
+    builtin: str | None = None
+    weights_path: Path | None = None
+    weights_bytes: bytes | None = None
+    class_names: list[str] | None = None
+    wnids: list[str] | None = None
+    input_spec: InputSpec | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    record: dict[str, Any]
+    created: bool  # False: the identical model was already registered
+
+
+def model_id(name: str, version: str) -> str:
+    return f"{name}@{version}"
+
+
+def ensure_schema(graph: Graph) -> None:
+    graph.ensure_schema("hub/schema")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def blob_path(settings: Settings, sha256: str, suffix: str) -> Path:
+    return settings.model_store / "blobs" / sha256[:2] / f"{sha256}{suffix}"
+
+
+def model_dir(settings: Settings, mid: str) -> Path:
+    """Per-model files beside the weights (probe outputs)."""
+    return settings.model_store / "models" / mid.replace("/", "_")
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def get_model(graph: Graph, mid: str) -> dict[str, Any]:
+    rows = graph.read("hub/model_get", id=mid)
+    if not rows:
+        raise NotFound(f"model {mid!r} is not registered (ids look like 'name@version')")
+    return _plain(rows[0]["model"])
+
+
+def heads(graph: Graph, mid: str, top_k: int = 3) -> list[dict[str, Any]]:
+    get_model(graph, mid)
+    return graph.read("hub/model_heads", id=mid, top_k=top_k)
+
+
+def list_models(
+    graph: Graph,
+    *,
+    name: str | None = None,
+    arch: str | None = None,
+    covers: str | None = None,
+    min_score: float = 0.0,
+    limit: int = 50,
+    after: str | None = None,
+) -> list[dict[str, Any]]:
+    if limit < 1 or limit > 1000:
+        raise InvalidArgument(f"page_size must be between 1 and 1000, got {limit}")
+    if covers is not None:
+        from mllgraph.graph import sdag
+
+        covers = sdag.concept(graph, covers)["wnid"]
+    rows = graph.read(
+        "hub/models_list",
+        name_part=name or None,  # not `name`: Graph.read's first parameter is the file name
+        arch=arch or None,
+        covers=covers,
+        min_score=float(min_score),
+        limit=limit,
+        after=after or None,
+    )
+    return [_plain(r["model"]) for r in rows]
+
+
+def catalogue_version(graph: Graph) -> int:
+    return int(graph.read("hub/catalogue_version")[0]["version"])
+
+
+def _plain(node: dict[str, Any]) -> dict[str, Any]:
+    """Neo4j temporal values as ISO strings, the input spec as a dict."""
+    out = {}
+    for key, value in node.items():
+        out[key] = value.iso_format() if hasattr(value, "iso_format") else value
+    if isinstance(out.get("input_spec"), str):
+        out["input_spec"] = json.loads(out["input_spec"])
+    if isinstance(out.get("metadata"), str):
+        out["metadata"] = json.loads(out["metadata"])
+    return out
+
+
+def input_spec_of(record: dict[str, Any]) -> InputSpec:
+    return InputSpec.from_dict(record["input_spec"])
+
+
+# -- loading a registered model --------------------------------------------------------------
+
+
+def load_model(settings: Settings, record: dict[str, Any]):  # -> (nn.Module, InputSpec)
+    """Rebuild a registered model from the store (FailedPrecondition if its file is gone)."""
+    from mllgraph.hub import experts
+
+    path = Path(record["weights_path"])
+    if not path.is_file():
+        raise FailedPrecondition(
+            f"the weights of model {record['id']} are missing from the model store: {path}; "
+            "re-register it or restore the file"
+        )
+    spec = input_spec_of(record)
+    if record["arch"] in BUILTINS:
+        model, _, _ = experts.load_efficientnet_lite(record["arch"])
+    else:
+        model = experts.build_timm(record["arch"], record["num_classes"], spec.channels)
+        experts.load_weights(model, path)
+    return model.eval(), spec
+
+
+# -- registering -----------------------------------------------------------------------------
+
+
+Grounder = Callable[[str], str]  # class name -> wnid, raising InvalidArgument if it cannot
+
+
+def _validate_identity(reg: Registration) -> None:
+    if not NAME_RE.match(reg.name or ""):
+        raise InvalidArgument(
+            f"name {reg.name!r}: use 1-100 letters, digits, '.', '_' or '-' (starting with a "
+            "letter or digit)"
+        )
+    if not VERSION_RE.match(reg.version or ""):
+        raise InvalidArgument(f"version {reg.version!r}: use 1-32 letters, digits, '.', '_', '-'")
+    sources = [
+        s for s in (reg.builtin, reg.weights_path, reg.weights_bytes) if s not in (None, b"")
+    ]
+    if len(sources) != 1:
+        raise InvalidArgument(
+            "source: give exactly one of builtin, weights_path or weights_bytes "
+            f"(got {len(sources)})"
+        )
+    if reg.class_names and reg.wnids:
+        raise InvalidArgument("labels: give class_names or wnids, not both")
+    if len(reg.metadata) > 100 or any(
+        len(k) > 100 or len(v) > 2000 for k, v in reg.metadata.items()
+    ):
+        raise InvalidArgument("metadata: at most 100 entries, keys ≤ 100 and values ≤ 2000 chars")
+
+
+def _builtin(reg: Registration) -> tuple[Path, str, list[str], InputSpec]:
+    from mllgraph.hub import experts
+
+    if reg.builtin not in BUILTINS:
+        raise InvalidArgument(f"builtin {reg.builtin!r} is unknown; known: {', '.join(BUILTINS)}")
+    if reg.arch and reg.arch != reg.builtin:
+        raise InvalidArgument(f"arch {reg.arch!r} contradicts builtin {reg.builtin!r}")
+    if reg.class_names:
+        raise InvalidArgument(f"class_names: {reg.builtin} declares its ImageNet wnids itself")
+    spec, wnids = experts.EFFICIENTNET_LITE[reg.builtin].input_spec, experts.imagenet_wnids()
+    if reg.wnids and list(reg.wnids) != wnids:
+        raise InvalidArgument(f"wnids: {reg.builtin} declares the 1000 ImageNet-1k wnids in order")
+    path = experts.efficientnet_lite_weights_path(reg.builtin)
+    return path, reg.builtin, wnids, reg.input_spec or spec
+
+
+def _labels_to_wnids(
+    graph: Graph, reg: Registration, n_labels: int, ground: Grounder | None
+) -> tuple[list[str], list[str]]:
+    """(head labels, declared wnids), validating every one against the SDAG."""
+    if reg.wnids:
+        wnids = [w.strip() for w in reg.wnids]
+        bad = [f"#{i} {w!r}" for i, w in enumerate(wnids) if not WNID_RE.match(w)]
+        if bad:
+            raise InvalidArgument(f"wnids: not wnids like 'n02084071': {', '.join(bad[:5])}")
+        labels = list(wnids)
+    else:
+        labels = [n.strip() for n in reg.class_names or []]
+        if any(not n for n in labels):
+            raise InvalidArgument("class_names: an empty class name")
+        if ground is None:
+            raise FailedPrecondition("class_names need a grounding resolver")
+        wnids = [ground(n) for n in labels]  # raises InvalidArgument naming the class
+    found = set(graph.read("hub/concept_ids", wnids=sorted(set(wnids)))[0]["found"])
+    unknown = [f"#{i} {w}" for i, w in enumerate(wnids) if w not in found]
+    if unknown:
+        raise InvalidArgument(
+            f"wnids: unknown concept(s) {', '.join(unknown[:5])}; is the SDAG loaded "
+            "(`mllgraph sdag load`)?"
+        )
+    if reg.wnids:  # label heads with the concept's first lemma, readable in Cypher
+        names = {r["wnid"]: r["lemmas"][0] for r in graph.read("graph/concept", keys=sorted(found))}
+        labels = [names[w].replace("_", " ") for w in wnids]
+    return labels, wnids
+
+
+def register_model(
+    graph: Graph, settings: Settings, reg: Registration, ground: Grounder | None = None
+) -> RegisteredModel:
+    """Validate, store and write one model; see the module docstring for the guarantees."""
+    from mllgraph.hub import experts
+
+    _validate_identity(reg)
+    ensure_schema(graph)
+    mid = model_id(reg.name, reg.version)
+    with tempfile.TemporaryDirectory(prefix="mllgraph-register-") as tmp:
+        if reg.builtin:
+            path, arch, builtin_wnids, spec = _builtin(reg)
+            reg = Registration(**{**reg.__dict__, "wnids": builtin_wnids})
+            source, source_ref = "builtin", reg.builtin
+        else:
+            if not reg.arch:
+                raise InvalidArgument("arch: required (a timm model name) for uploaded weights")
+            arch = reg.arch
+            if reg.input_spec is None:
+                raise InvalidArgument("input_spec: required for uploaded weights")
+            spec = reg.input_spec
+            if reg.weights_bytes:
+                # Named by content: the loader picks safetensors or torch.load by suffix.
+                path = Path(tmp) / "weights.pt"
+                path.write_bytes(reg.weights_bytes)
+                if _is_safetensors(path):
+                    path = path.rename(path.with_suffix(".safetensors"))
+                source, source_ref = "upload", f"{len(reg.weights_bytes)} bytes"
+            else:
+                path = Path(reg.weights_path).expanduser()  # type: ignore[arg-type]
+                if not path.is_file():
+                    raise InvalidArgument(f"weights_path: no such file {path}")
+                source, source_ref = "file", str(path)
+        spec.validate()
+        sha = sha256_file(path)
+
+        existing = graph.read("hub/model_get", id=mid)
+        if existing:
+            record = _plain(existing[0]["model"])
+            if record["sha256"] == sha:
+                return RegisteredModel(record, created=False)
+            raise AlreadyExists(
+                f"model {mid} is already registered with other weights (sha256 "
+                f"{record['sha256'][:12]}…); versions are immutable: register a new version"
+            )
+
+        n_labels = len(reg.wnids or reg.class_names or [])
+        if n_labels == 0:
+            raise InvalidArgument("labels: give one class name or wnid per head, in logit order")
+        if n_labels > MAX_HEADS:
+            raise InvalidArgument(f"labels: {n_labels} heads is over the limit of {MAX_HEADS}")
+        # Load and run the model before touching the catalogue: bad weights, a spec the model
+        # cannot take, a forward that raises or a head count that differs all stop here.
+        if reg.builtin:
+            model, _, _ = experts.load_efficientnet_lite(reg.builtin)
+        else:
+            model = experts.build_timm(arch, n_labels, spec.channels)
+            try:
+                experts.load_weights(model, path)
+            except InvalidArgument as e:
+                if "does not fit" not in str(e):  # corrupt or refused: already clear
+                    raise
+                raise InvalidArgument(
+                    f"the weights do not fit {arch} built with {n_labels} heads (one per label "
+                    f"given) and {spec.channels} input channel(s) (input_spec.channels): {e}"
+                ) from e
+            except MllgraphError:
+                raise
+            except Exception as e:  # torch's unpicklers raise assorted errors on garbage
+                raise InvalidArgument(
+                    f"the weights file is corrupt or not a weights file: {type(e).__name__}: {e}"
+                ) from e
+        experts.check_forward(model, spec, n_labels)
+        labels, wnids = _labels_to_wnids(graph, reg, n_labels, ground)
+
+        suffix = ".safetensors" if _is_safetensors(path) else ".pt"
+        blob = blob_path(settings, sha, suffix)
+        new_blob = not blob.exists()
+        if new_blob:
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            part = blob.with_name(blob.name + ".part")
+            shutil.copyfile(path, part)
+            os.replace(part, blob)
+    props = {
+        "id": mid,
+        "name": reg.name,
+        "version": reg.version,
+        "arch": arch,
+        "source": source,
+        "source_ref": source_ref,
+        "sha256": sha,
+        "num_classes": n_labels,
+        "weights_path": str(blob),
+        "size_bytes": blob.stat().st_size,
+        "input_spec": json.dumps(spec.to_dict()),
+        "input_size": spec.size,
+        "input_channels": spec.channels,
+        "input_resize": spec.resize,
+        "input_crop_pct": spec.crop_pct,
+        "input_mean": list(spec.mean),
+        "input_std": list(spec.std),
+        "metadata": json.dumps(reg.metadata, sort_keys=True),
+    }
+    head_rows = [{"index": i, "label": labels[i], "wnid": wnids[i]} for i in range(n_labels)]
+    try:
+        row = graph.write("hub/model_create", model=props, heads=head_rows)[0]
+    except Exception:
+        if new_blob:
+            blob.unlink(missing_ok=True)
+        raise
+    return RegisteredModel(_plain(row["model"]), created=True)
+
+
+def _is_safetensors(path: Path) -> bool:
+    # safetensors starts with an 8-byte little-endian header length, then '{'.
+    with path.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+# -- deleting --------------------------------------------------------------------------------
+
+
+def delete_model(graph: Graph, settings: Settings, mid: str) -> dict[str, Any]:
+    """Remove a model, its heads and labels, its probe outputs, and its blob if unshared."""
+    record = get_model(graph, mid)
+    row = graph.write("hub/model_delete", id=mid)[0]
+    weights_removed = False
+    if graph.read("hub/sha256_in_use", sha256=record["sha256"])[0]["models"] == 0:
+        blob = Path(record["weights_path"])
+        if blob.is_file() and blob.is_relative_to(settings.model_store):
+            blob.unlink()
+            weights_removed = True
+    shutil.rmtree(model_dir(settings, mid), ignore_errors=True)
+    return {
+        "model_id": mid,
+        "deleted_heads": row["deleted_heads"],
+        "deleted_label_edges": row["deleted_labels"],
+        "weights_removed": weights_removed,
+        "catalogue_version": row["catalogue_version"],
+    }

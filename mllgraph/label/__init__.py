@@ -1,0 +1,13 @@
+"""Step 1, model labelling: what each head of an expert really recognises.
+
+In: one registered model, the hub's probe sets and the IS_A hierarchy above their concepts.
+Out: `(:Head)-[:LABELED {score, precision, recall, mean_prob, n_probe, method}]->(:Concept)`
+edges (measured, propagated up IS_A, and group labels for several heads together), the
+model's temperature, and its stored probe outputs (which selection simulates plans on).
+Adding a model costs one model's work: only its own rows are touched.
+
+- `measure`: the pure measurement (numpy/scipy, no I/O), exactly defined in its docstring.
+- `run`: the I/O around it: run the model on the probes, store outputs, write the edges.
+
+Graph statements: `cypher/label/`.
+"""

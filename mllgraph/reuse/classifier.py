@@ -1,0 +1,248 @@
+"""The plan classifier: one plan's experts run ONCE per batch, their heads combined.
+
+Every model of the plan runs on its own preprocessing (``preprocess`` with the model's stored
+``InputSpec``; models sharing a spec share the tensor), then :func:`mllgraph.reuse.rule.combine`
+(the one rule, shared with selection) gives the class probabilities. Uncovered classes get the
+VLM patch or the offline fallback (:mod:`mllgraph.reuse.vlm`). A prediction whose class is
+uncovered has ``used_fallback=True`` and no contributing heads; the uncovered class names are
+always reported (:attr:`PlanClassifier.uncovered_names`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mllgraph.errors import (
+    FailedPrecondition,
+)
+from mllgraph.hub.preprocess import InputSpec, preprocess
+from mllgraph.reuse.cache import (
+    LoadedModel,
+    ModelCache,
+    RecordSource,
+    lookup_record,
+)
+from mllgraph.reuse.rule import combine
+from mllgraph.reuse.vlm import (
+    VlmPatch,
+    fallback_evidence,
+)
+from mllgraph.select.plan import HeadInfo, parse_plan, plan_key
+from mllgraph.settings import Settings
+
+log = logging.getLogger("mllgraph.reuse.classifier")
+
+
+@dataclass
+class ModelTiming:
+    model_id: str
+    preprocess_ms: float = 0.0
+    forward_ms: float = 0.0
+    images: int = 0
+    precision: str = ""
+
+    def add(self, other: ModelTiming, share: float = 1.0) -> None:
+        self.preprocess_ms += other.preprocess_ms * share
+        self.forward_ms += other.forward_ms * share
+        self.images += other.images if share == 1.0 else round(other.images * share)
+        self.precision = other.precision or self.precision
+
+
+@dataclass
+class PredictionResult:
+    class_index: int
+    class_name: str
+    probability: float
+    probabilities: np.ndarray  # (K,) float64, sums to 1
+    contributing_heads: tuple[HeadInfo, ...]
+    used_fallback: bool
+
+
+@dataclass
+class BatchRun:
+    """One or more model passes over a list of images."""
+
+    results: list[PredictionResult]
+    timings: dict[str, ModelTiming] = field(default_factory=dict)
+    logits: dict[str, np.ndarray] = field(default_factory=dict)  # kept when asked for
+
+    def extend(self, other: BatchRun) -> None:
+        self.results.extend(other.results)
+        for mid, t in other.timings.items():
+            self.timings.setdefault(mid, ModelTiming(mid)).add(t)
+        for mid, arr in other.logits.items():
+            self.logits[mid] = (
+                np.concatenate([self.logits[mid], arr]) if mid in self.logits else arr
+            )
+
+
+class PlanClassifier:
+    """Classify images with one plan (see module doc). Reusable and thread-safe."""
+
+    def __init__(
+        self,
+        plan_document: Mapping[str, Any],
+        graph_or_records: RecordSource,
+        settings: Settings,
+        cache: ModelCache,
+        vlm: VlmPatch | None = None,
+    ) -> None:
+        self.document = dict(plan_document)
+        self.plan = parse_plan(plan_document)
+        self.settings = settings
+        self.cache = cache
+        self.vlm = vlm
+        # Batches only ever mix requests of the same plan content (and VLM).
+        self.key = f"{self.plan.plan_id or 'inline'}:{plan_key(plan_document)}"
+        if vlm is not None:
+            self.key += f":{vlm.name}:{id(vlm):x}"
+        self.records: dict[str, dict[str, Any]] = {}
+        for mid in self.plan.models:
+            record = lookup_record(graph_or_records, mid)
+            used = max(
+                max(g.heads) for a in self.plan.assignment for g in a.groups if g.model_id == mid
+            )
+            if int(record.get("num_classes", used + 1)) <= used:
+                raise FailedPrecondition(
+                    f"the plan uses head {used} of model {mid}, which has "
+                    f"{record.get('num_classes')} heads: the plan is stale, select again"
+                )
+            self.records[mid] = record
+        self._heads = self._contributing_heads()
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.plan.class_names
+
+    @property
+    def uncovered(self) -> list[int]:
+        return self.plan.uncovered
+
+    @property
+    def uncovered_names(self) -> list[str]:
+        return [self.plan.class_names[c] for c in self.plan.uncovered]
+
+    @property
+    def fallback_rule(self) -> str:
+        """ "none" (all covered), "vlm" or "constant"."""
+        if not self.uncovered:
+            return "none"
+        return "vlm" if self.vlm is not None else "constant"
+
+    def _contributing_heads(self) -> list[tuple[HeadInfo, ...]]:
+        out = []
+        for a, listed in zip(self.plan.assignment, self.plan.heads, strict=True):
+            by_key = {(h.model_id, h.head_index): h for h in listed}
+            heads = []
+            for g in a.groups:
+                version = str(self.records[g.model_id].get("version", ""))
+                for h in g.heads:
+                    heads.append(
+                        by_key.get(
+                            (g.model_id, h),
+                            HeadInfo(g.model_id, version, h, "", g.label_score, ""),
+                        )
+                    )
+            out.append(tuple(heads))
+        return out
+
+    # The batcher calls run_batch; classify is the direct library entry point.
+    def classify(self, images: Sequence[np.ndarray]) -> list[PredictionResult]:
+        return self.run_batch(images).results
+
+    def run_batch(self, images: Sequence[np.ndarray], *, keep_logits: bool = False) -> BatchRun:
+        images = list(images)
+        if not images:
+            return BatchRun([])
+        logits, timings = self.model_logits(images)
+        extra, vlm_timing = self._extra_evidence(images)
+        if vlm_timing is not None:
+            timings[vlm_timing.model_id] = vlm_timing
+        probs = combine(logits, self.plan.assignment, self.plan.params, extra_evidence=extra)
+        results = self._results(probs)
+        return BatchRun(results, timings, logits if keep_logits else {})
+
+    def model_logits(
+        self, images: Sequence[np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], dict[str, ModelTiming]]:
+        """Every plan model once over `images`: {model: float32 logits (N, H)}, timings."""
+        logits: dict[str, np.ndarray] = {}
+        timings: dict[str, ModelTiming] = {}
+        inputs: dict[InputSpec, torch.Tensor] = {}
+        for mid in self.plan.models:
+            item = self.cache.get(self.records[mid])
+            t0 = time.perf_counter()
+            x = inputs.get(item.spec)
+            if x is None:
+                x = preprocess(images, item.spec, device=item.device)
+                inputs[item.spec] = x
+            _sync(item.device)
+            t1 = time.perf_counter()
+            out = self._forward(item, x)
+            t2 = time.perf_counter()
+            logits[mid] = out
+            timings[mid] = ModelTiming(
+                mid, (t1 - t0) * 1000, (t2 - t1) * 1000, len(images), item.precision
+            )
+        return logits, timings
+
+    def _forward(self, item: LoadedModel, x: torch.Tensor) -> np.ndarray:
+        def run() -> torch.Tensor:
+            xi = x.to(item.dtype)
+            if item.channels_last:
+                xi = xi.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                return item.module(xi).float()
+
+        out = run()
+        if item.dtype != torch.float32 and not bool(torch.isfinite(out).all()):
+            self.cache.demote_to_fp32(item)
+            out = run()
+        if out.ndim != 2 or out.shape[0] != x.shape[0]:
+            raise FailedPrecondition(
+                f"model {item.model_id} returned logits of shape {tuple(out.shape)} for "
+                f"{x.shape[0]} images"
+            )
+        return out.cpu().numpy()
+
+    def _extra_evidence(
+        self, images: Sequence[np.ndarray]
+    ) -> tuple[dict[int, np.ndarray], ModelTiming | None]:
+        if not self.uncovered:
+            return {}, None
+        if self.vlm is None:
+            return fallback_evidence(len(images), self.uncovered), None
+        t0 = time.perf_counter()
+        extra = self.vlm.evidence(images, self.class_names, self.uncovered)
+        ms = (time.perf_counter() - t0) * 1000
+        precision = "fp16" if self.vlm.dtype == torch.float16 else "fp32"
+        return extra, ModelTiming(self.vlm.name, 0.0, ms, len(images), precision)
+
+    def _results(self, probs: np.ndarray) -> list[PredictionResult]:
+        out = []
+        covered = [bool(a.groups) for a in self.plan.assignment]
+        for row in probs:
+            c = int(np.argmax(row))
+            out.append(
+                PredictionResult(
+                    class_index=c,
+                    class_name=self.plan.class_names[c],
+                    probability=float(row[c]),
+                    probabilities=row,
+                    contributing_heads=self._heads[c],
+                    used_fallback=not covered[c],
+                )
+            )
+        return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

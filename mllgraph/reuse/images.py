@@ -1,0 +1,109 @@
+"""Images in: PNG/JPEG bytes or raw pixel arrays, to uint8 (H, W) gray or (H, W, 3) RGB.
+
+Malformed input is ``InvalidArgument``; an image over the configured pixel limit
+(``Settings.infer_max_image_pixels``) is ``ResourceExhausted``, like a request over the
+image-count limit: both are well-formed requests that ask for more work than this server is
+configured to do (the proto documents RESOURCE_EXHAUSTED for "batch too large").
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from mllgraph.errors import (
+    InvalidArgument,
+    ResourceExhausted,
+)
+
+
+def _check_pixels(h: int, w: int, max_pixels: int, where: str) -> None:
+    if h < 1 or w < 1:
+        raise InvalidArgument(f"{where}: the image is empty ({h}x{w} pixels)")
+    if h * w > max_pixels:
+        raise ResourceExhausted(
+            f"{where}: {w}x{h} = {h * w:,} pixels is over this server's limit of "
+            f"{max_pixels:,} pixels per image; downscale it"
+        )
+
+
+def decode_image(encoded: bytes, *, max_pixels: int, where: str = "image") -> np.ndarray:
+    """PNG or JPEG bytes -> uint8 (H, W) gray or (H, W, 3) RGB.
+
+    Gray (1-bit, 8-bit, 16-bit, with or without alpha) stays (H, W); RGB, RGBA, palette and
+    CMYK become (H, W, 3) (alpha dropped). JPEG EXIF orientation is applied. The size is
+    checked against `max_pixels` from the header, before any pixel is decoded.
+    """
+    if not encoded:
+        raise InvalidArgument(f"{where}: the encoded image is empty (0 bytes)")
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        im = Image.open(io.BytesIO(encoded), formats=["PNG", "JPEG"])
+    except Image.DecompressionBombError as e:
+        raise ResourceExhausted(f"{where}: {e}") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise InvalidArgument(
+            f"{where}: {len(encoded)} bytes are not a PNG or JPEG image ({e.__class__.__name__})"
+        ) from e
+    w, h = im.size
+    _check_pixels(h, w, max_pixels, where)
+    try:
+        im = ImageOps.exif_transpose(im) or im
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.int64)
+            scale = 65535 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255
+            return np.clip(np.rint(arr * (255.0 / scale)), 0, 255).astype(np.uint8)
+        if im.mode in ("1", "L", "LA", "F"):
+            return np.asarray(im.convert("L"), dtype=np.uint8).copy()
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except Image.DecompressionBombError as e:
+        raise ResourceExhausted(f"{where}: {e}") from e
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt pixel data
+        raise InvalidArgument(f"{where}: the image data is corrupt or truncated ({e})") from e
+
+
+def raw_image(
+    data: bytes,
+    shape: Sequence[int],
+    dtype: str,
+    *,
+    max_pixels: int | None = None,
+    where: str = "image",
+) -> np.ndarray:
+    """A raw C-order pixel array -> uint8 (H, W) or (H, W, 3).
+
+    `shape` is [H, W] or [H, W, C] with C 1 or 3; `dtype` "uint8" (0..255) or "float32"
+    (little-endian, values in [0, 1], rounded to 0..255). `max_pixels` None: no limit.
+    """
+    shape = [int(s) for s in shape]
+    if len(shape) not in (2, 3):
+        raise InvalidArgument(
+            f"{where}: raw shape {shape} must be [height, width] or [height, width, channels]"
+        )
+    if len(shape) == 3 and shape[2] not in (1, 3):
+        raise InvalidArgument(f"{where}: raw shape {shape} has {shape[2]} channels; use 1 or 3")
+    if min(shape) < 1:
+        raise InvalidArgument(f"{where}: raw shape {shape} is empty")
+    _check_pixels(shape[0], shape[1], max_pixels or shape[0] * shape[1], where)
+    if dtype not in ("uint8", "float32"):
+        raise InvalidArgument(f"{where}: raw dtype {dtype!r}; use 'uint8' or 'float32'")
+    np_dtype = np.dtype("<f4") if dtype == "float32" else np.dtype(np.uint8)
+    expected = math.prod(shape) * np_dtype.itemsize
+    if len(data) != expected:
+        raise InvalidArgument(
+            f"{where}: raw data has {len(data)} bytes but shape {shape} of {dtype} needs {expected}"
+        )
+    arr = np.frombuffer(data, dtype=np_dtype).reshape(shape)
+    if dtype == "float32":
+        if not np.all(np.isfinite(arr)) or arr.min() < 0.0 or arr.max() > 1.0:
+            raise InvalidArgument(f"{where}: float32 pixels must be finite and in [0, 1]")
+        arr = np.rint(arr * 255.0).astype(np.uint8)
+    else:
+        arr = arr.copy()
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    return arr

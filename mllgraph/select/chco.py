@@ -1,0 +1,960 @@
+"""Classification Head Combination Optimization (CHCO). Pure numpy/scipy, no I/O.
+
+Given candidate head groups per task class and the stored logits of every model on probe
+images of the task's concepts, choose at most one candidate per class, using at most
+``budget`` distinct models, so that the combination rule of :mod:`mllgraph.reuse.rule`
+(parameter-free form) classifies the probe images best.
+
+Search space: every class takes one of its candidates or none (uncovered). "None" is allowed
+for every class, not only for classes without candidates, because a budget can make covering
+all classes impossible and because a bad candidate can steal images from good ones; the
+tie-break below still prefers covering a class when accuracy is equal.
+
+Objective and tie-break (both solvers): maximise the number of probe images whose argmax
+class is right; then higher mean label score (uncovered = 0); then fewer models; then lower
+total ``model_cost``; then the lexicographically smallest sorted model-id list; then (exact
+solver only) the first assignment in enumeration order.
+
+Every class's score column depends only on its own candidate, so each candidate's score
+vector (N,) is computed once; an assignment's accuracy is an argmax over the (N, K) matrix
+of its columns. The heuristic keeps the top-2 classes of every image so that replacing one
+column is evaluated for all options of that class at once, exactly (argmax semantics
+included), in O(options x N).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mllgraph.errors import InvalidArgument
+from mllgraph.reuse.rule import (
+    QUALITY_FLOOR,
+    UNCOVERED_SCORE,
+    ClassAssignment,
+    CombinationParams,
+    HeadGroup,
+    accuracy,
+    combine,
+    default_params,
+    fit_params,
+    group_evidence,
+    model_probabilities,
+    per_class_accuracy,
+    score_column,
+)
+
+DEFAULT_EXACT_LIMIT = 200_000
+# Scores gathered per exact-search chunk (chunk x K x N floats): bounds memory at ~32 MB.
+_EXACT_CHUNK_ELEMENTS = 4_000_000
+# Candidate x image block of the heuristic's batched first-order pass.
+_DENSE_CHUNK_ELEMENTS = 2_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# Data types.
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to cover task class ``class_index``: a head group of one model."""
+
+    class_index: int
+    group: HeadGroup
+
+    def __post_init__(self) -> None:
+        ci = self.class_index
+        if isinstance(ci, bool) or not isinstance(ci, int | np.integer) or ci < 0:
+            raise InvalidArgument(f"Candidate.class_index is {ci!r}; expected an int >= 0")
+        if not isinstance(self.group, HeadGroup):
+            raise InvalidArgument(f"Candidate.group is a {type(self.group).__name__}")
+        object.__setattr__(self, "class_index", int(ci))
+
+    def sort_key(self) -> tuple[Any, ...]:
+        g = self.group
+        return (self.class_index, g.model_id, g.heads, g.kind, g.label_score)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"class_index": self.class_index, "group": self.group.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Candidate:
+        if not isinstance(d, Mapping) or "class_index" not in d or "group" not in d:
+            raise InvalidArgument("Candidate needs class_index and group")
+        return cls(d["class_index"], HeadGroup.from_dict(d["group"]))
+
+
+@dataclass(frozen=True, eq=False)
+class ChcoProblem:
+    """A CHCO instance: candidates, probe logits per model and the probes' task-class labels.
+
+    Candidates are deduplicated and sorted on construction, so their input order never
+    changes the plan. ``model_cost`` (missing models cost 0) only breaks ties.
+    """
+
+    num_classes: int
+    candidates: list[Candidate]
+    logits_by_model: dict[str, np.ndarray]
+    labels: np.ndarray
+    temperatures: dict[str, float]
+    budget: int
+    model_cost: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        k = self.num_classes
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise InvalidArgument(f"num_classes is {k!r}; expected an int >= 1")
+        b = self.budget
+        if isinstance(b, bool) or not isinstance(b, int | np.integer) or b < 1:
+            raise InvalidArgument(f"budget is {b!r}; expected an int >= 1 (max distinct models)")
+        labels = np.asarray(self.labels)
+        if labels.ndim != 1 or labels.size == 0:
+            raise InvalidArgument(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise InvalidArgument(f"labels must be integers, got dtype {labels.dtype}")
+        if labels.min() < 0 or labels.max() >= k:
+            raise InvalidArgument(
+                f"labels must lie in 0..{k - 1}, got range {labels.min()}..{labels.max()}"
+            )
+        labels = labels.astype(np.int64)
+        labels.setflags(write=False)
+        n = labels.size
+        logits: dict[str, np.ndarray] = {}
+        for model_id in sorted(self.logits_by_model):
+            arr = np.asarray(self.logits_by_model[model_id])
+            if arr.ndim != 2 or arr.shape[1] < 1:
+                raise InvalidArgument(
+                    f"logits_by_model[{model_id!r}] must be (N, H) with H >= 1, got {arr.shape}"
+                )
+            if arr.shape[0] != n:
+                raise InvalidArgument(
+                    f"logits_by_model[{model_id!r}] has {arr.shape[0]} rows but labels has {n}"
+                )
+            if not np.issubdtype(arr.dtype, np.floating):
+                arr = arr.astype(np.float64)
+            logits[model_id] = arr
+        cands: dict[tuple[Any, ...], Candidate] = {}
+        for c in self.candidates:
+            if not isinstance(c, Candidate):
+                raise InvalidArgument(f"candidates holds a {type(c).__name__}, not a Candidate")
+            if c.class_index >= k:
+                raise InvalidArgument(
+                    f"candidate class_index {c.class_index} is outside 0..{k - 1}"
+                )
+            m = c.group.model_id
+            if m not in logits:
+                raise InvalidArgument(f"candidate for class {c.class_index}: unknown model {m!r}")
+            h = logits[m].shape[1]
+            if max(c.group.heads) >= h:
+                raise InvalidArgument(
+                    f"candidate for class {c.class_index}: head {max(c.group.heads)} is out of "
+                    f"range for model {m!r} with {h} heads"
+                )
+            cands.setdefault(c.sort_key(), c)
+        used = {c.group.model_id for c in cands.values()}
+        for m in sorted(used):
+            if not np.all(np.isfinite(logits[m])):
+                raise InvalidArgument(f"logits_by_model[{m!r}] has non-finite values")
+        temps: dict[str, float] = {}
+        for m in sorted(self.temperatures):
+            t = float(self.temperatures[m])
+            if not (math.isfinite(t) and t > 0):
+                raise InvalidArgument(f"temperatures[{m!r}] is {t}; expected > 0")
+            temps[m] = t
+        costs: dict[str, float] | None = None
+        if self.model_cost is not None:
+            costs = {}
+            for m in sorted(self.model_cost):
+                v = float(self.model_cost[m])
+                if not (math.isfinite(v) and v >= 0):
+                    raise InvalidArgument(f"model_cost[{m!r}] is {v}; expected >= 0")
+                costs[m] = v
+        object.__setattr__(self, "num_classes", int(k))
+        object.__setattr__(self, "budget", int(b))
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "logits_by_model", logits)
+        object.__setattr__(self, "candidates", [cands[key] for key in sorted(cands)])
+        object.__setattr__(self, "temperatures", temps)
+        object.__setattr__(self, "model_cost", costs)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.labels.size)
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """The chosen heads per class, the rule's parameters and the estimate on the probes.
+
+    ``per_class_accuracy`` is recall per class (NaN for a class without probe images;
+    ``None`` in JSON). ``evaluated`` counts assignments (exact) or option evaluations
+    (heuristic).
+    """
+
+    assignment: list[ClassAssignment]
+    params: CombinationParams
+    estimated_accuracy: float
+    per_class_accuracy: list[float]
+    uncovered: list[int]
+    models: list[str]
+    solver: str
+    evaluated: int
+
+    @property
+    def balanced_accuracy(self) -> float:
+        vals = [x for x in self.per_class_accuracy if not math.isnan(x)]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "assignment": [a.to_dict() for a in self.assignment],
+            "params": self.params.to_dict(),
+            "estimated_accuracy": self.estimated_accuracy,
+            "per_class_accuracy": [None if math.isnan(x) else x for x in self.per_class_accuracy],
+            "uncovered": list(self.uncovered),
+            "models": list(self.models),
+            "solver": self.solver,
+            "evaluated": self.evaluated,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Plan:
+        keys = ("assignment", "params", "estimated_accuracy", "per_class_accuracy")
+        keys += ("uncovered", "models", "solver", "evaluated")
+        if not isinstance(d, Mapping):
+            raise InvalidArgument("Plan must be an object")
+        for key in keys:
+            if key not in d:
+                raise InvalidArgument(f"Plan.{key} is missing")
+        return cls(
+            assignment=[ClassAssignment.from_dict(a) for a in d["assignment"]],
+            params=CombinationParams.from_dict(d["params"]),
+            estimated_accuracy=float(d["estimated_accuracy"]),
+            per_class_accuracy=[
+                float("nan") if x is None else float(x) for x in d["per_class_accuracy"]
+            ],
+            uncovered=[int(c) for c in d["uncovered"]],
+            models=[str(m) for m in d["models"]],
+            solver=str(d["solver"]),
+            evaluated=int(d["evaluated"]),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Plan):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+# ---------------------------------------------------------------------------------------------
+# Precomputation shared by both solvers.
+
+
+@dataclass
+class _Prepared:
+    """Candidates in sorted order, grouped by class, with their score vectors."""
+
+    problem: ChcoProblem
+    k: int
+    n: int
+    labels: np.ndarray  # (N,)
+    cands: list[Candidate]  # sorted by (class, model, heads, ...)
+    start: np.ndarray  # (K+1,) candidates of class c are start[c]:start[c+1]
+    model_ids: list[str]  # sorted models that have candidates
+    cand_class: np.ndarray  # (C,) class index
+    cand_model: np.ndarray  # (C,) index into model_ids
+    cand_label: np.ndarray  # (C,) label scores
+    scores: np.ndarray  # (C, N) default-rule score column of each candidate
+    none_row: np.ndarray  # (1, N) the uncovered score
+    cost: np.ndarray  # (M,) model costs
+    images_of: list[np.ndarray]  # image rows per class
+    own_cand: np.ndarray  # pairs (candidate, image of the candidate's class) ...
+    own_img: np.ndarray  # ... for the batched first-order evaluation
+    pair_start: np.ndarray  # starts of runs of equal (class, model) in cands
+    pair_model: np.ndarray  # model index of each run
+
+
+def _prepare(problem: ChcoProblem) -> _Prepared:
+    cands = problem.candidates  # already sorted and unique
+    k, n = problem.num_classes, problem.num_images
+    model_ids = sorted({c.group.model_id for c in cands})
+    mindex = {m: i for i, m in enumerate(model_ids)}
+    cand_class = np.array([c.class_index for c in cands], dtype=np.int64)
+    cand_model = np.array([mindex[c.group.model_id] for c in cands], dtype=np.int64)
+    cand_label = np.array([c.group.label_score for c in cands], dtype=np.float64)
+    start = np.searchsorted(cand_class, np.arange(k + 1), side="left")
+    scores = np.empty((len(cands), n))
+    by_model: dict[str, list[int]] = {}
+    for i, c in enumerate(cands):
+        by_model.setdefault(c.group.model_id, []).append(i)
+    for m in model_ids:
+        # One softmax per model, shared by all its candidates (the per-model cache).
+        probs = model_probabilities(problem.logits_by_model[m], problem.temperatures.get(m, 1.0))
+        for i in by_model[m]:
+            g = cands[i].group
+            # Same float ops as combine() with default_params(): weight 1, bias log(q).
+            bias = math.log(max(float(np.mean([g.label_score])), QUALITY_FLOOR))
+            scores[i] = score_column(group_evidence(probs, g.heads), np.float64(1.0), bias)
+    costs = problem.model_cost or {}
+    cost = np.array([costs.get(m, 0.0) for m in model_ids], dtype=np.float64)
+    order = np.argsort(problem.labels, kind="stable")
+    bounds = np.searchsorted(problem.labels[order], np.arange(k + 1))
+    images_of = [order[bounds[c] : bounds[c + 1]] for c in range(k)]
+    own_cand, own_img = _class_pairs(start, problem.labels, np.arange(n))
+    if cands:
+        change = np.flatnonzero(
+            (np.diff(cand_class) != 0) | (np.diff(cand_model) != 0)
+        )  # runs of one (class, model)
+        pair_start = np.concatenate([[0], change + 1])
+    else:
+        pair_start = np.zeros(0, dtype=np.int64)
+    return _Prepared(
+        problem=problem,
+        k=k,
+        n=n,
+        labels=problem.labels,
+        cands=cands,
+        start=start,
+        model_ids=model_ids,
+        cand_class=cand_class,
+        cand_model=cand_model,
+        cand_label=cand_label,
+        scores=scores,
+        none_row=np.full((1, n), UNCOVERED_SCORE),
+        cost=cost,
+        images_of=images_of,
+        own_cand=own_cand,
+        own_img=own_img,
+        pair_start=pair_start,
+        pair_model=cand_model[pair_start],
+    )
+
+
+def _class_pairs(
+    start: np.ndarray, classes: np.ndarray, images: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """All (candidate, image) pairs where the candidate belongs to the image's given class."""
+    first = start[classes]
+    cnt = start[classes + 1] - first
+    total = int(cnt.sum())
+    img = np.repeat(images, cnt)
+    offset = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    return np.repeat(first, cnt) + offset, img
+
+
+def exact_search_size(problem: ChcoProblem) -> int:
+    """Number of assignments the exact solver enumerates: prod over classes of (#candidates+1)."""
+    counts = np.bincount([c.class_index for c in problem.candidates], minlength=problem.num_classes)
+    return math.prod(int(x) + 1 for x in counts)
+
+
+def _label_sum(labels: np.ndarray) -> float:
+    """Order-independent sum, so equal multisets of label scores compare equal."""
+    return math.fsum(sorted(float(x) for x in labels))
+
+
+def _make_plan(prep: _Prepared, choice: np.ndarray, solver: str, evaluated: int) -> Plan:
+    problem = prep.problem
+    assignment = [
+        ClassAssignment(c, (prep.cands[int(i)].group,) if i >= 0 else ())
+        for c, i in enumerate(choice)
+    ]
+    models = sorted({a.groups[0].model_id for a in assignment if a.groups})
+    temps = {m: problem.temperatures[m] for m in models if m in problem.temperatures}
+    params = default_params(assignment, temps)
+    probs = combine(problem.logits_by_model, assignment, params)
+    return Plan(
+        assignment=assignment,
+        params=params,
+        estimated_accuracy=accuracy(probs, problem.labels),
+        per_class_accuracy=per_class_accuracy(probs, problem.labels),
+        uncovered=[c for c, i in enumerate(choice) if i < 0],
+        models=models,
+        solver=solver,
+        evaluated=int(evaluated),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact solver.
+
+
+def solve_exact(problem: ChcoProblem, *, limit: int = DEFAULT_EXACT_LIMIT) -> Plan:
+    """Enumerate every assignment (one candidate or none per class) within the budget.
+
+    Raises InvalidArgument when there are more than ``limit`` assignments.
+    """
+    size = exact_search_size(problem)
+    if size > limit:
+        raise InvalidArgument(
+            f"exact search space has {size} assignments, over the limit of {limit}; "
+            "use solve_heuristic (or solve) for this problem"
+        )
+    prep = _prepare(problem)
+    k, n = prep.k, prep.n
+    sizes = [int(prep.start[c + 1] - prep.start[c]) + 1 for c in range(k)]
+    none = len(prep.cands)  # row index of the uncovered score in `ext`
+    opt_ids = [np.append(np.arange(prep.start[c], prep.start[c + 1]), none) for c in range(k)]
+    ext = np.vstack([prep.scores, prep.none_row])
+    ext_model = np.append(prep.cand_model, -1)
+    ext_label = np.append(prep.cand_label, 0.0)
+    ext_cost = np.append(prep.cost, 0.0)
+    chunk = max(1, _EXACT_CHUNK_ELEMENTS // max(1, k * n))
+    best_key: tuple[int, float, int, float] | None = None
+    finalists: list[np.ndarray] = []
+    evaluated = 0
+    for lo in range(0, size, chunk):
+        flat = np.arange(lo, min(size, lo + chunk))
+        opts = np.unravel_index(flat, sizes)
+        cand = np.stack([opt_ids[c][opts[c]] for c in range(k)])  # (K, B)
+        mdl = np.sort(ext_model[cand], axis=0)
+        new = np.ones_like(mdl, dtype=bool)
+        new[1:] = mdl[1:] != mdl[:-1]
+        new &= mdl >= 0
+        n_models = new.sum(axis=0)
+        valid = n_models <= problem.budget
+        if not valid.any():
+            continue
+        cand, mdl, new, n_models, flat = (
+            cand[:, valid],
+            mdl[:, valid],
+            new[:, valid],
+            n_models[valid],
+            flat[valid],
+        )
+        evaluated += flat.size
+        pred = ext[cand.T].argmax(axis=1)  # (B, N); first index on ties, like combine
+        correct = (pred == prep.labels).sum(axis=1)
+        # Sorted before summing so that equal multisets give bit-equal sums.
+        label_sum = np.sort(ext_label[cand], axis=0).sum(axis=0)
+        cost_sum = np.where(new, ext_cost[mdl], 0.0).sum(axis=0)
+        order = np.lexsort((flat, cost_sum, n_models, -label_sum, -correct))
+        b = order[0]
+        key = (int(correct[b]), float(label_sum[b]), int(n_models[b]), float(cost_sum[b]))
+        tied = (
+            (correct == correct[b])
+            & (label_sum == label_sum[b])
+            & (n_models == n_models[b])
+            & (cost_sum == cost_sum[b])
+        )
+        if best_key is None or _better_exact(key, best_key):
+            best_key, finalists = key, [flat[tied]]
+        elif key == best_key:
+            finalists.append(flat[tied])
+    if best_key is None:  # unreachable: all-uncovered is always within the budget
+        raise InvalidArgument("no assignment fits the budget")
+    flats = np.concatenate(finalists)
+
+    def model_tuple(f: int) -> tuple[str, ...]:
+        opts = np.unravel_index(f, sizes)
+        ids = {int(ext_model[opt_ids[c][opts[c]]]) for c in range(k)} - {-1}
+        return tuple(prep.model_ids[i] for i in sorted(ids))
+
+    best_flat = min((int(f) for f in flats), key=lambda f: (model_tuple(f), f))
+    opts = np.unravel_index(best_flat, sizes)
+    choice = np.array([opt_ids[c][opts[c]] for c in range(k)], dtype=np.int64)
+    choice[choice == none] = -1
+    return _make_plan(prep, choice, "exact", evaluated)
+
+
+def _better_exact(a: tuple[int, float, int, float], b: tuple[int, float, int, float]) -> bool:
+    """More correct, then higher label sum, then fewer models, then lower cost."""
+    return (a[0], a[1], -a[2], -a[3]) > (b[0], b[1], -b[2], -b[3])
+
+
+# ---------------------------------------------------------------------------------------------
+# Heuristic solver.
+
+
+def _top2(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 2 best (value, class) per row in argmax order (higher value, then lower index).
+
+    A missing second entry (K = 1) is (-inf, K): every real score is finite, so the sentinel
+    never ties with one and its index is never a label.
+    """
+    rows, k = z.shape
+    vals = np.full((rows, 2), -np.inf)
+    idx = np.full((rows, 2), k, dtype=np.int64)
+    if rows == 0:
+        return vals, idx
+    r = np.arange(rows)
+    a = z.argmax(axis=1)
+    vals[:, 0] = z[r, a]
+    idx[:, 0] = a
+    if k > 1:
+        work = z.copy()
+        work[r, a] = -np.inf
+        b = work.argmax(axis=1)
+        vals[:, 1] = work[r, b]
+        idx[:, 1] = b
+    return vals, idx
+
+
+class _State:
+    """A current assignment, its (N, K) score matrix and each image's top-2 classes.
+
+    Replacing class c's column by v changes an image i (label y) as follows, with argmax
+    semantics (ties go to the lower index):
+    - y == c: right iff v beats the best other column (top1, or top2 when top1 is c);
+    - y != c: right iff y beats every column but c (i.e. i is right now, or top1 is c and
+      top2 is y) and y beats v.
+    So top-2 suffices, and all options of a class are scored in one O(options x N) pass.
+    """
+
+    def __init__(self, prep: _Prepared) -> None:
+        self.p = prep
+        self.choice = np.full(prep.k, -1, dtype=np.int64)
+        self.z = np.full((prep.n, prep.k), UNCOVERED_SCORE)
+        self.zy = np.full(prep.n, UNCOVERED_SCORE)  # each image's own-class score
+        self.top_val, self.top_idx = _top2(self.z)
+        self._recount()
+        self.evaluated = 0
+
+    def _recount(self) -> None:
+        self.correct = self.top_idx[:, 0] == self.p.labels
+        self.count = int(self.correct.sum())
+
+    def label_of(self, cand: int) -> float:
+        return 0.0 if cand < 0 else float(self.p.cand_label[cand])
+
+    def key(self) -> tuple[int, float]:
+        chosen = self.choice[self.choice >= 0]
+        return self.count, _label_sum(self.p.cand_label[chosen])
+
+    def models(self) -> set[int]:
+        return {int(self.p.cand_model[i]) for i in self.choice if i >= 0}
+
+    def totals(self, c: int, v: np.ndarray) -> np.ndarray:
+        """Correct-image count if class c's column were each row of v (n_opts, N)."""
+        p = self.p
+        self.evaluated += v.shape[0]
+        y = p.labels
+        t1, t2 = self.top_idx[:, 0], self.top_idx[:, 1]
+        # Ties are folded into strict comparisons: x >= t <=> x > nextafter(t, -inf), etc.
+        ic = p.images_of[c]
+        other_first = t1[ic] != c
+        mv = np.where(other_first, self.top_val[ic, 0], self.top_val[ic, 1])
+        mi = np.where(other_first, t1[ic], t2[ic])
+        own_thr = np.where(c < mi, np.nextafter(mv, -np.inf), mv)  # c wins ties vs higher
+        oth = np.flatnonzero((self.correct | ((t1 == c) & (t2 == y))) & (y != c))
+        zy = self.zy[oth]
+        oth_thr = np.where(y[oth] < c, np.nextafter(zy, np.inf), zy)  # y wins ties vs higher
+        return (v[:, ic] > own_thr).sum(axis=1) + (v[:, oth] < oth_thr).sum(axis=1)
+
+    def first_order(self) -> np.ndarray:
+        """(C,) correct counts if each candidate alone replaced its class's column.
+
+        The same rule as :meth:`totals`, batched over all candidates: own-class images via
+        precomputed (candidate, image) pairs, images right now densely (chunked), images
+        blocked only by their top-1 class via pairs with that class's candidates.
+        """
+        p = self.p
+        s, cls, y = p.scores, p.cand_class, p.labels
+        self.evaluated += cls.size
+        t1, t2 = self.top_idx[:, 0], self.top_idx[:, 1]
+        other_first = t1 != y
+        mv = np.where(other_first, self.top_val[:, 0], self.top_val[:, 1])
+        mi = np.where(other_first, t1, t2)
+        pc, pi = p.own_cand, p.own_img
+        val = s[pc, pi]
+        own = (val > mv[pi]) | ((val == mv[pi]) & (cls[pc] < mi[pi]))
+        # The dense pass below also counts right own-class images (as "v < zy"): remove them.
+        own_right_now = self.correct[pi] & (val < self.zy[pi])
+        total = np.bincount(pc, weights=own.astype(np.float64) - own_right_now, minlength=cls.size)
+        corr = np.flatnonzero(self.correct)
+        step = max(1, _DENSE_CHUNK_ELEMENTS // max(1, cls.size))
+        for lo in range(0, corr.size, step):
+            idx = corr[lo : lo + step]
+            sc, zy = s[:, idx], self.zy[idx]
+            b = sc < zy
+            eq = sc == zy
+            if eq.any():  # y wins a tie against a higher class index
+                b |= eq & (y[idx][None, :] < cls[:, None])
+            total += b.sum(axis=1)
+        blk = np.flatnonzero(~self.correct & (t2 == y))
+        if blk.size:
+            bc, bi = _class_pairs(p.start, t1[blk], blk)
+            val = s[bc, bi]
+            zy = self.zy[bi]
+            b = (val < zy) | ((val == zy) & (y[bi] < cls[bc]))
+            total += np.bincount(bc, weights=b, minlength=cls.size)
+        return np.rint(total).astype(np.int64)
+
+    def checkpoint(self) -> tuple[np.ndarray, ...]:
+        return (self.choice.copy(), self.zy.copy(), self.top_val.copy(), self.top_idx.copy())
+
+    def restore(self, cp: tuple[np.ndarray, ...]) -> None:
+        """Return to a checkpoint without recomputing (cheaper than undoing each move)."""
+        choice, zy, tv, ti = cp
+        for c in np.flatnonzero(choice != self.choice):
+            cand = int(choice[c])
+            self.z[:, c] = self.p.none_row[0] if cand < 0 else self.p.scores[cand]
+        self.choice[:] = choice
+        self.zy[:] = zy
+        self.top_val[:] = tv
+        self.top_idx[:] = ti
+        self._recount()
+
+    def options(self, ids: np.ndarray, with_none: bool) -> np.ndarray:
+        v = self.p.scores[ids]
+        return np.vstack([v, self.p.none_row]) if with_none else v
+
+    def set(self, c: int, cand: int) -> None:
+        """Give class c candidate `cand` (-1: uncovered), updating top-2 incrementally."""
+        if self.choice[c] == cand:
+            return
+        self.choice[c] = cand
+        v = self.p.none_row[0] if cand < 0 else self.p.scores[cand]
+        old = self.z[:, c].copy()
+        self.z[:, c] = v
+        ic = self.p.images_of[c]
+        self.zy[ic] = v[ic]
+        tv, ti = self.top_val, self.top_idx
+        is1, is2 = ti[:, 0] == c, ti[:, 1] == c
+        # Rows where c is in the top 2: the other entry is the best of the rest. If v beats
+        # it, v is first and it second. Else, if v did not drop (v >= old), v still beats
+        # every column outside the top 2 and stays second. Else recompute the row.
+        r = np.flatnonzero(is1 | is2)
+        if r.size:
+            pos = np.where(is1[r], 1, 0)
+            ov, oi, vr = tv[r, pos], ti[r, pos], v[r]
+            wins = (vr > ov) | ((vr == ov) & (c < oi))
+            stays = ~wins & (vr >= old[r])
+            w, st = r[wins], r[stays]
+            tv[w, 0], ti[w, 0], tv[w, 1], ti[w, 1] = v[w], c, ov[wins], oi[wins]
+            tv[st, 0], ti[st, 0], tv[st, 1], ti[st, 1] = ov[stays], oi[stays], v[st], c
+            redo = r[~wins & ~stays]
+            if redo.size:
+                tv[redo], ti[redo] = _top2(self.z[redo])
+        o = np.flatnonzero(~(is1 | is2))
+        vo = v[o]
+        enter = (vo > tv[o, 1]) | ((vo == tv[o, 1]) & (c < ti[o, 1]))
+        if enter.any():  # v enters the top 2 of these rows
+            o, vo = o[enter], vo[enter]
+            t0v, t0i = tv[o, 0], ti[o, 0]
+            first = (vo > t0v) | ((vo == t0v) & (c < t0i))
+            tv[o, 1] = np.where(first, t0v, vo)
+            ti[o, 1] = np.where(first, t0i, c)
+            tv[o, 0] = np.where(first, vo, t0v)
+            ti[o, 0] = np.where(first, c, t0i)
+        self._recount()
+
+
+def _best_option(
+    state: _State, c: int, ids: np.ndarray, with_none: bool
+) -> tuple[int, tuple[int, float]]:
+    """Best option for class c among `ids` (and none) by (correct count, label score)."""
+    if ids.size == 0 and not with_none:
+        cur = int(state.choice[c])
+        return cur, (state.count, state.label_of(cur))
+    tot = state.totals(c, state.options(ids, with_none))
+    opts = list(ids) + ([-1] if with_none else [])
+    labels = [state.label_of(int(i)) for i in opts]
+    # First in candidate order among equals: deterministic.
+    best = max(range(len(opts)), key=lambda j: (int(tot[j]), labels[j], -j))
+    return int(opts[best]), (int(tot[best]), labels[best])
+
+
+def _improve_class(state: _State, c: int, ids: np.ndarray, with_none: bool) -> bool:
+    """Move class c to its best option if that strictly improves (count, label score)."""
+    cur = state.choice[c]
+    best, (tot, lab) = _best_option(state, c, ids, with_none)
+    if best != cur and (tot, lab) > (state.count, state.label_of(int(cur))):
+        state.set(c, best)
+        return True
+    return False
+
+
+def _allowed_ids(prep: _Prepared, c: int, allowed: np.ndarray) -> np.ndarray:
+    """Candidates of class c whose model is flagged in `allowed` (M,) bool."""
+    ids = np.arange(prep.start[c], prep.start[c + 1])
+    return ids[allowed[prep.cand_model[ids]]]
+
+
+def _reassign_sweep(state: _State, chosen: set[int]) -> bool:
+    """One pass over all classes, each moved to its best option among chosen models/none."""
+    prep = state.p
+    allowed = np.zeros(len(prep.model_ids), dtype=bool)
+    allowed[list(chosen)] = True
+    improved = False
+    for c in range(prep.k):
+        ids = _allowed_ids(prep, c, allowed)
+        if ids.size == 0 and state.choice[c] < 0:
+            continue  # only "none" is possible and already chosen
+        improved |= _improve_class(state, c, ids, with_none=True)
+    return improved
+
+
+def _try_model(state: _State, m: int) -> list[tuple[int, int]]:
+    """Greedily move the classes model m can cover to m; return the (class, old) changes."""
+    prep = state.p
+    changes: list[tuple[int, int]] = []
+    pairs = np.flatnonzero(prep.pair_model == m)
+    for pi in pairs:
+        lo = int(prep.pair_start[pi])
+        hi = int(prep.pair_start[pi + 1]) if pi + 1 < prep.pair_start.size else len(prep.cands)
+        c = prep.cands[lo].class_index
+        old = int(state.choice[c])
+        if _improve_class(state, c, np.arange(lo, hi), with_none=False):
+            changes.append((c, old))
+    return changes
+
+
+def _rank_models(state: _State, chosen: set[int], excluded: set[int], top: int) -> list[int]:
+    """Up to `top` outside models with positive first-order gain, best first.
+
+    A candidate's first-order gain: the change in (count, label sum) when only its class
+    switches to it, all else fixed; a model's: the sum over classes of its best candidate's
+    positive gain (ties: lower cost, then model id).
+    """
+    prep = state.p
+    if not prep.cands:
+        return []
+    k = prep.k
+    cur_label = np.array([state.label_of(int(i)) for i in state.choice])
+    g = state.first_order() - state.count
+    ld = prep.cand_label - cur_label[prep.cand_class]
+    # Count gain first; label gain / (K+1) only separates equal counts (its sum is < 1).
+    gain = np.where(g >= 0, np.maximum(g + ld / (k + 1), 0.0), 0.0)
+    pair_gain = np.maximum.reduceat(gain, prep.pair_start)
+    model_gain = np.bincount(prep.pair_model, weights=pair_gain, minlength=len(prep.model_ids))
+    model_gain[list(chosen | excluded)] = 0.0
+    return sorted(
+        (int(i) for i in np.flatnonzero(model_gain > 0)),
+        key=lambda i: (-model_gain[i], prep.cost[i], prep.model_ids[i]),
+    )[:top]
+
+
+def _greedy_add(state: _State, chosen: set[int], excluded: set[int], lookahead: int) -> bool:
+    """Add the model that raises (count, label sum) most; True if one was added.
+
+    First-order gains of every candidate (switching only its class, all else fixed) rank
+    the models; the top `lookahead` are tried for real (sequentially moving their classes)
+    and the best resulting key wins.
+    """
+    order = _rank_models(state, chosen, excluded, lookahead)
+    if not order:
+        return False
+    base = state.key()
+    cp = state.checkpoint()
+    best: tuple[tuple[int, float], int] | None = None
+    for m in order:
+        changes = _try_model(state, int(m))
+        key = state.key()
+        state.restore(cp)
+        if changes and key > base and (best is None or key > best[0]):
+            best = (key, int(m))
+    if best is None:
+        return False
+    _try_model(state, best[1])
+    chosen.add(best[1])
+    return True
+
+
+def _drop_unused(state: _State, chosen: set[int]) -> None:
+    chosen.intersection_update(state.models())
+
+
+def _remove_model(state: _State, chosen: set[int], r: int) -> None:
+    """Move the classes using model r to their best option among the other chosen models."""
+    prep = state.p
+    allowed = np.zeros(len(prep.model_ids), dtype=bool)
+    allowed[list(chosen - {r})] = True
+    for c in np.flatnonzero(state.choice >= 0):
+        if prep.cand_model[state.choice[c]] == r:
+            best, _ = _best_option(state, int(c), _allowed_ids(prep, int(c), allowed), True)
+            state.set(int(c), best)
+
+
+def _try_swaps(state: _State, chosen: set[int], budget: int, lookahead: int, tries: int) -> bool:
+    """Replace one chosen model by an outside one if that raises (count, label sum).
+
+    Only the `tries` models whose removal alone costs least are tried (each try costs a
+    first-order pass), so large budgets stay fast; first improvement wins.
+    """
+    prep = state.p
+    before = state.key()
+    cp = state.checkpoint()
+    order = sorted(chosen, key=lambda i: prep.model_ids[i])
+    if len(order) > tries:
+        after: dict[int, tuple[int, float]] = {}
+        for r in order:
+            _remove_model(state, chosen, r)
+            after[r] = state.key()
+            state.restore(cp)
+        order = sorted(order, key=lambda i: (-after[i][0], -after[i][1], prep.model_ids[i]))
+    for r in order[:tries]:
+        _remove_model(state, chosen, r)
+        trial = chosen - {r}
+        while len(trial) < budget and _greedy_add(state, trial, {r}, lookahead):
+            pass
+        _reassign_sweep(state, trial)
+        if state.key() > before:
+            chosen.clear()
+            chosen.update(trial)
+            _drop_unused(state, chosen)
+            return True
+        state.restore(cp)
+    return False
+
+
+def _local_search(
+    state: _State, chosen: set[int], budget: int, lookahead: int, max_rounds: int, swaps: int
+) -> None:
+    """Fill the budget greedily, then improve until no move helps (see solve_heuristic)."""
+    while len(chosen) < budget and _greedy_add(state, chosen, set(), lookahead):
+        pass
+    for _ in range(max_rounds):
+        improved = _reassign_sweep(state, chosen)
+        _drop_unused(state, chosen)
+        while len(chosen) < budget and _greedy_add(state, chosen, set(), lookahead):
+            improved = True
+        if not improved and swaps:
+            improved = _try_swaps(state, chosen, budget, lookahead, swaps)
+        if not improved:
+            break
+
+
+def _final_key(prep: _Prepared, choice: np.ndarray) -> tuple[Any, ...]:
+    """The module's objective + tie-break as one ascending key (smaller is better)."""
+    chosen = choice[choice >= 0]
+    models = sorted({int(prep.cand_model[i]) for i in chosen})
+    return (
+        -_label_sum(prep.cand_label[chosen]),
+        len(models),
+        math.fsum(prep.cost[models]),
+        tuple(prep.model_ids[i] for i in models),
+    )
+
+
+def solve_heuristic(
+    problem: ChcoProblem,
+    *,
+    lookahead: int = 4,
+    restarts: int | None = None,
+    max_rounds: int = 50,
+    swaps: int = 3,
+) -> Plan:
+    """Greedy model selection under the budget, then local search; deterministic.
+
+    1. Start with every class uncovered and add models one at a time, each time the model
+       that raises (correct count, label-score sum) most (:func:`_greedy_add`: first-order
+       gains rank all models, the top `lookahead` are applied for real, the best kept).
+    2. Local search until nothing improves (at most `max_rounds` rounds): move each class to
+       its best option among the chosen models' candidates or none; drop models no class
+       uses and refill the budget greedily; then try swapping a chosen model for an outside
+       one (remove it, re-cover its classes from the others, greedily add, re-sweep; keep
+       if better), for the `swaps` models whose removal costs least (0: no swaps).
+    3. Multi-start: steps 1-2 are run once per start, each start forcing a different first
+       model (the `restarts` best by first-order gain); the best result by the module's
+       objective and tie-break wins. `restarts=None` picks 4 when candidates x images is at
+       most 4 million, else 1 (large instances stay fast).
+    """
+    if lookahead < 1:
+        raise InvalidArgument(f"lookahead is {lookahead}; expected >= 1")
+    if restarts is not None and restarts < 1:
+        raise InvalidArgument(f"restarts is {restarts}; expected >= 1")
+    prep = _prepare(problem)
+    if restarts is None:
+        restarts = 4 if len(prep.cands) * prep.n <= 4_000_000 else 1
+    state = _State(prep)
+    empty = state.checkpoint()
+    firsts = _rank_models(state, set(), set(), restarts)
+    best: tuple[tuple[Any, ...], np.ndarray] | None = None
+    for first in firsts or [None]:
+        state.restore(empty)
+        chosen: set[int] = set()
+        if first is not None:
+            _try_model(state, first)
+            chosen.add(first)
+        _local_search(state, chosen, problem.budget, lookahead, max_rounds, swaps)
+        key = (-state.count, *_final_key(prep, state.choice))
+        if best is None or key < best[0]:
+            best = (key, state.choice.copy())
+    assert best is not None
+    return _make_plan(prep, best[1], "heuristic", state.evaluated)
+
+
+# ---------------------------------------------------------------------------------------------
+# Front door: pick a solver, then maybe fit the rule's parameters.
+
+
+def solve(
+    problem: ChcoProblem,
+    exact_limit: int = DEFAULT_EXACT_LIMIT,
+    *,
+    fit: bool = True,
+    min_probes_per_class: int = 5,
+    l2: float = 1e-2,
+    fit_temperatures: bool = False,
+) -> Plan:
+    """Exact search when the space has at most `exact_limit` assignments, else heuristic.
+
+    Then, when every covered class has at least `min_probes_per_class` probe images, fit the
+    rule's weights/biases and keep them only if they raise the accuracy. To limit optimism
+    the fitted rule is scored by 2-fold cross-validation (per class, images alternate between
+    folds in index order; fit on one fold, predict the other); the parameter-free rule is
+    scored on all probes. If fitting wins, the plan carries params fitted on all probes, and
+    its accuracy figures are the cross-validated ones.
+    """
+    if exact_search_size(problem) <= exact_limit:
+        plan = solve_exact(problem, limit=exact_limit)
+    else:
+        plan = solve_heuristic(problem)
+    if fit:
+        plan = maybe_fit(problem, plan, min_probes_per_class, l2, fit_temperatures)
+    return plan
+
+
+def maybe_fit(
+    problem: ChcoProblem, plan: Plan, min_probes: int, l2: float, fit_temperatures: bool
+) -> Plan:
+    covered = [a.class_index for a in plan.assignment if a.groups]
+    if len(covered) < 2:
+        return plan
+    counts = np.bincount(problem.labels, minlength=problem.num_classes)
+    if counts[covered].min() < min_probes:
+        return plan
+    logits = {m: problem.logits_by_model[m] for m in plan.models}
+    fold = np.empty(problem.num_images, dtype=np.int64)
+    for c in range(problem.num_classes):
+        rows = np.flatnonzero(problem.labels == c)
+        fold[rows] = np.arange(rows.size) % 2
+    cv_probs = np.empty((problem.num_images, problem.num_classes))
+    for f in (0, 1):
+        train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        params = fit_params(
+            {m: x[train] for m, x in logits.items()},
+            problem.labels[train],
+            plan.assignment,
+            plan.params,
+            l2=l2,
+            fit_temperatures=fit_temperatures,
+        )
+        cv_probs[test] = combine({m: x[test] for m, x in logits.items()}, plan.assignment, params)
+    cv_acc = accuracy(cv_probs, problem.labels)
+    if cv_acc <= plan.estimated_accuracy:
+        return plan
+    params = fit_params(
+        logits,
+        problem.labels,
+        plan.assignment,
+        plan.params,
+        l2=l2,
+        fit_temperatures=fit_temperatures,
+    )
+    return Plan(
+        assignment=plan.assignment,
+        params=params,
+        estimated_accuracy=cv_acc,
+        per_class_accuracy=per_class_accuracy(cv_probs, problem.labels),
+        uncovered=plan.uncovered,
+        models=plan.models,
+        solver=plan.solver,
+        evaluated=plan.evaluated,
+    )

@@ -1,0 +1,246 @@
+"""The plan document: the one contract between selection (which writes it) and inference
+(which reads it), so both sides live here. Pure: no Neo4j, no torch.
+
+A plan is a JSON object: the task's classes (name, grounded concept, coverage, heads,
+estimates), the chosen models and, under ``combination``, what the shared rule
+(`mllgraph.reuse.rule`) needs, versioned by ``schema_version``. Plan ids are derived from the
+request, the catalogue version and :data:`SELECTION_VERSION`, so the same inputs give the same
+plan and plans made by older selection rules are not reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mllgraph.errors import FailedPrecondition, InvalidArgument
+from mllgraph.reuse.rule import KINDS as HEAD_GROUP_KINDS
+from mllgraph.reuse.rule import ClassAssignment, CombinationParams
+from mllgraph.select import chco
+
+if TYPE_CHECKING:
+    from mllgraph.select.run import SelectOptions, TaskClass, Timings
+
+PLAN_SCHEMA_VERSION = 1
+
+# Part of every plan id: bump it when selection itself changes, so stored plans made by the
+# old rules are not served for the same request (2: proxy probes for classes without any).
+SELECTION_VERSION = 2
+
+MAX_CLASSES = 1000
+MIN_CLASSES = 2
+MAX_NAME_CHARS = 256
+# The coverage a plan reports per class: a head-group kind of the rule, or uncovered.
+COVERAGES = (*HEAD_GROUP_KINDS, "uncovered")
+# The candidates query's kinds, as coverage (a group of heads covers through descendants).
+COVERAGE_OF_QUERY_KIND = {
+    "exact": "exact",
+    "group": "descendants",
+    "descendants": "descendants",
+    "ancestor": "ancestor",
+    "related": "related",
+}
+
+
+def check_class_name(name: object, where: str) -> str:
+    """A class name as a person may type it: a non-empty string, at most MAX_NAME_CHARS
+    characters, no control or line/paragraph separator characters."""
+    if not isinstance(name, str):
+        raise InvalidArgument(f"{where}: a class name must be a string, got {type(name).__name__}")
+    if not name.strip():
+        raise InvalidArgument(f"{where}: the class name is empty")
+    bad = [ch for ch in name if unicodedata.category(ch) in ("Cc", "Zl", "Zp")]
+    if bad:
+        raise InvalidArgument(
+            f"{where}: the class name contains control characters {''.join(bad)!r}"
+        )
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidArgument(
+            f"{where}: the class name is {len(name)} characters long (at most {MAX_NAME_CHARS})"
+        )
+    return name
+
+
+def plan_id_for(classes: list[TaskClass], options: SelectOptions, catalogue_version: int) -> str:
+    key = json.dumps(
+        {
+            "classes": [[c.name, c.pinned_wnid] for c in classes],
+            "options": asdict(options),
+            "catalogue_version": catalogue_version,
+            "schema": PLAN_SCHEMA_VERSION,
+            "selection": SELECTION_VERSION,
+        },
+        sort_keys=True,
+    )
+    return "plan-" + hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def plan_document(
+    pid: str,
+    classes: list[TaskClass],
+    groundings: list[Any],
+    plan: chco.Plan,
+    info: dict[tuple[int, str, tuple[int, ...]], dict[str, Any]],
+    versions: dict[str, str],
+    options: SelectOptions,
+    catalogue_version: int,
+    labels: np.ndarray,
+    timings: Timings,
+) -> dict[str, Any]:
+    counts = np.bincount(labels, minlength=len(classes)) if labels.size else [0] * len(classes)
+    planned = []
+    for i, (cls, g) in enumerate(zip(classes, groundings, strict=True)):
+        a = plan.assignment[i]
+        heads = []
+        coverage = "uncovered"
+        for grp in a.groups:
+            meta = info.get((i, grp.model_id, grp.heads), {"labels": [], "via": None})
+            coverage = grp.kind
+            for j, h in enumerate(grp.heads):
+                heads.append(
+                    {
+                        "model_id": grp.model_id,
+                        "model_version": versions.get(grp.model_id, ""),
+                        "head_index": h,
+                        "head_label": meta["labels"][j] if j < len(meta["labels"]) else "",
+                        "label_score": grp.label_score,
+                        "label_wnid": meta["via"] or "",
+                    }
+                )
+        planned.append(
+            {
+                "name": cls.name,
+                "concept": {"wnid": g.wnid, "name": g.concept_name},
+                "grounding": g.to_dict(),
+                "coverage": coverage,
+                "heads": heads,
+                "estimated_accuracy": _finite(plan.per_class_accuracy[i]),
+                "probe_images": int(counts[i]),
+            }
+        )
+    return {
+        "plan_id": pid,
+        "schema_version": PLAN_SCHEMA_VERSION,
+        "classes": planned,
+        "estimated_accuracy": _finite(plan.estimated_accuracy),
+        "models": plan.models,
+        "uncovered": [classes[i].name for i in plan.uncovered],
+        "solver": plan.solver,
+        "params_fitted": bool(plan.params.fitted),
+        "catalogue_version": catalogue_version,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "budget": options.budget,
+        "options": asdict(options),
+        "timings_ms": asdict(timings),
+        "combination": {"schema_version": PLAN_SCHEMA_VERSION, "plan": plan.to_dict()},
+    }
+
+
+# -- reading a plan (inference) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """A head that scores a class (HeadRef in the proto)."""
+
+    model_id: str
+    model_version: str
+    head_index: int
+    head_label: str = ""
+    label_score: float = 0.0
+    label_wnid: str = ""
+
+
+@dataclass(frozen=True)
+class ParsedPlan:
+    """What inference needs from a plan document."""
+
+    plan_id: str
+    class_names: list[str]
+    assignment: list[ClassAssignment]  # ordered by class index
+    params: CombinationParams
+    models: list[str]
+    heads: list[tuple[HeadInfo, ...]]  # per class, as the document lists them
+
+    @property
+    def uncovered(self) -> list[int]:
+        return [a.class_index for a in self.assignment if not a.groups]
+
+
+def combination_of(plan: Mapping[str, Any]) -> chco.Plan:
+    """The combination rule's inputs from a plan document."""
+    comb = plan.get("combination") or {}
+    if not isinstance(comb, Mapping) or comb.get("schema_version") != PLAN_SCHEMA_VERSION:
+        version = comb.get("schema_version") if isinstance(comb, Mapping) else None
+        raise FailedPrecondition(
+            f"plan {plan.get('plan_id')} has combination schema {version}, "
+            f"this server reads {PLAN_SCHEMA_VERSION}: select the task again"
+        )
+    return chco.Plan.from_dict(comb["plan"])
+
+
+def parse_plan(doc: Mapping[str, Any]) -> ParsedPlan:
+    """Check a plan document (select's JSON, or one rebuilt from an inline proto Plan)."""
+    if not isinstance(doc, Mapping):
+        raise InvalidArgument("plan must be a JSON object")
+    comb = combination_of(doc)
+    assignment = sorted(comb.assignment, key=lambda a: a.class_index)
+    k = len(assignment)
+    if [a.class_index for a in assignment] != list(range(k)) or k == 0:
+        raise InvalidArgument("plan combination must assign each class index 0..K-1 once")
+    if comb.params.num_classes != k:
+        raise InvalidArgument(f"plan params have {comb.params.num_classes} classes, plan has {k}")
+    classes = doc.get("classes") or []
+    if len(classes) != k:
+        raise InvalidArgument(f"plan lists {len(classes)} classes but its combination has {k}")
+    names = [str(c.get("name", "")).strip() if isinstance(c, Mapping) else "" for c in classes]
+    if any(not n for n in names):
+        raise InvalidArgument("plan classes need non-empty names")
+    heads: list[tuple[HeadInfo, ...]] = []
+    for c in classes:
+        listed = []
+        for h in c.get("heads") or []:
+            listed.append(
+                HeadInfo(
+                    model_id=str(h.get("model_id", "")),
+                    model_version=str(h.get("model_version", "")),
+                    head_index=int(h.get("head_index", 0)),
+                    head_label=str(h.get("head_label", "") or ""),
+                    label_score=float(h.get("label_score", 0.0) or 0.0),
+                    label_wnid=str(h.get("label_wnid", "") or ""),
+                )
+            )
+        heads.append(tuple(listed))
+    models = sorted({g.model_id for a in assignment for g in a.groups})
+    return ParsedPlan(
+        plan_id=str(doc.get("plan_id", "") or ""),
+        class_names=names,
+        assignment=assignment,
+        params=comb.params,
+        models=models,
+        heads=heads,
+    )
+
+
+def plan_key(doc: Mapping[str, Any]) -> str:
+    """A stable id for a plan document's content (inline plans have no trusted id)."""
+    parsed = parse_plan(doc)
+    body = {
+        "names": parsed.class_names,
+        "combination": doc.get("combination"),
+        "heads": [[dataclasses.astuple(h) for h in hs] for hs in parsed.heads],
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]

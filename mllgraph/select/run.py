@@ -1,0 +1,425 @@
+"""Selection: from a task's class names to a stored plan of heads (the paper's second step).
+
+1. Ground the class names to SDAG concepts (the shared resolver; callers may pin wnids).
+2. Find candidate heads for every class with one Cypher query (`select/candidates`), the
+   task's probe sets with a second (`select/task_probes`) and, for classes without probes,
+   the probe sets of the nearest candidate concepts with a third (proxy probes).
+3. Run CHCO on the candidate models' stored probe outputs (no model runs here).
+4. Store the plan in Neo4j under an id derived from the request and the catalogue version,
+   so the same inputs always give the same plan.
+
+The plan is a JSON document; `combination` holds what inference needs to rebuild the shared
+combination rule (`mllgraph.reuse.rule`), versioned by `schema_version`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
+from mllgraph.graph.db import Graph
+from mllgraph.hub import registry
+from mllgraph.label import run as labeller
+from mllgraph.reuse.rule import (
+    ClassAssignment,
+    HeadGroup,
+    class_scores,
+    group_evidence,
+    model_probabilities,
+    score_column,
+)
+from mllgraph.select import chco
+from mllgraph.select.plan import (
+    COVERAGE_OF_QUERY_KIND,
+    MAX_CLASSES,
+    plan_document,
+    plan_id_for,
+)
+from mllgraph.settings import Settings
+
+SOLVERS = ("auto", "exact", "heuristic")
+
+
+@dataclass(frozen=True)
+class TaskClass:
+    name: str
+    pinned_wnid: str | None = None
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    budget: int = 5  # max distinct models run at inference
+    solver: str = "auto"
+    allow_ancestor: bool = True
+    fit_params: bool = True
+    min_label_score: float = 0.05
+    per_kind_limit: int = 12  # candidates per class per kind, best first
+    ancestor_discount: float = 0.5
+    related_discount: float = 0.4
+    # Restrict candidates to these model ids (None: the whole hub). Used to study hub size.
+    models: tuple[str, ...] | None = None
+
+    def validate(self) -> None:
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            raise InvalidArgument(f"budget must be a positive number of models, got {self.budget}")
+        if self.solver not in SOLVERS:
+            raise InvalidArgument(f"solver {self.solver!r}: one of {', '.join(SOLVERS)}")
+        if not 0.0 <= self.min_label_score <= 1.0:
+            raise InvalidArgument(f"min_label_score must be in [0, 1], got {self.min_label_score}")
+        if not 1 <= self.per_kind_limit <= 1000:
+            raise InvalidArgument(f"per_kind_limit must be 1..1000, got {self.per_kind_limit}")
+
+
+@dataclass
+class Timings:
+    grounding_ms: float = 0.0
+    cypher_ms: float = 0.0
+    load_ms: float = 0.0
+    chco_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass
+class SelectionContext:
+    """Everything CHCO saw, kept for ExplainSelection and the benchmark."""
+
+    plan: dict[str, Any]
+    candidates: list[chco.Candidate] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+    problem: chco.ChcoProblem | None = None  # None for a stored plan or an empty problem
+
+
+def ensure_schema(graph: Graph) -> None:
+    graph.ensure_schema("select/schema")
+
+
+# -- probe outputs cache ---------------------------------------------------------------------
+
+
+class ProbeOutputCache:
+    """Each model's memory-mapped probe outputs, opened once per file version (an LRU of
+    `capacity` models); only the probe sets a task needs are ever read."""
+
+    def __init__(self, capacity: int = 20_000) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[str, float], labeller.ProbeOutputs] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, settings: Settings, mid: str) -> labeller.ProbeOutputs:
+        path = labeller.probe_index_path(settings, mid)
+        key = (mid, path.stat().st_mtime if path.exists() else -1.0)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = labeller.open_probe_outputs(settings, mid)
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return value
+
+
+CACHE = ProbeOutputCache()
+
+
+# -- the request -----------------------------------------------------------------------------
+
+
+def validate_classes(classes: list[TaskClass]) -> None:
+    if not classes:
+        raise InvalidArgument("classes: the task has no classes")
+    if len(classes) < 2:
+        raise InvalidArgument(
+            f"classes: a task needs at least two classes, got one ({classes[0].name!r})"
+        )
+    if len(classes) > MAX_CLASSES:
+        raise InvalidArgument(f"classes: {len(classes)} is over the limit of {MAX_CLASSES}")
+
+
+def _ground(classes: list[TaskClass], resolver: Any) -> list[Any]:
+    pinned = {i: c.pinned_wnid for i, c in enumerate(classes) if c.pinned_wnid}
+    return resolver.resolve_task([c.name for c in classes], pinned=pinned or None)
+
+
+# -- selection -------------------------------------------------------------------------------
+
+
+def select(
+    graph: Graph,
+    settings: Settings,
+    classes: list[TaskClass],
+    options: SelectOptions,
+    resolver: Any,
+    *,
+    cache: ProbeOutputCache = CACHE,
+    store: bool = True,
+) -> SelectionContext:
+    t_start = time.perf_counter()
+    options.validate()
+    validate_classes(classes)
+    ensure_schema(graph)
+    if graph.read("select/labelled_models")[0]["labelled"] == 0:
+        raise FailedPrecondition(
+            "the hub has no labelled models: register and label some first "
+            "(`mllgraph hub build` or `mllgraph models label`)"
+        )
+    version = registry.catalogue_version(graph)
+    pid = plan_id_for(classes, options, version)
+    if store:
+        existing = graph.read("select/plan_get", id=pid)
+        if existing:
+            return SelectionContext(plan=json.loads(existing[0]["body"]))
+
+    timings = Timings()
+    t = time.perf_counter()
+    groundings = _ground(classes, resolver)
+    timings.grounding_ms = (time.perf_counter() - t) * 1000
+    wnids = [g.wnid for g in groundings]
+    if len(set(wnids)) != len(wnids):  # pinned wnids can collide; the resolver checks names
+        dup = [(classes[i].name, w) for i, w in enumerate(wnids) if wnids.count(w) > 1]
+        raise InvalidArgument(f"classes ground to the same concept: {dup}")
+
+    t = time.perf_counter()
+    targets = [
+        {"index": i, "wnid": w, "others": [x for j, x in enumerate(wnids) if j != i]}
+        for i, w in enumerate(wnids)
+    ]
+    rows = graph.read(
+        "select/candidates",
+        targets=targets,
+        min_score=options.min_label_score,
+        per_kind_limit=options.per_kind_limit,
+        allow_ancestor=options.allow_ancestor,
+        ancestor_discount=options.ancestor_discount,
+        related_discount=options.related_discount,
+    )
+    probe_rows = graph.read("select/task_probes", targets=targets)
+    probe_rows += _proxy_probes(graph, rows, probe_rows, len(classes))
+    timings.cypher_ms = (time.perf_counter() - t) * 1000
+
+    t = time.perf_counter()
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    temperatures: dict[str, float] = {}
+    versions: dict[str, str] = {}
+    if options.models is not None:
+        allowed = set(options.models)
+        rows = [r for r in rows if r["model"] in allowed]
+    for r in rows:
+        versions[r["model"]] = r["version"]
+    task_sets = sorted({r["set_id"] for r in probe_rows})
+    for mid in sorted(versions):
+        try:
+            stored = cache.get(settings, mid)
+        except FailedPrecondition:
+            continue  # labelled in the graph but its outputs are gone: not a candidate
+        outputs[mid], temperatures[mid] = stored.as_dict(task_sets), stored.temperature
+    labels, logits = _probe_matrix(probe_rows, outputs, len(classes))
+    timings.load_ms = (time.perf_counter() - t) * 1000
+
+    candidates: list[chco.Candidate] = []
+    info: dict[tuple[int, str, tuple[int, ...]], dict[str, Any]] = {}
+    for r in rows:
+        if r["model"] not in logits:
+            continue
+        heads = tuple(sorted(int(h) for h in r["heads"]))
+        key = (r["class_index"], r["model"], heads)
+        if key in info:
+            continue  # the same heads found through two kinds: keep the first (best) one
+        kind = COVERAGE_OF_QUERY_KIND[r["kind"]]
+        group = HeadGroup(r["model"], heads, kind, float(min(1.0, r["score"])))
+        candidates.append(chco.Candidate(r["class_index"], group))
+        info[key] = {"labels": r["labels"], "via": r["via"], "kind": r["kind"]}
+
+    t = time.perf_counter()
+    problem = None
+    if labels.size == 0 or not candidates:
+        plan = _uncovered_plan(len(classes))
+        solver_note = "no candidates or no probe images"
+    else:
+        problem = chco.ChcoProblem(
+            num_classes=len(classes),
+            candidates=candidates,
+            logits_by_model=logits,
+            labels=labels,
+            temperatures={m: temperatures[m] for m in logits},
+            budget=options.budget,
+        )
+        plan = _solve(problem, options)
+        solver_note = plan.solver
+    timings.chco_ms = (time.perf_counter() - t) * 1000
+    timings.total_ms = (time.perf_counter() - t_start) * 1000
+
+    body = plan_document(
+        pid, classes, groundings, plan, info, versions, options, version, labels, timings
+    )
+    body["solver_note"] = solver_note
+    body["alternatives"] = _alternatives(plan, candidates, logits, labels, info)
+    if store:
+        graph.write("select/plan_put", id=pid, body=json.dumps(body), catalogue_version=version)
+    return SelectionContext(plan=body, candidates=candidates, timings=timings, problem=problem)
+
+
+def _proxy_probes(
+    graph: Graph, rows: list[dict[str, Any]], probe_rows: list[dict[str, Any]], k: int
+) -> list[dict[str, Any]]:
+    """Stand-in probes for classes with none under their own concept.
+
+    Without images a class cannot be simulated, and CHCO would then pick whichever head hurts
+    the other classes least, however unrelated. So such a class borrows the probe sets under
+    the nearest concept its ancestor/related candidates were labelled on (e.g. "slacks"
+    borrows the trouser probes its trouser.n.01 candidates came from), provided no other
+    class of the task has probes there. Marked `proxy` with a large distance, so a class's own sets
+    always win.
+    """
+    have = {r["class_index"] for r in probe_rows}
+    near: dict[int, list[str]] = {}
+    for r in sorted(rows, key=lambda r: (-(r.get("via_depth") or 0), -r["score"], r["via"] or "")):
+        # The nearest concept first (deepest), then the better label.
+        if r["class_index"] not in have and r["kind"] in ("ancestor", "related") and r["via"]:
+            near.setdefault(r["class_index"], []).append(r["via"])
+    vias = sorted({v for vs in near.values() for v in vs})
+    if not vias:
+        return []
+    # task_probes keys its rows by `index`: here the position of each concept in `vias`.
+    sets_under: dict[str, list[dict[str, Any]]] = {v: [] for v in vias}
+    for r in graph.read(
+        "select/task_probes", targets=[{"index": i, "wnid": v} for i, v in enumerate(vias)]
+    ):
+        sets_under[vias[r["class_index"]]].append(r)
+    claimed = {r["set_id"] for r in probe_rows}
+    extra: list[dict[str, Any]] = []
+    for ci in sorted(near):
+        for via in dict.fromkeys(near[ci]):  # each concept once
+            found = [{**r, "class_index": ci} for r in sets_under[via]]
+            free = [r for r in found if r["set_id"] not in claimed]
+            if free and len(free) == len(found):
+                extra += [{**r, "distance": 1000 + r["distance"], "proxy": via} for r in free]
+                claimed |= {r["set_id"] for r in free}
+                break
+    return extra
+
+
+def _probe_matrix(
+    probe_rows: list[dict[str, Any]], outputs: dict[str, dict[str, np.ndarray]], k: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Task-class labels of the probe images and each model's logits on them, aligned.
+
+    A set under two task classes goes to the nearer one. Only images every candidate model
+    has outputs for are used (models labelled on different probe sets stay comparable).
+    """
+    nearest: dict[str, tuple[int, int]] = {}
+    for r in probe_rows:
+        best = nearest.get(r["set_id"])
+        if best is None or r["distance"] < best[1]:
+            nearest[r["set_id"]] = (r["class_index"], r["distance"])
+    models = sorted(outputs)
+    usable = []
+    for set_id in sorted(nearest):
+        counts = [outputs[m][set_id].shape[0] for m in models if set_id in outputs[m]]
+        if models and len(counts) == len(models) and min(counts) > 0:
+            usable.append((set_id, min(counts)))
+    labels = np.concatenate(
+        [np.full(n, nearest[s][0], dtype=np.int64) for s, n in usable] or [np.zeros(0, np.int64)]
+    )
+    logits = {m: np.concatenate([outputs[m][s][:n] for s, n in usable]) for m in models if usable}
+    return labels, logits
+
+
+def _solve(problem: chco.ChcoProblem, options: SelectOptions) -> chco.Plan:
+    if options.solver == "exact":
+        plan = chco.solve_exact(problem)
+    elif options.solver == "heuristic":
+        plan = chco.solve_heuristic(problem)
+    else:
+        return chco.solve(problem, fit=options.fit_params)
+    if options.fit_params:
+        plan = chco.maybe_fit(problem, plan, 5, 1e-2, False)
+    return plan
+
+
+def _uncovered_plan(k: int) -> chco.Plan:
+    from mllgraph.reuse.rule import default_params
+
+    assignment = [ClassAssignment(i, ()) for i in range(k)]
+    return chco.Plan(
+        assignment=assignment,
+        params=default_params(assignment),
+        estimated_accuracy=float("nan"),
+        per_class_accuracy=[float("nan")] * k,
+        uncovered=list(range(k)),
+        models=[],
+        solver="none",
+        evaluated=0,
+    )
+
+
+def _alternatives(
+    plan: chco.Plan,
+    candidates: list[chco.Candidate],
+    logits: dict[str, np.ndarray],
+    labels: np.ndarray,
+    info: dict[tuple[int, str, tuple[int, ...]], dict[str, Any]],
+    per_class: int = 5,
+) -> list[list[dict[str, Any]]]:
+    """Per class, the best other candidates and the plan's estimate with each swapped in.
+
+    Only the swapped class's score column changes, so the plan's scores are computed once
+    and each alternative costs one column and an argmax."""
+    out: list[list[dict[str, Any]]] = [[] for _ in plan.assignment]
+    if labels.size == 0 or not plan.models:
+        return out
+    params = plan.params
+    base = class_scores({m: logits[m] for m in plan.models}, plan.assignment, params)
+    probs: dict[str, np.ndarray] = {}
+    by_class: dict[int, list[chco.Candidate]] = {}
+    for c in candidates:
+        by_class.setdefault(c.class_index, []).append(c)
+    for ci, cands in by_class.items():
+        chosen = plan.assignment[ci].groups
+        others = [c for c in cands if (c.group,) != chosen]
+        others.sort(key=lambda c: (-c.group.label_score, c.group.model_id, c.group.heads))
+        in_class = labels == ci
+        for cand in others[:per_class]:
+            g = cand.group
+            if g.model_id not in probs:
+                probs[g.model_id] = model_probabilities(
+                    logits[g.model_id], params.temperature(g.model_id)
+                )
+            z = base.copy()
+            evidence = group_evidence(probs[g.model_id], g.heads)
+            z[:, ci] = score_column(evidence, float(params.weights[ci]), float(params.biases[ci]))
+            right = z.argmax(1) == labels
+            meta = info.get((ci, g.model_id, g.heads), {})
+            extra = 0 if g.model_id in plan.models else 1
+            out[ci].append(
+                {
+                    "model_id": g.model_id,
+                    "heads": list(g.heads),
+                    "head_labels": meta.get("labels", []),
+                    "kind": g.kind,
+                    "via": meta.get("via"),
+                    "label_score": g.label_score,
+                    "plan_accuracy_if_used": float(right.mean()),
+                    "class_accuracy_if_used": float(right[in_class].mean())
+                    if in_class.any()
+                    else None,
+                    "extra_models": extra,
+                }
+            )
+    return out
+
+
+def get_plan(graph: Graph, plan_id: str) -> dict[str, Any]:
+    ensure_schema(graph)
+    rows = graph.read("select/plan_get", id=plan_id)
+    if not rows:
+        raise NotFound(f"plan {plan_id!r} does not exist (plans come from SelectHeads)")
+    return json.loads(rows[0]["body"])
