@@ -1,9 +1,9 @@
-"""InferenceService (grpc.aio): classify images with a plan. Thin wiring over mllgraph.reuse.infer.
+"""InferenceService (grpc.aio): classify images with a plan. Thin wiring over mllgraph.reuse.
 
 * Classify: the plan is a stored plan id (read from Neo4j with `select.get_plan`) or an inline
   Plan carrying `combination_json`; images are PNG/JPEG bytes or raw arrays. Every request goes
-  through one :class:`mllgraph.reuse.batcher.DynamicBatcher` (one model pass per batch on the device
-  from ``settings.torch_device()``).
+  through one :class:`mllgraph.reuse.batcher.DynamicBatcher` (one model pass per batch on the
+  device from ``settings.torch_device()``).
 * ClassifyStream: one response per request, in order; a request may leave the plan unset to
   reuse the previous one.
 * Limits (Settings): ``infer_max_images`` per request and ``infer_max_image_pixels`` per image

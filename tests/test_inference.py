@@ -1,4 +1,4 @@
-"""Inference: the library (mllgraph.reuse.infer) and the gRPC service (services/inference.py).
+"""Inference: the library (mllgraph.reuse) and the gRPC service (services/inference.py).
 
 A tiny hub is built here (two quickly trained Fashion experts, small probe sets, labels, a
 plan from `select.select`) and removed afterwards. Real Neo4j, real gRPC in-process on port 0.
