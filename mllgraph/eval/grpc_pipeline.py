@@ -165,6 +165,39 @@ class GrpcPipeline:
             preds += [p.class_index for p in response.predictions]
         return np.asarray(preds, dtype=np.int64)
 
+    def classify_detailed(self, plan: dict[str, Any], images: list[np.ndarray]) -> list[dict]:
+        """Per image: the predicted class, its probability, the heads that decided and whether
+        the uncovered-class patch did (images of any size, one request)."""
+        request = inference_pb2.ClassifyRequest(
+            plan_id=plan["plan_id"],
+            images=[
+                inference_pb2.Image(
+                    id=str(i),
+                    raw=inference_pb2.RawArray(
+                        data=np.ascontiguousarray(img).tobytes(),
+                        shape=list(img.shape),
+                        dtype="uint8",
+                    ),
+                )
+                for i, img in enumerate(images)
+            ],
+            top_k=3,
+        )
+        response = self.inference.Classify(request, timeout=600)
+        return [
+            {
+                "class_index": p.class_index,
+                "class_name": p.class_name,
+                "probability": p.probability,
+                "used_fallback": p.used_fallback,
+                "heads": [
+                    {"model_id": h.model_id, "head_index": h.head_index, "head_label": h.head_label}
+                    for h in p.contributing_heads
+                ],
+            }
+            for p in response.predictions
+        ]
+
     def stats(self) -> dict[str, Any]:
         total_s = sum(self._latency_ms) / 1000
         return {
