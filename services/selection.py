@@ -304,6 +304,11 @@ def _grounding_reason(c: dict[str, Any]) -> str:
             f"{concept_display_name(a.get('concept_name', ''))} ({a['wnid']})" for a in alts[:3]
         )
         text += f"; other senses: {shown} (pin the class to choose another)"
+    if g.get("hub_preferred"):
+        text += (
+            "; of the senses that fit the task, this is the one the hub has heads for, "
+            "so it was preferred over the more likely reading"
+        )
     return text + "."
 
 

@@ -353,6 +353,8 @@ def test_grounding_to_dict_is_json(resolver: Resolver) -> None:
         "pinned",
         "alternatives",
         "method",
+        "coverage",
+        "hub_preferred",
     }
     assert d["alternatives"][0].keys() == {"wnid", "concept_name", "score"}
     assert json.loads(json.dumps(d)) == d
@@ -446,3 +448,61 @@ def test_pure_logic_on_a_custom_lexicon(tiny: WordNetNouns) -> None:
     g = r.resolve_name("hoodies")
     assert g.wnid == "u1" and not g.approximate
     assert r.resolve_task(["hoodie", "crane"], pinned={0: "u1"})[0].pinned
+
+
+# -- grounding that knows the hub --------------------------------------------------------------
+
+SWEATER = "n04370048"  # sweater.n.01, lemmas sweater and jumper
+JUMPER_PINAFORE = "n03604763"  # jumper.n.04, under coverall
+GARMENTS = ["T-shirt", "trousers", "jumper", "dress", "coat"]
+
+
+def _covering(*wnids: str):
+    calls: list[list[str]] = []
+
+    def coverage(candidates: list[str]) -> dict[str, float]:
+        calls.append(candidates)
+        return {w: 1.0 if w in wnids else 0.0 for w in candidates}
+
+    coverage.calls = calls  # type: ignore[attr-defined]
+    return coverage
+
+
+def test_hub_coverage_decides_between_senses_that_fit(resolver: Resolver) -> None:
+    plain = resolver.resolve_task(GARMENTS)[2]
+    assert plain.wnid != SWEATER and not plain.hub_preferred
+    coverage = _covering(SWEATER)
+    g = resolver.resolve_task(GARMENTS, sense_coverage=coverage)[2]
+    assert g.wnid == SWEATER and g.hub_preferred
+    assert g.coverage[SWEATER] == 1.0 and g.coverage[plain.wnid] == 0.0
+    assert plain.wnid in [a[0] for a in g.alternatives]  # the sense it beat stays listed
+    assert SWEATER in coverage.calls[0]  # type: ignore[attr-defined]
+
+
+def test_hub_coverage_never_overrides_the_context(resolver: Resolver) -> None:
+    # The hub covers only the sense that does not fit the task: the context still decides.
+    assert (
+        resolver.resolve_task(["bat", "owl", "moth"], sense_coverage=_covering(BAT_CLUB))[0].wnid
+        == BAT_ANIMAL
+    )
+    assert (
+        resolver.resolve_task(
+            ["mouse", "keyboard", "monitor"], sense_coverage=_covering(MOUSE_ANIMAL)
+        )[0].wnid
+        == COMPUTER_MOUSE
+    )
+    crane = resolver.resolve_task(
+        ["crane", "heron", "stork"], sense_coverage=_covering(CRANE_MACHINE)
+    )[0]
+    assert crane.wnid == CRANE_BIRD and not crane.hub_preferred
+
+
+def test_hub_coverage_keeps_a_covered_choice_and_skips_unambiguous_names(
+    resolver: Resolver,
+) -> None:
+    coverage = _covering(CRANE_BIRD)
+    gs = resolver.resolve_task(["crane", "heron", "stork"], sense_coverage=coverage)
+    assert gs[0].wnid == CRANE_BIRD and not gs[0].hub_preferred
+    assert gs[0].coverage[CRANE_BIRD] == 1.0
+    # Only ambiguous names' senses are asked about, in one call.
+    assert len(coverage.calls) == 1  # type: ignore[attr-defined]

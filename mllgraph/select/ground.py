@@ -29,6 +29,15 @@ How a name is grounded
    nearest other classes, each other class counted by its own sense probabilities (so a
    rare sense of a neighbour hardly counts). Confidence is a softmax of `s / temperature` over
    the name's candidates; context is recomputed twice from the updated probabilities.
+   *Hub coverage* (resolve_task, when the caller passes `sense_coverage`: 1 measured on the
+   concept or below it, 0.75 declared there, 0.25 measured on a close ancestor, 0 none):
+   among the senses that fit the task as well as the best one (their context ``ctx`` within
+   ``hub_context_slack`` LCA-depth levels of the best sense's), the one the hub covers best
+   wins; ties keep the score order. So "jumper" among garments becomes the sweater the
+   pullover heads cover (both senses sit under garment), while an animal task's "bat" stays
+   the animal even when the hub covers only the club (the club does not fit the task). A
+   preference, not a weight: it never trades context for coverage. The grounding records its
+   senses' coverage and whether coverage decided (`hub_preferred`).
 4. *Approximate* grounding for names WordNet lacks: fuzzy lemma matches (character-trigram
    index + difflib), lemmas of single words and of trailing sub-phrases (the head of an
    English compound is its last word), reranked by embedding similarity. Flagged
@@ -110,6 +119,9 @@ class ScoreWeights:
     context_neighbours: int = 5
     min_visual: float = 0.15  # below this a sense is dropped if the name has an imageable one
     context_depth_scale: float = 10.0
+    # resolve_task with hub coverage: how much less context a covered sense may have than the
+    # best sense and still count as fitting the task (LCA depth levels).
+    hub_context_slack: float = 1.0
     # Approximate grounding: weight of the lexical similarity, and the bars a candidate must
     # clear (lexical similarity is a difflib ratio for a misspelt name, 0.7 + 0.3 * share of
     # the name for its head phrase, 0.4 * share for another word; embedding is a cosine).
@@ -128,6 +140,8 @@ class Embedder(Protocol):
 
 
 Morphology = Callable[[str], Iterable[str]]
+# Candidate wnids -> how the hub covers each (0..1); see the module docstring.
+SenseCoverage = Callable[[list[str]], Mapping[str, float]]
 
 
 @dataclass
@@ -143,6 +157,10 @@ class Grounding:
     pinned: bool
     alternatives: list[tuple[str, str, float]] = field(default_factory=list)
     method: str = "lemma"
+    # Hub coverage of the chosen sense and its alternatives (wnid -> 0..1), when known, and
+    # whether coverage changed the choice (the best sense without it was another one).
+    coverage: dict[str, float] = field(default_factory=dict)
+    hub_preferred: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -273,6 +291,7 @@ class _Cand:
     alt: int  # which "/"/"," alternative produced it (0 = the first)
     agree: float = 0.0  # share of the alternatives that have it (or a relative) as a candidate
     lexical: float = 0.0  # approximate grounding: spelling similarity to the name
+    hub: float = 0.0  # the hub's coverage of this sense, 0..1
     score: float = 0.0
 
 
@@ -331,9 +350,13 @@ class Resolver:
         return groundings[0]
 
     def resolve_task(
-        self, names: Sequence[str], pinned: Mapping[int, str] | None = None
+        self,
+        names: Sequence[str],
+        pinned: Mapping[int, str] | None = None,
+        sense_coverage: SenseCoverage | None = None,
     ) -> list[Grounding]:
-        """Ground a task's class names together, each disambiguated by the others."""
+        """Ground a task's class names together, each disambiguated by the others and, when
+        `sense_coverage` is given, towards senses the hub has heads for."""
         if isinstance(names, str) or not isinstance(names, Sequence):
             raise InvalidArgument("class names must be a list of strings")
         if len(names) == 0:
@@ -358,7 +381,7 @@ class Resolver:
             if plan.fixed is None and not plan.cands:
                 self._approximate(plan, allow=True, where=_describe(i, name))
             plans.append(plan)
-        groundings = self._decide(plans, context=True)
+        groundings = self._decide(plans, context=True, sense_coverage=sense_coverage)
         for i in pins:
             g = groundings[i]
             g.method, g.pinned, g.score = "pinned", True, 1.0
@@ -697,7 +720,9 @@ class Resolver:
 
     # -- scoring -----------------------------------------------------------------------------
 
-    def _decide(self, plans: list[_Plan], context: bool) -> list[Grounding]:
+    def _decide(
+        self, plans: list[_Plan], context: bool, sense_coverage: SenseCoverage | None = None
+    ) -> list[Grounding]:
         w = self.weights
         ambiguous = [p for p in plans if p.fixed is None and len(p.cands) > 1]
         vecs = None
@@ -718,6 +743,7 @@ class Resolver:
         base = {id(p): [c.score for c in p.cands] for p in plans}
         probs = [self._probs(p) for p in plans]
         use_context = context and len(plans) > 1 and any(len(p.cands) > 1 for p in ambiguous)
+        ctx: list[dict[str, float]] = []
         if use_context:
             for _ in range(2):
                 ctx = self._context(probs)
@@ -726,10 +752,32 @@ class Resolver:
                         for c, b in zip(p.cands, base[id(p)], strict=True):
                             c.score = b + w.context * ctx[i][c.wnid] / w.context_depth_scale
                 probs = [self._probs(p) for p in plans]
-        return [
-            self._grounding(p, pr, use_context, vecs is not None)
-            for p, pr in zip(plans, probs, strict=True)
+        chosen: list[str | None] = [None] * len(plans)
+        if sense_coverage is not None and ctx:
+            cover = sense_coverage(sorted({c.wnid for p in ambiguous for c in p.cands}))
+            for i, p in enumerate(plans):
+                if p.fixed is None and len(p.cands) > 1:
+                    for c in p.cands:
+                        c.hub = float(min(1.0, max(0.0, cover.get(c.wnid, 0.0))))
+                    chosen[i] = self._hub_choice(p, probs[i], ctx[i])
+        out = []
+        for i, (p, pr) in enumerate(zip(plans, probs, strict=True)):
+            g = self._grounding(p, pr, use_context, vecs is not None, choose=chosen[i])
+            if chosen[i] is not None:
+                g.coverage = {c.wnid: c.hub for c in p.cands}
+                g.hub_preferred = chosen[i] != max(p.cands, key=lambda c: pr[c.wnid]).wnid
+            out.append(g)
+        return out
+
+    def _hub_choice(self, plan: _Plan, probs: dict[str, float], ctx: dict[str, float]) -> str:
+        """The sense to ground to: the best covered among those fitting the task (module doc)."""
+        order = sorted(plan.cands, key=lambda c: -round(probs[c.wnid], 12))  # stable: WordNet
+        best = order[0]
+        fitting = [
+            c for c in order if ctx[c.wnid] >= ctx[best.wnid] - self.weights.hub_context_slack
         ]
+        top = max(c.hub for c in fitting)
+        return next(c.wnid for c in fitting if c.hub == top)
 
     def _probs(self, plan: _Plan) -> dict[str, float]:
         if plan.fixed is not None:
@@ -740,7 +788,12 @@ class Resolver:
         return {c.wnid: float(p) for c, p in zip(plan.cands, z, strict=True)}
 
     def _grounding(
-        self, plan: _Plan, probs: dict[str, float], used_context: bool, embedded: bool
+        self,
+        plan: _Plan,
+        probs: dict[str, float],
+        used_context: bool,
+        embedded: bool,
+        choose: str | None = None,
     ) -> Grounding:
         if plan.fixed is not None:
             wnid = plan.fixed
@@ -756,7 +809,12 @@ class Resolver:
             )
         # Ties go to the earlier candidate (WordNet order), so the answer is deterministic.
         order = sorted(
-            range(len(plan.cands)), key=lambda i: (-round(probs[plan.cands[i].wnid], 12), i)
+            range(len(plan.cands)),
+            key=lambda i: (
+                plan.cands[i].wnid != choose,  # a sense chosen for hub coverage comes first
+                -round(probs[plan.cands[i].wnid], 12),
+                i,
+            ),
         )
         best = plan.cands[order[0]]
         ambiguous = len(plan.cands) > 1

@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 PLAN_SCHEMA_VERSION = 1
 
 # Part of every plan id: bump it when selection itself changes, so stored plans made by the
-# old rules are not served for the same request (2: proxy probes for classes without any).
-SELECTION_VERSION = 2
+# old rules are not served for the same request (2: proxy probes for classes without any;
+# 3: grounding prefers senses the hub covers).
+SELECTION_VERSION = 3
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2

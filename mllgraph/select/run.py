@@ -36,6 +36,7 @@ from mllgraph.reuse.rule import (
     score_column,
 )
 from mllgraph.select import chco
+from mllgraph.select.coverage import sense_coverage
 from mllgraph.select.plan import (
     COVERAGE_OF_QUERY_KIND,
     MAX_CLASSES,
@@ -144,9 +145,21 @@ def validate_classes(classes: list[TaskClass]) -> None:
         raise InvalidArgument(f"classes: {len(classes)} is over the limit of {MAX_CLASSES}")
 
 
-def _ground(classes: list[TaskClass], resolver: Any) -> list[Any]:
+def _ground(
+    classes: list[TaskClass], resolver: Any, graph: Graph, options: SelectOptions
+) -> list[Any]:
+    """Ground the names together; among senses that fit the task, prefer those the hub (or
+    the sub-hub in `options.models`) has heads for."""
     pinned = {i: c.pinned_wnid for i, c in enumerate(classes) if c.pinned_wnid}
-    return resolver.resolve_task([c.name for c in classes], pinned=pinned or None)
+
+    def covered(wnids: list[str]) -> dict[str, float]:
+        return sense_coverage(
+            graph, wnids, min_score=options.min_label_score, models=options.models
+        )
+
+    return resolver.resolve_task(
+        [c.name for c in classes], pinned=pinned or None, sense_coverage=covered
+    )
 
 
 # -- selection -------------------------------------------------------------------------------
@@ -180,7 +193,7 @@ def select(
 
     timings = Timings()
     t = time.perf_counter()
-    groundings = _ground(classes, resolver)
+    groundings = _ground(classes, resolver, graph, options)
     timings.grounding_ms = (time.perf_counter() - t) * 1000
     wnids = [g.wnid for g in groundings]
     if len(set(wnids)) != len(wnids):  # pinned wnids can collide; the resolver checks names
