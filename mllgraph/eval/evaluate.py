@@ -5,36 +5,50 @@ the task's classes, through a `Pipeline` — the gRPC services in `bench zerosho
 demo, or the library in-process (the hub-size study, where hundreds of selections run).
 
 Baselines, computed on the same images from each model's logits (every model runs once on
-the evaluation images and its logits are cached):
-  (a) random   — a uniformly random candidate per class (mean of 5 draws);
-  (b) single   — the one expert covering most classes (ties: higher mean label score); each
-                 image goes, with probability |uncovered|/K, to a random uncovered class
-                 (chance), otherwise to the expert's best covered class;
+the evaluation images and its logits are cached). Every method is scored by the same code
+(:func:`task_scores`): the shared rule (`mllgraph.reuse.rule.combine`) at each model's
+calibrated temperature (the one labelling fitted on the hub's probe images, which selection
+and inference use too), and the same offline fallback evidence
+(`mllgraph.reuse.vlm.fallback_evidence`) for every class the method leaves uncovered. Only the
+choice of heads and the combination's per-class weights differ:
+  (a) random   — a uniformly random candidate per class (mean of 5 draws), default weights;
+  (b) single   — the one expert covering most classes (ties: higher mean label score), its
+                 best head group per covered class, default weights; the classes it does not
+                 cover get the fallback like any uncovered class;
   (c) uniform  — every candidate group of every candidate model, evidence averaged with
-                 equal weights, no budget and no optimisation;
-  (d) oracle   — the hub's largest expert architecture trained with the experts' own recipe
-                 directly on the task's classes, on the whole training pool;
+                 equal weights (label scores ignored), no budget and no optimisation;
+  (d) oracle   — see :class:`Oracle` (a supervised upper reference, trained on task images);
   (e) conse    — text-only zero-shot from offline parts (a stand-in for a VLM):
                  EfficientNet-Lite0's ImageNet top-10 probabilities mapped to the task's class
                  names by MiniLM text-embedding similarity (ConSE-style).
+MLL's plan adds what selection fitted on the hub's probe images (per-class weights and
+biases); an uncovered class keeps weight 1 and bias 0 there, as in the baselines.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from mllgraph.errors import FailedPrecondition
 from mllgraph.eval.tasks import Suite, Task
 from mllgraph.graph.db import Graph
 from mllgraph.hub import forward, registry
 from mllgraph.hub.fashion import FASHION_CLASSES
-from mllgraph.reuse.rule import ClassAssignment, HeadGroup, combine, default_params
+from mllgraph.reuse.rule import (
+    ClassAssignment,
+    CombinationParams,
+    HeadGroup,
+    class_scores,
+    default_params,
+)
+from mllgraph.reuse.vlm import fallback_evidence
 from mllgraph.select import chco
 from mllgraph.select import plan as plan_doc
 from mllgraph.select import run as select
@@ -130,33 +144,80 @@ class LibraryPipeline:
     def classify_indices(self, plan: dict[str, Any], idx: np.ndarray) -> np.ndarray:
         """What the inference service answers (same rule, same offline fallback for uncovered
         classes), from cached logits."""
-        from mllgraph.reuse.vlm import fallback_evidence
-
-        combo = plan_doc.combination_of(plan)
-        logits = {m: self.logits(m)[idx] for m in combo.models}
-        if not logits:
-            return np.zeros(len(idx), dtype=np.int64)
-        extra = fallback_evidence(len(idx), combo.uncovered) if combo.uncovered else None
-        return combine(logits, combo.assignment, combo.params, extra_evidence=extra).argmax(1)
+        return classify_plan(plan, self.logits, idx)
 
     def classify(self, plan: dict[str, Any], images: np.ndarray) -> np.ndarray:
         raise NotImplementedError("LibraryPipeline classifies by index: use classify_indices")
 
 
-def _predict(
-    assignment: list[ClassAssignment], params: Any, logits: dict[str, np.ndarray], k: int, n: int
+# -- scoring shared by every method ----------------------------------------------------------
+
+
+def task_scores(
+    assignment: Sequence[ClassAssignment],
+    params: CombinationParams,
+    logits_of: Callable[[str], np.ndarray],
+    idx: np.ndarray,
 ) -> np.ndarray:
-    if not logits:  # nothing covered: every class equally (un)likely
-        return np.zeros(n, dtype=np.int64)
-    return combine(logits, assignment, params).argmax(1)
+    """Class scores (N, K) of any method's head choice: the shared rule at the temperatures in
+    `params`, with the offline fallback evidence for every uncovered class (as inference)."""
+    models = sorted({g.model_id for a in assignment for g in a.groups})
+    logits = {m: logits_of(m)[idx] for m in models}
+    uncovered = [a.class_index for a in assignment if not a.groups]
+    extra = fallback_evidence(len(idx), uncovered) if uncovered else None
+    return class_scores(logits, assignment, params, extra_evidence=extra)
+
+
+def predict(
+    assignment: Sequence[ClassAssignment],
+    params: CombinationParams,
+    logits_of: Callable[[str], np.ndarray],
+    idx: np.ndarray,
+) -> np.ndarray:
+    """Predicted task-class index per image (first class on ties)."""
+    return task_scores(assignment, params, logits_of, idx).argmax(1)
+
+
+def classify_plan(
+    plan: Mapping[str, Any], logits_of: Callable[[str], np.ndarray], idx: np.ndarray
+) -> np.ndarray:
+    """MLL's predictions from a plan document: its heads, its fitted parameters."""
+    combo = plan_doc.combination_of(plan)
+    return predict(combo.assignment, combo.params, logits_of, idx)
 
 
 # -- baselines -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TaskView:
+    """What every baseline sees of one task: the candidate head groups per class (those
+    selection finds), each model's calibrated temperature, and the evaluation images."""
+
+    k: int
+    candidates: list[chco.Candidate]
+    temperatures: Mapping[str, float]
+    logits_of: Callable[[str], np.ndarray]
+    idx: np.ndarray
+    labels: np.ndarray
+
+    def accuracy(self, assignment: list[ClassAssignment]) -> float:
+        """Accuracy of a head choice with the parameter-free rule (`default_params`: weight
+        1, bias log(label score)) at the calibrated temperatures."""
+        models = {g.model_id for a in assignment for g in a.groups}
+        missing = sorted(models - set(self.temperatures))
+        if missing:
+            raise FailedPrecondition(f"no calibrated temperature for models {missing}")
+        params = default_params(assignment, {m: self.temperatures[m] for m in models})
+        pred = predict(assignment, params, self.logits_of, self.idx)
+        return float((pred == self.labels).mean())
+
+
 def candidates_for(
     graph: Graph, settings: Settings, task: Task, resolver: Any, models: tuple[str, ...] | None
-) -> list[chco.Candidate]:
+) -> tuple[list[chco.Candidate], dict[str, float]]:
+    """The task's candidate head groups (as selection finds them) and each candidate model's
+    calibrated temperature (the one selection and inference use)."""
     ctx = select.select(
         graph,
         settings,
@@ -165,11 +226,14 @@ def candidates_for(
         resolver,
         store=False,
     )
-    return ctx.candidates
+    temps = dict(ctx.problem.temperatures) if ctx.problem is not None else {}
+    for mid in sorted({c.group.model_id for c in ctx.candidates} - set(temps)):
+        temps[mid] = select.CACHE.get(settings, mid).temperature
+    return ctx.candidates, temps
 
 
-def baseline_random(cands, k, logits_of, idx, labels, seed: int, draws: int = 5) -> float:
-    by_class = _by_class(cands, k)
+def baseline_random(view: TaskView, seed: int, draws: int = 5) -> float:
+    by_class = _by_class(view.candidates, view.k)
     rng = np.random.default_rng(seed)
     accs = []
     for _ in range(draws):
@@ -177,20 +241,22 @@ def baseline_random(cands, k, logits_of, idx, labels, seed: int, draws: int = 5)
             ClassAssignment(c, (by_class[c][rng.integers(len(by_class[c]))].group,))
             if by_class[c]
             else ClassAssignment(c, ())
-            for c in range(k)
+            for c in range(view.k)
         ]
-        accs.append(_accuracy(assignment, logits_of, idx, labels, k))
+        accs.append(view.accuracy(assignment))
     return float(np.mean(accs))
 
 
-def baseline_single(cands, k, logits_of, idx, labels, seed: int) -> float:
+def single_expert(candidates: list[chco.Candidate]) -> tuple[str, dict[int, HeadGroup]] | None:
+    """The expert covering most classes (ties: higher mean label score, then model id) and
+    its best head group per covered class; None without candidates."""
     by_model: dict[str, dict[int, chco.Candidate]] = {}
-    for c in cands:
+    for c in candidates:
         best = by_model.setdefault(c.group.model_id, {}).get(c.class_index)
         if best is None or c.group.label_score > best.group.label_score:
             by_model[c.group.model_id][c.class_index] = c
     if not by_model:
-        return 1.0 / k
+        return None
     mid = max(
         sorted(by_model),
         key=lambda m: (
@@ -198,22 +264,21 @@ def baseline_single(cands, k, logits_of, idx, labels, seed: int) -> float:
             np.mean([c.group.label_score for c in by_model[m].values()]),
         ),
     )
-    covered = by_model[mid]
+    return mid, {ci: c.group for ci, c in by_model[mid].items()}
+
+
+def baseline_single(view: TaskView) -> float:
+    chosen = single_expert(view.candidates)
+    covered = chosen[1] if chosen is not None else {}
     assignment = [
-        ClassAssignment(c, (covered[c].group,)) if c in covered else ClassAssignment(c, ())
-        for c in range(k)
+        ClassAssignment(c, (covered[c],)) if c in covered else ClassAssignment(c, ())
+        for c in range(view.k)
     ]
-    pred = _predict(assignment, default_params(assignment), {mid: logits_of(mid)[idx]}, k, len(idx))
-    uncovered = [c for c in range(k) if c not in covered]
-    if uncovered:
-        rng = np.random.default_rng(seed)
-        chance = rng.random(len(idx)) < len(uncovered) / k
-        pred = np.where(chance, rng.choice(uncovered, size=len(idx)), pred)
-    return float((pred == labels).mean())
+    return view.accuracy(assignment)
 
 
-def baseline_uniform(cands, k, logits_of, idx, labels) -> float:
-    by_class = _by_class(cands, k)
+def baseline_uniform(view: TaskView) -> float:
+    by_class = _by_class(view.candidates, view.k)
     assignment = [
         ClassAssignment(
             c,
@@ -221,9 +286,9 @@ def baseline_uniform(cands, k, logits_of, idx, labels) -> float:
                 HeadGroup(x.group.model_id, x.group.heads, x.group.kind, 1.0) for x in by_class[c]
             ),
         )
-        for c in range(k)
+        for c in range(view.k)
     ]
-    return _accuracy(assignment, logits_of, idx, labels, k)
+    return view.accuracy(assignment)  # label score 1 everywhere: bias 0, plain mean
 
 
 def _by_class(cands: list[chco.Candidate], k: int) -> list[list[chco.Candidate]]:
@@ -231,13 +296,6 @@ def _by_class(cands: list[chco.Candidate], k: int) -> list[list[chco.Candidate]]
     for c in cands:
         out[c.class_index].append(c)
     return out
-
-
-def _accuracy(assignment, logits_of, idx, labels, k) -> float:
-    models = sorted({g.model_id for a in assignment for g in a.groups})
-    logits = {m: logits_of(m)[idx] for m in models}
-    pred = _predict(assignment, default_params(assignment), logits, k, len(idx))
-    return float((pred == labels).mean())
 
 
 class Oracle:
@@ -382,13 +440,14 @@ def run_suite(
             selection_ms=sel_ms,
             classify_ms=cls_ms,
         )
-        cands = candidates_for(graph, settings, task, resolver, models)
+        cands, temps = candidates_for(graph, settings, task, resolver, models)
+        view = TaskView(k, cands, temps, logits, idx, labels)
         if "random" in baselines:
-            r.baselines["random"] = baseline_random(cands, k, logits, idx, labels, seed + t_i)
+            r.baselines["random"] = baseline_random(view, seed + t_i)
         if "single" in baselines:
-            r.baselines["single"] = baseline_single(cands, k, logits, idx, labels, seed + t_i)
+            r.baselines["single"] = baseline_single(view)
         if "uniform" in baselines:
-            r.baselines["uniform"] = baseline_uniform(cands, k, logits, idx, labels)
+            r.baselines["uniform"] = baseline_uniform(view)
         if oracle is not None and "oracle" in baselines:
             r.baselines["oracle"] = oracle.accuracy(task, images, idx, labels)
         if conse is not None and "conse" in baselines:
