@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from mllgraph.errors import FailedPrecondition
+from mllgraph.errors import FailedPrecondition, InvalidArgument
 from mllgraph.eval import evaluate as ev
 from mllgraph.reuse.rule import (
     EPS,
@@ -166,3 +166,46 @@ def test_an_uncovered_class_gets_the_same_evidence_in_mll_and_the_baselines():
     view = _view([_cand(0, "A", 0, 0.8), _cand(1, "A", 1, 0.6)], {"A": A_LOGITS}, LABELS_3, temps)
     assert np.array_equal(mll, [0, 0, 1, 1, 2, 2])
     assert ev.baseline_single(view) == float(np.mean(mll == np.array(LABELS_3)))
+
+
+# -- the oracle's recipe ---------------------------------------------------------------------
+
+
+def test_expert_per_class_budget():
+    assert ev.expert_per_class_budget(None, [2, 5]) is None  # uncapped experts: every image
+    assert ev.expert_per_class_budget(4000, [2, 3, 4, 5]) == round(4000 / 3.5)
+    assert ev.expert_per_class_budget(4000, [2]) == 2000
+    with pytest.raises(InvalidArgument, match="at least one expert"):
+        ev.expert_per_class_budget(4000, [])
+
+
+def _task(*fashion: tuple[int, ...]):
+    from mllgraph.eval.tasks import SuiteClass, Task
+
+    return Task("t", tuple(SuiteClass(f"c{i}", f) for i, f in enumerate(fashion)))
+
+
+def test_oracle_trains_on_the_task_classes_with_the_per_class_budget():
+    pool = np.arange(100, 160)
+    pool_labels = np.repeat(np.arange(6), 10)  # 10 pool images of each Fashion class 0..5
+    task = _task((1,), (3, 4))  # class 1 against classes 3 + 4 (a hypernym)
+    capped = ev.Oracle(None, ev.OracleRecipe("test_resnet", 2, per_class_images=4))
+    picked = capped.training_indices(task, pool, pool_labels)
+    assert np.all(np.diff(picked) > 0)
+    assert np.bincount(pool_labels[picked], minlength=6).tolist() == [0, 4, 0, 4, 4, 0]
+    again = ev.Oracle(None, ev.OracleRecipe("test_resnet", 2, per_class_images=4))
+    assert np.array_equal(again.training_indices(task, pool, pool_labels), picked)
+    every = ev.Oracle(None, ev.OracleRecipe("test_resnet", 2, per_class_images=None))
+    assert np.bincount(pool_labels[every.training_indices(task, pool, pool_labels)]).tolist() == [
+        0,
+        10,
+        0,
+        10,
+        10,
+    ]
+
+
+def test_oracle_recipe_is_described():
+    text = ev.OracleRecipe("test_resnet", 3, per_class_images=1143).describe()
+    assert "test_resnet" in text and "3 epoch" in text and "1143" in text
+    assert "every" in ev.OracleRecipe("test_resnet", 3, per_class_images=None).describe()

@@ -62,7 +62,6 @@ def run(settings: Settings, console: Console, args: argparse.Namespace) -> int:
             samples_per_concept=50,
             test_per_class=50,
             budget=5,
-            oracle_max_train=4000,
             out_dir=Path("reports"),
             name="demo",
         )

@@ -17,7 +17,9 @@ choice of heads and the combination's per-class weights differ:
                  cover get the fallback like any uncovered class;
   (c) uniform  — every candidate group of every candidate model, evidence averaged with
                  equal weights (label scores ignored), no budget and no optimisation;
-  (d) oracle   — see :class:`Oracle` (a supervised upper reference, trained on task images);
+  (d) oracle   — :class:`OracleRecipe`: the hub's strongest expert architecture trained with
+                 the experts' recipe and per-class image budget on the task's classes (a
+                 supervised reference: it sees labelled task images, MLL does not);
   (e) conse    — text-only zero-shot from offline parts (a stand-in for a VLM):
                  EfficientNet-Lite0's ImageNet top-10 probabilities mapped to the task's class
                  names by MiniLM text-embedding similarity (ConSE-style).
@@ -36,7 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mllgraph.errors import FailedPrecondition
+from mllgraph.errors import FailedPrecondition, InvalidArgument
 from mllgraph.eval.tasks import Suite, Task
 from mllgraph.graph.db import Graph
 from mllgraph.hub import forward, registry
@@ -298,22 +300,71 @@ def _by_class(cands: list[chco.Candidate], k: int) -> list[list[chco.Candidate]]
     return out
 
 
-class Oracle:
-    """The strongest hub architecture trained on a task's classes (cached per class set)."""
+def expert_per_class_budget(
+    max_train_per_expert: int | None, expert_class_counts: Sequence[int]
+) -> int | None:
+    """Training images per Fashion class an expert gets: None (every pool image of each of
+    its classes) when the experts are uncapped; else the cap spread over the median number of
+    classes an expert has (an expert draws its `max_train_per_expert` images uniformly from
+    its 2-5 classes, so about cap / classes of each)."""
+    if max_train_per_expert is None:
+        return None
+    if not expert_class_counts:
+        raise InvalidArgument("the oracle's image budget needs at least one expert")
+    return max(1, round(max_train_per_expert / float(np.median(expert_class_counts))))
 
-    def __init__(
-        self,
-        settings: Settings,
-        arch: str,
-        epochs: int,
-        seed: int,
-        split_seed: int,
-        max_train: int | None,
-    ) -> None:
-        self.settings, self.arch, self.epochs = settings, arch, epochs
-        self.seed, self.split_seed, self.max_train = seed, split_seed, max_train
+
+@dataclass(frozen=True)
+class OracleRecipe:
+    """How the oracle is trained, the same in the demo and the benchmark.
+
+    The hub's strongest expert architecture (largest by parameter count), trained with the
+    experts' own training code and epochs (`experts.train_expert`), on the task's classes
+    only, from the same expert-training pool the experts use (never the probe pool or the
+    test split), with the experts' per-class image budget (:func:`expert_per_class_budget`):
+    at most `per_class_images` images of each Fashion-MNIST class the task's classes stand
+    for, drawn with `seed` (all of them when None). It is a supervised reference that sees
+    labelled images of the task, which MLL never does.
+    """
+
+    arch: str
+    epochs: int
+    per_class_images: int | None
+    seed: int = 0
+    split_seed: int = 0
+
+    def describe(self) -> str:
+        images = (
+            "every expert-training-pool image of each task class"
+            if self.per_class_images is None
+            else f"at most {self.per_class_images} expert-training-pool images per Fashion class"
+        )
+        return (
+            f"{self.arch} (the hub's largest expert architecture), {self.epochs} epoch(s) with "
+            f"the experts' training code, trained on the task's classes only with {images} "
+            f"(the experts' per-class budget; split seed {self.split_seed}, seed {self.seed})"
+        )
+
+
+class Oracle:
+    """A supervised reference per task: :class:`OracleRecipe` (cached per class set)."""
+
+    def __init__(self, settings: Settings, recipe: OracleRecipe) -> None:
+        self.settings, self.recipe = settings, recipe
         self._cache: dict[tuple[tuple[int, ...], ...], Any] = {}
         self.seconds = 0.0
+
+    def training_indices(self, task: Task, pool: np.ndarray, pool_labels: np.ndarray) -> np.ndarray:
+        """Sorted positions into `pool` of the oracle's training images for `task`."""
+        rng = np.random.default_rng(self.recipe.seed)
+        keep = []
+        for f in sorted(task.label_map()):
+            idx = np.flatnonzero(pool_labels == f)
+            n = self.recipe.per_class_images
+            if n is not None and idx.size > n:
+                idx = rng.choice(idx, n, replace=False)
+            keep.append(idx)
+        return np.sort(np.concatenate(keep))
 
     def accuracy(
         self, task: Task, images: EvalImages, idx: np.ndarray, labels: np.ndarray
@@ -326,22 +377,20 @@ class Oracle:
         if key not in self._cache:
             t = time.perf_counter()
             train_x, train_y = fashion.load_split("train", self.settings.fashion_mnist_dir)
-            pool, _ = fashion.split_pools(self.split_seed, root=self.settings.fashion_mnist_dir)
+            pool, _ = fashion.split_pools(
+                self.recipe.split_seed, root=self.settings.fashion_mnist_dir
+            )
+            keep = pool[self.training_indices(task, pool, train_y[pool])]
             mapping = task.label_map()
-            keep = pool[np.isin(train_y[pool], list(mapping))]
-            if self.max_train is not None and len(keep) > self.max_train:
-                keep = np.sort(
-                    np.random.default_rng(self.seed).choice(keep, self.max_train, replace=False)
-                )
             y = np.array([mapping[int(f)] for f in train_y[keep]], dtype=np.int64)
             # train_expert trains head i on label value classes[i]: give it task indices.
             model = experts.train_expert(
-                self.arch,
+                self.recipe.arch,
                 list(range(len(task.classes))),
                 train_x[keep],
                 y,
-                epochs=self.epochs,
-                seed=self.seed,
+                epochs=self.recipe.epochs,
+                seed=self.recipe.seed,
             )
             self._cache[key] = model
             self.seconds += time.perf_counter() - t

@@ -37,8 +37,7 @@ class ZeroShotConfig:
     test_per_class: int = 300  # Fashion-MNIST test images per class
     budget: int = 5
     imagenet: bool = True
-    oracle: bool = True
-    oracle_max_train: int | None = None
+    oracle: bool = True  # recipe: evaluate.OracleRecipe, derived from the experts' own
     grpc: bool = True
     out_dir: Path = Path("reports")
     name: str = "zeroshot"
@@ -51,6 +50,7 @@ class ZeroShotReport:
     summary: dict[str, Any] = field(default_factory=dict)
     hub_size: list[dict[str, Any]] = field(default_factory=list)
     cost: dict[str, Any] = field(default_factory=dict)
+    oracle: dict[str, Any] | None = None  # the recipe, and its description
 
 
 def _fashion_ids(graph: Graph, seed: int, n: int) -> list[str]:
@@ -91,6 +91,9 @@ def run(
         registry.model_id(b, "1") for b in imagenet
     )
     oracle = _oracle(graph, settings, config, main_models) if config.oracle else None
+    if oracle is not None:
+        report.oracle = {**asdict(oracle.recipe), "description": oracle.recipe.describe()}
+        log(f"oracle: {oracle.recipe.describe()}")
     conse = ev.ConSE(graph, settings, logits) if config.imagenet else None
 
     log(
@@ -172,15 +175,24 @@ def _label_options(config: ZeroShotConfig):  # -> labeller.LabelOptions
 def _oracle(
     graph: Graph, settings: Settings, config: ZeroShotConfig, models: tuple[str, ...]
 ) -> ev.Oracle:
-    """The hub's largest expert architecture (by parameter count)."""
+    """The oracle of `evaluate.OracleRecipe` for the hub's Fashion experts among `models`."""
+    return ev.Oracle(settings, oracle_recipe(graph, config, models))
+
+
+def oracle_recipe(graph: Graph, config: ZeroShotConfig, models: tuple[str, ...]) -> ev.OracleRecipe:
+    """The hub's largest expert architecture (by parameter count), the experts' epochs and
+    their per-class image budget (from each expert's registered Fashion classes)."""
+    import json
+
     from mllgraph.hub import experts
 
-    archs = {registry.get_model(graph, m)["arch"] for m in models if m.startswith("fashion-")}
+    records = [registry.get_model(graph, m) for m in models if m.startswith("fashion-")]
+    archs = {r["arch"] for r in records}
     sizes = {a: sum(p.numel() for p in experts.build_timm(a, 10, 1).parameters()) for a in archs}
     arch = max(sorted(sizes), key=sizes.__getitem__) if sizes else "test_resnet"
-    return ev.Oracle(
-        settings, arch, config.epochs, seed=0, split_seed=0, max_train=config.oracle_max_train
-    )
+    counts = [len(json.loads(r["metadata"]["fashion_classes"])) for r in records]
+    per_class = ev.expert_per_class_budget(config.max_train_per_expert, counts) if counts else None
+    return ev.OracleRecipe(arch, config.epochs, per_class, seed=0, split_seed=0)
 
 
 def _cost(
@@ -212,7 +224,10 @@ def _cost(
 def write(report: ZeroShotReport, out_dir: Path, name: str = "zeroshot") -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [ev.write_json(out_dir / f"{name}.json", asdict(report))]
-    md = [f"# Zero-shot evaluation ({name})", "", "## Per task (main hub)", ""]
+    md = [f"# Zero-shot evaluation ({name})", ""]
+    if report.oracle:
+        md += ["## Oracle recipe", "", report.oracle["description"], ""]
+    md += ["## Per task (main hub)", ""]
     md.append(ev.markdown_table([ev.TaskResult(**r) for r in report.main]))
     if report.hub_size:
         md += ["", "## Accuracy against hub size (mean over tasks)", ""]
