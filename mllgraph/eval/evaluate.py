@@ -25,6 +25,12 @@ choice of heads and the combination's per-class weights differ:
                  names by MiniLM text-embedding similarity (ConSE-style).
 MLL's plan adds what selection fitted on the hub's probe images (per-class weights and
 biases); an uncovered class keeps weight 1 and bias 0 there, as in the baselines.
+
+What MLL uses, exactly (:data:`MLL_USES`): the task's class names and the hub's own probe
+images (labelled concept images the hub keeps to label its models; the temperatures and
+combination weights are fitted on them); no image or label of the task. The random, single
+and uniform baselines use the same; ConSE uses class names only; the oracle is trained on
+labelled images of the task's classes.
 """
 
 from __future__ import annotations
@@ -57,6 +63,12 @@ from mllgraph.select import run as select
 from mllgraph.settings import Settings
 
 BASELINES = ("random", "single", "uniform", "oracle", "conse")
+# What MLL sees of a task, stated wherever its figures are shown (module doc).
+MLL_USES = (
+    "MLL uses the task's class names and the hub's own probe images (temperatures and "
+    "combination weights are fitted on them); no image or label of the task"
+)
+ORACLE_USES = "the oracle is trained on labelled images of the task's classes"
 Log = Callable[[str], None]
 
 

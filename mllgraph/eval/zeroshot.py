@@ -224,7 +224,7 @@ def _cost(
 def write(report: ZeroShotReport, out_dir: Path, name: str = "zeroshot") -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [ev.write_json(out_dir / f"{name}.json", asdict(report))]
-    md = [f"# Zero-shot evaluation ({name})", ""]
+    md = [f"# Zero-shot evaluation ({name})", "", f"{ev.MLL_USES}; {ev.ORACLE_USES}.", ""]
     if report.oracle:
         md += ["## Oracle recipe", "", report.oracle["description"], ""]
     md += ["## Per task (main hub)", ""]
