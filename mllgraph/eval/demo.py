@@ -71,10 +71,7 @@ def run(settings: Settings, console: Console, args: argparse.Namespace) -> int:
 
     console.rule("5. Results")
     methods = ["mll", "oracle", "uniform", "single", "random", "conse"]
-    table = Table(
-        title="accuracy on Fashion-MNIST test images",
-        caption=f"{evaluate.MLL_USES}; {evaluate.ORACLE_USES}.",
-    )
+    table = Table(title="accuracy on Fashion-MNIST test images")
     table.add_column("task")
     for m in methods:
         table.add_column(m.upper() if m == "mll" else m, justify="right")
@@ -91,6 +88,7 @@ def run(settings: Settings, console: Console, args: argparse.Namespace) -> int:
     mean = report.summary["mean_accuracy"]
     table.add_row("[bold]mean", *[f"[bold]{_fmt(mean.get(m))}" for m in methods], "", "")
     console.print(table)
+    console.print(f"{evaluate.MLL_USES}; {evaluate.ORACLE_USES}.")
     for row in report.hub_size:
         console.print(f"hub of {row['experts']:>2} Fashion experts: MLL {_fmt(row['mll'])}")
     console.print(f"cost: {report.cost}")
