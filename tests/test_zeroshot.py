@@ -38,3 +38,47 @@ def test_report_says_what_mll_and_the_oracle_use(tmp_path: Path):
     assert "no image or label of the task" in md
     assert "## Oracle recipe" in md and "test_resnet" in md
     assert "no training" not in md
+
+
+def test_version_key_orders_numbers_numerically():
+    versions = ["e10-mall-p0", "e2-m4000-p0", "e2-m800-p0", "e1-mall-p0"]
+    assert sorted(versions, key=zeroshot.version_key) == [
+        "e1-mall-p0",
+        "e2-m800-p0",
+        "e2-m4000-p0",
+        "e10-mall-p0",
+    ]
+    assert sorted(versions) != sorted(versions, key=zeroshot.version_key)  # plain str order
+
+
+def _row(name: str, version: str, created: str) -> dict:
+    return {"id": f"{name}@{version}", "name": name, "version": version, "created_at": created}
+
+
+def test_pick_versions_prefers_the_runs_recipe_then_the_newest():
+    t1, t2 = "2026-11-30T10:00:00Z", "2026-11-30T11:00:00Z"
+    rows = [
+        _row("fashion-0-000-a", "e2-mall-p0", t1),
+        _row("fashion-0-000-a", "e10-mall-p0", t1),  # same time: the higher version wins
+        _row("fashion-0-001-b", "e10-mall-p0", t1),
+        _row("fashion-0-001-b", "e2-mall-p0", t2),  # registered later: the newest
+    ]
+    assert zeroshot.pick_versions(rows) == {
+        "fashion-0-000-a": "fashion-0-000-a@e10-mall-p0",
+        "fashion-0-001-b": "fashion-0-001-b@e2-mall-p0",
+    }
+    assert zeroshot.pick_versions(rows, recipe="e10-mall-p0") == {
+        "fashion-0-000-a": "fashion-0-000-a@e10-mall-p0",
+        "fashion-0-001-b": "fashion-0-001-b@e10-mall-p0",
+    }
+    # A name without the recipe's version falls back to the newest.
+    assert zeroshot.pick_versions(rows[:2], recipe="e3-mall-p0") == {
+        "fashion-0-000-a": "fashion-0-000-a@e10-mall-p0"
+    }
+
+
+def test_recipe_matches_the_hub_builds_version():
+    config = zeroshot.ZeroShotConfig(epochs=10, max_train_per_expert=None)
+    assert zeroshot._recipe(config) == "e10-mall-p0"
+    config = zeroshot.ZeroShotConfig(epochs=1, max_train_per_expert=4000)
+    assert zeroshot._recipe(config) == "e1-m4000-p0"

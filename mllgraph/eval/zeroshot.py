@@ -8,6 +8,7 @@ combination code in-process, since it makes hundreds of selections over model su
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,13 +54,53 @@ class ZeroShotReport:
     oracle: dict[str, Any] | None = None  # the recipe, and its description
 
 
-def _fashion_ids(graph: Graph, seed: int, n: int) -> list[str]:
-    rows = registry.list_models(graph, name=f"fashion-{seed}-", limit=1000)
-    ids = sorted(r["id"] for r in rows if r["name"].startswith(f"fashion-{seed}-"))
-    by_name: dict[str, str] = {}
-    for mid in ids:  # one version per expert name: the newest recipe wins ties by id order
-        by_name[mid.split("@")[0]] = mid
+def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
+    """Natural order of version strings: digit runs compare as numbers (`e2` < `e10`)."""
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part)
+        for part in re.split(r"(\d+)", version)
+        if part
+    )
+
+
+def pick_versions(rows: list[dict[str, Any]], recipe: str | None = None) -> dict[str, str]:
+    """{expert name: model id}, one version per name: the version of `recipe` (the one this
+    run trained) when the name has it, else the newest registration (`created_at`), ties by
+    the version's natural order (:func:`version_key`)."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_name.setdefault(r["name"], []).append(r)
+    out = {}
+    for name, versions in by_name.items():
+        exact = [r for r in versions if recipe is not None and _version(r) == recipe]
+        best = (
+            exact[0]
+            if exact
+            else max(
+                versions, key=lambda r: (str(r.get("created_at") or ""), version_key(_version(r)))
+            )
+        )
+        out[name] = best["id"]
+    return out
+
+
+def _version(row: dict[str, Any]) -> str:
+    return str(row.get("version") or row["id"].split("@", 1)[-1])
+
+
+def _fashion_ids(graph: Graph, seed: int, n: int, recipe: str | None = None) -> list[str]:
+    """The first `n` experts of hub `seed` (by name), one version each (:func:`pick_versions`)."""
+    prefix = f"fashion-{seed}-"
+    rows = registry.list_models(graph, name=prefix, limit=1000)
+    by_name = pick_versions([r for r in rows if r["name"].startswith(prefix)], recipe)
     return [by_name[k] for k in sorted(by_name)][:n]
+
+
+def _recipe(config: ZeroShotConfig) -> str:
+    """The version string of the experts this config trains (`hub.recipe_version`)."""
+    return hub.recipe_version(
+        {"epochs": config.epochs, "max_train": config.max_train_per_expert, "hub_seed": 0}
+    )
 
 
 def run(
@@ -87,8 +128,9 @@ def run(
 
     images = ev.eval_images(settings, config.test_per_class)
     logits = ev.LogitCache(graph, settings, images)
-    main_models = tuple(_fashion_ids(graph, config.seeds[0], config.experts)) + tuple(
-        registry.model_id(b, "1") for b in imagenet
+    builtins = tuple(registry.model_id(b, "1") for b in imagenet)
+    main_models = (
+        tuple(_fashion_ids(graph, config.seeds[0], config.experts, _recipe(config))) + builtins
     )
     oracle = _oracle(graph, settings, config, main_models) if config.oracle else None
     if oracle is not None:
@@ -132,7 +174,7 @@ def run(
     oracle_by_task = {r.task: r.baselines.get("oracle") for r in main}
     for size in config.hub_sizes:
         for seed in config.seeds:
-            ids = _fashion_ids(graph, seed, size)
+            ids = _fashion_ids(graph, seed, size, _recipe(config))
             if len(ids) < size:
                 continue
             models = tuple(ids) + tuple(registry.model_id(b, "1") for b in imagenet)
