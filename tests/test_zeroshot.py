@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from mllgraph.eval import evaluate as ev
 from mllgraph.eval import zeroshot
 
@@ -82,3 +84,35 @@ def test_recipe_matches_the_hub_builds_version():
     assert zeroshot._recipe(config) == "e10-mall-p0"
     config = zeroshot.ZeroShotConfig(epochs=1, max_train_per_expert=4000)
     assert zeroshot._recipe(config) == "e1-m4000-p0"
+
+
+HUB_ROWS = [
+    {"experts": 10, "seed": 0, "mll": 0.8, "random": 0.5, "oracle": 0.9},
+    {"experts": 10, "seed": 1, "mll": 0.6, "random": 0.7, "oracle": 0.9},
+    {"experts": 5, "seed": 0, "mll": 0.5, "random": None, "oracle": 0.9},
+]
+
+
+def test_aggregate_is_mean_and_std_over_seeds_per_size():
+    agg = zeroshot._aggregate(HUB_ROWS)
+    assert list(agg) == [5, 10]  # sizes ascending
+    assert agg[10]["mll"] == pytest.approx((0.7, 0.1))
+    assert agg[10]["random"] == pytest.approx((0.6, 0.1))
+    assert agg[5]["mll"] == pytest.approx((0.5, 0.0))
+    assert "random" not in agg[5]  # a missing figure is left out, not counted as 0
+    assert "seed" not in agg[10] and "experts" not in agg[10]
+
+
+def test_hub_size_table():
+    lines = zeroshot._hub_size_table(HUB_ROWS)
+    assert lines[0] == "| experts | mll | oracle | random |"
+    assert lines[2] == "| 5 | 0.500 ± 0.000 | 0.900 ± 0.000 |  |"
+    assert lines[3] == "| 10 | 0.700 ± 0.100 | 0.900 ± 0.000 | 0.600 ± 0.100 |"
+
+
+def test_the_report_plots_the_hub_size_study(tmp_path: Path):
+    report = _report()
+    report.hub_size = HUB_ROWS
+    paths = zeroshot.write(report, tmp_path, "t")
+    assert (tmp_path / "t_hub_size.png").stat().st_size > 0 and len(paths) == 3
+    assert "| 10 | 0.700 ± 0.100" in (tmp_path / "t.md").read_text()
