@@ -209,3 +209,42 @@ def test_oracle_recipe_is_described():
     text = ev.OracleRecipe("test_resnet", 3, per_class_images=1143).describe()
     assert "test_resnet" in text and "3 epoch" in text and "1143" in text
     assert "every" in ev.OracleRecipe("test_resnet", 3, per_class_images=None).describe()
+
+
+# -- summaries per suite half ----------------------------------------------------------------
+
+
+def _result(name: str, split: str | None, mll: float, **baselines: float) -> ev.TaskResult:
+    return ev.TaskResult(name, ["a", "b"], 10, mll, None, [], [], 1.0, 1.0, baselines, split)
+
+
+RESULTS = [
+    _result("d1", "dev", 0.8, oracle=1.0, random=0.5),
+    _result("d2", "dev", 0.6, oracle=0.8, random=0.3),
+    _result("t1", "test", 0.45, oracle=0.9),
+    _result("x", None, 0.15),  # in neither half; in "all", but not in any share
+]
+
+
+def test_summary_has_mean_accuracy_and_share_of_the_oracle():
+    s = ev.summarise(RESULTS[:2])
+    assert s["tasks"] == 2
+    assert s["mean_accuracy"] == pytest.approx({"mll": 0.7, "oracle": 0.9, "random": 0.4})
+    share = {"mll": 0.7 / 0.9, "oracle": 1.0, "random": 0.4 / 0.9}
+    assert s["share_of_oracle"] == pytest.approx(share)
+    # No oracle figure: no share.
+    assert ev.summarise(RESULTS[3:])["share_of_oracle"] == {"mll": None}
+
+
+def test_halves_side_by_side():
+    h = ev.summarise_halves(RESULTS)
+    assert [h[k]["tasks"] for k in ("dev", "test", "all")] == [2, 1, 4]
+    assert h["test"]["share_of_oracle"]["mll"] == pytest.approx(0.5)
+    assert "random" not in h["test"]["mean_accuracy"]  # no random figure on that half
+    assert h["dev"]["mean_accuracy"]["mll"] == pytest.approx(0.7)
+    table = ev.halves_table(RESULTS).splitlines()
+    assert table[0].startswith("| method | dev (2 tasks) | dev: share of oracle | test (1 tasks)")
+    # all: mean of 0.8, 0.6, 0.45, 0.15; share over the three tasks with an oracle figure.
+    assert table[2] == "| mll | 0.700 | 77.8% | 0.450 | 50.0% | 0.500 | 68.5% |"
+    md = ev.markdown_table(RESULTS)
+    assert "| d1 | dev | 2 | 10 |" in md and "| x | - | 2 | 10 |" in md

@@ -63,6 +63,7 @@ def test_a_good_suite():
             "'Bag' is claimed by both 'a' and 'bag'",
         ),
         (_suite(FOOTWEAR, FOOTWEAR), "duplicate task name"),
+        (_suite({**FOOTWEAR, "split": "train"}), "split is 'train'; expected one of dev, test"),
     ],
 )
 def test_refusals_name_what_is_wrong(data, message):
@@ -85,7 +86,28 @@ def test_a_suite_file_round_trips(tmp_path: Path):
     assert load_suite(path) == parse_suite(_suite(FOOTWEAR), str(path))
 
 
-def test_the_shipped_suite_parses():
+def test_halves():
+    suite = parse_suite(
+        _suite(
+            {**FOOTWEAR, "split": "dev"},
+            {**FOOTWEAR, "name": "t", "split": "test"},
+            {**FOOTWEAR, "name": "none"},
+        )
+    )
+    assert [t.split for t in suite.tasks] == ["dev", "test", None]
+    assert [t.name for t in suite.half("dev").tasks] == ["fw"]
+    assert [t.name for t in suite.half("test").tasks] == ["t"]
+    with pytest.raises(InvalidArgument, match="split is 'all'"):
+        suite.half("all")
+
+
+def test_the_shipped_suite_is_split_in_two_halves_with_every_kind_of_rewording():
     suite = load_suite()
-    assert len(suite.tasks) >= 10
     assert len({t.name for t in suite.tasks}) == len(suite.tasks)
+    assert all(t.split in ("dev", "test") for t in suite.tasks)
+    dev, test = suite.half("dev").tasks, suite.half("test").tasks
+    assert abs(len(dev) - len(test)) <= 1
+    kinds = ("british", "casing", "punctuation", "hypernyms", "synonyms", "plurals")
+    for half in (dev, test):
+        reworded = {t.name.split("-")[1] for t in half if t.name.startswith("reworded-")}
+        assert reworded == set(kinds)

@@ -116,3 +116,29 @@ def test_the_report_plots_the_hub_size_study(tmp_path: Path):
     paths = zeroshot.write(report, tmp_path, "t")
     assert (tmp_path / "t_hub_size.png").stat().st_size > 0 and len(paths) == 3
     assert "| 10 | 0.700 ± 0.100" in (tmp_path / "t.md").read_text()
+
+
+def test_hub_size_rows_of_each_half_are_aggregated_apart(tmp_path: Path):
+    rows = HUB_ROWS + [
+        {"experts": 10, "seed": 0, "split": "dev", "mll": 0.9},
+        {"experts": 10, "seed": 1, "split": "dev", "mll": 0.7},
+        {"experts": 10, "seed": 0, "split": "test", "mll": 0.4},
+    ]
+    assert zeroshot._aggregate(rows)[10]["mll"] == pytest.approx((0.7, 0.1))  # whole suite
+    assert zeroshot._aggregate(rows, "dev")[10]["mll"] == pytest.approx((0.8, 0.1))
+    assert zeroshot._aggregate(rows, "test") == {10: {"mll": pytest.approx((0.4, 0.0))}}
+    report = _report()
+    report.hub_size = rows
+    zeroshot.write(report, tmp_path, "t")
+    md = (tmp_path / "t.md").read_text()
+    assert "`dev` half:" in md and "`test` half:" in md
+    assert "## Both halves of the suite" in md
+
+
+def test_halves_rows_for_the_console():
+    report = _report()
+    report.halves = ev.summarise_halves([ev.TaskResult(**r) for r in report.main])
+    rows = zeroshot.halves_rows(report)
+    assert [r["method"] for r in rows] == ["mll", "oracle", "random"]
+    assert rows[0]["all (1)"] == "0.900" and rows[0]["all: % of oracle"] == "90.0%"
+    assert rows[0]["dev (0)"] == "" and rows[0]["test: % of oracle"] == ""

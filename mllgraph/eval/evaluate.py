@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mllgraph.errors import FailedPrecondition, InvalidArgument
-from mllgraph.eval.tasks import Suite, Task
+from mllgraph.eval.tasks import SPLITS, Suite, Task
 from mllgraph.graph.db import Graph
 from mllgraph.hub import forward, registry
 from mllgraph.hub.fashion import FASHION_CLASSES
@@ -456,6 +456,7 @@ class TaskResult:
     selection_ms: float
     classify_ms: float
     baselines: dict[str, float] = field(default_factory=dict)
+    split: str | None = None  # the task's suite half: "dev", "test" or None
 
 
 def run_suite(
@@ -500,6 +501,7 @@ def run_suite(
             uncovered=plan.get("uncovered", []),
             selection_ms=sel_ms,
             classify_ms=cls_ms,
+            split=task.split,
         )
         cands, temps = candidates_for(graph, settings, task, resolver, models)
         view = TaskView(k, cands, temps, logits, idx, labels)
@@ -520,34 +522,77 @@ def run_suite(
 
 
 def summarise(results: list[TaskResult]) -> dict[str, Any]:
+    """Mean accuracy per method over the tasks, and each method's share of the oracle (its
+    mean over the oracle's mean, on the tasks that have an oracle figure)."""
     methods = ["mll"] + sorted({b for r in results for b in r.baselines})
-    mean = {}
+    mean: dict[str, float | None] = {}
+    share: dict[str, float | None] = {}
+    with_oracle = [r for r in results if r.baselines.get("oracle") is not None]
+    oracle_mean = float(np.mean([r.baselines["oracle"] for r in with_oracle])) if with_oracle else 0
     for m in methods:
-        vals = [
-            r.mll if m == "mll" else r.baselines[m]
-            for r in results
-            if m == "mll" or m in r.baselines
-        ]
-        mean[m] = float(np.mean(vals)) if vals else None
-    return {"tasks": len(results), "mean_accuracy": mean}
+        mean[m] = _mean([_value(r, m) for r in results])
+        paired = [_value(r, m) for r in with_oracle]
+        share[m] = (
+            _mean(paired) / oracle_mean
+            if oracle_mean > 0 and paired and None not in paired
+            else None
+        )
+    return {"tasks": len(results), "mean_accuracy": mean, "share_of_oracle": share}
+
+
+def summarise_halves(results: list[TaskResult]) -> dict[str, dict[str, Any]]:
+    """:func:`summarise` of the `dev` half, the `test` half and all tasks, side by side."""
+    out = {h: summarise([r for r in results if r.split == h]) for h in SPLITS}
+    out["all"] = summarise(results)
+    return out
+
+
+def _value(r: TaskResult, method: str) -> float | None:
+    return r.mll if method == "mll" else r.baselines.get(method)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def halves_table(results: list[TaskResult]) -> str:
+    """Markdown: per method, mean accuracy and share of the oracle on each half and on all."""
+    halves = summarise_halves(results)
+    methods = ["mll"] + sorted({b for r in results for b in r.baselines})
+    cols = [*SPLITS, "all"]
+    lines = [
+        "| method | "
+        + " | ".join(f"{h} ({halves[h]['tasks']} tasks) | {h}: share of oracle" for h in cols)
+        + " |",
+        "|---|" + "---|---|" * len(cols),
+    ]
+    for m in methods:
+        cells = []
+        for h in cols:
+            acc, share = halves[h]["mean_accuracy"].get(m), halves[h]["share_of_oracle"].get(m)
+            cells += ["" if acc is None else f"{acc:.3f}", "" if share is None else f"{share:.1%}"]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(results: list[TaskResult]) -> str:
     methods = ["mll"] + sorted({b for r in results for b in r.baselines})
     lines = [
-        "| task | K | images | " + " | ".join(methods) + " | models | uncovered |",
-        "|---|---|---|" + "---|" * len(methods) + "---|---|",
+        "| task | half | K | images | " + " | ".join(methods) + " | models | uncovered |",
+        "|---|---|---|---|" + "---|" * len(methods) + "---|---|",
     ]
     for r in results:
         vals = [r.mll] + [r.baselines.get(m) for m in methods[1:]]
         cells = " | ".join("" if v is None else f"{v:.3f}" for v in vals)
         lines.append(
-            f"| {r.task} | {len(r.classes)} | {r.images} | {cells} | {len(r.models)} | "
+            f"| {r.task} | {r.split or '-'} | {len(r.classes)} | {r.images} | {cells} | "
+            f"{len(r.models)} | "
             f"{', '.join(r.uncovered) or '-'} |"
         )
     s = summarise(results)["mean_accuracy"]
     cells = " | ".join("" if s[m] is None else f"**{s[m]:.3f}**" for m in methods)
-    lines.append(f"| **mean** | | | {cells} | | |")
+    lines.append(f"| **mean** | | | | {cells} | | |")
     return "\n".join(lines)
 
 

@@ -52,6 +52,7 @@ class ZeroShotReport:
     hub_size: list[dict[str, Any]] = field(default_factory=list)
     cost: dict[str, Any] = field(default_factory=dict)
     oracle: dict[str, Any] | None = None  # the recipe, and its description
+    halves: dict[str, Any] = field(default_factory=dict)  # summarise_halves of the main run
 
 
 def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
@@ -170,6 +171,14 @@ def run(
         main = run_main(ev.LibraryPipeline(graph, settings, logits))
     report.main = ev.results_json(main)
     report.summary = ev.summarise(main)
+    report.halves = ev.summarise_halves(main)
+    for h in ("dev", "test", "all"):
+        acc, share = (report.halves[h][k].get("mll") for k in ("mean_accuracy", "share_of_oracle"))
+        if acc is not None:
+            log(
+                f"{h:>4}: {report.halves[h]['tasks']} tasks, MLL {acc:.3f}"
+                + ("" if share is None else f" = {share:.1%} of the oracle")
+            )
 
     oracle_by_task = {r.task: r.baselines.get("oracle") for r in main}
     for size in config.hub_sizes:
@@ -197,6 +206,10 @@ def run(
                     r.baselines["oracle"] = oracle_by_task[r.task]
             s = ev.summarise(res)["mean_accuracy"]
             report.hub_size.append({"experts": size, "seed": seed, **s})
+            for h, half in ev.summarise_halves(res).items():
+                if h != "all" and half["tasks"]:
+                    row = {"experts": size, "seed": seed, "split": h, **half["mean_accuracy"]}
+                    report.hub_size.append(row)
             log(
                 f"hub size {size:>3} seed {seed}: "
                 + "  ".join(f"{m} {v:.3f}" for m, v in s.items() if v is not None)
@@ -269,11 +282,25 @@ def write(report: ZeroShotReport, out_dir: Path, name: str = "zeroshot") -> list
     md = [f"# Zero-shot evaluation ({name})", "", f"{ev.MLL_USES}; {ev.ORACLE_USES}.", ""]
     if report.oracle:
         md += ["## Oracle recipe", "", report.oracle["description"], ""]
-    md += ["## Per task (main hub)", ""]
-    md.append(ev.markdown_table([ev.TaskResult(**r) for r in report.main]))
+    results = [ev.TaskResult(**r) for r in report.main]
+    md += [
+        "## Both halves of the suite (main hub)",
+        "",
+        "`dev` tasks may be looked at while changing a rule; `test` tasks are run only to "
+        "report. Share of the oracle: the method's mean accuracy over the oracle's.",
+        "",
+        ev.halves_table(results),
+        "",
+        "## Per task (main hub)",
+        "",
+        ev.markdown_table(results),
+    ]
     if report.hub_size:
         md += ["", "## Accuracy against hub size (mean over tasks)", ""]
         md += _hub_size_table(report.hub_size)
+        for h in ("dev", "test"):
+            if any(r.get("split") == h for r in report.hub_size):
+                md += ["", f"`{h}` half:", ""] + _hub_size_table(report.hub_size, h)
         png = out_dir / f"{name}_hub_size.png"
         _plot(report.hub_size, png)
         paths.append(png)
@@ -284,14 +311,36 @@ def write(report: ZeroShotReport, out_dir: Path, name: str = "zeroshot") -> list
     return [path, *paths]
 
 
+def halves_rows(report: ZeroShotReport) -> list[dict[str, Any]]:
+    """Per method: mean accuracy and share of the oracle on the dev half, the test half and
+    all tasks (for a console table)."""
+    halves = report.halves
+    methods = list(halves.get("all", {}).get("mean_accuracy", {}))
+    rows = []
+    for m in methods:
+        row: dict[str, Any] = {"method": m}
+        for h in ("dev", "test", "all"):
+            acc = halves[h]["mean_accuracy"].get(m)
+            share = halves[h]["share_of_oracle"].get(m)
+            row[f"{h} ({halves[h]['tasks']})"] = "" if acc is None else f"{acc:.3f}"
+            row[f"{h}: % of oracle"] = "" if share is None else f"{share:.1%}"
+        rows.append(row)
+    return rows
+
+
 def _pretty(data: Any) -> str:
     import json
 
     return json.dumps(data, indent=1, default=str)
 
 
-def _aggregate(rows: list[dict[str, Any]]) -> dict[int, dict[str, tuple[float, float]]]:
-    methods = sorted({k for r in rows for k in r if k not in ("experts", "seed")})
+def _aggregate(
+    rows: list[dict[str, Any]], split: str = "all"
+) -> dict[int, dict[str, tuple[float, float]]]:
+    """{hub size: {method: (mean, std) over seeds}} of the rows of one suite half (rows
+    without a `split` are the whole suite, "all")."""
+    rows = [r for r in rows if r.get("split", "all") == split]
+    methods = sorted({k for r in rows for k in r if k not in ("experts", "seed", "split")})
     out: dict[int, dict[str, tuple[float, float]]] = {}
     for size in sorted({r["experts"] for r in rows}):
         sel = [r for r in rows if r["experts"] == size]
@@ -303,8 +352,8 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[int, dict[str, tuple[float, f
     return out
 
 
-def _hub_size_table(rows: list[dict[str, Any]]) -> list[str]:
-    agg = _aggregate(rows)
+def _hub_size_table(rows: list[dict[str, Any]], split: str = "all") -> list[str]:
+    agg = _aggregate(rows, split)
     methods = sorted({m for v in agg.values() for m in v})
     lines = ["| experts | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for size, vals in agg.items():
