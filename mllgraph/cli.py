@@ -483,13 +483,7 @@ def cmd_zeroshot(args: argparse.Namespace, settings: Settings) -> int:
         report = zeroshot.run(graph, settings, suite, config, log=console.print)
     paths = zeroshot.write(report, config.out_dir, config.name)
     console.print(
-        _table(
-            [
-                {"method": m, "mean accuracy": None if v is None else round(v, 4)}
-                for m, v in report.summary["mean_accuracy"].items()
-            ],
-            f"{len(report.main)} tasks",
-        )
+        _table(zeroshot.halves_rows(report), f"{len(report.main)} tasks: mean accuracy per half")
     )
     console.print("wrote " + ", ".join(str(p) for p in paths))
     return 0
@@ -641,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="reports")
     g = p.add_argument_group("zeroshot")
-    g.add_argument("--tasks", help="task suite JSON (default: the shipped 32-task suite)")
+    g.add_argument("--tasks", help="task suite JSON (default: the shipped dev + test suite)")
     g.add_argument("--experts", type=int, default=50, help="Fashion experts per hub seed")
     g.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="hub seeds, e.g. 0,1,2")
     g.add_argument("--hub-sizes", type=_ints, default=(5, 10, 20, 50), help="hub sizes to study")

@@ -5,42 +5,70 @@ the task's classes, through a `Pipeline` — the gRPC services in `bench zerosho
 demo, or the library in-process (the hub-size study, where hundreds of selections run).
 
 Baselines, computed on the same images from each model's logits (every model runs once on
-the evaluation images and its logits are cached):
-  (a) random   — a uniformly random candidate per class (mean of 5 draws);
-  (b) single   — the one expert covering most classes (ties: higher mean label score); each
-                 image goes, with probability |uncovered|/K, to a random uncovered class
-                 (chance), otherwise to the expert's best covered class;
+the evaluation images and its logits are cached). Every method is scored by the same code
+(:func:`task_scores`): the shared rule (`mllgraph.reuse.rule.combine`) at each model's
+calibrated temperature (the one labelling fitted on the hub's probe images, which selection
+and inference use too), and the same offline fallback evidence
+(`mllgraph.reuse.vlm.fallback_evidence`) for every class the method leaves uncovered. Only the
+choice of heads and the combination's per-class weights differ:
+  (a) random   — a uniformly random candidate per class (mean of 5 draws), default weights;
+  (b) single   — the one expert covering most classes (ties: higher mean label score), its
+                 best head group per covered class, default weights; the classes it does not
+                 cover get the fallback like any uncovered class;
   (c) uniform  — every candidate group of every candidate model, evidence averaged with
-                 equal weights, no budget and no optimisation;
-  (d) oracle   — the hub's largest expert architecture trained with the experts' own recipe
-                 directly on the task's classes, on the whole training pool;
+                 equal weights (label scores ignored), no budget and no optimisation;
+  (d) oracle   — :class:`OracleRecipe`: the hub's strongest expert architecture trained with
+                 the experts' recipe and per-class image budget on the task's classes (a
+                 supervised reference: it sees labelled task images, MLL does not);
   (e) conse    — text-only zero-shot from offline parts (a stand-in for a VLM):
                  EfficientNet-Lite0's ImageNet top-10 probabilities mapped to the task's class
                  names by MiniLM text-embedding similarity (ConSE-style).
+MLL's plan adds what selection fitted on the hub's probe images (per-class weights and
+biases); an uncovered class keeps weight 1 and bias 0 there, as in the baselines.
+
+What MLL uses, exactly (:data:`MLL_USES`): the task's class names and the hub's own probe
+images (labelled concept images the hub keeps to label its models; the temperatures and
+combination weights are fitted on them); no image or label of the task. The random, single
+and uniform baselines use the same; ConSE uses class names only; the oracle is trained on
+labelled images of the task's classes.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from mllgraph.eval.tasks import Suite, Task
+from mllgraph.errors import FailedPrecondition, InvalidArgument
+from mllgraph.eval.tasks import SPLITS, Suite, Task
 from mllgraph.graph.db import Graph
 from mllgraph.hub import forward, registry
 from mllgraph.hub.fashion import FASHION_CLASSES
-from mllgraph.reuse.rule import ClassAssignment, HeadGroup, combine, default_params
+from mllgraph.reuse.rule import (
+    ClassAssignment,
+    CombinationParams,
+    HeadGroup,
+    class_scores,
+    default_params,
+)
+from mllgraph.reuse.vlm import fallback_evidence
 from mllgraph.select import chco
 from mllgraph.select import plan as plan_doc
 from mllgraph.select import run as select
 from mllgraph.settings import Settings
 
 BASELINES = ("random", "single", "uniform", "oracle", "conse")
+# What MLL sees of a task, stated wherever its figures are shown (module doc).
+MLL_USES = (
+    "MLL uses the task's class names and the hub's own probe images (temperatures and "
+    "combination weights are fitted on them); no image or label of the task"
+)
+ORACLE_USES = "the oracle is trained on labelled images of the task's classes"
 Log = Callable[[str], None]
 
 
@@ -130,33 +158,80 @@ class LibraryPipeline:
     def classify_indices(self, plan: dict[str, Any], idx: np.ndarray) -> np.ndarray:
         """What the inference service answers (same rule, same offline fallback for uncovered
         classes), from cached logits."""
-        from mllgraph.reuse.vlm import fallback_evidence
-
-        combo = plan_doc.combination_of(plan)
-        logits = {m: self.logits(m)[idx] for m in combo.models}
-        if not logits:
-            return np.zeros(len(idx), dtype=np.int64)
-        extra = fallback_evidence(len(idx), combo.uncovered) if combo.uncovered else None
-        return combine(logits, combo.assignment, combo.params, extra_evidence=extra).argmax(1)
+        return classify_plan(plan, self.logits, idx)
 
     def classify(self, plan: dict[str, Any], images: np.ndarray) -> np.ndarray:
         raise NotImplementedError("LibraryPipeline classifies by index: use classify_indices")
 
 
-def _predict(
-    assignment: list[ClassAssignment], params: Any, logits: dict[str, np.ndarray], k: int, n: int
+# -- scoring shared by every method ----------------------------------------------------------
+
+
+def task_scores(
+    assignment: Sequence[ClassAssignment],
+    params: CombinationParams,
+    logits_of: Callable[[str], np.ndarray],
+    idx: np.ndarray,
 ) -> np.ndarray:
-    if not logits:  # nothing covered: every class equally (un)likely
-        return np.zeros(n, dtype=np.int64)
-    return combine(logits, assignment, params).argmax(1)
+    """Class scores (N, K) of any method's head choice: the shared rule at the temperatures in
+    `params`, with the offline fallback evidence for every uncovered class (as inference)."""
+    models = sorted({g.model_id for a in assignment for g in a.groups})
+    logits = {m: logits_of(m)[idx] for m in models}
+    uncovered = [a.class_index for a in assignment if not a.groups]
+    extra = fallback_evidence(len(idx), uncovered) if uncovered else None
+    return class_scores(logits, assignment, params, extra_evidence=extra)
+
+
+def predict(
+    assignment: Sequence[ClassAssignment],
+    params: CombinationParams,
+    logits_of: Callable[[str], np.ndarray],
+    idx: np.ndarray,
+) -> np.ndarray:
+    """Predicted task-class index per image (first class on ties)."""
+    return task_scores(assignment, params, logits_of, idx).argmax(1)
+
+
+def classify_plan(
+    plan: Mapping[str, Any], logits_of: Callable[[str], np.ndarray], idx: np.ndarray
+) -> np.ndarray:
+    """MLL's predictions from a plan document: its heads, its fitted parameters."""
+    combo = plan_doc.combination_of(plan)
+    return predict(combo.assignment, combo.params, logits_of, idx)
 
 
 # -- baselines -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TaskView:
+    """What every baseline sees of one task: the candidate head groups per class (those
+    selection finds), each model's calibrated temperature, and the evaluation images."""
+
+    k: int
+    candidates: list[chco.Candidate]
+    temperatures: Mapping[str, float]
+    logits_of: Callable[[str], np.ndarray]
+    idx: np.ndarray
+    labels: np.ndarray
+
+    def accuracy(self, assignment: list[ClassAssignment]) -> float:
+        """Accuracy of a head choice with the parameter-free rule (`default_params`: weight
+        1, bias log(label score)) at the calibrated temperatures."""
+        models = {g.model_id for a in assignment for g in a.groups}
+        missing = sorted(models - set(self.temperatures))
+        if missing:
+            raise FailedPrecondition(f"no calibrated temperature for models {missing}")
+        params = default_params(assignment, {m: self.temperatures[m] for m in models})
+        pred = predict(assignment, params, self.logits_of, self.idx)
+        return float((pred == self.labels).mean())
+
+
 def candidates_for(
     graph: Graph, settings: Settings, task: Task, resolver: Any, models: tuple[str, ...] | None
-) -> list[chco.Candidate]:
+) -> tuple[list[chco.Candidate], dict[str, float]]:
+    """The task's candidate head groups (as selection finds them) and each candidate model's
+    calibrated temperature (the one selection and inference use)."""
     ctx = select.select(
         graph,
         settings,
@@ -165,11 +240,14 @@ def candidates_for(
         resolver,
         store=False,
     )
-    return ctx.candidates
+    temps = dict(ctx.problem.temperatures) if ctx.problem is not None else {}
+    for mid in sorted({c.group.model_id for c in ctx.candidates} - set(temps)):
+        temps[mid] = select.CACHE.get(settings, mid).temperature
+    return ctx.candidates, temps
 
 
-def baseline_random(cands, k, logits_of, idx, labels, seed: int, draws: int = 5) -> float:
-    by_class = _by_class(cands, k)
+def baseline_random(view: TaskView, seed: int, draws: int = 5) -> float:
+    by_class = _by_class(view.candidates, view.k)
     rng = np.random.default_rng(seed)
     accs = []
     for _ in range(draws):
@@ -177,20 +255,22 @@ def baseline_random(cands, k, logits_of, idx, labels, seed: int, draws: int = 5)
             ClassAssignment(c, (by_class[c][rng.integers(len(by_class[c]))].group,))
             if by_class[c]
             else ClassAssignment(c, ())
-            for c in range(k)
+            for c in range(view.k)
         ]
-        accs.append(_accuracy(assignment, logits_of, idx, labels, k))
+        accs.append(view.accuracy(assignment))
     return float(np.mean(accs))
 
 
-def baseline_single(cands, k, logits_of, idx, labels, seed: int) -> float:
+def single_expert(candidates: list[chco.Candidate]) -> tuple[str, dict[int, HeadGroup]] | None:
+    """The expert covering most classes (ties: higher mean label score, then model id) and
+    its best head group per covered class; None without candidates."""
     by_model: dict[str, dict[int, chco.Candidate]] = {}
-    for c in cands:
+    for c in candidates:
         best = by_model.setdefault(c.group.model_id, {}).get(c.class_index)
         if best is None or c.group.label_score > best.group.label_score:
             by_model[c.group.model_id][c.class_index] = c
     if not by_model:
-        return 1.0 / k
+        return None
     mid = max(
         sorted(by_model),
         key=lambda m: (
@@ -198,22 +278,21 @@ def baseline_single(cands, k, logits_of, idx, labels, seed: int) -> float:
             np.mean([c.group.label_score for c in by_model[m].values()]),
         ),
     )
-    covered = by_model[mid]
+    return mid, {ci: c.group for ci, c in by_model[mid].items()}
+
+
+def baseline_single(view: TaskView) -> float:
+    chosen = single_expert(view.candidates)
+    covered = chosen[1] if chosen is not None else {}
     assignment = [
-        ClassAssignment(c, (covered[c].group,)) if c in covered else ClassAssignment(c, ())
-        for c in range(k)
+        ClassAssignment(c, (covered[c],)) if c in covered else ClassAssignment(c, ())
+        for c in range(view.k)
     ]
-    pred = _predict(assignment, default_params(assignment), {mid: logits_of(mid)[idx]}, k, len(idx))
-    uncovered = [c for c in range(k) if c not in covered]
-    if uncovered:
-        rng = np.random.default_rng(seed)
-        chance = rng.random(len(idx)) < len(uncovered) / k
-        pred = np.where(chance, rng.choice(uncovered, size=len(idx)), pred)
-    return float((pred == labels).mean())
+    return view.accuracy(assignment)
 
 
-def baseline_uniform(cands, k, logits_of, idx, labels) -> float:
-    by_class = _by_class(cands, k)
+def baseline_uniform(view: TaskView) -> float:
+    by_class = _by_class(view.candidates, view.k)
     assignment = [
         ClassAssignment(
             c,
@@ -221,9 +300,9 @@ def baseline_uniform(cands, k, logits_of, idx, labels) -> float:
                 HeadGroup(x.group.model_id, x.group.heads, x.group.kind, 1.0) for x in by_class[c]
             ),
         )
-        for c in range(k)
+        for c in range(view.k)
     ]
-    return _accuracy(assignment, logits_of, idx, labels, k)
+    return view.accuracy(assignment)  # label score 1 everywhere: bias 0, plain mean
 
 
 def _by_class(cands: list[chco.Candidate], k: int) -> list[list[chco.Candidate]]:
@@ -233,29 +312,71 @@ def _by_class(cands: list[chco.Candidate], k: int) -> list[list[chco.Candidate]]
     return out
 
 
-def _accuracy(assignment, logits_of, idx, labels, k) -> float:
-    models = sorted({g.model_id for a in assignment for g in a.groups})
-    logits = {m: logits_of(m)[idx] for m in models}
-    pred = _predict(assignment, default_params(assignment), logits, k, len(idx))
-    return float((pred == labels).mean())
+def expert_per_class_budget(
+    max_train_per_expert: int | None, expert_class_counts: Sequence[int]
+) -> int | None:
+    """Training images per Fashion class an expert gets: None (every pool image of each of
+    its classes) when the experts are uncapped; else the cap spread over the median number of
+    classes an expert has (an expert draws its `max_train_per_expert` images uniformly from
+    its 2-5 classes, so about cap / classes of each)."""
+    if max_train_per_expert is None:
+        return None
+    if not expert_class_counts:
+        raise InvalidArgument("the oracle's image budget needs at least one expert")
+    return max(1, round(max_train_per_expert / float(np.median(expert_class_counts))))
+
+
+@dataclass(frozen=True)
+class OracleRecipe:
+    """How the oracle is trained, the same in the demo and the benchmark.
+
+    The hub's strongest expert architecture (largest by parameter count), trained with the
+    experts' own training code and epochs (`experts.train_expert`), on the task's classes
+    only, from the same expert-training pool the experts use (never the probe pool or the
+    test split), with the experts' per-class image budget (:func:`expert_per_class_budget`):
+    at most `per_class_images` images of each Fashion-MNIST class the task's classes stand
+    for, drawn with `seed` (all of them when None). It is a supervised reference that sees
+    labelled images of the task, which MLL never does.
+    """
+
+    arch: str
+    epochs: int
+    per_class_images: int | None
+    seed: int = 0
+    split_seed: int = 0
+
+    def describe(self) -> str:
+        images = (
+            "every expert-training-pool image of each task class"
+            if self.per_class_images is None
+            else f"at most {self.per_class_images} expert-training-pool images per Fashion class"
+        )
+        return (
+            f"{self.arch} (the hub's largest expert architecture), {self.epochs} epoch(s) with "
+            f"the experts' training code, trained on the task's classes only with {images} "
+            f"(the experts' per-class budget; split seed {self.split_seed}, seed {self.seed})"
+        )
 
 
 class Oracle:
-    """The strongest hub architecture trained on a task's classes (cached per class set)."""
+    """A supervised reference per task: :class:`OracleRecipe` (cached per class set)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        arch: str,
-        epochs: int,
-        seed: int,
-        split_seed: int,
-        max_train: int | None,
-    ) -> None:
-        self.settings, self.arch, self.epochs = settings, arch, epochs
-        self.seed, self.split_seed, self.max_train = seed, split_seed, max_train
+    def __init__(self, settings: Settings, recipe: OracleRecipe) -> None:
+        self.settings, self.recipe = settings, recipe
         self._cache: dict[tuple[tuple[int, ...], ...], Any] = {}
         self.seconds = 0.0
+
+    def training_indices(self, task: Task, pool: np.ndarray, pool_labels: np.ndarray) -> np.ndarray:
+        """Sorted positions into `pool` of the oracle's training images for `task`."""
+        rng = np.random.default_rng(self.recipe.seed)
+        keep = []
+        for f in sorted(task.label_map()):
+            idx = np.flatnonzero(pool_labels == f)
+            n = self.recipe.per_class_images
+            if n is not None and idx.size > n:
+                idx = rng.choice(idx, n, replace=False)
+            keep.append(idx)
+        return np.sort(np.concatenate(keep))
 
     def accuracy(
         self, task: Task, images: EvalImages, idx: np.ndarray, labels: np.ndarray
@@ -268,22 +389,20 @@ class Oracle:
         if key not in self._cache:
             t = time.perf_counter()
             train_x, train_y = fashion.load_split("train", self.settings.fashion_mnist_dir)
-            pool, _ = fashion.split_pools(self.split_seed, root=self.settings.fashion_mnist_dir)
+            pool, _ = fashion.split_pools(
+                self.recipe.split_seed, root=self.settings.fashion_mnist_dir
+            )
+            keep = pool[self.training_indices(task, pool, train_y[pool])]
             mapping = task.label_map()
-            keep = pool[np.isin(train_y[pool], list(mapping))]
-            if self.max_train is not None and len(keep) > self.max_train:
-                keep = np.sort(
-                    np.random.default_rng(self.seed).choice(keep, self.max_train, replace=False)
-                )
             y = np.array([mapping[int(f)] for f in train_y[keep]], dtype=np.int64)
             # train_expert trains head i on label value classes[i]: give it task indices.
             model = experts.train_expert(
-                self.arch,
+                self.recipe.arch,
                 list(range(len(task.classes))),
                 train_x[keep],
                 y,
-                epochs=self.epochs,
-                seed=self.seed,
+                epochs=self.recipe.epochs,
+                seed=self.recipe.seed,
             )
             self._cache[key] = model
             self.seconds += time.perf_counter() - t
@@ -337,6 +456,7 @@ class TaskResult:
     selection_ms: float
     classify_ms: float
     baselines: dict[str, float] = field(default_factory=dict)
+    split: str | None = None  # the task's suite half: "dev", "test" or None
 
 
 def run_suite(
@@ -381,14 +501,16 @@ def run_suite(
             uncovered=plan.get("uncovered", []),
             selection_ms=sel_ms,
             classify_ms=cls_ms,
+            split=task.split,
         )
-        cands = candidates_for(graph, settings, task, resolver, models)
+        cands, temps = candidates_for(graph, settings, task, resolver, models)
+        view = TaskView(k, cands, temps, logits, idx, labels)
         if "random" in baselines:
-            r.baselines["random"] = baseline_random(cands, k, logits, idx, labels, seed + t_i)
+            r.baselines["random"] = baseline_random(view, seed + t_i)
         if "single" in baselines:
-            r.baselines["single"] = baseline_single(cands, k, logits, idx, labels, seed + t_i)
+            r.baselines["single"] = baseline_single(view)
         if "uniform" in baselines:
-            r.baselines["uniform"] = baseline_uniform(cands, k, logits, idx, labels)
+            r.baselines["uniform"] = baseline_uniform(view)
         if oracle is not None and "oracle" in baselines:
             r.baselines["oracle"] = oracle.accuracy(task, images, idx, labels)
         if conse is not None and "conse" in baselines:
@@ -400,34 +522,77 @@ def run_suite(
 
 
 def summarise(results: list[TaskResult]) -> dict[str, Any]:
+    """Mean accuracy per method over the tasks, and each method's share of the oracle (its
+    mean over the oracle's mean, on the tasks that have an oracle figure)."""
     methods = ["mll"] + sorted({b for r in results for b in r.baselines})
-    mean = {}
+    mean: dict[str, float | None] = {}
+    share: dict[str, float | None] = {}
+    with_oracle = [r for r in results if r.baselines.get("oracle") is not None]
+    oracle_mean = float(np.mean([r.baselines["oracle"] for r in with_oracle])) if with_oracle else 0
     for m in methods:
-        vals = [
-            r.mll if m == "mll" else r.baselines[m]
-            for r in results
-            if m == "mll" or m in r.baselines
-        ]
-        mean[m] = float(np.mean(vals)) if vals else None
-    return {"tasks": len(results), "mean_accuracy": mean}
+        mean[m] = _mean([_value(r, m) for r in results])
+        paired = [_value(r, m) for r in with_oracle]
+        share[m] = (
+            _mean(paired) / oracle_mean
+            if oracle_mean > 0 and paired and None not in paired
+            else None
+        )
+    return {"tasks": len(results), "mean_accuracy": mean, "share_of_oracle": share}
+
+
+def summarise_halves(results: list[TaskResult]) -> dict[str, dict[str, Any]]:
+    """:func:`summarise` of the `dev` half, the `test` half and all tasks, side by side."""
+    out = {h: summarise([r for r in results if r.split == h]) for h in SPLITS}
+    out["all"] = summarise(results)
+    return out
+
+
+def _value(r: TaskResult, method: str) -> float | None:
+    return r.mll if method == "mll" else r.baselines.get(method)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def halves_table(results: list[TaskResult]) -> str:
+    """Markdown: per method, mean accuracy and share of the oracle on each half and on all."""
+    halves = summarise_halves(results)
+    methods = ["mll"] + sorted({b for r in results for b in r.baselines})
+    cols = [*SPLITS, "all"]
+    lines = [
+        "| method | "
+        + " | ".join(f"{h} ({halves[h]['tasks']} tasks) | {h}: share of oracle" for h in cols)
+        + " |",
+        "|---|" + "---|---|" * len(cols),
+    ]
+    for m in methods:
+        cells = []
+        for h in cols:
+            acc, share = halves[h]["mean_accuracy"].get(m), halves[h]["share_of_oracle"].get(m)
+            cells += ["" if acc is None else f"{acc:.3f}", "" if share is None else f"{share:.1%}"]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(results: list[TaskResult]) -> str:
     methods = ["mll"] + sorted({b for r in results for b in r.baselines})
     lines = [
-        "| task | K | images | " + " | ".join(methods) + " | models | uncovered |",
-        "|---|---|---|" + "---|" * len(methods) + "---|---|",
+        "| task | half | K | images | " + " | ".join(methods) + " | models | uncovered |",
+        "|---|---|---|---|" + "---|" * len(methods) + "---|---|",
     ]
     for r in results:
         vals = [r.mll] + [r.baselines.get(m) for m in methods[1:]]
         cells = " | ".join("" if v is None else f"{v:.3f}" for v in vals)
         lines.append(
-            f"| {r.task} | {len(r.classes)} | {r.images} | {cells} | {len(r.models)} | "
+            f"| {r.task} | {r.split or '-'} | {len(r.classes)} | {r.images} | {cells} | "
+            f"{len(r.models)} | "
             f"{', '.join(r.uncovered) or '-'} |"
         )
     s = summarise(results)["mean_accuracy"]
     cells = " | ".join("" if s[m] is None else f"**{s[m]:.3f}**" for m in methods)
-    lines.append(f"| **mean** | | | {cells} | | |")
+    lines.append(f"| **mean** | | | | {cells} | | |")
     return "\n".join(lines)
 
 

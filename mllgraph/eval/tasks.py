@@ -5,6 +5,10 @@
 
 For each class name, `fashion` lists the Fashion-MNIST classes it stands for; that mapping is
 used only to score predictions, never by selection or inference.
+
+A tuning discipline: each task may carry `"split": "dev"` (look at it while changing a rule)
+or `"split": "test"` (run it only to report); `bench zeroshot` reports the halves side by
+side. The shipped suite splits every task; a task without `split` counts in neither half.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from mllgraph.errors import InvalidArgument
 from mllgraph.hub.fashion import FASHION_CLASSES
 
 DEFAULT_SUITE = "tasks_default.json"
+SPLITS = ("dev", "test")
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class SuiteClass:
 class Task:
     name: str
     classes: tuple[SuiteClass, ...]
+    split: str | None = None  # "dev", "test" or None (module doc)
 
     @property
     def names(self) -> list[str]:
@@ -45,6 +51,12 @@ class Task:
 class Suite:
     name: str
     tasks: tuple[Task, ...]
+
+    def half(self, split: str) -> Suite:
+        """The tasks of one split ("dev" or "test")."""
+        if split not in SPLITS:
+            raise InvalidArgument(f"split is {split!r}; expected one of {SPLITS}")
+        return Suite(f"{self.name}[{split}]", tuple(t for t in self.tasks if t.split == split))
 
 
 def _fail(where: str, what: str) -> InvalidArgument:
@@ -67,6 +79,9 @@ def parse_suite(data: Any, source: str = "<data>") -> Suite:
         if name in seen_names:
             raise _fail(where, "duplicate task name")
         seen_names.add(name)
+        split = t.get("split")
+        if split is not None and split not in SPLITS:
+            raise _fail(where, f"split is {split!r}; expected one of {', '.join(SPLITS)}")
         classes = t.get("classes")
         if not isinstance(classes, list) or not classes:
             raise _fail(where, "empty task: 'classes' must be a non-empty list")
@@ -97,7 +112,7 @@ def parse_suite(data: Any, source: str = "<data>") -> Suite:
                 used[fid] = c["name"]
                 ids.append(fid)
             parsed.append(SuiteClass(c["name"].strip(), tuple(ids)))
-        tasks.append(Task(name, tuple(parsed)))
+        tasks.append(Task(name, tuple(parsed), split))
     return Suite(str(data.get("name") or source), tuple(tasks))
 
 

@@ -8,6 +8,7 @@ combination code in-process, since it makes hundreds of selections over model su
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,8 +38,7 @@ class ZeroShotConfig:
     test_per_class: int = 300  # Fashion-MNIST test images per class
     budget: int = 5
     imagenet: bool = True
-    oracle: bool = True
-    oracle_max_train: int | None = None
+    oracle: bool = True  # recipe: evaluate.OracleRecipe, derived from the experts' own
     grpc: bool = True
     out_dir: Path = Path("reports")
     name: str = "zeroshot"
@@ -51,15 +51,57 @@ class ZeroShotReport:
     summary: dict[str, Any] = field(default_factory=dict)
     hub_size: list[dict[str, Any]] = field(default_factory=list)
     cost: dict[str, Any] = field(default_factory=dict)
+    oracle: dict[str, Any] | None = None  # the recipe, and its description
+    halves: dict[str, Any] = field(default_factory=dict)  # summarise_halves of the main run
 
 
-def _fashion_ids(graph: Graph, seed: int, n: int) -> list[str]:
-    rows = registry.list_models(graph, name=f"fashion-{seed}-", limit=1000)
-    ids = sorted(r["id"] for r in rows if r["name"].startswith(f"fashion-{seed}-"))
-    by_name: dict[str, str] = {}
-    for mid in ids:  # one version per expert name: the newest recipe wins ties by id order
-        by_name[mid.split("@")[0]] = mid
+def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
+    """Natural order of version strings: digit runs compare as numbers (`e2` < `e10`)."""
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part)
+        for part in re.split(r"(\d+)", version)
+        if part
+    )
+
+
+def pick_versions(rows: list[dict[str, Any]], recipe: str | None = None) -> dict[str, str]:
+    """{expert name: model id}, one version per name: the version of `recipe` (the one this
+    run trained) when the name has it, else the newest registration (`created_at`), ties by
+    the version's natural order (:func:`version_key`)."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_name.setdefault(r["name"], []).append(r)
+    out = {}
+    for name, versions in by_name.items():
+        exact = [r for r in versions if recipe is not None and _version(r) == recipe]
+        best = (
+            exact[0]
+            if exact
+            else max(
+                versions, key=lambda r: (str(r.get("created_at") or ""), version_key(_version(r)))
+            )
+        )
+        out[name] = best["id"]
+    return out
+
+
+def _version(row: dict[str, Any]) -> str:
+    return str(row.get("version") or row["id"].split("@", 1)[-1])
+
+
+def _fashion_ids(graph: Graph, seed: int, n: int, recipe: str | None = None) -> list[str]:
+    """The first `n` experts of hub `seed` (by name), one version each (:func:`pick_versions`)."""
+    prefix = f"fashion-{seed}-"
+    rows = registry.list_models(graph, name=prefix, limit=1000)
+    by_name = pick_versions([r for r in rows if r["name"].startswith(prefix)], recipe)
     return [by_name[k] for k in sorted(by_name)][:n]
+
+
+def _recipe(config: ZeroShotConfig) -> str:
+    """The version string of the experts this config trains (`hub.recipe_version`)."""
+    return hub.recipe_version(
+        {"epochs": config.epochs, "max_train": config.max_train_per_expert, "hub_seed": 0}
+    )
 
 
 def run(
@@ -87,10 +129,14 @@ def run(
 
     images = ev.eval_images(settings, config.test_per_class)
     logits = ev.LogitCache(graph, settings, images)
-    main_models = tuple(_fashion_ids(graph, config.seeds[0], config.experts)) + tuple(
-        registry.model_id(b, "1") for b in imagenet
+    builtins = tuple(registry.model_id(b, "1") for b in imagenet)
+    main_models = (
+        tuple(_fashion_ids(graph, config.seeds[0], config.experts, _recipe(config))) + builtins
     )
     oracle = _oracle(graph, settings, config, main_models) if config.oracle else None
+    if oracle is not None:
+        report.oracle = {**asdict(oracle.recipe), "description": oracle.recipe.describe()}
+        log(f"oracle: {oracle.recipe.describe()}")
     conse = ev.ConSE(graph, settings, logits) if config.imagenet else None
 
     log(
@@ -125,11 +171,19 @@ def run(
         main = run_main(ev.LibraryPipeline(graph, settings, logits))
     report.main = ev.results_json(main)
     report.summary = ev.summarise(main)
+    report.halves = ev.summarise_halves(main)
+    for h in ("dev", "test", "all"):
+        acc, share = (report.halves[h][k].get("mll") for k in ("mean_accuracy", "share_of_oracle"))
+        if acc is not None:
+            log(
+                f"{h:>4}: {report.halves[h]['tasks']} tasks, MLL {acc:.3f}"
+                + ("" if share is None else f" = {share:.1%} of the oracle")
+            )
 
     oracle_by_task = {r.task: r.baselines.get("oracle") for r in main}
     for size in config.hub_sizes:
         for seed in config.seeds:
-            ids = _fashion_ids(graph, seed, size)
+            ids = _fashion_ids(graph, seed, size, _recipe(config))
             if len(ids) < size:
                 continue
             models = tuple(ids) + tuple(registry.model_id(b, "1") for b in imagenet)
@@ -152,6 +206,10 @@ def run(
                     r.baselines["oracle"] = oracle_by_task[r.task]
             s = ev.summarise(res)["mean_accuracy"]
             report.hub_size.append({"experts": size, "seed": seed, **s})
+            for h, half in ev.summarise_halves(res).items():
+                if h != "all" and half["tasks"]:
+                    row = {"experts": size, "seed": seed, "split": h, **half["mean_accuracy"]}
+                    report.hub_size.append(row)
             log(
                 f"hub size {size:>3} seed {seed}: "
                 + "  ".join(f"{m} {v:.3f}" for m, v in s.items() if v is not None)
@@ -172,15 +230,24 @@ def _label_options(config: ZeroShotConfig):  # -> labeller.LabelOptions
 def _oracle(
     graph: Graph, settings: Settings, config: ZeroShotConfig, models: tuple[str, ...]
 ) -> ev.Oracle:
-    """The hub's largest expert architecture (by parameter count)."""
+    """The oracle of `evaluate.OracleRecipe` for the hub's Fashion experts among `models`."""
+    return ev.Oracle(settings, oracle_recipe(graph, config, models))
+
+
+def oracle_recipe(graph: Graph, config: ZeroShotConfig, models: tuple[str, ...]) -> ev.OracleRecipe:
+    """The hub's largest expert architecture (by parameter count), the experts' epochs and
+    their per-class image budget (from each expert's registered Fashion classes)."""
+    import json
+
     from mllgraph.hub import experts
 
-    archs = {registry.get_model(graph, m)["arch"] for m in models if m.startswith("fashion-")}
+    records = [registry.get_model(graph, m) for m in models if m.startswith("fashion-")]
+    archs = {r["arch"] for r in records}
     sizes = {a: sum(p.numel() for p in experts.build_timm(a, 10, 1).parameters()) for a in archs}
     arch = max(sorted(sizes), key=sizes.__getitem__) if sizes else "test_resnet"
-    return ev.Oracle(
-        settings, arch, config.epochs, seed=0, split_seed=0, max_train=config.oracle_max_train
-    )
+    counts = [len(json.loads(r["metadata"]["fashion_classes"])) for r in records]
+    per_class = ev.expert_per_class_budget(config.max_train_per_expert, counts) if counts else None
+    return ev.OracleRecipe(arch, config.epochs, per_class, seed=0, split_seed=0)
 
 
 def _cost(
@@ -212,11 +279,28 @@ def _cost(
 def write(report: ZeroShotReport, out_dir: Path, name: str = "zeroshot") -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [ev.write_json(out_dir / f"{name}.json", asdict(report))]
-    md = [f"# Zero-shot evaluation ({name})", "", "## Per task (main hub)", ""]
-    md.append(ev.markdown_table([ev.TaskResult(**r) for r in report.main]))
+    md = [f"# Zero-shot evaluation ({name})", "", f"{ev.MLL_USES}; {ev.ORACLE_USES}.", ""]
+    if report.oracle:
+        md += ["## Oracle recipe", "", report.oracle["description"], ""]
+    results = [ev.TaskResult(**r) for r in report.main]
+    md += [
+        "## Both halves of the suite (main hub)",
+        "",
+        "`dev` tasks may be looked at while changing a rule; `test` tasks are run only to "
+        "report. Share of the oracle: the method's mean accuracy over the oracle's.",
+        "",
+        ev.halves_table(results),
+        "",
+        "## Per task (main hub)",
+        "",
+        ev.markdown_table(results),
+    ]
     if report.hub_size:
         md += ["", "## Accuracy against hub size (mean over tasks)", ""]
         md += _hub_size_table(report.hub_size)
+        for h in ("dev", "test"):
+            if any(r.get("split") == h for r in report.hub_size):
+                md += ["", f"`{h}` half:", ""] + _hub_size_table(report.hub_size, h)
         png = out_dir / f"{name}_hub_size.png"
         _plot(report.hub_size, png)
         paths.append(png)
@@ -227,14 +311,36 @@ def write(report: ZeroShotReport, out_dir: Path, name: str = "zeroshot") -> list
     return [path, *paths]
 
 
+def halves_rows(report: ZeroShotReport) -> list[dict[str, Any]]:
+    """Per method: mean accuracy and share of the oracle on the dev half, the test half and
+    all tasks (for a console table)."""
+    halves = report.halves
+    methods = list(halves.get("all", {}).get("mean_accuracy", {}))
+    rows = []
+    for m in methods:
+        row: dict[str, Any] = {"method": m}
+        for h in ("dev", "test", "all"):
+            acc = halves[h]["mean_accuracy"].get(m)
+            share = halves[h]["share_of_oracle"].get(m)
+            row[f"{h} ({halves[h]['tasks']})"] = "" if acc is None else f"{acc:.3f}"
+            row[f"{h}: % of oracle"] = "" if share is None else f"{share:.1%}"
+        rows.append(row)
+    return rows
+
+
 def _pretty(data: Any) -> str:
     import json
 
     return json.dumps(data, indent=1, default=str)
 
 
-def _aggregate(rows: list[dict[str, Any]]) -> dict[int, dict[str, tuple[float, float]]]:
-    methods = sorted({k for r in rows for k in r if k not in ("experts", "seed")})
+def _aggregate(
+    rows: list[dict[str, Any]], split: str = "all"
+) -> dict[int, dict[str, tuple[float, float]]]:
+    """{hub size: {method: (mean, std) over seeds}} of the rows of one suite half (rows
+    without a `split` are the whole suite, "all")."""
+    rows = [r for r in rows if r.get("split", "all") == split]
+    methods = sorted({k for r in rows for k in r if k not in ("experts", "seed", "split")})
     out: dict[int, dict[str, tuple[float, float]]] = {}
     for size in sorted({r["experts"] for r in rows}):
         sel = [r for r in rows if r["experts"] == size]
@@ -246,8 +352,8 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[int, dict[str, tuple[float, f
     return out
 
 
-def _hub_size_table(rows: list[dict[str, Any]]) -> list[str]:
-    agg = _aggregate(rows)
+def _hub_size_table(rows: list[dict[str, Any]], split: str = "all") -> list[str]:
+    agg = _aggregate(rows, split)
     methods = sorted({m for v in agg.values() for m in v})
     lines = ["| experts | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for size, vals in agg.items():

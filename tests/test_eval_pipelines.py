@@ -1,0 +1,138 @@
+"""The evaluation's two pipelines on one tiny hub: the gRPC services (`grpc_pipeline`, what
+`bench zeroshot` and the demo measure) and the in-process library (`LibraryPipeline`, what
+the hub-size study uses) give the same plans and the same predictions. Real Neo4j, real
+gRPC servers on free ports; the hub (two quickly trained Fashion experts, small probe sets)
+is removed afterwards."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mllgraph.eval import evaluate as ev
+from mllgraph.eval.tasks import parse_suite
+from mllgraph.hub import experts, fashion, registry
+
+pytestmark = pytest.mark.neo4j
+
+EXPERTS = (("a", "test_mambaout", (5, 7, 9), 1), ("b", "test_efficientnet", (1, 8, 3), 2))
+# Fashion class names (the hub's own grounding) and other wordings; "dog" is uncovered.
+SUITE = {
+    "name": "pipelines",
+    "tasks": [
+        {
+            "name": "shoes-bag-trouser-dog",
+            "split": "dev",
+            "classes": [
+                {"name": "Sandal", "fashion": ["Sandal"]},
+                {"name": "Sneaker", "fashion": ["Sneaker"]},
+                {"name": "Bag", "fashion": ["Bag"]},
+                {"name": "Trouser", "fashion": ["Trouser"]},
+                {"name": "dog", "fashion": ["Shirt"]},
+            ],
+        },
+        {
+            "name": "boot-dress",
+            "split": "test",
+            "classes": [
+                {"name": "Ankle boot", "fashion": ["Ankle boot"]},
+                {"name": "Dress", "fashion": ["Dress"]},
+            ],
+        },
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.TempPathFactory):
+    from mllgraph.hub import build, probes
+    from mllgraph.label import run as labeller
+
+    graph = sdag_graph
+    settings = replace(neo4j_settings, device="cpu")
+    uid = uuid.uuid4().hex[:8]
+    tmp = tmp_path_factory.mktemp("pipelines")
+    concepts = build.fashion_concepts(settings)
+    x_train, y_train = fashion.load_split("train", settings.fashion_mnist_dir)
+    models: list[str] = []
+    sets: list[str] = []
+    try:
+        for name, arch, classes, seed in EXPERTS:
+            model = experts.train_expert(
+                arch, classes, x_train[:20000], y_train[:20000], epochs=1, seed=seed,
+                max_train=800, batch_size=100,
+            )  # fmt: skip
+            reg = registry.register_model(
+                graph,
+                settings,
+                registry.Registration(
+                    name=f"evaltest-{uid}-{name}",
+                    arch=arch,
+                    weights_path=experts.save_weights(model, tmp / f"{name}.safetensors"),
+                    wnids=[concepts[c] for c in classes],
+                    input_spec=experts.FASHION_INPUT_SPEC,
+                ),
+            )
+            models.append(reg.record["id"])
+        pool_x, pool_y = x_train[50000:], y_train[50000:]
+        for cls in sorted({c for e in EXPERTS for c in e[2]}):
+            ps, _ = probes.add_probe_set(
+                graph,
+                settings,
+                concept=concepts[cls],
+                images=pool_x[pool_y == cls][:20],
+                set_id=f"evaltest-{uid}-c{cls}",
+            )
+            sets.append(ps.id)
+        for mid in models:
+            labeller.label_model(
+                graph, settings, mid, labeller.LabelOptions(samples_per_concept=20)
+            )
+        yield {"graph": graph, "settings": settings, "models": tuple(models)}
+    finally:
+        for mid in models:
+            registry.delete_model(graph, settings, mid)
+        for set_id in sets:
+            probes.remove_probe_set(graph, set_id)
+
+
+def test_grpc_and_in_process_pipelines_agree(tiny_hub: dict[str, Any]) -> None:
+    from mllgraph.eval.grpc_pipeline import GrpcPipeline
+
+    graph, settings, models = tiny_hub["graph"], tiny_hub["settings"], tiny_hub["models"]
+    suite = parse_suite(SUITE)
+    images = ev.eval_images(settings, per_class=12)
+    logits = ev.LogitCache(graph, settings, images)
+    library = ev.LibraryPipeline(graph, settings, logits)
+
+    def run(pipeline: ev.Pipeline) -> list[ev.TaskResult]:
+        return ev.run_suite(
+            graph, settings, suite, pipeline, images, logits, budget=2, models=models,
+            baselines=("random", "single", "uniform"), log=lambda _m: None,
+        )  # fmt: skip
+
+    with GrpcPipeline(settings) as grpc_pipeline:
+        for task in suite.tasks:
+            idx, _labels = images.for_task(task)
+            by_grpc = grpc_pipeline.select(task, 2, models)
+            by_lib = library.select(task, 2, models)
+            assert by_grpc["combination"] == by_lib["combination"]
+            assert by_grpc["uncovered"] == by_lib["uncovered"]
+            assert set(by_lib["models"]) <= set(models) and by_lib["models"]
+            np.testing.assert_array_equal(
+                grpc_pipeline.classify(by_grpc, images.images[idx]),
+                library.classify_indices(by_lib, idx),
+            )
+        through_grpc = run(grpc_pipeline)
+    in_process = run(library)
+    first = in_process[0]
+    assert "dog" in first.uncovered and len(first.uncovered) < 5
+    assert [r.split for r in in_process] == ["dev", "test"]
+    for g, lib in zip(through_grpc, in_process, strict=True):
+        fields = ("task", "mll", "models", "uncovered", "baselines")
+        assert [getattr(g, f) for f in fields] == [getattr(lib, f) for f in fields]
+        assert 0.0 <= lib.mll <= 1.0

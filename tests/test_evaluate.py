@@ -1,0 +1,250 @@
+"""The evaluation's methods on small synthetic logits with known answers, and the equal
+treatment of MLL and the baselines (same calibration, same fallback for uncovered classes)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mllgraph.errors import FailedPrecondition, InvalidArgument
+from mllgraph.eval import evaluate as ev
+from mllgraph.reuse.rule import (
+    EPS,
+    ClassAssignment,
+    CombinationParams,
+    HeadGroup,
+    default_params,
+)
+from mllgraph.reuse.vlm import FALLBACK_EVIDENCE
+from mllgraph.select import chco
+from mllgraph.select import plan as plan_doc
+
+
+def _logits_of(table: dict[str, np.ndarray]):
+    return lambda mid: table[mid]
+
+
+def _cand(ci: int, mid: str, head: int, score: float = 1.0) -> chco.Candidate:
+    return chco.Candidate(ci, HeadGroup(mid, (head,), "exact", score))
+
+
+def _view(cands, logits, labels, temps=None) -> ev.TaskView:
+    labels = np.asarray(labels)
+    temps = temps if temps is not None else dict.fromkeys(logits, 1.0)
+    k = int(labels.max()) + 1
+    return ev.TaskView(k, cands, temps, _logits_of(logits), np.arange(len(labels)), labels)
+
+
+# Two classes, two models with a head per class; probabilities of head 0 (class 0) per image.
+# A (label score 0.9) is right on images 0, 1, 2; B (0.1) only on image 0 and 3.
+P_A = np.array([0.9, 0.6, 0.2, 0.4])
+P_B = np.array([0.3, 0.2, 0.4, 0.3])
+LABELS_2 = [0, 0, 1, 1]
+
+
+def _two_head_logits(p0: np.ndarray) -> np.ndarray:
+    return np.log(np.stack([p0, 1 - p0], axis=1))
+
+
+def test_uniform_averages_evidence_with_equal_weights():
+    logits = {"A": _two_head_logits(P_A), "B": _two_head_logits(P_B)}
+    cands = [_cand(0, "A", 0, 0.9), _cand(1, "A", 1, 0.9)]
+    cands += [_cand(0, "B", 0, 0.1), _cand(1, "B", 1, 0.1)]
+    # Plain mean of head-0 evidence: 0.6, 0.4, 0.3, 0.35 -> predictions 0, 1, 1, 1.
+    assert ev.baseline_uniform(_view(cands, logits, LABELS_2)) == pytest.approx(0.75)
+    # The label-weighted mean (what MLL's rule would do with these scores) gets all four.
+    view = _view(cands, logits, LABELS_2)
+    weighted = [
+        ClassAssignment(c, tuple(x.group for x in cands if x.class_index == c)) for c in (0, 1)
+    ]
+    assert view.accuracy(weighted) == pytest.approx(1.0)
+
+
+def test_random_draws_one_candidate_per_class():
+    logits = {"A": _two_head_logits(P_A), "B": _two_head_logits(P_B)}
+    # Class 1 has only A's head 1 (evidence 0.1, 0.4, 0.8, 0.6); class 0 has A's head 0
+    # (0.9, 0.6, 0.2, 0.4: all four right) or B's (0.3, 0.2, 0.4, 0.3: image 1 lost).
+    cands = [_cand(0, "A", 0), _cand(0, "B", 0), _cand(1, "A", 1)]
+    view = _view(cands, logits, LABELS_2)
+    seen = {round(ev.baseline_random(view, seed, draws=1), 6) for seed in range(20)}
+    assert seen == {1.0, 0.75}
+    mean5 = ev.baseline_random(view, 0, draws=5)
+    assert any(mean5 == pytest.approx((j * 1.0 + (5 - j) * 0.75) / 5) for j in range(6))
+
+
+# Three classes; model A has heads for classes 0 and 1 and a third head for something else
+# (no task class), model B one head for class 2. Images: two per class.
+A_LOGITS = np.array(
+    [
+        [4.0, 0.0, 0.0],  # class 0
+        [4.0, 1.0, 0.0],
+        [0.0, 4.0, 0.0],  # class 1
+        [1.0, 4.0, 0.0],
+        [2.0, 0.0, 3.0],  # class 2: A's own "other" head wins, class 0 second
+        [0.0, 2.0, 3.0],
+    ]
+)
+B_LOGITS = np.zeros((6, 1))
+LABELS_3 = [0, 0, 1, 1, 2, 2]
+
+
+def test_single_picks_the_widest_expert_and_gives_its_gaps_the_fallback():
+    cands = [_cand(0, "A", 0), _cand(1, "A", 1), _cand(2, "B", 0)]
+    logits = {"A": A_LOGITS, "B": B_LOGITS}
+    assert ev.single_expert(cands)[0] == "A"
+    # At T = 0.1, A gives class 0 / 1 evidence ~e^-10 on the class-2 images: the fallback
+    # (0.05 for the one uncovered class) wins there, so every image is right.
+    assert ev.baseline_single(_view(cands, logits, LABELS_3, {"A": 0.1, "B": 1.0})) == 1.0
+    # At T = 1 the same images give class 0 (p = e^2 / (e^2 + 1 + e^3) = 0.26) and class 1
+    # evidence above 0.05: both class-2 images are lost.
+    assert ev.baseline_single(_view(cands, logits, LABELS_3, {"A": 1.0, "B": 1.0})) == (
+        pytest.approx(4 / 6)
+    )
+
+
+def test_baselines_use_the_calibrated_temperature():
+    cands = [_cand(0, "A", 0), _cand(1, "A", 1)]
+    logits = {"A": A_LOGITS}
+    calibrated = {"A": 0.1}
+    for method in (ev.baseline_uniform, lambda v: ev.baseline_random(v, 0)):
+        assert method(_view(cands, logits, LABELS_3, calibrated)) == 1.0
+        assert method(_view(cands, logits, LABELS_3, {"A": 1.0})) == pytest.approx(4 / 6)
+
+
+def test_a_model_without_calibration_is_refused():
+    cands = [_cand(0, "A", 0), _cand(1, "A", 1)]
+    view = _view(cands, {"A": A_LOGITS}, LABELS_3, {})
+    with pytest.raises(FailedPrecondition, match="'A'"):
+        ev.baseline_uniform(view)
+
+
+def test_nothing_covered_predicts_the_first_class():
+    view = _view([], {}, LABELS_3)
+    assert ev.baseline_single(view) == pytest.approx(2 / 6)
+    assert ev.baseline_uniform(view) == pytest.approx(2 / 6)
+    assert ev.baseline_random(view, 0) == pytest.approx(2 / 6)
+
+
+def _plan(assignment: list[ClassAssignment], params: CombinationParams) -> dict:
+    plan = chco.Plan(
+        assignment=assignment,
+        params=params,
+        estimated_accuracy=0.0,
+        per_class_accuracy=[math.nan] * len(assignment),
+        uncovered=[a.class_index for a in assignment if not a.groups],
+        models=sorted({g.model_id for a in assignment for g in a.groups}),
+        solver="test",
+        evaluated=0,
+    )
+    return {
+        "plan_id": "p",
+        "combination": {"schema_version": plan_doc.PLAN_SCHEMA_VERSION, "plan": plan.to_dict()},
+    }
+
+
+def test_an_uncovered_class_gets_the_same_evidence_in_mll_and_the_baselines():
+    a0 = HeadGroup("A", (0,), "exact", 0.8)
+    a1 = HeadGroup("A", (1,), "exact", 0.6)
+    assignment = [ClassAssignment(0, (a0,)), ClassAssignment(1, (a1,)), ClassAssignment(2, ())]
+    temps = {"A": 0.1}
+    baseline = default_params(assignment, temps)
+    # An MLL plan's parameters as selection fits them: covered classes move, class 2 keeps
+    # weight 1 and bias 0.
+    fitted = CombinationParams(temps, np.array([2.0, 0.5, 1.0]), np.array([0.3, -0.2, 0.0]), True)
+    logits_of = _logits_of({"A": A_LOGITS})
+    idx = np.arange(6)
+    z_base = ev.task_scores(assignment, baseline, logits_of, idx)
+    z_mll = ev.task_scores(assignment, fitted, logits_of, idx)
+    expected = math.log(FALLBACK_EVIDENCE + EPS)
+    assert np.allclose(z_base[:, 2], expected) and np.array_equal(z_mll[:, 2], z_base[:, 2])
+    assert not np.allclose(z_mll[:, :2], z_base[:, :2])  # only the combination differs
+    # MLL's path from a plan document scores the same way as the single baseline with the
+    # same heads: the fallback wins the class-2 images in both.
+    mll = ev.classify_plan(_plan(assignment, baseline), logits_of, idx)
+    view = _view([_cand(0, "A", 0, 0.8), _cand(1, "A", 1, 0.6)], {"A": A_LOGITS}, LABELS_3, temps)
+    assert np.array_equal(mll, [0, 0, 1, 1, 2, 2])
+    assert ev.baseline_single(view) == float(np.mean(mll == np.array(LABELS_3)))
+
+
+# -- the oracle's recipe ---------------------------------------------------------------------
+
+
+def test_expert_per_class_budget():
+    assert ev.expert_per_class_budget(None, [2, 5]) is None  # uncapped experts: every image
+    assert ev.expert_per_class_budget(4000, [2, 3, 4, 5]) == round(4000 / 3.5)
+    assert ev.expert_per_class_budget(4000, [2]) == 2000
+    with pytest.raises(InvalidArgument, match="at least one expert"):
+        ev.expert_per_class_budget(4000, [])
+
+
+def _task(*fashion: tuple[int, ...]):
+    from mllgraph.eval.tasks import SuiteClass, Task
+
+    return Task("t", tuple(SuiteClass(f"c{i}", f) for i, f in enumerate(fashion)))
+
+
+def test_oracle_trains_on_the_task_classes_with_the_per_class_budget():
+    pool = np.arange(100, 160)
+    pool_labels = np.repeat(np.arange(6), 10)  # 10 pool images of each Fashion class 0..5
+    task = _task((1,), (3, 4))  # class 1 against classes 3 + 4 (a hypernym)
+    capped = ev.Oracle(None, ev.OracleRecipe("test_resnet", 2, per_class_images=4))
+    picked = capped.training_indices(task, pool, pool_labels)
+    assert np.all(np.diff(picked) > 0)
+    assert np.bincount(pool_labels[picked], minlength=6).tolist() == [0, 4, 0, 4, 4, 0]
+    again = ev.Oracle(None, ev.OracleRecipe("test_resnet", 2, per_class_images=4))
+    assert np.array_equal(again.training_indices(task, pool, pool_labels), picked)
+    every = ev.Oracle(None, ev.OracleRecipe("test_resnet", 2, per_class_images=None))
+    assert np.bincount(pool_labels[every.training_indices(task, pool, pool_labels)]).tolist() == [
+        0,
+        10,
+        0,
+        10,
+        10,
+    ]
+
+
+def test_oracle_recipe_is_described():
+    text = ev.OracleRecipe("test_resnet", 3, per_class_images=1143).describe()
+    assert "test_resnet" in text and "3 epoch" in text and "1143" in text
+    assert "every" in ev.OracleRecipe("test_resnet", 3, per_class_images=None).describe()
+
+
+# -- summaries per suite half ----------------------------------------------------------------
+
+
+def _result(name: str, split: str | None, mll: float, **baselines: float) -> ev.TaskResult:
+    return ev.TaskResult(name, ["a", "b"], 10, mll, None, [], [], 1.0, 1.0, baselines, split)
+
+
+RESULTS = [
+    _result("d1", "dev", 0.8, oracle=1.0, random=0.5),
+    _result("d2", "dev", 0.6, oracle=0.8, random=0.3),
+    _result("t1", "test", 0.45, oracle=0.9),
+    _result("x", None, 0.15),  # in neither half; in "all", but not in any share
+]
+
+
+def test_summary_has_mean_accuracy_and_share_of_the_oracle():
+    s = ev.summarise(RESULTS[:2])
+    assert s["tasks"] == 2
+    assert s["mean_accuracy"] == pytest.approx({"mll": 0.7, "oracle": 0.9, "random": 0.4})
+    share = {"mll": 0.7 / 0.9, "oracle": 1.0, "random": 0.4 / 0.9}
+    assert s["share_of_oracle"] == pytest.approx(share)
+    # No oracle figure: no share.
+    assert ev.summarise(RESULTS[3:])["share_of_oracle"] == {"mll": None}
+
+
+def test_halves_side_by_side():
+    h = ev.summarise_halves(RESULTS)
+    assert [h[k]["tasks"] for k in ("dev", "test", "all")] == [2, 1, 4]
+    assert h["test"]["share_of_oracle"]["mll"] == pytest.approx(0.5)
+    assert "random" not in h["test"]["mean_accuracy"]  # no random figure on that half
+    assert h["dev"]["mean_accuracy"]["mll"] == pytest.approx(0.7)
+    table = ev.halves_table(RESULTS).splitlines()
+    assert table[0].startswith("| method | dev (2 tasks) | dev: share of oracle | test (1 tasks)")
+    # all: mean of 0.8, 0.6, 0.45, 0.15; share over the three tasks with an oracle figure.
+    assert table[2] == "| mll | 0.700 | 77.8% | 0.450 | 50.0% | 0.500 | 68.5% |"
+    md = ev.markdown_table(RESULTS)
+    assert "| d1 | dev | 2 | 10 |" in md and "| x | - | 2 | 10 |" in md
