@@ -556,6 +556,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from mllgraph.errors import FailedPrecondition
 
+    if args.service == "web":
+        from mllgraph.web.app import main as web_main
+
+        return web_main(list(args.args), settings)
     module_name = f"services.{args.service}"
     try:
         module = importlib.import_module(module_name)
@@ -771,9 +775,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.set_defaults(handler=cmd_classify)
 
-    p = sub.add_parser("serve", help="run a gRPC service until SIGTERM/SIGINT")
-    p.add_argument("service", choices=["selection", "ingestion", "inference"])
-    p.add_argument("args", nargs=argparse.REMAINDER, help="the service's own flags (--port N)")
+    p = sub.add_parser("serve", help="run a gRPC service or the web page until SIGTERM/SIGINT")
+    p.add_argument("service", choices=["selection", "ingestion", "inference", "web"])
+    p.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        help="the service's own flags (--port N); web: --host, --port (default 8080), "
+        "--target, --local-services",
+    )
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks (print figures, write reports/*.json)")
