@@ -416,11 +416,150 @@ def cmd_select(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+
+
+def expand_images(args: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files, folders (their image files, sorted) and globs -> (paths, [(arg, error)])."""
+    import glob
+    from pathlib import Path
+
+    paths: list[str] = []
+    missing: list[tuple[str, str]] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(
+                str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                missing.append((arg, "a folder without image files"))
+            paths += found
+        elif path.exists():
+            paths.append(arg)
+        elif glob.has_magic(arg):
+            found = sorted(p for p in glob.glob(arg, recursive=True) if Path(p).is_file())
+            if not found:
+                missing.append((arg, "no file matches this pattern"))
+            paths += found
+        else:
+            missing.append((arg, "no such file"))
+    return list(dict.fromkeys(paths)), missing
+
+
+def _local_services(settings: Settings) -> Any:
+    """The three services in this process, on free ports, over the local hub."""
+    from mllgraph.eval.grpc_pipeline import Services
+
+    if settings.uses_local_neo4j:
+        from mllgraph.graph import neo4j_server
+
+        with console.status("starting Neo4j"):
+            neo4j_server.start(settings)
+    with console.status("starting the services in this process (grounding warm-up)"):
+        return Services(settings).start()
+
+
+def classification_rows(result: Any) -> list[dict[str, Any]]:
+    """One JSON-ready dict per prediction of a `client.Classification`."""
+    return [
+        {
+            "image": p.image_id,
+            "class": p.class_name,
+            "probability": round(p.probability, 4),
+            "top": [{"class": t.class_name, "probability": round(t.probability, 4)} for t in p.top],
+            "experts": p.models,
+            "heads": [
+                {"model_id": h.model_id, "head_index": h.head_index, "head_label": h.head_label}
+                for h in p.heads
+            ],
+            "used_fallback": p.used_fallback,
+            "plan_id": result.plan_id,
+        }
+        for p in result
+    ]
+
+
+def _short_paths(paths: list[str]) -> list[str]:
+    """Paths relative to the folder they all lie in (short table cells)."""
+    import os
+
+    try:
+        root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    except ValueError:
+        return paths
+    return [os.path.relpath(os.path.abspath(p), root) for p in paths]
+
+
+def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
+    from mllgraph import client as mc
+    from mllgraph.errors import InvalidArgument
+
+    names = mc.split_classes(args.classes)
+    pins = _pins(names, args.pin)
+    paths, failed = expand_images(args.images)
+    messages = []
+    for path in paths:
+        try:
+            messages.append(mc.to_image(path, path))
+        except InvalidArgument as e:
+            failed.append((path, str(e).removeprefix(f"{path}: ")))
+    err = Console(stderr=True)
+    for where, why in failed:
+        if args.json:
+            print(json.dumps({"image": where, "error": why}))
+        err.print(f"[bold red]error:[/] {where}: {why}", highlight=False, soft_wrap=True)
+    if not messages:
+        raise InvalidArgument("no readable image to classify")
+    services = None if args.target else _local_services(settings)
+    try:
+        target = args.target
+        addresses = services.ports if services is not None else {}
+        with mc.Client(
+            target,
+            **{name: f"127.0.0.1:{port}" for name, port in addresses.items()},
+            settings=settings,
+            timeout=args.timeout,
+        ) as client:
+            result = client.classify(messages, names, budget=args.budget, pins=pins, top_k=args.top)
+    finally:
+        if services is not None:
+            services.stop()
+    if args.json:
+        for row in classification_rows(result):
+            print(json.dumps(row))
+        return 1 if failed else 0
+    table = Table(title=f"{len(result)} images · plan {result.plan_id}")
+    for col in ("image", "class", "probability", f"top-{args.top}", "experts used"):
+        table.add_column(col, overflow="fold")
+    shown = _short_paths([p.image_id for p in result])
+    for p, name in zip(result, shown, strict=True):
+        top = ", ".join(f"{t.class_name} {t.probability:.2f}" for t in p.top)
+        experts = ", ".join(p.models) or "-"
+        if p.used_fallback:
+            experts += " (fallback)"
+        table.add_row(name, p.class_name, f"{p.probability:.3f}", top, experts)
+    console.print(table)
+    plan = result.plan
+    if plan is not None:
+        console.print(
+            f"models {', '.join(plan.model_ids) or 'none'} · estimated accuracy "
+            f"{plan.estimated_accuracy:.3f} · uncovered: {', '.join(result.uncovered) or 'none'}"
+        )
+    t = result.timings
+    console.print(f"select {t.select_ms:.0f} ms · classify {t.classify_ms:.0f} ms")
+    return 1 if failed else 0
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import importlib
 
     from mllgraph.errors import FailedPrecondition
 
+    if args.service == "web":
+        from mllgraph.web.app import main as web_main
+
+        return web_main(list(args.args), settings)
     module_name = f"services.{args.service}"
     try:
         module = importlib.import_module(module_name)
@@ -615,9 +754,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan document")
     p.set_defaults(handler=cmd_select)
 
-    p = sub.add_parser("serve", help="run a gRPC service until SIGTERM/SIGINT")
-    p.add_argument("service", choices=["selection", "ingestion", "inference"])
-    p.add_argument("args", nargs=argparse.REMAINDER, help="the service's own flags (--port N)")
+    p = sub.add_parser("classify", help="classify images into your class names")
+    p.add_argument("images", nargs="+", help="image files, folders of images, or globs")
+    p.add_argument("--classes", required=True, help='"sandal, sneaker, handbag"')
+    p.add_argument("--budget", type=int, default=5, help="max distinct models (default 5)")
+    p.add_argument("--pin", action="append", default=[], metavar="NAME=WNID")
+    p.add_argument("--top", type=int, default=3, help="classes listed per image (default 3)")
+    p.add_argument(
+        "--target",
+        help="HOST (default ports) or HOST:PORT of running services; default: start them in "
+        "this process over the local hub",
+    )
+    p.add_argument("--timeout", type=float, default=300.0, help="deadline per call, seconds")
+    p.add_argument("--json", action="store_true", help="one JSON line per image")
+    p.set_defaults(handler=cmd_classify)
+
+    p = sub.add_parser("serve", help="run a gRPC service or the web page until SIGTERM/SIGINT")
+    p.add_argument("service", choices=["selection", "ingestion", "inference", "web"])
+    p.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        help="the service's own flags (--port N); web: --host, --port (default 8080), "
+        "--target, --local-services",
+    )
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks (print figures, write reports/*.json)")
@@ -655,9 +814,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
+    settings = settings or Settings.from_env()
     handler: Handler = args.handler
     try:
         return handler(args, settings)

@@ -33,6 +33,8 @@ class Settings:
     ingestion_port: int = 50051
     selection_port: int = 50052
     inference_port: int = 50053
+    # The web page (`mllgraph serve web`).
+    web_port: int = 8080
     # "auto" picks CUDA when present, else the CPU.
     device: str = "auto"
     # Inference service limits and batching (see mllgraph.reuse).
@@ -86,6 +88,7 @@ class Settings:
             ingestion_port=int(_env("MLLGRAPH_INGESTION_PORT", str(cls.ingestion_port))),
             selection_port=int(_env("MLLGRAPH_SELECTION_PORT", str(cls.selection_port))),
             inference_port=int(_env("MLLGRAPH_INFERENCE_PORT", str(cls.inference_port))),
+            web_port=int(_env("MLLGRAPH_WEB_PORT", str(cls.web_port))),
             device=_env("MLLGRAPH_DEVICE", cls.device),
             infer_max_image_pixels=int(
                 _env("MLLGRAPH_INFER_MAX_IMAGE_PIXELS", str(cls.infer_max_image_pixels))
