@@ -59,6 +59,8 @@ from mllgraph.v1 import common_pb2, inference_pb2, inference_pb2_grpc, selection
 from services.common import (
     COVERAGE_FROM_PROTO,
     COVERAGE_TO_PROTO,
+    add_serving_flags,
+    apply_serving_flags,
     build_server,
     configure_logging,
     full_service_name,
@@ -485,6 +487,7 @@ async def start_server(
         [(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer)],
         [SERVICE_NAME],
         host=host,
+        settings=settings,
     )
     await server.start()
     running = RunningServer(server, health, bound, servicer)
@@ -538,11 +541,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vlm-pretrained", help="open_clip pretrained tag (needs internet)")
     parser.add_argument("--vlm-weight", type=float, default=vlm_patch.VLM_WEIGHT, help="λ")
     parser.add_argument("--grace", type=float, default=10.0)
+    add_serving_flags(parser, "inference")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    settings = Settings.from_env()
     try:
+        settings = apply_serving_flags(Settings.from_env(), args, "inference")
         bundle = bundles.load_bundle(args.bundle) if args.bundle else None
         vlm = None
         device = settings.torch_device()
