@@ -444,7 +444,8 @@ class KeyValueFormatter(logging.Formatter):
             line += " exc=" + _escape(self.formatException(exc_info))
         if stack_info:
             line += " stack=" + _escape(self.formatStack(stack_info))
-        request_id, caller = telemetry.REQUEST_ID.get(), telemetry.CALLER.get()
+        request_id = getattr(record, "request_id", None)  # stamped by services.telemetry
+        caller = getattr(record, "caller", None)
         if request_id is not None:
             line += f" request_id={request_id}"
         if caller is not None:

@@ -56,6 +56,7 @@ from mllgraph.reuse import vlm as vlm_patch
 from mllgraph.select import plan as plan_doc
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, inference_pb2, inference_pb2_grpc, selection_pb2
+from services import telemetry
 from services.common import (
     COVERAGE_FROM_PROTO,
     COVERAGE_TO_PROTO,
@@ -488,6 +489,7 @@ async def start_server(
         [SERVICE_NAME],
         host=host,
         settings=settings,
+        collectors=[telemetry.reuse_collector(lambda: servicer.cache, lambda: servicer.batcher)],
     )
     await server.start()
     running = RunningServer(server, health, bound, servicer)

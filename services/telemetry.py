@@ -46,6 +46,26 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("mllgraph_caller", default=None)
 """The token name of the caller (None without authentication); set by the auth interceptor."""
 
+
+def _install_record_factory() -> None:
+    """Stamp every LogRecord with the request id and caller of the call it was made in
+    (``record.request_id``, ``record.caller``; None outside calls). Idempotent."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_mllgraph", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        record.request_id = REQUEST_ID.get()
+        record.caller = CALLER.get()
+        return record
+
+    factory._mllgraph = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+_install_record_factory()
+
 REQUEST_ID_KEY = "x-request-id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -261,3 +281,82 @@ def start_metrics_http(
         thread.join(timeout=5)
 
     return server, stop
+
+
+# --- the services' own figures --------------------------------------------------------------
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def _batch_histogram(size_counts: dict[int, int], total_images: int) -> Metric:
+    from prometheus_client.core import HistogramMetricFamily
+
+    counts = dict(size_counts)
+    buckets = [
+        (str(float(le)), sum(n for size, n in counts.items() if size <= le)) for le in BATCH_BUCKETS
+    ]
+    buckets.append(("+Inf", sum(counts.values())))
+    return HistogramMetricFamily(
+        "mllgraph_batch_size",
+        "images per model pass of the dynamic batcher",
+        buckets=buckets,
+        sum_value=total_images,
+    )
+
+
+def reuse_collector(cache_fn: Callable[[], Any], batcher_fn: Callable[[], Any]) -> Collector:
+    """Model cache (``ModelCache``) and dynamic batcher (``DynamicBatcher.stats``) figures of
+    the inference service, read at scrape time:
+
+    ``mllgraph_model_cache_hits_total`` / ``_misses_total`` / ``_loads_total`` /
+    ``_evictions_total``, ``mllgraph_model_cache_bytes`` / ``_budget_bytes`` / ``_models``,
+    ``mllgraph_batch_size`` (histogram), ``mllgraph_batcher_requests_total`` /
+    ``_expired_total`` / ``_cancelled_total`` / ``_oom_retries_total`` /
+    ``_failed_batches_total``, ``mllgraph_batcher_pending``.
+    """
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    def collect() -> Iterator[Metric]:
+        cache, batcher = cache_fn(), batcher_fn()
+        for name, doc in (
+            ("hits", "model lookups served from the cache"),
+            ("misses", "model lookups that loaded the model"),
+            ("loads", "models loaded onto the device"),
+            ("evictions", "models evicted to stay within the budget"),
+        ):
+            yield CounterMetricFamily(f"mllgraph_model_cache_{name}", doc, getattr(cache, name))
+        yield GaugeMetricFamily(
+            "mllgraph_model_cache_bytes", "device memory held by cached models", cache.used_bytes
+        )
+        yield GaugeMetricFamily(
+            "mllgraph_model_cache_budget_bytes", "the cache's budget", cache.budget_bytes
+        )
+        yield GaugeMetricFamily("mllgraph_model_cache_models", "models cached", len(cache))
+        stats = batcher.stats
+        yield _batch_histogram(stats.size_counts, stats.images)
+        for name, doc in (
+            ("requests", "requests submitted to the batcher"),
+            ("expired", "requests dropped at their deadline"),
+            ("cancelled", "requests cancelled by their caller"),
+            ("oom_retries", "batches split after running out of device memory"),
+            ("failed_batches", "model passes that failed"),
+        ):
+            yield CounterMetricFamily(f"mllgraph_batcher_{name}", doc, getattr(stats, name))
+        yield GaugeMetricFamily("mllgraph_batcher_pending", "requests waiting", batcher.pending())
+
+    return CallbackCollector(collect)
+
+
+def label_job_collector(state_counts: Callable[[], dict[str, int]]) -> Collector:
+    """``mllgraph_label_jobs{state}``: labelling jobs the ingestion service holds, by state."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    def collect() -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "mllgraph_label_jobs", "labelling jobs held in memory, by state", labels=["state"]
+        )
+        for state, count in sorted(state_counts().items()):
+            family.add_metric([state], count)
+        yield family
+
+    return CallbackCollector(collect)

@@ -382,8 +382,13 @@ def test_a_read_token_selects(selection_port: int, tokens: Tokens) -> None:
         assert code == CODE.NOT_FOUND, msg
 
 
-def test_a_read_token_classifies(inference_port: int, tokens: Tokens) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{inference_port}") as channel:
+def test_a_read_token_classifies(
+    inference_port: int, tokens: Tokens, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        grpc.insecure_channel(f"127.0.0.1:{inference_port}") as channel,
+        caplog.at_level(logging.INFO, logger="mllgraph.services"),
+    ):
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         empty = inference_pb2.ClassifyRequest()
         assert _code(lambda: stub.Classify(empty, timeout=30))[0] == CODE.UNAUTHENTICATED
@@ -397,6 +402,10 @@ def test_a_read_token_classifies(inference_port: int, tokens: Tokens) -> None:
             lambda: stub.ClassifyStream(iter([empty]), metadata=_md(tokens.read), timeout=30)
         )
         assert code == CODE.INVALID_ARGUMENT, msg
+    # The log names the caller by its token name (never the token).
+    handled = [r for r in caplog.records if r.getMessage().startswith("rpc method=")]
+    assert handled and all(r.caller == "read-user" for r in handled)
+    assert not any(tokens.read in r.getMessage() for r in caplog.records)
 
 
 # --- TLS ------------------------------------------------------------------------------------
