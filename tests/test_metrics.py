@@ -292,3 +292,55 @@ def test_ingestion_metrics_count_calls_and_label_job_states(
         assert not any("Health" in dict(labels).get("service", "") for _, labels in samples)
     finally:
         loop.call(running.close(1.0))
+
+
+def test_label_job_states_are_exposed_as_they_change() -> None:
+    """The ingestion service's job queue, with a job body that finishes on a signal or fails,
+    read through the same collector the service registers."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from mllgraph.errors import FailedPrecondition
+    from mllgraph.label import run as labeller
+    from services import ingestion, telemetry
+
+    async def scenario() -> list[dict[str, float]]:
+        release = asyncio.Event()
+
+        async def run(job: Any) -> str:
+            if job.model_id == "bad@1":
+                raise FailedPrecondition("no probes")
+            await release.wait()
+            return "labelled"
+
+        queue = ingestion.LabelJobQueue(run)
+        registry = CollectorRegistry()
+        registry.register(telemetry.label_job_collector(queue.state_counts))
+
+        def states() -> dict[str, float]:
+            text = generate_latest(registry).decode()
+            return {
+                s.labels["state"]: s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "mllgraph_label_jobs"
+            }
+
+        seen = [states()]
+        for mid in ("good@1", "bad@1"):
+            queue.submit(mid, labeller.LabelOptions(), heads_total=2)
+        await asyncio.sleep(0.05)  # the first runs (waiting), the second waits its turn
+        seen.append(states())
+        release.set()
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            counts = queue.state_counts()
+            if counts["queued"] == counts["running"] == 0:
+                break
+        seen.append(states())
+        await queue.close(1.0)
+        return seen
+
+    empty, busy, finished = asyncio.run(scenario())
+    assert empty == {"queued": 0, "running": 0, "done": 0, "failed": 0}
+    assert busy == {"queued": 1, "running": 1, "done": 0, "failed": 0}
+    assert finished == {"queued": 0, "running": 0, "done": 1, "failed": 1}
