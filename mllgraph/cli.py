@@ -572,6 +572,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return int(module.main(list(args.args)) or 0)
 
 
+# -- tokens ----------------------------------------------------------------------------------
+
+
+def cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
+    from mllgraph import auth
+
+    token, entry = auth.create_token(args.scope, args.name)
+    where = settings.tokens_file or "the file named by MLLGRAPH_TOKENS_FILE"
+    print(f"token (shown once; give it to {entry.name}, who sets MLLGRAPH_TOKEN):")
+    print(f"  {token}")
+    print(f"line for {where} (the server keeps only the SHA-256):")
+    print(f"  {entry.line()}")
+    return 0
+
+
 # -- bench -----------------------------------------------------------------------------------
 
 
@@ -774,10 +789,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "args",
         nargs=argparse.REMAINDER,
-        help="the service's own flags (--port N); web: --host, --port (default 8080), "
-        "--target, --local-services",
+        help="the service's own flags (--port N, --host H, --insecure, --metrics-port N); "
+        "web: --host, --port (default 8080), --target, --local-services",
     )
     p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("tokens", help="bearer tokens for the services")
+    s = p.add_subparsers(dest="action", required=True)
+    q = s.add_parser("create", help="make a token; prints it once and its tokens-file line")
+    q.add_argument("--scope", required=True, choices=["read", "write", "admin"])
+    q.add_argument("--name", required=True, help="who holds it (unique in the tokens file)")
+    p.set_defaults(handler=cmd_tokens)
 
     p = sub.add_parser("bench", help="benchmarks (print figures, write reports/*.json)")
     p.add_argument("what", choices=["sdag", "ingest", "label", "select", "infer", "zeroshot"])

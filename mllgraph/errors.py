@@ -36,3 +36,15 @@ class ResourceExhausted(MllgraphError):
 
 class DeadlineExceeded(MllgraphError):
     grpc_code = "DEADLINE_EXCEEDED"
+
+
+class Unauthenticated(MllgraphError):
+    """No credentials, or credentials nobody issued."""
+
+    grpc_code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(MllgraphError):
+    """Known credentials without the scope the call needs."""
+
+    grpc_code = "PERMISSION_DENIED"

@@ -16,6 +16,11 @@ def _env(name: str, default: str) -> str:
     return value if value not in (None, "") else default
 
 
+def _path_env(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
 @dataclass(frozen=True)
 class Settings:
     # Neo4j. `neo4j_uri` None means: use (and if needed start) the project-managed server.
@@ -45,6 +50,23 @@ class Settings:
     infer_cache_mb: int = 4096  # device memory for loaded experts (LRU beyond)
     wordnet_dir: Path = Path("/usr/share/wordnet")
     fashion_mnist_dir: Path = Path("/usr/share/datasets/fashion-mnist")
+    # Serving to others (see services/security.py and README "Running it for others").
+    tls_cert: Path | None = None  # server certificate chain (PEM)
+    tls_key: Path | None = None  # its private key (PEM)
+    tls_client_ca: Path | None = None  # set: mutual TLS, clients need a cert from this CA
+    tokens_file: Path | None = None  # lines "scope name sha256-of-token"
+    tokens: str = ""  # the same entries inline, separated by newlines or ";"
+    insecure: bool = False  # allow a non-loopback bind without TLS and tokens (--insecure)
+    # Clients (CLI, mllgraph.auth.open_channel): the token to send and the CA to trust.
+    client_token: str = ""
+    tls_ca: Path | None = None
+    client_cert: Path | None = None  # mutual TLS: the client's certificate and key
+    client_key: Path | None = None
+    # Prometheus endpoints (0: off), on `metrics_host`.
+    ingestion_metrics_port: int = 0
+    selection_metrics_port: int = 0
+    inference_metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     @property
     def uses_local_neo4j(self) -> bool:
@@ -101,6 +123,20 @@ class Settings:
             infer_cache_mb=int(_env("MLLGRAPH_INFER_CACHE_MB", str(cls.infer_cache_mb))),
             wordnet_dir=Path(_env("MLLGRAPH_WORDNET_DIR", str(cls.wordnet_dir))),
             fashion_mnist_dir=Path(_env("MLLGRAPH_FASHION_MNIST_DIR", str(cls.fashion_mnist_dir))),
+            tls_cert=_path_env("MLLGRAPH_TLS_CERT"),
+            tls_key=_path_env("MLLGRAPH_TLS_KEY"),
+            tls_client_ca=_path_env("MLLGRAPH_TLS_CLIENT_CA"),
+            tokens_file=_path_env("MLLGRAPH_TOKENS_FILE"),
+            tokens=_env("MLLGRAPH_TOKENS", ""),
+            insecure=_env("MLLGRAPH_INSECURE", "0").lower() in ("1", "true", "yes"),
+            client_token=_env("MLLGRAPH_TOKEN", ""),
+            tls_ca=_path_env("MLLGRAPH_TLS_CA"),
+            client_cert=_path_env("MLLGRAPH_CLIENT_CERT"),
+            client_key=_path_env("MLLGRAPH_CLIENT_KEY"),
+            ingestion_metrics_port=int(_env("MLLGRAPH_METRICS_PORT_INGESTION", "0")),
+            selection_metrics_port=int(_env("MLLGRAPH_METRICS_PORT_SELECTION", "0")),
+            inference_metrics_port=int(_env("MLLGRAPH_METRICS_PORT_INFERENCE", "0")),
+            metrics_host=_env("MLLGRAPH_METRICS_HOST", cls.metrics_host),
         )
 
     def torch_device(self) -> str:

@@ -7,7 +7,10 @@
   service NOT_SERVING until `set_serving`) and server reflection.
 * `serve_until_signal`: run until SIGTERM/SIGINT, then report NOT_SERVING and stop
   gracefully so in-flight RPCs finish.
-* `configure_logging`: one-line key=value log records.
+* `configure_logging`: one-line key=value log records (with ``request_id=`` and ``caller=``
+  inside a call).
+* Serving to others: `build_server(..., settings=)` adds TLS, bearer tokens and the bind
+  rule (services/security.py), request ids and Prometheus metrics (services/telemetry.py).
 
 Typical service main::
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 import logging
@@ -41,7 +45,10 @@ from grpc_reflection.v1alpha import reflection
 from mllgraph import errors
 from mllgraph.errors import MllgraphError, Unavailable
 from mllgraph.select.plan import COVERAGES
+from mllgraph.settings import Settings
 from mllgraph.v1 import selection_pb2
+from services import telemetry
+from services.security import ServerSecurity
 
 # A plan's coverage names <-> the proto's Coverage enum, in one place for all services.
 COVERAGE_TO_PROTO = {
@@ -258,6 +265,8 @@ async def build_server(
     service_names: Sequence[str],
     *,
     host: str = "127.0.0.1",
+    settings: Settings | None = None,
+    collectors: Sequence[Any] = (),
 ) -> tuple[grpc.aio.Server, HealthServicer, int]:
     """Create (not start) an aio server with `servicers`, health checking and reflection.
 
@@ -266,14 +275,25 @@ async def build_server(
     NOT_SERVING until `set_serving` is called. Reflection lists them plus the health and
     reflection services. `port` 0 picks a free port. Returns (server, health, bound_port).
     Raises Unavailable when the address cannot be bound (e.g. the port is in use).
+
+    `settings` (default: `Settings()`, nothing configured) brings TLS, bearer tokens, the
+    bind rule (`ServerSecurity.check_bind`: FailedPrecondition for a non-loopback `host`
+    without TLS and tokens unless insecure) and the metrics port of the first service
+    (``<name>_metrics_port``; 0 = no endpoint). `collectors` are added to its registry.
+    Every server gets request ids and per-RPC metrics (`telemetry.RequestInterceptor`).
     """
+    settings = settings if settings is not None else Settings()
+    security = ServerSecurity.from_settings(settings)
+    security.check_bind(host)
+    metrics = telemetry.ServiceMetrics(collectors)
     server = grpc.aio.server(
+        interceptors=[telemetry.RequestInterceptor(metrics), *security.interceptors()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # Fail loudly on a port another process listens on instead of sharing it.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     for add_fn, servicer in servicers:
         add_fn(servicer, server)
@@ -288,14 +308,51 @@ async def build_server(
 
     address = _address(host, port)
     try:
-        bound = server.add_insecure_port(address)
+        if security.credentials is not None:
+            bound = server.add_secure_port(address, security.credentials)
+        else:
+            bound = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise Unavailable(
             f"cannot listen on {address}: the port is in use or the address is not local; "
             "choose another port (0 picks a free one)"
         ) from exc
-    log.info("server_built address=%s services=%s", _address(host, bound), ",".join(service_names))
+    server.mllgraph_metrics = metrics  # type: ignore[attr-defined]
+    metrics_port = _metrics_port(settings, service_names)
+    if metrics_port:
+        _serve_metrics(server, metrics, settings.metrics_host, metrics_port)
+    log.info(
+        "server_built address=%s services=%s %s metrics=%s",
+        _address(host, bound),
+        ",".join(service_names),
+        security.describe(),
+        _address(settings.metrics_host, metrics_port) if metrics_port else "off",
+    )
     return server, health, bound
+
+
+def _metrics_port(settings: Settings, service_names: Sequence[str]) -> int:
+    """``settings.<name>_metrics_port`` for the first service (mllgraph.v1.XService -> x)."""
+    if not service_names:
+        return 0
+    short = service_names[0].rsplit(".", 1)[-1].removesuffix("Service").lower()
+    return int(getattr(settings, f"{short}_metrics_port", 0) or 0)
+
+
+def _serve_metrics(
+    server: grpc.aio.Server, metrics: telemetry.ServiceMetrics, host: str, port: int
+) -> None:
+    """Start the /metrics endpoint and stop it when `server` stops."""
+    _http, stop_http = telemetry.start_metrics_http(metrics.registry, host, port)
+    stop_server = server.stop
+
+    async def stop(grace: float | None) -> None:
+        try:
+            await stop_server(grace)
+        finally:
+            await asyncio.to_thread(stop_http)
+
+    server.stop = stop  # type: ignore[method-assign]
 
 
 async def serve_until_signal(
@@ -387,6 +444,12 @@ class KeyValueFormatter(logging.Formatter):
             line += " exc=" + _escape(self.formatException(exc_info))
         if stack_info:
             line += " stack=" + _escape(self.formatStack(stack_info))
+        request_id = getattr(record, "request_id", None)  # stamped by services.telemetry
+        caller = getattr(record, "caller", None)
+        if request_id is not None:
+            line += f" request_id={request_id}"
+        if caller is not None:
+            line += f" caller={caller}"
         return line.replace("\n", "\\n")
 
 
@@ -416,24 +479,50 @@ def run_service_main(
     port_help: str,
 ) -> int:
     """The `python -m services.<name>` entry point shared by the services: --port, --host,
-    --log-level, structured logs, exit 1 on a domain error, 130 on Ctrl-C."""
+    --insecure, --metrics-port, --log-level, structured logs, exit 1 on a domain error, 130
+    on Ctrl-C."""
     import argparse
-
-    from mllgraph.settings import Settings
 
     parser = argparse.ArgumentParser(
         prog=f"python -m services.{name}", description=f"the mllgraph {name} service"
     )
     parser.add_argument("--port", type=int, help=port_help)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    add_serving_flags(parser, name)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     try:
-        asyncio.run(serve(Settings.from_env(), port=args.port, host=args.host))
+        settings = apply_serving_flags(Settings.from_env(), args, name)
+        asyncio.run(serve(settings, port=args.port, host=args.host))
     except MllgraphError as e:
         logging.getLogger(f"services.{name}").error("%s_failed error=%r", name, str(e))
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def add_serving_flags(parser: Any, name: str) -> None:
+    """--insecure and --metrics-port, for every service's command line."""
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow --host other than loopback without TLS and tokens (logs a warning)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help=f"Prometheus endpoint port (default MLLGRAPH_METRICS_PORT_{name.upper()}; 0: off)",
+    )
+
+
+def apply_serving_flags(settings: Settings, args: Any, name: str) -> Settings:
+    """`settings` with the --insecure and --metrics-port given on the command line."""
+    changes: dict[str, Any] = {}
+    if getattr(args, "insecure", False):
+        changes["insecure"] = True
+    if getattr(args, "metrics_port", None) is not None:
+        changes[f"{name}_metrics_port"] = args.metrics_port
+    return dataclasses.replace(settings, **changes) if changes else settings

@@ -56,9 +56,12 @@ from mllgraph.reuse import vlm as vlm_patch
 from mllgraph.select import plan as plan_doc
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, inference_pb2, inference_pb2_grpc, selection_pb2
+from services import telemetry
 from services.common import (
     COVERAGE_FROM_PROTO,
     COVERAGE_TO_PROTO,
+    add_serving_flags,
+    apply_serving_flags,
     build_server,
     configure_logging,
     full_service_name,
@@ -485,6 +488,8 @@ async def start_server(
         [(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer)],
         [SERVICE_NAME],
         host=host,
+        settings=settings,
+        collectors=[telemetry.reuse_collector(lambda: servicer.cache, lambda: servicer.batcher)],
     )
     await server.start()
     running = RunningServer(server, health, bound, servicer)
@@ -538,11 +543,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vlm-pretrained", help="open_clip pretrained tag (needs internet)")
     parser.add_argument("--vlm-weight", type=float, default=vlm_patch.VLM_WEIGHT, help="λ")
     parser.add_argument("--grace", type=float, default=10.0)
+    add_serving_flags(parser, "inference")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    settings = Settings.from_env()
     try:
+        settings = apply_serving_flags(Settings.from_env(), args, "inference")
         bundle = bundles.load_bundle(args.bundle) if args.bundle else None
         vlm = None
         device = settings.torch_device()

@@ -63,6 +63,7 @@ from mllgraph.hub.preprocess import InputSpec
 from mllgraph.label import run as labeller
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
+from services import telemetry
 from services.common import (
     HealthServicer,
     build_server,
@@ -333,6 +334,14 @@ class LabelJobQueue:
                 "a restart forgets them, and only recent finished jobs are kept)"
             )
         return job
+
+    def state_counts(self) -> dict[str, int]:
+        """Jobs held in memory by state name (every state present, 0 when none)."""
+        counts = dict.fromkeys(_STATE_NAMES.values(), 0)
+        for job in list(self._jobs.values()):
+            name = _STATE_NAMES.get(job.state, str(job.state))
+            counts[name] = counts.get(name, 0) + 1
+        return counts
 
     def active_for(self, model_id: str) -> LabelJob | None:
         return next((j for j in self._jobs.values() if j.active and j.model_id == model_id), None)
@@ -703,6 +712,8 @@ async def start(
         [(ingestion_pb2_grpc.add_IngestionServiceServicer_to_server, servicer)],
         [SERVICE_NAME],
         host=host,
+        settings=settings,
+        collectors=[telemetry.label_job_collector(servicer.jobs.state_counts)],
     )
     await server.start()
     stop = asyncio.Event()

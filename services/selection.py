@@ -619,6 +619,7 @@ async def start(
         [(selection_pb2_grpc.add_SelectionServiceServicer_to_server, servicer)],
         [SERVICE_NAME],
         host=host,
+        settings=settings,
     )
     await server.start()
     try:

@@ -77,10 +77,14 @@ class Services:
         self.stop()
 
 
-def _channel(address: str) -> grpc.Channel:
+def _channel(address: str, settings: Settings) -> grpc.Channel:
+    """A channel with the client credentials in `settings` (MLLGRAPH_TOKEN, MLLGRAPH_TLS_CA)."""
+    from mllgraph.auth import open_channel
+
     limit = 64 * 1024 * 1024
-    return grpc.insecure_channel(
+    return open_channel(
         address,
+        settings,
         options=[
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
@@ -101,9 +105,9 @@ class GrpcPipeline:
     def __enter__(self) -> GrpcPipeline:
         if self._own:
             self.services.start()
-        self._sel_channel = _channel(self.services.address("selection"))
-        self._inf_channel = _channel(self.services.address("inference"))
-        self._ing_channel = _channel(self.services.address("ingestion"))
+        self._sel_channel = _channel(self.services.address("selection"), self.settings)
+        self._inf_channel = _channel(self.services.address("inference"), self.settings)
+        self._ing_channel = _channel(self.services.address("ingestion"), self.settings)
         self.selection = selection_pb2_grpc.SelectionServiceStub(self._sel_channel)
         self.inference = inference_pb2_grpc.InferenceServiceStub(self._inf_channel)
         self.ingestion = ingestion_pb2_grpc.IngestionServiceStub(self._ing_channel)

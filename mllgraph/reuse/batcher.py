@@ -53,6 +53,7 @@ class BatcherStats:
     oom_retries: int = 0
     failed_batches: int = 0
     batch_sizes: list[int] = field(default_factory=list)  # the last 1000 passes
+    size_counts: dict[int, int] = field(default_factory=dict)  # passes by size, since start
 
 
 @dataclass
@@ -236,5 +237,6 @@ class DynamicBatcher:
         self.stats.batches += 1
         self.stats.images += len(images)
         self.stats.batch_sizes.append(len(images))
+        self.stats.size_counts[len(images)] = self.stats.size_counts.get(len(images), 0) + 1
         del self.stats.batch_sizes[:-1000]
         return out

@@ -137,6 +137,8 @@ class ModelCache:
         self._loading: dict[tuple[str, str], threading.Lock] = {}
         self.loads = 0
         self.evictions = 0
+        self.hits = 0  # get() found the model loaded
+        self.misses = 0  # get() had to load it (or wait for another caller's load)
 
     @staticmethod
     def _key(record: Mapping[str, Any]) -> tuple[str, str]:
@@ -148,7 +150,9 @@ class ModelCache:
             item = self._items.get(key)
             if item is not None:
                 self._items.move_to_end(key)
+                self.hits += 1
                 return item
+            self.misses += 1
             gate = self._loading.setdefault(key, threading.Lock())
         with gate:
             with self._lock:
