@@ -629,6 +629,7 @@ def cmd_zeroshot(args: argparse.Namespace, settings: Settings) -> int:
         imagenet=not args.no_imagenet,
         oracle=not args.no_oracle,
         grpc=not args.in_process,
+        photos=not args.no_photos,
         out_dir=Path(args.out),
         name=args.name,
     )
@@ -828,6 +829,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-imagenet", action="store_true")
     g.add_argument("--no-oracle", action="store_true")
     g.add_argument("--in-process", action="store_true", help="library calls instead of gRPC")
+    g.add_argument(
+        "--no-photos", action="store_true", help="skip the photos suite (real photos, gRPC only)"
+    )
     g.add_argument("--name", default="zeroshot", help="report file stem under --out")
     p.set_defaults(handler=cmd_bench)
 

@@ -105,6 +105,23 @@ def run(settings: Settings, console: Console, args: argparse.Namespace) -> int:
         console.print(
             f"hub of {row['experts']:>2} Fashion experts, {half}: MLL {_fmt(row.get('mll'))}"
         )
+    for task in report.photos:
+        photo_table = Table(
+            title=f"photos: {task['task']} ({', '.join(task['classes'])}); "
+            f"models {', '.join(task['models']) or '-'}"
+        )
+        for col in ("image", "truth", "MLL", "p", "heads that decided"):
+            photo_table.add_column(col)
+        for im in task["per_image"]:
+            heads = ", ".join(f"{h['model_id']}:{h['head_label']}" for h in im["heads"][:3])
+            photo_table.add_row(
+                im["image"],
+                im["truth"],
+                ("" if im["right"] else "[red]") + im["mll"],
+                f"{im['probability']:.2f}",
+                "fallback (uncovered)" if im["used_fallback"] else heads,
+            )
+        console.print(photo_table)
     console.print(f"cost: {report.cost}")
     console.print(f"reports: {', '.join(str(p) for p in paths)}")
     console.print(f"done in {time.perf_counter() - t0:.0f} s")

@@ -40,6 +40,7 @@ class ZeroShotConfig:
     imagenet: bool = True
     oracle: bool = True  # recipe: evaluate.OracleRecipe, derived from the experts' own
     grpc: bool = True
+    photos: bool = True  # the photos suite (eval/photos.py), through gRPC with the ImageNet experts
     out_dir: Path = Path("reports")
     name: str = "zeroshot"
 
@@ -53,6 +54,7 @@ class ZeroShotReport:
     cost: dict[str, Any] = field(default_factory=dict)
     oracle: dict[str, Any] | None = None  # the recipe, and its description
     halves: dict[str, Any] = field(default_factory=dict)  # summarise_halves of the main run
+    photos: list[dict[str, Any]] = field(default_factory=list)  # photos.PhotoResult per task
 
 
 def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
@@ -167,6 +169,20 @@ def run(
             log(f"ingestion service lists {len(listed)} models")
             main = run_main(pipeline)
             report.cost["inference"] = pipeline.stats()
+            if config.photos and config.imagenet:
+                from mllgraph.eval import photos
+
+                log("photos suite: real photos, the whole hub, through gRPC")
+                report.photos = [
+                    asdict(r)
+                    for r in photos.run_suite(
+                        pipeline,
+                        settings.fashion_mnist_dir,
+                        settings.wordnet_dir,
+                        budget=config.budget,
+                        log=log,
+                    )
+                ]
     else:
         main = run_main(ev.LibraryPipeline(graph, settings, logits))
     report.main = ev.results_json(main)
@@ -305,6 +321,10 @@ def write(report: ZeroShotReport, out_dir: Path, name: str = "zeroshot") -> list
         _plot(report.hub_size, png)
         paths.append(png)
         md += ["", f"![accuracy against hub size]({png.name})"]
+    if report.photos:
+        from mllgraph.eval import photos
+
+        md += ["", photos.markdown([photos.PhotoResult(**r) for r in report.photos])]
     md += ["", "## Cost", "", "```", _pretty(report.cost), "```"]
     path = out_dir / f"{name}.md"
     path.write_text("\n".join(md) + "\n")
