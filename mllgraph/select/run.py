@@ -200,6 +200,7 @@ def select(
         allow_ancestor=options.allow_ancestor,
         ancestor_discount=options.ancestor_discount,
         related_discount=options.related_discount,
+        models=sorted(options.models) if options.models is not None else None,
     )
     probe_rows = graph.read("select/task_probes", targets=targets)
     probe_rows += _proxy_probes(graph, rows, probe_rows, len(classes))
@@ -209,9 +210,6 @@ def select(
     outputs: dict[str, dict[str, np.ndarray]] = {}
     temperatures: dict[str, float] = {}
     versions: dict[str, str] = {}
-    if options.models is not None:
-        allowed = set(options.models)
-        rows = [r for r in rows if r["model"] in allowed]
     for r in rows:
         versions[r["model"]] = r["version"]
     task_sets = sorted({r["set_id"] for r in probe_rows})
