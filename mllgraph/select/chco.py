@@ -402,10 +402,10 @@ def _make_plan(prep: _Prepared, choice: np.ndarray, solver: str, evaluated: int)
     if problem.num_images:
         probs = combine(problem.logits_by_model, assignment, params)
         per_class = per_class_accuracy(probs, problem.labels)
-        correct = accuracy(probs, problem.labels) * problem.num_images
+        measured_acc = accuracy(probs, problem.labels)
     else:
-        per_class, correct = [float("nan")] * prep.k, 0.0
-    estimate, measured = with_priors(problem, assignment, per_class, correct)
+        per_class, measured_acc = [float("nan")] * prep.k, float("nan")
+    estimate, measured = with_priors(problem, assignment, per_class, measured_acc)
     return Plan(
         assignment=assignment,
         params=params,
@@ -423,13 +423,13 @@ def with_priors(
     problem: ChcoProblem,
     assignment: list[ClassAssignment],
     per_class: list[float],
-    correct: float,
+    measured_accuracy: float,
 ) -> tuple[float, float]:
     """(estimated accuracy, measured fraction), giving each covered class without probe images
     its prior (written into ``per_class``) at ``problem.prior_weight`` images.
 
     Classes with neither probes nor heads are left out, as before (the plan lists them as
-    uncovered)."""
+    uncovered). Without any prior the estimate is ``measured_accuracy`` itself."""
     w = problem.prior_weight
     priors = []
     for c in np.flatnonzero(problem.unprobed):
@@ -437,9 +437,11 @@ def with_priors(
         if a.groups:
             per_class[int(c)] = a.label_score
             priors.append(a.label_score)
+    if not priors:
+        n = problem.num_images
+        return (float(measured_accuracy), 1.0) if n else (float("nan"), 0.0)
     total = problem.num_images + w * len(priors)
-    if total == 0:
-        return float("nan"), 0.0
+    correct = measured_accuracy * problem.num_images if problem.num_images else 0.0
     estimate = (correct + w * math.fsum(priors)) / total
     return float(estimate), float(problem.num_images / total)
 
