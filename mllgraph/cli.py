@@ -177,6 +177,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
                 class_names=_split_list(args.class_names),
                 wnids=_split_list(args.wnids),
                 input_spec=_spec_from_args(args),
+                top1_accuracy=args.top1_accuracy,
             )
             ground = hub.grounder(settings) if reg.class_names else None
             result = registry.register_model(graph, settings, reg, ground)
@@ -337,6 +338,14 @@ def _fmt_acc(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def _measured_note(plan: dict[str, Any]) -> str:
+    """How much of the estimate rests on probe images, when not all of it does."""
+    share = plan.get("measured_fraction")
+    if share is None or share >= 1.0 or plan.get("estimated_accuracy") is None:
+        return ""
+    return f" ({share:.0%} measured, the rest declared priors)"
+
+
 def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
     """A plan document, readably: per class its concept, coverage, heads and accuracy."""
     table = Table(title=f"plan {plan['plan_id']}")
@@ -364,7 +373,7 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
             c["name"],
             f"{c['concept']['name'].split('.')[0].replace('_', ' ')} ({c['concept']['wnid']})",
             how,
-            c["coverage"],
+            "declared, unmeasured" if c["coverage"] == "declared" else c["coverage"],
             heads or "-",
             _fmt_acc(c.get("estimated_accuracy")),
         )
@@ -375,7 +384,8 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
     console.print(
         f"models ({len(plan['models'])} of at most {plan['budget']}): "
         f"{', '.join(plan['models']) or 'none'} · solver {plan['solver']} · params {fitted} · "
-        f"estimated accuracy {_fmt_acc(plan.get('estimated_accuracy'))} · "
+        f"estimated accuracy {_fmt_acc(plan.get('estimated_accuracy'))}"
+        f"{_measured_note(plan)} · "
         f"catalogue v{plan['catalogue_version']}"
     )
     t = timings if timings is not None and timings.total_ms else None
@@ -707,6 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--std", type=float, nargs="+")
     q.add_argument("--resize", default="resize", choices=["resize", "resize_crop"])
     q.add_argument("--crop-pct", type=float, default=1.0)
+    q.add_argument(
+        "--top1-accuracy",
+        type=float,
+        help="stated top-1 accuracy on its own labels, in (0, 1]: the prior of its declared "
+        "(unmeasured) heads; builtins state their own",
+    )
     q = s.add_parser("label", help="run a model on the probes and write its labels")
     q.add_argument("model_id")
     q.add_argument("--samples-per-concept", type=int, default=200)

@@ -57,6 +57,7 @@ COVERAGE_TO_PROTO = {
     "group": selection_pb2.COVERAGE_DESCENDANTS,  # the candidates query's name for it
     "ancestor": selection_pb2.COVERAGE_ANCESTOR,
     "related": selection_pb2.COVERAGE_RELATED,
+    "declared": selection_pb2.COVERAGE_DECLARED,
     "uncovered": selection_pb2.COVERAGE_UNCOVERED,
 }
 COVERAGE_FROM_PROTO = {COVERAGE_TO_PROTO[name]: name for name in COVERAGES}

@@ -240,6 +240,8 @@ def model_to_proto(
         metadata={str(k): str(v) for k, v in (record.get("metadata") or {}).items()},
         heads=[head_to_proto(h) for h in heads or []],
     )
+    if record.get("top1_accuracy") is not None:
+        model.top1_accuracy = float(record["top1_accuracy"])
     created = _timestamp(record.get("created_at"))
     if created is not None:
         model.created_at.CopyFrom(created)
@@ -524,6 +526,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             wnids=list(request.wnids) or None,
             input_spec=spec,
             metadata=dict(request.metadata),
+            top1_accuracy=request.top1_accuracy if request.HasField("top1_accuracy") else None,
         )
         async with self._register_lock:
             result = await asyncio.to_thread(self._register, reg)

@@ -108,7 +108,17 @@ _KIND_TEXT = {
     "descendants": "heads labelled with concepts under it, pooled",
     "ancestor": "a head labelled with an ancestor concept (score discounted)",
     "related": "a head labelled with a sibling or cousin concept (score discounted)",
+    "declared": "declared, unmeasured: heads that declare the concept (quality a prior)",
+    "declared_descendants": "declared, unmeasured: heads declaring concepts under it, pooled",
+    "declared_ancestor": "declared, unmeasured: a head declaring an ancestor (discounted)",
 }
+# How a declared class's heads declare it (the plan's `declared_via`).
+_DECLARED_VIA_TEXT = {
+    "declared": "the concept itself",
+    "declared_descendants": "concepts under it, pooled",
+    "declared_ancestor": "an ancestor of it, discounted",
+}
+DECLARED_NOTE = plan_doc.DECLARED_NOTE
 
 
 # --- request -> library -----------------------------------------------------------------------
@@ -282,6 +292,7 @@ def plan_to_proto(plan: dict[str, Any], concepts: Concepts) -> selection_pb2.Pla
         combination_json=json.dumps(plan),
         budget=int(plan.get("budget") or 0),
         options=_options_to_proto(plan.get("options") or {}),
+        measured_fraction=float(plan.get("measured_fraction", 1.0)),
     )
 
 
@@ -375,7 +386,19 @@ def explain(plan: dict[str, Any], concepts: Concepts, current_catalogue: int | N
                 f"{', '.join(sorted({h['model_id'] for h in c['heads']}))}: "
                 f"{_KIND_TEXT.get(kind, kind)} (via {where})."
             )
-        if c.get("estimated_accuracy") is None:
+        if kind == "declared":
+            reasons.append(
+                f"{DECLARED_NOTE.capitalize()}: no measured label covers this concept; the "
+                f"heads declare it ({_DECLARED_VIA_TEXT.get(c.get('declared_via'), 'it')}), "
+                "and their quality is a prior (the model's stated top-1 accuracy or the "
+                "default), not measured on probe images."
+            )
+        if c.get("estimated_accuracy") is not None and not c.get("measured", True):
+            reasons.append(
+                f"No probe images for this concept: its estimate {c['estimated_accuracy']:.3f} "
+                "is the prior of its heads, not a measurement."
+            )
+        elif c.get("estimated_accuracy") is None:
             reasons.append(
                 "No probe images for this concept: its accuracy is not estimated (reported as 0)."
             )
@@ -438,6 +461,12 @@ def explain(plan: dict[str, Any], concepts: Concepts, current_catalogue: int | N
         f"Estimated accuracy {_fmt(plan_acc)}; combination parameters "
         f"{'fitted on the probe images' if plan.get('params_fitted') else 'at their defaults'}.",
     ]
+    share = plan.get("measured_fraction")
+    if share is not None and share < 1.0 and plan_acc is not None:
+        notes.append(
+            f"{share:.0%} of the estimated accuracy is measured on probe images; the rest "
+            "is the prior of classes without probe images (e.g. declared, unmeasured)."
+        )
     if over_budget_classes:
         notes.append(
             f"The budget of {budget} model(s) was binding: "

@@ -272,3 +272,76 @@ def test_heuristic_speed_on_large_instance() -> None:
     print(f"\nheuristic: {n} candidates, 5000 images: {wall:.2f}s wall, {cpu:.2f}s cpu")
     assert len(plan.models) <= 5
     assert cpu < 3.0  # ~0.4 s; loose because CI machines are shared
+
+
+# --- classes without probe images: scored with the prior ----------------------------------------
+
+CAT = 2
+
+
+def _declared_problem(budget: int, steal: float) -> ChcoProblem:
+    """bag and trouser have probe images and a measured expert A; "cat" has none. D and E
+    declare a cat head (priors 0.75 and 0.9); E's cat head also fires on every bag image
+    (`steal` logits), D's fires on nothing."""
+    labels = np.repeat([BAG, TROUSER], 6)
+    a = np.array([[4.0, 0.0] if y == BAG else [0.0, 4.0] for y in labels])
+    d = np.zeros((labels.size, 5))  # head 3: cat
+    e = np.zeros((labels.size, 5))  # head 1: cat
+    e[labels == BAG, 1] = steal
+    cands = [
+        Candidate(BAG, HeadGroup("A", (0,), "exact", 0.9)),
+        Candidate(TROUSER, HeadGroup("A", (1,), "exact", 0.9)),
+        Candidate(CAT, HeadGroup("D", (3,), "declared", 0.75)),
+        Candidate(CAT, HeadGroup("E", (1,), "declared", 0.9)),
+    ]
+    temps = {"A": 1.0, "D": 1.0, "E": 1.0}
+    return ChcoProblem(3, cands, {"A": a, "D": d, "E": e}, labels, temps, budget)
+
+
+@pytest.mark.parametrize("solver", [solve_exact, solve_heuristic])
+def test_a_declared_only_class_is_covered_by_its_prior(solver) -> None:
+    problem = _declared_problem(budget=2, steal=0.0)
+    assert problem.unprobed.tolist() == [False, False, True] and problem.prior_weight == 6.0
+    plan = solver(problem)
+    cat = plan.assignment[CAT].groups
+    assert [(g.model_id, g.heads) for g in cat] == [("E", (1,))]  # the better prior
+    assert plan.per_class_accuracy[CAT] == pytest.approx(0.9)
+    # 12 probe images all right, plus the cat class at its prior over 6 pseudo-images.
+    assert plan.estimated_accuracy == pytest.approx((12 + 6 * 0.9) / 18)
+    assert plan.measured_fraction == pytest.approx(12 / 18)
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+@pytest.mark.parametrize("solver", [solve_exact, solve_heuristic])
+def test_a_declared_head_that_steals_probe_images_loses(solver) -> None:
+    """E's better prior is not worth the bag images its cat head takes: D covers cat."""
+    plan = solver(_declared_problem(budget=2, steal=30.0))
+    assert [g.model_id for g in plan.assignment[CAT].groups] == ["D"]
+    assert plan.per_class_accuracy[:2] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("solver", [solve_exact, solve_heuristic])
+def test_the_prior_competes_under_the_same_budget(solver) -> None:
+    """Budget 1: A's twelve right probe images beat a cat worth 6 x 0.9 images."""
+    plan = solver(_declared_problem(budget=1, steal=0.0))
+    assert plan.models == ["A"] and plan.uncovered == [CAT]
+    assert math.isnan(plan.per_class_accuracy[CAT]) and plan.measured_fraction == 1.0
+
+
+@pytest.mark.parametrize("solver", [solve_exact, solve_heuristic])
+def test_a_task_without_any_probe_image_is_planned_by_priors(solver) -> None:
+    """No probe images at all: D declares both classes (0.75), E and F one each (0.9)."""
+    empty = np.zeros(0, dtype=np.int64)
+    cands = [
+        Candidate(0, HeadGroup("D", (0,), "declared", 0.75)),
+        Candidate(1, HeadGroup("D", (1, 2), "declared", 0.75)),
+        Candidate(0, HeadGroup("E", (0,), "declared", 0.9)),
+        Candidate(1, HeadGroup("F", (0,), "declared", 0.9)),
+    ]
+    logits = {m: np.zeros((0, 3)) for m in "DEF"}
+    temps = dict.fromkeys("DEF", 1.0)
+    one = solver(ChcoProblem(2, cands, logits, empty, temps, 1))
+    assert one.models == ["D"] and one.uncovered == []  # 2 x 0.75 > 0.9
+    assert one.estimated_accuracy == pytest.approx(0.75) and one.measured_fraction == 0.0
+    two = solver(ChcoProblem(2, cands, logits, empty, temps, 2))
+    assert two.models == ["E", "F"] and two.estimated_accuracy == pytest.approx(0.9)

@@ -231,6 +231,7 @@ def test_register_label_list_delete(
             class_names=["Sandal", "Sneaker"],
             input_spec=fashion_spec(),
             metadata={"trained_on": "nothing (random weights)"},
+            top1_accuracy=0.625,
         ),
         timeout=RPC_TIMEOUT,
     )
@@ -247,6 +248,7 @@ def test_register_label_list_delete(
     assert abs(model.created_at.ToSeconds() - time.time()) < 600
     assert not model.labelled and not model.HasField("labelled_at")
     assert model.metadata["trained_on"] == "nothing (random weights)"
+    assert model.top1_accuracy == pytest.approx(0.625)  # the prior of its declared heads
     assert not model.heads  # only with include_heads
     blob = registry.blob_path(neo4j_settings, sha, ".safetensors")
     assert blob.is_file()
@@ -489,6 +491,8 @@ BAD_REGISTRATIONS: list[tuple[str, Callable[[Weights, Path], Any], tuple[str, ..
         ("no_such_arch_xyz", "not a timm architecture"),
     ),
     ("missing-arch", lambda w, d: _request(w, arch=""), ("arch: required",)),
+    ("top1-over-one", lambda w, d: _request(w, top1_accuracy=75.1), ("top1_accuracy", "0.751")),
+    ("top1-zero", lambda w, d: _request(w, top1_accuracy=0.0), ("top1_accuracy", "(0, 1]")),
     (
         "missing-input-spec",
         lambda w, d: _request(w, input_spec=None),

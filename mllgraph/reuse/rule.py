@@ -20,8 +20,9 @@ The rule, exactly (K task classes, N images):
    score is ``log(EPS) + log(QUALITY_FLOOR)``, about -18.4), so it never wins.
 5. Class probabilities ``softmax_c(z)``; a prediction is ``argmax`` (first index on ties).
 
-``HeadGroup.kind`` ("exact", "descendants", "ancestor", "related") is descriptive only: the
-rule never looks at it; ancestor/related discounts are expected inside ``label_score``.
+``HeadGroup.kind`` ("exact", "descendants", "ancestor", "related", "declared") is descriptive
+only: the rule never looks at it; ancestor/related discounts are expected inside
+``label_score``, and a declared group's ``label_score`` is its prior.
 
 Parameter-free default (:func:`default_params`): ``weights[c] = 1`` and
 ``biases[c] = log(max(q_c, QUALITY_FLOOR))`` with ``q_c`` the mean label score of the class's
@@ -45,7 +46,9 @@ from mllgraph.errors import InvalidArgument
 EPS = 1e-6
 UNCOVERED_SCORE = -1000.0
 QUALITY_FLOOR = 0.01
-KINDS = ("exact", "descendants", "ancestor", "related")
+# "declared": heads that cover a class only by what they declare (their quality a prior,
+# not measured); the rule treats them like any other group.
+KINDS = ("exact", "descendants", "ancestor", "related", "declared")
 # Bounds keep fitted parameters meaningful: a weight <= 0 would invert the evidence.
 _WEIGHT_BOUNDS = (1e-3, 100.0)
 _LOG_TEMPERATURE_BOUNDS = (math.log(0.05), math.log(20.0))

@@ -11,9 +11,19 @@ all classes impossible and because a bad candidate can steal images from good on
 tie-break below still prefers covering a class when accuracy is equal.
 
 Objective and tie-break (both solvers): maximise the number of probe images whose argmax
-class is right; then higher mean label score (uncovered = 0); then fewer models; then lower
-total ``model_cost``; then the lexicographically smallest sorted model-id list; then (exact
-solver only) the first assignment in enumeration order.
+class is right, plus the prior credit of the classes without probe images (below); then
+higher mean label score (uncovered = 0); then fewer models; then lower total
+``model_cost``; then the lexicographically smallest sorted model-id list; then (exact solver
+only) the first assignment in enumeration order.
+
+Classes without probe images (e.g. covered only by what heads declare, or by labels on
+concepts nobody has images of) cannot be simulated. They are scored with a prior instead,
+under the same budget: covering such a class with a candidate counts as ``w * label_score``
+right images, where ``w`` is the mean number of probe images of the classes that have some
+(1 when none has), i.e. the candidate's label score is taken as its expected accuracy on
+that class. Their columns still compete for the other classes' probe images, so a head that
+steals images is still penalised. The plan's estimate counts these classes at their prior
+and says how much of it is measured (``Plan.measured_fraction``).
 
 Every class's score column depends only on its own candidate, so each candidate's score
 vector (N,) is computed once; an assignment's accuracy is an argmax over the (N, K) matrix
@@ -112,11 +122,11 @@ class ChcoProblem:
         if isinstance(b, bool) or not isinstance(b, int | np.integer) or b < 1:
             raise InvalidArgument(f"budget is {b!r}; expected an int >= 1 (max distinct models)")
         labels = np.asarray(self.labels)
-        if labels.ndim != 1 or labels.size == 0:
-            raise InvalidArgument(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
-        if not np.issubdtype(labels.dtype, np.integer):
+        if labels.ndim != 1:
+            raise InvalidArgument(f"labels must be a 1-D array, got shape {labels.shape}")
+        if labels.size and not np.issubdtype(labels.dtype, np.integer):
             raise InvalidArgument(f"labels must be integers, got dtype {labels.dtype}")
-        if labels.min() < 0 or labels.max() >= k:
+        if labels.size and (labels.min() < 0 or labels.max() >= k):
             raise InvalidArgument(
                 f"labels must lie in 0..{k - 1}, got range {labels.min()}..{labels.max()}"
             )
@@ -185,14 +195,27 @@ class ChcoProblem:
     def num_images(self) -> int:
         return int(self.labels.size)
 
+    @property
+    def unprobed(self) -> np.ndarray:
+        """(K,) bool: classes without probe images (scored with the prior, see module doc)."""
+        return np.bincount(self.labels, minlength=self.num_classes) == 0
+
+    @property
+    def prior_weight(self) -> float:
+        """Images a class without probes counts for: the probed classes' mean (1 if none)."""
+        probed = int((~self.unprobed).sum())
+        return self.num_images / probed if probed else 1.0
+
 
 @dataclass(frozen=True, eq=False)
 class Plan:
     """The chosen heads per class, the rule's parameters and the estimate on the probes.
 
-    ``per_class_accuracy`` is recall per class (NaN for a class without probe images;
-    ``None`` in JSON). ``evaluated`` counts assignments (exact) or option evaluations
-    (heuristic).
+    ``per_class_accuracy`` is recall per class; for a class without probe images it is the
+    prior (its group's label score) when covered, else NaN (``None`` in JSON).
+    ``estimated_accuracy`` weighs both (see the module doc); ``measured_fraction`` is the share
+    of it that rests on probe images (1.0: all measured). ``evaluated`` counts assignments
+    (exact) or option evaluations (heuristic).
     """
 
     assignment: list[ClassAssignment]
@@ -203,6 +226,7 @@ class Plan:
     models: list[str]
     solver: str
     evaluated: int
+    measured_fraction: float = 1.0
 
     @property
     def balanced_accuracy(self) -> float:
@@ -219,6 +243,7 @@ class Plan:
             "models": list(self.models),
             "solver": self.solver,
             "evaluated": self.evaluated,
+            "measured_fraction": self.measured_fraction,
         }
 
     @classmethod
@@ -241,6 +266,7 @@ class Plan:
             models=[str(m) for m in d["models"]],
             solver=str(d["solver"]),
             evaluated=int(d["evaluated"]),
+            measured_fraction=float(d.get("measured_fraction", 1.0)),  # absent: older plans
         )
 
     def __eq__(self, other: object) -> bool:
@@ -269,6 +295,8 @@ class _Prepared:
     cand_class: np.ndarray  # (C,) class index
     cand_model: np.ndarray  # (C,) index into model_ids
     cand_label: np.ndarray  # (C,) label scores
+    cand_credit: np.ndarray  # (C,) prior credit (w * label score) for unprobed classes, else 0
+    unprobed: np.ndarray  # indices of the classes without probe images
     scores: np.ndarray  # (C, N) default-rule score column of each candidate
     none_row: np.ndarray  # (1, N) the uncovered score
     cost: np.ndarray  # (M,) model costs
@@ -287,6 +315,8 @@ def _prepare(problem: ChcoProblem) -> _Prepared:
     cand_class = np.array([c.class_index for c in cands], dtype=np.int64)
     cand_model = np.array([mindex[c.group.model_id] for c in cands], dtype=np.int64)
     cand_label = np.array([c.group.label_score for c in cands], dtype=np.float64)
+    unprobed = problem.unprobed
+    cand_credit = np.where(unprobed[cand_class], problem.prior_weight * cand_label, 0.0)
     start = np.searchsorted(cand_class, np.arange(k + 1), side="left")
     scores = np.empty((len(cands), n))
     by_model: dict[str, list[int]] = {}
@@ -324,6 +354,8 @@ def _prepare(problem: ChcoProblem) -> _Prepared:
         cand_class=cand_class,
         cand_model=cand_model,
         cand_label=cand_label,
+        cand_credit=cand_credit,
+        unprobed=np.flatnonzero(unprobed),
         scores=scores,
         none_row=np.full((1, n), UNCOVERED_SCORE),
         cost=cost,
@@ -367,17 +399,51 @@ def _make_plan(prep: _Prepared, choice: np.ndarray, solver: str, evaluated: int)
     models = sorted({a.groups[0].model_id for a in assignment if a.groups})
     temps = {m: problem.temperatures[m] for m in models if m in problem.temperatures}
     params = default_params(assignment, temps)
-    probs = combine(problem.logits_by_model, assignment, params)
+    if problem.num_images:
+        probs = combine(problem.logits_by_model, assignment, params)
+        per_class = per_class_accuracy(probs, problem.labels)
+        measured_acc = accuracy(probs, problem.labels)
+    else:
+        per_class, measured_acc = [float("nan")] * prep.k, float("nan")
+    estimate, measured = with_priors(problem, assignment, per_class, measured_acc)
     return Plan(
         assignment=assignment,
         params=params,
-        estimated_accuracy=accuracy(probs, problem.labels),
-        per_class_accuracy=per_class_accuracy(probs, problem.labels),
+        estimated_accuracy=estimate,
+        per_class_accuracy=per_class,
         uncovered=[c for c, i in enumerate(choice) if i < 0],
         models=models,
         solver=solver,
         evaluated=int(evaluated),
+        measured_fraction=measured,
     )
+
+
+def with_priors(
+    problem: ChcoProblem,
+    assignment: list[ClassAssignment],
+    per_class: list[float],
+    measured_accuracy: float,
+) -> tuple[float, float]:
+    """(estimated accuracy, measured fraction), giving each covered class without probe images
+    its prior (written into ``per_class``) at ``problem.prior_weight`` images.
+
+    Classes with neither probes nor heads are left out, as before (the plan lists them as
+    uncovered). Without any prior the estimate is ``measured_accuracy`` itself."""
+    w = problem.prior_weight
+    priors = []
+    for c in np.flatnonzero(problem.unprobed):
+        a = assignment[int(c)]
+        if a.groups:
+            per_class[int(c)] = a.label_score
+            priors.append(a.label_score)
+    if not priors:
+        n = problem.num_images
+        return (float(measured_accuracy), 1.0) if n else (float("nan"), 0.0)
+    total = problem.num_images + w * len(priors)
+    correct = measured_accuracy * problem.num_images if problem.num_images else 0.0
+    estimate = (correct + w * math.fsum(priors)) / total
+    return float(estimate), float(problem.num_images / total)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,9 +469,10 @@ def solve_exact(problem: ChcoProblem, *, limit: int = DEFAULT_EXACT_LIMIT) -> Pl
     ext = np.vstack([prep.scores, prep.none_row])
     ext_model = np.append(prep.cand_model, -1)
     ext_label = np.append(prep.cand_label, 0.0)
+    ext_credit = np.append(prep.cand_credit, 0.0)
     ext_cost = np.append(prep.cost, 0.0)
     chunk = max(1, _EXACT_CHUNK_ELEMENTS // max(1, k * n))
-    best_key: tuple[int, float, int, float] | None = None
+    best_key: tuple[float, float, int, float] | None = None
     finalists: list[np.ndarray] = []
     evaluated = 0
     for lo in range(0, size, chunk):
@@ -429,13 +496,13 @@ def solve_exact(problem: ChcoProblem, *, limit: int = DEFAULT_EXACT_LIMIT) -> Pl
         )
         evaluated += flat.size
         pred = ext[cand.T].argmax(axis=1)  # (B, N); first index on ties, like combine
-        correct = (pred == prep.labels).sum(axis=1)
+        correct = (pred == prep.labels).sum(axis=1) + ext_credit[cand].sum(axis=0)
         # Sorted before summing so that equal multisets give bit-equal sums.
         label_sum = np.sort(ext_label[cand], axis=0).sum(axis=0)
         cost_sum = np.where(new, ext_cost[mdl], 0.0).sum(axis=0)
         order = np.lexsort((flat, cost_sum, n_models, -label_sum, -correct))
         b = order[0]
-        key = (int(correct[b]), float(label_sum[b]), int(n_models[b]), float(cost_sum[b]))
+        key = (float(correct[b]), float(label_sum[b]), int(n_models[b]), float(cost_sum[b]))
         tied = (
             (correct == correct[b])
             & (label_sum == label_sum[b])
@@ -462,7 +529,7 @@ def solve_exact(problem: ChcoProblem, *, limit: int = DEFAULT_EXACT_LIMIT) -> Pl
     return _make_plan(prep, choice, "exact", evaluated)
 
 
-def _better_exact(a: tuple[int, float, int, float], b: tuple[int, float, int, float]) -> bool:
+def _better_exact(a: tuple[float, float, int, float], b: tuple[float, float, int, float]) -> bool:
     """More correct, then higher label sum, then fewer models, then lower cost."""
     return (a[0], a[1], -a[2], -a[3]) > (b[0], b[1], -b[2], -b[3])
 
@@ -518,13 +585,26 @@ class _State:
     def _recount(self) -> None:
         self.correct = self.top_idx[:, 0] == self.p.labels
         self.count = int(self.correct.sum())
+        self.value = self.count + self.credit_with(-1, -1)
+
+    def credit_with(self, c: int, cand: int) -> float:
+        """Prior credit of the current choice with class c set to `cand` (c=-1: as is).
+
+        An exactly rounded sum, so equal choices give bit-equal values whatever the order."""
+        p = self.p
+        if p.unprobed.size == 0:
+            return 0.0
+        chosen = self.choice[p.unprobed].copy()
+        if c >= 0:
+            chosen[p.unprobed == c] = cand
+        return math.fsum(float(p.cand_credit[i]) for i in chosen if i >= 0)
 
     def label_of(self, cand: int) -> float:
         return 0.0 if cand < 0 else float(self.p.cand_label[cand])
 
-    def key(self) -> tuple[int, float]:
+    def key(self) -> tuple[float, float]:
         chosen = self.choice[self.choice >= 0]
-        return self.count, _label_sum(self.p.cand_label[chosen])
+        return self.value, _label_sum(self.p.cand_label[chosen])
 
     def models(self) -> set[int]:
         return {int(self.p.cand_model[i]) for i in self.choice if i >= 0}
@@ -647,24 +727,25 @@ class _State:
 
 def _best_option(
     state: _State, c: int, ids: np.ndarray, with_none: bool
-) -> tuple[int, tuple[int, float]]:
-    """Best option for class c among `ids` (and none) by (correct count, label score)."""
+) -> tuple[int, tuple[float, float]]:
+    """Best option for class c among `ids` (and none) by (objective, label score)."""
     if ids.size == 0 and not with_none:
         cur = int(state.choice[c])
-        return cur, (state.count, state.label_of(cur))
+        return cur, (state.value, state.label_of(cur))
     tot = state.totals(c, state.options(ids, with_none))
     opts = list(ids) + ([-1] if with_none else [])
     labels = [state.label_of(int(i)) for i in opts]
+    vals = [int(tot[j]) + state.credit_with(c, int(opts[j])) for j in range(len(opts))]
     # First in candidate order among equals: deterministic.
-    best = max(range(len(opts)), key=lambda j: (int(tot[j]), labels[j], -j))
-    return int(opts[best]), (int(tot[best]), labels[best])
+    best = max(range(len(opts)), key=lambda j: (vals[j], labels[j], -j))
+    return int(opts[best]), (vals[best], labels[best])
 
 
 def _improve_class(state: _State, c: int, ids: np.ndarray, with_none: bool) -> bool:
     """Move class c to its best option if that strictly improves (count, label score)."""
     cur = state.choice[c]
     best, (tot, lab) = _best_option(state, c, ids, with_none)
-    if best != cur and (tot, lab) > (state.count, state.label_of(int(cur))):
+    if best != cur and (tot, lab) > (state.value, state.label_of(int(cur))):
         state.set(c, best)
         return True
     return False
@@ -717,7 +798,8 @@ def _rank_models(state: _State, chosen: set[int], excluded: set[int], top: int) 
         return []
     k = prep.k
     cur_label = np.array([state.label_of(int(i)) for i in state.choice])
-    g = state.first_order() - state.count
+    cur_credit = np.array([0.0 if i < 0 else prep.cand_credit[i] for i in state.choice])
+    g = state.first_order() - state.count + (prep.cand_credit - cur_credit[prep.cand_class])
     ld = prep.cand_label - cur_label[prep.cand_class]
     # Count gain first; label gain / (K+1) only separates equal counts (its sum is < 1).
     gain = np.where(g >= 0, np.maximum(g + ld / (k + 1), 0.0), 0.0)
@@ -742,7 +824,7 @@ def _greedy_add(state: _State, chosen: set[int], excluded: set[int], lookahead: 
         return False
     base = state.key()
     cp = state.checkpoint()
-    best: tuple[tuple[int, float], int] | None = None
+    best: tuple[tuple[float, float], int] | None = None
     for m in order:
         changes = _try_model(state, int(m))
         key = state.key()
@@ -782,7 +864,7 @@ def _try_swaps(state: _State, chosen: set[int], budget: int, lookahead: int, tri
     cp = state.checkpoint()
     order = sorted(chosen, key=lambda i: prep.model_ids[i])
     if len(order) > tries:
-        after: dict[int, tuple[int, float]] = {}
+        after: dict[int, tuple[float, float]] = {}
         for r in order:
             _remove_model(state, chosen, r)
             after[r] = state.key()
@@ -873,7 +955,7 @@ def solve_heuristic(
             _try_model(state, first)
             chosen.add(first)
         _local_search(state, chosen, problem.budget, lookahead, max_rounds, swaps)
-        key = (-state.count, *_final_key(prep, state.choice))
+        key = (-state.value, *_final_key(prep, state.choice))
         if best is None or key < best[0]:
             best = (key, state.choice.copy())
     assert best is not None
@@ -957,4 +1039,5 @@ def maybe_fit(
         models=plan.models,
         solver=plan.solver,
         evaluated=plan.evaluated,
+        measured_fraction=plan.measured_fraction,
     )

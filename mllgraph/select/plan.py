@@ -34,7 +34,8 @@ PLAN_SCHEMA_VERSION = 1
 
 # Part of every plan id: bump it when selection itself changes, so stored plans made by the
 # old rules are not served for the same request (2: proxy probes for classes without any;
-# 3: grounding prefers senses the hub covers).
+# 3: declared, unmeasured candidates and the prior of classes without probe images;
+# grounding prefers senses the hub covers).
 SELECTION_VERSION = 3
 
 MAX_CLASSES = 1000
@@ -49,7 +50,14 @@ COVERAGE_OF_QUERY_KIND = {
     "descendants": "descendants",
     "ancestor": "ancestor",
     "related": "related",
+    # Declared, unmeasured (select/declared_candidates): the head's declared concept is the
+    # class's concept, lies under it (pooled) or above it; its quality is a prior.
+    "declared": "declared",
+    "declared_descendants": "declared",
+    "declared_ancestor": "declared",
 }
+# A plan's words for coverage "declared" (CLI and explanations).
+DECLARED_NOTE = "declared, unmeasured"
 
 
 def check_class_name(name: object, where: str) -> str:
@@ -107,9 +115,12 @@ def plan_document(
         a = plan.assignment[i]
         heads = []
         coverage = "uncovered"
+        declared_via = None
         for grp in a.groups:
             meta = info.get((i, grp.model_id, grp.heads), {"labels": [], "via": None})
             coverage = grp.kind
+            if grp.kind == "declared":  # which declared kind: the concept, below or above it
+                declared_via = meta.get("kind", "declared")
             for j, h in enumerate(grp.heads):
                 heads.append(
                     {
@@ -130,13 +141,20 @@ def plan_document(
                 "heads": heads,
                 "estimated_accuracy": _finite(plan.per_class_accuracy[i]),
                 "probe_images": int(counts[i]),
+                # False: the estimate is a prior (no probe images), not a measurement.
+                "measured": bool(counts[i] > 0),
             }
         )
+        if coverage == "declared":
+            planned[-1]["declared_via"] = declared_via
+            planned[-1]["note"] = DECLARED_NOTE
     return {
         "plan_id": pid,
         "schema_version": PLAN_SCHEMA_VERSION,
         "classes": planned,
         "estimated_accuracy": _finite(plan.estimated_accuracy),
+        # The share of estimated_accuracy that rests on probe images (the rest: priors).
+        "measured_fraction": float(plan.measured_fraction),
         "models": plan.models,
         "uncovered": [classes[i].name for i in plan.uncovered],
         "solver": plan.solver,

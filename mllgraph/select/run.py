@@ -1,10 +1,18 @@
 """Selection: from a task's class names to a stored plan of heads (the paper's second step).
 
 1. Ground the class names to SDAG concepts (the shared resolver; callers may pin wnids).
-2. Find candidate heads for every class with one Cypher query (`select/candidates`), the
-   task's probe sets with a second (`select/task_probes`) and, for classes without probes,
-   the probe sets of the nearest candidate concepts with a third (proxy probes).
-3. Run CHCO on the candidate models' stored probe outputs (no model runs here).
+2. Find candidate heads for every class with one Cypher query (`select/candidates`, measured
+   `LABELED` edges); for the classes no measured label covers (no exact, group or
+   descendants candidate: measured labels win wherever they exist), the heads that declare
+   the class's concept, its descendants or an ancestor (`select/declared_candidates`, kind
+   `declared`: "declared, unmeasured", quality = the model's stated top-1 accuracy or
+   `SelectOptions.declared_prior`); the task's probe sets (`select/task_probes`) and, for
+   classes without probes, the probe sets of the nearest candidate concepts (proxy probes).
+3. Run CHCO on the candidate models' stored probe outputs (no model runs here). Classes
+   without probe images are scored with their candidates' prior (see `chco`). A model with
+   declared candidates but no stored probe outputs (never labelled) is taken to spread its
+   mass evenly over its heads on the probe images (uniform logits): it cannot be simulated,
+   so it is assumed not to take the measured classes' images.
 4. Store the plan in Neo4j under an id derived from the request and the catalogue version,
    so the same inputs always give the same plan.
 
@@ -64,6 +72,9 @@ class SelectOptions:
     per_kind_limit: int = 12  # candidates per class per kind, best first
     ancestor_discount: float = 0.5
     related_discount: float = 0.4
+    # The prior quality (expected accuracy) of a declared, unmeasured head whose model states
+    # no top-1 accuracy (RegisterModel.top1_accuracy; the builtins state their own).
+    declared_prior: float = 0.5
     # Restrict candidates to these model ids (None: the whole hub). Used to study hub size.
     models: tuple[str, ...] | None = None
 
@@ -74,6 +85,8 @@ class SelectOptions:
             raise InvalidArgument(f"solver {self.solver!r}: one of {', '.join(SOLVERS)}")
         if not 0.0 <= self.min_label_score <= 1.0:
             raise InvalidArgument(f"min_label_score must be in [0, 1], got {self.min_label_score}")
+        if not 0.0 <= self.declared_prior <= 1.0:
+            raise InvalidArgument(f"declared_prior must be in [0, 1], got {self.declared_prior}")
         if not 1 <= self.per_kind_limit <= 1000:
             raise InvalidArgument(f"per_kind_limit must be 1..1000, got {self.per_kind_limit}")
 
@@ -179,10 +192,10 @@ def select(
     options.validate()
     validate_classes(classes)
     ensure_schema(graph)
-    if graph.read("select/labelled_models")[0]["labelled"] == 0:
+    if graph.read("select/labelled_models")[0]["models"] == 0:
         raise FailedPrecondition(
-            "the hub has no labelled models: register and label some first "
-            "(`mllgraph hub build` or `mllgraph models label`)"
+            "the hub has no labelled models (no models at all): register and label some first "
+            "(`mllgraph hub build` or `mllgraph models register` and `mllgraph models label`)"
         )
     version = registry.catalogue_version(graph)
     pid = plan_id_for(classes, options, version)
@@ -213,7 +226,9 @@ def select(
         allow_ancestor=options.allow_ancestor,
         ancestor_discount=options.ancestor_discount,
         related_discount=options.related_discount,
+        models=sorted(options.models) if options.models is not None else None,
     )
+    rows += _declared_candidates(graph, rows, targets, options)
     probe_rows = graph.read("select/task_probes", targets=targets)
     probe_rows += _proxy_probes(graph, rows, probe_rows, len(classes))
     timings.cypher_ms = (time.perf_counter() - t) * 1000
@@ -222,25 +237,36 @@ def select(
     outputs: dict[str, dict[str, np.ndarray]] = {}
     temperatures: dict[str, float] = {}
     versions: dict[str, str] = {}
-    if options.models is not None:
-        allowed = set(options.models)
-        rows = [r for r in rows if r["model"] in allowed]
     for r in rows:
         versions[r["model"]] = r["version"]
     task_sets = sorted({r["set_id"] for r in probe_rows})
+    declared_only: dict[str, int] = {}  # model -> heads, for models without probe outputs
     for mid in sorted(versions):
         try:
             stored = cache.get(settings, mid)
         except FailedPrecondition:
-            continue  # labelled in the graph but its outputs are gone: not a candidate
+            # Labelled in the graph but its outputs are gone: its measured candidates go;
+            # its declared ones stay, unsimulated (uniform logits on the probe images).
+            mine = [r for r in rows if r["model"] == mid]
+            if any(r["kind"].startswith("declared") for r in mine):
+                declared_only[mid] = int(mine[0]["num_heads"])
+                temperatures[mid] = float(mine[0]["temperature"])
+            continue
         outputs[mid], temperatures[mid] = stored.as_dict(task_sets), stored.temperature
     labels, logits = _probe_matrix(probe_rows, outputs, len(classes))
+    heads_of = {r["model"]: int(r["num_heads"]) for r in rows}
+    for mid in sorted(outputs):  # no usable probe set at all: (0, H) logits
+        logits.setdefault(mid, np.zeros((labels.size, heads_of[mid]), dtype=np.float32))
+    for mid, h in declared_only.items():
+        logits[mid] = np.zeros((labels.size, h), dtype=np.float32)
     timings.load_ms = (time.perf_counter() - t) * 1000
 
     candidates: list[chco.Candidate] = []
     info: dict[tuple[int, str, tuple[int, ...]], dict[str, Any]] = {}
     for r in rows:
         if r["model"] not in logits:
+            continue
+        if r["model"] in declared_only and not r["kind"].startswith("declared"):
             continue
         heads = tuple(sorted(int(h) for h in r["heads"]))
         key = (r["class_index"], r["model"], heads)
@@ -253,9 +279,9 @@ def select(
 
     t = time.perf_counter()
     problem = None
-    if labels.size == 0 or not candidates:
+    if not candidates:
         plan = _uncovered_plan(len(classes))
-        solver_note = "no candidates or no probe images"
+        solver_note = "no candidates"
     else:
         problem = chco.ChcoProblem(
             num_classes=len(classes),
@@ -278,6 +304,29 @@ def select(
     if store:
         graph.write("select/plan_put", id=pid, body=json.dumps(body), catalogue_version=version)
     return SelectionContext(plan=body, candidates=candidates, timings=timings, problem=problem)
+
+
+def _declared_candidates(
+    graph: Graph, rows: list[dict[str, Any]], targets: list[dict[str, Any]], options: SelectOptions
+) -> list[dict[str, Any]]:
+    """Declared, unmeasured candidates for the classes no measured label covers.
+
+    "Covers" means an exact, group or descendants candidate: a class with only measured
+    ancestor/related candidates gets declared ones too, and CHCO weighs both."""
+    covered = {r["class_index"] for r in rows if r["kind"] in ("exact", "group", "descendants")}
+    todo = [{"index": t["index"], "wnid": t["wnid"]} for t in targets if t["index"] not in covered]
+    if not todo:
+        return []
+    return graph.read(
+        "select/declared_candidates",
+        targets=todo,
+        all_wnids=[t["wnid"] for t in targets],
+        models=sorted(options.models) if options.models is not None else None,
+        per_kind_limit=options.per_kind_limit,
+        default_prior=options.declared_prior,
+        allow_ancestor=options.allow_ancestor,
+        ancestor_discount=options.ancestor_discount,
+    )
 
 
 def _proxy_probes(
@@ -371,6 +420,7 @@ def _uncovered_plan(k: int) -> chco.Plan:
         models=[],
         solver="none",
         evaluated=0,
+        measured_fraction=0.0,
     )
 
 

@@ -36,7 +36,7 @@ LABEL_JOB_STATE_DONE: LabelJobState
 LABEL_JOB_STATE_FAILED: LabelJobState
 
 class RegisterModelRequest(_message.Message):
-    __slots__ = ("name", "version", "arch", "weights_path", "weights_bytes", "builtin", "class_names", "wnids", "input_spec", "metadata")
+    __slots__ = ("name", "version", "arch", "weights_path", "weights_bytes", "builtin", "class_names", "wnids", "input_spec", "metadata", "top1_accuracy")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class RegisterModelRequest(_message.Message):
     WNIDS_FIELD_NUMBER: _ClassVar[int]
     INPUT_SPEC_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    TOP1_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     arch: str
@@ -64,7 +65,8 @@ class RegisterModelRequest(_message.Message):
     wnids: _containers.RepeatedScalarFieldContainer[str]
     input_spec: _common_pb2.InputSpec
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., arch: _Optional[str] = ..., weights_path: _Optional[str] = ..., weights_bytes: _Optional[bytes] = ..., builtin: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., wnids: _Optional[_Iterable[str]] = ..., input_spec: _Optional[_Union[_common_pb2.InputSpec, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    top1_accuracy: float
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., arch: _Optional[str] = ..., weights_path: _Optional[str] = ..., weights_bytes: _Optional[bytes] = ..., builtin: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., wnids: _Optional[_Iterable[str]] = ..., input_spec: _Optional[_Union[_common_pb2.InputSpec, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., top1_accuracy: _Optional[float] = ...) -> None: ...
 
 class HeadConcept(_message.Message):
     __slots__ = ("concept", "score")
@@ -87,7 +89,7 @@ class Head(_message.Message):
     def __init__(self, index: _Optional[int] = ..., label: _Optional[str] = ..., declared_wnid: _Optional[str] = ..., top_labels: _Optional[_Iterable[_Union[HeadConcept, _Mapping]]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("id", "name", "version", "arch", "source", "source_ref", "sha256", "num_classes", "input_spec", "created_at", "labelled", "heads", "metadata", "labelled_at")
+    __slots__ = ("id", "name", "version", "arch", "source", "source_ref", "sha256", "num_classes", "input_spec", "created_at", "labelled", "heads", "metadata", "labelled_at", "top1_accuracy")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +111,7 @@ class Model(_message.Message):
     HEADS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     LABELLED_AT_FIELD_NUMBER: _ClassVar[int]
+    TOP1_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     version: str
@@ -123,7 +126,8 @@ class Model(_message.Message):
     heads: _containers.RepeatedCompositeFieldContainer[Head]
     metadata: _containers.ScalarMap[str, str]
     labelled_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., arch: _Optional[str] = ..., source: _Optional[_Union[ModelSource, str]] = ..., source_ref: _Optional[str] = ..., sha256: _Optional[str] = ..., num_classes: _Optional[int] = ..., input_spec: _Optional[_Union[_common_pb2.InputSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labelled: _Optional[bool] = ..., heads: _Optional[_Iterable[_Union[Head, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., labelled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    top1_accuracy: float
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., arch: _Optional[str] = ..., source: _Optional[_Union[ModelSource, str]] = ..., source_ref: _Optional[str] = ..., sha256: _Optional[str] = ..., num_classes: _Optional[int] = ..., input_spec: _Optional[_Union[_common_pb2.InputSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labelled: _Optional[bool] = ..., heads: _Optional[_Iterable[_Union[Head, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., labelled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., top1_accuracy: _Optional[float] = ...) -> None: ...
 
 class LabelOptions(_message.Message):
     __slots__ = ("relabel", "probe_set", "samples_per_concept", "top_k", "min_score", "batch_size")

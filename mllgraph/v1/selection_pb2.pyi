@@ -26,6 +26,7 @@ class Coverage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COVERAGE_ANCESTOR: _ClassVar[Coverage]
     COVERAGE_UNCOVERED: _ClassVar[Coverage]
     COVERAGE_RELATED: _ClassVar[Coverage]
+    COVERAGE_DECLARED: _ClassVar[Coverage]
 SOLVER_UNSPECIFIED: Solver
 SOLVER_AUTO: Solver
 SOLVER_EXACT: Solver
@@ -36,6 +37,7 @@ COVERAGE_DESCENDANTS: Coverage
 COVERAGE_ANCESTOR: Coverage
 COVERAGE_UNCOVERED: Coverage
 COVERAGE_RELATED: Coverage
+COVERAGE_DECLARED: Coverage
 
 class TaskClass(_message.Message):
     __slots__ = ("name", "pinned_wnid")
@@ -114,7 +116,7 @@ class PlannedClass(_message.Message):
     def __init__(self, name: _Optional[str] = ..., concept: _Optional[_Union[_common_pb2.ConceptRef, _Mapping]] = ..., grounding: _Optional[_Union[Grounding, _Mapping]] = ..., coverage: _Optional[_Union[Coverage, str]] = ..., heads: _Optional[_Iterable[_Union[_common_pb2.HeadRef, _Mapping]]] = ..., estimated_accuracy: _Optional[float] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("plan_id", "classes", "estimated_accuracy", "model_ids", "solver", "params_fitted", "catalogue_version", "created_at", "combination_json", "budget", "options")
+    __slots__ = ("plan_id", "classes", "estimated_accuracy", "model_ids", "solver", "params_fitted", "catalogue_version", "created_at", "combination_json", "budget", "options", "measured_fraction")
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +128,7 @@ class Plan(_message.Message):
     COMBINATION_JSON_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_FRACTION_FIELD_NUMBER: _ClassVar[int]
     plan_id: str
     classes: _containers.RepeatedCompositeFieldContainer[PlannedClass]
     estimated_accuracy: float
@@ -137,7 +140,8 @@ class Plan(_message.Message):
     combination_json: str
     budget: int
     options: SelectOptions
-    def __init__(self, plan_id: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[PlannedClass, _Mapping]]] = ..., estimated_accuracy: _Optional[float] = ..., model_ids: _Optional[_Iterable[str]] = ..., solver: _Optional[_Union[Solver, str]] = ..., params_fitted: _Optional[bool] = ..., catalogue_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., combination_json: _Optional[str] = ..., budget: _Optional[int] = ..., options: _Optional[_Union[SelectOptions, _Mapping]] = ...) -> None: ...
+    measured_fraction: float
+    def __init__(self, plan_id: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[PlannedClass, _Mapping]]] = ..., estimated_accuracy: _Optional[float] = ..., model_ids: _Optional[_Iterable[str]] = ..., solver: _Optional[_Union[Solver, str]] = ..., params_fitted: _Optional[bool] = ..., catalogue_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., combination_json: _Optional[str] = ..., budget: _Optional[int] = ..., options: _Optional[_Union[SelectOptions, _Mapping]] = ..., measured_fraction: _Optional[float] = ...) -> None: ...
 
 class GetPlanRequest(_message.Message):
     __slots__ = ("plan_id",)

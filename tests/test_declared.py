@@ -1,0 +1,185 @@
+"""Declared, unmeasured coverage on a real Neo4j: the packaged EfficientNet-Lite0 (1,000
+ImageNet heads, registered offline from its wheel, never labelled here) serves the task
+classes its heads declare, and a plan made that way classifies real photos
+(scikit-image's chelsea the cat and a cup of coffee).
+
+Every selection is restricted to this module's own model (`SelectOptions.models`), so other
+models in a shared test database never change the plans."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mllgraph.errors import NotFound
+from mllgraph.hub import experts, registry
+from mllgraph.select import run as select
+from mllgraph.settings import Settings
+
+pytestmark = pytest.mark.neo4j
+
+BUILTIN = "efficientnet_lite0"
+TABBY, COFFEE_MUG = "n02123045", "n03063599"
+# The domestic cats ImageNet-1k declares: tabby, tiger cat, Persian, Siamese, Egyptian cat.
+DOMESTIC_CATS = {"n02123045", "n02123159", "n02123394", "n02123597", "n02124075"}
+TASK = ["tabby cat", "coffee mug", "space rocket", "motorcycle"]
+
+
+@pytest.fixture(scope="module")
+def lite(sdag_graph: Any, neo4j_settings: Settings) -> Iterator[str]:
+    reg = registry.Registration(name=f"tdecl-{uuid.uuid4().hex[:8]}", builtin=BUILTIN)
+    mid = registry.register_model(sdag_graph, neo4j_settings, reg).record["id"]
+    try:
+        yield mid
+    finally:
+        with contextlib.suppress(NotFound):
+            registry.delete_model(sdag_graph, neo4j_settings, mid)
+
+
+@pytest.fixture(scope="module")
+def resolver(neo4j_settings: Settings) -> Any:
+    from mllgraph.select.ground import default_resolver
+
+    return default_resolver(neo4j_settings)
+
+
+def _select(graph: Any, settings: Settings, resolver: Any, mid: str, names: list[str]) -> dict:
+    classes = [select.TaskClass(n) for n in names]
+    options = select.SelectOptions(budget=1, models=(mid,))
+    return select.select(graph, settings, classes, options, resolver, store=False).plan
+
+
+def _wnid_of_head(mid: str, index: int) -> str:
+    return experts.imagenet_wnids()[index]
+
+
+def test_builtins_state_their_published_top1(sdag_graph: Any, lite: str) -> None:
+    record = registry.get_model(sdag_graph, lite)
+    assert record["top1_accuracy"] == pytest.approx(0.751)
+    assert record.get("labelled_at") is None  # nothing measured: declared heads only
+
+
+def test_declared_heads_cover_a_task_no_measured_label_covers(
+    sdag_graph: Any, neo4j_settings: Settings, resolver: Any, lite: str
+) -> None:
+    plan = _select(sdag_graph, neo4j_settings, resolver, lite, TASK)
+    assert plan["models"] == [lite]
+    by_name = {c["name"]: c for c in plan["classes"]}
+    for name, wnid in (("tabby cat", TABBY), ("coffee mug", COFFEE_MUG)):
+        c = by_name[name]
+        assert c["coverage"] == "declared" and c["declared_via"] == "declared", c
+        assert c["note"] == "declared, unmeasured" and c["measured"] is False
+        assert [(h["model_id"], _wnid_of_head(lite, h["head_index"])) for h in c["heads"]] == [
+            (lite, wnid)
+        ]
+        assert c["estimated_accuracy"] == pytest.approx(0.751)  # the prior, not a measure
+    # Nothing was measured: the whole estimate is prior.
+    assert plan["measured_fraction"] == 0.0
+    covered = [c for c in plan["classes"] if c["coverage"] != "uncovered"]
+    assert plan["estimated_accuracy"] == pytest.approx(0.751)
+    assert len(covered) + len(plan["uncovered"]) == len(TASK)
+    # motorcycle.n.01: ImageNet has no motorcycle head, but moped lies under it.
+    moto = by_name["motorcycle"]
+    assert moto["coverage"] == "declared" and moto["declared_via"] == "declared_descendants"
+    assert "moped" in [h["head_label"] for h in moto["heads"]]
+
+
+def test_measured_candidates_win_over_declared_ones(
+    sdag_graph: Any, neo4j_settings: Settings, lite: str
+) -> None:
+    """A class with a measured exact/group/descendants candidate gets no declared ones; a class
+    with none (or only measured ancestor/related ones) does."""
+    targets = [{"index": 0, "wnid": TABBY}, {"index": 1, "wnid": COFFEE_MUG}]
+    options = select.SelectOptions(models=(lite,))
+    for measured_kind, expect in (("exact", {1}), ("descendants", {1}), ("related", {0, 1})):
+        rows = [{"class_index": 0, "kind": measured_kind, "model": "other@1"}]
+        found = select._declared_candidates(sdag_graph, rows, targets, options)
+        assert {r["class_index"] for r in found} == expect, measured_kind
+        assert {r["model"] for r in found} == {lite}
+
+
+def test_the_service_and_the_cli_say_declared_unmeasured(
+    sdag_graph: Any, neo4j_settings: Settings, resolver: Any, lite: str
+) -> None:
+    import grpc
+
+    from mllgraph import cli
+    from mllgraph.v1 import selection_pb2, selection_pb2_grpc
+    from services.selection import BackgroundServer
+
+    request = selection_pb2.SelectHeadsRequest(
+        classes=[selection_pb2.TaskClass(name=n) for n in ("tabby cat", "coffee mug")],
+        budget=1,
+        options=selection_pb2.SelectOptions(models=[lite]),
+    )
+    with (
+        BackgroundServer(neo4j_settings, resolver=resolver) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        stub = selection_pb2_grpc.SelectionServiceStub(channel)
+        plan = stub.SelectHeads(request, timeout=120)
+        why = stub.ExplainSelection(
+            selection_pb2.ExplainSelectionRequest(plan_id=plan.plan_id), timeout=60
+        )
+        doc = select.get_plan(sdag_graph, plan.plan_id)
+    sdag_graph.driver.execute_query(
+        "MATCH (p:Plan {id: $id}) DETACH DELETE p", id=plan.plan_id, database_=sdag_graph.database
+    )
+    assert [c.coverage for c in plan.classes] == [selection_pb2.COVERAGE_DECLARED] * 2
+    assert plan.measured_fraction == 0.0 and plan.estimated_accuracy == pytest.approx(0.751)
+    for c in why.classes:
+        assert any("Declared, unmeasured" in r for r in c.reasons), c.reasons
+        assert any("not a measurement" in r for r in c.reasons), c.reasons
+    assert any("0% of the estimated accuracy is measured" in n for n in why.notes), why.notes
+    width = cli.console.width
+    cli.console.width = 250  # one table row per class, whatever the terminal
+    try:
+        with cli.console.capture() as out:
+            cli.print_plan(doc)
+    finally:
+        cli.console.width = width
+    text = out.get()
+    assert text.count("declared, unmeasured") == 2 and "0% measured" in text
+
+
+def test_a_broad_class_sums_its_declared_descendants(
+    sdag_graph: Any, neo4j_settings: Settings, resolver: Any, lite: str
+) -> None:
+    plan = _select(sdag_graph, neo4j_settings, resolver, lite, ["cat", "coffee mug"])
+    cat = plan["classes"][0]
+    assert cat["coverage"] == "declared" and cat["declared_via"] == "declared_descendants"
+    wnids = {_wnid_of_head(lite, h["head_index"]) for h in cat["heads"]}
+    assert wnids >= DOMESTIC_CATS
+    # Only true WordNet descendants of the class's concept are summed.
+    under = sdag_graph.run_user_query(
+        "MATCH (c:Concept)-[:IS_A*1..]->(:Concept {wnid: $cat}) WHERE c.wnid IN $wnids "
+        "RETURN collect(DISTINCT c.wnid) AS w",
+        {"cat": cat["concept"]["wnid"], "wnids": sorted(wnids)},
+    )[0]["w"]
+    assert set(under) == wnids
+    assert COFFEE_MUG not in wnids
+
+
+def test_a_declared_plan_classifies_real_photos(
+    sdag_graph: Any, neo4j_settings: Settings, resolver: Any, lite: str
+) -> None:
+    data = pytest.importorskip("skimage.data")
+    from mllgraph.reuse import cache as model_cache
+    from mllgraph.reuse import classifier
+
+    plan = _select(sdag_graph, neo4j_settings, resolver, lite, ["cat", "coffee mug", "rocket"])
+    clf = classifier.PlanClassifier(
+        plan, sdag_graph, neo4j_settings, model_cache.ModelCache(neo4j_settings, device="cpu")
+    )
+    photos = {"cat": data.chelsea(), "coffee mug": data.coffee()}
+    results = clf.classify(list(photos.values()))
+    for (truth, _), r in zip(photos.items(), results, strict=True):
+        assert r.class_name == truth, (truth, r.class_name, r.probabilities)
+        assert not r.used_fallback
+        assert {h.model_id for h in r.contributing_heads} == {lite}
+        assert np.isclose(r.probabilities.sum(), 1.0)
