@@ -12,8 +12,9 @@ import dataclasses
 import logging
 import socket
 import threading
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,18 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def scrape_when(port: int, ready: Callable[[dict], bool], timeout_s: float = 10.0) -> dict:
+    """A scrape once `ready` holds for it (or the last one after `timeout_s`). A call that
+    ends by abort sends its status before the server's bookkeeping of it runs, so a client
+    may see the answer a moment before the counters do."""
+    end = time.monotonic() + timeout_s
+    samples = scrape(port)
+    while not ready(samples) and time.monotonic() < end:
+        time.sleep(0.05)
+        samples = scrape(port)
+    return samples
 
 
 class Loop:
@@ -157,7 +170,8 @@ def test_inference_metrics_move_with_the_calls(inference_server: Any) -> None:
             with pytest.raises(grpc.RpcError) as e:
                 stub.Classify(inference_pb2.ClassifyRequest(), timeout=10)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    after = scrape(port)
+    calls = ("mllgraph_rpc_latency_seconds_count", (("method", "Classify"), ("service", INFERENCE)))
+    after = scrape_when(port, lambda x: x.get(calls, 0) - before.get(calls, 0) >= 5)
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -267,7 +281,11 @@ def test_ingestion_metrics_count_calls_and_label_job_states(
             with pytest.raises(grpc.RpcError) as e:
                 stub.GetModel(ingestion_pb2.GetModelRequest(model_id="nobody@1"), timeout=60)
             assert e.value.code() == grpc.StatusCode.NOT_FOUND
-        samples = scrape(settings.ingestion_metrics_port)
+        errors = (
+            "mllgraph_rpc_errors_total",
+            (("code", "NOT_FOUND"), ("method", "GetModel"), ("service", INGESTION)),
+        )
+        samples = scrape_when(settings.ingestion_metrics_port, lambda x: errors in x)
         assert (
             value(
                 samples,
