@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 what="${1:-}"
 case "$what" in demo|test) ;; *) echo "usage: $0 demo|test" >&2; exit 2 ;; esac
 
-# System packages: WordNet 3.0, Fashion-MNIST, a Java for Neo4j 5.26, Maven to fetch it.
+# System packages: WordNet 3.0, Fashion-MNIST, a Java for Neo4j 5.26, Maven to fetch it,
+# Chromium and its driver for the browser test of the web page.
 need=()
-for pkg in wordnet-base wordnet-sense-index dataset-fashion-mnist maven python3-venv; do
+for pkg in wordnet-base wordnet-sense-index dataset-fashion-mnist maven python3-venv chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ! { java -version 2>&1 | grep -qE 'version "(17|21)' || ls /usr/lib/jvm/*-17-* /usr/lib/jvm/*-21-* >/dev/null 2>&1; }; then

@@ -1,13 +1,17 @@
 """The web page and its JSON API (mllgraph/web) over the real services and the real Neo4j
-(tests/conftest.py `fashion_services`), served by uvicorn on a free port."""
+(tests/conftest.py `fashion_services`), served by uvicorn on a free port; the page is driven
+by headless Chromium (Debian's chromium + chromium-driver), which saves docs/web.png.
+Without a browser the browser test skips, except under CI=true where it fails."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +23,8 @@ from mllgraph import client as mc
 pytestmark = pytest.mark.neo4j
 
 CLASSES = "sandal, sneaker, trouser, bag, dog"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def _free_port() -> int:
@@ -166,3 +172,91 @@ def test_api_hub_concepts_and_schema(site: dict[str, Any]) -> None:
     assert "<svg" in page and "Heads covering it" in page
     page = http.request("GET", url + "/hub").data.decode()
     assert all(mid in page for mid in hub["models"])
+
+
+# --- the browser -------------------------------------------------------------------------------
+
+
+def _browser():
+    """Headless Chromium through chromedriver; skip (fail under CI=true) when it cannot run."""
+    why = None
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for arg in ("--headless", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                    "--window-size=1500,1100"):  # fmt: skip
+            options.add_argument(arg)
+        return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    except Exception as e:  # noqa: BLE001 - reported through the CI rule
+        why = f"{type(e).__name__}: {e}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and headless Chromium cannot run: {why}")
+    pytest.skip(f"no headless Chromium: {why}")
+
+
+def test_the_page_in_a_browser(site: dict[str, Any], tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    hub = site["hub"]
+    upload = tmp_path / "my-sneaker.png"
+    upload.write_bytes(_png(_image(hub, 7)))
+    driver = _browser()
+    try:
+        wait = WebDriverWait(driver, 300)
+        driver.get(site["url"] + "/")
+        driver.find_element(By.ID, "classes").send_keys(CLASSES)
+        budget = driver.find_element(By.ID, "budget")
+        budget.clear()
+        budget.send_keys("2")
+        driver.find_element(By.ID, "images").send_keys(str(upload))
+        for key in ("sandal", "bag"):
+            driver.find_element(By.CSS_SELECTOR, f"input[name=samples][value={key}]").click()
+        driver.find_element(By.ID, "run").click()
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".prediction")))
+
+        shown = {
+            el.find_element(By.CLASS_NAME, "image-name").text: el.find_element(
+                By.CLASS_NAME, "class-name"
+            ).text
+            for el in driver.find_elements(By.CSS_SELECTOR, ".prediction")
+        }
+        samples = site["app"].state.web.samples
+        direct = site["client"].classify(
+            [samples["sandal"].png, samples["bag"].png, upload], CLASSES, budget=2
+        )
+        assert shown == {
+            "sample: Sandal": direct[0].class_name,
+            "sample: Bag": direct[1].class_name,
+            "my-sneaker.png": direct[2].class_name,
+        }
+
+        # The plan: one row per class; closing and opening it works.
+        plan = driver.find_element(By.ID, "plan")
+        rows = plan.find_elements(By.CSS_SELECTOR, "tr.plan-class")
+        assert [r.find_element(By.TAG_NAME, "td").text for r in rows] == mc.split_classes(CLASSES)
+        summary = plan.find_element(By.TAG_NAME, "summary")
+        summary.click()
+        assert not rows[0].is_displayed()
+        summary.click()
+        assert rows[0].is_displayed()
+        assert direct.plan_id in summary.text
+        DOCS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(DOCS / "web.png"))
+
+        # Search a concept from the hub page.
+        driver.get(site["url"] + "/hub")
+        box = driver.find_element(By.ID, "concept-q")
+        box.send_keys("sandal")
+        driver.find_element(By.ID, "concept-go").click()
+        title = wait.until(ec.presence_of_element_located((By.ID, "concept-name")))
+        assert "sandal" in title.text and "n04133789" in title.text
+        assert driver.find_elements(By.CSS_SELECTOR, "svg.concept-graph .node.focus")
+        heads = driver.find_element(By.ID, "heads").text
+        assert any(mid in heads for mid in hub["models"])
+    finally:
+        driver.quit()
