@@ -10,6 +10,8 @@ weights stored content-addressed, `(:ProbeSet)-[:PROBES]->(:Concept)`.
 - `preprocess`: each model's `InputSpec` and the one preprocessing function.
 - `forward`: run one expert over many images (labelling, evaluation).
 - `probes`: probe sets attached to concepts.
+- `probe_folder`: probe sets from an image folder (one sub-folder per concept); marks the
+  models whose heads touch them stale.
 - `fashion`: the Fashion-MNIST IDX reader and its seeded probe/training split.
 - `build`: `mllgraph hub build`: probes + builtins + trained experts, labelled.
 
