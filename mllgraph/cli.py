@@ -168,7 +168,23 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from mllgraph.label import run as labeller
 
     with db.connect(settings) as graph:
-        if args.action == "register":
+        if args.action == "register" and args.timm:
+            from mllgraph.hub import timm_source
+
+            if args.builtin or args.arch or args.class_names or args.wnids or args.input_size:
+                raise InvalidArgument(
+                    "models register --timm: the arch, labels and input spec come from timm; "
+                    "no --builtin, --arch, --class-names, --wnids or --input-size"
+                )
+            reg = timm_source.registration(
+                args.name,
+                args.timm,
+                version=args.version,
+                weights=Path(args.weights) if args.weights else None,
+                top1_accuracy=args.top1_accuracy,
+            )
+            _print_registered(registry.register_model(graph, settings, reg))
+        elif args.action == "register":
             reg = registry.Registration(
                 name=args.name,
                 version=args.version,
@@ -181,12 +197,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
                 top1_accuracy=args.top1_accuracy,
             )
             ground = hub.grounder(settings) if reg.class_names else None
-            result = registry.register_model(graph, settings, reg, ground)
-            state = "registered" if result.created else "already registered (same weights)"
-            console.print(
-                f"{result.record['id']} {state}: {result.record['num_classes']} heads, "
-                f"sha256 {result.record['sha256'][:12]}…"
-            )
+            _print_registered(registry.register_model(graph, settings, reg, ground))
         elif args.action == "label":
             from mllgraph.hub import probe_folder
 
@@ -219,6 +230,16 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         elif args.action == "delete":
             console.print_json(data=registry.delete_model(graph, settings, args.model_id))
     return 0
+
+
+def _print_registered(result: Any) -> None:
+    state = "registered" if result.created else "already registered (same weights)"
+    top1 = result.record.get("top1_accuracy")
+    prior = f", stated top-1 {top1:.3f}" if top1 is not None else ""
+    console.print(
+        f"{result.record['id']} {state}: {result.record['num_classes']} heads{prior}, "
+        f"sha256 {result.record['sha256'][:12]}…"
+    )
 
 
 def _label_one(graph: Any, settings: Settings, labeller: Any, mid: str, options: Any) -> None:
@@ -602,6 +623,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--builtin", choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
     )
     q.add_argument("--weights", help="safetensors (or a weights-only torch checkpoint)")
+    q.add_argument(
+        "--timm",
+        help="a timm ImageNet classifier (e.g. resnet18.a1_in1k): arch, input spec and wnids "
+        "from timm's metadata; weights from --weights (else the Hugging Face hub)",
+    )
     q.add_argument("--arch", help="timm architecture of --weights")
     q.add_argument("--class-names", help="comma-separated, one per head in logit order")
     q.add_argument("--wnids", help="comma-separated wnids, one per head")

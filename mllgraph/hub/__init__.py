@@ -6,6 +6,7 @@ image sets. Out: `(:Model)-[:HAS_HEAD]->(:Head)-[:DECLARED]->(:Concept)` in the 
 weights stored content-addressed, `(:ProbeSet)-[:PROBES]->(:Concept)`.
 
 - `registry`: register / get / list / delete models; load a registered model.
+- `timm_source`: a Registration for any timm ImageNet classifier from timm's own metadata.
 - `experts`: architectures, safe weight loading, EfficientNet-Lite, training small experts.
 - `preprocess`: each model's `InputSpec` and the one preprocessing function.
 - `forward`: run one expert over many images (labelling, evaluation).
