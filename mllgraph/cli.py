@@ -10,13 +10,14 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mllgraph.errors import MllgraphError
+from mllgraph.errors import InvalidArgument, MllgraphError
 from mllgraph.settings import Settings
 
 # Pipes and CI logs get 120 columns rather than rich's 80, so tables are not cut.
@@ -167,7 +168,23 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from mllgraph.label import run as labeller
 
     with db.connect(settings) as graph:
-        if args.action == "register":
+        if args.action == "register" and args.timm:
+            from mllgraph.hub import timm_source
+
+            if args.builtin or args.arch or args.class_names or args.wnids or args.input_size:
+                raise InvalidArgument(
+                    "models register --timm: the arch, labels and input spec come from timm; "
+                    "no --builtin, --arch, --class-names, --wnids or --input-size"
+                )
+            reg = timm_source.registration(
+                args.name,
+                args.timm,
+                version=args.version,
+                weights=Path(args.weights) if args.weights else None,
+                top1_accuracy=args.top1_accuracy,
+            )
+            _print_registered(registry.register_model(graph, settings, reg))
+        elif args.action == "register":
             reg = registry.Registration(
                 name=args.name,
                 version=args.version,
@@ -180,28 +197,18 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
                 top1_accuracy=args.top1_accuracy,
             )
             ground = hub.grounder(settings) if reg.class_names else None
-            result = registry.register_model(graph, settings, reg, ground)
-            state = "registered" if result.created else "already registered (same weights)"
-            console.print(
-                f"{result.record['id']} {state}: {result.record['num_classes']} heads, "
-                f"sha256 {result.record['sha256'][:12]}…"
-            )
+            _print_registered(registry.register_model(graph, settings, reg, ground))
         elif args.action == "label":
+            from mllgraph.hub import probe_folder
+
             options = labeller.LabelOptions(samples_per_concept=args.samples_per_concept)
-            with _progress() as progress:
-                task = progress.add_task("labelling", total=None)
-                result = labeller.label_model(
-                    graph,
-                    settings,
-                    args.model_id,
-                    options,
-                    progress=lambda done, total: progress.update(task, completed=done, total=total),
-                )
-            console.print(
-                f"{result.model_id}: {result.labels} labels + {result.group_labels} "
-                f"group labels over {result.concepts} concepts, "
-                f"T={result.temperature:.2f}, {result.images_per_second:.0f} img/s"
-            )
+            if args.stale == (args.model_id is not None):
+                raise InvalidArgument("models label: give a model id or --stale, not both")
+            todo = probe_folder.stale_models(graph) if args.stale else [args.model_id]
+            if args.stale and not todo:
+                console.print("no stale models: every model's labels are up to date")
+            for mid in todo:
+                _label_one(graph, settings, labeller, mid, options)
         elif args.action == "list":
             rows = registry.list_models(
                 graph,
@@ -225,6 +232,35 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _print_registered(result: Any) -> None:
+    state = "registered" if result.created else "already registered (same weights)"
+    top1 = result.record.get("top1_accuracy")
+    prior = f", stated top-1 {top1:.3f}" if top1 is not None else ""
+    console.print(
+        f"{result.record['id']} {state}: {result.record['num_classes']} heads{prior}, "
+        f"sha256 {result.record['sha256'][:12]}…"
+    )
+
+
+def _label_one(graph: Any, settings: Settings, labeller: Any, mid: str, options: Any) -> None:
+    """Label one model on the probe images, with a progress bar and a one-line summary."""
+    with _progress() as progress:
+        # total 0 until the labeller reports it: the count column cannot format None.
+        task = progress.add_task(f"labelling {mid}", total=0)
+        result = labeller.label_model(
+            graph,
+            settings,
+            mid,
+            options,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    console.print(
+        f"{result.model_id}: {result.labels} labels + {result.group_labels} "
+        f"group labels over {result.concepts} concepts, "
+        f"T={result.temperature:.2f}, {result.images_per_second:.0f} img/s"
+    )
+
+
 def cmd_probes(args: argparse.Namespace, settings: Settings) -> int:
     import numpy as np
 
@@ -232,7 +268,35 @@ def cmd_probes(args: argparse.Namespace, settings: Settings) -> int:
     from mllgraph.hub import probes
 
     with db.connect(settings) as graph:
-        if args.action == "add":
+        if args.action == "add" and args.folder:
+            from mllgraph.hub import build as hub
+            from mllgraph.hub import probe_folder
+
+            if args.images or args.concept or args.id:
+                raise InvalidArgument("probes add --folder: no --images, --concept or --id")
+            report = probe_folder.add_folder(
+                graph,
+                settings,
+                Path(args.folder),
+                ground=hub.grounder(settings),
+                source=args.source,
+            )
+            for a in report.attached:
+                state = "added" if a["created"] else "already there"
+                console.print(
+                    f"{state}: {a['folder']}/ → {a['concept']} ({a['wnid']}): {a['images']} "
+                    f"images as {a['set_id']}"
+                )
+            for r in report.refused:
+                console.print(f"refused: {r['path']}: {r['reason']}")
+            if report.stale_models:
+                console.print(
+                    f"stale (relabel with `mllgraph models label --stale`): "
+                    f"{', '.join(report.stale_models)}"
+                )
+        elif args.action == "add":
+            if not args.images or not args.concept:
+                raise InvalidArgument("probes add: --concept and --images (or --folder)")
             data = np.load(args.images)
             images = data["images"] if hasattr(data, "files") else data
             ps, created = probes.add_probe_set(
@@ -708,6 +772,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--builtin", choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
     )
     q.add_argument("--weights", help="safetensors (or a weights-only torch checkpoint)")
+    q.add_argument(
+        "--timm",
+        help="a timm ImageNet classifier (e.g. resnet18.a1_in1k): arch, input spec and wnids "
+        "from timm's metadata; weights from --weights (else the Hugging Face hub)",
+    )
     q.add_argument("--arch", help="timm architecture of --weights")
     q.add_argument("--class-names", help="comma-separated, one per head in logit order")
     q.add_argument("--wnids", help="comma-separated wnids, one per head")
@@ -724,7 +793,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(unmeasured) heads; builtins state their own",
     )
     q = s.add_parser("label", help="run a model on the probes and write its labels")
-    q.add_argument("model_id")
+    q.add_argument("model_id", nargs="?")
+    q.add_argument(
+        "--stale", action="store_true", help="relabel every model new probe images made stale"
+    )
     q.add_argument("--samples-per-concept", type=int, default=200)
     q = s.add_parser("list")
     q.add_argument("--name")
@@ -742,8 +814,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probes", help="probe images attached to concepts")
     s = p.add_subparsers(dest="action", required=True)
     q = s.add_parser("add", help="register images (.npy, or .npz with 'images') for a concept")
-    q.add_argument("--concept", required=True, help="wnid or name")
-    q.add_argument("--images", required=True)
+    q.add_argument("--concept", help="wnid or name")
+    q.add_argument("--images")
+    q.add_argument(
+        "--folder",
+        help="one sub-folder per concept (wnid, name.n.NN or a class name) of JPEG/PNG files",
+    )
     q.add_argument("--id")
     q.add_argument("--source", default="")
     s.add_parser("list")

@@ -183,3 +183,76 @@ def test_a_declared_plan_classifies_real_photos(
         assert not r.used_fallback
         assert {h.model_id for h in r.contributing_heads} == {lite}
         assert np.isclose(r.probabilities.sum(), 1.0)
+
+
+# --- probes from a folder turn declared labels into measured ones (runs last: it labels) -------
+
+
+def test_probe_folder_marks_stale_and_label_stale_measures(
+    sdag_graph: Any, neo4j_settings: Settings, resolver: Any, lite: str, tmp_path: Any
+) -> None:
+    data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from mllgraph import cli
+    from mllgraph.hub import probe_folder, probes
+
+    root = tmp_path / "photos"
+    cat, cup = data.chelsea(), data.coffee()
+
+    def views(img: np.ndarray, ext: str) -> dict[str, np.ndarray]:
+        """Five views of one photo (labelling measures concepts with at least five images)."""
+        h, w = img.shape[:2]
+        crops = [img, img[:, ::-1], img[::2, ::2], img[h // 8 :, w // 8 :]]
+        crops.append(img[: h - h // 8, : w - w // 8])
+        return {f"{i}.{ext}": np.ascontiguousarray(v) for i, v in enumerate(crops)}
+
+    for folder, files in {
+        TABBY: {**views(cat, "png"), "6.JPG": cat, "notes.txt": None},
+        "coffee mug": views(cup, "jpeg"),
+        "xyzzy-plugh": {"e.png": cat},
+        "n03790512": {"f.png": cat[:4, :4]},  # motorcycle: its only image is too small
+    }.items():
+        (root / folder).mkdir(parents=True)
+        for name, img in files.items():
+            path = root / folder / name
+            if img is None:
+                path.write_text("not an image")
+            else:
+                Image.fromarray(img).save(path, format="PNG" if name.endswith("png") else "JPEG")
+    (root / "stray.png").write_bytes(b"")
+
+    width = cli.console.width
+    cli.console.width = 250
+    try:
+        with cli.console.capture() as out:
+            args = cli.build_parser().parse_args(["probes", "add", "--folder", str(root)])
+            assert args.handler(args, neo4j_settings) == 0
+    finally:
+        cli.console.width = width
+    text = out.get()
+    sets = [p for p in probes.probe_sets(sdag_graph) if p.source.startswith(f"folder {root}")]
+    try:
+        assert sorted((p.wnid, p.count) for p in sets) == [(TABBY, 6), (COFFEE_MUG, 5)]
+        for p in sets:
+            assert probes.load_images(p).shape[1:] == (probe_folder.SIDE, probe_folder.SIDE, 3)
+        for refused in ("notes.txt", "xyzzy-plugh", "f.png", "stray.png"):
+            assert f"refused: {root}" in text and refused in text, (refused, text)
+        assert "stale" in text and lite in text
+        assert lite in probe_folder.stale_models(sdag_graph)
+
+        args = cli.build_parser().parse_args(
+            ["models", "label", "--stale", "--samples-per-concept", "6"]
+        )
+        assert args.handler(args, neo4j_settings) == 0
+        assert lite not in probe_folder.stale_models(sdag_graph)
+        assert registry.get_model(sdag_graph, lite).get("labelled_at") is not None
+        # Now measured: the labels found on the photos win over the declared heads.
+        plan = _select(sdag_graph, neo4j_settings, resolver, lite, ["tabby cat", "coffee mug"])
+        for c in plan["classes"]:
+            assert c["coverage"] != "declared" and c["measured"] is True, c
+            assert c["probe_images"] in (5, 6)
+        assert plan["measured_fraction"] == 1.0
+    finally:
+        for p in sets:
+            probes.remove_probe_set(sdag_graph, p.id)

@@ -12,7 +12,7 @@ CALL (m) {
                         group_heads: row.group_heads}]->(c)
 }
 SET m.labelled_at = datetime(), m.temperature = $temperature, m.label_probe_images = $n_images,
-    m.probe_outputs = $probe_outputs, m.label_seconds = $seconds
+    m.probe_outputs = $probe_outputs, m.label_seconds = $seconds, m.stale = false
 WITH m
 MERGE (cat:CatalogueMeta {id: 'catalogue'})
   ON CREATE SET cat.version = 0
