@@ -186,21 +186,29 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
                 f"sha256 {result.record['sha256'][:12]}…"
             )
         elif args.action == "label":
+            settings = _with_executor(settings, args)
             options = labeller.LabelOptions(samples_per_concept=args.samples_per_concept)
-            with _progress() as progress:
-                task = progress.add_task("labelling", total=None)
-                result = labeller.label_model(
-                    graph,
-                    settings,
-                    args.model_id,
-                    options,
-                    progress=lambda done, total: progress.update(task, completed=done, total=total),
+
+            def done(result: labeller.LabelResult) -> None:
+                console.print(
+                    f"{result.model_id}: {result.labels} labels + {result.group_labels} "
+                    f"group labels over {result.concepts} concepts, "
+                    f"T={result.temperature:.2f}, {result.images_per_second:.0f} img/s"
                 )
-            console.print(
-                f"{result.model_id}: {result.labels} labels + {result.group_labels} "
-                f"group labels over {result.concepts} concepts, "
-                f"T={result.temperature:.2f}, {result.images_per_second:.0f} img/s"
-            )
+
+            if len(args.model_id) == 1 and settings.executor == "local":
+                with _progress() as progress:
+                    task = progress.add_task("labelling", total=None)
+                    result = labeller.label_model(
+                        graph,
+                        settings,
+                        args.model_id[0],
+                        options,
+                        progress=lambda n, total: progress.update(task, completed=n, total=total),
+                    )
+                done(result)
+            else:
+                labeller.label_models(graph, settings, args.model_id, options, on_done=done)
         elif args.action == "list":
             rows = registry.list_models(
                 graph,
@@ -222,6 +230,13 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         elif args.action == "delete":
             console.print_json(data=registry.delete_model(graph, settings, args.model_id))
     return 0
+
+
+def _with_executor(settings: Settings, args: argparse.Namespace) -> Settings:
+    """`--executor` overrides MLLGRAPH_EXECUTOR for this command."""
+    from dataclasses import replace
+
+    return replace(settings, executor=args.executor) if args.executor else settings
 
 
 def cmd_probes(args: argparse.Namespace, settings: Settings) -> int:
@@ -261,6 +276,7 @@ def cmd_hub(args: argparse.Namespace, settings: Settings) -> int:
     from mllgraph.hub import build as hub
     from mllgraph.label import run as labeller
 
+    settings = _with_executor(settings, args)
     with db.connect(settings) as graph:
         sdag.load(graph, load_nouns(settings.wordnet_dir))
         hub.build(
@@ -507,6 +523,16 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 # -- parser ----------------------------------------------------------------------------------
 
 
+def _executor_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default=None,
+        help="where labelling runs: this process, or one Ray task per model "
+        "(default: MLLGRAPH_EXECUTOR, else local)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mllgraph", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -558,9 +584,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--std", type=float, nargs="+")
     q.add_argument("--resize", default="resize", choices=["resize", "resize_crop"])
     q.add_argument("--crop-pct", type=float, default=1.0)
-    q = s.add_parser("label", help="run a model on the probes and write its labels")
-    q.add_argument("model_id")
+    q = s.add_parser("label", help="run models on the probes and write their labels")
+    q.add_argument("model_id", nargs="+")
     q.add_argument("--samples-per-concept", type=int, default=200)
+    _executor_flag(q)
     q = s.add_parser("list")
     q.add_argument("--name")
     q.add_argument("--arch")
@@ -595,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-imagenet", action="store_true", help="skip EfficientNet-Lite0/1/2")
     q.add_argument("--probes-per-class", type=int, default=None)
     q.add_argument("--samples-per-concept", type=int, default=200)
+    _executor_flag(q)
     p.set_defaults(handler=cmd_hub)
 
     p = sub.add_parser("query", help="run a cookbook query or any Cypher, read-only")
@@ -673,6 +701,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
         return 130
+    finally:
+        _shutdown_ray()
+
+
+def _shutdown_ray() -> None:
+    """Shut down a Ray this command started or joined (labelling with the ray executor)."""
+    ray_exec = sys.modules.get("mllgraph.label.ray_exec")
+    if ray_exec is not None:
+        ray_exec.shutdown()
 
 
 if __name__ == "__main__":
