@@ -665,6 +665,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=30, help="select/ingest: requests per series")
     p.add_argument("--models", type=int, default=1000, help="ingest: synthetic models")
     p.add_argument("--samples-per-concept", type=int, default=100)
+    p.add_argument(
+        "--workers",
+        type=_ints,
+        default=None,
+        help="label: also label the models on a local Ray of N workers for each N, e.g. 1,2",
+    )
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="reports")
