@@ -438,6 +438,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from mllgraph.errors import FailedPrecondition
 
     module_name = f"services.{args.service}"
+    if args.service == "inference" and any(
+        a.split("=", 1)[0] in ("--replicas", "--ports") for a in args.args
+    ):
+        module_name = "services.replicas"  # N inference processes (services/replicas.py)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -651,7 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run a gRPC service until SIGTERM/SIGINT")
     p.add_argument("service", choices=["selection", "ingestion", "inference"])
-    p.add_argument("args", nargs=argparse.REMAINDER, help="the service's own flags (--port N)")
+    p.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        help="the service's own flags (--port N); inference also takes --replicas N or "
+        "--ports P1,P2 (one process each, on ports N.. from --port)",
+    )
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks (print figures, write reports/*.json)")
