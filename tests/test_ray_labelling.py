@@ -223,3 +223,12 @@ def test_executor_settings_from_env(monkeypatch) -> None:
     assert Settings.from_env().ray_address == "10.0.0.5:6379"
     monkeypatch.delenv("MLLGRAPH_EXECUTOR")
     assert Settings.from_env().executor == "local"
+
+
+def test_empty_batch_starts_no_ray(monkeypatch) -> None:
+    def no_start(*_a: Any, **_k: Any) -> bool:
+        raise AssertionError("Ray started for nothing")
+
+    monkeypatch.setattr(ray_exec, "start", no_start)
+    settings = replace(Settings(), executor="ray")
+    assert labeller.label_models(None, settings, [], OPTIONS) == []  # type: ignore[arg-type]

@@ -139,6 +139,8 @@ def label_models(
 
     On a task that fails for good the others are cancelled (those already committed stay) and
     the failure is raised. Results come back in `mids` order."""
+    if not mids:
+        return []  # nothing to do: no Ray started
     options = options or labeller.LabelOptions()
     works = [labeller.prepare(graph, settings, mid, options) for mid in mids]
     start(settings)  # left running: the caller's session (or the CLI) shuts it down
