@@ -201,14 +201,17 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         elif args.action == "label":
             from mllgraph.hub import probe_folder
 
+            settings = _with_executor(settings, args)
             options = labeller.LabelOptions(samples_per_concept=args.samples_per_concept)
-            if args.stale == (args.model_id is not None):
-                raise InvalidArgument("models label: give a model id or --stale, not both")
-            todo = probe_folder.stale_models(graph) if args.stale else [args.model_id]
+            if args.stale == bool(args.model_id):
+                raise InvalidArgument("models label: give model ids or --stale, not both")
+            todo = probe_folder.stale_models(graph) if args.stale else list(args.model_id)
             if args.stale and not todo:
                 console.print("no stale models: every model's labels are up to date")
-            for mid in todo:
-                _label_one(graph, settings, labeller, mid, options)
+            if len(todo) == 1 and settings.executor == "local":
+                _label_one(graph, settings, labeller, todo[0], options)
+            elif todo:
+                labeller.label_models(graph, settings, todo, options, on_done=_print_labelled)
         elif args.action == "list":
             rows = registry.list_models(
                 graph,
@@ -254,11 +257,22 @@ def _label_one(graph: Any, settings: Settings, labeller: Any, mid: str, options:
             options,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
+    _print_labelled(result)
+
+
+def _print_labelled(result: Any) -> None:
     console.print(
         f"{result.model_id}: {result.labels} labels + {result.group_labels} "
         f"group labels over {result.concepts} concepts, "
         f"T={result.temperature:.2f}, {result.images_per_second:.0f} img/s"
     )
+
+
+def _with_executor(settings: Settings, args: argparse.Namespace) -> Settings:
+    """`--executor` overrides MLLGRAPH_EXECUTOR for this command."""
+    from dataclasses import replace
+
+    return replace(settings, executor=args.executor) if args.executor else settings
 
 
 def cmd_probes(args: argparse.Namespace, settings: Settings) -> int:
@@ -326,6 +340,7 @@ def cmd_hub(args: argparse.Namespace, settings: Settings) -> int:
     from mllgraph.hub import build as hub
     from mllgraph.label import run as labeller
 
+    settings = _with_executor(settings, args)
     with db.connect(settings) as graph:
         sdag.load(graph, load_nouns(settings.wordnet_dir))
         hub.build(
@@ -635,6 +650,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
         return web_main(list(args.args), settings)
     module_name = f"services.{args.service}"
+    if args.service == "inference" and any(
+        a.split("=", 1)[0] in ("--replicas", "--ports") for a in args.args
+    ):
+        module_name = "services.replicas"  # N inference processes (services/replicas.py)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -730,6 +749,16 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 # -- parser ----------------------------------------------------------------------------------
 
 
+def _executor_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default=None,
+        help="where labelling runs: this process, or one Ray task per model "
+        "(default: MLLGRAPH_EXECUTOR, else local)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mllgraph", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -792,12 +821,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stated top-1 accuracy on its own labels, in (0, 1]: the prior of its declared "
         "(unmeasured) heads; builtins state their own",
     )
-    q = s.add_parser("label", help="run a model on the probes and write its labels")
-    q.add_argument("model_id", nargs="?")
+    q = s.add_parser("label", help="run models on the probes and write their labels")
+    q.add_argument("model_id", nargs="*")
     q.add_argument(
         "--stale", action="store_true", help="relabel every model new probe images made stale"
     )
     q.add_argument("--samples-per-concept", type=int, default=200)
+    _executor_flag(q)
     q = s.add_parser("list")
     q.add_argument("--name")
     q.add_argument("--arch")
@@ -836,6 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-imagenet", action="store_true", help="skip EfficientNet-Lite0/1/2")
     q.add_argument("--probes-per-class", type=int, default=None)
     q.add_argument("--samples-per-concept", type=int, default=200)
+    _executor_flag(q)
     p.set_defaults(handler=cmd_hub)
 
     p = sub.add_parser("query", help="run a cookbook query or any Cypher, read-only")
@@ -883,6 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
         "args",
         nargs=argparse.REMAINDER,
         help="the service's own flags (--port N, --host H, --insecure, --metrics-port N); "
+        "inference also --replicas N or --ports P1,P2 (one process each); "
         "web: --host, --port (default 8080), --target, --local-services",
     )
     p.set_defaults(handler=cmd_serve)
@@ -905,6 +937,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=30, help="select/ingest: requests per series")
     p.add_argument("--models", type=int, default=1000, help="ingest: synthetic models")
     p.add_argument("--samples-per-concept", type=int, default=100)
+    p.add_argument(
+        "--workers",
+        type=_ints,
+        default=None,
+        help="label: also label the models on a local Ray of N workers for each N, e.g. 1,2",
+    )
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="reports")
@@ -944,6 +982,15 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
         return 130
+    finally:
+        _shutdown_ray()
+
+
+def _shutdown_ray() -> None:
+    """Shut down a Ray this command started or joined (labelling with the ray executor)."""
+    ray_exec = sys.modules.get("mllgraph.label.ray_exec")
+    if ray_exec is not None:
+        ray_exec.shutdown()
 
 
 if __name__ == "__main__":

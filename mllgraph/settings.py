@@ -48,6 +48,11 @@ class Settings:
     infer_max_batch: int = 64  # images per model pass (larger requests are split)
     infer_max_delay_ms: float = 2.0  # longest a request waits for others to batch with
     infer_cache_mb: int = 4096  # device memory for loaded experts (LRU beyond)
+    # Where batch work (labelling) runs: "local" (this process) or "ray" (one task per model;
+    # a local Ray started on this machine, or the cluster at ray_address).
+    executor: str = "local"
+    ray_address: str | None = None  # MLLGRAPH_RAY_ADDRESS, else RAY_ADDRESS; None: start one
+    ray_num_cpus: int | None = None  # CPUs of a Ray started here; None: this machine's
     wordnet_dir: Path = Path("/usr/share/wordnet")
     fashion_mnist_dir: Path = Path("/usr/share/datasets/fashion-mnist")
     # Serving to others (see services/security.py and README "Running it for others").
@@ -121,6 +126,13 @@ class Settings:
                 _env("MLLGRAPH_INFER_MAX_DELAY_MS", str(cls.infer_max_delay_ms))
             ),
             infer_cache_mb=int(_env("MLLGRAPH_INFER_CACHE_MB", str(cls.infer_cache_mb))),
+            executor=_env("MLLGRAPH_EXECUTOR", cls.executor).strip().lower(),
+            ray_address=os.environ.get("MLLGRAPH_RAY_ADDRESS")
+            or os.environ.get("RAY_ADDRESS")
+            or None,
+            ray_num_cpus=int(os.environ["MLLGRAPH_RAY_NUM_CPUS"])
+            if os.environ.get("MLLGRAPH_RAY_NUM_CPUS")
+            else None,
             wordnet_dir=Path(_env("MLLGRAPH_WORDNET_DIR", str(cls.wordnet_dir))),
             fashion_mnist_dir=Path(_env("MLLGRAPH_FASHION_MNIST_DIR", str(cls.fashion_mnist_dir))),
             tls_cert=_path_env("MLLGRAPH_TLS_CERT"),

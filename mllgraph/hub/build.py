@@ -129,15 +129,17 @@ def build(
             (report.registered if r.created else report.already).append(r.record["id"])
             models.append(r.record["id"])
     log(f"models: {len(report.registered)} registered, {len(report.already)} already there")
-    for mid in models:
-        if registry.get_model(graph, mid).get("labelled_at"):
-            continue
-        result = labeller.label_model(
-            graph, settings, mid, label_options or labeller.LabelOptions()
-        )
+    todo = [mid for mid in models if not registry.get_model(graph, mid).get("labelled_at")]
+
+    def labelled(result: labeller.LabelResult) -> None:
         report.labelled.append(result)
         log(
-            f"labelled {mid}: {result.labels} labels, T={result.temperature:.2f}, "
+            f"labelled {result.model_id}: {result.labels} labels, T={result.temperature:.2f}, "
             f"{result.images_per_second:.0f} img/s"
         )
+
+    # One model after another in this process, or one Ray task each (MLLGRAPH_EXECUTOR=ray).
+    labeller.label_models(
+        graph, settings, todo, label_options or labeller.LabelOptions(), on_done=labelled
+    )
     return report

@@ -8,6 +8,7 @@ Adding a model costs one model's work: only its own rows are touched.
 
 - `measure`: the pure measurement (numpy/scipy, no I/O), exactly defined in its docstring.
 - `run`: the I/O around it: run the model on the probes, store outputs, write the edges.
+- `ray_exec`: the same labelling as one Ray task per model (MLLGRAPH_EXECUTOR=ray).
 
 Graph statements: `cypher/label/`.
 """

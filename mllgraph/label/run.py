@@ -5,6 +5,10 @@ Only the labelled model runs and only its rows change, so adding an expert to a 
 costs one model's work. The model's per-image outputs on the probes are kept beside its
 weights (`probe_outputs.npz`) so that selection can simulate head combinations later without
 running any model.
+
+Three steps, so the computation can run elsewhere: `prepare` reads what a model's labelling
+needs from the graph, `compute` runs the model and measures (no graph, no writes: the same
+function in this process and in a Ray task, see `ray_exec`), `commit` writes the outcome.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mllgraph.errors import FailedPrecondition
+from mllgraph.errors import FailedPrecondition, InvalidArgument
 from mllgraph.graph.db import Graph
 from mllgraph.hub import forward, probes, registry
 from mllgraph.label import measure as labelling
@@ -82,10 +87,31 @@ def probe_index_path(settings: Settings, mid: str) -> Path:
     return registry.model_dir(settings, mid) / PROBE_INDEX
 
 
-def save_probe_outputs(
+@dataclass(frozen=True)
+class StagedOutputs:
+    """Probe outputs written beside their final names, not yet visible to readers."""
+
+    path: Path  # the final array path
+    parts: tuple[tuple[Path, Path], ...]  # (staged file, final file), array first
+
+    def switch_in(self) -> Path:
+        # The index is replaced after the array: between the two replaces a reader can pair
+        # the new array with the old index (same models, same sets, so only the values differ).
+        for part, final in self.parts:
+            os.replace(part, final)
+        return self.path
+
+    def discard(self) -> None:
+        for part, _ in self.parts:
+            part.unlink(missing_ok=True)
+
+
+def stage_probe_outputs(
     settings: Settings, mid: str, outputs: dict[str, np.ndarray], temperature: float
-) -> Path:
-    """One contiguous array plus a small JSON index, so selection can memory-map the file and
+) -> StagedOutputs:
+    """Write the probe outputs under unique staging names; `switch_in` makes them current.
+
+    One contiguous array plus a small JSON index, so selection can memory-map the file and
     read only a task's probe sets (a compressed archive of one entry per set costs ~10 ms
     per model to open, which dominates selection on a large hub)."""
     path = probe_outputs_path(settings, mid)
@@ -102,17 +128,26 @@ def save_probe_outputs(
         if ids
         else np.zeros((0, heads), np.float16)
     )
-    part = path.with_name("probe_outputs.part.npy")
-    np.save(part, data)
-    os.replace(part, path)
-    meta = {"temperature": float(temperature), "heads": heads, "sets": index}
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    part = path.with_name(f"probe_outputs.part-{tag}.npy")
     index_path = probe_index_path(settings, mid)
-    part_json = index_path.with_name(index_path.name + ".part")
-    part_json.write_text(json.dumps(meta))
-    # Replaced after the array: between the two replaces a reader can pair the new array
-    # with the old index (same models, same sets, so only the values differ).
-    os.replace(part_json, index_path)
-    return path
+    part_json = index_path.with_name(f"{index_path.name}.part-{tag}")
+    staged = StagedOutputs(path, ((part, path), (part_json, index_path)))
+    try:
+        np.save(part, data)
+        meta = {"temperature": float(temperature), "heads": heads, "sets": index}
+        part_json.write_text(json.dumps(meta))
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
+
+
+def save_probe_outputs(
+    settings: Settings, mid: str, outputs: dict[str, np.ndarray], temperature: float
+) -> Path:
+    """Write a model's probe outputs and make them current at once."""
+    return stage_probe_outputs(settings, mid, outputs, temperature).switch_in()
 
 
 @dataclass(frozen=True)
@@ -148,16 +183,49 @@ def load_probe_outputs(settings: Settings, mid: str) -> tuple[dict[str, np.ndarr
     return outputs.as_dict(), outputs.temperature
 
 
-def label_model(
-    graph: Graph,
-    settings: Settings,
-    mid: str,
-    options: LabelOptions = LabelOptions(),
-    *,
-    device: str | None = None,
-    progress: ProgressFn | None = None,
-) -> LabelResult:
-    t0 = time.monotonic()
+@dataclass(frozen=True)
+class LabelWork:
+    """Everything labelling one model reads from the graph, read up front by the caller.
+
+    Plain picklable data: `compute` needs no Neo4j connection, only the model store and the
+    probe images, so it runs the same in this process or as a Ray task on another worker."""
+
+    model_id: str
+    record: dict[str, Any]
+    plan: tuple[tuple[probes.ProbeSet, int], ...]  # probe sets and how many images of each
+    declared: tuple[str | None, ...]  # each head's declared concept
+    tree: labelling.ConceptHierarchy
+    options: LabelOptions
+    started: float  # time.time() when the work was read (for the model's label_seconds)
+
+    @property
+    def images(self) -> int:
+        return sum(n for _, n in self.plan)
+
+    @property
+    def probed(self) -> list[str]:
+        return sorted({ps.wnid for ps, _ in self.plan})
+
+
+@dataclass(frozen=True)
+class LabelOutcome:
+    """What `compute` measured: the probe outputs and the LABELED rows, not yet written."""
+
+    model_id: str
+    outputs: dict[str, np.ndarray]  # probe set id -> float32 logits
+    rows: list[dict[str, Any]]
+    temperature: float
+    temperature_images: int
+    labels: int
+    group_labels: int
+    forward_seconds: float
+
+
+def prepare(
+    graph: Graph, settings: Settings, mid: str, options: LabelOptions = LabelOptions()
+) -> LabelWork:
+    """Read what labelling `mid` needs: its record, the probe plan, its heads, the hierarchy."""
+    started = time.time()
     record = registry.get_model(graph, mid)
     sets = probes.probe_sets(graph)
     if not sets:
@@ -173,8 +241,23 @@ def label_model(
         if take > 0:
             plan.append((ps, take))
             budget[ps.wnid] = budget.get(ps.wnid, 0) + take
-    total = sum(n for _, n in plan)
-    model, spec = registry.load_model(settings, record)
+    declared = tuple(h["declared_wnid"] for h in registry.heads(graph, mid, top_k=0))
+    tree = hierarchy(graph, sorted(budget) + [w for w in declared if w])
+    return LabelWork(mid, record, tuple(plan), declared, tree, options, started)
+
+
+def compute(
+    settings: Settings,
+    work: LabelWork,
+    *,
+    device: str | None = None,
+    progress: ProgressFn | None = None,
+) -> LabelOutcome:
+    """Run the model over its probe images and measure its labels (no graph, no writes)."""
+    options = work.options
+    plan = work.plan
+    total = work.images
+    model, spec = registry.load_model(settings, work.record)
     device = device or settings.torch_device()
     outputs: dict[str, np.ndarray] = {}
     done = 0
@@ -193,15 +276,14 @@ def label_model(
         done += take
     forward_s = time.monotonic() - t_fwd
 
-    probed = sorted(budget)
+    probed = work.probed
     concept_index = {w: i for i, w in enumerate(probed)}
     logits = np.concatenate([outputs[ps.id] for ps, _ in plan])
     image_concepts = np.concatenate(
         [np.full(take, concept_index[ps.wnid], dtype=np.int64) for ps, take in plan]
     )
-    heads = registry.heads(graph, mid, top_k=0)
-    declared = [h["declared_wnid"] for h in heads]
-    tree = hierarchy(graph, probed + [w for w in declared if w])
+    declared = list(work.declared)
+    tree = work.tree
     temperature, t_images = labelling.fit_temperature(
         logits, image_concepts, probed, declared, tree
     )
@@ -248,25 +330,101 @@ def label_model(
             }
             for h in g.heads
         ]
-    path = save_probe_outputs(settings, mid, outputs, temperature)
-    version = graph.write(
-        "label/labels_replace",
-        id=mid,
-        labels=rows,
-        temperature=float(temperature),
-        n_images=int(total),
-        probe_outputs=json.dumps({"path": str(path), "sets": {ps.id: n for ps, n in plan}}),
-        seconds=time.monotonic() - t0,
-    )[0]["catalogue_version"]
-    return LabelResult(
-        model_id=mid,
+    return LabelOutcome(
+        model_id=work.model_id,
+        outputs=outputs,
+        rows=rows,
         temperature=float(temperature),
         temperature_images=int(t_images),
-        images=int(total),
-        concepts=len(probed),
         labels=len(labels),
         group_labels=len(groups),
-        seconds=time.monotonic() - t0,
         forward_seconds=forward_s,
+    )
+
+
+def commit(graph: Graph, settings: Settings, work: LabelWork, outcome: LabelOutcome) -> LabelResult:
+    """Write a computed outcome: the probe outputs are staged, the graph is written, and only
+    then are the new files switched in, so a failure before the graph write changes nothing."""
+    if outcome.model_id != work.model_id:
+        raise InvalidArgument(f"outcome of {outcome.model_id} committed for {work.model_id}")
+    mid = work.model_id
+    staged = stage_probe_outputs(settings, mid, outcome.outputs, outcome.temperature)
+    try:
+        version = graph.write(
+            "label/labels_replace",
+            id=mid,
+            labels=outcome.rows,
+            temperature=float(outcome.temperature),
+            n_images=int(work.images),
+            probe_outputs=json.dumps(
+                {"path": str(staged.path), "sets": {ps.id: n for ps, n in work.plan}}
+            ),
+            seconds=time.time() - work.started,
+        )[0]["catalogue_version"]
+    except BaseException:
+        staged.discard()
+        raise
+    staged.switch_in()
+    return LabelResult(
+        model_id=mid,
+        temperature=float(outcome.temperature),
+        temperature_images=outcome.temperature_images,
+        images=int(work.images),
+        concepts=len(work.probed),
+        labels=outcome.labels,
+        group_labels=outcome.group_labels,
+        seconds=time.time() - work.started,
+        forward_seconds=outcome.forward_seconds,
         catalogue_version=int(version),
     )
+
+
+EXECUTORS = ("local", "ray")
+
+
+def _executor(settings: Settings) -> str:
+    if settings.executor not in EXECUTORS:
+        raise InvalidArgument(
+            f"MLLGRAPH_EXECUTOR={settings.executor!r}: use one of {', '.join(EXECUTORS)}"
+        )
+    return settings.executor
+
+
+def label_model(
+    graph: Graph,
+    settings: Settings,
+    mid: str,
+    options: LabelOptions = LabelOptions(),
+    *,
+    device: str | None = None,
+    progress: ProgressFn | None = None,
+) -> LabelResult:
+    """Label one model: in this process, or as one Ray task when MLLGRAPH_EXECUTOR=ray."""
+    if _executor(settings) == "ray":
+        from mllgraph.label import ray_exec
+
+        return ray_exec.label_models(graph, settings, [mid], options, progress=progress)[0]
+    work = prepare(graph, settings, mid, options)
+    return commit(graph, settings, work, compute(settings, work, device=device, progress=progress))
+
+
+def label_models(
+    graph: Graph,
+    settings: Settings,
+    mids: list[str],
+    options: LabelOptions = LabelOptions(),
+    *,
+    on_done: Callable[[LabelResult], None] | None = None,
+) -> list[LabelResult]:
+    """Label several models: one after another in this process, or one Ray task each (run
+    side by side as the cluster allows) when MLLGRAPH_EXECUTOR=ray. Results in `mids` order."""
+    if _executor(settings) == "ray":
+        from mllgraph.label import ray_exec
+
+        return ray_exec.label_models(graph, settings, mids, options, on_done=on_done)
+    results = []
+    for mid in mids:
+        results.append(label_model(graph, settings, mid, options))
+        if on_done:
+            on_done(results[-1])
+    return results
