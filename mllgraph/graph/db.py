@@ -15,8 +15,8 @@ import neo4j
 from neo4j import GraphDatabase, ManagedTransaction, NotificationMinimumSeverity, RoutingControl
 from neo4j.exceptions import AuthError, ClientError, Neo4jError, ServiceUnavailable
 
-from mllgraph.errors import FailedPrecondition, InvalidArgument, Unavailable
-from mllgraph.graph import cypher
+from mllgraph.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
+from mllgraph.graph import cypher, user_query
 from mllgraph.settings import Settings
 
 T = TypeVar("T")
@@ -118,25 +118,63 @@ class Graph:
         except ServiceUnavailable as e:
             raise _unreachable(self.settings, e) from e
 
-    def run_user_query(self, text: str, params: dict[str, Any] | None = None) -> list[Row]:
-        """Any Cypher text from a person, in a READ transaction: writes are refused."""
-
-        def work(tx: ManagedTransaction) -> list[Row]:
-            return [r.data() for r in tx.run(text, params or {})]
-
+    def run_user_query(
+        self,
+        text: str,
+        params: dict[str, Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+        max_rows: int | None = None,
+    ) -> Rows:
+        """Any Cypher text from a person, in a READ transaction: writes are refused, and so is
+        anything that reaches outside the graph (`mllgraph.graph.user_query.check`), before
+        the text is sent. Runs for at most `timeout_s` (MLLGRAPH_QUERY_TIMEOUT_S) and fetches
+        at most `max_rows` (MLLGRAPH_QUERY_MAX_ROWS): more rows are not fetched and the
+        result says `truncated`."""
+        user_query.check(text)
+        timeout_s = self.settings.query_timeout_s if timeout_s is None else timeout_s
+        max_rows = self.settings.query_max_rows if max_rows is None else max_rows
+        if not timeout_s > 0 or max_rows < 1:  # Neo4j reads a timeout of 0 as "none"
+            raise InvalidArgument(
+                f"a user query needs a timeout > 0 s and a row cap >= 1 "
+                f"(got {timeout_s} s, {max_rows} rows)"
+            )
+        rows = Rows()
         try:
-            with self.driver.session(
-                database=self.database, default_access_mode=neo4j.READ_ACCESS
-            ) as session:
-                return session.execute_read(work)
+            with (
+                self.driver.session(
+                    database=self.database, default_access_mode=neo4j.READ_ACCESS
+                ) as session,
+                session.begin_transaction(timeout=timeout_s) as tx,
+            ):
+                # Nothing to commit (a read): leaving the block rolls back, which also stops
+                # the server producing rows past the cap.
+                for record in tx.run(text, params or {}):
+                    if len(rows) >= max_rows:
+                        rows.truncated = True
+                        break
+                    rows.append(record.data())
         except ServiceUnavailable as e:
             raise _unreachable(self.settings, e) from e
         except Neo4jError as e:
-            if "WriteOnReadOnlyAccess" in (e.code or "") or "AccessMode" in (e.code or ""):
+            code = e.code or ""
+            if "WriteOnReadOnlyAccess" in code or "AccessMode" in code:
                 raise InvalidArgument(
                     "this query writes to the graph; `mllgraph query` runs reads only"
                 ) from e
+            if "TransactionTimedOut" in code or "TransactionTimedOut" in (e.message or ""):
+                raise DeadlineExceeded(
+                    f"the query ran past its {timeout_s:g} s timeout and was stopped "
+                    "(MLLGRAPH_QUERY_TIMEOUT_S)"
+                ) from e
             raise InvalidArgument(f"Cypher error: {e.message} ({e.code})") from e
+        return rows
+
+
+class Rows(list[Row]):
+    """The rows of a user query; `truncated` is True when the row cap cut the result."""
+
+    truncated: bool = False
 
 
 def run(tx: ManagedTransaction, name: str, /, **params: Any) -> list[Row]:
