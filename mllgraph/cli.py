@@ -13,8 +13,17 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from mllgraph.errors import MllgraphError
 from mllgraph.settings import Settings
@@ -24,11 +33,20 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 Handler = Callable[[argparse.Namespace, Settings], int]
 
 
+class _CountColumn(ProgressColumn):
+    """`done/total` with thousands separators; `?` while the total is unknown (a task added
+    with `total=None`, as `models label` does until the labeller reports it)."""
+
+    def render(self, task: Task) -> Text:
+        total = "?" if task.total is None else f"{int(task.total):,}"
+        return Text(f"{int(task.completed):>7,}/{total:<7}")
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description:<10}"),
         BarColumn(),
-        TextColumn("{task.completed:>7,}/{task.total:<7,}"),
+        _CountColumn(),
         TimeElapsedColumn(),
         console=console,
         transient=False,
