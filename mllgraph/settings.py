@@ -28,7 +28,9 @@ class Settings:
     local_neo4j_heap: str = "768m"
     local_neo4j_pagecache: str = "384m"
     # The local server's `db.transaction.timeout`: no transaction runs longer, whoever sent it.
-    neo4j_transaction_timeout_s: int = 60
+    # Generous: it also bounds the first start's password change and big writes on a slow,
+    # shared machine (60 s was hit there); user queries have their own, shorter timeout.
+    neo4j_transaction_timeout_s: int = 600
     # `mllgraph query` / Graph.run_user_query: per-query transaction timeout and row cap.
     query_timeout_s: float = 30.0
     query_max_rows: int = 10_000
