@@ -1,14 +1,50 @@
-"""The plan document's checks (mllgraph/select/plan.py), pure: the two shapes of a Plan
-message's `combination_json`. The gRPC side is in tests/test_inference.py."""
+"""The plan document's checks (mllgraph/select/plan.py), pure: class names and the two shapes
+of a Plan message's `combination_json`. The gRPC side is in tests/test_inference.py."""
 
 from __future__ import annotations
 
 import json
+import unicodedata
 
 import pytest
 
 from mllgraph.errors import FailedPrecondition, InvalidArgument
 from mllgraph.select import plan as plan_doc
+
+
+def test_names_are_normalised_to_nfc() -> None:
+    decomposed = "cafe\u0301 au lait"  # e + combining acute accent
+    name = plan_doc.check_class_name(decomposed, "class 0")
+    assert name == unicodedata.normalize("NFC", decomposed) == "caf\u00e9 au lait"
+    assert plan_doc.check_class_name("Straße", "class 0") == "Straße"
+
+
+@pytest.mark.parametrize(
+    ("name", "code_point"),
+    [
+        ("tote\u200bbag", "U+200B"),  # zero-width space
+        ("sand\u200dal", "U+200D"),  # zero-width joiner
+        ("\u202elanads", "U+202E"),  # right-to-left override
+        ("\ufeffsandal", "U+FEFF"),  # byte order mark / zero-width no-break space
+        ("bag\u2066", "U+2066"),  # left-to-right isolate
+        ("clo\x00g", "U+0000"),
+        ("tote\nbag", "U+000A"),
+        ("tote\u2028bag", "U+2028"),  # line separator
+    ],
+)
+def test_control_and_format_characters_are_named(name: str, code_point: str) -> None:
+    with pytest.raises(InvalidArgument, match="control characters") as info:
+        plan_doc.check_class_name(name, "classes[1].name")
+    assert code_point in str(info.value) and "classes[1].name" in str(info.value)
+
+
+def test_length_is_counted_after_normalising() -> None:
+    at_limit = "e\u0301" * plan_doc.MAX_NAME_CHARS  # twice as long before NFC
+    assert len(plan_doc.check_class_name(at_limit, "c")) == plan_doc.MAX_NAME_CHARS
+    with pytest.raises(InvalidArgument, match="characters long"):
+        plan_doc.check_class_name("x" * (plan_doc.MAX_NAME_CHARS + 1), "c")
+    with pytest.raises(InvalidArgument, match="characters long"):
+        plan_doc.check_class_name("x" * 1_000_000, "c")
 
 
 COMBINATION = {"schema_version": plan_doc.PLAN_SCHEMA_VERSION, "plan": {"assignment": []}}

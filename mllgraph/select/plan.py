@@ -39,6 +39,9 @@ SELECTION_VERSION = 2
 MAX_CLASSES = 1000
 MIN_CLASSES = 2
 MAX_NAME_CHARS = 256
+# Unicode categories refused in class names: control, format (invisible: zero-width, bidi
+# overrides), line and paragraph separators.
+_REFUSED_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 # The coverage a plan reports per class: a head-group kind of the rule, or uncovered.
 COVERAGES = (*HEAD_GROUP_KINDS, "uncovered")
 # The candidates query's kinds, as coverage (a group of heads covers through descendants).
@@ -52,20 +55,30 @@ COVERAGE_OF_QUERY_KIND = {
 
 
 def check_class_name(name: object, where: str) -> str:
-    """A class name as a person may type it: a non-empty string, at most MAX_NAME_CHARS
-    characters, no control or line/paragraph separator characters."""
+    """A class name as a person may type it, normalised to NFC: a non-empty string, at most
+    MAX_NAME_CHARS characters, no control (Cc), format (Cf: zero-width space and joiner,
+    right-to-left override, ...) or line/paragraph separator characters; a refusal names
+    each such character's code point. Returns the NFC form."""
     if not isinstance(name, str):
         raise InvalidArgument(f"{where}: a class name must be a string, got {type(name).__name__}")
-    if not name.strip():
-        raise InvalidArgument(f"{where}: the class name is empty")
-    bad = [ch for ch in name if unicodedata.category(ch) in ("Cc", "Zl", "Zp")]
-    if bad:
-        raise InvalidArgument(
-            f"{where}: the class name contains control characters {''.join(bad)!r}"
-        )
-    if len(name) > MAX_NAME_CHARS:
+    # Length before normalising too: NFC of a huge string costs, and it changes lengths
+    # by at most a factor of 3.
+    if len(name) > 3 * MAX_NAME_CHARS or len(name := unicodedata.normalize("NFC", name)) > (
+        MAX_NAME_CHARS
+    ):
         raise InvalidArgument(
             f"{where}: the class name is {len(name)} characters long (at most {MAX_NAME_CHARS})"
+        )
+    if not name.strip():
+        raise InvalidArgument(f"{where}: the class name is empty")
+    bad = dict.fromkeys(ch for ch in name if unicodedata.category(ch) in _REFUSED_CATEGORIES)
+    if bad:
+        listed = ", ".join(
+            f"U+{ord(ch):04X} {unicodedata.name(ch, unicodedata.category(ch))}" for ch in bad
+        )
+        raise InvalidArgument(
+            f"{where}: the class name contains control characters or invisible format "
+            f"characters ({listed})"
         )
     return name
 
