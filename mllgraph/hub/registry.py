@@ -105,6 +105,15 @@ def heads(graph: Graph, mid: str, top_k: int = 3) -> list[dict[str, Any]]:
     return graph.read("hub/model_heads", id=mid, top_k=top_k)
 
 
+def require_models(graph: Graph, ids: list[str] | tuple[str, ...], where: str) -> None:
+    """NotFound naming every id in `ids` that is no registered model (e.g. a sub-hub)."""
+    missing = graph.read("hub/models_missing", ids=sorted(set(ids)))[0]["missing"]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise NotFound(f"{where}: no registered model {shown}{more} (ids are 'name@version')")
+
+
 def list_models(
     graph: Graph,
     *,
