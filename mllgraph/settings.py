@@ -40,6 +40,8 @@ class Settings:
     ingestion_port: int = 50051
     selection_port: int = 50052
     inference_port: int = 50053
+    # RPCs in progress per service; one more is refused (RESOURCE_EXHAUSTED), never queued.
+    max_concurrent_rpcs: int = 128
     # "auto" picks CUDA when present, else the CPU.
     device: str = "auto"
     # Inference service limits and batching (see mllgraph.reuse).
@@ -98,6 +100,9 @@ class Settings:
             ingestion_port=int(_env("MLLGRAPH_INGESTION_PORT", str(cls.ingestion_port))),
             selection_port=int(_env("MLLGRAPH_SELECTION_PORT", str(cls.selection_port))),
             inference_port=int(_env("MLLGRAPH_INFERENCE_PORT", str(cls.inference_port))),
+            max_concurrent_rpcs=int(
+                _env("MLLGRAPH_MAX_CONCURRENT_RPCS", str(cls.max_concurrent_rpcs))
+            ),
             device=_env("MLLGRAPH_DEVICE", cls.device),
             infer_max_image_pixels=int(
                 _env("MLLGRAPH_INFER_MAX_IMAGE_PIXELS", str(cls.infer_max_image_pixels))

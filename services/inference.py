@@ -486,6 +486,7 @@ async def start_server(
         [(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer)],
         [SERVICE_NAME],
         host=host,
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     await server.start()
     running = RunningServer(server, health, bound, servicer)

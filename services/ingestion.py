@@ -703,6 +703,7 @@ async def start(
         [(ingestion_pb2_grpc.add_IngestionServiceServicer_to_server, servicer)],
         [SERVICE_NAME],
         host=host,
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     await server.start()
     stop = asyncio.Event()

@@ -618,6 +618,7 @@ async def start(
         [(selection_pb2_grpc.add_SelectionServiceServicer_to_server, servicer)],
         [SERVICE_NAME],
         host=host,
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     await server.start()
     try:
