@@ -14,8 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from mllgraph.errors import InvalidArgument, MllgraphError
 from mllgraph.settings import Settings
@@ -25,11 +34,20 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 Handler = Callable[[argparse.Namespace, Settings], int]
 
 
+class _CountColumn(ProgressColumn):
+    """`done/total` with thousands separators; `?` while the total is unknown (a task added
+    with `total=None`, as `models label` does until the labeller reports it)."""
+
+    def render(self, task: Task) -> Text:
+        total = "?" if task.total is None else f"{int(task.total):,}"
+        return Text(f"{int(task.completed):>7,}/{total:<7}")
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description:<10}"),
         BarColumn(),
-        TextColumn("{task.completed:>7,}/{task.total:<7,}"),
+        _CountColumn(),
         TimeElapsedColumn(),
         console=console,
         transient=False,
@@ -377,13 +395,20 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     name = f"cookbook/{args.query}"
     text = cypher.load(name) if name in cypher.names("cookbook/") else args.query
     with db.connect(settings) as graph:
-        rows = graph.run_user_query(text, dict(args.param))
+        rows = graph.run_user_query(
+            text, dict(args.param), timeout_s=args.timeout, max_rows=args.max_rows
+        )
     if args.json:
         print(json.dumps(rows, default=str, indent=1))
     elif rows:
         console.print(_table(rows))
     else:
         console.print("(no rows)")
+    if rows.truncated:
+        Console(stderr=True).print(
+            f"[yellow]truncated: only the first {len(rows):,} rows were fetched "
+            "(MLLGRAPH_QUERY_MAX_ROWS)[/]"
+        )
     return 0
 
 
@@ -874,6 +899,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", type=_param, default=[], help="key=value (JSON)")
     p.add_argument("--list", action="store_true", help="list the cookbook")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--timeout", type=float, help="seconds (default MLLGRAPH_QUERY_TIMEOUT_S)")
+    p.add_argument("--max-rows", type=int, help="row cap (default MLLGRAPH_QUERY_MAX_ROWS)")
     p.set_defaults(handler=cmd_query)
 
     p = sub.add_parser("select", help="choose expert heads for a task (a stored plan)")

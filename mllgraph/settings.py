@@ -32,6 +32,13 @@ class Settings:
     local_neo4j_port: int = 7687
     local_neo4j_heap: str = "768m"
     local_neo4j_pagecache: str = "384m"
+    # The local server's `db.transaction.timeout`: no transaction runs longer, whoever sent it.
+    # Generous: it also bounds the first start's password change and big writes on a slow,
+    # shared machine (60 s was hit there); user queries have their own, shorter timeout.
+    neo4j_transaction_timeout_s: int = 600
+    # `mllgraph query` / Graph.run_user_query: per-query transaction timeout and row cap.
+    query_timeout_s: float = 30.0
+    query_max_rows: int = 10_000
     # Where the project keeps what it builds: Neo4j jars and data, NLTK data, model store, probes.
     home: Path = field(default_factory=lambda: Path(".mllgraph").resolve())
     # gRPC services.
@@ -40,6 +47,8 @@ class Settings:
     inference_port: int = 50053
     # The web page (`mllgraph serve web`).
     web_port: int = 8080
+    # RPCs in progress per service; one more is refused (RESOURCE_EXHAUSTED), never queued.
+    max_concurrent_rpcs: int = 128
     # "auto" picks CUDA when present, else the CPU.
     device: str = "auto"
     # Inference service limits and batching (see mllgraph.reuse).
@@ -111,11 +120,19 @@ class Settings:
             local_neo4j_port=int(_env("MLLGRAPH_NEO4J_PORT", str(cls.local_neo4j_port))),
             local_neo4j_heap=_env("MLLGRAPH_NEO4J_HEAP", cls.local_neo4j_heap),
             local_neo4j_pagecache=_env("MLLGRAPH_NEO4J_PAGECACHE", cls.local_neo4j_pagecache),
+            neo4j_transaction_timeout_s=int(
+                _env("MLLGRAPH_NEO4J_TX_TIMEOUT_S", str(cls.neo4j_transaction_timeout_s))
+            ),
+            query_timeout_s=float(_env("MLLGRAPH_QUERY_TIMEOUT_S", str(cls.query_timeout_s))),
+            query_max_rows=int(_env("MLLGRAPH_QUERY_MAX_ROWS", str(cls.query_max_rows))),
             home=Path(_env("MLLGRAPH_HOME", ".mllgraph")).resolve(),
             ingestion_port=int(_env("MLLGRAPH_INGESTION_PORT", str(cls.ingestion_port))),
             selection_port=int(_env("MLLGRAPH_SELECTION_PORT", str(cls.selection_port))),
             inference_port=int(_env("MLLGRAPH_INFERENCE_PORT", str(cls.inference_port))),
             web_port=int(_env("MLLGRAPH_WEB_PORT", str(cls.web_port))),
+            max_concurrent_rpcs=int(
+                _env("MLLGRAPH_MAX_CONCURRENT_RPCS", str(cls.max_concurrent_rpcs))
+            ),
             device=_env("MLLGRAPH_DEVICE", cls.device),
             infer_max_image_pixels=int(
                 _env("MLLGRAPH_INFER_MAX_IMAGE_PIXELS", str(cls.infer_max_image_pixels))

@@ -43,7 +43,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from mllgraph import errors
-from mllgraph.errors import MllgraphError, Unavailable
+from mllgraph.errors import InvalidArgument, MllgraphError, Unavailable
 from mllgraph.select.plan import COVERAGES
 from mllgraph.settings import Settings
 from mllgraph.v1 import selection_pb2
@@ -268,13 +268,16 @@ async def build_server(
     host: str = "127.0.0.1",
     settings: Settings | None = None,
     collectors: Sequence[Any] = (),
+    max_concurrent_rpcs: int | None = None,
 ) -> tuple[grpc.aio.Server, HealthServicer, int]:
     """Create (not start) an aio server with `servicers`, health checking and reflection.
 
     `service_names` are the fully qualified names of the services (see
     `full_service_name`); health reports each of them and the overall server ("") as
     NOT_SERVING until `set_serving` is called. Reflection lists them plus the health and
-    reflection services. `port` 0 picks a free port. Returns (server, health, bound_port).
+    reflection services. `port` 0 picks a free port. `max_concurrent_rpcs` (None: no limit)
+    caps the RPCs in progress; one more is refused with RESOURCE_EXHAUSTED at once instead of
+    queueing. Returns (server, health, bound_port).
     Raises Unavailable when the address cannot be bound (e.g. the port is in use).
 
     `settings` (default: `Settings()`, nothing configured) brings TLS, bearer tokens, the
@@ -283,12 +286,15 @@ async def build_server(
     (``<name>_metrics_port``; 0 = no endpoint). `collectors` are added to its registry.
     Every server gets request ids and per-RPC metrics (`telemetry.RequestInterceptor`).
     """
+    if max_concurrent_rpcs is not None and max_concurrent_rpcs < 1:
+        raise InvalidArgument(f"max_concurrent_rpcs must be >= 1, got {max_concurrent_rpcs}")
     settings = settings if settings is not None else Settings()
     security = ServerSecurity.from_settings(settings)
     security.check_bind(host)
     metrics = telemetry.ServiceMetrics(collectors)
     server = grpc.aio.server(
         interceptors=[telemetry.RequestInterceptor(metrics), *security.interceptors()],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -124,22 +124,23 @@ def _head_ref_from_dict(h: dict[str, Any]) -> common_pb2.HeadRef:
 
 
 def plan_from_proto(plan: selection_pb2.Plan) -> dict[str, Any]:
-    """An inline proto Plan as a plan document (checked by PlanClassifier)."""
-    if not plan.combination_json:
-        raise InvalidArgument("inline_plan.combination_json is empty: pass the Plan unchanged")
-    try:
-        combination = json.loads(plan.combination_json)
-    except ValueError as e:
-        raise InvalidArgument(f"inline_plan.combination_json is not JSON: {e}") from e
-    if not isinstance(combination, dict) or "schema_version" not in combination:
-        raise InvalidArgument("inline_plan.combination_json must be an object with schema_version")
+    """An inline proto Plan as a plan document (checked by PlanClassifier).
+
+    `combination_json` may be the whole plan document (what SelectHeads returns: pass the
+    Plan unchanged) or only its combination part; see `select.plan.read_combination_json`.
+    Class names are checked (`check_class_name`) and their number capped (MAX_CLASSES)."""
+    if len(plan.classes) > plan_doc.MAX_CLASSES:
+        raise InvalidArgument(
+            f"inline_plan has {len(plan.classes)} classes; "
+            f"at most {plan_doc.MAX_CLASSES} are accepted"
+        )
+    combination = plan_doc.read_combination_json(plan.combination_json)
     classes = []
     for i, c in enumerate(plan.classes):
-        if not c.name.strip():
-            raise InvalidArgument(f"inline_plan.classes[{i}].name is empty")
+        name = plan_doc.check_class_name(c.name, f"inline_plan.classes[{i}].name")
         classes.append(
             {
-                "name": c.name,
+                "name": name,
                 "concept": {"wnid": c.concept.wnid, "name": c.concept.name},
                 "coverage": COVERAGE_FROM_PROTO.get(c.coverage, ""),
                 "heads": [
@@ -490,6 +491,7 @@ async def start_server(
         host=host,
         settings=settings,
         collectors=[telemetry.reuse_collector(lambda: servicer.cache, lambda: servicer.batcher)],
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     await server.start()
     running = RunningServer(server, health, bound, servicer)

@@ -721,6 +721,7 @@ async def start(
         host=host,
         settings=settings,
         collectors=[telemetry.label_job_collector(servicer.jobs.state_counts)],
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     await server.start()
     stop = asyncio.Event()

@@ -531,6 +531,10 @@ class SelectionServicer(selection_pb2_grpc.SelectionServiceServicer):
     async def SelectHeads(self, request: Any, context: Any) -> selection_pb2.Plan:
         self._check_ready()
         classes, options = request_to_task(request, self.default_budget)
+        if getattr(options, "models", None):
+            await asyncio.to_thread(
+                registry.require_models, self.graph, options.models, "options.models"
+            )
         t = time.perf_counter()
         ctx = await asyncio.to_thread(
             select.select, self.graph, self.settings, classes, options, self.resolver
@@ -649,6 +653,7 @@ async def start(
         [SERVICE_NAME],
         host=host,
         settings=settings,
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     await server.start()
     try:

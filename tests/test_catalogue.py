@@ -20,10 +20,12 @@ import numpy as np
 import pytest
 import torch
 
+from mllgraph import cli
 from mllgraph.errors import InvalidArgument, NotFound
 from mllgraph.graph import cypher
 from mllgraph.hub import experts, probes, registry
 from mllgraph.label import run as labeller
+from mllgraph.settings import Settings
 
 pytestmark = pytest.mark.neo4j
 
@@ -231,3 +233,49 @@ def test_labelling_touches_only_its_own_model(
     assert len(_edges(sdag_graph, a)) == len(a_edges)
     assert _edges(sdag_graph, b) == b_edges
     assert _edges_outside(sdag_graph, a) == outside
+
+
+# --- the documented `mllgraph models` commands, run as a person would ------------------------
+
+
+def test_progress_bar_renders_an_unknown_total() -> None:
+    """`models label` adds its task with total=None until the labeller reports one."""
+    progress = cli._progress()
+    task = progress.add_task("labelling", total=None)
+    progress.update(task, completed=3)
+    count = progress.columns[2].render(progress.tasks[0])
+    assert str(count).split() == ["3/?"]
+
+
+def test_documented_model_commands_run(
+    sdag_graph, neo4j_settings, probe_sets, cleanup, tmp_path, capsys
+) -> None:
+    """register, label, list, show and `query --list` through `mllgraph.cli.main`, against
+    the suite's own server (Settings.from_env() names it)."""
+    assert Settings.from_env().bolt_uri == neo4j_settings.bolt_uri
+    torch.manual_seed(0)
+    name = f"{PREFIX}-cli"
+    mid = f"{name}@1"
+    cleanup.append(mid)
+    weights = experts.save_weights(
+        experts.build_timm("test_efficientnet", 2, 1), tmp_path / "w.safetensors"
+    )
+    register = ["models", "register", "--name", name, "--weights", str(weights)]
+    register += ["--arch", "test_efficientnet", "--wnids", f"{SANDAL},{GYM_SHOE}"]
+    assert cli.main([*register, "--input-size", "28", "--channels", "1"]) == 0
+    assert f"{mid} registered: 2 heads" in capsys.readouterr().out
+
+    assert cli.main(["models", "label", mid, "--samples-per-concept", "20"]) == 0
+    out = capsys.readouterr()
+    assert re.search(rf"{re.escape(mid)}: \d+ labels \+ \d+ group labels", out.out), out
+    assert registry.get_model(sdag_graph, mid)["labelled_at"]
+    assert _edges(sdag_graph, mid)
+
+    assert cli.main(["models", "list", "--name", name]) == 0
+    assert mid in capsys.readouterr().out
+    assert cli.main(["models", "show", mid, "--heads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f'"id": "{mid}"' in out and "first 2 heads" in out
+    assert cli.main(["query", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(n.removeprefix("cookbook/") in out for n in cypher.names("cookbook/"))

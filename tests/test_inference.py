@@ -37,7 +37,7 @@ from mllgraph.reuse import rule as combine
 from mllgraph.reuse import vlm as vlm_patch
 from mllgraph.select import chco
 from mllgraph.select import plan as plan_doc
-from mllgraph.v1 import inference_pb2, inference_pb2_grpc
+from mllgraph.v1 import inference_pb2, inference_pb2_grpc, selection_pb2
 from services import inference as svc
 
 pytestmark = pytest.mark.neo4j
@@ -453,6 +453,94 @@ def test_bad_input_statuses_and_still_serving(hub: dict[str, Any]) -> None:
         list(server.stub.ClassifyStream(iter([request("", [raw(hub["x"][0])])]), timeout=30))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "first request" in info.value.details()
+
+
+# -- the inline-plan contract (issue #12) ------------------------------------------------------
+
+
+def _probabilities(resp: inference_pb2.ClassifyResponse) -> np.ndarray:
+    return np.array([list(p.class_probabilities) for p in resp.predictions])
+
+
+def test_plan_that_select_heads_returned_classifies_unchanged(hub: dict[str, Any]) -> None:
+    """SelectHeads puts the whole plan document into combination_json; inference reads it."""
+    from services import selection as selection_svc
+
+    plan, x, stub = hub["plan"], hub["x"][:4], hub["server"].stub
+    returned = selection_svc.plan_to_proto(plan, selection_svc.Concepts(None))
+    assert json.loads(returned.combination_json)["plan_id"] == plan["plan_id"]
+    returned = selection_pb2.Plan.FromString(returned.SerializeToString())  # as a client has it
+    inline = stub.Classify(request(images=[raw(im) for im in x], inline_plan=returned), timeout=60)
+    by_id = stub.Classify(request(plan["plan_id"], [raw(im) for im in x]), timeout=60)
+    np.testing.assert_allclose(_probabilities(inline), _probabilities(by_id), atol=1e-6)
+    assert [p.class_name for p in inline.predictions] == [p.class_name for p in by_id.predictions]
+    assert list(inline.uncovered_classes) == plan["uncovered"]
+
+
+def _malformed_plans(hub: dict[str, Any]) -> list[tuple[str, selection_pb2.Plan]]:
+    base = svc.plan_to_proto(hub["plan"])
+    comb = json.loads(base.combination_json)
+
+    def with_json(text: str) -> selection_pb2.Plan:
+        p = selection_pb2.Plan()
+        p.CopyFrom(base)
+        p.combination_json = text
+        return p
+
+    def with_change(change: Any) -> selection_pb2.Plan:
+        c = json.loads(json.dumps(comb))
+        change(c["plan"])
+        return with_json(json.dumps(c))
+
+    def group(p: dict[str, Any]) -> dict[str, Any]:
+        return next(g for a in p["assignment"] for g in a["groups"])
+
+    def names(*new: str) -> selection_pb2.Plan:
+        p = selection_pb2.Plan()
+        p.CopyFrom(base)
+        for c, name in zip(p.classes, new, strict=False):
+            c.name = name
+        return p
+
+    many = selection_pb2.Plan()
+    many.CopyFrom(base)
+    many.classes.extend([selection_pb2.PlannedClass(name=f"c{i}") for i in range(1001)])
+    return [
+        ("not JSON", with_json("{not json")),
+        ("deeply nested array", with_json("[" * 100_000 + "]" * 100_000)),
+        ("deeply nested object", with_json('{"a":' * 50_000 + "1" + "}" * 50_000)),
+        ("only a schema version", with_json('{"schema_version": 1}')),
+        ("a list", with_json("[1, 2]")),
+        ("null", with_json("null")),
+        ("unknown schema", with_json('{"schema_version": 99, "plan": {}}')),
+        ("schema as a list", with_json('{"schema_version": [1], "plan": {}}')),
+        ("document with bad combination", with_json('{"combination": {"schema_version": 1}}')),
+        ("plan is a list", with_json('{"schema_version": 1, "plan": []}')),
+        ("weights are text", with_change(lambda p: p["params"].update(weights="abc"))),
+        ("accuracies not a list", with_change(lambda p: p.update(per_class_accuracy=5))),
+        ("assignment of numbers", with_change(lambda p: p.update(assignment=[1, 2]))),
+        ("head index text", with_change(lambda p: group(p).update(heads=["a"]))),
+        ("label score text", with_change(lambda p: group(p).update(label_score="high"))),
+        ("temperatures a list", with_change(lambda p: p["params"].update(temperatures=[1]))),
+        ("1001 classes", many),
+        ("a name too long", names("x" * 10_000)),
+        ("a control character", names("sandal\x00")),
+        ("an empty name", names("   ")),
+    ]  # fmt: skip
+
+
+def test_malformed_inline_plans_are_refused_never_internal(hub: dict[str, Any]) -> None:
+    server = hub["server"]
+    for name, plan in _malformed_plans(hub):
+        req = request(images=[raw(hub["x"][0])], inline_plan=plan)
+        with pytest.raises(grpc.RpcError) as info:
+            server.stub.Classify(req, timeout=30)
+        assert info.value.code() in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ), (name, info.value.code(), info.value.details())
+        assert "internal" not in info.value.details().lower(), name
+    assert server.status() == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_missing_model_file_is_failed_precondition(hub: dict[str, Any]) -> None:

@@ -387,6 +387,45 @@ def test_registration_is_idempotent_and_versions_immutable(
     )
 
 
+def test_same_weights_with_other_content_is_already_exists(
+    server, sdag_graph, neo4j_settings, weights, cleanup
+) -> None:
+    """Re-registering name@version with the same weights but other labels, arch or input
+    spec is refused with what differs; the identical request stays an idempotent OK."""
+    request = ingestion_pb2.RegisterModelRequest(
+        name=unique_name("same"),
+        arch=ARCH,
+        weights_bytes=weights.data,
+        wnids=[SANDAL, GYM_SHOE],
+        input_spec=fashion_spec(),
+    )
+    first = server.stub.RegisterModel(request, timeout=RPC_TIMEOUT)
+    cleanup.append(first.id)
+    changes: list[tuple[dict[str, Any], tuple[str, ...]]] = [
+        ({"wnids": [GYM_SHOE, SANDAL]}, ("different wnids", "2 of 2 heads", SANDAL)),
+        ({"wnids": [SANDAL, GYM_SHOE, SANDAL]}, ("3 wnids for its 2 heads",)),
+        ({"class_names": ["sandal", "sneaker"]}, ("different class names", "'sneaker'")),
+        ({"arch": "test_convnext"}, ("different arch", "test_convnext")),
+        ({"input_spec": fashion_spec(size=32)}, ("different input_spec",)),
+    ]
+    for change, fragments in changes:
+        changed = ingestion_pb2.RegisterModelRequest()
+        changed.CopyFrom(request)
+        for key, value in change.items():
+            changed.ClearField("wnids" if key == "class_names" else key)
+            if isinstance(value, list):
+                getattr(changed, key).extend(value)
+            elif key == "input_spec":
+                changed.input_spec.CopyFrom(value)
+            else:
+                setattr(changed, key, value)
+        assert_refused(
+            server, sdag_graph, neo4j_settings, "RegisterModel", changed,
+            grpc.StatusCode.ALREADY_EXISTS, first.id, "these weights", *fragments,
+        )  # fmt: skip
+    assert server.stub.RegisterModel(request, timeout=RPC_TIMEOUT) == first
+
+
 # --- bad input: refused, named, and the catalogue untouched ---------------------------------
 
 

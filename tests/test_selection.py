@@ -421,6 +421,17 @@ def test_unknown_pinned_wnid_is_not_found(hub: Hub, stub: Any) -> None:
     assert err.code() == grpc.StatusCode.NOT_FOUND and "n99999999" in err.details()
 
 
+def test_sub_hub_naming_an_unknown_model_is_not_found(hub: Hub, stub: Any) -> None:
+    """Not an all-uncovered plan: the unknown id is named (issue #12)."""
+    known = sorted(hub.models.values())[0]
+    options = selection_pb2.SelectOptions(models=[known, "no-such-model@1"])
+    err = _error(lambda: _select(hub, stub, TASK, options=options))
+    assert err.code() == grpc.StatusCode.NOT_FOUND, err.details()
+    assert "no-such-model@1" in err.details() and known not in err.details()
+    plan = _select(hub, stub, TASK, options=selection_pb2.SelectOptions(models=[known]))
+    assert set(plan.model_ids) <= {known}
+
+
 def test_unsupported_options_are_refused(hub: Hub, stub: Any) -> None:
     for opts in (
         selection_pb2.SelectOptions(max_heads_per_class=2),

@@ -76,7 +76,7 @@ class ToyInference(inference_pb2_grpc.InferenceServiceServicer):
 Scenario = Callable[[grpc.aio.Server, HealthServicer, grpc.aio.Channel], Awaitable[None]]
 
 
-def run_with_server(scenario: Scenario) -> None:
+def run_with_server(scenario: Scenario, **build: Any) -> None:
     """Start the toy server on a free port, run `scenario` against it, stop it."""
 
     async def main() -> None:
@@ -87,6 +87,7 @@ def run_with_server(scenario: Scenario) -> None:
                 (inference_pb2_grpc.add_InferenceServiceServicer_to_server, ToyInference()),
             ],
             NAMES,
+            **build,
         )
         assert port > 0
         await server.start()
@@ -172,6 +173,30 @@ def test_errors_reach_the_client_with_their_status(caplog: pytest.LogCaptureFixt
     internal = [r for r in caplog.records if r.getMessage().startswith("rpc_internal_error")]
     assert len(internal) == 1 and internal[0].exc_info is not None
     assert "secret internals" in internal[0].getMessage()
+
+
+def test_concurrent_rpcs_over_the_limit_are_refused_at_once() -> None:
+    """build_server(max_concurrent_rpcs=2): a third call while two run is RESOURCE_EXHAUSTED,
+    and calls are served again once the two finish."""
+
+    async def scenario(_server: Any, _health: Any, channel: grpc.aio.Channel) -> None:
+        stub = selection_pb2_grpc.SelectionServiceStub(channel)
+        slow = selection_pb2.ExplainSelectionRequest(plan_id="slow")
+        calls = [asyncio.ensure_future(stub.ExplainSelection(slow)) for _ in range(3)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(refused) == 1, results
+        assert refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert sum(isinstance(r, selection_pb2.Explanation) for r in results) == 2
+        ok = await stub.ExplainSelection(selection_pb2.ExplainSelectionRequest(plan_id="p"))
+        assert ok.plan_id == "p"
+
+    run_with_server(scenario, max_concurrent_rpcs=2)
+
+
+def test_a_limit_below_one_is_refused() -> None:
+    with pytest.raises(errors.InvalidArgument, match="max_concurrent_rpcs"):
+        asyncio.run(build_server(0, [], [], max_concurrent_rpcs=0))
 
 
 def test_streaming_errors_end_the_stream_with_their_status() -> None:

@@ -13,10 +13,25 @@ from typing import Any, TypeVar
 
 import neo4j
 from neo4j import GraphDatabase, ManagedTransaction, NotificationMinimumSeverity, RoutingControl
-from neo4j.exceptions import AuthError, ClientError, Neo4jError, ServiceUnavailable
+from neo4j.exceptions import (
+    AuthError,
+    ClientError,
+    ConstraintError,
+    DriverError,
+    Neo4jError,
+    ServiceUnavailable,
+    SessionExpired,
+    TransientError,
+)
 
-from mllgraph.errors import FailedPrecondition, InvalidArgument, Unavailable
-from mllgraph.graph import cypher
+from mllgraph.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+)
+from mllgraph.graph import cypher, user_query
 from mllgraph.settings import Settings
 
 T = TypeVar("T")
@@ -30,6 +45,43 @@ def _unreachable(settings: Settings, e: Exception) -> Unavailable:
         else "check that server, or unset NEO4J_URI to use the project-managed local Neo4j"
     )
     return Unavailable(f"cannot reach Neo4j at {settings.bolt_uri}: {how} ({e.__class__.__name__})")
+
+
+def _timed_out(e: Neo4jError) -> bool:
+    return "TransactionTimedOut" in (e.code or "") or "TransactionTimedOut" in (e.message or "")
+
+
+def translate(settings: Settings, e: Exception) -> Exception | None:
+    """The project's own error for a driver error, or None to let it pass unchanged:
+    unreachable server, lost connection and transient errors (deadlocks, a database still
+    starting; managed transactions have retried them already) -> Unavailable; a constraint
+    violation -> AlreadyExists; a transaction past its timeout -> DeadlineExceeded."""
+    if isinstance(e, ServiceUnavailable):
+        return _unreachable(settings, e)
+    if isinstance(e, SessionExpired):
+        return Unavailable(
+            f"the connection to Neo4j at {settings.bolt_uri} was lost: try again ({e})"
+        )
+    if isinstance(e, TransientError):
+        return Unavailable(f"Neo4j is busy or recovering, try again: {e.message} ({e.code})")
+    if isinstance(e, ConstraintError):
+        return AlreadyExists(f"the graph already holds this: {e.message}")
+    if isinstance(e, Neo4jError) and _timed_out(e):
+        return DeadlineExceeded(f"a graph call ran past its timeout: {e.message}")
+    return None
+
+
+@contextmanager
+def driver_errors(settings: Settings) -> Iterator[None]:
+    """Raise `translate`'s error for a driver error, so the one status map
+    (services/common.py) applies; anything else passes through unchanged."""
+    try:
+        yield
+    except (DriverError, Neo4jError) as e:
+        mapped = translate(settings, e)
+        if mapped is None:
+            raise
+        raise mapped from e
 
 
 class Graph:
@@ -62,8 +114,9 @@ class Graph:
         (every SelectHeads, every registration) then cost no extra round trips."""
         if name in self._schemas:
             return
-        for statement in cypher.statements(name):
-            self.driver.execute_query(statement, database_=self.database)
+        with driver_errors(self.settings):
+            for statement in cypher.statements(name):
+                self.driver.execute_query(statement, database_=self.database)
         self._schemas.add(name)
 
     def verify(self) -> None:
@@ -71,7 +124,7 @@ class Graph:
         try:
             with self.driver.session(database=self.database) as session:
                 session.run("RETURN 1").consume()
-        except (ServiceUnavailable, OSError) as e:
+        except (ServiceUnavailable, SessionExpired, OSError) as e:
             raise _unreachable(self.settings, e) from e
         except AuthError as e:
             raise FailedPrecondition(
@@ -95,48 +148,84 @@ class Graph:
         return self._execute(cypher.load(name), params, RoutingControl.WRITE)
 
     def _execute(self, text: str, params: dict[str, Any], routing: RoutingControl) -> list[Row]:
-        try:
+        with driver_errors(self.settings):
             records, _, _ = self.driver.execute_query(
                 text, params, database_=self.database, routing_=routing
             )
-        except ServiceUnavailable as e:
-            raise _unreachable(self.settings, e) from e
         return [r.data() for r in records]
 
     def write_tx(self, work: Callable[[ManagedTransaction], T]) -> T:
         """Run several statements in one managed write transaction (all or nothing)."""
-        try:
-            with self.driver.session(database=self.database) as session:
-                return session.execute_write(work)
-        except ServiceUnavailable as e:
-            raise _unreachable(self.settings, e) from e
+        with (
+            driver_errors(self.settings),
+            self.driver.session(database=self.database) as session,
+        ):
+            return session.execute_write(work)
 
     def read_tx(self, work: Callable[[ManagedTransaction], T]) -> T:
+        with (
+            driver_errors(self.settings),
+            self.driver.session(database=self.database) as session,
+        ):
+            return session.execute_read(work)
+
+    def run_user_query(
+        self,
+        text: str,
+        params: dict[str, Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+        max_rows: int | None = None,
+    ) -> Rows:
+        """Any Cypher text from a person, in a READ transaction: writes are refused, and so is
+        anything that reaches outside the graph (`mllgraph.graph.user_query.check`), before
+        the text is sent. Runs for at most `timeout_s` (MLLGRAPH_QUERY_TIMEOUT_S) and fetches
+        at most `max_rows` (MLLGRAPH_QUERY_MAX_ROWS): more rows are not fetched and the
+        result says `truncated`."""
+        user_query.check(text)
+        timeout_s = self.settings.query_timeout_s if timeout_s is None else timeout_s
+        max_rows = self.settings.query_max_rows if max_rows is None else max_rows
+        if not timeout_s > 0 or max_rows < 1:  # Neo4j reads a timeout of 0 as "none"
+            raise InvalidArgument(
+                f"a user query needs a timeout > 0 s and a row cap >= 1 "
+                f"(got {timeout_s} s, {max_rows} rows)"
+            )
+        rows = Rows()
         try:
-            with self.driver.session(database=self.database) as session:
-                return session.execute_read(work)
-        except ServiceUnavailable as e:
-            raise _unreachable(self.settings, e) from e
-
-    def run_user_query(self, text: str, params: dict[str, Any] | None = None) -> list[Row]:
-        """Any Cypher text from a person, in a READ transaction: writes are refused."""
-
-        def work(tx: ManagedTransaction) -> list[Row]:
-            return [r.data() for r in tx.run(text, params or {})]
-
-        try:
-            with self.driver.session(
-                database=self.database, default_access_mode=neo4j.READ_ACCESS
-            ) as session:
-                return session.execute_read(work)
-        except ServiceUnavailable as e:
-            raise _unreachable(self.settings, e) from e
+            with (
+                self.driver.session(
+                    database=self.database, default_access_mode=neo4j.READ_ACCESS
+                ) as session,
+                session.begin_transaction(timeout=timeout_s) as tx,
+            ):
+                # Nothing to commit (a read): leaving the block rolls back, which also stops
+                # the server producing rows past the cap.
+                for record in tx.run(text, params or {}):
+                    if len(rows) >= max_rows:
+                        rows.truncated = True
+                        break
+                    rows.append(record.data())
+        except (ServiceUnavailable, SessionExpired, TransientError) as e:
+            raise translate(self.settings, e) or e from e
         except Neo4jError as e:
-            if "WriteOnReadOnlyAccess" in (e.code or "") or "AccessMode" in (e.code or ""):
+            code = e.code or ""
+            if "WriteOnReadOnlyAccess" in code or "AccessMode" in code:
                 raise InvalidArgument(
                     "this query writes to the graph; `mllgraph query` runs reads only"
                 ) from e
+            if _timed_out(e):
+                raise DeadlineExceeded(
+                    f"the query ran past its {timeout_s:g} s timeout and was stopped "
+                    "(MLLGRAPH_QUERY_TIMEOUT_S)"
+                ) from e
             raise InvalidArgument(f"Cypher error: {e.message} ({e.code})") from e
+        return rows
+
+
+class Rows(list[Row]):
+    """The rows of a user query; `truncated` is True when the row cap cut the result."""
+
+    truncated: bool = False
 
 
 def run(tx: ManagedTransaction, name: str, /, **params: Any) -> list[Row]:

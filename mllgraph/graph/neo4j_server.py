@@ -28,6 +28,19 @@ NEO4J_VERSION = "5.26.30"
 SUPPORTED_JAVA = (17, 21)  # Neo4j 5.26 LTS runs on Java 17 and 21
 MAIN_CLASS = "org.neo4j.server.CommunityEntryPoint"
 DEFAULT_PASSWORD = "neo4j"  # Neo4j's initial password, changed on first start
+# Procedures the local server loads (`dbms.security.procedures.allowlist`): the schema
+# look-ups people use from `mllgraph query`; the project's own statements call none. Neo4j
+# applies this list to plugin procedures (apoc, gds, ...) only: its built-in ones
+# (`dbms.listConfig`, ...) stay callable, which is why `mllgraph.graph.user_query` refuses
+# them before a query reaches any server.
+PROCEDURE_ALLOWLIST = (
+    "db.labels",
+    "db.relationshipTypes",
+    "db.propertyKeys",
+    "db.schema.visualization",
+    "db.schema.nodeTypeProperties",
+    "db.schema.relTypeProperties",
+)
 
 # The flags Neo4j's own launcher adds (see its neo4j.conf `server.jvm.additional`).
 JVM_FLAGS = [
@@ -67,6 +80,11 @@ class ServerPaths:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def import_dir(self) -> Path:
+        """An empty folder: the only place `LOAD CSV` could read, and file URLs are off."""
+        return self.root / "import"
 
     @property
     def pid_file(self) -> Path:
@@ -156,8 +174,9 @@ def fetch_jars(settings: Settings) -> Path:
 
 def write_config(settings: Settings) -> Path:
     p = paths(settings)
-    for d in (p.conf_dir, p.data, p.logs):
+    for d in (p.conf_dir, p.data, p.logs, p.import_dir):
         d.mkdir(parents=True, exist_ok=True)
+    allowlist = ",".join(PROCEDURE_ALLOWLIST)
     conf = f"""# Written by mllgraph; edits are overwritten on start.
 server.default_listen_address=127.0.0.1
 server.bolt.enabled=true
@@ -170,6 +189,13 @@ server.memory.pagecache.size={settings.local_neo4j_pagecache}
 db.tx_log.rotation.retention_policy=1 files
 server.directories.data={p.data}
 server.directories.logs={p.logs}
+# Locked down (issue #12): LOAD CSV reads no host file and reaches no URL, no transaction
+# runs for ever, and only the allow-listed plugin procedures load.
+server.directories.import={p.import_dir}
+dbms.security.allow_csv_import_from_file_urls=false
+internal.dbms.cypher_ip_blocklist=0.0.0.0/0,::/0
+db.transaction.timeout={settings.neo4j_transaction_timeout_s}s
+dbms.security.procedures.allowlist={allowlist}
 """
     path = p.conf_dir / "neo4j.conf"
     path.write_text(conf)

@@ -109,6 +109,15 @@ def heads(graph: Graph, mid: str, top_k: int = 3) -> list[dict[str, Any]]:
     return graph.read("hub/model_heads", id=mid, top_k=top_k)
 
 
+def require_models(graph: Graph, ids: list[str] | tuple[str, ...], where: str) -> None:
+    """NotFound naming every id in `ids` that is no registered model (e.g. a sub-hub)."""
+    missing = graph.read("hub/models_missing", ids=sorted(set(ids)))[0]["missing"]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise NotFound(f"{where}: no registered model {shown}{more} (ids are 'name@version')")
+
+
 def list_models(
     graph: Graph,
     *,
@@ -307,6 +316,13 @@ def register_model(
         if existing:
             record = _plain(existing[0]["model"])
             if record["sha256"] == sha:
+                differences = _differences(graph, record, reg, arch, spec)
+                if differences:
+                    raise AlreadyExists(
+                        f"model {mid} is already registered with these weights but "
+                        f"{'; '.join(differences)}; versions are immutable: register a new "
+                        "version (or the same content again, which is a no-op)"
+                    )
                 return RegisteredModel(record, created=False)
             raise AlreadyExists(
                 f"model {mid} is already registered with other weights (sha256 "
@@ -380,6 +396,42 @@ def register_model(
             blob.unlink(missing_ok=True)
         raise
     return RegisteredModel(_plain(row["model"]), created=True)
+
+
+def _differences(
+    graph: Graph, record: dict[str, Any], reg: Registration, arch: str, spec: InputSpec
+) -> list[str]:
+    """What a registration of already registered weights asks differently from the record:
+    arch, input spec, number of heads, and the wnids or class names given (whichever the
+    request carries). Empty: the same content, an idempotent no-op."""
+    out: list[str] = []
+    if record.get("arch") != arch:
+        out.append(f"a different arch (registered {record.get('arch')!r}, given {arch!r})")
+    registered_spec = record.get("input_spec") or {}  # a dict (see _plain)
+    if registered_spec != json.loads(json.dumps(spec.to_dict())):
+        out.append(f"a different input_spec (registered {registered_spec}, given {spec.to_dict()})")
+    given = (
+        ("wnids", [w.strip() for w in reg.wnids])
+        if reg.wnids
+        else ("class names", [n.strip() for n in reg.class_names or []])
+    )
+    if not given[1]:
+        return out
+    n = int(record.get("num_classes") or 0)
+    if len(given[1]) != n:
+        out.append(f"{len(given[1])} {given[0]} for its {n} heads")
+        return out
+    heads = graph.read("hub/model_heads", id=record["id"], top_k=0)
+    key = "declared_wnid" if given[0] == "wnids" else "label"
+    registered = [h[key] for h in heads]
+    changed = [i for i, (a, b) in enumerate(zip(registered, given[1], strict=True)) if a != b]
+    if changed:
+        i = changed[0]
+        out.append(
+            f"different {given[0]} ({len(changed)} of {n} heads; head {i}: registered "
+            f"{registered[i]!r}, given {given[1][i]!r})"
+        )
+    return out
 
 
 def _is_safetensors(path: Path) -> bool:

@@ -41,6 +41,9 @@ SELECTION_VERSION = 3
 MAX_CLASSES = 1000
 MIN_CLASSES = 2
 MAX_NAME_CHARS = 256
+# Unicode categories refused in class names: control, format (invisible: zero-width, bidi
+# overrides), line and paragraph separators.
+_REFUSED_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 # The coverage a plan reports per class: a head-group kind of the rule, or uncovered.
 COVERAGES = (*HEAD_GROUP_KINDS, "uncovered")
 # The candidates query's kinds, as coverage (a group of heads covers through descendants).
@@ -61,20 +64,30 @@ DECLARED_NOTE = "declared, unmeasured"
 
 
 def check_class_name(name: object, where: str) -> str:
-    """A class name as a person may type it: a non-empty string, at most MAX_NAME_CHARS
-    characters, no control or line/paragraph separator characters."""
+    """A class name as a person may type it, normalised to NFC: a non-empty string, at most
+    MAX_NAME_CHARS characters, no control (Cc), format (Cf: zero-width space and joiner,
+    right-to-left override, ...) or line/paragraph separator characters; a refusal names
+    each such character's code point. Returns the NFC form."""
     if not isinstance(name, str):
         raise InvalidArgument(f"{where}: a class name must be a string, got {type(name).__name__}")
-    if not name.strip():
-        raise InvalidArgument(f"{where}: the class name is empty")
-    bad = [ch for ch in name if unicodedata.category(ch) in ("Cc", "Zl", "Zp")]
-    if bad:
-        raise InvalidArgument(
-            f"{where}: the class name contains control characters {''.join(bad)!r}"
-        )
-    if len(name) > MAX_NAME_CHARS:
+    # Length before normalising too: NFC of a huge string costs, and it changes lengths
+    # by at most a factor of 3.
+    if len(name) > 3 * MAX_NAME_CHARS or len(name := unicodedata.normalize("NFC", name)) > (
+        MAX_NAME_CHARS
+    ):
         raise InvalidArgument(
             f"{where}: the class name is {len(name)} characters long (at most {MAX_NAME_CHARS})"
+        )
+    if not name.strip():
+        raise InvalidArgument(f"{where}: the class name is empty")
+    bad = dict.fromkeys(ch for ch in name if unicodedata.category(ch) in _REFUSED_CATEGORIES)
+    if bad:
+        listed = ", ".join(
+            f"U+{ord(ch):04X} {unicodedata.name(ch, unicodedata.category(ch))}" for ch in bad
+        )
+        raise InvalidArgument(
+            f"{where}: the class name contains control characters or invisible format "
+            f"characters ({listed})"
         )
     return name
 
@@ -199,35 +212,99 @@ class ParsedPlan:
         return [a.class_index for a in self.assignment if not a.groups]
 
 
+# What a malformed document raises while it is read (wrong types, missing keys, too deep):
+# always reported as InvalidArgument, never as an internal error.
+_MALFORMED = (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError)
+_MALFORMED += (RecursionError,)
+
+
+def read_combination_json(text: str, where: str = "inline_plan.combination_json") -> Any:
+    """The combination part of a Plan message's `combination_json`, whichever of the two
+    shapes it carries:
+
+    * the whole plan document, as SelectHeads returns it (its ``combination`` key is taken):
+      so the Plan that SelectHeads returned works unchanged as an inline plan;
+    * the combination part alone, ``{"schema_version": 1, "plan": {...}}`` (older clients,
+      and what inference's `plan_to_proto` writes).
+
+    Not JSON, too deeply nested, or not an object: InvalidArgument. The schema version is
+    checked by `combination_of` (FailedPrecondition for a version this server does not read).
+    """
+    if not text:
+        raise InvalidArgument(f"{where} is empty: pass the Plan unchanged")
+    try:
+        value = json.loads(text)
+    except RecursionError as e:
+        raise InvalidArgument(f"{where} is nested too deeply to be a plan") from e
+    except ValueError as e:
+        raise InvalidArgument(f"{where} is not JSON: {e}") from e
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(f"{where} must be a JSON object, got {type(value).__name__}")
+    if isinstance(value.get("combination"), Mapping):
+        value = value["combination"]  # the whole plan document
+    if "schema_version" not in value:
+        raise InvalidArgument(
+            f"{where} must be a plan document or its combination part (with schema_version)"
+        )
+    return value
+
+
 def combination_of(plan: Mapping[str, Any]) -> chco.Plan:
     """The combination rule's inputs from a plan document."""
     comb = plan.get("combination") or {}
-    if not isinstance(comb, Mapping) or comb.get("schema_version") != PLAN_SCHEMA_VERSION:
-        version = comb.get("schema_version") if isinstance(comb, Mapping) else None
+    version = comb.get("schema_version") if isinstance(comb, Mapping) else None
+    if isinstance(version, bool) or not isinstance(version, int | str | float):
+        version = None if version is None else type(version).__name__
+    if not isinstance(comb, Mapping) or version != PLAN_SCHEMA_VERSION:
         raise FailedPrecondition(
-            f"plan {plan.get('plan_id')} has combination schema {version}, "
+            f"plan {str(plan.get('plan_id'))[:80]} has combination schema {str(version)[:40]}, "
             f"this server reads {PLAN_SCHEMA_VERSION}: select the task again"
         )
-    return chco.Plan.from_dict(comb["plan"])
+    if not isinstance(comb.get("plan"), Mapping):
+        raise InvalidArgument("the plan's combination has no 'plan' object (the rule's inputs)")
+    assignment = comb["plan"].get("assignment")
+    if isinstance(assignment, list) and len(assignment) > MAX_CLASSES:
+        raise InvalidArgument(
+            f"the plan has {len(assignment)} classes; at most {MAX_CLASSES} are accepted"
+        )
+    try:
+        return chco.Plan.from_dict(comb["plan"])
+    except _MALFORMED as e:
+        raise InvalidArgument(
+            f"the plan's combination is malformed ({type(e).__name__}: {str(e)[:200]})"
+        ) from e
 
 
 def parse_plan(doc: Mapping[str, Any]) -> ParsedPlan:
-    """Check a plan document (select's JSON, or one rebuilt from an inline proto Plan)."""
+    """Check a plan document (select's JSON, or one rebuilt from an inline proto Plan).
+    Anything malformed is InvalidArgument (FailedPrecondition for an unknown schema)."""
     if not isinstance(doc, Mapping):
         raise InvalidArgument("plan must be a JSON object")
+    try:
+        return _parse_plan(doc)
+    except _MALFORMED as e:
+        raise InvalidArgument(f"the plan is malformed ({type(e).__name__}: {str(e)[:200]})") from e
+
+
+def _parse_plan(doc: Mapping[str, Any]) -> ParsedPlan:
     comb = combination_of(doc)
     assignment = sorted(comb.assignment, key=lambda a: a.class_index)
     k = len(assignment)
+    if k > MAX_CLASSES:
+        raise InvalidArgument(f"the plan has {k} classes; at most {MAX_CLASSES} are accepted")
     if [a.class_index for a in assignment] != list(range(k)) or k == 0:
         raise InvalidArgument("plan combination must assign each class index 0..K-1 once")
     if comb.params.num_classes != k:
         raise InvalidArgument(f"plan params have {comb.params.num_classes} classes, plan has {k}")
     classes = doc.get("classes") or []
-    if len(classes) != k:
-        raise InvalidArgument(f"plan lists {len(classes)} classes but its combination has {k}")
-    names = [str(c.get("name", "")).strip() if isinstance(c, Mapping) else "" for c in classes]
-    if any(not n for n in names):
-        raise InvalidArgument("plan classes need non-empty names")
+    if not isinstance(classes, list) or len(classes) != k:
+        n = len(classes) if isinstance(classes, list) else type(classes).__name__
+        raise InvalidArgument(f"plan lists {n} classes but its combination has {k}")
+    if not all(isinstance(c, Mapping) for c in classes):
+        raise InvalidArgument("plan classes must be objects")
+    names = [
+        check_class_name(c.get("name"), f"plan class {i}").strip() for i, c in enumerate(classes)
+    ]
     heads: list[tuple[HeadInfo, ...]] = []
     for c in classes:
         listed = []

@@ -60,7 +60,7 @@ class SelectionServiceServicer:
         """Grounds each task class to a concept and selects heads, returning a stored Plan.
         Errors: INVALID_ARGUMENT (fewer than 2 or more than 1,000 classes, two names grounding
         to one concept, control characters, negative budget), NOT_FOUND (a pinned_wnid that is
-        no concept), FAILED_PRECONDITION (no labelled models in the catalogue), UNAVAILABLE.
+        no concept, an options.models id that is no registered model), FAILED_PRECONDITION (no labelled models in the catalogue), UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
