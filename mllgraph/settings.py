@@ -64,6 +64,8 @@ class Settings:
     ray_num_cpus: int | None = None  # CPUs of a Ray started here; None: this machine's
     wordnet_dir: Path = Path("/usr/share/wordnet")
     fashion_mnist_dir: Path = Path("/usr/share/datasets/fashion-mnist")
+    # Benchmark and demo reports (the web page's Results page reads the latest one).
+    reports_dir: Path = Path("reports")
     # Serving to others (see services/security.py and README "Running it for others").
     tls_cert: Path | None = None  # server certificate chain (PEM)
     tls_key: Path | None = None  # its private key (PEM)
@@ -152,6 +154,7 @@ class Settings:
             else None,
             wordnet_dir=Path(_env("MLLGRAPH_WORDNET_DIR", str(cls.wordnet_dir))),
             fashion_mnist_dir=Path(_env("MLLGRAPH_FASHION_MNIST_DIR", str(cls.fashion_mnist_dir))),
+            reports_dir=Path(_env("MLLGRAPH_REPORTS_DIR", str(cls.reports_dir))),
             tls_cert=_path_env("MLLGRAPH_TLS_CERT"),
             tls_key=_path_env("MLLGRAPH_TLS_KEY"),
             tls_client_ca=_path_env("MLLGRAPH_TLS_CLIENT_CA"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,27 @@ def create_app(client: mc.Client, settings: Settings, graph: Any | None = None) 
             return page(request, "hub.html", HTTP_STATUS.get(_code(e), 500), models=[],
                         name=name, error=_message(e))  # fmt: skip
         return page(request, "hub.html", models=models, name=name, max_heads=MAX_HEADS_SHOWN)
+
+    @app.get("/results", response_class=HTMLResponse, include_in_schema=False)
+    async def results_page(request: Request) -> HTMLResponse:
+        from mllgraph.web import results
+
+        reports = settings.reports_dir
+        path = results.latest_report(reports)
+        if path is None:
+            return page(request, "results.html", report_html="", reports_dir=str(reports))
+        written = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+        body = results.render_markdown(path.read_text(encoding="utf-8"))
+        return page(request, "results.html", report_html=body, report_name=path.name,
+                    written=written)  # fmt: skip
+
+    @app.get("/reports/{name}", include_in_schema=False)
+    async def report_file(name: str) -> Response:
+        # Only the plots beside the reports, by plain file name.
+        path = settings.reports_dir / name
+        if "/" in name or not name.endswith(".png") or not path.is_file():
+            return JSONResponse({"error": f"no report image {name!r}"}, status_code=404)
+        return Response(path.read_bytes(), media_type="image/png")
 
     @app.get("/concept", response_class=HTMLResponse, include_in_schema=False)
     async def concept_page(request: Request, q: str = "") -> HTMLResponse:
