@@ -993,6 +993,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_bench)
 
     p = sub.add_parser("demo", help="the main job, end to end (README command 1)")
+    p.add_argument(
+        "--serve", action="store_true", help="afterwards, serve the web page until Ctrl-C"
+    )
     p.set_defaults(handler=cmd_demo)
     return parser
 

@@ -125,6 +125,16 @@ def run(settings: Settings, console: Console, args: argparse.Namespace) -> int:
     console.print(f"cost: {report.cost}")
     console.print(f"reports: {', '.join(str(p) for p in paths)}")
     console.print(f"done in {time.perf_counter() - t0:.0f} s")
+    url = f"http://127.0.0.1:{settings.web_port}/"
+    if getattr(args, "serve", False):
+        from mllgraph.web import app as web
+
+        console.rule(f"6. The web page: {url} (Ctrl-C stops it)")
+        return web.main(["--local-services", "--port", str(settings.web_port)], settings)
+    console.print(
+        f"Try your own images and class names in a browser: `mllgraph serve web "
+        f"--local-services`, then {url} (or `mllgraph demo --serve`)"
+    )
     return 0
 
 
