@@ -206,7 +206,7 @@ def test_graph_calls_get_a_share_of_the_rpc_deadline() -> None:
         request = selection_pb2.ExplainSelectionRequest(plan_id="deadline")
         timed = await stub.ExplainSelection(request, timeout=5.0)
         left = float(timed.notes[0])
-        assert 0 < left <= 5.0 * GRAPH_SHARE
+        assert 0 < left <= 5.0 * GRAPH_SHARE + 0.05  # the server sees ~5 s left, plus rounding
         untimed = await stub.ExplainSelection(request)
         assert untimed.notes[0] == "None"
         assert deadline.remaining() is None  # nothing leaks out of the handler
