@@ -44,6 +44,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mllgraph import errors
 from mllgraph.errors import InvalidArgument, MllgraphError, Unavailable
+from mllgraph.graph import deadline
 from mllgraph.select.plan import COVERAGES
 from mllgraph.settings import Settings
 from mllgraph.v1 import selection_pb2
@@ -74,6 +75,19 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest request/response the servers accept (weights uploads, image batches)."""
 
 _HandlerT = TypeVar("_HandlerT", bound=Callable[..., Any])
+
+GRAPH_SHARE = 0.9
+"""Share of an RPC's remaining time its graph calls may use (`mllgraph.graph.deadline`), so
+they end, DEADLINE_EXCEEDED, while the client still waits for the answer."""
+
+
+def _graph_deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """Seconds the handler's graph calls may take: a share of the RPC's time left."""
+    try:
+        left = context.time_remaining()
+    except Exception:  # a context without deadlines (tests' fakes): no limit
+        return None
+    return None if left is None else max(0.0, left) * GRAPH_SHARE
 
 
 # --- errors -> status codes -------------------------------------------------------------
@@ -177,6 +191,8 @@ def rpc(handler: _HandlerT) -> _HandlerT:
     Works for coroutine methods (unary responses) and async-generator methods (streaming
     responses). MllgraphError -> its mapped status and message; grpc aborts and
     cancellation pass through; any other exception -> INTERNAL (logged with traceback).
+    Graph calls made by a unary handler (in worker threads too) get GRAPH_SHARE of the RPC's
+    remaining time as their transaction timeout (`mllgraph.graph.deadline`).
     Every call logs ``rpc method=<Class.Method> status=<CODE> ms=<elapsed>``.
     """
     method = handler.__qualname__
@@ -214,7 +230,8 @@ def rpc(handler: _HandlerT) -> _HandlerT:
     async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = time.perf_counter()
         try:
-            response = await handler(self, request, context)
+            with deadline.within(_graph_deadline(context)):
+                response = await handler(self, request, context)
         except grpc.aio.AbortError:
             _log_call(method, _final_code(context), start)
             raise

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import re
@@ -351,7 +352,11 @@ class LabelJobQueue:
     def submit(self, model_id: str, options: labeller.LabelOptions, heads_total: int) -> LabelJob:
         if self._queue is None:
             self._queue = asyncio.Queue()
-            self._worker = asyncio.create_task(self._work(), name="label-job-worker")
+            # A fresh context: the worker outlives the RPC that started it, so it must not
+            # inherit that RPC's graph deadline (mllgraph.graph.deadline).
+            self._worker = asyncio.create_task(
+                self._work(), name="label-job-worker", context=contextvars.Context()
+            )
         job = LabelJob(uuid.uuid4().hex, model_id, options, heads_total)
         self._jobs[job.job_id] = job
         self._queue.put_nowait(job)

@@ -18,7 +18,7 @@ from neo4j.exceptions import (
 )
 
 from mllgraph.errors import AlreadyExists, DeadlineExceeded, Unavailable
-from mllgraph.graph import db
+from mllgraph.graph import db, deadline
 from mllgraph.settings import Settings
 from services.common import status_for
 
@@ -76,3 +76,21 @@ def test_graph_call_past_its_timeout_is_deadline_exceeded(graph) -> None:
                 timeout=0.2,
             )
         )
+
+
+HEAVY = "UNWIND range(1, 100000000) AS x UNWIND range(1, 100000000) AS y RETURN count(*) AS n"
+
+
+@pytest.mark.neo4j
+def test_graph_calls_end_by_the_request_deadline(graph) -> None:
+    """mllgraph.graph.deadline: the time left becomes each transaction's timeout."""
+
+    def heavy(tx) -> int:
+        return tx.run(HEAVY).single()["n"]
+
+    with deadline.within(0.3), pytest.raises(DeadlineExceeded):
+        graph.read_tx(heavy)
+    with deadline.within(-1.0), pytest.raises(DeadlineExceeded, match="deadline passed"):
+        graph.read("graph/counts")
+    with deadline.within(120.0):
+        assert graph.read_tx(lambda tx: tx.run("RETURN 1 AS one").single()["one"]) == 1

@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mllgraph.errors import FailedPrecondition, NotFound
+from mllgraph.graph import deadline
 from mllgraph.hub import experts, probes, registry
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.label import run as labeller
@@ -807,5 +808,29 @@ def test_job_queue_runs_one_job_at_a_time_in_order() -> None:
         assert jobs[3].state == ingestion.DONE
         assert jobs[4].state == ingestion.FAILED and "shutting down" in jobs[4].message
         assert running[-1] == "blocked@1"  # z@1 never ran
+
+    asyncio.run(scenario())
+
+
+def test_label_jobs_do_not_inherit_the_submitting_rpcs_deadline() -> None:
+    """The worker outlives the LabelModel call that started it: its graph calls (in worker
+    threads) must see no deadline, not one that passed with that call."""
+
+    async def scenario() -> None:
+        seen: list[float | None] = []
+
+        async def run(job: ingestion.LabelJob) -> str:
+            seen.append(await asyncio.to_thread(deadline.remaining))
+            return "done"
+
+        queue = ingestion.LabelJobQueue(run)
+        with deadline.within(0.01):  # as inside a LabelModel call with a short deadline
+            job = queue.submit("a@1", labeller.LabelOptions(), 1)
+        for _ in range(500):
+            if not job.active:
+                break
+            await asyncio.sleep(0.01)
+        await queue.close(grace=5)
+        assert job.state == ingestion.DONE and seen == [None]
 
     asyncio.run(scenario())

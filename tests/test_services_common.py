@@ -17,8 +17,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mllgraph import errors
+from mllgraph.graph import deadline
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc, selection_pb2, selection_pb2_grpc
 from services.common import (
+    GRAPH_SHARE,
     STATUS_BY_ERROR,
     HealthServicer,
     KeyValueFormatter,
@@ -57,6 +59,9 @@ class ToySelection(selection_pb2_grpc.SelectionServiceServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "handler aborted itself")
         if request.plan_id == "slow":
             await asyncio.sleep(0.5)
+        if request.plan_id == "deadline":  # what a graph call in a worker thread would see
+            left = await asyncio.to_thread(deadline.remaining)
+            return selection_pb2.Explanation(plan_id=request.plan_id, notes=[repr(left)])
         return selection_pb2.Explanation(plan_id=request.plan_id, notes=["ok"])
 
 
@@ -192,6 +197,23 @@ def test_concurrent_rpcs_over_the_limit_are_refused_at_once() -> None:
         assert ok.plan_id == "p"
 
     run_with_server(scenario, max_concurrent_rpcs=2)
+
+
+def test_graph_calls_get_a_share_of_the_rpc_deadline() -> None:
+    """Inside a handler, even in a worker thread, graph calls see less time than the RPC has
+    left; without a client deadline, none."""
+
+    async def scenario(_server: Any, _health: Any, channel: grpc.aio.Channel) -> None:
+        stub = selection_pb2_grpc.SelectionServiceStub(channel)
+        request = selection_pb2.ExplainSelectionRequest(plan_id="deadline")
+        timed = await stub.ExplainSelection(request, timeout=5.0)
+        left = float(timed.notes[0])
+        assert 0 < left <= 5.0 * GRAPH_SHARE + 0.05  # the server sees ~5 s left, plus rounding
+        untimed = await stub.ExplainSelection(request)
+        assert untimed.notes[0] == "None"
+        assert deadline.remaining() is None  # nothing leaks out of the handler
+
+    run_with_server(scenario)
 
 
 def test_a_limit_below_one_is_refused() -> None:

@@ -31,7 +31,7 @@ from mllgraph.errors import (
     InvalidArgument,
     Unavailable,
 )
-from mllgraph.graph import cypher, user_query
+from mllgraph.graph import cypher, deadline, user_query
 from mllgraph.settings import Settings
 
 T = TypeVar("T")
@@ -147,15 +147,31 @@ class Graph:
     def write(self, name: str, /, **params: Any) -> list[Row]:
         return self._execute(cypher.load(name), params, RoutingControl.WRITE)
 
+    def _timeout(self) -> float | None:
+        """The transaction timeout of a graph call: the time left before the deadline of the
+        request being served (`mllgraph.graph.deadline`), None outside one (the server's
+        db.transaction.timeout still applies)."""
+        left = deadline.remaining()
+        if left is not None and left <= 0:
+            raise DeadlineExceeded("the request's deadline passed before its graph call")
+        return left
+
     def _execute(self, text: str, params: dict[str, Any], routing: RoutingControl) -> list[Row]:
+        timeout = self._timeout()
+        query = text if timeout is None else neo4j.Query(text, timeout=timeout)
         with driver_errors(self.settings):
             records, _, _ = self.driver.execute_query(
-                text, params, database_=self.database, routing_=routing
+                query, params, database_=self.database, routing_=routing
             )
         return [r.data() for r in records]
 
+    def _timed(self, work: Callable[[ManagedTransaction], T]) -> Callable[[ManagedTransaction], T]:
+        timeout = self._timeout()
+        return work if timeout is None else neo4j.unit_of_work(timeout=timeout)(work)
+
     def write_tx(self, work: Callable[[ManagedTransaction], T]) -> T:
         """Run several statements in one managed write transaction (all or nothing)."""
+        work = self._timed(work)
         with (
             driver_errors(self.settings),
             self.driver.session(database=self.database) as session,
@@ -163,6 +179,7 @@ class Graph:
             return session.execute_write(work)
 
     def read_tx(self, work: Callable[[ManagedTransaction], T]) -> T:
+        work = self._timed(work)
         with (
             driver_errors(self.settings),
             self.driver.session(database=self.database) as session,
