@@ -134,10 +134,12 @@ FASHION_WNIDS = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def fashion_services(sdag_graph, neo4j_settings, tmp_path_factory):
     """Two quickly trained Fashion experts (sandal/sneaker/boot, trouser/bag/dress), labelled
     on small probe sets, served by the real ingestion, selection and inference services.
+    Module-scoped: its models and probe sets would change what other modules' hubs select,
+    so they are removed when the module that uses them ends.
     Yields a dict: settings, graph, models, addresses (name -> host:port), x_test, y_test."""
     import uuid
 
