@@ -189,7 +189,8 @@ def target_host(target: str) -> str:
 # --- client credentials ---------------------------------------------------------------------
 
 
-def _read(path: Path | None, what: str) -> bytes | None:
+def read_pem(path: Path | None, what: str) -> bytes | None:
+    """A certificate or key file's bytes (None for no path); FailedPrecondition naming it."""
     if path is None:
         return None
     try:
@@ -209,9 +210,11 @@ def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
     if bool(settings.client_cert) != bool(settings.client_key):
         raise FailedPrecondition("MLLGRAPH_CLIENT_CERT and MLLGRAPH_CLIENT_KEY go together")
     return grpc.ssl_channel_credentials(
-        root_certificates=_read(settings.tls_ca, "CA certificate (MLLGRAPH_TLS_CA)"),
-        private_key=_read(settings.client_key, "client key (MLLGRAPH_CLIENT_KEY)"),
-        certificate_chain=_read(settings.client_cert, "client certificate (MLLGRAPH_CLIENT_CERT)"),
+        root_certificates=read_pem(settings.tls_ca, "CA certificate (MLLGRAPH_TLS_CA)"),
+        private_key=read_pem(settings.client_key, "client key (MLLGRAPH_CLIENT_KEY)"),
+        certificate_chain=read_pem(
+            settings.client_cert, "client certificate (MLLGRAPH_CLIENT_CERT)"
+        ),
     )
 
 

@@ -33,6 +33,7 @@ import grpc
 import numpy as np
 
 from mllgraph import errors
+from mllgraph.auth import open_channel
 from mllgraph.errors import InvalidArgument, MllgraphError
 from mllgraph.settings import Settings
 from mllgraph.v1 import (
@@ -521,10 +522,12 @@ class Client:
         self._channels: dict[str, grpc.Channel] = {}
         for addr in self.addresses.values():
             if addr not in self._channels:
+                # Explicit credentials win; else the same ones the CLI and the pipelines use
+                # (MLLGRAPH_TOKEN, MLLGRAPH_TLS_CA: plain text when none is configured).
                 self._channels[addr] = (
                     grpc.secure_channel(addr, credentials, options=options)
                     if credentials is not None
-                    else grpc.insecure_channel(addr, options=options)
+                    else open_channel(addr, settings, options=options)
                 )
         ch = self._channels
         self._ingestion = ingestion_pb2_grpc.IngestionServiceStub(ch[self.addresses["ingestion"]])

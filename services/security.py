@@ -17,12 +17,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
 
-from mllgraph.auth import SCOPES, TokenTable, is_loopback_host, scope_allows
+from mllgraph.auth import SCOPES, TokenTable, is_loopback_host, read_pem, scope_allows
 from mllgraph.errors import FailedPrecondition, MllgraphError, PermissionDenied, Unauthenticated
 from mllgraph.settings import Settings
 from services.telemetry import CALLER, is_open, metadata_value, wrap_handler
@@ -129,13 +128,6 @@ def _denying(
     )
 
 
-def _read_pem(path: Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise FailedPrecondition(f"cannot read the {what} {path}: {e.strerror or e}") from e
-
-
 @dataclass(frozen=True)
 class ServerSecurity:
     """What `build_server` needs: TLS credentials (or None) and the token table."""
@@ -160,13 +152,9 @@ class ServerSecurity:
                 "MLLGRAPH_TLS_CLIENT_CA (mutual TLS) needs MLLGRAPH_TLS_CERT and MLLGRAPH_TLS_KEY"
             )
         if settings.tls_cert and settings.tls_key:
-            key = _read_pem(settings.tls_key, "TLS key (MLLGRAPH_TLS_KEY)")
-            cert = _read_pem(settings.tls_cert, "TLS certificate (MLLGRAPH_TLS_CERT)")
-            client_ca = (
-                _read_pem(settings.tls_client_ca, "client CA (MLLGRAPH_TLS_CLIENT_CA)")
-                if settings.tls_client_ca
-                else None
-            )
+            key = read_pem(settings.tls_key, "TLS key (MLLGRAPH_TLS_KEY)")
+            cert = read_pem(settings.tls_cert, "TLS certificate (MLLGRAPH_TLS_CERT)")
+            client_ca = read_pem(settings.tls_client_ca, "client CA (MLLGRAPH_TLS_CLIENT_CA)")
             credentials = grpc.ssl_server_credentials(
                 [(key, cert)],
                 root_certificates=client_ca,

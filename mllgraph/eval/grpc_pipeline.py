@@ -80,14 +80,14 @@ class Services:
 def _channel(address: str, settings: Settings) -> grpc.Channel:
     """A channel with the client credentials in `settings` (MLLGRAPH_TOKEN, MLLGRAPH_TLS_CA)."""
     from mllgraph.auth import open_channel
+    from mllgraph.client import MAX_MESSAGE_BYTES
 
-    limit = 64 * 1024 * 1024
     return open_channel(
         address,
         settings,
         options=[
-            ("grpc.max_send_message_length", limit),
-            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ],
     )
 

@@ -22,25 +22,18 @@ from importlib import resources
 from pathlib import Path
 
 from mllgraph.errors import FailedPrecondition, Unavailable
+from mllgraph.graph.user_query import ALLOWED_PROCEDURES
 from mllgraph.settings import Settings
 
 NEO4J_VERSION = "5.26.30"
 SUPPORTED_JAVA = (17, 21)  # Neo4j 5.26 LTS runs on Java 17 and 21
 MAIN_CLASS = "org.neo4j.server.CommunityEntryPoint"
 DEFAULT_PASSWORD = "neo4j"  # Neo4j's initial password, changed on first start
-# Procedures the local server loads (`dbms.security.procedures.allowlist`): the schema
-# look-ups people use from `mllgraph query`; the project's own statements call none. Neo4j
-# applies this list to plugin procedures (apoc, gds, ...) only: its built-in ones
-# (`dbms.listConfig`, ...) stay callable, which is why `mllgraph.graph.user_query` refuses
-# them before a query reaches any server.
-PROCEDURE_ALLOWLIST = (
-    "db.labels",
-    "db.relationshipTypes",
-    "db.propertyKeys",
-    "db.schema.visualization",
-    "db.schema.nodeTypeProperties",
-    "db.schema.relTypeProperties",
-)
+# Procedures the local server loads (`dbms.security.procedures.allowlist`) are the ones
+# `mllgraph query` allows (`user_query.ALLOWED_PROCEDURES`): schema look-ups; the project's
+# own statements call none. Neo4j applies this list to plugin procedures (apoc, gds, ...)
+# only: its built-in ones (`dbms.listConfig`, ...) stay callable, which is why
+# `mllgraph.graph.user_query` refuses them before a query reaches any server.
 
 # The flags Neo4j's own launcher adds (see its neo4j.conf `server.jvm.additional`).
 JVM_FLAGS = [
@@ -176,7 +169,7 @@ def write_config(settings: Settings) -> Path:
     p = paths(settings)
     for d in (p.conf_dir, p.data, p.logs, p.import_dir):
         d.mkdir(parents=True, exist_ok=True)
-    allowlist = ",".join(PROCEDURE_ALLOWLIST)
+    allowlist = ",".join(ALLOWED_PROCEDURES)
     conf = f"""# Written by mllgraph; edits are overwritten on start.
 server.default_listen_address=127.0.0.1
 server.bolt.enabled=true

@@ -53,8 +53,9 @@ def lookup(graph: Any, query: str) -> Neighbourhood:
             raise NotFound(f"concept {query!r}: no WordNet noun is called that") from None
         concept = sdag.concept(graph, senses[0]["wnid"])
     wnid = concept["wnid"]
-    ancestors = sdag.ancestors(graph, wnid)
-    total, _ = sdag.descendants(graph, wnid, limit=0)
+    # The concept is resolved: read by wnid (sdag.ancestors/descendants would look it up again).
+    ancestors = graph.read("graph/ancestors", wnid=wnid)
+    total = graph.read("graph/descendant_count", wnid=wnid)[0]["descendants"]
     children = graph.read("graph/children", wnid=wnid, limit=MAX_CHILDREN)
     wnids = [wnid, *(a["wnid"] for a in ancestors)]
     edges = [(r["child"], r["parent"]) for r in graph.read("graph/is_a_among", wnids=wnids)]
