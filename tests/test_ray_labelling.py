@@ -232,3 +232,14 @@ def test_empty_batch_starts_no_ray(monkeypatch) -> None:
     monkeypatch.setattr(ray_exec, "start", no_start)
     settings = replace(Settings(), executor="ray")
     assert labeller.label_models(None, settings, [], OPTIONS) == []  # type: ignore[arg-type]
+
+
+def test_cli_labels_models_through_ray(sdag_graph, ray_settings, models, in_process) -> None:
+    """The documented `mllgraph models label A B --executor ray` gives the in-process state."""
+    from mllgraph import cli
+
+    argv = ["models", "label", *models, "--executor", "ray", "--samples-per-concept", "40"]
+    assert cli.main(argv, settings=replace(ray_settings, executor="local")) == 0
+    for mid in models:
+        _assert_same(_state(sdag_graph, ray_settings, mid), in_process[mid])
+        assert _leftovers(ray_settings, mid) == []

@@ -67,3 +67,38 @@ def test_results_page_and_plot(tmp_path: Path) -> None:
     assert web.get("/reports/demo_hub_size.png").content.startswith(b"\x89PNG")
     assert web.get("/reports/demo.md").status_code == 404  # only plots
     assert web.get("/reports/..%2Fsecret.png").status_code == 404
+
+
+def test_serve_web_command_serves_the_page(tmp_path: Path) -> None:
+    """`mllgraph serve web` as documented: a real process answering HTTP until stopped."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLLGRAPH_REPORTS_DIR": str(tmp_path)}
+    argv = ["serve", "web", "--port", str(port), "--target", "127.0.0.1:1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mllgraph", *argv],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline, body = time.monotonic() + 120, ""
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/results", timeout=5) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert "No zero-shot report yet" in body, proc.stdout.read().decode() if proc.poll() else ""
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
