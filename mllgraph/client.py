@@ -216,6 +216,9 @@ class Classification:
     plan_id: str
     uncovered: list[str]
     timings: Timings
+    # What scored the uncovered classes: "" (none uncovered), "conse:<model id>", "vlm:<name>"
+    # or "constant" (ClassifyResponse.patch).
+    patch: str = ""
 
     def __iter__(self) -> Iterator[Prediction]:
         return iter(self.predictions)
@@ -651,6 +654,7 @@ class Client:
         names = plan.class_names
         predictions: list[Prediction] = []
         uncovered: list[str] = []
+        patch = ""
         per_model: dict[str, dict[str, float]] = {}
         server_ms = 0.0
         t = time.perf_counter()
@@ -661,13 +665,14 @@ class Client:
             response = self._call(self._inference.Classify, request, "Classify", timeout)
             predictions += [prediction_from_proto(p, names) for p in response.predictions]
             uncovered = list(response.uncovered_classes)
+            patch = response.patch
             server_ms += response.total_ms
             for mt in response.model_timings:
                 m = per_model.setdefault(mt.model_id, {"forward_ms": 0.0, "preprocess_ms": 0.0})
                 m["forward_ms"] += mt.forward_ms
                 m["preprocess_ms"] += mt.preprocess_ms
         timings = Timings(plan.select_ms, (time.perf_counter() - t) * 1000, server_ms, per_model)
-        return Classification(predictions, plan, plan.plan_id, uncovered, timings)
+        return Classification(predictions, plan, plan.plan_id, uncovered, timings, patch)
 
     # -- ingestion --
 

@@ -358,7 +358,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         fut = self.batcher.submit(clf.key, clf.run_batch, images, deadline=deadline)
         run: classifier.BatchRun = await asyncio.wrap_future(fut)
         response = inference_pb2.ClassifyResponse(
-            plan_id=clf.plan.plan_id, uncovered_classes=clf.uncovered_names
+            plan_id=clf.plan.plan_id,
+            uncovered_classes=clf.uncovered_names,
+            patch="" if clf.fallback_rule == "none" else clf.fallback_rule,
         )
         for i, (im, res) in enumerate(zip(request.images, run.results, strict=True)):
             order = np.argsort(-res.probabilities, kind="stable")[:top_k]

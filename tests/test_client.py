@@ -249,3 +249,26 @@ def test_targets() -> None:
             "inference": "other:1",
         }
     assert mc.split_classes(" sandal, sneaker ,, bag") == ["sandal", "sneaker", "bag"]
+
+
+def test_a_class_nothing_covers_borrows_a_text_close_neighbour(
+    client: mc.Client, hub: dict[str, Any]
+) -> None:
+    """ "handbag" (bag.n.04) has no head, and the ancestor it shares with the Fashion "Bag"
+    concept (container) also lies above "coffee mug", so the structural `related` kind is
+    blocked; the text encoder puts "bag" close to "handbag" (and closer than to the other
+    classes), so the Bag head covers it, discounted. Nothing is close to "coffee mug"."""
+    from mllgraph.select import nearby
+    from mllgraph.select import run as select
+
+    plan = client.select("sandal, handbag, coffee mug", budget=2, models=hub["models"])
+    assert [c.coverage for c in plan.classes] == ["exact", "related", "uncovered"]
+    doc = select.get_plan(hub["graph"], plan.plan_id)
+    close = doc["classes"][1]["related_by_text"]
+    assert close["concept"] == "n02773037"  # bag.n.01, the Fashion "Bag" class
+    assert close["text_similarity"] >= nearby.MIN_SIMILARITY
+    bags = hub["x_test"][hub["y_test"] == 8][:4]
+    result = client.classify(list(bags), plan=plan)
+    assert sum(p.class_name == "handbag" for p in result) >= 3, [p.class_name for p in result]
+    # No broad expert in this sub-hub: "coffee mug" keeps the constant rule, and says so.
+    assert result.uncovered == ["coffee mug"] and result.patch == "constant"

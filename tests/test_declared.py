@@ -185,6 +185,38 @@ def test_a_declared_plan_classifies_real_photos(
         assert np.isclose(r.probabilities.sum(), 1.0)
 
 
+def test_uncovered_classes_get_the_conse_patch_of_the_broad_expert(
+    sdag_graph: Any, neo4j_settings: Settings, resolver: Any, lite: str
+) -> None:
+    """ "astronaut" and "coffee" (the drink) have no head in the sub-hub: the plan carries the
+    ConSE patch of its broad expert, and inference scores them with it, not a constant."""
+    data = pytest.importorskip("skimage.data")
+    from mllgraph.reuse import cache as model_cache
+    from mllgraph.reuse import classifier
+
+    plan = _select(sdag_graph, neo4j_settings, resolver, lite, ["astronaut", "coffee", "motorbike"])
+    assert plan["uncovered"] == ["astronaut", "coffee"]
+    patch = plan["combination"]["patch"]
+    assert patch["rule"] == "conse" and patch["model_id"] == lite
+    assert plan["patch"]["classes"] == ["astronaut", "coffee"]
+    clf = classifier.PlanClassifier(
+        plan, sdag_graph, neo4j_settings, model_cache.ModelCache(neo4j_settings, device="cpu")
+    )
+    assert clf.fallback_rule == f"conse:{lite}"
+    results = clf.classify([data.astronaut(), data.coffee()])
+    assert [r.class_name for r in results] == ["astronaut", "coffee"]
+    assert all(r.used_fallback and not r.contributing_heads for r in results)
+    # Without a broad expert in reach, the constant rule stays (and says so).
+    plan.pop("patch")
+    plan["combination"].pop("patch")
+    assert (
+        classifier.PlanClassifier(
+            plan, sdag_graph, neo4j_settings, model_cache.ModelCache(neo4j_settings, device="cpu")
+        ).fallback_rule
+        == "constant"
+    )
+
+
 # --- probes from a folder turn declared labels into measured ones (runs last: it labels) -------
 
 

@@ -194,6 +194,7 @@ class GrpcPipeline:
                 "class_name": p.class_name,
                 "probability": p.probability,
                 "used_fallback": p.used_fallback,
+                "patch": response.patch if p.used_fallback else "",
                 "heads": [
                     {"model_id": h.model_id, "head_index": h.head_index, "head_label": h.head_label}
                     for h in p.contributing_heads

@@ -166,6 +166,9 @@ class PhotoResult:
     mll_accuracy: float
     experts_alone: dict[str, float] = field(default_factory=dict)
     per_image: list[dict[str, Any]] = field(default_factory=list)
+    # Cross-domain tasks: every hub expert alone, as a one-model sub-hub through the same
+    # pipeline (selection with models=[it], then classification): {model id: accuracy}.
+    single_experts: dict[str, float] = field(default_factory=dict)
 
 
 class ExpertsAlone:
@@ -244,10 +247,17 @@ def run_suite(
                     "probability": round(float(d["probability"]), 3),
                     "right": bool(d["class_index"] == data.labels[j]),
                     "used_fallback": d["used_fallback"],
+                    "patch": d.get("patch", ""),
                     "heads": d["heads"],
                     "experts_alone": {n: task.names[int(p[j])] for n, p in expert_preds.items()},
                 }
             )
+        singles: dict[str, float] = {}
+        if task.fashion:  # a task across domains: MLL against every expert alone
+            for mid in sorted(m.id for m in pipeline.list_models()):
+                one = pipeline.select(task, 1, (mid,))
+                got = [d["class_index"] for d in pipeline.classify_detailed(one, data.images)]
+                singles[mid] = float(np.mean(np.asarray(got) == data.labels))
         result = PhotoResult(
             task=task.name,
             classes=list(task.names),
@@ -258,14 +268,24 @@ def run_suite(
             mll_accuracy=float(np.mean(preds == data.labels)),
             experts_alone=per_expert,
             per_image=per_image,
+            single_experts=singles,
         )
         log(
             f"{task.name}: MLL {result.mll_accuracy:.2f} "
             + " ".join(f"{n} {a:.2f}" for n, a in per_expert.items())
             + f" | models {result.models} | uncovered {result.uncovered}"
+            + (f" | best single expert {best_single(result)}" if singles else "")
         )
         results.append(result)
     return results
+
+
+def best_single(result: PhotoResult) -> tuple[str, float] | None:
+    """The best of the hub's experts alone (cross-domain tasks), as (model id, accuracy)."""
+    if not result.single_experts:
+        return None
+    mid = max(sorted(result.single_experts), key=lambda m: result.single_experts[m])
+    return mid, result.single_experts[mid]
 
 
 def markdown(results: Sequence[PhotoResult]) -> str:
@@ -283,6 +303,16 @@ def markdown(results: Sequence[PhotoResult]) -> str:
             + " | ".join(f"{r.experts_alone[n]:.2f}" for n in names)
             + f" | {', '.join(r.models)} | {', '.join(r.uncovered) or '-'} |"
         )
+    for r in results:
+        best = best_single(r)
+        if best is not None:
+            lines += [
+                "",
+                f"{r.task}: MLL {r.mll_accuracy:.2f} against every hub expert alone (each as a "
+                f"one-model sub-hub, same selection and inference): best {best[0]} "
+                f"{best[1]:.2f}; "
+                + ", ".join(f"{m} {a:.2f}" for m, a in sorted(r.single_experts.items())),
+            ]
     lines += ["", "Per image (MLL's prediction and the heads that decided):", ""]
     lines.append("| task | image | truth | MLL | p | heads | " + " | ".join(names) + " |")
     lines.append("|---" * (len(names) + 6) + "|")
@@ -290,7 +320,7 @@ def markdown(results: Sequence[PhotoResult]) -> str:
         for im in r.per_image:
             heads = ", ".join(f"{h['model_id']}:{h['head_label']}" for h in im["heads"][:3])
             if im["used_fallback"]:
-                heads = "fallback (uncovered)"
+                heads = f"uncovered: patch {im.get('patch') or 'constant'}"
             lines.append(
                 f"| {r.task} | {im['image']} | {im['truth']} | {im['mll']} | {im['probability']} "
                 f"| {heads} | " + " | ".join(im["experts_alone"][n] for n in names) + " |"

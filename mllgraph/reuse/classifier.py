@@ -3,9 +3,11 @@
 Every model of the plan runs on its own preprocessing (``preprocess`` with the model's stored
 ``InputSpec``; models sharing a spec share the tensor), then :func:`mllgraph.reuse.rule.combine`
 (the one rule, shared with selection) gives the class probabilities. Uncovered classes get the
-VLM patch or the offline fallback (:mod:`mllgraph.reuse.vlm`). A prediction whose class is
-uncovered has ``used_fallback=True`` and no contributing heads; the uncovered class names are
-always reported (:attr:`PlanClassifier.uncovered_names`).
+VLM patch when one is configured, else the plan's ConSE patch (:mod:`mllgraph.reuse.conse`:
+its broad expert runs with the plan's models), else the constant fallback
+(:mod:`mllgraph.reuse.vlm`); :attr:`PlanClassifier.fallback_rule` says which. A prediction
+whose class is uncovered has ``used_fallback=True`` and no contributing heads; the uncovered
+class names are always reported (:attr:`PlanClassifier.uncovered_names`).
 """
 
 from __future__ import annotations
@@ -104,8 +106,16 @@ class PlanClassifier:
         if vlm is not None:
             self.key += f":{vlm.name}:{id(vlm):x}"
         self.records: dict[str, dict[str, Any]] = {}
-        for mid in self.plan.models:
+        # The ConSE patch runs its broad expert too, unless a VLM scores the uncovered classes.
+        self.patch = self.plan.patch if vlm is None else None
+        self.run_models = sorted(
+            {*self.plan.models, *([self.patch.model_id] if self.patch else [])}
+        )
+        for mid in self.run_models:
             record = lookup_record(graph_or_records, mid)
+            if mid not in self.plan.models:
+                self.records[mid] = record
+                continue
             used = max(
                 max(g.heads) for a in self.plan.assignment for g in a.groups if g.model_id == mid
             )
@@ -131,10 +141,13 @@ class PlanClassifier:
 
     @property
     def fallback_rule(self) -> str:
-        """ "none" (all covered), "vlm" or "constant"."""
+        """What scores the uncovered classes: "none" (all covered), "vlm:<name>",
+        "conse:<model id>" (mllgraph.reuse.conse) or "constant"."""
         if not self.uncovered:
             return "none"
-        return "vlm" if self.vlm is not None else "constant"
+        if self.vlm is not None:
+            return f"vlm:{self.vlm.name}"
+        return f"conse:{self.patch.model_id}" if self.patch else "constant"
 
     def _contributing_heads(self) -> list[tuple[HeadInfo, ...]]:
         out = []
@@ -162,7 +175,7 @@ class PlanClassifier:
         if not images:
             return BatchRun([])
         logits, timings = self.model_logits(images)
-        extra, vlm_timing = self._extra_evidence(images)
+        extra, vlm_timing = self._extra_evidence(images, logits)
         if vlm_timing is not None:
             timings[vlm_timing.model_id] = vlm_timing
         probs = combine(logits, self.plan.assignment, self.plan.params, extra_evidence=extra)
@@ -172,11 +185,12 @@ class PlanClassifier:
     def model_logits(
         self, images: Sequence[np.ndarray]
     ) -> tuple[dict[str, np.ndarray], dict[str, ModelTiming]]:
-        """Every plan model once over `images`: {model: float32 logits (N, H)}, timings."""
+        """Every plan model (and the patch's) once over `images`: {model: float32 logits
+        (N, H)}, timings."""
         logits: dict[str, np.ndarray] = {}
         timings: dict[str, ModelTiming] = {}
         inputs: dict[InputSpec, torch.Tensor] = {}
-        for mid in self.plan.models:
+        for mid in self.run_models:
             item = self.cache.get(self.records[mid])
             t0 = time.perf_counter()
             x = inputs.get(item.spec)
@@ -213,10 +227,12 @@ class PlanClassifier:
         return out.cpu().numpy()
 
     def _extra_evidence(
-        self, images: Sequence[np.ndarray]
+        self, images: Sequence[np.ndarray], logits: Mapping[str, np.ndarray]
     ) -> tuple[dict[int, np.ndarray], ModelTiming | None]:
         if not self.uncovered:
             return {}, None
+        if self.vlm is None and self.patch is not None:
+            return self.patch.evidence(logits[self.patch.model_id], self.uncovered), None
         if self.vlm is None:
             return fallback_evidence(len(images), self.uncovered), None
         t0 = time.perf_counter()

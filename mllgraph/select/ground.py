@@ -962,6 +962,17 @@ class Resolver:
                 {w: self._sense_vecs[w] for w in wnids},
             )
 
+    def encode_texts(self, texts: list[str]) -> np.ndarray | None:
+        """L2-normalised vectors of free texts from the grounding's own text encoder (rows
+        in order), or None when grounding has none (it is then lexical)."""
+        if self._embedder is None:
+            return None
+        try:
+            return self._embedder.encode(texts)
+        except Exception as exc:  # the same fallback as _embed: no encoder, no text test
+            log.warning("text embedder unavailable (%s)", exc)
+            return None
+
     # -- task checks ---------------------------------------------------------------------------
 
     def _check_pins(self, names: Sequence[str], pinned: Mapping[int, str]) -> dict[int, str]:

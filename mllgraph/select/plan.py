@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mllgraph.errors import FailedPrecondition, InvalidArgument
+from mllgraph.reuse.conse import ConsePatch
 from mllgraph.reuse.rule import KINDS as HEAD_GROUP_KINDS
 from mllgraph.reuse.rule import ClassAssignment, CombinationParams
 from mllgraph.select import chco
@@ -35,8 +36,9 @@ PLAN_SCHEMA_VERSION = 1
 # Part of every plan id: bump it when selection itself changes, so stored plans made by the
 # old rules are not served for the same request (2: proxy probes for classes without any;
 # 3: declared, unmeasured candidates and the prior of classes without probe images;
-# grounding prefers senses the hub covers).
-SELECTION_VERSION = 3
+# grounding prefers senses the hub covers; 4: text-close neighbours for classes nothing covers,
+# the ConSE patch for uncovered classes).
+SELECTION_VERSION = 5
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2
@@ -58,6 +60,8 @@ COVERAGE_OF_QUERY_KIND = {
     "declared": "declared",
     "declared_descendants": "declared",
     "declared_ancestor": "declared",
+    # A text-close neighbour's declared heads (select/nearby): coverage declared.
+    "declared_related": "declared",
 }
 # A plan's words for coverage "declared" (CLI and explanations).
 DECLARED_NOTE = "declared, unmeasured"
@@ -129,9 +133,12 @@ def plan_document(
         heads = []
         coverage = "uncovered"
         declared_via = None
+        text_close: dict[str, Any] | None = None
         for grp in a.groups:
             meta = info.get((i, grp.model_id, grp.heads), {"labels": [], "via": None})
             coverage = grp.kind
+            if "text_similarity" in meta:  # a neighbour kept by the text test (select/nearby)
+                text_close = {"concept": meta["via"], "text_similarity": meta["text_similarity"]}
             if grp.kind == "declared":  # which declared kind: the concept, below or above it
                 declared_via = meta.get("kind", "declared")
             for j, h in enumerate(grp.heads):
@@ -158,6 +165,8 @@ def plan_document(
                 "measured": bool(counts[i] > 0),
             }
         )
+        if text_close is not None:
+            planned[-1]["related_by_text"] = text_close
         if coverage == "declared":
             planned[-1]["declared_via"] = declared_via
             planned[-1]["note"] = DECLARED_NOTE
@@ -206,6 +215,8 @@ class ParsedPlan:
     params: CombinationParams
     models: list[str]
     heads: list[tuple[HeadInfo, ...]]  # per class, as the document lists them
+    # The ConSE patch for the uncovered classes (combination["patch"]), if selection made one.
+    patch: ConsePatch | None = None
 
     @property
     def uncovered(self) -> list[int]:
@@ -321,6 +332,10 @@ def _parse_plan(doc: Mapping[str, Any]) -> ParsedPlan:
             )
         heads.append(tuple(listed))
     models = sorted({g.model_id for a in assignment for g in a.groups})
+    raw_patch = doc["combination"].get("patch")
+    patch = None
+    if raw_patch is not None and any(not a.groups for a in assignment):
+        patch = ConsePatch.from_dict(raw_patch, k)
     return ParsedPlan(
         plan_id=str(doc.get("plan_id", "") or ""),
         class_names=names,
@@ -328,6 +343,7 @@ def _parse_plan(doc: Mapping[str, Any]) -> ParsedPlan:
         params=comb.params,
         models=models,
         heads=heads,
+        patch=patch,
     )
 
 

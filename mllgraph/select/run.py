@@ -8,12 +8,17 @@
    `declared`: "declared, unmeasured", quality = the model's stated top-1 accuracy or
    `SelectOptions.declared_prior`); the task's probe sets (`select/task_probes`) and, for
    classes without probes, the probe sets of the nearest candidate concepts (proxy probes).
+   A class still without any candidate borrows the heads of a sibling or cousin concept
+   whose name the text encoder puts close to it (`select/nearby_candidates`, `nearby`).
 3. Run CHCO on the candidate models' stored probe outputs (no model runs here). Classes
    without probe images are scored with their candidates' prior (see `chco`). A model with
    declared candidates but no stored probe outputs (never labelled) is taken to spread its
    mass evenly over its heads on the probe images (uniform logits): it cannot be simulated,
    so it is assumed not to take the measured classes' images.
-4. Store the plan in Neo4j under an id derived from the request and the catalogue version,
+4. For classes left uncovered, the ConSE patch (`mllgraph.reuse.conse`): the hub's broadest
+   expert and text similarities of its heads to the class names, calibrated on the covered
+   classes' probe images; inference applies it when no VLM is configured.
+5. Store the plan in Neo4j under an id derived from the request and the catalogue version,
    so the same inputs always give the same plan.
 
 The plan is a JSON document; `combination` holds what inference needs to rebuild the shared
@@ -26,7 +31,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +40,7 @@ from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
 from mllgraph.graph.db import Graph
 from mllgraph.hub import registry
 from mllgraph.label import run as labeller
+from mllgraph.reuse import conse
 from mllgraph.reuse.rule import (
     ClassAssignment,
     HeadGroup,
@@ -43,7 +49,7 @@ from mllgraph.reuse.rule import (
     model_probabilities,
     score_column,
 )
-from mllgraph.select import chco
+from mllgraph.select import chco, nearby
 from mllgraph.select.coverage import sense_coverage
 from mllgraph.select.plan import (
     COVERAGE_OF_QUERY_KIND,
@@ -54,6 +60,7 @@ from mllgraph.select.plan import (
 from mllgraph.settings import Settings
 
 SOLVERS = ("auto", "exact", "heuristic")
+PATCH_MIN_HEADS = 100  # a model this broad (declaring concepts) may patch uncovered classes
 
 
 @dataclass(frozen=True)
@@ -229,6 +236,7 @@ def select(
         models=sorted(options.models) if options.models is not None else None,
     )
     rows += _declared_candidates(graph, rows, targets, options)
+    rows += _nearby_candidates(graph, rows, targets, classes, options, resolver)
     probe_rows = graph.read("select/task_probes", targets=targets)
     probe_rows += _proxy_probes(graph, rows, probe_rows, len(classes))
     timings.cypher_ms = (time.perf_counter() - t) * 1000
@@ -276,6 +284,8 @@ def select(
         group = HeadGroup(r["model"], heads, kind, float(min(1.0, r["score"])))
         candidates.append(chco.Candidate(r["class_index"], group))
         info[key] = {"labels": r["labels"], "via": r["via"], "kind": r["kind"]}
+        if "text_similarity" in r:
+            info[key]["text_similarity"] = r["text_similarity"]
 
     t = time.perf_counter()
     problem = None
@@ -301,6 +311,16 @@ def select(
     )
     body["solver_note"] = solver_note
     body["alternatives"] = _alternatives(plan, candidates, logits, labels, info)
+    if plan.uncovered:
+        patch = _conse_patch(graph, settings, plan, classes, options, resolver, probe_rows, cache)
+        if patch is not None:
+            body["combination"]["patch"] = patch.to_dict()
+            body["patch"] = {
+                "rule": "conse",
+                "model_id": patch.model_id,
+                "weight": patch.weight,
+                "classes": [classes[c].name for c in plan.uncovered],
+            }
     if store:
         graph.write("select/plan_put", id=pid, body=json.dumps(body), catalogue_version=version)
     return SelectionContext(plan=body, candidates=candidates, timings=timings, problem=problem)
@@ -327,6 +347,94 @@ def _declared_candidates(
         allow_ancestor=options.allow_ancestor,
         ancestor_discount=options.ancestor_discount,
     )
+
+
+def _nearby_candidates(
+    graph: Graph,
+    rows: list[dict[str, Any]],
+    targets: list[dict[str, Any]],
+    classes: list[TaskClass],
+    options: SelectOptions,
+    resolver: Any,
+) -> list[dict[str, Any]]:
+    """Heads on a text-close sibling or cousin, for the classes no candidate covers at all
+    (select/nearby: the text encoder decides where a shared ancestor blocked `related`)."""
+    have = {r["class_index"] for r in rows}
+    todo = [{"index": t["index"], "wnid": t["wnid"]} for t in targets if t["index"] not in have]
+    encode = getattr(resolver, "encode_texts", None)
+    if not todo or not options.allow_ancestor or encode is None:
+        return []
+    found = graph.read(
+        "select/nearby_candidates",
+        targets=todo,
+        all_wnids=[t["wnid"] for t in targets],
+        min_score=options.min_label_score,
+        per_kind_limit=options.per_kind_limit,
+        declared_prior=options.declared_prior,
+        models=sorted(options.models) if options.models is not None else None,
+    )
+    if not found:
+        return []
+
+    return nearby.keep_text_close(
+        found, [c.name for c in classes], encode, discount=options.related_discount
+    )
+
+
+_PATCH_TEXTS: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # head-name vectors
+_PATCH_TEXTS_MAX = 8
+
+
+def _conse_patch(
+    graph: Graph,
+    settings: Settings,
+    plan: chco.Plan,
+    classes: list[TaskClass],
+    options: SelectOptions,
+    resolver: Any,
+    probe_rows: list[dict[str, Any]],
+    cache: ProbeOutputCache,
+) -> conse.ConsePatch | None:
+    """The ConSE patch for the plan's uncovered classes (mllgraph.reuse.conse), or None when
+    the hub has no broad expert or grounding has no text encoder (then inference falls back
+    to the constant rule)."""
+    encode = getattr(resolver, "encode_texts", None)
+    found = graph.read(
+        "select/patch_model",
+        min_heads=PATCH_MIN_HEADS,
+        models=sorted(options.models) if options.models is not None else None,
+    )
+    if not found or encode is None:
+        return None
+    mid, version = found[0]["model"], str(found[0]["version"])
+    key = (mid, version)
+    head_vecs = _PATCH_TEXTS.get(key)
+    if head_vecs is None:
+        names = [r["name"] for r in graph.read("select/patch_heads", id=mid)]
+        head_vecs = encode([conse.TEMPLATE.format(n.replace("_", " ")) for n in names])
+        if head_vecs is None:
+            return None
+        _PATCH_TEXTS[key] = head_vecs
+        while len(_PATCH_TEXTS) > _PATCH_TEXTS_MAX:
+            _PATCH_TEXTS.popitem(last=False)
+    class_vecs = encode([conse.TEMPLATE.format(c.name) for c in classes])
+    if class_vecs is None:
+        return None
+    heads, sim = conse.similarity_table(class_vecs, head_vecs)
+    patch = conse.ConsePatch(mid, float(found[0]["temperature"]), heads, sim, model_version=version)
+    # Calibrate on the probe images of the covered classes, seen by the plan's models and
+    # the patch model alike.
+    try:
+        sets = sorted({r["set_id"] for r in probe_rows})
+        outputs = {m: cache.get(settings, m).as_dict(sets) for m in {*plan.models, mid}}
+    except FailedPrecondition:
+        return patch  # some outputs are gone: the default weight
+    labels, logits = _probe_matrix(probe_rows, outputs, len(classes))
+    if labels.size == 0:
+        return patch
+    z = class_scores(logits, plan.assignment, plan.params)
+    weight = conse.calibrate_weight(z, patch.probabilities(logits[mid]), plan.uncovered)
+    return replace(patch, weight=weight)
 
 
 def _proxy_probes(

@@ -81,15 +81,17 @@ class ModelTiming(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., forward_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("predictions", "uncovered_classes", "model_timings", "plan_id", "total_ms")
+    __slots__ = ("predictions", "uncovered_classes", "model_timings", "plan_id", "total_ms", "patch")
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     UNCOVERED_CLASSES_FIELD_NUMBER: _ClassVar[int]
     MODEL_TIMINGS_FIELD_NUMBER: _ClassVar[int]
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    PATCH_FIELD_NUMBER: _ClassVar[int]
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
     uncovered_classes: _containers.RepeatedScalarFieldContainer[str]
     model_timings: _containers.RepeatedCompositeFieldContainer[ModelTiming]
     plan_id: str
     total_ms: float
-    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., uncovered_classes: _Optional[_Iterable[str]] = ..., model_timings: _Optional[_Iterable[_Union[ModelTiming, _Mapping]]] = ..., plan_id: _Optional[str] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    patch: str
+    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., uncovered_classes: _Optional[_Iterable[str]] = ..., model_timings: _Optional[_Iterable[_Union[ModelTiming, _Mapping]]] = ..., plan_id: _Optional[str] = ..., total_ms: _Optional[float] = ..., patch: _Optional[str] = ...) -> None: ...
