@@ -482,8 +482,22 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
             _fmt_acc(c.get("estimated_accuracy")),
         )
     console.print(table)
+    stacked = plan.get("stacked") or {}
     if plan.get("uncovered"):
-        console.print(f"uncovered: {', '.join(plan['uncovered'])}")
+        if stacked.get("used"):
+            how = "scored by the stacked rule from the other heads"
+        elif plan.get("patch"):
+            how = f"scored by the ConSE patch of {plan['patch']['model_id']}"
+        else:
+            how = "scored by the constant fallback (or a VLM, where one is configured)"
+        console.print(f"uncovered: {', '.join(plan['uncovered'])} ({how})")
+    if stacked:
+        console.print(
+            f"stacked rule over {stacked['features']} heads: out-of-fold accuracy "
+            f"{stacked['cv_accuracy']:.3f} against {stacked['per_class_rule_accuracy']:.3f} "
+            f"for the per-class rule on the probe images: "
+            + ("used" if stacked["used"] else "not used")
+        )
     fitted = "fitted" if plan.get("params_fitted") else "default"
     console.print(
         f"models ({len(plan['models'])} of at most {plan['budget']}): "
@@ -498,7 +512,8 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
     else:
         console.print(
             f"timings: grounding {t.grounding_ms:.0f} ms · cypher {t.cypher_ms:.0f} ms · "
-            f"load {t.load_ms:.0f} ms · chco {t.chco_ms:.0f} ms · total {t.total_ms:.0f} ms"
+            f"load {t.load_ms:.0f} ms · chco {t.chco_ms:.0f} ms · "
+            f"stacked {t.stacked_ms:.0f} ms · total {t.total_ms:.0f} ms"
         )
 
 

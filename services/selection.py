@@ -472,8 +472,32 @@ def explain(plan: dict[str, Any], concepts: Concepts, current_catalogue: int | N
             f"The budget of {budget} model(s) was binding: "
             f"{', '.join(repr(n) for n in over_budget_classes)} stayed uncovered for lack of it."
         )
+    stacked = plan.get("stacked") or {}
     if plan.get("uncovered"):
-        notes.append(f"Uncovered classes: {', '.join(repr(n) for n in plan['uncovered'])}.")
+        if stacked.get("used"):
+            how = "scored by the stacked rule from the other heads"
+        elif plan.get("patch"):
+            how = (
+                f"scored by the ConSE patch: {plan['patch']['model_id']}'s heads mapped to the "
+                f"class names by text similarity (weight {plan['patch']['weight']:.3g})"
+            )
+        else:
+            how = "scored by the constant fallback, or a VLM where the inference service has one"
+        notes.append(f"Uncovered classes: {', '.join(repr(n) for n in plan['uncovered'])}; {how}.")
+    if stacked:
+        notes.append(
+            f"Stacked rule (logistic regression on all {stacked['features']} heads of the "
+            f"chosen models): out-of-fold accuracy {stacked['cv_accuracy']:.3f} against "
+            f"{stacked['per_class_rule_accuracy']:.3f} for the per-class rule on the same probe "
+            f"images; {'used' if stacked['used'] else 'not used'}."
+        )
+    for c in plan.get("classes", []):
+        near = c.get("related_by_text")
+        if near:
+            notes.append(
+                f"{c['name']!r} borrows the heads of {near['concept']}, a neighbour concept "
+                f"whose name is close to it (text similarity {near['text_similarity']:.2f})."
+            )
     if current_catalogue is not None and current_catalogue != plan.get("catalogue_version"):
         notes.append(
             f"The catalogue changed since this plan was made (version "

@@ -30,12 +30,16 @@ def test_probabilities_follow_the_top_heads_similarities() -> None:
     np.testing.assert_array_equal(lone, [[0.0, 0.0]])
 
 
-def test_evidence_is_weight_times_probability_for_uncovered_classes_only() -> None:
-    patch = _patch([[0.9, 0.1], [0.1, 0.9]], heads=(0, 1), weight=0.25, top=2)
+def test_evidence_is_the_constant_share_plus_weight_times_probability() -> None:
+    from mllgraph.reuse.rule import FALLBACK_EVIDENCE
+
+    patch = _patch([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]], heads=(0, 1), weight=0.25, top=2)
     logits = np.log([[0.6, 0.4]])
-    ev = patch.evidence(logits, [1])
-    assert list(ev) == [1]
-    assert ev[1][0] == pytest.approx(0.25 * patch.probabilities(logits)[0, 1])
+    ev = patch.evidence(logits, [1, 2])
+    assert list(ev) == [1, 2]
+    p = patch.probabilities(logits)[0]
+    assert ev[1][0] == pytest.approx(FALLBACK_EVIDENCE / 2 + 0.25 * p[1])
+    assert ev[2][0] == pytest.approx(FALLBACK_EVIDENCE / 2)  # nothing close: the constant
 
 
 def test_a_stale_head_index_is_refused() -> None:
@@ -57,8 +61,10 @@ def test_calibrated_weight_lets_the_patch_take_at_most_the_steal_rate() -> None:
     z = np.log(rng.uniform(0.2, 0.9, size=(n, 3)))  # covered classes 0, 1; 2 uncovered
     p = rng.dirichlet(np.ones(3), size=n)
     w = conse.calibrate_weight(z, p, [2])
-    taken = np.log(w * p[:, 2]) > z[:, :2].max(axis=1)
-    assert taken.mean() <= conse.STEAL_RATE + 1e-9
+    floor = conse.FALLBACK_EVIDENCE
+    left = np.exp(z[:, :2].max(axis=1)) > floor  # what the constant alone leaves covered
+    taken = np.log(floor + w * p[:, 2]) > z[:, :2].max(axis=1)
+    assert 0 < (taken & left).sum() <= conse.STEAL_RATE * left.sum()
     assert conse.calibrate_weight(z[:0], p[:0], [2]) == conse.DEFAULT_WEIGHT
     # The patch never close to an uncovered class: it may speak at full weight.
     assert conse.calibrate_weight(z, np.zeros_like(p), [2]) == 1.0

@@ -140,6 +140,7 @@ def _plan(assignment: list[ClassAssignment], params: CombinationParams) -> dict:
     )
     return {
         "plan_id": "p",
+        "classes": [{"name": f"class {a.class_index}"} for a in assignment],
         "combination": {"schema_version": plan_doc.PLAN_SCHEMA_VERSION, "plan": plan.to_dict()},
     }
 

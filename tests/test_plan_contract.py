@@ -78,7 +78,7 @@ def test_malformed_combination_json(text: str, error: type[Exception], says: str
         ({"schema_version": 1}, InvalidArgument),
         ({"schema_version": 1, "plan": []}, InvalidArgument),
         ({"schema_version": 1, "plan": {"assignment": 3}}, InvalidArgument),
-        ({"schema_version": 2, "plan": {}}, FailedPrecondition),
+        ({"schema_version": 3, "plan": {}}, FailedPrecondition),
         ({"schema_version": [1], "plan": {}}, FailedPrecondition),
         ({"schema_version": 1, "plan": {"assignment": [{}] * 1001}}, InvalidArgument),
     ],

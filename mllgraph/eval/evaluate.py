@@ -195,9 +195,14 @@ def predict(
 def classify_plan(
     plan: Mapping[str, Any], logits_of: Callable[[str], np.ndarray], idx: np.ndarray
 ) -> np.ndarray:
-    """MLL's predictions from a plan document: its heads, its fitted parameters."""
-    combo = plan_doc.combination_of(plan)
-    return predict(combo.assignment, combo.params, logits_of, idx)
+    """MLL's predictions from a plan document, exactly as inference makes them without a VLM
+    (`mllgraph.reuse.apply`: its heads and fitted parameters, or its stacked rule; its patch
+    for uncovered classes)."""
+    from mllgraph.reuse import apply
+
+    parsed = plan_doc.parse_plan(plan)
+    logits = {m: logits_of(m)[idx] for m in apply.models_to_run(parsed)}
+    return apply.probabilities(parsed, logits, len(idx)).argmax(1)
 
 
 # -- baselines -------------------------------------------------------------------------------

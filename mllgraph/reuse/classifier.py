@@ -25,17 +25,14 @@ from mllgraph.errors import (
     FailedPrecondition,
 )
 from mllgraph.hub.preprocess import InputSpec, preprocess
+from mllgraph.reuse import apply
 from mllgraph.reuse.cache import (
     LoadedModel,
     ModelCache,
     RecordSource,
     lookup_record,
 )
-from mllgraph.reuse.rule import combine
-from mllgraph.reuse.vlm import (
-    VlmPatch,
-    fallback_evidence,
-)
+from mllgraph.reuse.vlm import VlmPatch
 from mllgraph.select.plan import HeadInfo, parse_plan, plan_key
 from mllgraph.settings import Settings
 
@@ -107,10 +104,7 @@ class PlanClassifier:
             self.key += f":{vlm.name}:{id(vlm):x}"
         self.records: dict[str, dict[str, Any]] = {}
         # The ConSE patch runs its broad expert too, unless a VLM scores the uncovered classes.
-        self.patch = self.plan.patch if vlm is None else None
-        self.run_models = sorted(
-            {*self.plan.models, *([self.patch.model_id] if self.patch else [])}
-        )
+        self.run_models = apply.models_to_run(self.plan, has_vlm=vlm is not None)
         for mid in self.run_models:
             record = lookup_record(graph_or_records, mid)
             if mid not in self.plan.models:
@@ -141,13 +135,11 @@ class PlanClassifier:
 
     @property
     def fallback_rule(self) -> str:
-        """What scores the uncovered classes: "none" (all covered), "vlm:<name>",
-        "conse:<model id>" (mllgraph.reuse.conse) or "constant"."""
-        if not self.uncovered:
-            return "none"
-        if self.vlm is not None:
-            return f"vlm:{self.vlm.name}"
-        return f"conse:{self.patch.model_id}" if self.patch else "constant"
+        """What scores the uncovered classes: "none" (all covered), "stacked" (the plan's
+        stacked rule, from the other heads), "vlm:<name>", "conse:<model id>"
+        (mllgraph.reuse.conse) or "constant" (mllgraph.reuse.apply)."""
+        rule = apply.patch_rule(self.plan, has_vlm=self.vlm is not None)
+        return f"vlm:{self.vlm.name}" if rule == "vlm" and self.vlm else rule
 
     def _contributing_heads(self) -> list[tuple[HeadInfo, ...]]:
         out = []
@@ -175,10 +167,10 @@ class PlanClassifier:
         if not images:
             return BatchRun([])
         logits, timings = self.model_logits(images)
-        extra, vlm_timing = self._extra_evidence(images, logits)
+        extra, vlm_timing = self._extra_evidence(images)
         if vlm_timing is not None:
             timings[vlm_timing.model_id] = vlm_timing
-        probs = combine(logits, self.plan.assignment, self.plan.params, extra_evidence=extra)
+        probs = apply.probabilities(self.plan, logits, len(images), extra)
         results = self._results(probs)
         return BatchRun(results, timings, logits if keep_logits else {})
 
@@ -227,14 +219,11 @@ class PlanClassifier:
         return out.cpu().numpy()
 
     def _extra_evidence(
-        self, images: Sequence[np.ndarray], logits: Mapping[str, np.ndarray]
-    ) -> tuple[dict[int, np.ndarray], ModelTiming | None]:
-        if not self.uncovered:
-            return {}, None
-        if self.vlm is None and self.patch is not None:
-            return self.patch.evidence(logits[self.patch.model_id], self.uncovered), None
-        if self.vlm is None:
-            return fallback_evidence(len(images), self.uncovered), None
+        self, images: Sequence[np.ndarray]
+    ) -> tuple[dict[int, np.ndarray] | None, ModelTiming | None]:
+        """The VLM's evidence for uncovered classes; None: the plan's own patch decides."""
+        if self.vlm is None or not self.fallback_rule.startswith("vlm:"):
+            return None, None
         t0 = time.perf_counter()
         extra = self.vlm.evidence(images, self.class_names, self.uncovered)
         ms = (time.perf_counter() - t0) * 1000

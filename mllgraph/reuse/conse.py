@@ -10,12 +10,15 @@ to the task's class names by text similarity (ConSE, Norouzi et al. 2014):
 where ``S[t, k]`` is the cosine between "a photo of a {head label}" and "a photo of a {class
 name}" from the text encoder, clipped at 0 and kept sparse (the heads closest to each class).
 Like the VLM patch, the distribution is over ALL K classes, so an image the broad expert sees
-as a covered class gives the uncovered ones little; uncovered class c gets
-``weight · p_conse(c | x)`` as the rule's evidence.
+as a covered class gives the uncovered ones little. Uncovered class c gets the constant
+fallback's share plus the patch's evidence, ``FALLBACK_EVIDENCE / U + weight · p_conse(c | x)``:
+an uncovered class still wins an image no expert has evidence for (what the constant alone
+does: on Fashion-MNIST's 28-pixel images an ImageNet expert's ConSE is close to noise), and
+wins more where the broad expert recognises it (on photos).
 
 ``weight`` is calibrated at selection on the hub's probe images of the task's covered classes
 (:func:`calibrate_weight`): the largest value at which the patch would take at most
-``STEAL_RATE`` of those images from the class the plan predicts for them, i.e. the patch
+``STEAL_RATE`` of the images the constant alone leaves to the covered classes, i.e. the patch
 speaks only when the broad expert is surer than the experts are. Without probe images it is
 :data:`DEFAULT_WEIGHT`.
 
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from mllgraph.errors import InvalidArgument
+from mllgraph.reuse.rule import FALLBACK_EVIDENCE
 
 TEMPLATE = "a photo of a {}"
 TOP = 10  # head probabilities per image that vote (ConSE's T)
@@ -130,9 +134,11 @@ class ConsePatch:
         return np.divide(scores, total, out=np.zeros_like(scores), where=total > 0)
 
     def evidence(self, logits: np.ndarray, uncovered: Sequence[int]) -> dict[int, np.ndarray]:
-        """{uncovered class: weight · p_conse(class | x)} for the rule's extra_evidence."""
+        """{uncovered class: FALLBACK_EVIDENCE / U + weight · p_conse(class | x)} for the
+        rule's extra_evidence (module doc)."""
         p = self.probabilities(logits)
-        return {int(c): self.weight * p[:, c] for c in uncovered}
+        floor = FALLBACK_EVIDENCE / max(len(uncovered), 1)
+        return {int(c): floor + self.weight * p[:, c] for c in uncovered}
 
 
 def similarity_table(
@@ -156,16 +162,23 @@ def calibrate_weight(
     """The patch's weight from probe images of covered classes (module doc).
 
     covered_scores: (N, K) the rule's pre-softmax scores z on those images (uncovered columns
-    ignored); patch_probabilities: (N, K) p_conse on the same images. The patch takes image n
-    when ``log(weight · p_u) > max_c z_c``, i.e. when weight exceeds
-    ``exp(max_c z_c) / p_u``; the weight is that threshold's STEAL_RATE quantile."""
+    ignored); patch_probabilities: (N, K) p_conse on the same images. With the floor
+    ``f = FALLBACK_EVIDENCE / U``, the patch takes image n when ``log(f + weight · p_u) >
+    max_c z_c``, i.e. when weight exceeds ``(exp(max_c z_c) - f) / p_u``; images the floor
+    takes anyway are left out, and the weight is the threshold's STEAL_RATE quantile over
+    the rest."""
     unc = list(uncovered)
     cov = [c for c in range(covered_scores.shape[1]) if c not in set(unc)]
     if not unc or not cov or covered_scores.shape[0] == 0:
         return DEFAULT_WEIGHT
-    best = covered_scores[:, cov].max(axis=1)
-    p = patch_probabilities[:, unc].max(axis=1)
+    floor = FALLBACK_EVIDENCE / len(unc)
+    with np.errstate(over="ignore"):
+        margin = np.exp(covered_scores[:, cov].max(axis=1)) - floor
+    p = patch_probabilities[:, unc].max(axis=1)[margin > 0]
+    margin = margin[margin > 0]
+    if margin.size == 0:
+        return DEFAULT_WEIGHT
     with np.errstate(divide="ignore", over="ignore"):
-        threshold = np.where(p > 0, np.exp(best) / np.maximum(p, 1e-300), np.inf)
+        threshold = np.where(p > 0, margin / np.maximum(p, 1e-300), np.inf)
     w = float(np.quantile(threshold, STEAL_RATE, method="lower"))  # no inf - inf
     return float(min(1.0, max(MIN_WEIGHT, w))) if math.isfinite(w) else 1.0

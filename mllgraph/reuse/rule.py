@@ -45,6 +45,9 @@ from mllgraph.errors import InvalidArgument
 
 EPS = 1e-6
 UNCOVERED_SCORE = -1000.0
+# Total constant evidence the uncovered classes share when nothing better is known
+# (mllgraph.reuse.vlm's offline fallback; the ConSE patch adds its evidence on top of it).
+FALLBACK_EVIDENCE = 0.05
 QUALITY_FLOOR = 0.01
 # "declared": heads that cover a class only by what they declare (their quality a prior,
 # not measured); the rule treats them like any other group.

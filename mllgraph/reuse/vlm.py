@@ -37,8 +37,8 @@ from mllgraph.errors import (
     InvalidArgument,
 )
 from mllgraph.hub.preprocess import InputSpec, preprocess
+from mllgraph.reuse.rule import FALLBACK_EVIDENCE  # total constant evidence of uncovered classes
 
-FALLBACK_EVIDENCE = 0.05  # total constant evidence shared by the uncovered classes
 VLM_WEIGHT = 1.0  # λ: VLM evidence for an uncovered class = λ · p_vlm(c | x)
 DEFAULT_PROMPTS: tuple[str, ...] = (
     "a photo of a {}.",

@@ -26,19 +26,25 @@ from mllgraph.errors import FailedPrecondition, InvalidArgument
 from mllgraph.reuse.conse import ConsePatch
 from mllgraph.reuse.rule import KINDS as HEAD_GROUP_KINDS
 from mllgraph.reuse.rule import ClassAssignment, CombinationParams
+from mllgraph.reuse.stacked import StackedRule
 from mllgraph.select import chco
 
 if TYPE_CHECKING:
     from mllgraph.select.run import SelectOptions, TaskClass, Timings
 
+# combination["schema_version"]: 1 = the per-class rule (with an optional ConSE "patch");
+# 2 = the same plus the stacked rule (combination["stacked"], mllgraph.reuse.stacked), which
+# a server reading only 1 must refuse rather than ignore. Both are served.
 PLAN_SCHEMA_VERSION = 1
+STACKED_SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 
 # Part of every plan id: bump it when selection itself changes, so stored plans made by the
 # old rules are not served for the same request (2: proxy probes for classes without any;
 # 3: declared, unmeasured candidates and the prior of classes without probe images;
 # grounding prefers senses the hub covers; 4: text-close neighbours for classes nothing covers,
-# the ConSE patch for uncovered classes).
-SELECTION_VERSION = 5
+# the ConSE patch for uncovered classes; 6: the stacked rule).
+SELECTION_VERSION = 6
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2
@@ -217,6 +223,8 @@ class ParsedPlan:
     heads: list[tuple[HeadInfo, ...]]  # per class, as the document lists them
     # The ConSE patch for the uncovered classes (combination["patch"]), if selection made one.
     patch: ConsePatch | None = None
+    # The stacked rule (combination["stacked"], schema 2): when set, it alone scores classes.
+    stacked: StackedRule | None = None
 
     @property
     def uncovered(self) -> list[int]:
@@ -266,10 +274,11 @@ def combination_of(plan: Mapping[str, Any]) -> chco.Plan:
     version = comb.get("schema_version") if isinstance(comb, Mapping) else None
     if isinstance(version, bool) or not isinstance(version, int | str | float):
         version = None if version is None else type(version).__name__
-    if not isinstance(comb, Mapping) or version != PLAN_SCHEMA_VERSION:
+    if not isinstance(comb, Mapping) or version not in READABLE_SCHEMA_VERSIONS:
         raise FailedPrecondition(
             f"plan {str(plan.get('plan_id'))[:80]} has combination schema {str(version)[:40]}, "
-            f"this server reads {PLAN_SCHEMA_VERSION}: select the task again"
+            f"this server reads {' and '.join(map(str, READABLE_SCHEMA_VERSIONS))}: "
+            "select the task again"
         )
     if not isinstance(comb.get("plan"), Mapping):
         raise InvalidArgument("the plan's combination has no 'plan' object (the rule's inputs)")
@@ -336,6 +345,13 @@ def _parse_plan(doc: Mapping[str, Any]) -> ParsedPlan:
     patch = None
     if raw_patch is not None and any(not a.groups for a in assignment):
         patch = ConsePatch.from_dict(raw_patch, k)
+    stacked = None
+    if doc["combination"]["schema_version"] == STACKED_SCHEMA_VERSION:
+        if "stacked" not in doc["combination"]:
+            raise InvalidArgument("a schema 2 combination must carry its 'stacked' rule")
+        stacked = StackedRule.from_dict(doc["combination"]["stacked"], k)
+        if not set(stacked.models) <= set(models):
+            raise InvalidArgument("the stacked rule reads models the plan does not list")
     return ParsedPlan(
         plan_id=str(doc.get("plan_id", "") or ""),
         class_names=names,
@@ -344,6 +360,7 @@ def _parse_plan(doc: Mapping[str, Any]) -> ParsedPlan:
         models=models,
         heads=heads,
         patch=patch,
+        stacked=stacked,
     )
 
 

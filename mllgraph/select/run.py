@@ -15,9 +15,12 @@
    declared candidates but no stored probe outputs (never labelled) is taken to spread its
    mass evenly over its heads on the probe images (uniform logits): it cannot be simulated,
    so it is assumed not to take the measured classes' images.
-4. For classes left uncovered, the ConSE patch (`mllgraph.reuse.conse`): the hub's broadest
-   expert and text similarities of its heads to the class names, calibrated on the covered
-   classes' probe images; inference applies it when no VLM is configured.
+4. When every class has probe images, the stacked rule (`mllgraph.reuse.stacked`: a logistic
+   regression on all heads of the chosen models), kept if it beats the per-class rule out of
+   fold. Otherwise, for classes left uncovered, the ConSE patch (`mllgraph.reuse.conse`):
+   the hub's broadest expert and text similarities of its heads to the class names,
+   calibrated on the covered classes' probe images; inference applies it when no VLM is
+   configured.
 5. Store the plan in Neo4j under an id derived from the request and the catalogue version,
    so the same inputs always give the same plan.
 
@@ -40,7 +43,7 @@ from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
 from mllgraph.graph.db import Graph
 from mllgraph.hub import registry
 from mllgraph.label import run as labeller
-from mllgraph.reuse import conse
+from mllgraph.reuse import conse, stacked
 from mllgraph.reuse.rule import (
     ClassAssignment,
     HeadGroup,
@@ -49,11 +52,13 @@ from mllgraph.reuse.rule import (
     model_probabilities,
     score_column,
 )
+from mllgraph.reuse.vlm import fallback_evidence
 from mllgraph.select import chco, nearby
 from mllgraph.select.coverage import sense_coverage
 from mllgraph.select.plan import (
     COVERAGE_OF_QUERY_KIND,
     MAX_CLASSES,
+    STACKED_SCHEMA_VERSION,
     plan_document,
     plan_id_for,
 )
@@ -104,6 +109,7 @@ class Timings:
     cypher_ms: float = 0.0
     load_ms: float = 0.0
     chco_ms: float = 0.0
+    stacked_ms: float = 0.0
     total_ms: float = 0.0
 
 
@@ -304,6 +310,11 @@ def select(
         plan = _solve(problem, options)
         solver_note = plan.solver
     timings.chco_ms = (time.perf_counter() - t) * 1000
+    t = time.perf_counter()
+    fit = None
+    if problem is not None and options.fit_params and not set(plan.models) & set(declared_only):
+        fit = _stacked(problem, plan)
+    timings.stacked_ms = (time.perf_counter() - t) * 1000
     timings.total_ms = (time.perf_counter() - t_start) * 1000
 
     body = plan_document(
@@ -311,7 +322,16 @@ def select(
     )
     body["solver_note"] = solver_note
     body["alternatives"] = _alternatives(plan, candidates, logits, labels, info)
-    if plan.uncovered:
+    stacked_rule = None
+    if fit is not None:
+        stacked_rule, body["stacked"] = fit
+    if stacked_rule is not None:
+        body["combination"]["schema_version"] = STACKED_SCHEMA_VERSION
+        body["combination"]["stacked"] = stacked_rule.to_dict()
+        # Out-of-fold, so honest; every class has probe images, so all of it is measured.
+        body["estimated_accuracy"] = stacked_rule.cv_accuracy
+        body["measured_fraction"] = 1.0
+    elif plan.uncovered:
         patch = _conse_patch(graph, settings, plan, classes, options, resolver, probe_rows, cache)
         if patch is not None:
             body["combination"]["patch"] = patch.to_dict()
@@ -324,6 +344,34 @@ def select(
     if store:
         graph.write("select/plan_put", id=pid, body=json.dumps(body), catalogue_version=version)
     return SelectionContext(plan=body, candidates=candidates, timings=timings, problem=problem)
+
+
+def _stacked(
+    problem: chco.ChcoProblem, plan: chco.Plan
+) -> tuple[stacked.StackedRule | None, dict[str, Any]] | None:
+    """The stacked rule for the chosen models, kept only when its out-of-fold accuracy on the
+    probe images beats the per-class rule's (in-sample) accuracy there (reuse/stacked)."""
+    if not plan.models:
+        return None
+    rule = stacked.fit(
+        problem.logits_by_model, problem.labels, problem.num_classes, plan.models,
+        problem.temperatures,
+    )  # fmt: skip
+    if rule is None:
+        return None
+    logits = {m: problem.logits_by_model[m] for m in plan.models}
+    extra = fallback_evidence(problem.num_images, plan.uncovered) if plan.uncovered else None
+    z = class_scores(logits, plan.assignment, plan.params, extra_evidence=extra)
+    per_class = float((z.argmax(1) == problem.labels).mean())
+    used = rule.cv_accuracy > per_class
+    note = {
+        "used": used,
+        "cv_accuracy": rule.cv_accuracy,
+        "per_class_rule_accuracy": per_class,
+        "c": rule.c,
+        "features": len(rule.columns),
+    }
+    return (rule if used else None), note
 
 
 def _declared_candidates(
