@@ -136,3 +136,53 @@ def test_grpc_and_in_process_pipelines_agree(tiny_hub: dict[str, Any]) -> None:
         fields = ("task", "mll", "models", "uncovered", "baselines")
         assert [getattr(g, f) for f in fields] == [getattr(lib, f) for f in fields]
         assert 0.0 <= lib.mll <= 1.0
+
+
+def test_a_stacked_plan_classifies_alike_inline_through_grpc_and_in_process(
+    tiny_hub: dict[str, Any],
+) -> None:
+    """A schema-2 plan (the stacked rule) sent inline to the inference service predicts what
+    the in-process evaluation predicts from the same document."""
+    import copy
+    import json
+
+    import grpc
+
+    from mllgraph.eval.grpc_pipeline import GrpcPipeline
+    from mllgraph.reuse import stacked
+    from mllgraph.select.plan import STACKED_SCHEMA_VERSION, parse_plan
+    from mllgraph.v1 import inference_pb2, inference_pb2_grpc
+    from services.inference import plan_to_proto
+
+    graph, settings, models = tiny_hub["graph"], tiny_hub["settings"], tiny_hub["models"]
+    task = parse_suite(SUITE).tasks[1]  # boot-dress: every class has probe images
+    images = ev.eval_images(settings, per_class=12)
+    logits = ev.LogitCache(graph, settings, images)
+    doc = ev.LibraryPipeline(graph, settings, logits).select(task, 2, models)
+    idx, labels = images.for_task(task)
+    parsed = parse_plan(doc)
+    if parsed.stacked is None:  # selection kept the per-class rule: fit one for the contract
+        rule = stacked.fit(
+            {m: logits(m)[idx] for m in parsed.models}, labels, len(task.names),
+            parsed.models, parsed.params.temperatures,
+        )  # fmt: skip
+        assert rule is not None
+        doc = copy.deepcopy(doc)
+        doc["combination"]["schema_version"] = STACKED_SCHEMA_VERSION
+        doc["combination"]["stacked"] = rule.to_dict()
+    assert doc["combination"]["schema_version"] == STACKED_SCHEMA_VERSION
+    expected = ev.classify_plan(doc, logits, idx)
+    request = inference_pb2.ClassifyRequest(
+        inline_plan=plan_to_proto(doc),
+        images=[
+            inference_pb2.Image(
+                id=str(i),
+                raw=inference_pb2.RawArray(data=im.tobytes(), shape=list(im.shape), dtype="uint8"),
+            )
+            for i, im in enumerate(images.images[idx])
+        ],
+    )
+    with GrpcPipeline(settings) as p, grpc.insecure_channel(p.services.address("inference")) as ch:
+        response = inference_pb2_grpc.InferenceServiceStub(ch).Classify(request, timeout=120)
+    assert [q.class_index for q in response.predictions] == expected.tolist()
+    assert json.loads(plan_to_proto(doc).combination_json)["stacked"]["rule"] == "stacked_logistic"
