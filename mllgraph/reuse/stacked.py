@@ -178,11 +178,17 @@ def fit(
 ) -> StackedRule | None:
     """The stacked rule on probe images, with its nested cross-validated accuracy; None when
     a class has fewer than MIN_IMAGES_PER_CLASS images (module doc)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from threadpoolctl import threadpool_limits
 
+    # An unconverged fit is still a valid (regularised) model and the nested CV judges it: the
+    # warning says nothing a user can act on.
     # One BLAS thread: these fits are small, and on a busy machine a pool of spinning threads
     # made each one ~10x slower (measured: 2.4 s against 0.22 s for 1,000 x 1,005 features).
-    with threadpool_limits(1):
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
         return _fit(logits, labels, num_classes, models, temperatures, seed=seed)
 
 
