@@ -55,6 +55,7 @@ T = 120.0
 class Server:
     stub: ingestion_pb2_grpc.IngestionServiceStub
     settings: Settings
+    port: int
 
 
 @contextlib.contextmanager
@@ -68,7 +69,7 @@ def serving(settings: Settings) -> Iterator[Server]:
     ).result(timeout=60)
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     try:
-        yield Server(ingestion_pb2_grpc.IngestionServiceStub(channel), settings)
+        yield Server(ingestion_pb2_grpc.IngestionServiceStub(channel), settings, running.port)
     finally:
         channel.close()
         asyncio.run_coroutine_threadsafe(running.close(2.0), loop).result(timeout=60)
@@ -387,3 +388,69 @@ def test_add_probes_refuses_too_many_and_attaches_nothing(server, sdag_graph) ->
     assert {p.id for p in probes.probe_sets(sdag_graph)} == before
     err = failure(server.stub.AddProbes, iter([]))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# --- the Python client and the CLI through the service ----------------------------------
+
+
+def test_client_and_cli_upload_weights_and_probes(
+    server, sdag_graph, neo4j_settings, tmp_path, cleanup, capsys
+) -> None:
+    from mllgraph import cli
+    from mllgraph import client as mc
+
+    torch.manual_seed(3)
+    local = experts.save_weights(experts.build_timm(ARCH, 2, 1), tmp_path / "mine.safetensors")
+    sha = hashlib.sha256(local.read_bytes()).hexdigest()
+    target = f"127.0.0.1:{server.port}"
+    with mc.Client(target, settings=server.settings, timeout=T) as client:
+        model = client.register_model(
+            f"{PREFIX}-client",
+            weights=local,  # a local file: streamed, never named to the server
+            arch=ARCH,
+            wnids=[SANDAL, GYM_SHOE],
+            input_size=28,
+            channels=1,
+            mean=[0.5],
+            std=[0.5],
+            resize="resize",
+        )
+        cleanup.append(model.id)
+        assert model.source == "weights_upload" and model.sha256 == sha
+
+    code = cli.main(
+        [
+            "models", "register", "--target", target, "--name", f"{PREFIX}-cli",
+            "--weights", str(local), "--arch", ARCH, "--wnids", f"{SANDAL},{GYM_SHOE}",
+            "--input-size", "28", "--channels", "1",
+        ],
+        server.settings,
+    )  # fmt: skip
+    cleanup.append(f"{PREFIX}-cli@1")
+    assert code == 0, capsys.readouterr()
+    record = registry.get_model(sdag_graph, f"{PREFIX}-cli@1")
+    assert (record["source"], record["sha256"]) == ("stream", sha)
+    assert leftovers(server.settings) == []
+
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "probes"
+    for sub, n in (("espadrille.n.01", 2), (HUARACHE, 1)):
+        (folder / sub).mkdir(parents=True)
+        for i in range(n):
+            (folder / sub / f"{i}.png").write_bytes(png(rng))
+    (folder / HUARACHE / "notes.txt").write_text("not an image")
+    before = {p.id for p in probes.probe_sets(sdag_graph)}
+    try:
+        capsys.readouterr()
+        code = cli.main(
+            ["probes", "add", "--folder", str(folder), "--target", target], server.settings
+        )
+        out = "".join(capsys.readouterr().out.split())  # the console wraps long lines
+        assert code == 0, out
+        assert "added:espadrille.n.01/" in out and "2images" in out
+        assert f"added:{HUARACHE}/" in out
+        assert "notes.txt:nota.jpg/.jpeg/.pngfile" in out
+    finally:
+        for p in probes.probe_sets(sdag_graph):
+            if p.id not in before:
+                probes.remove_probe_set(sdag_graph, p.id)
