@@ -538,7 +538,11 @@ async def start_server(
         [SERVICE_NAME],
         host=host,
         settings=settings,
-        collectors=[telemetry.reuse_collector(lambda: servicer.cache, lambda: servicer.batcher)],
+        collectors=[
+            telemetry.reuse_collector(
+                lambda: servicer.cache, lambda: servicer.batcher, lambda: servicer.budget
+            )
+        ],
         max_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     await server.start()
