@@ -7,6 +7,17 @@ the catalogue. Thin wiring over `mllgraph.hub.registry`, `mllgraph.label.run` an
 * Domain errors become gRPC statuses in one place (`services.common.rpc`).
 * Registrations are serialised within the process (one at a time), so two concurrent
   requests for the same id cannot both pass the existence check.
+* Weights from callers (`mllgraph.hub.imports`): `UploadWeights` streams a file into
+  ``<model store>/uploads/<sha256>`` (hashed on the fly, capped by ``max_upload_bytes``,
+  RESOURCE_EXHAUSTED beyond, kept only complete); `RegisterModel` names it by
+  ``weights_sha256`` (or a blob already stored) and consumes it. ``weights_path`` is read only
+  inside ``import_dir`` (FAILED_PRECONDITION when none is configured). Either way the registry
+  reads a private copy in a temporary folder of the model store, removed whatever happens.
+* `AddProbes` streams probe images with their concept (the folder layout of `mllgraph probes
+  add --folder`), decodes each as it arrives (pixel limit checked from the header), and
+  attaches them with `probe_folder.attach_groups`: the same report and stale marks as the CLI.
+  Streamed, not a server path: any remote caller can send them, and the server reads nothing
+  from its disk on a caller's behalf.
 * Class names are grounded with `mllgraph.hub.build.grounder(settings)`, built lazily on first
   use (about 15 s: WordNet, morphology, the text embedder) and shared afterwards; `serve`
   warms it up in the background.
