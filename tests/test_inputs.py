@@ -173,6 +173,15 @@ def test_upload_then_register(server, sdag_graph, weights, cleanup) -> None:
     assert leftovers(server.settings) == []
 
     name = f"{PREFIX}-up"
+    # A refused registration writes nothing and keeps the upload, so the caller can retry.
+    n = model_count(sdag_graph)
+    bad = request(name, weights_sha256=sha)
+    bad.wnids[:] = [SANDAL, "n99999999"]
+    err = failure(server.stub.RegisterModel, bad)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "n99999999" in err.details()
+    assert model_count(sdag_graph) == n and leftovers(server.settings) == []
+    assert (server.settings.upload_dir / sha).is_file()
+
     model = server.stub.RegisterModel(request(name, weights_sha256=sha), timeout=T)
     cleanup.append(model.id)
     assert model.source == ingestion_pb2.MODEL_SOURCE_WEIGHTS_UPLOAD
