@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -386,25 +387,36 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         else:
             pixels = self._pixels(request)
         n = len(request.images)
-        async with self.budget.reserve(pixels, deadline=deadline, what=f"{n} images"):
-            return await self._classify_admitted(request, clf, encoded, deadline, top_k, t0)
+        async with self.budget.reserve(pixels, deadline=deadline, what=f"{n} images") as held:
+            # The pixels stay reserved while a decode thread or a batch still holds the
+            # images, even when this RPC is cancelled before they end.
+            if encoded:
+                decoding = concurrent.futures.Future()
 
-    async def _classify_admitted(
+                def decode() -> list[np.ndarray]:
+                    try:
+                        return self._images(request)
+                    finally:
+                        decoding.set_result(None)
+
+                held.track(decoding)
+                images = await asyncio.to_thread(decode)
+            else:
+                images = self._images(request)
+            fut = self.batcher.submit(clf.key, clf.run_batch, images, deadline=deadline)
+            held.track(fut)
+            del images
+            run: classifier.BatchRun = await asyncio.wrap_future(fut)
+        return self._response(request, clf, run, top_k, t0)
+
+    def _response(
         self,
         request: inference_pb2.ClassifyRequest,
         clf: classifier.PlanClassifier,
-        encoded: bool,
-        deadline: float | None,
+        run: classifier.BatchRun,
         top_k: int,
         t0: float,
     ) -> inference_pb2.ClassifyResponse:
-        """Decode, batch and answer: runs while the request's pixels are reserved."""
-        if encoded:
-            images = await asyncio.to_thread(self._images, request)
-        else:
-            images = self._images(request)
-        fut = self.batcher.submit(clf.key, clf.run_batch, images, deadline=deadline)
-        run: classifier.BatchRun = await asyncio.wrap_future(fut)
         response = inference_pb2.ClassifyResponse(
             plan_id=clf.plan.plan_id, uncovered_classes=clf.uncovered_names
         )

@@ -97,6 +97,27 @@ def test_budget_wait_ends_at_the_deadline_and_on_cancel() -> None:
     run(main())
 
 
+def test_reservation_outlives_the_request_while_its_work_runs() -> None:
+    """A request that ends (e.g. cancelled) while a thread still decodes its images keeps
+    their pixels reserved until that work ends."""
+    import concurrent.futures
+
+    async def main() -> None:
+        budget = PixelBudget(100)
+        work: concurrent.futures.Future[None] = concurrent.futures.Future()
+        async with budget.reserve(70) as held:
+            held.track(work)
+        assert budget.in_use == 70  # the request is over, its decode is not
+        waiter = asyncio.create_task(budget.acquire(40))
+        while budget.stats.waited < 1:
+            await asyncio.sleep(0)
+        threading.Thread(target=work.set_result, args=(None,)).start()
+        await asyncio.wait_for(waiter, 5)
+        assert budget.in_use == 40
+
+    run(main())
+
+
 # --- through the service ------------------------------------------------------------------
 
 SIDE = 64

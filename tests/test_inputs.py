@@ -269,9 +269,13 @@ def test_stale_uploads_are_pruned(tmp_path: Path) -> None:
         up.write(b"weights")
         sha, _ = up.finish()
     path = settings.upload_dir / sha
-    assert imports.prune_uploads(settings) == 0 and path.exists()
-    assert imports.prune_uploads(settings, now=path.stat().st_mtime + 61) == 1
-    assert not path.exists()
+    crashed = settings.upload_dir / ".register-crashed"  # a registration's temporary folder
+    (crashed / "x").parent.mkdir()
+    (crashed / "x").write_bytes(b"copy")
+    os.utime(crashed, (path.stat().st_mtime, path.stat().st_mtime))
+    assert imports.prune_uploads(settings) == 0 and path.exists() and crashed.exists()
+    assert imports.prune_uploads(settings, now=path.stat().st_mtime + 61) == 2
+    assert not path.exists() and not crashed.exists()
 
 
 # --- the import folder ----------------------------------------------------------------------

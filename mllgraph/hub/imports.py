@@ -157,7 +157,8 @@ def upload_path(settings: Settings, sha256: str) -> Path:
 
 
 def prune_uploads(settings: Settings, now: float | None = None) -> int:
-    """Remove uploads (and abandoned temporary files) older than the TTL; how many."""
+    """Remove uploads, and temporary files or folders a crashed process left, older than the
+    TTL; how many."""
     root = settings.upload_dir
     if not root.is_dir():
         return 0
@@ -165,7 +166,13 @@ def prune_uploads(settings: Settings, now: float | None = None) -> int:
     removed = 0
     for entry in root.iterdir():
         with contextlib.suppress(OSError):
-            if entry.is_file() and now - entry.stat().st_mtime > settings.upload_ttl_s:
+            if now - entry.lstat().st_mtime <= settings.upload_ttl_s:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                if entry.name.startswith(".register-"):
+                    shutil.rmtree(entry)
+                    removed += 1
+            else:
                 entry.unlink()
                 removed += 1
     return removed

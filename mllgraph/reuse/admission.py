@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from mllgraph.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 
@@ -106,10 +107,36 @@ class PixelBudget:
     @contextlib.asynccontextmanager
     async def reserve(
         self, pixels: int, *, deadline: float | None = None, what: str = ""
-    ) -> AsyncIterator[None]:
-        """``async with budget.reserve(n, deadline=...):`` the pixels are held inside."""
+    ) -> AsyncIterator[Reservation]:
+        """``async with budget.reserve(n, deadline=...) as held:`` the pixels are held inside,
+        and after it until every piece of work `held.track`s has ended too (a decode thread or
+        a batch still holding the images when the RPC is cancelled)."""
         await self.acquire(pixels, deadline=deadline, what=what)
+        held = Reservation(self, pixels, asyncio.get_running_loop())
         try:
-            yield
+            yield held
         finally:
-            self.release(pixels)
+            held.end()
+
+
+class Reservation:
+    """Pixels held by one request: released once the request and all it tracks have ended."""
+
+    def __init__(self, budget: PixelBudget, pixels: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.budget, self.pixels, self.loop = budget, pixels, loop
+        self.pending = 1  # the request itself
+
+    def track(self, fut: Any) -> None:
+        """Hold the pixels until `fut` (a concurrent.futures or asyncio future) is done."""
+        self.pending += 1
+        fut.add_done_callback(lambda _: self._end_threadsafe())
+
+    def end(self) -> None:
+        """One holder done (call on the budget's loop)."""
+        self.pending -= 1
+        if self.pending == 0:
+            self.budget.release(self.pixels)
+
+    def _end_threadsafe(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to release to
+            self.loop.call_soon_threadsafe(self.end)
