@@ -177,43 +177,89 @@ def _split_list(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",")] if text else None
 
 
-def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+def _registration(args: argparse.Namespace) -> Any:  # -> registry.Registration
+    """What `models register` asks, from its flags (--timm: from timm's metadata)."""
     from pathlib import Path
 
+    from mllgraph.hub import registry
+
+    if args.timm:
+        from mllgraph.hub import timm_source
+
+        if args.builtin or args.arch or args.class_names or args.wnids or args.input_size:
+            raise InvalidArgument(
+                "models register --timm: the arch, labels and input spec come from timm; "
+                "no --builtin, --arch, --class-names, --wnids or --input-size"
+            )
+        return timm_source.registration(
+            args.name,
+            args.timm,
+            version=args.version,
+            weights=Path(args.weights) if args.weights else None,
+            top1_accuracy=args.top1_accuracy,
+        )
+    return registry.Registration(
+        name=args.name,
+        version=args.version,
+        arch=args.arch or "",
+        builtin=args.builtin,
+        weights_path=Path(args.weights) if args.weights else None,
+        class_names=_split_list(args.class_names),
+        wnids=_split_list(args.wnids),
+        input_spec=_spec_from_args(args),
+        top1_accuracy=args.top1_accuracy,
+    )
+
+
+def _register_through(args: argparse.Namespace, settings: Settings) -> int:
+    """`models register --target`: the same registration sent to a running ingestion
+    service; a --weights file is streamed to it (UploadWeights), never named as a path."""
+    from mllgraph import client as mc
+
+    reg = _registration(args)
+    spec = reg.input_spec
+    spec_args: dict[str, Any] = {}
+    if spec is not None:
+        spec_args = {
+            "input_size": spec.size,
+            "channels": spec.channels,
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "resize": spec.resize,
+            "crop_pct": spec.crop_pct,
+            "interpolation": spec.interpolation or "",
+        }
+    with mc.Client(args.target, settings=settings, timeout=args.timeout) as client:
+        model = client.register_model(
+            reg.name,
+            version=reg.version,
+            arch=reg.arch,
+            builtin=reg.builtin,
+            weights=reg.weights_path,
+            class_names=reg.class_names or (),
+            wnids=reg.wnids or (),
+            metadata=reg.metadata,
+            top1_accuracy=reg.top1_accuracy,
+            **spec_args,
+        )
+    console.print(
+        f"{model.id} registered through {client.addresses['ingestion']}: {model.num_classes} "
+        f"heads, weights {model.source}, sha256 {model.sha256[:12]}…"
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from mllgraph.graph import db
     from mllgraph.hub import build as hub
     from mllgraph.hub import registry
     from mllgraph.label import run as labeller
 
+    if args.action == "register" and args.target:
+        return _register_through(args, settings)
     with db.connect(settings) as graph:
-        if args.action == "register" and args.timm:
-            from mllgraph.hub import timm_source
-
-            if args.builtin or args.arch or args.class_names or args.wnids or args.input_size:
-                raise InvalidArgument(
-                    "models register --timm: the arch, labels and input spec come from timm; "
-                    "no --builtin, --arch, --class-names, --wnids or --input-size"
-                )
-            reg = timm_source.registration(
-                args.name,
-                args.timm,
-                version=args.version,
-                weights=Path(args.weights) if args.weights else None,
-                top1_accuracy=args.top1_accuracy,
-            )
-            _print_registered(registry.register_model(graph, settings, reg))
-        elif args.action == "register":
-            reg = registry.Registration(
-                name=args.name,
-                version=args.version,
-                arch=args.arch or "",
-                builtin=args.builtin,
-                weights_path=Path(args.weights) if args.weights else None,
-                class_names=_split_list(args.class_names),
-                wnids=_split_list(args.wnids),
-                input_spec=_spec_from_args(args),
-                top1_accuracy=args.top1_accuracy,
-            )
+        if args.action == "register":
+            reg = _registration(args)
             ground = hub.grounder(settings) if reg.class_names else None
             _print_registered(registry.register_model(graph, settings, reg, ground))
         elif args.action == "label":
@@ -293,12 +339,34 @@ def _with_executor(settings: Settings, args: argparse.Namespace) -> Settings:
     return replace(settings, executor=args.executor) if args.executor else settings
 
 
+def _print_probe_report(attached: list[dict[str, Any]], refused: list, stale: list[str]) -> None:
+    for a in attached:
+        state = "added" if a["created"] else "already there"
+        console.print(
+            f"{state}: {a['folder']}/ → {a['concept']} ({a['wnid']}): {a['images']} "
+            f"images as {a['set_id']}"
+        )
+    for path, reason in refused:
+        console.print(f"refused: {path}: {reason}")
+    if stale:
+        console.print(f"stale (relabel with `mllgraph models label --stale`): {', '.join(stale)}")
+
+
 def cmd_probes(args: argparse.Namespace, settings: Settings) -> int:
     import numpy as np
 
     from mllgraph.graph import db
     from mllgraph.hub import probes
 
+    if args.action == "add" and getattr(args, "target", None):
+        from mllgraph import client as mc
+
+        if not args.folder or args.images or args.concept or args.id:
+            raise InvalidArgument("probes add --target: --folder only (streamed with AddProbes)")
+        with mc.Client(args.target, settings=settings, timeout=args.timeout) as client:
+            report = client.add_probes(Path(args.folder), source=args.source)
+        _print_probe_report(report.attached, report.refused, report.stale_models)
+        return 0
     with db.connect(settings) as graph:
         if args.action == "add" and args.folder:
             from mllgraph.hub import build as hub
@@ -313,19 +381,11 @@ def cmd_probes(args: argparse.Namespace, settings: Settings) -> int:
                 ground=hub.grounder(settings),
                 source=args.source,
             )
-            for a in report.attached:
-                state = "added" if a["created"] else "already there"
-                console.print(
-                    f"{state}: {a['folder']}/ → {a['concept']} ({a['wnid']}): {a['images']} "
-                    f"images as {a['set_id']}"
-                )
-            for r in report.refused:
-                console.print(f"refused: {r['path']}: {r['reason']}")
-            if report.stale_models:
-                console.print(
-                    f"stale (relabel with `mllgraph models label --stale`): "
-                    f"{', '.join(report.stale_models)}"
-                )
+            _print_probe_report(
+                report.attached,
+                [(r["path"], r["reason"]) for r in report.refused],
+                report.stale_models,
+            )
         elif args.action == "add":
             if not args.images or not args.concept:
                 raise InvalidArgument("probes add: --concept and --images (or --folder)")
@@ -799,6 +859,13 @@ def _executor_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _target_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--target", help=f"HOST (default ports) or HOST:PORT of the services: {what}"
+    )
+    parser.add_argument("--timeout", type=float, default=600.0, help="deadline, seconds")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mllgraph", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -861,6 +928,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stated top-1 accuracy on its own labels, in (0, 1]: the prior of its declared "
         "(unmeasured) heads; builtins state their own",
     )
+    _target_flags(q, "register through a running ingestion service; --weights is uploaded")
     q = s.add_parser("label", help="run models on the probes and write their labels")
     q.add_argument("model_id", nargs="*")
     q.add_argument(
@@ -892,6 +960,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--id")
     q.add_argument("--source", default="")
+    _target_flags(q, "send --folder's images to a running ingestion service (AddProbes)")
     s.add_parser("list")
     q = s.add_parser("remove")
     q.add_argument("id")

@@ -20,6 +20,7 @@ Every call has a deadline; only UNAVAILABLE is retried, with exponential backoff
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import time
@@ -47,6 +48,9 @@ from mllgraph.v1 import (
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 120.0
+UPLOAD_CHUNK_BYTES = 1024 * 1024  # UploadWeights chunk size
+INLINE_WEIGHTS_BYTES = 16 * 1024 * 1024  # smaller `bytes` weights travel in the request itself
+PROBE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 CLASSIFY_BATCH = 64  # images per Classify request (servers refuse more than their limit)
 
 ImageLike = str | Path | bytes | np.ndarray | Any  # Any: a PIL.Image.Image
@@ -252,6 +256,16 @@ class Model:
     labelled_at: datetime | None
     metadata: dict[str, str]
     heads: list[HeadLabels] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """What AddProbes attached where, what was refused (here or by the server) and why, and
+    which models it marked stale."""
+
+    attached: list[dict[str, Any]]  # {folder, wnid, concept, set_id, images, created}
+    refused: list[tuple[str, str]]  # (path, reason)
+    stale_models: list[str]
 
 
 @dataclass(frozen=True)
@@ -571,6 +585,18 @@ class Client:
                 time.sleep(delay)
                 attempt += 1
 
+    def _call_stream(
+        self,
+        method: Callable[..., Any],
+        make_requests: Callable[[], Iterator[Any]],
+        what: str,
+        timeout: float | None,
+    ):
+        """`_call` for a client-streaming method: each attempt streams a fresh iterator."""
+        return self._call(
+            lambda _, timeout: method(make_requests(), timeout=timeout), None, what, timeout
+        )
+
     # -- selection --
 
     def select(
@@ -676,11 +702,44 @@ class Client:
 
     # -- ingestion --
 
+    def upload_weights(self, weights: str | Path | bytes, *, timeout: float | None = None) -> str:
+        """Stream a weights file (a local path, or its bytes) to the ingestion service with
+        UploadWeights; returns its SHA-256, to register with `register_model(weights_sha256=)`."""
+        if isinstance(weights, bytes | bytearray):
+            data = bytes(weights)
+            size, sha = len(data), hashlib.sha256(data).hexdigest()
+
+            def pieces() -> Iterator[bytes]:
+                for i in range(0, size, UPLOAD_CHUNK_BYTES):
+                    yield data[i : i + UPLOAD_CHUNK_BYTES]
+        else:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise InvalidArgument(f"weights: no such file {path}")
+            size, sha = path.stat().st_size, _sha256_file(path)
+
+            def pieces() -> Iterator[bytes]:
+                with path.open("rb") as f:
+                    while chunk := f.read(UPLOAD_CHUNK_BYTES):
+                        yield chunk
+
+        def chunks() -> Iterator[ingestion_pb2.WeightsChunk]:
+            first = True
+            for piece in pieces():
+                extra = {"total_bytes": size, "sha256": sha} if first else {}
+                first = False
+                yield ingestion_pb2.WeightsChunk(data=piece, **extra)
+
+        ref = self._call_stream(self._ingestion.UploadWeights, chunks, "UploadWeights", timeout)
+        return ref.sha256
+
     def register_model(
         self,
         name: str,
         *,
         weights: str | Path | bytes | None = None,
+        weights_sha256: str | None = None,
+        server_path: str | None = None,
         builtin: str | None = None,
         arch: str = "",
         class_names: Sequence[str] = (),
@@ -692,11 +751,15 @@ class Client:
         std: Sequence[float] = (),
         resize: str = "",
         crop_pct: float = 0.0,
+        interpolation: str = "",
         metadata: dict[str, str] | None = None,
+        top1_accuracy: float | None = None,
         timeout: float | None = None,
     ) -> Model:
-        """Register an expert: `weights` a path on the server, the file's bytes, or a
-        `builtin` name. One class name (or wnid) per head, in logit order."""
+        """Register an expert. Give exactly one weights source: `weights` (a local file, or
+        its bytes: uploaded with UploadWeights; bytes under 16 MiB travel in the request),
+        `weights_sha256` (an earlier `upload_weights`), `server_path` (a file in the server's
+        import folder) or a `builtin` name. One class name (or wnid) per head, in logit order."""
         from mllgraph.v1 import common_pb2
 
         resize_modes = {"": 0, "resize": 1, "resize_crop": 2}
@@ -715,19 +778,83 @@ class Client:
                 std=list(std),
                 resize_mode=resize_modes[resize],
                 crop_pct=crop_pct,
+                interpolation=interpolation,
             ),
             metadata=metadata or {},
         )
-        if sum(x is not None for x in (weights, builtin)) != 1:
-            raise InvalidArgument("register_model: give exactly one of weights or builtin")
+        if top1_accuracy is not None:
+            request.top1_accuracy = top1_accuracy
+        given = (weights, weights_sha256, server_path, builtin)
+        if sum(x is not None for x in given) != 1:
+            raise InvalidArgument(
+                "register_model: give exactly one of weights, weights_sha256, server_path or "
+                "builtin"
+            )
         if builtin is not None:
             request.builtin = builtin
-        elif isinstance(weights, bytes | bytearray):
+        elif server_path is not None:
+            request.weights_path = server_path
+        elif weights_sha256 is not None:
+            request.weights_sha256 = weights_sha256
+        elif isinstance(weights, bytes | bytearray) and len(weights) < INLINE_WEIGHTS_BYTES:
             request.weights_bytes = bytes(weights)
         else:
-            request.weights_path = str(weights)
+            request.weights_sha256 = self.upload_weights(weights, timeout=timeout)  # type: ignore[arg-type]
         return model_from_proto(
             self._call(self._ingestion.RegisterModel, request, "RegisterModel", timeout)
+        )
+
+    def add_probes(
+        self, folder: str | Path, *, source: str = "", timeout: float | None = None
+    ) -> ProbeReport:
+        """Stream a local image folder (one sub-folder per concept, named by a wnid,
+        `name.n.NN` or a class name; JPEG/PNG files) to AddProbes: one probe set per concept.
+        Files that are not .jpg/.jpeg/.png and entries that are not sub-folders are refused
+        here; the server refuses unreadable images and unknown concepts. All in one call
+        (the server caps images per call: MLLGRAPH_MAX_PROBE_IMAGES)."""
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise InvalidArgument(f"folder {root}: no such directory")
+        refused: list[tuple[str, str]] = []
+        files: list[tuple[str, Path]] = []
+        for entry in sorted(root.iterdir()):
+            if not entry.is_dir():
+                refused.append((str(entry), "not a sub-folder"))
+                continue
+            for f in sorted(entry.rglob("*")):
+                if f.is_dir():
+                    continue
+                if f.suffix.lower() not in PROBE_EXTENSIONS:
+                    refused.append((str(f), "not a .jpg/.jpeg/.png file"))
+                    continue
+                files.append((entry.name, f))
+        if not files:
+            raise InvalidArgument(f"folder {root}: no .jpg/.jpeg/.png file in any sub-folder")
+
+        def images() -> Iterator[ingestion_pb2.ProbeImage]:
+            for i, (concept, f) in enumerate(files):
+                yield ingestion_pb2.ProbeImage(
+                    concept=concept,
+                    name=str(f),
+                    encoded=f.read_bytes(),
+                    source=(source or f"folder {root}") if i == 0 else "",
+                )
+
+        report = self._call_stream(self._ingestion.AddProbes, images, "AddProbes", timeout)
+        return ProbeReport(
+            attached=[
+                {
+                    "folder": a.folder,
+                    "wnid": a.concept.wnid,
+                    "concept": a.concept.name,
+                    "set_id": a.set_id,
+                    "images": a.images,
+                    "created": a.created,
+                }
+                for a in report.attached
+            ],
+            refused=refused + [(r.path, r.reason) for r in report.refused],
+            stale_models=list(report.stale_models),
         )
 
     def label(
@@ -810,6 +937,14 @@ class Client:
         return self._call(
             self._ingestion.DeleteModel, request, "DeleteModel", timeout
         ).weights_removed
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(UPLOAD_CHUNK_BYTES):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _has_port(target: str | None) -> bool:

@@ -57,6 +57,16 @@ class Settings:
     infer_max_batch: int = 64  # images per model pass (larger requests are split)
     infer_max_delay_ms: float = 2.0  # longest a request waits for others to batch with
     infer_cache_mb: int = 4096  # device memory for loaded experts (LRU beyond)
+    # Admission control: decoded pixels of all requests in flight together (one budget per
+    # service process). A request waits for room (up to its deadline); one that alone needs
+    # more is RESOURCE_EXHAUSTED. Default: two requests at the per-request limit.
+    infer_max_inflight_pixels: int = 2 * 4 * 4096 * 4096
+    # Inputs from callers (README "Running it for others"). RegisterModel's weights_path is
+    # read only under `import_dir` (None: weights_path refused; upload instead).
+    import_dir: Path | None = None
+    max_upload_bytes: int = 2 * 1024**3  # UploadWeights and weights_bytes; more: RESOURCE_EXHAUSTED
+    upload_ttl_s: float = 24 * 3600.0  # uploads not registered within this are removed
+    max_probe_images: int = 2000  # images per AddProbes call; more: RESOURCE_EXHAUSTED
     # Where batch work (labelling) runs: "local" (this process) or "ray" (one task per model;
     # a local Ray started on this machine, or the cluster at ray_address).
     executor: str = "local"
@@ -109,6 +119,11 @@ class Settings:
         return Path(_env("MLLGRAPH_PROBE_STORE", str(self.home / "probes")))
 
     @property
+    def upload_dir(self) -> Path:
+        """Streamed weights (UploadWeights), content-addressed, until registered."""
+        return self.model_store / "uploads"
+
+    @property
     def plan_store(self) -> Path:
         return self.home / "plans"
 
@@ -145,6 +160,13 @@ class Settings:
                 _env("MLLGRAPH_INFER_MAX_DELAY_MS", str(cls.infer_max_delay_ms))
             ),
             infer_cache_mb=int(_env("MLLGRAPH_INFER_CACHE_MB", str(cls.infer_cache_mb))),
+            infer_max_inflight_pixels=int(
+                _env("MLLGRAPH_INFER_MAX_INFLIGHT_PIXELS", str(cls.infer_max_inflight_pixels))
+            ),
+            import_dir=_path_env("MLLGRAPH_IMPORT_DIR"),
+            max_upload_bytes=int(_env("MLLGRAPH_MAX_UPLOAD_BYTES", str(cls.max_upload_bytes))),
+            upload_ttl_s=float(_env("MLLGRAPH_UPLOAD_TTL_S", str(cls.upload_ttl_s))),
+            max_probe_images=int(_env("MLLGRAPH_MAX_PROBE_IMAGES", str(cls.max_probe_images))),
             executor=_env("MLLGRAPH_EXECUTOR", cls.executor).strip().lower(),
             ray_address=os.environ.get("MLLGRAPH_RAY_ADDRESS")
             or os.environ.get("RAY_ADDRESS")

@@ -9,6 +9,12 @@
 * Limits (Settings): ``infer_max_images`` per request and ``infer_max_image_pixels`` per image
   (RESOURCE_EXHAUSTED beyond); a request's images together may hold at most
   ``REQUEST_PIXEL_FACTOR`` times the per-image limit (RESOURCE_EXHAUSTED).
+* Admission control (`mllgraph.reuse.admission.PixelBudget`, one per servicer, i.e. per
+  service process): the decoded pixels of all requests in progress together stay within
+  ``infer_max_inflight_pixels``. A request reserves its pixels from the image headers before
+  decoding anything and releases them once its predictions are built; one that does not fit
+  waits (first come, first served) until its deadline (DEADLINE_EXCEEDED), one that alone
+  needs more than the budget is RESOURCE_EXHAUSTED at once.
 * Deadlines: the batcher gets the RPC deadline less a safety margin
   (``min(DEADLINE_MARGIN_S, 20 % of the time left)``), so a request that waits too long in
   the queue is dropped with the server's own DEADLINE_EXCEEDED before the client gives up.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -48,10 +55,10 @@ from mllgraph.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from mllgraph.reuse import admission, classifier, images
 from mllgraph.reuse import batcher as batching
 from mllgraph.reuse import bundle as bundles
 from mllgraph.reuse import cache as model_cache
-from mllgraph.reuse import classifier, images
 from mllgraph.reuse import vlm as vlm_patch
 from mllgraph.select import plan as plan_doc
 from mllgraph.settings import Settings
@@ -251,9 +258,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         cache: model_cache.ModelCache | None = None,
         batcher: batching.DynamicBatcher | None = None,
         vlm: vlm_patch.VlmPatch | None = None,
+        budget: admission.PixelBudget | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
+        self.budget = (
+            budget
+            if budget is not None
+            else admission.PixelBudget(settings.infer_max_inflight_pixels)
+        )
         self.cache = cache if cache is not None else model_cache.ModelCache(settings)
         self.batcher = (
             batcher if batcher is not None else batching.DynamicBatcher.from_settings(settings)
@@ -303,6 +316,23 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     # -- images --
 
+    def _pixels(self, request: inference_pb2.ClassifyRequest) -> int:
+        """Pixels the request's images decode to, from their headers (nothing decoded);
+        unreadable ones count 0 (decoding refuses them)."""
+        if len(request.images) > self.settings.infer_max_images:
+            return 0  # _images refuses the request
+        total = 0
+        for im in request.images:
+            kind = im.WhichOneof("data")
+            if kind == "encoded":
+                h, w = images.encoded_size(im.encoded)
+            elif kind == "raw" and len(im.raw.shape) >= 2:
+                h, w = max(0, int(im.raw.shape[0])), max(0, int(im.raw.shape[1]))
+            else:
+                h = w = 0
+            total += h * w
+        return total
+
     def _images(self, request: inference_pb2.ClassifyRequest) -> list[np.ndarray]:
         n = len(request.images)
         if n == 0:
@@ -347,16 +377,46 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if request.top_k < 0:
             raise InvalidArgument(f"top_k must be >= 0, got {request.top_k}")
         top_k = min(request.top_k or DEFAULT_TOP_K, len(clf.class_names))
-        if any(im.WhichOneof("data") == "encoded" for im in request.images):
-            images = await asyncio.to_thread(self._images, request)
-        else:
-            images = self._images(request)
         deadline = None
         remaining = context.time_remaining()
         if remaining is not None:
             deadline = time.monotonic() + remaining - min(DEADLINE_MARGIN_S, 0.2 * remaining)
-        fut = self.batcher.submit(clf.key, clf.run_batch, images, deadline=deadline)
-        run: classifier.BatchRun = await asyncio.wrap_future(fut)
+        encoded = any(im.WhichOneof("data") == "encoded" for im in request.images)
+        if encoded:
+            pixels = await asyncio.to_thread(self._pixels, request)
+        else:
+            pixels = self._pixels(request)
+        n = len(request.images)
+        async with self.budget.reserve(pixels, deadline=deadline, what=f"{n} images") as held:
+            # The pixels stay reserved while a decode thread or a batch still holds the
+            # images, even when this RPC is cancelled before they end.
+            if encoded:
+                decoding = concurrent.futures.Future()
+
+                def decode() -> list[np.ndarray]:
+                    try:
+                        return self._images(request)
+                    finally:
+                        decoding.set_result(None)
+
+                held.track(decoding)
+                images = await asyncio.to_thread(decode)
+            else:
+                images = self._images(request)
+            fut = self.batcher.submit(clf.key, clf.run_batch, images, deadline=deadline)
+            held.track(fut)
+            del images
+            run: classifier.BatchRun = await asyncio.wrap_future(fut)
+        return self._response(request, clf, run, top_k, t0)
+
+    def _response(
+        self,
+        request: inference_pb2.ClassifyRequest,
+        clf: classifier.PlanClassifier,
+        run: classifier.BatchRun,
+        top_k: int,
+        t0: float,
+    ) -> inference_pb2.ClassifyResponse:
         response = inference_pb2.ClassifyResponse(
             plan_id=clf.plan.plan_id,
             uncovered_classes=clf.uncovered_names,
@@ -492,7 +552,11 @@ async def start_server(
         [SERVICE_NAME],
         host=host,
         settings=settings,
-        collectors=[telemetry.reuse_collector(lambda: servicer.cache, lambda: servicer.batcher)],
+        collectors=[
+            telemetry.reuse_collector(
+                lambda: servicer.cache, lambda: servicer.batcher, lambda: servicer.budget
+            )
+        ],
         max_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     await server.start()

@@ -7,6 +7,17 @@ the catalogue. Thin wiring over `mllgraph.hub.registry`, `mllgraph.label.run` an
 * Domain errors become gRPC statuses in one place (`services.common.rpc`).
 * Registrations are serialised within the process (one at a time), so two concurrent
   requests for the same id cannot both pass the existence check.
+* Weights from callers (`mllgraph.hub.imports`): `UploadWeights` streams a file into
+  ``<model store>/uploads/<sha256>`` (hashed on the fly, capped by ``max_upload_bytes``,
+  RESOURCE_EXHAUSTED beyond, kept only complete); `RegisterModel` names it by
+  ``weights_sha256`` (or a blob already stored) and consumes it. ``weights_path`` is read only
+  inside ``import_dir`` (FAILED_PRECONDITION when none is configured). Either way the registry
+  reads a private copy in a temporary folder of the model store, removed whatever happens.
+* `AddProbes` streams probe images with their concept (the folder layout of `mllgraph probes
+  add --folder`), decodes each as it arrives (pixel limit checked from the header), and
+  attaches them with `probe_folder.attach_groups`: the same report and stale marks as the CLI.
+  Streamed, not a server path: any remote caller can send them, and the server reads nothing
+  from its disk on a caller's behalf.
 * Class names are grounded with `mllgraph.hub.build.grounder(settings)`, built lazily on first
   use (about 15 s: WordNet, morphology, the text embedder) and shared afterwards; `serve`
   warms it up in the background.
@@ -40,10 +51,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import math
+import os
 import re
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -54,12 +69,19 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mllgraph.errors import FailedPrecondition, InvalidArgument, MllgraphError, NotFound
+from mllgraph.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MllgraphError,
+    NotFound,
+    ResourceExhausted,
+)
 from mllgraph.graph.db import Graph
 from mllgraph.graph.wordnet import concept_display_name
-from mllgraph.hub import probes, registry
+from mllgraph.hub import imports, probe_folder, probes, registry
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.label import run as labeller
 from mllgraph.settings import Settings
@@ -97,7 +119,9 @@ _SOURCE_TO_PROTO = {
     "file": ingestion_pb2.MODEL_SOURCE_WEIGHTS_PATH,
     "upload": ingestion_pb2.MODEL_SOURCE_WEIGHTS_BYTES,
     "builtin": ingestion_pb2.MODEL_SOURCE_BUILTIN,
+    "stream": ingestion_pb2.MODEL_SOURCE_WEIGHTS_UPLOAD,
 }
+MAX_PROBE_CONCEPT_CHARS, MAX_PROBE_NAME_CHARS = 200, 500
 
 QUEUED = ingestion_pb2.LABEL_JOB_STATE_QUEUED
 RUNNING = ingestion_pb2.LABEL_JOB_STATE_RUNNING
@@ -233,7 +257,7 @@ def model_to_proto(
         version=record["version"],
         arch=record["arch"],
         source=_SOURCE_TO_PROTO.get(source, ingestion_pb2.MODEL_SOURCE_UNSPECIFIED),
-        source_ref="" if source == "upload" else record.get("source_ref", ""),
+        source_ref="" if source in ("upload", "stream") else record.get("source_ref", ""),
         sha256=record["sha256"],
         num_classes=int(record["num_classes"]),
         input_spec=spec_to_proto(record["input_spec"]),
@@ -276,6 +300,21 @@ def label_options_from_proto(msg: ingestion_pb2.LabelOptions) -> labeller.LabelO
         top_k=msg.top_k or default.top_k,
         min_score=_f32(msg.min_score) if msg.min_score else default.min_score,
     )
+
+
+def _named_by_content(path: Path) -> Path:
+    """`path` renamed with the suffix its content asks for (the loader picks by suffix)."""
+    suffix = ".safetensors" if registry.is_safetensors(path) else ".pt"
+    return path.rename(path.with_name(path.stem + suffix))
+
+
+def _stored_blob(settings: Settings, sha: str) -> Path:
+    for suffix in (".safetensors", ".pt"):
+        blob = registry.blob_path(settings, sha, suffix)
+        if blob.is_file():
+            return blob
+    imports.upload_path(settings, sha)  # raises NotFound with the advice
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # --- labelling jobs -------------------------------------------------------------------------
@@ -511,12 +550,53 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
 
     # -- RPCs ------------------------------------------------------------------------------
 
+    def _register_from(
+        self, reg: registry.Registration, source: str | None, ref: str
+    ) -> registry.RegisteredModel:
+        """Register `reg`, first turning a caller's weights_path (confined to the import folder)
+        or weights_sha256 (an upload) into a private copy in a temporary folder of the model
+        store; that folder is removed whatever happens. A consumed upload is removed."""
+        if source not in ("weights_path", "weights_sha256"):
+            return self._register(reg)
+        self.settings.upload_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".register-", dir=self.settings.upload_dir) as tmp:
+            if source == "weights_path":
+                with imports.copy_import(self.settings, ref, Path(tmp)) as copy:
+                    path = _named_by_content(copy)
+                    origin = ("file", imports.relative_ref(self.settings, ref))
+                    reg = dataclasses.replace(reg, weights_path=path, origin=origin)
+                    return self._register(reg)
+            sha = imports.check_sha256(ref)
+            upload: Path | None
+            try:
+                upload = imports.upload_path(self.settings, sha)
+                stored = upload
+            except NotFound:  # weights already in the store (another model's) will do
+                upload, stored = None, _stored_blob(self.settings, sha)
+            local = Path(tmp) / "weights"
+            try:
+                os.link(stored, local)
+            except OSError:
+                shutil.copyfile(stored, local)
+            path = _named_by_content(local)
+            reg = dataclasses.replace(reg, weights_path=path, origin=("stream", sha))
+            result = self._register(reg)
+            if upload is not None:
+                upload.unlink(missing_ok=True)  # consumed: the blob store has it now
+            return result
+
     @rpc
     async def RegisterModel(  # noqa: N802 - gRPC method name
         self, request: ingestion_pb2.RegisterModelRequest, context: grpc.aio.ServicerContext
     ) -> ingestion_pb2.Model:
         source = request.WhichOneof("source")
         builtin = request.builtin if source == "builtin" else None
+        limit = self.settings.max_upload_bytes
+        if source == "weights_bytes" and len(request.weights_bytes) > limit:
+            raise ResourceExhausted(
+                f"weights_bytes: {len(request.weights_bytes):,} bytes is over this server's "
+                f"upload limit of {limit:,} bytes"
+            )
         spec = None
         if request.HasField("input_spec"):
             from mllgraph.hub import experts
@@ -524,12 +604,16 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             lite = experts.EFFICIENTNET_LITE.get(builtin or "")
             base = lite.input_spec if lite else None
             spec = spec_from_proto(request.input_spec, request.arch or builtin or "", base)
+        ref = ""
+        if source == "weights_path":
+            ref = request.weights_path
+        elif source == "weights_sha256":
+            ref = request.weights_sha256
         reg = registry.Registration(
             name=request.name,
             version=request.version or "1",
             arch=request.arch,
             builtin=builtin,
-            weights_path=Path(request.weights_path) if source == "weights_path" else None,
             weights_bytes=request.weights_bytes if source == "weights_bytes" else None,
             class_names=list(request.class_names) or None,
             wnids=list(request.wnids) or None,
@@ -537,8 +621,10 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             metadata=dict(request.metadata),
             top1_accuracy=request.top1_accuracy if request.HasField("top1_accuracy") else None,
         )
+        if source in ("weights_path", "weights_sha256"):
+            registry.validate_identity(dataclasses.replace(reg, weights_path=Path("-")))
         async with self._register_lock:
-            result = await asyncio.to_thread(self._register, reg)
+            result = await asyncio.to_thread(self._register_from, reg, source, ref)
         record = result.record
         log.info(
             "model_registered id=%s created=%s arch=%s heads=%d source=%s sha256=%s",
@@ -550,6 +636,107 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             record["sha256"][:12],
         )
         return model_to_proto(record)
+
+    @rpc
+    async def UploadWeights(  # noqa: N802
+        self, request_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> ingestion_pb2.WeightsRef:
+        await asyncio.to_thread(imports.prune_uploads, self.settings)
+        upload: imports.Upload | None = None
+        try:
+            async for chunk in request_iterator:
+                if upload is None:
+                    upload = imports.Upload(
+                        self.settings, total_bytes=chunk.total_bytes, expected_sha256=chunk.sha256
+                    )
+                elif chunk.total_bytes or chunk.sha256:
+                    raise InvalidArgument("total_bytes and sha256 belong in the first chunk only")
+                if chunk.data:
+                    await asyncio.to_thread(upload.write, chunk.data)
+            if upload is None:
+                raise InvalidArgument("the upload is empty: no WeightsChunk arrived")
+            sha, size = await asyncio.to_thread(upload.finish)
+        finally:
+            if upload is not None:
+                upload.abort()  # nothing to do after finish; else the temporary file goes
+        log.info("weights_uploaded sha256=%s bytes=%d", sha[:12], size)
+        return ingestion_pb2.WeightsRef(sha256=sha, size_bytes=size)
+
+    @rpc
+    async def AddProbes(  # noqa: N802
+        self, request_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> ingestion_pb2.AddProbesReport:
+        groups: dict[str, list[np.ndarray]] = {}
+        refused: list[dict[str, str]] = []
+        count, source = 0, ""
+        limit = self.settings.max_probe_images
+        async for msg in request_iterator:
+            if count >= limit:
+                raise ResourceExhausted(
+                    f"more than {limit} probe images in one AddProbes call "
+                    "(MLLGRAPH_MAX_PROBE_IMAGES); nothing was attached: split the images "
+                    "into several calls"
+                )
+            if count == 0:
+                source = msg.source[:MAX_PROBE_NAME_CHARS]
+            concept = msg.concept.strip()
+            name = (msg.name or f"{concept}/#{len(groups.get(concept, []))}")[:MAX_PROBE_NAME_CHARS]
+            count += 1
+            if not concept:
+                refused.append({"path": name, "reason": "no concept: ProbeImage.concept is empty"})
+                continue
+            if len(concept) > MAX_PROBE_CONCEPT_CHARS:
+                refused.append(
+                    {"path": name, "reason": f"concept over {MAX_PROBE_CONCEPT_CHARS} characters"}
+                )
+                continue
+            try:
+                arr = await asyncio.to_thread(
+                    probe_folder.load_image,
+                    msg.encoded,
+                    max_pixels=self.settings.infer_max_image_pixels,
+                )
+            except MllgraphError as e:
+                refused.append({"path": name, "reason": str(e)})
+                continue
+            groups.setdefault(concept, []).append(arr)
+        if count == 0:
+            raise InvalidArgument("AddProbes: no ProbeImage arrived")
+        report = await asyncio.to_thread(
+            probe_folder.attach_groups,
+            self.graph,
+            self.settings,
+            groups,
+            ground=self._ground,
+            source=source or "AddProbes",
+            refused=refused,
+        )
+        log.info(
+            "probes_added concepts=%d images=%d refused=%d stale=%d",
+            len(report.attached),
+            sum(a["images"] for a in report.attached),
+            len(report.refused),
+            len(report.stale_models),
+        )
+        return ingestion_pb2.AddProbesReport(
+            attached=[
+                ingestion_pb2.AttachedProbes(
+                    folder=a["folder"],
+                    concept=common_pb2.ConceptRef(
+                        wnid=a["wnid"], name=concept_display_name(a["concept"])
+                    ),
+                    set_id=a["set_id"],
+                    images=int(a["images"]),
+                    created=bool(a["created"]),
+                )
+                for a in report.attached
+            ],
+            refused=[
+                ingestion_pb2.RefusedProbe(path=r["path"], reason=r["reason"])
+                for r in report.refused
+            ],
+            stale_models=report.stale_models,
+        )
 
     @rpc
     async def LabelModel(  # noqa: N802

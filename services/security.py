@@ -30,7 +30,7 @@ log = logging.getLogger("mllgraph.services.security")
 
 _READ = ("SelectHeads", "GetPlan", "ExplainSelection", "Classify", "ClassifyStream")
 _READ_INGESTION = ("GetModel", "ListModels", "GetLabelJob")
-_WRITE_INGESTION = ("RegisterModel", "LabelModel", "DeleteModel")
+_WRITE_INGESTION = ("RegisterModel", "UploadWeights", "AddProbes", "LabelModel", "DeleteModel")
 
 METHOD_SCOPES: dict[str, str] = {
     **{f"/mllgraph.v1.SelectionService/{m}": "read" for m in _READ[:3]},

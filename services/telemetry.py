@@ -304,15 +304,21 @@ def _batch_histogram(size_counts: dict[int, int], total_images: int) -> Metric:
     )
 
 
-def reuse_collector(cache_fn: Callable[[], Any], batcher_fn: Callable[[], Any]) -> Collector:
-    """Model cache (``ModelCache``) and dynamic batcher (``DynamicBatcher.stats``) figures of
-    the inference service, read at scrape time:
+def reuse_collector(
+    cache_fn: Callable[[], Any],
+    batcher_fn: Callable[[], Any],
+    budget_fn: Callable[[], Any] | None = None,
+) -> Collector:
+    """Model cache (``ModelCache``), dynamic batcher (``DynamicBatcher.stats``) and admission
+    (``PixelBudget``, with `budget_fn`) figures of the inference service, read at scrape time:
 
     ``mllgraph_model_cache_hits_total`` / ``_misses_total`` / ``_loads_total`` /
     ``_evictions_total``, ``mllgraph_model_cache_bytes`` / ``_budget_bytes`` / ``_models``,
     ``mllgraph_batch_size`` (histogram), ``mllgraph_batcher_requests_total`` /
     ``_expired_total`` / ``_cancelled_total`` / ``_oom_retries_total`` /
-    ``_failed_batches_total``, ``mllgraph_batcher_pending``.
+    ``_failed_batches_total``, ``mllgraph_batcher_pending``; ``mllgraph_inflight_pixels`` /
+    ``_budget`` / ``_peak`` and ``mllgraph_admission_waited_total`` / ``_refused_total`` /
+    ``_expired_total``.
     """
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -343,6 +349,22 @@ def reuse_collector(cache_fn: Callable[[], Any], batcher_fn: Callable[[], Any]) 
         ):
             yield CounterMetricFamily(f"mllgraph_batcher_{name}", doc, getattr(stats, name))
         yield GaugeMetricFamily("mllgraph_batcher_pending", "requests waiting", batcher.pending())
+        budget = budget_fn() if budget_fn is not None else None
+        if budget is not None:
+            for name, doc, value in (
+                ("", "decoded pixels reserved by requests in progress", budget.in_use),
+                ("_budget", "the in-flight pixel budget", budget.capacity),
+                ("_peak", "most pixels reserved at once since start", budget.stats.peak),
+            ):
+                yield GaugeMetricFamily(f"mllgraph_inflight_pixels{name}", doc, value)
+            for name, doc in (
+                ("waited", "requests that waited for room in the pixel budget"),
+                ("refused", "requests alone over the pixel budget"),
+                ("expired", "requests whose deadline passed while waiting for room"),
+            ):
+                yield CounterMetricFamily(
+                    f"mllgraph_admission_{name}", doc, getattr(budget.stats, name)
+                )
 
     return CallbackCollector(collect)
 

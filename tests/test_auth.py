@@ -188,7 +188,7 @@ def test_every_rpc_of_the_three_services_has_a_scope() -> None:
     }
     assert methods == set(security.METHOD_SCOPES)
     writes = {m.rsplit("/", 1)[1] for m, s in security.METHOD_SCOPES.items() if s == "write"}
-    assert writes == {"RegisterModel", "LabelModel", "DeleteModel"}
+    assert writes == {"RegisterModel", "UploadWeights", "AddProbes", "LabelModel", "DeleteModel"}
     assert security.required_scope("/grpc.health.v1.Health/Check") is None
     assert security.required_scope("/mllgraph.v1.IngestionService/Unlisted") == "admin"
 
@@ -295,6 +295,12 @@ def _write_calls(stub: ingestion_pb2_grpc.IngestionServiceStub) -> dict[str, Cal
     return {
         "RegisterModel": lambda md: stub.RegisterModel(
             ingestion_pb2.RegisterModelRequest(), metadata=md, timeout=30
+        ),
+        "UploadWeights": lambda md: stub.UploadWeights(
+            iter([ingestion_pb2.WeightsChunk()]), metadata=md, timeout=30
+        ),
+        "AddProbes": lambda md: stub.AddProbes(
+            iter([ingestion_pb2.ProbeImage()]), metadata=md, timeout=30
         ),
         "LabelModel": lambda md: stub.LabelModel(
             ingestion_pb2.LabelModelRequest(model_id="nobody@1"), metadata=md, timeout=30

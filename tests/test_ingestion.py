@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -58,13 +59,24 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(neo4j_settings, sdag_graph) -> Iterator[Server]:
+def import_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's import folder (MLLGRAPH_IMPORT_DIR): weights_path is read only here."""
+    return tmp_path_factory.mktemp("imports")
+
+
+@pytest.fixture(scope="module")
+def server_settings(neo4j_settings, import_dir: Path):
+    return dataclasses.replace(neo4j_settings, import_dir=import_dir)
+
+
+@pytest.fixture(scope="module")
+def server(server_settings, sdag_graph) -> Iterator[Server]:
     """The service on a free port; its asyncio loop runs in a background thread."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="ingestion-test-loop", daemon=True)
     thread.start()
     running = asyncio.run_coroutine_threadsafe(
-        ingestion.start(neo4j_settings, 0, health_interval=2.0), loop
+        ingestion.start(server_settings, 0, health_interval=2.0), loop
     ).result(timeout=60)
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     try:
@@ -86,8 +98,9 @@ class Weights:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Weights:
-    d = tmp_path_factory.mktemp("weights")
+def weights(import_dir: Path) -> Weights:
+    d = import_dir / "weights"
+    d.mkdir()
     torch.manual_seed(0)
     path = experts.save_weights(experts.build_timm(ARCH, 2, 1), d / "a.safetensors")
     other = experts.save_weights(experts.build_timm(ARCH, 2, 1), d / "b.safetensors")
@@ -241,7 +254,7 @@ def test_register_label_list_delete(
     sha = hashlib.sha256(weights.data).hexdigest()
     assert (model.id, model.name, model.version, model.arch) == (mid, name, "1", ARCH)
     assert model.source == ingestion_pb2.MODEL_SOURCE_WEIGHTS_PATH
-    assert model.source_ref == str(weights.path)
+    assert model.source_ref == "weights/a.safetensors"  # relative to the import folder
     assert model.sha256 == sha and model.num_classes == 2
     assert model.input_spec.size == 28 and model.input_spec.channels == 1
     assert model.input_spec.resize_mode == common_pb2.RESIZE_MODE_RESIZE
@@ -571,8 +584,10 @@ def _evil_pt(path: Path, marker: Path) -> Path:
     [pytest.param(make, frags, id=case) for case, make, frags in BAD_REGISTRATIONS],
 )
 def test_bad_registration_is_refused_and_changes_nothing(
-    server, sdag_graph, neo4j_settings, weights, tmp_path, make, fragments
+    server, sdag_graph, neo4j_settings, weights, import_dir, make, fragments
 ) -> None:
+    tmp_path = import_dir / uuid.uuid4().hex  # weights_path is read only in the import folder
+    tmp_path.mkdir()
     request = make(weights, tmp_path)
     assert_refused(
         server,

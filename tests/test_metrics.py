@@ -198,6 +198,10 @@ def test_inference_metrics_move_with_the_calls(inference_server: Any) -> None:
         after, "mllgraph_batch_size_count"
     )
     assert moved("mllgraph_batcher_requests_total") >= 3
+    # Admission: every request's pixels were reserved and given back.
+    assert value(after, "mllgraph_inflight_pixels") == 0
+    assert value(after, "mllgraph_inflight_pixels_budget") == Settings().infer_max_inflight_pixels
+    assert value(after, "mllgraph_inflight_pixels_peak") > 0
 
 
 def test_request_id_is_echoed_and_logged(

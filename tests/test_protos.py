@@ -65,6 +65,8 @@ def test_services_and_messages_load() -> None:
 
     assert methods(ingestion_pb2, "IngestionService") == {
         "RegisterModel",
+        "UploadWeights",
+        "AddProbes",
         "LabelModel",
         "GetLabelJob",
         "GetModel",

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mllgraph.errors import InvalidArgument, MllgraphError
+from mllgraph.errors import InvalidArgument, MllgraphError, ResourceExhausted
 from mllgraph.graph.db import Graph
 from mllgraph.hub import probes
 from mllgraph.settings import Settings
@@ -42,15 +42,28 @@ class FolderReport:
     stale_models: list[str] = field(default_factory=list)
 
 
-def load_image(path: Path, side: int = SIDE) -> np.ndarray:
-    """One image file as uint8 (side, side, 3): RGB, shorter side to `side`, centre crop."""
+def load_image(
+    source: Path | bytes, side: int = SIDE, *, max_pixels: int | None = None
+) -> np.ndarray:
+    """One image (a file, or its bytes) as uint8 (side, side, 3): RGB, shorter side to
+    `side`, centre crop. Over `max_pixels` (checked from the header, before decoding):
+    ResourceExhausted."""
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
+                raise ResourceExhausted(
+                    f"{im.size[0]}x{im.size[1]} pixels is over this server's limit of "
+                    f"{max_pixels:,} pixels per image; downscale it"
+                )
             im.load()
             rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except Image.DecompressionBombError as e:
+        raise ResourceExhausted(f"too many pixels: {e}") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise InvalidArgument(f"not a readable JPEG/PNG image: {e}") from e
     w, h = rgb.size
     if min(w, h) < 8:
@@ -107,30 +120,62 @@ def add_folder(
                 images.append(load_image(f))
             except InvalidArgument as e:
                 report.refused.append({"path": str(f), "reason": str(e)})
-        if not images:
-            report.refused.append({"path": str(entry), "reason": "no usable image"})
-            continue
-        ps, created = probes.add_probe_set(
-            graph,
-            settings,
-            concept=wnid,
-            images=np.stack(images),
-            source=source or f"folder {entry}",
-        )
-        report.attached.append(
-            {
-                "folder": entry.name,
-                "wnid": ps.wnid,
-                "concept": ps.concept,
-                "set_id": ps.id,
-                "images": ps.count,
-                "created": created,
-            }
-        )
-        if created:
-            report.stale_models += mark_stale(graph, ps.wnid)
+        _attach(graph, settings, report, entry.name, wnid, images, source or f"folder {entry}")
     report.stale_models = sorted(set(report.stale_models))
     return report
+
+
+def attach_groups(
+    graph: Graph,
+    settings: Settings,
+    groups: dict[str, list[np.ndarray]],
+    *,
+    ground: Callable[[str], str] | None = None,
+    source: str = "",
+    refused: list[dict[str, str]] | None = None,
+) -> FolderReport:
+    """`add_folder` for images already loaded (`load_image`), keyed by what would be the
+    sub-folder's name (e.g. streamed over gRPC); `refused` starts the report's list."""
+    report = FolderReport(refused=list(refused or []))
+    for name in sorted(groups):
+        try:
+            wnid = concept_of_folder(graph, name, ground)
+        except MllgraphError as e:
+            report.refused.append({"path": name, "reason": f"no concept: {e}"})
+            continue
+        _attach(graph, settings, report, name, wnid, groups[name], source)
+    report.stale_models = sorted(set(report.stale_models))
+    return report
+
+
+def _attach(
+    graph: Graph,
+    settings: Settings,
+    report: FolderReport,
+    folder: str,
+    wnid: str,
+    images: list[np.ndarray],
+    source: str,
+) -> None:
+    """One concept's images as one probe set; stale marks when it is new."""
+    if not images:
+        report.refused.append({"path": folder, "reason": "no usable image"})
+        return
+    ps, created = probes.add_probe_set(
+        graph, settings, concept=wnid, images=np.stack(images), source=source
+    )
+    report.attached.append(
+        {
+            "folder": folder,
+            "wnid": ps.wnid,
+            "concept": ps.concept,
+            "set_id": ps.id,
+            "images": ps.count,
+            "created": created,
+        }
+    )
+    if created:
+        report.stale_models += mark_stale(graph, ps.wnid)
 
 
 def mark_stale(graph: Graph, wnid: str) -> list[str]:

@@ -61,6 +61,10 @@ class Registration:
     # Stated top-1 accuracy on the model's own label set, in (0, 1]: the prior quality of
     # its declared (unmeasured) heads. None = not stated (builtins state their own).
     top1_accuracy: float | None = None
+    # (source, source_ref) to record for weights_path, when the path is a private copy (the
+    # services copy imports and uploads first): e.g. ("file", "experts/a.safetensors") or
+    # ("stream", "<sha256>"). None: ("file", the path).
+    origin: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,8 @@ def load_model(settings: Settings, record: dict[str, Any]):  # -> (nn.Module, In
 Grounder = Callable[[str], str]  # class name -> wnid, raising InvalidArgument if it cannot
 
 
-def _validate_identity(reg: Registration) -> None:
+def validate_identity(reg: Registration) -> None:
+    """Name, version, one weights source, labels, top-1 and metadata (InvalidArgument)."""
     if not NAME_RE.match(reg.name or ""):
         raise InvalidArgument(
             f"name {reg.name!r}: use 1-100 letters, digits, '.', '_' or '-' (starting with a "
@@ -279,7 +284,7 @@ def register_model(
     """Validate, store and write one model; see the module docstring for the guarantees."""
     from mllgraph.hub import experts
 
-    _validate_identity(reg)
+    validate_identity(reg)
     ensure_schema(graph)
     mid = model_id(reg.name, reg.version)
     with tempfile.TemporaryDirectory(prefix="mllgraph-register-") as tmp:
@@ -301,14 +306,14 @@ def register_model(
                 # Named by content: the loader picks safetensors or torch.load by suffix.
                 path = Path(tmp) / "weights.pt"
                 path.write_bytes(reg.weights_bytes)
-                if _is_safetensors(path):
+                if is_safetensors(path):
                     path = path.rename(path.with_suffix(".safetensors"))
                 source, source_ref = "upload", f"{len(reg.weights_bytes)} bytes"
             else:
                 path = Path(reg.weights_path).expanduser()  # type: ignore[arg-type]
                 if not path.is_file():
                     raise InvalidArgument(f"weights_path: no such file {path}")
-                source, source_ref = "file", str(path)
+                source, source_ref = reg.origin or ("file", str(path))
         spec.validate()
         sha = sha256_file(path)
 
@@ -358,7 +363,7 @@ def register_model(
         experts.check_forward(model, spec, n_labels)
         labels, wnids = _labels_to_wnids(graph, reg, n_labels, ground)
 
-        suffix = ".safetensors" if _is_safetensors(path) else ".pt"
+        suffix = ".safetensors" if is_safetensors(path) else ".pt"
         blob = blob_path(settings, sha, suffix)
         new_blob = not blob.exists()
         if new_blob:
@@ -434,7 +439,7 @@ def _differences(
     return out
 
 
-def _is_safetensors(path: Path) -> bool:
+def is_safetensors(path: Path) -> bool:
     # safetensors starts with an 8-byte little-endian header length, then '{'.
     with path.open("rb") as f:
         head = f.read(9)

@@ -30,6 +30,19 @@ def _check_pixels(h: int, w: int, max_pixels: int, where: str) -> None:
         )
 
 
+def encoded_size(encoded: bytes) -> tuple[int, int]:
+    """(height, width) from a PNG/JPEG header, nothing decoded; (0, 0) when unreadable
+    (`decode_image` then says why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(encoded), formats=["PNG", "JPEG"]) as im:
+            w, h = im.size
+    except Exception:  # noqa: BLE001 - any failure is decode_image's to report
+        return 0, 0
+    return int(h), int(w)
+
+
 def decode_image(encoded: bytes, *, max_pixels: int, where: str = "image") -> np.ndarray:
     """PNG or JPEG bytes -> uint8 (H, W) gray or (H, W, 3) RGB.
 

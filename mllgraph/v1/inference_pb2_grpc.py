@@ -55,7 +55,12 @@ class InferenceServiceServicer:
         """Classifies a batch of images.
         Errors: NOT_FOUND (plan_id, or a model the plan uses), INVALID_ARGUMENT (no plan, no
         images, undecodable image, bad raw shape/dtype), FAILED_PRECONDITION (unknown
-        combination_json schema_version), RESOURCE_EXHAUSTED (batch too large).
+        combination_json schema_version), RESOURCE_EXHAUSTED (batch too large, an image over the
+        per-image pixel limit, or images that alone decode to more pixels than the server's
+        in-flight budget), DEADLINE_EXCEEDED (the deadline passed while the request waited for
+        room in that budget, or in the batch queue). The budget caps the decoded pixels of all
+        requests in progress together (MLLGRAPH_INFER_MAX_INFLIGHT_PIXELS): a request that does
+        not fit beside the others waits, first come first served.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mllgraph.v1 import common_pb2 as mllgraph_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmllgraph/v1/ingestion.proto\x12\x0bmllgraph.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18mllgraph/v1/common.proto\"\x83\x03\n\x14RegisterModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12\x16\n\x0cweights_path\x18\x04 \x01(\tH\x00\x12\x17\n\rweights_bytes\x18\x05 \x01(\x0cH\x00\x12\x11\n\x07\x62uiltin\x18\x06 \x01(\tH\x00\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\t\x12\r\n\x05wnids\x18\x08 \x03(\t\x12*\n\ninput_spec\x18\t \x01(\x0b\x32\x16.mllgraph.v1.InputSpec\x12\x41\n\x08metadata\x18\n \x03(\x0b\x32/.mllgraph.v1.RegisterModelRequest.MetadataEntry\x12\x1a\n\rtop1_accuracy\x18\x0b \x01(\x02H\x01\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06sourceB\x10\n\x0e_top1_accuracy\"F\n\x0bHeadConcept\x12(\n\x07\x63oncept\x18\x01 \x01(\x0b\x32\x17.mllgraph.v1.ConceptRef\x12\r\n\x05score\x18\x02 \x01(\x02\"i\n\x04Head\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x15\n\rdeclared_wnid\x18\x03 \x01(\t\x12,\n\ntop_labels\x18\x04 \x03(\x0b\x32\x18.mllgraph.v1.HeadConcept\"\xf7\x03\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04\x61rch\x18\x04 \x01(\t\x12(\n\x06source\x18\x05 \x01(\x0e\x32\x18.mllgraph.v1.ModelSource\x12\x12\n\nsource_ref\x18\x06 \x01(\t\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x13\n\x0bnum_classes\x18\x08 \x01(\x05\x12*\n\ninput_spec\x18\t \x01(\x0b\x32\x16.mllgraph.v1.InputSpec\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08labelled\x18\x0b \x01(\x08\x12 \n\x05heads\x18\x0c \x03(\x0b\x32\x11.mllgraph.v1.Head\x12\x32\n\x08metadata\x18\r \x03(\x0b\x32 .mllgraph.v1.Model.MetadataEntry\x12/\n\x0blabelled_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\rtop1_accuracy\x18\x0f \x01(\x02H\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x10\n\x0e_top1_accuracy\"\x85\x01\n\x0cLabelOptions\x12\x0f\n\x07relabel\x18\x01 \x01(\x08\x12\x11\n\tprobe_set\x18\x02 \x01(\t\x12\x1b\n\x13samples_per_concept\x18\x03 \x01(\x05\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\tmin_score\x18\x05 \x01(\x02\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\"Q\n\x11LabelModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.mllgraph.v1.LabelOptions\"\x84\x02\n\x08LabelJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.mllgraph.v1.LabelJobState\x12\x10\n\x08progress\x18\x04 \x01(\x02\x12\x0f\n\x07message\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nheads_done\x18\x08 \x01(\x05\x12\x13\n\x0bheads_total\x18\t \x01(\x05\"$\n\x12GetLabelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rinclude_heads\x18\x02 \x01(\x08\"\x9e\x01\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x16\n\x0e\x63overs_concept\x18\x03 \x01(\t\x12\x17\n\x0fmin_label_score\x18\x04 \x01(\x02\x12\x15\n\rinclude_heads\x18\x05 \x01(\x08\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"Q\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.mllgraph.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x12\x44\x65leteModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"t\n\x13\x44\x65leteModelResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rdeleted_heads\x18\x02 \x01(\x05\x12\x1b\n\x13\x64\x65leted_label_edges\x18\x03 \x01(\x05\x12\x17\n\x0fweights_removed\x18\x04 \x01(\x08*\x84\x01\n\x0bModelSource\x12\x1c\n\x18MODEL_SOURCE_UNSPECIFIED\x10\x00\x12\x1d\n\x19MODEL_SOURCE_WEIGHTS_PATH\x10\x01\x12\x1e\n\x1aMODEL_SOURCE_WEIGHTS_BYTES\x10\x02\x12\x18\n\x14MODEL_SOURCE_BUILTIN\x10\x03*\x9f\x01\n\rLabelJobState\x12\x1f\n\x1bLABEL_JOB_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16LABEL_JOB_STATE_QUEUED\x10\x01\x12\x1b\n\x17LABEL_JOB_STATE_RUNNING\x10\x02\x12\x18\n\x14LABEL_JOB_STATE_DONE\x10\x03\x12\x1a\n\x16LABEL_JOB_STATE_FAILED\x10\x04\x32\xc5\x03\n\x10IngestionService\x12\x46\n\rRegisterModel\x12!.mllgraph.v1.RegisterModelRequest\x1a\x12.mllgraph.v1.Model\x12\x43\n\nLabelModel\x12\x1e.mllgraph.v1.LabelModelRequest\x1a\x15.mllgraph.v1.LabelJob\x12\x45\n\x0bGetLabelJob\x12\x1f.mllgraph.v1.GetLabelJobRequest\x1a\x15.mllgraph.v1.LabelJob\x12<\n\x08GetModel\x12\x1c.mllgraph.v1.GetModelRequest\x1a\x12.mllgraph.v1.Model\x12M\n\nListModels\x12\x1e.mllgraph.v1.ListModelsRequest\x1a\x1f.mllgraph.v1.ListModelsResponse\x12P\n\x0b\x44\x65leteModel\x12\x1f.mllgraph.v1.DeleteModelRequest\x1a .mllgraph.v1.DeleteModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmllgraph/v1/ingestion.proto\x12\x0bmllgraph.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18mllgraph/v1/common.proto\"\x9d\x03\n\x14RegisterModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12\x16\n\x0cweights_path\x18\x04 \x01(\tH\x00\x12\x17\n\rweights_bytes\x18\x05 \x01(\x0cH\x00\x12\x11\n\x07\x62uiltin\x18\x06 \x01(\tH\x00\x12\x18\n\x0eweights_sha256\x18\x0c \x01(\tH\x00\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\t\x12\r\n\x05wnids\x18\x08 \x03(\t\x12*\n\ninput_spec\x18\t \x01(\x0b\x32\x16.mllgraph.v1.InputSpec\x12\x41\n\x08metadata\x18\n \x03(\x0b\x32/.mllgraph.v1.RegisterModelRequest.MetadataEntry\x12\x1a\n\rtop1_accuracy\x18\x0b \x01(\x02H\x01\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06sourceB\x10\n\x0e_top1_accuracy\"F\n\x0bHeadConcept\x12(\n\x07\x63oncept\x18\x01 \x01(\x0b\x32\x17.mllgraph.v1.ConceptRef\x12\r\n\x05score\x18\x02 \x01(\x02\"i\n\x04Head\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x15\n\rdeclared_wnid\x18\x03 \x01(\t\x12,\n\ntop_labels\x18\x04 \x03(\x0b\x32\x18.mllgraph.v1.HeadConcept\"\xf7\x03\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04\x61rch\x18\x04 \x01(\t\x12(\n\x06source\x18\x05 \x01(\x0e\x32\x18.mllgraph.v1.ModelSource\x12\x12\n\nsource_ref\x18\x06 \x01(\t\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x13\n\x0bnum_classes\x18\x08 \x01(\x05\x12*\n\ninput_spec\x18\t \x01(\x0b\x32\x16.mllgraph.v1.InputSpec\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08labelled\x18\x0b \x01(\x08\x12 \n\x05heads\x18\x0c \x03(\x0b\x32\x11.mllgraph.v1.Head\x12\x32\n\x08metadata\x18\r \x03(\x0b\x32 .mllgraph.v1.Model.MetadataEntry\x12/\n\x0blabelled_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\rtop1_accuracy\x18\x0f \x01(\x02H\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x10\n\x0e_top1_accuracy\"\x85\x01\n\x0cLabelOptions\x12\x0f\n\x07relabel\x18\x01 \x01(\x08\x12\x11\n\tprobe_set\x18\x02 \x01(\t\x12\x1b\n\x13samples_per_concept\x18\x03 \x01(\x05\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\tmin_score\x18\x05 \x01(\x02\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\"Q\n\x11LabelModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12*\n\x07options\x18\x02 \x01(\x0b\x32\x19.mllgraph.v1.LabelOptions\"\x84\x02\n\x08LabelJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.mllgraph.v1.LabelJobState\x12\x10\n\x08progress\x18\x04 \x01(\x02\x12\x0f\n\x07message\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nheads_done\x18\x08 \x01(\x05\x12\x13\n\x0bheads_total\x18\t \x01(\x05\"$\n\x12GetLabelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rinclude_heads\x18\x02 \x01(\x08\"\x9e\x01\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x16\n\x0e\x63overs_concept\x18\x03 \x01(\t\x12\x17\n\x0fmin_label_score\x18\x04 \x01(\x02\x12\x15\n\rinclude_heads\x18\x05 \x01(\x08\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"Q\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.mllgraph.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x0cWeightsChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"0\n\nWeightsRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"L\n\nProbeImage\x12\x0f\n\x07\x63oncept\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x65ncoded\x18\x03 \x01(\x0c\x12\x0e\n\x06source\x18\x04 \x01(\t\"{\n\x0e\x41ttachedProbes\x12\x0e\n\x06\x66older\x18\x01 \x01(\t\x12(\n\x07\x63oncept\x18\x02 \x01(\x0b\x32\x17.mllgraph.v1.ConceptRef\x12\x0e\n\x06set_id\x18\x03 \x01(\t\x12\x0e\n\x06images\x18\x04 \x01(\x05\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x08\",\n\x0cRefusedProbe\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x82\x01\n\x0f\x41\x64\x64ProbesReport\x12-\n\x08\x61ttached\x18\x01 \x03(\x0b\x32\x1b.mllgraph.v1.AttachedProbes\x12*\n\x07refused\x18\x02 \x03(\x0b\x32\x19.mllgraph.v1.RefusedProbe\x12\x14\n\x0cstale_models\x18\x03 \x03(\t\"=\n\x12\x44\x65leteModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"t\n\x13\x44\x65leteModelResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rdeleted_heads\x18\x02 \x01(\x05\x12\x1b\n\x13\x64\x65leted_label_edges\x18\x03 \x01(\x05\x12\x17\n\x0fweights_removed\x18\x04 \x01(\x08*\xa5\x01\n\x0bModelSource\x12\x1c\n\x18MODEL_SOURCE_UNSPECIFIED\x10\x00\x12\x1d\n\x19MODEL_SOURCE_WEIGHTS_PATH\x10\x01\x12\x1e\n\x1aMODEL_SOURCE_WEIGHTS_BYTES\x10\x02\x12\x18\n\x14MODEL_SOURCE_BUILTIN\x10\x03\x12\x1f\n\x1bMODEL_SOURCE_WEIGHTS_UPLOAD\x10\x04*\x9f\x01\n\rLabelJobState\x12\x1f\n\x1bLABEL_JOB_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16LABEL_JOB_STATE_QUEUED\x10\x01\x12\x1b\n\x17LABEL_JOB_STATE_RUNNING\x10\x02\x12\x18\n\x14LABEL_JOB_STATE_DONE\x10\x03\x12\x1a\n\x16LABEL_JOB_STATE_FAILED\x10\x04\x32\xd2\x04\n\x10IngestionService\x12\x46\n\rRegisterModel\x12!.mllgraph.v1.RegisterModelRequest\x1a\x12.mllgraph.v1.Model\x12\x45\n\rUploadWeights\x12\x19.mllgraph.v1.WeightsChunk\x1a\x17.mllgraph.v1.WeightsRef(\x01\x12\x44\n\tAddProbes\x12\x17.mllgraph.v1.ProbeImage\x1a\x1c.mllgraph.v1.AddProbesReport(\x01\x12\x43\n\nLabelModel\x12\x1e.mllgraph.v1.LabelModelRequest\x1a\x15.mllgraph.v1.LabelJob\x12\x45\n\x0bGetLabelJob\x12\x1f.mllgraph.v1.GetLabelJobRequest\x1a\x15.mllgraph.v1.LabelJob\x12<\n\x08GetModel\x12\x1c.mllgraph.v1.GetModelRequest\x1a\x12.mllgraph.v1.Model\x12M\n\nListModels\x12\x1e.mllgraph.v1.ListModelsRequest\x1a\x1f.mllgraph.v1.ListModelsResponse\x12P\n\x0b\x44\x65leteModel\x12\x1f.mllgraph.v1.DeleteModelRequest\x1a .mllgraph.v1.DeleteModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,40 +37,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERMODELREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_MODEL_METADATAENTRY']._loaded_options = None
   _globals['_MODEL_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_MODELSOURCE']._serialized_start=2184
-  _globals['_MODELSOURCE']._serialized_end=2316
-  _globals['_LABELJOBSTATE']._serialized_start=2319
-  _globals['_LABELJOBSTATE']._serialized_end=2478
+  _globals['_MODELSOURCE']._serialized_start=2709
+  _globals['_MODELSOURCE']._serialized_end=2874
+  _globals['_LABELJOBSTATE']._serialized_start=2877
+  _globals['_LABELJOBSTATE']._serialized_end=3036
   _globals['_REGISTERMODELREQUEST']._serialized_start=104
-  _globals['_REGISTERMODELREQUEST']._serialized_end=491
-  _globals['_REGISTERMODELREQUEST_METADATAENTRY']._serialized_start=416
-  _globals['_REGISTERMODELREQUEST_METADATAENTRY']._serialized_end=463
-  _globals['_HEADCONCEPT']._serialized_start=493
-  _globals['_HEADCONCEPT']._serialized_end=563
-  _globals['_HEAD']._serialized_start=565
-  _globals['_HEAD']._serialized_end=670
-  _globals['_MODEL']._serialized_start=673
-  _globals['_MODEL']._serialized_end=1176
-  _globals['_MODEL_METADATAENTRY']._serialized_start=416
-  _globals['_MODEL_METADATAENTRY']._serialized_end=463
-  _globals['_LABELOPTIONS']._serialized_start=1179
-  _globals['_LABELOPTIONS']._serialized_end=1312
-  _globals['_LABELMODELREQUEST']._serialized_start=1314
-  _globals['_LABELMODELREQUEST']._serialized_end=1395
-  _globals['_LABELJOB']._serialized_start=1398
-  _globals['_LABELJOB']._serialized_end=1658
-  _globals['_GETLABELJOBREQUEST']._serialized_start=1660
-  _globals['_GETLABELJOBREQUEST']._serialized_end=1696
-  _globals['_GETMODELREQUEST']._serialized_start=1698
-  _globals['_GETMODELREQUEST']._serialized_end=1756
-  _globals['_LISTMODELSREQUEST']._serialized_start=1759
-  _globals['_LISTMODELSREQUEST']._serialized_end=1917
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1919
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2000
-  _globals['_DELETEMODELREQUEST']._serialized_start=2002
-  _globals['_DELETEMODELREQUEST']._serialized_end=2063
-  _globals['_DELETEMODELRESPONSE']._serialized_start=2065
-  _globals['_DELETEMODELRESPONSE']._serialized_end=2181
-  _globals['_INGESTIONSERVICE']._serialized_start=2481
-  _globals['_INGESTIONSERVICE']._serialized_end=2934
+  _globals['_REGISTERMODELREQUEST']._serialized_end=517
+  _globals['_REGISTERMODELREQUEST_METADATAENTRY']._serialized_start=442
+  _globals['_REGISTERMODELREQUEST_METADATAENTRY']._serialized_end=489
+  _globals['_HEADCONCEPT']._serialized_start=519
+  _globals['_HEADCONCEPT']._serialized_end=589
+  _globals['_HEAD']._serialized_start=591
+  _globals['_HEAD']._serialized_end=696
+  _globals['_MODEL']._serialized_start=699
+  _globals['_MODEL']._serialized_end=1202
+  _globals['_MODEL_METADATAENTRY']._serialized_start=442
+  _globals['_MODEL_METADATAENTRY']._serialized_end=489
+  _globals['_LABELOPTIONS']._serialized_start=1205
+  _globals['_LABELOPTIONS']._serialized_end=1338
+  _globals['_LABELMODELREQUEST']._serialized_start=1340
+  _globals['_LABELMODELREQUEST']._serialized_end=1421
+  _globals['_LABELJOB']._serialized_start=1424
+  _globals['_LABELJOB']._serialized_end=1684
+  _globals['_GETLABELJOBREQUEST']._serialized_start=1686
+  _globals['_GETLABELJOBREQUEST']._serialized_end=1722
+  _globals['_GETMODELREQUEST']._serialized_start=1724
+  _globals['_GETMODELREQUEST']._serialized_end=1782
+  _globals['_LISTMODELSREQUEST']._serialized_start=1785
+  _globals['_LISTMODELSREQUEST']._serialized_end=1943
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1945
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2026
+  _globals['_WEIGHTSCHUNK']._serialized_start=2028
+  _globals['_WEIGHTSCHUNK']._serialized_end=2093
+  _globals['_WEIGHTSREF']._serialized_start=2095
+  _globals['_WEIGHTSREF']._serialized_end=2143
+  _globals['_PROBEIMAGE']._serialized_start=2145
+  _globals['_PROBEIMAGE']._serialized_end=2221
+  _globals['_ATTACHEDPROBES']._serialized_start=2223
+  _globals['_ATTACHEDPROBES']._serialized_end=2346
+  _globals['_REFUSEDPROBE']._serialized_start=2348
+  _globals['_REFUSEDPROBE']._serialized_end=2392
+  _globals['_ADDPROBESREPORT']._serialized_start=2395
+  _globals['_ADDPROBESREPORT']._serialized_end=2525
+  _globals['_DELETEMODELREQUEST']._serialized_start=2527
+  _globals['_DELETEMODELREQUEST']._serialized_end=2588
+  _globals['_DELETEMODELRESPONSE']._serialized_start=2590
+  _globals['_DELETEMODELRESPONSE']._serialized_end=2706
+  _globals['_INGESTIONSERVICE']._serialized_start=3039
+  _globals['_INGESTIONSERVICE']._serialized_end=3633
 # @@protoc_insertion_point(module_scope)

@@ -17,6 +17,7 @@ class ModelSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_SOURCE_WEIGHTS_PATH: _ClassVar[ModelSource]
     MODEL_SOURCE_WEIGHTS_BYTES: _ClassVar[ModelSource]
     MODEL_SOURCE_BUILTIN: _ClassVar[ModelSource]
+    MODEL_SOURCE_WEIGHTS_UPLOAD: _ClassVar[ModelSource]
 
 class LabelJobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -29,6 +30,7 @@ MODEL_SOURCE_UNSPECIFIED: ModelSource
 MODEL_SOURCE_WEIGHTS_PATH: ModelSource
 MODEL_SOURCE_WEIGHTS_BYTES: ModelSource
 MODEL_SOURCE_BUILTIN: ModelSource
+MODEL_SOURCE_WEIGHTS_UPLOAD: ModelSource
 LABEL_JOB_STATE_UNSPECIFIED: LabelJobState
 LABEL_JOB_STATE_QUEUED: LabelJobState
 LABEL_JOB_STATE_RUNNING: LabelJobState
@@ -36,7 +38,7 @@ LABEL_JOB_STATE_DONE: LabelJobState
 LABEL_JOB_STATE_FAILED: LabelJobState
 
 class RegisterModelRequest(_message.Message):
-    __slots__ = ("name", "version", "arch", "weights_path", "weights_bytes", "builtin", "class_names", "wnids", "input_spec", "metadata", "top1_accuracy")
+    __slots__ = ("name", "version", "arch", "weights_path", "weights_bytes", "builtin", "weights_sha256", "class_names", "wnids", "input_spec", "metadata", "top1_accuracy")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +52,7 @@ class RegisterModelRequest(_message.Message):
     WEIGHTS_PATH_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
     BUILTIN_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     WNIDS_FIELD_NUMBER: _ClassVar[int]
     INPUT_SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -61,12 +64,13 @@ class RegisterModelRequest(_message.Message):
     weights_path: str
     weights_bytes: bytes
     builtin: str
+    weights_sha256: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
     wnids: _containers.RepeatedScalarFieldContainer[str]
     input_spec: _common_pb2.InputSpec
     metadata: _containers.ScalarMap[str, str]
     top1_accuracy: float
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., arch: _Optional[str] = ..., weights_path: _Optional[str] = ..., weights_bytes: _Optional[bytes] = ..., builtin: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., wnids: _Optional[_Iterable[str]] = ..., input_spec: _Optional[_Union[_common_pb2.InputSpec, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., top1_accuracy: _Optional[float] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., arch: _Optional[str] = ..., weights_path: _Optional[str] = ..., weights_bytes: _Optional[bytes] = ..., builtin: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., wnids: _Optional[_Iterable[str]] = ..., input_spec: _Optional[_Union[_common_pb2.InputSpec, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., top1_accuracy: _Optional[float] = ...) -> None: ...
 
 class HeadConcept(_message.Message):
     __slots__ = ("concept", "score")
@@ -214,6 +218,68 @@ class ListModelsResponse(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[Model]
     next_page_token: str
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class WeightsChunk(_message.Message):
+    __slots__ = ("data", "total_bytes", "sha256")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    total_bytes: int
+    sha256: str
+    def __init__(self, data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class WeightsRef(_message.Message):
+    __slots__ = ("sha256", "size_bytes")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    size_bytes: int
+    def __init__(self, sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class ProbeImage(_message.Message):
+    __slots__ = ("concept", "name", "encoded", "source")
+    CONCEPT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    concept: str
+    name: str
+    encoded: bytes
+    source: str
+    def __init__(self, concept: _Optional[str] = ..., name: _Optional[str] = ..., encoded: _Optional[bytes] = ..., source: _Optional[str] = ...) -> None: ...
+
+class AttachedProbes(_message.Message):
+    __slots__ = ("folder", "concept", "set_id", "images", "created")
+    FOLDER_FIELD_NUMBER: _ClassVar[int]
+    CONCEPT_FIELD_NUMBER: _ClassVar[int]
+    SET_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    folder: str
+    concept: _common_pb2.ConceptRef
+    set_id: str
+    images: int
+    created: bool
+    def __init__(self, folder: _Optional[str] = ..., concept: _Optional[_Union[_common_pb2.ConceptRef, _Mapping]] = ..., set_id: _Optional[str] = ..., images: _Optional[int] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class RefusedProbe(_message.Message):
+    __slots__ = ("path", "reason")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    reason: str
+    def __init__(self, path: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AddProbesReport(_message.Message):
+    __slots__ = ("attached", "refused", "stale_models")
+    ATTACHED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    STALE_MODELS_FIELD_NUMBER: _ClassVar[int]
+    attached: _containers.RepeatedCompositeFieldContainer[AttachedProbes]
+    refused: _containers.RepeatedCompositeFieldContainer[RefusedProbe]
+    stale_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, attached: _Optional[_Iterable[_Union[AttachedProbes, _Mapping]]] = ..., refused: _Optional[_Iterable[_Union[RefusedProbe, _Mapping]]] = ..., stale_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteModelRequest(_message.Message):
     __slots__ = ("model_id", "allow_missing")

@@ -40,6 +40,16 @@ class IngestionServiceStub:
                 request_serializer=mllgraph_dot_v1_dot_ingestion__pb2.RegisterModelRequest.SerializeToString,
                 response_deserializer=mllgraph_dot_v1_dot_ingestion__pb2.Model.FromString,
                 _registered_method=True)
+        self.UploadWeights = channel.stream_unary(
+                '/mllgraph.v1.IngestionService/UploadWeights',
+                request_serializer=mllgraph_dot_v1_dot_ingestion__pb2.WeightsChunk.SerializeToString,
+                response_deserializer=mllgraph_dot_v1_dot_ingestion__pb2.WeightsRef.FromString,
+                _registered_method=True)
+        self.AddProbes = channel.stream_unary(
+                '/mllgraph.v1.IngestionService/AddProbes',
+                request_serializer=mllgraph_dot_v1_dot_ingestion__pb2.ProbeImage.SerializeToString,
+                response_deserializer=mllgraph_dot_v1_dot_ingestion__pb2.AddProbesReport.FromString,
+                _registered_method=True)
         self.LabelModel = channel.unary_unary(
                 '/mllgraph.v1.IngestionService/LabelModel',
                 request_serializer=mllgraph_dot_v1_dot_ingestion__pb2.LabelModelRequest.SerializeToString,
@@ -74,8 +84,37 @@ class IngestionServiceServicer:
     def RegisterModel(self, request, context):
         """Registers a model: stores its weights, records its heads (one per logit) in the graph.
         Errors: INVALID_ARGUMENT (bad arch, label count != logit count, unknown wnid, unreadable
-        weights, a weights_path that is not a file, an unknown builtin), ALREADY_EXISTS (same
-        name and version).
+        weights, a weights_path that is not a file or lies outside the import folder, an unknown
+        builtin), FAILED_PRECONDITION (weights_path on a server with no import folder),
+        NOT_FOUND (a weights_sha256 nobody uploaded), RESOURCE_EXHAUSTED (weights_bytes over the
+        upload limit), ALREADY_EXISTS (same name and version, other content).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadWeights(self, request_iterator, context):
+        """Streams a weights file to the server (chunks in order). The server hashes it on the fly,
+        writes it to a temporary file and keeps it, named by its SHA-256, only once the stream
+        ends complete; name it in RegisterModelRequest.weights_sha256. An upload that is never
+        registered is removed after the server's upload TTL (MLLGRAPH_UPLOAD_TTL_S, 24 h).
+        Errors: RESOURCE_EXHAUSTED (more bytes than MLLGRAPH_MAX_UPLOAD_BYTES, said up front in
+        total_bytes or found while streaming), INVALID_ARGUMENT (no bytes, total_bytes or sha256
+        not matching what arrived). A failed or cancelled upload leaves no file behind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddProbes(self, request_iterator, context):
+        """Adds probe images to concepts: a stream of images, each with its concept (the folder
+        layout of `mllgraph probes add --folder`: one "folder" per concept, named by a wnid,
+        "name.n.NN" or a class name grounded like a task's). One probe set per concept; images
+        that cannot be read and folders that name no concept are refused and reported, the rest
+        attached. Models whose declared or measured heads touch a concept that got new probes
+        are marked stale (relabel them with LabelModel, options.relabel).
+        Errors: RESOURCE_EXHAUSTED (more images than MLLGRAPH_MAX_PROBE_IMAGES per call, or an
+        image over the per-image pixel limit: nothing is attached), INVALID_ARGUMENT (no images).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,6 +166,16 @@ def add_IngestionServiceServicer_to_server(servicer, server):
                     servicer.RegisterModel,
                     request_deserializer=mllgraph_dot_v1_dot_ingestion__pb2.RegisterModelRequest.FromString,
                     response_serializer=mllgraph_dot_v1_dot_ingestion__pb2.Model.SerializeToString,
+            ),
+            'UploadWeights': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadWeights,
+                    request_deserializer=mllgraph_dot_v1_dot_ingestion__pb2.WeightsChunk.FromString,
+                    response_serializer=mllgraph_dot_v1_dot_ingestion__pb2.WeightsRef.SerializeToString,
+            ),
+            'AddProbes': grpc.stream_unary_rpc_method_handler(
+                    servicer.AddProbes,
+                    request_deserializer=mllgraph_dot_v1_dot_ingestion__pb2.ProbeImage.FromString,
+                    response_serializer=mllgraph_dot_v1_dot_ingestion__pb2.AddProbesReport.SerializeToString,
             ),
             'LabelModel': grpc.unary_unary_rpc_method_handler(
                     servicer.LabelModel,
@@ -182,6 +231,60 @@ class IngestionService:
             '/mllgraph.v1.IngestionService/RegisterModel',
             mllgraph_dot_v1_dot_ingestion__pb2.RegisterModelRequest.SerializeToString,
             mllgraph_dot_v1_dot_ingestion__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadWeights(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mllgraph.v1.IngestionService/UploadWeights',
+            mllgraph_dot_v1_dot_ingestion__pb2.WeightsChunk.SerializeToString,
+            mllgraph_dot_v1_dot_ingestion__pb2.WeightsRef.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddProbes(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mllgraph.v1.IngestionService/AddProbes',
+            mllgraph_dot_v1_dot_ingestion__pb2.ProbeImage.SerializeToString,
+            mllgraph_dot_v1_dot_ingestion__pb2.AddProbesReport.FromString,
             options,
             channel_credentials,
             insecure,
