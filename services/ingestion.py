@@ -442,6 +442,8 @@ class LabelJobQueue:
             log.info("label_job state=running job=%s model=%s", job.job_id, job.model_id)
             self._running = job
             self._current = asyncio.ensure_future(self._run(job))
+            # A job cancelled at shutdown still ends in its thread (Aborted): retrieve that.
+            self._current.add_done_callback(lambda f: f.cancelled() or f.exception())
             try:
                 message = await asyncio.shield(self._current)
             except asyncio.CancelledError:

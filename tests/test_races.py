@@ -162,6 +162,55 @@ def test_same_id_registered_from_many_threads_creates_once(
     assert Path(results[0].record["weights_path"]).is_file()
 
 
+_HOLD_STORE_LOCK = """
+import sys
+from dataclasses import replace
+from pathlib import Path
+from mllgraph.hub import registry
+from mllgraph.settings import Settings
+settings = replace(Settings.from_env(), home=Path(sys.argv[1]))
+with registry.store_lock(settings):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_the_store_lock_holds_across_processes(
+    sdag_graph, neo4j_settings, weights, cleanup
+) -> None:
+    """Another process (the CLI beside the service) holding the store lock: a delete waits
+    for it before touching the graph or the file."""
+    import subprocess
+    import sys
+
+    graph, settings = sdag_graph, neo4j_settings
+    mid = _register(graph, settings, _name("flock"), weights)
+    cleanup.append(mid)
+    blob = Path(registry.get_model(graph, mid)["weights_path"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_STORE_LOCK, str(settings.home)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        done: list[dict] = []
+        deleter = threading.Thread(
+            target=lambda: done.append(registry.delete_model(graph, settings, mid))
+        )
+        deleter.start()
+        deleter.join(timeout=2.0)
+        assert not done and registry.get_model(graph, mid) and blob.is_file()
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=30)
+    deleter.join(timeout=60)
+    assert done and done[0]["weights_removed"] and not blob.exists()
+
+
 # --- label jobs -----------------------------------------------------------------------------
 
 

@@ -168,9 +168,12 @@ class Graph:
         (every SelectHeads, every registration) then cost no extra round trips."""
         if name in self._schemas:
             return
-        with driver_errors(self.settings):
+
+        def create() -> None:
             for statement in cypher.statements(name):
                 self.driver.execute_query(statement, database_=self.database)
+
+        self._call(create, self._timeout())
         self._schemas.add(name)
 
     def verify(self, timeout_s: float = VERIFY_TIMEOUT_S) -> None:
