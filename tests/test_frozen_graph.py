@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 import torch
 
-from mllgraph.errors import NotFound
+from mllgraph.errors import DeadlineExceeded, NotFound, Unavailable
+from mllgraph.graph import db, deadline
 from mllgraph.graph.db import Graph
 from mllgraph.hub import experts, registry
 from mllgraph.reuse import rule as combine
@@ -256,6 +257,13 @@ def test_frozen_database_answers_within_deadlines_and_cached_plans_classify(
                 time.sleep(0.5)  # they are waiting on the frozen database now
                 during = [_probabilities(classify(cached, timeout=10)) for _ in range(3)]
                 answers = [f.result() for f in futures]
+            # The Graph itself: each call waits no longer than its deadline; once all its
+            # threads wait on the frozen server, the next call is refused at once.
+            for _ in range(db.GRAPH_WORKERS):
+                with deadline.within(0.1), pytest.raises(DeadlineExceeded, match="Neo4j"):
+                    graph.read("hub/catalogue_version")
+            with deadline.within(30), pytest.raises(Unavailable, match="still waiting"):
+                graph.read("hub/catalogue_version")
         finally:
             os.kill(pid, signal.SIGCONT)
 
