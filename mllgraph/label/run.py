@@ -6,7 +6,7 @@ costs one model's work. The model's per-image outputs on the probes are kept bes
 weights so that selection can simulate head combinations later without running any model:
 each labelling writes them as a new version (`probe_outputs/<version>/` holding the array and
 its index) and, only after the graph write of the labels succeeded, switches the
-`probe_outputs/CURRENT` pointer to it with one atomic rename, so readers see the old pair or
+`probe_outputs/CURRENT` symlink to it with one atomic rename, so readers see the old pair or
 the new pair and a failed write leaves the old outputs beside the old labels.
 
 Three steps, so the computation can run elsewhere: `prepare` reads what a model's labelling
@@ -39,7 +39,7 @@ from mllgraph.settings import Settings
 PROBE_OUTPUTS = "probe_outputs.npy"
 PROBE_INDEX = "probe_outputs.json"
 OUTPUTS_DIR = "probe_outputs"  # <model dir>/probe_outputs/<version>/{npy, json}
-CURRENT = "CURRENT"  # <model dir>/probe_outputs/CURRENT: the current version's folder name
+CURRENT = "CURRENT"  # <model dir>/probe_outputs/CURRENT: a symlink to the current version
 ProgressFn = Callable[[int, int], None]  # (images done, images total)
 
 
@@ -141,10 +141,10 @@ def current_version(settings: Settings, mid: str) -> Path | None:
     """The folder of the model's current probe outputs (named by `CURRENT`), or None."""
     root = _outputs_root(settings, mid)
     try:
-        tag = (root / CURRENT).read_text().strip()
-    except FileNotFoundError:
+        tag = os.readlink(root / CURRENT)  # one system call: selection asks per model
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    return root / tag if tag else None
+    return root / tag
 
 
 def probe_outputs_path(settings: Settings, mid: str) -> Path:
@@ -164,17 +164,17 @@ def probe_index_path(settings: Settings, mid: str) -> Path:
 class StagedOutputs:
     """A complete new version of the probe outputs (array and index in their own folder),
     not yet visible to readers: `switch_in` makes it current with one atomic rename of the
-    `CURRENT` pointer, so a reader sees the old pair or the new pair, never a mix."""
+    `CURRENT` symlink, so a reader (which resolves the link once, then opens both files in
+    that folder) sees the old pair or the new pair, never a mix."""
 
     path: Path  # the array in the new version's folder
     version: Path  # that folder
 
     def switch_in(self) -> Path:
         root = self.version.parent
-        pointer = root / CURRENT
         part = root / f"{CURRENT}.part-{self.version.name}"
-        part.write_text(self.version.name + "\n")
-        os.replace(part, pointer)
+        part.symlink_to(self.version.name)  # relative: the store may move
+        os.replace(part, root / CURRENT)
         _prune(root, self.version.name)
         return self.path
 
@@ -184,9 +184,9 @@ class StagedOutputs:
 
 def _prune(root: Path, current: str) -> None:
     """Remove versions older than the current and the one before it (a reader that read the
-    pointer just before the switch still finds its pair), and legacy unversioned files."""
+    link just before the switch still finds its pair), and legacy unversioned files."""
     versions = sorted(
-        (p for p in root.iterdir() if p.is_dir() and p.name != current),
+        (p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name != current),
         key=lambda p: p.stat().st_mtime,
     )
     for old in versions[:-1]:
@@ -254,8 +254,8 @@ class ProbeOutputs:
 
 
 def open_probe_outputs(settings: Settings, mid: str) -> ProbeOutputs:
-    """The current pair, both files from one version (the pointer is read once per try; a
-    version pruned between reading the pointer and opening is retried with the new one)."""
+    """The current pair, both files from one version (the link is read once per try; a
+    version pruned between reading the link and opening is retried with the new one)."""
     for attempt in range(3):
         folder = current_version(settings, mid) or registry.model_dir(settings, mid)
         index_path = folder / PROBE_INDEX
