@@ -48,3 +48,9 @@ class PermissionDenied(MllgraphError):
     """Known credentials without the scope the call needs."""
 
     grpc_code = "PERMISSION_DENIED"
+
+
+class Aborted(MllgraphError):
+    """Work stopped before it finished (a labelling job cancelled at shutdown)."""
+
+    grpc_code = "ABORTED"

@@ -49,6 +49,10 @@ class Settings:
     web_port: int = 8080
     # RPCs in progress per service; one more is refused (RESOURCE_EXHAUSTED), never queued.
     max_concurrent_rpcs: int = 128
+    # Stored plans (mllgraph.select.retention): the newest plan_max_count are kept, and none
+    # older than plan_max_age_s (0: no age limit); an evicted plan is NOT_FOUND.
+    plan_max_count: int = 10_000
+    plan_max_age_s: float = 7 * 24 * 3600.0
     # "auto" picks CUDA when present, else the CPU.
     device: str = "auto"
     # Inference service limits and batching (see mllgraph.reuse).
@@ -150,6 +154,8 @@ class Settings:
             max_concurrent_rpcs=int(
                 _env("MLLGRAPH_MAX_CONCURRENT_RPCS", str(cls.max_concurrent_rpcs))
             ),
+            plan_max_count=int(_env("MLLGRAPH_PLAN_MAX_COUNT", str(cls.plan_max_count))),
+            plan_max_age_s=float(_env("MLLGRAPH_PLAN_MAX_AGE_S", str(cls.plan_max_age_s))),
             device=_env("MLLGRAPH_DEVICE", cls.device),
             infer_max_image_pixels=int(
                 _env("MLLGRAPH_INFER_MAX_IMAGE_PIXELS", str(cls.infer_max_image_pixels))

@@ -292,6 +292,26 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 self._classifiers.popitem(last=False)
         return clf
 
+    def _cached(self, request: inference_pb2.ClassifyRequest) -> classifier.PlanClassifier | None:
+        """The classifier of a plan id already loaded (no thread, no graph), else None."""
+        if request.WhichOneof("plan") != "plan_id":
+            return None
+        plan_id = request.plan_id.strip()
+        with self._lock:
+            clf = self._classifiers.get(plan_id)
+            if clf is not None:
+                self._classifiers.move_to_end(plan_id)
+            return clf
+
+    async def _classifier(
+        self, request: inference_pb2.ClassifyRequest
+    ) -> classifier.PlanClassifier | None:
+        """A cached plan is answered on the event loop: it needs neither the graph nor a
+        worker thread, so it classifies while Neo4j is slow or frozen and the threads are
+        busy waiting on it."""
+        clf = self._cached(request)
+        return clf if clf is not None else await asyncio.to_thread(self._resolve, request)
+
     def _resolve(self, request: inference_pb2.ClassifyRequest) -> classifier.PlanClassifier | None:
         which = request.WhichOneof("plan")
         if which == "plan_id":
@@ -456,7 +476,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Classify(
         self, request: inference_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ClassifyResponse:
-        clf = await asyncio.to_thread(self._resolve, request)
+        clf = await self._classifier(request)
         if clf is None:
             raise InvalidArgument("plan: set plan_id or inline_plan")
         return await self._classify(request, clf, context)
@@ -468,7 +488,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         previous: classifier.PlanClassifier | None = None
         index = 0
         async for request in request_iterator:
-            clf = await asyncio.to_thread(self._resolve, request)
+            clf = await self._classifier(request)
             if clf is None:
                 if previous is None:
                     raise InvalidArgument(

@@ -29,8 +29,10 @@ yet unless `options.relabel` -> else FAILED_PRECONDITION; at least one probe set
 else FAILED_PRECONDITION), then queues a job and returns it QUEUED. One worker task runs the
 jobs one at a time, in submission order, each in a worker thread
 (`labeller.label_model`). A second `LabelModel` for a model whose job is still queued or
-running returns that job instead of queuing another. `GetLabelJob` reports QUEUED -> RUNNING ->
-DONE | FAILED; `progress` follows the labeller's progress callback (probe images through the
+running returns that job instead of queuing another: the check and the queueing happen
+together on the event loop (`LabelJobQueue.submit`), so concurrent calls get one job.
+`GetLabelJob` reports QUEUED -> RUNNING -> DONE | FAILED; `progress` follows the labeller's
+progress callback (probe images through the
 model, scaled to 0..0.95; measuring and writing the labels is the rest) and is 1 at DONE;
 `message` is a summary at DONE and the error at FAILED; `heads_done` jumps from 0 to
 `heads_total` at DONE (all heads are measured together).
@@ -38,8 +40,14 @@ model, scaled to 0..0.95; measuring and writing the labels is the rest) and is 1
 Jobs live only in this process's memory: a restart forgets them (labels a finished job wrote
 stay in the graph; a queued or running job is lost and must be resubmitted). The newest
 `MAX_FINISHED_JOBS` finished jobs are kept for `GetLabelJob`; older ones answer NOT_FOUND.
-While a model has an active job, `DeleteModel` refuses it (FAILED_PRECONDITION). On shutdown,
-queued jobs fail ("server shutting down") and a running job gets the grace period to finish.
+While a model has an active job, `DeleteModel` refuses it (FAILED_PRECONDITION); while a
+delete runs, `LabelModel` for that model is refused (FAILED_PRECONDITION). DeleteModel and
+RegisterModel run one at a time (they share weights files; see `registry.store_lock` for other
+processes). On shutdown, queued jobs fail ("server shutting down") and a running job gets the
+grace period to finish; after it, the job's cancel token (`labeller.CancelToken`) is cancelled
+*before* the job is reported FAILED, so its thread writes nothing afterwards (it stops at its
+next batch); a write already in flight is given CANCEL_WAIT_S, and the job reports what
+happened (DONE when the write finished first).
 
 Run it with ``python -m services.ingestion [--port N] [--host H]`` (port default
 MLLGRAPH_INGESTION_PORT, 50051). Health reports SERVING only once Neo4j answers, and
@@ -104,6 +112,7 @@ DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000
 TOP_LABELS_PER_HEAD = 5
 MAX_FINISHED_JOBS = 1000
 GRACE_S = 10.0
+CANCEL_WAIT_S = 5.0  # at shutdown, how long a label write in flight may take to finish
 HEALTH_INTERVAL_S = 10.0  # Neo4j check once serving; every second before that
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}@[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 
@@ -128,6 +137,21 @@ RUNNING = ingestion_pb2.LABEL_JOB_STATE_RUNNING
 DONE = ingestion_pb2.LABEL_JOB_STATE_DONE
 FAILED = ingestion_pb2.LABEL_JOB_STATE_FAILED
 _STATE_NAMES = {QUEUED: "queued", RUNNING: "running", DONE: "done", FAILED: "failed"}
+_CANCELLED_JOB = {  # CancelToken.cancel's answer -> how a job stopped at shutdown ends
+    labeller.CancelToken.CANCELLED: (
+        FAILED,
+        "server shut down while labelling; nothing was written (label the model again)",
+    ),
+    labeller.CancelToken.COMMITTED: (
+        DONE,
+        "the labels were written just before the server shut down",
+    ),
+    labeller.CancelToken.WRITING: (
+        FAILED,
+        "server shut down while the labels were being written: they may or may not be in "
+        "the graph (see the model's labelled_at)",
+    ),
+}
 
 
 # --- conversions ----------------------------------------------------------------------------
@@ -335,6 +359,8 @@ class LabelJob:
     started_at: float | None = None
     finished_at: float | None = None
     heads_done: int = 0
+    # Set when the job is reported FAILED while its thread may still run: no write after it.
+    token: labeller.CancelToken = field(default_factory=labeller.CancelToken)
 
     @property
     def active(self) -> bool:
@@ -367,6 +393,10 @@ class LabelJobQueue:
         self._queue: asyncio.Queue[LabelJob | None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._current: asyncio.Task[str] | None = None
+        self._running: LabelJob | None = None
+        self._cancel_outcome: str | None = None  # CancelToken.cancel's answer at shutdown
+        # Models no job may be submitted for right now (DeleteModel in progress).
+        self.closed: set[str] = set()
 
     def get(self, job_id: str) -> LabelJob:
         job = self._jobs.get(job_id)
@@ -389,6 +419,16 @@ class LabelJobQueue:
         return next((j for j in self._jobs.values() if j.active and j.model_id == model_id), None)
 
     def submit(self, model_id: str, options: labeller.LabelOptions, heads_total: int) -> LabelJob:
+        """Queue a job for `model_id`, or return its queued or running job if it has one.
+
+        Atomic on the event loop (no await between the check and the queueing), so two
+        concurrent LabelModel calls for one model get one job. FailedPrecondition while the
+        model is being deleted."""
+        active = self.active_for(model_id)
+        if active is not None:
+            return active
+        if model_id in self.closed:
+            raise FailedPrecondition(f"model {model_id} is being deleted; nothing to label")
         if self._queue is None:
             self._queue = asyncio.Queue()
             # A fresh context: the worker outlives the RPC that started it, so it must not
@@ -439,12 +479,18 @@ class LabelJobQueue:
                 continue
             job.state, job.started_at, job.message = RUNNING, time.time(), "running"
             log.info("label_job state=running job=%s model=%s", job.job_id, job.model_id)
+            self._running = job
             self._current = asyncio.ensure_future(self._run(job))
+            # A job cancelled at shutdown still ends in its thread (Aborted): retrieve that.
+            self._current.add_done_callback(lambda f: f.cancelled() or f.exception())
             try:
                 message = await asyncio.shield(self._current)
             except asyncio.CancelledError:
                 if job.active:
-                    self._finish(job, FAILED, "server shut down while labelling")
+                    # close() cancelled the token already; otherwise do it now, not waiting.
+                    outcome = self._cancel_outcome or job.token.cancel(timeout=0)
+                    state, note = _CANCELLED_JOB[outcome]
+                    self._finish(job, state, note)
                 raise
             except MllgraphError as e:
                 self._finish(job, FAILED, str(e))
@@ -454,7 +500,7 @@ class LabelJobQueue:
             else:
                 self._finish(job, DONE, message)
             finally:
-                self._current = None
+                self._current = self._running = None
 
     async def close(self, grace: float | None) -> None:
         """Fail queued jobs, give a running one `grace` seconds, then stop the worker."""
@@ -466,7 +512,11 @@ class LabelJobQueue:
         self._queue.put_nowait(None)  # the worker stops after the running job
         done, _ = await asyncio.wait({self._worker}, timeout=grace or 0)
         if not done:
-            self._worker.cancel()  # the job is reported FAILED; its thread runs to its end
+            job = self._running
+            if job is not None:
+                # Before the job is reported: its thread then writes nothing (or already has).
+                self._cancel_outcome = await asyncio.to_thread(job.token.cancel, CANCEL_WAIT_S)
+            self._worker.cancel()  # the job is reported; a cancelled thread stops soon
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         self._worker = None
@@ -540,6 +590,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             job.model_id,
             job.options,
             progress=progress,
+            cancel=job.token,
         )
         return (
             f"labelled {job.heads_total} heads of {r.model_id}: {r.labels} labels and "
@@ -746,7 +797,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         options = label_options_from_proto(request.options)
         record = await asyncio.to_thread(registry.get_model, self.graph, mid)
         active = self.jobs.active_for(mid)
-        if active is not None:
+        if active is not None:  # submit() checks again, atomically
             return active.to_proto()
         if record.get("labelled_at") and not request.options.relabel:
             raise FailedPrecondition(
@@ -822,18 +873,24 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self, request: ingestion_pb2.DeleteModelRequest, context: grpc.aio.ServicerContext
     ) -> ingestion_pb2.DeleteModelResponse:
         mid = _required(request.model_id, "model_id")
-        active = self.jobs.active_for(mid)
-        if active is not None:
-            raise FailedPrecondition(
-                f"model {mid} has a labelling job {_STATE_NAMES[active.state]} "
-                f"({active.job_id}); delete it once the job has finished"
-            )
-        try:
-            out = await asyncio.to_thread(registry.delete_model, self.graph, self.settings, mid)
-        except NotFound:
-            if request.allow_missing:
-                return ingestion_pb2.DeleteModelResponse(model_id=mid)
-            raise
+        # Serialised with registrations (they share weights files) and closed to new label
+        # jobs for `mid` from the check below until the delete has finished.
+        async with self._register_lock:
+            active = self.jobs.active_for(mid)
+            if active is not None:
+                raise FailedPrecondition(
+                    f"model {mid} has a labelling job {_STATE_NAMES[active.state]} "
+                    f"({active.job_id}); delete it once the job has finished"
+                )
+            self.jobs.closed.add(mid)
+            try:
+                out = await asyncio.to_thread(registry.delete_model, self.graph, self.settings, mid)
+            except NotFound:
+                if request.allow_missing:
+                    return ingestion_pb2.DeleteModelResponse(model_id=mid)
+                raise
+            finally:
+                self.jobs.closed.discard(mid)
         log.info(
             "model_deleted id=%s heads=%d label_edges=%d weights_removed=%s",
             mid,

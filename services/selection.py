@@ -22,7 +22,7 @@ budget (CHCO), store the plan, return it and explain it. Thin wiring over `mllgr
   pinned_wnid that is no WordNet noun / user concept   NOT_FOUND
   no labelled model in the catalogue                   FAILED_PRECONDITION
   GetPlan / ExplainSelection: empty plan_id            INVALID_ARGUMENT
-  GetPlan / ExplainSelection: unknown plan_id          NOT_FOUND
+  GetPlan / ExplainSelection: unknown or evicted plan  NOT_FOUND (evicted: see select.retention)
   Neo4j unreachable                                    UNAVAILABLE
   ==================================================  ===================
 
@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import sys
@@ -68,6 +69,7 @@ from mllgraph.graph.db import Graph
 from mllgraph.graph.wordnet import concept_display_name
 from mllgraph.hub import registry
 from mllgraph.select import plan as plan_doc
+from mllgraph.select import retention
 from mllgraph.select import run as select
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, selection_pb2, selection_pb2_grpc
@@ -528,6 +530,31 @@ class SelectionServicer(selection_pb2_grpc.SelectionServiceServicer):
         self.concepts = Concepts(resolver)
         self.default_budget = default_budget
         self.ready = False
+        self._last_sweep = 0.0  # time.monotonic() of the last plan eviction started
+        self._background: set[asyncio.Task[int]] = set()
+        self._sweeping = False
+
+    async def evict_plans(self, *, throttle: float = 0.0) -> int:
+        """Evict stored plans over the limits (`mllgraph.select.retention`), unless a sweep
+        runs already or one started less than `throttle` s ago. Never raises: a failed
+        sweep is logged and the next one tries again."""
+        now = time.monotonic()
+        if self._sweeping or now - self._last_sweep < throttle:
+            return 0
+        self._sweeping, self._last_sweep = True, now
+        try:
+            # A fresh context: no request deadline applies to the sweep.
+            evicted = await asyncio.to_thread(
+                contextvars.Context().run, retention.evict_plans, self.graph, self.settings
+            )
+        except Exception as e:  # noqa: BLE001 - eviction is housekeeping
+            log.warning("plans_evict_failed error=%r", str(e))
+            return 0
+        finally:
+            self._sweeping = False
+        if evicted:
+            log.info("plans_evicted n=%d", evicted)
+        return evicted
 
     def warm_up(self) -> None:
         """Build and warm the resolver (unless given), check Neo4j, create the plan schema."""
@@ -583,6 +610,10 @@ class SelectionServicer(selection_pb2_grpc.SelectionServiceServicer):
             len(plan.get("models") or []),
             len(plan.get("uncovered") or []),
         )
+        if not cached:  # a new plan was stored: keep the store within its bounds
+            task = asyncio.create_task(self.evict_plans(throttle=retention.AFTER_SELECT_S))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return plan_to_proto(plan, self.concepts)
 
     async def _plan(self, plan_id: str) -> dict[str, Any]:
@@ -648,12 +679,15 @@ class SelectionServer:
     servicer: SelectionServicer
     stop_event: asyncio.Event
     watcher: asyncio.Task[None]
+    sweeper: asyncio.Task[None] | None = None
 
     async def close(self, grace: float | None = GRACE_S) -> None:
         """Stop watching, report NOT_SERVING, stop the server (in-flight RPCs get `grace`)."""
         self.stop_event.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self.watcher
+            if self.sweeper is not None:
+                await self.sweeper
         await set_serving(self.health, [SERVICE_NAME], False)
         await self.server.stop(grace)
         self.servicer.close()
@@ -692,8 +726,17 @@ async def start(
     watcher = asyncio.create_task(
         watch_health(servicer, health, stop, health_interval, serving=True)
     )
+    sweeper = asyncio.create_task(sweep_plans(servicer, stop))
     log.info("selection_started port=%d neo4j=%s", bound, settings.bolt_uri)
-    return SelectionServer(server, health, bound, servicer, stop, watcher)
+    return SelectionServer(server, health, bound, servicer, stop, watcher, sweeper)
+
+
+async def sweep_plans(servicer: SelectionServicer, stop: asyncio.Event) -> None:
+    """Evict stored plans over the limits now and every `retention.sweep_interval`."""
+    while not stop.is_set():
+        await servicer.evict_plans()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), retention.sweep_interval(servicer.settings))
 
 
 async def serve(settings: Settings, *, port: int | None = None, host: str = "127.0.0.1") -> None:

@@ -115,7 +115,8 @@ async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
 def test_every_domain_error_maps_to_its_grpc_code() -> None:
     for cls in [errors.InvalidArgument, errors.NotFound, errors.Unavailable, errors.MllgraphError]:
         assert STATUS_BY_ERROR[cls] == grpc.StatusCode[cls.grpc_code]
-    assert len(STATUS_BY_ERROR) == 10
+    assert len(STATUS_BY_ERROR) == 11
+    assert STATUS_BY_ERROR[errors.Aborted] == grpc.StatusCode.ABORTED
     assert STATUS_BY_ERROR[errors.Unauthenticated] == grpc.StatusCode.UNAUTHENTICATED
     assert STATUS_BY_ERROR[errors.PermissionDenied] == grpc.StatusCode.PERMISSION_DENIED
 

@@ -3,11 +3,22 @@
 Statements come from `cypher/` by name (see `mllgraph.graph.cypher`); values are parameters. Reads
 go through READ-routed managed transactions, writes through WRITE ones, so `mllgraph query`
 can refuse writes even on Community edition (which has no read-only users).
+
+A graph call made under a request deadline (`mllgraph.graph.deadline`) gets the time left as
+its transaction timeout, which the server enforces, and is also *waited for* no longer than
+that: the driver call runs on the Graph's own threads (GRAPH_WORKERS), and the caller gets
+DeadlineExceeded when it has not answered in time, so a database that stops answering
+altogether (frozen, a stalled network) cannot hold a service's request threads. While every
+graph thread waits on such a database, further calls fail at once with Unavailable instead of
+queueing. `verify` is bounded the same way (VERIFY_TIMEOUT_S), so health checks notice.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -36,6 +47,9 @@ from mllgraph.settings import Settings
 
 T = TypeVar("T")
 Row = dict[str, Any]
+
+GRAPH_WORKERS = 16  # driver calls under a deadline in flight at once, per Graph
+VERIFY_TIMEOUT_S = 10.0  # how long `verify` waits for the server
 
 
 def _unreachable(settings: Settings, e: Exception) -> Unavailable:
@@ -99,6 +113,9 @@ class Graph:
             # Schema-less warnings ("IS_A does not exist yet") are noise on a fresh database.
             notifications_min_severity=NotificationMinimumSeverity.OFF,
         )
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._in_flight = 0
 
     def __enter__(self) -> Graph:
         return self
@@ -107,23 +124,70 @@ class Graph:
         self.close()
 
     def close(self) -> None:
+        if self._pool is not None:
+            # Threads still waiting on a server that does not answer are not waited for.
+            self._pool.shutdown(wait=False, cancel_futures=True)
         self.driver.close()
+
+    def _bounded(self, call: Callable[[], T], wait_s: float) -> T:
+        """`call()` on the graph threads, waited for at most `wait_s` seconds."""
+        with self._pool_lock:
+            if self._in_flight >= GRAPH_WORKERS:
+                raise Unavailable(
+                    f"Neo4j at {self.settings.bolt_uri} is not answering: {self._in_flight} "
+                    "graph calls are still waiting for it; try again later"
+                )
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(GRAPH_WORKERS, thread_name_prefix="graph-call")
+            self._in_flight += 1
+
+        def run() -> T:
+            try:
+                return call()
+            finally:
+                with self._pool_lock:
+                    self._in_flight -= 1
+
+        try:
+            future = self._pool.submit(run)
+        except BaseException:
+            with self._pool_lock:
+                self._in_flight -= 1
+            raise
+        try:
+            return future.result(timeout=max(0.0, wait_s))
+        except FutureTimeout:
+            future.cancel()
+            raise DeadlineExceeded(
+                f"Neo4j at {self.settings.bolt_uri} did not answer within {wait_s:.1f} s "
+                "(the request's deadline)"
+            ) from None
 
     def ensure_schema(self, name: str) -> None:
         """Run a schema file's `IF NOT EXISTS` statements once per Graph: callers on hot paths
         (every SelectHeads, every registration) then cost no extra round trips."""
         if name in self._schemas:
             return
-        with driver_errors(self.settings):
+
+        def create() -> None:
             for statement in cypher.statements(name):
                 self.driver.execute_query(statement, database_=self.database)
+
+        self._call(create, self._timeout())
         self._schemas.add(name)
 
-    def verify(self) -> None:
-        """Fail fast, with one clear line, if the server is unreachable or refuses us."""
-        try:
+    def verify(self, timeout_s: float = VERIFY_TIMEOUT_S) -> None:
+        """Fail fast, with one clear line, if the server is unreachable, refuses us or does
+        not answer within `timeout_s` (Unavailable)."""
+
+        def ping() -> None:
             with self.driver.session(database=self.database) as session:
                 session.run("RETURN 1").consume()
+
+        try:
+            self._bounded(ping, timeout_s)
+        except DeadlineExceeded as e:
+            raise Unavailable(str(e)) from e
         except (ServiceUnavailable, SessionExpired, OSError) as e:
             raise _unreachable(self.settings, e) from e
         except AuthError as e:
@@ -156,14 +220,22 @@ class Graph:
             raise DeadlineExceeded("the request's deadline passed before its graph call")
         return left
 
+    def _call(self, call: Callable[[], T], timeout: float | None) -> T:
+        """A driver call: directly without a deadline, else bounded by it (`_bounded`)."""
+        with driver_errors(self.settings):
+            return call() if timeout is None else self._bounded(call, timeout)
+
     def _execute(self, text: str, params: dict[str, Any], routing: RoutingControl) -> list[Row]:
         timeout = self._timeout()
         query = text if timeout is None else neo4j.Query(text, timeout=timeout)
-        with driver_errors(self.settings):
+
+        def call() -> list[Row]:
             records, _, _ = self.driver.execute_query(
                 query, params, database_=self.database, routing_=routing
             )
-        return [r.data() for r in records]
+            return [r.data() for r in records]
+
+        return self._call(call, timeout)
 
     def _timed(self, work: Callable[[ManagedTransaction], T]) -> Callable[[ManagedTransaction], T]:
         timeout = self._timeout()
@@ -171,20 +243,20 @@ class Graph:
 
     def write_tx(self, work: Callable[[ManagedTransaction], T]) -> T:
         """Run several statements in one managed write transaction (all or nothing)."""
-        work = self._timed(work)
-        with (
-            driver_errors(self.settings),
-            self.driver.session(database=self.database) as session,
-        ):
-            return session.execute_write(work)
+        return self._in_session(work, write=True)
 
     def read_tx(self, work: Callable[[ManagedTransaction], T]) -> T:
-        work = self._timed(work)
-        with (
-            driver_errors(self.settings),
-            self.driver.session(database=self.database) as session,
-        ):
-            return session.execute_read(work)
+        return self._in_session(work, write=False)
+
+    def _in_session(self, work: Callable[[ManagedTransaction], T], *, write: bool) -> T:
+        timeout = self._timeout()
+        timed = self._timed(work)
+
+        def call() -> T:
+            with self.driver.session(database=self.database) as session:
+                return (session.execute_write if write else session.execute_read)(timed)
+
+        return self._call(call, timeout)
 
     def run_user_query(
         self,

@@ -8,10 +8,20 @@ writes the graph in one transaction, so a failed registration leaves nothing beh
 
 Model ids are `name@version`. Versions are immutable: the same weights under the same id are
 an idempotent re-registration; different weights under an existing id are refused.
+
+Weights files are shared by every model with the same sha256, so writing and removing them
+is serialised by the store lock (`store_lock`: a thread lock in this process and an `flock`
+on `<store>/blobs/.lock` across processes — the services and the CLI on one store):
+registration copies the file and writes its Model under the lock, after checking again that
+the id is free; deletion deletes the Model and, in the same transaction, counts the other
+models that reference the sha256, and removes the file under the lock only when none does.
+A failed registration removes a file it copied only when no model references it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -19,7 +29,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,6 +102,27 @@ def sha256_file(path: Path) -> str:
 
 def blob_path(settings: Settings, sha256: str, suffix: str) -> Path:
     return settings.model_store / "blobs" / sha256[:2] / f"{sha256}{suffix}"
+
+
+_STORE_LOCKS: dict[Path, threading.Lock] = {}
+_STORE_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def store_lock(settings: Settings) -> Iterator[None]:
+    """Exclusive use of the weights files of `settings.model_store`: within this process (a
+    thread lock per store) and across processes (`flock` on `<store>/blobs/.lock`)."""
+    root = settings.model_store / "blobs"
+    root.mkdir(parents=True, exist_ok=True)
+    key = root.resolve()
+    with _STORE_LOCKS_GUARD:
+        local = _STORE_LOCKS.setdefault(key, threading.Lock())
+    with local, (root / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def model_dir(settings: Settings, mid: str) -> Path:
@@ -317,22 +349,9 @@ def register_model(
         spec.validate()
         sha = sha256_file(path)
 
-        existing = graph.read("hub/model_get", id=mid)
-        if existing:
-            record = _plain(existing[0]["model"])
-            if record["sha256"] == sha:
-                differences = _differences(graph, record, reg, arch, spec)
-                if differences:
-                    raise AlreadyExists(
-                        f"model {mid} is already registered with these weights but "
-                        f"{'; '.join(differences)}; versions are immutable: register a new "
-                        "version (or the same content again, which is a no-op)"
-                    )
-                return RegisteredModel(record, created=False)
-            raise AlreadyExists(
-                f"model {mid} is already registered with other weights (sha256 "
-                f"{record['sha256'][:12]}…); versions are immutable: register a new version"
-            )
+        existing = _already_registered(graph, mid, sha, reg, arch, spec)
+        if existing is not None:
+            return existing
 
         n_labels = len(reg.wnids or reg.class_names or [])
         if n_labels == 0:
@@ -365,12 +384,62 @@ def register_model(
 
         suffix = ".safetensors" if is_safetensors(path) else ".pt"
         blob = blob_path(settings, sha, suffix)
-        new_blob = not blob.exists()
-        if new_blob:
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            part = blob.with_name(blob.name + ".part")
-            shutil.copyfile(path, part)
-            os.replace(part, blob)
+        with store_lock(settings):
+            # Again under the lock: another registration of this id may have won meanwhile.
+            existing = _already_registered(graph, mid, sha, reg, arch, spec)
+            if existing is not None:
+                return existing
+            new_blob = not blob.exists()
+            if new_blob:
+                blob.parent.mkdir(parents=True, exist_ok=True)
+                part = blob.with_name(f"{blob.name}.part-{os.getpid()}-{threading.get_ident()}")
+                shutil.copyfile(path, part)
+                os.replace(part, blob)
+            return _create(graph, reg, mid, arch, source, source_ref, sha, blob, spec,
+                           labels, wnids, n_labels, new_blob)  # fmt: skip
+
+
+def _already_registered(
+    graph: Graph, mid: str, sha: str, reg: Registration, arch: str, spec: InputSpec
+) -> RegisteredModel | None:
+    """None when `mid` is free; the record when the identical model is registered under it;
+    AlreadyExists when something else is."""
+    existing = graph.read("hub/model_get", id=mid)
+    if not existing:
+        return None
+    record = _plain(existing[0]["model"])
+    if record["sha256"] == sha:
+        differences = _differences(graph, record, reg, arch, spec)
+        if differences:
+            raise AlreadyExists(
+                f"model {mid} is already registered with these weights but "
+                f"{'; '.join(differences)}; versions are immutable: register a new "
+                "version (or the same content again, which is a no-op)"
+            )
+        return RegisteredModel(record, created=False)
+    raise AlreadyExists(
+        f"model {mid} is already registered with other weights (sha256 "
+        f"{record['sha256'][:12]}…); versions are immutable: register a new version"
+    )
+
+
+def _create(
+    graph: Graph,
+    reg: Registration,
+    mid: str,
+    arch: str,
+    source: str,
+    source_ref: str,
+    sha: str,
+    blob: Path,
+    spec: InputSpec,
+    labels: list[str],
+    wnids: list[str],
+    n_labels: int,
+    new_blob: bool,
+) -> RegisteredModel:
+    """Write the Model and its heads (under the store lock); on failure remove a blob this
+    registration copied, unless a model references it."""
     props = {
         "id": mid,
         "name": reg.name,
@@ -398,7 +467,9 @@ def register_model(
         row = graph.write("hub/model_create", model=props, heads=head_rows)[0]
     except Exception:
         if new_blob:
-            blob.unlink(missing_ok=True)
+            with contextlib.suppress(Exception):  # the write's error is the one to report
+                if graph.read("hub/sha256_in_use", sha256=sha)[0]["models"] == 0:
+                    blob.unlink(missing_ok=True)
         raise
     return RegisteredModel(_plain(row["model"]), created=True)
 
@@ -452,13 +523,17 @@ def is_safetensors(path: Path) -> bool:
 def delete_model(graph: Graph, settings: Settings, mid: str) -> dict[str, Any]:
     """Remove a model, its heads and labels, its probe outputs, and its blob if unshared."""
     record = get_model(graph, mid)
-    row = graph.write("hub/model_delete", id=mid)[0]
     weights_removed = False
-    if graph.read("hub/sha256_in_use", sha256=record["sha256"])[0]["models"] == 0:
-        blob = Path(record["weights_path"])
-        if blob.is_file() and blob.is_relative_to(settings.model_store):
-            blob.unlink()
-            weights_removed = True
+    with store_lock(settings):  # no registration copies or writes these weights meanwhile
+        rows = graph.write("hub/model_delete", id=mid)
+        if not rows:  # deleted by someone else since get_model
+            raise NotFound(f"model {mid!r} is not registered (ids look like 'name@version')")
+        row = rows[0]
+        if row["still_in_use"] == 0:  # counted in the delete's own transaction
+            blob = Path(record["weights_path"])
+            if blob.is_file() and blob.is_relative_to(settings.model_store):
+                blob.unlink()
+                weights_removed = True
     shutil.rmtree(model_dir(settings, mid), ignore_errors=True)
     return {
         "model_id": mid,

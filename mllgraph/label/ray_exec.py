@@ -35,6 +35,7 @@ from mllgraph.settings import Settings
 MAX_RETRIES = 3  # per task, worker deaths and failed attempts alike
 # ray.init gives a raylet 30 s to register, which a loaded machine can miss: try again.
 START_ATTEMPTS = 3
+CANCEL_POLL_S = 1.0  # how often the driver looks at a job's cancel token
 ComputeFn = Callable[..., labeller.LabelOutcome]  # (settings, work, *, device) -> outcome
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 _started_here = False
@@ -134,11 +135,13 @@ def label_models(
     max_retries: int = MAX_RETRIES,
     on_done: Callable[[labeller.LabelResult], None] | None = None,
     progress: labeller.ProgressFn | None = None,
+    cancel: labeller.CancelToken | None = None,
 ) -> list[labeller.LabelResult]:
     """Label `mids` as one Ray task each; outcomes are committed here as tasks finish.
 
     On a task that fails for good the others are cancelled (those already committed stay) and
-    the failure is raised. Results come back in `mids` order."""
+    the failure is raised. Results come back in `mids` order. With `cancel`: once it is
+    cancelled the pending tasks are cancelled, nothing more is committed, Aborted is raised."""
     if not mids:
         return []  # nothing to do: no Ray started
     options = options or labeller.LabelOptions()
@@ -159,7 +162,14 @@ def label_models(
         pending[ref] = work
     results: dict[str, labeller.LabelResult] = {}
     while pending:
-        [ref], _ = ray.wait(list(pending), num_returns=1)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=CANCEL_POLL_S)
+        if cancel is not None and cancel.cancelled:
+            for other in pending:
+                ray.cancel(other)
+            cancel.check()
+        if not ready:
+            continue
+        ref = ready[0]
         work = pending.pop(ref)
         try:
             outcome = ray.get(ref)
@@ -167,7 +177,7 @@ def label_models(
             for other in pending:
                 ray.cancel(other)
             raise _failure(work.model_id, e) from e
-        result = labeller.commit(graph, settings, work, outcome)
+        result = labeller.commit(graph, settings, work, outcome, cancel=cancel)
         results[work.model_id] = result
         if progress:
             progress(result.images, result.images)

@@ -3,8 +3,11 @@ write its LABELED edges.
 
 Only the labelled model runs and only its rows change, so adding an expert to a hub of N
 costs one model's work. The model's per-image outputs on the probes are kept beside its
-weights (`probe_outputs.npz`) so that selection can simulate head combinations later without
-running any model.
+weights so that selection can simulate head combinations later without running any model:
+each labelling writes them as a new version (`probe_outputs/<version>/` holding the array and
+its index) and, only after the graph write of the labels succeeded, switches the
+`probe_outputs/CURRENT` symlink to it with one atomic rename, so readers see the old pair or
+the new pair and a failed write leaves the old outputs beside the old labels.
 
 Three steps, so the computation can run elsewhere: `prepare` reads what a model's labelling
 needs from the graph, `compute` runs the model and measures (no graph, no writes: the same
@@ -15,16 +18,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mllgraph.errors import FailedPrecondition, InvalidArgument
+from mllgraph.errors import Aborted, FailedPrecondition, InvalidArgument
 from mllgraph.graph.db import Graph
 from mllgraph.hub import forward, probes, registry
 from mllgraph.label import measure as labelling
@@ -32,7 +38,57 @@ from mllgraph.settings import Settings
 
 PROBE_OUTPUTS = "probe_outputs.npy"
 PROBE_INDEX = "probe_outputs.json"
+OUTPUTS_DIR = "probe_outputs"  # <model dir>/probe_outputs/<version>/{npy, json}
+CURRENT = "CURRENT"  # <model dir>/probe_outputs/CURRENT: a symlink to the current version
 ProgressFn = Callable[[int, int], None]  # (images done, images total)
+
+
+class CancelToken:
+    """Stops a labelling run, and above all its write, once its job is reported failed.
+
+    `cancel` and the write path (`commit`) exclude each other: the write holds the token's
+    lock from the check to the last file switched in, and `cancel` takes the same lock. So
+    after `cancel` answers "cancelled" nothing is written, and a run that already committed
+    answers "committed". The forward pass checks the token between batches (through the
+    progress callback) and stops early, so a cancelled thread ends soon."""
+
+    CANCELLED, COMMITTED, WRITING = "cancelled", "committed", "writing"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._committed = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def check(self) -> None:
+        """Aborted once cancelled."""
+        if self._cancelled:
+            raise Aborted("the labelling job was cancelled; nothing was written")
+
+    def cancel(self, timeout: float = -1) -> str:
+        """CANCELLED (nothing has been or will be written), COMMITTED (the write finished
+        first) or, when a write in flight did not finish within `timeout` s, WRITING."""
+        if not self._lock.acquire(timeout=timeout):
+            return self.WRITING
+        try:
+            if self._committed:
+                return self.COMMITTED
+            self._cancelled = True
+            return self.CANCELLED
+        finally:
+            self._lock.release()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """The write path: refuses to start once cancelled; marks the run committed when the
+        block completes."""
+        with self._lock:
+            self.check()
+            yield
+            self._committed = True
 
 
 @dataclass(frozen=True)
@@ -77,45 +133,76 @@ def hierarchy(graph: Graph, wnids: list[str]) -> labelling.ConceptHierarchy:
     return labelling.ConceptHierarchy(ancestors=ancestors, names=names, depth=depth)
 
 
+def _outputs_root(settings: Settings, mid: str) -> Path:
+    return registry.model_dir(settings, mid) / OUTPUTS_DIR
+
+
+def current_version(settings: Settings, mid: str) -> Path | None:
+    """The folder of the model's current probe outputs (named by `CURRENT`), or None."""
+    root = _outputs_root(settings, mid)
+    try:
+        tag = os.readlink(root / CURRENT)  # one system call: selection asks per model
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return root / tag
+
+
 def probe_outputs_path(settings: Settings, mid: str) -> Path:
-    """The model's logits on the probes: one float16 array, rows grouped by probe set."""
-    return registry.model_dir(settings, mid) / PROBE_OUTPUTS
+    """The model's current logits on the probes: one float16 array, rows grouped by probe
+    set (a model labelled before versioned outputs: its legacy file beside the weights)."""
+    version = current_version(settings, mid)
+    return (version or registry.model_dir(settings, mid)) / PROBE_OUTPUTS
 
 
 def probe_index_path(settings: Settings, mid: str) -> Path:
-    """Where each probe set's rows start in `probe_outputs.npy`, and the temperature."""
-    return registry.model_dir(settings, mid) / PROBE_INDEX
+    """Where each probe set's rows start in the current array, and the temperature."""
+    version = current_version(settings, mid)
+    return (version or registry.model_dir(settings, mid)) / PROBE_INDEX
 
 
 @dataclass(frozen=True)
 class StagedOutputs:
-    """Probe outputs written beside their final names, not yet visible to readers."""
+    """A complete new version of the probe outputs (array and index in their own folder),
+    not yet visible to readers: `switch_in` makes it current with one atomic rename of the
+    `CURRENT` symlink, so a reader (which resolves the link once, then opens both files in
+    that folder) sees the old pair or the new pair, never a mix."""
 
-    path: Path  # the final array path
-    parts: tuple[tuple[Path, Path], ...]  # (staged file, final file), array first
+    path: Path  # the array in the new version's folder
+    version: Path  # that folder
 
     def switch_in(self) -> Path:
-        # The index is replaced after the array: between the two replaces a reader can pair
-        # the new array with the old index (same models, same sets, so only the values differ).
-        for part, final in self.parts:
-            os.replace(part, final)
+        root = self.version.parent
+        part = root / f"{CURRENT}.part-{self.version.name}"
+        part.symlink_to(self.version.name)  # relative: the store may move
+        os.replace(part, root / CURRENT)
+        _prune(root, self.version.name)
         return self.path
 
     def discard(self) -> None:
-        for part, _ in self.parts:
-            part.unlink(missing_ok=True)
+        shutil.rmtree(self.version, ignore_errors=True)
+
+
+def _prune(root: Path, current: str) -> None:
+    """Remove versions older than the current and the one before it (a reader that read the
+    link just before the switch still finds its pair), and legacy unversioned files."""
+    versions = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name != current),
+        key=lambda p: p.stat().st_mtime,
+    )
+    for old in versions[:-1]:
+        shutil.rmtree(old, ignore_errors=True)
+    for legacy in (PROBE_OUTPUTS, PROBE_INDEX):
+        (root.parent / legacy).unlink(missing_ok=True)
 
 
 def stage_probe_outputs(
     settings: Settings, mid: str, outputs: dict[str, np.ndarray], temperature: float
 ) -> StagedOutputs:
-    """Write the probe outputs under unique staging names; `switch_in` makes them current.
+    """Write the probe outputs as a new version; `switch_in` makes it current.
 
     One contiguous array plus a small JSON index, so selection can memory-map the file and
     read only a task's probe sets (a compressed archive of one entry per set costs ~10 ms
     per model to open, which dominates selection on a large hub)."""
-    path = probe_outputs_path(settings, mid)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ids = sorted(outputs)
     index, offset = {}, 0
     for s in ids:
@@ -128,15 +215,14 @@ def stage_probe_outputs(
         if ids
         else np.zeros((0, heads), np.float16)
     )
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    part = path.with_name(f"probe_outputs.part-{tag}.npy")
-    index_path = probe_index_path(settings, mid)
-    part_json = index_path.with_name(f"{index_path.name}.part-{tag}")
-    staged = StagedOutputs(path, ((part, path), (part_json, index_path)))
+    tag = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    version = _outputs_root(settings, mid) / tag
+    version.mkdir(parents=True)
+    staged = StagedOutputs(version / PROBE_OUTPUTS, version)
     try:
-        np.save(part, data)
+        np.save(version / PROBE_OUTPUTS, data)
         meta = {"temperature": float(temperature), "heads": heads, "sets": index}
-        part_json.write_text(json.dumps(meta))
+        (version / PROBE_INDEX).write_text(json.dumps(meta))
     except BaseException:
         staged.discard()
         raise
@@ -168,13 +254,23 @@ class ProbeOutputs:
 
 
 def open_probe_outputs(settings: Settings, mid: str) -> ProbeOutputs:
-    index_path = probe_index_path(settings, mid)
-    if not index_path.is_file():
-        raise FailedPrecondition(f"model {mid} has no probe outputs ({index_path}): label it")
-    meta = json.loads(index_path.read_text())
-    data = np.load(probe_outputs_path(settings, mid), mmap_mode="r")
-    sets = {s: (int(a), int(n)) for s, (a, n) in meta["sets"].items()}
-    return ProbeOutputs(data, sets, float(meta["temperature"]))
+    """The current pair, both files from one version (the link is read once per try; a
+    version pruned between reading the link and opening is retried with the new one)."""
+    for attempt in range(3):
+        folder = current_version(settings, mid) or registry.model_dir(settings, mid)
+        index_path = folder / PROBE_INDEX
+        try:
+            meta = json.loads(index_path.read_text())
+            data = np.load(folder / PROBE_OUTPUTS, mmap_mode="r")
+        except FileNotFoundError:
+            if attempt < 2 and current_version(settings, mid) not in (None, folder):
+                continue
+            raise FailedPrecondition(
+                f"model {mid} has no probe outputs ({index_path}): label it"
+            ) from None
+        sets = {s: (int(a), int(n)) for s, (a, n) in meta["sets"].items()}
+        return ProbeOutputs(data, sets, float(meta["temperature"]))
+    raise AssertionError("unreachable")
 
 
 def load_probe_outputs(settings: Settings, mid: str) -> tuple[dict[str, np.ndarray], float]:
@@ -342,17 +438,14 @@ def compute(
     )
 
 
-def commit(graph: Graph, settings: Settings, work: LabelWork, outcome: LabelOutcome) -> LabelResult:
-    """Write a computed outcome: the probe outputs are staged, the graph is written, and only
-    then are the new files switched in, so a failure before the graph write changes nothing."""
-    if outcome.model_id != work.model_id:
-        raise InvalidArgument(f"outcome of {outcome.model_id} committed for {work.model_id}")
-    mid = work.model_id
-    staged = stage_probe_outputs(settings, mid, outcome.outputs, outcome.temperature)
-    try:
-        version = graph.write(
+def _write_labels(
+    graph: Graph, work: LabelWork, outcome: LabelOutcome, staged: StagedOutputs
+) -> int:
+    """Replace the model's LABELED edges; the new catalogue version."""
+    return int(
+        graph.write(
             "label/labels_replace",
-            id=mid,
+            id=work.model_id,
             labels=outcome.rows,
             temperature=float(outcome.temperature),
             n_images=int(work.images),
@@ -361,10 +454,31 @@ def commit(graph: Graph, settings: Settings, work: LabelWork, outcome: LabelOutc
             ),
             seconds=time.time() - work.started,
         )[0]["catalogue_version"]
+    )
+
+
+def commit(
+    graph: Graph,
+    settings: Settings,
+    work: LabelWork,
+    outcome: LabelOutcome,
+    *,
+    cancel: CancelToken | None = None,
+) -> LabelResult:
+    """Write a computed outcome: the probe outputs are staged, the graph is written, and only
+    then are the new files switched in, so a failure before the graph write changes nothing.
+    With `cancel`, nothing is written once it is cancelled (see CancelToken)."""
+    if outcome.model_id != work.model_id:
+        raise InvalidArgument(f"outcome of {outcome.model_id} committed for {work.model_id}")
+    mid = work.model_id
+    staged = stage_probe_outputs(settings, mid, outcome.outputs, outcome.temperature)
+    try:
+        with cancel.writing() if cancel is not None else nullcontext():
+            version = _write_labels(graph, work, outcome, staged)
+            staged.switch_in()
     except BaseException:
         staged.discard()
         raise
-    staged.switch_in()
     return LabelResult(
         model_id=mid,
         temperature=float(outcome.temperature),
@@ -398,14 +512,28 @@ def label_model(
     *,
     device: str | None = None,
     progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
 ) -> LabelResult:
-    """Label one model: in this process, or as one Ray task when MLLGRAPH_EXECUTOR=ray."""
+    """Label one model: in this process, or as one Ray task when MLLGRAPH_EXECUTOR=ray.
+    With `cancel`: Aborted once it is cancelled, and nothing written after that."""
     if _executor(settings) == "ray":
         from mllgraph.label import ray_exec
 
-        return ray_exec.label_models(graph, settings, [mid], options, progress=progress)[0]
+        return ray_exec.label_models(
+            graph, settings, [mid], options, progress=progress, cancel=cancel
+        )[0]
+    if cancel is not None:
+        cancel.check()
+        given = progress
+
+        def progress(done: int, total: int) -> None:  # also the forward pass's stop check
+            cancel.check()
+            if given is not None:
+                given(done, total)
+
     work = prepare(graph, settings, mid, options)
-    return commit(graph, settings, work, compute(settings, work, device=device, progress=progress))
+    outcome = compute(settings, work, device=device, progress=progress)
+    return commit(graph, settings, work, outcome, cancel=cancel)
 
 
 def label_models(

@@ -122,8 +122,11 @@ class IngestionServiceServicer:
 
     def LabelModel(self, request, context):
         """Starts an asynchronous job that labels every head of a model with concepts (writes the
-        head -> concept label edges). Poll it with GetLabelJob.
-        Errors: NOT_FOUND (model), FAILED_PRECONDITION (already labelled and not relabel).
+        head -> concept label edges). Poll it with GetLabelJob. At most one job per model is
+        queued or running: a call while one is returns that same job (same job_id), however
+        many calls arrive at once.
+        Errors: NOT_FOUND (model), FAILED_PRECONDITION (already labelled and not relabel; the
+        model is being deleted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -67,7 +67,10 @@ class SelectionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPlan(self, request, context):
-        """Returns a stored plan. Errors: NOT_FOUND.
+        """Returns a stored plan. Stored plans are bounded: the server keeps the newest
+        MLLGRAPH_PLAN_MAX_COUNT and none older than MLLGRAPH_PLAN_MAX_AGE_S, evicting the rest.
+        Errors: NOT_FOUND (never stored, or evicted: call SelectHeads again, which stores the
+        plan anew, under the same id while the inputs and the catalogue are unchanged).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
