@@ -14,7 +14,6 @@ import dataclasses
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,6 +24,7 @@ from mllgraph.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from mllgraph.reuse.admission import PixelBudget
 from mllgraph.settings import Settings
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc
+from tests.helpers import Loop, two_class_bundle
 
 # --- the budget alone ---------------------------------------------------------------------
 
@@ -126,63 +126,6 @@ BUDGET = 3 * PIXELS
 ARCH, MODEL_ID, PLAN_ID = "test_efficientnet", "admission-model@1", "admission-test-plan"
 
 
-def make_bundle(root: Path) -> Any:
-    """A bundle with one 2-class, 1-channel untrained model and a plan: class i = head i."""
-    import torch
-
-    from mllgraph.hub import experts
-    from mllgraph.reuse import bundle as bundles
-    from mllgraph.reuse import rule as combine
-    from mllgraph.select import chco
-
-    torch.manual_seed(0)
-    weights = experts.save_weights(experts.build_timm(ARCH, 2, 1), root / "m.safetensors")
-    assignment = [
-        combine.ClassAssignment(i, (combine.HeadGroup(MODEL_ID, (i,), "exact", 0.8),))
-        for i in range(2)
-    ]
-    cp = chco.Plan(
-        assignment=assignment,
-        params=combine.default_params(assignment),
-        estimated_accuracy=float("nan"),
-        per_class_accuracy=[float("nan")] * 2,
-        uncovered=[],
-        models=[MODEL_ID],
-        solver="none",
-        evaluated=0,
-    )
-    plan = {
-        "plan_id": PLAN_ID,
-        "classes": [{"name": f"class-{i}", "heads": []} for i in range(2)],
-        "models": [MODEL_ID],
-        "combination": {"schema_version": 1, "plan": cp.to_dict()},
-    }
-    record = {
-        "id": MODEL_ID,
-        "arch": ARCH,
-        "num_classes": 2,
-        "sha256": "0" * 64,
-        "input_spec": experts.FASHION_INPUT_SPEC.to_dict(),
-        "weights_path": str(weights),
-    }
-    return bundles.load_bundle(bundles.export_bundle(plan, {MODEL_ID: record}, root / "bundle"))
-
-
-class Loop:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def call(self, coro: Any, timeout: float = 120) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 class Server:
     def __init__(self, loop: Loop, running: Any) -> None:
         self.loop, self.running = loop, running
@@ -195,7 +138,7 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     from services import inference
 
-    bundle = make_bundle(tmp_path_factory.mktemp("admission"))
+    bundle = two_class_bundle(tmp_path_factory.mktemp("admission"), ARCH, MODEL_ID, PLAN_ID)
     settings = dataclasses.replace(
         Settings(device="cpu"), infer_max_inflight_pixels=BUDGET, infer_max_batch=8
     )

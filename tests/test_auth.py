@@ -7,12 +7,10 @@ certificate for 127.0.0.1/localhost, a client certificate for mutual TLS).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import ipaddress
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from mllgraph.v1 import (
     selection_pb2_grpc,
 )
 from services import security
+from tests.helpers import Loop
 
 CODE = grpc.StatusCode
 
@@ -202,23 +201,6 @@ def test_loopback_hosts() -> None:
 
 
 # --- running servers ------------------------------------------------------------------------
-
-
-class Loop:
-    """An asyncio loop in a daemon thread, for servers called with blocking stubs."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def call(self, coro: Any, timeout: float = 120) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")

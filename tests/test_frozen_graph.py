@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from mllgraph.settings import Settings
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc, ingestion_pb2, ingestion_pb2_grpc
 from services import inference, ingestion
 from services.selection import SelectionServicer
+from tests.helpers import Loop
 
 pytestmark = pytest.mark.neo4j
 
@@ -144,23 +144,6 @@ def test_the_selection_service_sweeps_plans(own_neo4j, own_graph) -> None:
 
 
 # --- a frozen database ----------------------------------------------------------------------
-
-
-class Loop:
-    """An event loop in a daemon thread, for the servers."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any, timeout: float = 120) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 def _one_model_plan(mid: str, plan_id: str) -> dict[str, Any]:

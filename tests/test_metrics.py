@@ -11,26 +11,20 @@ import asyncio
 import dataclasses
 import logging
 import socket
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from mllgraph.hub import experts
-from mllgraph.reuse import bundle as bundles
-from mllgraph.reuse import rule as combine
-from mllgraph.select import chco
 from mllgraph.settings import Settings
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc, ingestion_pb2, ingestion_pb2_grpc
 from services import common
+from tests.helpers import Loop, two_class_bundle
 
 ARCH = "test_efficientnet"
 PLAN_ID = "metrics-test-plan"
@@ -72,21 +66,6 @@ def scrape_when(port: int, ready: Callable[[dict], bool], timeout_s: float = 10.
     return samples
 
 
-class Loop:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def call(self, coro: Any, timeout: float = 120) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 @pytest.fixture(scope="module")
 def loop() -> Iterator[Loop]:
     lp = Loop()
@@ -94,47 +73,11 @@ def loop() -> Iterator[Loop]:
     lp.close()
 
 
-def make_bundle(root: Path) -> bundles.Bundle:
-    """A bundle with one 2-class, 1-channel model and a plan: class i = head i."""
-    torch.manual_seed(0)
-    weights = experts.save_weights(experts.build_timm(ARCH, 2, 1), root / "m.safetensors")
-    assignment = [
-        combine.ClassAssignment(i, (combine.HeadGroup(MODEL_ID, (i,), "exact", 0.8),))
-        for i in range(2)
-    ]
-    cp = chco.Plan(
-        assignment=assignment,
-        params=combine.default_params(assignment),
-        estimated_accuracy=float("nan"),
-        per_class_accuracy=[float("nan")] * 2,
-        uncovered=[],
-        models=[MODEL_ID],
-        solver="none",
-        evaluated=0,
-    )
-    plan = {
-        "plan_id": PLAN_ID,
-        "classes": [{"name": f"class-{i}", "heads": []} for i in range(2)],
-        "models": [MODEL_ID],
-        "combination": {"schema_version": 1, "plan": cp.to_dict()},
-    }
-    record = {
-        "id": MODEL_ID,
-        "arch": ARCH,
-        "num_classes": 2,
-        "sha256": "0" * 64,
-        "input_spec": experts.FASHION_INPUT_SPEC.to_dict(),
-        "weights_path": str(weights),
-    }
-    out = bundles.export_bundle(plan, {MODEL_ID: record}, root / "bundle")
-    return bundles.load_bundle(out)
-
-
 @pytest.fixture(scope="module")
 def inference_server(loop: Loop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from services import inference
 
-    bundle = make_bundle(tmp_path_factory.mktemp("metrics"))
+    bundle = two_class_bundle(tmp_path_factory.mktemp("metrics"), ARCH, MODEL_ID, PLAN_ID)
     settings = Settings(device="cpu", inference_metrics_port=free_port(), infer_max_batch=4)
     running = loop.call(inference.start_server(settings, port=0, bundle=bundle, use_neo4j=False))
     running.metrics_port = settings.inference_metrics_port
