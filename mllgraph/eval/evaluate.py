@@ -49,6 +49,7 @@ from mllgraph.eval.tasks import SPLITS, Suite, Task
 from mllgraph.graph.db import Graph
 from mllgraph.hub import forward, registry
 from mllgraph.hub.fashion import FASHION_CLASSES
+from mllgraph.reuse import apply
 from mllgraph.reuse.rule import (
     ClassAssignment,
     CombinationParams,
@@ -198,8 +199,6 @@ def classify_plan(
     """MLL's predictions from a plan document, exactly as inference makes them without a VLM
     (`mllgraph.reuse.apply`: its heads and fitted parameters, or its stacked rule; its patch
     for uncovered classes)."""
-    from mllgraph.reuse import apply
-
     parsed = plan_doc.parse_plan(plan)
     logits = {m: logits_of(m)[idx] for m in apply.models_to_run(parsed)}
     return apply.probabilities(parsed, logits, len(idx)).argmax(1)
@@ -462,6 +461,9 @@ class TaskResult:
     classify_ms: float
     baselines: dict[str, float] = field(default_factory=dict)
     split: str | None = None  # the task's suite half: "dev", "test" or None
+    # What scored the uncovered classes (reuse/apply.patch_rule): "none", "stacked",
+    # "conse:<model>" or "constant".
+    patch: str = "none"
 
 
 def run_suite(
@@ -507,6 +509,7 @@ def run_suite(
             selection_ms=sel_ms,
             classify_ms=cls_ms,
             split=task.split,
+            patch=apply.patch_rule(plan_doc.parse_plan(plan)),
         )
         cands, temps = candidates_for(graph, settings, task, resolver, models)
         view = TaskView(k, cands, temps, logits, idx, labels)
@@ -584,20 +587,23 @@ def halves_table(results: list[TaskResult]) -> str:
 def markdown_table(results: list[TaskResult]) -> str:
     methods = ["mll"] + sorted({b for r in results for b in r.baselines})
     lines = [
-        "| task | half | K | images | " + " | ".join(methods) + " | models | uncovered |",
-        "|---|---|---|---|" + "---|" * len(methods) + "---|---|",
+        "| task | half | K | images | "
+        + " | ".join(methods)
+        + " | mll estimated | models | uncovered (scored by) |",
+        "|---|---|---|---|" + "---|" * len(methods) + "---|---|---|",
     ]
     for r in results:
         vals = [r.mll] + [r.baselines.get(m) for m in methods[1:]]
         cells = " | ".join("" if v is None else f"{v:.3f}" for v in vals)
+        est = "-" if r.estimated is None else f"{r.estimated:.3f}"
+        unc = f"{', '.join(r.uncovered)} ({r.patch})" if r.uncovered else "-"
         lines.append(
             f"| {r.task} | {r.split or '-'} | {len(r.classes)} | {r.images} | {cells} | "
-            f"{len(r.models)} | "
-            f"{', '.join(r.uncovered) or '-'} |"
+            f"{est} | {len(r.models)} | {unc} |"
         )
     s = summarise(results)["mean_accuracy"]
     cells = " | ".join("" if s[m] is None else f"**{s[m]:.3f}**" for m in methods)
-    lines.append(f"| **mean** | | | | {cells} | | |")
+    lines.append(f"| **mean** | | | | {cells} | | | |")
     return "\n".join(lines)
 
 
