@@ -105,7 +105,8 @@ def eval_images(settings: Settings, per_class: int | None, seed: int = 0) -> Eva
 
 
 class LogitCache:
-    """Each model's logits on the evaluation images, computed once."""
+    """Each model's logits on the evaluation images, computed once: in this process, or, with
+    MLLGRAPH_EXECUTOR=ray, as one Ray task per model for a batch given to :meth:`prefetch`."""
 
     def __init__(self, graph: Graph, settings: Settings, images: EvalImages) -> None:
         self.graph, self.settings, self.images = graph, settings, images
@@ -115,13 +116,39 @@ class LogitCache:
     def __call__(self, mid: str) -> np.ndarray:
         if mid not in self._logits:
             record = registry.get_model(self.graph, mid)
-            model, spec = registry.load_model(self.settings, record)
             t = time.perf_counter()
-            self._logits[mid] = forward.logits(
-                model, spec, self.images.images, batch_size=128, device="cpu"
-            )
+            self._logits[mid] = model_logits(self.settings, self.images.images, record)
             self.seconds[mid] = time.perf_counter() - t
         return self._logits[mid]
+
+    def prefetch(self, mids: Sequence[str]) -> None:
+        """Compute the logits of `mids` now; on Ray (MLLGRAPH_EXECUTOR=ray) one task each."""
+        todo = [m for m in dict.fromkeys(mids) if m not in self._logits]
+        if not todo:
+            return
+        if self.settings.executor != "ray":
+            for mid in todo:
+                self(mid)
+            return
+        from mllgraph.label import ray_exec
+
+        records = {mid: (registry.get_model(self.graph, mid),) for mid in todo}
+        t = time.perf_counter()
+        out = ray_exec.map_models(
+            self.settings, model_logits, records, shared=(self.settings, self.images.images)
+        )
+        per_model = (time.perf_counter() - t) / len(todo)  # wall time, shared by the tasks
+        for mid in todo:
+            self._logits[mid] = out[mid]
+            self.seconds[mid] = per_model
+
+
+def model_logits(
+    settings: Settings, images: np.ndarray, record: Mapping[str, Any], device: str = "cpu"
+) -> np.ndarray:
+    """One model's logits on the evaluation images (in this process or in a Ray task)."""
+    model, spec = registry.load_model(settings, dict(record))
+    return forward.logits(model, spec, images, batch_size=128, device=device)
 
 
 # -- the system under test -------------------------------------------------------------------

@@ -135,6 +135,14 @@ def run(
     main_models = (
         tuple(_fashion_ids(graph, config.seeds[0], config.experts, _recipe(config))) + builtins
     )
+    # Every model the runs below read, in one batch (one Ray task each with
+    # MLLGRAPH_EXECUTOR=ray; in this process otherwise).
+    every_seed = [
+        m
+        for seed in config.seeds
+        for m in _fashion_ids(graph, seed, config.experts, _recipe(config))
+    ]
+    logits.prefetch([*main_models, *every_seed])
     oracle = _oracle(graph, settings, config, main_models) if config.oracle else None
     if oracle is not None:
         report.oracle = {**asdict(oracle.recipe), "description": oracle.recipe.describe()}

@@ -184,3 +184,39 @@ def label_models(
         if on_done:
             on_done(result)
     return [results[mid] for mid in mids]
+
+
+def map_models(
+    settings: Settings,
+    fn: Callable[..., Any],
+    args_by_model: dict[str, tuple[Any, ...]],
+    *,
+    shared: tuple[Any, ...] = (),
+    max_retries: int = MAX_RETRIES,
+) -> dict[str, Any]:
+    """`fn(*shared, *args, device=...)` as one Ray task per model (a GPU each where the
+    cluster has them, as for labelling); the results by model id. For read-only work such as
+    the evaluation's forward passes: nothing is written, so a retried task is harmless.
+    `shared` is put in Ray's object store once (e.g. the evaluation images)."""
+    if not args_by_model:
+        return {}
+    start(settings)  # left running: the caller's session (or the CLI) shuts it down
+    ray = _ray()
+    gpus, device = _placement(settings, ray)
+    task = ray.remote(fn)
+    shared_refs = [ray.put(x) for x in shared]
+    refs = {
+        mid: task.options(
+            num_cpus=1, num_gpus=gpus, max_retries=max_retries, name=f"map:{mid}"
+        ).remote(*shared_refs, *args, device=device)
+        for mid, args in args_by_model.items()
+    }
+    out: dict[str, Any] = {}
+    for mid, ref in refs.items():
+        try:
+            out[mid] = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - Ray wraps every task error
+            for other in refs.values():
+                ray.cancel(other)
+            raise _failure(mid, e) from e
+    return out
