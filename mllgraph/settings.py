@@ -57,6 +57,12 @@ class Settings:
     infer_max_batch: int = 64  # images per model pass (larger requests are split)
     infer_max_delay_ms: float = 2.0  # longest a request waits for others to batch with
     infer_cache_mb: int = 4096  # device memory for loaded experts (LRU beyond)
+    # Selection service: what SelectHeads reads from the graph, kept per catalogue version
+    # (entries: one per concept and query kind; LRU beyond; 0 turns the cache off).
+    select_cache_entries: int = 20_000
+    # ... and each model's softmax row statistics on its probe images (16 bytes per image per
+    # model), so a candidate's evidence reads only its heads (LRU beyond; 0: off).
+    select_probe_stats_mb: int = 256
     # Where batch work (labelling) runs: "local" (this process) or "ray" (one task per model;
     # a local Ray started on this machine, or the cluster at ray_address).
     executor: str = "local"
@@ -145,6 +151,12 @@ class Settings:
                 _env("MLLGRAPH_INFER_MAX_DELAY_MS", str(cls.infer_max_delay_ms))
             ),
             infer_cache_mb=int(_env("MLLGRAPH_INFER_CACHE_MB", str(cls.infer_cache_mb))),
+            select_cache_entries=int(
+                _env("MLLGRAPH_SELECT_CACHE_ENTRIES", str(cls.select_cache_entries))
+            ),
+            select_probe_stats_mb=int(
+                _env("MLLGRAPH_SELECT_PROBE_STATS_MB", str(cls.select_probe_stats_mb))
+            ),
             executor=_env("MLLGRAPH_EXECUTOR", cls.executor).strip().lower(),
             ray_address=os.environ.get("MLLGRAPH_RAY_ADDRESS")
             or os.environ.get("RAY_ADDRESS")
