@@ -16,6 +16,12 @@
 4. Store the plan in Neo4j under an id derived from the request and the catalogue version,
    so the same inputs always give the same plan.
 
+Steps 1-2 read the graph through `mllgraph.select.reads`, which keeps what it read per
+catalogue version (`mllgraph.select.cache`): a repeated or overlapping request at an unchanged
+version costs one version read. Step 3 reads each model's logits with one gather from its
+memory map and scores a candidate from its own heads' columns and the model's softmax row
+statistics (kept per model file), the same values a full softmax gives.
+
 The plan is a JSON document; `combination` holds what inference needs to rebuild the shared
 combination rule (`mllgraph.reuse.rule`), versioned by `schema_version`.
 """

@@ -264,7 +264,8 @@ def bench_select(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
     saved_env = {
         k: os.environ.pop(k, None) for k in ("MLLGRAPH_MODEL_STORE", "MLLGRAPH_PROBE_STORE")
     }
-    figures: dict[str, Any] = {"sizes": {}, "method": {}}
+    figures: dict[str, Any] = {"sizes": {}, "method": {}, "load_average": {}}
+    figures["load_average"]["start"] = [round(x, 2) for x in os.getloadavg()]
     rng = random.Random(args.seed)
     _, start_s = neo4j_server.start(scratch)
     try:
@@ -342,6 +343,7 @@ def bench_select(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
         neo4j_server.stop(scratch)
         for d in (home / "models", home / "probes"):
             shutil.rmtree(d, ignore_errors=True)
+    figures["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
     largest = figures["sizes"].get(str(sizes[-1]), {})
     figures["setup"] = {
         "neo4j_start_s": round(start_s, 1),
