@@ -91,3 +91,26 @@ def test_a_problem_with_row_stats_gives_the_same_plan() -> None:
     assert plans[0].assignment == plans[1].assignment
     assert plans[0].estimated_accuracy == plans[1].estimated_accuracy
     assert plans[0].per_class_accuracy == plans[1].per_class_accuracy
+
+
+def test_one_cache_per_database() -> None:
+    """Two databases can stand at the same version number: their reads never share a cache."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from mllgraph.select import run as select
+    from mllgraph.settings import Settings
+
+    a = Settings(neo4j_uri="bolt://a:7687")
+    b = replace(a, neo4j_uri="bolt://b:7687")
+    other_db = replace(a, neo4j_database="other")
+
+    def graph(s: Settings) -> SimpleNamespace:  # what the key reads of a Graph
+        return SimpleNamespace(settings=s, database=s.neo4j_database)
+
+    first = select.catalogue_cache(graph(a), a)
+    assert select.catalogue_cache(graph(a), a) is first
+    assert select.catalogue_cache(graph(b), a) is not first
+    assert select.catalogue_cache(graph(other_db), a) is not first
+    smaller = replace(a, select_cache_entries=5)
+    assert select.catalogue_cache(graph(a), smaller).capacity == 5

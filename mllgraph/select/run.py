@@ -217,19 +217,19 @@ def _ground(
 
 # -- what a catalogue version needs, kept across requests -----------------------------------
 
-_READS: dict[int, CatalogueCache] = {}
+_READS: dict[tuple[str, str], CatalogueCache] = {}
 _READS_LOCK = threading.Lock()
 
 
-def catalogue_cache(settings: Settings) -> CatalogueCache:
-    """This process's cache of graph reads (one per configured size; see
-    `mllgraph.select.cache`), shared by every select() that does not pass its own."""
+def catalogue_cache(graph: Graph, settings: Settings) -> CatalogueCache:
+    """This process's cache of `graph`'s reads (one per database: two databases can be at the
+    same version number; see `mllgraph.select.cache`), shared by every select() that does not
+    pass its own, sized by `settings.select_cache_entries`."""
+    key = (graph.settings.bolt_uri, graph.database)
     with _READS_LOCK:
-        cache = _READS.get(settings.select_cache_entries)
-        if cache is None:
-            cache = _READS[settings.select_cache_entries] = CatalogueCache(
-                settings.select_cache_entries
-            )
+        cache = _READS.get(key)
+        if cache is None or cache.capacity != max(0, settings.select_cache_entries):
+            cache = _READS[key] = CatalogueCache(settings.select_cache_entries)
         return cache
 
 
@@ -256,7 +256,7 @@ def select(
     ensure_schema(graph)
     version = registry.catalogue_version(graph)
     if reads_cache is True:
-        reads_cache = catalogue_cache(settings)
+        reads_cache = catalogue_cache(graph, settings)
     if not isinstance(reads_cache, CatalogueCache):
         reads_cache = None  # (an empty cache is falsy: its length is 0)
     else:
