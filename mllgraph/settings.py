@@ -71,6 +71,12 @@ class Settings:
     max_upload_bytes: int = 2 * 1024**3  # UploadWeights and weights_bytes; more: RESOURCE_EXHAUSTED
     upload_ttl_s: float = 24 * 3600.0  # uploads not registered within this are removed
     max_probe_images: int = 2000  # images per AddProbes call; more: RESOURCE_EXHAUSTED
+    # Selection service: what SelectHeads reads from the graph, kept per catalogue version
+    # (entries: one per concept and query kind; LRU beyond; 0 turns the cache off).
+    select_cache_entries: int = 20_000
+    # ... and each model's softmax row statistics on its probe images (16 bytes per image per
+    # model), so a candidate's evidence reads only its heads (LRU beyond; 0: off).
+    select_probe_stats_mb: int = 256
     # Where batch work (labelling) runs: "local" (this process) or "ray" (one task per model;
     # a local Ray started on this machine, or the cluster at ray_address).
     executor: str = "local"
@@ -173,6 +179,12 @@ class Settings:
             max_upload_bytes=int(_env("MLLGRAPH_MAX_UPLOAD_BYTES", str(cls.max_upload_bytes))),
             upload_ttl_s=float(_env("MLLGRAPH_UPLOAD_TTL_S", str(cls.upload_ttl_s))),
             max_probe_images=int(_env("MLLGRAPH_MAX_PROBE_IMAGES", str(cls.max_probe_images))),
+            select_cache_entries=int(
+                _env("MLLGRAPH_SELECT_CACHE_ENTRIES", str(cls.select_cache_entries))
+            ),
+            select_probe_stats_mb=int(
+                _env("MLLGRAPH_SELECT_PROBE_STATS_MB", str(cls.select_probe_stats_mb))
+            ),
             executor=_env("MLLGRAPH_EXECUTOR", cls.executor).strip().lower(),
             ray_address=os.environ.get("MLLGRAPH_RAY_ADDRESS")
             or os.environ.get("RAY_ADDRESS")

@@ -6,6 +6,11 @@ budget (CHCO), store the plan, return it and explain it. Thin wiring over `mllgr
   embedder. Health reports SERVING only once the resolver is warm and Neo4j answers, and
   NOT_SERVING again while Neo4j does not; a request that arrives before the resolver is warm
   gets UNAVAILABLE.
+* What a catalogue version needs is kept in the process (`mllgraph.select.cache`): a request
+  reads the catalogue version (one indexed lookup) and finds the candidates, probe sets and
+  sense coverage of concepts earlier requests asked about; a registration, labelling,
+  deletion or probe-set change anywhere moves the version and the next request reads afresh.
+  Probe outputs stay memory-mapped per model file (`mllgraph.select.run.ProbeOutputCache`).
 * Domain errors become gRPC statuses in one place (`services.common.rpc`). What each RPC
   answers:
 

@@ -542,3 +542,116 @@ def test_sub_hub_sees_its_own_heads_before_the_per_kind_limit(hub: Hub) -> None:
         kilt = next(c for c in ctx.plan["classes"] if c["concept"]["wnid"] == KILT)
         assert kilt["coverage"] == "exact", (suffix, kilt)
         assert [(h["model_id"], h["label_wnid"]) for h in kilt["heads"]] == [(mid, KILT)]
+
+
+# --- the cache of graph reads per catalogue version ---------------------------------------------
+
+
+def _same(ctx: select.SelectionContext) -> dict[str, Any]:
+    """A plan document without what differs between two runs (timings, creation time)."""
+    return {k: v for k, v in ctx.plan.items() if k not in ("timings_ms", "created_at")}
+
+
+def _both(hub: Hub, cache: Any, classes: list[Any], options: select.SelectOptions) -> Any:
+    """The plan through `cache` and without any cache: they must be equal."""
+    cached = select.select(
+        hub.graph, hub.settings, classes, options, hub.resolver, store=False, reads_cache=cache
+    )
+    direct = select.select(
+        hub.graph, hub.settings, classes, options, hub.resolver, store=False, reads_cache=None
+    )
+    assert _same(cached) == _same(direct)
+    assert [c.group for c in cached.candidates] == [c.group for c in direct.candidates]
+    return cached
+
+
+def test_cached_and_uncached_plans_are_equal(hub: Hub) -> None:
+    from mllgraph.select.cache import CatalogueCache
+
+    cache = CatalogueCache(1000)
+    handbag = "n02774152"
+    tasks = [
+        [select.TaskClass(n) for n in TASK],
+        [select.TaskClass(n) for n in ("clog", "moccasin", "kilt")],
+        # Overlapping the first two, with other classes blocking other ancestors: a cached
+        # concept's ancestor candidates must not leak into a task where they are blocked.
+        [select.TaskClass(n) for n in ("clog", "tote bag", "kilt")],
+        [
+            select.TaskClass("handbag", pinned_wnid=handbag),  # proxy probes, related heads
+            select.TaskClass("clog", pinned_wnid=CLOG),
+            select.TaskClass("kilt", pinned_wnid=KILT),
+        ],
+        [select.TaskClass("democracy", pinned_wnid=DEMOCRACY), select.TaskClass("clog")],
+    ]
+    option_sets = [
+        select.SelectOptions(fit_params=False),
+        select.SelectOptions(allow_ancestor=False, fit_params=False),
+        select.SelectOptions(per_kind_limit=1, fit_params=False, models=(hub.models["b"],)),
+    ]
+    for options in option_sets:
+        for classes in tasks:
+            _both(hub, cache, classes, options)
+    hits = cache.hits
+    for options in option_sets:  # every task again: all of it comes from the cache
+        for classes in tasks:
+            _both(hub, cache, classes, options)
+    assert cache.hits > hits
+    assert len(cache) > 0
+
+
+def test_the_next_select_sees_a_registration_labelling_and_deletion(
+    hub: Hub, tmp_path: Path
+) -> None:
+    """Through one cache: a model registered with a head declaring "democracy" (covered by
+    nothing measured) becomes its declared candidate, unsimulated; once labelled it is
+    simulated on the probe images; once deleted it is gone. Each plan equals the uncached
+    one, and each change moved the catalogue version the cache is keyed by."""
+    from mllgraph.select.cache import CatalogueCache
+
+    cache = CatalogueCache(1000)
+    classes = [select.TaskClass("democracy", pinned_wnid=DEMOCRACY), select.TaskClass("kilt")]
+    options = select.SelectOptions(fit_params=False)
+
+    def models_of(ctx: select.SelectionContext) -> set[str]:
+        return {c.group.model_id for c in ctx.candidates}
+
+    before = _both(hub, cache, classes, options)
+    v0 = cache.version
+    x = pattern_images(PATTERN[KILT], 48, seed=7)
+    noise = np.random.default_rng(7).integers(0, 256, size=(48, 28, 28), dtype=np.uint8)
+    model = experts.train_expert(
+        ARCH, [0, 1], np.concatenate([x, noise]), np.repeat([0, 1], 48), epochs=1, seed=7
+    )
+    reg = registry.Registration(
+        name=f"{hub.prefix}-d",
+        arch=ARCH,
+        weights_path=experts.save_weights(model, tmp_path / "d.safetensors"),
+        wnids=[DEMOCRACY, BACKGROUND],
+        input_spec=experts.FASHION_INPUT_SPEC,
+    )
+    mid = registry.register_model(hub.graph, hub.settings, reg).record["id"]
+    hub.models["d"] = mid  # removed by the hub's clean-up if the test fails half-way
+    try:
+        registered = _both(hub, cache, classes, options)
+        assert cache.version != v0
+        assert mid not in models_of(before) and mid in models_of(registered)
+        assert not registered.problem.logits_by_model[mid].any()  # declared, unsimulated
+        v1 = cache.version
+
+        options_l = labeller.LabelOptions(samples_per_concept=30, top_k=100)
+        labeller.label_model(hub.graph, hub.settings, mid, options_l, device="cpu")
+        labelled = _both(hub, cache, classes, options)
+        assert cache.version != v1
+        assert mid in models_of(labelled)
+        assert labelled.problem.logits_by_model[mid].any()  # simulated on the probe images
+        v2 = cache.version
+    finally:
+        registry.delete_model(hub.graph, hub.settings, mid)
+        del hub.models["d"]
+    deleted = _both(hub, cache, classes, options)
+    assert cache.version != v2
+    assert mid not in models_of(deleted)
+    assert deleted.plan["models"] == before.plan["models"]
+    assert [c["coverage"] for c in deleted.plan["classes"]] == [
+        c["coverage"] for c in before.plan["classes"]
+    ]

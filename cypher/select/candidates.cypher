@@ -7,20 +7,21 @@
 //   related      heads labelled on a sibling or cousin of v: a concept at most two steps
 //                below an ancestor at most two steps above v, where no other task class lies
 //                under that ancestor (score discounted by $related_discount).
-// params: targets [{index, wnid, others: [wnids of the task's other classes]}],
-//         min_score, per_kind_limit, allow_ancestor, ancestor_discount, related_discount,
-//         models (model ids of a sub-hub, or null for the whole hub: filtered here, before
-//         any per-kind limit, so a sub-hub sees all of its own heads)
+// params: targets [{index, wnid}] (the classes to search: all of the task's, or the ones a
+//         per-concept cache lacks), all_wnids (every task class's wnid: what blocks
+//         ancestors), min_score, per_kind_limit, allow_ancestor, ancestor_discount,
+//         related_discount, models (model ids of a sub-hub, or null for the whole hub:
+//         filtered here, before any per-kind limit, so a sub-hub sees all of its own heads)
 //
 // "No other task class lies under a": a, an ancestor of v, is also an ancestor-or-self of
-// another target exactly when at least two targets lie at or under it. So the blocked
-// concepts are computed once per task (`shared`: every concept at or above two or more
-// targets) rather than once per target from `others` (K x (K-1) upward walks: 4.5M db hits,
-// ~0.8 s for 100 classes). `others` must therefore be all the other targets (as
-// mllgraph.select passes it).
-UNWIND CASE WHEN $allow_ancestor THEN $targets ELSE [] END AS t0
-MATCH (:Concept {wnid: t0.wnid})-[:IS_A*0..]->(x:Concept)
-WITH x, count(DISTINCT t0.index) AS n WHERE n >= 2
+// another task class exactly when at least two task classes lie at or under it. So the
+// blocked concepts are computed once per task (`shared`: every concept at or above two or
+// more of $all_wnids) rather than once per target (K x (K-1) upward walks: 4.5M db hits,
+// ~0.8 s for 100 classes). A target's rows depend only on its concept, the options and
+// `shared` restricted to its ancestors (what `mllgraph.select.reads` keys them by).
+UNWIND CASE WHEN $allow_ancestor THEN $all_wnids ELSE [] END AS w0
+MATCH (:Concept {wnid: w0})-[:IS_A*0..]->(x:Concept)
+WITH x, count(DISTINCT w0) AS n WHERE n >= 2
 WITH collect(x.wnid) AS shared
 UNWIND $targets AS t
 MATCH (v:Concept {wnid: t.wnid})
@@ -75,4 +76,4 @@ MATCH (m:Model {id: model})
 RETURN t.index AS class_index, model, m.version AS version, coalesce(m.temperature, 1.0) AS temperature,
        m.labelled_at IS NOT NULL AS labelled, m.num_classes AS num_heads, heads, labels, kind,
        score, via, via_depth
-ORDER BY class_index, score DESC, model
+ORDER BY class_index, score DESC, model, kind, heads

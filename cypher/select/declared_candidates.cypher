@@ -56,4 +56,4 @@ MATCH (m:Model {id: model})
 RETURN t.index AS class_index, model, m.version AS version,
        coalesce(m.temperature, 1.0) AS temperature, m.labelled_at IS NOT NULL AS labelled,
        m.num_classes AS num_heads, heads, labels, kind, score, via, via_depth
-ORDER BY class_index, score DESC, model
+ORDER BY class_index, score DESC, model, kind, heads

@@ -250,20 +250,50 @@ class CombinationParams:
 # scores are bit-for-bit the ones `combine` produces.
 
 
-def model_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Softmax over all heads of one model, at temperature ``temperature``; (N, H) float64."""
+def _shifted_exp(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """exp(logits / T - row max) and the row maxima; (N, H) and (N,) float64."""
     a = np.asarray(logits, dtype=np.float64) / float(temperature)
     if a.shape[1] <= 32:
         # Column-wise max: numpy's axis-1 reduction is slow on narrow rows (same result).
         m = a[:, 0].copy()
         for h in range(1, a.shape[1]):
             np.maximum(m, a[:, h], out=m)
-        a -= m[:, None]
     else:
-        a -= a.max(axis=1, keepdims=True)
+        m = a.max(axis=1)
+    a -= m[:, None]
     np.exp(a, out=a)
+    return a, m
+
+
+def model_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Softmax over all heads of one model, at temperature ``temperature``; (N, H) float64."""
+    a, _ = _shifted_exp(logits, temperature)
     a /= a.sum(axis=1, keepdims=True)
     return a
+
+
+def softmax_row_stats(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Each row's maximum of logits / T and its sum of exp(logits / T - max); (N, 2) float64.
+
+    The softmax is row-wise, so these computed once on all of a model's probe rows give any
+    subset of rows, and any heads, the very values `model_probabilities` would: see
+    `group_evidence_from_stats`."""
+    a, m = _shifted_exp(logits, temperature)
+    return np.stack([m, a.sum(axis=1)], axis=1)
+
+
+def group_evidence_from_stats(
+    logits: np.ndarray, stats: np.ndarray, heads: Sequence[int], temperature: float = 1.0
+) -> np.ndarray:
+    """`group_evidence(model_probabilities(logits, T), heads)`, bit for bit, reading only the
+    group's columns: `stats` are `softmax_row_stats` of the same rows at the same T."""
+    cols = np.asarray(logits[:, list(heads)], dtype=np.float64) / float(temperature)
+    cols -= stats[:, 0:1]
+    np.exp(cols, out=cols)
+    cols /= stats[:, 1:2]
+    if len(heads) == 1:
+        return cols[:, 0].copy()
+    return cols.sum(axis=1)
 
 
 def group_evidence(probs: np.ndarray, heads: Sequence[int]) -> np.ndarray:

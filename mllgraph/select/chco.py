@@ -53,6 +53,7 @@ from mllgraph.reuse.rule import (
     default_params,
     fit_params,
     group_evidence,
+    group_evidence_from_stats,
     model_probabilities,
     per_class_accuracy,
     score_column,
@@ -113,6 +114,9 @@ class ChcoProblem:
     temperatures: dict[str, float]
     budget: int
     model_cost: dict[str, float] | None = None
+    # Optional, per model: `rule.softmax_row_stats` of its logits rows at its temperature
+    # (N, 2), so a candidate's evidence reads only its heads' columns (same values).
+    row_stats: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         k = self.num_classes
@@ -190,6 +194,37 @@ class ChcoProblem:
         object.__setattr__(self, "candidates", [cands[key] for key in sorted(cands)])
         object.__setattr__(self, "temperatures", temps)
         object.__setattr__(self, "model_cost", costs)
+        for m, st in (self.row_stats or {}).items():
+            if m not in logits or np.shape(st) != (n, 2):
+                raise InvalidArgument(f"row_stats[{m!r}] must be ({n}, 2) for a known model")
+        object.__setattr__(self, "_evidence", {})
+
+    def evidence(self, group: HeadGroup) -> np.ndarray:
+        """The group's evidence on the probe images at its model's temperature (the sum of
+        its heads' softmax probabilities), computed once per problem: the solver and the
+        plan's alternatives (ExplainSelection) share it. Read-only."""
+        memo: dict[tuple[str, tuple[int, ...]], np.ndarray] = self._evidence  # type: ignore[attr-defined]
+        key = (group.model_id, tuple(group.heads))
+        if key not in memo:
+            self._fill_evidence(group.model_id, [key[1]])
+        return memo[key]
+
+    def _fill_evidence(self, model_id: str, groups: list[tuple[int, ...]]) -> None:
+        """Evidence of these head groups of one model, from one softmax of its logits."""
+        memo: dict[tuple[str, tuple[int, ...]], np.ndarray] = self._evidence  # type: ignore[attr-defined]
+        todo = [g for g in dict.fromkeys(groups) if (model_id, g) not in memo]
+        if not todo:
+            return
+        logits, t = self.logits_by_model[model_id], self.temperatures.get(model_id, 1.0)
+        stats = (self.row_stats or {}).get(model_id)
+        probs = model_probabilities(logits, t) if stats is None else None
+        for heads in todo:
+            if probs is None:
+                ev = group_evidence_from_stats(logits, stats, heads, t)
+            else:
+                ev = group_evidence(probs, heads)
+            ev.setflags(write=False)
+            memo[(model_id, heads)] = ev
 
     @property
     def num_images(self) -> int:
@@ -323,13 +358,13 @@ def _prepare(problem: ChcoProblem) -> _Prepared:
     for i, c in enumerate(cands):
         by_model.setdefault(c.group.model_id, []).append(i)
     for m in model_ids:
-        # One softmax per model, shared by all its candidates (the per-model cache).
-        probs = model_probabilities(problem.logits_by_model[m], problem.temperatures.get(m, 1.0))
+        # One softmax per model, shared by all its candidates (and kept on the problem).
+        problem._fill_evidence(m, [tuple(cands[i].group.heads) for i in by_model[m]])
         for i in by_model[m]:
             g = cands[i].group
             # Same float ops as combine() with default_params(): weight 1, bias log(q).
             bias = math.log(max(float(np.mean([g.label_score])), QUALITY_FLOOR))
-            scores[i] = score_column(group_evidence(probs, g.heads), np.float64(1.0), bias)
+            scores[i] = score_column(problem.evidence(g), np.float64(1.0), bias)
     costs = problem.model_cost or {}
     cost = np.array([costs.get(m, 0.0) for m in model_ids], dtype=np.float64)
     order = np.argsort(problem.labels, kind="stable")

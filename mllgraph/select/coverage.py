@@ -8,8 +8,8 @@ measured on a close ancestor. `Resolver.resolve_task` turns that into a score bo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mllgraph.graph.db import Graph
@@ -33,7 +33,10 @@ def sense_coverage(
     )
     out = dict.fromkeys(wnids, 0.0)
     for r in rows:
-        out[r["wnid"]] = (
-            MEASURED if r["measured"] else DECLARED if r["declared"] else NEAR if r["near"] else 0.0
-        )
+        out[r["wnid"]] = coverage_of_row(r)
     return out
+
+
+def coverage_of_row(r: Mapping[str, Any]) -> float:
+    """One `select/sense_coverage` row's strength."""
+    return MEASURED if r["measured"] else DECLARED if r["declared"] else NEAR if r["near"] else 0.0

@@ -24,6 +24,12 @@
 5. Store the plan in Neo4j under an id derived from the request and the catalogue version,
    so the same inputs always give the same plan.
 
+Steps 1-2 read the graph through `mllgraph.select.reads`, which keeps what it read per
+catalogue version (`mllgraph.select.cache`): a repeated or overlapping request at an unchanged
+version costs one version read. Step 3 reads each model's logits with one gather from its
+memory map and scores a candidate from its own heads' columns and the model's softmax row
+statistics (kept per model file), the same values a full softmax gives.
+
 The plan is a JSON document; `combination` holds what inference needs to rebuild the shared
 combination rule (`mllgraph.reuse.rule`), versioned by `schema_version`.
 """
@@ -51,10 +57,11 @@ from mllgraph.reuse.rule import (
     group_evidence,
     model_probabilities,
     score_column,
+    softmax_row_stats,
 )
 from mllgraph.reuse.vlm import fallback_evidence
 from mllgraph.select import chco, nearby
-from mllgraph.select.coverage import sense_coverage
+from mllgraph.select.cache import CatalogueCache
 from mllgraph.select.plan import (
     COVERAGE_OF_QUERY_KIND,
     MAX_CLASSES,
@@ -62,6 +69,7 @@ from mllgraph.select.plan import (
     plan_document,
     plan_id_for,
 )
+from mllgraph.select.reads import Reads
 from mllgraph.settings import Settings
 
 SOLVERS = ("auto", "exact", "heuristic")
@@ -137,6 +145,9 @@ class ProbeOutputCache:
     def __init__(self, capacity: int = 20_000) -> None:
         self.capacity = capacity
         self._items: OrderedDict[tuple[str, float], labeller.ProbeOutputs] = OrderedDict()
+        self._layouts: dict[tuple[Any, ...], dict[str, tuple[int, int]]] = {}
+        self._stats: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._stats_bytes = 0
         self._lock = threading.Lock()
 
     def get(self, settings: Settings, mid: str) -> labeller.ProbeOutputs:
@@ -148,10 +159,41 @@ class ProbeOutputCache:
                 return self._items[key]
         value = labeller.open_probe_outputs(settings, mid)
         with self._lock:
+            # Models labelled on the same probe sets share one index object, so a task's
+            # usable rows are worked out once per layout, not once per model.
+            layout = self._layouts.setdefault(tuple(sorted(value.sets.items())), value.sets)
+            value = labeller.ProbeOutputs(value.data, layout, value.temperature)
             self._items[key] = value
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
+            if len(self._layouts) > self.capacity:
+                self._layouts.clear()
         return value
+
+    def row_stats(self, settings: Settings, outputs: labeller.ProbeOutputs) -> np.ndarray | None:
+        """`softmax_row_stats` of all of a model's probe rows at its temperature, computed once
+        per file version and kept in an LRU of `settings.select_probe_stats_mb` (None: off)."""
+        budget = settings.select_probe_stats_mb * 2**20
+        if budget <= 0:
+            return None
+        key = id(outputs.data)
+        with self._lock:
+            hit = self._stats.get(key)
+            if hit is not None and hit[0] is outputs.data:
+                self._stats.move_to_end(key)
+                return hit[1]
+        stats = softmax_row_stats(np.asarray(outputs.data, dtype=np.float32), outputs.temperature)
+        stats.setflags(write=False)
+        with self._lock:
+            old = self._stats.pop(key, None)
+            if old is not None:
+                self._stats_bytes -= old[1].nbytes
+            self._stats[key] = (outputs.data, stats)  # holding data keeps its id unique
+            self._stats_bytes += stats.nbytes
+            while self._stats_bytes > budget and self._stats:
+                _, (_, dropped) = self._stats.popitem(last=False)
+                self._stats_bytes -= dropped.nbytes
+        return stats
 
 
 CACHE = ProbeOutputCache()
@@ -172,20 +214,36 @@ def validate_classes(classes: list[TaskClass]) -> None:
 
 
 def _ground(
-    classes: list[TaskClass], resolver: Any, graph: Graph, options: SelectOptions
+    classes: list[TaskClass], resolver: Any, reads: Reads, options: SelectOptions
 ) -> list[Any]:
     """Ground the names together; among senses that fit the task, prefer those the hub (or
     the sub-hub in `options.models`) has heads for."""
     pinned = {i: c.pinned_wnid for i, c in enumerate(classes) if c.pinned_wnid}
 
     def covered(wnids: list[str]) -> dict[str, float]:
-        return sense_coverage(
-            graph, wnids, min_score=options.min_label_score, models=options.models
-        )
+        return reads.sense_coverage(wnids, min_score=options.min_label_score, models=options.models)
 
     return resolver.resolve_task(
         [c.name for c in classes], pinned=pinned or None, sense_coverage=covered
     )
+
+
+# -- what a catalogue version needs, kept across requests -----------------------------------
+
+_READS: dict[tuple[str, str], CatalogueCache] = {}
+_READS_LOCK = threading.Lock()
+
+
+def catalogue_cache(graph: Graph, settings: Settings) -> CatalogueCache:
+    """This process's cache of `graph`'s reads (one per database: two databases can be at the
+    same version number; see `mllgraph.select.cache`), shared by every select() that does not
+    pass its own, sized by `settings.select_cache_entries`."""
+    key = (graph.settings.bolt_uri, graph.database)
+    with _READS_LOCK:
+        cache = _READS.get(key)
+        if cache is None or cache.capacity != max(0, settings.select_cache_entries):
+            cache = _READS[key] = CatalogueCache(settings.select_cache_entries)
+        return cache
 
 
 # -- selection -------------------------------------------------------------------------------
@@ -200,17 +258,28 @@ def select(
     *,
     cache: ProbeOutputCache = CACHE,
     store: bool = True,
+    reads_cache: CatalogueCache | None | bool = True,
 ) -> SelectionContext:
+    """Select heads for `classes`. `reads_cache`: True (this process's cache of graph reads,
+    sized by `settings.select_cache_entries`), a cache of the caller's, or None/False (every
+    read goes to the graph; the plan is the same either way)."""
     t_start = time.perf_counter()
     options.validate()
     validate_classes(classes)
     ensure_schema(graph)
-    if graph.read("select/labelled_models")[0]["models"] == 0:
+    version = registry.catalogue_version(graph)
+    if reads_cache is True:
+        reads_cache = catalogue_cache(graph, settings)
+    if not isinstance(reads_cache, CatalogueCache):
+        reads_cache = None  # (an empty cache is falsy: its length is 0)
+    else:
+        reads_cache.at(version)
+    reads = Reads(graph, reads_cache, version)
+    if reads.labelled_models()["models"] == 0:
         raise FailedPrecondition(
             "the hub has no labelled models (no models at all): register and label some first "
             "(`mllgraph hub build` or `mllgraph models register` and `mllgraph models label`)"
         )
-    version = registry.catalogue_version(graph)
     pid = plan_id_for(classes, options, version)
     if store:
         existing = graph.read("select/plan_get", id=pid)
@@ -219,7 +288,7 @@ def select(
 
     timings = Timings()
     t = time.perf_counter()
-    groundings = _ground(classes, resolver, graph, options)
+    groundings = _ground(classes, resolver, reads, options)
     timings.grounding_ms = (time.perf_counter() - t) * 1000
     wnids = [g.wnid for g in groundings]
     if len(set(wnids)) != len(wnids):  # pinned wnids can collide; the resolver checks names
@@ -227,33 +296,19 @@ def select(
         raise InvalidArgument(f"classes ground to the same concept: {dup}")
 
     t = time.perf_counter()
-    targets = [
-        {"index": i, "wnid": w, "others": [x for j, x in enumerate(wnids) if j != i]}
-        for i, w in enumerate(wnids)
-    ]
-    rows = graph.read(
-        "select/candidates",
-        targets=targets,
-        min_score=options.min_label_score,
-        per_kind_limit=options.per_kind_limit,
-        allow_ancestor=options.allow_ancestor,
-        ancestor_discount=options.ancestor_discount,
-        related_discount=options.related_discount,
-        models=sorted(options.models) if options.models is not None else None,
-    )
-    rows += _declared_candidates(graph, rows, targets, options)
-    rows += _nearby_candidates(graph, rows, targets, classes, options, resolver)
-    probe_rows = graph.read("select/task_probes", targets=targets)
-    probe_rows += _proxy_probes(graph, rows, probe_rows, len(classes))
+    rows = reads.candidates(wnids, options)
+    rows += _declared_candidates(reads, rows, wnids, options)
+    rows += _nearby_candidates(graph, rows, wnids, classes, options, resolver)
+    probe_rows = reads.task_probes(wnids)
+    probe_rows += _proxy_probes(reads, rows, probe_rows, len(classes))
     timings.cypher_ms = (time.perf_counter() - t) * 1000
 
     t = time.perf_counter()
-    outputs: dict[str, dict[str, np.ndarray]] = {}
+    outputs: dict[str, labeller.ProbeOutputs] = {}
     temperatures: dict[str, float] = {}
     versions: dict[str, str] = {}
     for r in rows:
         versions[r["model"]] = r["version"]
-    task_sets = sorted({r["set_id"] for r in probe_rows})
     declared_only: dict[str, int] = {}  # model -> heads, for models without probe outputs
     for mid in sorted(versions):
         try:
@@ -266,8 +321,13 @@ def select(
                 declared_only[mid] = int(mine[0]["num_heads"])
                 temperatures[mid] = float(mine[0]["temperature"])
             continue
-        outputs[mid], temperatures[mid] = stored.as_dict(task_sets), stored.temperature
-    labels, logits = _probe_matrix(probe_rows, outputs, len(classes))
+        outputs[mid], temperatures[mid] = stored, stored.temperature
+    labels, logits, rows_of = _probe_matrix(probe_rows, outputs, len(classes))
+    row_stats: dict[str, np.ndarray] = {}
+    for mid, file_rows in rows_of.items():
+        stats = cache.row_stats(settings, outputs[mid])
+        if stats is not None:
+            row_stats[mid] = stats[file_rows]
     heads_of = {r["model"]: int(r["num_heads"]) for r in rows}
     for mid in sorted(outputs):  # no usable probe set at all: (0, H) logits
         logits.setdefault(mid, np.zeros((labels.size, heads_of[mid]), dtype=np.float32))
@@ -306,6 +366,7 @@ def select(
             labels=labels,
             temperatures={m: temperatures[m] for m in logits},
             budget=options.budget,
+            row_stats=row_stats,
         )
         plan = _solve(problem, options)
         solver_note = plan.solver
@@ -321,7 +382,7 @@ def select(
         pid, classes, groundings, plan, info, versions, options, version, labels, timings
     )
     body["solver_note"] = solver_note
-    body["alternatives"] = _alternatives(plan, candidates, logits, labels, info)
+    body["alternatives"] = _alternatives(plan, candidates, logits, labels, info, problem)
     stacked_rule = None
     if fit is not None:
         stacked_rule, body["stacked"] = fit
@@ -375,47 +436,39 @@ def _stacked(
 
 
 def _declared_candidates(
-    graph: Graph, rows: list[dict[str, Any]], targets: list[dict[str, Any]], options: SelectOptions
+    reads: Reads, rows: list[dict[str, Any]], wnids: list[str], options: SelectOptions
 ) -> list[dict[str, Any]]:
     """Declared, unmeasured candidates for the classes no measured label covers.
 
     "Covers" means an exact, group or descendants candidate: a class with only measured
     ancestor/related candidates gets declared ones too, and CHCO weighs both."""
     covered = {r["class_index"] for r in rows if r["kind"] in ("exact", "group", "descendants")}
-    todo = [{"index": t["index"], "wnid": t["wnid"]} for t in targets if t["index"] not in covered]
+    todo = [{"index": i, "wnid": w} for i, w in enumerate(wnids) if i not in covered]
     if not todo:
         return []
-    return graph.read(
-        "select/declared_candidates",
-        targets=todo,
-        all_wnids=[t["wnid"] for t in targets],
-        models=sorted(options.models) if options.models is not None else None,
-        per_kind_limit=options.per_kind_limit,
-        default_prior=options.declared_prior,
-        allow_ancestor=options.allow_ancestor,
-        ancestor_discount=options.ancestor_discount,
-    )
+    return reads.declared_candidates(todo, list(wnids), options)
 
 
 def _nearby_candidates(
     graph: Graph,
     rows: list[dict[str, Any]],
-    targets: list[dict[str, Any]],
+    wnids: list[str],
     classes: list[TaskClass],
     options: SelectOptions,
     resolver: Any,
 ) -> list[dict[str, Any]]:
     """Heads on a text-close sibling or cousin, for the classes no candidate covers at all
-    (select/nearby: the text encoder decides where a shared ancestor blocked `related`)."""
+    (select/nearby: the text encoder decides where a shared ancestor blocked `related`).
+    Read past the catalogue cache: it runs only for classes nothing else covers."""
     have = {r["class_index"] for r in rows}
-    todo = [{"index": t["index"], "wnid": t["wnid"]} for t in targets if t["index"] not in have]
+    todo = [{"index": i, "wnid": w} for i, w in enumerate(wnids) if i not in have]
     encode = getattr(resolver, "encode_texts", None)
     if not todo or not options.allow_ancestor or encode is None:
         return []
     found = graph.read(
         "select/nearby_candidates",
         targets=todo,
-        all_wnids=[t["wnid"] for t in targets],
+        all_wnids=list(wnids),
         min_score=options.min_label_score,
         per_kind_limit=options.per_kind_limit,
         declared_prior=options.declared_prior,
@@ -473,11 +526,10 @@ def _conse_patch(
     # Calibrate on the probe images of the covered classes, seen by the plan's models and
     # the patch model alike.
     try:
-        sets = sorted({r["set_id"] for r in probe_rows})
-        outputs = {m: cache.get(settings, m).as_dict(sets) for m in {*plan.models, mid}}
+        outputs = {m: cache.get(settings, m) for m in {*plan.models, mid}}
     except FailedPrecondition:
         return patch  # some outputs are gone: the default weight
-    labels, logits = _probe_matrix(probe_rows, outputs, len(classes))
+    labels, logits, _ = _probe_matrix(probe_rows, outputs, len(classes))
     if labels.size == 0:
         return patch
     z = class_scores(logits, plan.assignment, plan.params)
@@ -486,7 +538,7 @@ def _conse_patch(
 
 
 def _proxy_probes(
-    graph: Graph, rows: list[dict[str, Any]], probe_rows: list[dict[str, Any]], k: int
+    reads: Reads, rows: list[dict[str, Any]], probe_rows: list[dict[str, Any]], k: int
 ) -> list[dict[str, Any]]:
     """Stand-in probes for classes with none under their own concept.
 
@@ -508,9 +560,7 @@ def _proxy_probes(
         return []
     # task_probes keys its rows by `index`: here the position of each concept in `vias`.
     sets_under: dict[str, list[dict[str, Any]]] = {v: [] for v in vias}
-    for r in graph.read(
-        "select/task_probes", targets=[{"index": i, "wnid": v} for i, v in enumerate(vias)]
-    ):
+    for r in reads.task_probes(vias):
         sets_under[vias[r["class_index"]]].append(r)
     claimed = {r["set_id"] for r in probe_rows}
     extra: list[dict[str, Any]] = []
@@ -526,12 +576,15 @@ def _proxy_probes(
 
 
 def _probe_matrix(
-    probe_rows: list[dict[str, Any]], outputs: dict[str, dict[str, np.ndarray]], k: int
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    probe_rows: list[dict[str, Any]], outputs: dict[str, labeller.ProbeOutputs], k: int
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Task-class labels of the probe images and each model's logits on them, aligned.
 
     A set under two task classes goes to the nearer one. Only images every candidate model
     has outputs for are used (models labelled on different probe sets stay comparable).
+    Which rows those are comes from each model's index; its logits are then read with one
+    gather from its memory map (not one slice per probe set: 100 classes x 1,000 models).
+    Also returns each model's row numbers in its file.
     """
     nearest: dict[str, tuple[int, int]] = {}
     for r in probe_rows:
@@ -539,16 +592,29 @@ def _probe_matrix(
         if best is None or r["distance"] < best[1]:
             nearest[r["set_id"]] = (r["class_index"], r["distance"])
     models = sorted(outputs)
+    layouts = list({id(outputs[m].sets): outputs[m].sets for m in models}.values())
     usable = []
     for set_id in sorted(nearest):
-        counts = [outputs[m][set_id].shape[0] for m in models if set_id in outputs[m]]
-        if models and len(counts) == len(models) and min(counts) > 0:
+        counts = [lay[set_id][1] for lay in layouts if set_id in lay]
+        if models and len(counts) == len(layouts) and min(counts) > 0:
             usable.append((set_id, min(counts)))
     labels = np.concatenate(
         [np.full(n, nearest[s][0], dtype=np.int64) for s, n in usable] or [np.zeros(0, np.int64)]
     )
-    logits = {m: np.concatenate([outputs[m][s][:n] for s, n in usable]) for m in models if usable}
-    return labels, logits
+    logits: dict[str, np.ndarray] = {}
+    rows_by_model: dict[str, np.ndarray] = {}
+    if not usable:
+        return labels, logits, rows_by_model
+    lengths = np.array([n for _, n in usable], dtype=np.int64)
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    rows_of: dict[int, np.ndarray] = {}
+    for lay in layouts:
+        starts = np.array([lay[s][0] for s, _ in usable], dtype=np.int64)
+        rows_of[id(lay)] = np.repeat(starts, lengths) + within
+    for m in models:
+        rows_by_model[m] = rows_of[id(outputs[m].sets)]
+        logits[m] = np.asarray(outputs[m].data[rows_by_model[m]], dtype=np.float32)
+    return labels, logits, rows_by_model
 
 
 def _solve(problem: chco.ChcoProblem, options: SelectOptions) -> chco.Plan:
@@ -586,12 +652,14 @@ def _alternatives(
     logits: dict[str, np.ndarray],
     labels: np.ndarray,
     info: dict[tuple[int, str, tuple[int, ...]], dict[str, Any]],
+    problem: chco.ChcoProblem | None = None,
     per_class: int = 5,
 ) -> list[list[dict[str, Any]]]:
     """Per class, the best other candidates and the plan's estimate with each swapped in.
 
     Only the swapped class's score column changes, so the plan's scores are computed once
-    and each alternative costs one column and an argmax."""
+    and each alternative costs one column and an argmax. The evidence the solver already
+    computed (same model, heads and temperature) is reused from `problem`."""
     out: list[list[dict[str, Any]]] = [[] for _ in plan.assignment]
     if labels.size == 0 or not plan.models:
         return out
@@ -608,12 +676,14 @@ def _alternatives(
         in_class = labels == ci
         for cand in others[:per_class]:
             g = cand.group
-            if g.model_id not in probs:
-                probs[g.model_id] = model_probabilities(
-                    logits[g.model_id], params.temperature(g.model_id)
-                )
+            temperature = params.temperature(g.model_id)
+            if problem is not None and temperature == problem.temperatures.get(g.model_id, 1.0):
+                evidence = problem.evidence(g)
+            else:
+                if g.model_id not in probs:
+                    probs[g.model_id] = model_probabilities(logits[g.model_id], temperature)
+                evidence = group_evidence(probs[g.model_id], g.heads)
             z = base.copy()
-            evidence = group_evidence(probs[g.model_id], g.heads)
             z[:, ci] = score_column(evidence, float(params.weights[ci]), float(params.biases[ci]))
             right = z.argmax(1) == labels
             meta = info.get((ci, g.model_id, g.heads), {})

@@ -1,0 +1,195 @@
+"""What SelectHeads reads from the graph, through the per-catalogue-version cache.
+
+Each reader answers exactly what its query answers; the cache only decides which concepts
+still need a round trip. Keys (all at one catalogue version, see `mllgraph.select.cache`):
+
+* candidates (`select/candidates`): per class concept, with the options that shape the
+  query and, when ancestors are allowed, the task's blocked concepts among that concept's
+  ancestors (the only part of a concept's answer that depends on the other classes). The
+  ancestors come from `select/ancestors`, also cached per concept;
+* declared candidates (`select/declared_candidates`): per whole request (a declared
+  descendant is excluded when it lies under any other class of the task), so only a repeated
+  request finds them; they are read only for classes no measured label covers;
+* probe sets under a concept (`select/task_probes`): per concept;
+* sense coverage for grounding (`select/sense_coverage`): per concept and options;
+* the labelled-model count (the "no labelled models" precondition): one entry.
+
+With no cache (or a disabled one) every reader sends the same one query for the whole task
+that selection always sent.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mllgraph.select.cache import MISSING, CatalogueCache
+from mllgraph.select.coverage import coverage_of_row
+
+if TYPE_CHECKING:
+    from mllgraph.graph.db import Graph
+    from mllgraph.select.run import SelectOptions
+
+
+def _models(options: SelectOptions) -> list[str] | None:
+    return sorted(options.models) if options.models is not None else None
+
+
+def _options_key(options: SelectOptions) -> tuple[Any, ...]:
+    return (
+        options.min_label_score,
+        options.per_kind_limit,
+        options.allow_ancestor,
+        options.ancestor_discount,
+        options.related_discount,
+        options.declared_prior,
+        tuple(_models(options) or ()) if options.models is not None else None,
+    )
+
+
+@dataclass
+class Reads:
+    """The graph reads of one request, at catalogue `version`."""
+
+    graph: Graph
+    cache: CatalogueCache | None
+    version: int
+
+    def _get(self, key: Any) -> Any:
+        if self.cache is None or not self.cache.enabled:
+            return MISSING
+        return self.cache.get(self.version, key)
+
+    def _put(self, key: Any, value: Any) -> None:
+        if self.cache is not None:
+            self.cache.put(self.version, key, value)
+
+    # -- one entry per version -------------------------------------------------------------
+
+    def labelled_models(self) -> dict[str, int]:
+        key = ("labelled_models",)
+        found = self._get(key)
+        if found is MISSING:
+            found = dict(self.graph.read("select/labelled_models")[0])
+            self._put(key, found)
+        return found
+
+    # -- per concept ------------------------------------------------------------------------
+
+    def _per_concept(self, keys: Sequence[Any], fetch: Any) -> list[list[dict[str, Any]]]:
+        """Each key's rows: cached ones as they are, the others from one `fetch(positions)`
+        call that returns rows with `class_index` = the position among `keys`."""
+        out: list[list[dict[str, Any]] | None] = [None] * len(keys)
+        todo = []
+        for i, key in enumerate(keys):
+            found = self._get(key)
+            if found is MISSING:
+                todo.append(i)
+            else:
+                out[i] = found
+        if todo:
+            fetched: dict[int, list[dict[str, Any]]] = {i: [] for i in todo}
+            for r in fetch(todo):
+                fetched[r["class_index"]].append(r)
+            for i in todo:
+                out[i] = fetched[i]
+                self._put(keys[i], fetched[i])
+        return [rows or [] for rows in out]
+
+    def ancestors(self, wnids: Sequence[str]) -> list[frozenset[str]]:
+        def fetch(todo: list[int]) -> list[dict[str, Any]]:
+            rows = self.graph.read("select/ancestors", wnids=[wnids[i] for i in todo])
+            index = {wnids[i]: i for i in todo}
+            return [{"class_index": index[r["wnid"]], "ancestors": r["ancestors"]} for r in rows]
+
+        found = self._per_concept([("ancestors", w) for w in wnids], fetch)
+        return [frozenset(a for r in rows for a in r["ancestors"]) for rows in found]
+
+    def candidates(self, wnids: Sequence[str], options: SelectOptions) -> list[dict[str, Any]]:
+        """`select/candidates` for a task's class concepts (rows with `class_index`)."""
+        opts = _options_key(options)
+        blocked: list[tuple[str, ...]] = [()] * len(wnids)
+        if options.allow_ancestor and self.cache is not None and self.cache.enabled:
+            above = self.ancestors(wnids)
+            counts = Counter(x for w, anc in zip(wnids, above, strict=True) for x in anc | {w})
+            shared = {x for x, n in counts.items() if n >= 2}
+            blocked = [tuple(sorted(shared & anc)) for anc in above]
+        keys = [("candidates", w, opts, b) for w, b in zip(wnids, blocked, strict=True)]
+
+        def fetch(todo: list[int]) -> list[dict[str, Any]]:
+            return self.graph.read(
+                "select/candidates",
+                targets=[{"index": i, "wnid": wnids[i]} for i in todo],
+                all_wnids=list(wnids),
+                min_score=options.min_label_score,
+                per_kind_limit=options.per_kind_limit,
+                allow_ancestor=options.allow_ancestor,
+                ancestor_discount=options.ancestor_discount,
+                related_discount=options.related_discount,
+                models=_models(options),
+            )
+
+        per_class = self._per_concept(keys, fetch)
+        return [{**r, "class_index": i} for i, rows in enumerate(per_class) for r in rows]
+
+    def task_probes(self, wnids: Sequence[str]) -> list[dict[str, Any]]:
+        """`select/task_probes` for these concepts (`class_index` = position in `wnids`)."""
+
+        def fetch(todo: list[int]) -> list[dict[str, Any]]:
+            return self.graph.read(
+                "select/task_probes", targets=[{"index": i, "wnid": wnids[i]} for i in todo]
+            )
+
+        per_class = self._per_concept([("task_probes", w) for w in wnids], fetch)
+        rows = [{**r, "class_index": i} for i, rows in enumerate(per_class) for r in rows]
+        rows.sort(key=lambda r: (r["set_id"], r["distance"], r["class_index"]))
+        return rows
+
+    def sense_coverage(
+        self, wnids: Sequence[str], *, min_score: float, models: Sequence[str] | None
+    ) -> dict[str, float]:
+        """wnid -> coverage strength (see `mllgraph.select.coverage`)."""
+        wnids = list(dict.fromkeys(wnids))
+        mkey = tuple(sorted(models)) if models is not None else None
+
+        def fetch(todo: list[int]) -> list[dict[str, Any]]:
+            rows = self.graph.read(
+                "select/sense_coverage",
+                wnids=[wnids[i] for i in todo],
+                min_score=min_score,
+                models=list(models) if models is not None else None,
+            )
+            index = {wnids[i]: i for i in todo}
+            return [{"class_index": index[r["wnid"]], "value": coverage_of_row(r)} for r in rows]
+
+        found = self._per_concept([("coverage", w, min_score, mkey) for w in wnids], fetch)
+        pairs = zip(wnids, found, strict=True)
+        return {w: (rows[0]["value"] if rows else 0.0) for w, rows in pairs}
+
+    # -- per request ------------------------------------------------------------------------
+
+    def declared_candidates(
+        self, todo: list[dict[str, Any]], all_wnids: list[str], options: SelectOptions
+    ) -> list[dict[str, Any]]:
+        key = (
+            "declared",
+            tuple((t["index"], t["wnid"]) for t in todo),
+            tuple(all_wnids),
+            _options_key(options),
+        )
+        found = self._get(key)
+        if found is MISSING:
+            found = self.graph.read(
+                "select/declared_candidates",
+                targets=todo,
+                all_wnids=all_wnids,
+                models=_models(options),
+                per_kind_limit=options.per_kind_limit,
+                default_prior=options.declared_prior,
+                allow_ancestor=options.allow_ancestor,
+                ancestor_discount=options.ancestor_discount,
+            )
+            self._put(key, found)
+        return list(found)
