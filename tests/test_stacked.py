@@ -132,3 +132,9 @@ def test_a_broad_model_is_read_through_its_most_class_dependent_heads() -> None:
     assert rule.cv_accuracy > 0.6
     with pytest.raises(InvalidArgument, match="columns"):
         stacked.StackedRule.from_dict({**rule.to_dict(), "columns": [9999]}, 3)
+
+
+def test_no_rule_beyond_max_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    logits, y = _shirts()
+    monkeypatch.setattr(stacked, "MAX_CLASSES", 2)
+    assert stacked.fit(logits, y, 3, ["m@1"], {}) is None

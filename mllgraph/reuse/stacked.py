@@ -10,12 +10,13 @@ from a shirt through heads no class is mapped to. The stacked rule uses them all
 a multinomial logistic regression over the task's classes, fitted at selection on the hub's
 probe images of the task's concepts (class-balanced, L2 strength C chosen by cross-validation
 among :data:`CS`, reading at most :data:`MAX_COLUMNS` heads: those whose output differs
-most between the task's classes). It is only fitted when every class has at least
-:data:`MIN_IMAGES_PER_CLASS` probe images (a class without images could not be learnt; such
-plans keep the per-class rule, whose priors cover it), and only kept when its out-of-fold
-accuracy beats the per-class rule's accuracy on the same images (in-sample, so the bar is
-high). Its estimate is honest: nested cross-validation, the outer folds never used to choose C
-or to fit (:attr:`StackedRule.cv_accuracy`).
+most between the task's classes). It is only fitted when the request asks for fitted
+parameters (``fit_params``), the task has at most :data:`MAX_CLASSES` classes and every class
+has at least :data:`MIN_IMAGES_PER_CLASS` probe images (a class without images could not be
+learnt; such plans keep the per-class rule, whose priors cover it), and only kept when its
+out-of-fold accuracy beats the per-class rule's accuracy on the same images (in-sample, so
+the bar is high). Its estimate is honest: nested cross-validation, the outer folds never used
+to choose C or to fit (:attr:`StackedRule.cv_accuracy`).
 
 Inference applies it from the plan (``combination["stacked"]``, schema version 2), so
 uncovered classes of such a plan are scored by the other heads, not by a patch.
@@ -34,6 +35,9 @@ from mllgraph.errors import FailedPrecondition, InvalidArgument
 from mllgraph.reuse.rule import EPS, model_probabilities
 
 MIN_IMAGES_PER_CLASS = 5
+# Beyond this many classes the nested cross-validation costs seconds per SelectHeads: such
+# tasks keep the per-class rule.
+MAX_CLASSES = 32
 FOLDS = 3
 CS = (0.1, 1.0, 10.0)
 MAX_COLUMNS = 256  # heads the regression reads at most (the most class-dependent ones)
@@ -177,7 +181,8 @@ def fit(
     seed: int = 0,
 ) -> StackedRule | None:
     """The stacked rule on probe images, with its nested cross-validated accuracy; None when
-    a class has fewer than MIN_IMAGES_PER_CLASS images (module doc)."""
+    a class has fewer than MIN_IMAGES_PER_CLASS images or the task has more than MAX_CLASSES
+    classes (module doc)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -191,7 +196,12 @@ def fit(
         warnings.simplefilter("ignore", ConvergenceWarning)
         labels = np.asarray(labels, dtype=np.int64)
         counts = np.bincount(labels, minlength=num_classes)
-        if not models or labels.size == 0 or counts.min() < MIN_IMAGES_PER_CLASS:
+        if (
+            not models
+            or labels.size == 0
+            or counts.min() < MIN_IMAGES_PER_CLASS
+            or num_classes > MAX_CLASSES
+        ):
             return None
         models = sorted(models)
         temps = {m: float(temperatures.get(m, 1.0)) for m in models}
