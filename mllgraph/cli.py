@@ -1063,6 +1063,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quick", action="store_true", help="a few seconds per check, fewer checks")
     g.add_argument("--checks", help="comma-separated subset, e.g. load,bad_inputs,auth")
     g.add_argument("--seconds", type=float, default=10.0, help="seconds per load series")
+    g.add_argument(
+        "--deadline", type=float, default=10.0, help="client deadline (s) of the fault checks' RPCs"
+    )
     g = p.add_argument_group("zeroshot")
     g.add_argument("--tasks", help="task suite JSON (default: the shipped dev + test suite)")
     g.add_argument("--experts", type=int, default=50, help="Fashion experts per hub seed")

@@ -919,8 +919,8 @@ def check_inference_kill(rig: Rig) -> dict[str, Any]:
     }
 
 
-def _graph_calls(rig: Rig, i: int) -> list[tuple[str, Callable[[], Any], float]]:
-    """RPCs that need the graph, each with its client deadline."""
+def _graph_calls(rig: Rig, i: int, dl: float) -> list[tuple[str, Callable[[], Any], float]]:
+    """RPCs that need the graph, each with its client deadline `dl` (seconds)."""
     from mllgraph.v1 import inference_pb2, ingestion_pb2, selection_pb2
 
     sel, inf, ing = rig.stub("selection"), rig.stub("inference"), rig.stub("ingestion")
@@ -930,21 +930,21 @@ def _graph_calls(rig: Rig, i: int) -> list[tuple[str, Callable[[], Any], float]]
     return [
         (
             "SelectHeads",
-            lambda: sel.SelectHeads(_select_request([(1, 3)[i % 2], 5]), timeout=10),
-            10,
+            lambda: sel.SelectHeads(_select_request([(1, 3)[i % 2], 5]), timeout=dl),
+            dl,
         ),
         (
             "GetPlan",
-            lambda: sel.GetPlan(selection_pb2.GetPlanRequest(plan_id=f"nope-{i}"), timeout=10),
-            10,
+            lambda: sel.GetPlan(selection_pb2.GetPlanRequest(plan_id=f"nope-{i}"), timeout=dl),
+            dl,
         ),
         (
             "GetModel",
-            lambda: ing.GetModel(ingestion_pb2.GetModelRequest(model_id=rig.models[0]), timeout=10),
-            10,
+            lambda: ing.GetModel(ingestion_pb2.GetModelRequest(model_id=rig.models[0]), timeout=dl),
+            dl,
         ),
-        ("ListModels", lambda: ing.ListModels(ingestion_pb2.ListModelsRequest(), timeout=10), 10),
-        ("Classify(uncached plan)", lambda: inf.Classify(uncached, timeout=10), 10),
+        ("ListModels", lambda: ing.ListModels(ingestion_pb2.ListModelsRequest(), timeout=dl), dl),
+        ("Classify(uncached plan)", lambda: inf.Classify(uncached, timeout=dl), dl),
     ]
 
 
@@ -994,16 +994,18 @@ def _judge(answers: list[tuple[str, str, str, float, float]]) -> dict[str, Any]:
             }
         )
     by_code = Counter(r["code"] for r in rows)
+    examples = {r["code"]: r["details"] for r in rows if r["code"] != "OK"}
     return {
         "answers": len(rows),
         "by_code": dict(by_code),
         "failed": [r for r in rows if not r["pass"]][:10],
         "max_s": max((r["s"] for r in rows), default=0.0),
+        "details_by_code": examples,
         "pass": bad == 0,
     }
 
 
-def check_frozen_db(rig: Rig, freeze_s: float) -> dict[str, Any]:
+def check_frozen_db(rig: Rig, freeze_s: float, deadline_s: float) -> dict[str, Any]:
     plan = _plan(rig)
     cached = _classify_request(rig, plan.plan_id, 4)
     classify = rig.stub("inference").Classify
@@ -1019,7 +1021,7 @@ def check_frozen_db(rig: Rig, freeze_s: float) -> dict[str, Any]:
             futures = []
             i = 0
             while time.monotonic() < end and i < 200:
-                for rpc, call, dl in _graph_calls(rig, i):
+                for rpc, call, dl in _graph_calls(rig, i, deadline_s):
                     futures.append((rpc, dl, pool.submit(_timed, call)))
                 c, _, dt, resp = _call(classify, cached, 10)
                 same = resp is not None and np.allclose(_probs(resp), before, atol=1e-5)
@@ -1038,6 +1040,7 @@ def check_frozen_db(rig: Rig, freeze_s: float) -> dict[str, Any]:
     cached_ok = all(code == "OK" and same for code, same, _ in cached_rows)
     return {
         "frozen_s": freeze_s,
+        "client_deadline_s": deadline_s,
         "graph_rpcs": judged,
         "cached_classify": {
             "calls": len(cached_rows),
@@ -1050,7 +1053,7 @@ def check_frozen_db(rig: Rig, freeze_s: float) -> dict[str, Any]:
     }
 
 
-def check_neo4j_stop(rig: Rig, traffic_s: float) -> dict[str, Any]:
+def check_neo4j_stop(rig: Rig, traffic_s: float, deadline_s: float) -> dict[str, Any]:
     from mllgraph.graph import neo4j_server
 
     plan = _plan(rig)
@@ -1076,7 +1079,7 @@ def check_neo4j_stop(rig: Rig, traffic_s: float) -> dict[str, Any]:
         while (time.monotonic() < end or not stop_done.is_set()) and i < 400:
             if time.monotonic() > end + 120:
                 break
-            for rpc, call, dl in _graph_calls(rig, i):
+            for rpc, call, dl in _graph_calls(rig, i, deadline_s):
                 futures.append((rpc, dl, pool.submit(_timed, call)))
             c, _, _, resp = _call(classify, cached, 10)
             cached_codes[c] += 1
@@ -1097,6 +1100,7 @@ def check_neo4j_stop(rig: Rig, traffic_s: float) -> dict[str, Any]:
     c, _, _, resp = _call(classify, cached, 30)
     after_same = resp is not None and np.allclose(_probs(resp), before, atol=1e-5)
     return {
+        "client_deadline_s": deadline_s,
         "graph_rpcs": stopped_answers,
         "internal_or_unknown": internal,
         "saw_unavailable": saw_unavailable,
@@ -1255,11 +1259,13 @@ def bench_reliability(settings: Settings, args: argparse.Namespace) -> dict[str,
         raise InvalidArgument(f"unknown reliability checks {sorted(unknown)}; known: {CHECKS}")
     seconds = 2.0 if quick else float(getattr(args, "seconds", 10.0) or 10.0)
     levels = (1, 16) if quick else (1, 16, 64)
+    deadline_s = float(getattr(args, "deadline", 10.0) or 10.0)  # client deadline, fault checks
 
     def log(msg: str) -> None:
         print(f"[reliability {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     results: dict[str, Any] = {}
+    load_before = [round(x, 2) for x in os.getloadavg()]
     started = time.monotonic()
     graph_checks = [c for c in checks if c != "memory"]
     if graph_checks:
@@ -1269,8 +1275,8 @@ def bench_reliability(settings: Settings, args: argparse.Namespace) -> dict[str,
                 "bad_inputs": lambda: check_bad_inputs(rig),
                 "auth": lambda: check_auth(rig),
                 "inference_kill": lambda: check_inference_kill(rig),
-                "frozen_db": lambda: check_frozen_db(rig, 3.0 if quick else 8.0),
-                "neo4j_stop": lambda: check_neo4j_stop(rig, 5.0 if quick else 10.0),
+                "frozen_db": lambda: check_frozen_db(rig, 3.0 if quick else 8.0, deadline_s),
+                "neo4j_stop": lambda: check_neo4j_stop(rig, 5.0 if quick else 10.0, deadline_s),
             }
             for name in graph_checks:
                 t = time.monotonic()
@@ -1293,8 +1299,10 @@ def bench_reliability(settings: Settings, args: argparse.Namespace) -> dict[str,
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"python": sys.version.split()[0], "cpu_count": cpus()},
         "quick": quick,
-        "note": "Latency figures come from one run on the machine at hand, which may be shared "
-        "with other work; compare within a run.",
+        "note": "Latency figures come from one run on the machine at hand, shared with whatever "
+        f"else ran on it (load average at start {load_before[0]}, at the end "
+        f"{round(os.getloadavg()[0], 2)}, on {cpus()} CPUs); compare within a run. The memory "
+        f"limit is this bench's: idle RSS + {BYTES_PER_PIXEL} bytes x the in-flight pixel budget.",
         "wall_s": round(time.monotonic() - started, 1),
         "checks": results,
         "pass": all(r.get("pass") for r in results.values()),
