@@ -1,4 +1,5 @@
-"""Benchmarks: each prints its figures and writes `reports/bench_<name>.json`.
+"""Benchmarks: each prints its figures and writes `reports/bench_<name>.json`
+(`reliability` writes its own `reports/reliability.{json,md}`, with pass/fail per check).
 
 One module per benchmark, registered by name below (``mllgraph bench NAME``). Figures come
 from one run on the machine at hand; compare ratios within a run, not across machines.
