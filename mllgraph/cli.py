@@ -1038,7 +1038,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_tokens)
 
     p = sub.add_parser("bench", help="benchmarks (print figures, write reports/*.json)")
-    p.add_argument("what", choices=["sdag", "ingest", "label", "select", "infer", "zeroshot"])
+    p.add_argument(
+        "what", choices=["sdag", "ingest", "label", "select", "infer", "reliability", "zeroshot"]
+    )
     p.add_argument(
         "--sizes",
         default=None,
@@ -1057,6 +1059,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="reports")
+    g = p.add_argument_group("reliability")
+    g.add_argument("--quick", action="store_true", help="a few seconds per check, fewer checks")
+    g.add_argument("--checks", help="comma-separated subset, e.g. load,bad_inputs,auth")
+    g.add_argument("--seconds", type=float, default=10.0, help="seconds per load series")
+    g.add_argument(
+        "--deadline", type=float, default=10.0, help="client deadline (s) of the fault checks' RPCs"
+    )
     g = p.add_argument_group("zeroshot")
     g.add_argument("--tasks", help="task suite JSON (default: the shipped dev + test suite)")
     g.add_argument("--experts", type=int, default=50, help="Fashion experts per hub seed")

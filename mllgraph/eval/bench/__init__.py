@@ -1,4 +1,5 @@
-"""Benchmarks: each prints its figures and writes `reports/bench_<name>.json`.
+"""Benchmarks: each prints its figures and writes `reports/bench_<name>.json`
+(`reliability` writes its own `reports/reliability.{json,md}`, with pass/fail per check).
 
 One module per benchmark, registered by name below (``mllgraph bench NAME``). Figures come
 from one run on the machine at hand; compare ratios within a run, not across machines.
@@ -21,6 +22,7 @@ BENCHES = {
     "label": ("label", "bench_label"),
     "infer": ("infer", "bench_infer"),
     "select": ("select", "bench_select"),
+    "reliability": ("reliability", "bench_reliability"),
 }
 
 
@@ -28,6 +30,6 @@ def run(what: str, settings: Settings, args: argparse.Namespace) -> dict[str, An
     module, function = BENCHES[what]
     bench = getattr(importlib.import_module(f"mllgraph.eval.bench.{module}"), function)
     figures = bench(settings, args)
-    path = write_report(what, figures, args.out)
-    figures["report"] = str(path)
+    if "report" not in figures:  # a bench that writes its own report names it
+        figures["report"] = str(write_report(what, figures, args.out))
     return figures
