@@ -32,7 +32,9 @@ import signal
 import sys
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any, NoReturn, TypeVar
 
@@ -277,6 +279,27 @@ def _address(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+HANDLER_THREADS = 64
+"""Threads of the event loop's default executor (handlers' `asyncio.to_thread`). More than
+the graph layer's own pool (`mllgraph.graph.db.GRAPH_WORKERS`, 16), so that with the database
+frozen the graph pool fills first and further graph calls are refused at once (UNAVAILABLE),
+instead of handlers queueing for a thread until their deadline has passed (Python's default
+is min(32, CPUs + 4): 6 on 2 cores)."""
+
+
+_LOOPS_WITH_HANDLER_THREADS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def _ensure_handler_threads(loop: asyncio.AbstractEventLoop) -> None:
+    """Give `loop` a default executor of HANDLER_THREADS threads, once per loop."""
+    if loop in _LOOPS_WITH_HANDLER_THREADS:
+        return
+    loop.set_default_executor(
+        ThreadPoolExecutor(HANDLER_THREADS, thread_name_prefix="mllgraph-handler")
+    )
+    _LOOPS_WITH_HANDLER_THREADS.add(loop)
+
+
 async def build_server(
     port: int,
     servicers: Sequence[tuple[AddServicerFn, Any]],
@@ -308,6 +331,7 @@ async def build_server(
     settings = settings if settings is not None else Settings()
     security = ServerSecurity.from_settings(settings)
     security.check_bind(host)
+    _ensure_handler_threads(asyncio.get_running_loop())
     metrics = telemetry.ServiceMetrics(collectors)
     server = grpc.aio.server(
         interceptors=[telemetry.RequestInterceptor(metrics), *security.interceptors()],

@@ -21,17 +21,18 @@ def test_quick_reliability_bench_writes_its_report_and_its_checks_hold(tmp_path)
     # Not the session's server (`neo4j_settings`): the bench starts, stops and freezes its own.
     if not Settings.from_env().uses_local_neo4j:
         pytest.skip("the bench starts and freezes a Neo4j of its own (the suite uses another)")
-    # A 20 s client deadline leaves the servers a 2 s margin (graph calls get 90 % of the time
-    # left): on a busy 2-core machine the 1 s margin of 10 s deadlines was once missed.
+    # The frozen-database check is left to tests/test_frozen_graph.py (its own server, no race
+    # with the machine's load); here the checks that hold on any machine.
+    checks = ("load", "bad_inputs", "auth", "inference_kill")
     args = argparse.Namespace(
-        quick=True, checks=None, seconds=2.0, deadline=20.0, out=str(tmp_path)
+        quick=True, checks=",".join(checks), seconds=2.0, deadline=20.0, out=str(tmp_path)
     )
     report = reliability.bench_reliability(Settings.from_env(), args)
 
     saved = json.loads((tmp_path / "reliability.json").read_text())
     markdown = (tmp_path / "reliability.md").read_text()
     assert saved["benchmark"] == "reliability" and saved["quick"] is True
-    assert set(saved["checks"]) == set(reliability.QUICK_CHECKS)
+    assert set(saved["checks"]) == set(checks)
     assert report["checks"].keys() == saved["checks"].keys()
     for name, result in saved["checks"].items():
         assert f"| {name} |" in markdown
@@ -59,9 +60,5 @@ def test_quick_reliability_bench_writes_its_report_and_its_checks_hold(tmp_path)
     kill = saved["checks"]["inference_kill"]
     assert kill["code_after"] == "OK" and kill["same_predictions"]
 
-    frozen = saved["checks"]["frozen_db"]
-    assert frozen["graph_rpcs"]["answers"] > 0 and not frozen["graph_rpcs"]["failed"]
-    assert frozen["cached_classify"]["all_ok_same"] and frozen["cached_plan_after"]
-    assert frozen["recovered_after_sigcont_s"] is not None
-    for name in ("bad_inputs", "auth", "inference_kill", "frozen_db"):
+    for name in ("bad_inputs", "auth", "inference_kill"):
         assert saved["checks"][name]["pass"], name
