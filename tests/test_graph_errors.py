@@ -94,3 +94,55 @@ def test_graph_calls_end_by_the_request_deadline(graph) -> None:
         graph.read("graph/counts")
     with deadline.within(120.0):
         assert graph.read_tx(lambda tx: tx.run("RETURN 1 AS one").single()["one"]) == 1
+
+
+def test_busy_graph_threads_are_waited_for_and_abandoned_ones_refuse_at_once() -> None:
+    """A full graph pool of live calls is a busy database: the next call waits for a thread
+    within its deadline. Once a call was given up on (its caller's deadline passed while the
+    server held it), the database is not answering: the next call is refused at once."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    graph = db.Graph(Settings(neo4j_uri="bolt://127.0.0.1:1"))  # the driver connects lazily
+    release = threading.Event()
+    try:
+        with ThreadPoolExecutor(db.GRAPH_WORKERS) as callers:
+            busy = [
+                callers.submit(graph._bounded, lambda: release.wait(30), 30.0)
+                for _ in range(db.GRAPH_WORKERS)
+            ]
+            while graph._in_flight < db.GRAPH_WORKERS:
+                time.sleep(0.01)
+            # Busy, none abandoned: waits its whole (short) deadline, then says why.
+            with pytest.raises(DeadlineExceeded, match="no graph thread"):
+                graph._bounded(lambda: "late", 0.2)
+            # A thread comes free within the deadline: the waiting call runs.
+            waiting = callers.submit(graph._bounded, lambda: "served", 10.0)
+            time.sleep(0.2)
+            assert not waiting.done()
+            release.set()
+            assert waiting.result(timeout=10) == "served"
+            assert all(f.result(timeout=10) is True for f in busy)
+
+        stuck = threading.Event()
+        with ThreadPoolExecutor(db.GRAPH_WORKERS) as callers:
+            gave_up = [
+                callers.submit(graph._bounded, lambda: stuck.wait(30), 0.1)
+                for _ in range(db.GRAPH_WORKERS)
+            ]
+            for f in gave_up:
+                with pytest.raises(DeadlineExceeded, match="did not answer"):
+                    f.result(timeout=10)
+            start = time.monotonic()
+            with pytest.raises(Unavailable, match="past their deadline"):
+                graph._bounded(lambda: "never", 30.0)
+            assert time.monotonic() - start < 5  # refused, not queued for 30 s
+            stuck.set()
+        while graph._in_flight:  # the abandoned calls end once the server answers
+            time.sleep(0.01)
+        assert graph._abandoned == 0
+        assert graph._bounded(lambda: "again", 5.0) == "again"
+    finally:
+        release.set()
+        graph.close()

@@ -9,13 +9,16 @@ its transaction timeout, which the server enforces, and is also *waited for* no 
 that: the driver call runs on the Graph's own threads (GRAPH_WORKERS), and the caller gets
 DeadlineExceeded when it has not answered in time, so a database that stops answering
 altogether (frozen, a stalled network) cannot hold a service's request threads. While every
-graph thread waits on such a database, further calls fail at once with Unavailable instead of
-queueing. `verify` is bounded the same way (VERIFY_TIMEOUT_S), so health checks notice.
+graph thread is busy, a further call waits for one within its deadline; when some of them
+hold calls already given up on (the database is not answering), it fails at once with
+Unavailable instead of queueing. `verify` is bounded the same way (VERIFY_TIMEOUT_S), so
+health checks notice.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -114,8 +117,9 @@ class Graph:
             notifications_min_severity=NotificationMinimumSeverity.OFF,
         )
         self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
-        self._in_flight = 0
+        self._slots = threading.Condition()
+        self._in_flight = 0  # calls holding a graph thread
+        self._abandoned = 0  # of those, calls whose caller gave up (past its deadline)
 
     def __enter__(self) -> Graph:
         return self
@@ -130,34 +134,62 @@ class Graph:
         self.driver.close()
 
     def _bounded(self, call: Callable[[], T], wait_s: float) -> T:
-        """`call()` on the graph threads, waited for at most `wait_s` seconds."""
-        with self._pool_lock:
-            if self._in_flight >= GRAPH_WORKERS:
-                raise Unavailable(
-                    f"Neo4j at {self.settings.bolt_uri} is not answering: {self._in_flight} "
-                    "graph calls are still waiting for it; try again later"
-                )
+        """`call()` on the graph threads, waited for at most `wait_s` seconds.
+
+        With every graph thread busy, a call waits for one within its deadline, unless some of
+        them hold calls their callers already gave up on: then the server is not answering and
+        waiting would only queue behind it, so the call is refused at once (Unavailable)."""
+        start = time.monotonic()
+        with self._slots:
+            while self._in_flight >= GRAPH_WORKERS:
+                left = wait_s - (time.monotonic() - start)
+                if self._abandoned:
+                    raise Unavailable(
+                        f"Neo4j at {self.settings.bolt_uri} is not answering: "
+                        f"{self._abandoned} graph calls are still waiting for it past their "
+                        "deadline; try again later"
+                    )
+                if left <= 0 or not self._slots.wait(left):
+                    raise DeadlineExceeded(
+                        f"no graph thread for Neo4j at {self.settings.bolt_uri} came free "
+                        f"within {wait_s:.1f} s (the request's deadline): {self._in_flight} "
+                        "graph calls are in flight"
+                    )
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(GRAPH_WORKERS, thread_name_prefix="graph-call")
             self._in_flight += 1
+        state = {"released": False, "abandoned": False}  # both guarded by self._slots
 
         def run() -> T:
             try:
                 return call()
             finally:
-                with self._pool_lock:
+                with self._slots:
+                    state["released"] = True
                     self._in_flight -= 1
+                    if state["abandoned"]:
+                        self._abandoned -= 1
+                    self._slots.notify()
 
         try:
             future = self._pool.submit(run)
         except BaseException:
-            with self._pool_lock:
+            with self._slots:
                 self._in_flight -= 1
+                self._slots.notify()
             raise
         try:
-            return future.result(timeout=max(0.0, wait_s))
+            return future.result(timeout=max(0.0, wait_s - (time.monotonic() - start)))
         except FutureTimeout:
-            future.cancel()
+            with self._slots:
+                # Not running yet: cancelled here, and `run` never releases the slot.
+                if future.cancel():
+                    self._in_flight -= 1
+                    self._slots.notify()
+                elif not state["released"]:
+                    state["abandoned"] = True
+                    self._abandoned += 1
+                    self._slots.notify_all()  # callers waiting for a thread now refuse
             raise DeadlineExceeded(
                 f"Neo4j at {self.settings.bolt_uri} did not answer within {wait_s:.1f} s "
                 "(the request's deadline)"
