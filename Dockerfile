@@ -10,5 +10,7 @@ COPY services services
 COPY cypher cypher
 RUN pip install --no-cache-dir .
 ENV MLLGRAPH_HOME=/data HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+# The import folder of docker-compose.yml (MLLGRAPH_IMPORT_DIR); a new volume starts with it.
+RUN mkdir -p /data/import
 VOLUME /data
 ENTRYPOINT ["mllgraph", "serve"]
