@@ -281,10 +281,11 @@ def _address(host: str, port: int) -> str:
 
 HANDLER_THREADS = 64
 """Threads of the event loop's default executor (handlers' `asyncio.to_thread`). More than
-the graph layer's own pool (`mllgraph.graph.db.GRAPH_WORKERS`, 16), so that with the database
-frozen the graph pool fills first and further graph calls are refused at once (UNAVAILABLE),
-instead of handlers queueing for a thread until their deadline has passed (Python's default
-is min(32, CPUs + 4): 6 on 2 cores)."""
+the graph layer's own pool (`mllgraph.graph.db.GRAPH_WORKERS`, 16), so that handlers reach the
+graph layer, which answers within their deadline (a thread freed in time, DEADLINE_EXCEEDED,
+or UNAVAILABLE at once when the database stopped answering), instead of queueing for a
+handler thread until their deadline has passed (Python's default is min(32, CPUs + 4): 6 on
+2 cores)."""
 
 
 _LOOPS_WITH_HANDLER_THREADS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
