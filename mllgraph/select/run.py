@@ -37,6 +37,7 @@ combination rule (`mllgraph.reuse.rule`), versioned by `schema_version`.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -150,9 +151,16 @@ class ProbeOutputCache:
         self._stats_bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, settings: Settings, mid: str) -> labeller.ProbeOutputs:
-        path = labeller.probe_index_path(settings, mid)
-        key = (mid, path.stat().st_mtime if path.exists() else -1.0)
+    def get(
+        self, settings: Settings, mid: str, model_store: str | None = None
+    ) -> labeller.ProbeOutputs:
+        """`model_store`: `str(settings.model_store)`, when the caller asks for many models."""
+        path = labeller.probe_index_file(model_store or str(settings.model_store), mid)
+        try:
+            mtime = os.stat(path).st_mtime
+        except (FileNotFoundError, NotADirectoryError):  # as Path.exists()
+            mtime = -1.0
+        key = (mid, mtime)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
@@ -310,9 +318,10 @@ def select(
     for r in rows:
         versions[r["model"]] = r["version"]
     declared_only: dict[str, int] = {}  # model -> heads, for models without probe outputs
+    model_store = str(settings.model_store)
     for mid in sorted(versions):
         try:
-            stored = cache.get(settings, mid)
+            stored = cache.get(settings, mid, model_store)
         except FailedPrecondition:
             # Labelled in the graph but its outputs are gone: its measured candidates go;
             # its declared ones stay, unsimulated (uniform logits on the probe images).
@@ -613,7 +622,8 @@ def _probe_matrix(
         rows_of[id(lay)] = np.repeat(starts, lengths) + within
     for m in models:
         rows_by_model[m] = rows_of[id(outputs[m].sets)]
-        logits[m] = np.asarray(outputs[m].data[rows_by_model[m]], dtype=np.float32)
+        # Gathered from a plain view of the memory map: memmap's own indexing costs more.
+        logits[m] = np.asarray(outputs[m].data)[rows_by_model[m]].astype(np.float32)
     return labels, logits, rows_by_model
 
 
@@ -665,6 +675,7 @@ def _alternatives(
         return out
     params = plan.params
     base = class_scores({m: logits[m] for m in plan.models}, plan.assignment, params)
+    top_val, top_idx = chco.top2(base)
     probs: dict[str, np.ndarray] = {}
     by_class: dict[int, list[chco.Candidate]] = {}
     for c in candidates:
@@ -674,6 +685,10 @@ def _alternatives(
         others = [c for c in cands if (c.group,) != chosen]
         others.sort(key=lambda c: (-c.group.label_score, c.group.model_id, c.group.heads))
         in_class = labels == ci
+        # Each row's best class other than ci (argmax order), from the plan's top 2.
+        other_first = top_idx[:, 0] != ci
+        best_val = np.where(other_first, top_val[:, 0], top_val[:, 1])
+        best_idx = np.where(other_first, top_idx[:, 0], top_idx[:, 1])
         for cand in others[:per_class]:
             g = cand.group
             temperature = params.temperature(g.model_id)
@@ -683,9 +698,11 @@ def _alternatives(
                 if g.model_id not in probs:
                     probs[g.model_id] = model_probabilities(logits[g.model_id], temperature)
                 evidence = group_evidence(probs[g.model_id], g.heads)
-            z = base.copy()
-            z[:, ci] = score_column(evidence, float(params.weights[ci]), float(params.biases[ci]))
-            right = z.argmax(1) == labels
+            column = score_column(evidence, float(params.weights[ci]), float(params.biases[ci]))
+            # argmax of the plan's scores with column ci swapped (ties to the lower index),
+            # without copying the (N, K) scores per alternative.
+            wins = (column > best_val) | ((column == best_val) & (ci < best_idx))
+            right = np.where(wins, ci, best_idx) == labels
             meta = info.get((ci, g.model_id, g.heads), {})
             extra = 0 if g.model_id in plan.models else 1
             out[ci].append(
