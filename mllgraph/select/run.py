@@ -402,7 +402,9 @@ def select(
         body["estimated_accuracy"] = stacked_rule.cv_accuracy
         body["measured_fraction"] = 1.0
     elif plan.uncovered:
-        patch = _conse_patch(graph, settings, plan, classes, options, resolver, probe_rows, cache)
+        patch = _conse_patch(
+            graph, reads, settings, plan, classes, options, resolver, probe_rows, cache
+        )
         if patch is not None:
             body["combination"]["patch"] = patch.to_dict()
             body["patch"] = {
@@ -497,6 +499,7 @@ _PATCH_TEXTS_MAX = 8
 
 def _conse_patch(
     graph: Graph,
+    reads: Reads,
     settings: Settings,
     plan: chco.Plan,
     classes: list[TaskClass],
@@ -509,10 +512,8 @@ def _conse_patch(
     the hub has no broad expert or grounding has no text encoder (then inference falls back
     to the constant rule)."""
     encode = getattr(resolver, "encode_texts", None)
-    found = graph.read(
-        "select/patch_model",
-        min_heads=PATCH_MIN_HEADS,
-        models=sorted(options.models) if options.models is not None else None,
+    found = reads.patch_model(
+        PATCH_MIN_HEADS, sorted(options.models) if options.models is not None else None
     )
     if not found or encode is None:
         return None
