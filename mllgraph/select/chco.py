@@ -118,6 +118,9 @@ class ChcoProblem:
     # Optional, per model: `rule.softmax_row_stats` of its logits rows at its temperature
     # (N, 2), so a candidate's evidence reads only its heads' columns (same values).
     row_stats: dict[str, np.ndarray] | None = None
+    # Optional: models whose logits the caller has already found finite (selection checks
+    # each probe-output file once, not each task's rows of it); the others are checked here.
+    finite_models: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         k = self.num_classes
@@ -171,7 +174,7 @@ class ChcoProblem:
                 )
             cands.setdefault(c.sort_key(), c)
         used = {c.group.model_id for c in cands.values()}
-        for m in sorted(used):
+        for m in sorted(used - self.finite_models):
             if not np.all(np.isfinite(logits[m])):
                 raise InvalidArgument(f"logits_by_model[{m!r}] has non-finite values")
         temps: dict[str, float] = {}

@@ -147,7 +147,8 @@ class ProbeOutputCache:
         self.capacity = capacity
         self._items: OrderedDict[tuple[str, float], labeller.ProbeOutputs] = OrderedDict()
         self._layouts: dict[tuple[Any, ...], dict[str, tuple[int, int]]] = {}
-        self._stats: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        # id(data) -> (data, row stats, whether all of data is finite)
+        self._stats: OrderedDict[int, tuple[np.ndarray, np.ndarray, bool]] = OrderedDict()
         self._stats_bytes = 0
         self._lock = threading.Lock()
 
@@ -190,18 +191,28 @@ class ProbeOutputCache:
             if hit is not None and hit[0] is outputs.data:
                 self._stats.move_to_end(key)
                 return hit[1]
-        stats = softmax_row_stats(np.asarray(outputs.data, dtype=np.float32), outputs.temperature)
+        data = np.asarray(outputs.data, dtype=np.float32)
+        stats = softmax_row_stats(data, outputs.temperature)
         stats.setflags(write=False)
+        finite = bool(np.isfinite(data).all())
         with self._lock:
             old = self._stats.pop(key, None)
             if old is not None:
                 self._stats_bytes -= old[1].nbytes
-            self._stats[key] = (outputs.data, stats)  # holding data keeps its id unique
+            self._stats[key] = (outputs.data, stats, finite)  # holding data keeps its id unique
             self._stats_bytes += stats.nbytes
             while self._stats_bytes > budget and self._stats:
-                _, (_, dropped) = self._stats.popitem(last=False)
+                _, (_, dropped, _) = self._stats.popitem(last=False)
                 self._stats_bytes -= dropped.nbytes
         return stats
+
+    def all_finite(self, outputs: labeller.ProbeOutputs) -> bool:
+        """Whether all of the model's probe logits are finite, as found beside its row stats
+        (False when they are not kept): then so is any subset of its rows, and CHCO need not
+        scan them again (about 40 ms for the 1,300 models of a 100-class task)."""
+        with self._lock:
+            hit = self._stats.get(id(outputs.data))
+            return hit is not None and hit[0] is outputs.data and hit[2]
 
 
 CACHE = ProbeOutputCache()
@@ -333,10 +344,13 @@ def select(
         outputs[mid], temperatures[mid] = stored, stored.temperature
     labels, logits, rows_of = _probe_matrix(probe_rows, outputs, len(classes))
     row_stats: dict[str, np.ndarray] = {}
+    finite: set[str] = set()  # models whose whole probe-output file is finite
     for mid, file_rows in rows_of.items():
         stats = cache.row_stats(settings, outputs[mid])
         if stats is not None:
             row_stats[mid] = stats[file_rows]
+            if cache.all_finite(outputs[mid]):
+                finite.add(mid)
     heads_of = {r["model"]: int(r["num_heads"]) for r in rows}
     for mid in sorted(outputs):  # no usable probe set at all: (0, H) logits
         logits.setdefault(mid, np.zeros((labels.size, heads_of[mid]), dtype=np.float32))
@@ -376,6 +390,7 @@ def select(
             temperatures={m: temperatures[m] for m in logits},
             budget=options.budget,
             row_stats=row_stats,
+            finite_models=frozenset(finite),
         )
         plan = _solve(problem, options)
         solver_note = plan.solver
