@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mllgraph.errors import InvalidArgument
 from mllgraph.label import run as labeller
 from mllgraph.reuse import rule
 from mllgraph.reuse.rule import QUALITY_FLOOR, HeadGroup
@@ -126,3 +127,28 @@ def test_probe_index_file_is_probe_index_path(
             labeller.probe_index_path(settings, mid)
         )
     assert "v-1" in labeller.probe_index_file(store, versioned)
+
+
+def test_probe_output_cache_knows_which_files_are_finite() -> None:
+    cache = select.ProbeOutputCache()
+    settings = Settings()
+    good = np.ones((6, 3), dtype=np.float16)
+    bad = good.copy()
+    bad[4, 1] = np.inf
+    outputs = {
+        name: labeller.ProbeOutputs(data, {"s": (0, 6)}, 1.0)
+        for name, data in (("good", good), ("bad", bad))
+    }
+    assert not cache.all_finite(outputs["good"])  # not seen yet: unknown, so checked by CHCO
+    for o in outputs.values():
+        cache.row_stats(settings, o)
+    assert cache.all_finite(outputs["good"]) and not cache.all_finite(outputs["bad"])
+
+
+def test_only_models_known_finite_skip_the_check() -> None:
+    labels = np.array([0, 1])
+    logits = {"a": np.array([[1.0], [np.nan]]), "b": np.array([[0.0], [1.0]])}
+    cands = [chco.Candidate(0, HeadGroup("a", (0,), "exact", 0.5))]
+    cands.append(chco.Candidate(1, HeadGroup("b", (0,), "exact", 0.5)))
+    with pytest.raises(InvalidArgument, match="non-finite"):
+        chco.ChcoProblem(2, cands, logits, labels, {}, 1, finite_models=frozenset({"b"}))
