@@ -147,6 +147,19 @@ def current_version(settings: Settings, mid: str) -> Path | None:
     return root / tag
 
 
+def probe_index_file(model_store: str, mid: str) -> str:
+    """`probe_index_path` as a plain string, for `model_store = str(settings.model_store)`.
+
+    Selection checks the index of every candidate model on every request (thousands at
+    10,000 models): built with os.path, not pathlib, which cost most of that check."""
+    root = os.path.join(model_store, "models", mid.replace("/", "_"), OUTPUTS_DIR)
+    try:
+        folder = os.path.join(root, os.readlink(os.path.join(root, CURRENT)))
+    except (FileNotFoundError, NotADirectoryError):  # as current_version
+        folder = os.path.dirname(root)  # no versions: the legacy file beside the weights
+    return os.path.join(folder, PROBE_INDEX)
+
+
 def probe_outputs_path(settings: Settings, mid: str) -> Path:
     """The model's current logits on the probes: one float16 array, rows grouped by probe
     set (a model labelled before versioned outputs: its legacy file beside the weights)."""

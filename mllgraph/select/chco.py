@@ -54,6 +54,7 @@ from mllgraph.reuse.rule import (
     fit_params,
     group_evidence,
     group_evidence_from_stats,
+    head_probabilities_from_stats,
     model_probabilities,
     per_class_accuracy,
     score_column,
@@ -117,6 +118,9 @@ class ChcoProblem:
     # Optional, per model: `rule.softmax_row_stats` of its logits rows at its temperature
     # (N, 2), so a candidate's evidence reads only its heads' columns (same values).
     row_stats: dict[str, np.ndarray] | None = None
+    # Optional: models whose logits the caller has already found finite (selection checks
+    # each probe-output file once, not each task's rows of it); the others are checked here.
+    finite_models: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         k = self.num_classes
@@ -170,7 +174,7 @@ class ChcoProblem:
                 )
             cands.setdefault(c.sort_key(), c)
         used = {c.group.model_id for c in cands.values()}
-        for m in sorted(used):
+        for m in sorted(used - self.finite_models):
             if not np.all(np.isfinite(logits[m])):
                 raise InvalidArgument(f"logits_by_model[{m!r}] has non-finite values")
         temps: dict[str, float] = {}
@@ -218,8 +222,18 @@ class ChcoProblem:
         logits, t = self.logits_by_model[model_id], self.temperatures.get(model_id, 1.0)
         stats = (self.row_stats or {}).get(model_id)
         probs = model_probabilities(logits, t) if stats is None else None
+        singles: list[tuple[int, ...]] = []
+        if probs is None:
+            # Single-head groups (most of them) from one gather and one exp: the same values.
+            singles = [heads for heads in todo if len(heads) == 1]
+            rows = head_probabilities_from_stats(logits, stats, [h[0] for h in singles], t)
+            for heads, ev in zip(singles, rows, strict=True):
+                ev.setflags(write=False)
+                memo[(model_id, heads)] = ev
         for heads in todo:
             if probs is None:
+                if len(heads) == 1:
+                    continue
                 ev = group_evidence_from_stats(logits, stats, heads, t)
             else:
                 ev = group_evidence(probs, heads)
@@ -353,18 +367,7 @@ def _prepare(problem: ChcoProblem) -> _Prepared:
     unprobed = problem.unprobed
     cand_credit = np.where(unprobed[cand_class], problem.prior_weight * cand_label, 0.0)
     start = np.searchsorted(cand_class, np.arange(k + 1), side="left")
-    scores = np.empty((len(cands), n))
-    by_model: dict[str, list[int]] = {}
-    for i, c in enumerate(cands):
-        by_model.setdefault(c.group.model_id, []).append(i)
-    for m in model_ids:
-        # One softmax per model, shared by all its candidates (and kept on the problem).
-        problem._fill_evidence(m, [tuple(cands[i].group.heads) for i in by_model[m]])
-        for i in by_model[m]:
-            g = cands[i].group
-            # Same float ops as combine() with default_params(): weight 1, bias log(q).
-            bias = math.log(max(float(np.mean([g.label_score])), QUALITY_FLOOR))
-            scores[i] = score_column(problem.evidence(g), np.float64(1.0), bias)
+    scores = _score_vectors(problem, cands, model_ids)
     costs = problem.model_cost or {}
     cost = np.array([costs.get(m, 0.0) for m in model_ids], dtype=np.float64)
     order = np.argsort(problem.labels, kind="stable")
@@ -400,6 +403,26 @@ def _prepare(problem: ChcoProblem) -> _Prepared:
         pair_start=pair_start,
         pair_model=cand_model[pair_start],
     )
+
+
+def _score_vectors(
+    problem: ChcoProblem, cands: list[Candidate], model_ids: list[str]
+) -> np.ndarray:
+    """(C, N): each candidate's default-rule score column, `score_column(evidence, 1, log q)`
+    with the same element-wise float ops as combine() with default_params() (so the same
+    bits), computed for all candidates at once."""
+    by_model: dict[str, list[int]] = {}
+    for i, c in enumerate(cands):
+        by_model.setdefault(c.group.model_id, []).append(i)
+    for m in model_ids:
+        # One softmax (or row-stats gather) per model, shared by all its candidates.
+        problem._fill_evidence(m, [tuple(cands[i].group.heads) for i in by_model[m]])
+    evidence = np.empty((len(cands), problem.num_images))
+    for i, c in enumerate(cands):
+        evidence[i] = problem.evidence(c.group)
+    # The mean of one label score is itself: log(max(q, floor)) per candidate.
+    bias = np.array([math.log(max(c.group.label_score, QUALITY_FLOOR)) for c in cands])
+    return score_column(evidence, np.float64(1.0), bias[:, None])
 
 
 def _class_pairs(
@@ -573,7 +596,7 @@ def _better_exact(a: tuple[float, float, int, float], b: tuple[float, float, int
 # Heuristic solver.
 
 
-def _top2(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def top2(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 2 best (value, class) per row in argmax order (higher value, then lower index).
 
     A missing second entry (K = 1) is (-inf, K): every real score is finite, so the sentinel
@@ -613,7 +636,7 @@ class _State:
         self.choice = np.full(prep.k, -1, dtype=np.int64)
         self.z = np.full((prep.n, prep.k), UNCOVERED_SCORE)
         self.zy = np.full(prep.n, UNCOVERED_SCORE)  # each image's own-class score
-        self.top_val, self.top_idx = _top2(self.z)
+        self.top_val, self.top_idx = top2(self.z)
         self._recount()
         self.evaluated = 0
 
@@ -745,7 +768,7 @@ class _State:
             tv[st, 0], ti[st, 0], tv[st, 1], ti[st, 1] = ov[stays], oi[stays], v[st], c
             redo = r[~wins & ~stays]
             if redo.size:
-                tv[redo], ti[redo] = _top2(self.z[redo])
+                tv[redo], ti[redo] = top2(self.z[redo])
         o = np.flatnonzero(~(is1 | is2))
         vo = v[o]
         enter = (vo > tv[o, 1]) | ((vo == tv[o, 1]) & (c < ti[o, 1]))
@@ -841,10 +864,10 @@ def _rank_models(state: _State, chosen: set[int], excluded: set[int], top: int) 
     pair_gain = np.maximum.reduceat(gain, prep.pair_start)
     model_gain = np.bincount(prep.pair_model, weights=pair_gain, minlength=len(prep.model_ids))
     model_gain[list(chosen | excluded)] = 0.0
-    return sorted(
-        (int(i) for i in np.flatnonzero(model_gain > 0)),
-        key=lambda i: (-model_gain[i], prep.cost[i], prep.model_ids[i]),
-    )[:top]
+    ids = np.flatnonzero(model_gain > 0)
+    # Best gain, then lower cost, then model id (model_ids are sorted: the index orders them).
+    order = np.lexsort((ids, prep.cost[ids], -model_gain[ids]))
+    return [int(i) for i in ids[order[:top]]]
 
 
 def _greedy_add(state: _State, chosen: set[int], excluded: set[int], lookahead: int) -> bool:

@@ -12,7 +12,8 @@ still need a round trip. Keys (all at one catalogue version, see `mllgraph.selec
   request finds them; they are read only for classes no measured label covers;
 * probe sets under a concept (`select/task_probes`): per concept;
 * sense coverage for grounding (`select/sense_coverage`): per concept and options;
-* the labelled-model count (the "no labelled models" precondition): one entry.
+* the labelled-model count (the "no labelled models" precondition): one entry;
+* the ConSE patch's broad expert (`select/patch_model`): one entry per sub-hub.
 
 With no cache (or a disabled one) every reader sends the same one query for the whole task
 that selection always sent.
@@ -75,6 +76,16 @@ class Reads:
             found = dict(self.graph.read("select/labelled_models")[0])
             self._put(key, found)
         return found
+
+    def patch_model(self, min_heads: int, models: list[str] | None) -> list[dict[str, Any]]:
+        """`select/patch_model`: the broad expert that patches uncovered classes (at most one
+        row). Asked by every plan that leaves a class uncovered, so kept per version."""
+        key = ("patch_model", min_heads, tuple(models) if models is not None else None)
+        found = self._get(key)
+        if found is MISSING:
+            found = self.graph.read("select/patch_model", min_heads=min_heads, models=models)
+            self._put(key, found)
+        return list(found)
 
     # -- per concept ------------------------------------------------------------------------
 
