@@ -18,6 +18,7 @@ from mllgraph.reuse.rule import (
     accuracy,
     combine,
     default_params,
+    fallback_evidence,
 )
 from mllgraph.select import chco
 from mllgraph.select.chco import (
@@ -98,7 +99,11 @@ def test_budget_respected_and_plan_consistent_with_combine() -> None:
                     plan.models
                 )
                 assert plan.uncovered == [a.class_index for a in plan.assignment if not a.groups]
-                probs = combine(problem.logits_by_model, plan.assignment, plan.params)
+                # As inference scores it: uncovered classes at the offline floor.
+                floor = fallback_evidence(problem.num_images, plan.uncovered)
+                probs = combine(
+                    problem.logits_by_model, plan.assignment, plan.params, extra_evidence=floor
+                )
                 assert accuracy(probs, problem.labels) == plan.estimated_accuracy
 
 

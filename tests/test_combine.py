@@ -255,7 +255,7 @@ def test_fit_gradient_matches_finite_differences() -> None:
         y=labels,
         rows=np.arange(labels.size),
         onehot=np.eye(2)[labels],
-        n_uncovered=1,
+        uncovered_scores=np.array([math.log(cb.FALLBACK_EVIDENCE + cb.EPS)]),  # the floor
         models=models,
         logits={m: logits[m] for m in models},
     )
@@ -273,3 +273,34 @@ def test_fit_gradient_matches_finite_differences() -> None:
             return cb._fit_objective(t, theta0, 0.01, data, groups, temps, None)[1]
 
         assert check_grad(f, g, theta, epsilon=1e-6) < 1e-5
+
+
+def test_fit_against_the_floor_inference_gives_uncovered_classes() -> None:
+    """Weak but right evidence (an expert far from its domain puts ~2 % on the right head)
+    loses every image to the uncovered class's constant floor at inference. Fitted with the
+    floor in the softmax, the covered classes' biases rise above it and their images are
+    theirs again."""
+    rng = np.random.default_rng(0)
+    n = 40
+    labels = np.repeat([0, 1], n)
+    logits = rng.normal(0, 0.1, size=(2 * n, 50))
+    logits[labels == 0, 0] += 0.8  # p(head 0) ~ 0.04 on class-0 images, ~0.02 elsewhere
+    logits[labels == 1, 1] += 0.8
+    assignment = [
+        ClassAssignment(0, (HeadGroup("far", (0,), "exact", 0.5),)),
+        ClassAssignment(1, (HeadGroup("far", (1,), "exact", 0.5),)),
+        ClassAssignment(2, ()),  # uncovered: the floor
+    ]
+    base = cb.default_params(assignment)
+    floor = cb.fallback_evidence(2 * n, [2])
+
+    def served(params: cb.CombinationParams) -> np.ndarray:
+        return cb.combine({"far": logits}, assignment, params, extra_evidence=floor).argmax(1)
+
+    assert (served(base) == 2).all()  # the trap: the floor takes everything
+    blind = cb.fit_params({"far": logits}, labels, assignment, base)  # uncovered at -1000
+    fitted = cb.fit_params(
+        {"far": logits}, labels, assignment, base, uncovered_evidence=cb.FALLBACK_EVIDENCE
+    )
+    assert (served(fitted) == labels).mean() >= 0.9
+    assert (served(fitted) == labels).mean() > (served(blind) == labels).mean()

@@ -12,12 +12,12 @@ from mllgraph.errors import FailedPrecondition, InvalidArgument
 from mllgraph.eval import evaluate as ev
 from mllgraph.reuse.rule import (
     EPS,
+    FALLBACK_EVIDENCE,
     ClassAssignment,
     CombinationParams,
     HeadGroup,
     default_params,
 )
-from mllgraph.reuse.vlm import FALLBACK_EVIDENCE
 from mllgraph.select import chco
 from mllgraph.select import plan as plan_doc
 

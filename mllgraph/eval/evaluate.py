@@ -9,7 +9,7 @@ the evaluation images and its logits are cached). Every method is scored by the 
 (:func:`task_scores`): the shared rule (`mllgraph.reuse.rule.combine`) at each model's
 calibrated temperature (the one labelling fitted on the hub's probe images, which selection
 and inference use too), and the same offline fallback evidence
-(`mllgraph.reuse.vlm.fallback_evidence`) for every class the method leaves uncovered. Only the
+(`mllgraph.reuse.rule.fallback_evidence`) for every class the method leaves uncovered. Only the
 choice of heads and the combination's per-class weights differ:
   (a) random   — a uniformly random candidate per class (mean of 5 draws), default weights;
   (b) single   — the one expert covering most classes (ties: higher mean label score), its
@@ -56,8 +56,8 @@ from mllgraph.reuse.rule import (
     HeadGroup,
     class_scores,
     default_params,
+    fallback_evidence,
 )
-from mllgraph.reuse.vlm import fallback_evidence
 from mllgraph.select import chco
 from mllgraph.select import plan as plan_doc
 from mllgraph.select import run as select

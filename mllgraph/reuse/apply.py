@@ -14,8 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mllgraph.reuse.rule import combine
-from mllgraph.reuse.vlm import fallback_evidence
+from mllgraph.reuse.rule import combine, fallback_evidence
 from mllgraph.select.plan import ParsedPlan
 
 

@@ -57,6 +57,17 @@ _WEIGHT_BOUNDS = (1e-3, 100.0)
 _LOG_TEMPERATURE_BOUNDS = (math.log(0.05), math.log(20.0))
 
 
+def fallback_evidence(n: int, uncovered: Sequence[int]) -> dict[int, np.ndarray]:
+    """The offline floor: FALLBACK_EVIDENCE / U for every uncovered class, as `extra_evidence`.
+
+    Inference always gives uncovered classes at least this (mllgraph.reuse.vlm, conse), so
+    selection fits and estimates a plan with it too: the same rule on both sides."""
+    if not uncovered:
+        return {}
+    value = FALLBACK_EVIDENCE / len(uncovered)
+    return {int(c): np.full(n, value) for c in uncovered}
+
+
 def _require(mapping: Mapping[str, Any], key: str, where: str) -> Any:
     if not isinstance(mapping, Mapping):
         raise InvalidArgument(f"{where} must be an object, got {type(mapping).__name__}")
@@ -543,7 +554,7 @@ class _FitData:
     y: np.ndarray  # (n,) labels of the images used, as positions in `covered`
     rows: np.ndarray  # (n,) image rows used
     onehot: np.ndarray  # (n, Kc)
-    n_uncovered: int  # classes at UNCOVERED_SCORE, still in the softmax
+    uncovered_scores: np.ndarray  # (U,) constant scores of the uncovered classes, in the softmax
     models: list[str]  # models whose temperature is fitted
     logits: dict[str, np.ndarray] = field(default_factory=dict)  # (n, H) rows used
 
@@ -557,13 +568,18 @@ def fit_params(
     l2: float = 1e-2,
     iters: int = 200,
     fit_temperatures: bool = False,
+    uncovered_evidence: float | None = None,
 ) -> CombinationParams:
     """Fit per-class weights and biases (and optionally per-model temperatures) on probes.
 
     Minimises mean cross-entropy of :func:`combine` + ``l2 * ||theta - theta_base||^2`` with
     L-BFGS-B (deterministic). Temperatures are fitted in log space. Images whose label is an
     uncovered class are left out: no parameter here can make them right. Uncovered classes
-    keep their base weight/bias. Returns params with ``fitted=True``.
+    keep their base weight/bias and stay in the softmax: at ``uncovered_evidence``, the
+    constant evidence inference gives them (the offline floor, `fallback_evidence`), else at
+    ``UNCOVERED_SCORE``. Fitting without the floor that inference applies would let the
+    covered classes' biases sink below it unnoticed, and the floor would then take every
+    image. Returns params with ``fitted=True``.
     """
     ordered = _check_assignment(assignment)
     k = len(ordered)
@@ -594,7 +610,22 @@ def fit_params(
         y=y,
         rows=rows,
         onehot=np.eye(covered.size)[y],
-        n_uncovered=k - covered.size,
+        uncovered_scores=np.array(
+            [
+                UNCOVERED_SCORE
+                if uncovered_evidence is None
+                else float(
+                    score_column(
+                        np.float64(uncovered_evidence),
+                        base_params.weights[a.class_index],
+                        base_params.biases[a.class_index],
+                    )
+                )
+                for a in ordered
+                if not a.groups
+            ],
+            dtype=np.float64,
+        ),
         models=models if fit_temperatures else [],
         logits={m: np.asarray(logits_by_model[m], dtype=np.float64)[rows] for m in models},
     )
@@ -678,12 +709,12 @@ def _fit_objective(
     z = log_s * w + b
     # Uncovered classes stay in the softmax at the constant score.
     zmax = z.max(axis=1, keepdims=True)
-    if data.n_uncovered:
-        zmax = np.maximum(zmax, UNCOVERED_SCORE)
+    if data.uncovered_scores.size:
+        zmax = np.maximum(zmax, data.uncovered_scores.max())
     e = np.exp(z - zmax)
     denom = e.sum(axis=1, keepdims=True)
-    if data.n_uncovered:
-        denom += data.n_uncovered * np.exp(UNCOVERED_SCORE - zmax)
+    if data.uncovered_scores.size:
+        denom += np.exp(data.uncovered_scores[None, :] - zmax).sum(axis=1, keepdims=True)
     log_p = z - zmax - np.log(denom)
     loss = -float(np.mean(log_p[np.arange(n), data.y]))
     diff = theta - theta0

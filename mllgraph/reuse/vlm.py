@@ -10,14 +10,15 @@
   ``λ · p_vlm(c)``: the VLM wins an image only when it believes the uncovered class more
   than the experts believe any covered one. Softmax over all K (not only the uncovered
   classes) means an image the VLM sees as a covered class gives the uncovered ones little.
-- **Offline fallback** (no VLM configured): every uncovered class gets the constant
-  evidence ``FALLBACK_EVIDENCE / U`` (U = number of uncovered classes; 0.05 in total). Why
+- **Offline fallback** (no VLM configured; `mllgraph.reuse.rule.fallback_evidence`): every
+  uncovered class gets the constant evidence ``FALLBACK_EVIDENCE / U`` (U = number of
+  uncovered classes; 0.05 in total), which selection also fits and estimates with. Why
   a constant and not the nearest covered SDAG concept: it needs neither Neo4j nor another
   model (inference must work from an inline plan alone), and a sibling-derived score would
   always lose to the sibling it copies. The constant keeps uncovered classes reachable and
   their probabilities honest (instead of ``UNCOVERED_SCORE``'s exp(-1000)), yet they win
-  an image only when no covered class has ``q_c · s_c`` above it, i.e. when the experts
-  have no real evidence; several uncovered classes tie and the first wins.
+  an image only when no covered class scores above it, i.e. when the experts have no real
+  evidence; several uncovered classes tie and the first wins.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from mllgraph.errors import (
     InvalidArgument,
 )
 from mllgraph.hub.preprocess import InputSpec, preprocess
-from mllgraph.reuse.rule import FALLBACK_EVIDENCE  # total constant evidence of uncovered classes
 
 VLM_WEIGHT = 1.0  # λ: VLM evidence for an uncovered class = λ · p_vlm(c | x)
 DEFAULT_PROMPTS: tuple[str, ...] = (
@@ -171,11 +171,3 @@ class VlmPatch:
         """{uncovered class: λ · p_vlm(class | image)} for `combine`'s extra_evidence."""
         p = self.probabilities(images, class_names)
         return {int(c): self.weight * p[:, c] for c in uncovered}
-
-
-def fallback_evidence(n: int, uncovered: Sequence[int]) -> dict[int, np.ndarray]:
-    """The offline rule: FALLBACK_EVIDENCE / U for every uncovered class (module doc)."""
-    if not uncovered:
-        return {}
-    value = FALLBACK_EVIDENCE / len(uncovered)
-    return {int(c): np.full(n, value) for c in uncovered}

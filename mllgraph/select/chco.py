@@ -43,6 +43,7 @@ import numpy as np
 
 from mllgraph.errors import InvalidArgument
 from mllgraph.reuse.rule import (
+    FALLBACK_EVIDENCE,
     QUALITY_FLOOR,
     UNCOVERED_SCORE,
     ClassAssignment,
@@ -51,6 +52,7 @@ from mllgraph.reuse.rule import (
     accuracy,
     combine,
     default_params,
+    fallback_evidence,
     fit_params,
     group_evidence,
     group_evidence_from_stats,
@@ -457,8 +459,13 @@ def _make_plan(prep: _Prepared, choice: np.ndarray, solver: str, evaluated: int)
     models = sorted({a.groups[0].model_id for a in assignment if a.groups})
     temps = {m: problem.temperatures[m] for m in models if m in problem.temperatures}
     params = default_params(assignment, temps)
+    uncovered = [c for c, i in enumerate(choice) if i < 0]
     if problem.num_images:
-        probs = combine(problem.logits_by_model, assignment, params)
+        # Estimated as inference scores it: uncovered classes at the offline floor. The
+        # search itself compares plans without it (the floor depends on how many classes
+        # stay uncovered); the figure a plan reports must not leave it out.
+        floor = fallback_evidence(problem.num_images, uncovered)
+        probs = combine(problem.logits_by_model, assignment, params, extra_evidence=floor)
         per_class = per_class_accuracy(probs, problem.labels)
         measured_acc = accuracy(probs, problem.labels)
     else:
@@ -469,7 +476,7 @@ def _make_plan(prep: _Prepared, choice: np.ndarray, solver: str, evaluated: int)
         params=params,
         estimated_accuracy=estimate,
         per_class_accuracy=per_class,
-        uncovered=[c for c, i in enumerate(choice) if i < 0],
+        uncovered=uncovered,
         models=models,
         solver=solver,
         evaluated=int(evaluated),
@@ -1054,8 +1061,12 @@ def solve(
 def maybe_fit(
     problem: ChcoProblem, plan: Plan, min_probes: int, l2: float, fit_temperatures: bool
 ) -> Plan:
+    """`plan` with weights/biases fitted on the probes when that raises its cross-validated
+    accuracy over its estimate (see `solve`), with the uncovered classes at the offline floor
+    in fit and score alike, as in the estimate (`_make_plan`)."""
     covered = [a.class_index for a in plan.assignment if a.groups]
-    if len(covered) < 2:
+    # One covered class has something to fit only against the floor of uncovered ones.
+    if len(covered) < (1 if plan.uncovered else 2):
         return plan
     counts = np.bincount(problem.labels, minlength=problem.num_classes)
     if counts[covered].min() < min_probes:
@@ -1065,6 +1076,7 @@ def maybe_fit(
     for c in range(problem.num_classes):
         rows = np.flatnonzero(problem.labels == c)
         fold[rows] = np.arange(rows.size) % 2
+    floor = FALLBACK_EVIDENCE / len(plan.uncovered) if plan.uncovered else None
     cv_probs = np.empty((problem.num_images, problem.num_classes))
     for f in (0, 1):
         train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
@@ -1075,8 +1087,14 @@ def maybe_fit(
             plan.params,
             l2=l2,
             fit_temperatures=fit_temperatures,
+            uncovered_evidence=floor,
         )
-        cv_probs[test] = combine({m: x[test] for m, x in logits.items()}, plan.assignment, params)
+        cv_probs[test] = combine(
+            {m: x[test] for m, x in logits.items()},
+            plan.assignment,
+            params,
+            extra_evidence=fallback_evidence(test.size, plan.uncovered),
+        )
     cv_acc = accuracy(cv_probs, problem.labels)
     if cv_acc <= plan.estimated_accuracy:
         return plan
@@ -1087,6 +1105,7 @@ def maybe_fit(
         plan.params,
         l2=l2,
         fit_temperatures=fit_temperatures,
+        uncovered_evidence=floor,
     )
     return Plan(
         assignment=plan.assignment,

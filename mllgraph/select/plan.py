@@ -43,8 +43,9 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # old rules are not served for the same request (2: proxy probes for classes without any;
 # 3: declared, unmeasured candidates and the prior of classes without probe images;
 # grounding prefers senses the hub covers; 4: text-close neighbours for classes nothing covers,
-# the ConSE patch for uncovered classes; 6: the stacked rule).
-SELECTION_VERSION = 6
+# the ConSE patch for uncovered classes; 6: the stacked rule; 7: weights/biases fitted, and
+# plans estimated, with the uncovered classes at the offline floor inference gives them).
+SELECTION_VERSION = 7
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2

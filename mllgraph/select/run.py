@@ -55,12 +55,12 @@ from mllgraph.reuse.rule import (
     ClassAssignment,
     HeadGroup,
     class_scores,
+    fallback_evidence,
     group_evidence,
     model_probabilities,
     score_column,
     softmax_row_stats,
 )
-from mllgraph.reuse.vlm import fallback_evidence
 from mllgraph.select import chco, nearby
 from mllgraph.select.cache import CatalogueCache
 from mllgraph.select.plan import (
