@@ -159,3 +159,25 @@ def test_a_neighbour_far_in_text_or_closer_to_another_class_is_dropped() -> None
     assert nearby.keep_text_close([_row(1, ["lion"])], ["cat", "kitten"], encode, discount=1) == []
     # No text encoder: no test, nothing kept.
     assert nearby.keep_text_close(rows, ["cat"], lambda t: None, discount=1) == []
+
+
+def test_class_texts_are_encoded_alone_and_kept_across_tasks() -> None:
+    """The patch's class-name vectors: each text encoded on its own (the real MiniLM), so a
+    name's vector does not depend on the task it comes with, and encoded once per process."""
+    from mllgraph.select import run
+    from mllgraph.select.embed import default_embedder
+
+    calls: list[list[str]] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        return default_embedder().encode(texts)
+
+    run._CLASS_TEXTS.clear()
+    a = run._class_text_vectors(encode, ["a photo of a cat", "a photo of a long wool overcoat"])
+    b = run._class_text_vectors(encode, ["a photo of a sandal", "a photo of a cat"])
+    assert a is not None and b is not None
+    np.testing.assert_array_equal(a[0], b[1])  # same bits in either task
+    np.testing.assert_array_equal(a[0], default_embedder().encode(["a photo of a cat"])[0])
+    assert all(len(c) == 1 for c in calls) and len(calls) == 3  # "cat" encoded once
+    assert run._class_text_vectors(lambda texts: None, ["a photo of a dog"]) is None

@@ -510,6 +510,35 @@ def _nearby_candidates(
 
 _PATCH_TEXTS: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # head-name vectors
 _PATCH_TEXTS_MAX = 8
+_CLASS_TEXTS: OrderedDict[str, np.ndarray] = OrderedDict()  # class-text vectors, one per text
+_CLASS_TEXTS_MAX = 20_000  # 1.5 KB each
+_CLASS_TEXTS_LOCK = threading.Lock()
+
+
+def _class_text_vectors(encode: Any, texts: list[str]) -> np.ndarray | None:
+    """(len(texts), D) vectors of class texts, each encoded ALONE and kept across requests.
+
+    Alone, because a text's vector from a batch depends slightly on the batch (padding,
+    kernel shapes): a vector of its own is the same whatever task it comes with, so cached
+    and fresh plans agree bit for bit. Encoding a big task's names was most of a warm
+    SelectHeads (~200 ms of 100 class names) and names recur across tasks."""
+    with _CLASS_TEXTS_LOCK:
+        known = {t: _CLASS_TEXTS[t] for t in texts if t in _CLASS_TEXTS}
+        for t in known:
+            _CLASS_TEXTS.move_to_end(t)
+    for t in dict.fromkeys(texts):
+        if t in known:
+            continue
+        vec = encode([t])
+        if vec is None:
+            return None
+        known[t] = np.asarray(vec[0])
+        known[t].setflags(write=False)
+        with _CLASS_TEXTS_LOCK:
+            _CLASS_TEXTS[t] = known[t]
+            while len(_CLASS_TEXTS) > _CLASS_TEXTS_MAX:
+                _CLASS_TEXTS.popitem(last=False)
+    return np.stack([known[t] for t in texts]) if texts else None
 
 
 def _conse_patch(
@@ -543,7 +572,7 @@ def _conse_patch(
         _PATCH_TEXTS[key] = head_vecs
         while len(_PATCH_TEXTS) > _PATCH_TEXTS_MAX:
             _PATCH_TEXTS.popitem(last=False)
-    class_vecs = encode([conse.TEMPLATE.format(c.name) for c in classes])
+    class_vecs = _class_text_vectors(encode, [conse.TEMPLATE.format(c.name) for c in classes])
     if class_vecs is None:
         return None
     heads, sim = conse.similarity_table(class_vecs, head_vecs)
