@@ -40,6 +40,7 @@ def test_report_says_what_mll_and_the_oracle_use(tmp_path: Path):
     assert "no image or label of the task" in md
     assert "## Oracle recipe" in md and "test_resnet" in md
     assert "no training" not in md
+    assert "## Run" in md and "commit `" in md
 
 
 def test_version_key_orders_numbers_numerically():

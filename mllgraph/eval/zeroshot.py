@@ -110,7 +110,11 @@ def run(
     graph: Graph, settings: Settings, suite: Suite, config: ZeroShotConfig, log: Log = print
 ) -> ZeroShotReport:
     t_all = time.perf_counter()
-    report = ZeroShotReport(config={**asdict(config), "out_dir": str(config.out_dir)})
+    from mllgraph.eval.bench.common import git_commit
+
+    report = ZeroShotReport(
+        config={**asdict(config), "out_dir": str(config.out_dir), "commit": git_commit()}
+    )
     imagenet = registry.BUILTINS if config.imagenet else ()
     t = time.perf_counter()
     for i, seed in enumerate(config.seeds):
@@ -304,6 +308,10 @@ def write(report: ZeroShotReport, out_dir: Path, name: str = "zeroshot") -> list
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [ev.write_json(out_dir / f"{name}.json", asdict(report))]
     md = [f"# Zero-shot evaluation ({name})", "", f"{ev.MLL_USES}; {ev.ORACLE_USES}.", ""]
+    run = {k: v for k, v in report.config.items() if k not in ("out_dir", "name")}
+    md += ["## Run", "", f"Code: commit `{run.pop('commit', 'unknown')}`. Config: " + ", ".join(
+        f"{k} {v}" for k, v in run.items()
+    ) + ".", ""]  # fmt: skip
     if report.oracle:
         md += ["## Oracle recipe", "", report.oracle["description"], ""]
     results = [ev.TaskResult(**r) for r in report.main]

@@ -35,6 +35,26 @@ def write_report(name: str, figures: dict[str, Any], out_dir: str | Path = "repo
     return path
 
 
+def git_commit() -> str:
+    """The checkout's commit (short), "+dirty" when tracked files differ from it; "unknown"
+    outside a git checkout. Reports name the code that produced them."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=root, capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}+dirty" if dirty else head
+
+
 def cpus() -> int:
     import os
 
