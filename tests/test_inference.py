@@ -123,7 +123,7 @@ def manual_probs(hub: dict[str, Any], plan: dict[str, Any], images: np.ndarray, 
         model, spec = registry.load_model(hub["settings"], registry.get_model(hub["graph"], mid))
         logits[mid] = forward.logits(model, spec, images, device="cpu")
     if extra is None:
-        extra = vlm_patch.fallback_evidence(len(images), comb.uncovered)
+        extra = combine.fallback_evidence(len(images), comb.uncovered)
     return combine.combine(logits, comb.assignment, comb.params, extra_evidence=extra)
 
 
