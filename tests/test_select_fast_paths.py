@@ -64,35 +64,56 @@ def test_score_vectors_are_each_candidates_score_column(row_stats: bool) -> None
 
 
 def test_alternatives_match_a_full_argmax() -> None:
+    """Each alternative's figures equal a from-scratch argmax of the served scores: the
+    plan as solved, and the same plan with class 0 left uncovered (the floor in play)."""
+    import dataclasses
+
     problem = _problem(True)
-    plan = chco.solve_heuristic(problem)
-    info: dict = {}
-    alts = select._alternatives(
-        plan, problem.candidates, problem.logits_by_model, problem.labels, info, problem
+    solved = chco.solve_heuristic(problem)
+    # Biases lowered so the floor outscores the covered classes on some images.
+    p = solved.params
+    weights, biases = p.weights.copy(), p.biases - 3.0
+    weights[0], biases[0] = 1.0, 0.0  # an uncovered class's own weight and bias
+    weak = rule.CombinationParams(p.temperatures, weights, biases, fitted=True)
+    dropped = dataclasses.replace(
+        solved,
+        assignment=[rule.ClassAssignment(0, ()), *solved.assignment[1:]],
+        uncovered=[0],
+        params=weak,
     )
-    base = rule.class_scores(problem.logits_by_model, plan.assignment, plan.params)
     checked = 0
-    for ci, entries in enumerate(alts):
-        for e in entries:
-            g = next(
-                c.group
-                for c in problem.candidates
-                if c.class_index == ci
-                and c.group.model_id == e["model_id"]
-                and list(c.group.heads) == e["heads"]
-            )
-            # As the plan's rule sees the model: at the plan's temperature (1 if not in it).
-            t = plan.params.temperature(g.model_id)
-            probs = rule.model_probabilities(problem.logits_by_model[g.model_id], t)
-            evidence = rule.group_evidence(probs, g.heads)
-            z = base.copy()
-            w, b = float(plan.params.weights[ci]), float(plan.params.biases[ci])
-            z[:, ci] = rule.score_column(evidence, w, b)
-            right = z.argmax(1) == problem.labels
-            assert e["plan_accuracy_if_used"] == float(right.mean())
-            assert e["class_accuracy_if_used"] == float(right[problem.labels == ci].mean())
-            checked += 1
-    assert checked > 5
+    for plan in (solved, dropped):
+        info: dict = {}
+        alts = select._alternatives(
+            plan, problem.candidates, problem.logits_by_model, problem.labels, info, problem
+        )
+        floor = rule.fallback_evidence(problem.num_images, plan.uncovered)
+        base = rule.class_scores(
+            problem.logits_by_model, plan.assignment, plan.params, extra_evidence=floor
+        )
+        if plan is dropped:  # the floor decides some images
+            assert (base.argmax(1) == 0).any()
+        for ci, entries in enumerate(alts):
+            for e in entries:
+                g = next(
+                    c.group
+                    for c in problem.candidates
+                    if c.class_index == ci
+                    and c.group.model_id == e["model_id"]
+                    and list(c.group.heads) == e["heads"]
+                )
+                # As the plan's rule sees the model: at the plan's temperature (1 if not in it).
+                t = plan.params.temperature(g.model_id)
+                probs = rule.model_probabilities(problem.logits_by_model[g.model_id], t)
+                evidence = rule.group_evidence(probs, g.heads)
+                z = base.copy()
+                w, b = float(plan.params.weights[ci]), float(plan.params.biases[ci])
+                z[:, ci] = rule.score_column(evidence, w, b)
+                right = z.argmax(1) == problem.labels
+                assert e["plan_accuracy_if_used"] == float(right.mean())
+                assert e["class_accuracy_if_used"] == float(right[problem.labels == ci].mean())
+                checked += 1
+    assert checked > 10
 
 
 def test_alternatives_break_ties_as_argmax() -> None:

@@ -719,7 +719,14 @@ def _alternatives(
     if labels.size == 0 or not plan.models:
         return out
     params = plan.params
-    base = class_scores({m: logits[m] for m in plan.models}, plan.assignment, params)
+    # As the plan is served and estimated: uncovered classes at the floor. (Covering one of
+    # them raises the others' floor share a little; that is left out.)
+    base = class_scores(
+        {m: logits[m] for m in plan.models},
+        plan.assignment,
+        params,
+        extra_evidence=fallback_evidence(labels.size, plan.uncovered),
+    )
     top_val, top_idx = chco.top2(base)
     probs: dict[str, np.ndarray] = {}
     by_class: dict[int, list[chco.Candidate]] = {}
