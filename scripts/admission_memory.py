@@ -27,14 +27,15 @@ from PIL import Image
 
 sys.path.insert(0, os.getcwd())
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
-from tests.test_admission import PLAN_ID, make_bundle  # noqa: E402
+from tests.helpers import two_class_bundle  # noqa: E402
+from tests.test_admission import ARCH, MODEL_ID, PLAN_ID  # noqa: E402
 
 side, budget = int(sys.argv[1]), int(sys.argv[2])
 n_requests = int(sys.argv[3]) if len(sys.argv) > 3 else 16
 concurrency = int(sys.argv[4]) if len(sys.argv) > 4 else 8
 
 tmp = Path(tempfile.mkdtemp())
-make_bundle(tmp)
+two_class_bundle(tmp, ARCH, MODEL_ID, PLAN_ID)  # writes tmp / "bundle"
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
