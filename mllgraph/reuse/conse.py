@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from mllgraph.errors import InvalidArgument
-from mllgraph.reuse.rule import FALLBACK_EVIDENCE
+from mllgraph.reuse.rule import FALLBACK_EVIDENCE, floor_evidence  # noqa: F401 (named by tests)
 
 TEMPLATE = "a photo of a {}"
 TOP = 10  # head probabilities per image that vote (ConSE's T)
@@ -137,7 +137,7 @@ class ConsePatch:
         """{uncovered class: FALLBACK_EVIDENCE / U + weight · p_conse(class | x)} for the
         rule's extra_evidence (module doc)."""
         p = self.probabilities(logits)
-        floor = FALLBACK_EVIDENCE / max(len(uncovered), 1)
+        floor = floor_evidence(max(len(uncovered), 1))
         return {int(c): floor + self.weight * p[:, c] for c in uncovered}
 
 
@@ -171,7 +171,7 @@ def calibrate_weight(
     cov = [c for c in range(covered_scores.shape[1]) if c not in set(unc)]
     if not unc or not cov or covered_scores.shape[0] == 0:
         return DEFAULT_WEIGHT
-    floor = FALLBACK_EVIDENCE / len(unc)
+    floor = floor_evidence(len(unc))
     with np.errstate(over="ignore"):
         margin = np.exp(covered_scores[:, cov].max(axis=1)) - floor
     p = patch_probabilities[:, unc].max(axis=1)[margin > 0]

@@ -64,8 +64,13 @@ def fallback_evidence(n: int, uncovered: Sequence[int]) -> dict[int, np.ndarray]
     selection fits and estimates a plan with it too: the same rule on both sides."""
     if not uncovered:
         return {}
-    value = FALLBACK_EVIDENCE / len(uncovered)
+    value = floor_evidence(len(uncovered))
     return {int(c): np.full(n, value) for c in uncovered}
+
+
+def floor_evidence(num_uncovered: int) -> float:
+    """The constant evidence each of `num_uncovered` uncovered classes gets offline."""
+    return FALLBACK_EVIDENCE / num_uncovered
 
 
 def _require(mapping: Mapping[str, Any], key: str, where: str) -> Any:

@@ -43,7 +43,6 @@ import numpy as np
 
 from mllgraph.errors import InvalidArgument
 from mllgraph.reuse.rule import (
-    FALLBACK_EVIDENCE,
     QUALITY_FLOOR,
     UNCOVERED_SCORE,
     ClassAssignment,
@@ -54,6 +53,7 @@ from mllgraph.reuse.rule import (
     default_params,
     fallback_evidence,
     fit_params,
+    floor_evidence,
     group_evidence,
     group_evidence_from_stats,
     head_probabilities_from_stats,
@@ -1076,7 +1076,7 @@ def maybe_fit(
     for c in range(problem.num_classes):
         rows = np.flatnonzero(problem.labels == c)
         fold[rows] = np.arange(rows.size) % 2
-    floor = FALLBACK_EVIDENCE / len(plan.uncovered) if plan.uncovered else None
+    floor = floor_evidence(len(plan.uncovered)) if plan.uncovered else None
     cv_probs = np.empty((problem.num_images, problem.num_classes))
     for f in (0, 1):
         train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
