@@ -296,7 +296,44 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
             console.print(_table(heads, f"first {len(heads)} heads (best measured labels)"))
         elif args.action == "delete":
             console.print_json(data=registry.delete_model(graph, settings, args.model_id))
+        elif args.action == "domain":
+            from mllgraph.hub import domains
+
+            if args.clear == bool(args.images):
+                raise InvalidArgument("models domain: give --images or --clear")
+            if args.clear:
+                console.print_json(data=domains.clear(graph, settings, args.model_id))
+                return 0
+            images = _domain_images(Path(args.images))
+            source = args.source or f"{len(images)} images from {args.images}"
+            console.print_json(
+                data=domains.describe(graph, settings, args.model_id, images, source)
+            )
     return 0
+
+
+def _domain_images(path: Path) -> list[Any]:
+    """Images for `models domain`: a .npy/.npz array (N, H, W[, C]) or a folder of JPEG/PNG
+    files (searched recursively; at most 5,000, in name order)."""
+    import numpy as np
+    from PIL import Image
+
+    if path.suffix in (".npy", ".npz") and path.is_file():
+        data = np.load(path)
+        return list(data["images"] if hasattr(data, "files") else data)
+    if not path.is_dir():
+        raise InvalidArgument(f"--images {path}: not a folder or a .npy/.npz file")
+    files = sorted(f for f in path.rglob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png"))[
+        :5000
+    ]
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                images.append(np.asarray(im.convert("RGB")))
+        except (OSError, ValueError) as e:
+            raise InvalidArgument(f"--images: {f} is not a readable image: {e}") from e
+    return images
 
 
 def _print_registered(result: Any) -> None:
@@ -947,6 +984,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--heads", type=int, default=10)
     q = s.add_parser("delete")
     q.add_argument("model_id")
+    q = s.add_parser(
+        "domain",
+        help="describe a model's input domain from images like its training images: on "
+        "images unlike them its heads are set aside",
+    )
+    q.add_argument("model_id")
+    q.add_argument("--images", help="a folder of JPEG/PNG, or a .npy/.npz array")
+    q.add_argument("--clear", action="store_true", help="forget the profile: trust every image")
+    q.add_argument("--source", help="what the images are (recorded in the catalogue)")
     p.set_defaults(handler=cmd_models)
 
     p = sub.add_parser("probes", help="probe images attached to concepts")

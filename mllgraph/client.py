@@ -196,6 +196,8 @@ class Prediction:
     probabilities: dict[str, float]
     heads: list[HeadUse]  # the heads that scored the predicted class
     used_fallback: bool
+    # Plan models set aside for this image: it is outside their described input domain.
+    out_of_domain: list[str] = field(default_factory=list)
 
     @property
     def models(self) -> list[str]:
@@ -418,6 +420,7 @@ def prediction_from_proto(p: inference_pb2.Prediction, class_names: Sequence[str
         probabilities=dict(zip(names, probs, strict=True)),
         heads=[_head(h) for h in p.contributing_heads],
         used_fallback=p.used_fallback,
+        out_of_domain=list(p.out_of_domain_models),
     )
 
 

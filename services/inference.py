@@ -453,6 +453,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     class_probabilities=res.probabilities.astype(np.float32).tolist(),
                     contributing_heads=[_head_ref(h) for h in res.contributing_heads],
                     used_fallback=res.used_fallback,
+                    out_of_domain_models=list(res.out_of_domain),
                     top=[
                         inference_pb2.ClassScore(
                             class_index=int(c),

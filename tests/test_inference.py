@@ -684,6 +684,49 @@ def test_bundle_serves_without_neo4j(hub: dict[str, Any]) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 
 
+def test_images_outside_a_models_domain_are_set_aside(hub: dict[str, Any]) -> None:
+    from mllgraph import cli
+    from mllgraph.errors import NotFound
+    from mllgraph.eval.photos import load_photo
+    from mllgraph.hub import domains
+
+    graph, settings, stub = hub["graph"], hub["settings"], hub["server"].stub
+    mid = hub["models"][0]  # heads: sandal, sneaker, boot
+    before = registry.catalogue_version(graph)
+    with pytest.raises(InvalidArgument, match="at least"):
+        domains.describe(graph, settings, mid, list(hub["x"][:10]), "too few")
+    with pytest.raises(NotFound):
+        domains.describe(graph, settings, "no-such-model@1", list(hub["x"]), "none")
+    assert registry.catalogue_version(graph) == before  # a refused description wrote nothing
+    assert not registry.get_model(graph, mid).get("domain_sha256")
+    assert not list(registry.model_dir(settings, mid).glob("domain-*"))
+
+    x_train, _ = fashion.load_split("train", settings.fashion_mnist_dir)
+    np.save(hub["tmp"] / "domain.npy", x_train[:1000])
+    argv = ["models", "domain", mid, "--images", str(hub["tmp"] / "domain.npy")]
+    assert cli.main(argv, settings=settings) == 0
+    try:
+        record = registry.get_model(graph, mid)
+        assert record["domain_images"] == 1000 and record["domain_sha256"]
+        assert registry.catalogue_version(graph) == before + 1
+        doc = single_model_plan(hub, mid, [WNIDS[5], WNIDS[7], WNIDS[9]])
+        doc["classes"] = [{"name": f"{n} (domain test)"} for n in ("sandal", "sneaker", "boot")]
+        photo = np.asarray(Image.fromarray(load_photo("coffee")).resize((120, 80)))
+        images = [raw(photo), raw(hub["x"][0]), raw(hub["x"][1])]
+        resp = stub.Classify(request(images=images, inline_plan=svc.plan_to_proto(doc)), timeout=60)
+        on_photo = resp.predictions[0]
+        assert list(on_photo.out_of_domain_models) == [mid]
+        assert on_photo.used_fallback and not on_photo.contributing_heads
+        # Every class at the floor, equal biases: no class is preferred on the photo.
+        np.testing.assert_allclose(list(on_photo.class_probabilities), [1 / 3] * 3, atol=1e-6)
+        for p in resp.predictions[1:]:  # Fashion-MNIST images: the model speaks
+            assert not p.out_of_domain_models and p.contributing_heads
+    finally:
+        assert cli.main(["models", "domain", mid, "--clear"], settings=settings) == 0
+    assert not registry.get_model(graph, mid).get("domain_sha256")
+    assert not list(registry.model_dir(settings, mid).glob("domain-*"))
+
+
 def test_graceful_shutdown_finishes_in_flight(hub: dict[str, Any]) -> None:
     batcher = batching.DynamicBatcher(max_batch_size=64, max_delay_s=1.0)
     server = ServerThread(hub["settings"], batcher=batcher)

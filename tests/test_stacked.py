@@ -138,3 +138,16 @@ def test_no_rule_beyond_max_classes(monkeypatch: pytest.MonkeyPatch) -> None:
     logits, y = _shirts()
     monkeypatch.setattr(stacked, "MAX_CLASSES", 2)
     assert stacked.fit(logits, y, 3, ["m@1"], {}) is None
+
+
+def test_an_image_a_plan_model_refuses_is_scored_by_the_per_class_rule_without_it() -> None:
+    logits, y = _shirts()
+    rule = stacked.fit(logits, y, 3, ["m@1"], {"m@1": 1.0})
+    assert rule is not None
+    plan = parse_plan(_doc({"stacked": rule.to_dict()}, STACKED_SCHEMA_VERSION))
+    refuses = np.zeros(len(y), bool)
+    refuses[::7] = True
+    p = apply.probabilities(plan, logits, len(y), in_domain={"m@1": ~refuses})
+    np.testing.assert_allclose(p[~refuses], apply.probabilities(plan, logits, len(y))[~refuses])
+    # The only model refuses those images: every class at the offline floor, equal biases.
+    np.testing.assert_allclose(p[refuses], 1 / 3)

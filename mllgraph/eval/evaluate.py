@@ -47,9 +47,10 @@ import numpy as np
 from mllgraph.errors import FailedPrecondition, InvalidArgument
 from mllgraph.eval.tasks import SPLITS, Suite, Task
 from mllgraph.graph.db import Graph
-from mllgraph.hub import forward, registry
+from mllgraph.hub import domains, forward, registry
 from mllgraph.hub.fashion import FASHION_CLASSES
 from mllgraph.reuse import apply
+from mllgraph.reuse.domain import thumbnails
 from mllgraph.reuse.rule import (
     ClassAssignment,
     CombinationParams,
@@ -111,7 +112,22 @@ class LogitCache:
     def __init__(self, graph: Graph, settings: Settings, images: EvalImages) -> None:
         self.graph, self.settings, self.images = graph, settings, images
         self._logits: dict[str, np.ndarray] = {}
+        self._in_domain: dict[str, np.ndarray | None] = {}
+        self._thumbnails: np.ndarray | None = None
         self.seconds: dict[str, float] = {}
+
+    def in_domain(self, mid: str) -> np.ndarray | None:
+        """(N,) bool: the evaluation images inside the model's described input domain, as
+        inference decides it; None for a model without a domain profile (every image)."""
+        if mid not in self._in_domain:
+            record = registry.get_model(self.graph, mid)
+            mask = None
+            if record.get("domain_sha256"):
+                if self._thumbnails is None:
+                    self._thumbnails = thumbnails(list(self.images.images))
+                mask = domains.load(self.settings, mid, record).accepts(self._thumbnails)
+            self._in_domain[mid] = mask
+        return self._in_domain[mid]
 
     def __call__(self, mid: str) -> np.ndarray:
         if mid not in self._logits:
@@ -186,7 +202,7 @@ class LibraryPipeline:
     def classify_indices(self, plan: dict[str, Any], idx: np.ndarray) -> np.ndarray:
         """What the inference service answers (same rule, same offline fallback for uncovered
         classes), from cached logits."""
-        return classify_plan(plan, self.logits, idx)
+        return classify_plan(plan, self.logits, idx, self.logits.in_domain)
 
     def classify(self, plan: dict[str, Any], images: np.ndarray) -> np.ndarray:
         raise NotImplementedError("LibraryPipeline classifies by index: use classify_indices")
@@ -195,19 +211,34 @@ class LibraryPipeline:
 # -- scoring shared by every method ----------------------------------------------------------
 
 
+InDomainOf = Callable[[str], "np.ndarray | None"]  # model -> (N_all,) mask, None: every image
+
+
+def _masks(
+    models: Sequence[str], in_domain_of: InDomainOf | None, idx: np.ndarray
+) -> dict[str, np.ndarray]:
+    if in_domain_of is None:
+        return {}
+    masks = {m: in_domain_of(m) for m in models}
+    return {m: v[idx] for m, v in masks.items() if v is not None}
+
+
 def task_scores(
     assignment: Sequence[ClassAssignment],
     params: CombinationParams,
     logits_of: Callable[[str], np.ndarray],
     idx: np.ndarray,
+    in_domain_of: InDomainOf | None = None,
 ) -> np.ndarray:
     """Class scores (N, K) of any method's head choice: the shared rule at the temperatures in
-    `params`, with the offline fallback evidence for every uncovered class (as inference)."""
+    `params`, with the offline fallback evidence for every uncovered class and each model's
+    input domain (as inference)."""
     models = sorted({g.model_id for a in assignment for g in a.groups})
     logits = {m: logits_of(m)[idx] for m in models}
     uncovered = [a.class_index for a in assignment if not a.groups]
     extra = fallback_evidence(len(idx), uncovered) if uncovered else None
-    return class_scores(logits, assignment, params, extra_evidence=extra)
+    masks = _masks(models, in_domain_of, idx)
+    return class_scores(logits, assignment, params, extra_evidence=extra, in_domain=masks)
 
 
 def predict(
@@ -215,20 +246,25 @@ def predict(
     params: CombinationParams,
     logits_of: Callable[[str], np.ndarray],
     idx: np.ndarray,
+    in_domain_of: InDomainOf | None = None,
 ) -> np.ndarray:
     """Predicted task-class index per image (first class on ties)."""
-    return task_scores(assignment, params, logits_of, idx).argmax(1)
+    return task_scores(assignment, params, logits_of, idx, in_domain_of).argmax(1)
 
 
 def classify_plan(
-    plan: Mapping[str, Any], logits_of: Callable[[str], np.ndarray], idx: np.ndarray
+    plan: Mapping[str, Any],
+    logits_of: Callable[[str], np.ndarray],
+    idx: np.ndarray,
+    in_domain_of: InDomainOf | None = None,
 ) -> np.ndarray:
     """MLL's predictions from a plan document, exactly as inference makes them without a VLM
     (`mllgraph.reuse.apply`: its heads and fitted parameters, or its stacked rule; its patch
-    for uncovered classes)."""
+    for uncovered classes; each model's input domain)."""
     parsed = plan_doc.parse_plan(plan)
     logits = {m: logits_of(m)[idx] for m in apply.models_to_run(parsed)}
-    return apply.probabilities(parsed, logits, len(idx)).argmax(1)
+    masks = _masks(parsed.models, in_domain_of, idx)
+    return apply.probabilities(parsed, logits, len(idx), None, masks).argmax(1)
 
 
 # -- baselines -------------------------------------------------------------------------------
@@ -245,6 +281,7 @@ class TaskView:
     logits_of: Callable[[str], np.ndarray]
     idx: np.ndarray
     labels: np.ndarray
+    in_domain_of: InDomainOf | None = None
 
     def accuracy(self, assignment: list[ClassAssignment]) -> float:
         """Accuracy of a head choice with the parameter-free rule (`default_params`: weight
@@ -254,7 +291,7 @@ class TaskView:
         if missing:
             raise FailedPrecondition(f"no calibrated temperature for models {missing}")
         params = default_params(assignment, {m: self.temperatures[m] for m in models})
-        pred = predict(assignment, params, self.logits_of, self.idx)
+        pred = predict(assignment, params, self.logits_of, self.idx, self.in_domain_of)
         return float((pred == self.labels).mean())
 
 
@@ -539,7 +576,7 @@ def run_suite(
             patch=apply.patch_rule(plan_doc.parse_plan(plan)),
         )
         cands, temps = candidates_for(graph, settings, task, resolver, models)
-        view = TaskView(k, cands, temps, logits, idx, labels)
+        view = TaskView(k, cands, temps, logits, idx, labels, logits.in_domain)
         if "random" in baselines:
             r.baselines["random"] = baseline_random(view, seed + t_i)
         if "single" in baselines:

@@ -195,6 +195,7 @@ class GrpcPipeline:
                 "probability": p.probability,
                 "used_fallback": p.used_fallback,
                 "patch": response.patch if p.used_fallback else "",
+                "out_of_domain": list(p.out_of_domain_models),
                 "heads": [
                     {"model_id": h.model_id, "head_index": h.head_index, "head_label": h.head_label}
                     for h in p.contributing_heads

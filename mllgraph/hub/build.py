@@ -12,8 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from mllgraph.graph.db import Graph
-from mllgraph.hub import probes, registry
+from mllgraph.hub import domains, fashion, probes, registry
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.label import run as labeller
 from mllgraph.settings import Settings
@@ -79,6 +81,24 @@ def register_trained(
     )
 
 
+DOMAIN_IMAGES = 3000
+
+
+def describe_fashion_domain(graph: Graph, settings: Settings, mid: str, split_seed: int) -> None:
+    """A trained Fashion expert's input domain: a sample of the pool it was trained on (the
+    same sample for every expert of a split, so they share one profile)."""
+    train_pool, _ = fashion.split_pools(split_seed, root=settings.fashion_mnist_dir)
+    pick = np.random.default_rng(split_seed).choice(train_pool, DOMAIN_IMAGES, replace=False)
+    images, _ = fashion.load_split("train", settings.fashion_mnist_dir)
+    domains.describe(
+        graph,
+        settings,
+        mid,
+        list(images[np.sort(pick)]),
+        f"Fashion-MNIST training pool (split seed {split_seed}), {DOMAIN_IMAGES} images",
+    )
+
+
 def build(
     graph: Graph,
     settings: Settings,
@@ -128,6 +148,8 @@ def build(
             r = register_trained(graph, settings, p, ground)
             (report.registered if r.created else report.already).append(r.record["id"])
             models.append(r.record["id"])
+            if not r.record.get("domain_sha256"):
+                describe_fashion_domain(graph, settings, r.record["id"], split_seed)
     log(f"models: {len(report.registered)} registered, {len(report.already)} already there")
     todo = [mid for mid in models if not registry.get_model(graph, mid).get("labelled_at")]
 

@@ -6,6 +6,9 @@ in-process path both call it, so they cannot drift apart.
 - Otherwise the per-class rule (:mod:`mllgraph.reuse.rule`), where uncovered classes get
   `extra` evidence when the caller has some (a configured VLM), else the plan's ConSE patch
   (:mod:`mllgraph.reuse.conse`), else the constant fallback (:mod:`mllgraph.reuse.vlm`).
+- `in_domain` (:mod:`mllgraph.reuse.domain`): a model's heads say nothing about an image its
+  domain profile refuses. The stacked rule reads every plan model on every image, so an image
+  that any plan model refuses is scored by the per-class rule, without that model.
 """
 
 from __future__ import annotations
@@ -41,13 +44,25 @@ def probabilities(
     logits: Mapping[str, np.ndarray],
     n: int,
     extra: Mapping[int, np.ndarray] | None = None,
+    in_domain: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """(n, K) class probabilities of the plan on `n` images."""
-    if plan.stacked is not None:
+    """(n, K) class probabilities of the plan on `n` images; `in_domain` maps a model to the
+    images (an (n,) bool mask) it may speak about, models not in it: all."""
+    masks = {m: np.asarray(v, bool) for m, v in (in_domain or {}).items() if m in plan.models}
+    refused = np.zeros(n, bool)
+    for mask in masks.values():
+        refused |= ~mask
+    if plan.stacked is not None and not refused.any():
         return plan.stacked.probabilities(logits)
     if extra is None and plan.uncovered:
         if plan.patch is not None:
             extra = plan.patch.evidence(logits[plan.patch.model_id], plan.uncovered)
         else:
             extra = fallback_evidence(n, plan.uncovered)
-    return combine(logits, plan.assignment, plan.params, extra_evidence=extra)
+    probs = combine(
+        logits, plan.assignment, plan.params, extra_evidence=extra, in_domain=masks or None
+    )
+    if plan.stacked is not None:  # the stacked rule where every plan model sees the image
+        keep = ~refused
+        probs[keep] = plan.stacked.probabilities({m: v[keep] for m, v in logits.items()})
+    return probs

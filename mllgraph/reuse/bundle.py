@@ -22,6 +22,7 @@ from mllgraph.errors import (
     FailedPrecondition,
     MllgraphError,
 )
+from mllgraph.hub import domains
 from mllgraph.reuse.cache import (
     ModelCache,
     load_from_blob,
@@ -48,6 +49,8 @@ def load_bundle(root: str | Path) -> Bundle:
         raise FailedPrecondition(f"{root} is not a plan bundle: {e}") from e
     for rec in records.values():
         rec["weights_path"] = str(root / rec["weights_path"])
+        if rec.get("domain_path"):
+            rec["domain_path"] = str(root / rec["domain_path"])
     return Bundle(root, plan, records)
 
 
@@ -59,9 +62,11 @@ def export_bundle(
     images: np.ndarray | None = None,
     labels: np.ndarray | None = None,
     reference: np.ndarray | None = None,
+    settings: Settings | None = None,
 ) -> Path:
-    """Write a bundle: the plan, its models' records and weight blobs, optional test images
-    and reference probabilities (used by scripts/gpu_check.py)."""
+    """Write a bundle: the plan, its models' records and weight blobs (and domain profiles,
+    read from `settings`' model store), optional test images and reference probabilities
+    (used by scripts/gpu_check.py)."""
     out = Path(out)
     (out / "blobs").mkdir(parents=True, exist_ok=True)
     portable = {}
@@ -73,6 +78,15 @@ def export_bundle(
         if not dst.exists():
             shutil.copyfile(src, dst)
         portable[mid] = {**_jsonable(rec), "weights_path": f"blobs/{src.name}"}
+        if rec.get("domain_sha256"):
+            if settings is None:
+                raise FailedPrecondition(
+                    f"model {mid} has a domain profile: export_bundle needs the settings "
+                    "whose model store holds it"
+                )
+            name = f"domain-{rec['domain_sha256']}.npz"
+            shutil.copyfile(domains.profile_path(settings, mid, rec["domain_sha256"]), out / name)
+            portable[mid]["domain_path"] = name
     (out / "plan.json").write_text(json.dumps(plan, indent=1))
     (out / "records.json").write_text(json.dumps(portable, indent=1, sort_keys=True))
     if images is not None:
@@ -114,7 +128,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         records = {mid: registry.get_model(graph, mid) for mid in parse_plan(plan).models}
     images, labels = fashion.load_split("test", settings.fashion_mnist_dir)
     images, labels = images[: args.images], labels[: args.images]
-    out = export_bundle(plan, records, args.out, images=images, labels=labels)
+    out = export_bundle(plan, records, args.out, images=images, labels=labels, settings=settings)
     bundle = load_bundle(out)
     cpu = ModelCache(settings, device="cpu", precision="fp32", loader=load_from_blob)
     clf = PlanClassifier(bundle.plan, bundle.records, settings, cpu)

@@ -8,6 +8,10 @@ its broad expert runs with the plan's models), else the constant fallback
 (:mod:`mllgraph.reuse.vlm`); :attr:`PlanClassifier.fallback_rule` says which. A prediction
 whose class is uncovered has ``used_fallback=True`` and no contributing heads; the uncovered
 class names are always reported (:attr:`PlanClassifier.uncovered_names`).
+
+A plan model with a domain profile (:mod:`mllgraph.reuse.domain`, the record's
+``domain_sha256``) says nothing about an image outside its domain: the prediction lists it
+in ``out_of_domain`` and its heads do not contribute.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from mllgraph.errors import (
     FailedPrecondition,
 )
+from mllgraph.hub import domains
 from mllgraph.hub.preprocess import InputSpec, preprocess
 from mllgraph.reuse import apply
 from mllgraph.reuse.cache import (
@@ -32,6 +37,7 @@ from mllgraph.reuse.cache import (
     RecordSource,
     lookup_record,
 )
+from mllgraph.reuse.domain import thumbnails
 from mllgraph.reuse.vlm import VlmPatch
 from mllgraph.select.plan import HeadInfo, parse_plan, plan_key
 from mllgraph.settings import Settings
@@ -62,6 +68,8 @@ class PredictionResult:
     probabilities: np.ndarray  # (K,) float64, sums to 1
     contributing_heads: tuple[HeadInfo, ...]
     used_fallback: bool
+    # Plan models that said nothing about this image: outside their input domain.
+    out_of_domain: tuple[str, ...] = ()
 
 
 @dataclass
@@ -120,6 +128,11 @@ class PlanClassifier:
                 )
             self.records[mid] = record
         self._heads = self._contributing_heads()
+        self.domains = {
+            mid: domains.load(settings, mid, self.records[mid])
+            for mid in self.plan.models
+            if self.records[mid].get("domain_sha256")
+        }
 
     @property
     def class_names(self) -> list[str]:
@@ -170,9 +183,17 @@ class PlanClassifier:
         extra, vlm_timing = self._extra_evidence(images)
         if vlm_timing is not None:
             timings[vlm_timing.model_id] = vlm_timing
-        probs = apply.probabilities(self.plan, logits, len(images), extra)
-        results = self._results(probs)
+        in_domain = self.in_domain(images)
+        probs = apply.probabilities(self.plan, logits, len(images), extra, in_domain)
+        results = self._results(probs, in_domain)
         return BatchRun(results, timings, logits if keep_logits else {})
+
+    def in_domain(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """{plan model with a domain profile: (N,) bool, the images it may speak about}."""
+        if not self.domains:
+            return {}
+        thumbs = thumbnails(images)
+        return {mid: profile.accepts(thumbs) for mid, profile in self.domains.items()}
 
     def model_logits(
         self, images: Sequence[np.ndarray]
@@ -230,19 +251,24 @@ class PlanClassifier:
         precision = "fp16" if self.vlm.dtype == torch.float16 else "fp32"
         return extra, ModelTiming(self.vlm.name, 0.0, ms, len(images), precision)
 
-    def _results(self, probs: np.ndarray) -> list[PredictionResult]:
+    def _results(
+        self, probs: np.ndarray, in_domain: dict[str, np.ndarray]
+    ) -> list[PredictionResult]:
         out = []
-        covered = [bool(a.groups) for a in self.plan.assignment]
-        for row in probs:
+        for i, row in enumerate(probs):
             c = int(np.argmax(row))
+            refused = tuple(m for m, ok in sorted(in_domain.items()) if not ok[i])
+            heads = tuple(h for h in self._heads[c] if h.model_id not in refused)
             out.append(
                 PredictionResult(
                     class_index=c,
                     class_name=self.plan.class_names[c],
                     probability=float(row[c]),
                     probabilities=row,
-                    contributing_heads=self._heads[c],
-                    used_fallback=not covered[c],
+                    contributing_heads=heads,
+                    # No head spoke for the class: uncovered, or every model refused the image.
+                    used_fallback=not heads,
+                    out_of_domain=refused,
                 )
             )
         return out

@@ -20,6 +20,11 @@ The rule, exactly (K task classes, N images):
    score is ``log(EPS) + log(QUALITY_FLOOR)``, about -18.4), so it never wins.
 5. Class probabilities ``softmax_c(z)``; a prediction is ``argmax`` (first index on ties).
 
+Out of domain (``in_domain``, inference only: :mod:`mllgraph.reuse.domain`): on an image a
+model's domain profile refuses, that model's groups drop out of step 3's mean; a covered class
+left with no group on the image is treated as the uncovered ones are offline: ``s_c`` is
+``floor_evidence(max(U, 1))`` (U uncovered classes in the plan).
+
 ``HeadGroup.kind`` ("exact", "descendants", "ancestor", "related", "declared") is descriptive
 only: the rule never looks at it; ancestor/related discounts are expected inside
 ``label_score``, and a declared group's ``label_score`` is its prior.
@@ -416,6 +421,7 @@ def _class_evidence_matrix(
     assignment: Sequence[ClassAssignment],
     temperatures: Mapping[str, float],
     n: int,
+    in_domain: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """(K, N) class evidence s, one contiguous row per class; NaN rows for uncovered classes.
 
@@ -434,8 +440,31 @@ def _class_evidence_matrix(
                     logits_by_model[g.model_id], temperatures.get(g.model_id, 1.0)
                 )
             ev.append(group_evidence(probs[g.model_id], g.heads))
-        s[a.class_index] = class_evidence(ev, [g.label_score for g in a.groups])
+        scores = [g.label_score for g in a.groups]
+        masks = [None if in_domain is None else in_domain.get(g.model_id) for g in a.groups]
+        if all(m is None or bool(np.all(m)) for m in masks):
+            s[a.class_index] = class_evidence(ev, scores)  # the exact path selection simulates
+        else:
+            floor = floor_evidence(max(1, sum(not b.groups for b in assignment)))
+            s[a.class_index] = _in_domain_evidence(ev, scores, masks, floor)
     return s
+
+
+def _in_domain_evidence(
+    evidence: Sequence[np.ndarray],
+    label_scores: Sequence[float],
+    masks: Sequence[np.ndarray | None],
+    floor: float,
+) -> np.ndarray:
+    """`class_evidence` over the groups whose model accepts each image; the floor where none
+    does."""
+    n = evidence[0].shape[0]
+    w = _mean_weights(label_scores)[:, None] * np.stack(
+        [np.ones(n, bool) if m is None else np.asarray(m, bool) for m in masks]
+    )
+    total = w.sum(axis=0)
+    mean = np.divide((w * np.stack(evidence)).sum(axis=0), total, out=np.zeros(n), where=total > 0)
+    return np.where(total > 0, mean, floor)
 
 
 def class_scores(
@@ -444,8 +473,12 @@ def class_scores(
     params: CombinationParams,
     *,
     extra_evidence: Mapping[int, np.ndarray] | None = None,
+    in_domain: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Pre-softmax class scores z (N, K) of the rule in the module docstring."""
+    """Pre-softmax class scores z (N, K) of the rule in the module docstring.
+
+    ``in_domain`` maps a model to an (N,) bool mask of the images it may speak about (models
+    not in it: every image)."""
     ordered = _check_assignment(assignment)
     k = len(ordered)
     if params.num_classes != k:
@@ -468,7 +501,10 @@ def class_scores(
             raise InvalidArgument(f"extra_evidence[{c}] must be a finite ({n},) vector")
         if np.any(arr < 0):
             raise InvalidArgument(f"extra_evidence[{c}] has negative values")
-    s = _class_evidence_matrix(logits_by_model, ordered, params.temperatures, n)
+    for mid, mask in (in_domain or {}).items():
+        if np.shape(mask) != (n,):
+            raise InvalidArgument(f"in_domain[{mid!r}] must be a ({n},) mask")
+    s = _class_evidence_matrix(logits_by_model, ordered, params.temperatures, n, in_domain)
     z = np.full((n, k), UNCOVERED_SCORE)
     for c in range(k):
         if ordered[c].groups:
@@ -484,13 +520,21 @@ def combine(
     params: CombinationParams,
     *,
     extra_evidence: Mapping[int, np.ndarray] | None = None,
+    in_domain: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Class probabilities (N, K) by the rule in the module docstring.
 
-    ``extra_evidence`` maps an UNCOVERED class index to a fallback's (N,) evidence.
+    ``extra_evidence`` maps an UNCOVERED class index to a fallback's (N,) evidence;
+    ``in_domain`` a model to the images it may speak about (see `class_scores`).
     """
     return softmax_rows(
-        class_scores(logits_by_model, assignment, params, extra_evidence=extra_evidence)
+        class_scores(
+            logits_by_model,
+            assignment,
+            params,
+            extra_evidence=extra_evidence,
+            in_domain=in_domain,
+        )
     )
 
 

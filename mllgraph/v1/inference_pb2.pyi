@@ -51,7 +51,7 @@ class ClassScore(_message.Message):
     def __init__(self, class_index: _Optional[int] = ..., class_name: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("image_id", "class_index", "class_name", "probability", "class_probabilities", "contributing_heads", "used_fallback", "top")
+    __slots__ = ("image_id", "class_index", "class_name", "probability", "class_probabilities", "contributing_heads", "used_fallback", "top", "out_of_domain_models")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     CLASS_INDEX_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class Prediction(_message.Message):
     CONTRIBUTING_HEADS_FIELD_NUMBER: _ClassVar[int]
     USED_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     TOP_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_DOMAIN_MODELS_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     class_index: int
     class_name: str
@@ -68,7 +69,8 @@ class Prediction(_message.Message):
     contributing_heads: _containers.RepeatedCompositeFieldContainer[_common_pb2.HeadRef]
     used_fallback: bool
     top: _containers.RepeatedCompositeFieldContainer[ClassScore]
-    def __init__(self, image_id: _Optional[str] = ..., class_index: _Optional[int] = ..., class_name: _Optional[str] = ..., probability: _Optional[float] = ..., class_probabilities: _Optional[_Iterable[float]] = ..., contributing_heads: _Optional[_Iterable[_Union[_common_pb2.HeadRef, _Mapping]]] = ..., used_fallback: _Optional[bool] = ..., top: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ...) -> None: ...
+    out_of_domain_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, image_id: _Optional[str] = ..., class_index: _Optional[int] = ..., class_name: _Optional[str] = ..., probability: _Optional[float] = ..., class_probabilities: _Optional[_Iterable[float]] = ..., contributing_heads: _Optional[_Iterable[_Union[_common_pb2.HeadRef, _Mapping]]] = ..., used_fallback: _Optional[bool] = ..., top: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., out_of_domain_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelTiming(_message.Message):
     __slots__ = ("model_id", "forward_ms", "preprocess_ms")

@@ -1,0 +1,120 @@
+"""Where a model's input-domain profile (mllgraph.reuse.domain) is kept.
+
+The profile file lives beside the model's other files, named by its sha256
+(`<model dir>/domain-<sha256>.npz`); the Model node records that sha256
+(`domain_sha256`, with `domain_threshold`, `domain_images`, `domain_source`). The file is
+written first and the graph second, so a reader never finds a sha256 without its file; a
+failed graph write removes the new file. Older profile files are removed after the switch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
+from mllgraph.hub import registry
+from mllgraph.reuse.domain import DomainProfile, thumbnails
+from mllgraph.settings import Settings
+
+if TYPE_CHECKING:
+    from mllgraph.graph.db import Graph
+
+_CACHE: dict[str, DomainProfile] = {}  # sha256 -> profile: files never change under a name
+_CACHE_LOCK = threading.Lock()
+
+
+def profile_path(settings: Settings, mid: str, sha256: str) -> Path:
+    return registry.model_dir(settings, mid) / f"domain-{sha256}.npz"
+
+
+def describe(
+    graph: Graph,
+    settings: Settings,
+    mid: str,
+    images: Sequence[np.ndarray],
+    source: str,
+) -> dict[str, Any]:
+    """Fit `mid`'s domain profile on `images` (a sample of what it was trained on) and
+    record it. `source` says what the images were, for people reading the catalogue."""
+    registry.get_model(graph, mid)  # NotFound before any work
+    if not source.strip():
+        raise InvalidArgument("source is empty: say what the domain images are")
+    profile = DomainProfile.fit(thumbnails(images))
+    data = profile.to_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    path = profile_path(settings, mid, sha)
+    existed = path.is_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_suffix(".part")
+    part.write_bytes(data)
+    part.replace(path)
+    try:
+        rows = graph.write(
+            "hub/model_set_domain",
+            id=mid,
+            sha256=sha,
+            threshold=profile.threshold,
+            images=profile.images,
+            source=source.strip(),
+        )
+    except BaseException:
+        if not existed:
+            path.unlink(missing_ok=True)
+        raise
+    if not rows:  # deleted meanwhile
+        path.unlink(missing_ok=True)
+        raise NotFound(f"model {mid!r} is not registered (ids look like 'name@version')")
+    for old in path.parent.glob("domain-*.npz"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return {
+        "model": mid,
+        "domain_sha256": sha,
+        "domain_threshold": profile.threshold,
+        "domain_images": profile.images,
+        "domain_source": source.strip(),
+        "catalogue_version": rows[0]["catalogue_version"],
+    }
+
+
+def clear(graph: Graph, settings: Settings, mid: str) -> dict[str, Any]:
+    """Forget `mid`'s domain profile: its heads speak about every image again."""
+    rows = graph.write("hub/model_clear_domain", id=mid)
+    if not rows:
+        raise NotFound(f"model {mid!r} is not registered (ids look like 'name@version')")
+    for old in registry.model_dir(settings, mid).glob("domain-*.npz"):
+        old.unlink(missing_ok=True)
+    return {
+        "model": mid,
+        "cleared": rows[0]["previous"] is not None,
+        "catalogue_version": rows[0]["catalogue_version"],
+    }
+
+
+def load(settings: Settings, mid: str, record: dict[str, Any]) -> DomainProfile:
+    """The profile a model record names (cached by sha256): the record's `domain_path` (a
+    plan bundle's copy), else the file beside the model in the store."""
+    sha = str(record["domain_sha256"])
+    with _CACHE_LOCK:
+        if sha in _CACHE:
+            return _CACHE[sha]
+    path = Path(record.get("domain_path") or profile_path(settings, mid, sha))
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as e:
+        raise FailedPrecondition(
+            f"model {mid} names domain profile {sha[:12]} but {path} is missing: "
+            "describe its domain again (mllgraph models domain)"
+        ) from e
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise FailedPrecondition(f"model {mid}'s domain profile {path} does not match its sha256")
+    profile = DomainProfile.from_bytes(data)
+    with _CACHE_LOCK:
+        _CACHE[sha] = profile
+    return profile
