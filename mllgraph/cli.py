@@ -700,6 +700,7 @@ def classification_rows(result: Any) -> list[dict[str, Any]]:
                 for h in p.heads
             ],
             "used_fallback": p.used_fallback,
+            "out_of_domain": p.out_of_domain,
             "plan_id": result.plan_id,
         }
         for p in result

@@ -72,12 +72,11 @@ def test_refused_models_drop_out_of_the_classes_they_score() -> None:
     np.testing.assert_array_equal(z[a_refuses], plain[a_refuses])
     pb = rule.model_probabilities(logits["b"], 1.0)
     refused = ~a_refuses
-    # Class 0 keeps b's evidence alone; class 1 (only a) sits at the floor an uncovered class
-    # gets offline; class 2 unchanged.
+    # Class 0 keeps b's evidence alone; class 1 (only a) has no evidence; class 2 unchanged.
     expected0 = rule.score_column(pb[refused, 0], 1.0, params.biases[0])
     np.testing.assert_allclose(z[refused, 0], expected0)
-    floor = rule.score_column(np.full(2, rule.floor_evidence(1)), 1.0, params.biases[1])
-    np.testing.assert_allclose(z[refused, 1], floor)
+    nothing = rule.score_column(np.zeros(2), 1.0, params.biases[1])
+    np.testing.assert_allclose(z[refused, 1], nothing)
     np.testing.assert_array_equal(z[:, 2], plain[:, 2])
 
     with pytest.raises(InvalidArgument, match=r"in_domain\['a'\]"):

@@ -149,5 +149,7 @@ def test_an_image_a_plan_model_refuses_is_scored_by_the_per_class_rule_without_i
     refuses[::7] = True
     p = apply.probabilities(plan, logits, len(y), in_domain={"m@1": ~refuses})
     np.testing.assert_allclose(p[~refuses], apply.probabilities(plan, logits, len(y))[~refuses])
-    # The only model refuses those images: every class at the offline floor, equal biases.
-    np.testing.assert_allclose(p[refuses], 1 / 3)
+    # The only model refuses those images: the covered classes have no evidence, so the
+    # uncovered class (at the offline floor) takes them.
+    assert (p[refuses].argmax(1) == 1).all()
+    np.testing.assert_allclose(p[refuses][:, 0], p[refuses][:, 2])

@@ -248,6 +248,7 @@ def run_suite(
                     "right": bool(d["class_index"] == data.labels[j]),
                     "used_fallback": d["used_fallback"],
                     "patch": d.get("patch", ""),
+                    "out_of_domain": d.get("out_of_domain", []),
                     "heads": d["heads"],
                     "experts_alone": {n: task.names[int(p[j])] for n, p in expert_preds.items()},
                 }

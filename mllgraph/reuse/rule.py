@@ -22,8 +22,9 @@ The rule, exactly (K task classes, N images):
 
 Out of domain (``in_domain``, inference only: :mod:`mllgraph.reuse.domain`): on an image a
 model's domain profile refuses, that model's groups drop out of step 3's mean; a covered class
-left with no group on the image is treated as the uncovered ones are offline: ``s_c`` is
-``floor_evidence(max(U, 1))`` (U uncovered classes in the plan).
+left with no group on the image has no evidence for it: ``s_c = 0``. (Not the offline floor
+of uncovered classes: that would outweigh a real but small probability of another class, e.g.
+an ImageNet expert's "coffee mug" on a photo a Fashion expert refused.)
 
 ``HeadGroup.kind`` ("exact", "descendants", "ancestor", "related", "declared") is descriptive
 only: the rule never looks at it; ancestor/related discounts are expected inside
@@ -445,8 +446,7 @@ def _class_evidence_matrix(
         if all(m is None or bool(np.all(m)) for m in masks):
             s[a.class_index] = class_evidence(ev, scores)  # the exact path selection simulates
         else:
-            floor = floor_evidence(max(1, sum(not b.groups for b in assignment)))
-            s[a.class_index] = _in_domain_evidence(ev, scores, masks, floor)
+            s[a.class_index] = _in_domain_evidence(ev, scores, masks)
     return s
 
 
@@ -454,17 +454,14 @@ def _in_domain_evidence(
     evidence: Sequence[np.ndarray],
     label_scores: Sequence[float],
     masks: Sequence[np.ndarray | None],
-    floor: float,
 ) -> np.ndarray:
-    """`class_evidence` over the groups whose model accepts each image; the floor where none
-    does."""
+    """`class_evidence` over the groups whose model accepts each image; 0 where none does."""
     n = evidence[0].shape[0]
     w = _mean_weights(label_scores)[:, None] * np.stack(
         [np.ones(n, bool) if m is None else np.asarray(m, bool) for m in masks]
     )
     total = w.sum(axis=0)
-    mean = np.divide((w * np.stack(evidence)).sum(axis=0), total, out=np.zeros(n), where=total > 0)
-    return np.where(total > 0, mean, floor)
+    return np.divide((w * np.stack(evidence)).sum(axis=0), total, out=np.zeros(n), where=total > 0)
 
 
 def class_scores(

@@ -172,6 +172,7 @@ class Web:
                     "experts": p.models,
                     "heads": [asdict(h) for h in p.heads],
                     "used_fallback": p.used_fallback,
+                    "out_of_domain": p.out_of_domain,
                 }
             )
         assert result.plan is not None
