@@ -153,3 +153,19 @@ def test_an_image_a_plan_model_refuses_is_scored_by_the_per_class_rule_without_i
     # uncovered class (at the offline floor) takes them.
     assert (p[refuses].argmax(1) == 1).all()
     np.testing.assert_allclose(p[refuses][:, 0], p[refuses][:, 2])
+
+
+def test_the_stacked_rule_may_read_a_model_no_class_is_mapped_to() -> None:
+    logits, y = _shirts()
+    logits["x@1"] = logits["m@1"][:, ::-1] + np.random.default_rng(1).normal(size=(len(y), 3))
+    rule = stacked.fit(logits, y, 3, ["m@1", "x@1"], {"m@1": 1.0, "x@1": 1.0})
+    assert rule is not None and rule.models == ("m@1", "x@1")
+    doc = _doc({"stacked": rule.to_dict()}, STACKED_SCHEMA_VERSION)
+    with pytest.raises(InvalidArgument, match="does not list"):
+        parse_plan(doc)  # x@1 is neither mapped to a class nor listed among the models
+    doc["combination"]["plan"]["models"] = ["m@1", "x@1"]
+    plan = parse_plan(doc)
+    assert plan.models == ["m@1", "x@1"] and apply.models_to_run(plan) == ["m@1", "x@1"]
+    # (The plan's copy of the rule went through JSON-sized rounding.)
+    p = apply.probabilities(plan, logits, len(y))
+    np.testing.assert_allclose(p, rule.probabilities(logits), rtol=1e-5)

@@ -119,7 +119,8 @@ class PlanClassifier:
                 self.records[mid] = record
                 continue
             used = max(
-                max(g.heads) for a in self.plan.assignment for g in a.groups if g.model_id == mid
+                (max(g.heads) for a in self.plan.assignment for g in a.groups if g.model_id == mid),
+                default=-1,  # a model only the stacked rule reads (it checks its head count)
             )
             if int(record.get("num_classes", used + 1)) <= used:
                 raise FailedPrecondition(

@@ -44,8 +44,9 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # 3: declared, unmeasured candidates and the prior of classes without probe images;
 # grounding prefers senses the hub covers; 4: text-close neighbours for classes nothing covers,
 # the ConSE patch for uncovered classes; 6: the stacked rule; 7: weights/biases fitted, and
-# plans estimated, with the uncovered classes at the offline floor inference gives them).
-SELECTION_VERSION = 7
+# plans estimated, with the uncovered classes at the offline floor inference gives them;
+# 8: the stacked rule may read models screened for it, select/feature_sets).
+SELECTION_VERSION = 8
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2
@@ -341,6 +342,7 @@ def _parse_plan(doc: Mapping[str, Any]) -> ParsedPlan:
                 )
             )
         heads.append(tuple(listed))
+    # The stacked rule may also read models no class is mapped to (select/feature_sets).
     models = sorted({g.model_id for a in assignment for g in a.groups})
     raw_patch = doc["combination"].get("patch")
     patch = None
@@ -351,8 +353,9 @@ def _parse_plan(doc: Mapping[str, Any]) -> ParsedPlan:
         if "stacked" not in doc["combination"]:
             raise InvalidArgument("a schema 2 combination must carry its 'stacked' rule")
         stacked = StackedRule.from_dict(doc["combination"]["stacked"], k)
-        if not set(stacked.models) <= set(models):
+        if not set(stacked.models) <= set(models) | set(comb.models):
             raise InvalidArgument("the stacked rule reads models the plan does not list")
+        models = sorted(set(models) | set(stacked.models))
     return ParsedPlan(
         plan_id=str(doc.get("plan_id", "") or ""),
         class_names=names,

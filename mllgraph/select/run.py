@@ -61,7 +61,7 @@ from mllgraph.reuse.rule import (
     score_column,
     softmax_row_stats,
 )
-from mllgraph.select import chco, nearby
+from mllgraph.select import chco, feature_sets, nearby
 from mllgraph.select.cache import CatalogueCache
 from mllgraph.select.plan import (
     COVERAGE_OF_QUERY_KIND,
@@ -398,7 +398,7 @@ def select(
     t = time.perf_counter()
     fit = None
     if problem is not None and options.fit_params and not set(plan.models) & set(declared_only):
-        fit = _stacked(problem, plan)
+        plan, fit = _stacked_choice(problem, plan, options)
     timings.stacked_ms = (time.perf_counter() - t) * 1000
     timings.total_ms = (time.perf_counter() - t_start) * 1000
 
@@ -433,9 +433,48 @@ def select(
     return SelectionContext(plan=body, candidates=candidates, timings=timings, problem=problem)
 
 
-def _stacked(
-    problem: chco.ChcoProblem, plan: chco.Plan
-) -> tuple[stacked.StackedRule | None, dict[str, Any]] | None:
+StackedFit = tuple[stacked.StackedRule | None, dict[str, Any]]
+
+
+def _stacked_choice(
+    problem: chco.ChcoProblem, plan: chco.Plan, options: SelectOptions
+) -> tuple[chco.Plan, StackedFit | None]:
+    """CHCO's plan with the stacked rule over its models, or, when the screen
+    (`feature_sets.greedy_models`) picks other models for the stacked rule, CHCO's plan
+    restricted to those with the stacked rule over them: whichever serves the probe images
+    better (the stacked rule's out-of-fold accuracy where it is kept, else the per-class
+    rule's estimate; the screened plan only with its stacked rule kept). Ties keep CHCO's."""
+    first = _stacked(problem, plan)
+    if first is None:  # no stacked rule possible for this task (a class without images, ...)
+        return plan, None
+    coverage: dict[str, dict[int, float]] = {}
+    for c in problem.candidates:
+        best = coverage.setdefault(c.group.model_id, {})
+        best[c.class_index] = max(best.get(c.class_index, 0.0), c.group.label_score)
+    screened = sorted({*feature_sets.shortlist(coverage), *plan.models})
+    picked, _ = feature_sets.greedy_models(
+        problem.logits_by_model, problem.temperatures, screened, problem.labels,
+        problem.num_classes, problem.budget,
+    )  # fmt: skip
+    if not picked or set(picked) == set(plan.models):
+        return plan, first
+    sub = replace(problem, candidates=[c for c in problem.candidates if c.group.model_id in picked])
+    # The stacked rule reads every picked model, even one CHCO maps no class to.
+    other = replace(_solve(sub, options), models=picked)
+    second = _stacked(sub, other)
+
+    # CHCO's plan as it would be served: its stacked rule where kept, else the per-class rule.
+    current = first[1]["cv_accuracy"] if first[0] is not None else plan.estimated_accuracy
+    if second is None or second[0] is None or not second[1]["cv_accuracy"] > current:
+        first[1]["screened_models"] = picked
+        return plan, first
+    second[1]["screened_models"] = picked
+    second[1]["chco_models"] = list(plan.models)
+    second[1]["chco_served_estimate"] = current
+    return other, second
+
+
+def _stacked(problem: chco.ChcoProblem, plan: chco.Plan) -> StackedFit | None:
     """The stacked rule for the chosen models, kept only when its out-of-fold accuracy on the
     probe images beats the per-class rule's (in-sample) accuracy there (reuse/stacked)."""
     if not plan.models:

@@ -1,0 +1,110 @@
+"""Which models the stacked rule should read (pure: numpy and scikit-learn, no I/O).
+
+CHCO chooses models by the per-class rule: the heads mapped to each class. The stacked rule
+(:mod:`mllgraph.reuse.stacked`) reads every head of the chosen models, so the best models for
+it are those whose heads, together, separate the task's classes, whether or not a head is
+mapped to a class. The two choices differ: in a bigger hub CHCO finds narrow experts with an
+exact head per class, while a broad expert's 1,000 heads separate the classes better. So a
+hub that grew could serve a task worse than the smaller hub did.
+
+:func:`greedy_models` screens the candidate models cheaply and picks a set for the stacked
+rule to be fitted on beside CHCO's own set (selection keeps whichever serves better, by the
+stacked rule's out-of-fold accuracy). The screen is a nearest-class-mean classifier on each
+model's most class-dependent calibrated log-probabilities (ANOVA F, only heads whose
+p-value says they depend on the class), z-scored, with leave-one-out
+distances (an image's own class mean without it), so it costs one (N, K) distance matrix per
+model, and distances add over models: a set is scored by summing its models' matrices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from mllgraph.reuse.stacked import features
+
+SCREEN_MODELS = 16  # models screened at most: those covering most of the task (`shortlist`)
+SCREEN_COLUMNS = 32  # per model: its most class-dependent heads (ANOVA F) ...
+SCREEN_P_VALUE = 1e-3  # ... among those that depend on the class at all
+
+
+def shortlist(coverage: Mapping[str, Mapping[int, float]], keep: int = SCREEN_MODELS) -> list[str]:
+    """The `keep` models worth screening, from {model: {class: its best label score}}: most
+    classes covered first, then the summed label scores, then the id. A big hub has hundreds
+    of candidate models for a task; the screen's cost grows with each."""
+    ranked = sorted(coverage, key=lambda m: (-len(coverage[m]), -sum(coverage[m].values()), m))
+    return sorted(ranked[:keep])
+
+
+def class_mean_distances(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """(N, K) mean squared z-scored distance of each image to each class mean; the image's
+    own class mean leaves the image out. NaN-free; a class without images is at +inf."""
+    sd = x.std(axis=0)
+    z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    means = np.zeros((k, z.shape[1]))
+    np.add.at(means, y, z)
+    means /= np.maximum(counts, 1)[:, None]
+    d = (z * z).sum(1)[:, None] - 2 * z @ means.T + (means * means).sum(1)[None, :]
+    d = np.maximum(d, 0.0)
+    # Leave one out: ||x - m'||^2 = (n / (n - 1))^2 ||x - m||^2 for the image's own class.
+    own = counts[y]
+    scale = np.where(own > 1, (own / np.maximum(own - 1, 1)) ** 2, np.inf)
+    d[np.arange(len(y)), y] *= scale
+    d[:, counts == 0] = np.inf
+    return d / z.shape[1]
+
+
+def model_distances(
+    logits: Mapping[str, np.ndarray],
+    temperatures: Mapping[str, float],
+    model: str,
+    y: np.ndarray,
+    k: int,
+) -> np.ndarray:
+    """`class_mean_distances` of one model's SCREEN_COLUMNS most class-dependent heads."""
+    from sklearn.feature_selection import f_classif
+
+    x = features(logits, [model], temperatures)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f, p = f_classif(x, y)
+    f = np.nan_to_num(f, nan=0.0, posinf=np.finfo(np.float64).max)
+    p = np.nan_to_num(p, nan=1.0)
+    order = np.argsort(-f, kind="stable")[:SCREEN_COLUMNS]
+    # Heads that do not depend on the class only add noise to a nearest-mean distance.
+    keep = order[p[order] < SCREEN_P_VALUE]
+    x = x[:, np.sort(keep if keep.size else order[:1])]
+    return class_mean_distances(x, y, k)
+
+
+def greedy_models(
+    logits: Mapping[str, np.ndarray],
+    temperatures: Mapping[str, float],
+    models: Sequence[str],
+    y: np.ndarray,
+    k: int,
+    budget: int,
+) -> tuple[list[str], float]:
+    """Up to `budget` of `models`, added one at a time while the screen's leave-one-out
+    accuracy rises (ties: the model id), and that accuracy."""
+    y = np.asarray(y, dtype=np.int64)
+    if y.size == 0 or not models:
+        return [], 0.0
+    dist = {m: model_distances(logits, temperatures, m, y, k) for m in sorted(models)}
+    chosen: list[str] = []
+    total = np.zeros((y.size, k))
+    best = 0.0
+    while len(chosen) < budget:
+        step = None
+        for m, d in dist.items():
+            if m in chosen:
+                continue
+            acc = float(((total + d).argmin(1) == y).mean())
+            if acc > best + 1e-12:
+                best, step = acc, m
+        if step is None:
+            break
+        chosen.append(step)
+        total += dist[step]
+    return sorted(chosen), best

@@ -1,0 +1,50 @@
+"""The stacked rule's model screen (mllgraph.select.feature_sets): pure, no server."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mllgraph.select.feature_sets import class_mean_distances, greedy_models, shortlist
+
+
+def test_leave_one_out_distances_equal_the_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 4))
+    y = np.repeat([0, 1, 2], 10)
+    d = class_mean_distances(x, y, 3)
+    z = (x - x.mean(0)) / x.std(0)
+    for i in range(len(y)):
+        for c in range(3):
+            members = (y == c) & (np.arange(len(y)) != i)
+            expected = ((z[i] - z[members].mean(0)) ** 2).mean()
+            assert np.isclose(d[i, c], expected)
+
+
+def _hub(n_per_class: int = 30, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Three classes. "narrow" has one head per class but sees classes 1 and 2 alike;
+    "broad" has 50 heads, a few of which tell all three apart; "noise" tells nothing."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1, 2], n_per_class)
+    narrow = rng.normal(0, 1.0, size=(y.size, 3))
+    narrow[y == 0, 0] += 4
+    narrow[y >= 1, 1] += 4
+    broad = rng.normal(0, 1.0, size=(y.size, 50))
+    for c in range(3):
+        broad[y == c, 10 + c] += 3
+    return {"narrow": narrow, "broad": broad, "noise": rng.normal(size=(y.size, 5))}, y
+
+
+def test_the_screen_picks_the_models_that_separate_the_classes() -> None:
+    logits, y = _hub()
+    temps = {m: 1.0 for m in logits}
+    picked, acc = greedy_models(logits, temps, sorted(logits), y, 3, budget=1)
+    assert picked == ["broad"] and acc > 0.9
+    picked, _ = greedy_models(logits, temps, sorted(logits), y, 3, budget=3)
+    assert "broad" in picked and "noise" not in picked  # no model that adds nothing
+    assert greedy_models(logits, temps, [], y, 3, budget=3) == ([], 0.0)
+
+
+def test_the_shortlist_keeps_the_models_covering_most_of_the_task() -> None:
+    coverage = {"a": {0: 0.9}, "b": {0: 0.5, 1: 0.5}, "c": {0: 0.9, 1: 0.9}, "d": {2: 1.0}}
+    assert shortlist(coverage, keep=2) == ["b", "c"]
+    assert shortlist(coverage, keep=10) == ["a", "b", "c", "d"]
