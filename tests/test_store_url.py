@@ -166,6 +166,27 @@ def test_a_batched_refresh_mirrors_several_models(stores: tuple[str, str], tmp_p
     assert not Path(labeller.probe_index_file(root, mids[2])).exists()  # never labelled
 
 
+def test_an_unreachable_store_leaves_readers_their_cached_version(
+    stores: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = Settings(home=tmp_path / "a", store_refresh_s=0)
+    reader = Settings(home=tmp_path / "b", store_refresh_s=0)
+    mid = "unreachable@1"
+    labeller.save_probe_outputs(writer, mid, {"s": np.ones((2, 2), np.float32)}, 1.0)
+    assert labeller.open_probe_outputs(reader, mid).temperature == 1.0
+    labeller.save_probe_outputs(writer, mid, {"s": np.ones((2, 2), np.float32)}, 2.0)
+    remote = store.model_remote(reader)
+    assert remote is not None
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("store down")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(remote.fs, "cat", down)
+        assert labeller.open_probe_outputs(reader, mid).temperature == 1.0  # what it has
+    assert labeller.open_probe_outputs(reader, mid).temperature == 2.0  # looked again
+
+
 # --- weight blobs: removal against a racing registration ------------------------------------
 
 

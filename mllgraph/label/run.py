@@ -307,16 +307,17 @@ def refresh_current(settings: Settings, mids: Iterable[str]) -> None:
         return
     now = time.monotonic()
     due = [m for m in mids if remote.due(_outputs_key(m), settings.store_refresh_s, now)]
+    mirrored = 0
     try:
         tags = remote.read_many([f"{_outputs_key(m)}/{CURRENT}" for m in due])
+        for m in due:
+            tag = tags[f"{_outputs_key(m)}/{CURRENT}"]
+            _mirror(settings, remote, m, tag.decode().strip() if tag is not None else None)
+            mirrored += 1
     except Exception as e:  # noqa: BLE001 - unreachable store: serve the cached versions
         log.warning("probe_outputs_refresh_failed store=%s error=%r", remote.url, str(e))
-        for m in due:
+        for m in due[mirrored:]:  # look again next time
             remote.forget(_outputs_key(m))
-        return
-    for m in due:
-        tag = tags[f"{_outputs_key(m)}/{CURRENT}"]
-        _mirror(settings, remote, m, tag.decode().strip() if tag is not None else None)
 
 
 def _mirror(settings: Settings, remote: store.Remote, mid: str, tag: str | None) -> None:
