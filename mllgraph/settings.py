@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mllgraph.hub import store
+
 
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name)
@@ -103,6 +105,9 @@ class Settings:
     selection_metrics_port: int = 0
     inference_metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    # A model or probe store at a URL (mllgraph.hub.store): a model's CURRENT probe outputs
+    # are looked up there at most this often (s); in between a reader keeps the version it has.
+    store_refresh_s: float = 5.0
 
     @property
     def uses_local_neo4j(self) -> bool:
@@ -121,12 +126,24 @@ class Settings:
         return self.home / "nltk_data"
 
     @property
+    def model_store_url(self) -> str:
+        """Where the model store is: a local path (the default) or any fsspec URL."""
+        return _env("MLLGRAPH_MODEL_STORE", str(self.home / "models"))
+
+    @property
+    def probe_store_url(self) -> str:
+        """Where the probe images are: a local path (the default) or any fsspec URL."""
+        return _env("MLLGRAPH_PROBE_STORE", str(self.home / "probes"))
+
+    @property
     def model_store(self) -> Path:
-        return Path(_env("MLLGRAPH_MODEL_STORE", str(self.home / "models")))
+        """The model store's local folder: the store, or a remote store's local cache."""
+        return store.local_root(self.home, store.MODEL_STORE_VAR, self.model_store_url)
 
     @property
     def probe_store(self) -> Path:
-        return Path(_env("MLLGRAPH_PROBE_STORE", str(self.home / "probes")))
+        """The probe store's local folder: the store, or a remote store's local cache."""
+        return store.local_root(self.home, store.PROBE_STORE_VAR, self.probe_store_url)
 
     @property
     def upload_dir(self) -> Path:
@@ -209,6 +226,7 @@ class Settings:
             selection_metrics_port=int(_env("MLLGRAPH_METRICS_PORT_SELECTION", "0")),
             inference_metrics_port=int(_env("MLLGRAPH_METRICS_PORT_INFERENCE", "0")),
             metrics_host=_env("MLLGRAPH_METRICS_HOST", cls.metrics_host),
+            store_refresh_s=float(_env("MLLGRAPH_STORE_REFRESH_S", str(cls.store_refresh_s))),
         )
 
     def torch_device(self) -> str:

@@ -333,10 +333,9 @@ def _named_by_content(path: Path) -> Path:
 
 
 def _stored_blob(settings: Settings, sha: str) -> Path:
-    for suffix in (".safetensors", ".pt"):
-        blob = registry.blob_path(settings, sha, suffix)
-        if blob.is_file():
-            return blob
+    blob = registry.stored_blob(settings, sha)
+    if blob is not None:
+        return blob
     imports.upload_path(settings, sha)  # raises NotFound with the advice
     raise AssertionError("unreachable")  # pragma: no cover
 

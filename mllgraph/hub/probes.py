@@ -4,6 +4,11 @@ Images live outside Neo4j, one `.npz` per probe set (`images`: uint8, (N,H,W) or
 (N,H,W,3)) under the probe store; the graph has `(:ProbeSet {id, count, ...})-[:PROBES]->
 (:Concept)` and each concept's `probe_count`. A probe image is addressed as (set id, index),
 which is how every model's stored probe outputs line up across models.
+
+A probe store at a URL (`store`) gets the same file, named `<set id>.<sha256[:16]>.npz` there
+(a set removed and added again with other images gets another name, so cached copies never go
+stale); the graph records its URL and readers (labelling, on any worker) fetch it into their
+cache.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from mllgraph.errors import AlreadyExists, InvalidArgument, NotFound
+from mllgraph.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mllgraph.graph.db import Graph
+from mllgraph.hub import store
 from mllgraph.settings import Settings
 
 SET_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -76,11 +82,17 @@ def add_probe_set(
         if p["sha256"] == sha and p["wnid"] == wnid:
             return _probe_set(p), False
         raise AlreadyExists(f"probe set {set_id!r} already exists with other images or concept")
-    path = settings.probe_store / f"{set_id}.npz"
+    remote = store.probe_remote(settings)
+    key = f"{set_id}.{sha[:16]}.npz" if remote is not None else f"{set_id}.npz"
+    path = settings.probe_store / key
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part.npz")
     np.savez(part, images=images)
     os.replace(part, path)
+    location = str(path)
+    if remote is not None:
+        remote.put(path, key)
+        location = remote.url_of(key)
     try:
         graph.write(
             "hub/probe_set_create",
@@ -88,7 +100,7 @@ def add_probe_set(
             wnid=wnid,
             count=int(images.shape[0]),
             sha256=sha,
-            path=str(path),
+            path=location,
             source=source,
             height=int(images.shape[1]),
             width=int(images.shape[2]),
@@ -96,6 +108,8 @@ def add_probe_set(
         )
     except Exception:
         path.unlink(missing_ok=True)
+        if remote is not None:
+            remote.remove(key)
         raise
     return _probe_set(graph.read("hub/probe_set_get", id=set_id)[0]["probe_set"]), True
 
@@ -116,12 +130,25 @@ def remove_probe_set(graph: Graph, set_id: str) -> None:
     if not rows:
         raise NotFound(f"probe set {set_id!r} does not exist")
     graph.write("hub/probe_set_delete", id=set_id)
-    Path(rows[0]["probe_set"]["path"]).unlink(missing_ok=True)
+    location = rows[0]["probe_set"]["path"]
+    if store.is_remote(location):
+        store.remove_url(location)  # cached copies elsewhere are never read again
+    else:
+        Path(location).unlink(missing_ok=True)
 
 
-def load_images(probe_set: ProbeSet, limit: int | None = None) -> np.ndarray:
-    """The first `limit` images of a set (sets are stored in a seeded random order)."""
-    path = Path(probe_set.path)
+def load_images(
+    probe_set: ProbeSet, limit: int | None = None, *, settings: Settings | None = None
+) -> np.ndarray:
+    """The first `limit` images of a set (sets are stored in a seeded random order). A set in
+    a store at a URL is read from the local cache of `settings` (fetched first if needed)."""
+    if store.is_remote(probe_set.path):
+        try:
+            path = store.fetch_url(settings or Settings.from_env(), probe_set.path)
+        except FailedPrecondition as e:
+            raise NotFound(f"images of probe set {probe_set.id} are missing: {e}") from e
+    else:
+        path = Path(probe_set.path)
     if not path.is_file():
         raise NotFound(f"images of probe set {probe_set.id} are missing: {path}")
     with np.load(path) as data:

@@ -16,6 +16,11 @@ registration copies the file and writes its Model under the lock, after checking
 the id is free; deletion deletes the Model and, in the same transaction, counts the other
 models that reference the sha256, and removes the file under the lock only when none does.
 A failed registration removes a file it copied only when no model references it.
+
+A model store at a URL (`MLLGRAPH_MODEL_STORE=s3://...`, see `store`) has no lock across
+machines: a blob is put as is (content-addressed: every writer writes the same bytes) and the
+graph records its URL; removing a blob no model references is settled through the graph
+(`_remove_remote_blob`). The store lock then only orders this machine's processes.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from mllgraph.errors import (
     MllgraphError,
     NotFound,
 )
+from mllgraph.hub import store
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.settings import Settings
 
@@ -100,8 +106,26 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def blob_key(sha256: str, suffix: str) -> str:
+    """A weights file's place in the model store: named by its content."""
+    return f"blobs/{sha256[:2]}/{sha256}{suffix}"
+
+
 def blob_path(settings: Settings, sha256: str, suffix: str) -> Path:
-    return settings.model_store / "blobs" / sha256[:2] / f"{sha256}{suffix}"
+    return settings.model_store / blob_key(sha256, suffix)
+
+
+def stored_blob(settings: Settings, sha256: str) -> Path | None:
+    """A local copy of the weights with this sha256 when the store has them, else None."""
+    remote = store.model_remote(settings)
+    for suffix in (".safetensors", ".pt"):
+        if remote is None:
+            blob = blob_path(settings, sha256, suffix)
+            if blob.is_file():
+                return blob
+        elif remote.exists(blob_key(sha256, suffix)):
+            return remote.fetch(blob_key(sha256, suffix), sha256)
+    return None
 
 
 _STORE_LOCKS: dict[Path, threading.Lock] = {}
@@ -125,9 +149,13 @@ def store_lock(settings: Settings) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def model_key(mid: str) -> str:
+    return f"models/{mid.replace('/', '_')}"
+
+
 def model_dir(settings: Settings, mid: str) -> Path:
     """Per-model files beside the weights (probe outputs)."""
-    return settings.model_store / "models" / mid.replace("/", "_")
+    return settings.model_store / model_key(mid)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -209,12 +237,7 @@ def load_model(settings: Settings, record: dict[str, Any]):  # -> (nn.Module, In
     """Rebuild a registered model from the store (FailedPrecondition if its file is gone)."""
     from mllgraph.hub import experts
 
-    path = Path(record["weights_path"])
-    if not path.is_file():
-        raise FailedPrecondition(
-            f"the weights of model {record['id']} are missing from the model store: {path}; "
-            "re-register it or restore the file"
-        )
+    path = weights_file(settings, record)
     spec = input_spec_of(record)
     if record["arch"] in BUILTINS:
         model, _, _ = experts.load_efficientnet_lite(record["arch"])
@@ -222,6 +245,28 @@ def load_model(settings: Settings, record: dict[str, Any]):  # -> (nn.Module, In
         model = experts.build_timm(record["arch"], record["num_classes"], spec.channels)
         experts.load_weights(model, path)
     return model.eval(), spec
+
+
+def weights_file(settings: Settings, record: dict[str, Any]) -> Path:
+    """A registered model's weights as a local file: the blob itself, or for a store at a URL
+    its cached copy (fetched and checked against the sha256 first). FailedPrecondition when
+    the file is gone."""
+    location = record["weights_path"]
+    if store.is_remote(location):
+        try:
+            return store.fetch_url(settings, location, record.get("sha256"))
+        except FailedPrecondition as e:
+            raise FailedPrecondition(
+                f"the weights of model {record['id']} cannot be read: {e}; re-register it or "
+                "restore the file"
+            ) from e
+    path = Path(location)
+    if not path.is_file():
+        raise FailedPrecondition(
+            f"the weights of model {record['id']} are missing from the model store: {path}; "
+            "re-register it or restore the file"
+        )
+    return path
 
 
 # -- registering -----------------------------------------------------------------------------
@@ -384,19 +429,52 @@ def register_model(
 
         suffix = ".safetensors" if is_safetensors(path) else ".pt"
         blob = blob_path(settings, sha, suffix)
+        remote = store.model_remote(settings)
         with store_lock(settings):
             # Again under the lock: another registration of this id may have won meanwhile.
             existing = _already_registered(graph, mid, sha, reg, arch, spec)
             if existing is not None:
                 return existing
-            new_blob = not blob.exists()
-            if new_blob:
-                blob.parent.mkdir(parents=True, exist_ok=True)
-                part = blob.with_name(f"{blob.name}.part-{os.getpid()}-{threading.get_ident()}")
-                shutil.copyfile(path, part)
-                os.replace(part, blob)
-            return _create(graph, reg, mid, arch, source, source_ref, sha, blob, spec,
-                           labels, wnids, n_labels, new_blob)  # fmt: skip
+            if remote is None:
+                weights, discard = str(blob), _copy_blob(graph, path, blob, sha)
+            else:
+                key = blob_key(sha, suffix)
+                weights, discard = remote.url_of(key), _put_blob(graph, remote, path, key, sha)
+            created = _create(graph, reg, mid, arch, source, source_ref, sha, weights,
+                              path.stat().st_size, spec, labels, wnids, discard)  # fmt: skip
+            if remote is not None and not remote.exists(key):
+                # A deletion elsewhere of the last other model with these weights removed the
+                # blob between the put and the write of the Model (see _remove_remote_blob).
+                remote.put(path, key)
+            return created
+
+
+Discard = Callable[[], object]  # undoes a registration's store of a blob (on a failed write)
+
+
+def _copy_blob(graph: Graph, path: Path, blob: Path, sha: str) -> Discard | None:
+    """Copy the weights into a local store unless they are there (under the store lock);
+    what removes the copy again unless a model references it, None when none was made."""
+    if blob.exists():
+        return None
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    part = blob.with_name(f"{blob.name}.part-{os.getpid()}-{threading.get_ident()}")
+    shutil.copyfile(path, part)
+    os.replace(part, blob)
+
+    def discard() -> None:
+        if graph.read("hub/sha256_in_use", sha256=sha)[0]["models"] == 0:
+            blob.unlink(missing_ok=True)
+
+    return discard
+
+
+def _put_blob(graph: Graph, remote: store.Remote, path: Path, key: str, sha: str) -> Discard | None:
+    """`_copy_blob` for a store at a URL: the weights put unless they are there."""
+    if remote.exists(key):
+        return None
+    remote.put(path, key)
+    return lambda: _remove_remote_blob(graph, remote, key, sha)
 
 
 def _already_registered(
@@ -431,15 +509,16 @@ def _create(
     source: str,
     source_ref: str,
     sha: str,
-    blob: Path,
+    weights: str,
+    size_bytes: int,
     spec: InputSpec,
     labels: list[str],
     wnids: list[str],
-    n_labels: int,
-    new_blob: bool,
+    discard: Discard | None,
 ) -> RegisteredModel:
-    """Write the Model and its heads (under the store lock); on failure remove a blob this
-    registration copied, unless a model references it."""
+    """Write the Model and its heads (under the store lock); on failure `discard` the blob
+    this registration stored (it removes it unless a model references it)."""
+    n_labels = len(labels)
     props = {
         "id": mid,
         "name": reg.name,
@@ -449,8 +528,8 @@ def _create(
         "source_ref": source_ref,
         "sha256": sha,
         "num_classes": n_labels,
-        "weights_path": str(blob),
-        "size_bytes": blob.stat().st_size,
+        "weights_path": weights,
+        "size_bytes": size_bytes,
         "input_spec": json.dumps(spec.to_dict()),
         "input_size": spec.size,
         "input_channels": spec.channels,
@@ -466,10 +545,9 @@ def _create(
     try:
         row = graph.write("hub/model_create", model=props, heads=head_rows)[0]
     except Exception:
-        if new_blob:
+        if discard is not None:
             with contextlib.suppress(Exception):  # the write's error is the one to report
-                if graph.read("hub/sha256_in_use", sha256=sha)[0]["models"] == 0:
-                    blob.unlink(missing_ok=True)
+                discard()
         raise
     return RegisteredModel(_plain(row["model"]), created=True)
 
@@ -524,17 +602,25 @@ def delete_model(graph: Graph, settings: Settings, mid: str) -> dict[str, Any]:
     """Remove a model, its heads and labels, its probe outputs, and its blob if unshared."""
     record = get_model(graph, mid)
     weights_removed = False
+    remote = store.model_remote(settings)
     with store_lock(settings):  # no registration copies or writes these weights meanwhile
         rows = graph.write("hub/model_delete", id=mid)
         if not rows:  # deleted by someone else since get_model
             raise NotFound(f"model {mid!r} is not registered (ids look like 'name@version')")
         row = rows[0]
-        if row["still_in_use"] == 0:  # counted in the delete's own transaction
+        if row["still_in_use"] == 0 and remote is not None:
+            key = remote.key_of(record["weights_path"])  # None: outside the store, kept
+            weights_removed = key is not None and _remove_remote_blob(
+                graph, remote, key, record["sha256"]
+            )
+        elif row["still_in_use"] == 0:  # counted in the delete's own transaction
             blob = Path(record["weights_path"])
             if blob.is_file() and blob.is_relative_to(settings.model_store):
                 blob.unlink()
                 weights_removed = True
     shutil.rmtree(model_dir(settings, mid), ignore_errors=True)
+    if remote is not None:
+        remote.remove(model_key(mid), recursive=True)  # its probe outputs
     return {
         "model_id": mid,
         "deleted_heads": row["deleted_heads"],
@@ -542,3 +628,29 @@ def delete_model(graph: Graph, settings: Settings, mid: str) -> dict[str, Any]:
         "weights_removed": weights_removed,
         "catalogue_version": row["catalogue_version"],
     }
+
+
+def _remove_remote_blob(graph: Graph, remote: store.Remote, key: str, sha: str) -> bool:
+    """Remove a blob of a store at a URL once the graph counted no model using it; True when
+    removed. No lock spans machines, so a registration of the same weights elsewhere may
+    have found the blob present just before: the blob is first moved aside, the graph asked
+    again, and the blob put back if a model uses the weights now. That registration looks at
+    its blob again after writing its Model (`_create_remote`), so either its Model was
+    written before that second count (the blob is put back here) or after it, and so after
+    the move (it finds the blob gone and puts it again). Either way the blob stays."""
+    aside = f"trash/{key.rsplit('/', 1)[-1]}.{os.getpid()}-{threading.get_ident()}"
+    try:
+        remote.move(key, aside)
+    except FileNotFoundError:
+        return False
+    try:
+        in_use = graph.read("hub/sha256_in_use", sha256=sha)[0]["models"] > 0
+    except BaseException:
+        remote.move(aside, key)  # unsure: keep it
+        raise
+    if in_use:
+        remote.move(aside, key)
+        return False
+    remote.remove(aside)
+    store.clear_local(remote.cache / key)
+    return True

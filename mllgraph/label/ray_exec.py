@@ -8,8 +8,10 @@ measurement) and writes nothing, so a task that fails or whose worker dies leave
 half-written; Ray retries it (`max_retries`, worker deaths included).
 
 A task asks for one GPU when the settings allow CUDA (`MLLGRAPH_DEVICE` auto or cuda) and the
-cluster has GPUs, else one CPU. Workers read the model store and the probe images from the
-paths in the settings and the graph: on a cluster, those folders must be shared.
+cluster has GPUs, else one CPU. Workers read the weights and the probe images where the graph
+records them: on a cluster, either shared folders or stores at a URL (MLLGRAPH_MODEL_STORE /
+MLLGRAPH_PROBE_STORE = s3://..., see `mllgraph.hub.store`), fetched into each worker's cache.
+Only the driver writes (the outcome a task returns).
 
 `ray.init()` with no address starts a local Ray on this machine (`MLLGRAPH_RAY_NUM_CPUS`, else
 every CPU here); `MLLGRAPH_RAY_ADDRESS` or `RAY_ADDRESS` joins an existing cluster, whose

@@ -9,6 +9,11 @@ its index) and, only after the graph write of the labels succeeded, switches the
 `probe_outputs/CURRENT` symlink to it with one atomic rename, so readers see the old pair or
 the new pair and a failed write leaves the old outputs beside the old labels.
 
+A model store at a URL (`store`) holds the same layout; there `CURRENT` is a small object
+holding the version's name, put only after the version's files, and readers memory-map a
+local copy (the store's cache, where a `CURRENT` symlink mirrors the store's, looked up again
+at most every `settings.store_refresh_s`: `refresh_current`).
+
 Three steps, so the computation can run elsewhere: `prepare` reads what a model's labelling
 needs from the graph, `compute` runs the model and measures (no graph, no writes: the same
 function in this process and in a Ray task, see `ray_exec`), `commit` writes the outcome.
@@ -16,13 +21,15 @@ function in this process and in a Ray task, see `ray_exec`), `commit` writes the
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +39,7 @@ import numpy as np
 
 from mllgraph.errors import Aborted, FailedPrecondition, InvalidArgument
 from mllgraph.graph.db import Graph
-from mllgraph.hub import forward, probes, registry
+from mllgraph.hub import forward, probes, registry, store
 from mllgraph.label import measure as labelling
 from mllgraph.settings import Settings
 
@@ -41,6 +48,7 @@ PROBE_INDEX = "probe_outputs.json"
 OUTPUTS_DIR = "probe_outputs"  # <model dir>/probe_outputs/<version>/{npy, json}
 CURRENT = "CURRENT"  # <model dir>/probe_outputs/CURRENT: a symlink to the current version
 ProgressFn = Callable[[int, int], None]  # (images done, images total)
+log = logging.getLogger(__name__)
 
 
 class CancelToken:
@@ -137,9 +145,14 @@ def _outputs_root(settings: Settings, mid: str) -> Path:
     return registry.model_dir(settings, mid) / OUTPUTS_DIR
 
 
+def _outputs_key(mid: str) -> str:
+    return f"{registry.model_key(mid)}/{OUTPUTS_DIR}"
+
+
 def current_version(settings: Settings, mid: str) -> Path | None:
     """The folder of the model's current probe outputs (named by `CURRENT`), or None."""
     root = _outputs_root(settings, mid)
+    refresh_current(settings, (mid,))
     try:
         tag = os.readlink(root / CURRENT)  # one system call: selection asks per model
     except (FileNotFoundError, NotADirectoryError):
@@ -178,21 +191,58 @@ class StagedOutputs:
     """A complete new version of the probe outputs (array and index in their own folder),
     not yet visible to readers: `switch_in` makes it current with one atomic rename of the
     `CURRENT` symlink, so a reader (which resolves the link once, then opens both files in
-    that folder) sees the old pair or the new pair, never a mix."""
+    that folder) sees the old pair or the new pair, never a mix. In a store at a URL the
+    version is uploaded too (`key`), and the store's `CURRENT` is put before the link."""
 
     path: Path  # the array in the new version's folder
     version: Path  # that folder
+    remote: store.Remote | None = None
+    key: str = ""  # the version's key in `remote`
+
+    @property
+    def location(self) -> str:
+        """Where the array is, as the graph records it (a URL in a remote store)."""
+        if self.remote is None:
+            return str(self.path)
+        return self.remote.url_of(f"{self.key}/{PROBE_OUTPUTS}")
 
     def switch_in(self) -> Path:
-        root = self.version.parent
-        part = root / f"{CURRENT}.part-{self.version.name}"
-        part.symlink_to(self.version.name)  # relative: the store may move
-        os.replace(part, root / CURRENT)
-        _prune(root, self.version.name)
+        if self.remote is not None:
+            _switch_remote(self.remote, self.key.rsplit("/", 1)[0], self.version.name)
+        _switch_link(self.version.parent, self.version.name)
         return self.path
 
     def discard(self) -> None:
         shutil.rmtree(self.version, ignore_errors=True)
+        if self.remote is not None:
+            try:
+                self.remote.remove(self.key, recursive=True)
+            except Exception as e:  # noqa: BLE001 - the caller's error is the one to report
+                log.warning("probe_outputs_discard_failed key=%s error=%r", self.key, str(e))
+
+
+def _switch_link(root: Path, tag: str) -> None:
+    """Point `root/CURRENT` at the version `tag` with one atomic rename; prune old ones."""
+    part = root / f"{CURRENT}.part-{tag}-{uuid.uuid4().hex[:8]}"
+    part.symlink_to(tag)  # relative: the store may move
+    os.replace(part, root / CURRENT)
+    _prune(root, tag)
+
+
+def _switch_remote(remote: store.Remote, root: str, tag: str) -> None:
+    """Name `tag` in the store's `CURRENT` (one put, after the version's files), then remove
+    versions older than the current and the one before, as `_prune` does locally. Versions
+    are ordered by their names, which start with the time they were written."""
+    remote.write(f"{root}/{CURRENT}", tag.encode())
+    versions = [n for n in remote.listdir(root) if n not in (CURRENT, tag) and _is_tag(n)]
+    versions.sort(key=lambda n: int(n.split("-", 1)[0]))
+    for old in versions[:-1]:
+        remote.remove(f"{root}/{old}", recursive=True)
+
+
+def _is_tag(name: str) -> bool:
+    head = name.split("-", 1)[0]
+    return head.isdigit() and "/" not in name and "." not in name
 
 
 def _prune(root: Path, current: str) -> None:
@@ -231,15 +281,74 @@ def stage_probe_outputs(
     tag = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     version = _outputs_root(settings, mid) / tag
     version.mkdir(parents=True)
-    staged = StagedOutputs(version / PROBE_OUTPUTS, version)
+    remote = store.model_remote(settings)
+    staged = StagedOutputs(version / PROBE_OUTPUTS, version, remote, f"{_outputs_key(mid)}/{tag}")
     try:
         np.save(version / PROBE_OUTPUTS, data)
         meta = {"temperature": float(temperature), "heads": heads, "sets": index}
         (version / PROBE_INDEX).write_text(json.dumps(meta))
+        if remote is not None:  # written here first: the store's cache is this very folder
+            for name in (PROBE_OUTPUTS, PROBE_INDEX):
+                remote.put(version / name, f"{staged.key}/{name}")
     except BaseException:
         staged.discard()
         raise
     return staged
+
+
+def refresh_current(settings: Settings, mids: Iterable[str]) -> None:
+    """For a model store at a URL: point each model's local `CURRENT` at the version the
+    store's `CURRENT` names, fetching that version into the cache when it is not there. A
+    model is looked up at most every `settings.store_refresh_s` (all due ones in one call);
+    in between, and when the store cannot be reached, readers keep the version they have.
+    Nothing to do for a local store."""
+    remote = store.model_remote(settings)
+    if remote is None:
+        return
+    now = time.monotonic()
+    due = [m for m in mids if remote.due(_outputs_key(m), settings.store_refresh_s, now)]
+    mirrored = 0
+    try:
+        tags = remote.read_many([f"{_outputs_key(m)}/{CURRENT}" for m in due])
+        for m in due:
+            tag = tags[f"{_outputs_key(m)}/{CURRENT}"]
+            _mirror(settings, remote, m, tag.decode().strip() if tag is not None else None)
+            mirrored += 1
+    except Exception as e:  # noqa: BLE001 - unreachable store: serve the cached versions
+        log.warning("probe_outputs_refresh_failed store=%s error=%r", remote.url, str(e))
+        for m in due[mirrored:]:  # look again next time
+            remote.forget(_outputs_key(m))
+
+
+def _mirror(settings: Settings, remote: store.Remote, mid: str, tag: str | None) -> None:
+    """Make the local copy of a model's probe outputs current with the store's `tag`."""
+    root = _outputs_root(settings, mid)
+    if tag is None:  # none in the store (never labelled, or deleted): none here either
+        (root / CURRENT).unlink(missing_ok=True)
+        return
+    if not _is_tag(tag):
+        log.warning("probe_outputs_bad_current model=%s current=%r", mid, tag)
+        return
+    if not (root / tag).is_dir():
+        # Fetched into a folder of its own and renamed when complete, as a writer stages.
+        tmp = settings.model_store / "tmp" / f"{tag}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            for name in (PROBE_OUTPUTS, PROBE_INDEX):
+                data = remote.read(f"{_outputs_key(mid)}/{tag}/{name}")
+                if data is None:  # pruned since CURRENT was read: look again next time
+                    remote.forget(_outputs_key(mid))
+                    return
+                (tmp / name).write_bytes(data)
+            root.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # another thread fetched it first
+                tmp.rename(root / tag)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        if os.readlink(root / CURRENT) == tag:
+            return
+    _switch_link(root, tag)
 
 
 def save_probe_outputs(
@@ -372,7 +481,7 @@ def compute(
     done = 0
     t_fwd = time.monotonic()
     for ps, take in plan:
-        images = probes.load_images(ps, take)
+        images = probes.load_images(ps, take, settings=settings)
         base = done
         outputs[ps.id] = forward.logits(
             model,
@@ -463,7 +572,7 @@ def _write_labels(
             temperature=float(outcome.temperature),
             n_images=int(work.images),
             probe_outputs=json.dumps(
-                {"path": str(staged.path), "sets": {ps.id: n for ps, n in work.plan}}
+                {"path": staged.location, "sets": {ps.id: n for ps, n in work.plan}}
             ),
             seconds=time.time() - work.started,
         )[0]["catalogue_version"]

@@ -126,6 +126,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             )
             plan = ctx.plan
         records = {mid: registry.get_model(graph, mid) for mid in parse_plan(plan).models}
+    for rec in records.values():  # a model store at a URL: bundle the cached copies
+        rec["weights_path"] = str(registry.weights_file(settings, rec))
     images, labels = fashion.load_split("test", settings.fashion_mnist_dir)
     images, labels = images[: args.images], labels[: args.images]
     out = export_bundle(plan, records, args.out, images=images, labels=labels, settings=settings)

@@ -15,7 +15,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -89,9 +88,7 @@ def load_from_blob(settings: Settings, record: dict[str, Any]) -> tuple[nn.Modul
 
     if record["arch"] not in registry.BUILTINS:
         return registry.load_model(settings, record)
-    path = Path(record["weights_path"])
-    if not path.is_file():
-        raise FailedPrecondition(f"the weights of model {record['id']} are missing: {path}")
+    path = registry.weights_file(settings, record)
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:

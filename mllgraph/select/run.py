@@ -155,7 +155,10 @@ class ProbeOutputCache:
     def get(
         self, settings: Settings, mid: str, model_store: str | None = None
     ) -> labeller.ProbeOutputs:
-        """`model_store`: `str(settings.model_store)`, when the caller asks for many models."""
+        """`model_store`: `str(settings.model_store)`, when the caller asks for many models
+        (and has called `labeller.refresh_current` for them: a model store at a URL)."""
+        if model_store is None:
+            labeller.refresh_current(settings, (mid,))
         path = labeller.probe_index_file(model_store or str(settings.model_store), mid)
         try:
             mtime = os.stat(path).st_mtime
@@ -330,6 +333,7 @@ def select(
         versions[r["model"]] = r["version"]
     declared_only: dict[str, int] = {}  # model -> heads, for models without probe outputs
     model_store = str(settings.model_store)
+    labeller.refresh_current(settings, sorted(versions))  # a store at a URL: one call for all
     for mid in sorted(versions):
         try:
             stored = cache.get(settings, mid, model_store)
