@@ -363,6 +363,16 @@ def test_memory_stores_label_select_and_classify_as_a_local_store(
             assert temperature == want_t and data.keys() == want.keys()
             for s in data:
                 np.testing.assert_array_equal(data[s], want[s])
+        # A domain profile written here is read on the other machine from the store.
+        from mllgraph.hub import domains
+
+        kind = next(iter(PATTERN.values()))
+        info = domains.describe(
+            graph, settings, mids[0], list(_pattern_images(kind, 60, seed=7)), "patterns"
+        )
+        profile = domains.load(other, mids[0], registry.get_model(graph, mids[0]))
+        assert profile.images == 60 and profile.threshold == info["domain_threshold"]
+        assert domains.profile_path(other, mids[0], info["domain_sha256"]).is_file()
         assert all(ps.path.startswith(f"{probe_url}/") for ps in seen["sets"])
         assert probes.load_images(seen["sets"][0], 2, settings=other).shape == (2, 28, 28)
         # Labelling again makes a new version current in the store and in the graph.

@@ -5,6 +5,8 @@ The profile file lives beside the model's other files, named by its sha256
 (`domain_sha256`, with `domain_threshold`, `domain_images`, `domain_source`). The file is
 written first and the graph second, so a reader never finds a sha256 without its file; a
 failed graph write removes the new file. Older profile files are removed after the switch.
+In a model store at a URL (`store`) the file is put there too, and readers fetch it into
+their cache by its sha256.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
-from mllgraph.hub import registry
+from mllgraph.hub import registry, store
 from mllgraph.reuse.domain import DomainProfile, thumbnails
 from mllgraph.settings import Settings
 
@@ -30,7 +32,12 @@ _CACHE_LOCK = threading.Lock()
 
 
 def profile_path(settings: Settings, mid: str, sha256: str) -> Path:
-    return registry.model_dir(settings, mid) / f"domain-{sha256}.npz"
+    """The profile's file in the model store's local folder (a remote store's cache)."""
+    return registry.model_dir(settings, mid) / _name(sha256)
+
+
+def _name(sha256: str) -> str:
+    return f"domain-{sha256}.npz"
 
 
 def describe(
@@ -54,7 +61,10 @@ def describe(
     part = path.with_suffix(".part")
     part.write_bytes(data)
     part.replace(path)
+    remote = store.model_remote(settings)
     try:
+        if remote is not None:
+            remote.put(path, f"{registry.model_key(mid)}/{_name(sha)}")
         rows = graph.write(
             "hub/model_set_domain",
             id=mid,
@@ -66,13 +76,13 @@ def describe(
     except BaseException:
         if not existed:
             path.unlink(missing_ok=True)
+            if remote is not None:
+                remote.remove(f"{registry.model_key(mid)}/{_name(sha)}")
         raise
     if not rows:  # deleted meanwhile
         path.unlink(missing_ok=True)
         raise NotFound(f"model {mid!r} is not registered (ids look like 'name@version')")
-    for old in path.parent.glob("domain-*.npz"):
-        if old != path:
-            old.unlink(missing_ok=True)
+    _remove_others(settings, mid, keep=path.name)
     return {
         "model": mid,
         "domain_sha256": sha,
@@ -88,13 +98,38 @@ def clear(graph: Graph, settings: Settings, mid: str) -> dict[str, Any]:
     rows = graph.write("hub/model_clear_domain", id=mid)
     if not rows:
         raise NotFound(f"model {mid!r} is not registered (ids look like 'name@version')")
-    for old in registry.model_dir(settings, mid).glob("domain-*.npz"):
-        old.unlink(missing_ok=True)
+    _remove_others(settings, mid, keep=None)
     return {
         "model": mid,
         "cleared": rows[0]["previous"] is not None,
         "catalogue_version": rows[0]["catalogue_version"],
     }
+
+
+def _remove_others(settings: Settings, mid: str, keep: str | None) -> None:
+    """Profile files of `mid` other than `keep`, here and in a remote store."""
+    for old in registry.model_dir(settings, mid).glob("domain-*.npz"):
+        if old.name != keep:
+            old.unlink(missing_ok=True)
+    remote = store.model_remote(settings)
+    if remote is not None:
+        root = registry.model_key(mid)
+        for name in remote.listdir(root):
+            if name.startswith("domain-") and name != keep:
+                remote.remove(f"{root}/{name}")
+
+
+def profile_file(settings: Settings, mid: str, record: dict[str, Any]) -> Path:
+    """The local file of the profile a record names: a bundle's copy (`domain_path`), the
+    file in a local store, or a remote store's, fetched into its cache."""
+    if record.get("domain_path"):
+        return Path(record["domain_path"])
+    sha = str(record["domain_sha256"])
+    path = profile_path(settings, mid, sha)
+    remote = store.model_remote(settings)
+    if remote is not None and not path.is_file():
+        return remote.fetch(f"{registry.model_key(mid)}/{_name(sha)}", sha256=sha)
+    return path
 
 
 def load(settings: Settings, mid: str, record: dict[str, Any]) -> DomainProfile:
@@ -104,7 +139,7 @@ def load(settings: Settings, mid: str, record: dict[str, Any]) -> DomainProfile:
     with _CACHE_LOCK:
         if sha in _CACHE:
             return _CACHE[sha]
-    path = Path(record.get("domain_path") or profile_path(settings, mid, sha))
+    path = profile_file(settings, mid, record)
     try:
         data = path.read_bytes()
     except FileNotFoundError as e:

@@ -85,7 +85,7 @@ def export_bundle(
                     "whose model store holds it"
                 )
             name = f"domain-{rec['domain_sha256']}.npz"
-            shutil.copyfile(domains.profile_path(settings, mid, rec["domain_sha256"]), out / name)
+            shutil.copyfile(domains.profile_file(settings, mid, rec), out / name)
             portable[mid]["domain_path"] = name
     (out / "plan.json").write_text(json.dumps(plan, indent=1))
     (out / "records.json").write_text(json.dumps(portable, indent=1, sort_keys=True))
