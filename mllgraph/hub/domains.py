@@ -27,7 +27,9 @@ from mllgraph.settings import Settings
 if TYPE_CHECKING:
     from mllgraph.graph.db import Graph
 
-_CACHE: dict[str, DomainProfile] = {}  # sha256 -> profile: files never change under a name
+# sha256 -> profile (files never change under a name); models of one domain share one.
+_CACHE: dict[str, DomainProfile] = {}
+_CACHE_SIZE = 256  # ~300 kB each; the oldest loaded goes first
 _CACHE_LOCK = threading.Lock()
 
 
@@ -152,4 +154,6 @@ def load(settings: Settings, mid: str, record: dict[str, Any]) -> DomainProfile:
     profile = DomainProfile.from_bytes(data)
     with _CACHE_LOCK:
         _CACHE[sha] = profile
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
     return profile
