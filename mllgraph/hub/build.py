@@ -18,6 +18,7 @@ from mllgraph.graph.db import Graph
 from mllgraph.hub import domains, fashion, probes, registry
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.label import run as labeller
+from mllgraph.reuse.domain import DomainProfile, thumbnails
 from mllgraph.settings import Settings
 
 Log = Callable[[str], None]
@@ -84,19 +85,13 @@ def register_trained(
 DOMAIN_IMAGES = 3000
 
 
-def describe_fashion_domain(graph: Graph, settings: Settings, mid: str, split_seed: int) -> None:
-    """A trained Fashion expert's input domain: a sample of the pool it was trained on (the
-    same sample for every expert of a split, so they share one profile)."""
+def fashion_domain(settings: Settings, split_seed: int) -> DomainProfile:
+    """The trained Fashion experts' input domain: a sample of the pool they are trained on
+    (the same for every expert of a split, so it is fitted once and shared)."""
     train_pool, _ = fashion.split_pools(split_seed, root=settings.fashion_mnist_dir)
     pick = np.random.default_rng(split_seed).choice(train_pool, DOMAIN_IMAGES, replace=False)
     images, _ = fashion.load_split("train", settings.fashion_mnist_dir)
-    domains.describe(
-        graph,
-        settings,
-        mid,
-        list(images[np.sort(pick)]),
-        f"Fashion-MNIST training pool (split seed {split_seed}), {DOMAIN_IMAGES} images",
-    )
+    return DomainProfile.fit(thumbnails(list(images[np.sort(pick)])))
 
 
 def build(
@@ -144,12 +139,18 @@ def build(
             num_threads=1,
             split_seed=split_seed,
         )
+        domain: DomainProfile | None = None
         for p in paths:
             r = register_trained(graph, settings, p, ground)
             (report.registered if r.created else report.already).append(r.record["id"])
             models.append(r.record["id"])
             if not r.record.get("domain_sha256"):
-                describe_fashion_domain(graph, settings, r.record["id"], split_seed)
+                if domain is None:
+                    domain = fashion_domain(settings, split_seed)
+                source = (
+                    f"Fashion-MNIST training pool (split seed {split_seed}), {domain.images} images"
+                )
+                domains.record(graph, settings, r.record["id"], domain, source)
     log(f"models: {len(report.registered)} registered, {len(report.already)} already there")
     todo = [mid for mid in models if not registry.get_model(graph, mid).get("labelled_at")]
 

@@ -52,9 +52,15 @@ def describe(
     """Fit `mid`'s domain profile on `images` (a sample of what it was trained on) and
     record it. `source` says what the images were, for people reading the catalogue."""
     registry.get_model(graph, mid)  # NotFound before any work
+    return record(graph, settings, mid, DomainProfile.fit(thumbnails(images)), source)
+
+
+def record(
+    graph: Graph, settings: Settings, mid: str, profile: DomainProfile, source: str
+) -> dict[str, Any]:
+    """Record a fitted profile as `mid`'s domain (several models of one domain share one)."""
     if not source.strip():
         raise InvalidArgument("source is empty: say what the domain images are")
-    profile = DomainProfile.fit(thumbnails(images))
     data = profile.to_bytes()
     sha = hashlib.sha256(data).hexdigest()
     path = profile_path(settings, mid, sha)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -49,6 +48,7 @@ from mllgraph.errors import (
 )
 from mllgraph.hub import store
 from mllgraph.hub.preprocess import InputSpec
+from mllgraph.hub.store import sha256_file
 from mllgraph.settings import Settings
 
 if TYPE_CHECKING:  # annotations only: load_model works without the neo4j driver
@@ -96,14 +96,6 @@ def model_id(name: str, version: str) -> str:
 
 def ensure_schema(graph: Graph) -> None:
     graph.ensure_schema("hub/schema")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def blob_key(sha256: str, suffix: str) -> str:

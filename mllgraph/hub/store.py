@@ -218,7 +218,7 @@ class Remote:
                 self.fs.get_file(self._path(key), str(part))
             except FileNotFoundError:
                 raise FailedPrecondition(f"{self.url_of(key)} is missing from the store") from None
-            if sha256 is not None and _sha256(part) != sha256:
+            if sha256 is not None and sha256_file(part) != sha256:
                 raise FailedPrecondition(
                     f"{self.url_of(key)} does not have sha256 {sha256[:12]}…: the store holds "
                     "other bytes under this name (a write in progress, or damage); try again"
@@ -243,7 +243,8 @@ class Remote:
             self._checked.pop(key, None)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """A file's sha256, read in 1 MiB chunks (registry's weights and the store's fetches)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -443,7 +443,7 @@ def _class_evidence_matrix(
             ev.append(group_evidence(probs[g.model_id], g.heads))
         scores = [g.label_score for g in a.groups]
         masks = [None if in_domain is None else in_domain.get(g.model_id) for g in a.groups]
-        if all(m is None or bool(np.all(m)) for m in masks):
+        if all(m is None for m in masks):
             s[a.class_index] = class_evidence(ev, scores)  # the exact path selection simulates
         else:
             s[a.class_index] = _in_domain_evidence(ev, scores, masks)
@@ -501,7 +501,9 @@ def class_scores(
     for mid, mask in (in_domain or {}).items():
         if np.shape(mask) != (n,):
             raise InvalidArgument(f"in_domain[{mid!r}] must be a ({n},) mask")
-    s = _class_evidence_matrix(logits_by_model, ordered, params.temperatures, n, in_domain)
+    # Only models that refuse some image change anything (checked once, not per class).
+    refusing = {m: v for m, v in (in_domain or {}).items() if not np.all(v)}
+    s = _class_evidence_matrix(logits_by_model, ordered, params.temperatures, n, refusing)
     z = np.full((n, k), UNCOVERED_SCORE)
     for c in range(k):
         if ordered[c].groups:
