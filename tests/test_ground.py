@@ -136,12 +136,23 @@ def test_fashion_mnist_task(resolver: Resolver) -> None:
         ("pants", "n04489008"),
         ("top", "n04453666"),  # the garment, by the override table's preferred sense
         ("mice", MOUSE_ANIMAL),  # nltk's irregular plural
+        # apparel.n.01 holds only workwear; the garments sit under clothing.n.01 (override table)
+        ("apparel", "n03051540"),
+        ("Clothes", "n03051540"),
     ],
 )
 def test_plurals_and_synonyms(resolver: Resolver, name: str, wnid: str) -> None:
     g = resolver.resolve_name(name, allow_approximate=False)
     assert g.wnid == wnid, g
     assert not g.approximate
+
+
+def test_trainers_are_shoes_among_shoes_and_people_among_people(resolver: Resolver) -> None:
+    # WordNet 3.0 lacks the British sports-shoe sense; the override table adds it as a prior.
+    shoes = resolver.resolve_task(["trainers", "sandal", "ankle boot"])
+    assert shoes[0].wnid == SNEAKER and shoes[0].method == "context"
+    people = resolver.resolve_task(["trainer", "athlete", "referee"])
+    assert people[0].concept_name == "trainer.n.01"
 
 
 def test_morphology_method_is_reported(resolver: Resolver) -> None:
