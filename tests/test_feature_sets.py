@@ -48,3 +48,32 @@ def test_the_shortlist_keeps_the_models_covering_most_of_the_task() -> None:
     coverage = {"a": {0: 0.9}, "b": {0: 0.5, 1: 0.5}, "c": {0: 0.9, 1: 0.9}, "d": {2: 1.0}}
     assert shortlist(coverage, keep=2) == ["b", "c"]
     assert shortlist(coverage, keep=10) == ["a", "b", "c", "d"]
+
+
+def test_selection_screens_a_broad_expert_that_has_no_candidate_heads() -> None:
+    """In a big hub the candidates query keeps narrow experts' heads only (they outscore a
+    broad expert's); selection hands the sub-hub's broadest experts to the screen beside
+    them (select/broad_models), and the stacked rule may then read one with no head mapped
+    to any class."""
+    from mllgraph.reuse.rule import HeadGroup
+    from mllgraph.select import chco
+    from mllgraph.select import run as select
+
+    logits, y = _hub(n_per_class=40)
+    logits = {"narrow@1": logits["narrow"], "broad@1": logits["broad"]}
+    candidates = [
+        chco.Candidate(0, HeadGroup("narrow@1", (0,), "exact", 0.9)),
+        chco.Candidate(1, HeadGroup("narrow@1", (1,), "exact", 0.9)),
+        chco.Candidate(2, HeadGroup("narrow@1", (1,), "exact", 0.9)),
+    ]
+    problem = chco.ChcoProblem(3, candidates, logits, y, {m: 1.0 for m in logits}, budget=2)
+    options = select.SelectOptions(budget=2)
+    plan = select._solve(problem, options)
+    assert plan.models == ["narrow@1"]
+
+    alone, _ = select._stacked_choice(problem, plan, options)
+    assert alone.models == ["narrow@1"]  # the broad expert is not among the candidates
+    served, fit = select._stacked_choice(problem, plan, options, ["broad@1"])
+    assert "broad@1" in served.models
+    assert fit is not None and fit[0] is not None and fit[1]["used"]
+    assert fit[1]["cv_accuracy"] > 0.9 and "broad@1" in fit[0].models

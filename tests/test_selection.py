@@ -544,6 +544,21 @@ def test_sub_hub_sees_its_own_heads_before_the_per_kind_limit(hub: Hub) -> None:
         assert [(h["model_id"], h["label_wnid"]) for h in kilt["heads"]] == [(mid, KILT)]
 
 
+def test_broad_models_are_the_sub_hubs_broadest_labelled_experts(hub: Hub) -> None:
+    """select/broad_models (what the stacked rule's screen considers beside the candidates'
+    models): labelled models with at least min_heads heads, broadest first, in the sub-hub."""
+    from mllgraph.select.reads import Reads
+
+    reads = Reads(hub.graph, None, registry.catalogue_version(hub.graph))
+    mids = sorted(hub.models.values())
+    found = reads.broad_models(3, 10, mids)
+    assert sorted(r["model"] for r in found) == mids
+    assert all(r["num_heads"] == 3 and r["version"] for r in found)
+    assert [r["model"] for r in reads.broad_models(3, 2, mids)] == mids[:2]  # ties: the id
+    assert reads.broad_models(3, 10, mids[:1])[0]["model"] == mids[0]
+    assert reads.broad_models(4, 10, mids) == []
+
+
 # --- the cache of graph reads per catalogue version ---------------------------------------------
 
 

@@ -25,6 +25,11 @@ import numpy as np
 from mllgraph.reuse.stacked import features
 
 SCREEN_MODELS = 16  # models screened at most: those covering most of the task (`shortlist`)
+# ... and the sub-hub's broadest labelled experts beside them (`select/broad_models`): the
+# candidates query keeps the best-scored heads per class, so in a big hub narrow experts crowd
+# a broad expert out of the candidates although its heads serve the stacked rule best.
+BROAD_MODELS = 4
+BROAD_MIN_HEADS = 100
 SCREEN_COLUMNS = 32  # per model: its most class-dependent heads (ANOVA F) ...
 SCREEN_P_VALUE = 1e-3  # ... among those that depend on the class at all
 

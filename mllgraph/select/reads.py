@@ -13,7 +13,9 @@ still need a round trip. Keys (all at one catalogue version, see `mllgraph.selec
 * probe sets under a concept (`select/task_probes`): per concept;
 * sense coverage for grounding (`select/sense_coverage`): per concept and options;
 * the labelled-model count (the "no labelled models" precondition): one entry;
-* the ConSE patch's broad expert (`select/patch_model`): one entry per sub-hub.
+* the ConSE patch's broad expert (`select/patch_model`): one entry per sub-hub;
+* the broadest labelled experts for the stacked rule's screen (`select/broad_models`): one
+  entry per sub-hub.
 
 With no cache (or a disabled one) every reader sends the same one query for the whole task
 that selection always sent.
@@ -84,6 +86,18 @@ class Reads:
         found = self._get(key)
         if found is MISSING:
             found = self.graph.read("select/patch_model", min_heads=min_heads, models=models)
+            self._put(key, found)
+        return list(found)
+
+    def broad_models(self, min_heads: int, limit: int, models: list[str] | None) -> list[dict]:
+        """`select/broad_models`: the broadest labelled experts, for the stacked rule's screen.
+        The same for every task of a sub-hub, so kept per version."""
+        key = ("broad_models", min_heads, limit, tuple(models) if models is not None else None)
+        found = self._get(key)
+        if found is MISSING:
+            found = self.graph.read(
+                "select/broad_models", min_heads=min_heads, limit=limit, models=models
+            )
             self._put(key, found)
         return list(found)
 

@@ -41,6 +41,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -331,6 +332,9 @@ def select(
     versions: dict[str, str] = {}
     for r in rows:
         versions[r["model"]] = r["version"]
+    broad = _broad_models(reads, classes, options)
+    for r in broad:
+        versions.setdefault(r["model"], r["version"])
     declared_only: dict[str, int] = {}  # model -> heads, for models without probe outputs
     model_store = str(settings.model_store)
     labeller.refresh_current(settings, sorted(versions))  # a store at a URL: one call for all
@@ -355,7 +359,7 @@ def select(
             row_stats[mid] = stats[file_rows]
             if cache.all_finite(outputs[mid]):
                 finite.add(mid)
-    heads_of = {r["model"]: int(r["num_heads"]) for r in rows}
+    heads_of = {r["model"]: int(r["num_heads"]) for r in [*broad, *rows]}
     for mid in sorted(outputs):  # no usable probe set at all: (0, H) logits
         logits.setdefault(mid, np.zeros((labels.size, heads_of[mid]), dtype=np.float32))
     for mid, h in declared_only.items():
@@ -402,7 +406,8 @@ def select(
     t = time.perf_counter()
     fit = None
     if problem is not None and options.fit_params and not set(plan.models) & set(declared_only):
-        plan, fit = _stacked_choice(problem, plan, options)
+        extra = [r["model"] for r in broad if r["model"] in outputs]
+        plan, fit = _stacked_choice(problem, plan, options, extra)
     timings.stacked_ms = (time.perf_counter() - t) * 1000
     timings.total_ms = (time.perf_counter() - t_start) * 1000
 
@@ -440,14 +445,30 @@ def select(
 StackedFit = tuple[stacked.StackedRule | None, dict[str, Any]]
 
 
+def _broad_models(
+    reads: Reads, classes: Sequence[TaskClass], options: SelectOptions
+) -> list[dict[str, Any]]:
+    """The sub-hub's broadest labelled experts, which the stacked rule's screen considers
+    beside the candidates' models (`select/broad_models`); none where no stacked rule is
+    fitted."""
+    if not options.fit_params or len(classes) > stacked.MAX_CLASSES:
+        return []
+    models = sorted(options.models) if options.models is not None else None
+    return reads.broad_models(feature_sets.BROAD_MIN_HEADS, feature_sets.BROAD_MODELS, models)
+
+
 def _stacked_choice(
-    problem: chco.ChcoProblem, plan: chco.Plan, options: SelectOptions
+    problem: chco.ChcoProblem,
+    plan: chco.Plan,
+    options: SelectOptions,
+    broad: Sequence[str] = (),
 ) -> tuple[chco.Plan, StackedFit | None]:
     """CHCO's plan with the stacked rule over its models, or, when the screen
-    (`feature_sets.greedy_models`) picks other models for the stacked rule, CHCO's plan
-    restricted to those with the stacked rule over them: whichever serves the probe images
-    better (the stacked rule's out-of-fold accuracy where it is kept, else the per-class
-    rule's estimate; the screened plan only with its stacked rule kept). Ties keep CHCO's."""
+    (`feature_sets.greedy_models`, over the candidates' best-covering models, CHCO's and the
+    `broad` experts) picks other models for the stacked rule, CHCO's plan restricted to
+    those with the stacked rule over them: whichever serves the probe images better (the
+    stacked rule's out-of-fold accuracy where it is kept, else the per-class rule's
+    estimate; the screened plan only with its stacked rule kept). Ties keep CHCO's."""
     first = _stacked(problem, plan)
     if first is None:  # no stacked rule possible for this task (a class without images, ...)
         return plan, None
@@ -455,7 +476,7 @@ def _stacked_choice(
     for c in problem.candidates:
         best = coverage.setdefault(c.group.model_id, {})
         best[c.class_index] = max(best.get(c.class_index, 0.0), c.group.label_score)
-    screened = sorted({*feature_sets.shortlist(coverage), *plan.models})
+    screened = sorted({*feature_sets.shortlist(coverage), *plan.models, *broad})
     picked, _ = feature_sets.greedy_models(
         problem.logits_by_model, problem.temperatures, screened, problem.labels,
         problem.num_classes, problem.budget,
@@ -463,8 +484,10 @@ def _stacked_choice(
     if not picked or set(picked) == set(plan.models):
         return plan, first
     sub = replace(problem, candidates=[c for c in problem.candidates if c.group.model_id in picked])
-    # The stacked rule reads every picked model, even one CHCO maps no class to.
-    other = replace(_solve(sub, options), models=picked)
+    # The stacked rule reads every picked model, even one CHCO maps no class to (a broad
+    # expert may have no candidate heads at all).
+    solved = _solve(sub, options) if sub.candidates else _uncovered_plan(problem.num_classes)
+    other = replace(solved, models=picked)
     second = _stacked(sub, other)
 
     # CHCO's plan as it would be served: its stacked rule where kept, else the per-class rule.
