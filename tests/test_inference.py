@@ -684,7 +684,9 @@ def test_bundle_serves_without_neo4j(hub: dict[str, Any]) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 
 
-def test_images_outside_a_models_domain_are_set_aside(hub: dict[str, Any]) -> None:
+def test_images_outside_a_models_domain_are_set_aside(
+    hub: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     from mllgraph import cli
     from mllgraph.errors import NotFound
     from mllgraph.eval.photos import load_photo
@@ -697,6 +699,16 @@ def test_images_outside_a_models_domain_are_set_aside(hub: dict[str, Any]) -> No
         domains.describe(graph, settings, mid, list(hub["x"][:10]), "too few")
     with pytest.raises(NotFound):
         domains.describe(graph, settings, "no-such-model@1", list(hub["x"]), "none")
+    # The command line names the option that is wrong.
+    (hub["tmp"] / "notes.txt").write_text("not images")
+    for argv, message in [
+        (["models", "domain", mid], "give --images or --clear"),
+        (["models", "domain", mid, "--images", str(hub["tmp"] / "notes.txt")], "not a folder"),
+        (["models", "domain", mid, "--images", str(hub["tmp"] / "absent")], "not a folder"),
+    ]:
+        capsys.readouterr()
+        assert cli.main(argv, settings=settings) == 1
+        assert message in " ".join(capsys.readouterr().err.split()), argv
     assert registry.catalogue_version(graph) == before  # a refused description wrote nothing
     assert not registry.get_model(graph, mid).get("domain_sha256")
     assert not list(registry.model_dir(settings, mid).glob("domain-*"))
