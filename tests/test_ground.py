@@ -129,6 +129,8 @@ def test_fashion_mnist_task(resolver: Resolver) -> None:
         ("tee shirt", T_SHIRT),
         ("boots", BOOT),
         ("ankle boots", BOOT),
+        ("ankle-boots", BOOT),  # the override table's key, hyphenated
+        ("Ankle-Boot", BOOT),
         ("footwear", "n03380867"),  # footwear.n.02, the parent of boot and shoe
         ("garment", "n03419014"),
         ("bag", "n02773037"),

@@ -482,10 +482,13 @@ class Resolver:
         return [" ".join(words[:-1] + [f]) for f in dict.fromkeys(forms) if f and f != head]
 
     def _override(self, norm: str) -> str | None:
-        for candidate in [norm, *self._singular_name(norm)]:
-            wnid = self.overrides.names.get(candidate)
-            if wnid is not None:
-                return wnid
+        # Table keys are spelled with spaces; users also write 'ankle-boot' or 'hand-bag'.
+        spaced = " ".join(norm.replace("-", " ").split())
+        for form in dict.fromkeys([norm, spaced]):
+            for candidate in [form, *self._singular_name(form)]:
+                wnid = self.overrides.names.get(candidate)
+                if wnid is not None:
+                    return wnid
         return None
 
     def _plan(self, name: str) -> _Plan:
