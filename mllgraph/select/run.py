@@ -17,7 +17,10 @@
    so it is assumed not to take the measured classes' images.
 4. When every class has probe images, the stacked rule (`mllgraph.reuse.stacked`: a logistic
    regression on all heads of the chosen models), kept if it beats the per-class rule out of
-   fold. Otherwise, for classes left uncovered, the ConSE patch (`mllgraph.reuse.conse`):
+   fold; it is also fitted on the models a cheap screen picks (`feature_sets`: among the
+   best-covering candidates' models and the sub-hub's broadest labelled experts, which
+   `select/broad_models` finds even when no head of theirs is a candidate), and the better
+   of the two is served. Otherwise, for classes left uncovered, the ConSE patch (`mllgraph.reuse.conse`):
    the hub's broadest expert and text similarities of its heads to the class names,
    calibrated on the covered classes' probe images; inference applies it when no VLM is
    configured.
