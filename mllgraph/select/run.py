@@ -20,10 +20,10 @@
    fold; it is also fitted on the models a cheap screen picks (`feature_sets`: among the
    best-covering candidates' models and the sub-hub's broadest labelled experts, which
    `select/broad_models` finds even when no head of theirs is a candidate), and the better
-   of the two is served. Otherwise, for classes left uncovered, the ConSE patch (`mllgraph.reuse.conse`):
-   the hub's broadest expert and text similarities of its heads to the class names,
-   calibrated on the covered classes' probe images; inference applies it when no VLM is
-   configured.
+   of the two is served. Otherwise, for classes left uncovered, the ConSE patch
+   (`mllgraph.reuse.conse`): the hub's broadest expert and text similarities of its heads to
+   the class names, calibrated on the covered classes' probe images; inference applies it
+   when no VLM is configured.
 5. Store the plan in Neo4j under an id derived from the request and the catalogue version,
    so the same inputs always give the same plan.
 
