@@ -77,3 +77,40 @@ def test_selection_screens_a_broad_expert_that_has_no_candidate_heads() -> None:
     assert "broad@1" in served.models
     assert fit is not None and fit[0] is not None and fit[1]["used"]
     assert fit[1]["cv_accuracy"] > 0.9 and "broad@1" in fit[0].models
+
+
+def test_a_screened_broad_expert_is_mapped_to_the_classes_through_its_own_heads() -> None:
+    """The plan served for the screen's models maps each class to those models' own best
+    heads (selection asks the candidates query for them alone), so a class the broad expert
+    has a head for is covered, not left to the stacked rule as 'uncovered'."""
+    from mllgraph.reuse.rule import HeadGroup
+    from mllgraph.select import chco
+    from mllgraph.select import run as select
+
+    logits, y = _hub(n_per_class=40)
+    logits = {"narrow@1": logits["narrow"], "broad@1": logits["broad"]}
+    candidates = [
+        chco.Candidate(0, HeadGroup("narrow@1", (0,), "exact", 0.9)),
+        chco.Candidate(1, HeadGroup("narrow@1", (1,), "exact", 0.9)),
+        chco.Candidate(2, HeadGroup("narrow@1", (1,), "exact", 0.9)),
+    ]
+    problem = chco.ChcoProblem(3, candidates, logits, y, {m: 1.0 for m in logits}, budget=1)
+    options = select.SelectOptions(budget=1)
+    plan = select._solve(problem, options)
+    asked: list[list[str]] = []
+
+    def own(models: list[str]) -> list[chco.Candidate]:
+        asked.append(sorted(models))
+        if "broad@1" not in models:
+            return []
+        return [chco.Candidate(c, HeadGroup("broad@1", (10 + c,), "exact", 0.3)) for c in range(3)]
+
+    without, _ = select._stacked_choice(problem, plan, options, ["broad@1"])
+    assert without.models == ["broad@1"] and without.uncovered == [0, 1, 2]
+    served, fit = select._stacked_choice(problem, plan, options, ["broad@1"], own)
+    assert asked and all("broad@1" in a for a in asked)
+    assert served.models == ["broad@1"] and served.uncovered == []
+    assert [g.model_id for a in served.assignment for g in a.groups] == ["broad@1"] * 3
+    # Its own heads serve it best through the per-class rule here, which beats CHCO's plan.
+    assert fit is not None and fit[0] is None and not fit[1]["used"]
+    assert served.estimated_accuracy > fit[1]["chco_served_estimate"]

@@ -46,8 +46,9 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # the ConSE patch for uncovered classes; 6: the stacked rule; 7: weights/biases fitted, and
 # plans estimated, with the uncovered classes at the offline floor inference gives them;
 # 8: the stacked rule may read models screened for it, select/feature_sets; 9: the screen
-# also considers the broadest labelled experts, select/broad_models).
-SELECTION_VERSION = 9
+# also considers the broadest labelled experts, select/broad_models; 10: the screened plan maps
+# classes to its models' own best heads, and is served by its per-class rule if that is better).
+SELECTION_VERSION = 10
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2

@@ -44,7 +44,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -369,23 +369,15 @@ def select(
         logits[mid] = np.zeros((labels.size, h), dtype=np.float32)
     timings.load_ms = (time.perf_counter() - t) * 1000
 
-    candidates: list[chco.Candidate] = []
-    info: dict[tuple[int, str, tuple[int, ...]], dict[str, Any]] = {}
-    for r in rows:
-        if r["model"] not in logits:
-            continue
-        if r["model"] in declared_only and not r["kind"].startswith("declared"):
-            continue
-        heads = tuple(sorted(int(h) for h in r["heads"]))
-        key = (r["class_index"], r["model"], heads)
-        if key in info:
-            continue  # the same heads found through two kinds: keep the first (best) one
-        kind = COVERAGE_OF_QUERY_KIND[r["kind"]]
-        group = HeadGroup(r["model"], heads, kind, float(min(1.0, r["score"])))
-        candidates.append(chco.Candidate(r["class_index"], group))
-        info[key] = {"labels": r["labels"], "via": r["via"], "kind": r["kind"]}
-        if "text_similarity" in r:
-            info[key]["text_similarity"] = r["text_similarity"]
+    info: CandidateInfo = {}
+    candidates = _candidates_of_rows(rows, logits, declared_only, info)
+
+    def own_candidates(picked: Sequence[str]) -> list[chco.Candidate]:
+        # The candidates query filters by model before its per-kind limit, so asked for the
+        # screen's models alone it returns their own best heads per class, which the whole
+        # hub's query may have left out (a broad expert among narrow ones).
+        own = reads.candidates(wnids, replace(options, models=tuple(sorted(picked))))
+        return _candidates_of_rows(own, logits, declared_only, info)
 
     t = time.perf_counter()
     problem = None
@@ -410,7 +402,7 @@ def select(
     fit = None
     if problem is not None and options.fit_params and not set(plan.models) & set(declared_only):
         extra = [r["model"] for r in broad if r["model"] in outputs]
-        plan, fit = _stacked_choice(problem, plan, options, extra)
+        plan, fit = _stacked_choice(problem, plan, options, extra, own_candidates)
     timings.stacked_ms = (time.perf_counter() - t) * 1000
     timings.total_ms = (time.perf_counter() - t_start) * 1000
 
@@ -448,6 +440,36 @@ def select(
 StackedFit = tuple[stacked.StackedRule | None, dict[str, Any]]
 
 
+CandidateInfo = dict[tuple[int, str, tuple[int, ...]], dict[str, Any]]
+
+
+def _candidates_of_rows(
+    rows: list[dict[str, Any]],
+    logits: dict[str, np.ndarray],
+    declared_only: dict[str, int],
+    info: CandidateInfo,
+) -> list[chco.Candidate]:
+    """CHCO candidates from candidate-query rows (models with logits only); what the plan
+    document says of each goes into `info`, and rows for heads already in it are skipped."""
+    candidates: list[chco.Candidate] = []
+    for r in rows:
+        if r["model"] not in logits:
+            continue
+        if r["model"] in declared_only and not r["kind"].startswith("declared"):
+            continue
+        heads = tuple(sorted(int(h) for h in r["heads"]))
+        key = (r["class_index"], r["model"], heads)
+        if key in info:
+            continue  # the same heads found through two kinds: keep the first (best) one
+        kind = COVERAGE_OF_QUERY_KIND[r["kind"]]
+        group = HeadGroup(r["model"], heads, kind, float(min(1.0, r["score"])))
+        candidates.append(chco.Candidate(r["class_index"], group))
+        info[key] = {"labels": r["labels"], "via": r["via"], "kind": r["kind"]}
+        if "text_similarity" in r:
+            info[key]["text_similarity"] = r["text_similarity"]
+    return candidates
+
+
 def _broad_models(
     reads: Reads, classes: Sequence[TaskClass], options: SelectOptions
 ) -> list[dict[str, Any]]:
@@ -465,13 +487,16 @@ def _stacked_choice(
     plan: chco.Plan,
     options: SelectOptions,
     broad: Sequence[str] = (),
+    own_candidates: Callable[[Sequence[str]], list[chco.Candidate]] | None = None,
 ) -> tuple[chco.Plan, StackedFit | None]:
     """CHCO's plan with the stacked rule over its models, or, when the screen
     (`feature_sets.greedy_models`, over the candidates' best-covering models, CHCO's and the
     `broad` experts) picks other models for the stacked rule, CHCO's plan restricted to
     those with the stacked rule over them: whichever serves the probe images better (the
     stacked rule's out-of-fold accuracy where it is kept, else the per-class rule's
-    estimate; the screened plan only with its stacked rule kept). Ties keep CHCO's."""
+    estimate, for either plan). Ties keep CHCO's.
+    `own_candidates(models)`: those models' own candidate heads, for CHCO's plan restricted
+    to them (the problem's candidates may hold none of a broad expert's)."""
     first = _stacked(problem, plan)
     if first is None:  # no stacked rule possible for this task (a class without images, ...)
         return plan, None
@@ -486,7 +511,10 @@ def _stacked_choice(
     )  # fmt: skip
     if not picked or set(picked) == set(plan.models):
         return plan, first
-    sub = replace(problem, candidates=[c for c in problem.candidates if c.group.model_id in picked])
+    kept = [c for c in problem.candidates if c.group.model_id in picked]
+    if own_candidates is not None:
+        kept += own_candidates(picked)  # (ChcoProblem drops duplicates)
+    sub = replace(problem, candidates=kept)
     # The stacked rule reads every picked model, even one CHCO maps no class to (a broad
     # expert may have no candidate heads at all).
     solved = _solve(sub, options) if sub.candidates else _uncovered_plan(problem.num_classes)
@@ -495,7 +523,11 @@ def _stacked_choice(
 
     # CHCO's plan as it would be served: its stacked rule where kept, else the per-class rule.
     current = first[1]["cv_accuracy"] if first[0] is not None else plan.estimated_accuracy
-    if second is None or second[0] is None or not second[1]["cv_accuracy"] > current:
+    if second is not None and second[0] is None:
+        # Its per-class rule served it as well: that plan reads only the models it maps.
+        other = solved
+    served = second[1]["cv_accuracy"] if second and second[0] else other.estimated_accuracy
+    if second is None or not served > current:
         first[1]["screened_models"] = picked
         return plan, first
     second[1]["screened_models"] = picked
