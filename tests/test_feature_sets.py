@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from mllgraph.select.feature_sets import class_mean_distances, greedy_models, shortlist
@@ -50,11 +52,9 @@ def test_the_shortlist_keeps_the_models_covering_most_of_the_task() -> None:
     assert shortlist(coverage, keep=10) == ["a", "b", "c", "d"]
 
 
-def test_selection_screens_a_broad_expert_that_has_no_candidate_heads() -> None:
-    """In a big hub the candidates query keeps narrow experts' heads only (they outscore a
-    broad expert's); selection hands the sub-hub's broadest experts to the screen beside
-    them (select/broad_models), and the stacked rule may then read one with no head mapped
-    to any class."""
+def _narrow_candidates_broad_unmapped(budget: int) -> tuple[Any, Any, Any]:
+    """`_hub`'s narrow model as the only candidates (head 1 for both classes 1 and 2), its
+    broad model loaded but mapped to nothing; CHCO's plan for them."""
     from mllgraph.reuse.rule import HeadGroup
     from mllgraph.select import chco
     from mllgraph.select import run as select
@@ -62,13 +62,22 @@ def test_selection_screens_a_broad_expert_that_has_no_candidate_heads() -> None:
     logits, y = _hub(n_per_class=40)
     logits = {"narrow@1": logits["narrow"], "broad@1": logits["broad"]}
     candidates = [
-        chco.Candidate(0, HeadGroup("narrow@1", (0,), "exact", 0.9)),
-        chco.Candidate(1, HeadGroup("narrow@1", (1,), "exact", 0.9)),
-        chco.Candidate(2, HeadGroup("narrow@1", (1,), "exact", 0.9)),
+        chco.Candidate(c, HeadGroup("narrow@1", (head,), "exact", 0.9))
+        for c, head in ((0, 0), (1, 1), (2, 1))
     ]
-    problem = chco.ChcoProblem(3, candidates, logits, y, {m: 1.0 for m in logits}, budget=2)
-    options = select.SelectOptions(budget=2)
-    plan = select._solve(problem, options)
+    problem = chco.ChcoProblem(3, candidates, logits, y, {m: 1.0 for m in logits}, budget=budget)
+    options = select.SelectOptions(budget=budget)
+    return problem, options, select._solve(problem, options)
+
+
+def test_selection_screens_a_broad_expert_that_has_no_candidate_heads() -> None:
+    """In a big hub the candidates query keeps narrow experts' heads only (they outscore a
+    broad expert's); selection hands the sub-hub's broadest experts to the screen beside
+    them (select/broad_models), and the stacked rule may then read one with no head mapped
+    to any class."""
+    from mllgraph.select import run as select
+
+    problem, options, plan = _narrow_candidates_broad_unmapped(budget=2)
     assert plan.models == ["narrow@1"]
 
     alone, _ = select._stacked_choice(problem, plan, options)
@@ -87,16 +96,7 @@ def test_a_screened_broad_expert_is_mapped_to_the_classes_through_its_own_heads(
     from mllgraph.select import chco
     from mllgraph.select import run as select
 
-    logits, y = _hub(n_per_class=40)
-    logits = {"narrow@1": logits["narrow"], "broad@1": logits["broad"]}
-    candidates = [
-        chco.Candidate(0, HeadGroup("narrow@1", (0,), "exact", 0.9)),
-        chco.Candidate(1, HeadGroup("narrow@1", (1,), "exact", 0.9)),
-        chco.Candidate(2, HeadGroup("narrow@1", (1,), "exact", 0.9)),
-    ]
-    problem = chco.ChcoProblem(3, candidates, logits, y, {m: 1.0 for m in logits}, budget=1)
-    options = select.SelectOptions(budget=1)
-    plan = select._solve(problem, options)
+    problem, options, plan = _narrow_candidates_broad_unmapped(budget=1)
     asked: list[list[str]] = []
 
     def own(models: list[str]) -> list[chco.Candidate]:

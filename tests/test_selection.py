@@ -551,12 +551,14 @@ def test_broad_models_are_the_sub_hubs_broadest_labelled_experts(hub: Hub) -> No
 
     reads = Reads(hub.graph, None, registry.catalogue_version(hub.graph))
     mids = sorted(hub.models.values())
-    found = reads.broad_models(3, 10, mids)
+    sub_hub = select.SelectOptions(models=tuple(mids))
+    found = reads.broad_models(3, 10, sub_hub)
     assert sorted(r["model"] for r in found) == mids
     assert all(r["num_heads"] == 3 and r["version"] for r in found)
-    assert [r["model"] for r in reads.broad_models(3, 2, mids)] == mids[:2]  # ties: the id
-    assert reads.broad_models(3, 10, mids[:1])[0]["model"] == mids[0]
-    assert reads.broad_models(4, 10, mids) == []
+    assert [r["model"] for r in reads.broad_models(3, 2, sub_hub)] == mids[:2]  # ties: the id
+    one = select.SelectOptions(models=(mids[0],))
+    assert reads.broad_models(3, 10, one)[0]["model"] == mids[0]
+    assert reads.broad_models(4, 10, sub_hub) == []
 
 
 # --- the cache of graph reads per catalogue version ---------------------------------------------

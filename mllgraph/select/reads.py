@@ -89,9 +89,12 @@ class Reads:
             self._put(key, found)
         return list(found)
 
-    def broad_models(self, min_heads: int, limit: int, models: list[str] | None) -> list[dict]:
-        """`select/broad_models`: the broadest labelled experts, for the stacked rule's screen.
-        The same for every task of a sub-hub, so kept per version."""
+    def broad_models(
+        self, min_heads: int, limit: int, options: SelectOptions
+    ) -> list[dict[str, Any]]:
+        """`select/broad_models`: the broadest labelled experts of the options' sub-hub, for
+        the stacked rule's screen. The same for every task of a sub-hub, so kept per version."""
+        models = _models(options)
         key = ("broad_models", min_heads, limit, tuple(models) if models is not None else None)
         found = self._get(key)
         if found is MISSING:

@@ -478,8 +478,7 @@ def _broad_models(
     fitted."""
     if not options.fit_params or len(classes) > stacked.MAX_CLASSES:
         return []
-    models = sorted(options.models) if options.models is not None else None
-    return reads.broad_models(feature_sets.BROAD_MIN_HEADS, feature_sets.BROAD_MODELS, models)
+    return reads.broad_models(feature_sets.BROAD_MIN_HEADS, feature_sets.BROAD_MODELS, options)
 
 
 def _stacked_choice(
@@ -515,18 +514,18 @@ def _stacked_choice(
     if own_candidates is not None:
         kept += own_candidates(picked)  # (ChcoProblem drops duplicates)
     sub = replace(problem, candidates=kept)
+    solved = _solve(sub, options) if sub.candidates else _uncovered_plan(problem.num_classes)
     # The stacked rule reads every picked model, even one CHCO maps no class to (a broad
     # expert may have no candidate heads at all).
-    solved = _solve(sub, options) if sub.candidates else _uncovered_plan(problem.num_classes)
-    other = replace(solved, models=picked)
-    second = _stacked(sub, other)
+    second = _stacked(sub, replace(solved, models=picked))
 
-    # CHCO's plan as it would be served: its stacked rule where kept, else the per-class rule.
+    # Each plan as it would be served: its stacked rule where kept, else its per-class rule
+    # (which reads only the models it maps).
     current = first[1]["cv_accuracy"] if first[0] is not None else plan.estimated_accuracy
-    if second is not None and second[0] is None:
-        # Its per-class rule served it as well: that plan reads only the models it maps.
-        other = solved
-    served = second[1]["cv_accuracy"] if second and second[0] else other.estimated_accuracy
+    if second is not None and second[0] is not None:
+        other, served = replace(solved, models=picked), second[1]["cv_accuracy"]
+    else:
+        other, served = solved, solved.estimated_accuracy
     if second is None or not served > current:
         first[1]["screened_models"] = picked
         return plan, first
