@@ -587,7 +587,9 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
             how = f"scored by the ConSE patch of {plan['patch']['model_id']}"
         else:
             how = "scored by the constant fallback (or a VLM, where one is configured)"
-        console.print(f"uncovered: {', '.join(plan['uncovered'])} ({how})")
+        why = {c["name"]: c.get("uncovered_why") for c in plan["classes"]}
+        names = ", ".join(f"{n} ({why[n]})" if why.get(n) else n for n in plan["uncovered"])
+        console.print(f"uncovered: {names}; {how}")
     if stacked:
         console.print(
             f"stacked rule over {stacked['features']} heads: out-of-fold accuracy "
@@ -1093,6 +1095,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="infer: request batch sizes (default 1,32,256); select: hub sizes in models "
         "(default 10,100,1000; 10000 takes long)",
+    )
+    p.add_argument(
+        "--cpu-chunks",
+        type=_ints,
+        default=None,
+        help="infer: also run with these CPU chunk sizes (images per forward pass, 0 = whole "
+        "batch), side by side, e.g. 0,4,8,16",
     )
     p.add_argument("--requests", type=int, default=30, help="select/ingest: requests per series")
     p.add_argument("--models", type=int, default=1000, help="ingest: synthetic models")

@@ -1,11 +1,11 @@
 """The model cache: experts on the device, least recently used evicted beyond a byte budget.
 
 Experts are loaded with ``registry.load_model`` (or, for a bundle, from its weight blobs) and
-kept on the device. On CUDA models run in **fp16** (``float16``: 11 mantissa bits keep
-predictions closer to the fp32 reference than bf16's 8) with ``channels_last`` under
-``torch.inference_mode``; a model whose fp16 logits come out non-finite (overflow) is switched
-to fp32 for good and the batch rerun. On the CPU the same code runs in fp32 (contiguous
-memory format, as in labelling).
+kept on the device, in ``channels_last`` (``mllgraph.hub.forward.run``, as in labelling). On
+CUDA models run in **fp16** (``float16``: 11 mantissa bits keep predictions closer to the fp32
+reference than bf16's 8) under ``torch.inference_mode``; a model whose fp16 logits come out
+non-finite (overflow) is switched to fp32 for good and the batch rerun. On the CPU the same
+code runs in fp32, each batch in chunks of ``Settings.infer_cpu_chunk`` images.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from mllgraph.errors import (
     InvalidArgument,
     NotFound,
 )
+from mllgraph.hub import forward
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.settings import Settings
 
@@ -57,7 +58,6 @@ class LoadedModel:
     module: nn.Module
     spec: InputSpec
     dtype: torch.dtype
-    channels_last: bool
     nbytes: int
     device: torch.device
 
@@ -127,7 +127,8 @@ class ModelCache:
         if precision not in DTYPES:
             raise InvalidArgument(f"precision {precision!r}: one of auto, {', '.join(DTYPES)}")
         self.dtype = DTYPES[precision]
-        self.channels_last = self.device.type == "cuda"
+        # Images per forward pass within a batch (hub/forward.run): small on the CPU.
+        self.chunk = settings.infer_cpu_chunk if self.device.type == "cpu" else 0
         self.loader = loader or _default_loader
         self._items: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
@@ -168,14 +169,12 @@ class ModelCache:
     def _load(self, record: dict[str, Any]) -> LoadedModel:
         module, spec = self.loader(self.settings, record)
         module = module.eval().to(device=self.device, dtype=self.dtype)
-        if self.channels_last:
-            module = module.to(memory_format=torch.channels_last)
+        module = forward.to_channels_last(module)
         return LoadedModel(
             model_id=str(record["id"]),
             module=module,
             spec=spec,
             dtype=self.dtype,
-            channels_last=self.channels_last,
             nbytes=module_bytes(module),
             device=self.device,
         )

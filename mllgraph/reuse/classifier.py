@@ -28,7 +28,7 @@ import torch
 from mllgraph.errors import (
     FailedPrecondition,
 )
-from mllgraph.hub import domains
+from mllgraph.hub import domains, forward
 from mllgraph.hub.preprocess import InputSpec, preprocess
 from mllgraph.reuse import apply
 from mllgraph.reuse.cache import (
@@ -223,11 +223,7 @@ class PlanClassifier:
 
     def _forward(self, item: LoadedModel, x: torch.Tensor) -> np.ndarray:
         def run() -> torch.Tensor:
-            xi = x.to(item.dtype)
-            if item.channels_last:
-                xi = xi.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                return item.module(xi).float()
+            return forward.run(item.module, x.to(item.dtype), self.cache.chunk).float()
 
         out = run()
         if item.dtype != torch.float32 and not bool(torch.isfinite(out).all()):

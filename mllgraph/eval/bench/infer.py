@@ -59,7 +59,9 @@ def _bench_plan(models: list[dict[str, Any]], classes: dict[str, int]) -> dict[s
 def bench_infer(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     """Images/s and p50/p95 request latency through gRPC for a 3-model plan and for each of
     its models alone, at several request batch sizes, side by side in one run; and the ratio
-    plan_images_per_s / (1 / sum over models of seconds per image alone) (goal >= 0.8)."""
+    plan_images_per_s / (1 / sum over models of seconds per image alone) (goal >= 0.8).
+    With --cpu-chunks, the same series again for each CPU chunk size (Settings.infer_cpu_chunk),
+    one server each, in the same run."""
     import asyncio
 
     import grpc
@@ -100,7 +102,7 @@ def bench_infer(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     ]
     settings = replace(settings, infer_max_images=max(settings.infer_max_images, max(sizes)))
 
-    async def run() -> dict[str, Any]:
+    async def run(settings: Settings) -> dict[str, Any]:
         server = await svc.start_server(settings, port=0)
         out: dict[str, Any] = {}
         try:
@@ -142,8 +144,12 @@ def bench_infer(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             await server.stop(1.0)
         return out
 
+    chunks = [settings.infer_cpu_chunk, *(getattr(args, "cpu_chunks", None) or ())]
+    chunks = list(dict.fromkeys(chunks))  # the configured one first, no repeats
+    by_chunk: dict[str, Any] = {}
     try:
-        by_batch = asyncio.run(run())
+        for chunk in chunks:
+            by_chunk[str(chunk)] = asyncio.run(run(replace(settings, infer_cpu_chunk=chunk)))
     finally:
         if created:
             with db.connect(settings) as graph:
@@ -155,8 +161,10 @@ def bench_infer(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         "models": [m["id"] for m in models],
         "classes": len(classes),
         "server_max_batch": settings.infer_max_batch,
+        "cpu_chunk": settings.infer_cpu_chunk,
         "requests_per_size": {str(b): repeats.get(b, 1) for b in sizes},
-        "by_batch_size": by_batch,
+        "by_batch_size": by_chunk[str(settings.infer_cpu_chunk)],
+        **({"by_cpu_chunk": by_chunk} if len(by_chunk) > 1 else {}),
         "ratio_definition": "plan images/s * sum over models of (1 / images/s alone)",
         "goals": {"ratio": 0.8},
     }
