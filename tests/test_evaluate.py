@@ -4,6 +4,7 @@ treatment of MLL and the baselines (same calibration, same fallback for uncovere
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -249,3 +250,27 @@ def test_halves_side_by_side():
     assert table[2] == "| mll | 0.700 | 77.8% | 0.450 | 50.0% | 0.500 | 68.5% |"
     md = ev.markdown_table(RESULTS)
     assert "| d1 | dev | 2 | 10 |" in md and "| x | - | 2 | 10 |" in md
+
+
+def test_uncovered_classes_say_why_and_are_counted_per_half():
+    none_left = _result("a", "dev", 0.9)
+    budget = replace(
+        _result("b", "dev", 0.8),
+        uncovered=["b"],
+        patch="stacked",
+        uncovered_why={"b": "not chosen"},
+    )
+    no_head = replace(
+        _result("c", "test", 0.7), uncovered=["a", "b"], patch="conse:m@1",
+        uncovered_why={"a": "no head", "b": "not chosen"},
+    )  # fmt: skip
+    assert none_left.uncovered_text() == "-"
+    assert budget.uncovered_text() == "b (not chosen); scored by stacked"
+    assert no_head.uncovered_text() == "a (no head), b (not chosen); scored by conse:m@1"
+    # A result read back from an older report has no reasons: the names alone.
+    assert replace(budget, uncovered_why={}).uncovered_text() == "b; scored by stacked"
+    halves = ev.summarise_halves([none_left, budget, no_head])
+    assert halves["dev"]["tasks_with_uncovered"] == {"no head": 0, "not chosen": 1}
+    assert halves["test"]["tasks_with_uncovered"] == {"no head": 1, "not chosen": 1}
+    assert halves["all"]["tasks_with_uncovered"] == {"no head": 1, "not chosen": 2}
+    assert "b (not chosen); scored by stacked |" in ev.markdown_table([budget])

@@ -87,3 +87,32 @@ def test_malformed_combinations_are_domain_errors(combination: object, error: ty
     doc = {"plan_id": "p", "classes": [{"name": "a"}], "combination": combination}
     with pytest.raises(error):
         plan_doc.parse_plan(doc)
+
+
+def test_an_uncovered_class_says_whether_the_hub_has_heads_for_it() -> None:
+    """ "no head": no candidate head in the hub; "not chosen": candidates, left out."""
+    import numpy as np
+
+    from mllgraph.reuse.rule import ClassAssignment, HeadGroup, default_params
+    from mllgraph.select import chco
+    from mllgraph.select.ground import Grounding
+    from mllgraph.select.run import SelectOptions, TaskClass, Timings
+
+    names = ["boot", "kilt", "democracy"]
+    assignment = [
+        ClassAssignment(0, (HeadGroup("m@1", (0,), "exact", 0.9),)),
+        ClassAssignment(1, ()),
+        ClassAssignment(2, ()),
+    ]
+    plan = chco.Plan(
+        assignment, default_params(assignment), 0.5, [0.9, 0.0, 0.0], [1, 2], ["m@1"], "exact", 1
+    )
+    groundings = [Grounding(n, f"n0{i}", n, 1.0, False, False, False) for i, n in enumerate(names)]
+    doc = plan_doc.plan_document(
+        "plan-x", [TaskClass(n) for n in names], groundings, plan, {}, {"m@1": "1"},
+        SelectOptions(), 1, np.zeros(0, np.int64), Timings(),
+        candidate_classes=frozenset({0, 1}),  # another model has heads for "kilt"
+    )  # fmt: skip
+    why = [c.get("uncovered_why") for c in doc["classes"]]
+    assert why == [None, "not chosen", "no head"]
+    assert doc["uncovered"] == ["kilt", "democracy"]

@@ -340,6 +340,7 @@ def test_explain_lists_chosen_alternatives_and_reasons(hub: Hub, stub: Any) -> N
     assert ex.plan_id == plan.plan_id and len(ex.classes) == 5 and ex.notes
     assert any("no candidate" in r for r in ex.classes[4].reasons)
     assert any("not estimated" in r for r in ex.classes[4].reasons)
+    assert json.loads(plan.combination_json)["classes"][4]["uncovered_why"] == "no head"
     alternatives = [a for c in ex.classes for a in c.alternatives]
     assert alternatives, "each covered concept has a head in two models: one is an alternative"
     for c, pc in zip(ex.classes, plan.classes, strict=True):
@@ -367,6 +368,9 @@ def test_budget_one_uses_one_model(hub: Hub, stub: Any) -> None:
         r for c in ex.classes for r in c.reasons
     ]
     assert any("budget of 1" in r for r in reasons)
+    # The hub has heads for every class: any left out was "not chosen", none has "no head".
+    for c in json.loads(plan.combination_json)["classes"]:
+        assert c.get("uncovered_why") == ("not chosen" if c["coverage"] == "uncovered" else None)
 
 
 def test_pinned_classes_and_options(hub: Hub, stub: Any) -> None:

@@ -38,6 +38,7 @@ def test_report_says_what_mll_and_the_oracle_use(tmp_path: Path):
     assert tmp_path / "t.md" in paths and tmp_path / "t.json" in paths
     assert ev.MLL_USES in md and ev.ORACLE_USES in md
     assert "no image or label of the task" in md
+    assert "Tasks with an uncovered class (no head: dev 0, test 0; not chosen: dev 0" in md
     assert "## Oracle recipe" in md and "test_resnet" in md
     assert "no training" not in md
     assert "## Run" in md and "commit `" in md

@@ -79,7 +79,7 @@ def run(settings: Settings, console: Console, args: argparse.Namespace) -> int:
     for m in methods:
         table.add_column(m.upper() if m == "mll" else m, justify="right")
     table.add_column("models", justify="right")
-    table.add_column("uncovered (scored by)")
+    table.add_column("uncovered (why; scored by)")
     for r in report.main:
         vals = [r["mll"]] + [r["baselines"].get(m) for m in methods[1:]]
         table.add_row(
@@ -87,7 +87,7 @@ def run(settings: Settings, console: Console, args: argparse.Namespace) -> int:
             r.get("split") or "-",
             *[_fmt(v) for v in vals],
             str(len(r["models"])),
-            f"{', '.join(r['uncovered'])} ({r.get('patch', '?')})" if r["uncovered"] else "-",
+            evaluate.TaskResult(**r).uncovered_text(),
         )
     mean = report.summary["mean_accuracy"]
     table.add_row("[bold]mean", "", *[f"[bold]{_fmt(mean.get(m))}" for m in methods], "", "")

@@ -47,8 +47,9 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # plans estimated, with the uncovered classes at the offline floor inference gives them;
 # 8: the stacked rule may read models screened for it, select/feature_sets; 9: the screen
 # also considers the broadest labelled experts, select/broad_models; 10: the screened plan maps
-# classes to its models' own best heads, and is served by its per-class rule if that is better).
-SELECTION_VERSION = 10
+# classes to its models' own best heads, and is served by its per-class rule if that is better;
+# 11: an uncovered class says why, UNCOVERED_WHY).
+SELECTION_VERSION = 11
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2
@@ -58,6 +59,10 @@ MAX_NAME_CHARS = 256
 _REFUSED_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 # The coverage a plan reports per class: a head-group kind of the rule, or uncovered.
 COVERAGES = (*HEAD_GROUP_KINDS, "uncovered")
+# Why a class is uncovered (its "uncovered_why" in the plan document): the hub (or the
+# request's sub-hub) has no candidate head for it at all, or it has some and the plan left
+# them out (another model over the budget, or they lowered the estimate on probe images).
+UNCOVERED_WHY = ("no head", "not chosen")
 # The candidates query's kinds, as coverage (a group of heads covers through descendants).
 COVERAGE_OF_QUERY_KIND = {
     "exact": "exact",
@@ -135,7 +140,10 @@ def plan_document(
     catalogue_version: int,
     labels: np.ndarray,
     timings: Timings,
+    candidate_classes: frozenset[int] = frozenset(),
 ) -> dict[str, Any]:
+    """The stored plan. `candidate_classes`: the classes some candidate head of the hub
+    covers (an uncovered one among them was "not chosen", the others have "no head")."""
     counts = np.bincount(labels, minlength=len(classes)) if labels.size else [0] * len(classes)
     planned = []
     for i, (cls, g) in enumerate(zip(classes, groundings, strict=True)):
@@ -175,6 +183,8 @@ def plan_document(
                 "measured": bool(counts[i] > 0),
             }
         )
+        if coverage == "uncovered":
+            planned[-1]["uncovered_why"] = UNCOVERED_WHY[i in candidate_classes]
         if text_close is not None:
             planned[-1]["related_by_text"] = text_close
         if coverage == "declared":

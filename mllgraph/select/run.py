@@ -407,8 +407,9 @@ def select(
     timings.total_ms = (time.perf_counter() - t_start) * 1000
 
     body = plan_document(
-        pid, classes, groundings, plan, info, versions, options, version, labels, timings
-    )
+        pid, classes, groundings, plan, info, versions, options, version, labels, timings,
+        frozenset(c.class_index for c in candidates),
+    )  # fmt: skip
     body["solver_note"] = solver_note
     body["alternatives"] = _alternatives(plan, candidates, logits, labels, info, problem)
     stacked_rule = None
