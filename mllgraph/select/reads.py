@@ -79,9 +79,11 @@ class Reads:
             self._put(key, found)
         return found
 
-    def patch_model(self, min_heads: int, models: list[str] | None) -> list[dict[str, Any]]:
-        """`select/patch_model`: the broad expert that patches uncovered classes (at most one
-        row). Asked by every plan that leaves a class uncovered, so kept per version."""
+    def patch_model(self, min_heads: int, options: SelectOptions) -> list[dict[str, Any]]:
+        """`select/patch_model`: the broad expert of the options' sub-hub that patches
+        uncovered classes (at most one row). Asked by every plan that leaves a class
+        uncovered, so kept per version."""
+        models = _models(options)
         key = ("patch_model", min_heads, tuple(models) if models is not None else None)
         found = self._get(key)
         if found is MISSING:

@@ -657,9 +657,7 @@ def _conse_patch(
     the hub has no broad expert or grounding has no text encoder (then inference falls back
     to the constant rule)."""
     encode = getattr(resolver, "encode_texts", None)
-    found = reads.patch_model(
-        PATCH_MIN_HEADS, sorted(options.models) if options.models is not None else None
-    )
+    found = reads.patch_model(PATCH_MIN_HEADS, options)
     if not found or encode is None:
         return None
     mid, version = found[0]["model"], str(found[0]["version"])
