@@ -36,7 +36,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="5,10,20,50")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recipe", default="e1-m2000-p0", help="the experts' version")
-    ap.add_argument("--split", default="dev")
+    ap.add_argument("--split", default="dev", help="dev, test or all (to report only)")
     ap.add_argument("--budget", type=int, default=5)
     ap.add_argument("--test-per-class", type=int, default=50)
     ap.add_argument("--no-imagenet", action="store_true")
@@ -44,7 +44,7 @@ def main() -> int:
     args = ap.parse_args()
 
     settings = Settings.from_env()
-    suite = load_suite().half(args.split)
+    suite = load_suite() if args.split == "all" else load_suite().half(args.split)
     rows = []
     with db.connect(settings) as graph:
         images = ev.eval_images(settings, args.test_per_class)
@@ -75,6 +75,11 @@ def main() -> int:
                         "estimated": plan.get("estimated_accuracy"),
                         "models": plan["models"],
                         "concepts": [c["concept"]["name"] for c in plan["classes"]],
+                        "uncovered": {
+                            c["name"]: c.get("uncovered_why", "")
+                            for c in plan["classes"]
+                            if c["coverage"] == "uncovered"
+                        },
                         "select_ms": round(ms),
                     }
                 )

@@ -169,3 +169,58 @@ def test_the_stacked_rule_may_read_a_model_no_class_is_mapped_to() -> None:
     # (The plan's copy of the rule went through JSON-sized rounding.)
     p = apply.probabilities(plan, logits, len(y))
     np.testing.assert_allclose(p, rule.probabilities(logits), rtol=1e-5)
+
+
+def test_out_of_fold_recall_per_class_and_the_heads_read() -> None:
+    logits, y = _shirts()
+    rule = stacked.fit(logits, y, 3, ["m@1"], {"m@1": 1.0})
+    assert rule is not None and len(rule.cv_recall) == 3
+    # Classes are balanced: the mean recall is the out-of-fold accuracy.
+    assert np.mean(rule.cv_recall) == pytest.approx(rule.cv_accuracy)
+    assert rule.read_heads() == {("m@1", h) for h in rule.columns}
+    again = stacked.StackedRule.from_dict(rule.to_dict(), 3)
+    assert again.cv_recall == pytest.approx(rule.cv_recall)
+    older = {k: v for k, v in rule.to_dict().items() if k != "cv_recall"}
+    assert stacked.StackedRule.from_dict(older, 3).cv_recall == ()  # plans made before it
+    with pytest.raises(InvalidArgument, match="cv_recall"):
+        stacked.StackedRule.from_dict({**rule.to_dict(), "cv_recall": [1.0]}, 3)
+
+
+def test_a_plan_served_by_its_stacked_rule_covers_classes_through_the_heads_it_reads() -> None:
+    """CHCO left "T-shirt" (class 1) uncovered; the stacked rule reads heads 0 and 1 of m@1.
+    A candidate on a head the rule reads covers it (the rule scores it through that head);
+    one on a head the rule does not read leaves it uncovered."""
+    from dataclasses import replace
+
+    from mllgraph.reuse.rule import ClassAssignment, HeadGroup, default_params
+    from mllgraph.select import chco
+    from mllgraph.select import run as select
+
+    logits, y = _shirts()
+    shirt, coat = HeadGroup("m@1", (0,), "exact", 0.9), HeadGroup("m@1", (1,), "exact", 0.8)
+    assignment = [ClassAssignment(0, (shirt,)), ClassAssignment(1), ClassAssignment(2, (coat,))]
+    plan = chco.Plan(
+        assignment, default_params(assignment), 0.6, [1.0, 0.0, 1.0], [1], ["m@1"], "exact", 1
+    )
+    fitted = stacked.fit(logits, y, 3, ["m@1"], {"m@1": 1.0})
+    assert fitted is not None
+    rule = replace(fitted, columns=(0, 1))  # reads heads 0 and 1, not head 2
+    note = {"used": True, "cv_accuracy": rule.cv_accuracy}
+
+    def problem(*candidates: chco.Candidate) -> chco.ChcoProblem:
+        base = [chco.Candidate(0, shirt), chco.Candidate(2, coat)]
+        return chco.ChcoProblem(3, [*base, *candidates], logits, y, {"m@1": 1.0}, budget=1)
+
+    related = chco.Candidate(1, HeadGroup("m@1", (0, 2), "related", 0.4))
+    served, _ = select._as_stacked_serves(plan, (rule, note), problem(related), None)
+    assert served.uncovered == [] and served.assignment[1].groups == (related.group,)
+    assert served.params.biases[1] == pytest.approx(np.log(0.4))
+    assert served.per_class_accuracy == list(rule.cv_recall)
+    assert served.assignment[0] == assignment[0] and served.assignment[2] == assignment[2]
+
+    unread = chco.Candidate(1, HeadGroup("m@1", (2,), "related", 0.4))
+    served, _ = select._as_stacked_serves(plan, (rule, note), problem(unread), None)
+    assert served.uncovered == [1] and not served.assignment[1].groups
+    # A plan its stacked rule does not serve is returned as it is.
+    same, _ = select._as_stacked_serves(plan, (None, note), problem(related), None)
+    assert same is plan

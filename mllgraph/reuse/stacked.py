@@ -66,6 +66,13 @@ class StackedRule:
     intercept: np.ndarray  # (K,)
     c: float
     cv_accuracy: float  # out-of-fold accuracy on the probe images
+    # Out-of-fold recall per class (empty for a rule read from an older plan).
+    cv_recall: tuple[float, ...] = ()
+
+    def read_heads(self) -> set[tuple[str, int]]:
+        """(model, head) of every head the rule reads (its columns)."""
+        owners = [(m, h) for m, n in zip(self.models, self.heads, strict=True) for h in range(n)]
+        return {owners[i] for i in self.columns}
 
     def probabilities(self, logits: Mapping[str, np.ndarray]) -> np.ndarray:
         for m, h in zip(self.models, self.heads, strict=True):
@@ -92,6 +99,7 @@ class StackedRule:
             "intercept": [round(float(v), 6) for v in self.intercept],
             "c": self.c,
             "cv_accuracy": self.cv_accuracy,
+            "cv_recall": [round(float(r), 6) for r in self.cv_recall],
         }
 
     @classmethod
@@ -131,6 +139,7 @@ class StackedRule:
             intercept = np.asarray(d["intercept"], dtype=np.float64).reshape(num_classes)
             temperatures = {str(m): float(t) for m, t in temps.items()}
             c, cv = float(d.get("c", 1.0)), float(d.get("cv_accuracy", math.nan))
+            recall = tuple(float(r) for r in d.get("cv_recall") or ())
         except (TypeError, ValueError, KeyError) as e:
             raise bad(
                 f"coef must be {num_classes} rows of {len(columns)} numbers and intercept "
@@ -140,9 +149,12 @@ class StackedRule:
             raise bad("coef and intercept must be finite")
         if any(not (math.isfinite(t) and t > 0) for t in temperatures.values()):
             raise bad("temperatures must be > 0")
+        if recall and len(recall) != num_classes:
+            raise bad(f"cv_recall must list {num_classes} recalls, one per class")
         return cls(
-            tuple(models), tuple(heads), temperatures, tuple(columns), coef, intercept, c, cv
-        )
+            tuple(models), tuple(heads), temperatures, tuple(columns), coef, intercept, c, cv,
+            recall,
+        )  # fmt: skip
 
 
 def _model(c: float) -> Any:
@@ -208,13 +220,13 @@ def fit(
         x = features(logits, models, temps)
         # Outer folds estimate; inner folds (inside each outer training part) choose C.
         # Feature selection is part of the fit, so it too happens inside each outer fold.
-        right = 0
+        predicted = np.empty_like(labels)
         for tr, te in _folds(labels, FOLDS, seed):
             cols = _top_columns(x[tr], labels[tr])
             xt = x[tr][:, cols]
             c = _choose_c(xt, labels[tr], seed)
-            predicted = _model(c).fit(xt, labels[tr]).predict(x[te][:, cols])
-            right += int((predicted == labels[te]).sum())
+            predicted[te] = _model(c).fit(xt, labels[tr]).predict(x[te][:, cols])
+        right = predicted == labels
         columns = _top_columns(x, labels)
         x = x[:, columns]
         c = _choose_c(x, labels, seed)
@@ -232,7 +244,8 @@ def fit(
             coef=coef,
             intercept=intercept,
             c=c,
-            cv_accuracy=right / labels.size,
+            cv_accuracy=float(right.mean()),
+            cv_recall=tuple(float(right[labels == k].mean()) for k in range(num_classes)),
         )
 
 

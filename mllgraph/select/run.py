@@ -20,7 +20,10 @@
    fold; it is also fitted on the models a cheap screen picks (`feature_sets`: among the
    best-covering candidates' models and the sub-hub's broadest labelled experts, which
    `select/broad_models` finds even when no head of theirs is a candidate), and the better
-   of the two is served. Otherwise, for classes left uncovered, the ConSE patch
+   of the two is served. A plan its stacked rule serves reports what that rule does: each
+   class's estimate is the rule's out-of-fold recall, and a class CHCO left uncovered is
+   covered by the best candidate head the rule reads. Otherwise, for classes left uncovered,
+   the ConSE patch
    (`mllgraph.reuse.conse`): the hub's broadest expert and text similarities of its heads to
    the class names, calibrated on the covered classes' probe images; inference applies it
    when no VLM is configured.
@@ -40,6 +43,7 @@ combination rule (`mllgraph.reuse.rule`), versioned by `schema_version`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -56,6 +60,7 @@ from mllgraph.hub import registry
 from mllgraph.label import run as labeller
 from mllgraph.reuse import conse, stacked
 from mllgraph.reuse.rule import (
+    QUALITY_FLOOR,
     ClassAssignment,
     HeadGroup,
     class_scores,
@@ -510,7 +515,7 @@ def _stacked_choice(
         problem.num_classes, problem.budget,
     )  # fmt: skip
     if not picked or set(picked) == set(plan.models):
-        return plan, first
+        return _as_stacked_serves(plan, first, problem, own_candidates)
     kept = [c for c in problem.candidates if c.group.model_id in picked]
     if own_candidates is not None:
         kept += own_candidates(picked)  # (ChcoProblem drops duplicates)
@@ -529,11 +534,53 @@ def _stacked_choice(
         other, served = solved, solved.estimated_accuracy
     if second is None or not served > current:
         first[1]["screened_models"] = picked
-        return plan, first
+        return _as_stacked_serves(plan, first, problem, own_candidates)
     second[1]["screened_models"] = picked
     second[1]["chco_models"] = list(plan.models)
     second[1]["chco_served_estimate"] = current
-    return other, second
+    return _as_stacked_serves(other, second, problem, own_candidates)
+
+
+def _as_stacked_serves(
+    plan: chco.Plan,
+    fit: StackedFit,
+    problem: chco.ChcoProblem,
+    own_candidates: Callable[[Sequence[str]], list[chco.Candidate]] | None,
+) -> tuple[chco.Plan, StackedFit]:
+    """The plan as its stacked rule serves it (unchanged when the rule is not kept): per
+    class, the rule's out-of-fold recall as the estimate; and a class CHCO left uncovered
+    covered by its best candidate head group (the class's concept, below or above it, in the
+    plan's models) of which the rule reads a head, since the rule scores the class through
+    it. A class with no such group stays uncovered (the rule scores it from other heads)."""
+    rule = fit[0]
+    if rule is None:
+        return plan, fit
+    plan = replace(plan, per_class_accuracy=list(rule.cv_recall or plan.per_class_accuracy))
+    if not plan.uncovered:
+        return plan, fit
+    read = rule.read_heads()
+    pool = [*problem.candidates, *(own_candidates(rule.models) if own_candidates else ())]
+    pool.sort(key=lambda c: (-c.group.label_score, c.sort_key()))
+    found: dict[int, HeadGroup] = {}
+    for c in pool:
+        if c.class_index not in plan.uncovered or c.class_index in found:
+            continue
+        if any((c.group.model_id, h) in read for h in c.group.heads):
+            found[c.class_index] = c.group
+    if not found:
+        return plan, fit
+    assignment = [
+        ClassAssignment(a.class_index, (found[a.class_index],)) if a.class_index in found else a
+        for a in plan.assignment
+    ]
+    biases = plan.params.biases.copy()
+    temperatures = dict(plan.params.temperatures)
+    for ci, g in found.items():  # the parameter-free rule's bias (reuse.rule.default_params)
+        biases[ci] = math.log(max(g.label_score, QUALITY_FLOOR))
+        temperatures.setdefault(g.model_id, problem.temperatures.get(g.model_id, 1.0))
+    params = replace(plan.params, temperatures=temperatures, biases=biases)
+    uncovered = [c for c in plan.uncovered if c not in found]
+    return replace(plan, assignment=assignment, params=params, uncovered=uncovered), fit
 
 
 def _stacked(problem: chco.ChcoProblem, plan: chco.Plan) -> StackedFit | None:
