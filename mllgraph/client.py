@@ -129,6 +129,8 @@ class PlannedClass:
     coverage: str  # exact, descendants, ancestor, related, uncovered
     heads: list[HeadUse]
     estimated_accuracy: float
+    # When uncovered: "no head" (none in the hub) or "not chosen" (the plan left them out).
+    uncovered_why: str = ""
 
 
 @dataclass(frozen=True)
@@ -287,6 +289,10 @@ _COVERAGE = {
     v.number: v.name.removeprefix("COVERAGE_").lower()
     for v in selection_pb2.Coverage.DESCRIPTOR.values
 }
+_UNCOVERED_WHY = {
+    selection_pb2.UNCOVERED_REASON_NO_HEAD: "no head",
+    selection_pb2.UNCOVERED_REASON_NOT_CHOSEN: "not chosen",
+}
 _SOLVER = {
     v.number: v.name.removeprefix("SOLVER_").lower() for v in selection_pb2.Solver.DESCRIPTOR.values
 }
@@ -329,6 +335,7 @@ def plan_from_proto(p: selection_pb2.Plan, select_ms: float = 0.0) -> Plan:
                 coverage=_COVERAGE.get(c.coverage, "unspecified"),
                 heads=[_head(h) for h in c.heads],
                 estimated_accuracy=c.estimated_accuracy,
+                uncovered_why=_UNCOVERED_WHY.get(c.uncovered_reason, ""),
             )
         )
     return Plan(

@@ -64,6 +64,11 @@ COVERAGE_TO_PROTO = {
     "uncovered": selection_pb2.COVERAGE_UNCOVERED,
 }
 COVERAGE_FROM_PROTO = {COVERAGE_TO_PROTO[name]: name for name in COVERAGES}
+# A plan's uncovered_why (select/plan.UNCOVERED_WHY) -> the proto's UncoveredReason.
+UNCOVERED_WHY_TO_PROTO = {
+    "no head": selection_pb2.UNCOVERED_REASON_NO_HEAD,
+    "not chosen": selection_pb2.UNCOVERED_REASON_NOT_CHOSEN,
+}
 
 log = logging.getLogger("mllgraph.services")
 

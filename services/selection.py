@@ -80,6 +80,7 @@ from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, selection_pb2, selection_pb2_grpc
 from services.common import (
     COVERAGE_TO_PROTO,
+    UNCOVERED_WHY_TO_PROTO,
     HealthServicer,
     build_server,
     full_service_name,
@@ -285,6 +286,9 @@ def plan_to_proto(plan: dict[str, Any], concepts: Concepts) -> selection_pb2.Pla
                 coverage=COVERAGE_TO_PROTO.get(c["coverage"], selection_pb2.COVERAGE_UNCOVERED),
                 heads=[head_ref(h) for h in c["heads"]],
                 estimated_accuracy=_acc(c.get("estimated_accuracy")),
+                uncovered_reason=UNCOVERED_WHY_TO_PROTO.get(
+                    c.get("uncovered_why", ""), selection_pb2.UNCOVERED_REASON_UNSPECIFIED
+                ),
             )
         )
     return selection_pb2.Plan(

@@ -58,6 +58,8 @@ def test_select_classify_explain(client: mc.Client, hub: dict[str, Any], task_im
     plan = _select(client, hub)
     assert plan.class_names == CLASSES
     assert plan.uncovered == ["dog"]
+    # The hub's Fashion experts have no head on dog or above it that selection may use.
+    assert [c.uncovered_why for c in plan.classes] == ["", "", "", "", "no head"]
     assert set(plan.model_ids) <= set(hub["models"]) and len(plan.model_ids) <= 2
     sandal = plan.classes[0]
     assert sandal.concept.wnid == "n04133789" and sandal.coverage != "uncovered"

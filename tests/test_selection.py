@@ -341,6 +341,10 @@ def test_explain_lists_chosen_alternatives_and_reasons(hub: Hub, stub: Any) -> N
     assert any("no candidate" in r for r in ex.classes[4].reasons)
     assert any("not estimated" in r for r in ex.classes[4].reasons)
     assert json.loads(plan.combination_json)["classes"][4]["uncovered_why"] == "no head"
+    assert uncovered.uncovered_reason == selection_pb2.UNCOVERED_REASON_NO_HEAD
+    assert {c.uncovered_reason for c in plan.classes[:4]} == {
+        selection_pb2.UNCOVERED_REASON_UNSPECIFIED
+    }
     alternatives = [a for c in ex.classes for a in c.alternatives]
     assert alternatives, "each covered concept has a head in two models: one is an alternative"
     for c, pc in zip(ex.classes, plan.classes, strict=True):
@@ -369,8 +373,14 @@ def test_budget_one_uses_one_model(hub: Hub, stub: Any) -> None:
     ]
     assert any("budget of 1" in r for r in reasons)
     # The hub has heads for every class: any left out was "not chosen", none has "no head".
-    for c in json.loads(plan.combination_json)["classes"]:
-        assert c.get("uncovered_why") == ("not chosen" if c["coverage"] == "uncovered" else None)
+    for c, pc in zip(json.loads(plan.combination_json)["classes"], plan.classes, strict=True):
+        left = c["coverage"] == "uncovered"
+        assert c.get("uncovered_why") == ("not chosen" if left else None)
+        assert pc.uncovered_reason == (
+            selection_pb2.UNCOVERED_REASON_NOT_CHOSEN
+            if left
+            else selection_pb2.UNCOVERED_REASON_UNSPECIFIED
+        )
 
 
 def test_pinned_classes_and_options(hub: Hub, stub: Any) -> None:

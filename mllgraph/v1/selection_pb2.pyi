@@ -27,6 +27,12 @@ class Coverage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COVERAGE_UNCOVERED: _ClassVar[Coverage]
     COVERAGE_RELATED: _ClassVar[Coverage]
     COVERAGE_DECLARED: _ClassVar[Coverage]
+
+class UncoveredReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UNCOVERED_REASON_UNSPECIFIED: _ClassVar[UncoveredReason]
+    UNCOVERED_REASON_NO_HEAD: _ClassVar[UncoveredReason]
+    UNCOVERED_REASON_NOT_CHOSEN: _ClassVar[UncoveredReason]
 SOLVER_UNSPECIFIED: Solver
 SOLVER_AUTO: Solver
 SOLVER_EXACT: Solver
@@ -38,6 +44,9 @@ COVERAGE_ANCESTOR: Coverage
 COVERAGE_UNCOVERED: Coverage
 COVERAGE_RELATED: Coverage
 COVERAGE_DECLARED: Coverage
+UNCOVERED_REASON_UNSPECIFIED: UncoveredReason
+UNCOVERED_REASON_NO_HEAD: UncoveredReason
+UNCOVERED_REASON_NOT_CHOSEN: UncoveredReason
 
 class TaskClass(_message.Message):
     __slots__ = ("name", "pinned_wnid")
@@ -100,20 +109,22 @@ class Grounding(_message.Message):
     def __init__(self, ambiguous: _Optional[bool] = ..., approximate: _Optional[bool] = ..., alternatives: _Optional[_Iterable[_Union[GroundingAlternative, _Mapping]]] = ..., pinned: _Optional[bool] = ..., score: _Optional[float] = ...) -> None: ...
 
 class PlannedClass(_message.Message):
-    __slots__ = ("name", "concept", "grounding", "coverage", "heads", "estimated_accuracy")
+    __slots__ = ("name", "concept", "grounding", "coverage", "heads", "estimated_accuracy", "uncovered_reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONCEPT_FIELD_NUMBER: _ClassVar[int]
     GROUNDING_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    UNCOVERED_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     concept: _common_pb2.ConceptRef
     grounding: Grounding
     coverage: Coverage
     heads: _containers.RepeatedCompositeFieldContainer[_common_pb2.HeadRef]
     estimated_accuracy: float
-    def __init__(self, name: _Optional[str] = ..., concept: _Optional[_Union[_common_pb2.ConceptRef, _Mapping]] = ..., grounding: _Optional[_Union[Grounding, _Mapping]] = ..., coverage: _Optional[_Union[Coverage, str]] = ..., heads: _Optional[_Iterable[_Union[_common_pb2.HeadRef, _Mapping]]] = ..., estimated_accuracy: _Optional[float] = ...) -> None: ...
+    uncovered_reason: UncoveredReason
+    def __init__(self, name: _Optional[str] = ..., concept: _Optional[_Union[_common_pb2.ConceptRef, _Mapping]] = ..., grounding: _Optional[_Union[Grounding, _Mapping]] = ..., coverage: _Optional[_Union[Coverage, str]] = ..., heads: _Optional[_Iterable[_Union[_common_pb2.HeadRef, _Mapping]]] = ..., estimated_accuracy: _Optional[float] = ..., uncovered_reason: _Optional[_Union[UncoveredReason, str]] = ...) -> None: ...
 
 class Plan(_message.Message):
     __slots__ = ("plan_id", "classes", "estimated_accuracy", "model_ids", "solver", "params_fitted", "catalogue_version", "created_at", "combination_json", "budget", "options", "measured_fraction")
