@@ -587,9 +587,10 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
             how = f"scored by the ConSE patch of {plan['patch']['model_id']}"
         else:
             how = "scored by the constant fallback (or a VLM, where one is configured)"
-        why = {c["name"]: c.get("uncovered_why") for c in plan["classes"]}
-        names = ", ".join(f"{n} ({why[n]})" if why.get(n) else n for n in plan["uncovered"])
-        console.print(f"uncovered: {names}; {how}")
+        from mllgraph.select.plan import uncovered_names
+
+        why = {c["name"]: c.get("uncovered_why", "") for c in plan["classes"]}
+        console.print(f"uncovered: {uncovered_names(plan['uncovered'], why)}; {how}")
     if stacked:
         console.print(
             f"stacked rule over {stacked['features']} heads: out-of-fold accuracy "

@@ -289,9 +289,10 @@ _COVERAGE = {
     v.number: v.name.removeprefix("COVERAGE_").lower()
     for v in selection_pb2.Coverage.DESCRIPTOR.values
 }
-_UNCOVERED_WHY = {
-    selection_pb2.UNCOVERED_REASON_NO_HEAD: "no head",
-    selection_pb2.UNCOVERED_REASON_NOT_CHOSEN: "not chosen",
+_UNCOVERED_WHY = {  # NO_HEAD -> "no head", as the plan document says it (UNSPECIFIED: absent)
+    v.number: v.name.removeprefix("UNCOVERED_REASON_").lower().replace("_", " ")
+    for v in selection_pb2.UncoveredReason.DESCRIPTOR.values
+    if v.number
 }
 _SOLVER = {
     v.number: v.name.removeprefix("SOLVER_").lower() for v in selection_pb2.Solver.DESCRIPTOR.values

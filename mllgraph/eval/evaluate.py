@@ -62,7 +62,7 @@ from mllgraph.reuse.rule import (
 from mllgraph.select import chco
 from mllgraph.select import plan as plan_doc
 from mllgraph.select import run as select
-from mllgraph.select.plan import UNCOVERED_WHY
+from mllgraph.select.plan import UNCOVERED_WHY, uncovered_names
 from mllgraph.settings import Settings
 
 BASELINES = ("random", "single", "uniform", "oracle", "conse")
@@ -165,7 +165,9 @@ def model_logits(
 ) -> np.ndarray:
     """One model's logits on the evaluation images (in this process or in a Ray task)."""
     model, spec = registry.load_model(settings, dict(record))
-    return forward.logits(model, spec, images, batch_size=128, device=device)
+    return forward.logits(
+        model, spec, images, batch_size=128, device=device, cpu_chunk=settings.infer_cpu_chunk
+    )
 
 
 # -- the system under test -------------------------------------------------------------------
@@ -536,11 +538,7 @@ class TaskResult:
         """E.g. "sweater (not chosen), tee (no head); scored by stacked", or "-"."""
         if not self.uncovered:
             return "-"
-        names = ", ".join(
-            f"{n} ({self.uncovered_why[n]})" if n in self.uncovered_why else n
-            for n in self.uncovered
-        )
-        return f"{names}; scored by {self.patch}"
+        return f"{uncovered_names(self.uncovered, self.uncovered_why)}; scored by {self.patch}"
 
 
 def run_suite(

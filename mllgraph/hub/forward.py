@@ -37,6 +37,12 @@ def _passes(module: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
         return torch.cat([module(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
+def chunk_for(device: str | torch.device, cpu_chunk: int) -> int:
+    """Images per pass on `device`: `cpu_chunk` (Settings.infer_cpu_chunk) on the CPU, whole
+    batches elsewhere."""
+    return cpu_chunk if torch.device(device).type == "cpu" else 0
+
+
 def to_channels_last(module: nn.Module) -> nn.Module:
     """The module with its 4-D weights in channels_last (matching `run`'s input layout)."""
     return module.to(memory_format=torch.channels_last)
@@ -50,10 +56,11 @@ def logits(
     batch_size: int = 64,
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
+    cpu_chunk: int = Settings.infer_cpu_chunk,
 ) -> np.ndarray:
     """float32 logits (N, heads) of `model` on uint8 `images`, preprocessed per `spec`."""
     model = to_channels_last(model.to(device).eval())
-    chunk = Settings.infer_cpu_chunk if torch.device(device).type == "cpu" else 0
+    chunk = chunk_for(device, cpu_chunk)
     out = []
     for start in range(0, len(images), batch_size):
         x = preprocess(images[start : start + batch_size], spec, device=device)

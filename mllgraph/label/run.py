@@ -490,6 +490,7 @@ def compute(
             batch_size=options.batch_size,
             device=device,
             progress=(lambda n, b=base: progress(b + n, total)) if progress else None,
+            cpu_chunk=settings.infer_cpu_chunk,
         )
         done += take
     forward_s = time.monotonic() - t_fwd

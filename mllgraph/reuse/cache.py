@@ -128,7 +128,7 @@ class ModelCache:
             raise InvalidArgument(f"precision {precision!r}: one of auto, {', '.join(DTYPES)}")
         self.dtype = DTYPES[precision]
         # Images per forward pass within a batch (hub/forward.run): small on the CPU.
-        self.chunk = settings.infer_cpu_chunk if self.device.type == "cpu" else 0
+        self.chunk = forward.chunk_for(self.device, settings.infer_cpu_chunk)
         self.loader = loader or _default_loader
         self._items: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()

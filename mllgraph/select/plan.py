@@ -16,7 +16,7 @@ import json
 import math
 import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +64,14 @@ COVERAGES = (*HEAD_GROUP_KINDS, "uncovered")
 # request's sub-hub) has no candidate head for it at all, or it has some and the plan left
 # them out (another model over the budget, or they lowered the estimate on probe images).
 UNCOVERED_WHY = ("no head", "not chosen")
+
+
+def uncovered_names(names: Sequence[str], why: Mapping[str, str]) -> str:
+    """E.g. "sweater (not chosen), tee (no head)"; a name without a reason (a plan made
+    before reasons existed) alone."""
+    return ", ".join(f"{n} ({why[n]})" if why.get(n) else n for n in names)
+
+
 # The candidates query's kinds, as coverage (a group of heads covers through descendants).
 COVERAGE_OF_QUERY_KIND = {
     "exact": "exact",
@@ -185,7 +193,7 @@ def plan_document(
             }
         )
         if coverage == "uncovered":
-            planned[-1]["uncovered_why"] = UNCOVERED_WHY[i in candidate_classes]
+            planned[-1]["uncovered_why"] = "not chosen" if i in candidate_classes else "no head"
         if text_close is not None:
             planned[-1]["related_by_text"] = text_close
         if coverage == "declared":

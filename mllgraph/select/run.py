@@ -377,12 +377,19 @@ def select(
     info: CandidateInfo = {}
     candidates = _candidates_of_rows(rows, logits, declared_only, info)
 
+    own_of: dict[tuple[str, ...], list[chco.Candidate]] = {}
+
     def own_candidates(picked: Sequence[str]) -> list[chco.Candidate]:
         # The candidates query filters by model before its per-kind limit, so asked for the
         # screen's models alone it returns their own best heads per class, which the whole
-        # hub's query may have left out (a broad expert among narrow ones).
-        own = reads.candidates(wnids, replace(options, models=tuple(sorted(picked))))
-        return _candidates_of_rows(own, logits, declared_only, info)
+        # hub's query may have left out (a broad expert among narrow ones). Kept per model
+        # set: asked again, the same list (`info` already holds its heads, so converting the
+        # rows again would return none of them).
+        key = tuple(sorted(picked))
+        if key not in own_of:
+            own = reads.candidates(wnids, replace(options, models=key))
+            own_of[key] = _candidates_of_rows(own, logits, declared_only, info)
+        return own_of[key]
 
     t = time.perf_counter()
     problem = None
