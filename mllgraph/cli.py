@@ -27,6 +27,9 @@ from rich.table import Table
 from rich.text import Text
 
 from mllgraph.errors import InvalidArgument, MllgraphError
+from mllgraph.ground import resolve
+from mllgraph.label import work
+from mllgraph.plan import request
 from mllgraph.settings import Settings
 
 # Pipes and CI logs get 120 columns rather than rich's 80, so tables are not cut.
@@ -251,7 +254,6 @@ def _register_through(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from mllgraph.graph import db
-    from mllgraph.hub import build as hub
     from mllgraph.hub import registry
     from mllgraph.label import run as labeller
 
@@ -260,13 +262,13 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     with db.connect(settings) as graph:
         if args.action == "register":
             reg = _registration(args)
-            ground = hub.grounder(settings) if reg.class_names else None
+            ground = resolve.grounder(settings) if reg.class_names else None
             _print_registered(registry.register_model(graph, settings, reg, ground))
         elif args.action == "label":
             from mllgraph.hub import probe_folder
 
             settings = _with_executor(settings, args)
-            options = labeller.LabelOptions(samples_per_concept=args.samples_per_concept)
+            options = work.LabelOptions(samples_per_concept=args.samples_per_concept)
             if args.stale == bool(args.model_id):
                 raise InvalidArgument("models label: give model ids or --stale, not both")
             todo = probe_folder.stale_models(graph) if args.stale else list(args.model_id)
@@ -406,7 +408,6 @@ def cmd_probes(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     with db.connect(settings) as graph:
         if args.action == "add" and args.folder:
-            from mllgraph.hub import build as hub
             from mllgraph.hub import probe_folder
 
             if args.images or args.concept or args.id:
@@ -415,7 +416,7 @@ def cmd_probes(args: argparse.Namespace, settings: Settings) -> int:
                 graph,
                 settings,
                 Path(args.folder),
-                ground=hub.grounder(settings),
+                ground=resolve.grounder(settings),
                 source=args.source,
             )
             _print_probe_report(
@@ -452,8 +453,7 @@ def cmd_probes(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_hub(args: argparse.Namespace, settings: Settings) -> int:
     from mllgraph.graph import db, sdag
     from mllgraph.graph.wordnet import load_nouns
-    from mllgraph.hub import build as hub
-    from mllgraph.label import run as labeller
+    from mllgraph.hubs.fashion import build as hub
 
     settings = _with_executor(settings, args)
     with db.connect(settings) as graph:
@@ -466,7 +466,7 @@ def cmd_hub(args: argparse.Namespace, settings: Settings) -> int:
             epochs=args.epochs,
             imagenet=() if args.no_imagenet else hub.registry.BUILTINS,
             probes_per_class=args.probes_per_class,
-            label_options=labeller.LabelOptions(samples_per_concept=args.samples_per_concept),
+            label_options=work.LabelOptions(samples_per_concept=args.samples_per_concept),
             log=console.print,
         )
     return 0
@@ -587,7 +587,7 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
             how = f"scored by the ConSE patch of {plan['patch']['model_id']}"
         else:
             how = "scored by the constant fallback (or a VLM, where one is configured)"
-        from mllgraph.select.plan import uncovered_names
+        from mllgraph.plan.document import uncovered_names
 
         why = {c["name"]: c.get("uncovered_why", "") for c in plan["classes"]}
         console.print(f"uncovered: {uncovered_names(plan['uncovered'], why)}; {how}")
@@ -619,13 +619,13 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
 
 def cmd_select(args: argparse.Namespace, settings: Settings) -> int:
     from mllgraph.graph import db
+    from mllgraph.ground.resolve import default_resolver
     from mllgraph.select import run as select
-    from mllgraph.select.ground import default_resolver
 
     names = _task_classes(args.classes)
     pins = _pins(names, args.pin)
-    classes = [select.TaskClass(n, pins.get(n)) for n in names]
-    options = select.SelectOptions(
+    classes = [request.TaskClass(n, pins.get(n)) for n in names]
+    options = request.SelectOptions(
         budget=args.budget,
         solver=args.solver,
         allow_ancestor=not args.no_ancestor,

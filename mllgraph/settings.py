@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mllgraph.hub import store
+from mllgraph import paths
 
 
 def _env(name: str, default: str) -> str:
@@ -142,12 +142,12 @@ class Settings:
     @property
     def model_store(self) -> Path:
         """The model store's local folder: the store, or a remote store's local cache."""
-        return store.local_root(self.home, store.MODEL_STORE_VAR, self.model_store_url)
+        return paths.local_root(self.home, paths.MODEL_STORE_VAR, self.model_store_url)
 
     @property
     def probe_store(self) -> Path:
         """The probe store's local folder: the store, or a remote store's local cache."""
-        return store.local_root(self.home, store.PROBE_STORE_VAR, self.probe_store_url)
+        return paths.local_root(self.home, paths.PROBE_STORE_VAR, self.probe_store_url)
 
     @property
     def upload_dir(self) -> Path:

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from mllgraph.plan import request
+
 # This checkout's code, whatever the environment has installed (an editable install of
 # another worktree would otherwise win).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -91,8 +93,8 @@ def build_or_reuse(graph: Any, settings: Any, n_models: int, seed: int) -> dict[
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from mllgraph.graph import db, neo4j_server
+    from mllgraph.ground.resolve import default_resolver
     from mllgraph.select import run as select
-    from mllgraph.select.ground import default_resolver
     from mllgraph.settings import Settings
 
     for k in ("MLLGRAPH_MODEL_STORE", "MLLGRAPH_PROBE_STORE"):  # the hub's files stay in home
@@ -111,10 +113,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         meta = build_or_reuse(graph, settings, args.models, args.seed)
         pool, names = meta["task_pool"], meta["names"]
         # Server defaults of SelectHeads (services/selection.py request_to_task).
-        options = select.SelectOptions(budget=5, allow_ancestor=False, fit_params=False)
+        options = request.SelectOptions(budget=5, allow_ancestor=False, fit_params=False)
 
         def one(wnids: list[str]) -> Any:
-            classes = [select.TaskClass(names[w], w) for w in wnids]
+            classes = [request.TaskClass(names[w], w) for w in wnids]
             return select.select(graph, settings, classes, options, resolver, store=False)
 
         rng = random.Random(args.seed)

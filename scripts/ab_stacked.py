@@ -1,4 +1,4 @@
-"""A/B of the stacked rule's model screen (mllgraph.select.feature_sets) on an existing hub.
+"""A/B of the stacked rule's model screen (mllgraph.combine.screen) on an existing hub.
 
 Both variants run in one process on the same hub, tasks and images, side by side: "chco"
 fits the stacked rule only on CHCO's models (the screen switched off), "screened" also fits
@@ -22,18 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
+from mllgraph.plan import request
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> int:
+    from mllgraph.combine import screen as feature_sets
     from mllgraph.eval import evaluate as ev
     from mllgraph.eval import zeroshot
     from mllgraph.eval.tasks import load_suite
     from mllgraph.graph import db
+    from mllgraph.ground.resolve import default_resolver
     from mllgraph.hub import registry
-    from mllgraph.select import feature_sets
     from mllgraph.select import run as select
-    from mllgraph.select.ground import default_resolver
     from mllgraph.settings import Settings
 
     ap = argparse.ArgumentParser()
@@ -69,8 +71,8 @@ def main() -> int:
                     plan = select.select(
                         graph,
                         settings,
-                        [select.TaskClass(n) for n in task.names],
-                        select.SelectOptions(budget=args.budget, models=models),
+                        [request.TaskClass(n) for n in task.names],
+                        request.SelectOptions(budget=args.budget, models=models),
                         resolver,
                         store=False,
                     ).plan

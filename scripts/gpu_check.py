@@ -1,7 +1,7 @@
 """The inference service on a GPU machine (no network, no Neo4j): correctness and speed.
 
 Run through `scripts/gpu_check.sh run` (it sets PYTHONPATH). Serves a bundle written by
-`python -m mllgraph.reuse.bundle export-plan` with `services.inference` on CUDA (the CPU when
+`python -m mllgraph.eval.bundle export-plan` with `services.inference` on CUDA (the CPU when
 there is none: said so), sends the plan INLINE through gRPC, and checks:
 
 * predictions and probabilities against the CPU fp32 reference in the bundle: on the CPU
@@ -47,9 +47,9 @@ def main() -> int:
     import torch
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from mllgraph.plan import document as plan_doc
     from mllgraph.reuse import bundle as bundles
     from mllgraph.reuse import cache as model_cache
-    from mllgraph.select import plan as plan_doc
     from mllgraph.settings import Settings
     from mllgraph.v1 import inference_pb2, inference_pb2_grpc
     from services import inference as svc

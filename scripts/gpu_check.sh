@@ -26,7 +26,7 @@ prepare)
   rm -rf "$B"
   mkdir -p "$B/wheels"
   if [ "$#" -eq 0 ]; then set -- --classes sandal,sneaker,trouser,bag,dog; fi
-  "$PY" -m mllgraph.reuse.bundle export-plan --out "$B/bundle" "$@"
+  "$PY" -m mllgraph.eval.bundle export-plan --out "$B/bundle" "$@"
   pins=$("$PY" - <<'EOF'
 from importlib.metadata import version
 print(" ".join(f"{p}=={version(p)}" for p in

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mllgraph.plan import request
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -27,9 +29,9 @@ def main() -> int:
     from mllgraph.eval import zeroshot
     from mllgraph.eval.tasks import load_suite
     from mllgraph.graph import db
+    from mllgraph.ground.resolve import default_resolver
     from mllgraph.hub import registry
     from mllgraph.select import run as select
-    from mllgraph.select.ground import default_resolver
     from mllgraph.settings import Settings
 
     ap = argparse.ArgumentParser()
@@ -60,8 +62,8 @@ def main() -> int:
                 plan = select.select(
                     graph,
                     settings,
-                    [select.TaskClass(n) for n in task.names],
-                    select.SelectOptions(budget=args.budget, models=(*ids, *extra)),
+                    [request.TaskClass(n) for n in task.names],
+                    request.SelectOptions(budget=args.budget, models=(*ids, *extra)),
                     resolver,
                     store=False,
                 ).plan

@@ -47,7 +47,7 @@ from grpc_reflection.v1alpha import reflection
 from mllgraph import errors
 from mllgraph.errors import InvalidArgument, MllgraphError, Unavailable
 from mllgraph.graph import deadline
-from mllgraph.select.plan import COVERAGES
+from mllgraph.plan.document import COVERAGES
 from mllgraph.settings import Settings
 from mllgraph.v1 import selection_pb2
 from services import telemetry

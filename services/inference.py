@@ -20,7 +20,7 @@
   the queue is dropped with the server's own DEADLINE_EXCEEDED before the client gives up.
 * Health: NOT_SERVING until models can be served: Neo4j answers (checked every
   ``health_interval_s``), or a bundle (``--bundle``) holds a plan and its models.
-* Neo4j is used lazily: a server given a bundle (`python -m mllgraph.reuse.bundle
+* Neo4j is used lazily: a server given a bundle (`python -m mllgraph.eval.bundle
   export-plan`) serves inline plans and the bundle's plan with no neo4j driver installed.
 * Shutdown (SIGTERM/SIGINT): NOT_SERVING, in-flight RPCs get ``grace`` seconds, then the
   batcher finishes what is queued.
@@ -55,12 +55,12 @@ from mllgraph.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from mllgraph.plan import document as plan_doc
 from mllgraph.reuse import admission, classifier, images
 from mllgraph.reuse import batcher as batching
 from mllgraph.reuse import bundle as bundles
 from mllgraph.reuse import cache as model_cache
 from mllgraph.reuse import vlm as vlm_patch
-from mllgraph.select import plan as plan_doc
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, inference_pb2, inference_pb2_grpc, selection_pb2
 from services import telemetry

@@ -18,7 +18,7 @@ the catalogue. Thin wiring over `mllgraph.hub.registry`, `mllgraph.label.run` an
   attaches them with `probe_folder.attach_groups`: the same report and stale marks as the CLI.
   Streamed, not a server path: any remote caller can send them, and the server reads nothing
   from its disk on a caller's behalf.
-* Class names are grounded with `mllgraph.hub.build.grounder(settings)`, built lazily on first
+* Class names are grounded with `mllgraph.ground.resolve.grounder(settings)`, built lazily on first
   use (about 15 s: WordNet, morphology, the text embedder) and shared afterwards; `serve`
   warms it up in the background.
 
@@ -44,7 +44,7 @@ While a model has an active job, `DeleteModel` refuses it (FAILED_PRECONDITION);
 delete runs, `LabelModel` for that model is refused (FAILED_PRECONDITION). DeleteModel and
 RegisterModel run one at a time (they share weights files; see `registry.store_lock` for other
 processes). On shutdown, queued jobs fail ("server shutting down") and a running job gets the
-grace period to finish; after it, the job's cancel token (`labeller.CancelToken`) is cancelled
+grace period to finish; after it, the job's cancel token (`work.CancelToken`) is cancelled
 *before* the job is reported FAILED, so its thread writes nothing afterwards (it stops at its
 next batch); a write already in flight is given CANCEL_WAIT_S, and the job reports what
 happened (DONE when the write finished first).
@@ -89,9 +89,11 @@ from mllgraph.errors import (
 )
 from mllgraph.graph.db import Graph
 from mllgraph.graph.wordnet import concept_display_name
+from mllgraph.ground import resolve
 from mllgraph.hub import imports, probe_folder, probes, registry
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.label import run as labeller
+from mllgraph.label import work
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from services import telemetry
@@ -138,15 +140,15 @@ DONE = ingestion_pb2.LABEL_JOB_STATE_DONE
 FAILED = ingestion_pb2.LABEL_JOB_STATE_FAILED
 _STATE_NAMES = {QUEUED: "queued", RUNNING: "running", DONE: "done", FAILED: "failed"}
 _CANCELLED_JOB = {  # CancelToken.cancel's answer -> how a job stopped at shutdown ends
-    labeller.CancelToken.CANCELLED: (
+    work.CancelToken.CANCELLED: (
         FAILED,
         "server shut down while labelling; nothing was written (label the model again)",
     ),
-    labeller.CancelToken.COMMITTED: (
+    work.CancelToken.COMMITTED: (
         DONE,
         "the labels were written just before the server shut down",
     ),
-    labeller.CancelToken.WRITING: (
+    work.CancelToken.WRITING: (
         FAILED,
         "server shut down while the labels were being written: they may or may not be in "
         "the graph (see the model's labelled_at)",
@@ -300,9 +302,9 @@ def model_to_proto(
     return model
 
 
-def label_options_from_proto(msg: ingestion_pb2.LabelOptions) -> labeller.LabelOptions:
-    """Zero fields take labeller.LabelOptions' defaults; out-of-range ones are refused."""
-    default = labeller.LabelOptions()
+def label_options_from_proto(msg: ingestion_pb2.LabelOptions) -> work.LabelOptions:
+    """Zero fields take work.LabelOptions' defaults; out-of-range ones are refused."""
+    default = work.LabelOptions()
     if msg.probe_set:
         raise InvalidArgument(
             f"options.probe_set {msg.probe_set!r}: choosing probe sets is not supported yet; "
@@ -318,7 +320,7 @@ def label_options_from_proto(msg: ingestion_pb2.LabelOptions) -> labeller.LabelO
             raise InvalidArgument(f"options.{name} must be in 0..{most} (0 = default), got {value}")
     if not (math.isfinite(msg.min_score) and 0.0 <= msg.min_score <= 1.0):
         raise InvalidArgument(f"options.min_score must be in [0, 1], got {msg.min_score}")
-    return labeller.LabelOptions(
+    return work.LabelOptions(
         samples_per_concept=msg.samples_per_concept or default.samples_per_concept,
         batch_size=msg.batch_size or default.batch_size,
         top_k=msg.top_k or default.top_k,
@@ -349,7 +351,7 @@ class LabelJob:
 
     job_id: str
     model_id: str
-    options: labeller.LabelOptions
+    options: work.LabelOptions
     heads_total: int
     state: int = QUEUED
     progress: float = 0.0  # written by the labelling thread, read by the event loop
@@ -359,7 +361,7 @@ class LabelJob:
     finished_at: float | None = None
     heads_done: int = 0
     # Set when the job is reported FAILED while its thread may still run: no write after it.
-    token: labeller.CancelToken = field(default_factory=labeller.CancelToken)
+    token: work.CancelToken = field(default_factory=work.CancelToken)
 
     @property
     def active(self) -> bool:
@@ -417,7 +419,7 @@ class LabelJobQueue:
     def active_for(self, model_id: str) -> LabelJob | None:
         return next((j for j in self._jobs.values() if j.active and j.model_id == model_id), None)
 
-    def submit(self, model_id: str, options: labeller.LabelOptions, heads_total: int) -> LabelJob:
+    def submit(self, model_id: str, options: work.LabelOptions, heads_total: int) -> LabelJob:
         """Queue a job for `model_id`, or return its queued or running job if it has one.
 
         Atomic on the event loop (no await between the check and the queueing), so two
@@ -549,9 +551,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             if self._grounder is None:
                 t0 = time.monotonic()
                 if self._grounder_factory is None:
-                    from mllgraph.hub import build as hub
-
-                    self._grounder = hub.grounder(self.settings)
+                    self._grounder = resolve.grounder(self.settings)
                 else:
                     self._grounder = self._grounder_factory(self.settings)
                 log.info("grounder_ready s=%.1f", time.monotonic() - t0)
@@ -649,7 +649,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             )
         spec = None
         if request.HasField("input_spec"):
-            from mllgraph.hub import experts
+            from mllgraph.hub import loading as experts
 
             lite = experts.EFFICIENTNET_LITE.get(builtin or "")
             base = lite.input_spec if lite else None

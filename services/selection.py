@@ -73,7 +73,8 @@ from mllgraph.errors import InvalidArgument, MllgraphError, Unavailable
 from mllgraph.graph.db import Graph
 from mllgraph.graph.wordnet import concept_display_name
 from mllgraph.hub import registry
-from mllgraph.select import plan as plan_doc
+from mllgraph.plan import document as plan_doc
+from mllgraph.plan import request
 from mllgraph.select import retention
 from mllgraph.select import run as select
 from mllgraph.settings import Settings
@@ -94,7 +95,7 @@ log = logging.getLogger("mllgraph.services.selection")
 
 SERVICE_NAME = full_service_name(selection_pb2, "SelectionService")
 DEFAULT_BUDGET = 5
-DEFAULT_MIN_LABEL_SCORE = select.SelectOptions().min_label_score
+DEFAULT_MIN_LABEL_SCORE = request.SelectOptions().min_label_score
 GRACE_S = 5.0
 HEALTH_INTERVAL_S = 5.0
 
@@ -146,7 +147,7 @@ def _models_option(opts: selection_pb2.SelectOptions) -> dict[str, Any]:
     given = list(getattr(opts, "models", []) or [])
     if not given:
         return {}
-    if "models" not in {f.name for f in fields(select.SelectOptions)}:
+    if "models" not in {f.name for f in fields(request.SelectOptions)}:
         raise InvalidArgument("options.models is not supported by this server")
     models = sorted({m.strip() for m in given})
     if "" in models:
@@ -156,7 +157,7 @@ def _models_option(opts: selection_pb2.SelectOptions) -> dict[str, Any]:
 
 def request_to_task(
     request: selection_pb2.SelectHeadsRequest, default_budget: int = DEFAULT_BUDGET
-) -> tuple[list[select.TaskClass], select.SelectOptions]:
+) -> tuple[list[request.TaskClass], request.SelectOptions]:
     """The library's task classes and options for a SelectHeads request (validated)."""
     if request.budget < 0:
         raise InvalidArgument(
@@ -179,10 +180,10 @@ def request_to_task(
             f"classes: {len(request.classes)} is over the limit of {plan_doc.MAX_CLASSES}"
         )
     classes = [
-        select.TaskClass(name=_check_name(i, c.name), pinned_wnid=c.pinned_wnid.strip() or None)
+        request.TaskClass(name=_check_name(i, c.name), pinned_wnid=c.pinned_wnid.strip() or None)
         for i, c in enumerate(request.classes)
     ]
-    options = select.SelectOptions(
+    options = request.SelectOptions(
         budget=request.budget or default_budget,
         solver=_SOLVER_FROM_PROTO[opts.solver],
         allow_ancestor=bool(opts.allow_ancestor),
@@ -569,7 +570,7 @@ class SelectionServicer(selection_pb2_grpc.SelectionServiceServicer):
         """Build and warm the resolver (unless given), check Neo4j, create the plan schema."""
         t = time.perf_counter()
         if self.resolver is None:
-            from mllgraph.select.ground import default_resolver
+            from mllgraph.ground.resolve import default_resolver
 
             self.resolver = default_resolver(self.settings)
         self.resolver.warm_up()

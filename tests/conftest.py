@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from mllgraph.hubs.fashion import experts as fashion_experts
+from mllgraph.label import work
 from mllgraph.settings import Settings
 
 # The user's settings (for the cached Neo4j jars only), then the test run's own environment.
@@ -144,7 +146,9 @@ def fashion_services(sdag_graph, neo4j_settings, tmp_path_factory):
     import uuid
 
     from mllgraph.eval.grpc_pipeline import Services
-    from mllgraph.hub import experts, fashion, probes, registry
+    from mllgraph.hub import loading as experts
+    from mllgraph.hub import probes, registry
+    from mllgraph.hubs.fashion import data as fashion
     from mllgraph.label import run as labeller
 
     graph = sdag_graph
@@ -160,7 +164,7 @@ def fashion_services(sdag_graph, neo4j_settings, tmp_path_factory):
             ("a", "test_mambaout", (5, 7, 9), 1),
             ("b", "test_efficientnet", (1, 8, 3), 2),
         ):
-            model = experts.train_expert(
+            model = fashion_experts.train_expert(
                 arch, classes, x_train[:20000], y_train[:20000], epochs=1, seed=seed,
                 max_train=800, batch_size=100,
             )  # fmt: skip
@@ -173,7 +177,7 @@ def fashion_services(sdag_graph, neo4j_settings, tmp_path_factory):
                     arch=arch,
                     weights_path=path,
                     wnids=[FASHION_WNIDS[c] for c in classes],
-                    input_spec=experts.FASHION_INPUT_SPEC,
+                    input_spec=fashion_experts.FASHION_INPUT_SPEC,
                 ),
             )
             models.append(reg.record["id"])
@@ -188,9 +192,7 @@ def fashion_services(sdag_graph, neo4j_settings, tmp_path_factory):
             )
             sets.append(ps.id)
         for mid in models:
-            labeller.label_model(
-                graph, settings, mid, labeller.LabelOptions(samples_per_concept=20)
-            )
+            labeller.label_model(graph, settings, mid, work.LabelOptions(samples_per_concept=20))
         with Services(settings) as services:
             yield {
                 "settings": settings,

@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from mllgraph.hubs.fashion import experts as fashion_experts
+
 
 class Loop:
     """An asyncio loop in a daemon thread, for servers called with blocking stubs."""
@@ -31,9 +33,9 @@ def two_class_bundle(root: Path, arch: str, model_id: str, plan_id: str) -> Any:
     """A bundle with one 2-class, 1-channel untrained model and a plan: class i = head i."""
     import torch
 
-    from mllgraph.hub import experts
+    from mllgraph.combine import rule as combine
+    from mllgraph.hub import loading as experts
     from mllgraph.reuse import bundle as bundles
-    from mllgraph.reuse import rule as combine
     from mllgraph.select import chco
 
     torch.manual_seed(0)
@@ -63,7 +65,7 @@ def two_class_bundle(root: Path, arch: str, model_id: str, plan_id: str) -> Any:
         "arch": arch,
         "num_classes": 2,
         "sha256": "0" * 64,
-        "input_spec": experts.FASHION_INPUT_SPEC.to_dict(),
+        "input_spec": fashion_experts.FASHION_INPUT_SPEC.to_dict(),
         "weights_path": str(weights),
     }
     return bundles.load_bundle(bundles.export_bundle(plan, {model_id: record}, root / "bundle"))

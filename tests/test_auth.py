@@ -231,7 +231,7 @@ def ingestion_port(
 def selection_port(
     loop: Loop, neo4j_settings: Settings, graph: Any, tokens: Tokens
 ) -> Iterator[int]:
-    from mllgraph.select.ground import default_resolver
+    from mllgraph.ground.resolve import default_resolver
     from services import selection
 
     settings = _with_tokens(neo4j_settings, tokens)

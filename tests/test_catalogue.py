@@ -23,8 +23,11 @@ import torch
 from mllgraph import cli
 from mllgraph.errors import InvalidArgument, NotFound
 from mllgraph.graph import cypher
-from mllgraph.hub import experts, probes, registry
+from mllgraph.hub import loading as experts
+from mllgraph.hub import probe_outputs, probes, registry
+from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
+from mllgraph.label import work
 from mllgraph.settings import Settings
 
 pytestmark = pytest.mark.neo4j
@@ -181,7 +184,7 @@ def _register(graph, settings, tmp: Path, name: str) -> str:
             arch="test_efficientnet",
             weights_bytes=path.read_bytes(),
             wnids=[SANDAL, GYM_SHOE],
-            input_spec=experts.FASHION_INPUT_SPEC,
+            input_spec=fashion_experts.FASHION_INPUT_SPEC,
         ),
     ).record["id"]
 
@@ -213,7 +216,7 @@ def test_labelling_touches_only_its_own_model(
     cleanup.append(a)
     b = _register(sdag_graph, neo4j_settings, tmp_path, f"{PREFIX}-b")
     cleanup.append(b)
-    options = labeller.LabelOptions(samples_per_concept=20)
+    options = work.LabelOptions(samples_per_concept=20)
     labeller.label_model(sdag_graph, neo4j_settings, b, options)
     b_edges, b_at = _edges(sdag_graph, b), registry.get_model(sdag_graph, b)["labelled_at"]
     assert b_edges
@@ -226,7 +229,7 @@ def test_labelling_touches_only_its_own_model(
     assert _edges(sdag_graph, b) == b_edges
     assert registry.get_model(sdag_graph, b)["labelled_at"] == b_at
     assert _edges_outside(sdag_graph, a) == outside
-    assert labeller.probe_outputs_path(neo4j_settings, a).is_file()
+    assert probe_outputs.probe_outputs_path(neo4j_settings, a).is_file()
 
     # Relabelling replaces a's edges (same probes, same model: the same edges), not adds.
     labeller.label_model(sdag_graph, neo4j_settings, a, options)

@@ -10,9 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from mllgraph.errors import InvalidArgument
-from mllgraph.eval.gap_study import gap_study, synthetic_problem
-from mllgraph.reuse.rule import (
+from mllgraph.combine.rule import (
     ClassAssignment,
     HeadGroup,
     accuracy,
@@ -20,6 +18,8 @@ from mllgraph.reuse.rule import (
     default_params,
     fallback_evidence,
 )
+from mllgraph.errors import InvalidArgument
+from mllgraph.eval.gap_study import gap_study, synthetic_problem
 from mllgraph.select import chco
 from mllgraph.select.chco import (
     Candidate,

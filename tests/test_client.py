@@ -16,7 +16,7 @@ from PIL import Image
 
 from mllgraph import client as mc
 from mllgraph.errors import InvalidArgument, NotFound, Unavailable
-from mllgraph.hub import experts
+from mllgraph.hub import loading as experts
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc
 
 pytestmark = pytest.mark.neo4j

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from scipy.optimize import check_grad
 
-from mllgraph.errors import InvalidArgument
-from mllgraph.reuse import rule as cb
-from mllgraph.reuse.rule import (
+from mllgraph.combine import rule as cb
+from mllgraph.combine.rule import (
     EPS,
     ClassAssignment,
     CombinationParams,
@@ -24,6 +23,7 @@ from mllgraph.reuse.rule import (
     fit_params,
     per_class_accuracy,
 )
+from mllgraph.errors import InvalidArgument
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 

@@ -1,4 +1,4 @@
-"""The ConSE patch (mllgraph.reuse.conse) and the text-close neighbour test
+"""The ConSE patch (mllgraph.combine.conse) and the text-close neighbour test
 (mllgraph.select.nearby): pure logic on small arrays with known answers, no server."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mllgraph.combine import conse
 from mllgraph.errors import InvalidArgument
-from mllgraph.reuse import conse
 from mllgraph.select import nearby
 
 
@@ -31,7 +31,7 @@ def test_probabilities_follow_the_top_heads_similarities() -> None:
 
 
 def test_evidence_is_the_constant_share_plus_weight_times_probability() -> None:
-    from mllgraph.reuse.rule import FALLBACK_EVIDENCE
+    from mllgraph.combine.rule import FALLBACK_EVIDENCE
 
     patch = _patch([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]], heads=(0, 1), weight=0.25, top=2)
     logits = np.log([[0.6, 0.4]])
@@ -92,7 +92,7 @@ def test_a_malformed_patch_is_invalid_argument(change: dict[str, Any], message: 
 
 
 def test_a_plan_document_carries_its_patch_to_inference() -> None:
-    from mllgraph.select.plan import parse_plan
+    from mllgraph.plan.document import parse_plan
 
     doc = {
         "plan_id": "p",
@@ -164,8 +164,8 @@ def test_a_neighbour_far_in_text_or_closer_to_another_class_is_dropped() -> None
 def test_class_texts_are_encoded_alone_and_kept_across_tasks() -> None:
     """The patch's class-name vectors: each text encoded on its own (the real MiniLM), so a
     name's vector does not depend on the task it comes with, and encoded once per process."""
+    from mllgraph.ground.embed import default_embedder
     from mllgraph.select import run
-    from mllgraph.select.embed import default_embedder
 
     calls: list[list[str]] = []
 

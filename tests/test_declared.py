@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from mllgraph.errors import NotFound
-from mllgraph.hub import experts, registry
+from mllgraph.hub import loading as experts
+from mllgraph.hub import registry
+from mllgraph.plan import request
 from mllgraph.select import run as select
 from mllgraph.settings import Settings
 
@@ -43,14 +45,14 @@ def lite(sdag_graph: Any, neo4j_settings: Settings) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def resolver(neo4j_settings: Settings) -> Any:
-    from mllgraph.select.ground import default_resolver
+    from mllgraph.ground.resolve import default_resolver
 
     return default_resolver(neo4j_settings)
 
 
 def _select(graph: Any, settings: Settings, resolver: Any, mid: str, names: list[str]) -> dict:
-    classes = [select.TaskClass(n) for n in names]
-    options = select.SelectOptions(budget=1, models=(mid,))
+    classes = [request.TaskClass(n) for n in names]
+    options = request.SelectOptions(budget=1, models=(mid,))
     return select.select(graph, settings, classes, options, resolver, store=False).plan
 
 
@@ -97,7 +99,7 @@ def test_measured_candidates_win_over_declared_ones(
     from mllgraph.select.reads import Reads
 
     reads = Reads(sdag_graph, None, 0)  # no cache: every read goes to the graph
-    options = select.SelectOptions(models=(lite,))
+    options = request.SelectOptions(models=(lite,))
     for measured_kind, expect in (("exact", {1}), ("descendants", {1}), ("related", {0, 1})):
         rows = [{"class_index": 0, "kind": measured_kind, "model": "other@1"}]
         found = select._declared_candidates(reads, rows, [TABBY, COFFEE_MUG], options)

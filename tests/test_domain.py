@@ -1,16 +1,16 @@
-"""Input domains (mllgraph.reuse.domain) and the rule's out-of-domain masks: pure, no server."""
+"""Input domains (mllgraph.combine.domain) and the rule's out-of-domain masks: pure, no server."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from mllgraph.combine import rule
+from mllgraph.combine.domain import MIN_IMAGES, DomainProfile, thumbnails
+from mllgraph.combine.rule import ClassAssignment, HeadGroup
 from mllgraph.errors import InvalidArgument
 from mllgraph.eval.photos import PHOTOS, load_photo
-from mllgraph.hub import fashion
-from mllgraph.reuse import rule
-from mllgraph.reuse.domain import MIN_IMAGES, DomainProfile, thumbnails
-from mllgraph.reuse.rule import ClassAssignment, HeadGroup
+from mllgraph.hubs.fashion import data as fashion
 
 
 @pytest.fixture(scope="module")

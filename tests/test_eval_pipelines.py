@@ -15,7 +15,11 @@ import pytest
 
 from mllgraph.eval import evaluate as ev
 from mllgraph.eval.tasks import parse_suite
-from mllgraph.hub import experts, fashion, registry
+from mllgraph.hub import loading as experts
+from mllgraph.hub import registry
+from mllgraph.hubs.fashion import data as fashion
+from mllgraph.hubs.fashion import experts as fashion_experts
+from mllgraph.label import work
 
 pytestmark = pytest.mark.neo4j
 
@@ -49,7 +53,8 @@ SUITE = {
 
 @pytest.fixture(scope="module")
 def tiny_hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.TempPathFactory):
-    from mllgraph.hub import build, probes
+    from mllgraph.hub import probes
+    from mllgraph.hubs.fashion import build
     from mllgraph.label import run as labeller
 
     graph = sdag_graph
@@ -62,7 +67,7 @@ def tiny_hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.Temp
     sets: list[str] = []
     try:
         for name, arch, classes, seed in EXPERTS:
-            model = experts.train_expert(
+            model = fashion_experts.train_expert(
                 arch, classes, x_train[:20000], y_train[:20000], epochs=1, seed=seed,
                 max_train=800, batch_size=100,
             )  # fmt: skip
@@ -74,7 +79,7 @@ def tiny_hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.Temp
                     arch=arch,
                     weights_path=experts.save_weights(model, tmp / f"{name}.safetensors"),
                     wnids=[concepts[c] for c in classes],
-                    input_spec=experts.FASHION_INPUT_SPEC,
+                    input_spec=fashion_experts.FASHION_INPUT_SPEC,
                 ),
             )
             models.append(reg.record["id"])
@@ -89,9 +94,7 @@ def tiny_hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.Temp
             )
             sets.append(ps.id)
         for mid in models:
-            labeller.label_model(
-                graph, settings, mid, labeller.LabelOptions(samples_per_concept=20)
-            )
+            labeller.label_model(graph, settings, mid, work.LabelOptions(samples_per_concept=20))
         yield {"graph": graph, "settings": settings, "models": tuple(models)}
     finally:
         for mid in models:
@@ -148,9 +151,9 @@ def test_a_stacked_plan_classifies_alike_inline_through_grpc_and_in_process(
 
     import grpc
 
+    from mllgraph.combine import stacked
     from mllgraph.eval.grpc_pipeline import GrpcPipeline
-    from mllgraph.reuse import stacked
-    from mllgraph.select.plan import STACKED_SCHEMA_VERSION, parse_plan
+    from mllgraph.plan.document import STACKED_SCHEMA_VERSION, parse_plan
     from mllgraph.v1 import inference_pb2, inference_pb2_grpc
     from services.inference import plan_to_proto
 

@@ -9,9 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mllgraph.errors import FailedPrecondition, InvalidArgument
-from mllgraph.eval import evaluate as ev
-from mllgraph.reuse.rule import (
+from mllgraph.combine.rule import (
     EPS,
     FALLBACK_EVIDENCE,
     ClassAssignment,
@@ -19,8 +17,10 @@ from mllgraph.reuse.rule import (
     HeadGroup,
     default_params,
 )
+from mllgraph.errors import FailedPrecondition, InvalidArgument
+from mllgraph.eval import evaluate as ev
+from mllgraph.plan import document as plan_doc
 from mllgraph.select import chco
-from mllgraph.select import plan as plan_doc
 
 
 def _logits_of(table: dict[str, np.ndarray]):

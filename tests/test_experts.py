@@ -18,11 +18,13 @@ import torch
 from torch import nn
 
 from mllgraph.errors import AlreadyExists, InvalidArgument, NotFound
-from mllgraph.hub import experts, fashion
+from mllgraph.hub import loading as experts
 from mllgraph.hub.preprocess import InputSpec, preprocess
+from mllgraph.hubs.fashion import data as fashion
+from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.settings import Settings
 
-GRAY28 = experts.FASHION_INPUT_SPEC
+GRAY28 = fashion_experts.FASHION_INPUT_SPEC
 RGB224 = InputSpec(size=224, resize="resize", mean=(0.5,) * 3, std=(0.5,) * 3, channels=3)
 
 
@@ -272,17 +274,17 @@ def test_check_forward() -> None:
 
 
 def test_plan_fashion_hub() -> None:
-    plan = experts.plan_fashion_hub(8, seed=3)
-    assert plan == experts.plan_fashion_hub(8, seed=3)
-    assert plan != experts.plan_fashion_hub(8, seed=4)
-    assert {p.arch for p in plan} == set(experts.FASHION_ARCHS)
-    assert len(experts.FASHION_ARCHS) >= 3
+    plan = fashion_experts.plan_fashion_hub(8, seed=3)
+    assert plan == fashion_experts.plan_fashion_hub(8, seed=3)
+    assert plan != fashion_experts.plan_fashion_hub(8, seed=4)
+    assert {p.arch for p in plan} == set(fashion_experts.FASHION_ARCHS)
+    assert len(fashion_experts.FASHION_ARCHS) >= 3
     for i, p in enumerate(plan):
         assert p.name == f"fashion-3-{i:03d}-{p.arch}"
         assert 2 <= len(p.classes) <= 5 and len(set(p.classes)) == len(p.classes)
         assert all(0 <= c < 10 for c in p.classes)
     with pytest.raises(InvalidArgument, match="n_experts"):
-        experts.plan_fashion_hub(0, seed=3)
+        fashion_experts.plan_fashion_hub(0, seed=3)
 
 
 @pytest.mark.slow
@@ -291,25 +293,25 @@ def test_train_expert_learns_and_is_deterministic(fmnist, one_thread: None) -> N
     classes = [7, 1]  # Sneaker -> head 0, Trouser -> head 1
     kwargs = {"epochs": 1, "seed": 11, "max_train": 2000, "batch_size": 128}
     steps: list[tuple[int, int]] = []
-    m1 = experts.train_expert(
+    m1 = fashion_experts.train_expert(
         "test_mambaout", classes, x, y, progress=lambda s, t: steps.append((s, t)), **kwargs
     )
     assert not m1.training and steps[-1][0] == steps[-1][1] == 15
-    acc = experts.expert_accuracy(m1, classes, px[:3000], py[:3000])
+    acc = fashion_experts.expert_accuracy(m1, classes, px[:3000], py[:3000])
     assert acc > 0.85, acc  # chance is 0.5
-    m2 = experts.train_expert("test_mambaout", classes, x, y, **kwargs)
+    m2 = fashion_experts.train_expert("test_mambaout", classes, x, y, **kwargs)
     for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     with pytest.raises(InvalidArgument, match="classes"):
-        experts.train_expert("test_mambaout", [3], x, y, **kwargs)
+        fashion_experts.train_expert("test_mambaout", [3], x, y, **kwargs)
 
 
 @pytest.mark.slow
 def test_train_fashion_hub_writes_and_resumes(tmp_path: Path, fmnist, one_thread: None) -> None:
-    paths = experts.train_fashion_hub(
+    paths = fashion_experts.train_fashion_hub(
         2, seed=5, out_dir=tmp_path, epochs=1, max_train_per_expert=300, progress=False
     )
-    plan = experts.plan_fashion_hub(2, seed=5, epochs=1)
+    plan = fashion_experts.plan_fashion_hub(2, seed=5, epochs=1)
     assert [p.name for p in paths] == [f"{s.name}.json" for s in plan]
     for path, spec in zip(paths, plan, strict=True):
         meta = json.loads(path.read_text())
@@ -323,10 +325,10 @@ def test_train_fashion_hub_writes_and_resumes(tmp_path: Path, fmnist, one_thread
         experts.load_weights(model, tmp_path / meta["weights_file"])
         experts.check_forward(model, in_spec, meta["num_classes"])
     mtimes = [p.stat().st_mtime_ns for p in tmp_path.iterdir()]
-    again = experts.train_fashion_hub(
+    again = fashion_experts.train_fashion_hub(
         2, seed=5, out_dir=tmp_path, epochs=1, max_train_per_expert=300, progress=False
     )
     assert again == paths
     assert [p.stat().st_mtime_ns for p in tmp_path.iterdir()] == mtimes  # reused, not retrained
     with pytest.raises(AlreadyExists, match="max_train"):
-        experts.train_fashion_hub(2, seed=5, out_dir=tmp_path, epochs=1, progress=False)
+        fashion_experts.train_fashion_hub(2, seed=5, out_dir=tmp_path, epochs=1, progress=False)

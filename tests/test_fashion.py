@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mllgraph.errors import FailedPrecondition, InvalidArgument
-from mllgraph.hub import fashion
+from mllgraph.hubs.fashion import data as fashion
 from mllgraph.settings import Settings
 
 ROOT = Settings.from_env().fashion_mnist_dir

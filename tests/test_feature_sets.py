@@ -1,4 +1,4 @@
-"""The stacked rule's model screen (mllgraph.select.feature_sets): pure, no server."""
+"""The stacked rule's model screen (mllgraph.combine.screen): pure, no server."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from mllgraph.select.feature_sets import class_mean_distances, greedy_models, shortlist
+from mllgraph.combine.screen import class_mean_distances, greedy_models, shortlist
+from mllgraph.plan import request
 
 
 def test_leave_one_out_distances_equal_the_brute_force() -> None:
@@ -55,7 +56,7 @@ def test_the_shortlist_keeps_the_models_covering_most_of_the_task() -> None:
 def _narrow_candidates_broad_unmapped(budget: int) -> tuple[Any, Any, Any]:
     """`_hub`'s narrow model as the only candidates (head 1 for both classes 1 and 2), its
     broad model loaded but mapped to nothing; CHCO's plan for them."""
-    from mllgraph.reuse.rule import HeadGroup
+    from mllgraph.combine.rule import HeadGroup
     from mllgraph.select import chco
     from mllgraph.select import run as select
 
@@ -66,7 +67,7 @@ def _narrow_candidates_broad_unmapped(budget: int) -> tuple[Any, Any, Any]:
         for c, head in ((0, 0), (1, 1), (2, 1))
     ]
     problem = chco.ChcoProblem(3, candidates, logits, y, {m: 1.0 for m in logits}, budget=budget)
-    options = select.SelectOptions(budget=budget)
+    options = request.SelectOptions(budget=budget)
     return problem, options, select._solve(problem, options)
 
 
@@ -92,7 +93,7 @@ def test_a_screened_broad_expert_is_mapped_to_the_classes_through_its_own_heads(
     """The plan served for the screen's models maps each class to those models' own best
     heads (selection asks the candidates query for them alone), so a class the broad expert
     has a head for is covered, not left to the stacked rule as 'uncovered'."""
-    from mllgraph.reuse.rule import HeadGroup
+    from mllgraph.combine.rule import HeadGroup
     from mllgraph.select import chco
     from mllgraph.select import run as select
 

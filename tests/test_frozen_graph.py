@@ -27,11 +27,13 @@ import numpy as np
 import pytest
 import torch
 
+from mllgraph.combine import rule as combine
 from mllgraph.errors import DeadlineExceeded, NotFound, Unavailable
 from mllgraph.graph import db, deadline
 from mllgraph.graph.db import Graph
-from mllgraph.hub import experts, registry
-from mllgraph.reuse import rule as combine
+from mllgraph.hub import loading as experts
+from mllgraph.hub import registry
+from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.select import chco, retention
 from mllgraph.select import run as select
 from mllgraph.settings import Settings
@@ -204,7 +206,7 @@ def test_frozen_database_answers_within_deadlines_and_cached_plans_classify(
             arch="test_efficientnet",
             weights_path=path,
             wnids=[SANDAL, GYM_SHOE],
-            input_spec=experts.FASHION_INPUT_SPEC,
+            input_spec=fashion_experts.FASHION_INPUT_SPEC,
         ),
     ).record["id"]
     plan_id = f"{PREFIX}-plan"

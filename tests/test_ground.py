@@ -1,4 +1,4 @@
-"""mllgraph.select.ground: grounding class names to WordNet noun concepts (no Neo4j).
+"""mllgraph.ground.resolve: grounding class names to WordNet noun concepts (no Neo4j).
 
 Every expected wnid below was checked against /usr/share/wordnet/data.noun (and the override
 table is checked against WordNet by `test_override_table_matches_wordnet`).
@@ -15,7 +15,7 @@ import pytest
 
 from mllgraph.errors import InvalidArgument, NotFound
 from mllgraph.graph.wordnet import ROOT_WNID, Synset, WordNetNouns
-from mllgraph.select.ground import (
+from mllgraph.ground.resolve import (
     MAX_CLASSES,
     METHODS,
     Grounding,
@@ -404,7 +404,7 @@ def test_lexical_only_when_the_embedder_fails(
     resolver: Resolver, caplog: pytest.LogCaptureFixture
 ) -> None:
     lexical = Resolver(resolver.nouns, morphology=resolver._morphology, embedder=_BrokenEmbedder())
-    with caplog.at_level("WARNING", logger="mllgraph.select.ground"):
+    with caplog.at_level("WARNING", logger="mllgraph.ground.resolve"):
         gs = lexical.resolve_task(FASHION_MNIST)
     assert "embedder unavailable" in caplog.text
     assert not lexical.embeddings_available

@@ -27,16 +27,21 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from mllgraph.combine import rule as combine
 from mllgraph.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
-from mllgraph.hub import experts, fashion, forward, registry
+from mllgraph.hub import forward, loading, registry
+from mllgraph.hub import loading as experts
+from mllgraph.hubs.fashion import data as fashion
+from mllgraph.hubs.fashion import experts as fashion_experts
+from mllgraph.label import work
+from mllgraph.plan import document as plan_doc
+from mllgraph.plan import request as plan_request
 from mllgraph.reuse import batcher as batching
 from mllgraph.reuse import bundle as bundles
 from mllgraph.reuse import cache as model_cache
 from mllgraph.reuse import classifier, images
-from mllgraph.reuse import rule as combine
 from mllgraph.reuse import vlm as vlm_patch
 from mllgraph.select import chco
-from mllgraph.select import plan as plan_doc
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc, selection_pb2
 from services import inference as svc
 
@@ -120,7 +125,7 @@ def manual_probs(hub: dict[str, Any], plan: dict[str, Any], images: np.ndarray, 
     comb = plan_doc.combination_of(plan)
     logits = {}
     for mid in comb.models:
-        model, spec = registry.load_model(hub["settings"], registry.get_model(hub["graph"], mid))
+        model, spec = loading.load_model(hub["settings"], registry.get_model(hub["graph"], mid))
         logits[mid] = forward.logits(model, spec, images, device="cpu")
     if extra is None:
         extra = combine.fallback_evidence(len(images), comb.uncovered)
@@ -156,10 +161,10 @@ def single_model_plan(hub: dict[str, Any], mid: str, wnids: list[str]) -> dict[s
 
 @pytest.fixture(scope="module")
 def hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.TempPathFactory):
+    from mllgraph.ground.resolve import default_resolver
     from mllgraph.hub import probes
     from mllgraph.label import run as labeller
     from mllgraph.select import run as select
-    from mllgraph.select.ground import default_resolver
 
     graph = sdag_graph
     settings = replace(
@@ -181,7 +186,7 @@ def hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.TempPathF
             ("a", "test_mambaout", (5, 7, 9), 1),
             ("b", "test_efficientnet", (1, 8, 3), 2),
         ):
-            model = experts.train_expert(
+            model = fashion_experts.train_expert(
                 arch, classes, x_train[:20000], y_train[:20000], epochs=1, seed=seed,
                 max_train=800, batch_size=100,
             )  # fmt: skip
@@ -194,7 +199,7 @@ def hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.TempPathF
                     arch=arch,
                     weights_path=path,
                     wnids=[WNIDS[c] for c in classes],
-                    input_spec=experts.FASHION_INPUT_SPEC,
+                    input_spec=fashion_experts.FASHION_INPUT_SPEC,
                 ),
             )
             models.append(reg.record["id"])
@@ -209,15 +214,13 @@ def hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.TempPathF
             )
             sets.append(ps.id)
         for mid in models:
-            labeller.label_model(
-                graph, settings, mid, labeller.LabelOptions(samples_per_concept=20)
-            )
-        classes = [select.TaskClass(n, WNIDS[c] if c is not None else DOG) for n, c in TASK]
+            labeller.label_model(graph, settings, mid, work.LabelOptions(samples_per_concept=20))
+        classes = [plan_request.TaskClass(n, WNIDS[c] if c is not None else DOG) for n, c in TASK]
         ctx = select.select(
             graph,
             settings,
             classes,
-            select.SelectOptions(budget=3),
+            plan_request.SelectOptions(budget=3),
             default_resolver(settings, use_embeddings=False),
         )
         server = ServerThread(settings)
@@ -601,7 +604,7 @@ def test_cuda_oom_retries_with_half_batches(hub: dict[str, Any]) -> None:
     seen: list[int] = []
 
     def loader(settings: Any, record: dict[str, Any]):
-        model, spec = registry.load_model(settings, record)
+        model, spec = loading.load_model(settings, record)
         return OomAbove(model, 4, seen), spec
 
     # Whole batches per pass, as on CUDA (CPU chunks of 4 would never reach the OOM).

@@ -33,9 +33,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mllgraph.errors import FailedPrecondition, NotFound
 from mllgraph.graph import deadline
-from mllgraph.hub import experts, probes, registry
+from mllgraph.hub import loading as experts
+from mllgraph.hub import probes, registry
 from mllgraph.hub.preprocess import InputSpec
+from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
+from mllgraph.label import work
 from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from services import ingestion
 
@@ -146,7 +149,7 @@ def cleanup(sdag_graph, neo4j_settings) -> Iterator[list[str]]:
 
 
 def fashion_spec(**override: Any) -> common_pb2.InputSpec:
-    spec = experts.FASHION_INPUT_SPEC
+    spec = fashion_experts.FASHION_INPUT_SPEC
     fields = {
         "size": spec.size,
         "resize_mode": common_pb2.RESIZE_MODE_RESIZE,
@@ -225,7 +228,7 @@ def register_tiny(graph, settings, name: str, data: bytes) -> str:
             arch=ARCH,
             weights_bytes=data,
             wnids=[SANDAL, GYM_SHOE],
-            input_spec=experts.FASHION_INPUT_SPEC,
+            input_spec=fashion_experts.FASHION_INPUT_SPEC,
         ),
     ).record["id"]
 
@@ -704,7 +707,7 @@ def test_input_spec_defaults() -> None:
     timm_default = ingestion.spec_from_proto(common_pb2.InputSpec(), "resnet18", None)
     assert timm_default.size == 224 and timm_default.channels == 3
     fashion = ingestion.spec_from_proto(fashion_spec(), ARCH, None)
-    assert fashion == experts.FASHION_INPUT_SPEC
+    assert fashion == fashion_experts.FASHION_INPUT_SPEC
     assert ingestion.spec_to_proto(fashion.to_dict()) == fashion_spec(crop_pct=1.0)
     assert ingestion.concept_display_name("gym_shoe.n.01") == "gym shoe"
 
@@ -800,7 +803,7 @@ def test_job_queue_runs_one_job_at_a_time_in_order() -> None:
             return f"done {job.model_id}"
 
         queue = ingestion.LabelJobQueue(run, keep_finished=2)
-        opts = labeller.LabelOptions()
+        opts = work.LabelOptions()
         jobs = [queue.submit(m, opts, 3) for m in ("a@1", "bad@1", "bug@1", "blocked@1", "z@1")]
         assert all(j.state == ingestion.QUEUED for j in jobs)
         assert queue.active_for("a@1") is jobs[0] and queue.active_for("nope@1") is None
@@ -840,7 +843,7 @@ def test_label_jobs_do_not_inherit_the_submitting_rpcs_deadline() -> None:
 
         queue = ingestion.LabelJobQueue(run)
         with deadline.within(0.01):  # as inside a LabelModel call with a short deadline
-            job = queue.submit("a@1", labeller.LabelOptions(), 1)
+            job = queue.submit("a@1", work.LabelOptions(), 1)
         for _ in range(500):
             if not job.active:
                 break

@@ -34,7 +34,9 @@ import torch
 from PIL import Image
 
 from mllgraph.errors import NotFound
-from mllgraph.hub import experts, imports, probe_folder, probes, registry
+from mllgraph.hub import imports, probe_folder, probes, registry
+from mllgraph.hub import loading as experts
+from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from services import ingestion
@@ -115,7 +117,7 @@ def cleanup(sdag_graph, neo4j_settings) -> Iterator[list[str]]:
 
 
 def spec() -> common_pb2.InputSpec:
-    s = experts.FASHION_INPUT_SPEC
+    s = fashion_experts.FASHION_INPUT_SPEC
     return common_pb2.InputSpec(
         size=s.size,
         resize_mode=common_pb2.RESIZE_MODE_RESIZE,
@@ -350,7 +352,7 @@ def test_add_probes_attaches_reports_and_marks_stale(
             arch=ARCH,
             weights_bytes=weights,
             wnids=[ESPADRILLE, SANDAL],
-            input_spec=experts.FASHION_INPUT_SPEC,
+            input_spec=fashion_experts.FASHION_INPUT_SPEC,
         ),
     ).record["id"]
     cleanup.append(mid)

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mllgraph.label import work
 from mllgraph.settings import Settings
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc, ingestion_pb2, ingestion_pb2_grpc
 from services import common
@@ -265,7 +266,6 @@ def test_label_job_states_are_exposed_as_they_change() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from mllgraph.errors import FailedPrecondition
-    from mllgraph.label import run as labeller
     from services import ingestion, telemetry
 
     async def scenario() -> list[dict[str, float]]:
@@ -292,7 +292,7 @@ def test_label_job_states_are_exposed_as_they_change() -> None:
 
         seen = [states()]
         for mid in ("good@1", "bad@1"):
-            queue.submit(mid, labeller.LabelOptions(), heads_total=2)
+            queue.submit(mid, work.LabelOptions(), heads_total=2)
         await asyncio.sleep(0.05)  # the first runs (waiting), the second waits its turn
         seen.append(states())
         release.set()

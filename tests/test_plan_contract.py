@@ -9,7 +9,7 @@ import unicodedata
 import pytest
 
 from mllgraph.errors import FailedPrecondition, InvalidArgument
-from mllgraph.select import plan as plan_doc
+from mllgraph.plan import document as plan_doc
 
 
 def test_names_are_normalised_to_nfc() -> None:
@@ -93,10 +93,10 @@ def test_an_uncovered_class_says_whether_the_hub_has_heads_for_it() -> None:
     """ "no head": no candidate head in the hub; "not chosen": candidates, left out."""
     import numpy as np
 
-    from mllgraph.reuse.rule import ClassAssignment, HeadGroup, default_params
+    from mllgraph.combine.rule import ClassAssignment, HeadGroup, default_params
+    from mllgraph.ground.resolve import Grounding
+    from mllgraph.plan.request import SelectOptions, TaskClass, Timings
     from mllgraph.select import chco
-    from mllgraph.select.ground import Grounding
-    from mllgraph.select.run import SelectOptions, TaskClass, Timings
 
     names = ["boot", "kilt", "democracy"]
     assignment = [

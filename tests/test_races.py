@@ -21,8 +21,11 @@ import pytest
 import torch
 
 from mllgraph.errors import AlreadyExists, FailedPrecondition, NotFound
-from mllgraph.hub import experts, probes, registry
+from mllgraph.hub import loading as experts
+from mllgraph.hub import probe_outputs, probes, registry
+from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
+from mllgraph.label import work as label_work
 from mllgraph.v1 import ingestion_pb2, ingestion_pb2_grpc
 from services import ingestion
 
@@ -79,7 +82,7 @@ def _registration(name: str, data: bytes) -> registry.Registration:
         arch=ARCH,
         weights_bytes=data,
         wnids=[SANDAL, GYM_SHOE],
-        input_spec=experts.FASHION_INPUT_SPEC,
+        input_spec=fashion_experts.FASHION_INPUT_SPEC,
     )
 
 
@@ -276,7 +279,7 @@ def test_submit_is_atomic_and_closed_while_deleting() -> None:
             return "done"
 
         queue = ingestion.LabelJobQueue(run)
-        opts = labeller.LabelOptions()
+        opts = label_work.LabelOptions()
         a, b = queue.submit("m@1", opts, 2), queue.submit("m@1", opts, 2)
         assert a is b
         queue.closed.add("d@1")
@@ -319,7 +322,7 @@ def test_a_job_reported_failed_at_shutdown_writes_nothing_afterwards(
                     graph,
                     settings,
                     job.model_id,
-                    labeller.LabelOptions(samples_per_concept=12),
+                    label_work.LabelOptions(samples_per_concept=12),
                     device="cpu",
                     progress=held,
                     cancel=job.token,
@@ -334,7 +337,7 @@ def test_a_job_reported_failed_at_shutdown_writes_nothing_afterwards(
 
     async def scenario() -> ingestion.LabelJob:
         queue = ingestion.LabelJobQueue(run)
-        job = queue.submit(mid, labeller.LabelOptions(), 2)
+        job = queue.submit(mid, label_work.LabelOptions(), 2)
         assert await asyncio.to_thread(inside.wait, 60)
         await queue.close(grace=0.2)
         return job
@@ -350,21 +353,21 @@ def test_a_job_reported_failed_at_shutdown_writes_nothing_afterwards(
     assert type(thread_outcome[0]).__name__ == "Aborted"
     assert _labels(graph, mid) == 0
     assert registry.get_model(graph, mid).get("labelled_at") is None
-    assert labeller.current_version(settings, mid) is None
+    assert probe_outputs.current_version(settings, mid) is None
 
 
 def test_cancel_token_excludes_the_write() -> None:
-    token = labeller.CancelToken()
+    token = label_work.CancelToken()
     with token.writing():
         # A write in flight: cancel cannot claim "nothing written" until it ends.
         answer: list[str] = []
         t = threading.Thread(target=lambda: answer.append(token.cancel(timeout=0.05)))
         t.start()
         t.join()
-        assert answer == [labeller.CancelToken.WRITING]
-    assert token.cancel() == labeller.CancelToken.COMMITTED
-    fresh = labeller.CancelToken()
-    assert fresh.cancel() == labeller.CancelToken.CANCELLED
+        assert answer == [label_work.CancelToken.WRITING]
+    assert token.cancel() == label_work.CancelToken.COMMITTED
+    fresh = label_work.CancelToken()
+    assert fresh.cancel() == label_work.CancelToken.CANCELLED
     with pytest.raises(Exception, match="cancelled"), fresh.writing():
         pytest.fail("the write path ran after cancel")
 
@@ -390,7 +393,7 @@ def test_probe_outputs_readers_see_one_pair(neo4j_settings, tmp_path) -> None:
     def read() -> None:
         while not stop.is_set():
             try:
-                out = labeller.open_probe_outputs(settings, mid)
+                out = probe_outputs.open_probe_outputs(settings, mid)
                 seen.append((float(out.get("s")[0, 0]), out.temperature))
             except FailedPrecondition:
                 pass  # before the first version
@@ -403,7 +406,7 @@ def test_probe_outputs_readers_see_one_pair(neo4j_settings, tmp_path) -> None:
     try:
         for k in range(1, 120):
             rows = 1 + k % 5  # the shape changes too: a mixed pair would misread rows
-            labeller.save_probe_outputs(
+            probe_outputs.save_probe_outputs(
                 settings, mid, {"s": np.full((rows, 3), k, np.float32)}, float(k)
             )
     finally:
@@ -411,7 +414,7 @@ def test_probe_outputs_readers_see_one_pair(neo4j_settings, tmp_path) -> None:
         reader.join()
     assert not errors, errors
     assert seen and all(value == temp for value, temp in seen)
-    root = labeller.current_version(settings, mid).parent  # type: ignore[union-attr]
+    root = probe_outputs.current_version(settings, mid).parent  # type: ignore[union-attr]
     assert len(_versions(root)) <= 2  # old versions pruned
 
 
@@ -423,23 +426,23 @@ def test_failed_label_write_keeps_the_old_pair_and_labels(
     graph, settings = sdag_graph, neo4j_settings
     mid = _register(graph, settings, _name("keep"), weights)
     cleanup.append(mid)
-    opts = labeller.LabelOptions(samples_per_concept=12)
+    opts = label_work.LabelOptions(samples_per_concept=12)
     labeller.label_model(graph, settings, mid, opts, device="cpu")
-    before_version = labeller.current_version(settings, mid)
+    before_version = probe_outputs.current_version(settings, mid)
     before_labels = _labels(graph, mid)
     assert before_version is not None and before_labels > 0
-    work = labeller.prepare(graph, settings, mid, opts)
-    outcome = labeller.compute(settings, work, device="cpu")
-    token = labeller.CancelToken()
+    work = label_work.prepare(graph, settings, mid, opts)
+    outcome = label_work.compute(settings, work, device="cpu")
+    token = label_work.CancelToken()
     token.cancel()
     with pytest.raises(Exception, match="cancelled"):
-        labeller.commit(graph, settings, work, outcome, cancel=token)
-    assert labeller.current_version(settings, mid) == before_version
+        label_work.commit(graph, settings, work, outcome, cancel=token)
+    assert probe_outputs.current_version(settings, mid) == before_version
     assert _versions(before_version.parent) == [before_version]
     assert _labels(graph, mid) == before_labels
     # And a relabel that succeeds switches to a new version, recorded in the graph.
-    labeller.commit(graph, settings, work, outcome)
-    now = labeller.current_version(settings, mid)
+    label_work.commit(graph, settings, work, outcome)
+    now = probe_outputs.current_version(settings, mid)
     assert now not in (None, before_version)
     recorded = registry.get_model(graph, mid)["probe_outputs"]
     assert str(now) in recorded

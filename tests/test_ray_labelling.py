@@ -22,8 +22,10 @@ import pytest
 import torch
 
 from mllgraph.errors import InvalidArgument, NotFound, Unavailable
-from mllgraph.hub import experts, probes, registry
-from mllgraph.label import ray_exec
+from mllgraph.hub import executor, probe_outputs, probes, registry
+from mllgraph.hub import loading as experts
+from mllgraph.hubs.fashion import experts as fashion_experts
+from mllgraph.label import ray_exec, work
 from mllgraph.label import run as labeller
 from mllgraph.settings import Settings
 
@@ -31,7 +33,7 @@ pytestmark = [pytest.mark.neo4j, pytest.mark.ray]
 
 SANDAL, GYM_SHOE = "n04133789", "n03472535"
 PREFIX = f"raytest-{uuid.uuid4().hex[:8]}"
-OPTIONS = labeller.LabelOptions(samples_per_concept=40)
+OPTIONS = work.LabelOptions(samples_per_concept=40)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def _register(graph, settings: Settings, tmp: Path, name: str, seed: int) -> str
             arch="test_efficientnet",
             weights_bytes=path.read_bytes(),
             wnids=[SANDAL, GYM_SHOE],
-            input_spec=experts.FASHION_INPUT_SPEC,
+            input_spec=fashion_experts.FASHION_INPUT_SPEC,
         ),
     ).record["id"]
 
@@ -88,7 +90,7 @@ def models(sdag_graph, neo4j_settings, probe_sets, tmp_path_factory) -> Iterator
 @pytest.fixture(scope="module")
 def ray_settings(neo4j_settings) -> Iterator[Settings]:
     settings = replace(neo4j_settings, executor="ray", ray_address=None, device="cpu")
-    with ray_exec.session(settings, num_cpus=2):
+    with executor.session(settings, num_cpus=2):
         yield settings
 
 
@@ -105,7 +107,7 @@ def _edges(graph, mid: str) -> list[dict[str, Any]]:
 
 def _state(graph, settings: Settings, mid: str) -> dict[str, Any]:
     """A model's catalogue state: its edges, graph temperature and stored probe outputs."""
-    outputs, file_temperature = labeller.load_probe_outputs(settings, mid)
+    outputs, file_temperature = probe_outputs.load_probe_outputs(settings, mid)
     return {
         "edges": _edges(graph, mid),
         "temperature": registry.get_model(graph, mid)["temperature"],
@@ -165,8 +167,8 @@ def test_killed_worker_is_retried_and_catalogue_consistent(
 ) -> None:
     marker = str(tmp_path / "killed-once")
 
-    def dies_once(settings: Settings, work: labeller.LabelWork, *, device: str):
-        outcome = labeller.compute(settings, work, device=device)
+    def dies_once(settings: Settings, work: work.LabelWork, *, device: str):
+        outcome = work.compute(settings, work, device=device)
         try:  # the first attempt to get here dies, its work computed but not returned
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
         except FileExistsError:
@@ -187,8 +189,8 @@ def test_task_failing_for_good_writes_nothing(
     mid = _register(sdag_graph, ray_settings, tmp_path, f"{PREFIX}-doomed", seed=7)
     try:
 
-        def always_dies(settings: Settings, work: labeller.LabelWork, *, device: str):
-            labeller.compute(settings, work, device=device)
+        def always_dies(settings: Settings, work: work.LabelWork, *, device: str):
+            work.compute(settings, work, device=device)
             os._exit(1)
 
         version = registry.catalogue_version(sdag_graph)
@@ -198,8 +200,8 @@ def test_task_failing_for_good_writes_nothing(
             )
         assert not registry.get_model(sdag_graph, mid).get("labelled_at")
         assert _edges(sdag_graph, mid) == []
-        assert not labeller.probe_outputs_path(ray_settings, mid).exists()
-        assert not labeller.probe_index_path(ray_settings, mid).exists()
+        assert not probe_outputs.probe_outputs_path(ray_settings, mid).exists()
+        assert not probe_outputs.probe_index_path(ray_settings, mid).exists()
         assert _leftovers(ray_settings, mid) == []
         assert registry.catalogue_version(sdag_graph) == version
     finally:

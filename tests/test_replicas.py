@@ -25,8 +25,8 @@ import grpc
 import numpy as np
 import pytest
 
+from mllgraph.combine import rule as combine
 from mllgraph.errors import InvalidArgument
-from mllgraph.reuse import rule as combine
 from mllgraph.select import chco
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc
 from services import inference as svc

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mllgraph.reuse import rule
-from mllgraph.reuse.rule import HeadGroup
+from mllgraph.combine import rule
+from mllgraph.combine.rule import HeadGroup
 from mllgraph.select import chco
 from mllgraph.select.cache import MISSING, CatalogueCache
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mllgraph.combine import rule
+from mllgraph.combine.rule import QUALITY_FLOOR, HeadGroup
 from mllgraph.errors import InvalidArgument
-from mllgraph.label import run as labeller
-from mllgraph.reuse import rule
-from mllgraph.reuse.rule import QUALITY_FLOOR, HeadGroup
+from mllgraph.hub import probe_outputs
 from mllgraph.select import chco
 from mllgraph.select import run as select
 from mllgraph.settings import Settings
@@ -140,14 +140,14 @@ def test_probe_index_file_is_probe_index_path(
     legacy, versioned = "org/legacy@1", "org/versioned@2"
     for mid in (legacy, versioned):
         (Path(store) / "models" / mid.replace("/", "_")).mkdir(parents=True)
-    root = Path(store) / "models" / versioned.replace("/", "_") / labeller.OUTPUTS_DIR
+    root = Path(store) / "models" / versioned.replace("/", "_") / probe_outputs.OUTPUTS_DIR
     (root / "v-1").mkdir(parents=True)
-    (root / labeller.CURRENT).symlink_to("v-1")
+    (root / probe_outputs.CURRENT).symlink_to("v-1")
     for mid in (legacy, versioned, "never/registered@1"):
-        assert labeller.probe_index_file(store, mid) == str(
-            labeller.probe_index_path(settings, mid)
+        assert probe_outputs.probe_index_file(store, mid) == str(
+            probe_outputs.probe_index_path(settings, mid)
         )
-    assert "v-1" in labeller.probe_index_file(store, versioned)
+    assert "v-1" in probe_outputs.probe_index_file(store, versioned)
 
 
 def test_probe_output_cache_knows_which_files_are_finite() -> None:
@@ -157,7 +157,7 @@ def test_probe_output_cache_knows_which_files_are_finite() -> None:
     bad = good.copy()
     bad[4, 1] = np.inf
     outputs = {
-        name: labeller.ProbeOutputs(data, {"s": (0, 6)}, 1.0)
+        name: probe_outputs.ProbeOutputs(data, {"s": (0, 6)}, 1.0)
         for name, data in (("good", good), ("bad", bad))
     }
     assert not cache.all_finite(outputs["good"])  # not seen yet: unknown, so checked by CHCO

@@ -36,9 +36,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
-from mllgraph.hub import experts, probes, registry
+from mllgraph.hub import loading as experts
+from mllgraph.hub import probes, registry
+from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
-from mllgraph.select import plan as plan_doc
+from mllgraph.label import work
+from mllgraph.plan import document as plan_doc
+from mllgraph.plan import request
 from mllgraph.select import run as select
 from mllgraph.settings import Settings
 from mllgraph.v1 import selection_pb2, selection_pb2_grpc
@@ -184,7 +188,7 @@ def _build(hub: Hub, tmp: Path) -> None:
     for i, (suffix, wnids) in enumerate(EXPERTS.items()):
         x, y = _training_set(wnids, seed=100 * (i + 1))
         heads = [*wnids, BACKGROUND]
-        model = experts.train_expert(
+        model = fashion_experts.train_expert(
             ARCH, list(range(len(heads))), x, y, epochs=2, seed=i, batch_size=32
         )
         path = experts.save_weights(model, tmp / f"{suffix}.safetensors")
@@ -193,12 +197,12 @@ def _build(hub: Hub, tmp: Path) -> None:
             arch=ARCH,
             weights_path=path,
             wnids=heads,
-            input_spec=experts.FASHION_INPUT_SPEC,
+            input_spec=fashion_experts.FASHION_INPUT_SPEC,
         )
         mid = registry.register_model(graph, settings, reg).record["id"]
         hub.models[suffix] = mid
         # top_k: the shared database's other probe sets must not crowd our concepts out
-        options = labeller.LabelOptions(samples_per_concept=30, top_k=100)
+        options = work.LabelOptions(samples_per_concept=30, top_k=100)
         labeller.label_model(graph, settings, mid, options, device="cpu")
 
 
@@ -228,7 +232,7 @@ def _cleanup(hub: Hub) -> None:
 
 @pytest.fixture(scope="module")
 def hub(neo4j_settings: Settings, sdag_graph: Any) -> Iterator[Hub]:
-    from mllgraph.select.ground import default_resolver
+    from mllgraph.ground.resolve import default_resolver
 
     settings = neo4j_settings
     scratch = ScratchNeo4j(settings) if settings.uses_local_neo4j else None
@@ -493,13 +497,13 @@ def test_plan_lookups(hub: Hub, stub: Any) -> None:
 
 def test_library_select_matches_the_service(hub: Hub, stub: Any) -> None:
     plan = _select(hub, stub, TASK)
-    classes = [select.TaskClass(n) for n in TASK]
-    options = select.SelectOptions(allow_ancestor=False, fit_params=False)
+    classes = [request.TaskClass(n) for n in TASK]
+    options = request.SelectOptions(allow_ancestor=False, fit_params=False)
     ctx = select.select(hub.graph, hub.settings, classes, options, hub.resolver, store=False)
     assert ctx.plan["models"] == list(plan.model_ids)
     assert ctx.problem is not None and ctx.problem.num_classes == 4
     with pytest.raises(InvalidArgument, match="budget"):
-        select.select(hub.graph, hub.settings, classes, select.SelectOptions(budget=0), None)
+        select.select(hub.graph, hub.settings, classes, request.SelectOptions(budget=0), None)
 
 
 # --- a catalogue without labelled models ---------------------------------------------------------
@@ -512,9 +516,9 @@ def test_empty_hub_is_failed_precondition(hub: Hub) -> None:
     from mllgraph.graph.db import Graph
     from services.selection import BackgroundServer
 
-    classes = [select.TaskClass(n) for n in TASK]
+    classes = [request.TaskClass(n) for n in TASK]
     with Graph(settings) as graph, pytest.raises(FailedPrecondition, match="no labelled models"):
-        select.select(graph, settings, classes, select.SelectOptions(), hub.resolver)
+        select.select(graph, settings, classes, request.SelectOptions(), hub.resolver)
     with (
         BackgroundServer(settings, resolver=hub.resolver) as server,
         grpc.insecure_channel(server.address) as channel,
@@ -530,11 +534,11 @@ def test_class_without_probes_borrows_its_nearest_concepts_probes(hub: Hub) -> N
     tote bag, a cousin under container.n.01, so it borrows the tote probes to be simulated."""
     handbag = "n02774152"
     classes = [
-        select.TaskClass("handbag", pinned_wnid=handbag),
-        select.TaskClass("clog", pinned_wnid=CLOG),
-        select.TaskClass("kilt", pinned_wnid=KILT),
+        request.TaskClass("handbag", pinned_wnid=handbag),
+        request.TaskClass("clog", pinned_wnid=CLOG),
+        request.TaskClass("kilt", pinned_wnid=KILT),
     ]
-    options = select.SelectOptions(fit_params=False)
+    options = request.SelectOptions(fit_params=False)
     ctx = select.select(hub.graph, hub.settings, classes, options, hub.resolver, store=False)
     bag = ctx.plan["classes"][0]
     assert bag["coverage"] == "related"
@@ -547,10 +551,10 @@ def test_sub_hub_sees_its_own_heads_before_the_per_kind_limit(hub: Hub) -> None:
     """Experts b and c both have a kilt head. With one candidate per kind, the whole hub's
     top-1 kilt head belongs to one of them; a sub-hub of the other one must still see its own
     kilt head (the filter runs inside the candidates query, before the limit)."""
-    classes = [select.TaskClass(n) for n in TASK]
+    classes = [request.TaskClass(n) for n in TASK]
     for suffix in ("b", "c"):
         mid = hub.models[suffix]
-        options = select.SelectOptions(per_kind_limit=1, fit_params=False, models=(mid,))
+        options = request.SelectOptions(per_kind_limit=1, fit_params=False, models=(mid,))
         ctx = select.select(hub.graph, hub.settings, classes, options, hub.resolver, store=False)
         assert {c.group.model_id for c in ctx.candidates} == {mid}
         kilt = next(c for c in ctx.plan["classes"] if c["concept"]["wnid"] == KILT)
@@ -565,12 +569,12 @@ def test_broad_models_are_the_sub_hubs_broadest_labelled_experts(hub: Hub) -> No
 
     reads = Reads(hub.graph, None, registry.catalogue_version(hub.graph))
     mids = sorted(hub.models.values())
-    sub_hub = select.SelectOptions(models=tuple(mids))
+    sub_hub = request.SelectOptions(models=tuple(mids))
     found = reads.broad_models(3, 10, sub_hub)
     assert sorted(r["model"] for r in found) == mids
     assert all(r["num_heads"] == 3 and r["version"] for r in found)
     assert [r["model"] for r in reads.broad_models(3, 2, sub_hub)] == mids[:2]  # ties: the id
-    one = select.SelectOptions(models=(mids[0],))
+    one = request.SelectOptions(models=(mids[0],))
     assert reads.broad_models(3, 10, one)[0]["model"] == mids[0]
     assert reads.broad_models(4, 10, sub_hub) == []
 
@@ -583,7 +587,7 @@ def _same(ctx: select.SelectionContext) -> dict[str, Any]:
     return {k: v for k, v in ctx.plan.items() if k not in ("timings_ms", "created_at")}
 
 
-def _both(hub: Hub, cache: Any, classes: list[Any], options: select.SelectOptions) -> Any:
+def _both(hub: Hub, cache: Any, classes: list[Any], options: request.SelectOptions) -> Any:
     """The plan through `cache` and without any cache: they must be equal."""
     cached = select.select(
         hub.graph, hub.settings, classes, options, hub.resolver, store=False, reads_cache=cache
@@ -602,22 +606,22 @@ def test_cached_and_uncached_plans_are_equal(hub: Hub) -> None:
     cache = CatalogueCache(1000)
     handbag = "n02774152"
     tasks = [
-        [select.TaskClass(n) for n in TASK],
-        [select.TaskClass(n) for n in ("clog", "moccasin", "kilt")],
+        [request.TaskClass(n) for n in TASK],
+        [request.TaskClass(n) for n in ("clog", "moccasin", "kilt")],
         # Overlapping the first two, with other classes blocking other ancestors: a cached
         # concept's ancestor candidates must not leak into a task where they are blocked.
-        [select.TaskClass(n) for n in ("clog", "tote bag", "kilt")],
+        [request.TaskClass(n) for n in ("clog", "tote bag", "kilt")],
         [
-            select.TaskClass("handbag", pinned_wnid=handbag),  # proxy probes, related heads
-            select.TaskClass("clog", pinned_wnid=CLOG),
-            select.TaskClass("kilt", pinned_wnid=KILT),
+            request.TaskClass("handbag", pinned_wnid=handbag),  # proxy probes, related heads
+            request.TaskClass("clog", pinned_wnid=CLOG),
+            request.TaskClass("kilt", pinned_wnid=KILT),
         ],
-        [select.TaskClass("democracy", pinned_wnid=DEMOCRACY), select.TaskClass("clog")],
+        [request.TaskClass("democracy", pinned_wnid=DEMOCRACY), request.TaskClass("clog")],
     ]
     option_sets = [
-        select.SelectOptions(fit_params=False),
-        select.SelectOptions(allow_ancestor=False, fit_params=False),
-        select.SelectOptions(per_kind_limit=1, fit_params=False, models=(hub.models["b"],)),
+        request.SelectOptions(fit_params=False),
+        request.SelectOptions(allow_ancestor=False, fit_params=False),
+        request.SelectOptions(per_kind_limit=1, fit_params=False, models=(hub.models["b"],)),
     ]
     for options in option_sets:
         for classes in tasks:
@@ -640,8 +644,8 @@ def test_the_next_select_sees_a_registration_labelling_and_deletion(
     from mllgraph.select.cache import CatalogueCache
 
     cache = CatalogueCache(1000)
-    classes = [select.TaskClass("democracy", pinned_wnid=DEMOCRACY), select.TaskClass("kilt")]
-    options = select.SelectOptions(fit_params=False)
+    classes = [request.TaskClass("democracy", pinned_wnid=DEMOCRACY), request.TaskClass("kilt")]
+    options = request.SelectOptions(fit_params=False)
 
     def models_of(ctx: select.SelectionContext) -> set[str]:
         return {c.group.model_id for c in ctx.candidates}
@@ -650,7 +654,7 @@ def test_the_next_select_sees_a_registration_labelling_and_deletion(
     v0 = cache.version
     x = pattern_images(PATTERN[KILT], 48, seed=7)
     noise = np.random.default_rng(7).integers(0, 256, size=(48, 28, 28), dtype=np.uint8)
-    model = experts.train_expert(
+    model = fashion_experts.train_expert(
         ARCH, [0, 1], np.concatenate([x, noise]), np.repeat([0, 1], 48), epochs=1, seed=7
     )
     reg = registry.Registration(
@@ -658,7 +662,7 @@ def test_the_next_select_sees_a_registration_labelling_and_deletion(
         arch=ARCH,
         weights_path=experts.save_weights(model, tmp_path / "d.safetensors"),
         wnids=[DEMOCRACY, BACKGROUND],
-        input_spec=experts.FASHION_INPUT_SPEC,
+        input_spec=fashion_experts.FASHION_INPUT_SPEC,
     )
     mid = registry.register_model(hub.graph, hub.settings, reg).record["id"]
     hub.models["d"] = mid  # removed by the hub's clean-up if the test fails half-way
@@ -669,7 +673,7 @@ def test_the_next_select_sees_a_registration_labelling_and_deletion(
         assert not registered.problem.logits_by_model[mid].any()  # declared, unsimulated
         v1 = cache.version
 
-        options_l = labeller.LabelOptions(samples_per_concept=30, top_k=100)
+        options_l = work.LabelOptions(samples_per_concept=30, top_k=100)
         labeller.label_model(hub.graph, hub.settings, mid, options_l, device="cpu")
         labelled = _both(hub, cache, classes, options)
         assert cache.version != v1

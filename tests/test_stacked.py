@@ -1,5 +1,5 @@
-"""The stacked combination rule (mllgraph.reuse.stacked) and the one place that applies a
-plan (mllgraph.reuse.apply): pure logic on synthetic logits with known answers."""
+"""The stacked combination rule (mllgraph.combine.stacked) and the one place that applies a
+plan (mllgraph.plan.apply): pure logic on synthetic logits with known answers."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mllgraph.combine import stacked
 from mllgraph.errors import FailedPrecondition, InvalidArgument
-from mllgraph.reuse import apply, stacked
-from mllgraph.select.plan import STACKED_SCHEMA_VERSION, parse_plan
+from mllgraph.plan import apply
+from mllgraph.plan.document import STACKED_SCHEMA_VERSION, parse_plan
 
 
 def _shirts(n_per_class: int = 40, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -192,7 +193,7 @@ def test_a_plan_served_by_its_stacked_rule_covers_classes_through_the_heads_it_r
     one on a head the rule does not read leaves it uncovered."""
     from dataclasses import replace
 
-    from mllgraph.reuse.rule import ClassAssignment, HeadGroup, default_params
+    from mllgraph.combine.rule import ClassAssignment, HeadGroup, default_params
     from mllgraph.select import chco
     from mllgraph.select import run as select
 

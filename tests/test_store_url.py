@@ -22,9 +22,14 @@ import fsspec
 import numpy as np
 import pytest
 
+from mllgraph import paths
 from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
-from mllgraph.hub import experts, probes, registry, store
+from mllgraph.hub import loading, probe_outputs, probes, registry, store
+from mllgraph.hub import loading as experts
+from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
+from mllgraph.label import work
+from mllgraph.plan import request
 from mllgraph.settings import Settings
 
 CLOG, MOCCASIN, KILT = "n03047553", "n03776877", "n03617312"
@@ -41,8 +46,8 @@ def _memory_url(tag: str) -> str:
 def stores(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
     """(model store URL, probe store URL), both in this process's memory file system."""
     urls = (_memory_url("models"), _memory_url("probes"))
-    monkeypatch.setenv(store.MODEL_STORE_VAR, urls[0])
-    monkeypatch.setenv(store.PROBE_STORE_VAR, urls[1])
+    monkeypatch.setenv(paths.MODEL_STORE_VAR, urls[0])
+    monkeypatch.setenv(paths.PROBE_STORE_VAR, urls[1])
     yield urls
     memory = fsspec.filesystem("memory")
     for url in urls:
@@ -61,18 +66,18 @@ def test_paths_and_file_urls_are_local_folders(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(home=tmp_path)
-    monkeypatch.delenv(store.MODEL_STORE_VAR, raising=False)
+    monkeypatch.delenv(paths.MODEL_STORE_VAR, raising=False)
     assert (
         settings.model_store == tmp_path / "models" and settings.probe_store == tmp_path / "probes"
     )
     for value in (str(tmp_path / "elsewhere"), f"file://{tmp_path}/elsewhere"):
-        monkeypatch.setenv(store.MODEL_STORE_VAR, value)
+        monkeypatch.setenv(paths.MODEL_STORE_VAR, value)
         assert settings.model_store == tmp_path / "elsewhere"
         assert store.model_remote(settings) is None
     url = _memory_url("loc")
-    monkeypatch.setenv(store.MODEL_STORE_VAR, url)
+    monkeypatch.setenv(paths.MODEL_STORE_VAR, url)
     assert settings.model_store_url == url
-    assert settings.model_store == store.cache_root(tmp_path, url)
+    assert settings.model_store == paths.cache_root(tmp_path, url)
     assert settings.model_store.parent == tmp_path / "cache"
     remote = store.model_remote(settings)
     assert remote is not None and remote.cache == settings.model_store
@@ -83,7 +88,7 @@ def test_paths_and_file_urls_are_local_folders(
 def test_an_unknown_protocol_names_the_variable_and_the_url(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(store.MODEL_STORE_VAR, "nosuchfs://bucket/models")
+    monkeypatch.setenv(paths.MODEL_STORE_VAR, "nosuchfs://bucket/models")
     settings = Settings(home=tmp_path)
     with pytest.raises(InvalidArgument, match=r"MLLGRAPH_MODEL_STORE='nosuchfs://bucket/models'"):
         _ = settings.model_store
@@ -96,7 +101,7 @@ def test_a_missing_backend_names_the_package_to_install(
 ) -> None:
     if importlib.util.find_spec("s3fs") is not None:
         pytest.skip("s3fs is installed here")
-    monkeypatch.setenv(store.PROBE_STORE_VAR, "s3://bucket/probes")
+    monkeypatch.setenv(paths.PROBE_STORE_VAR, "s3://bucket/probes")
     with pytest.raises(
         FailedPrecondition, match=r"MLLGRAPH_PROBE_STORE='s3://bucket/probes'.*pip install s3fs"
     ):
@@ -115,40 +120,40 @@ def test_a_new_version_switches_current_and_old_readers_keep_theirs(
     reader = Settings(home=tmp_path / "b", store_refresh_s=0)
     mid = "org/versions@1"
     with pytest.raises(FailedPrecondition, match="no probe outputs"):
-        labeller.open_probe_outputs(reader, mid)
+        probe_outputs.open_probe_outputs(reader, mid)
 
     def save(k: int) -> None:
         rows = 1 + k % 4  # the shape changes too: a mixed pair would misread rows
-        labeller.save_probe_outputs(writer, mid, {"s": np.full((rows, 3), k, np.float32)}, k)
+        probe_outputs.save_probe_outputs(writer, mid, {"s": np.full((rows, 3), k, np.float32)}, k)
 
     save(1)
-    old = labeller.open_probe_outputs(reader, mid)
+    old = probe_outputs.open_probe_outputs(reader, mid)
     assert old.temperature == 1.0 and (old.get("s") == 1).all()
     assert str(old.data.filename).startswith(str(reader.model_store))  # a local memory map
     for k in range(2, 6):
         save(k)
-    new = labeller.open_probe_outputs(reader, mid)
+    new = probe_outputs.open_probe_outputs(reader, mid)
     assert new.temperature == 5.0 and new.get("s").shape == (2, 3) and (new.get("s") == 5).all()
     assert old.get("s").shape == (2, 3) and (old.get("s") == 1).all()  # still readable
 
     # The store holds CURRENT (naming the reader's version) and at most one older version.
-    key = f"{registry.model_key(mid)}/{labeller.OUTPUTS_DIR}"
+    key = f"{registry.model_key(mid)}/{probe_outputs.OUTPUTS_DIR}"
     names = _remote_names(stores[0], key)
-    current = labeller.current_version(reader, mid)
-    assert current is not None and labeller.CURRENT in names and current.name in names
+    current = probe_outputs.current_version(reader, mid)
+    assert current is not None and probe_outputs.CURRENT in names and current.name in names
     assert len(names) <= 3, names
     remote = store.model_remote(reader)
     assert remote is not None and remote.read(f"{key}/CURRENT") == current.name.encode()
     # Selection's fast index path reads the local copy.
-    assert labeller.probe_index_file(str(reader.model_store), mid) == str(
-        labeller.probe_index_path(reader, mid)
+    assert probe_outputs.probe_index_file(str(reader.model_store), mid) == str(
+        probe_outputs.probe_index_path(reader, mid)
     )
 
     # A reader that looked recently keeps its version until store_refresh_s has passed.
     patient = replace(reader, store_refresh_s=3600)
     save(6)
-    assert (labeller.open_probe_outputs(patient, mid).get("s") == 5).all()
-    assert (labeller.open_probe_outputs(reader, mid).get("s") == 6).all()
+    assert (probe_outputs.open_probe_outputs(patient, mid).get("s") == 5).all()
+    assert (probe_outputs.open_probe_outputs(reader, mid).get("s") == 6).all()
 
 
 def test_a_batched_refresh_mirrors_several_models(stores: tuple[str, str], tmp_path: Path) -> None:
@@ -156,14 +161,14 @@ def test_a_batched_refresh_mirrors_several_models(stores: tuple[str, str], tmp_p
     reader = Settings(home=tmp_path / "b", store_refresh_s=0)
     mids = [f"batch-{i}@1" for i in range(3)]
     for i, mid in enumerate(mids[:2]):
-        labeller.save_probe_outputs(writer, mid, {"s": np.full((2, 2), i, np.float32)}, 1.0)
-    labeller.refresh_current(reader, mids)
+        probe_outputs.save_probe_outputs(writer, mid, {"s": np.full((2, 2), i, np.float32)}, 1.0)
+    probe_outputs.refresh_current(reader, mids)
     root = str(reader.model_store)
     for i, mid in enumerate(mids[:2]):
-        index = Path(labeller.probe_index_file(root, mid))
+        index = Path(probe_outputs.probe_index_file(root, mid))
         assert index.is_file() and json.loads(index.read_text())["sets"] == {"s": [0, 2]}
-        assert (np.load(index.with_name(labeller.PROBE_OUTPUTS)) == i).all()
-    assert not Path(labeller.probe_index_file(root, mids[2])).exists()  # never labelled
+        assert (np.load(index.with_name(probe_outputs.PROBE_OUTPUTS)) == i).all()
+    assert not Path(probe_outputs.probe_index_file(root, mids[2])).exists()  # never labelled
 
 
 def test_an_unreachable_store_leaves_readers_their_cached_version(
@@ -172,9 +177,9 @@ def test_an_unreachable_store_leaves_readers_their_cached_version(
     writer = Settings(home=tmp_path / "a", store_refresh_s=0)
     reader = Settings(home=tmp_path / "b", store_refresh_s=0)
     mid = "unreachable@1"
-    labeller.save_probe_outputs(writer, mid, {"s": np.ones((2, 2), np.float32)}, 1.0)
-    assert labeller.open_probe_outputs(reader, mid).temperature == 1.0
-    labeller.save_probe_outputs(writer, mid, {"s": np.ones((2, 2), np.float32)}, 2.0)
+    probe_outputs.save_probe_outputs(writer, mid, {"s": np.ones((2, 2), np.float32)}, 1.0)
+    assert probe_outputs.open_probe_outputs(reader, mid).temperature == 1.0
+    probe_outputs.save_probe_outputs(writer, mid, {"s": np.ones((2, 2), np.float32)}, 2.0)
     remote = store.model_remote(reader)
     assert remote is not None
 
@@ -183,8 +188,8 @@ def test_an_unreachable_store_leaves_readers_their_cached_version(
 
     with monkeypatch.context() as patch:
         patch.setattr(remote.fs, "cat", down)
-        assert labeller.open_probe_outputs(reader, mid).temperature == 1.0  # what it has
-    assert labeller.open_probe_outputs(reader, mid).temperature == 2.0  # looked again
+        assert probe_outputs.open_probe_outputs(reader, mid).temperature == 1.0  # what it has
+    assert probe_outputs.open_probe_outputs(reader, mid).temperature == 2.0  # looked again
 
 
 # --- weight blobs: removal against a racing registration ------------------------------------
@@ -246,7 +251,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             [_pattern_images(PATTERN[w], 40, seed=10 * i + j) for j, w in enumerate(wnids)]
         )
         y = np.repeat(np.arange(2), 40)
-        model = experts.train_expert(ARCH, [0, 1], x, y, epochs=1, seed=i, batch_size=20)
+        model = fashion_experts.train_expert(ARCH, [0, 1], x, y, epochs=1, seed=i, batch_size=20)
         out[name] = experts.save_weights(model, tmp / f"{name}.safetensors")
     return out
 
@@ -256,7 +261,11 @@ WNIDS = {"a": [CLOG, MOCCASIN], "b": [MOCCASIN, KILT]}
 
 def _registration(name: str, path: Path, wnids: list[str]) -> registry.Registration:
     return registry.Registration(
-        name=name, arch=ARCH, weights_path=path, wnids=wnids, input_spec=experts.FASHION_INPUT_SPEC
+        name=name,
+        arch=ARCH,
+        weights_path=path,
+        wnids=wnids,
+        input_spec=fashion_experts.FASHION_INPUT_SPEC,
     )
 
 
@@ -272,10 +281,10 @@ def _labels(graph: Any, mid: str) -> list[tuple[Any, ...]]:
 def _deployment(graph: Any, settings: Settings, weights: dict[str, Path], check: Any) -> dict:
     """Probe sets, two models, labels, a plan and its classifications on `settings`' stores;
     what a reader sees, compared across stores by the caller; everything removed after."""
+    from mllgraph.ground.resolve import default_resolver
     from mllgraph.reuse import cache as model_cache
     from mllgraph.reuse import classifier
     from mllgraph.select import run as select
-    from mllgraph.select.ground import default_resolver
 
     sets, mids = [], []
     try:
@@ -289,14 +298,14 @@ def _deployment(graph: Any, settings: Settings, weights: dict[str, Path], check:
         for name, path in weights.items():
             reg = _registration(f"{PREFIX}-{name}", path, WNIDS[name])
             mids.append(registry.register_model(graph, settings, reg).record["id"])
-        options = labeller.LabelOptions(samples_per_concept=16, top_k=100)
+        options = work.LabelOptions(samples_per_concept=16, top_k=100)
         for mid in mids:
             labeller.label_model(graph, settings, mid, options, device="cpu")
         ctx = select.select(
             graph,
             settings,
-            [select.TaskClass(n, pinned_wnid=w) for n, w in (("clog", CLOG), ("kilt", KILT))],
-            select.SelectOptions(budget=2, models=tuple(mids)),
+            [request.TaskClass(n, pinned_wnid=w) for n, w in (("clog", CLOG), ("kilt", KILT))],
+            request.SelectOptions(budget=2, models=tuple(mids)),
             default_resolver(Settings.from_env(), use_embeddings=False),  # the suite's home
             cache=select.ProbeOutputCache(),
             store=False,
@@ -307,7 +316,7 @@ def _deployment(graph: Any, settings: Settings, weights: dict[str, Path], check:
         x = np.concatenate([_pattern_images(k, 4, seed=200 + k) for k in PATTERN.values()])
         clf = classifier.PlanClassifier(plan, graph, settings, cache)
         seen = {
-            "outputs": {m: labeller.load_probe_outputs(settings, m) for m in mids},
+            "outputs": {m: probe_outputs.load_probe_outputs(settings, m) for m in mids},
             "labels": {m: _labels(graph, m) for m in mids},
             "plan": (
                 [[(h["model_id"], h["head_index"]) for h in c["heads"]] for c in plan["classes"]],
@@ -340,13 +349,13 @@ def test_memory_stores_label_select_and_classify_as_a_local_store(
 ) -> None:
     graph = sdag_graph
     local = replace(neo4j_settings, home=tmp_path / "local", device="cpu")
-    monkeypatch.delenv(store.MODEL_STORE_VAR, raising=False)
-    monkeypatch.delenv(store.PROBE_STORE_VAR, raising=False)
+    monkeypatch.delenv(paths.MODEL_STORE_VAR, raising=False)
+    monkeypatch.delenv(paths.PROBE_STORE_VAR, raising=False)
     here = _deployment(graph, local, weights, lambda mids, seen: None)
 
     model_url, probe_url = _memory_url("models"), _memory_url("probes")
-    monkeypatch.setenv(store.MODEL_STORE_VAR, model_url)
-    monkeypatch.setenv(store.PROBE_STORE_VAR, probe_url)
+    monkeypatch.setenv(paths.MODEL_STORE_VAR, model_url)
+    monkeypatch.setenv(paths.PROBE_STORE_VAR, probe_url)
     settings = replace(local, home=tmp_path / "remote", store_refresh_s=0)
     other = replace(settings, home=tmp_path / "other-machine")
 
@@ -356,9 +365,9 @@ def test_memory_stores_label_select_and_classify_as_a_local_store(
             assert json.loads(record["probe_outputs"])["path"].startswith(f"{model_url}/models/")
             # Another machine: weights fetched (and sha256-checked) into its own cache, the
             # same probe outputs memory-mapped from its own cache.
-            assert registry.weights_file(other, record).is_relative_to(other.model_store)
-            registry.load_model(other, record)
-            data, temperature = labeller.load_probe_outputs(other, mid)
+            assert loading.weights_file(other, record).is_relative_to(other.model_store)
+            loading.load_model(other, record)
+            data, temperature = probe_outputs.load_probe_outputs(other, mid)
             want, want_t = seen["outputs"][mid]
             assert temperature == want_t and data.keys() == want.keys()
             for s in data:
@@ -377,11 +386,9 @@ def test_memory_stores_label_select_and_classify_as_a_local_store(
         assert probes.load_images(seen["sets"][0], 2, settings=other).shape == (2, 28, 28)
         # Labelling again makes a new version current in the store and in the graph.
         mid = mids[0]
-        before = labeller.current_version(settings, mid)
-        labeller.label_model(
-            graph, settings, mid, labeller.LabelOptions(16, top_k=100), device="cpu"
-        )
-        after = labeller.current_version(other, mid)
+        before = probe_outputs.current_version(settings, mid)
+        labeller.label_model(graph, settings, mid, work.LabelOptions(16, top_k=100), device="cpu")
+        after = probe_outputs.current_version(other, mid)
         assert before is not None and after is not None and after.name != before.name
         assert after.name in registry.get_model(graph, mid)["probe_outputs"]
 
@@ -423,7 +430,7 @@ def test_deleting_models_removes_a_remote_blob_only_when_unreferenced(
     try:
         first = registry.delete_model(graph, settings, mids[0])
         assert not first["weights_removed"] and remote.exists(key)
-        registry.load_model(replace(settings, home=tmp_path / "fresh"), record)  # still there
+        loading.load_model(replace(settings, home=tmp_path / "fresh"), record)  # still there
         # A deletion elsewhere removes the blob between this registration's put and its
         # Model's write: the registration puts it back.
         real_create = registry._create

@@ -9,7 +9,7 @@ import pytest
 
 from mllgraph.errors import InvalidArgument
 from mllgraph.eval.tasks import load_suite, parse_suite
-from mllgraph.hub.fashion import FASHION_CLASSES
+from mllgraph.hubs.fashion.data import FASHION_CLASSES
 
 
 def _suite(*tasks: dict) -> dict:

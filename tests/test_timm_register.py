@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from mllgraph.errors import InvalidArgument, NotFound
-from mllgraph.hub import experts, registry, timm_source
+from mllgraph.hub import loading as experts
+from mllgraph.hub import registry, timm_source
 from mllgraph.settings import Settings
 
 pytestmark = pytest.mark.neo4j

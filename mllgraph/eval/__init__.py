@@ -1,4 +1,5 @@
-"""Evaluation, benchmarks and the demo. The library never imports this package.
+"""Evaluation, benchmarks and the demo. The library never imports this package; only the CLI
+(its `bench` and `demo` commands) does.
 
 - `tasks`: task suites (JSON) of class names with their Fashion-MNIST ground truth.
 - `evaluate`: MLL and the baselines (random, single, uniform, oracle, ConSE) on a suite.
@@ -6,8 +7,9 @@
   three services).
 - `zeroshot`: `mllgraph bench zeroshot`: hub build, suite, hub-size study, report.
 - `gap_study`: CHCO's heuristic against its exact solver on synthetic problems.
+- `bundle`: `python -m mllgraph.eval.bundle export-plan` (a plan bundle for the GPU check).
 - `bench/`: one module per benchmark (`mllgraph bench NAME`).
 - `demo`: README command (1).
 
-Graph statements: `cypher/eval/`.
+May import every room but the CLI. Graph statements: `cypher/eval/`.
 """

@@ -6,10 +6,10 @@ demo, or the library in-process (the hub-size study, where hundreds of selection
 
 Baselines, computed on the same images from each model's logits (every model runs once on
 the evaluation images and its logits are cached). Every method is scored by the same code
-(:func:`task_scores`): the shared rule (`mllgraph.reuse.rule.combine`) at each model's
+(:func:`task_scores`): the shared rule (`mllgraph.combine.rule.combine`) at each model's
 calibrated temperature (the one labelling fitted on the hub's probe images, which selection
 and inference use too), and the same offline fallback evidence
-(`mllgraph.reuse.rule.fallback_evidence`) for every class the method leaves uncovered. Only the
+(`mllgraph.combine.rule.fallback_evidence`) for every class the method leaves uncovered. Only the
 choice of heads and the combination's per-class weights differ:
   (a) random   — a uniformly random candidate per class (mean of 5 draws), default weights;
   (b) single   — the one expert covering most classes (ties: higher mean label score), its
@@ -44,14 +44,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mllgraph.errors import FailedPrecondition, InvalidArgument
-from mllgraph.eval.tasks import SPLITS, Suite, Task
-from mllgraph.graph.db import Graph
-from mllgraph.hub import domains, forward, registry
-from mllgraph.hub.fashion import FASHION_CLASSES
-from mllgraph.reuse import apply
-from mllgraph.reuse.domain import thumbnails
-from mllgraph.reuse.rule import (
+from mllgraph.combine.domain import thumbnails
+from mllgraph.combine.rule import (
     ClassAssignment,
     CombinationParams,
     HeadGroup,
@@ -59,10 +53,17 @@ from mllgraph.reuse.rule import (
     default_params,
     fallback_evidence,
 )
+from mllgraph.errors import FailedPrecondition, InvalidArgument
+from mllgraph.eval.tasks import SPLITS, Suite, Task
+from mllgraph.graph.db import Graph
+from mllgraph.hub import domains, executor, forward, loading, registry
+from mllgraph.hubs.fashion import experts as fashion_experts
+from mllgraph.hubs.fashion.data import FASHION_CLASSES
+from mllgraph.plan import apply, request
+from mllgraph.plan import document as plan_doc
+from mllgraph.plan.document import UNCOVERED_WHY, uncovered_names
 from mllgraph.select import chco
-from mllgraph.select import plan as plan_doc
 from mllgraph.select import run as select
-from mllgraph.select.plan import UNCOVERED_WHY, uncovered_names
 from mllgraph.settings import Settings
 
 BASELINES = ("random", "single", "uniform", "oracle", "conse")
@@ -93,7 +94,7 @@ class EvalImages:
 
 def eval_images(settings: Settings, per_class: int | None, seed: int = 0) -> EvalImages:
     """The first `per_class` test images of every class in a seeded order (all if None)."""
-    from mllgraph.hub import fashion
+    from mllgraph.hubs.fashion import data as fashion
 
     images, labels = fashion.load_split("test", settings.fashion_mnist_dir)
     rng = np.random.default_rng(seed)
@@ -147,11 +148,10 @@ class LogitCache:
             for mid in todo:
                 self(mid)
             return
-        from mllgraph.label import ray_exec
 
         records = {mid: (registry.get_model(self.graph, mid),) for mid in todo}
         t = time.perf_counter()
-        out = ray_exec.map_models(
+        out = executor.map_models(
             self.settings, model_logits, records, shared=(self.settings, self.images.images)
         )
         per_model = (time.perf_counter() - t) / len(todo)  # wall time, shared by the tasks
@@ -164,7 +164,7 @@ def model_logits(
     settings: Settings, images: np.ndarray, record: Mapping[str, Any], device: str = "cpu"
 ) -> np.ndarray:
     """One model's logits on the evaluation images (in this process or in a Ray task)."""
-    model, spec = registry.load_model(settings, dict(record))
+    model, spec = loading.load_model(settings, dict(record))
     return forward.logits(
         model, spec, images, batch_size=128, device=device, cpu_chunk=settings.infer_cpu_chunk
     )
@@ -187,7 +187,7 @@ class LibraryPipeline:
     """Selection and classification in-process (same code the services wrap)."""
 
     def __init__(self, graph: Graph, settings: Settings, logits: LogitCache) -> None:
-        from mllgraph.select.ground import default_resolver
+        from mllgraph.ground.resolve import default_resolver
 
         self.graph, self.settings, self.logits = graph, settings, logits
         self.resolver = default_resolver(settings)
@@ -196,8 +196,8 @@ class LibraryPipeline:
         ctx = select.select(
             self.graph,
             self.settings,
-            [select.TaskClass(n) for n in task.names],
-            select.SelectOptions(budget=budget, models=models),
+            [request.TaskClass(n) for n in task.names],
+            request.SelectOptions(budget=budget, models=models),
             self.resolver,
         )
         return ctx.plan
@@ -262,7 +262,7 @@ def classify_plan(
     in_domain_of: InDomainOf | None = None,
 ) -> np.ndarray:
     """MLL's predictions from a plan document, exactly as inference makes them without a VLM
-    (`mllgraph.reuse.apply`: its heads and fitted parameters, or its stacked rule; its patch
+    (`mllgraph.plan.apply`: its heads and fitted parameters, or its stacked rule; its patch
     for uncovered classes; each model's input domain)."""
     parsed = plan_doc.parse_plan(plan)
     logits = {m: logits_of(m)[idx] for m in apply.models_to_run(parsed)}
@@ -306,8 +306,8 @@ def candidates_for(
     ctx = select.select(
         graph,
         settings,
-        [select.TaskClass(n) for n in task.names],
-        select.SelectOptions(budget=1000, models=models, fit_params=False, solver="heuristic"),
+        [request.TaskClass(n) for n in task.names],
+        request.SelectOptions(budget=1000, models=models, fit_params=False, solver="heuristic"),
         resolver,
         store=False,
     )
@@ -402,7 +402,7 @@ class OracleRecipe:
     """How the oracle is trained, the same in the demo and the benchmark.
 
     The hub's strongest expert architecture (largest by parameter count), trained with the
-    experts' own training code and epochs (`experts.train_expert`), on the task's classes
+    experts' own training code and epochs (`fashion_experts.train_expert`), on the task's classes
     only, from the same expert-training pool the experts use (never the probe pool or the
     test split), with the experts' per-class image budget (:func:`expert_per_class_budget`):
     at most `per_class_images` images of each Fashion-MNIST class the task's classes stand
@@ -454,7 +454,7 @@ class Oracle:
     ) -> float:
         import torch
 
-        from mllgraph.hub import experts, fashion
+        from mllgraph.hubs.fashion import data as fashion
 
         key = tuple(c.fashion for c in task.classes)
         if key not in self._cache:
@@ -467,7 +467,7 @@ class Oracle:
             mapping = task.label_map()
             y = np.array([mapping[int(f)] for f in train_y[keep]], dtype=np.int64)
             # train_expert trains head i on label value classes[i]: give it task indices.
-            model = experts.train_expert(
+            model = fashion_experts.train_expert(
                 self.recipe.arch,
                 list(range(len(task.classes))),
                 train_x[keep],
@@ -479,7 +479,7 @@ class Oracle:
             self.seconds += time.perf_counter() - t
         model = self._cache[key]
         with torch.inference_mode():
-            out = forward.logits(model, experts.FASHION_INPUT_SPEC, images.images[idx])
+            out = forward.logits(model, fashion_experts.FASHION_INPUT_SPEC, images.images[idx])
         return float((out.argmax(1) == labels).mean())
 
 
@@ -488,20 +488,20 @@ class ConSE:
 
     def __init__(self, graph: Graph, settings: Settings, logits: LogitCache, top: int = 10) -> None:
         from mllgraph.graph.wordnet import load_nouns
-        from mllgraph.select.embed import default_embedder
+        from mllgraph.ground.embed import default_embedder
 
         self.logits, self.top = logits, top
         self.model_id = registry.model_id("efficientnet_lite0", "1")
         registry.get_model(graph, self.model_id)  # NotFound if the hub lacks it
         wn = load_nouns(settings.wordnet_dir)
-        from mllgraph.hub.experts import imagenet_wnids
+        from mllgraph.hub.loading import imagenet_wnids
 
         names = [wn.synsets[w].lemmas[0].replace("_", " ") for w in imagenet_wnids()]
         self.embedder = default_embedder().load()
         self.imagenet_emb = self.embedder.encode([f"a photo of a {n}" for n in names])
 
     def accuracy(self, task: Task, idx: np.ndarray, labels: np.ndarray) -> float:
-        from mllgraph.reuse.rule import model_probabilities
+        from mllgraph.combine.rule import model_probabilities
 
         class_emb = self.embedder.encode([f"a photo of a {n}" for n in task.names])
         sim = self.imagenet_emb @ class_emb.T  # (1000, K)
@@ -557,7 +557,7 @@ def run_suite(
     seed: int = 0,
     log: Log = print,
 ) -> list[TaskResult]:
-    from mllgraph.select.ground import default_resolver
+    from mllgraph.ground.resolve import default_resolver
 
     resolver = default_resolver(settings)
     results = []

@@ -14,11 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mllgraph.combine.rule import HeadGroup, model_probabilities
 from mllgraph.errors import InvalidArgument
-from mllgraph.reuse.rule import (
-    HeadGroup,
-    model_probabilities,
-)
 from mllgraph.select.chco import (
     Candidate,
     ChcoProblem,

@@ -110,7 +110,7 @@ def task_images(task: PhotoTask, fashion_dir: Path, per_fashion_class: int = 5) 
         labels.append(task.names.index(cls))
         ids.append(pid)
     if task.fashion:
-        from mllgraph.hub import fashion
+        from mllgraph.hubs.fashion import data as fashion
 
         x, y = fashion.load_split("test", fashion_dir)
         for fcls, cls in task.fashion:
@@ -175,7 +175,7 @@ class ExpertsAlone:
     """The builtin ImageNet experts' probabilities per image, computed once per image."""
 
     def __init__(self, names: Sequence[str]) -> None:
-        from mllgraph.hub import experts
+        from mllgraph.hub import loading as experts
 
         self.names = list(names)
         self._models = {n: experts.load_efficientnet_lite(n) for n in self.names}

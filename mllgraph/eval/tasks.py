@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mllgraph.errors import InvalidArgument
-from mllgraph.hub.fashion import FASHION_CLASSES
+from mllgraph.hubs.fashion.data import FASHION_CLASSES
 
 DEFAULT_SUITE = "tasks_default.json"
 SPLITS = ("dev", "test")

@@ -19,9 +19,9 @@ import numpy as np
 from mllgraph.eval import evaluate as ev
 from mllgraph.eval.tasks import SPLITS, Suite
 from mllgraph.graph.db import Graph
-from mllgraph.hub import build as hub
 from mllgraph.hub import registry
-from mllgraph.select.plan import UNCOVERED_WHY
+from mllgraph.hubs.fashion import build as hub
+from mllgraph.plan.document import UNCOVERED_WHY
 from mllgraph.settings import Settings
 
 Log = ev.Log
@@ -251,7 +251,7 @@ def run(
 
 
 def _label_options(config: ZeroShotConfig):  # -> labeller.LabelOptions
-    from mllgraph.label.run import LabelOptions
+    from mllgraph.label.work import LabelOptions
 
     return LabelOptions(samples_per_concept=config.samples_per_concept)
 
@@ -268,7 +268,7 @@ def oracle_recipe(graph: Graph, config: ZeroShotConfig, models: tuple[str, ...])
     their per-class image budget (from each expert's registered Fashion classes)."""
     import json
 
-    from mllgraph.hub import experts
+    from mllgraph.hub import loading as experts
 
     records = [registry.get_model(graph, m) for m in models if m.startswith("fashion-")]
     archs = {r["arch"] for r in records}

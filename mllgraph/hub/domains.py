@@ -1,4 +1,4 @@
-"""Where a model's input-domain profile (mllgraph.reuse.domain) is kept.
+"""Where a model's input-domain profile (mllgraph.combine.domain) is kept.
 
 The profile file lives beside the model's other files, named by its sha256
 (`<model dir>/domain-<sha256>.npz`); the Model node records that sha256
@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mllgraph.combine.domain import DomainProfile, thumbnails
 from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
 from mllgraph.hub import registry, store
-from mllgraph.reuse.domain import DomainProfile, thumbnails
 from mllgraph.settings import Settings
 
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from mllgraph import paths
 from mllgraph.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mllgraph.graph.db import Graph
 from mllgraph.hub import store
@@ -131,7 +132,7 @@ def remove_probe_set(graph: Graph, set_id: str) -> None:
         raise NotFound(f"probe set {set_id!r} does not exist")
     graph.write("hub/probe_set_delete", id=set_id)
     location = rows[0]["probe_set"]["path"]
-    if store.is_remote(location):
+    if paths.is_remote(location):
         store.remove_url(location)  # cached copies elsewhere are never read again
     else:
         Path(location).unlink(missing_ok=True)
@@ -142,7 +143,7 @@ def load_images(
 ) -> np.ndarray:
     """The first `limit` images of a set (sets are stored in a seeded random order). A set in
     a store at a URL is read from the local cache of `settings` (fetched first if needed)."""
-    if store.is_remote(probe_set.path):
+    if paths.is_remote(probe_set.path):
         try:
             path = store.fetch_url(settings or Settings.from_env(), probe_set.path)
         except FailedPrecondition as e:
@@ -154,32 +155,3 @@ def load_images(
     with np.load(path) as data:
         images = data["images"]
     return images if limit is None else images[:limit]
-
-
-def register_fashion_probes(
-    graph: Graph, settings: Settings, *, seed: int, wnids: dict[int, str], per_class: int | None
-) -> list[ProbeSet]:
-    """The Fashion-MNIST probe pool (held out from every expert's training), one probe set per
-    class, in a seeded order. `wnids` maps a Fashion class index to its concept."""
-    from mllgraph.hub import fashion
-
-    images, labels = fashion.load_split("train", settings.fashion_mnist_dir)
-    _, probe_idx = fashion.split_pools(seed, root=settings.fashion_mnist_dir)
-    rng = np.random.default_rng(seed)
-    out = []
-    for cls, wnid in sorted(wnids.items()):
-        idx = probe_idx[labels[probe_idx] == cls]
-        idx = idx[rng.permutation(len(idx))]
-        if per_class is not None:
-            idx = idx[:per_class]
-        set_id = f"fashion-mnist-s{seed}-c{cls}-n{len(idx)}"
-        ps, _ = add_probe_set(
-            graph,
-            settings,
-            concept=wnid,
-            images=images[idx],
-            set_id=set_id,
-            source=f"Fashion-MNIST probe pool (seed {seed}): {fashion.FASHION_CLASSES[cls]}",
-        )
-        out.append(ps)
-    return out

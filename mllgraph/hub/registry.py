@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # annotations only: load_model works without the neo4j driver
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 WNID_RE = re.compile(r"^[a-z]\d{8}$")
-BUILTINS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+BUILTINS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # loading knows them
 MAX_HEADS = 100_000
 
 
@@ -218,49 +218,6 @@ def _plain(node: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def input_spec_of(record: dict[str, Any]) -> InputSpec:
-    return InputSpec.from_dict(record["input_spec"])
-
-
-# -- loading a registered model --------------------------------------------------------------
-
-
-def load_model(settings: Settings, record: dict[str, Any]):  # -> (nn.Module, InputSpec)
-    """Rebuild a registered model from the store (FailedPrecondition if its file is gone)."""
-    from mllgraph.hub import experts
-
-    path = weights_file(settings, record)
-    spec = input_spec_of(record)
-    if record["arch"] in BUILTINS:
-        model, _, _ = experts.load_efficientnet_lite(record["arch"])
-    else:
-        model = experts.build_timm(record["arch"], record["num_classes"], spec.channels)
-        experts.load_weights(model, path)
-    return model.eval(), spec
-
-
-def weights_file(settings: Settings, record: dict[str, Any]) -> Path:
-    """A registered model's weights as a local file: the blob itself, or for a store at a URL
-    its cached copy (fetched and checked against the sha256 first). FailedPrecondition when
-    the file is gone."""
-    location = record["weights_path"]
-    if store.is_remote(location):
-        try:
-            return store.fetch_url(settings, location, record.get("sha256"))
-        except FailedPrecondition as e:
-            raise FailedPrecondition(
-                f"the weights of model {record['id']} cannot be read: {e}; re-register it or "
-                "restore the file"
-            ) from e
-    path = Path(location)
-    if not path.is_file():
-        raise FailedPrecondition(
-            f"the weights of model {record['id']} are missing from the model store: {path}; "
-            "re-register it or restore the file"
-        )
-    return path
-
-
 # -- registering -----------------------------------------------------------------------------
 
 
@@ -302,7 +259,7 @@ def validate_identity(reg: Registration) -> None:
 
 
 def _builtin(reg: Registration) -> tuple[Path, str, list[str], InputSpec]:
-    from mllgraph.hub import experts
+    from mllgraph.hub import loading
 
     if reg.builtin not in BUILTINS:
         raise InvalidArgument(f"builtin {reg.builtin!r} is unknown; known: {', '.join(BUILTINS)}")
@@ -310,10 +267,10 @@ def _builtin(reg: Registration) -> tuple[Path, str, list[str], InputSpec]:
         raise InvalidArgument(f"arch {reg.arch!r} contradicts builtin {reg.builtin!r}")
     if reg.class_names:
         raise InvalidArgument(f"class_names: {reg.builtin} declares its ImageNet wnids itself")
-    spec, wnids = experts.EFFICIENTNET_LITE[reg.builtin].input_spec, experts.imagenet_wnids()
+    spec, wnids = loading.EFFICIENTNET_LITE[reg.builtin].input_spec, loading.imagenet_wnids()
     if reg.wnids and list(reg.wnids) != wnids:
         raise InvalidArgument(f"wnids: {reg.builtin} declares the 1000 ImageNet-1k wnids in order")
-    path = experts.efficientnet_lite_weights_path(reg.builtin)
+    path = loading.efficientnet_lite_weights_path(reg.builtin)
     return path, reg.builtin, wnids, reg.input_spec or spec
 
 
@@ -351,7 +308,7 @@ def register_model(
     graph: Graph, settings: Settings, reg: Registration, ground: Grounder | None = None
 ) -> RegisteredModel:
     """Validate, store and write one model; see the module docstring for the guarantees."""
-    from mllgraph.hub import experts
+    from mllgraph.hub import loading
 
     validate_identity(reg)
     ensure_schema(graph)
@@ -361,7 +318,7 @@ def register_model(
             path, arch, builtin_wnids, spec = _builtin(reg)
             top1 = reg.top1_accuracy
             if top1 is None:
-                top1 = experts.EFFICIENTNET_LITE[reg.builtin].top1_accuracy  # type: ignore[index]
+                top1 = loading.EFFICIENTNET_LITE[reg.builtin].top1_accuracy  # type: ignore[index]
             reg = Registration(**{**reg.__dict__, "wnids": builtin_wnids, "top1_accuracy": top1})
             source, source_ref = "builtin", reg.builtin
         else:
@@ -398,11 +355,11 @@ def register_model(
         # Load and run the model before touching the catalogue: bad weights, a spec the model
         # cannot take, a forward that raises or a head count that differs all stop here.
         if reg.builtin:
-            model, _, _ = experts.load_efficientnet_lite(reg.builtin)
+            model, _, _ = loading.load_efficientnet_lite(reg.builtin)
         else:
-            model = experts.build_timm(arch, n_labels, spec.channels)
+            model = loading.build_timm(arch, n_labels, spec.channels)
             try:
-                experts.load_weights(model, path)
+                loading.load_weights(model, path)
             except InvalidArgument as e:
                 if "does not fit" not in str(e):  # corrupt or refused: already clear
                     raise
@@ -416,7 +373,7 @@ def register_model(
                 raise InvalidArgument(
                     f"the weights file is corrupt or not a weights file: {type(e).__name__}: {e}"
                 ) from e
-        experts.check_forward(model, spec, n_labels)
+        loading.check_forward(model, spec, n_labels)
         labels, wnids = _labels_to_wnids(graph, reg, n_labels, ground)
 
         suffix = ".safetensors" if is_safetensors(path) else ".pt"

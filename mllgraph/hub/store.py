@@ -38,78 +38,23 @@ import os
 import shutil
 import threading
 import uuid
-from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from mllgraph.errors import FailedPrecondition, InvalidArgument
+from mllgraph.errors import FailedPrecondition
+from mllgraph.paths import (
+    MODEL_STORE_VAR,
+    PROBE_STORE_VAR,
+    cache_root,
+    filesystem,
+    is_remote,
+    local_path,
+)
 
 if TYPE_CHECKING:
     from mllgraph.settings import Settings
 
-MODEL_STORE_VAR = "MLLGRAPH_MODEL_STORE"
-PROBE_STORE_VAR = "MLLGRAPH_PROBE_STORE"
-LOCAL_PROTOCOLS = ("file", "local")  # fsspec's names for this machine's file system
 log = logging.getLogger(__name__)
-
-
-def is_remote(location: str) -> bool:
-    """True for a URL of another file system than this machine's (`s3://...`)."""
-    if "://" not in location:
-        return False
-    return location.split("://", 1)[0].lower() not in LOCAL_PROTOCOLS
-
-
-def local_path(location: str) -> Path:
-    """The folder a plain path or a `file://` URL names."""
-    if "://" in location:
-        return Path(location.split("://", 1)[1])
-    return Path(location)
-
-
-def cache_root(home: Path, url: str) -> Path:
-    """The read-through cache of the remote store at `url` (one folder per URL)."""
-    return home / "cache" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
-
-
-def local_root(home: Path, variable: str, location: str) -> Path:
-    """A store's local folder: the store itself, or a remote store's cache (checked first)."""
-    if not is_remote(location):
-        return local_path(location)
-    check(variable, location)
-    return cache_root(home, location)
-
-
-@lru_cache(maxsize=64)
-def check(variable: str, url: str) -> None:
-    """InvalidArgument for a protocol fsspec does not know; FailedPrecondition naming the pip
-    package when its file system is not installed (e.g. s3fs for s3://)."""
-    _filesystem(variable, url)
-
-
-def _filesystem(variable: str, url: str) -> tuple[Any, str]:
-    """(fsspec file system, the store's root path in it)."""
-    try:
-        import fsspec.core
-        from fsspec.registry import known_implementations
-    except ImportError as e:  # a declared dependency; only a broken install lacks it
-        raise FailedPrecondition(f"{variable}={url!r} needs fsspec: pip install fsspec") from e
-    protocol = url.split("://", 1)[0].split("::")[-1].lower()
-    try:
-        fs, root = fsspec.core.url_to_fs(url)
-    except ImportError as e:
-        known = known_implementations.get(protocol, {})
-        package = known.get("class", "").split(".")[0] or f"the fsspec backend for {protocol}"
-        raise FailedPrecondition(
-            f"{variable}={url!r}: the {protocol}:// file system needs a package that is not "
-            f"installed: pip install {package} ({e})"
-        ) from e
-    except ValueError as e:
-        raise InvalidArgument(
-            f"{variable}={url!r}: fsspec knows no protocol {protocol!r} ({e}); use a local "
-            "path or a URL such as s3://bucket/prefix, gs://bucket/prefix or memory://name"
-        ) from e
-    return fs, root.rstrip("/")
 
 
 class Remote:
@@ -118,7 +63,7 @@ class Remote:
 
     def __init__(self, variable: str, url: str, home: Path) -> None:
         self.url = url.rstrip("/")
-        self.fs, self.root = _filesystem(variable, self.url)
+        self.fs, self.root = filesystem(variable, self.url)
         self.cache = cache_root(home, self.url)
         self._checked: dict[str, float] = {}  # key -> time.monotonic() of the last look
         self._lock = threading.Lock()
@@ -298,7 +243,7 @@ def local_file(settings: Settings, location: str, sha256: str | None = None) -> 
 
 def remove_url(url: str) -> None:
     """Remove one remote object named by its URL (a missing one is fine)."""
-    fs, path = _filesystem("the URL", url)
+    fs, path = filesystem("the URL", url)
     with contextlib.suppress(FileNotFoundError):
         fs.rm(path)
 

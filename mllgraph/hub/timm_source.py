@@ -94,7 +94,7 @@ def _download(timm_name: str, folder: Path) -> Path:
     """Pretrained weights through timm (the Hugging Face hub): needs internet."""
     import timm
 
-    from mllgraph.hub import experts
+    from mllgraph.hub import loading as experts
 
     try:
         model = timm.create_model(timm_name, pretrained=True)

@@ -7,8 +7,10 @@ model's temperature, and its stored probe outputs (which selection simulates pla
 Adding a model costs one model's work: only its own rows are touched.
 
 - `measure`: the pure measurement (numpy/scipy, no I/O), exactly defined in its docstring.
-- `run`: the I/O around it: run the model on the probes, store outputs, write the edges.
-- `ray_exec`: the same labelling as one Ray task per model (MLLGRAPH_EXECUTOR=ray).
+- `work`: the labelling work in three steps: `prepare` (reads), `compute` (the model on the
+  probes and the measurement; no writes), `commit` (outputs and edges).
+- `run`: dispatch: in this process, or `ray_exec` (one Ray task per model).
 
-Graph statements: `cypher/label/`.
+Imports hub, graph, combine and below. Must not import ground, select, reuse or anything
+above them. Graph statements: `cypher/label/`.
 """

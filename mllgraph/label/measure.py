@@ -31,7 +31,7 @@ Definitions (exactly what the code computes):
   ``precision = |{i in I_v: winner_i = h}| / |{i: winner_i = h}|`` (0 when h never wins);
   ``score = F1(precision, recall) = 2 hits / (wins_h + |I_v|)`` - the label quality that
   selection uses; ``mean_prob = mean_{i in I_v} p[i, h]`` with ``p`` the softmax of
-  :func:`mllgraph.reuse.rule.model_probabilities` at the model's temperature; ``n_probe = |I_v|``.
+  :func:`mllgraph.combine.rule.model_probabilities` at the model's temperature; ``n_probe = |I_v|``.
 * **Head labels** (:func:`measure`): per head, the ``top_k`` measured concepts with at least
   one winning image and ``score >= min_score``, ranked by score, then probe before
   propagated, then the smaller image set, then the deeper concept, then wnid. A head that
@@ -62,8 +62,8 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import minimize_scalar
 
+from mllgraph.combine.rule import model_probabilities
 from mllgraph.errors import InvalidArgument
-from mllgraph.reuse.rule import model_probabilities
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 METHODS = ("probe", "propagated")

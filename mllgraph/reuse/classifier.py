@@ -1,15 +1,15 @@
 """The plan classifier: one plan's experts run ONCE per batch, their heads combined.
 
 Every model of the plan runs on its own preprocessing (``preprocess`` with the model's stored
-``InputSpec``; models sharing a spec share the tensor), then :func:`mllgraph.reuse.rule.combine`
+``InputSpec``; models sharing a spec share the tensor), then :func:`mllgraph.combine.rule.combine`
 (the one rule, shared with selection) gives the class probabilities. Uncovered classes get the
-VLM patch when one is configured, else the plan's ConSE patch (:mod:`mllgraph.reuse.conse`:
+VLM patch when one is configured, else the plan's ConSE patch (:mod:`mllgraph.combine.conse`:
 its broad expert runs with the plan's models), else the constant fallback
 (:mod:`mllgraph.reuse.vlm`); :attr:`PlanClassifier.fallback_rule` says which. A prediction
 whose class is uncovered has ``used_fallback=True`` and no contributing heads; the uncovered
 class names are always reported (:attr:`PlanClassifier.uncovered_names`).
 
-A plan model with a domain profile (:mod:`mllgraph.reuse.domain`, the record's
+A plan model with a domain profile (:mod:`mllgraph.combine.domain`, the record's
 ``domain_sha256``) says nothing about an image outside its domain: the prediction lists it
 in ``out_of_domain`` and its heads do not contribute.
 """
@@ -25,21 +25,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from mllgraph.combine.domain import thumbnails
 from mllgraph.errors import (
     FailedPrecondition,
 )
 from mllgraph.hub import domains, forward
 from mllgraph.hub.preprocess import InputSpec, preprocess
-from mllgraph.reuse import apply
+from mllgraph.plan import apply
+from mllgraph.plan.document import HeadInfo, parse_plan, plan_key
 from mllgraph.reuse.cache import (
     LoadedModel,
     ModelCache,
     RecordSource,
     lookup_record,
 )
-from mllgraph.reuse.domain import thumbnails
 from mllgraph.reuse.vlm import VlmPatch
-from mllgraph.select.plan import HeadInfo, parse_plan, plan_key
 from mllgraph.settings import Settings
 
 log = logging.getLogger("mllgraph.reuse.classifier")
@@ -151,7 +151,7 @@ class PlanClassifier:
     def fallback_rule(self) -> str:
         """What scores the uncovered classes: "none" (all covered), "stacked" (the plan's
         stacked rule, from the other heads), "vlm:<name>", "conse:<model id>"
-        (mllgraph.reuse.conse) or "constant" (mllgraph.reuse.apply)."""
+        (mllgraph.combine.conse) or "constant" (mllgraph.plan.apply)."""
         rule = apply.patch_rule(self.plan, has_vlm=self.vlm is not None)
         return f"vlm:{self.vlm.name}" if rule == "vlm" and self.vlm else rule
 

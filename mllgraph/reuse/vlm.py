@@ -10,7 +10,7 @@
   ``λ · p_vlm(c)``: the VLM wins an image only when it believes the uncovered class more
   than the experts believe any covered one. Softmax over all K (not only the uncovered
   classes) means an image the VLM sees as a covered class gives the uncovered ones little.
-- **Offline fallback** (no VLM configured; `mllgraph.reuse.rule.fallback_evidence`): every
+- **Offline fallback** (no VLM configured; `mllgraph.combine.rule.fallback_evidence`): every
   uncovered class gets the constant evidence ``FALLBACK_EVIDENCE / U`` (U = number of
   uncovered classes; 0.05 in total), which selection also fits and estimates with. Why
   a constant and not the nearest covered SDAG concept: it needs neither Neo4j nor another

@@ -1,15 +1,17 @@
 """Step 2, selection: from a task's class names to a plan of heads.
 
 In: class names (and optionally pinned wnids), options (budget of models, solver, sub-hub).
-Out: a plan document (`plan`) stored in Neo4j under a deterministic id: per class its
-concept, coverage and heads, the chosen models, and the combination rule's parameters.
+Out: a plan document (`mllgraph.plan`) stored in Neo4j under a deterministic id: per class
+its concept, coverage and heads, the chosen models, and the combination rule's inputs.
 
-- `ground`: class names to SDAG concepts (lexicon, morphology, context, embeddings).
-- `embed`: the offline text encoder grounding uses.
+- `run`: `select()`: grounding, candidates by Cypher, probe outputs, CHCO, storing the plan.
 - `chco`: Classification Head Combination Optimization (pure: exact and heuristic solvers
   simulated on stored probe outputs).
-- `plan`: the plan document, the one contract with inference; class-name limits.
-- `run`: the I/O: candidates by Cypher, probe outputs, CHCO, storing the plan.
+- `reads`, `cache`: what selection reads from the graph, cached per catalogue version.
+- `coverage`: the hub's coverage of candidate senses, handed to grounding.
+- `nearby`: text-close neighbours for classes nothing else covers (pure).
+- `retention`: how long stored plans are kept.
 
-Graph statements: `cypher/select/`.
+Imports plan, ground, label (probe outputs' readers live in hub), hub, graph, combine and
+below. Must not import reuse or anything above it. Graph statements: `cypher/select/`.
 """

@@ -2,7 +2,7 @@
 
 Given candidate head groups per task class and the stored logits of every model on probe
 images of the task's concepts, choose at most one candidate per class, using at most
-``budget`` distinct models, so that the combination rule of :mod:`mllgraph.reuse.rule`
+``budget`` distinct models, so that the combination rule of :mod:`mllgraph.combine.rule`
 (parameter-free form) classifies the probe images best.
 
 Search space: every class takes one of its candidates or none (uncovered). "None" is allowed
@@ -41,12 +41,11 @@ from typing import Any
 
 import numpy as np
 
-from mllgraph.errors import InvalidArgument
-from mllgraph.reuse.rule import (
+from mllgraph.combine.combination import Plan
+from mllgraph.combine.rule import (
     QUALITY_FLOOR,
     UNCOVERED_SCORE,
     ClassAssignment,
-    CombinationParams,
     HeadGroup,
     accuracy,
     combine,
@@ -61,6 +60,7 @@ from mllgraph.reuse.rule import (
     per_class_accuracy,
     score_column,
 )
+from mllgraph.errors import InvalidArgument
 
 DEFAULT_EXACT_LIMIT = 200_000
 # Scores gathered per exact-search chunk (chunk x K x N floats): bounds memory at ~32 MB.
@@ -256,76 +256,6 @@ class ChcoProblem:
         """Images a class without probes counts for: the probed classes' mean (1 if none)."""
         probed = int((~self.unprobed).sum())
         return self.num_images / probed if probed else 1.0
-
-
-@dataclass(frozen=True, eq=False)
-class Plan:
-    """The chosen heads per class, the rule's parameters and the estimate on the probes.
-
-    ``per_class_accuracy`` is recall per class; for a class without probe images it is the
-    prior (its group's label score) when covered, else NaN (``None`` in JSON).
-    ``estimated_accuracy`` weighs both (see the module doc); ``measured_fraction`` is the share
-    of it that rests on probe images (1.0: all measured). ``evaluated`` counts assignments
-    (exact) or option evaluations (heuristic).
-    """
-
-    assignment: list[ClassAssignment]
-    params: CombinationParams
-    estimated_accuracy: float
-    per_class_accuracy: list[float]
-    uncovered: list[int]
-    models: list[str]
-    solver: str
-    evaluated: int
-    measured_fraction: float = 1.0
-
-    @property
-    def balanced_accuracy(self) -> float:
-        vals = [x for x in self.per_class_accuracy if not math.isnan(x)]
-        return float(np.mean(vals)) if vals else float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "assignment": [a.to_dict() for a in self.assignment],
-            "params": self.params.to_dict(),
-            "estimated_accuracy": self.estimated_accuracy,
-            "per_class_accuracy": [None if math.isnan(x) else x for x in self.per_class_accuracy],
-            "uncovered": list(self.uncovered),
-            "models": list(self.models),
-            "solver": self.solver,
-            "evaluated": self.evaluated,
-            "measured_fraction": self.measured_fraction,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Plan:
-        keys = ("assignment", "params", "estimated_accuracy", "per_class_accuracy")
-        keys += ("uncovered", "models", "solver", "evaluated")
-        if not isinstance(d, Mapping):
-            raise InvalidArgument("Plan must be an object")
-        for key in keys:
-            if key not in d:
-                raise InvalidArgument(f"Plan.{key} is missing")
-        return cls(
-            assignment=[ClassAssignment.from_dict(a) for a in d["assignment"]],
-            params=CombinationParams.from_dict(d["params"]),
-            estimated_accuracy=float(d["estimated_accuracy"]),
-            per_class_accuracy=[
-                float("nan") if x is None else float(x) for x in d["per_class_accuracy"]
-            ],
-            uncovered=[int(c) for c in d["uncovered"]],
-            models=[str(m) for m in d["models"]],
-            solver=str(d["solver"]),
-            evaluated=int(d["evaluated"]),
-            measured_fraction=float(d.get("measured_fraction", 1.0)),  # absent: older plans
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Plan):
-            return NotImplemented
-        return self.to_dict() == other.to_dict()
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 One query (`select/sense_coverage`) tells, for the candidate concepts of a task's ambiguous
 class names, whether the hub has heads measured on them (or below), declared there, or
 measured on a close ancestor. `Resolver.resolve_task` turns that into a score bonus (see
-`mllgraph.select.ground`).
+`mllgraph.ground.resolve`).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from mllgraph.select.coverage import coverage_of_row
 
 if TYPE_CHECKING:
     from mllgraph.graph.db import Graph
-    from mllgraph.select.run import SelectOptions
+    from mllgraph.plan.request import SelectOptions
 
 
 def _models(options: SelectOptions) -> list[str] | None:

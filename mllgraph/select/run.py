@@ -15,7 +15,7 @@
    declared candidates but no stored probe outputs (never labelled) is taken to spread its
    mass evenly over its heads on the probe images (uniform logits): it cannot be simulated,
    so it is assumed not to take the measured classes' images.
-4. When every class has probe images, the stacked rule (`mllgraph.reuse.stacked`: a logistic
+4. When every class has probe images, the stacked rule (`mllgraph.combine.stacked`: a logistic
    regression on all heads of the chosen models), kept if it beats the per-class rule out of
    fold; it is also fitted on the models a cheap screen picks (`feature_sets`: among the
    best-covering candidates' models and the sub-hub's broadest labelled experts, which
@@ -24,7 +24,7 @@
    class's estimate is the rule's out-of-fold recall, and a class CHCO left uncovered is
    covered by the best candidate head the rule reads. Otherwise, for classes left uncovered,
    the ConSE patch
-   (`mllgraph.reuse.conse`): the hub's broadest expert and text similarities of its heads to
+   (`mllgraph.combine.conse`): the hub's broadest expert and text similarities of its heads to
    the class names, calibrated on the covered classes' probe images; inference applies it
    when no VLM is configured.
 5. Store the plan in Neo4j under an id derived from the request and the catalogue version,
@@ -37,7 +37,7 @@ memory map and scores a candidate from its own heads' columns and the model's so
 statistics (kept per model file), the same values a full softmax gives.
 
 The plan is a JSON document; `combination` holds what inference needs to rebuild the shared
-combination rule (`mllgraph.reuse.rule`), versioned by `schema_version`.
+combination rule (`mllgraph.combine.rule`), versioned by `schema_version`.
 """
 
 from __future__ import annotations
@@ -54,12 +54,9 @@ from typing import Any
 
 import numpy as np
 
-from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
-from mllgraph.graph.db import Graph
-from mllgraph.hub import registry
-from mllgraph.label import run as labeller
-from mllgraph.reuse import conse, stacked
-from mllgraph.reuse.rule import (
+from mllgraph.combine import conse, stacked
+from mllgraph.combine import screen as feature_sets
+from mllgraph.combine.rule import (
     QUALITY_FLOOR,
     ClassAssignment,
     HeadGroup,
@@ -70,65 +67,23 @@ from mllgraph.reuse.rule import (
     score_column,
     softmax_row_stats,
 )
-from mllgraph.select import chco, feature_sets, nearby
-from mllgraph.select.cache import CatalogueCache
-from mllgraph.select.plan import (
+from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
+from mllgraph.graph.db import Graph
+from mllgraph.hub import probe_outputs, registry
+from mllgraph.plan.document import (
     COVERAGE_OF_QUERY_KIND,
     MAX_CLASSES,
     STACKED_SCHEMA_VERSION,
     plan_document,
     plan_id_for,
 )
+from mllgraph.plan.request import SelectOptions, TaskClass, Timings
+from mllgraph.select import chco, nearby
+from mllgraph.select.cache import CatalogueCache
 from mllgraph.select.reads import Reads
 from mllgraph.settings import Settings
 
-SOLVERS = ("auto", "exact", "heuristic")
 PATCH_MIN_HEADS = 100  # a model this broad (declaring concepts) may patch uncovered classes
-
-
-@dataclass(frozen=True)
-class TaskClass:
-    name: str
-    pinned_wnid: str | None = None
-
-
-@dataclass(frozen=True)
-class SelectOptions:
-    budget: int = 5  # max distinct models run at inference
-    solver: str = "auto"
-    allow_ancestor: bool = True
-    fit_params: bool = True
-    min_label_score: float = 0.05
-    per_kind_limit: int = 12  # candidates per class per kind, best first
-    ancestor_discount: float = 0.5
-    related_discount: float = 0.4
-    # The prior quality (expected accuracy) of a declared, unmeasured head whose model states
-    # no top-1 accuracy (RegisterModel.top1_accuracy; the builtins state their own).
-    declared_prior: float = 0.5
-    # Restrict candidates to these model ids (None: the whole hub). Used to study hub size.
-    models: tuple[str, ...] | None = None
-
-    def validate(self) -> None:
-        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
-            raise InvalidArgument(f"budget must be a positive number of models, got {self.budget}")
-        if self.solver not in SOLVERS:
-            raise InvalidArgument(f"solver {self.solver!r}: one of {', '.join(SOLVERS)}")
-        if not 0.0 <= self.min_label_score <= 1.0:
-            raise InvalidArgument(f"min_label_score must be in [0, 1], got {self.min_label_score}")
-        if not 0.0 <= self.declared_prior <= 1.0:
-            raise InvalidArgument(f"declared_prior must be in [0, 1], got {self.declared_prior}")
-        if not 1 <= self.per_kind_limit <= 1000:
-            raise InvalidArgument(f"per_kind_limit must be 1..1000, got {self.per_kind_limit}")
-
-
-@dataclass
-class Timings:
-    grounding_ms: float = 0.0
-    cypher_ms: float = 0.0
-    load_ms: float = 0.0
-    chco_ms: float = 0.0
-    stacked_ms: float = 0.0
-    total_ms: float = 0.0
 
 
 @dataclass
@@ -154,7 +109,7 @@ class ProbeOutputCache:
 
     def __init__(self, capacity: int = 20_000) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[tuple[str, float], labeller.ProbeOutputs] = OrderedDict()
+        self._items: OrderedDict[tuple[str, float], probe_outputs.ProbeOutputs] = OrderedDict()
         self._layouts: dict[tuple[Any, ...], dict[str, tuple[int, int]]] = {}
         # id(data) -> (data, row stats, whether all of data is finite)
         self._stats: OrderedDict[int, tuple[np.ndarray, np.ndarray, bool]] = OrderedDict()
@@ -163,12 +118,12 @@ class ProbeOutputCache:
 
     def get(
         self, settings: Settings, mid: str, model_store: str | None = None
-    ) -> labeller.ProbeOutputs:
+    ) -> probe_outputs.ProbeOutputs:
         """`model_store`: `str(settings.model_store)`, when the caller asks for many models
-        (and has called `labeller.refresh_current` for them: a model store at a URL)."""
+        (and has called `probe_outputs.refresh_current` for them: a model store at a URL)."""
         if model_store is None:
-            labeller.refresh_current(settings, (mid,))
-        path = labeller.probe_index_file(model_store or str(settings.model_store), mid)
+            probe_outputs.refresh_current(settings, (mid,))
+        path = probe_outputs.probe_index_file(model_store or str(settings.model_store), mid)
         try:
             mtime = os.stat(path).st_mtime
         except (FileNotFoundError, NotADirectoryError):  # as Path.exists()
@@ -178,12 +133,12 @@ class ProbeOutputCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        value = labeller.open_probe_outputs(settings, mid)
+        value = probe_outputs.open_probe_outputs(settings, mid)
         with self._lock:
             # Models labelled on the same probe sets share one index object, so a task's
             # usable rows are worked out once per layout, not once per model.
             layout = self._layouts.setdefault(tuple(sorted(value.sets.items())), value.sets)
-            value = labeller.ProbeOutputs(value.data, layout, value.temperature)
+            value = probe_outputs.ProbeOutputs(value.data, layout, value.temperature)
             self._items[key] = value
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
@@ -191,7 +146,9 @@ class ProbeOutputCache:
                 self._layouts.clear()
         return value
 
-    def row_stats(self, settings: Settings, outputs: labeller.ProbeOutputs) -> np.ndarray | None:
+    def row_stats(
+        self, settings: Settings, outputs: probe_outputs.ProbeOutputs
+    ) -> np.ndarray | None:
         """`softmax_row_stats` of all of a model's probe rows at its temperature, computed once
         per file version and kept in an LRU of `settings.select_probe_stats_mb` (None: off)."""
         budget = settings.select_probe_stats_mb * 2**20
@@ -218,7 +175,7 @@ class ProbeOutputCache:
                 self._stats_bytes -= dropped.nbytes
         return stats
 
-    def all_finite(self, outputs: labeller.ProbeOutputs) -> bool:
+    def all_finite(self, outputs: probe_outputs.ProbeOutputs) -> bool:
         """Whether all of the model's probe logits are finite, as found beside its row stats
         (False when they are not kept): then so is any subset of its rows, and CHCO need not
         scan them again (about 40 ms for the 1,300 models of a 100-class task)."""
@@ -335,7 +292,7 @@ def select(
     timings.cypher_ms = (time.perf_counter() - t) * 1000
 
     t = time.perf_counter()
-    outputs: dict[str, labeller.ProbeOutputs] = {}
+    outputs: dict[str, probe_outputs.ProbeOutputs] = {}
     temperatures: dict[str, float] = {}
     versions: dict[str, str] = {}
     for r in rows:
@@ -345,7 +302,7 @@ def select(
         versions.setdefault(r["model"], r["version"])
     declared_only: dict[str, int] = {}  # model -> heads, for models without probe outputs
     model_store = str(settings.model_store)
-    labeller.refresh_current(settings, sorted(versions))  # a store at a URL: one call for all
+    probe_outputs.refresh_current(settings, sorted(versions))  # a store at a URL: one call for all
     for mid in sorted(versions):
         try:
             stored = cache.get(settings, mid, model_store)
@@ -707,7 +664,7 @@ def _conse_patch(
     probe_rows: list[dict[str, Any]],
     cache: ProbeOutputCache,
 ) -> conse.ConsePatch | None:
-    """The ConSE patch for the plan's uncovered classes (mllgraph.reuse.conse), or None when
+    """The ConSE patch for the plan's uncovered classes (mllgraph.combine.conse), or None when
     the hub has no broad expert or grounding has no text encoder (then inference falls back
     to the constant rule)."""
     encode = getattr(resolver, "encode_texts", None)
@@ -783,7 +740,7 @@ def _proxy_probes(
 
 
 def _probe_matrix(
-    probe_rows: list[dict[str, Any]], outputs: dict[str, labeller.ProbeOutputs], k: int
+    probe_rows: list[dict[str, Any]], outputs: dict[str, probe_outputs.ProbeOutputs], k: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Task-class labels of the probe images and each model's logits on them, aligned.
 
@@ -838,7 +795,7 @@ def _solve(problem: chco.ChcoProblem, options: SelectOptions) -> chco.Plan:
 
 
 def _uncovered_plan(k: int) -> chco.Plan:
-    from mllgraph.reuse.rule import default_params
+    from mllgraph.combine.rule import default_params
 
     assignment = [ClassAssignment(i, ()) for i in range(k)]
     return chco.Plan(

@@ -1,5 +1,6 @@
-"""Bundled sample images for the page: the first Fashion-MNIST test image of each class, read
-with `mllgraph.hub.fashion` (the Debian dataset), as PNG bytes. None when the dataset is absent."""
+"""Bundled sample images for the page: the first Fashion-MNIST test image of each class,
+read with `mllgraph.hubs.fashion.data` (the Debian dataset), as PNG bytes. None when the
+dataset is absent."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def fashion_samples(root: Path) -> dict[str, Sample]:
     from PIL import Image
 
     from mllgraph.errors import MllgraphError
-    from mllgraph.hub import fashion
+    from mllgraph.hubs.fashion import data as fashion
 
     try:
         x, y = fashion.load_split("test", root)

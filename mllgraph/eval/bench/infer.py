@@ -28,7 +28,7 @@ _INFER_CLASSES = {
 def _bench_plan(models: list[dict[str, Any]], classes: dict[str, int]) -> dict[str, Any]:
     """A plan document with one head group per (class, model): built directly, not by CHCO
     (throughput does not depend on which heads are read)."""
-    from mllgraph.reuse.rule import ClassAssignment, HeadGroup, default_params
+    from mllgraph.combine.rule import ClassAssignment, HeadGroup, default_params
     from mllgraph.select import chco
 
     assignment = [
@@ -68,7 +68,9 @@ def bench_infer(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
 
     from mllgraph.errors import FailedPrecondition
     from mllgraph.graph import db
-    from mllgraph.hub import experts, fashion, registry
+    from mllgraph.hub import loading as experts
+    from mllgraph.hub import registry
+    from mllgraph.hubs.fashion import data as fashion
     from mllgraph.v1 import inference_pb2, inference_pb2_grpc
     from services import inference as svc
 

@@ -8,6 +8,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from mllgraph.hub import executor
+from mllgraph.label import work
 from mllgraph.settings import Settings
 
 ENGINE_EXPERTS = 3  # Fashion experts beside EfficientNet-Lite0 when engines are compared
@@ -26,14 +28,13 @@ def bench_label(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     the workers (cold) but not starting Ray itself, which is reported apart."""
     from mllgraph.graph import db, sdag
     from mllgraph.graph.wordnet import load_nouns
-    from mllgraph.hub import build as hub
-    from mllgraph.label import ray_exec
+    from mllgraph.hubs.fashion import build as hub
     from mllgraph.label import run as labeller
 
     per_concept = args.samples_per_concept
     workers: tuple[int, ...] = tuple(getattr(args, "workers", None) or ())
     local = replace(settings, executor="local")
-    options = labeller.LabelOptions(samples_per_concept=per_concept)
+    options = work.LabelOptions(samples_per_concept=per_concept)
     with db.connect(local) as graph:
         sdag.load(graph, load_nouns(settings.wordnet_dir))
         report = hub.build(
@@ -80,7 +81,7 @@ def bench_label(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         on_ray = replace(settings, executor="ray", ray_address=None, device="cpu")
         for n in workers:
             t_start = time.monotonic()
-            with ray_exec.session(on_ray, num_cpus=n):
+            with executor.session(on_ray, num_cpus=n):
                 start_s = time.monotonic() - t_start
                 t0 = time.monotonic()
                 labeller.label_models(graph, on_ray, models, options)

@@ -49,6 +49,8 @@ from typing import Any
 import numpy as np
 
 from mllgraph.eval.bench.common import cpus
+from mllgraph.hubs.fashion import experts as fashion_experts
+from mllgraph.label import work
 from mllgraph.settings import Settings
 
 REPO = Path(__file__).resolve().parents[3]
@@ -232,7 +234,9 @@ def _service_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 def _build_hub(rig: Rig, log: Callable[[str], None]) -> None:
     """Six concepts, two quickly trained Fashion experts labelled on small probe sets."""
-    from mllgraph.hub import experts, fashion, probes, registry
+    from mllgraph.hub import loading as experts
+    from mllgraph.hub import probes, registry
+    from mllgraph.hubs.fashion import data as fashion
     from mllgraph.label import run as labeller
 
     graph, settings = rig.graph, rig.settings
@@ -261,7 +265,7 @@ def _build_hub(rig: Rig, log: Callable[[str], None]) -> None:
         ("a", "test_mambaout", (5, 7, 9), 1),
         ("b", "test_efficientnet", (1, 8, 3), 2),
     ):
-        model = experts.train_expert(
+        model = fashion_experts.train_expert(
             arch,
             classes,
             x_train[:20000],
@@ -280,7 +284,7 @@ def _build_hub(rig: Rig, log: Callable[[str], None]) -> None:
                 arch=arch,
                 weights_path=path,
                 wnids=[FASHION[c][0] for c in classes],
-                input_spec=experts.FASHION_INPUT_SPEC,
+                input_spec=fashion_experts.FASHION_INPUT_SPEC,
             ),
         )
         rig.models.append(reg.record["id"])
@@ -294,7 +298,7 @@ def _build_hub(rig: Rig, log: Callable[[str], None]) -> None:
             set_id=f"reliability-c{cls}",
         )
     for mid in rig.models:
-        labeller.label_model(graph, settings, mid, labeller.LabelOptions(samples_per_concept=20))
+        labeller.label_model(graph, settings, mid, work.LabelOptions(samples_per_concept=20))
     log(f"hub: {len(rig.models)} models, {len(FASHION)} concepts")
 
 

@@ -20,6 +20,8 @@ from mllgraph.eval.bench.synthetic_hub import (
     SyntheticHub,
 )
 from mllgraph.graph.neo4j_server import scratch_settings
+from mllgraph.hub import probe_outputs
+from mllgraph.plan import request
 from mllgraph.settings import Settings
 
 
@@ -90,16 +92,14 @@ def _probe_output_load_cost(settings: Settings, hub: SyntheticHub, n: int = 20) 
     memory map, slicing only a 10-class task's sets (what a columnar layout would cost)."""
     import tempfile
 
-    from mllgraph.label import run as labeller
-
     pick = hub.models[:: max(1, len(hub.models) // n)][:n]
     npz, npy, sizes = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for mid in pick:
             t = time.perf_counter()
-            outputs, _ = labeller.load_probe_outputs(settings, mid)
+            outputs, _ = probe_outputs.load_probe_outputs(settings, mid)
             npz.append(time.perf_counter() - t)
-            sizes.append(labeller.probe_outputs_path(settings, mid).stat().st_size)
+            sizes.append(probe_outputs.probe_outputs_path(settings, mid).stat().st_size)
             ids = sorted(outputs)
             path = Path(tmp) / "x.npy"
             np.save(path, np.concatenate([outputs[i] for i in ids]).astype(np.float16))
@@ -131,11 +131,11 @@ def _exact_comparison(
     from mllgraph.select import chco
     from mllgraph.select import run as select
 
-    options = select.SelectOptions(allow_ancestor=False, fit_params=False)
+    options = request.SelectOptions(allow_ancestor=False, fit_params=False)
     full, cut, sizes = [], [], []
     t_exact = t_heur = 0.0
     for wnids in tasks:
-        classes = [select.TaskClass(w, w) for w in wnids]
+        classes = [request.TaskClass(w, w) for w in wnids]
         ctx = select.select(graph, settings, classes, options, resolver, store=False)
         problem = ctx.problem
         if problem is None:
@@ -197,10 +197,9 @@ def _profile_candidates(graph: Any, wnids: list[str], allow_ancestor: bool) -> d
     from dataclasses import asdict
 
     from mllgraph.graph import cypher
-    from mllgraph.select import run as select
 
     targets = [{"index": i, "wnid": w} for i, w in enumerate(wnids)]
-    opts = select.SelectOptions(allow_ancestor=allow_ancestor)
+    opts = request.SelectOptions(allow_ancestor=allow_ancestor)
     params = {
         "targets": targets,
         "all_wnids": list(wnids),
@@ -247,9 +246,9 @@ def bench_select(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
 
     from mllgraph.graph import db, neo4j_server, sdag
     from mllgraph.graph.wordnet import load_nouns
+    from mllgraph.ground.resolve import default_resolver
     from mllgraph.hub import registry
     from mllgraph.select import run as select
-    from mllgraph.select.ground import default_resolver
     from mllgraph.v1 import selection_pb2_grpc
     from services.selection import BackgroundServer
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from mllgraph.hub import probe_outputs
 from mllgraph.settings import Settings
 
 # Synthetic hubs are drawn from these subtrees (shares of the concept pool): real hubs are
@@ -150,7 +151,6 @@ class SyntheticHub:
         """Logits of the model on every probe set: a head fires on images of its concept and
         of concepts under it (strength grows with its label score), weakly on a broader
         concept's images, and noise elsewhere; each model has its own scale."""
-        from mllgraph.label import run as labeller
 
         s, n, h = len(self.task_pool), SELECT_PROBES_PER_SET, len(concepts)
         signal = np.zeros((s, h), np.float32)
@@ -162,7 +162,7 @@ class SyntheticHub:
         noise = self.rng.normal(0.0, 1.0, size=(s, n, h)).astype(np.float32)
         logits = signal[:, None, :] + noise
         outputs = {sid: logits[i] for i, sid in enumerate(self.probe_ids)}
-        labeller.save_probe_outputs(self.settings, mid, outputs, 1.0)
+        probe_outputs.save_probe_outputs(self.settings, mid, outputs, 1.0)
 
     def register_task_probes(self, concepts: list[str]) -> None:
         """One small probe set per task concept (the images are never read by selection)."""

@@ -2,11 +2,11 @@
 an image (pure: no I/O). Inference (`classifier.PlanClassifier`) and the evaluation's
 in-process path both call it, so they cannot drift apart.
 
-- A plan with a stacked rule (schema 2, :mod:`mllgraph.reuse.stacked`): that rule alone.
-- Otherwise the per-class rule (:mod:`mllgraph.reuse.rule`), where uncovered classes get
+- A plan with a stacked rule (schema 2, :mod:`mllgraph.combine.stacked`): that rule alone.
+- Otherwise the per-class rule (:mod:`mllgraph.combine.rule`), where uncovered classes get
   `extra` evidence when the caller has some (a configured VLM), else the plan's ConSE patch
-  (:mod:`mllgraph.reuse.conse`), else the constant fallback (:mod:`mllgraph.reuse.vlm`).
-- `in_domain` (:mod:`mllgraph.reuse.domain`): a model's heads say nothing about an image its
+  (:mod:`mllgraph.combine.conse`), else the constant fallback (:mod:`mllgraph.reuse.vlm`).
+- `in_domain` (:mod:`mllgraph.combine.domain`): a model's heads say nothing about an image its
   domain profile refuses. The stacked rule reads every plan model on every image, so an image
   that any plan model refuses is scored by the per-class rule, without that model.
 """
@@ -17,8 +17,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mllgraph.reuse.rule import combine, fallback_evidence
-from mllgraph.select.plan import ParsedPlan
+from mllgraph.combine.rule import combine, fallback_evidence
+from mllgraph.plan.document import ParsedPlan
 
 
 def patch_rule(plan: ParsedPlan, has_vlm: bool = False) -> str:

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mllgraph.combine.domain import DomainProfile, thumbnails
 from mllgraph.graph.db import Graph
-from mllgraph.hub import domains, fashion, probes, registry
+from mllgraph.ground.resolve import grounder
+from mllgraph.hub import domains, probes, registry
 from mllgraph.hub.preprocess import InputSpec
+from mllgraph.hubs.fashion import data as fashion
 from mllgraph.label import run as labeller
-from mllgraph.reuse.domain import DomainProfile, thumbnails
+from mllgraph.label import work
 from mllgraph.settings import Settings
 
 Log = Callable[[str], None]
@@ -28,20 +31,12 @@ Log = Callable[[str], None]
 class HubReport:
     registered: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
-    labelled: list[labeller.LabelResult] = field(default_factory=list)
+    labelled: list[work.LabelResult] = field(default_factory=list)
     probe_sets: list[probes.ProbeSet] = field(default_factory=list)
 
 
-def grounder(settings: Settings) -> Callable[[str], str]:
-    """Class name -> wnid with the shared resolver; refuses approximate matches."""
-    from mllgraph.select.ground import default_resolver
-
-    resolver = default_resolver(settings)
-    return lambda name: resolver.resolve_name(name, allow_approximate=False).wnid
-
-
 def fashion_concepts(settings: Settings) -> dict[int, str]:
-    from mllgraph.hub.fashion import FASHION_CLASSES
+    from mllgraph.hubs.fashion.data import FASHION_CLASSES
 
     ground = grounder(settings)
     return {i: ground(name) for i, name in enumerate(FASHION_CLASSES)}
@@ -105,16 +100,15 @@ def build(
     imagenet: tuple[str, ...] = registry.BUILTINS,
     probes_per_class: int | None = None,
     max_train_per_expert: int | None = None,
-    label_options: labeller.LabelOptions | None = None,
+    label_options: work.LabelOptions | None = None,
     log: Log = print,
     progress: bool = True,
 ) -> HubReport:
-    from mllgraph.hub import experts as experts_mod
 
     report = HubReport()
     ground = grounder(settings)
     concepts = fashion_concepts(settings)
-    report.probe_sets = probes.register_fashion_probes(
+    report.probe_sets = register_fashion_probes(
         graph, settings, seed=split_seed, wnids=concepts, per_class=probes_per_class
     )
     log(
@@ -127,7 +121,7 @@ def build(
         (report.registered if r.created else report.already).append(r.record["id"])
         models.append(r.record["id"])
     if experts:
-        paths = experts_mod.train_fashion_hub(
+        paths = experts.train_fashion_hub(
             experts,
             seed,
             trained_dir(settings, seed) / f"split{split_seed}-e{epochs}-m{max_train_per_expert}",
@@ -154,7 +148,7 @@ def build(
     log(f"models: {len(report.registered)} registered, {len(report.already)} already there")
     todo = [mid for mid in models if not registry.get_model(graph, mid).get("labelled_at")]
 
-    def labelled(result: labeller.LabelResult) -> None:
+    def labelled(result: work.LabelResult) -> None:
         report.labelled.append(result)
         log(
             f"labelled {result.model_id}: {result.labels} labels, T={result.temperature:.2f}, "
@@ -163,6 +157,35 @@ def build(
 
     # One model after another in this process, or one Ray task each (MLLGRAPH_EXECUTOR=ray).
     labeller.label_models(
-        graph, settings, todo, label_options or labeller.LabelOptions(), on_done=labelled
+        graph, settings, todo, label_options or work.LabelOptions(), on_done=labelled
     )
     return report
+
+
+def register_fashion_probes(
+    graph: Graph, settings: Settings, *, seed: int, wnids: dict[int, str], per_class: int | None
+) -> list[probes.ProbeSet]:
+    """The Fashion-MNIST probe pool (held out from every expert's training), one probe set per
+    class, in a seeded order. `wnids` maps a Fashion class index to its concept."""
+    from mllgraph.hubs.fashion import data as fashion
+
+    images, labels = fashion.load_split("train", settings.fashion_mnist_dir)
+    _, probe_idx = fashion.split_pools(seed, root=settings.fashion_mnist_dir)
+    rng = np.random.default_rng(seed)
+    out = []
+    for cls, wnid in sorted(wnids.items()):
+        idx = probe_idx[labels[probe_idx] == cls]
+        idx = idx[rng.permutation(len(idx))]
+        if per_class is not None:
+            idx = idx[:per_class]
+        set_id = f"fashion-mnist-s{seed}-c{cls}-n{len(idx)}"
+        ps, _ = probes.add_probe_set(
+            graph,
+            settings,
+            concept=wnid,
+            images=images[idx],
+            set_id=set_id,
+            source=f"Fashion-MNIST probe pool (seed {seed}): {fashion.FASHION_CLASSES[cls]}",
+        )
+        out.append(ps)
+    return out

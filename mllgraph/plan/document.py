@@ -3,7 +3,7 @@
 
 A plan is a JSON object: the task's classes (name, grounded concept, coverage, heads,
 estimates), the chosen models and, under ``combination``, what the shared rule
-(`mllgraph.reuse.rule`) needs, versioned by ``schema_version``. Plan ids are derived from the
+(`mllgraph.combine.rule`) needs, versioned by ``schema_version``. Plan ids are derived from the
 request, the catalogue version and :data:`SELECTION_VERSION`, so the same inputs give the same
 plan and plans made by older selection rules are not reused.
 """
@@ -18,22 +18,20 @@ import time
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from mllgraph.combine.combination import Plan as Combination
+from mllgraph.combine.conse import ConsePatch
+from mllgraph.combine.rule import KINDS as HEAD_GROUP_KINDS
+from mllgraph.combine.rule import ClassAssignment, CombinationParams
+from mllgraph.combine.stacked import StackedRule
 from mllgraph.errors import FailedPrecondition, InvalidArgument
-from mllgraph.reuse.conse import ConsePatch
-from mllgraph.reuse.rule import KINDS as HEAD_GROUP_KINDS
-from mllgraph.reuse.rule import ClassAssignment, CombinationParams
-from mllgraph.reuse.stacked import StackedRule
-from mllgraph.select import chco
-
-if TYPE_CHECKING:
-    from mllgraph.select.run import SelectOptions, TaskClass, Timings
+from mllgraph.plan.request import SelectOptions, TaskClass, Timings
 
 # combination["schema_version"]: 1 = the per-class rule (with an optional ConSE "patch");
-# 2 = the same plus the stacked rule (combination["stacked"], mllgraph.reuse.stacked), which
+# 2 = the same plus the stacked rule (combination["stacked"], mllgraph.combine.stacked), which
 # a server reading only 1 must refuse rather than ignore. Both are served.
 PLAN_SCHEMA_VERSION = 1
 STACKED_SCHEMA_VERSION = 2
@@ -142,7 +140,7 @@ def plan_document(
     pid: str,
     classes: list[TaskClass],
     groundings: list[Any],
-    plan: chco.Plan,
+    plan: Combination,
     info: dict[tuple[int, str, tuple[int, ...]], dict[str, Any]],
     versions: dict[str, str],
     options: SelectOptions,
@@ -291,7 +289,7 @@ def read_combination_json(text: str, where: str = "inline_plan.combination_json"
     return value
 
 
-def combination_of(plan: Mapping[str, Any]) -> chco.Plan:
+def combination_of(plan: Mapping[str, Any]) -> Combination:
     """The combination rule's inputs from a plan document."""
     comb = plan.get("combination") or {}
     version = comb.get("schema_version") if isinstance(comb, Mapping) else None
@@ -311,7 +309,7 @@ def combination_of(plan: Mapping[str, Any]) -> chco.Plan:
             f"the plan has {len(assignment)} classes; at most {MAX_CLASSES} are accepted"
         )
     try:
-        return chco.Plan.from_dict(comb["plan"])
+        return Combination.from_dict(comb["plan"])
     except _MALFORMED as e:
         raise InvalidArgument(
             f"the plan's combination is malformed ({type(e).__name__}: {str(e)[:200]})"

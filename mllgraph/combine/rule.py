@@ -20,7 +20,7 @@ The rule, exactly (K task classes, N images):
    score is ``log(EPS) + log(QUALITY_FLOOR)``, about -18.4), so it never wins.
 5. Class probabilities ``softmax_c(z)``; a prediction is ``argmax`` (first index on ties).
 
-Out of domain (``in_domain``, inference only: :mod:`mllgraph.reuse.domain`): on an image a
+Out of domain (``in_domain``, inference only: :mod:`mllgraph.combine.domain`): on an image a
 model's domain profile refuses, that model's groups drop out of step 3's mean; a covered class
 left with no group on the image has no evidence for it: ``s_c = 0``. (Not the offline floor
 of uncovered classes: that would outweigh a real but small probability of another class, e.g.

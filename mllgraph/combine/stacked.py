@@ -1,6 +1,6 @@
 """The stacked combination rule (pure: numpy and scikit-learn, no I/O).
 
-The per-class rule (:mod:`mllgraph.reuse.rule`) reads only the heads mapped to each class. The
+The per-class rule (:mod:`mllgraph.combine.rule`) reads only the heads mapped to each class. The
 plan's models say more than that: an expert for {shirt, pullover, coat} also tells a T-shirt
 from a shirt through heads no class is mapped to. The stacked rule uses them all:
 
@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from mllgraph.combine.rule import EPS, model_probabilities
 from mllgraph.errors import FailedPrecondition, InvalidArgument
-from mllgraph.reuse.rule import EPS, model_probabilities
 
 MIN_IMAGES_PER_CLASS = 5
 # Beyond this many classes the nested cross-validation costs seconds per SelectHeads: such

@@ -7,7 +7,7 @@ function and a text embedder — so it needs neither Neo4j nor a network.
 
 How a name is grounded
 ----------------------
-1. *Overrides* (`mllgraph/select/grounding_overrides.json`): whole names WordNet lacks
+1. *Overrides* (`mllgraph/ground/overrides.json`): whole names WordNet lacks
    ("ankle boot") map straight to a concept; preferred senses ("top" -> the garment) replace
    WordNet's first sense in the prior.
 2. *Lexical candidates*: the name is normalised (case, whitespace, underscores, punctuation,
@@ -63,7 +63,7 @@ import numpy as np
 
 from mllgraph.errors import InvalidArgument, NotFound
 from mllgraph.graph.wordnet import WordNetNouns
-from mllgraph.select.plan import MAX_CLASSES, MIN_CLASSES, check_class_name
+from mllgraph.plan.document import MAX_CLASSES, MIN_CLASSES, check_class_name
 from mllgraph.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -233,12 +233,8 @@ class Overrides:
 
 
 def load_override_file() -> dict[str, Any]:
-    """The packaged `mllgraph/select/grounding_overrides.json`, parsed."""
-    text = (
-        resources.files("mllgraph.select")
-        .joinpath("grounding_overrides.json")
-        .read_text(encoding="utf-8")
-    )
+    """The packaged `mllgraph/ground/overrides.json`, parsed."""
+    text = resources.files("mllgraph.ground").joinpath("overrides.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
@@ -1033,7 +1029,7 @@ def default_resolver(settings: Settings | None = None, use_embeddings: bool = Tr
     cannot be loaded, the resolver still works lexically (a warning is logged).
     """
     from mllgraph.graph.wordnet import load_nouns, nltk_wordnet
-    from mllgraph.select.embed import default_embedder
+    from mllgraph.ground.embed import default_embedder
 
     settings = settings or Settings.from_env()
     key = (settings.wordnet_dir, settings.nltk_data, use_embeddings)
@@ -1056,3 +1052,10 @@ def default_resolver(settings: Settings | None = None, use_embeddings: bool = Tr
             resolver = Resolver(nouns, morphology=morphology, embedder=embedder)
             _default_resolvers[key] = resolver
     return resolver
+
+
+def grounder(settings: Settings) -> Callable[[str], str]:
+    """Class name -> wnid with the shared resolver; refuses approximate matches (what
+    registering a model's class names uses)."""
+    resolver = default_resolver(settings)
+    return lambda name: resolver.resolve_name(name, allow_approximate=False).wnid

@@ -1,7 +1,7 @@
 """Which models the stacked rule should read (pure: numpy and scikit-learn, no I/O).
 
 CHCO chooses models by the per-class rule: the heads mapped to each class. The stacked rule
-(:mod:`mllgraph.reuse.stacked`) reads every head of the chosen models, so the best models for
+(:mod:`mllgraph.combine.stacked`) reads every head of the chosen models, so the best models for
 it are those whose heads, together, separate the task's classes, whether or not a head is
 mapped to a class. The two choices differ: in a bigger hub CHCO finds narrow experts with an
 exact head per class, while a broad expert's 1,000 heads separate the classes better. So a
@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mllgraph.reuse.stacked import features
+from mllgraph.combine.stacked import features
 
 SCREEN_MODELS = 16  # models screened at most: those covering most of the task (`shortlist`)
 # ... and the sub-hub's broadest labelled experts beside them (`select/broad_models`): the

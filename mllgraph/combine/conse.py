@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from mllgraph.combine.rule import floor_evidence
 from mllgraph.errors import InvalidArgument
-from mllgraph.reuse.rule import FALLBACK_EVIDENCE, floor_evidence  # noqa: F401 (named by tests)
 
 TEMPLATE = "a photo of a {}"
 TOP = 10  # head probabilities per image that vote (ConSE's T)

@@ -1,0 +1,58 @@
+"""What a selection request asks for: the task's classes and the options of the search.
+
+Part of the plan contract: a plan's id is derived from them (`document.plan_id_for`), so
+selection (which reads them) and the plan document share this module. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mllgraph.errors import InvalidArgument
+
+SOLVERS = ("auto", "exact", "heuristic")
+
+
+@dataclass(frozen=True)
+class TaskClass:
+    name: str
+    pinned_wnid: str | None = None
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    budget: int = 5  # max distinct models run at inference
+    solver: str = "auto"
+    allow_ancestor: bool = True
+    fit_params: bool = True
+    min_label_score: float = 0.05
+    per_kind_limit: int = 12  # candidates per class per kind, best first
+    ancestor_discount: float = 0.5
+    related_discount: float = 0.4
+    # The prior quality (expected accuracy) of a declared, unmeasured head whose model states
+    # no top-1 accuracy (RegisterModel.top1_accuracy; the builtins state their own).
+    declared_prior: float = 0.5
+    # Restrict candidates to these model ids (None: the whole hub). Used to study hub size.
+    models: tuple[str, ...] | None = None
+
+    def validate(self) -> None:
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            raise InvalidArgument(f"budget must be a positive number of models, got {self.budget}")
+        if self.solver not in SOLVERS:
+            raise InvalidArgument(f"solver {self.solver!r}: one of {', '.join(SOLVERS)}")
+        if not 0.0 <= self.min_label_score <= 1.0:
+            raise InvalidArgument(f"min_label_score must be in [0, 1], got {self.min_label_score}")
+        if not 0.0 <= self.declared_prior <= 1.0:
+            raise InvalidArgument(f"declared_prior must be in [0, 1], got {self.declared_prior}")
+        if not 1 <= self.per_kind_limit <= 1000:
+            raise InvalidArgument(f"per_kind_limit must be 1..1000, got {self.per_kind_limit}")
+
+
+@dataclass
+class Timings:
+    grounding_ms: float = 0.0
+    cypher_ms: float = 0.0
+    load_ms: float = 0.0
+    chco_ms: float = 0.0
+    stacked_ms: float = 0.0
+    total_ms: float = 0.0
