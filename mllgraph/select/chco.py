@@ -30,6 +30,10 @@ vector (N,) is computed once; an assignment's accuracy is an argmax over the (N,
 of its columns. The heuristic keeps the top-2 classes of every image so that replacing one
 column is evaluated for all options of that class at once, exactly (argmax semantics
 included), in O(options x N).
+
+Long on purpose (over 800 lines): one subject — the problem, its two solvers and the parameter
+fit they share — whose pieces are read together; split, each half would need the other's
+internals.
 """
 
 from __future__ import annotations
