@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mllgraph.combine import conse
+from mllgraph.combine import conse, rule
 from mllgraph.errors import InvalidArgument
 from mllgraph.select import nearby
 
@@ -61,7 +61,7 @@ def test_calibrated_weight_lets_the_patch_take_at_most_the_steal_rate() -> None:
     z = np.log(rng.uniform(0.2, 0.9, size=(n, 3)))  # covered classes 0, 1; 2 uncovered
     p = rng.dirichlet(np.ones(3), size=n)
     w = conse.calibrate_weight(z, p, [2])
-    floor = conse.FALLBACK_EVIDENCE
+    floor = rule.FALLBACK_EVIDENCE
     left = np.exp(z[:, :2].max(axis=1)) > floor  # what the constant alone leaves covered
     taken = np.log(floor + w * p[:, 2]) > z[:, :2].max(axis=1)
     assert 0 < (taken & left).sum() <= conse.STEAL_RATE * left.sum()
