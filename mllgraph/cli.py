@@ -676,19 +676,6 @@ def expand_images(args: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     return list(dict.fromkeys(paths)), missing
 
 
-def _local_services(settings: Settings) -> Any:
-    """The three services in this process, on free ports, over the local hub."""
-    from mllgraph.eval.grpc_pipeline import Services
-
-    if settings.uses_local_neo4j:
-        from mllgraph.graph import neo4j_server
-
-        with console.status("starting Neo4j"):
-            neo4j_server.start(settings)
-    with console.status("starting the services in this process (grounding warm-up)"):
-        return Services(settings).start()
-
-
 def classification_rows(result: Any) -> list[dict[str, Any]]:
     """One JSON-ready dict per prediction of a `client.Classification`."""
     return [
@@ -741,7 +728,11 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
         err.print(f"[bold red]error:[/] {where}: {why}", highlight=False, soft_wrap=True)
     if not messages:
         raise InvalidArgument("no readable image to classify")
-    services = None if args.target else _local_services(settings)
+    services = None
+    if not args.target:
+        from services.local import start_local_services
+
+        services = start_local_services(settings, console.status)
     try:
         target = args.target
         addresses = services.ports if services is not None else {}
