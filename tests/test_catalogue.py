@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from mllgraph import cli
+from mllgraph.cli.common import progress_bar
 from mllgraph.errors import InvalidArgument, NotFound
 from mllgraph.graph import cypher
 from mllgraph.hub import experts, probes, registry
@@ -240,7 +241,7 @@ def test_labelling_touches_only_its_own_model(
 
 def test_progress_bar_renders_an_unknown_total() -> None:
     """`models label` adds its task with total=None until the labeller reports one."""
-    progress = cli._progress()
+    progress = progress_bar()
     task = progress.add_task("labelling", total=None)
     progress.update(task, completed=3)
     count = progress.columns[2].render(progress.tasks[0])

@@ -110,7 +110,8 @@ def test_the_service_and_the_cli_say_declared_unmeasured(
 ) -> None:
     import grpc
 
-    from mllgraph import cli
+    from mllgraph.cli.common import console
+    from mllgraph.cli.select import print_plan
     from mllgraph.v1 import selection_pb2, selection_pb2_grpc
     from services.selection import BackgroundServer
 
@@ -138,13 +139,13 @@ def test_the_service_and_the_cli_say_declared_unmeasured(
         assert any("Declared, unmeasured" in r for r in c.reasons), c.reasons
         assert any("not a measurement" in r for r in c.reasons), c.reasons
     assert any("0% of the estimated accuracy is measured" in n for n in why.notes), why.notes
-    width = cli.console.width
-    cli.console.width = 250  # one table row per class, whatever the terminal
+    width = console.width
+    console.width = 250  # one table row per class, whatever the terminal
     try:
-        with cli.console.capture() as out:
-            cli.print_plan(doc)
+        with console.capture() as out:
+            print_plan(doc)
     finally:
-        cli.console.width = width
+        console.width = width
     text = out.get()
     assert text.count("declared, unmeasured") == 2 and "0% measured" in text
 
@@ -229,6 +230,7 @@ def test_probe_folder_marks_stale_and_label_stale_measures(
     from PIL import Image
 
     from mllgraph import cli
+    from mllgraph.cli.common import console
     from mllgraph.hub import probe_folder, probes
 
     root = tmp_path / "photos"
@@ -256,14 +258,14 @@ def test_probe_folder_marks_stale_and_label_stale_measures(
                 Image.fromarray(img).save(path, format="PNG" if name.endswith("png") else "JPEG")
     (root / "stray.png").write_bytes(b"")
 
-    width = cli.console.width
-    cli.console.width = 250
+    width = console.width
+    console.width = 250
     try:
-        with cli.console.capture() as out:
+        with console.capture() as out:
             args = cli.build_parser().parse_args(["probes", "add", "--folder", str(root)])
             assert args.handler(args, neo4j_settings) == 0
     finally:
-        cli.console.width = width
+        console.width = width
     text = out.get()
     sets = [p for p in probes.probe_sets(sdag_graph) if p.source.startswith(f"folder {root}")]
     try:
