@@ -649,9 +649,9 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             )
         spec = None
         if request.HasField("input_spec"):
-            from mllgraph.hub import loading as experts
+            from mllgraph.hub import loading
 
-            lite = experts.EFFICIENTNET_LITE.get(builtin or "")
+            lite = loading.EFFICIENTNET_LITE.get(builtin or "")
             base = lite.input_spec if lite else None
             spec = spec_from_proto(request.input_spec, request.arch or builtin or "", base)
         ref = ""

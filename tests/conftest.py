@@ -146,8 +146,7 @@ def fashion_services(sdag_graph, neo4j_settings, tmp_path_factory):
     import uuid
 
     from mllgraph.eval.grpc_pipeline import Services
-    from mllgraph.hub import loading as experts
-    from mllgraph.hub import probes, registry
+    from mllgraph.hub import loading, probes, registry
     from mllgraph.hubs.fashion import data as fashion
     from mllgraph.label import run as labeller
 
@@ -168,7 +167,7 @@ def fashion_services(sdag_graph, neo4j_settings, tmp_path_factory):
                 arch, classes, x_train[:20000], y_train[:20000], epochs=1, seed=seed,
                 max_train=800, batch_size=100,
             )  # fmt: skip
-            path = experts.save_weights(model, tmp / f"{name}.safetensors")
+            path = loading.save_weights(model, tmp / f"{name}.safetensors")
             reg = registry.register_model(
                 graph,
                 settings,

@@ -34,12 +34,12 @@ def two_class_bundle(root: Path, arch: str, model_id: str, plan_id: str) -> Any:
     import torch
 
     from mllgraph.combine import rule as combine
-    from mllgraph.hub import loading as experts
+    from mllgraph.hub import loading
     from mllgraph.reuse import bundle as bundles
     from mllgraph.select import chco
 
     torch.manual_seed(0)
-    weights = experts.save_weights(experts.build_timm(arch, 2, 1), root / "m.safetensors")
+    weights = loading.save_weights(loading.build_timm(arch, 2, 1), root / "m.safetensors")
     assignment = [
         combine.ClassAssignment(i, (combine.HeadGroup(model_id, (i,), "exact", 0.8),))
         for i in range(2)

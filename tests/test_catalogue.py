@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from mllgraph import cli
+from mllgraph.cli.common import progress_bar
 from mllgraph.errors import InvalidArgument, NotFound
 from mllgraph.graph import cypher
-from mllgraph.hub import loading as experts
-from mllgraph.hub import probe_outputs, probes, registry
+from mllgraph.hub import loading, probe_outputs, probes, registry
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
 from mllgraph.label import work
@@ -101,7 +101,7 @@ def test_builtin_declares_the_imagenet_wnids(sdag_graph, neo4j_settings) -> None
         heads = registry.heads(sdag_graph, mid, top_k=0)
         assert len(heads) == 1000
         assert heads[0]["index"] == 0 and heads[0]["declared_wnid"] == "n01440764"  # tench
-        assert [h["declared_wnid"] for h in heads] == experts.imagenet_wnids()
+        assert [h["declared_wnid"] for h in heads] == loading.imagenet_wnids()
     finally:
         if not already:
             with contextlib.suppress(NotFound):
@@ -175,7 +175,7 @@ def test_cookbook_params_parsing() -> None:
 
 
 def _register(graph, settings, tmp: Path, name: str) -> str:
-    path = experts.save_weights(experts.build_timm("test_efficientnet", 2, 1), tmp / f"{name}.st")
+    path = loading.save_weights(loading.build_timm("test_efficientnet", 2, 1), tmp / f"{name}.st")
     return registry.register_model(
         graph,
         settings,
@@ -243,7 +243,7 @@ def test_labelling_touches_only_its_own_model(
 
 def test_progress_bar_renders_an_unknown_total() -> None:
     """`models label` adds its task with total=None until the labeller reports one."""
-    progress = cli._progress()
+    progress = progress_bar()
     task = progress.add_task("labelling", total=None)
     progress.update(task, completed=3)
     count = progress.columns[2].render(progress.tasks[0])
@@ -260,8 +260,8 @@ def test_documented_model_commands_run(
     name = f"{PREFIX}-cli"
     mid = f"{name}@1"
     cleanup.append(mid)
-    weights = experts.save_weights(
-        experts.build_timm("test_efficientnet", 2, 1), tmp_path / "w.safetensors"
+    weights = loading.save_weights(
+        loading.build_timm("test_efficientnet", 2, 1), tmp_path / "w.safetensors"
     )
     register = ["models", "register", "--name", name, "--weights", str(weights)]
     register += ["--arch", "test_efficientnet", "--wnids", f"{SANDAL},{GYM_SHOE}"]

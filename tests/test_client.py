@@ -16,7 +16,7 @@ from PIL import Image
 
 from mllgraph import client as mc
 from mllgraph.errors import InvalidArgument, NotFound, Unavailable
-from mllgraph.hub import loading as experts
+from mllgraph.hub import loading
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc
 
 pytestmark = pytest.mark.neo4j
@@ -171,8 +171,8 @@ def test_errors_carry_code_and_field(client: mc.Client, hub: dict[str, Any]) -> 
 def test_register_label_list_delete(client: mc.Client, hub: dict[str, Any], tmp_path: Path) -> None:
     import uuid
 
-    path = experts.save_weights(
-        experts.build_timm("test_efficientnet", 2, 1), tmp_path / "w.safetensors"
+    path = loading.save_weights(
+        loading.build_timm("test_efficientnet", 2, 1), tmp_path / "w.safetensors"
     )
     name = f"clienttest-{uuid.uuid4().hex[:8]}"
     model = client.register_model(

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 from mllgraph.errors import NotFound
-from mllgraph.hub import loading as experts
-from mllgraph.hub import registry
+from mllgraph.hub import loading, registry
 from mllgraph.plan import request
 from mllgraph.select import run as select
 from mllgraph.settings import Settings
@@ -57,7 +56,7 @@ def _select(graph: Any, settings: Settings, resolver: Any, mid: str, names: list
 
 
 def _wnid_of_head(mid: str, index: int) -> str:
-    return experts.imagenet_wnids()[index]
+    return loading.imagenet_wnids()[index]
 
 
 def test_builtins_state_their_published_top1(sdag_graph: Any, lite: str) -> None:
@@ -112,7 +111,8 @@ def test_the_service_and_the_cli_say_declared_unmeasured(
 ) -> None:
     import grpc
 
-    from mllgraph import cli
+    from mllgraph.cli.common import console
+    from mllgraph.cli.select import print_plan
     from mllgraph.v1 import selection_pb2, selection_pb2_grpc
     from services.selection import BackgroundServer
 
@@ -140,13 +140,13 @@ def test_the_service_and_the_cli_say_declared_unmeasured(
         assert any("Declared, unmeasured" in r for r in c.reasons), c.reasons
         assert any("not a measurement" in r for r in c.reasons), c.reasons
     assert any("0% of the estimated accuracy is measured" in n for n in why.notes), why.notes
-    width = cli.console.width
-    cli.console.width = 250  # one table row per class, whatever the terminal
+    width = console.width
+    console.width = 250  # one table row per class, whatever the terminal
     try:
-        with cli.console.capture() as out:
-            cli.print_plan(doc)
+        with console.capture() as out:
+            print_plan(doc)
     finally:
-        cli.console.width = width
+        console.width = width
     text = out.get()
     assert text.count("declared, unmeasured") == 2 and "0% measured" in text
 
@@ -231,6 +231,7 @@ def test_probe_folder_marks_stale_and_label_stale_measures(
     from PIL import Image
 
     from mllgraph import cli
+    from mllgraph.cli.common import console
     from mllgraph.hub import probe_folder, probes
 
     root = tmp_path / "photos"
@@ -258,14 +259,14 @@ def test_probe_folder_marks_stale_and_label_stale_measures(
                 Image.fromarray(img).save(path, format="PNG" if name.endswith("png") else "JPEG")
     (root / "stray.png").write_bytes(b"")
 
-    width = cli.console.width
-    cli.console.width = 250
+    width = console.width
+    console.width = 250
     try:
-        with cli.console.capture() as out:
+        with console.capture() as out:
             args = cli.build_parser().parse_args(["probes", "add", "--folder", str(root)])
             assert args.handler(args, neo4j_settings) == 0
     finally:
-        cli.console.width = width
+        console.width = width
     text = out.get()
     sets = [p for p in probes.probe_sets(sdag_graph) if p.source.startswith(f"folder {root}")]
     try:

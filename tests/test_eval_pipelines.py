@@ -15,8 +15,7 @@ import pytest
 
 from mllgraph.eval import evaluate as ev
 from mllgraph.eval.tasks import parse_suite
-from mllgraph.hub import loading as experts
-from mllgraph.hub import registry
+from mllgraph.hub import loading, registry
 from mllgraph.hubs.fashion import data as fashion
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import work
@@ -77,7 +76,7 @@ def tiny_hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.Temp
                 registry.Registration(
                     name=f"evaltest-{uid}-{name}",
                     arch=arch,
-                    weights_path=experts.save_weights(model, tmp / f"{name}.safetensors"),
+                    weights_path=loading.save_weights(model, tmp / f"{name}.safetensors"),
                     wnids=[concepts[c] for c in classes],
                     input_spec=fashion_experts.FASHION_INPUT_SPEC,
                 ),

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mllgraph.errors import AlreadyExists, InvalidArgument, NotFound
-from mllgraph.hub import loading as experts
+from mllgraph.hub import loading
 from mllgraph.hub.preprocess import InputSpec, preprocess
 from mllgraph.hubs.fashion import data as fashion
 from mllgraph.hubs.fashion import experts as fashion_experts
@@ -55,7 +55,7 @@ def one_thread() -> Iterator[None]:
 
 
 def test_input_spec_round_trip() -> None:
-    spec = experts.EFFICIENTNET_LITE["efficientnet_lite0"].input_spec
+    spec = loading.EFFICIENTNET_LITE["efficientnet_lite0"].input_spec
     d = json.loads(json.dumps(spec.to_dict()))
     assert InputSpec.from_dict(d) == spec
     assert GRAY28.validate() is GRAY28
@@ -152,15 +152,15 @@ def test_preprocess_rejects_bad_input() -> None:
 
 
 def test_imagenet_wnids() -> None:
-    wnids = experts.imagenet_wnids()
+    wnids = loading.imagenet_wnids()
     assert len(wnids) == 1000 and len(set(wnids)) == 1000
     assert wnids[0] == "n01440764" and wnids[-1] == "n15075141"
 
 
 def test_efficientnet_lite0_loads_and_runs() -> None:
-    path = experts.efficientnet_lite_weights_path("efficientnet_lite0")
+    path = loading.efficientnet_lite_weights_path("efficientnet_lite0")
     assert path.is_file() and path.suffix == ".pth"
-    model, spec, wnids = experts.load_efficientnet_lite("efficientnet_lite0")
+    model, spec, wnids = loading.load_efficientnet_lite("efficientnet_lite0")
     assert not model.training
     assert spec.size == 224 and spec.channels == 3 and len(wnids) == 1000
     x = preprocess(np.full((1, 300, 400, 3), 127, dtype=np.uint8), spec)
@@ -168,7 +168,7 @@ def test_efficientnet_lite0_loads_and_runs() -> None:
         out = model(x)
     assert out.shape == (1, 1000) and torch.isfinite(out).all()
     with pytest.raises(InvalidArgument, match="efficientnet_lite9"):
-        experts.load_efficientnet_lite("efficientnet_lite9")
+        loading.load_efficientnet_lite("efficientnet_lite9")
 
 
 # ----------------------------------------------------------------------------- weight files
@@ -176,19 +176,19 @@ def test_efficientnet_lite0_loads_and_runs() -> None:
 
 def _tiny_model() -> nn.Module:
     torch.manual_seed(0)
-    return experts.build_timm("test_efficientnet", num_classes=3, in_chans=1)
+    return loading.build_timm("test_efficientnet", num_classes=3, in_chans=1)
 
 
 def test_safetensors_round_trip(tmp_path: Path) -> None:
     model = _tiny_model()
-    path = experts.save_weights(model, tmp_path / "m.safetensors")
-    fresh = experts.build_timm("test_efficientnet", num_classes=3, in_chans=1)
-    experts.load_weights(fresh, path)
+    path = loading.save_weights(model, tmp_path / "m.safetensors")
+    fresh = loading.build_timm("test_efficientnet", num_classes=3, in_chans=1)
+    loading.load_weights(fresh, path)
     for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     # A plain torch.save state_dict (the .pth route) loads too.
     torch.save(model.state_dict(), tmp_path / "m.pth")
-    experts.load_weights(experts.build_timm("test_efficientnet", 3, 1), tmp_path / "m.pth")
+    loading.load_weights(loading.build_timm("test_efficientnet", 3, 1), tmp_path / "m.pth")
 
 
 class _Payload:
@@ -215,7 +215,7 @@ def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
     evil_raw.write_bytes(pickle.dumps({"x": _Payload(marker)}))
     for path in (evil_zip, evil_raw):
         with pytest.raises(InvalidArgument, match=path.name) as e:
-            experts.load_weights(model, path)
+            loading.load_weights(model, path)
         assert "refused" in str(e.value) and "weights_only set to `False`" not in str(e.value)
     assert not marker.exists()
 
@@ -228,31 +228,31 @@ def test_corrupt_files_are_refused(tmp_path: Path) -> None:
     cut = tmp_path / "cut.pth"
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(InvalidArgument, match="cut.pth"):
-        experts.load_weights(model, cut)
-    st = experts.save_weights(model, tmp_path / "m.safetensors")
+        loading.load_weights(model, cut)
+    st = loading.save_weights(model, tmp_path / "m.safetensors")
     st_cut = tmp_path / "cut.safetensors"
     st_cut.write_bytes(st.read_bytes()[:100])
     with pytest.raises(InvalidArgument, match="cut.safetensors"):
-        experts.load_weights(model, st_cut)
+        loading.load_weights(model, st_cut)
     (tmp_path / "empty.bin").write_bytes(b"")
     with pytest.raises(InvalidArgument, match="empty.bin"):
-        experts.load_weights(model, tmp_path / "empty.bin")
+        loading.load_weights(model, tmp_path / "empty.bin")
     with pytest.raises(NotFound, match="nope.pth"):
-        experts.load_weights(model, tmp_path / "nope.pth")
+        loading.load_weights(model, tmp_path / "nope.pth")
 
 
 def test_key_and_shape_mismatch(tmp_path: Path) -> None:
-    path = experts.save_weights(_tiny_model(), tmp_path / "m.safetensors")
+    path = loading.save_weights(_tiny_model(), tmp_path / "m.safetensors")
     with pytest.raises(InvalidArgument, match="shape mismatches: classifier.weight"):
-        experts.load_weights(experts.build_timm("test_efficientnet", 5, 1), path)
+        loading.load_weights(loading.build_timm("test_efficientnet", 5, 1), path)
     with pytest.raises(InvalidArgument, match="missing keys") as e:
-        experts.load_weights(experts.build_timm("test_resnet", 3, 1), path)
+        loading.load_weights(loading.build_timm("test_resnet", 3, 1), path)
     assert "m.safetensors" in str(e.value) and "unexpected keys" in str(e.value)
 
 
 def test_build_timm_rejects_unknown_arch() -> None:
     with pytest.raises(InvalidArgument, match="no_such_net"):
-        experts.build_timm("no_such_net", 3, 1)
+        loading.build_timm("no_such_net", 3, 1)
 
 
 # ----------------------------------------------------------------------------- check_forward
@@ -260,13 +260,13 @@ def test_build_timm_rejects_unknown_arch() -> None:
 
 def test_check_forward() -> None:
     model = _tiny_model()
-    experts.check_forward(model, GRAY28, 3)
+    loading.check_forward(model, GRAY28, 3)
     with pytest.raises(InvalidArgument, match="input spec .* cannot take"):
-        experts.check_forward(
+        loading.check_forward(
             model, dataclasses.replace(GRAY28, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3), 3
         )
     with pytest.raises(InvalidArgument, match=r"num_classes \(the head count\) is 10"):
-        experts.check_forward(model, GRAY28, 10)
+        loading.check_forward(model, GRAY28, 10)
     assert model.training  # check_forward leaves the mode as it found it
 
 
@@ -321,9 +321,9 @@ def test_train_fashion_hub_writes_and_resumes(tmp_path: Path, fmnist, one_thread
         assert 0.0 <= meta["train_accuracy"] <= 1.0 and meta["train_seconds"] > 0
         # What ingestion will do: rebuild from the JSON alone, load, check.
         in_spec = InputSpec.from_dict(meta["input_spec"])
-        model = experts.build_timm(meta["arch"], meta["num_classes"], meta["in_chans"])
-        experts.load_weights(model, tmp_path / meta["weights_file"])
-        experts.check_forward(model, in_spec, meta["num_classes"])
+        model = loading.build_timm(meta["arch"], meta["num_classes"], meta["in_chans"])
+        loading.load_weights(model, tmp_path / meta["weights_file"])
+        loading.check_forward(model, in_spec, meta["num_classes"])
     mtimes = [p.stat().st_mtime_ns for p in tmp_path.iterdir()]
     again = fashion_experts.train_fashion_hub(
         2, seed=5, out_dir=tmp_path, epochs=1, max_train_per_expert=300, progress=False

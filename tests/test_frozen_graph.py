@@ -31,8 +31,7 @@ from mllgraph.combine import rule as combine
 from mllgraph.errors import DeadlineExceeded, NotFound, Unavailable
 from mllgraph.graph import db, deadline
 from mllgraph.graph.db import Graph
-from mllgraph.hub import loading as experts
-from mllgraph.hub import registry
+from mllgraph.hub import loading, registry
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.select import chco, retention
 from mllgraph.select import run as select
@@ -195,8 +194,8 @@ def test_frozen_database_answers_within_deadlines_and_cached_plans_classify(
 
     settings, graph = own_neo4j, own_graph
     torch.manual_seed(1)
-    path = experts.save_weights(
-        experts.build_timm("test_efficientnet", 2, 1), tmp_path / "w.safetensors"
+    path = loading.save_weights(
+        loading.build_timm("test_efficientnet", 2, 1), tmp_path / "w.safetensors"
     )
     mid = registry.register_model(
         graph,

@@ -30,7 +30,6 @@ from PIL import Image
 from mllgraph.combine import rule as combine
 from mllgraph.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from mllgraph.hub import forward, loading, registry
-from mllgraph.hub import loading as experts
 from mllgraph.hubs.fashion import data as fashion
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import work
@@ -190,7 +189,7 @@ def hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.TempPathF
                 arch, classes, x_train[:20000], y_train[:20000], epochs=1, seed=seed,
                 max_train=800, batch_size=100,
             )  # fmt: skip
-            path = experts.save_weights(model, tmp / f"{name}.safetensors")
+            path = loading.save_weights(model, tmp / f"{name}.safetensors")
             reg = registry.register_model(
                 graph,
                 settings,

@@ -33,8 +33,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mllgraph.errors import FailedPrecondition, NotFound
 from mllgraph.graph import deadline
-from mllgraph.hub import loading as experts
-from mllgraph.hub import probes, registry
+from mllgraph.hub import loading, probes, registry
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
@@ -105,9 +104,9 @@ def weights(import_dir: Path) -> Weights:
     d = import_dir / "weights"
     d.mkdir()
     torch.manual_seed(0)
-    path = experts.save_weights(experts.build_timm(ARCH, 2, 1), d / "a.safetensors")
-    other = experts.save_weights(experts.build_timm(ARCH, 2, 1), d / "b.safetensors")
-    convnext = experts.save_weights(experts.build_timm("test_convnext", 2, 1), d / "c.safetensors")
+    path = loading.save_weights(loading.build_timm(ARCH, 2, 1), d / "a.safetensors")
+    other = loading.save_weights(loading.build_timm(ARCH, 2, 1), d / "b.safetensors")
+    convnext = loading.save_weights(loading.build_timm("test_convnext", 2, 1), d / "c.safetensors")
     return Weights(path, path.read_bytes(), other.read_bytes(), convnext)
 
 
@@ -696,7 +695,7 @@ def test_a_failing_job_reports_failed(
 
 
 def test_input_spec_defaults() -> None:
-    lite = experts.EFFICIENTNET_LITE["efficientnet_lite0"].input_spec
+    lite = loading.EFFICIENTNET_LITE["efficientnet_lite0"].input_spec
     assert ingestion.spec_from_proto(common_pb2.InputSpec(), "", lite) == lite
     bigger = ingestion.spec_from_proto(common_pb2.InputSpec(size=256), "", lite)
     assert bigger.size == 256 and bigger.mean == lite.mean and bigger.resize == lite.resize

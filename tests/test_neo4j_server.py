@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mllgraph.cli", *args],
+        [sys.executable, "-m", "mllgraph", *args],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -21,8 +21,7 @@ import pytest
 import torch
 
 from mllgraph.errors import AlreadyExists, FailedPrecondition, NotFound
-from mllgraph.hub import loading as experts
-from mllgraph.hub import probe_outputs, probes, registry
+from mllgraph.hub import loading, probe_outputs, probes, registry
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
 from mllgraph.label import work as label_work
@@ -44,7 +43,7 @@ def _name(tag: str) -> str:
 def weights(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     d = tmp_path_factory.mktemp("race-weights")
     torch.manual_seed(7)
-    return experts.save_weights(experts.build_timm(ARCH, 2, 1), d / "w.safetensors").read_bytes()
+    return loading.save_weights(loading.build_timm(ARCH, 2, 1), d / "w.safetensors").read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +156,8 @@ def test_same_id_registered_from_many_threads_creates_once(
         )
     assert sorted(r.created for r in results) == [False, False, False, True]
     assert Path(results[0].record["weights_path"]).is_file()
-    other = experts.save_weights(
-        experts.build_timm(ARCH, 2, 1), settings.home / f"{name}-other.safetensors"
+    other = loading.save_weights(
+        loading.build_timm(ARCH, 2, 1), settings.home / f"{name}-other.safetensors"
     ).read_bytes()
     with pytest.raises(AlreadyExists):  # other weights under the id: refused, file kept
         registry.register_model(graph, settings, _registration(name, other))

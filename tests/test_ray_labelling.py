@@ -22,8 +22,7 @@ import pytest
 import torch
 
 from mllgraph.errors import InvalidArgument, NotFound, Unavailable
-from mllgraph.hub import executor, probe_outputs, probes, registry
-from mllgraph.hub import loading as experts
+from mllgraph.hub import executor, loading, probe_outputs, probes, registry
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import ray_exec, work
 from mllgraph.label import run as labeller
@@ -59,7 +58,7 @@ def probe_sets(sdag_graph, neo4j_settings) -> Iterator[list[probes.ProbeSet]]:
 
 def _register(graph, settings: Settings, tmp: Path, name: str, seed: int) -> str:
     torch.manual_seed(seed)
-    path = experts.save_weights(experts.build_timm("test_efficientnet", 2, 1), tmp / f"{name}.st")
+    path = loading.save_weights(loading.build_timm("test_efficientnet", 2, 1), tmp / f"{name}.st")
     return registry.register_model(
         graph,
         settings,

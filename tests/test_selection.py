@@ -36,8 +36,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
-from mllgraph.hub import loading as experts
-from mllgraph.hub import probes, registry
+from mllgraph.hub import loading, probes, registry
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
 from mllgraph.label import work
@@ -191,7 +190,7 @@ def _build(hub: Hub, tmp: Path) -> None:
         model = fashion_experts.train_expert(
             ARCH, list(range(len(heads))), x, y, epochs=2, seed=i, batch_size=32
         )
-        path = experts.save_weights(model, tmp / f"{suffix}.safetensors")
+        path = loading.save_weights(model, tmp / f"{suffix}.safetensors")
         reg = registry.Registration(
             name=f"{hub.prefix}-{suffix}",
             arch=ARCH,
@@ -660,7 +659,7 @@ def test_the_next_select_sees_a_registration_labelling_and_deletion(
     reg = registry.Registration(
         name=f"{hub.prefix}-d",
         arch=ARCH,
-        weights_path=experts.save_weights(model, tmp_path / "d.safetensors"),
+        weights_path=loading.save_weights(model, tmp_path / "d.safetensors"),
         wnids=[DEMOCRACY, BACKGROUND],
         input_spec=fashion_experts.FASHION_INPUT_SPEC,
     )

@@ -25,7 +25,6 @@ import pytest
 from mllgraph import paths
 from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
 from mllgraph.hub import loading, probe_outputs, probes, registry, store
-from mllgraph.hub import loading as experts
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
 from mllgraph.label import work
@@ -252,7 +251,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         )
         y = np.repeat(np.arange(2), 40)
         model = fashion_experts.train_expert(ARCH, [0, 1], x, y, epochs=1, seed=i, batch_size=20)
-        out[name] = experts.save_weights(model, tmp / f"{name}.safetensors")
+        out[name] = loading.save_weights(model, tmp / f"{name}.safetensors")
     return out
 
 

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from mllgraph.errors import InvalidArgument, NotFound
-from mllgraph.hub import loading as experts
-from mllgraph.hub import registry, timm_source
+from mllgraph.hub import loading, registry, timm_source
 from mllgraph.settings import Settings
 
 pytestmark = pytest.mark.neo4j
@@ -28,7 +27,7 @@ def test_register_a_timm_model_from_its_metadata(
 
     from mllgraph import cli
 
-    weights = experts.save_weights(
+    weights = loading.save_weights(
         timm.create_model(TIMM_NAME, pretrained=False), tmp_path / "w.safetensors"
     )
     name = f"ttimm-{uuid.uuid4().hex[:8]}"
@@ -48,7 +47,7 @@ def test_register_a_timm_model_from_its_metadata(
         assert spec["mean"] == pytest.approx(list(cfg["mean"]))
         assert spec["interpolation"] == cfg["interpolation"]
         heads = registry.heads(sdag_graph, mid, top_k=0)
-        assert [h["declared_wnid"] for h in heads] == experts.imagenet_wnids()
+        assert [h["declared_wnid"] for h in heads] == loading.imagenet_wnids()
         # The same weights again: idempotent.
         args = cli.build_parser().parse_args(argv)
         assert args.handler(args, neo4j_settings) == 0

@@ -1,4 +1,5 @@
-"""The three gRPC services in one background event loop, and a client pipeline over them.
+"""A client pipeline over the three gRPC services (`services.local.Services`: one background
+event loop in this process).
 
 `bench zeroshot` and the demo use this to run the system as its users do: SelectHeads on the
 selection service, Classify on the inference service, ListModels on the ingestion service,
@@ -7,8 +8,6 @@ each a real grpc.aio server on a free local port spoken to through real channels
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from typing import Any
 
@@ -25,56 +24,9 @@ from mllgraph.v1 import (
     selection_pb2,
     selection_pb2_grpc,
 )
+from services.local import Services
 
 CLASSIFY_BATCH = 256  # images per Classify request
-
-
-class Services:
-    """Ingestion, selection and inference servers on one event loop in a daemon thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, daemon=True, name="mllgraph-services"
-        )
-        self._running: dict[str, Any] = {}
-        self.ports: dict[str, int] = {}
-
-    def _run(self, coro: Any, timeout: float = 600.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def start(self) -> Services:
-        from services import inference, ingestion, selection
-
-        self._thread.start()
-        try:
-            self._running["ingestion"] = self._run(ingestion.start(self.settings, port=0))
-            self._running["selection"] = self._run(selection.start(self.settings, 0))
-            self._running["inference"] = self._run(inference.start(self.settings, port=0))
-        except BaseException:
-            self.stop()
-            raise
-        self.ports = {name: r.port for name, r in self._running.items()}
-        return self
-
-    def stop(self) -> None:
-        for name in ("inference", "selection", "ingestion"):
-            running = self._running.pop(name, None)
-            if running is not None:
-                self._run(running.close(1.0))
-        if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=10)
-
-    def address(self, name: str) -> str:
-        return f"127.0.0.1:{self.ports[name]}"
-
-    def __enter__(self) -> Services:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _channel(address: str, settings: Settings) -> grpc.Channel:

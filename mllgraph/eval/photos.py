@@ -175,10 +175,10 @@ class ExpertsAlone:
     """The builtin ImageNet experts' probabilities per image, computed once per image."""
 
     def __init__(self, names: Sequence[str]) -> None:
-        from mllgraph.hub import loading as experts
+        from mllgraph.hub import loading
 
         self.names = list(names)
-        self._models = {n: experts.load_efficientnet_lite(n) for n in self.names}
+        self._models = {n: loading.load_efficientnet_lite(n) for n in self.names}
         self._cache: dict[tuple[str, str], np.ndarray] = {}
 
     def head_wnids(self, name: str) -> list[str]:

@@ -268,11 +268,11 @@ def oracle_recipe(graph: Graph, config: ZeroShotConfig, models: tuple[str, ...])
     their per-class image budget (from each expert's registered Fashion classes)."""
     import json
 
-    from mllgraph.hub import loading as experts
+    from mllgraph.hub import loading
 
     records = [registry.get_model(graph, m) for m in models if m.startswith("fashion-")]
     archs = {r["arch"] for r in records}
-    sizes = {a: sum(p.numel() for p in experts.build_timm(a, 10, 1).parameters()) for a in archs}
+    sizes = {a: sum(p.numel() for p in loading.build_timm(a, 10, 1).parameters()) for a in archs}
     arch = max(sorted(sizes), key=sizes.__getitem__) if sizes else "test_resnet"
     counts = [len(json.loads(r["metadata"]["fashion_classes"])) for r in records]
     per_class = ev.expert_per_class_budget(config.max_train_per_expert, counts) if counts else None

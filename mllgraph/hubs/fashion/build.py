@@ -104,7 +104,6 @@ def build(
     log: Log = print,
     progress: bool = True,
 ) -> HubReport:
-
     report = HubReport()
     ground = grounder(settings)
     concepts = fashion_concepts(settings)

@@ -1,0 +1,49 @@
+"""`mllgraph hub build`: the standard hub (the SDAG, probes, experts, labels).
+
+Imports the library (mllgraph.graph, hub, label) inside the handler only (the CLI must start
+fast); never mllgraph.web or mllgraph.eval.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from mllgraph.cli.common import console, executor_flag, with_executor
+from mllgraph.settings import Settings
+
+
+def cmd_hub(args: argparse.Namespace, settings: Settings) -> int:
+    from mllgraph.graph import db, sdag
+    from mllgraph.graph.wordnet import load_nouns
+    from mllgraph.hubs.fashion import build as hub
+    from mllgraph.label import work as label_work
+
+    settings = with_executor(settings, args)
+    with db.connect(settings) as graph:
+        sdag.load(graph, load_nouns(settings.wordnet_dir))
+        hub.build(
+            graph,
+            settings,
+            experts=args.experts,
+            seed=args.seed,
+            epochs=args.epochs,
+            imagenet=() if args.no_imagenet else hub.registry.BUILTINS,
+            probes_per_class=args.probes_per_class,
+            label_options=label_work.LabelOptions(samples_per_concept=args.samples_per_concept),
+            log=console.print,
+        )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("hub", help="build the standard hub (probes, experts, labels)")
+    s = p.add_subparsers(dest="action", required=True)
+    q = s.add_parser("build")
+    q.add_argument("--experts", type=int, default=20, help="Fashion-MNIST experts to train")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--epochs", type=int, default=2)
+    q.add_argument("--no-imagenet", action="store_true", help="skip EfficientNet-Lite0/1/2")
+    q.add_argument("--probes-per-class", type=int, default=None)
+    q.add_argument("--samples-per-concept", type=int, default=200)
+    executor_flag(q)
+    p.set_defaults(handler=cmd_hub)

@@ -1,0 +1,299 @@
+"""`mllgraph models ...`: register, label, list, show, delete a model, and describe its input
+domain; `register --target` goes through a running ingestion service.
+
+Imports the library (mllgraph.graph, hub, label) and the client inside the handlers only (the
+CLI must start fast); never mllgraph.web or mllgraph.eval.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from mllgraph.cli.common import (
+    console,
+    executor_flag,
+    progress_bar,
+    rows_table,
+    target_flags,
+    with_executor,
+)
+from mllgraph.errors import InvalidArgument
+from mllgraph.settings import Settings
+
+
+def _spec_from_args(args: argparse.Namespace):  # -> InputSpec | None
+    from mllgraph.hub.preprocess import InputSpec
+
+    if args.input_size is None:
+        return None
+    channels = args.channels
+    mean = tuple(args.mean) if args.mean else (0.5,) * channels
+    std = tuple(args.std) if args.std else (0.5,) * channels
+    return InputSpec(
+        size=args.input_size,
+        resize=args.resize,
+        crop_pct=args.crop_pct,
+        mean=mean,
+        std=std,
+        channels=channels,
+    )
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",")] if text else None
+
+
+def _registration(args: argparse.Namespace) -> Any:  # -> registry.Registration
+    """What `models register` asks, from its flags (--timm: from timm's metadata)."""
+    from pathlib import Path
+
+    from mllgraph.hub import registry
+
+    if args.timm:
+        from mllgraph.hub import timm_source
+
+        if args.builtin or args.arch or args.class_names or args.wnids or args.input_size:
+            raise InvalidArgument(
+                "models register --timm: the arch, labels and input spec come from timm; "
+                "no --builtin, --arch, --class-names, --wnids or --input-size"
+            )
+        return timm_source.registration(
+            args.name,
+            args.timm,
+            version=args.version,
+            weights=Path(args.weights) if args.weights else None,
+            top1_accuracy=args.top1_accuracy,
+        )
+    return registry.Registration(
+        name=args.name,
+        version=args.version,
+        arch=args.arch or "",
+        builtin=args.builtin,
+        weights_path=Path(args.weights) if args.weights else None,
+        class_names=_split_list(args.class_names),
+        wnids=_split_list(args.wnids),
+        input_spec=_spec_from_args(args),
+        top1_accuracy=args.top1_accuracy,
+    )
+
+
+def _register_through(args: argparse.Namespace, settings: Settings) -> int:
+    """`models register --target`: the same registration sent to a running ingestion
+    service; a --weights file is streamed to it (UploadWeights), never named as a path."""
+    from mllgraph import client as mc
+
+    reg = _registration(args)
+    spec = reg.input_spec
+    spec_args: dict[str, Any] = {}
+    if spec is not None:
+        spec_args = {
+            "input_size": spec.size,
+            "channels": spec.channels,
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "resize": spec.resize,
+            "crop_pct": spec.crop_pct,
+            "interpolation": spec.interpolation or "",
+        }
+    with mc.Client(args.target, settings=settings, timeout=args.timeout) as client:
+        model = client.register_model(
+            reg.name,
+            version=reg.version,
+            arch=reg.arch,
+            builtin=reg.builtin,
+            weights=reg.weights_path,
+            class_names=reg.class_names or (),
+            wnids=reg.wnids or (),
+            metadata=reg.metadata,
+            top1_accuracy=reg.top1_accuracy,
+            **spec_args,
+        )
+    console.print(
+        f"{model.id} registered through {client.addresses['ingestion']}: {model.num_classes} "
+        f"heads, weights {model.source}, sha256 {model.sha256[:12]}…"
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from mllgraph.graph import db
+    from mllgraph.ground import resolve
+    from mllgraph.hub import registry
+    from mllgraph.label import run as labeller
+    from mllgraph.label import work as label_work
+
+    if args.action == "register" and args.target:
+        return _register_through(args, settings)
+    with db.connect(settings) as graph:
+        if args.action == "register":
+            reg = _registration(args)
+            ground = resolve.grounder(settings) if reg.class_names else None
+            _print_registered(registry.register_model(graph, settings, reg, ground))
+        elif args.action == "label":
+            from mllgraph.hub import probe_folder
+
+            settings = with_executor(settings, args)
+            options = label_work.LabelOptions(samples_per_concept=args.samples_per_concept)
+            if args.stale == bool(args.model_id):
+                raise InvalidArgument("models label: give model ids or --stale, not both")
+            todo = probe_folder.stale_models(graph) if args.stale else list(args.model_id)
+            if args.stale and not todo:
+                console.print("no stale models: every model's labels are up to date")
+            if len(todo) == 1 and settings.executor == "local":
+                _label_one(graph, settings, labeller, todo[0], options)
+            elif todo:
+                labeller.label_models(graph, settings, todo, options, on_done=_print_labelled)
+        elif args.action == "list":
+            rows = registry.list_models(
+                graph,
+                name=args.name,
+                arch=args.arch,
+                covers=args.covers,
+                min_score=args.min_score,
+                limit=args.limit,
+            )
+            keys = ["id", "arch", "num_classes", "source", "labelled_at"]
+            console.print(rows_table([{k: r.get(k) for k in keys} for r in rows], "models"))
+        elif args.action == "show":
+            record = registry.get_model(graph, args.model_id)
+            console.print_json(data=record)
+            heads = registry.heads(graph, args.model_id, top_k=3)[: args.heads]
+            for h in heads:
+                h["labels"] = ", ".join(f"{x['name']} {x['score']:.2f}" for x in h["labels"])
+            console.print(rows_table(heads, f"first {len(heads)} heads (best measured labels)"))
+        elif args.action == "delete":
+            console.print_json(data=registry.delete_model(graph, settings, args.model_id))
+        elif args.action == "domain":
+            from mllgraph.hub import domains
+
+            if args.clear == bool(args.images):
+                raise InvalidArgument("models domain: give --images or --clear")
+            if args.clear:
+                console.print_json(data=domains.clear(graph, settings, args.model_id))
+                return 0
+            images = _domain_images(Path(args.images))
+            source = args.source or f"{len(images)} images from {args.images}"
+            console.print_json(
+                data=domains.describe(graph, settings, args.model_id, images, source)
+            )
+    return 0
+
+
+def _domain_images(path: Path) -> list[Any]:
+    """Images for `models domain`: a .npy/.npz array (N, H, W[, C]) or a folder of JPEG/PNG
+    files (searched recursively; at most 5,000, in name order)."""
+    import numpy as np
+    from PIL import Image
+
+    if path.suffix in (".npy", ".npz") and path.is_file():
+        data = np.load(path)
+        return list(data["images"] if hasattr(data, "files") else data)
+    if not path.is_dir():
+        raise InvalidArgument(f"--images {path}: not a folder or a .npy/.npz file")
+    files = sorted(f for f in path.rglob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png"))[
+        :5000
+    ]
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                images.append(np.asarray(im.convert("RGB")))
+        except (OSError, ValueError) as e:
+            raise InvalidArgument(f"--images: {f} is not a readable image: {e}") from e
+    return images
+
+
+def _print_registered(result: Any) -> None:
+    state = "registered" if result.created else "already registered (same weights)"
+    top1 = result.record.get("top1_accuracy")
+    prior = f", stated top-1 {top1:.3f}" if top1 is not None else ""
+    console.print(
+        f"{result.record['id']} {state}: {result.record['num_classes']} heads{prior}, "
+        f"sha256 {result.record['sha256'][:12]}…"
+    )
+
+
+def _label_one(graph: Any, settings: Settings, labeller: Any, mid: str, options: Any) -> None:
+    """Label one model on the probe images, with a progress bar and a one-line summary."""
+    with progress_bar() as progress:
+        # total 0 until the labeller reports it: the count column cannot format None.
+        task = progress.add_task(f"labelling {mid}", total=0)
+        result = labeller.label_model(
+            graph,
+            settings,
+            mid,
+            options,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    _print_labelled(result)
+
+
+def _print_labelled(result: Any) -> None:
+    console.print(
+        f"{result.model_id}: {result.labels} labels + {result.group_labels} "
+        f"group labels over {result.concepts} concepts, "
+        f"T={result.temperature:.2f}, {result.images_per_second:.0f} img/s"
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="the model catalogue")
+    s = p.add_subparsers(dest="action", required=True)
+    q = s.add_parser("register", help="register an expert (validated; idempotent)")
+    q.add_argument("--name", required=True)
+    q.add_argument("--version", default="1")
+    q.add_argument(
+        "--builtin", choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    )
+    q.add_argument("--weights", help="safetensors (or a weights-only torch checkpoint)")
+    q.add_argument(
+        "--timm",
+        help="a timm ImageNet classifier (e.g. resnet18.a1_in1k): arch, input spec and wnids "
+        "from timm's metadata; weights from --weights (else the Hugging Face hub)",
+    )
+    q.add_argument("--arch", help="timm architecture of --weights")
+    q.add_argument("--class-names", help="comma-separated, one per head in logit order")
+    q.add_argument("--wnids", help="comma-separated wnids, one per head")
+    q.add_argument("--input-size", type=int)
+    q.add_argument("--channels", type=int, default=3)
+    q.add_argument("--mean", type=float, nargs="+")
+    q.add_argument("--std", type=float, nargs="+")
+    q.add_argument("--resize", default="resize", choices=["resize", "resize_crop"])
+    q.add_argument("--crop-pct", type=float, default=1.0)
+    q.add_argument(
+        "--top1-accuracy",
+        type=float,
+        help="stated top-1 accuracy on its own labels, in (0, 1]: the prior of its declared "
+        "(unmeasured) heads; builtins state their own",
+    )
+    target_flags(q, "register through a running ingestion service; --weights is uploaded")
+    q = s.add_parser("label", help="run models on the probes and write their labels")
+    q.add_argument("model_id", nargs="*")
+    q.add_argument(
+        "--stale", action="store_true", help="relabel every model new probe images made stale"
+    )
+    q.add_argument("--samples-per-concept", type=int, default=200)
+    executor_flag(q)
+    q = s.add_parser("list")
+    q.add_argument("--name")
+    q.add_argument("--arch")
+    q.add_argument("--covers", help="a concept (wnid or name) the model has a head under")
+    q.add_argument("--min-score", type=float, default=0.0)
+    q.add_argument("--limit", type=int, default=50)
+    q = s.add_parser("show")
+    q.add_argument("model_id")
+    q.add_argument("--heads", type=int, default=10)
+    q = s.add_parser("delete")
+    q.add_argument("model_id")
+    q = s.add_parser(
+        "domain",
+        help="describe a model's input domain from images like its training images: on "
+        "images unlike them its heads are set aside",
+    )
+    q.add_argument("model_id")
+    q.add_argument("--images", help="a folder of JPEG/PNG, or a .npy/.npz array")
+    q.add_argument("--clear", action="store_true", help="forget the profile: trust every image")
+    q.add_argument("--source", help="what the images are (recorded in the catalogue)")
+    p.set_defaults(handler=cmd_models)
