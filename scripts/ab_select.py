@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from mllgraph.plan import request
+from mllgraph.plan import request as plan_request
 
 # This checkout's code, whatever the environment has installed (an editable install of
 # another worktree would otherwise win).
@@ -113,10 +113,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         meta = build_or_reuse(graph, settings, args.models, args.seed)
         pool, names = meta["task_pool"], meta["names"]
         # Server defaults of SelectHeads (services/selection.py request_to_task).
-        options = request.SelectOptions(budget=5, allow_ancestor=False, fit_params=False)
+        options = plan_request.SelectOptions(budget=5, allow_ancestor=False, fit_params=False)
 
         def one(wnids: list[str]) -> Any:
-            classes = [request.TaskClass(names[w], w) for w in wnids]
+            classes = [plan_request.TaskClass(names[w], w) for w in wnids]
             return select.select(graph, settings, classes, options, resolver, store=False)
 
         rng = random.Random(args.seed)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mllgraph.plan import request
+from mllgraph.plan import request as plan_request
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -62,8 +62,8 @@ def main() -> int:
                 plan = select.select(
                     graph,
                     settings,
-                    [request.TaskClass(n) for n in task.names],
-                    request.SelectOptions(budget=args.budget, models=(*ids, *extra)),
+                    [plan_request.TaskClass(n) for n in task.names],
+                    plan_request.SelectOptions(budget=args.budget, models=(*ids, *extra)),
                     resolver,
                     store=False,
                 ).plan

@@ -44,7 +44,7 @@ While a model has an active job, `DeleteModel` refuses it (FAILED_PRECONDITION);
 delete runs, `LabelModel` for that model is refused (FAILED_PRECONDITION). DeleteModel and
 RegisterModel run one at a time (they share weights files; see `registry.store_lock` for other
 processes). On shutdown, queued jobs fail ("server shutting down") and a running job gets the
-grace period to finish; after it, the job's cancel token (`work.CancelToken`) is cancelled
+grace period to finish; after it, the job's cancel token (`label_work.CancelToken`) is cancelled
 *before* the job is reported FAILED, so its thread writes nothing afterwards (it stops at its
 next batch); a write already in flight is given CANCEL_WAIT_S, and the job reports what
 happened (DONE when the write finished first).
@@ -93,7 +93,7 @@ from mllgraph.ground import resolve
 from mllgraph.hub import imports, probe_folder, probes, registry
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.label import run as labeller
-from mllgraph.label import work
+from mllgraph.label import work as label_work
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from services import telemetry
@@ -140,15 +140,15 @@ DONE = ingestion_pb2.LABEL_JOB_STATE_DONE
 FAILED = ingestion_pb2.LABEL_JOB_STATE_FAILED
 _STATE_NAMES = {QUEUED: "queued", RUNNING: "running", DONE: "done", FAILED: "failed"}
 _CANCELLED_JOB = {  # CancelToken.cancel's answer -> how a job stopped at shutdown ends
-    work.CancelToken.CANCELLED: (
+    label_work.CancelToken.CANCELLED: (
         FAILED,
         "server shut down while labelling; nothing was written (label the model again)",
     ),
-    work.CancelToken.COMMITTED: (
+    label_work.CancelToken.COMMITTED: (
         DONE,
         "the labels were written just before the server shut down",
     ),
-    work.CancelToken.WRITING: (
+    label_work.CancelToken.WRITING: (
         FAILED,
         "server shut down while the labels were being written: they may or may not be in "
         "the graph (see the model's labelled_at)",
@@ -302,9 +302,9 @@ def model_to_proto(
     return model
 
 
-def label_options_from_proto(msg: ingestion_pb2.LabelOptions) -> work.LabelOptions:
-    """Zero fields take work.LabelOptions' defaults; out-of-range ones are refused."""
-    default = work.LabelOptions()
+def label_options_from_proto(msg: ingestion_pb2.LabelOptions) -> label_work.LabelOptions:
+    """Zero fields take label_work.LabelOptions' defaults; out-of-range ones are refused."""
+    default = label_work.LabelOptions()
     if msg.probe_set:
         raise InvalidArgument(
             f"options.probe_set {msg.probe_set!r}: choosing probe sets is not supported yet; "
@@ -320,7 +320,7 @@ def label_options_from_proto(msg: ingestion_pb2.LabelOptions) -> work.LabelOptio
             raise InvalidArgument(f"options.{name} must be in 0..{most} (0 = default), got {value}")
     if not (math.isfinite(msg.min_score) and 0.0 <= msg.min_score <= 1.0):
         raise InvalidArgument(f"options.min_score must be in [0, 1], got {msg.min_score}")
-    return work.LabelOptions(
+    return label_work.LabelOptions(
         samples_per_concept=msg.samples_per_concept or default.samples_per_concept,
         batch_size=msg.batch_size or default.batch_size,
         top_k=msg.top_k or default.top_k,
@@ -351,7 +351,7 @@ class LabelJob:
 
     job_id: str
     model_id: str
-    options: work.LabelOptions
+    options: label_work.LabelOptions
     heads_total: int
     state: int = QUEUED
     progress: float = 0.0  # written by the labelling thread, read by the event loop
@@ -361,7 +361,7 @@ class LabelJob:
     finished_at: float | None = None
     heads_done: int = 0
     # Set when the job is reported FAILED while its thread may still run: no write after it.
-    token: work.CancelToken = field(default_factory=work.CancelToken)
+    token: label_work.CancelToken = field(default_factory=label_work.CancelToken)
 
     @property
     def active(self) -> bool:
@@ -419,7 +419,7 @@ class LabelJobQueue:
     def active_for(self, model_id: str) -> LabelJob | None:
         return next((j for j in self._jobs.values() if j.active and j.model_id == model_id), None)
 
-    def submit(self, model_id: str, options: work.LabelOptions, heads_total: int) -> LabelJob:
+    def submit(self, model_id: str, options: label_work.LabelOptions, heads_total: int) -> LabelJob:
         """Queue a job for `model_id`, or return its queued or running job if it has one.
 
         Atomic on the event loop (no await between the check and the queueing), so two

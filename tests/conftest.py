@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from mllgraph.hubs.fashion import experts as fashion_experts
-from mllgraph.label import work
+from mllgraph.label import work as label_work
 from mllgraph.settings import Settings
 
 # The user's settings (for the cached Neo4j jars only), then the test run's own environment.
@@ -191,7 +191,9 @@ def fashion_services(sdag_graph, neo4j_settings, tmp_path_factory):
             )
             sets.append(ps.id)
         for mid in models:
-            labeller.label_model(graph, settings, mid, work.LabelOptions(samples_per_concept=20))
+            labeller.label_model(
+                graph, settings, mid, label_work.LabelOptions(samples_per_concept=20)
+            )
         with Services(settings) as services:
             yield {
                 "settings": settings,

@@ -27,7 +27,7 @@ from mllgraph.graph import cypher
 from mllgraph.hub import loading, probe_outputs, probes, registry
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
-from mllgraph.label import work
+from mllgraph.label import work as label_work
 from mllgraph.settings import Settings
 
 pytestmark = pytest.mark.neo4j
@@ -216,7 +216,7 @@ def test_labelling_touches_only_its_own_model(
     cleanup.append(a)
     b = _register(sdag_graph, neo4j_settings, tmp_path, f"{PREFIX}-b")
     cleanup.append(b)
-    options = work.LabelOptions(samples_per_concept=20)
+    options = label_work.LabelOptions(samples_per_concept=20)
     labeller.label_model(sdag_graph, neo4j_settings, b, options)
     b_edges, b_at = _edges(sdag_graph, b), registry.get_model(sdag_graph, b)["labelled_at"]
     assert b_edges

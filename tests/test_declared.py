@@ -18,7 +18,7 @@ import pytest
 
 from mllgraph.errors import NotFound
 from mllgraph.hub import loading, registry
-from mllgraph.plan import request
+from mllgraph.plan import request as plan_request
 from mllgraph.select import run as select
 from mllgraph.settings import Settings
 
@@ -50,8 +50,8 @@ def resolver(neo4j_settings: Settings) -> Any:
 
 
 def _select(graph: Any, settings: Settings, resolver: Any, mid: str, names: list[str]) -> dict:
-    classes = [request.TaskClass(n) for n in names]
-    options = request.SelectOptions(budget=1, models=(mid,))
+    classes = [plan_request.TaskClass(n) for n in names]
+    options = plan_request.SelectOptions(budget=1, models=(mid,))
     return select.select(graph, settings, classes, options, resolver, store=False).plan
 
 
@@ -98,7 +98,7 @@ def test_measured_candidates_win_over_declared_ones(
     from mllgraph.select.reads import Reads
 
     reads = Reads(sdag_graph, None, 0)  # no cache: every read goes to the graph
-    options = request.SelectOptions(models=(lite,))
+    options = plan_request.SelectOptions(models=(lite,))
     for measured_kind, expect in (("exact", {1}), ("descendants", {1}), ("related", {0, 1})):
         rows = [{"class_index": 0, "kind": measured_kind, "model": "other@1"}]
         found = select._declared_candidates(reads, rows, [TABBY, COFFEE_MUG], options)

@@ -18,7 +18,7 @@ from mllgraph.eval.tasks import parse_suite
 from mllgraph.hub import loading, registry
 from mllgraph.hubs.fashion import data as fashion
 from mllgraph.hubs.fashion import experts as fashion_experts
-from mllgraph.label import work
+from mllgraph.label import work as label_work
 
 pytestmark = pytest.mark.neo4j
 
@@ -93,7 +93,9 @@ def tiny_hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.Temp
             )
             sets.append(ps.id)
         for mid in models:
-            labeller.label_model(graph, settings, mid, work.LabelOptions(samples_per_concept=20))
+            labeller.label_model(
+                graph, settings, mid, label_work.LabelOptions(samples_per_concept=20)
+            )
         yield {"graph": graph, "settings": settings, "models": tuple(models)}
     finally:
         for mid in models:

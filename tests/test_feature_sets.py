@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from mllgraph.combine.screen import class_mean_distances, greedy_models, shortlist
-from mllgraph.plan import request
+from mllgraph.plan import request as plan_request
 
 
 def test_leave_one_out_distances_equal_the_brute_force() -> None:
@@ -67,7 +67,7 @@ def _narrow_candidates_broad_unmapped(budget: int) -> tuple[Any, Any, Any]:
         for c, head in ((0, 0), (1, 1), (2, 1))
     ]
     problem = chco.ChcoProblem(3, candidates, logits, y, {m: 1.0 for m in logits}, budget=budget)
-    options = request.SelectOptions(budget=budget)
+    options = plan_request.SelectOptions(budget=budget)
     return problem, options, select._solve(problem, options)
 
 

@@ -32,7 +32,7 @@ from mllgraph.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from mllgraph.hub import forward, loading, registry
 from mllgraph.hubs.fashion import data as fashion
 from mllgraph.hubs.fashion import experts as fashion_experts
-from mllgraph.label import work
+from mllgraph.label import work as label_work
 from mllgraph.plan import document as plan_doc
 from mllgraph.plan import request as plan_request
 from mllgraph.reuse import batcher as batching
@@ -213,7 +213,9 @@ def hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.TempPathF
             )
             sets.append(ps.id)
         for mid in models:
-            labeller.label_model(graph, settings, mid, work.LabelOptions(samples_per_concept=20))
+            labeller.label_model(
+                graph, settings, mid, label_work.LabelOptions(samples_per_concept=20)
+            )
         classes = [plan_request.TaskClass(n, WNIDS[c] if c is not None else DOG) for n, c in TASK]
         ctx = select.select(
             graph,

@@ -37,7 +37,7 @@ from mllgraph.hub import loading, probes, registry
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
-from mllgraph.label import work
+from mllgraph.label import work as label_work
 from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from services import ingestion
 
@@ -802,7 +802,7 @@ def test_job_queue_runs_one_job_at_a_time_in_order() -> None:
             return f"done {job.model_id}"
 
         queue = ingestion.LabelJobQueue(run, keep_finished=2)
-        opts = work.LabelOptions()
+        opts = label_work.LabelOptions()
         jobs = [queue.submit(m, opts, 3) for m in ("a@1", "bad@1", "bug@1", "blocked@1", "z@1")]
         assert all(j.state == ingestion.QUEUED for j in jobs)
         assert queue.active_for("a@1") is jobs[0] and queue.active_for("nope@1") is None
@@ -842,7 +842,7 @@ def test_label_jobs_do_not_inherit_the_submitting_rpcs_deadline() -> None:
 
         queue = ingestion.LabelJobQueue(run)
         with deadline.within(0.01):  # as inside a LabelModel call with a short deadline
-            job = queue.submit("a@1", work.LabelOptions(), 1)
+            job = queue.submit("a@1", label_work.LabelOptions(), 1)
         for _ in range(500):
             if not job.active:
                 break

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mllgraph.label import work
+from mllgraph.label import work as label_work
 from mllgraph.settings import Settings
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc, ingestion_pb2, ingestion_pb2_grpc
 from services import common
@@ -292,7 +292,7 @@ def test_label_job_states_are_exposed_as_they_change() -> None:
 
         seen = [states()]
         for mid in ("good@1", "bad@1"):
-            queue.submit(mid, work.LabelOptions(), heads_total=2)
+            queue.submit(mid, label_work.LabelOptions(), heads_total=2)
         await asyncio.sleep(0.05)  # the first runs (waiting), the second waits its turn
         seen.append(states())
         release.set()

@@ -24,15 +24,16 @@ import torch
 from mllgraph.errors import InvalidArgument, NotFound, Unavailable
 from mllgraph.hub import executor, loading, probe_outputs, probes, registry
 from mllgraph.hubs.fashion import experts as fashion_experts
-from mllgraph.label import ray_exec, work
+from mllgraph.label import ray_exec
 from mllgraph.label import run as labeller
+from mllgraph.label import work as label_work
 from mllgraph.settings import Settings
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.ray]
 
 SANDAL, GYM_SHOE = "n04133789", "n03472535"
 PREFIX = f"raytest-{uuid.uuid4().hex[:8]}"
-OPTIONS = work.LabelOptions(samples_per_concept=40)
+OPTIONS = label_work.LabelOptions(samples_per_concept=40)
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +167,8 @@ def test_killed_worker_is_retried_and_catalogue_consistent(
 ) -> None:
     marker = str(tmp_path / "killed-once")
 
-    def dies_once(settings: Settings, work: work.LabelWork, *, device: str):
-        outcome = work.compute(settings, work, device=device)
+    def dies_once(settings: Settings, work: label_work.LabelWork, *, device: str):
+        outcome = label_work.compute(settings, work, device=device)
         try:  # the first attempt to get here dies, its work computed but not returned
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
         except FileExistsError:
@@ -188,8 +189,8 @@ def test_task_failing_for_good_writes_nothing(
     mid = _register(sdag_graph, ray_settings, tmp_path, f"{PREFIX}-doomed", seed=7)
     try:
 
-        def always_dies(settings: Settings, work: work.LabelWork, *, device: str):
-            work.compute(settings, work, device=device)
+        def always_dies(settings: Settings, work: label_work.LabelWork, *, device: str):
+            label_work.compute(settings, work, device=device)
             os._exit(1)
 
         version = registry.catalogue_version(sdag_graph)

@@ -39,9 +39,9 @@ from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
 from mllgraph.hub import loading, probes, registry
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
-from mllgraph.label import work
+from mllgraph.label import work as label_work
 from mllgraph.plan import document as plan_doc
-from mllgraph.plan import request
+from mllgraph.plan import request as plan_request
 from mllgraph.select import run as select
 from mllgraph.settings import Settings
 from mllgraph.v1 import selection_pb2, selection_pb2_grpc
@@ -201,7 +201,7 @@ def _build(hub: Hub, tmp: Path) -> None:
         mid = registry.register_model(graph, settings, reg).record["id"]
         hub.models[suffix] = mid
         # top_k: the shared database's other probe sets must not crowd our concepts out
-        options = work.LabelOptions(samples_per_concept=30, top_k=100)
+        options = label_work.LabelOptions(samples_per_concept=30, top_k=100)
         labeller.label_model(graph, settings, mid, options, device="cpu")
 
 
@@ -496,13 +496,13 @@ def test_plan_lookups(hub: Hub, stub: Any) -> None:
 
 def test_library_select_matches_the_service(hub: Hub, stub: Any) -> None:
     plan = _select(hub, stub, TASK)
-    classes = [request.TaskClass(n) for n in TASK]
-    options = request.SelectOptions(allow_ancestor=False, fit_params=False)
+    classes = [plan_request.TaskClass(n) for n in TASK]
+    options = plan_request.SelectOptions(allow_ancestor=False, fit_params=False)
     ctx = select.select(hub.graph, hub.settings, classes, options, hub.resolver, store=False)
     assert ctx.plan["models"] == list(plan.model_ids)
     assert ctx.problem is not None and ctx.problem.num_classes == 4
     with pytest.raises(InvalidArgument, match="budget"):
-        select.select(hub.graph, hub.settings, classes, request.SelectOptions(budget=0), None)
+        select.select(hub.graph, hub.settings, classes, plan_request.SelectOptions(budget=0), None)
 
 
 # --- a catalogue without labelled models ---------------------------------------------------------
@@ -515,9 +515,9 @@ def test_empty_hub_is_failed_precondition(hub: Hub) -> None:
     from mllgraph.graph.db import Graph
     from services.selection import BackgroundServer
 
-    classes = [request.TaskClass(n) for n in TASK]
+    classes = [plan_request.TaskClass(n) for n in TASK]
     with Graph(settings) as graph, pytest.raises(FailedPrecondition, match="no labelled models"):
-        select.select(graph, settings, classes, request.SelectOptions(), hub.resolver)
+        select.select(graph, settings, classes, plan_request.SelectOptions(), hub.resolver)
     with (
         BackgroundServer(settings, resolver=hub.resolver) as server,
         grpc.insecure_channel(server.address) as channel,
@@ -533,11 +533,11 @@ def test_class_without_probes_borrows_its_nearest_concepts_probes(hub: Hub) -> N
     tote bag, a cousin under container.n.01, so it borrows the tote probes to be simulated."""
     handbag = "n02774152"
     classes = [
-        request.TaskClass("handbag", pinned_wnid=handbag),
-        request.TaskClass("clog", pinned_wnid=CLOG),
-        request.TaskClass("kilt", pinned_wnid=KILT),
+        plan_request.TaskClass("handbag", pinned_wnid=handbag),
+        plan_request.TaskClass("clog", pinned_wnid=CLOG),
+        plan_request.TaskClass("kilt", pinned_wnid=KILT),
     ]
-    options = request.SelectOptions(fit_params=False)
+    options = plan_request.SelectOptions(fit_params=False)
     ctx = select.select(hub.graph, hub.settings, classes, options, hub.resolver, store=False)
     bag = ctx.plan["classes"][0]
     assert bag["coverage"] == "related"
@@ -550,10 +550,10 @@ def test_sub_hub_sees_its_own_heads_before_the_per_kind_limit(hub: Hub) -> None:
     """Experts b and c both have a kilt head. With one candidate per kind, the whole hub's
     top-1 kilt head belongs to one of them; a sub-hub of the other one must still see its own
     kilt head (the filter runs inside the candidates query, before the limit)."""
-    classes = [request.TaskClass(n) for n in TASK]
+    classes = [plan_request.TaskClass(n) for n in TASK]
     for suffix in ("b", "c"):
         mid = hub.models[suffix]
-        options = request.SelectOptions(per_kind_limit=1, fit_params=False, models=(mid,))
+        options = plan_request.SelectOptions(per_kind_limit=1, fit_params=False, models=(mid,))
         ctx = select.select(hub.graph, hub.settings, classes, options, hub.resolver, store=False)
         assert {c.group.model_id for c in ctx.candidates} == {mid}
         kilt = next(c for c in ctx.plan["classes"] if c["concept"]["wnid"] == KILT)
@@ -568,12 +568,12 @@ def test_broad_models_are_the_sub_hubs_broadest_labelled_experts(hub: Hub) -> No
 
     reads = Reads(hub.graph, None, registry.catalogue_version(hub.graph))
     mids = sorted(hub.models.values())
-    sub_hub = request.SelectOptions(models=tuple(mids))
+    sub_hub = plan_request.SelectOptions(models=tuple(mids))
     found = reads.broad_models(3, 10, sub_hub)
     assert sorted(r["model"] for r in found) == mids
     assert all(r["num_heads"] == 3 and r["version"] for r in found)
     assert [r["model"] for r in reads.broad_models(3, 2, sub_hub)] == mids[:2]  # ties: the id
-    one = request.SelectOptions(models=(mids[0],))
+    one = plan_request.SelectOptions(models=(mids[0],))
     assert reads.broad_models(3, 10, one)[0]["model"] == mids[0]
     assert reads.broad_models(4, 10, sub_hub) == []
 
@@ -586,7 +586,7 @@ def _same(ctx: select.SelectionContext) -> dict[str, Any]:
     return {k: v for k, v in ctx.plan.items() if k not in ("timings_ms", "created_at")}
 
 
-def _both(hub: Hub, cache: Any, classes: list[Any], options: request.SelectOptions) -> Any:
+def _both(hub: Hub, cache: Any, classes: list[Any], options: plan_request.SelectOptions) -> Any:
     """The plan through `cache` and without any cache: they must be equal."""
     cached = select.select(
         hub.graph, hub.settings, classes, options, hub.resolver, store=False, reads_cache=cache
@@ -605,22 +605,25 @@ def test_cached_and_uncached_plans_are_equal(hub: Hub) -> None:
     cache = CatalogueCache(1000)
     handbag = "n02774152"
     tasks = [
-        [request.TaskClass(n) for n in TASK],
-        [request.TaskClass(n) for n in ("clog", "moccasin", "kilt")],
+        [plan_request.TaskClass(n) for n in TASK],
+        [plan_request.TaskClass(n) for n in ("clog", "moccasin", "kilt")],
         # Overlapping the first two, with other classes blocking other ancestors: a cached
         # concept's ancestor candidates must not leak into a task where they are blocked.
-        [request.TaskClass(n) for n in ("clog", "tote bag", "kilt")],
+        [plan_request.TaskClass(n) for n in ("clog", "tote bag", "kilt")],
         [
-            request.TaskClass("handbag", pinned_wnid=handbag),  # proxy probes, related heads
-            request.TaskClass("clog", pinned_wnid=CLOG),
-            request.TaskClass("kilt", pinned_wnid=KILT),
+            plan_request.TaskClass("handbag", pinned_wnid=handbag),  # proxy probes, related heads
+            plan_request.TaskClass("clog", pinned_wnid=CLOG),
+            plan_request.TaskClass("kilt", pinned_wnid=KILT),
         ],
-        [request.TaskClass("democracy", pinned_wnid=DEMOCRACY), request.TaskClass("clog")],
+        [
+            plan_request.TaskClass("democracy", pinned_wnid=DEMOCRACY),
+            plan_request.TaskClass("clog"),
+        ],
     ]
     option_sets = [
-        request.SelectOptions(fit_params=False),
-        request.SelectOptions(allow_ancestor=False, fit_params=False),
-        request.SelectOptions(per_kind_limit=1, fit_params=False, models=(hub.models["b"],)),
+        plan_request.SelectOptions(fit_params=False),
+        plan_request.SelectOptions(allow_ancestor=False, fit_params=False),
+        plan_request.SelectOptions(per_kind_limit=1, fit_params=False, models=(hub.models["b"],)),
     ]
     for options in option_sets:
         for classes in tasks:
@@ -643,8 +646,11 @@ def test_the_next_select_sees_a_registration_labelling_and_deletion(
     from mllgraph.select.cache import CatalogueCache
 
     cache = CatalogueCache(1000)
-    classes = [request.TaskClass("democracy", pinned_wnid=DEMOCRACY), request.TaskClass("kilt")]
-    options = request.SelectOptions(fit_params=False)
+    classes = [
+        plan_request.TaskClass("democracy", pinned_wnid=DEMOCRACY),
+        plan_request.TaskClass("kilt"),
+    ]
+    options = plan_request.SelectOptions(fit_params=False)
 
     def models_of(ctx: select.SelectionContext) -> set[str]:
         return {c.group.model_id for c in ctx.candidates}
@@ -672,7 +678,7 @@ def test_the_next_select_sees_a_registration_labelling_and_deletion(
         assert not registered.problem.logits_by_model[mid].any()  # declared, unsimulated
         v1 = cache.version
 
-        options_l = work.LabelOptions(samples_per_concept=30, top_k=100)
+        options_l = label_work.LabelOptions(samples_per_concept=30, top_k=100)
         labeller.label_model(hub.graph, hub.settings, mid, options_l, device="cpu")
         labelled = _both(hub, cache, classes, options)
         assert cache.version != v1

@@ -27,8 +27,8 @@ from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
 from mllgraph.hub import loading, probe_outputs, probes, registry, store
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
-from mllgraph.label import work
-from mllgraph.plan import request
+from mllgraph.label import work as label_work
+from mllgraph.plan import request as plan_request
 from mllgraph.settings import Settings
 
 CLOG, MOCCASIN, KILT = "n03047553", "n03776877", "n03617312"
@@ -297,14 +297,14 @@ def _deployment(graph: Any, settings: Settings, weights: dict[str, Path], check:
         for name, path in weights.items():
             reg = _registration(f"{PREFIX}-{name}", path, WNIDS[name])
             mids.append(registry.register_model(graph, settings, reg).record["id"])
-        options = work.LabelOptions(samples_per_concept=16, top_k=100)
+        options = label_work.LabelOptions(samples_per_concept=16, top_k=100)
         for mid in mids:
             labeller.label_model(graph, settings, mid, options, device="cpu")
         ctx = select.select(
             graph,
             settings,
-            [request.TaskClass(n, pinned_wnid=w) for n, w in (("clog", CLOG), ("kilt", KILT))],
-            request.SelectOptions(budget=2, models=tuple(mids)),
+            [plan_request.TaskClass(n, pinned_wnid=w) for n, w in (("clog", CLOG), ("kilt", KILT))],
+            plan_request.SelectOptions(budget=2, models=tuple(mids)),
             default_resolver(Settings.from_env(), use_embeddings=False),  # the suite's home
             cache=select.ProbeOutputCache(),
             store=False,
@@ -386,7 +386,9 @@ def test_memory_stores_label_select_and_classify_as_a_local_store(
         # Labelling again makes a new version current in the store and in the graph.
         mid = mids[0]
         before = probe_outputs.current_version(settings, mid)
-        labeller.label_model(graph, settings, mid, work.LabelOptions(16, top_k=100), device="cpu")
+        labeller.label_model(
+            graph, settings, mid, label_work.LabelOptions(16, top_k=100), device="cpu"
+        )
         after = probe_outputs.current_version(other, mid)
         assert before is not None and after is not None and after.name != before.name
         assert after.name in registry.get_model(graph, mid)["probe_outputs"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from mllgraph.errors import MllgraphError
 from mllgraph.hub import loading
-from mllgraph.plan import request
+from mllgraph.plan import request as plan_request
 from mllgraph.plan.document import parse_plan
 from mllgraph.reuse.bundle import export_bundle, load_bundle
 from mllgraph.reuse.cache import ModelCache, load_from_blob
@@ -34,12 +34,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
         else:
             from mllgraph.ground.resolve import default_resolver
 
-            classes = [request.TaskClass(n.strip()) for n in args.classes.split(",") if n.strip()]
+            classes = [
+                plan_request.TaskClass(n.strip()) for n in args.classes.split(",") if n.strip()
+            ]
             ctx = select.select(
                 graph,
                 settings,
                 classes,
-                request.SelectOptions(budget=args.budget),
+                plan_request.SelectOptions(budget=args.budget),
                 default_resolver(settings, use_embeddings=False),
             )
             plan = ctx.plan

@@ -59,8 +59,9 @@ from mllgraph.graph.db import Graph
 from mllgraph.hub import domains, executor, forward, loading, registry
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.hubs.fashion.data import FASHION_CLASSES
-from mllgraph.plan import apply, request
+from mllgraph.plan import apply
 from mllgraph.plan import document as plan_doc
+from mllgraph.plan import request as plan_request
 from mllgraph.plan.document import UNCOVERED_WHY, uncovered_names
 from mllgraph.select import chco
 from mllgraph.select import run as select
@@ -196,8 +197,8 @@ class LibraryPipeline:
         ctx = select.select(
             self.graph,
             self.settings,
-            [request.TaskClass(n) for n in task.names],
-            request.SelectOptions(budget=budget, models=models),
+            [plan_request.TaskClass(n) for n in task.names],
+            plan_request.SelectOptions(budget=budget, models=models),
             self.resolver,
         )
         return ctx.plan
@@ -306,8 +307,10 @@ def candidates_for(
     ctx = select.select(
         graph,
         settings,
-        [request.TaskClass(n) for n in task.names],
-        request.SelectOptions(budget=1000, models=models, fit_params=False, solver="heuristic"),
+        [plan_request.TaskClass(n) for n in task.names],
+        plan_request.SelectOptions(
+            budget=1000, models=models, fit_params=False, solver="heuristic"
+        ),
         resolver,
         store=False,
     )

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from mllgraph.hub import executor
-from mllgraph.label import work
+from mllgraph.label import work as label_work
 from mllgraph.settings import Settings
 
 ENGINE_EXPERTS = 3  # Fashion experts beside EfficientNet-Lite0 when engines are compared
@@ -34,7 +34,7 @@ def bench_label(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     per_concept = args.samples_per_concept
     workers: tuple[int, ...] = tuple(getattr(args, "workers", None) or ())
     local = replace(settings, executor="local")
-    options = work.LabelOptions(samples_per_concept=per_concept)
+    options = label_work.LabelOptions(samples_per_concept=per_concept)
     with db.connect(local) as graph:
         sdag.load(graph, load_nouns(settings.wordnet_dir))
         report = hub.build(

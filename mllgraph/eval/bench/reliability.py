@@ -50,7 +50,7 @@ import numpy as np
 
 from mllgraph.eval.bench.common import cpus
 from mllgraph.hubs.fashion import experts as fashion_experts
-from mllgraph.label import work
+from mllgraph.label import work as label_work
 from mllgraph.settings import Settings
 
 REPO = Path(__file__).resolve().parents[3]
@@ -297,7 +297,7 @@ def _build_hub(rig: Rig, log: Callable[[str], None]) -> None:
             set_id=f"reliability-c{cls}",
         )
     for mid in rig.models:
-        labeller.label_model(graph, settings, mid, work.LabelOptions(samples_per_concept=20))
+        labeller.label_model(graph, settings, mid, label_work.LabelOptions(samples_per_concept=20))
     log(f"hub: {len(rig.models)} models, {len(FASHION)} concepts")
 
 

@@ -21,7 +21,7 @@ from mllgraph.eval.bench.synthetic_hub import (
 )
 from mllgraph.graph.neo4j_server import scratch_settings
 from mllgraph.hub import probe_outputs
-from mllgraph.plan import request
+from mllgraph.plan import request as plan_request
 from mllgraph.settings import Settings
 
 
@@ -131,11 +131,11 @@ def _exact_comparison(
     from mllgraph.select import chco
     from mllgraph.select import run as select
 
-    options = request.SelectOptions(allow_ancestor=False, fit_params=False)
+    options = plan_request.SelectOptions(allow_ancestor=False, fit_params=False)
     full, cut, sizes = [], [], []
     t_exact = t_heur = 0.0
     for wnids in tasks:
-        classes = [request.TaskClass(w, w) for w in wnids]
+        classes = [plan_request.TaskClass(w, w) for w in wnids]
         ctx = select.select(graph, settings, classes, options, resolver, store=False)
         problem = ctx.problem
         if problem is None:
@@ -199,7 +199,7 @@ def _profile_candidates(graph: Any, wnids: list[str], allow_ancestor: bool) -> d
     from mllgraph.graph import cypher
 
     targets = [{"index": i, "wnid": w} for i, w in enumerate(wnids)]
-    opts = request.SelectOptions(allow_ancestor=allow_ancestor)
+    opts = plan_request.SelectOptions(allow_ancestor=allow_ancestor)
     params = {
         "targets": targets,
         "all_wnids": list(wnids),

@@ -21,7 +21,7 @@ from mllgraph.hub import domains, probes, registry
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.hubs.fashion import data as fashion
 from mllgraph.label import run as labeller
-from mllgraph.label import work
+from mllgraph.label import work as label_work
 from mllgraph.settings import Settings
 
 Log = Callable[[str], None]
@@ -31,7 +31,7 @@ Log = Callable[[str], None]
 class HubReport:
     registered: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
-    labelled: list[work.LabelResult] = field(default_factory=list)
+    labelled: list[label_work.LabelResult] = field(default_factory=list)
     probe_sets: list[probes.ProbeSet] = field(default_factory=list)
 
 
@@ -100,7 +100,7 @@ def build(
     imagenet: tuple[str, ...] = registry.BUILTINS,
     probes_per_class: int | None = None,
     max_train_per_expert: int | None = None,
-    label_options: work.LabelOptions | None = None,
+    label_options: label_work.LabelOptions | None = None,
     log: Log = print,
     progress: bool = True,
 ) -> HubReport:
@@ -147,7 +147,7 @@ def build(
     log(f"models: {len(report.registered)} registered, {len(report.already)} already there")
     todo = [mid for mid in models if not registry.get_model(graph, mid).get("labelled_at")]
 
-    def labelled(result: work.LabelResult) -> None:
+    def labelled(result: label_work.LabelResult) -> None:
         report.labelled.append(result)
         log(
             f"labelled {result.model_id}: {result.labels} labels, T={result.temperature:.2f}, "
@@ -156,7 +156,7 @@ def build(
 
     # One model after another in this process, or one Ray task each (MLLGRAPH_EXECUTOR=ray).
     labeller.label_models(
-        graph, settings, todo, label_options or work.LabelOptions(), on_done=labelled
+        graph, settings, todo, label_options or label_work.LabelOptions(), on_done=labelled
     )
     return report
 
