@@ -64,7 +64,7 @@ def main() -> int:
                 idx, labels = images.for_task(task)
                 row = {"task": task.name, "experts": len(ids)}
                 for variant in ("chco", "screened"):
-                    select.feature_sets.greedy_models = (
+                    feature_sets.greedy_models = (
                         screen if variant == "screened" else (lambda *a, **k: ([], 0.0))
                     )
                     t = time.perf_counter()
@@ -82,7 +82,7 @@ def main() -> int:
                     row[f"{variant}_models"] = plan["models"]
                     row[f"{variant}_estimate"] = plan["estimated_accuracy"]
                     row[f"{variant}_ms"] = round(ms, 1)
-                select.feature_sets.greedy_models = screen
+                feature_sets.greedy_models = screen
                 rows.append(row)
                 print(
                     f"{size:>3} {task.name:<32} chco {row['chco']:.3f}  "

@@ -10,7 +10,7 @@ budget (CHCO), store the plan, return it and explain it. Thin wiring over `mllgr
   reads the catalogue version (one indexed lookup) and finds the candidates, probe sets and
   sense coverage of concepts earlier requests asked about; a registration, labelling,
   deletion or probe-set change anywhere moves the version and the next request reads afresh.
-  Probe outputs stay memory-mapped per model file (`mllgraph.select.run.ProbeOutputCache`).
+  Probe outputs stay memory-mapped per model file (`mllgraph.select.probe_data.ProbeOutputCache`).
 * Domain errors become gRPC statuses in one place (`services.common.rpc`). What each RPC
   answers:
 

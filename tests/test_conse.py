@@ -165,7 +165,7 @@ def test_class_texts_are_encoded_alone_and_kept_across_tasks() -> None:
     """The patch's class-name vectors: each text encoded on its own (the real MiniLM), so a
     name's vector does not depend on the task it comes with, and encoded once per process."""
     from mllgraph.ground.embed import default_embedder
-    from mllgraph.select import run
+    from mllgraph.select import patch
 
     calls: list[list[str]] = []
 
@@ -173,11 +173,11 @@ def test_class_texts_are_encoded_alone_and_kept_across_tasks() -> None:
         calls.append(list(texts))
         return default_embedder().encode(texts)
 
-    run._CLASS_TEXTS.clear()
-    a = run._class_text_vectors(encode, ["a photo of a cat", "a photo of a long wool overcoat"])
-    b = run._class_text_vectors(encode, ["a photo of a sandal", "a photo of a cat"])
+    patch._CLASS_TEXTS.clear()
+    a = patch._class_text_vectors(encode, ["a photo of a cat", "a photo of a long wool overcoat"])
+    b = patch._class_text_vectors(encode, ["a photo of a sandal", "a photo of a cat"])
     assert a is not None and b is not None
     np.testing.assert_array_equal(a[0], b[1])  # same bits in either task
     np.testing.assert_array_equal(a[0], default_embedder().encode(["a photo of a cat"])[0])
     assert all(len(c) == 1 for c in calls) and len(calls) == 3  # "cat" encoded once
-    assert run._class_text_vectors(lambda texts: None, ["a photo of a dog"]) is None
+    assert patch._class_text_vectors(lambda texts: None, ["a photo of a dog"]) is None

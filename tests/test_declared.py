@@ -95,13 +95,14 @@ def test_measured_candidates_win_over_declared_ones(
 ) -> None:
     """A class with a measured exact/group/descendants candidate gets no declared ones; a class
     with none (or only measured ancestor/related ones) does."""
+    from mllgraph.select.candidates import declared_candidates
     from mllgraph.select.reads import Reads
 
     reads = Reads(sdag_graph, None, 0)  # no cache: every read goes to the graph
     options = plan_request.SelectOptions(models=(lite,))
     for measured_kind, expect in (("exact", {1}), ("descendants", {1}), ("related", {0, 1})):
         rows = [{"class_index": 0, "kind": measured_kind, "model": "other@1"}]
-        found = select._declared_candidates(reads, rows, [TABBY, COFFEE_MUG], options)
+        found = declared_candidates(reads, rows, [TABBY, COFFEE_MUG], options)
         assert {r["class_index"] for r in found} == expect, measured_kind
         assert {r["model"] for r in found} == {lite}
 

@@ -58,7 +58,7 @@ def _narrow_candidates_broad_unmapped(budget: int) -> tuple[Any, Any, Any]:
     broad model loaded but mapped to nothing; CHCO's plan for them."""
     from mllgraph.combine.rule import HeadGroup
     from mllgraph.select import chco
-    from mllgraph.select import run as select
+    from mllgraph.select.alternatives import solve
 
     logits, y = _hub(n_per_class=40)
     logits = {"narrow@1": logits["narrow"], "broad@1": logits["broad"]}
@@ -68,7 +68,7 @@ def _narrow_candidates_broad_unmapped(budget: int) -> tuple[Any, Any, Any]:
     ]
     problem = chco.ChcoProblem(3, candidates, logits, y, {m: 1.0 for m in logits}, budget=budget)
     options = plan_request.SelectOptions(budget=budget)
-    return problem, options, select._solve(problem, options)
+    return problem, options, solve(problem, options)
 
 
 def test_selection_screens_a_broad_expert_that_has_no_candidate_heads() -> None:
@@ -76,14 +76,14 @@ def test_selection_screens_a_broad_expert_that_has_no_candidate_heads() -> None:
     broad expert's); selection hands the sub-hub's broadest experts to the screen beside
     them (select/broad_models), and the stacked rule may then read one with no head mapped
     to any class."""
-    from mllgraph.select import run as select
+    from mllgraph.select.stacked_choice import stacked_choice
 
     problem, options, plan = _narrow_candidates_broad_unmapped(budget=2)
     assert plan.models == ["narrow@1"]
 
-    alone, _ = select._stacked_choice(problem, plan, options)
+    alone, _ = stacked_choice(problem, plan, options)
     assert alone.models == ["narrow@1"]  # the broad expert is not among the candidates
-    served, fit = select._stacked_choice(problem, plan, options, ["broad@1"])
+    served, fit = stacked_choice(problem, plan, options, ["broad@1"])
     assert "broad@1" in served.models
     assert fit is not None and fit[0] is not None and fit[1]["used"]
     assert fit[1]["cv_accuracy"] > 0.9 and "broad@1" in fit[0].models
@@ -95,7 +95,7 @@ def test_a_screened_broad_expert_is_mapped_to_the_classes_through_its_own_heads(
     has a head for is covered, not left to the stacked rule as 'uncovered'."""
     from mllgraph.combine.rule import HeadGroup
     from mllgraph.select import chco
-    from mllgraph.select import run as select
+    from mllgraph.select.stacked_choice import stacked_choice
 
     problem, options, plan = _narrow_candidates_broad_unmapped(budget=1)
     asked: list[list[str]] = []
@@ -106,9 +106,9 @@ def test_a_screened_broad_expert_is_mapped_to_the_classes_through_its_own_heads(
             return []
         return [chco.Candidate(c, HeadGroup("broad@1", (10 + c,), "exact", 0.3)) for c in range(3)]
 
-    without, _ = select._stacked_choice(problem, plan, options, ["broad@1"])
+    without, _ = stacked_choice(problem, plan, options, ["broad@1"])
     assert without.models == ["broad@1"] and without.uncovered == [0, 1, 2]
-    served, fit = select._stacked_choice(problem, plan, options, ["broad@1"], own)
+    served, fit = stacked_choice(problem, plan, options, ["broad@1"], own)
     assert asked and all("broad@1" in a for a in asked)
     assert served.models == ["broad@1"] and served.uncovered == []
     assert [g.model_id for a in served.assignment for g in a.groups] == ["broad@1"] * 3

@@ -1,4 +1,5 @@
-"""mllgraph.ground.resolve: grounding class names to WordNet noun concepts (no Neo4j).
+"""mllgraph.ground.resolve and its parts (words, overrides, records, approximate): grounding
+class names to WordNet noun concepts (no Neo4j).
 
 Every expected wnid below was checked against /usr/share/wordnet/data.noun (and the override
 table is checked against WordNet by `test_override_table_matches_wordnet`).
@@ -15,16 +16,11 @@ import pytest
 
 from mllgraph.errors import InvalidArgument, NotFound
 from mllgraph.graph.wordnet import ROOT_WNID, Synset, WordNetNouns
-from mllgraph.ground.resolve import (
-    MAX_CLASSES,
-    METHODS,
-    Grounding,
-    Overrides,
-    Resolver,
-    default_resolver,
-    load_override_file,
-    normalise_name,
-)
+from mllgraph.ground.overrides import Overrides, load_override_file
+from mllgraph.ground.records import METHODS, Grounding
+from mllgraph.ground.resolve import Resolver, default_resolver
+from mllgraph.ground.words import normalise_name
+from mllgraph.plan.document import MAX_CLASSES
 from mllgraph.settings import Settings
 
 FASHION_MNIST = [

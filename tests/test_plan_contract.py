@@ -94,7 +94,7 @@ def test_an_uncovered_class_says_whether_the_hub_has_heads_for_it() -> None:
     import numpy as np
 
     from mllgraph.combine.rule import ClassAssignment, HeadGroup, default_params
-    from mllgraph.ground.resolve import Grounding
+    from mllgraph.ground.records import Grounding
     from mllgraph.plan.request import SelectOptions, TaskClass, Timings
     from mllgraph.select import chco
 

@@ -15,7 +15,8 @@ from mllgraph.combine.rule import QUALITY_FLOOR, HeadGroup
 from mllgraph.errors import InvalidArgument
 from mllgraph.hub import probe_outputs
 from mllgraph.select import chco
-from mllgraph.select import run as select
+from mllgraph.select.alternatives import alternatives
+from mllgraph.select.probe_data import ProbeOutputCache
 from mllgraph.settings import Settings
 
 
@@ -84,7 +85,7 @@ def test_alternatives_match_a_full_argmax() -> None:
     checked = 0
     for plan in (solved, dropped):
         info: dict = {}
-        alts = select._alternatives(
+        alts = alternatives(
             plan, problem.candidates, problem.logits_by_model, problem.labels, info, problem
         )
         floor = rule.fallback_evidence(problem.num_images, plan.uncovered)
@@ -151,7 +152,7 @@ def test_probe_index_file_is_probe_index_path(
 
 
 def test_probe_output_cache_knows_which_files_are_finite() -> None:
-    cache = select.ProbeOutputCache()
+    cache = ProbeOutputCache()
     settings = Settings()
     good = np.ones((6, 3), dtype=np.float16)
     bad = good.copy()

@@ -194,8 +194,7 @@ def test_a_plan_served_by_its_stacked_rule_covers_classes_through_the_heads_it_r
     from dataclasses import replace
 
     from mllgraph.combine.rule import ClassAssignment, HeadGroup, default_params
-    from mllgraph.select import chco
-    from mllgraph.select import run as select
+    from mllgraph.select import chco, stacked_choice
 
     logits, y = _shirts()
     shirt, coat = HeadGroup("m@1", (0,), "exact", 0.9), HeadGroup("m@1", (1,), "exact", 0.8)
@@ -213,15 +212,15 @@ def test_a_plan_served_by_its_stacked_rule_covers_classes_through_the_heads_it_r
         return chco.ChcoProblem(3, [*base, *candidates], logits, y, {"m@1": 1.0}, budget=1)
 
     related = chco.Candidate(1, HeadGroup("m@1", (0, 2), "related", 0.4))
-    served, _ = select._as_stacked_serves(plan, (rule, note), problem(related), None)
+    served, _ = stacked_choice._as_stacked_serves(plan, (rule, note), problem(related), None)
     assert served.uncovered == [] and served.assignment[1].groups == (related.group,)
     assert served.params.biases[1] == pytest.approx(np.log(0.4))
     assert served.per_class_accuracy == list(rule.cv_recall)
     assert served.assignment[0] == assignment[0] and served.assignment[2] == assignment[2]
 
     unread = chco.Candidate(1, HeadGroup("m@1", (2,), "related", 0.4))
-    served, _ = select._as_stacked_serves(plan, (rule, note), problem(unread), None)
+    served, _ = stacked_choice._as_stacked_serves(plan, (rule, note), problem(unread), None)
     assert served.uncovered == [1] and not served.assignment[1].groups
     # A plan its stacked rule does not serve is returned as it is.
-    same, _ = select._as_stacked_serves(plan, (None, note), problem(related), None)
+    same, _ = stacked_choice._as_stacked_serves(plan, (None, note), problem(related), None)
     assert same is plan

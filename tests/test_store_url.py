@@ -284,6 +284,7 @@ def _deployment(graph: Any, settings: Settings, weights: dict[str, Path], check:
     from mllgraph.reuse import cache as model_cache
     from mllgraph.reuse import classifier
     from mllgraph.select import run as select
+    from mllgraph.select.probe_data import ProbeOutputCache
 
     sets, mids = [], []
     try:
@@ -306,7 +307,7 @@ def _deployment(graph: Any, settings: Settings, weights: dict[str, Path], check:
             [plan_request.TaskClass(n, pinned_wnid=w) for n, w in (("clog", CLOG), ("kilt", KILT))],
             plan_request.SelectOptions(budget=2, models=tuple(mids)),
             default_resolver(Settings.from_env(), use_embeddings=False),  # the suite's home
-            cache=select.ProbeOutputCache(),
+            cache=ProbeOutputCache(),
             store=False,
             reads_cache=False,
         )

@@ -63,7 +63,7 @@ from mllgraph.plan import apply
 from mllgraph.plan import document as plan_doc
 from mllgraph.plan import request as plan_request
 from mllgraph.plan.document import UNCOVERED_WHY, uncovered_names
-from mllgraph.select import chco
+from mllgraph.select import chco, probe_data
 from mllgraph.select import run as select
 from mllgraph.settings import Settings
 
@@ -316,7 +316,7 @@ def candidates_for(
     )
     temps = dict(ctx.problem.temperatures) if ctx.problem is not None else {}
     for mid in sorted({c.group.model_id for c in ctx.candidates} - set(temps)):
-        temps[mid] = select.CACHE.get(settings, mid).temperature
+        temps[mid] = probe_data.CACHE.get(settings, mid).temperature
     return ctx.candidates, temps
 
 

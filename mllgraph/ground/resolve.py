@@ -43,34 +43,46 @@ How a name is grounded
    English compound is its last word), reranked by embedding similarity. Flagged
    `approximate=True`; refused with `InvalidArgument` listing the closest lemmas when nothing
    is close enough or when the caller disallows it.
+
+This module keeps the `Resolver` (lexical candidates, scoring with context, hub coverage and
+embeddings, the task checks), `default_resolver` and `grounder`. Beside it in
+`mllgraph.ground`: `words` (normalisation and morphology), `overrides` (the override file),
+`records` (`Grounding`, `ScoreWeights` and the resolver's working records) and `approximate`
+(step 4, a mixin of `Resolver`, with `closest_lemmas`).
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 import logging
 import re
 import threading
-import unicodedata
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from importlib import resources
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from mllgraph.errors import InvalidArgument, NotFound
 from mllgraph.graph.wordnet import WordNetNouns
+from mllgraph.ground.approximate import ApproximateMatching
+from mllgraph.ground.overrides import Overrides, default_overrides
+from mllgraph.ground.records import Cand, Embedder, Grounding, Plan, ScoreWeights, SenseCoverage
+from mllgraph.ground.words import (
+    PAREN,
+    Morphology,
+    compact,
+    describe,
+    nltk_morphology,
+    normalise_name,
+    suffix_morphology,
+    to_key,
+)
 from mllgraph.plan.document import MAX_CLASSES, MIN_CLASSES, check_class_name
 from mllgraph.settings import Settings
 
 log = logging.getLogger(__name__)
 
 QUERY_TEMPLATE = "a photo of a {name}"
-# Grounding.method values. "fuzzy" is an approximate grounding made without embeddings.
-METHODS = ("override", "lemma", "morphology", "context", "embedding", "fuzzy", "pinned")
 
 # How likely a concept in each lexicographer file is to be an image class: the share of the
 # file's synsets that ImageNet-21k uses (artifact 68%, food 72%, plant 54%, animal 53%,
@@ -101,209 +113,9 @@ _VISUAL_OTHER = 0.0
 _INSTANCE_FACTOR = 0.3  # named individuals (Stephen Crane, New Jersey) are rarely image classes
 
 
-@dataclass(frozen=True)
-class ScoreWeights:
-    """Weights of the sense score (module docstring).
-
-    Tuned on the 1,000 ImageNet-1k class names (torchvision's spelling) against their wnids:
-    89.1% right one name at a time, 92.3% as one 1,000-class task. Raising the embedding,
-    context and visual weights each helped up to these values; the temperature barely matters.
-    """
-
-    rank: float = 1.0
-    visual: float = 1.5
-    agree: float = 1.0
-    embed: float = 6.0
-    context: float = 4.0
-    temperature: float = 0.5
-    context_neighbours: int = 5
-    min_visual: float = 0.15  # below this a sense is dropped if the name has an imageable one
-    context_depth_scale: float = 10.0
-    # resolve_task with hub coverage: how much less context a covered sense may have than the
-    # best sense and still count as fitting the task (LCA depth levels).
-    hub_context_slack: float = 1.0
-    # Approximate grounding: weight of the lexical similarity, and the bars a candidate must
-    # clear (lexical similarity is a difflib ratio for a misspelt name, 0.7 + 0.3 * share of
-    # the name for its head phrase, 0.4 * share for another word; embedding is a cosine).
-    lexical: float = 3.0
-    approx_embed: float = 3.0  # spelling evidence counts for more than for real lemmas
-    approx_min_visual: float = 0.5  # an imageable concept (artifact, animal, plant, person ...)
-    approx_typo: float = 0.85  # spelt almost like the name: accepted on spelling alone
-    approx_head: float = 0.7  # the compound's head noun ("bucket hat" -> hat) ...
-    approx_head_embed: float = 0.3  # ... with some agreement in meaning
-    approx_word: float = 0.25  # another word of the name ...
-    approx_word_embed: float = 0.5  # ... with clear agreement in meaning
-
-
-class Embedder(Protocol):
-    def encode(self, texts: list[str]) -> np.ndarray: ...
-
-
-Morphology = Callable[[str], Iterable[str]]
-# Candidate wnids -> how the hub covers each (0..1); see the module docstring.
-SenseCoverage = Callable[[list[str]], Mapping[str, float]]
-
-
-@dataclass
-class Grounding:
-    """Where one class name landed in WordNet, and how sure we are."""
-
-    name: str
-    wnid: str
-    concept_name: str
-    score: float  # confidence in [0, 1]; 1.0 for pinned/override/unambiguous names
-    ambiguous: bool  # the name had more than one candidate concept
-    approximate: bool  # WordNet lacks the name: nearest concept, not an exact one
-    pinned: bool
-    alternatives: list[tuple[str, str, float]] = field(default_factory=list)
-    method: str = "lemma"
-    # Hub coverage of the chosen sense and its alternatives (wnid -> 0..1), when known, and
-    # whether coverage changed the choice (the best sense without it was another one).
-    coverage: dict[str, float] = field(default_factory=dict)
-    hub_preferred: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["alternatives"] = [
-            {"wnid": w, "concept_name": c, "score": s} for w, c, s in self.alternatives
-        ]
-        return d
-
-
-# -- text normalisation -----------------------------------------------------------------------
-
-_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'", "\u2013": "-"})
-_PAREN = re.compile(r"\(([^()]*)\)")
-_WORD = re.compile(r"[a-z0-9]+(?:['.\-][a-z0-9]+)*")
-_NOT_COMPACT = re.compile(r"[^a-z0-9]")
-# Words that carry no meaning in a class name; dropped before approximate matching.
-_FILLER_WORDS = frozenset({
-    "a", "an", "the", "of", "my", "some", "thing", "things", "stuff", "object", "objects",
-    "item", "items", "type", "kind", "sort", "photo", "picture", "image",
-})  # fmt: skip
-
-
-def _fold(text: str) -> str:
-    """NFKC, lower case, accents dropped (WordNet lemmas are ASCII), quotes unified."""
-    text = unicodedata.normalize("NFKC", text).translate(_QUOTES).lower()
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-
-
-def normalise_name(name: str) -> str:
-    """Canonical form of a class name, as the override file's `names` keys are written."""
-    text = _fold(name).replace("_", " ")
-    text = " ".join(text.split())
-    text = re.sub(r"\s*([/,;])\s*", r"\1", text)
-    return text.strip(" .;:!?\"'")
-
-
-def _compact(key: str) -> str:
-    """Spelling-insensitive key: letters and digits only ('T-shirt' == 'tshirt' == 't shirt')."""
-    return _NOT_COMPACT.sub("", key.lower())
-
-
-def _to_key(text: str) -> str:
-    """Lemma key of a phrase: words joined by underscores, outer punctuation dropped."""
-    words = text.replace("_", " ").split()
-    return "_".join(w for w in (w.strip("\"'.,;:!?()[]{}<>") for w in words) if w)
-
-
-def _describe(index: int, name: str) -> str:
-    return f"class {index} ({name!r})"
-
-
-# -- overrides ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Overrides:
-    names: Mapping[str, str]  # normalised class name -> wnid
-    senses: Mapping[str, str]  # lemma key -> preferred wnid
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Overrides:
-        def table(section: str, key_fn: Callable[[str], str]) -> dict[str, str]:
-            return {key_fn(k): v["wnid"] for k, v in data.get(section, {}).items()}
-
-        return cls(
-            names=table("names", normalise_name),
-            senses=table("senses", lambda k: _to_key(_fold(k))),
-        )
-
-
-def load_override_file() -> dict[str, Any]:
-    """The packaged `mllgraph/ground/overrides.json`, parsed."""
-    text = resources.files("mllgraph.ground").joinpath("overrides.json").read_text(encoding="utf-8")
-    return json.loads(text)
-
-
-def default_overrides() -> Overrides:
-    return Overrides.from_json(load_override_file())
-
-
-# -- morphology fallback ---------------------------------------------------------------------
-
-# WordNet's noun detachment rules (morphy(7WN)); used for user-added lemmas and when no nltk
-# reader is given. nltk adds the irregular forms of noun.exc (mice, geese, ...).
-_NOUN_SUFFIXES = (
-    ("s", ""),
-    ("ses", "s"),
-    ("xes", "x"),
-    ("zes", "z"),
-    ("ches", "ch"),
-    ("shes", "sh"),
-    ("men", "man"),
-    ("ies", "y"),
-)
-
-
-def suffix_morphology(word: str) -> list[str]:
-    """Candidate base forms by WordNet's noun suffix rules (unfiltered)."""
-    return [word[: -len(old)] + new for old, new in _NOUN_SUFFIXES if word.endswith(old)]
-
-
-def nltk_morphology(reader: Any) -> Morphology:
-    """All base forms nltk's morphy knows for a noun (exceptions + rules, filtered)."""
-
-    def forms(word: str) -> list[str]:
-        try:
-            return list(reader._morphy(word, "n"))
-        except AttributeError:  # a reader without the private helper: first form only
-            base = reader.morphy(word, "n")
-            return [base] if base else []
-
-    return forms
-
-
-# -- internal candidate records ---------------------------------------------------------------
-
-
-@dataclass
-class _Cand:
-    wnid: str
-    rank: int  # position among the senses of the lemma it came from (0 = most frequent)
-    morph: bool  # reached through morphology (a plural)
-    alt: int  # which "/"/"," alternative produced it (0 = the first)
-    agree: float = 0.0  # share of the alternatives that have it (or a relative) as a candidate
-    lexical: float = 0.0  # approximate grounding: spelling similarity to the name
-    hub: float = 0.0  # the hub's coverage of this sense, 0..1
-    score: float = 0.0
-
-
-@dataclass
-class _Plan:
-    """A name's lexical analysis, before any scoring."""
-
-    name: str
-    query: str  # the text embedded for the name ("a photo of a ...")
-    fixed: str | None = None  # override wnid
-    cands: list[_Cand] = field(default_factory=list)
-    approximate: bool = False
-
-
-class Resolver:
-    """Grounds class names to WordNet noun concepts; thread-safe, caches embeddings."""
+class Resolver(ApproximateMatching):
+    """Grounds class names to WordNet noun concepts; thread-safe, caches embeddings.
+    Approximate grounding and `closest_lemmas` come from `ApproximateMatching`."""
 
     def __init__(
         self,
@@ -365,17 +177,17 @@ class Resolver:
         if len(names) > MAX_CLASSES:
             raise InvalidArgument(f"the task has {len(names)} classes (at most {MAX_CLASSES})")
         for i, name in enumerate(names):
-            check_class_name(name, _describe(i, name) if isinstance(name, str) else f"class {i}")
+            check_class_name(name, describe(i, name) if isinstance(name, str) else f"class {i}")
         pins = self._check_pins(names, pinned or {})
 
-        plans: list[_Plan] = []
+        plans: list[Plan] = []
         for i, name in enumerate(names):
             if i in pins:
-                plans.append(_Plan(name=name, query="", fixed=pins[i]))
+                plans.append(Plan(name=name, query="", fixed=pins[i]))
                 continue
             plan = self._plan(name)
             if plan.fixed is None and not plan.cands:
-                self._approximate(plan, allow=True, where=_describe(i, name))
+                self._approximate(plan, allow=True, where=describe(i, name))
             plans.append(plan)
         groundings = self._decide(plans, context=True, sense_coverage=sense_coverage)
         for i in pins:
@@ -383,19 +195,6 @@ class Resolver:
             g.method, g.pinned, g.score = "pinned", True, 1.0
         self._check_duplicates(groundings)
         return groundings
-
-    def closest_lemmas(self, name: str, k: int = 5) -> list[str]:
-        """The k lemmas spelled most like `name` (for error messages and suggestions)."""
-        key = _to_key(normalise_name(name))
-        scored: dict[str, float] = {}
-        for lemma, sim in self._fuzzy(_compact(key), limit=k * 2):
-            scored[lemma] = max(scored.get(lemma, 0.0), sim)
-        for word in _WORD.findall(normalise_name(name)):
-            if len(word) >= 3:
-                for lemma, sim in self._fuzzy(_compact(word), limit=k):
-                    scored[lemma] = max(scored.get(lemma, 0.0), 0.9 * sim)
-        best = sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
-        return [lemma.replace("_", " ") for lemma, _ in best]
 
     def concept(self, wnid_or_name: str) -> str | None:
         """The wnid for a wnid ('n02012849') or an nltk-style name ('crane.n.05'), else None."""
@@ -419,10 +218,10 @@ class Resolver:
         if size == self._indexed_size:
             return
         with self._lock:
-            compact: dict[str, list[str]] = defaultdict(list)
+            by_compact: dict[str, list[str]] = defaultdict(list)
             for lemma in self.nouns.lemma_index:
-                compact[_compact(lemma)].append(lemma)
-            self._compact_index = dict(compact)
+                by_compact[compact(lemma)].append(lemma)
+            self._compact_index = dict(by_compact)
             self._name_index = {s.name.lower(): w for w, s in self.nouns.synsets.items()}
             self._trigrams = None
             self._indexed_size = size
@@ -443,7 +242,7 @@ class Resolver:
                 return [variant]
         self._refresh_indexes()
         assert self._compact_index is not None
-        return list(self._compact_index.get(_compact(key), ()))
+        return list(self._compact_index.get(compact(key), ()))
 
     def _base_forms(self, key: str) -> list[str]:
         """Singular forms of `key` that are lemmas; for a multiword key, of its last word."""
@@ -487,30 +286,30 @@ class Resolver:
                     return wnid
         return None
 
-    def _plan(self, name: str) -> _Plan:
+    def _plan(self, name: str) -> Plan:
         norm = normalise_name(name)
-        hint_free = " ".join(_PAREN.sub(" ", norm).split())
+        hint_free = " ".join(PAREN.sub(" ", norm).split())
         query = QUERY_TEMPLATE.format(name=" ".join(name.replace("_", " ").split()))
-        plan = _Plan(name=name, query=query)
+        plan = Plan(name=name, query=query)
         fixed = self._override(norm) or self._override(hint_free)
         if fixed is not None:
             plan.fixed = fixed
             return plan
         alternatives = [a for a in re.split(r"[/,;]", hint_free) if a.strip()]
-        per_alt: list[list[_Cand]] = []
+        per_alt: list[list[Cand]] = []
         for alt_index, alt in enumerate(alternatives):
             wnid = self._override(alt.strip())
             if wnid is not None:
-                per_alt.append([_Cand(wnid=wnid, rank=0, morph=False, alt=alt_index)])
+                per_alt.append([Cand(wnid=wnid, rank=0, morph=False, alt=alt_index)])
                 continue
-            key = _to_key(alt)
+            key = to_key(alt)
             cands = self._lemma_candidates(key, alt_index)
             if not cands:
                 cands = self._qualified_candidates(key, alt_index)
             per_alt.append(cands)
         plan.cands = self._merge_alternatives(per_alt)
         # A parenthetical names a broader concept ("crane (bird)"): keep the senses under it.
-        hints = [_to_key(h) for h in _PAREN.findall(norm) if h.strip()]
+        hints = [to_key(h) for h in PAREN.findall(norm) if h.strip()]
         if hints and len(plan.cands) > 1:
             kept = [c for c in plan.cands if any(self._is_a(c.wnid, h) for h in hints)]
             if kept:
@@ -523,19 +322,19 @@ class Resolver:
             ] or plan.cands
         return plan
 
-    def _lemma_candidates(self, key: str, alt_index: int) -> list[_Cand]:
+    def _lemma_candidates(self, key: str, alt_index: int) -> list[Cand]:
         """Every sense of `key` (any spelling), then of its singular forms."""
-        cands: list[_Cand] = []
+        cands: list[Cand] = []
         seen: set[str] = set()
         for morph, keys in ((False, self._spellings(key)), (True, self._base_forms(key))):
             for lemma in keys:
                 for rank, wnid in enumerate(self._senses(lemma)):
                     if wnid not in seen:
                         seen.add(wnid)
-                        cands.append(_Cand(wnid=wnid, rank=rank, morph=morph, alt=alt_index))
+                        cands.append(Cand(wnid=wnid, rank=rank, morph=morph, alt=alt_index))
         return cands
 
-    def _qualified_candidates(self, key: str, alt_index: int) -> list[_Cand]:
+    def _qualified_candidates(self, key: str, alt_index: int) -> list[Cand]:
         """'crane bird': the senses of 'crane' that are birds (modifier + broader head noun)."""
         words = key.split("_")
         for i in range(len(words) - 1, 0, -1):
@@ -553,10 +352,10 @@ class Resolver:
         heads = {c.wnid for c in self._lemma_candidates(key, 0)}
         return bool(heads) and any(a in heads for a, _ in self._ancestors(wnid))
 
-    def _merge_alternatives(self, per_alt: list[list[_Cand]]) -> list[_Cand]:
+    def _merge_alternatives(self, per_alt: list[list[Cand]]) -> list[Cand]:
         """One candidate list; senses that several alternatives share (or relate to) agree."""
         nonempty = [c for c in per_alt if c]
-        merged: dict[str, _Cand] = {}
+        merged: dict[str, Cand] = {}
         for cands in nonempty:
             for c in cands:
                 merged.setdefault(c.wnid, c)
@@ -581,146 +380,10 @@ class Resolver:
                 c.alt = order[id(cands)]
         return list(merged.values())
 
-    # -- approximate grounding -----------------------------------------------------------------
-
-    def _approximate(self, plan: _Plan, allow: bool, where: str) -> None:
-        """Nearest concepts for a name WordNet lacks; raises InvalidArgument if none is close."""
-        if not allow:
-            raise InvalidArgument(
-                f"{where} is not a WordNet noun; closest lemmas: "
-                f"{', '.join(self.closest_lemmas(plan.name)) or '(none)'}"
-            )
-        norm = " ".join(_PAREN.sub(" ", normalise_name(plan.name)).split())
-        words = [w for w in _WORD.findall(norm) if w not in _FILLER_WORDS] or _WORD.findall(norm)
-        name_compact = _compact("".join(words))
-        n = len(words)
-        # The name's own proper sub-phrases, each scored below as words rather than misspellings.
-        phrases = {
-            _compact("".join(words[i:j]))
-            for i in range(n)
-            for j in range(i + 1, n + 1)
-            if (i, j) != (0, n)
-        }
-        cands: dict[str, _Cand] = {}
-
-        def add_concept(wnid: str, rank: int, sim: float) -> None:
-            c = cands.get(wnid)
-            if c is None or sim > c.lexical:
-                cands[wnid] = _Cand(wnid=wnid, rank=rank, morph=False, alt=0, lexical=sim)
-
-        def add(lemma: str, sim: float) -> None:
-            for rank, wnid in enumerate(self._senses(lemma)[:3]):
-                add_concept(wnid, rank, sim)
-
-        def share(text: str) -> float:
-            return len(_compact(text)) / max(1, len(name_compact))
-
-        # The whole name misspelt ("sneakerz"): similarity is the difflib ratio. A lemma that is
-        # one of the name's own words is scored below, as a word; for a multiword name a
-        # near-miss ("bucket hat" ~ "bucket seat") is discounted unless it is very close.
-        for lemma, sim in self._fuzzy(name_compact, limit=8):
-            if _compact(lemma) in phrases and len(words) > 1:
-                continue
-            add(lemma, sim if len(words) == 1 or sim >= 0.9 else 0.85 * sim)
-        # Words and phrases of a multiword name. The head of an English compound is its last
-        # word(s) — a "bucket hat" is a hat — so a trailing phrase scores 0.7 + 0.3 * its share
-        # of the name and any other word only 0.4 * its share (a weaker hint). The whole name
-        # (reached here only once filler words are gone: "hoodie thing") scores 1.
-        for i in range(n):
-            for j in range(i + 1, n + 1):
-                phrase = "_".join(words[i:j])
-                if (i, j) == (0, n):
-                    weight = 1.0
-                elif j == n:
-                    weight = 0.7 + 0.3 * share(phrase)
-                else:
-                    weight = 0.4 * share(phrase)
-                fixed = self._override(phrase.replace("_", " "))
-                if fixed is not None:
-                    add_concept(fixed, 0, weight)
-                    continue
-                hits = self._spellings(phrase) + self._base_forms(phrase)
-                for lemma in hits:
-                    add(lemma, weight)
-                if not hits and j == i + 1 and len(phrase) >= 3:
-                    for lemma, sim in self._fuzzy(_compact(phrase), limit=3):
-                        add(lemma, sim * weight)  # one misspelt word
-        if not cands:
-            raise InvalidArgument(
-                f"{where} cannot be grounded: no WordNet lemma is close; closest lemmas: "
-                f"{', '.join(self.closest_lemmas(plan.name)) or '(none)'}"
-            )
-        if len(cands) > 36:  # embed only the most promising few
-            keep = sorted(cands.values(), key=lambda c: (-c.lexical, c.rank, c.wnid))[:36]
-            cands = {c.wnid: c for c in keep}
-
-        # Keep only sensible candidates: an imageable concept that is either spelt almost like
-        # the name (a typo) or close in meaning with some lexical support.
-        w = self.weights
-        vecs = self._embed([plan.query], list(cands))
-        sensible: list[_Cand] = []
-        for c in cands.values():
-            if self._visual(c.wnid) < w.approx_min_visual:
-                continue
-            emb = float(vecs[1][c.wnid] @ vecs[0][plan.query]) if vecs is not None else None
-            if (
-                c.lexical >= w.approx_typo
-                or (emb is not None and c.lexical >= w.approx_head and emb >= w.approx_head_embed)
-                or (emb is not None and c.lexical >= w.approx_word and emb >= w.approx_word_embed)
-            ):
-                sensible.append(c)
-        if not sensible:
-            raise InvalidArgument(
-                f"{where} cannot be grounded to a WordNet concept; closest lemmas: "
-                f"{', '.join(self.closest_lemmas(plan.name))}"
-            )
-        plan.cands = sensible
-        plan.approximate = True
-
-    def _trigram_index(self) -> tuple[list[str], dict[str, np.ndarray], np.ndarray]:
-        self._refresh_indexes()
-        if self._trigrams is None:
-            with self._lock:
-                if self._trigrams is None:
-                    assert self._compact_index is not None
-                    keys = sorted(self._compact_index)
-                    postings: dict[str, list[int]] = defaultdict(list)
-                    for i, key in enumerate(keys):
-                        for gram in set(_grams(key)):
-                            postings[gram].append(i)
-                    arrays = {g: np.asarray(ids, dtype=np.int32) for g, ids in postings.items()}
-                    sizes = np.asarray([len(set(_grams(k))) for k in keys], dtype=np.float32)
-                    self._trigrams = (keys, arrays, sizes)
-        return self._trigrams
-
-    def _fuzzy(self, query: str, limit: int) -> list[tuple[str, float]]:
-        """Lemma keys spelled like `query` (compact form), by difflib ratio, best first."""
-        if len(query) < 2:
-            return []
-        keys, postings, sizes = self._trigram_index()
-        grams = set(_grams(query))
-        hits = [postings[g] for g in sorted(grams) if g in postings]
-        if not hits:
-            return []
-        counts = np.bincount(np.concatenate(hits), minlength=len(keys)).astype(np.float32)
-        dice = 2 * counts / (len(grams) + sizes)
-        top = np.argsort(-dice, kind="stable")[:60]
-        scored: list[tuple[str, float]] = []
-        assert self._compact_index is not None
-        for i in top:
-            if dice[i] <= 0:
-                break
-            key = keys[int(i)]
-            ratio = difflib.SequenceMatcher(None, query, key).ratio()
-            for lemma in self._compact_index[key]:
-                scored.append((lemma, ratio))
-        scored.sort(key=lambda kv: (-kv[1], kv[0]))
-        return scored[:limit]
-
     # -- scoring -----------------------------------------------------------------------------
 
     def _decide(
-        self, plans: list[_Plan], context: bool, sense_coverage: SenseCoverage | None = None
+        self, plans: list[Plan], context: bool, sense_coverage: SenseCoverage | None = None
     ) -> list[Grounding]:
         w = self.weights
         ambiguous = [p for p in plans if p.fixed is None and len(p.cands) > 1]
@@ -768,7 +431,7 @@ class Resolver:
             out.append(g)
         return out
 
-    def _hub_choice(self, plan: _Plan, probs: dict[str, float], ctx: dict[str, float]) -> str:
+    def _hub_choice(self, plan: Plan, probs: dict[str, float], ctx: dict[str, float]) -> str:
         """The sense to ground to: the best covered among those fitting the task (module doc)."""
         order = sorted(plan.cands, key=lambda c: -round(probs[c.wnid], 12))  # stable: WordNet
         best = order[0]
@@ -778,7 +441,7 @@ class Resolver:
         top = max(c.hub for c in fitting)
         return next(c.wnid for c in fitting if c.hub == top)
 
-    def _probs(self, plan: _Plan) -> dict[str, float]:
+    def _probs(self, plan: Plan) -> dict[str, float]:
         if plan.fixed is not None:
             return {plan.fixed: 1.0}
         scores = np.asarray([c.score for c in plan.cands], dtype=np.float64)
@@ -788,7 +451,7 @@ class Resolver:
 
     def _grounding(
         self,
-        plan: _Plan,
+        plan: Plan,
         probs: dict[str, float],
         used_context: bool,
         embedded: bool,
@@ -985,12 +648,12 @@ class Resolver:
                 )
             if not isinstance(ref, str) or not ref.strip():
                 raise InvalidArgument(
-                    f"pinned concept for {_describe(index, names[index])} must be a wnid"
+                    f"pinned concept for {describe(index, names[index])} must be a wnid"
                 )
             wnid = self.concept(ref)
             if wnid is None:
                 raise NotFound(
-                    f"pinned concept {ref!r} for {_describe(index, names[index])} is not a "
+                    f"pinned concept {ref!r} for {describe(index, names[index])} is not a "
                     "WordNet noun or a user concept"
                 )
             pins[index] = wnid
@@ -1007,15 +670,10 @@ class Resolver:
                 )[:4]
                 hint = f", e.g. one of {', '.join(senses)}" if senses else ""
                 raise InvalidArgument(
-                    f"{_describe(j, other.name)} and {_describe(i, g.name)} both ground to "
+                    f"{describe(j, other.name)} and {describe(i, g.name)} both ground to "
                     f"{g.wnid} ({g.concept_name}); a task's classes must be distinct concepts: "
                     f"rename or merge them, or pin a different concept{hint}"
                 )
-
-
-def _grams(key: str) -> list[str]:
-    padded = f"^{key}$"
-    return [padded[i : i + 3] for i in range(len(padded) - 2)]
 
 
 _default_resolvers: dict[tuple[Any, ...], Resolver] = {}

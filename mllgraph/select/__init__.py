@@ -5,6 +5,9 @@ Out: a plan document (`mllgraph.plan`) stored in Neo4j under a deterministic id:
 its concept, coverage and heads, the chosen models, and the combination rule's inputs.
 
 - `run`: `select()`: grounding, candidates by Cypher, probe outputs, CHCO, storing the plan.
+- `candidates`, `probe_data`, `alternatives`, `stacked_choice`, `patch`: the parts `select()`
+  runs (declared and nearby candidates; the probe-output cache and the task's probe matrix;
+  solving and each class's alternatives; the stacked rule's choice; the ConSE patch).
 - `chco`: Classification Head Combination Optimization (pure: exact and heuristic solvers
   simulated on stored probe outputs).
 - `reads`, `cache`: what selection reads from the graph, cached per catalogue version.

@@ -1,0 +1,112 @@
+"""The ConSE patch for the classes a plan leaves uncovered (`mllgraph.combine.conse`).
+
+- `conse_patch`: the hub's broadest expert (at least `PATCH_MIN_HEADS` heads) and the text
+  similarities of its heads to the class names, calibrated on the covered classes' probe
+  images; inference applies it when no VLM is configured.
+- The text vectors it needs, kept across requests: the patch model's head names per model
+  version, and each class text encoded alone (`_class_text_vectors`).
+
+Imports plan, graph, combine and below, and `select.chco`, `select.probe_data`,
+`select.reads`; must not import `select.run` or anything above select.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from mllgraph.combine import conse
+from mllgraph.combine.rule import class_scores
+from mllgraph.errors import FailedPrecondition
+from mllgraph.graph.db import Graph
+from mllgraph.plan.request import SelectOptions, TaskClass
+from mllgraph.select import chco
+from mllgraph.select.probe_data import ProbeOutputCache, probe_matrix
+from mllgraph.select.reads import Reads
+from mllgraph.settings import Settings
+
+PATCH_MIN_HEADS = 100  # a model this broad (declaring concepts) may patch uncovered classes
+
+_PATCH_TEXTS: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # head-name vectors
+_PATCH_TEXTS_MAX = 8
+_CLASS_TEXTS: OrderedDict[str, np.ndarray] = OrderedDict()  # class-text vectors, one per text
+_CLASS_TEXTS_MAX = 20_000  # 1.5 KB each
+_CLASS_TEXTS_LOCK = threading.Lock()
+
+
+def _class_text_vectors(encode: Any, texts: list[str]) -> np.ndarray | None:
+    """(len(texts), D) vectors of class texts, each encoded ALONE and kept across requests.
+
+    Alone, because a text's vector from a batch depends slightly on the batch (padding,
+    kernel shapes): a vector of its own is the same whatever task it comes with, so cached
+    and fresh plans agree bit for bit. Encoding a big task's names was most of a warm
+    SelectHeads (~200 ms of 100 class names) and names recur across tasks."""
+    with _CLASS_TEXTS_LOCK:
+        known = {t: _CLASS_TEXTS[t] for t in texts if t in _CLASS_TEXTS}
+        for t in known:
+            _CLASS_TEXTS.move_to_end(t)
+    for t in dict.fromkeys(texts):
+        if t in known:
+            continue
+        vec = encode([t])
+        if vec is None:
+            return None
+        known[t] = np.asarray(vec[0])
+        known[t].setflags(write=False)
+        with _CLASS_TEXTS_LOCK:
+            _CLASS_TEXTS[t] = known[t]
+            while len(_CLASS_TEXTS) > _CLASS_TEXTS_MAX:
+                _CLASS_TEXTS.popitem(last=False)
+    return np.stack([known[t] for t in texts]) if texts else None
+
+
+def conse_patch(
+    graph: Graph,
+    reads: Reads,
+    settings: Settings,
+    plan: chco.Plan,
+    classes: list[TaskClass],
+    options: SelectOptions,
+    resolver: Any,
+    probe_rows: list[dict[str, Any]],
+    cache: ProbeOutputCache,
+) -> conse.ConsePatch | None:
+    """The ConSE patch for the plan's uncovered classes (mllgraph.combine.conse), or None when
+    the hub has no broad expert or grounding has no text encoder (then inference falls back
+    to the constant rule)."""
+    encode = getattr(resolver, "encode_texts", None)
+    found = reads.patch_model(PATCH_MIN_HEADS, options)
+    if not found or encode is None:
+        return None
+    mid, version = found[0]["model"], str(found[0]["version"])
+    key = (mid, version)
+    head_vecs = _PATCH_TEXTS.get(key)
+    if head_vecs is None:
+        names = [r["name"] for r in graph.read("select/patch_heads", id=mid)]
+        head_vecs = encode([conse.TEMPLATE.format(n.replace("_", " ")) for n in names])
+        if head_vecs is None:
+            return None
+        _PATCH_TEXTS[key] = head_vecs
+        while len(_PATCH_TEXTS) > _PATCH_TEXTS_MAX:
+            _PATCH_TEXTS.popitem(last=False)
+    class_vecs = _class_text_vectors(encode, [conse.TEMPLATE.format(c.name) for c in classes])
+    if class_vecs is None:
+        return None
+    heads, sim = conse.similarity_table(class_vecs, head_vecs)
+    patch = conse.ConsePatch(mid, float(found[0]["temperature"]), heads, sim, model_version=version)
+    # Calibrate on the probe images of the covered classes, seen by the plan's models and
+    # the patch model alike.
+    try:
+        outputs = {m: cache.get(settings, m) for m in {*plan.models, mid}}
+    except FailedPrecondition:
+        return patch  # some outputs are gone: the default weight
+    labels, logits, _ = probe_matrix(probe_rows, outputs, len(classes))
+    if labels.size == 0:
+        return patch
+    z = class_scores(logits, plan.assignment, plan.params)
+    weight = conse.calibrate_weight(z, patch.probabilities(logits[mid]), plan.uncovered)
+    return replace(patch, weight=weight)

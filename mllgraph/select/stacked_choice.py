@@ -1,0 +1,168 @@
+"""The stacked rule's choice: which models it reads, and the plan as it serves it.
+
+- `broad_models`: the sub-hub's broadest labelled experts, which the screen considers beside
+  the candidates' models (`select/broad_models`, through `select.reads`).
+- `stacked_choice`: CHCO's plan with the stacked rule (`mllgraph.combine.stacked`) over its
+  models, or the plan over the models the screen (`mllgraph.combine.screen`) picks, whichever
+  serves the probe images better; the plan as that rule serves it (`StackedFit`: the rule,
+  kept or not, and the plan document's `stacked` note).
+
+Imports plan, combine and below, and `select.alternatives`, `select.chco`, `select.reads`;
+must not import `select.run` or anything above select.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from mllgraph.combine import screen as feature_sets
+from mllgraph.combine import stacked
+from mllgraph.combine.rule import (
+    QUALITY_FLOOR,
+    ClassAssignment,
+    HeadGroup,
+    class_scores,
+    fallback_evidence,
+)
+from mllgraph.plan.request import SelectOptions, TaskClass
+from mllgraph.select import chco
+from mllgraph.select.alternatives import solve, uncovered_plan
+from mllgraph.select.reads import Reads
+
+StackedFit = tuple[stacked.StackedRule | None, dict[str, Any]]
+
+
+def broad_models(
+    reads: Reads, classes: Sequence[TaskClass], options: SelectOptions
+) -> list[dict[str, Any]]:
+    """The sub-hub's broadest labelled experts, which the stacked rule's screen considers
+    beside the candidates' models (`select/broad_models`); none where no stacked rule is
+    fitted."""
+    if not options.fit_params or len(classes) > stacked.MAX_CLASSES:
+        return []
+    return reads.broad_models(feature_sets.BROAD_MIN_HEADS, feature_sets.BROAD_MODELS, options)
+
+
+def stacked_choice(
+    problem: chco.ChcoProblem,
+    plan: chco.Plan,
+    options: SelectOptions,
+    broad: Sequence[str] = (),
+    own_candidates: Callable[[Sequence[str]], list[chco.Candidate]] | None = None,
+) -> tuple[chco.Plan, StackedFit | None]:
+    """CHCO's plan with the stacked rule over its models, or, when the screen
+    (`feature_sets.greedy_models`, over the candidates' best-covering models, CHCO's and the
+    `broad` experts) picks other models for the stacked rule, CHCO's plan restricted to
+    those with the stacked rule over them: whichever serves the probe images better (the
+    stacked rule's out-of-fold accuracy where it is kept, else the per-class rule's
+    estimate, for either plan). Ties keep CHCO's.
+    `own_candidates(models)`: those models' own candidate heads, for CHCO's plan restricted
+    to them (the problem's candidates may hold none of a broad expert's)."""
+    first = _stacked(problem, plan)
+    if first is None:  # no stacked rule possible for this task (a class without images, ...)
+        return plan, None
+    coverage: dict[str, dict[int, float]] = {}
+    for c in problem.candidates:
+        best = coverage.setdefault(c.group.model_id, {})
+        best[c.class_index] = max(best.get(c.class_index, 0.0), c.group.label_score)
+    screened = sorted({*feature_sets.shortlist(coverage), *plan.models, *broad})
+    picked, _ = feature_sets.greedy_models(
+        problem.logits_by_model, problem.temperatures, screened, problem.labels,
+        problem.num_classes, problem.budget,
+    )  # fmt: skip
+    if not picked or set(picked) == set(plan.models):
+        return _as_stacked_serves(plan, first, problem, own_candidates)
+    kept = [c for c in problem.candidates if c.group.model_id in picked]
+    if own_candidates is not None:
+        kept += own_candidates(picked)  # (ChcoProblem drops duplicates)
+    sub = replace(problem, candidates=kept)
+    solved = solve(sub, options) if sub.candidates else uncovered_plan(problem.num_classes)
+    # The stacked rule reads every picked model, even one CHCO maps no class to (a broad
+    # expert may have no candidate heads at all).
+    second = _stacked(sub, replace(solved, models=picked))
+
+    # Each plan as it would be served: its stacked rule where kept, else its per-class rule
+    # (which reads only the models it maps).
+    current = first[1]["cv_accuracy"] if first[0] is not None else plan.estimated_accuracy
+    if second is not None and second[0] is not None:
+        other, served = replace(solved, models=picked), second[1]["cv_accuracy"]
+    else:
+        other, served = solved, solved.estimated_accuracy
+    if second is None or not served > current:
+        first[1]["screened_models"] = picked
+        return _as_stacked_serves(plan, first, problem, own_candidates)
+    second[1]["screened_models"] = picked
+    second[1]["chco_models"] = list(plan.models)
+    second[1]["chco_served_estimate"] = current
+    return _as_stacked_serves(other, second, problem, own_candidates)
+
+
+def _as_stacked_serves(
+    plan: chco.Plan,
+    fit: StackedFit,
+    problem: chco.ChcoProblem,
+    own_candidates: Callable[[Sequence[str]], list[chco.Candidate]] | None,
+) -> tuple[chco.Plan, StackedFit]:
+    """The plan as its stacked rule serves it (unchanged when the rule is not kept): per
+    class, the rule's out-of-fold recall as the estimate; and a class CHCO left uncovered
+    covered by its best candidate head group (the class's concept, below or above it, in the
+    plan's models) of which the rule reads a head, since the rule scores the class through
+    it. A class with no such group stays uncovered (the rule scores it from other heads)."""
+    rule = fit[0]
+    if rule is None:
+        return plan, fit
+    plan = replace(plan, per_class_accuracy=list(rule.cv_recall or plan.per_class_accuracy))
+    if not plan.uncovered:
+        return plan, fit
+    read = rule.read_heads()
+    pool = [*problem.candidates, *(own_candidates(rule.models) if own_candidates else ())]
+    pool.sort(key=lambda c: (-c.group.label_score, c.sort_key()))
+    found: dict[int, HeadGroup] = {}
+    for c in pool:
+        if c.class_index not in plan.uncovered or c.class_index in found:
+            continue
+        if any((c.group.model_id, h) in read for h in c.group.heads):
+            found[c.class_index] = c.group
+    if not found:
+        return plan, fit
+    assignment = [
+        ClassAssignment(a.class_index, (found[a.class_index],)) if a.class_index in found else a
+        for a in plan.assignment
+    ]
+    biases = plan.params.biases.copy()
+    temperatures = dict(plan.params.temperatures)
+    for ci, g in found.items():  # the parameter-free rule's bias (reuse.rule.default_params)
+        biases[ci] = math.log(max(g.label_score, QUALITY_FLOOR))
+        temperatures.setdefault(g.model_id, problem.temperatures.get(g.model_id, 1.0))
+    params = replace(plan.params, temperatures=temperatures, biases=biases)
+    uncovered = [c for c in plan.uncovered if c not in found]
+    return replace(plan, assignment=assignment, params=params, uncovered=uncovered), fit
+
+
+def _stacked(problem: chco.ChcoProblem, plan: chco.Plan) -> StackedFit | None:
+    """The stacked rule for the chosen models, kept only when its out-of-fold accuracy on the
+    probe images beats the per-class rule's (in-sample) accuracy there (reuse/stacked)."""
+    if not plan.models:
+        return None
+    rule = stacked.fit(
+        problem.logits_by_model, problem.labels, problem.num_classes, plan.models,
+        problem.temperatures,
+    )  # fmt: skip
+    if rule is None:
+        return None
+    logits = {m: problem.logits_by_model[m] for m in plan.models}
+    extra = fallback_evidence(problem.num_images, plan.uncovered) if plan.uncovered else None
+    z = class_scores(logits, plan.assignment, plan.params, extra_evidence=extra)
+    per_class = float((z.argmax(1) == problem.labels).mean())
+    used = rule.cv_accuracy > per_class
+    note = {
+        "used": used,
+        "cv_accuracy": rule.cv_accuracy,
+        "per_class_rule_accuracy": per_class,
+        "c": rule.c,
+        "features": len(rule.columns),
+    }
+    return (rule if used else None), note
