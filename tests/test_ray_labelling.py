@@ -248,13 +248,13 @@ def test_cli_labels_models_through_ray(sdag_graph, ray_settings, models, in_proc
 def test_evaluation_forward_passes_on_ray_equal_in_process(sdag_graph, ray_settings, models):
     """MLLGRAPH_EXECUTOR=ray: the evaluation's per-model forward passes run as one Ray task per
     model (LogitCache.prefetch) and give the logits this process computes."""
-    from mllgraph.eval import evaluate as ev
+    from mllgraph.eval import evalset
 
     rng = np.random.default_rng(5)
-    images = ev.EvalImages(rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), np.zeros(6, int))
-    on_ray = ev.LogitCache(sdag_graph, ray_settings, images)
+    images = evalset.EvalImages(rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), np.zeros(6, int))
+    on_ray = evalset.LogitCache(sdag_graph, ray_settings, images)
     on_ray.prefetch(models)
-    here = ev.LogitCache(sdag_graph, replace(ray_settings, executor="local"), images)
+    here = evalset.LogitCache(sdag_graph, replace(ray_settings, executor="local"), images)
     for mid in models:
         assert on_ray(mid).shape == (6, 2)
         np.testing.assert_allclose(on_ray(mid), here(mid), rtol=1e-4, atol=1e-5)
