@@ -14,7 +14,6 @@ Everything created carries a unique prefix or concept and is removed afterwards.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -33,11 +32,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mllgraph.errors import NotFound
 from mllgraph.hub import experts, imports, probe_folder, probes, registry
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
-from services import ingestion
+from tests.helpers import ingestion_server
 
 pytestmark = pytest.mark.neo4j
 
@@ -61,21 +59,8 @@ class Server:
 @contextlib.contextmanager
 def serving(settings: Settings) -> Iterator[Server]:
     """The ingestion service over `settings` on a free port, its loop in a thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    running = asyncio.run_coroutine_threadsafe(
-        ingestion.start(settings, 0, health_interval=2.0), loop
-    ).result(timeout=60)
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
+    with ingestion_server(settings) as (running, channel, _):
         yield Server(ingestion_pb2_grpc.IngestionServiceStub(channel), settings, running.port)
-    finally:
-        channel.close()
-        asyncio.run_coroutine_threadsafe(running.close(2.0), loop).result(timeout=60)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +88,6 @@ def weights(import_dir: Path) -> bytes:
     data = path.read_bytes()
     assert len(data) < UPLOAD_LIMIT
     return data
-
-
-@pytest.fixture
-def cleanup(sdag_graph, neo4j_settings) -> Iterator[list[str]]:
-    ids: list[str] = []
-    yield ids
-    for mid in ids:
-        with contextlib.suppress(NotFound):
-            registry.delete_model(sdag_graph, neo4j_settings, mid)
 
 
 def spec() -> common_pb2.InputSpec:

@@ -26,6 +26,7 @@ from mllgraph.hub import experts, probes, registry
 from mllgraph.label import ray_exec
 from mllgraph.label import run as labeller
 from mllgraph.settings import Settings
+from tests.helpers import random_probe_sets
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.ray]
 
@@ -36,23 +37,16 @@ OPTIONS = labeller.LabelOptions(samples_per_concept=40)
 
 @pytest.fixture(scope="module")
 def probe_sets(sdag_graph, neo4j_settings) -> Iterator[list[probes.ProbeSet]]:
-    rng = np.random.default_rng(2)
-    made = []
-    try:
-        for wnid in (SANDAL, GYM_SHOE):
-            ps, _ = probes.add_probe_set(
-                sdag_graph,
-                neo4j_settings,
-                concept=wnid,
-                images=rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8),
-                set_id=f"{PREFIX}-{wnid}",
-                source="tests/test_ray_labelling.py",
-            )
-            made.append(ps)
+    with random_probe_sets(
+        sdag_graph,
+        neo4j_settings,
+        (SANDAL, GYM_SHOE),
+        prefix=PREFIX,
+        seed=2,
+        n=40,
+        source="tests/test_ray_labelling.py",
+    ) as made:
         yield made
-    finally:
-        for ps in made:
-            probes.remove_probe_set(sdag_graph, ps.id)
 
 
 def _register(graph, settings: Settings, tmp: Path, name: str, seed: int) -> str:
