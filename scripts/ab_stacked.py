@@ -22,19 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from mllgraph.plan import request as plan_request
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> int:
     from mllgraph.combine import screen as feature_sets
-    from mllgraph.eval import evaluate as ev
-    from mllgraph.eval import zeroshot
+    from mllgraph.eval import evalset, scoring, zeroshot
     from mllgraph.eval.tasks import load_suite
     from mllgraph.graph import db
     from mllgraph.ground.resolve import default_resolver
     from mllgraph.hub import registry
+    from mllgraph.plan import request as plan_request
     from mllgraph.select import run as select
     from mllgraph.settings import Settings
 
@@ -53,8 +51,8 @@ def main() -> int:
     screen = feature_sets.greedy_models
     rows = []
     with db.connect(settings) as graph:
-        images = ev.eval_images(settings, args.test_per_class)
-        logits = ev.LogitCache(graph, settings, images)
+        images = evalset.eval_images(settings, args.test_per_class)
+        logits = evalset.LogitCache(graph, settings, images)
         resolver = default_resolver(settings)
         builtins = tuple(registry.model_id(b, "1") for b in registry.BUILTINS)
         for size in [int(s) for s in args.sizes.split(",")]:
@@ -77,12 +75,12 @@ def main() -> int:
                         store=False,
                     ).plan
                     ms = (time.perf_counter() - t) * 1000
-                    pred = ev.classify_plan(plan, logits, idx, logits.in_domain)
+                    pred = scoring.classify_plan(plan, logits, idx, logits.in_domain)
                     row[variant] = float((pred == labels).mean())
                     row[f"{variant}_models"] = plan["models"]
                     row[f"{variant}_estimate"] = plan["estimated_accuracy"]
                     row[f"{variant}_ms"] = round(ms, 1)
-                feature_sets.greedy_models = screen
+                select.feature_sets.greedy_models = screen
                 rows.append(row)
                 print(
                     f"{size:>3} {task.name:<32} chco {row['chco']:.3f}  "

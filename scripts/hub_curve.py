@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> int:
-    from mllgraph.eval import evaluate as ev
-    from mllgraph.eval import zeroshot
+    from mllgraph.eval import evalset, scoring, zeroshot
     from mllgraph.eval.tasks import load_suite
     from mllgraph.graph import db
     from mllgraph.ground.resolve import default_resolver
@@ -49,8 +48,8 @@ def main() -> int:
     suite = load_suite() if args.split == "all" else load_suite().half(args.split)
     rows = []
     with db.connect(settings) as graph:
-        images = ev.eval_images(settings, args.test_per_class)
-        logits = ev.LogitCache(graph, settings, images)
+        images = evalset.eval_images(settings, args.test_per_class)
+        logits = evalset.LogitCache(graph, settings, images)
         resolver = default_resolver(settings)
         builtins = () if args.no_imagenet else registry.BUILTINS
         extra = tuple(registry.model_id(b, "1") for b in builtins)
@@ -68,7 +67,7 @@ def main() -> int:
                     store=False,
                 ).plan
                 ms = (time.perf_counter() - t) * 1000
-                pred = ev.classify_plan(plan, logits, idx, logits.in_domain)
+                pred = scoring.classify_plan(plan, logits, idx, logits.in_domain)
                 rows.append(
                     {
                         "experts": size,

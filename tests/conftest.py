@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from mllgraph.hubs.fashion import experts as fashion_experts
-from mllgraph.label import work as label_work
 from mllgraph.settings import Settings
+from tests.helpers import two_expert_hub
 
 # The user's settings (for the cached Neo4j jars only), then the test run's own environment.
 USER_SETTINGS = replace(Settings.from_env(), neo4j_uri=None)
@@ -124,18 +123,23 @@ def sdag_graph(graph, wordnet):  # -> Graph with the full SDAG
     return graph
 
 
+@pytest.fixture
+def cleanup(sdag_graph, neo4j_settings) -> Iterator[list[str]]:
+    """Model ids to delete after the test, whatever happened to them."""
+    import contextlib
+
+    from mllgraph.errors import NotFound
+    from mllgraph.hub import registry
+
+    ids: list[str] = []
+    yield ids
+    for mid in ids:
+        with contextlib.suppress(NotFound):
+            registry.delete_model(sdag_graph, neo4j_settings, mid)
+
+
 # The two-expert Fashion hub behind the three running services, shared by the client, the
 # classify command and the web page (tests/test_client.py, tests/test_web.py).
-FASHION_WNIDS = {
-    1: "n04489008",  # trouser
-    3: "n03236735",  # dress
-    5: "n04133789",  # sandal
-    7: "n03472535",  # gym shoe (sneaker)
-    8: "n02773037",  # bag
-    9: "n02872752",  # boot
-}
-
-
 @pytest.fixture(scope="module")
 def fashion_services(sdag_graph, neo4j_settings, tmp_path_factory):
     """Two quickly trained Fashion experts (sandal/sneaker/boot, trouser/bag/dress), labelled
@@ -146,66 +150,23 @@ def fashion_services(sdag_graph, neo4j_settings, tmp_path_factory):
     import uuid
 
     from mllgraph.eval.grpc_pipeline import Services
-    from mllgraph.hub import loading, probes, registry
     from mllgraph.hubs.fashion import data as fashion
-    from mllgraph.label import run as labeller
 
     graph = sdag_graph
     settings = replace(neo4j_settings, device="cpu")
     uid = uuid.uuid4().hex[:8]
     tmp = tmp_path_factory.mktemp("fashion-hub")
-    x_train, y_train = fashion.load_split("train", settings.fashion_mnist_dir)
     x_test, y_test = fashion.load_split("test", settings.fashion_mnist_dir)
-    models: list[str] = []
-    sets: list[str] = []
-    try:
-        for name, arch, classes, seed in (
-            ("a", "test_mambaout", (5, 7, 9), 1),
-            ("b", "test_efficientnet", (1, 8, 3), 2),
-        ):
-            model = fashion_experts.train_expert(
-                arch, classes, x_train[:20000], y_train[:20000], epochs=1, seed=seed,
-                max_train=800, batch_size=100,
-            )  # fmt: skip
-            path = loading.save_weights(model, tmp / f"{name}.safetensors")
-            reg = registry.register_model(
-                graph,
-                settings,
-                registry.Registration(
-                    name=f"fashionhub-{uid}-{name}",
-                    arch=arch,
-                    weights_path=path,
-                    wnids=[FASHION_WNIDS[c] for c in classes],
-                    input_spec=fashion_experts.FASHION_INPUT_SPEC,
-                ),
-            )
-            models.append(reg.record["id"])
-        pool_x, pool_y = x_train[50000:], y_train[50000:]
-        for cls, wnid in FASHION_WNIDS.items():
-            ps, _ = probes.add_probe_set(
-                graph,
-                settings,
-                concept=wnid,
-                images=pool_x[pool_y == cls][:20],
-                set_id=f"fashionhub-{uid}-c{cls}",
-            )
-            sets.append(ps.id)
-        for mid in models:
-            labeller.label_model(
-                graph, settings, mid, label_work.LabelOptions(samples_per_concept=20)
-            )
-        with Services(settings) as services:
-            yield {
-                "settings": settings,
-                "graph": graph,
-                "models": models,
-                "addresses": {n: services.address(n) for n in services.ports},
-                "x_test": x_test,
-                "y_test": y_test,
-                "tmp": tmp,
-            }
-    finally:
-        for mid in models:
-            registry.delete_model(graph, settings, mid)
-        for set_id in sets:
-            probes.remove_probe_set(graph, set_id)
+    with (
+        two_expert_hub(graph, settings, tmp, f"fashionhub-{uid}") as models,
+        Services(settings) as services,
+    ):
+        yield {
+            "settings": settings,
+            "graph": graph,
+            "models": models,
+            "addresses": {n: services.address(n) for n in services.ports},
+            "x_test": x_test,
+            "y_test": y_test,
+            "tmp": tmp,
+        }

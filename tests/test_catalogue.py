@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
@@ -29,6 +28,7 @@ from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
 from mllgraph.label import work as label_work
 from mllgraph.settings import Settings
+from tests.helpers import random_probe_sets
 
 pytestmark = pytest.mark.neo4j
 
@@ -40,32 +40,16 @@ BUILTIN = "efficientnet_lite0"
 @pytest.fixture(scope="module")
 def probe_sets(sdag_graph, neo4j_settings) -> Iterator[list[probes.ProbeSet]]:
     """20 random 28x28 images each for sandal and gym shoe, under unique ids."""
-    rng = np.random.default_rng(1)
-    made = []
-    try:
-        for wnid in (SANDAL, GYM_SHOE):
-            ps, _ = probes.add_probe_set(
-                sdag_graph,
-                neo4j_settings,
-                concept=wnid,
-                images=rng.integers(0, 256, size=(20, 28, 28), dtype=np.uint8),
-                set_id=f"{PREFIX}-{wnid}",
-                source="tests/test_catalogue.py",
-            )
-            made.append(ps)
+    with random_probe_sets(
+        sdag_graph,
+        neo4j_settings,
+        (SANDAL, GYM_SHOE),
+        prefix=PREFIX,
+        seed=1,
+        n=20,
+        source="tests/test_catalogue.py",
+    ) as made:
         yield made
-    finally:
-        for ps in made:
-            probes.remove_probe_set(sdag_graph, ps.id)
-
-
-@pytest.fixture
-def cleanup(sdag_graph, neo4j_settings) -> Iterator[list[str]]:
-    ids: list[str] = []
-    yield ids
-    for mid in ids:
-        with contextlib.suppress(NotFound):
-            registry.delete_model(sdag_graph, neo4j_settings, mid)
 
 
 def _count(graph, query: str, **params: Any) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mllgraph.eval import evalset, scoring
 from mllgraph.eval import evaluate as ev
 from mllgraph.eval.tasks import parse_suite
 from mllgraph.hub import loading, registry
@@ -109,8 +110,8 @@ def test_grpc_and_in_process_pipelines_agree(tiny_hub: dict[str, Any]) -> None:
 
     graph, settings, models = tiny_hub["graph"], tiny_hub["settings"], tiny_hub["models"]
     suite = parse_suite(SUITE)
-    images = ev.eval_images(settings, per_class=12)
-    logits = ev.LogitCache(graph, settings, images)
+    images = evalset.eval_images(settings, per_class=12)
+    logits = evalset.LogitCache(graph, settings, images)
     library = ev.LibraryPipeline(graph, settings, logits)
 
     def run(pipeline: ev.Pipeline) -> list[ev.TaskResult]:
@@ -160,8 +161,8 @@ def test_a_stacked_plan_classifies_alike_inline_through_grpc_and_in_process(
 
     graph, settings, models = tiny_hub["graph"], tiny_hub["settings"], tiny_hub["models"]
     task = parse_suite(SUITE).tasks[1]  # boot-dress: every class has probe images
-    images = ev.eval_images(settings, per_class=12)
-    logits = ev.LogitCache(graph, settings, images)
+    images = evalset.eval_images(settings, per_class=12)
+    logits = evalset.LogitCache(graph, settings, images)
     doc = ev.LibraryPipeline(graph, settings, logits).select(task, 2, models)
     idx, labels = images.for_task(task)
     parsed = parse_plan(doc)
@@ -175,7 +176,7 @@ def test_a_stacked_plan_classifies_alike_inline_through_grpc_and_in_process(
         doc["combination"]["schema_version"] = STACKED_SCHEMA_VERSION
         doc["combination"]["stacked"] = rule.to_dict()
     assert doc["combination"]["schema_version"] == STACKED_SCHEMA_VERSION
-    expected = ev.classify_plan(doc, logits, idx)
+    expected = scoring.classify_plan(doc, logits, idx)
     request = inference_pb2.ClassifyRequest(
         inline_plan=plan_to_proto(doc),
         images=[

@@ -18,6 +18,7 @@ from mllgraph.combine.rule import (
     default_params,
 )
 from mllgraph.errors import FailedPrecondition, InvalidArgument
+from mllgraph.eval import baselines, references, scoring, summary
 from mllgraph.eval import evaluate as ev
 from mllgraph.plan import document as plan_doc
 from mllgraph.select import chco
@@ -31,11 +32,11 @@ def _cand(ci: int, mid: str, head: int, score: float = 1.0) -> chco.Candidate:
     return chco.Candidate(ci, HeadGroup(mid, (head,), "exact", score))
 
 
-def _view(cands, logits, labels, temps=None) -> ev.TaskView:
+def _view(cands, logits, labels, temps=None) -> baselines.TaskView:
     labels = np.asarray(labels)
     temps = temps if temps is not None else dict.fromkeys(logits, 1.0)
     k = int(labels.max()) + 1
-    return ev.TaskView(k, cands, temps, _logits_of(logits), np.arange(len(labels)), labels)
+    return baselines.TaskView(k, cands, temps, _logits_of(logits), np.arange(len(labels)), labels)
 
 
 # Two classes, two models with a head per class; probabilities of head 0 (class 0) per image.
@@ -54,7 +55,7 @@ def test_uniform_averages_evidence_with_equal_weights():
     cands = [_cand(0, "A", 0, 0.9), _cand(1, "A", 1, 0.9)]
     cands += [_cand(0, "B", 0, 0.1), _cand(1, "B", 1, 0.1)]
     # Plain mean of head-0 evidence: 0.6, 0.4, 0.3, 0.35 -> predictions 0, 1, 1, 1.
-    assert ev.baseline_uniform(_view(cands, logits, LABELS_2)) == pytest.approx(0.75)
+    assert baselines.baseline_uniform(_view(cands, logits, LABELS_2)) == pytest.approx(0.75)
     # The label-weighted mean (what MLL's rule would do with these scores) gets all four.
     view = _view(cands, logits, LABELS_2)
     weighted = [
@@ -69,9 +70,9 @@ def test_random_draws_one_candidate_per_class():
     # (0.9, 0.6, 0.2, 0.4: all four right) or B's (0.3, 0.2, 0.4, 0.3: image 1 lost).
     cands = [_cand(0, "A", 0), _cand(0, "B", 0), _cand(1, "A", 1)]
     view = _view(cands, logits, LABELS_2)
-    seen = {round(ev.baseline_random(view, seed, draws=1), 6) for seed in range(20)}
+    seen = {round(baselines.baseline_random(view, seed, draws=1), 6) for seed in range(20)}
     assert seen == {1.0, 0.75}
-    mean5 = ev.baseline_random(view, 0, draws=5)
+    mean5 = baselines.baseline_random(view, 0, draws=5)
     assert any(mean5 == pytest.approx((j * 1.0 + (5 - j) * 0.75) / 5) for j in range(6))
 
 
@@ -94,13 +95,13 @@ LABELS_3 = [0, 0, 1, 1, 2, 2]
 def test_single_picks_the_widest_expert_and_gives_its_gaps_the_fallback():
     cands = [_cand(0, "A", 0), _cand(1, "A", 1), _cand(2, "B", 0)]
     logits = {"A": A_LOGITS, "B": B_LOGITS}
-    assert ev.single_expert(cands)[0] == "A"
+    assert baselines.single_expert(cands)[0] == "A"
     # At T = 0.1, A gives class 0 / 1 evidence ~e^-10 on the class-2 images: the fallback
     # (0.05 for the one uncovered class) wins there, so every image is right.
-    assert ev.baseline_single(_view(cands, logits, LABELS_3, {"A": 0.1, "B": 1.0})) == 1.0
+    assert baselines.baseline_single(_view(cands, logits, LABELS_3, {"A": 0.1, "B": 1.0})) == 1.0
     # At T = 1 the same images give class 0 (p = e^2 / (e^2 + 1 + e^3) = 0.26) and class 1
     # evidence above 0.05: both class-2 images are lost.
-    assert ev.baseline_single(_view(cands, logits, LABELS_3, {"A": 1.0, "B": 1.0})) == (
+    assert baselines.baseline_single(_view(cands, logits, LABELS_3, {"A": 1.0, "B": 1.0})) == (
         pytest.approx(4 / 6)
     )
 
@@ -109,7 +110,7 @@ def test_baselines_use_the_calibrated_temperature():
     cands = [_cand(0, "A", 0), _cand(1, "A", 1)]
     logits = {"A": A_LOGITS}
     calibrated = {"A": 0.1}
-    for method in (ev.baseline_uniform, lambda v: ev.baseline_random(v, 0)):
+    for method in (baselines.baseline_uniform, lambda v: baselines.baseline_random(v, 0)):
         assert method(_view(cands, logits, LABELS_3, calibrated)) == 1.0
         assert method(_view(cands, logits, LABELS_3, {"A": 1.0})) == pytest.approx(4 / 6)
 
@@ -118,14 +119,14 @@ def test_a_model_without_calibration_is_refused():
     cands = [_cand(0, "A", 0), _cand(1, "A", 1)]
     view = _view(cands, {"A": A_LOGITS}, LABELS_3, {})
     with pytest.raises(FailedPrecondition, match="'A'"):
-        ev.baseline_uniform(view)
+        baselines.baseline_uniform(view)
 
 
 def test_nothing_covered_predicts_the_first_class():
     view = _view([], {}, LABELS_3)
-    assert ev.baseline_single(view) == pytest.approx(2 / 6)
-    assert ev.baseline_uniform(view) == pytest.approx(2 / 6)
-    assert ev.baseline_random(view, 0) == pytest.approx(2 / 6)
+    assert baselines.baseline_single(view) == pytest.approx(2 / 6)
+    assert baselines.baseline_uniform(view) == pytest.approx(2 / 6)
+    assert baselines.baseline_random(view, 0) == pytest.approx(2 / 6)
 
 
 def _plan(assignment: list[ClassAssignment], params: CombinationParams) -> dict:
@@ -157,28 +158,28 @@ def test_an_uncovered_class_gets_the_same_evidence_in_mll_and_the_baselines():
     fitted = CombinationParams(temps, np.array([2.0, 0.5, 1.0]), np.array([0.3, -0.2, 0.0]), True)
     logits_of = _logits_of({"A": A_LOGITS})
     idx = np.arange(6)
-    z_base = ev.task_scores(assignment, baseline, logits_of, idx)
-    z_mll = ev.task_scores(assignment, fitted, logits_of, idx)
+    z_base = scoring.task_scores(assignment, baseline, logits_of, idx)
+    z_mll = scoring.task_scores(assignment, fitted, logits_of, idx)
     expected = math.log(FALLBACK_EVIDENCE + EPS)
     assert np.allclose(z_base[:, 2], expected) and np.array_equal(z_mll[:, 2], z_base[:, 2])
     assert not np.allclose(z_mll[:, :2], z_base[:, :2])  # only the combination differs
     # MLL's path from a plan document scores the same way as the single baseline with the
     # same heads: the fallback wins the class-2 images in both.
-    mll = ev.classify_plan(_plan(assignment, baseline), logits_of, idx)
+    mll = scoring.classify_plan(_plan(assignment, baseline), logits_of, idx)
     view = _view([_cand(0, "A", 0, 0.8), _cand(1, "A", 1, 0.6)], {"A": A_LOGITS}, LABELS_3, temps)
     assert np.array_equal(mll, [0, 0, 1, 1, 2, 2])
-    assert ev.baseline_single(view) == float(np.mean(mll == np.array(LABELS_3)))
+    assert baselines.baseline_single(view) == float(np.mean(mll == np.array(LABELS_3)))
 
 
 # -- the oracle's recipe ---------------------------------------------------------------------
 
 
 def test_expert_per_class_budget():
-    assert ev.expert_per_class_budget(None, [2, 5]) is None  # uncapped experts: every image
-    assert ev.expert_per_class_budget(4000, [2, 3, 4, 5]) == round(4000 / 3.5)
-    assert ev.expert_per_class_budget(4000, [2]) == 2000
+    assert references.expert_per_class_budget(None, [2, 5]) is None  # uncapped experts: every image
+    assert references.expert_per_class_budget(4000, [2, 3, 4, 5]) == round(4000 / 3.5)
+    assert references.expert_per_class_budget(4000, [2]) == 2000
     with pytest.raises(InvalidArgument, match="at least one expert"):
-        ev.expert_per_class_budget(4000, [])
+        references.expert_per_class_budget(4000, [])
 
 
 def _task(*fashion: tuple[int, ...]):
@@ -191,13 +192,15 @@ def test_oracle_trains_on_the_task_classes_with_the_per_class_budget():
     pool = np.arange(100, 160)
     pool_labels = np.repeat(np.arange(6), 10)  # 10 pool images of each Fashion class 0..5
     task = _task((1,), (3, 4))  # class 1 against classes 3 + 4 (a hypernym)
-    capped = ev.Oracle(None, ev.OracleRecipe("test_resnet", 2, per_class_images=4))
+    capped = references.Oracle(None, references.OracleRecipe("test_resnet", 2, per_class_images=4))
     picked = capped.training_indices(task, pool, pool_labels)
     assert np.all(np.diff(picked) > 0)
     assert np.bincount(pool_labels[picked], minlength=6).tolist() == [0, 4, 0, 4, 4, 0]
-    again = ev.Oracle(None, ev.OracleRecipe("test_resnet", 2, per_class_images=4))
+    again = references.Oracle(None, references.OracleRecipe("test_resnet", 2, per_class_images=4))
     assert np.array_equal(again.training_indices(task, pool, pool_labels), picked)
-    every = ev.Oracle(None, ev.OracleRecipe("test_resnet", 2, per_class_images=None))
+    every = references.Oracle(
+        None, references.OracleRecipe("test_resnet", 2, per_class_images=None)
+    )
     assert np.bincount(pool_labels[every.training_indices(task, pool, pool_labels)]).tolist() == [
         0,
         10,
@@ -208,9 +211,9 @@ def test_oracle_trains_on_the_task_classes_with_the_per_class_budget():
 
 
 def test_oracle_recipe_is_described():
-    text = ev.OracleRecipe("test_resnet", 3, per_class_images=1143).describe()
+    text = references.OracleRecipe("test_resnet", 3, per_class_images=1143).describe()
     assert "test_resnet" in text and "3 epoch" in text and "1143" in text
-    assert "every" in ev.OracleRecipe("test_resnet", 3, per_class_images=None).describe()
+    assert "every" in references.OracleRecipe("test_resnet", 3, per_class_images=None).describe()
 
 
 # -- summaries per suite half ----------------------------------------------------------------
@@ -229,26 +232,26 @@ RESULTS = [
 
 
 def test_summary_has_mean_accuracy_and_share_of_the_oracle():
-    s = ev.summarise(RESULTS[:2])
+    s = summary.summarise(RESULTS[:2])
     assert s["tasks"] == 2
     assert s["mean_accuracy"] == pytest.approx({"mll": 0.7, "oracle": 0.9, "random": 0.4})
     share = {"mll": 0.7 / 0.9, "oracle": 1.0, "random": 0.4 / 0.9}
     assert s["share_of_oracle"] == pytest.approx(share)
     # No oracle figure: no share.
-    assert ev.summarise(RESULTS[3:])["share_of_oracle"] == {"mll": None}
+    assert summary.summarise(RESULTS[3:])["share_of_oracle"] == {"mll": None}
 
 
 def test_halves_side_by_side():
-    h = ev.summarise_halves(RESULTS)
+    h = summary.summarise_halves(RESULTS)
     assert [h[k]["tasks"] for k in ("dev", "test", "all")] == [2, 1, 4]
     assert h["test"]["share_of_oracle"]["mll"] == pytest.approx(0.5)
     assert "random" not in h["test"]["mean_accuracy"]  # no random figure on that half
     assert h["dev"]["mean_accuracy"]["mll"] == pytest.approx(0.7)
-    table = ev.halves_table(RESULTS).splitlines()
+    table = summary.halves_table(RESULTS).splitlines()
     assert table[0].startswith("| method | dev (2 tasks) | dev: share of oracle | test (1 tasks)")
     # all: mean of 0.8, 0.6, 0.45, 0.15; share over the three tasks with an oracle figure.
     assert table[2] == "| mll | 0.700 | 77.8% | 0.450 | 50.0% | 0.500 | 68.5% |"
-    md = ev.markdown_table(RESULTS)
+    md = summary.markdown_table(RESULTS)
     assert "| d1 | dev | 2 | 10 |" in md and "| x | - | 2 | 10 |" in md
 
 
@@ -269,8 +272,8 @@ def test_uncovered_classes_say_why_and_are_counted_per_half():
     assert no_head.uncovered_text() == "a (no head), b (not chosen); scored by conse:m@1"
     # A result read back from an older report has no reasons: the names alone.
     assert replace(budget, uncovered_why={}).uncovered_text() == "b; scored by stacked"
-    halves = ev.summarise_halves([none_left, budget, no_head])
+    halves = summary.summarise_halves([none_left, budget, no_head])
     assert halves["dev"]["tasks_with_uncovered"] == {"no head": 0, "not chosen": 1}
     assert halves["test"]["tasks_with_uncovered"] == {"no head": 1, "not chosen": 1}
     assert halves["all"]["tasks_with_uncovered"] == {"no head": 1, "not chosen": 2}
-    assert "b (not chosen); scored by stacked |" in ev.markdown_table([budget])
+    assert "b (not chosen); scored by stacked |" in summary.markdown_table([budget])

@@ -31,10 +31,7 @@ from mllgraph.combine import rule as combine
 from mllgraph.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from mllgraph.hub import forward, loading, registry
 from mllgraph.hubs.fashion import data as fashion
-from mllgraph.hubs.fashion import experts as fashion_experts
-from mllgraph.label import work as label_work
 from mllgraph.plan import document as plan_doc
-from mllgraph.plan import request as plan_request
 from mllgraph.reuse import batcher as batching
 from mllgraph.reuse import bundle as bundles
 from mllgraph.reuse import cache as model_cache
@@ -43,17 +40,11 @@ from mllgraph.reuse import vlm as vlm_patch
 from mllgraph.select import chco
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc, selection_pb2
 from services import inference as svc
+from tests.helpers import FASHION_WNIDS, two_expert_hub
 
 pytestmark = pytest.mark.neo4j
 
-WNIDS = {
-    1: "n04489008",  # trouser
-    3: "n03236735",  # dress
-    5: "n04133789",  # sandal
-    7: "n03472535",  # gym shoe (sneaker)
-    8: "n02773037",  # bag
-    9: "n02872752",  # boot
-}
+WNIDS = FASHION_WNIDS  # Fashion class -> concept of the hub's two experts
 DOG = "n02084071"
 TASK = [("sandal", 5), ("sneaker", 7), ("trouser", 1), ("bag", 8), ("dog", None)]
 MAX_IMAGES = 40
@@ -161,8 +152,7 @@ def single_model_plan(hub: dict[str, Any], mid: str, wnids: list[str]) -> dict[s
 @pytest.fixture(scope="module")
 def hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.TempPathFactory):
     from mllgraph.ground.resolve import default_resolver
-    from mllgraph.hub import probes
-    from mllgraph.label import run as labeller
+    from mllgraph.plan import request as plan_request
     from mllgraph.select import run as select
 
     graph = sdag_graph
@@ -176,46 +166,8 @@ def hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.TempPathF
     )
     uid = uuid.uuid4().hex[:8]
     tmp = tmp_path_factory.mktemp("inference")
-    x_train, y_train = fashion.load_split("train", settings.fashion_mnist_dir)
     x_test, y_test = fashion.load_split("test", settings.fashion_mnist_dir)
-    models: list[str] = []
-    sets: list[str] = []
-    try:
-        for name, arch, classes, seed in (
-            ("a", "test_mambaout", (5, 7, 9), 1),
-            ("b", "test_efficientnet", (1, 8, 3), 2),
-        ):
-            model = fashion_experts.train_expert(
-                arch, classes, x_train[:20000], y_train[:20000], epochs=1, seed=seed,
-                max_train=800, batch_size=100,
-            )  # fmt: skip
-            path = loading.save_weights(model, tmp / f"{name}.safetensors")
-            reg = registry.register_model(
-                graph,
-                settings,
-                registry.Registration(
-                    name=f"inftest-{uid}-{name}",
-                    arch=arch,
-                    weights_path=path,
-                    wnids=[WNIDS[c] for c in classes],
-                    input_spec=fashion_experts.FASHION_INPUT_SPEC,
-                ),
-            )
-            models.append(reg.record["id"])
-        pool_x, pool_y = x_train[50000:], y_train[50000:]
-        for cls, wnid in WNIDS.items():
-            ps, _ = probes.add_probe_set(
-                graph,
-                settings,
-                concept=wnid,
-                images=pool_x[pool_y == cls][:20],
-                set_id=f"inftest-{uid}-c{cls}",
-            )
-            sets.append(ps.id)
-        for mid in models:
-            labeller.label_model(
-                graph, settings, mid, label_work.LabelOptions(samples_per_concept=20)
-            )
+    with two_expert_hub(graph, settings, tmp, f"inftest-{uid}") as models:
         classes = [plan_request.TaskClass(n, WNIDS[c] if c is not None else DOG) for n, c in TASK]
         ctx = select.select(
             graph,
@@ -239,11 +191,6 @@ def hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.TempPathF
             }
         finally:
             server.stop()
-    finally:
-        for mid in models:
-            registry.delete_model(graph, settings, mid)
-        for set_id in sets:
-            probes.remove_probe_set(graph, set_id)
 
 
 # -- classification through gRPC = library = manual combine ----------------------------------

@@ -8,7 +8,6 @@ prefix and is removed afterwards; they do not depend on what else the database h
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import os
@@ -40,6 +39,7 @@ from mllgraph.label import run as labeller
 from mllgraph.label import work as label_work
 from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from services import ingestion
+from tests.helpers import ingestion_server
 
 pytestmark = pytest.mark.neo4j
 
@@ -74,21 +74,8 @@ def server_settings(neo4j_settings, import_dir: Path):
 @pytest.fixture(scope="module")
 def server(server_settings, sdag_graph) -> Iterator[Server]:
     """The service on a free port; its asyncio loop runs in a background thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="ingestion-test-loop", daemon=True)
-    thread.start()
-    running = asyncio.run_coroutine_threadsafe(
-        ingestion.start(server_settings, 0, health_interval=2.0), loop
-    ).result(timeout=60)
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
+    with ingestion_server(server_settings, "ingestion-test-loop") as (running, channel, _):
         yield Server(ingestion_pb2_grpc.IngestionServiceStub(channel), channel, running.port)
-    finally:
-        channel.close()
-        asyncio.run_coroutine_threadsafe(running.close(2.0), loop).result(timeout=60)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
 
 
 @dataclass
@@ -132,16 +119,6 @@ def probe_sets(sdag_graph, neo4j_settings) -> Iterator[list[probes.ProbeSet]]:
         for ps in made:
             probes.remove_probe_set(sdag_graph, ps.id)
             assert not Path(ps.path).exists()
-
-
-@pytest.fixture
-def cleanup(sdag_graph, neo4j_settings) -> Iterator[list[str]]:
-    """Model ids to delete after the test, whatever happened to them."""
-    ids: list[str] = []
-    yield ids
-    for mid in ids:
-        with contextlib.suppress(NotFound):
-            registry.delete_model(sdag_graph, neo4j_settings, mid)
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ Everything created carries a unique prefix or concept and is removed afterwards.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -33,12 +32,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mllgraph.errors import NotFound
-from mllgraph.hub import imports, loading, probe_folder, probes, registry
+from mllgraph.hub import imports, probe_folder, probes, registry
+from mllgraph.hub import loading as experts
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
-from services import ingestion
+from tests.helpers import ingestion_server
 
 pytestmark = pytest.mark.neo4j
 
@@ -62,21 +61,8 @@ class Server:
 @contextlib.contextmanager
 def serving(settings: Settings) -> Iterator[Server]:
     """The ingestion service over `settings` on a free port, its loop in a thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    running = asyncio.run_coroutine_threadsafe(
-        ingestion.start(settings, 0, health_interval=2.0), loop
-    ).result(timeout=60)
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
+    with ingestion_server(settings) as (running, channel, _):
         yield Server(ingestion_pb2_grpc.IngestionServiceStub(channel), settings, running.port)
-    finally:
-        channel.close()
-        asyncio.run_coroutine_threadsafe(running.close(2.0), loop).result(timeout=60)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -100,19 +86,10 @@ def server(neo4j_settings, sdag_graph, import_dir: Path) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def weights(import_dir: Path) -> bytes:
     torch.manual_seed(0)
-    path = loading.save_weights(loading.build_timm(ARCH, 2, 1), import_dir / "ok.safetensors")
+    path = experts.save_weights(experts.build_timm(ARCH, 2, 1), import_dir / "ok.safetensors")
     data = path.read_bytes()
     assert len(data) < UPLOAD_LIMIT
     return data
-
-
-@pytest.fixture
-def cleanup(sdag_graph, neo4j_settings) -> Iterator[list[str]]:
-    ids: list[str] = []
-    yield ids
-    for mid in ids:
-        with contextlib.suppress(NotFound):
-            registry.delete_model(sdag_graph, neo4j_settings, mid)
 
 
 def spec() -> common_pb2.InputSpec:
@@ -414,7 +391,7 @@ def test_client_and_cli_upload_weights_and_probes(
     from mllgraph import client as mc
 
     torch.manual_seed(3)
-    local = loading.save_weights(loading.build_timm(ARCH, 2, 1), tmp_path / "mine.safetensors")
+    local = experts.save_weights(experts.build_timm(ARCH, 2, 1), tmp_path / "mine.safetensors")
     sha = hashlib.sha256(local.read_bytes()).hexdigest()
     target = f"127.0.0.1:{server.port}"
     with mc.Client(target, settings=server.settings, timeout=T) as client:

@@ -8,14 +8,12 @@ Everything created here carries a unique `racetest-<hex>` prefix and is removed 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import torch
@@ -27,6 +25,7 @@ from mllgraph.label import run as labeller
 from mllgraph.label import work as label_work
 from mllgraph.v1 import ingestion_pb2, ingestion_pb2_grpc
 from services import ingestion
+from tests.helpers import ingestion_server, random_probe_sets
 
 pytestmark = pytest.mark.neo4j
 
@@ -48,31 +47,10 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @pytest.fixture(scope="module")
 def probe_sets(sdag_graph, neo4j_settings) -> Iterator[list[probes.ProbeSet]]:
-    rng = np.random.default_rng(3)
-    made = []
-    try:
-        for wnid in (SANDAL, GYM_SHOE):
-            ps, _ = probes.add_probe_set(
-                sdag_graph,
-                neo4j_settings,
-                concept=wnid,
-                images=rng.integers(0, 256, size=(12, 28, 28), dtype=np.uint8),
-                set_id=f"{PREFIX}-{wnid}",
-            )
-            made.append(ps)
+    with random_probe_sets(
+        sdag_graph, neo4j_settings, (SANDAL, GYM_SHOE), prefix=PREFIX, seed=3, n=12
+    ) as made:
         yield made
-    finally:
-        for ps in made:
-            probes.remove_probe_set(sdag_graph, ps.id)
-
-
-@pytest.fixture
-def cleanup(sdag_graph, neo4j_settings) -> Iterator[list[str]]:
-    ids: list[str] = []
-    yield ids
-    for mid in ids:
-        with contextlib.suppress(NotFound):
-            registry.delete_model(sdag_graph, neo4j_settings, mid)
 
 
 def _registration(name: str, data: bytes) -> registry.Registration:
@@ -226,21 +204,8 @@ def server(
         ingestion.IngestionServer,
     ]
 ]:  # noqa: E501
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="race-test-loop", daemon=True)
-    thread.start()
-    running = asyncio.run_coroutine_threadsafe(
-        ingestion.start(neo4j_settings, 0, health_interval=2.0), loop
-    ).result(timeout=60)
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
-        yield ingestion_pb2_grpc.IngestionServiceStub(channel), loop, running
-    finally:
-        channel.close()
-        asyncio.run_coroutine_threadsafe(running.close(2.0), loop).result(timeout=60)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
+    with ingestion_server(neo4j_settings, "race-test-loop") as (running, channel, loop):
+        yield ingestion_pb2_grpc.IngestionServiceStub(channel), loop.loop, running
 
 
 def test_concurrent_label_model_calls_get_one_job(

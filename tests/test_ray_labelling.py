@@ -28,6 +28,7 @@ from mllgraph.label import ray_exec
 from mllgraph.label import run as labeller
 from mllgraph.label import work as label_work
 from mllgraph.settings import Settings
+from tests.helpers import random_probe_sets
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.ray]
 
@@ -38,23 +39,16 @@ OPTIONS = label_work.LabelOptions(samples_per_concept=40)
 
 @pytest.fixture(scope="module")
 def probe_sets(sdag_graph, neo4j_settings) -> Iterator[list[probes.ProbeSet]]:
-    rng = np.random.default_rng(2)
-    made = []
-    try:
-        for wnid in (SANDAL, GYM_SHOE):
-            ps, _ = probes.add_probe_set(
-                sdag_graph,
-                neo4j_settings,
-                concept=wnid,
-                images=rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8),
-                set_id=f"{PREFIX}-{wnid}",
-                source="tests/test_ray_labelling.py",
-            )
-            made.append(ps)
+    with random_probe_sets(
+        sdag_graph,
+        neo4j_settings,
+        (SANDAL, GYM_SHOE),
+        prefix=PREFIX,
+        seed=2,
+        n=40,
+        source="tests/test_ray_labelling.py",
+    ) as made:
         yield made
-    finally:
-        for ps in made:
-            probes.remove_probe_set(sdag_graph, ps.id)
 
 
 def _register(graph, settings: Settings, tmp: Path, name: str, seed: int) -> str:
@@ -250,13 +244,13 @@ def test_cli_labels_models_through_ray(sdag_graph, ray_settings, models, in_proc
 def test_evaluation_forward_passes_on_ray_equal_in_process(sdag_graph, ray_settings, models):
     """MLLGRAPH_EXECUTOR=ray: the evaluation's per-model forward passes run as one Ray task per
     model (LogitCache.prefetch) and give the logits this process computes."""
-    from mllgraph.eval import evaluate as ev
+    from mllgraph.eval import evalset
 
     rng = np.random.default_rng(5)
-    images = ev.EvalImages(rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), np.zeros(6, int))
-    on_ray = ev.LogitCache(sdag_graph, ray_settings, images)
+    images = evalset.EvalImages(rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), np.zeros(6, int))
+    on_ray = evalset.LogitCache(sdag_graph, ray_settings, images)
     on_ray.prefetch(models)
-    here = ev.LogitCache(sdag_graph, replace(ray_settings, executor="local"), images)
+    here = evalset.LogitCache(sdag_graph, replace(ray_settings, executor="local"), images)
     for mid in models:
         assert on_ray(mid).shape == (6, 2)
         np.testing.assert_allclose(on_ray(mid), here(mid), rtol=1e-4, atol=1e-5)

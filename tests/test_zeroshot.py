@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from mllgraph.eval import evaluate as ev
-from mllgraph.eval import zeroshot
+from mllgraph.eval import references, summary, zeroshot
 
 
 def _report() -> zeroshot.ZeroShotReport:
-    recipe = ev.OracleRecipe("test_resnet", 2, per_class_images=None)
+    recipe = references.OracleRecipe("test_resnet", 2, per_class_images=None)
     result = ev.TaskResult(
         task="a-b",
         classes=["a", "b"],
@@ -26,8 +26,8 @@ def _report() -> zeroshot.ZeroShotReport:
     )
     return zeroshot.ZeroShotReport(
         config={},
-        main=ev.results_json([result]),
-        summary=ev.summarise([result]),
+        main=summary.results_json([result]),
+        summary=summary.summarise([result]),
         oracle={"description": recipe.describe()},
     )
 
@@ -139,7 +139,7 @@ def test_hub_size_rows_of_each_half_are_aggregated_apart(tmp_path: Path):
 
 def test_halves_rows_for_the_console():
     report = _report()
-    report.halves = ev.summarise_halves([ev.TaskResult(**r) for r in report.main])
+    report.halves = summary.summarise_halves([ev.TaskResult(**r) for r in report.main])
     rows = zeroshot.halves_rows(report)
     assert [r["method"] for r in rows] == ["mll", "oracle", "random"]
     assert rows[0]["all (1)"] == "0.900" and rows[0]["all: % of oracle"] == "90.0%"

@@ -2,7 +2,10 @@
 (its `bench` and `demo` commands) does.
 
 - `tasks`: task suites (JSON) of class names with their Fashion-MNIST ground truth.
-- `evaluate`: MLL and the baselines (random, single, uniform, oracle, ConSE) on a suite.
+- `evaluate`: MLL and the baselines (random, single, uniform, oracle, ConSE) on a suite
+  (`run_suite`), built on `evalset` (evaluation images, cached logits), `scoring` (the rule
+  every method is scored by), `baselines` (random, single, uniform) and `references` (oracle,
+  ConSE); `summary`: means, shares of the oracle and the tables of a run.
 - `pipeline` pieces: `evaluate.LibraryPipeline` (in-process) and `grpc_pipeline` (the
   three services).
 - `zeroshot`: `mllgraph bench zeroshot`: hub build, suite, hub-size study, report.

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mllgraph.eval import evalset, references, summary
 from mllgraph.eval import evaluate as ev
 from mllgraph.eval.tasks import SPLITS, Suite
 from mllgraph.graph.db import Graph
@@ -39,7 +40,7 @@ class ZeroShotConfig:
     test_per_class: int = 300  # Fashion-MNIST test images per class
     budget: int = 5
     imagenet: bool = True
-    oracle: bool = True  # recipe: evaluate.OracleRecipe, derived from the experts' own
+    oracle: bool = True  # recipe: references.OracleRecipe, derived from the experts' own
     grpc: bool = True
     photos: bool = True  # the photos suite (eval/photos.py), through gRPC with the ImageNet experts
     out_dir: Path = Path("reports")
@@ -134,8 +135,8 @@ def run(
         )
     hub_s = time.perf_counter() - t
 
-    images = ev.eval_images(settings, config.test_per_class)
-    logits = ev.LogitCache(graph, settings, images)
+    images = evalset.eval_images(settings, config.test_per_class)
+    logits = evalset.LogitCache(graph, settings, images)
     builtins = tuple(registry.model_id(b, "1") for b in imagenet)
     main_models = (
         tuple(_fashion_ids(graph, config.seeds[0], config.experts, _recipe(config))) + builtins
@@ -152,7 +153,7 @@ def run(
     if oracle is not None:
         report.oracle = {**asdict(oracle.recipe), "description": oracle.recipe.describe()}
         log(f"oracle: {oracle.recipe.describe()}")
-    conse = ev.ConSE(graph, settings, logits) if config.imagenet else None
+    conse = references.ConSE(graph, settings, logits) if config.imagenet else None
 
     log(
         f"main run: {len(suite.tasks)} tasks, hub of {len(main_models)} models, "
@@ -198,9 +199,9 @@ def run(
                 ]
     else:
         main = run_main(ev.LibraryPipeline(graph, settings, logits))
-    report.main = ev.results_json(main)
-    report.summary = ev.summarise(main)
-    report.halves = ev.summarise_halves(main)
+    report.main = summary.results_json(main)
+    report.summary = summary.summarise(main)
+    report.halves = summary.summarise_halves(main)
     for h in ("dev", "test", "all"):
         acc, share = (report.halves[h][k].get("mll") for k in ("mean_accuracy", "share_of_oracle"))
         if acc is not None:
@@ -233,9 +234,9 @@ def run(
             for r in res:
                 if oracle_by_task.get(r.task) is not None:
                     r.baselines["oracle"] = oracle_by_task[r.task]
-            s = ev.summarise(res)["mean_accuracy"]
+            s = summary.summarise(res)["mean_accuracy"]
             report.hub_size.append({"experts": size, "seed": seed, **s})
-            for h, half in ev.summarise_halves(res).items():
+            for h, half in summary.summarise_halves(res).items():
                 if h != "all" and half["tasks"]:
                     row = {"experts": size, "seed": seed, "split": h, **half["mean_accuracy"]}
                     report.hub_size.append(row)
@@ -258,12 +259,14 @@ def _label_options(config: ZeroShotConfig):  # -> labeller.LabelOptions
 
 def _oracle(
     graph: Graph, settings: Settings, config: ZeroShotConfig, models: tuple[str, ...]
-) -> ev.Oracle:
-    """The oracle of `evaluate.OracleRecipe` for the hub's Fashion experts among `models`."""
-    return ev.Oracle(settings, oracle_recipe(graph, config, models))
+) -> references.Oracle:
+    """The oracle of `references.OracleRecipe` for the hub's Fashion experts among `models`."""
+    return references.Oracle(settings, oracle_recipe(graph, config, models))
 
 
-def oracle_recipe(graph: Graph, config: ZeroShotConfig, models: tuple[str, ...]) -> ev.OracleRecipe:
+def oracle_recipe(
+    graph: Graph, config: ZeroShotConfig, models: tuple[str, ...]
+) -> references.OracleRecipe:
     """The hub's largest expert architecture (by parameter count), the experts' epochs and
     their per-class image budget (from each expert's registered Fashion classes)."""
     import json
@@ -275,12 +278,18 @@ def oracle_recipe(graph: Graph, config: ZeroShotConfig, models: tuple[str, ...])
     sizes = {a: sum(p.numel() for p in loading.build_timm(a, 10, 1).parameters()) for a in archs}
     arch = max(sorted(sizes), key=sizes.__getitem__) if sizes else "test_resnet"
     counts = [len(json.loads(r["metadata"]["fashion_classes"])) for r in records]
-    per_class = ev.expert_per_class_budget(config.max_train_per_expert, counts) if counts else None
-    return ev.OracleRecipe(arch, config.epochs, per_class, seed=0, split_seed=0)
+    per_class = (
+        references.expert_per_class_budget(config.max_train_per_expert, counts) if counts else None
+    )
+    return references.OracleRecipe(arch, config.epochs, per_class, seed=0, split_seed=0)
 
 
 def _cost(
-    graph: Graph, main: list[ev.TaskResult], logits: ev.LogitCache, hub_s: float, total_s: float
+    graph: Graph,
+    main: list[ev.TaskResult],
+    logits: evalset.LogitCache,
+    hub_s: float,
+    total_s: float,
 ) -> dict[str, Any]:
     rows = registry.list_models(graph, limit=1000)
     label_s = [r["label_seconds"] for r in rows if r.get("label_seconds") is not None]
@@ -307,7 +316,7 @@ def _cost(
 
 def write(report: ZeroShotReport, out_dir: Path, name: str = "zeroshot") -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [ev.write_json(out_dir / f"{name}.json", asdict(report))]
+    paths = [summary.write_json(out_dir / f"{name}.json", asdict(report))]
     md = [f"# Zero-shot evaluation ({name})", "", f"{ev.MLL_USES}; {ev.ORACLE_USES}.", ""]
     run = {k: v for k, v in report.config.items() if k not in ("out_dir", "name")}
     md += ["## Run", "", f"Code: commit `{run.pop('commit', 'unknown')}`. Config: " + ", ".join(
@@ -322,13 +331,13 @@ def write(report: ZeroShotReport, out_dir: Path, name: str = "zeroshot") -> list
         "`dev` tasks may be looked at while changing a rule; `test` tasks are run only to "
         "report. Share of the oracle: the method's mean accuracy over the oracle's.",
         "",
-        ev.halves_table(results),
+        summary.halves_table(results),
         "",
-        _uncovered_line(ev.summarise_halves(results)),
+        _uncovered_line(summary.summarise_halves(results)),
         "",
         "## Per task (main hub)",
         "",
-        ev.markdown_table(results),
+        summary.markdown_table(results),
     ]
     if report.hub_size:
         md += ["", "## Accuracy against hub size (mean over tasks)", ""]

@@ -1,0 +1,152 @@
+"""The references MLL is compared with that do not choose the hub's heads: the oracle (a
+supervised model trained per task with the experts' recipe, :class:`OracleRecipe`) and ConSE
+(text-only zero-shot from ImageNet probabilities and class-name embeddings).
+
+Imports evalset only from the evaluation; it must not import evaluate, baselines or summary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mllgraph.errors import InvalidArgument
+from mllgraph.eval.evalset import EvalImages, LogitCache
+from mllgraph.eval.tasks import Task
+from mllgraph.graph.db import Graph
+from mllgraph.hub import forward, registry
+from mllgraph.settings import Settings
+
+
+def expert_per_class_budget(
+    max_train_per_expert: int | None, expert_class_counts: Sequence[int]
+) -> int | None:
+    """Training images per Fashion class an expert gets: None (every pool image of each of
+    its classes) when the experts are uncapped; else the cap spread over the median number of
+    classes an expert has (an expert draws its `max_train_per_expert` images uniformly from
+    its 2-5 classes, so about cap / classes of each)."""
+    if max_train_per_expert is None:
+        return None
+    if not expert_class_counts:
+        raise InvalidArgument("the oracle's image budget needs at least one expert")
+    return max(1, round(max_train_per_expert / float(np.median(expert_class_counts))))
+
+
+@dataclass(frozen=True)
+class OracleRecipe:
+    """How the oracle is trained, the same in the demo and the benchmark.
+
+    The hub's strongest expert architecture (largest by parameter count), trained with the
+    experts' own training code and epochs (`fashion_experts.train_expert`), on the task's classes
+    only, from the same expert-training pool the experts use (never the probe pool or the
+    test split), with the experts' per-class image budget (:func:`expert_per_class_budget`):
+    at most `per_class_images` images of each Fashion-MNIST class the task's classes stand
+    for, drawn with `seed` (all of them when None). It is a supervised reference that sees
+    labelled images of the task, which MLL never does.
+    """
+
+    arch: str
+    epochs: int
+    per_class_images: int | None
+    seed: int = 0
+    split_seed: int = 0
+
+    def describe(self) -> str:
+        images = (
+            "every expert-training-pool image of each task class"
+            if self.per_class_images is None
+            else f"at most {self.per_class_images} expert-training-pool images per Fashion class"
+        )
+        return (
+            f"{self.arch} (the hub's largest expert architecture), {self.epochs} epoch(s) with "
+            f"the experts' training code, trained on the task's classes only with {images} "
+            f"(the experts' per-class budget; split seed {self.split_seed}, seed {self.seed})"
+        )
+
+
+class Oracle:
+    """A supervised reference per task: :class:`OracleRecipe` (cached per class set)."""
+
+    def __init__(self, settings: Settings, recipe: OracleRecipe) -> None:
+        self.settings, self.recipe = settings, recipe
+        self._cache: dict[tuple[tuple[int, ...], ...], Any] = {}
+        self.seconds = 0.0
+
+    def training_indices(self, task: Task, pool: np.ndarray, pool_labels: np.ndarray) -> np.ndarray:
+        """Sorted positions into `pool` of the oracle's training images for `task`."""
+        rng = np.random.default_rng(self.recipe.seed)
+        keep = []
+        for f in sorted(task.label_map()):
+            idx = np.flatnonzero(pool_labels == f)
+            n = self.recipe.per_class_images
+            if n is not None and idx.size > n:
+                idx = rng.choice(idx, n, replace=False)
+            keep.append(idx)
+        return np.sort(np.concatenate(keep))
+
+    def accuracy(
+        self, task: Task, images: EvalImages, idx: np.ndarray, labels: np.ndarray
+    ) -> float:
+        import torch
+
+        from mllgraph.hubs.fashion import data as fashion
+        from mllgraph.hubs.fashion import experts as fashion_experts
+
+        key = tuple(c.fashion for c in task.classes)
+        if key not in self._cache:
+            t = time.perf_counter()
+            train_x, train_y = fashion.load_split("train", self.settings.fashion_mnist_dir)
+            pool, _ = fashion.split_pools(
+                self.recipe.split_seed, root=self.settings.fashion_mnist_dir
+            )
+            keep = pool[self.training_indices(task, pool, train_y[pool])]
+            mapping = task.label_map()
+            y = np.array([mapping[int(f)] for f in train_y[keep]], dtype=np.int64)
+            # train_expert trains head i on label value classes[i]: give it task indices.
+            model = fashion_experts.train_expert(
+                self.recipe.arch,
+                list(range(len(task.classes))),
+                train_x[keep],
+                y,
+                epochs=self.recipe.epochs,
+                seed=self.recipe.seed,
+            )
+            self._cache[key] = model
+            self.seconds += time.perf_counter() - t
+        model = self._cache[key]
+        with torch.inference_mode():
+            out = forward.logits(model, fashion_experts.FASHION_INPUT_SPEC, images.images[idx])
+        return float((out.argmax(1) == labels).mean())
+
+
+class ConSE:
+    """EfficientNet-Lite0's ImageNet top-10 mapped to class names by text similarity."""
+
+    def __init__(self, graph: Graph, settings: Settings, logits: LogitCache, top: int = 10) -> None:
+        from mllgraph.graph.wordnet import load_nouns
+        from mllgraph.ground.embed import default_embedder
+
+        self.logits, self.top = logits, top
+        self.model_id = registry.model_id("efficientnet_lite0", "1")
+        registry.get_model(graph, self.model_id)  # NotFound if the hub lacks it
+        wn = load_nouns(settings.wordnet_dir)
+        from mllgraph.hub.loading import imagenet_wnids
+
+        names = [wn.synsets[w].lemmas[0].replace("_", " ") for w in imagenet_wnids()]
+        self.embedder = default_embedder().load()
+        self.imagenet_emb = self.embedder.encode([f"a photo of a {n}" for n in names])
+
+    def accuracy(self, task: Task, idx: np.ndarray, labels: np.ndarray) -> float:
+        from mllgraph.combine.rule import model_probabilities
+
+        class_emb = self.embedder.encode([f"a photo of a {n}" for n in task.names])
+        sim = self.imagenet_emb @ class_emb.T  # (1000, K)
+        p = model_probabilities(self.logits(self.model_id)[idx].astype(np.float64), 1.0)
+        top = np.argsort(-p, axis=1)[:, : self.top]
+        rows = np.arange(len(idx))[:, None]
+        scores = np.einsum("nt,ntk->nk", p[rows, top], sim[top])
+        return float((scores.argmax(1) == labels).mean())
