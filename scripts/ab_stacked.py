@@ -80,7 +80,7 @@ def main() -> int:
                     row[f"{variant}_models"] = plan["models"]
                     row[f"{variant}_estimate"] = plan["estimated_accuracy"]
                     row[f"{variant}_ms"] = round(ms, 1)
-                select.feature_sets.greedy_models = screen
+                feature_sets.greedy_models = screen
                 rows.append(row)
                 print(
                     f"{size:>3} {task.name:<32} chco {row['chco']:.3f}  "
