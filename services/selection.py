@@ -74,7 +74,7 @@ from mllgraph.graph.db import Graph
 from mllgraph.graph.wordnet import concept_display_name
 from mllgraph.hub import registry
 from mllgraph.plan import document as plan_doc
-from mllgraph.plan import request
+from mllgraph.plan import request as plan_request
 from mllgraph.select import retention
 from mllgraph.select import run as select
 from mllgraph.settings import Settings
@@ -95,7 +95,7 @@ log = logging.getLogger("mllgraph.services.selection")
 
 SERVICE_NAME = full_service_name(selection_pb2, "SelectionService")
 DEFAULT_BUDGET = 5
-DEFAULT_MIN_LABEL_SCORE = request.SelectOptions().min_label_score
+DEFAULT_MIN_LABEL_SCORE = plan_request.SelectOptions().min_label_score
 GRACE_S = 5.0
 HEALTH_INTERVAL_S = 5.0
 
@@ -147,7 +147,7 @@ def _models_option(opts: selection_pb2.SelectOptions) -> dict[str, Any]:
     given = list(getattr(opts, "models", []) or [])
     if not given:
         return {}
-    if "models" not in {f.name for f in fields(request.SelectOptions)}:
+    if "models" not in {f.name for f in fields(plan_request.SelectOptions)}:
         raise InvalidArgument("options.models is not supported by this server")
     models = sorted({m.strip() for m in given})
     if "" in models:
@@ -157,7 +157,7 @@ def _models_option(opts: selection_pb2.SelectOptions) -> dict[str, Any]:
 
 def request_to_task(
     request: selection_pb2.SelectHeadsRequest, default_budget: int = DEFAULT_BUDGET
-) -> tuple[list[request.TaskClass], request.SelectOptions]:
+) -> tuple[list[plan_request.TaskClass], plan_request.SelectOptions]:
     """The library's task classes and options for a SelectHeads request (validated)."""
     if request.budget < 0:
         raise InvalidArgument(
@@ -180,10 +180,12 @@ def request_to_task(
             f"classes: {len(request.classes)} is over the limit of {plan_doc.MAX_CLASSES}"
         )
     classes = [
-        request.TaskClass(name=_check_name(i, c.name), pinned_wnid=c.pinned_wnid.strip() or None)
+        plan_request.TaskClass(
+            name=_check_name(i, c.name), pinned_wnid=c.pinned_wnid.strip() or None
+        )
         for i, c in enumerate(request.classes)
     ]
-    options = request.SelectOptions(
+    options = plan_request.SelectOptions(
         budget=request.budget or default_budget,
         solver=_SOLVER_FROM_PROTO[opts.solver],
         allow_ancestor=bool(opts.allow_ancestor),
