@@ -49,6 +49,11 @@ class Settings:
     inference_port: int = 50053
     # The web page (`mllgraph serve web`).
     web_port: int = 8080
+    # Largest request body the web page reads (uploads included); more: 413, nothing read.
+    web_max_body_bytes: int = 32 * 1024 * 1024
+    # Host names the web page answers besides the loopback ones (comma-separated; "*": any);
+    # other Host headers are refused (DNS rebinding).
+    web_allowed_hosts: str = ""
     # RPCs in progress per service; one more is refused (RESOURCE_EXHAUSTED), never queued.
     max_concurrent_rpcs: int = 128
     # Stored plans (mllgraph.select.retention): the newest plan_max_count are kept, and none
@@ -178,6 +183,10 @@ class Settings:
             selection_port=int(_env("MLLGRAPH_SELECTION_PORT", str(cls.selection_port))),
             inference_port=int(_env("MLLGRAPH_INFERENCE_PORT", str(cls.inference_port))),
             web_port=int(_env("MLLGRAPH_WEB_PORT", str(cls.web_port))),
+            web_max_body_bytes=int(
+                _env("MLLGRAPH_WEB_MAX_BODY_BYTES", str(cls.web_max_body_bytes))
+            ),
+            web_allowed_hosts=_env("MLLGRAPH_WEB_ALLOWED_HOSTS", cls.web_allowed_hosts),
             max_concurrent_rpcs=int(
                 _env("MLLGRAPH_MAX_CONCURRENT_RPCS", str(cls.max_concurrent_rpcs))
             ),

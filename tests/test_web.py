@@ -70,6 +70,17 @@ def _http() -> Any:
     return urllib3.PoolManager(timeout=urllib3.Timeout(total=300))
 
 
+def _csrf(url: str) -> dict[str, str]:
+    """Headers that pass the page's CSRF check: its cookie, sent back with X-CSRF-Token."""
+    from http.cookies import SimpleCookie
+
+    from mllgraph.web.security import CSRF_COOKIE
+
+    r = _http().request("GET", url + "/results")
+    token = SimpleCookie(r.headers["set-cookie"])[CSRF_COOKIE].value
+    return {"Cookie": f"{CSRF_COOKIE}={token}", "X-CSRF-Token": token}
+
+
 def _image(hub: dict[str, Any], fashion_label: int) -> np.ndarray:
     x, y = hub["x_test"], hub["y_test"]
     return x[np.flatnonzero(y == fashion_label)[1]]  # not the sample (the first one)
@@ -86,7 +97,8 @@ def test_api_classify_equals_the_client(site: dict[str, Any]) -> None:
         ("images", ("sneaker.png", sneaker, "image/png")),
         ("images", ("notes.png", b"this is text", "image/png")),
     ]
-    r = http.request("POST", site["url"] + "/api/classify", fields=fields)
+    csrf = _csrf(site["url"])
+    r = http.request("POST", site["url"] + "/api/classify", fields=fields, headers=csrf)
     assert r.status == 200, r.data[:500]
     body = json.loads(r.data)
     assert [p["image"] for p in body["predictions"]] == [
@@ -94,7 +106,12 @@ def test_api_classify_equals_the_client(site: dict[str, Any]) -> None:
         "sample: Trouser",
         "sneaker.png",
     ]
-    assert body["errors"] == [{"image": "notes.png", "error": "not an image this server can read"}]
+    assert body["errors"] == [
+        {
+            "image": "notes.png",
+            "error": "12 bytes are not a PNG or JPEG image (UnidentifiedImageError)",
+        }
+    ]
     plan = body["plan"]
     assert [c["name"] for c in plan["classes"]] == mc.split_classes(CLASSES)
     assert all(c["reasons"] for c in plan["classes"])
@@ -115,6 +132,7 @@ def test_api_classify_equals_the_client(site: dict[str, Any]) -> None:
 
 def test_api_refuses_bad_input_with_messages(site: dict[str, Any]) -> None:
     http, url = _http(), site["url"]
+    csrf = _csrf(url)
     png = _png(_image(site["hub"], 5))
     cases = [
         ([("classes", ""), ("samples", "sandal")], "at least two class names"),
@@ -125,7 +143,7 @@ def test_api_refuses_bad_input_with_messages(site: dict[str, Any]) -> None:
         ([("classes", "sandal, bag"), ("samples", "no-such")], "no sample"),
     ]
     for fields, message in cases:
-        r = http.request("POST", url + "/api/classify", fields=fields)
+        r = http.request("POST", url + "/api/classify", fields=fields, headers=csrf)
         body = json.loads(r.data)
         assert r.status == 400 and message in body["error"], (fields, body)
         assert body["code"] == "INVALID_ARGUMENT"
@@ -137,12 +155,38 @@ def test_api_refuses_bad_input_with_messages(site: dict[str, Any]) -> None:
         ("images", ("huge.png", huge, "image/png")),
         ("images", ("ok.png", png, "image/png")),
     ]
-    body = json.loads(http.request("POST", url + "/api/classify", fields=fields).data)
+    body = json.loads(http.request("POST", url + "/api/classify", fields=fields, headers=csrf).data)
     assert body["errors"] == [{"image": "huge.png", "error": "the file is over 10 MB"}]
     assert [p["image"] for p in body["predictions"]] == ["ok.png"]
 
+    # Formats the services do not take, and sizes over their pixel limit, are refused from the
+    # file's first bytes and header; the readable image beside them is classified.
+    tiff = io.BytesIO()
+    Image.fromarray(_image(site["hub"], 5)).save(tiff, format="TIFF")
+    bomb = Image.new("L", (5000, 5000))  # 25 M pixels, over the 16.7 M limit; 25 KB as a PNG
+    fields = [
+        ("classes", "sandal, bag"),
+        ("images", ("a.tiff", tiff.getvalue(), "image/tiff")),
+        ("images", ("bomb.png", _png(np.asarray(bomb)), "image/png")),
+        ("images", ("ok.png", png, "image/png")),
+    ]
+    r = http.request("POST", url + "/api/classify", fields=fields, headers=csrf)
+    body = json.loads(r.data)
+    assert r.status == 200, body
+    errors = dict((e["image"], e["error"]) for e in body["errors"])
+    assert (
+        errors["a.tiff"]
+        == "a TIFF file (by its first bytes); this server reads PNG or JPEG images only"
+    )
+    assert errors["bomb.png"].startswith("5000x5000 = 25,000,000 pixels is over")
+    assert [p["image"] for p in body["predictions"]] == ["ok.png"]
+    r = http.request("POST", url + "/api/select", body=b'{"classes": "a, b", "budget": 1e30}',
+                     headers={**csrf, "Content-Type": "application/json"})  # fmt: skip
+    assert r.status == 400 and json.loads(r.data)["field"] == "budget"
+
     # The page gives the same messages in the page, without a stack trace.
-    r = http.request("POST", url + "/", fields=[("classes", "sandal"), ("samples", "sandal")])
+    fields = [("classes", "sandal"), ("samples", "sandal")]
+    r = http.request("POST", url + "/", fields=fields, headers=csrf)
     page = r.data.decode()
     assert r.status == 400 and 'class="error"' in page and "at least two class names" in page
     assert "Traceback" not in page

@@ -57,7 +57,7 @@ def test_results_page_and_plot(tmp_path: Path) -> None:
     settings = replace(Settings.from_env(), reports_dir=tmp_path)
     # The Results page needs no service; the client is never called here.
     app = create_app(mc.Client(target="127.0.0.1:1"), settings)
-    web = TestClient(app)
+    web = TestClient(app, base_url="http://127.0.0.1:8080")  # a Host the page answers
     empty = web.get("/results")
     assert empty.status_code == 200 and "No zero-shot report yet" in empty.text
     (tmp_path / "demo.md").write_text(REPORT)

@@ -19,6 +19,10 @@ from mllgraph.errors import (
     ResourceExhausted,
 )
 
+ENCODED_FORMATS = ("PNG", "JPEG")
+"""The encoded formats the inference service decodes (Pillow's names); other images are
+sent as raw pixels."""
+
 
 def _check_pixels(h: int, w: int, max_pixels: int, where: str) -> None:
     if h < 1 or w < 1:
@@ -40,6 +44,51 @@ def encoded_size(encoded: bytes) -> tuple[int, int]:
             w, h = im.size
     except Exception:  # noqa: BLE001 - any failure is decode_image's to report
         return 0, 0
+    return int(h), int(w)
+
+
+def sniff_format(encoded: bytes) -> str | None:
+    """Pillow's name for the format whose signature `encoded` starts with, or None. Only
+    the plugins' signature checks run on the first 16 bytes: nothing is parsed."""
+    from PIL import Image
+
+    Image.init()
+    prefix = encoded[:16]
+    for name in Image.ID:
+        _factory, accept = Image.OPEN[name]
+        if accept is not None and accept(prefix) is True:
+            return name
+    return None
+
+
+def check_encoded(encoded: bytes, *, max_pixels: int, where: str = "image") -> tuple[int, int]:
+    """(height, width) of a PNG or JPEG from its header, nothing decoded: what the inference
+    service would admit. InvalidArgument for an empty file, another format (named) or an
+    unreadable header; ResourceExhausted over `max_pixels` or Pillow's decompression-bomb
+    limit."""
+    if not encoded:
+        raise InvalidArgument(f"{where}: the file is empty (0 bytes)")
+    fmt = sniff_format(encoded)
+    if fmt is not None and fmt not in ENCODED_FORMATS:
+        raise InvalidArgument(
+            f"{where}: a {fmt} file (by its first bytes); this server reads "
+            f"{' or '.join(ENCODED_FORMATS)} images only"
+        )
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(encoded), formats=list(ENCODED_FORMATS)) as im:
+            w, h = im.size
+    except Image.DecompressionBombError as e:
+        raise ResourceExhausted(
+            f"{where}: over this server's limit of {max_pixels:,} pixels per image ({e})"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - any header Pillow cannot read is the caller's
+        raise InvalidArgument(
+            f"{where}: {len(encoded)} bytes are not a {' or '.join(ENCODED_FORMATS)} image "
+            f"({e.__class__.__name__})"
+        ) from e
+    _check_pixels(h, w, max_pixels, where)
     return int(h), int(w)
 
 

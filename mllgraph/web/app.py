@@ -9,44 +9,63 @@
 
 Predictions, plans and models come from the gRPC services through the client; the concept
 graph is read from Neo4j directly (read-only; no service serves it). Bad input — no classes,
-one class, a file that is not an image, a file over the size limit — gives a message on the
-page (or a JSON error with an HTTP status), never a stack trace.
+one class, a file that is not a PNG or JPEG, an image over the services' pixel limit, a
+number out of range — gives a message on the page (or a JSON error with an HTTP status),
+never a stack trace. Uploads are checked from their headers and forwarded undecoded
+(`mllgraph.web.uploads`); tokens, the Host allow-list, CSRF, body limits and the access log
+are `mllgraph.web.security`.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from mllgraph import client as mc
-from mllgraph.errors import InvalidArgument, MllgraphError
+from mllgraph.errors import InvalidArgument, MllgraphError, ResourceExhausted
 from mllgraph.settings import Settings
 from mllgraph.web import concepts
 from mllgraph.web.samples import Sample, fashion_samples
+from mllgraph.web.security import (
+    CSRF_FIELD,
+    TOKEN_COOKIE,
+    Guard,
+    WebSecurity,
+    csrf_header,
+    require_csrf,
+    uvicorn_tls,
+)
+from mllgraph.web.uploads import MAX_UPLOAD_BYTES, admit, file_error, thumbnail
 
 log = logging.getLogger("mllgraph.web")
 HERE = Path(__file__).parent
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # per image file
 MAX_IMAGES = 64  # per task
+MAX_BUDGET = 1000  # models per plan (an int32 on the wire; more than any hub needs)
+DEFAULT_BUDGET = 5
 MAX_HEADS_SHOWN = 50  # per model on the hub page
+_FIELD_PREFIX = re.compile(r"^([a-z_][a-z0-9_]*): ")  # "budget: ..." names the field budget
+_COOKIE_SAFE = re.compile(r"^[A-Za-z0-9._~+/=-]{1,512}$")  # a token kept as a cookie value
 HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
     "NOT_FOUND": 404,
     "ALREADY_EXISTS": 409,
     "FAILED_PRECONDITION": 409,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
     "RESOURCE_EXHAUSTED": 413,
     "UNAVAILABLE": 503,
     "DEADLINE_EXCEEDED": 504,
@@ -67,26 +86,51 @@ def _message(e: MllgraphError) -> str:
     return text
 
 
+def _field(e: MllgraphError) -> str | None:
+    """The request field an error names: its ``field``, else its message's ``name: `` prefix."""
+    given = getattr(e, "field", None)
+    if given:
+        return given
+    match = _FIELD_PREFIX.match(str(e))
+    return match.group(1) if match else None
+
+
 class SelectBody(BaseModel):
     classes: list[str] | str
-    budget: int = 5
+    budget: int = Field(DEFAULT_BUDGET, ge=1, le=MAX_BUDGET)
 
 
-def _thumbnail(data: bytes) -> str | None:
-    """A PNG data URI (at most 128 px) of an image, for the page; None if it does not decode."""
-    from PIL import Image
-
+def parse_budget(text: str) -> int:
+    """The form's budget: a whole number of models from 1 to MAX_BUDGET (InvalidArgument)."""
+    text = text.strip() or str(DEFAULT_BUDGET)
+    shown = text if len(text) <= 40 else text[:40] + "..."
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB") if img.mode not in ("L", "RGB") else img.copy()
-    except Exception:  # noqa: BLE001 - not an image: no thumbnail, the error says why
-        return None
-    img.thumbnail((128, 128))
-    if max(img.size) < 96:  # tiny images (28x28 Fashion) are shown scaled up, pixelated
-        img = img.resize((96 * img.size[0] // max(img.size), 96 * img.size[1] // max(img.size)))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        budget = int(text)
+    except ValueError:
+        raise InvalidArgument(f"budget: a whole number of models, got {shown!r}") from None
+    if not 1 <= budget <= MAX_BUDGET:
+        raise InvalidArgument(f"budget: from 1 to {MAX_BUDGET} models, got {shown}")
+    return budget
+
+
+def validation_message(e: RequestValidationError) -> tuple[str, str | None]:
+    """FastAPI's validation errors as one line naming the fields, and the first field."""
+    parts, fields = [], []
+    for err in e.errors()[:3]:
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path")]
+        field = ".".join(loc) or "body"
+        fields.append(field)
+        parts.append(f"{field}: {err.get('msg', 'invalid')}")
+    more = len(e.errors()) - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else ""), (
+        fields[0] if fields else None
+    )
+
+
+def local_path(target: str) -> str:
+    """`target` if it is a path on this site (for redirects after signing in), else '/'."""
+    ok = target.startswith("/") and not target.startswith(("//", "/\\"))
+    return target if ok and target.isprintable() else "/"
 
 
 def plan_view(plan: mc.Plan, explanation: mc.Explanation | None) -> dict[str, Any]:
@@ -116,6 +160,38 @@ class Web:
             self._graph = Graph(self.settings)
         return self._graph
 
+    def admit_images(
+        self, images: list[tuple[str, bytes]]
+    ) -> tuple[list[Any], list[tuple[str, bytes]], list[dict[str, str]]]:
+        """The images the inference service would admit (checked from their headers, nothing
+        decoded), as its messages, with (label, bytes) to show, and an error per other file.
+        Raises when none is left: InvalidArgument, or ResourceExhausted if every file was
+        over a limit."""
+        messages, shown, errors, refused = [], [], [], []
+        for i, (name, data) in enumerate(images):
+            label = name or f"image {i + 1}"
+            try:
+                messages.append(admit(data, str(len(messages)), where=label,
+                                      max_pixels=self.settings.infer_max_image_pixels))  # fmt: skip
+            except MllgraphError as e:
+                errors.append({"image": label, "error": file_error(e, label)})
+                refused.append(e)
+                log.info("web_bad_image name=%r error=%r", label, str(e))
+                continue
+            shown.append((label, data))
+        if not messages:
+            why = " | ".join(f"{e['image']}: {e['error']}" for e in errors[:5])
+            kind = (
+                ResourceExhausted
+                if refused and all(isinstance(e, ResourceExhausted) for e in refused)
+                else InvalidArgument
+            )
+            raise kind(
+                "images: pick a sample or upload at least one image"
+                + (f" that can be read ({why})" if errors else "")
+            )
+        return messages, shown, errors
+
     def run_task(
         self, classes: str | list[str], budget: int, uploads: list[tuple[str, bytes]],
         sample_keys: list[str],
@@ -135,27 +211,7 @@ class Web:
         images += uploads
         if len(images) > MAX_IMAGES:
             raise InvalidArgument(f"images: at most {MAX_IMAGES} at once, got {len(images)}")
-        errors: list[dict[str, str]] = []
-        messages, shown = [], []
-        for i, (name, data) in enumerate(images):
-            label = name or f"image {i + 1}"
-            if len(data) > MAX_UPLOAD_BYTES:
-                errors.append(
-                    {"image": label, "error": f"the file is over {MAX_UPLOAD_BYTES >> 20} MB"}
-                )
-                continue
-            try:
-                messages.append(mc.to_image(data, str(len(messages)), where=label))
-            except InvalidArgument as e:
-                errors.append({"image": label, "error": "not an image this server can read"})
-                log.info("web_bad_image name=%r error=%r", label, str(e))
-                continue
-            shown.append((label, data))
-        if not messages:
-            raise InvalidArgument(
-                "images: pick a sample or upload at least one image"
-                + (" that can be read" if errors else "")
-            )
+        messages, shown, errors = self.admit_images(images)
         result = self.client.classify(messages, names, budget=budget, top_k=len(names))
         explanation = self.client.explain(result.plan_id)
         predictions = []
@@ -163,7 +219,7 @@ class Web:
             predictions.append(
                 {
                     "image": label,
-                    "thumbnail": _thumbnail(data),
+                    "thumbnail": thumbnail(data, max_pixels=self.settings.infer_max_image_pixels),
                     "class": p.class_name,
                     "probability": p.probability,
                     "probabilities": sorted(
@@ -185,10 +241,17 @@ class Web:
         }
 
 
-def create_app(client: mc.Client, settings: Settings, graph: Any | None = None) -> FastAPI:
+def create_app(
+    client: mc.Client,
+    settings: Settings,
+    graph: Any | None = None,
+    security: WebSecurity | None = None,
+) -> FastAPI:
     """The app over `client` (the services) and `graph` (the concept search; default: a Graph
-    over `settings`, opened on first use)."""
+    over `settings`, opened on first use), guarded by `security` (default: from `settings`,
+    for a page bound to loopback)."""
     web = Web(client, settings, graph)
+    security = security or WebSecurity.from_settings(settings)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app = FastAPI(
         title="mllgraph",
@@ -197,6 +260,8 @@ def create_app(client: mc.Client, settings: Settings, graph: Any | None = None) 
         version="1",
     )
     app.state.web = web
+    app.state.security = security
+    app.add_middleware(Guard, security=security)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     def page(request: Request, template: str, status: int = 200, /, **context: Any) -> HTMLResponse:
@@ -207,8 +272,20 @@ def create_app(client: mc.Client, settings: Settings, graph: Any | None = None) 
     @app.exception_handler(MllgraphError)
     async def domain_error(request: Request, e: MllgraphError) -> JSONResponse:
         code = _code(e)
-        body = {"error": _message(e), "code": code, "field": getattr(e, "field", None)}
+        body = {"error": _message(e), "code": code, "field": _field(e)}
         return JSONResponse(body, status_code=HTTP_STATUS.get(code, 500))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, e: RequestValidationError) -> JSONResponse:
+        message, field = validation_message(e)
+        body = {"error": message, "code": "INVALID_ARGUMENT", "field": field}
+        return JSONResponse(body, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        code = {413: "RESOURCE_EXHAUSTED", 404: "NOT_FOUND"}.get(e.status_code, "HTTP_ERROR")
+        body = {"error": str(e.detail), "code": code, "field": None}
+        return JSONResponse(body, status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, e: Exception) -> JSONResponse:
@@ -217,18 +294,13 @@ def create_app(client: mc.Client, settings: Settings, graph: Any | None = None) 
 
     async def read_form(request: Request) -> tuple[str, int, list[tuple[str, bytes]], list[str]]:
         form = await request.form(max_files=MAX_IMAGES + 1, max_fields=MAX_IMAGES + 16)
+        require_csrf(request, form.get(CSRF_FIELD))
         uploads = []
         for f in form.getlist("images"):
             if isinstance(f, str) or not getattr(f, "filename", ""):
                 continue  # an empty file input
             uploads.append((f.filename, await f.read(MAX_UPLOAD_BYTES + 1)))
-        budget_text = str(form.get("budget") or "5").strip()
-        try:
-            budget = int(budget_text)
-        except ValueError:
-            raise InvalidArgument(
-                f"budget: a whole number of models, got {budget_text!r}"
-            ) from None
+        budget = parse_budget(str(form.get("budget") or ""))
         samples = [str(s) for s in form.getlist("samples")]
         return str(form.get("classes") or ""), budget, uploads, samples
 
@@ -236,11 +308,11 @@ def create_app(client: mc.Client, settings: Settings, graph: Any | None = None) 
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def try_page(request: Request) -> HTMLResponse:
-        return page(request, "try.html", classes="", budget=5, chosen=[])
+        return page(request, "try.html", classes="", budget=DEFAULT_BUDGET, chosen=[])
 
     @app.post("/", response_class=HTMLResponse, include_in_schema=False)
     async def try_submit(request: Request) -> HTMLResponse:
-        classes, budget, chosen = "", 5, []
+        classes, budget, chosen = "", DEFAULT_BUDGET, []
         try:
             classes, budget, uploads, chosen = await read_form(request)
             task = await run_in_threadpool(web.run_task, classes, budget, uploads, chosen)
@@ -310,8 +382,15 @@ def create_app(client: mc.Client, settings: Settings, graph: Any | None = None) 
             p.pop("thumbnail", None)
         return task
 
-    @app.post("/api/select", tags=["api"], summary="Select a plan for class names")
+    @app.post(
+        "/api/select",
+        tags=["api"],
+        summary="Select a plan for class names",
+        dependencies=[Depends(csrf_header)],
+    )
     async def api_select(body: SelectBody) -> dict[str, Any]:
+        """JSON `{"classes": [...] or "a, b", "budget": 1..1000}`; from a browser, send the
+        X-CSRF-Token header (scripts send their bearer token instead)."""
         plan = await run_in_threadpool(web.client.select, body.classes, body.budget)
         return plan_view(plan, None)
 
@@ -338,18 +417,59 @@ def create_app(client: mc.Client, settings: Settings, graph: Any | None = None) 
         return [{"key": s.key, "label": s.label, "url": f"/samples/{s.key}.png"}
                 for s in web.samples.values()]  # fmt: skip
 
+    _add_login_routes(app, security, page)
     return app
 
 
+def _add_login_routes(app: FastAPI, security: WebSecurity, page: Any) -> None:
+    """/login (a token entered once, kept in an HttpOnly cookie) and /logout."""
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    async def login_page(request: Request, after: str = Query("/", alias="next")) -> Response:
+        if not security.tokens:  # nothing to sign in to
+            return RedirectResponse(local_path(after), status_code=303)
+        return page(request, "login.html", next=local_path(after))
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        form = await request.form(max_files=0, max_fields=8)
+        target = local_path(str(form.get("next") or "/"))
+        token = str(form.get("token") or "").strip()
+        try:
+            require_csrf(request, form.get(CSRF_FIELD))
+        except MllgraphError as e:
+            return page(request, "login.html", 403, next=target, error=_message(e))
+        if not security.tokens:
+            return RedirectResponse(target, status_code=303)
+        if not token or security.tokens.lookup(token) is None or not _COOKIE_SAFE.match(token):
+            return page(request, "login.html", 401, next=target,
+                        error="token: not one this server knows")  # fmt: skip
+        response = RedirectResponse(target, status_code=303)
+        response.headers.append("set-cookie", security.cookie(TOKEN_COOKIE, token))
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    async def logout(request: Request) -> Response:
+        form = await request.form(max_files=0, max_fields=8)
+        require_csrf(request, form.get(CSRF_FIELD))
+        response = RedirectResponse("/login", status_code=303)
+        response.headers.append("set-cookie", security.cookie(TOKEN_COOKIE, "", max_age=0))
+        return response
+
+
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    """`mllgraph serve web [--host H] [--port N] [--target T] [--local-services]`."""
+    """`mllgraph serve web [--host H] [--port N] [--target T] [--local-services] [--insecure]
+    [--log-level L]`: loopback unless TLS and tokens are configured (or --insecure)."""
     import argparse
+    import dataclasses
 
     import uvicorn
 
+    from services.common import configure_logging
+
     settings = settings or Settings.from_env()
     parser = argparse.ArgumentParser(prog="mllgraph serve web", description="the web page")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=settings.web_port)
     parser.add_argument(
         "--target", help="HOST or HOST:PORT of the gRPC services (default: 127.0.0.1 and the "
@@ -360,7 +480,19 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         action="store_true",
         help="start the three services in this process over the local hub",
     )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow --host other than loopback without TLS and tokens (logs a warning)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="INFO logs one line per request")
     args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    if args.insecure:
+        settings = dataclasses.replace(settings, insecure=True)
+    security = WebSecurity.from_settings(settings, bind_host=args.host)
+    security.check_bind(args.host)
+    tls = uvicorn_tls(settings)
     services = None
     if args.local_services:
         from rich.console import Console
@@ -375,9 +507,11 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
             **{n: f"127.0.0.1:{p}" for n, p in addresses.items()},
             settings=settings,
         ) as client:
-            app = create_app(client, settings)
-            print(f"mllgraph web page on http://{args.host}:{args.port}/", flush=True)
-            uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+            app = create_app(client, settings, security=security)
+            scheme = "https" if tls else "http"
+            print(f"mllgraph web page on {scheme}://{args.host}:{args.port}/", flush=True)
+            uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                        access_log=False, **tls)  # fmt: skip
     finally:
         if services is not None:
             services.stop()
