@@ -1,8 +1,8 @@
 """Server plumbing shared by the mllgraph gRPC services (grpc.aio).
 
-* `STATUS_BY_ERROR` / `status_for`: the one mapping from mllgraph.errors to gRPC status codes.
 * `rpc`: decorator for servicer methods (unary or streaming responses) that turns domain
-  errors into their status, anything else into INTERNAL, and logs one line per call.
+  errors into their status (services/errors.py), anything else into INTERNAL, and logs one
+  line per call.
 * `build_server`: an aio server with the given servicers, standard health checking (every
   service NOT_SERVING until `set_serving`) and server reflection.
 * `serve_until_signal`: run until SIGTERM/SIGINT, then report NOT_SERVING and stop
@@ -31,12 +31,11 @@ import logging
 import signal
 import sys
 import time
-import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -44,13 +43,13 @@ from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from mllgraph import errors
 from mllgraph.errors import InvalidArgument, MllgraphError, Unavailable
 from mllgraph.graph import deadline
 from mllgraph.select.plan import COVERAGES
 from mllgraph.settings import Settings
 from mllgraph.v1 import selection_pb2
 from services import telemetry
+from services.errors import _short, abort_with, status_for
 from services.security import ServerSecurity
 
 # A plan's coverage names <-> the proto's Coverage enum, in one place for all services.
@@ -95,79 +94,6 @@ def _graph_deadline(context: grpc.aio.ServicerContext) -> float | None:
     except Exception:  # a context without deadlines (tests' fakes): no limit
         return None
     return None if left is None else max(0.0, left) * GRAPH_SHARE
-
-
-# --- errors -> status codes -------------------------------------------------------------
-
-
-def _status_code(name: str) -> grpc.StatusCode:
-    """The grpc.StatusCode called `name`; ValueError for an unknown name."""
-    try:
-        return grpc.StatusCode[name]
-    except KeyError:
-        raise ValueError(f"{name!r} is not a grpc.StatusCode name") from None
-
-
-def _error_classes() -> list[type[MllgraphError]]:
-    """MllgraphError and every subclass defined in mllgraph.errors."""
-    return [
-        obj
-        for obj in vars(errors).values()
-        if isinstance(obj, type) and issubclass(obj, MllgraphError)
-    ]
-
-
-STATUS_BY_ERROR: dict[type[MllgraphError], grpc.StatusCode] = {
-    cls: _status_code(cls.grpc_code) for cls in _error_classes()
-}
-"""The one mapping from domain error classes to gRPC status codes (via `grpc_code`)."""
-
-
-def status_for(exc: BaseException) -> grpc.StatusCode:
-    """The status code an exception is reported with.
-
-    Domain errors map through STATUS_BY_ERROR; a subclass defined outside mllgraph.errors
-    uses its (inherited or overridden) `grpc_code`; anything else is INTERNAL.
-    """
-    if isinstance(exc, MllgraphError):
-        cls = type(exc)
-        code = STATUS_BY_ERROR.get(cls)
-        if code is not None:
-            return code
-        try:
-            return _status_code(cls.grpc_code)
-        except ValueError:
-            return grpc.StatusCode.UNKNOWN
-    return grpc.StatusCode.INTERNAL
-
-
-def _short(text: str, limit: int = 500) -> str:
-    """`text` cut to `limit` characters."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
-    """End the RPC with the status for `exc` (always raises, as context.abort does).
-
-    A domain error sends its own message. Anything else sends INTERNAL with only the
-    exception type and a reference id; the traceback is logged under that id.
-    """
-    if isinstance(exc, MllgraphError):
-        message = _short(str(exc) or type(exc).__name__)
-        await context.abort(status_for(exc), message)
-    ref = uuid.uuid4().hex[:12]
-    log.error(
-        "rpc_internal_error ref=%s error=%s msg=%r",
-        ref,
-        type(exc).__name__,
-        _short(str(exc)),
-        exc_info=(type(exc), exc, exc.__traceback__),
-    )
-    await context.abort(
-        grpc.StatusCode.INTERNAL,
-        f"internal error ({type(exc).__name__}); see the server log, ref={ref}",
-    )
-    raise AssertionError("unreachable: context.abort returned")  # pragma: no cover
 
 
 # --- the rpc decorator ------------------------------------------------------------------
