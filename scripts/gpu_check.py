@@ -47,6 +47,7 @@ def main() -> int:
     import torch
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from mllgraph import wire
     from mllgraph.reuse import bundle as bundles
     from mllgraph.reuse import cache as model_cache
     from mllgraph.select import plan as plan_doc
@@ -92,7 +93,7 @@ def main() -> int:
     ):
         assert time.perf_counter() - t0 < 30, "the service never became SERVING"
         time.sleep(0.05)
-    inline = svc.plan_to_proto(bundle.plan)
+    inline = wire.inline_plan_to_proto(bundle.plan)
 
     def raw(im: np.ndarray) -> Any:
         return inference_pb2.Image(

@@ -24,7 +24,8 @@ from mllgraph.errors import AlreadyExists, FailedPrecondition, NotFound
 from mllgraph.hub import experts, probes, registry
 from mllgraph.label import run as labeller
 from mllgraph.v1 import ingestion_pb2, ingestion_pb2_grpc
-from services import ingestion
+from services import ingestion, label_jobs
+from services.common import RunningServer
 
 pytestmark = pytest.mark.neo4j
 
@@ -221,7 +222,7 @@ def server(
     tuple[
         ingestion_pb2_grpc.IngestionServiceStub,
         asyncio.AbstractEventLoop,
-        ingestion.IngestionServer,
+        RunningServer,
     ]
 ]:  # noqa: E501
     loop = asyncio.new_event_loop()
@@ -261,7 +262,7 @@ def test_concurrent_label_model_calls_get_one_job(
             if not job.active:
                 break
             threading.Event().wait(0.1)
-        assert job.state == ingestion.DONE, job.message
+        assert job.state == label_jobs.DONE, job.message
         request = ingestion_pb2.LabelModelRequest(
             model_id=mid, options=ingestion_pb2.LabelOptions(relabel=True)
         )
@@ -271,11 +272,11 @@ def test_submit_is_atomic_and_closed_while_deleting() -> None:
     async def scenario() -> None:
         gate = asyncio.Event()
 
-        async def run(job: ingestion.LabelJob) -> str:
+        async def run(job: label_jobs.LabelJob) -> str:
             await gate.wait()
             return "done"
 
-        queue = ingestion.LabelJobQueue(run)
+        queue = label_jobs.LabelJobQueue(run)
         opts = labeller.LabelOptions()
         a, b = queue.submit("m@1", opts, 2), queue.submit("m@1", opts, 2)
         assert a is b
@@ -283,13 +284,13 @@ def test_submit_is_atomic_and_closed_while_deleting() -> None:
         with pytest.raises(FailedPrecondition, match="being deleted"):
             queue.submit("d@1", opts, 2)
         for _ in range(500):
-            if a.state == ingestion.RUNNING:
+            if a.state == label_jobs.RUNNING:
                 break
             await asyncio.sleep(0.01)
         assert queue.submit("m@1", opts, 2) is a  # running counts as active too
         gate.set()
         await queue.close(grace=5)
-        assert a.state == ingestion.DONE
+        assert a.state == label_jobs.DONE
 
     asyncio.run(scenario())
 
@@ -312,7 +313,7 @@ def test_a_job_reported_failed_at_shutdown_writes_nothing_afterwards(
         inside.set()
         release.wait(30)
 
-    async def run(job: ingestion.LabelJob) -> str:
+    async def run(job: label_jobs.LabelJob) -> str:
         def work() -> str:
             try:
                 labeller.label_model(
@@ -332,15 +333,15 @@ def test_a_job_reported_failed_at_shutdown_writes_nothing_afterwards(
 
         return await asyncio.to_thread(work)
 
-    async def scenario() -> ingestion.LabelJob:
-        queue = ingestion.LabelJobQueue(run)
+    async def scenario() -> label_jobs.LabelJob:
+        queue = label_jobs.LabelJobQueue(run)
         job = queue.submit(mid, labeller.LabelOptions(), 2)
         assert await asyncio.to_thread(inside.wait, 60)
         await queue.close(grace=0.2)
         return job
 
     job = asyncio.run(scenario())
-    assert job.state == ingestion.FAILED and "nothing was written" in job.message
+    assert job.state == label_jobs.FAILED and "nothing was written" in job.message
     release.set()
     for _ in range(300):
         if thread_outcome:
