@@ -1,7 +1,8 @@
 """A typed Python client for the three mllgraph gRPC services.
 
 Plain Python in and out: images as paths, bytes (PNG/JPEG or any format Pillow reads), PIL
-images or numpy arrays (uint8 HxW or HxWx3, float32 in [0, 1]); results as dataclasses.
+images or numpy arrays (uint8 HxW or HxWx3, float32 in [0, 1]); results as dataclasses
+(defined in `mllgraph.client_types`, imported from here).
 Errors arrive as the project's own exceptions (`mllgraph.errors`) with ``.code`` (the gRPC
 status name) and ``.field`` (the request field the message names, when it names one).
 Every call has a deadline; only UNAVAILABLE is retried, with exponential backoff.
@@ -25,8 +26,6 @@ import io
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +34,34 @@ import numpy as np
 
 from mllgraph import errors
 from mllgraph.auth import open_channel
+from mllgraph.client_types import (
+    Alternative,
+    Candidate,
+    ClassExplanation,
+    Classification,
+    ClassScore,
+    Concept,
+    Explanation,
+    Grounding,
+    HeadLabels,
+    HeadUse,
+    LabelJob,
+    Model,
+    Plan,
+    PlannedClass,
+    Prediction,
+    ProbeReport,
+    Timings,
+    explanation_from_proto,
+    job_from_proto,
+    model_from_proto,
+    plan_from_proto,
+    prediction_from_proto,
+)
 from mllgraph.errors import InvalidArgument, MllgraphError
 from mllgraph.settings import Settings
 from mllgraph.v1 import (
+    common_pb2,
     inference_pb2,
     inference_pb2_grpc,
     ingestion_pb2,
@@ -45,6 +69,44 @@ from mllgraph.v1 import (
     selection_pb2,
     selection_pb2_grpc,
 )
+from mllgraph.wire import RESIZE_TO_PROTO, SOLVER_TO_PROTO
+
+__all__ = [  # the client, and its results (defined in mllgraph.client_types)
+    "CLASSIFY_BATCH",
+    "DEFAULT_TIMEOUT_S",
+    "INLINE_WEIGHTS_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "PROBE_EXTENSIONS",
+    "UPLOAD_CHUNK_BYTES",
+    "Alternative",
+    "Candidate",
+    "ClassExplanation",
+    "ClassScore",
+    "Classification",
+    "Client",
+    "Concept",
+    "Explanation",
+    "Grounding",
+    "HeadLabels",
+    "HeadUse",
+    "ImageLike",
+    "LabelJob",
+    "Model",
+    "Plan",
+    "PlannedClass",
+    "Prediction",
+    "ProbeReport",
+    "RemoteError",
+    "Timings",
+    "error_from_rpc",
+    "explanation_from_proto",
+    "job_from_proto",
+    "model_from_proto",
+    "plan_from_proto",
+    "prediction_from_proto",
+    "split_classes",
+    "to_image",
+]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 120.0
@@ -81,355 +143,6 @@ def error_from_rpc(e: grpc.RpcError, what: str) -> MllgraphError:
     match = _FIELD.match(details)
     exc.field = match.group(1) if match else None  # type: ignore[attr-defined]
     return exc
-
-
-# --- results -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Concept:
-    wnid: str
-    name: str
-    definition: str = ""
-
-
-@dataclass(frozen=True)
-class HeadUse:
-    """A head of a model, as a plan or a prediction uses it."""
-
-    model_id: str
-    head_index: int
-    head_label: str
-    label_score: float = 0.0
-    label_wnid: str = ""
-    model_version: str = ""
-
-
-@dataclass(frozen=True)
-class Alternative:
-    wnid: str
-    name: str
-    score: float
-
-
-@dataclass(frozen=True)
-class Grounding:
-    score: float
-    ambiguous: bool
-    approximate: bool
-    pinned: bool
-    alternatives: list[Alternative]
-
-
-@dataclass(frozen=True)
-class PlannedClass:
-    name: str
-    concept: Concept
-    grounding: Grounding
-    coverage: str  # exact, descendants, ancestor, related, uncovered
-    heads: list[HeadUse]
-    estimated_accuracy: float
-    # When uncovered: "no head" (none in the hub) or "not chosen" (the plan left them out).
-    uncovered_why: str = ""
-
-
-@dataclass(frozen=True)
-class Plan:
-    plan_id: str
-    classes: list[PlannedClass]
-    estimated_accuracy: float
-    model_ids: list[str]
-    solver: str
-    params_fitted: bool
-    catalogue_version: str
-    budget: int
-    created_at: datetime | None
-    select_ms: float = 0.0  # wall time of the SelectHeads call, seen from the client
-
-    @property
-    def class_names(self) -> list[str]:
-        return [c.name for c in self.classes]
-
-    @property
-    def uncovered(self) -> list[str]:
-        return [c.name for c in self.classes if c.coverage == "uncovered"]
-
-
-@dataclass(frozen=True)
-class Candidate:
-    head: HeadUse
-    via: Concept
-    estimated_accuracy: float
-    score: float
-    reason: str
-
-
-@dataclass(frozen=True)
-class ClassExplanation:
-    name: str
-    concept: Concept
-    coverage: str
-    chosen: list[Candidate]
-    alternatives: list[Candidate]
-    reasons: list[str]
-
-
-@dataclass(frozen=True)
-class Explanation:
-    plan_id: str
-    classes: list[ClassExplanation]
-    notes: list[str]
-
-
-@dataclass(frozen=True)
-class ClassScore:
-    class_name: str
-    probability: float
-    class_index: int
-
-
-@dataclass(frozen=True)
-class Prediction:
-    image_id: str
-    class_name: str
-    probability: float
-    class_index: int
-    top: list[ClassScore]
-    probabilities: dict[str, float]
-    heads: list[HeadUse]  # the heads that scored the predicted class
-    used_fallback: bool
-    # Plan models set aside for this image: it is outside their described input domain.
-    out_of_domain: list[str] = field(default_factory=list)
-
-    @property
-    def models(self) -> list[str]:
-        """The distinct experts whose heads decided, in order."""
-        return list(dict.fromkeys(h.model_id for h in self.heads))
-
-
-@dataclass(frozen=True)
-class Timings:
-    select_ms: float  # 0 when the plan was given
-    classify_ms: float  # wall time of the Classify calls, seen from the client
-    server_ms: float  # the servers' own total over the Classify calls
-    models: dict[str, dict[str, float]]  # model id -> forward_ms, preprocess_ms
-
-
-@dataclass(frozen=True)
-class Classification:
-    """Predictions (in image order) with the plan that made them. Iterable over predictions."""
-
-    predictions: list[Prediction]
-    plan: Plan | None
-    plan_id: str
-    uncovered: list[str]
-    timings: Timings
-    # What scored the uncovered classes: "" (none uncovered), "conse:<model id>", "vlm:<name>"
-    # or "constant" (ClassifyResponse.patch).
-    patch: str = ""
-
-    def __iter__(self) -> Iterator[Prediction]:
-        return iter(self.predictions)
-
-    def __len__(self) -> int:
-        return len(self.predictions)
-
-    def __getitem__(self, i: int) -> Prediction:
-        return self.predictions[i]
-
-
-@dataclass(frozen=True)
-class HeadLabels:
-    index: int
-    label: str
-    declared_wnid: str
-    labels: list[tuple[Concept, float]]  # the strongest label edges: concept, score
-
-
-@dataclass(frozen=True)
-class Model:
-    id: str
-    name: str
-    version: str
-    arch: str
-    num_classes: int
-    labelled: bool
-    source: str
-    sha256: str
-    created_at: datetime | None
-    labelled_at: datetime | None
-    metadata: dict[str, str]
-    heads: list[HeadLabels] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ProbeReport:
-    """What AddProbes attached where, what was refused (here or by the server) and why, and
-    which models it marked stale."""
-
-    attached: list[dict[str, Any]]  # {folder, wnid, concept, set_id, images, created}
-    refused: list[tuple[str, str]]  # (path, reason)
-    stale_models: list[str]
-
-
-@dataclass(frozen=True)
-class LabelJob:
-    job_id: str
-    model_id: str
-    state: str  # queued, running, done, failed
-    progress: float
-    message: str
-    heads_done: int
-    heads_total: int
-
-
-# --- proto -> dataclasses ----------------------------------------------------------------------
-
-_COVERAGE = {
-    v.number: v.name.removeprefix("COVERAGE_").lower()
-    for v in selection_pb2.Coverage.DESCRIPTOR.values
-}
-_UNCOVERED_WHY = {  # NO_HEAD -> "no head", as the plan document says it (UNSPECIFIED: absent)
-    v.number: v.name.removeprefix("UNCOVERED_REASON_").lower().replace("_", " ")
-    for v in selection_pb2.UncoveredReason.DESCRIPTOR.values
-    if v.number
-}
-_SOLVER = {
-    v.number: v.name.removeprefix("SOLVER_").lower() for v in selection_pb2.Solver.DESCRIPTOR.values
-}
-_SOLVER_IN = {"auto": selection_pb2.SOLVER_AUTO, "exact": selection_pb2.SOLVER_EXACT,
-              "heuristic": selection_pb2.SOLVER_HEURISTIC}  # fmt: skip
-_JOB_STATE = {
-    v.number: v.name.removeprefix("LABEL_JOB_STATE_").lower()
-    for v in ingestion_pb2.LabelJobState.DESCRIPTOR.values
-}
-_SOURCE = {
-    v.number: v.name.removeprefix("MODEL_SOURCE_").lower()
-    for v in ingestion_pb2.ModelSource.DESCRIPTOR.values
-}
-
-
-def _time(msg: Any, name: str) -> datetime | None:
-    return getattr(msg, name).ToDatetime(tzinfo=UTC) if msg.HasField(name) else None
-
-
-def _concept(c: Any) -> Concept:
-    return Concept(c.wnid, c.name, c.definition)
-
-
-def _head(h: Any) -> HeadUse:
-    return HeadUse(
-        h.model_id, h.head_index, h.head_label, h.label_score, h.label_wnid, h.model_version
-    )
-
-
-def plan_from_proto(p: selection_pb2.Plan, select_ms: float = 0.0) -> Plan:
-    classes = []
-    for c in p.classes:
-        g = c.grounding
-        alternatives = [Alternative(a.wnid, a.name, a.score) for a in g.alternatives]
-        classes.append(
-            PlannedClass(
-                name=c.name,
-                concept=_concept(c.concept),
-                grounding=Grounding(g.score, g.ambiguous, g.approximate, g.pinned, alternatives),
-                coverage=_COVERAGE.get(c.coverage, "unspecified"),
-                heads=[_head(h) for h in c.heads],
-                estimated_accuracy=c.estimated_accuracy,
-                uncovered_why=_UNCOVERED_WHY.get(c.uncovered_reason, ""),
-            )
-        )
-    return Plan(
-        plan_id=p.plan_id,
-        classes=classes,
-        estimated_accuracy=p.estimated_accuracy,
-        model_ids=list(p.model_ids),
-        solver=_SOLVER.get(p.solver, "unspecified"),
-        params_fitted=p.params_fitted,
-        catalogue_version=p.catalogue_version,
-        budget=p.budget,
-        created_at=_time(p, "created_at"),
-        select_ms=select_ms,
-    )
-
-
-def _candidate(c: Any) -> Candidate:
-    return Candidate(
-        _head(c.head), _concept(c.via_concept), c.estimated_accuracy, c.score, c.reason
-    )
-
-
-def explanation_from_proto(e: selection_pb2.Explanation) -> Explanation:
-    return Explanation(
-        plan_id=e.plan_id,
-        classes=[
-            ClassExplanation(
-                name=c.name,
-                concept=_concept(c.concept),
-                coverage=_COVERAGE.get(c.coverage, "unspecified"),
-                chosen=[_candidate(x) for x in c.chosen],
-                alternatives=[_candidate(x) for x in c.alternatives],
-                reasons=list(c.reasons),
-            )
-            for c in e.classes
-        ],
-        notes=list(e.notes),
-    )
-
-
-def model_from_proto(m: ingestion_pb2.Model) -> Model:
-    return Model(
-        id=m.id,
-        name=m.name,
-        version=m.version,
-        arch=m.arch,
-        num_classes=m.num_classes,
-        labelled=m.labelled,
-        source=_SOURCE.get(m.source, "unspecified"),
-        sha256=m.sha256,
-        created_at=_time(m, "created_at"),
-        labelled_at=_time(m, "labelled_at"),
-        metadata=dict(m.metadata),
-        heads=[
-            HeadLabels(
-                h.index,
-                h.label,
-                h.declared_wnid,
-                [(_concept(t.concept), t.score) for t in h.top_labels],
-            )
-            for h in m.heads
-        ],
-    )
-
-
-def job_from_proto(j: ingestion_pb2.LabelJob) -> LabelJob:
-    return LabelJob(
-        j.job_id,
-        j.model_id,
-        _JOB_STATE.get(j.state, "unspecified"),
-        j.progress,
-        j.message,
-        j.heads_done,
-        j.heads_total,
-    )
-
-
-def prediction_from_proto(p: inference_pb2.Prediction, class_names: Sequence[str]) -> Prediction:
-    probs = list(p.class_probabilities)
-    names = (
-        list(class_names) if len(class_names) == len(probs) else [str(i) for i in range(len(probs))]
-    )
-    return Prediction(
-        image_id=p.image_id,
-        class_name=p.class_name,
-        probability=p.probability,
-        class_index=p.class_index,
-        top=[ClassScore(t.class_name, t.probability, t.class_index) for t in p.top],
-        probabilities=dict(zip(names, probs, strict=True)),
-        heads=[_head(h) for h in p.contributing_heads],
-        used_fallback=p.used_fallback,
-        out_of_domain=list(p.out_of_domain_models),
-    )
 
 
 # --- images ------------------------------------------------------------------------------------
@@ -627,14 +340,14 @@ class Client:
         stored plan for an identical request over an unchanged catalogue. `classes` may be
         one comma-separated string."""
         names = split_classes(classes)
-        if solver not in _SOLVER_IN:
-            raise InvalidArgument(f"solver {solver!r}: one of {', '.join(_SOLVER_IN)}")
+        if solver not in SOLVER_TO_PROTO:
+            raise InvalidArgument(f"solver {solver!r}: one of {', '.join(SOLVER_TO_PROTO)}")
         pins = pins or {}
         request = selection_pb2.SelectHeadsRequest(
             classes=[selection_pb2.TaskClass(name=n, pinned_wnid=pins.get(n, "")) for n in names],
             budget=budget,
             options=selection_pb2.SelectOptions(
-                solver=_SOLVER_IN[solver],
+                solver=SOLVER_TO_PROTO[solver],
                 allow_ancestor=allow_ancestor,
                 fit_params=fit_params,
                 min_label_score=min_label_score,
@@ -771,9 +484,7 @@ class Client:
         its bytes: uploaded with UploadWeights; bytes under 16 MiB travel in the request),
         `weights_sha256` (an earlier `upload_weights`), `server_path` (a file in the server's
         import folder) or a `builtin` name. One class name (or wnid) per head, in logit order."""
-        from mllgraph.v1 import common_pb2
-
-        resize_modes = {"": 0, "resize": 1, "resize_crop": 2}
+        resize_modes = {"": common_pb2.RESIZE_MODE_UNSPECIFIED, **RESIZE_TO_PROTO}
         if resize not in resize_modes:
             raise InvalidArgument(f"resize {resize!r}: one of resize, resize_crop")
         request = ingestion_pb2.RegisterModelRequest(

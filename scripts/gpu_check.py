@@ -1,7 +1,7 @@
 """The inference service on a GPU machine (no network, no Neo4j): correctness and speed.
 
 Run through `scripts/gpu_check.sh run` (it sets PYTHONPATH). Serves a bundle written by
-`python -m mllgraph.eval.bundle export-plan` with `services.inference` on CUDA (the CPU when
+`python -m mllgraph.reuse.bundle export-plan` with `services.inference` on CUDA (the CPU when
 there is none: said so), sends the plan INLINE through gRPC, and checks:
 
 * predictions and probabilities against the CPU fp32 reference in the bundle: on the CPU
@@ -47,6 +47,7 @@ def main() -> int:
     import torch
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from mllgraph import wire
     from mllgraph.plan import document as plan_doc
     from mllgraph.reuse import bundle as bundles
     from mllgraph.reuse import cache as model_cache
@@ -92,7 +93,7 @@ def main() -> int:
     ):
         assert time.perf_counter() - t0 < 30, "the service never became SERVING"
         time.sleep(0.05)
-    inline = svc.plan_to_proto(bundle.plan)
+    inline = wire.inline_plan_to_proto(bundle.plan)
 
     def raw(im: np.ndarray) -> Any:
         return inference_pb2.Image(

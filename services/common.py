@@ -1,8 +1,8 @@
 """Server plumbing shared by the mllgraph gRPC services (grpc.aio).
 
-* `STATUS_BY_ERROR` / `status_for`: the one mapping from mllgraph.errors to gRPC status codes.
 * `rpc`: decorator for servicer methods (unary or streaming responses) that turns domain
-  errors into their status, anything else into INTERNAL, and logs one line per call.
+  errors into their status (services/errors.py), anything else into INTERNAL, and logs one
+  line per call.
 * `build_server`: an aio server with the given servicers, standard health checking (every
   service NOT_SERVING until `set_serving`) and server reflection.
 * `serve_until_signal`: run until SIGTERM/SIGINT, then report NOT_SERVING and stop
@@ -12,16 +12,21 @@
 * Serving to others: `build_server(..., settings=)` adds TLS, bearer tokens and the bind
   rule (services/security.py), request ids and Prometheus metrics (services/telemetry.py).
 
-Typical service main::
+* Running a service (what services/ingestion, selection and inference share):
+  `start_service` builds and starts it (`RunningServer`, whose `close` ends it), `watch_health`
+  keeps its health status, `run_server` serves until a signal, and `run_service_main` is the
+  ``python -m services.<name>`` entry point::
 
-    server, health, port = await build_server(port, [(add_fn, servicer)], [name])
-    await server.start()
-    await set_serving(health, [name], True)
-    await serve_until_signal(server, health, [name], grace=5.0)
+    running = await start_service(servicer, add_fn, name, settings, port, host=host,
+                                  close_servicer=close, grace=5.0)
+    running.run_in_background(watch_health(running.health, [name], check, running.stop_event,
+                                           interval=5.0, retry_interval=1.0, report=report))
+    await run_server(running, grace=5.0)
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -31,12 +36,11 @@ import logging
 import signal
 import sys
 import time
-import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from types import ModuleType
-from typing import Any, NoReturn, TypeVar
+from types import EllipsisType, ModuleType
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -44,31 +48,12 @@ from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from mllgraph import errors
 from mllgraph.errors import InvalidArgument, MllgraphError, Unavailable
 from mllgraph.graph import deadline
-from mllgraph.plan.document import COVERAGES
 from mllgraph.settings import Settings
-from mllgraph.v1 import selection_pb2
 from services import telemetry
+from services.errors import _short, abort_with, status_for
 from services.security import ServerSecurity
-
-# A plan's coverage names <-> the proto's Coverage enum, in one place for all services.
-COVERAGE_TO_PROTO = {
-    "exact": selection_pb2.COVERAGE_EXACT,
-    "descendants": selection_pb2.COVERAGE_DESCENDANTS,
-    "group": selection_pb2.COVERAGE_DESCENDANTS,  # the candidates query's name for it
-    "ancestor": selection_pb2.COVERAGE_ANCESTOR,
-    "related": selection_pb2.COVERAGE_RELATED,
-    "declared": selection_pb2.COVERAGE_DECLARED,
-    "uncovered": selection_pb2.COVERAGE_UNCOVERED,
-}
-COVERAGE_FROM_PROTO = {COVERAGE_TO_PROTO[name]: name for name in COVERAGES}
-# A plan's uncovered_why (select/plan.UNCOVERED_WHY) -> the proto's UncoveredReason.
-UNCOVERED_WHY_TO_PROTO = {
-    "no head": selection_pb2.UNCOVERED_REASON_NO_HEAD,
-    "not chosen": selection_pb2.UNCOVERED_REASON_NOT_CHOSEN,
-}
 
 log = logging.getLogger("mllgraph.services")
 
@@ -95,79 +80,6 @@ def _graph_deadline(context: grpc.aio.ServicerContext) -> float | None:
     except Exception:  # a context without deadlines (tests' fakes): no limit
         return None
     return None if left is None else max(0.0, left) * GRAPH_SHARE
-
-
-# --- errors -> status codes -------------------------------------------------------------
-
-
-def _status_code(name: str) -> grpc.StatusCode:
-    """The grpc.StatusCode called `name`; ValueError for an unknown name."""
-    try:
-        return grpc.StatusCode[name]
-    except KeyError:
-        raise ValueError(f"{name!r} is not a grpc.StatusCode name") from None
-
-
-def _error_classes() -> list[type[MllgraphError]]:
-    """MllgraphError and every subclass defined in mllgraph.errors."""
-    return [
-        obj
-        for obj in vars(errors).values()
-        if isinstance(obj, type) and issubclass(obj, MllgraphError)
-    ]
-
-
-STATUS_BY_ERROR: dict[type[MllgraphError], grpc.StatusCode] = {
-    cls: _status_code(cls.grpc_code) for cls in _error_classes()
-}
-"""The one mapping from domain error classes to gRPC status codes (via `grpc_code`)."""
-
-
-def status_for(exc: BaseException) -> grpc.StatusCode:
-    """The status code an exception is reported with.
-
-    Domain errors map through STATUS_BY_ERROR; a subclass defined outside mllgraph.errors
-    uses its (inherited or overridden) `grpc_code`; anything else is INTERNAL.
-    """
-    if isinstance(exc, MllgraphError):
-        cls = type(exc)
-        code = STATUS_BY_ERROR.get(cls)
-        if code is not None:
-            return code
-        try:
-            return _status_code(cls.grpc_code)
-        except ValueError:
-            return grpc.StatusCode.UNKNOWN
-    return grpc.StatusCode.INTERNAL
-
-
-def _short(text: str, limit: int = 500) -> str:
-    """`text` cut to `limit` characters."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
-    """End the RPC with the status for `exc` (always raises, as context.abort does).
-
-    A domain error sends its own message. Anything else sends INTERNAL with only the
-    exception type and a reference id; the traceback is logged under that id.
-    """
-    if isinstance(exc, MllgraphError):
-        message = _short(str(exc) or type(exc).__name__)
-        await context.abort(status_for(exc), message)
-    ref = uuid.uuid4().hex[:12]
-    log.error(
-        "rpc_internal_error ref=%s error=%s msg=%r",
-        ref,
-        type(exc).__name__,
-        _short(str(exc)),
-        exc_info=(type(exc), exc, exc.__traceback__),
-    )
-    await context.abort(
-        grpc.StatusCode.INTERNAL,
-        f"internal error ({type(exc).__name__}); see the server log, ref={ref}",
-    )
-    raise AssertionError("unreachable: context.abort returned")  # pragma: no cover
 
 
 # --- the rpc decorator ------------------------------------------------------------------
@@ -525,30 +437,197 @@ def configure_logging(level: int | str = logging.INFO) -> None:
     root.setLevel(level.upper() if isinstance(level, str) else level)
 
 
+# --- running a service ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class RunningServer:
+    """A started service (from `start_service`): its server, health servicer, bound port and
+    servicer, and the background tasks (health watching, housekeeping) that end with it."""
+
+    server: grpc.aio.Server
+    health: HealthServicer
+    port: int
+    servicer: Any
+    service_names: list[str]
+    close_servicer: Callable[[float | None], Awaitable[None]]
+    grace: float  # close()'s default
+    stop_event: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Future[Any]] = dataclasses.field(default_factory=list)
+    # True: close() cancels the tasks (e.g. a health check blocked on a dead database)
+    # instead of waiting until they see `stop_event`.
+    cancel_tasks: bool = False
+
+    def run_in_background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` until `close` (it should return once `stop_event` is set)."""
+        self.tasks.append(asyncio.ensure_future(coro))
+
+    async def close(self, grace: float | None | EllipsisType = ...) -> None:
+        """End the background tasks, report NOT_SERVING, stop the server (in-flight RPCs get
+        `grace` seconds; default `self.grace`; None: none) and close the servicer."""
+        grace = self.grace if grace is ... else grace
+        self.stop_event.set()
+        for task in self.tasks:
+            if self.cancel_tasks:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await set_serving(self.health, self.service_names, False)
+        await self.server.stop(grace)
+        await self.close_servicer(grace)
+
+    stop = close  # the inference service's name for it
+
+
+async def start_service(
+    servicer: Any,
+    add_servicer: AddServicerFn,
+    service_name: str,
+    settings: Settings,
+    port: int,
+    *,
+    host: str,
+    close_servicer: Callable[[float | None], Awaitable[None]],
+    grace: float,
+    collectors: Sequence[Any] = (),
+    warm_up: Callable[[], None] | None = None,
+    cancel_tasks: bool = False,
+) -> RunningServer:
+    """Build (`build_server`, at most ``settings.max_concurrent_rpcs`` RPCs at once) and start
+    a server for `servicer` on `port` (0: a free one). Health stays NOT_SERVING: the caller
+    reports it (e.g. `watch_health`). `close_servicer(grace)` ends the servicer at `close`;
+    `grace` is `close`'s default; `cancel_tasks`: see `RunningServer`.
+
+    `warm_up` (blocking: run in a worker thread once the server listens) may fail: the server
+    then stops and the servicer is closed before its exception propagates."""
+    server, health, bound = await build_server(
+        port,
+        [(add_servicer, servicer)],
+        [service_name],
+        host=host,
+        settings=settings,
+        collectors=collectors,
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    await server.start()
+    if warm_up is not None:
+        try:
+            await asyncio.to_thread(warm_up)
+        except BaseException:
+            await server.stop(None)
+            await close_servicer(None)
+            raise
+    return RunningServer(
+        server,
+        health,
+        bound,
+        servicer,
+        [service_name],
+        close_servicer,
+        grace,
+        cancel_tasks=cancel_tasks,
+    )
+
+
+async def watch_health(
+    health: HealthServicer,
+    names: Sequence[str],
+    check: Callable[[], str | None],
+    stop: asyncio.Event,
+    *,
+    interval: float,
+    retry_interval: float,
+    report: Callable[[bool, str], None],
+    serving: bool | None = None,
+) -> None:
+    """Report `names` SERVING while `check` passes and NOT_SERVING while it does not, until
+    `stop` is set.
+
+    `check` (blocking: run in a worker thread) returns None when the service can serve, else
+    why it cannot; an exception means it cannot either. It runs at once unless `serving` (the
+    status already reported) is given, then every `interval` seconds while serving and every
+    `retry_interval` seconds while not. `report(ok, why)` is called on each change."""
+    while not stop.is_set():
+        if serving is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval if serving else retry_interval)
+            if stop.is_set():
+                break
+        try:
+            why = await asyncio.to_thread(check)
+        except Exception as e:  # noqa: BLE001 - any failure means: not serving
+            why = str(e) or type(e).__name__
+        ok = why is None
+        if ok != serving and not stop.is_set():
+            await set_serving(health, names, ok)
+            report(ok, why or "")
+            serving = ok
+
+
+def neo4j_health_report(log: logging.Logger, bolt_uri: str) -> Callable[[bool, str], None]:
+    """`watch_health`'s `report` for a service that serves while Neo4j answers."""
+
+    def report(ok: bool, why: str) -> None:
+        if ok:
+            log.info("health status=SERVING neo4j=%s", bolt_uri)
+        else:
+            log.warning("health status=NOT_SERVING reason=%r", why)
+
+    return report
+
+
+async def run_server(
+    running: RunningServer,
+    grace: float,
+    *,
+    stop: asyncio.Event | None = None,
+    close_grace: float | None | EllipsisType = ...,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or `stop`; default `running.stop_event`), then shut down
+    gracefully (`serve_until_signal`: in-flight RPCs get `grace` seconds) and close the rest
+    with ``running.close(close_grace)`` (default `grace`)."""
+    try:
+        await serve_until_signal(
+            running.server,
+            running.health,
+            running.service_names,
+            grace,
+            stop=running.stop_event if stop is None else stop,
+        )
+    finally:
+        await running.close(grace if close_grace is ... else close_grace)
+
+
 def run_service_main(
     name: str,
     serve: Callable[..., Any],
     argv: list[str] | None,
     *,
     port_help: str,
+    description: str | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    serve_options: Callable[[argparse.Namespace, Settings], dict[str, Any]] | None = None,
 ) -> int:
-    """The `python -m services.<name>` entry point shared by the services: --port, --host,
-    --insecure, --metrics-port, --log-level, structured logs, exit 1 on a domain error, 130
-    on Ctrl-C."""
-    import argparse
-
+    """The `python -m services.<name>` entry point shared by the services: --port, --host, the
+    service's own flags (`add_arguments`), --insecure, --metrics-port, --log-level; structured
+    logs; ``serve(settings, port=, host=, **serve_options(args, settings))``; exit 1 on a
+    domain error, 130 on Ctrl-C."""
     parser = argparse.ArgumentParser(
-        prog=f"python -m services.{name}", description=f"the mllgraph {name} service"
+        prog=f"python -m services.{name}",
+        description=description or f"the mllgraph {name} service",
     )
     parser.add_argument("--port", type=int, help=port_help)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    if add_arguments is not None:
+        add_arguments(parser)
     add_serving_flags(parser, name)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     try:
         settings = apply_serving_flags(Settings.from_env(), args, name)
-        asyncio.run(serve(settings, port=args.port, host=args.host))
+        options = serve_options(args, settings) if serve_options is not None else {}
+        asyncio.run(serve(settings, port=args.port, host=args.host, **options))
     except MllgraphError as e:
         logging.getLogger(f"services.{name}").error("%s_failed error=%r", name, str(e))
         return 1
@@ -557,7 +636,7 @@ def run_service_main(
     return 0
 
 
-def add_serving_flags(parser: Any, name: str) -> None:
+def add_serving_flags(parser: argparse.ArgumentParser, name: str) -> None:
     """--insecure and --metrics-port, for every service's command line."""
     parser.add_argument(
         "--insecure",

@@ -33,14 +33,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import contextlib
-import json
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +47,8 @@ import numpy as np
 from mllgraph.errors import (
     FailedPrecondition,
     InvalidArgument,
-    MllgraphError,
     NotFound,
     ResourceExhausted,
-    Unavailable,
 )
 from mllgraph.plan import document as plan_doc
 from mllgraph.reuse import admission, classifier, images
@@ -62,19 +57,17 @@ from mllgraph.reuse import bundle as bundles
 from mllgraph.reuse import cache as model_cache
 from mllgraph.reuse import vlm as vlm_patch
 from mllgraph.settings import Settings
-from mllgraph.v1 import common_pb2, inference_pb2, inference_pb2_grpc, selection_pb2
+from mllgraph.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from mllgraph.wire import inline_plan_from_proto
 from services import telemetry
 from services.common import (
-    COVERAGE_FROM_PROTO,
-    COVERAGE_TO_PROTO,
-    add_serving_flags,
-    apply_serving_flags,
-    build_server,
-    configure_logging,
+    RunningServer,
     full_service_name,
     rpc,
-    serve_until_signal,
-    set_serving,
+    run_server,
+    run_service_main,
+    start_service,
+    watch_health,
 )
 
 log = logging.getLogger("mllgraph.services.inference")
@@ -84,91 +77,6 @@ DEFAULT_TOP_K = 5
 REQUEST_PIXEL_FACTOR = 4
 DEADLINE_MARGIN_S = 0.2
 CLASSIFIER_CACHE = 64
-
-_SOLVER = {"exact": selection_pb2.SOLVER_EXACT, "heuristic": selection_pb2.SOLVER_HEURISTIC}
-
-
-# -- plans <-> proto -------------------------------------------------------------------------
-
-
-def plan_to_proto(doc: dict[str, Any]) -> selection_pb2.Plan:
-    """A plan document (select's JSON) as a proto Plan, e.g. to send it inline."""
-    plan = selection_pb2.Plan(
-        plan_id=str(doc.get("plan_id", "")),
-        estimated_accuracy=float(doc.get("estimated_accuracy") or 0.0),
-        model_ids=list(doc.get("models") or []),
-        solver=_SOLVER.get(str(doc.get("solver", "")), selection_pb2.SOLVER_UNSPECIFIED),
-        params_fitted=bool(doc.get("params_fitted", False)),
-        catalogue_version=str(doc.get("catalogue_version", "")),
-        combination_json=json.dumps(doc.get("combination") or {}),
-        budget=int(doc.get("budget") or 0),
-    )
-    for c in doc.get("classes") or []:
-        concept = c.get("concept") or {}
-        plan.classes.append(
-            selection_pb2.PlannedClass(
-                name=str(c.get("name", "")),
-                concept=common_pb2.ConceptRef(
-                    wnid=str(concept.get("wnid", "")), name=str(concept.get("name", ""))
-                ),
-                coverage=COVERAGE_TO_PROTO.get(str(c.get("coverage", "")), 0),
-                heads=[_head_ref_from_dict(h) for h in c.get("heads") or []],
-                estimated_accuracy=float(c.get("estimated_accuracy") or 0.0),
-            )
-        )
-    return plan
-
-
-def _head_ref_from_dict(h: dict[str, Any]) -> common_pb2.HeadRef:
-    return common_pb2.HeadRef(
-        model_id=str(h.get("model_id", "")),
-        model_version=str(h.get("model_version", "")),
-        head_index=int(h.get("head_index", 0)),
-        head_label=str(h.get("head_label", "") or ""),
-        label_score=float(h.get("label_score", 0.0) or 0.0),
-        label_wnid=str(h.get("label_wnid", "") or ""),
-    )
-
-
-def plan_from_proto(plan: selection_pb2.Plan) -> dict[str, Any]:
-    """An inline proto Plan as a plan document (checked by PlanClassifier).
-
-    `combination_json` may be the whole plan document (what SelectHeads returns: pass the
-    Plan unchanged) or only its combination part; see `select.plan.read_combination_json`.
-    Class names are checked (`check_class_name`) and their number capped (MAX_CLASSES)."""
-    if len(plan.classes) > plan_doc.MAX_CLASSES:
-        raise InvalidArgument(
-            f"inline_plan has {len(plan.classes)} classes; "
-            f"at most {plan_doc.MAX_CLASSES} are accepted"
-        )
-    combination = plan_doc.read_combination_json(plan.combination_json)
-    classes = []
-    for i, c in enumerate(plan.classes):
-        name = plan_doc.check_class_name(c.name, f"inline_plan.classes[{i}].name")
-        classes.append(
-            {
-                "name": name,
-                "concept": {"wnid": c.concept.wnid, "name": c.concept.name},
-                "coverage": COVERAGE_FROM_PROTO.get(c.coverage, ""),
-                "heads": [
-                    {
-                        "model_id": h.model_id,
-                        "model_version": h.model_version,
-                        "head_index": h.head_index,
-                        "head_label": h.head_label,
-                        "label_score": h.label_score,
-                        "label_wnid": h.label_wnid,
-                    }
-                    for h in c.heads
-                ],
-            }
-        )
-    return {
-        "plan_id": plan.plan_id,
-        "classes": classes,
-        "models": list(plan.model_ids),
-        "combination": combination,
-    }
 
 
 # -- where plans and model records come from -------------------------------------------------
@@ -324,7 +232,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     return self._classifiers[plan_id]
             return self._classifier_for(self.source.get_plan(plan_id), plan_id)
         if which == "inline_plan":
-            doc = plan_from_proto(request.inline_plan)
+            doc = inline_plan_from_proto(request.inline_plan)
             return self._classifier_for(doc, plan_doc.plan_key(doc))
         return None
 
@@ -515,41 +423,6 @@ def _head_ref(h: plan_doc.HeadInfo) -> common_pb2.HeadRef:
 # -- running ---------------------------------------------------------------------------------
 
 
-@dataclass
-class RunningServer:
-    server: grpc.aio.Server
-    health: Any
-    port: int
-    servicer: InferenceServicer
-    health_task: asyncio.Task | None = None
-
-    async def stop(self, grace: float = 5.0) -> None:
-        """NOT_SERVING, let in-flight RPCs finish for `grace` s, then drain the batcher."""
-        if self.health_task is not None:
-            self.health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.health_task
-        await set_serving(self.health, [SERVICE_NAME], False)
-        await self.server.stop(grace)
-        await asyncio.to_thread(self.servicer.batcher.close)
-        self.servicer.source.close()
-
-    async def close(self, grace: float = 5.0) -> None:
-        """The same shutdown, under the name the other services use."""
-        await self.stop(grace)
-
-
-async def _watch_health(server: RunningServer, interval_s: float) -> None:
-    state: bool | None = None
-    while True:
-        ready = await asyncio.to_thread(server.servicer.source.ready)
-        if ready != state:
-            await set_serving(server.health, [SERVICE_NAME], ready)
-            log.info("health serving=%s", ready)
-            state = ready
-        await asyncio.sleep(interval_s)
-
-
 async def start_server(
     settings: Settings,
     *,
@@ -562,30 +435,56 @@ async def start_server(
     batcher: batching.DynamicBatcher | None = None,
     health_interval_s: float = 5.0,
 ) -> RunningServer:
-    """Build and start the server (health flips to SERVING once models can be served)."""
+    """Build and start the server (health flips to SERVING once models can be served). Stop
+    it with `await running.stop(grace)`: NOT_SERVING, in-flight RPCs get `grace` s (default
+    5), then the batcher drains."""
     source = PlanSource(settings, bundle=bundle, use_neo4j=use_neo4j)
     if cache is None and bundle is not None:  # a bundle carries every weights file itself
         cache = model_cache.ModelCache(settings, loader=model_cache.load_from_blob)
     servicer = InferenceServicer(settings, source, cache=cache, batcher=batcher, vlm=vlm)
-    server, health, bound = await build_server(
+
+    async def close_servicer(_grace: float | None) -> None:
+        await asyncio.to_thread(servicer.batcher.close)
+        servicer.source.close()
+
+    running = await start_service(
+        servicer,
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server,
+        SERVICE_NAME,
+        settings,
         settings.inference_port if port is None else port,
-        [(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer)],
-        [SERVICE_NAME],
         host=host,
-        settings=settings,
+        close_servicer=close_servicer,
+        grace=5.0,
+        # Cancelled at close: a check may wait long on a Neo4j that does not answer.
+        cancel_tasks=True,
         collectors=[
             telemetry.reuse_collector(
                 lambda: servicer.cache, lambda: servicer.batcher, lambda: servicer.budget
             )
         ],
-        max_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    await server.start()
-    running = RunningServer(server, health, bound, servicer)
-    running.health_task = asyncio.ensure_future(_watch_health(running, health_interval_s))
+
+    def models_servable() -> str | None:
+        return None if source.ready() else "no models can be served"
+
+    def report(ready: bool, _why: str) -> None:
+        log.info("health serving=%s", ready)
+
+    running.run_in_background(
+        watch_health(
+            running.health,
+            [SERVICE_NAME],
+            models_servable,
+            running.stop_event,
+            interval=health_interval_s,
+            retry_interval=health_interval_s,
+            report=report,
+        )
+    )
     log.info(
         "inference_started port=%d device=%s precision=%s bundle=%s neo4j=%s vlm=%s",
-        bound,
+        running.port,
         servicer.cache.device,
         next(k for k, v in model_cache.DTYPES.items() if v == servicer.cache.dtype),
         bundle.root if bundle else None,
@@ -615,16 +514,11 @@ async def serve(
     running = await start_server(
         settings, port=port, host=host, bundle=bundle, use_neo4j=use_neo4j, vlm=vlm
     )
-    try:
-        await serve_until_signal(running.server, running.health, [SERVICE_NAME], grace, stop=stop)
-    finally:
-        await running.stop(0)
+    await run_server(running, grace, stop=stop, close_grace=0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.inference", description=__doc__)
-    parser.add_argument("--port", type=int, default=None, help="default MLLGRAPH_INFERENCE_PORT")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The inference service's own command-line flags."""
     parser.add_argument("--bundle", type=Path, help="serve a plan bundle (export-plan)")
     parser.add_argument("--no-neo4j", action="store_true", help="bundle and inline plans only")
     parser.add_argument("--vlm-arch", help="open_clip architecture of the VLM patch")
@@ -632,40 +526,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vlm-pretrained", help="open_clip pretrained tag (needs internet)")
     parser.add_argument("--vlm-weight", type=float, default=vlm_patch.VLM_WEIGHT, help="λ")
     parser.add_argument("--grace", type=float, default=10.0)
-    add_serving_flags(parser, "inference")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    try:
-        settings = apply_serving_flags(Settings.from_env(), args, "inference")
-        bundle = bundles.load_bundle(args.bundle) if args.bundle else None
-        vlm = None
-        device = settings.torch_device()
-        if args.vlm_checkpoint:
-            vlm = vlm_patch.VlmPatch.from_checkpoint(
-                args.vlm_arch or "", args.vlm_checkpoint, device=device, weight=args.vlm_weight
-            )
-        elif args.vlm_pretrained:
-            if not args.vlm_arch:
-                raise InvalidArgument("--vlm-pretrained needs --vlm-arch")
-            vlm = vlm_patch.VlmPatch.from_pretrained(
-                args.vlm_arch, args.vlm_pretrained, device=device, weight=args.vlm_weight
-            )
-        asyncio.run(
-            serve(
-                settings,
-                port=args.port,
-                host=args.host,
-                bundle=bundle,
-                use_neo4j=not args.no_neo4j,
-                vlm=vlm,
-                grace=args.grace,
-            )
+
+
+def _serve_options(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """`serve`'s keyword arguments from the flags: the bundle and VLM are loaded here."""
+    bundle = bundles.load_bundle(args.bundle) if args.bundle else None
+    vlm = None
+    device = settings.torch_device()
+    if args.vlm_checkpoint:
+        vlm = vlm_patch.VlmPatch.from_checkpoint(
+            args.vlm_arch or "", args.vlm_checkpoint, device=device, weight=args.vlm_weight
         )
-    except (MllgraphError, Unavailable) as e:
-        log.error("inference_failed msg=%r", str(e))
-        return 1
-    return 0
+    elif args.vlm_pretrained:
+        if not args.vlm_arch:
+            raise InvalidArgument("--vlm-pretrained needs --vlm-arch")
+        vlm = vlm_patch.VlmPatch.from_pretrained(
+            args.vlm_arch, args.vlm_pretrained, device=device, weight=args.vlm_weight
+        )
+    return {"bundle": bundle, "use_neo4j": not args.no_neo4j, "vlm": vlm, "grace": args.grace}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_service_main(
+        "inference",
+        serve,
+        argv,
+        port_help="default MLLGRAPH_INFERENCE_PORT",
+        description=__doc__,
+        add_arguments=_add_arguments,
+        serve_options=_serve_options,
+    )
 
 
 if __name__ == "__main__":

@@ -18,12 +18,13 @@ the catalogue. Thin wiring over `mllgraph.hub.registry`, `mllgraph.label.run` an
   attaches them with `probe_folder.attach_groups`: the same report and stale marks as the CLI.
   Streamed, not a server path: any remote caller can send them, and the server reads nothing
   from its disk on a caller's behalf.
+* Input specs and the shared enum vocabularies convert through `mllgraph.wire`.
 * Class names are grounded with `mllgraph.ground.resolve.grounder(settings)`, built lazily on first
   use (about 15 s: WordNet, morphology, the text embedder) and shared afterwards; `serve`
   warms it up in the background.
 
-Labelling jobs
---------------
+Labelling jobs (the queue: services/label_jobs.py)
+--------------------------------------------------
 `LabelModel` validates synchronously (the model exists -> else NOT_FOUND; it is not labelled
 yet unless `options.relabel` -> else FAILED_PRECONDITION; at least one probe set exists ->
 else FAILED_PRECONDITION), then queues a job and returns it QUEUED. One worker task runs the
@@ -39,14 +40,15 @@ model, scaled to 0..0.95; measuring and writing the labels is the rest) and is 1
 
 Jobs live only in this process's memory: a restart forgets them (labels a finished job wrote
 stay in the graph; a queued or running job is lost and must be resubmitted). The newest
-`MAX_FINISHED_JOBS` finished jobs are kept for `GetLabelJob`; older ones answer NOT_FOUND.
+`label_jobs.MAX_FINISHED_JOBS` finished jobs are kept for `GetLabelJob`; older ones answer
+NOT_FOUND.
 While a model has an active job, `DeleteModel` refuses it (FAILED_PRECONDITION); while a
 delete runs, `LabelModel` for that model is refused (FAILED_PRECONDITION). DeleteModel and
 RegisterModel run one at a time (they share weights files; see `registry.store_lock` for other
 processes). On shutdown, queued jobs fail ("server shutting down") and a running job gets the
 grace period to finish; after it, the job's cancel token (`label_work.CancelToken`) is cancelled
 *before* the job is reported FAILED, so its thread writes nothing afterwards (it stops at its
-next batch); a write already in flight is given CANCEL_WAIT_S, and the job reports what
+next batch); a write already in flight is given `label_jobs.CANCEL_WAIT_S`, and the job reports what
 happened (DONE when the write finished first).
 
 Run it with ``python -m services.ingestion [--port N] [--host H]`` (port default
@@ -57,8 +59,6 @@ NOT_SERVING again while it does not.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import dataclasses
 import logging
 import math
@@ -69,16 +69,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from mllgraph.errors import (
     FailedPrecondition,
@@ -89,43 +85,34 @@ from mllgraph.errors import (
 )
 from mllgraph.graph.db import Graph
 from mllgraph.graph.wordnet import concept_display_name
-from mllgraph.ground import resolve
 from mllgraph.hub import imports, probe_folder, probes, registry
-from mllgraph.hub.preprocess import InputSpec
 from mllgraph.label import run as labeller
 from mllgraph.label import work as label_work
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
+from mllgraph.wire import JOB_STATE_NAMES, f32, spec_from_proto, spec_to_proto, timestamp
 from services import telemetry
 from services.common import (
-    HealthServicer,
-    build_server,
+    RunningServer,
     full_service_name,
+    neo4j_health_report,
     rpc,
+    run_server,
     run_service_main,
-    serve_until_signal,
-    set_serving,
+    start_service,
+    watch_health,
 )
+from services.label_jobs import LabelJob, LabelJobQueue
 
 log = logging.getLogger("mllgraph.services.ingestion")
 
 SERVICE_NAME = full_service_name(ingestion_pb2, "IngestionService")
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000
 TOP_LABELS_PER_HEAD = 5
-MAX_FINISHED_JOBS = 1000
 GRACE_S = 10.0
-CANCEL_WAIT_S = 5.0  # at shutdown, how long a label write in flight may take to finish
 HEALTH_INTERVAL_S = 10.0  # Neo4j check once serving; every second before that
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}@[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-_RESIZE_FROM_PROTO = {
-    common_pb2.RESIZE_MODE_RESIZE: "resize",
-    common_pb2.RESIZE_MODE_RESIZE_CROP: "resize_crop",
-}
-_RESIZE_TO_PROTO = {v: k for k, v in _RESIZE_FROM_PROTO.items()}
 _SOURCE_TO_PROTO = {
     "file": ingestion_pb2.MODEL_SOURCE_WEIGHTS_PATH,
     "upload": ingestion_pb2.MODEL_SOURCE_WEIGHTS_BYTES,
@@ -133,28 +120,6 @@ _SOURCE_TO_PROTO = {
     "stream": ingestion_pb2.MODEL_SOURCE_WEIGHTS_UPLOAD,
 }
 MAX_PROBE_CONCEPT_CHARS, MAX_PROBE_NAME_CHARS = 200, 500
-
-QUEUED = ingestion_pb2.LABEL_JOB_STATE_QUEUED
-RUNNING = ingestion_pb2.LABEL_JOB_STATE_RUNNING
-DONE = ingestion_pb2.LABEL_JOB_STATE_DONE
-FAILED = ingestion_pb2.LABEL_JOB_STATE_FAILED
-_STATE_NAMES = {QUEUED: "queued", RUNNING: "running", DONE: "done", FAILED: "failed"}
-_CANCELLED_JOB = {  # CancelToken.cancel's answer -> how a job stopped at shutdown ends
-    label_work.CancelToken.CANCELLED: (
-        FAILED,
-        "server shut down while labelling; nothing was written (label the model again)",
-    ),
-    label_work.CancelToken.COMMITTED: (
-        DONE,
-        "the labels were written just before the server shut down",
-    ),
-    label_work.CancelToken.WRITING: (
-        FAILED,
-        "server shut down while the labels were being written: they may or may not be in "
-        "the graph (see the model's labelled_at)",
-    ),
-}
-
 
 # --- conversions ----------------------------------------------------------------------------
 
@@ -164,96 +129,6 @@ def _required(value: str, name: str) -> str:
     if not value:
         raise InvalidArgument(f"{name}: required")
     return value
-
-
-def _f32(value: float) -> float:
-    """A proto float32 as the decimal it was written as (0.286, not 0.28600001335144043)."""
-    return float(f"{value:.7g}")
-
-
-def _arch_defaults(arch: str) -> dict[str, Any]:
-    """timm's pretrained config for `arch` (metadata only, no download); {} if none."""
-    try:
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg(arch) if arch and timm.is_model(arch) else None
-    except Exception:  # noqa: BLE001 - defaults are a convenience; validation comes later
-        cfg = None
-    if cfg is None:
-        return {}
-    out: dict[str, Any] = {}
-    if cfg.input_size:
-        out["size"] = int(cfg.input_size[-1])
-    if cfg.interpolation:
-        out["interpolation"] = cfg.interpolation
-    if cfg.crop_pct:
-        out["crop_pct"] = float(cfg.crop_pct)
-    if cfg.mean and len(cfg.mean) == 3:
-        out["mean"], out["std"] = tuple(cfg.mean), tuple(cfg.std)
-    return out
-
-
-def spec_from_proto(msg: common_pb2.InputSpec, arch: str, base: InputSpec | None) -> InputSpec:
-    """The effective InputSpec: fields set in `msg`, the rest from `base` (a builtin's own
-    spec), else timm's config for `arch`, else ImageNet statistics (averaged for 1 channel).
-    Raises InvalidArgument naming the first bad field."""
-    channels = msg.channels or (base.channels if base else 3)
-    arch_cfg = {} if base else _arch_defaults(arch)
-    size = msg.size or (base.size if base else arch_cfg.get("size", 0))
-    if not size:
-        raise InvalidArgument(f"input_spec.size: required (arch {arch!r} has no default size)")
-    if msg.resize_mode and msg.resize_mode not in _RESIZE_FROM_PROTO:
-        raise InvalidArgument(f"input_spec.resize_mode: unknown value {msg.resize_mode}")
-    resize = _RESIZE_FROM_PROTO.get(msg.resize_mode) or (base.resize if base else "resize_crop")
-    if msg.crop_pct:
-        crop_pct = _f32(msg.crop_pct)
-    elif base:
-        crop_pct = base.crop_pct
-    else:
-        crop_pct = arch_cfg.get("crop_pct", 0.875) if resize == "resize_crop" else 1.0
-
-    def stats(given: list[float], name: str, imagenet: tuple[float, ...]) -> tuple[float, ...]:
-        if given:
-            return tuple(_f32(v) for v in given)
-        if base and base.channels == channels:
-            return tuple(getattr(base, name))
-        values = tuple(arch_cfg.get(name, imagenet))
-        return values if channels == 3 else (round(sum(values) / len(values), 4),)
-
-    return InputSpec(
-        size=size,
-        resize=resize,
-        crop_pct=crop_pct,
-        mean=stats(list(msg.mean), "mean", IMAGENET_MEAN),
-        std=stats(list(msg.std), "std", IMAGENET_STD),
-        channels=channels,
-        interpolation=msg.interpolation
-        or (base.interpolation if base else arch_cfg.get("interpolation", "bilinear")),
-    ).validate()
-
-
-def spec_to_proto(spec: dict[str, Any]) -> common_pb2.InputSpec:
-    return common_pb2.InputSpec(
-        size=int(spec["size"]),
-        resize_mode=_RESIZE_TO_PROTO.get(spec["resize"], common_pb2.RESIZE_MODE_UNSPECIFIED),
-        crop_pct=float(spec.get("crop_pct", 1.0)),
-        mean=list(spec["mean"]),
-        std=list(spec["std"]),
-        channels=int(spec["channels"]),
-        interpolation=spec.get("interpolation", ""),
-    )
-
-
-def _timestamp(value: str | float | None) -> Timestamp | None:
-    """An ISO 8601 string (Neo4j datetime) or epoch seconds as a Timestamp; None stays None."""
-    if value in (None, ""):
-        return None
-    ts = Timestamp()
-    if isinstance(value, str):
-        ts.FromJsonString(value)
-    else:
-        ts.FromNanoseconds(int(value * 1e9))
-    return ts
 
 
 def head_to_proto(row: dict[str, Any]) -> ingestion_pb2.Head:
@@ -293,10 +168,10 @@ def model_to_proto(
     )
     if record.get("top1_accuracy") is not None:
         model.top1_accuracy = float(record["top1_accuracy"])
-    created = _timestamp(record.get("created_at"))
+    created = timestamp(record.get("created_at"))
     if created is not None:
         model.created_at.CopyFrom(created)
-    labelled = _timestamp(record.get("labelled_at"))
+    labelled = timestamp(record.get("labelled_at"))
     if labelled is not None:
         model.labelled_at.CopyFrom(labelled)
     return model
@@ -324,7 +199,7 @@ def label_options_from_proto(msg: ingestion_pb2.LabelOptions) -> label_work.Labe
         samples_per_concept=msg.samples_per_concept or default.samples_per_concept,
         batch_size=msg.batch_size or default.batch_size,
         top_k=msg.top_k or default.top_k,
-        min_score=_f32(msg.min_score) if msg.min_score else default.min_score,
+        min_score=f32(msg.min_score) if msg.min_score else default.min_score,
     )
 
 
@@ -340,187 +215,6 @@ def _stored_blob(settings: Settings, sha: str) -> Path:
         return blob
     imports.upload_path(settings, sha)  # raises NotFound with the advice
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-# --- labelling jobs -------------------------------------------------------------------------
-
-
-@dataclass
-class LabelJob:
-    """One labelling job (in memory; see the module docstring)."""
-
-    job_id: str
-    model_id: str
-    options: label_work.LabelOptions
-    heads_total: int
-    state: int = QUEUED
-    progress: float = 0.0  # written by the labelling thread, read by the event loop
-    message: str = "queued"
-    created_at: float = field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
-    heads_done: int = 0
-    # Set when the job is reported FAILED while its thread may still run: no write after it.
-    token: label_work.CancelToken = field(default_factory=label_work.CancelToken)
-
-    @property
-    def active(self) -> bool:
-        return self.state in (QUEUED, RUNNING)
-
-    def to_proto(self) -> ingestion_pb2.LabelJob:
-        job = ingestion_pb2.LabelJob(
-            job_id=self.job_id,
-            model_id=self.model_id,
-            state=self.state,
-            progress=min(max(self.progress, 0.0), 1.0),
-            message=self.message,
-            heads_done=self.heads_done,
-            heads_total=self.heads_total,
-        )
-        for name in ("started_at", "finished_at"):
-            ts = _timestamp(getattr(self, name))
-            if ts is not None:
-                getattr(job, name).CopyFrom(ts)
-        return job
-
-
-class LabelJobQueue:
-    """In-memory FIFO of labelling jobs with one worker task: one job runs at a time."""
-
-    def __init__(self, run: Callable[[LabelJob], Any], keep_finished: int = MAX_FINISHED_JOBS):
-        self._run = run  # async (job) -> summary message
-        self._keep = keep_finished
-        self._jobs: OrderedDict[str, LabelJob] = OrderedDict()
-        self._queue: asyncio.Queue[LabelJob | None] | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._current: asyncio.Task[str] | None = None
-        self._running: LabelJob | None = None
-        self._cancel_outcome: str | None = None  # CancelToken.cancel's answer at shutdown
-        # Models no job may be submitted for right now (DeleteModel in progress).
-        self.closed: set[str] = set()
-
-    def get(self, job_id: str) -> LabelJob:
-        job = self._jobs.get(job_id)
-        if job is None:
-            raise NotFound(
-                f"label job {job_id!r} does not exist (jobs live in the server's memory: "
-                "a restart forgets them, and only recent finished jobs are kept)"
-            )
-        return job
-
-    def state_counts(self) -> dict[str, int]:
-        """Jobs held in memory by state name (every state present, 0 when none)."""
-        counts = dict.fromkeys(_STATE_NAMES.values(), 0)
-        for job in list(self._jobs.values()):
-            name = _STATE_NAMES.get(job.state, str(job.state))
-            counts[name] = counts.get(name, 0) + 1
-        return counts
-
-    def active_for(self, model_id: str) -> LabelJob | None:
-        return next((j for j in self._jobs.values() if j.active and j.model_id == model_id), None)
-
-    def submit(self, model_id: str, options: label_work.LabelOptions, heads_total: int) -> LabelJob:
-        """Queue a job for `model_id`, or return its queued or running job if it has one.
-
-        Atomic on the event loop (no await between the check and the queueing), so two
-        concurrent LabelModel calls for one model get one job. FailedPrecondition while the
-        model is being deleted."""
-        active = self.active_for(model_id)
-        if active is not None:
-            return active
-        if model_id in self.closed:
-            raise FailedPrecondition(f"model {model_id} is being deleted; nothing to label")
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            # A fresh context: the worker outlives the RPC that started it, so it must not
-            # inherit that RPC's graph deadline (mllgraph.graph.deadline).
-            self._worker = asyncio.create_task(
-                self._work(), name="label-job-worker", context=contextvars.Context()
-            )
-        job = LabelJob(uuid.uuid4().hex, model_id, options, heads_total)
-        self._jobs[job.job_id] = job
-        self._queue.put_nowait(job)
-        self._evict()
-        log.info(
-            "label_job state=queued job=%s model=%s waiting=%d",
-            job.job_id,
-            model_id,
-            self._queue.qsize(),
-        )
-        return job
-
-    def _evict(self) -> None:
-        finished = [k for k, j in self._jobs.items() if not j.active]
-        for key in finished[: max(0, len(finished) - self._keep)]:
-            del self._jobs[key]
-
-    def _finish(self, job: LabelJob, state: int, message: str) -> None:
-        job.state, job.message, job.finished_at = state, message, time.time()
-        if state == DONE:
-            job.progress, job.heads_done = 1.0, job.heads_total
-        seconds = job.finished_at - (job.started_at or job.created_at)
-        log.log(
-            logging.INFO if state == DONE else logging.WARNING,
-            "label_job state=%s job=%s model=%s s=%.1f msg=%r",
-            _STATE_NAMES[state],
-            job.job_id,
-            job.model_id,
-            seconds,
-            message,
-        )
-        self._evict()
-
-    async def _work(self) -> None:
-        assert self._queue is not None
-        while True:
-            job = await self._queue.get()
-            if job is None:  # close(): no more jobs
-                return
-            if not job.active:  # failed at shutdown while waiting
-                continue
-            job.state, job.started_at, job.message = RUNNING, time.time(), "running"
-            log.info("label_job state=running job=%s model=%s", job.job_id, job.model_id)
-            self._running = job
-            self._current = asyncio.ensure_future(self._run(job))
-            # A job cancelled at shutdown still ends in its thread (Aborted): retrieve that.
-            self._current.add_done_callback(lambda f: f.cancelled() or f.exception())
-            try:
-                message = await asyncio.shield(self._current)
-            except asyncio.CancelledError:
-                if job.active:
-                    # close() cancelled the token already; otherwise do it now, not waiting.
-                    outcome = self._cancel_outcome or job.token.cancel(timeout=0)
-                    state, note = _CANCELLED_JOB[outcome]
-                    self._finish(job, state, note)
-                raise
-            except MllgraphError as e:
-                self._finish(job, FAILED, str(e))
-            except Exception as e:  # noqa: BLE001 - reported on the job, logged with traceback
-                log.exception("label_job_internal_error job=%s", job.job_id)
-                self._finish(job, FAILED, f"internal error ({type(e).__name__}): {e}")
-            else:
-                self._finish(job, DONE, message)
-            finally:
-                self._current = self._running = None
-
-    async def close(self, grace: float | None) -> None:
-        """Fail queued jobs, give a running one `grace` seconds, then stop the worker."""
-        for job in list(self._jobs.values()):
-            if job.state == QUEUED:
-                self._finish(job, FAILED, "server shutting down before the job started")
-        if self._worker is None or self._queue is None:
-            return
-        self._queue.put_nowait(None)  # the worker stops after the running job
-        done, _ = await asyncio.wait({self._worker}, timeout=grace or 0)
-        if not done:
-            job = self._running
-            if job is not None:
-                # Before the job is reported: its thread then writes nothing (or already has).
-                self._cancel_outcome = await asyncio.to_thread(job.token.cancel, CANCEL_WAIT_S)
-            self._worker.cancel()  # the job is reported; a cancelled thread stops soon
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        self._worker = None
 
 
 # --- the servicer ---------------------------------------------------------------------------
@@ -551,6 +245,8 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             if self._grounder is None:
                 t0 = time.monotonic()
                 if self._grounder_factory is None:
+                    from mllgraph.ground import resolve
+
                     self._grounder = resolve.grounder(self.settings)
                 else:
                     self._grounder = self._grounder_factory(self.settings)
@@ -847,7 +543,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                     name=request.name or None,
                     arch=request.arch or None,
                     covers=request.covers_concept or None,
-                    min_score=_f32(score),
+                    min_score=f32(score),
                     limit=page_size,
                     after=request.page_token or None,
                 )
@@ -878,7 +574,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             active = self.jobs.active_for(mid)
             if active is not None:
                 raise FailedPrecondition(
-                    f"model {mid} has a labelling job {_STATE_NAMES[active.state]} "
+                    f"model {mid} has a labelling job {JOB_STATE_NAMES[active.state]} "
                     f"({active.job_id}); delete it once the job has finished"
                 )
             self.jobs.closed.add(mid)
@@ -908,49 +604,6 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
 # --- running the server ---------------------------------------------------------------------
 
 
-async def watch_neo4j(
-    graph: Graph, health: HealthServicer, stop: asyncio.Event, interval: float = HEALTH_INTERVAL_S
-) -> None:
-    """Report SERVING while Neo4j answers and NOT_SERVING while it does not, until `stop`."""
-    serving: bool | None = None
-    while not stop.is_set():
-        try:
-            await asyncio.to_thread(graph.verify)
-            ok, why = True, ""
-        except Exception as e:  # noqa: BLE001 - any failure means: not serving
-            ok, why = False, str(e) or type(e).__name__
-        if ok != serving and not stop.is_set():
-            await set_serving(health, [SERVICE_NAME], ok)
-            if ok:
-                log.info("health status=SERVING neo4j=%s", graph.settings.bolt_uri)
-            else:
-                log.warning("health status=NOT_SERVING reason=%r", why)
-            serving = ok
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval if serving else 1.0)
-
-
-@dataclass
-class IngestionServer:
-    """A started server (from `start`): its port, health servicer and the servicer itself."""
-
-    server: grpc.aio.Server
-    health: HealthServicer
-    port: int
-    servicer: IngestionServicer
-    stop_event: asyncio.Event
-    watcher: asyncio.Task[None]
-
-    async def close(self, grace: float | None = GRACE_S) -> None:
-        """Stop health watching, report NOT_SERVING, stop the server, finish jobs, close."""
-        self.stop_event.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.watcher
-        await set_serving(self.health, [SERVICE_NAME], False)
-        await self.server.stop(grace)
-        await self.servicer.close(grace)
-
-
 async def start(
     settings: Settings,
     port: int = 0,
@@ -958,44 +611,54 @@ async def start(
     host: str = "127.0.0.1",
     servicer: IngestionServicer | None = None,
     health_interval: float = HEALTH_INTERVAL_S,
-) -> IngestionServer:
+) -> RunningServer:
     """Build and start the server on `port` (0: a free one); health turns SERVING once Neo4j
-    answers. Stop it with `await running.close()`."""
+    answers. Stop it with `await running.close()` (grace GRACE_S; then the label jobs get it)."""
     servicer = servicer or IngestionServicer(settings)
-    server, health, bound = await build_server(
+    running = await start_service(
+        servicer,
+        ingestion_pb2_grpc.add_IngestionServiceServicer_to_server,
+        SERVICE_NAME,
+        settings,
         port,
-        [(ingestion_pb2_grpc.add_IngestionServiceServicer_to_server, servicer)],
-        [SERVICE_NAME],
         host=host,
-        settings=settings,
+        close_servicer=servicer.close,
+        grace=GRACE_S,
         collectors=[telemetry.label_job_collector(servicer.jobs.state_counts)],
-        max_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    await server.start()
-    stop = asyncio.Event()
-    watcher = asyncio.create_task(watch_neo4j(servicer.graph, health, stop, health_interval))
-    log.info("ingestion_started port=%d neo4j=%s", bound, settings.bolt_uri)
-    return IngestionServer(server, health, bound, servicer, stop, watcher)
+
+    def neo4j_answers() -> None:
+        servicer.graph.verify()
+
+    running.run_in_background(
+        watch_health(
+            running.health,
+            [SERVICE_NAME],
+            neo4j_answers,
+            running.stop_event,
+            interval=health_interval,
+            retry_interval=1.0,
+            report=neo4j_health_report(log, servicer.graph.settings.bolt_uri),
+        )
+    )
+    log.info("ingestion_started port=%d neo4j=%s", running.port, settings.bolt_uri)
+    return running
 
 
 async def serve(settings: Settings, *, port: int | None = None, host: str = "127.0.0.1") -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully."""
     running = await start(settings, settings.ingestion_port if port is None else port, host=host)
+    servicer: IngestionServicer = running.servicer
 
     def warm_up() -> None:
         try:
-            running.servicer.grounder()
+            servicer.grounder()
         except Exception as e:  # noqa: BLE001 - registration will report it when used
             log.warning("grounder_warm_up_failed error=%r", str(e))
 
     # A daemon thread, not the loop's executor: shutdown need not wait for the warm-up.
     threading.Thread(target=warm_up, name="grounder-warm-up", daemon=True).start()
-    try:
-        await serve_until_signal(
-            running.server, running.health, [SERVICE_NAME], GRACE_S, stop=running.stop_event
-        )
-    finally:
-        await running.close(GRACE_S)
+    await run_server(running, GRACE_S)
 
 
 def main(argv: list[str] | None = None) -> int:

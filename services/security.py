@@ -24,6 +24,7 @@ import grpc
 from mllgraph.auth import SCOPES, TokenTable, is_loopback_host, read_pem, scope_allows
 from mllgraph.errors import FailedPrecondition, MllgraphError, PermissionDenied, Unauthenticated
 from mllgraph.settings import Settings
+from services.errors import status_for
 from services.telemetry import CALLER, is_open, metadata_value, wrap_handler
 
 log = logging.getLogger("mllgraph.services.security")
@@ -114,8 +115,6 @@ def _denying(
     handler: grpc.RpcMethodHandler, method: str, denied: MllgraphError
 ) -> grpc.RpcMethodHandler:
     """A handler of the same shape as `handler` that only refuses the call."""
-    from services.common import status_for
-
     code = status_for(denied)
 
     async def deny(_request: Any, context: grpc.aio.ServicerContext) -> None:

@@ -157,7 +157,7 @@ def test_a_stacked_plan_classifies_alike_inline_through_grpc_and_in_process(
     from mllgraph.eval.grpc_pipeline import GrpcPipeline
     from mllgraph.plan.document import STACKED_SCHEMA_VERSION, parse_plan
     from mllgraph.v1 import inference_pb2, inference_pb2_grpc
-    from services.inference import plan_to_proto
+    from mllgraph.wire import inline_plan_to_proto
 
     graph, settings, models = tiny_hub["graph"], tiny_hub["settings"], tiny_hub["models"]
     task = parse_suite(SUITE).tasks[1]  # boot-dress: every class has probe images
@@ -178,7 +178,7 @@ def test_a_stacked_plan_classifies_alike_inline_through_grpc_and_in_process(
     assert doc["combination"]["schema_version"] == STACKED_SCHEMA_VERSION
     expected = scoring.classify_plan(doc, logits, idx)
     request = inference_pb2.ClassifyRequest(
-        inline_plan=plan_to_proto(doc),
+        inline_plan=inline_plan_to_proto(doc),
         images=[
             inference_pb2.Image(
                 id=str(i),
@@ -190,4 +190,7 @@ def test_a_stacked_plan_classifies_alike_inline_through_grpc_and_in_process(
     with GrpcPipeline(settings) as p, grpc.insecure_channel(p.services.address("inference")) as ch:
         response = inference_pb2_grpc.InferenceServiceStub(ch).Classify(request, timeout=120)
     assert [q.class_index for q in response.predictions] == expected.tolist()
-    assert json.loads(plan_to_proto(doc).combination_json)["stacked"]["rule"] == "stacked_logistic"
+    assert (
+        json.loads(inline_plan_to_proto(doc).combination_json)["stacked"]["rule"]
+        == "stacked_logistic"
+    )

@@ -1,5 +1,5 @@
 """The Neo4j driver's errors become the project's own (mllgraph.graph.db.translate), so the one
-status map of services/common.py gives UNAVAILABLE / ALREADY_EXISTS / DEADLINE_EXCEEDED, not
+status map of services/errors.py gives UNAVAILABLE / ALREADY_EXISTS / DEADLINE_EXCEEDED, not
 INTERNAL (issue #12)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from neo4j.exceptions import (
 from mllgraph.errors import AlreadyExists, DeadlineExceeded, Unavailable
 from mllgraph.graph import db, deadline
 from mllgraph.settings import Settings
-from services.common import status_for
+from services.errors import status_for
 
 SETTINGS = Settings()
 

@@ -27,6 +27,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from mllgraph import wire
 from mllgraph.combine import rule as combine
 from mllgraph.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from mllgraph.hub import forward, loading, registry
@@ -218,7 +219,7 @@ def test_grpc_equals_library_and_manual_combine(hub: dict[str, Any]) -> None:
                 images=[
                     inference_pb2.Image(id=f"img{i}", encoded=png(im)) for i, im in enumerate(x)
                 ],
-                inline_plan=svc.plan_to_proto(plan),
+                inline_plan=wire.inline_plan_to_proto(plan),
                 top_k=3,
             ),
             timeout=60,
@@ -278,7 +279,9 @@ def test_inline_plan_without_heads_uses_fallback(hub: dict[str, Any]) -> None:
         "combination": {"schema_version": 1, "plan": cp.to_dict()},
     }
     resp = hub["server"].stub.Classify(
-        request(images=[raw(im) for im in hub["x"][:4]], inline_plan=svc.plan_to_proto(doc)),
+        request(
+            images=[raw(im) for im in hub["x"][:4]], inline_plan=wire.inline_plan_to_proto(doc)
+        ),
         timeout=30,
     )
     assert list(resp.uncovered_classes) == ["dog", "cat", "horse"]
@@ -345,7 +348,7 @@ def test_vlm_patch_is_used_and_reported(hub: dict[str, Any]) -> None:
 def _bad_requests(hub: dict[str, Any]) -> list[tuple[str, Any, grpc.StatusCode, str]]:
     pid, x = hub["plan"]["plan_id"], hub["x"]
     big = np.zeros((200, 200), np.uint8)
-    bad_schema = svc.plan_to_proto(hub["plan"])
+    bad_schema = wire.inline_plan_to_proto(hub["plan"])
     bad_schema.combination_json = json.dumps({"schema_version": 99, "plan": {}})
     ok_img = raw(x[0])
     return [
@@ -415,10 +418,10 @@ def _probabilities(resp: inference_pb2.ClassifyResponse) -> np.ndarray:
 
 def test_plan_that_select_heads_returned_classifies_unchanged(hub: dict[str, Any]) -> None:
     """SelectHeads puts the whole plan document into combination_json; inference reads it."""
-    from services import selection as selection_svc
+    from services import plan_messages
 
     plan, x, stub = hub["plan"], hub["x"][:4], hub["server"].stub
-    returned = selection_svc.plan_to_proto(plan, selection_svc.Concepts(None))
+    returned = plan_messages.plan_to_proto(plan, plan_messages.Concepts(None))
     assert json.loads(returned.combination_json)["plan_id"] == plan["plan_id"]
     returned = selection_pb2.Plan.FromString(returned.SerializeToString())  # as a client has it
     inline = stub.Classify(request(images=[raw(im) for im in x], inline_plan=returned), timeout=60)
@@ -429,7 +432,7 @@ def test_plan_that_select_heads_returned_classifies_unchanged(hub: dict[str, Any
 
 
 def _malformed_plans(hub: dict[str, Any]) -> list[tuple[str, selection_pb2.Plan]]:
-    base = svc.plan_to_proto(hub["plan"])
+    base = wire.inline_plan_to_proto(hub["plan"])
     comb = json.loads(base.combination_json)
 
     def with_json(text: str) -> selection_pb2.Plan:
@@ -497,7 +500,7 @@ def test_malformed_inline_plans_are_refused_never_internal(hub: dict[str, Any]) 
 def test_missing_model_file_is_failed_precondition(hub: dict[str, Any]) -> None:
     server, mid = hub["server"], hub["models"][0]
     doc = single_model_plan(hub, mid, [WNIDS[c] for c in (5, 7, 9)])
-    req = request(images=[raw(hub["x"][0])], inline_plan=svc.plan_to_proto(doc))
+    req = request(images=[raw(hub["x"][0])], inline_plan=wire.inline_plan_to_proto(doc))
     blob = Path(registry.get_model(hub["graph"], mid)["weights_path"])
     aside = hub["tmp"] / "moved-away.blob"
     server.servicer.clear_caches()
@@ -562,7 +565,7 @@ def test_cuda_oom_retries_with_half_batches(hub: dict[str, Any]) -> None:
     server = ServerThread(hub["settings"], cache=cache, batcher=batcher)
     doc = single_model_plan(hub, hub["models"][1], [WNIDS[c] for c in (1, 8, 3)])
     x = hub["x"][:16]
-    req = request(images=[raw(im) for im in x], inline_plan=svc.plan_to_proto(doc))
+    req = request(images=[raw(im) for im in x], inline_plan=wire.inline_plan_to_proto(doc))
     try:
         server.wait_serving()
         resp = server.stub.Classify(req, timeout=60)
@@ -614,7 +617,8 @@ def test_bundle_serves_without_neo4j(hub: dict[str, Any]) -> None:
     try:
         server.wait_serving()
         inline = server.stub.Classify(
-            request(images=[raw(im) for im in x], inline_plan=svc.plan_to_proto(plan)), timeout=60
+            request(images=[raw(im) for im in x], inline_plan=wire.inline_plan_to_proto(plan)),
+            timeout=60,
         )
         by_id = server.stub.Classify(request(plan["plan_id"], [raw(im) for im in x]), timeout=60)
         expected = hub["server"].stub.Classify(request(plan["plan_id"], [raw(im) for im in x]))
@@ -678,7 +682,9 @@ def test_images_outside_a_models_domain_are_set_aside(
         doc["classes"] = [{"name": f"{n} (domain test)"} for n in ("sandal", "sneaker", "boot")]
         photo = np.asarray(Image.fromarray(load_photo("coffee")).resize((120, 80)))
         images = [raw(photo), raw(hub["x"][0]), raw(hub["x"][1])]
-        resp = stub.Classify(request(images=images, inline_plan=svc.plan_to_proto(doc)), timeout=60)
+        resp = stub.Classify(
+            request(images=images, inline_plan=wire.inline_plan_to_proto(doc)), timeout=60
+        )
         on_photo = resp.predictions[0]
         assert list(on_photo.out_of_domain_models) == [mid]
         assert on_photo.used_fallback and not on_photo.contributing_heads

@@ -30,6 +30,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from mllgraph import wire
 from mllgraph.errors import FailedPrecondition, NotFound
 from mllgraph.graph import deadline
 from mllgraph.hub import loading, probes, registry
@@ -38,7 +39,7 @@ from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
 from mllgraph.label import work as label_work
 from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
-from services import ingestion
+from services import ingestion, label_jobs
 from tests.helpers import ingestion_server
 
 pytestmark = pytest.mark.neo4j
@@ -673,18 +674,18 @@ def test_a_failing_job_reports_failed(
 
 def test_input_spec_defaults() -> None:
     lite = loading.EFFICIENTNET_LITE["efficientnet_lite0"].input_spec
-    assert ingestion.spec_from_proto(common_pb2.InputSpec(), "", lite) == lite
-    bigger = ingestion.spec_from_proto(common_pb2.InputSpec(size=256), "", lite)
+    assert wire.spec_from_proto(common_pb2.InputSpec(), "", lite) == lite
+    bigger = wire.spec_from_proto(common_pb2.InputSpec(size=256), "", lite)
     assert bigger.size == 256 and bigger.mean == lite.mean and bigger.resize == lite.resize
-    gray = ingestion.spec_from_proto(common_pb2.InputSpec(size=32, channels=1), "no_arch", None)
+    gray = wire.spec_from_proto(common_pb2.InputSpec(size=32, channels=1), "no_arch", None)
     assert gray == InputSpec(
         size=32, resize="resize_crop", crop_pct=0.875, mean=(0.449,), std=(0.226,), channels=1
     )
-    timm_default = ingestion.spec_from_proto(common_pb2.InputSpec(), "resnet18", None)
+    timm_default = wire.spec_from_proto(common_pb2.InputSpec(), "resnet18", None)
     assert timm_default.size == 224 and timm_default.channels == 3
-    fashion = ingestion.spec_from_proto(fashion_spec(), ARCH, None)
+    fashion = wire.spec_from_proto(fashion_spec(), ARCH, None)
     assert fashion == fashion_experts.FASHION_INPUT_SPEC
-    assert ingestion.spec_to_proto(fashion.to_dict()) == fashion_spec(crop_pct=1.0)
+    assert wire.spec_to_proto(fashion.to_dict()) == fashion_spec(crop_pct=1.0)
     assert ingestion.concept_display_name("gym_shoe.n.01") == "gym shoe"
 
 
@@ -766,9 +767,9 @@ def test_job_queue_runs_one_job_at_a_time_in_order() -> None:
         overlap: list[int] = []
         gate = asyncio.Event()
 
-        async def run(job: ingestion.LabelJob) -> str:
+        async def run(job: label_jobs.LabelJob) -> str:
             running.append(job.model_id)
-            overlap.append(sum(j.state == ingestion.RUNNING for j in queue._jobs.values()))
+            overlap.append(sum(j.state == label_jobs.RUNNING for j in queue._jobs.values()))
             job.progress = 0.5
             if job.model_id == "blocked@1":
                 await gate.wait()
@@ -778,29 +779,29 @@ def test_job_queue_runs_one_job_at_a_time_in_order() -> None:
                 raise KeyError("oops")
             return f"done {job.model_id}"
 
-        queue = ingestion.LabelJobQueue(run, keep_finished=2)
+        queue = label_jobs.LabelJobQueue(run, keep_finished=2)
         opts = label_work.LabelOptions()
         jobs = [queue.submit(m, opts, 3) for m in ("a@1", "bad@1", "bug@1", "blocked@1", "z@1")]
-        assert all(j.state == ingestion.QUEUED for j in jobs)
+        assert all(j.state == label_jobs.QUEUED for j in jobs)
         assert queue.active_for("a@1") is jobs[0] and queue.active_for("nope@1") is None
         for _ in range(200):
-            if jobs[3].state == ingestion.RUNNING:
+            if jobs[3].state == label_jobs.RUNNING:
                 break
             await asyncio.sleep(0.01)
         assert running == ["a@1", "bad@1", "bug@1", "blocked@1"] and set(overlap) == {1}
         a, bad, bug = (j.to_proto() for j in jobs[:3])
-        assert a.state == ingestion.DONE and a.progress == 1.0 and a.heads_done == 3
+        assert a.state == label_jobs.DONE and a.progress == 1.0 and a.heads_done == 3
         assert a.message == "done a@1" and a.HasField("finished_at")
-        assert bad.state == ingestion.FAILED and bad.message == "weights are gone"
-        assert bug.state == ingestion.FAILED and "internal error (KeyError)" in bug.message
-        assert jobs[3].to_proto().progress == 0.5 and jobs[4].state == ingestion.QUEUED
+        assert bad.state == label_jobs.FAILED and bad.message == "weights are gone"
+        assert bug.state == label_jobs.FAILED and "internal error (KeyError)" in bug.message
+        assert jobs[3].to_proto().progress == 0.5 and jobs[4].state == label_jobs.QUEUED
         with pytest.raises(NotFound):  # evicted: only the 2 newest finished jobs are kept
             queue.get(jobs[0].job_id)
         assert queue.get(jobs[2].job_id) is jobs[2]
         gate.set()
         await queue.close(grace=5)
-        assert jobs[3].state == ingestion.DONE
-        assert jobs[4].state == ingestion.FAILED and "shutting down" in jobs[4].message
+        assert jobs[3].state == label_jobs.DONE
+        assert jobs[4].state == label_jobs.FAILED and "shutting down" in jobs[4].message
         assert running[-1] == "blocked@1"  # z@1 never ran
 
     asyncio.run(scenario())
@@ -813,11 +814,11 @@ def test_label_jobs_do_not_inherit_the_submitting_rpcs_deadline() -> None:
     async def scenario() -> None:
         seen: list[float | None] = []
 
-        async def run(job: ingestion.LabelJob) -> str:
+        async def run(job: label_jobs.LabelJob) -> str:
             seen.append(await asyncio.to_thread(deadline.remaining))
             return "done"
 
-        queue = ingestion.LabelJobQueue(run)
+        queue = label_jobs.LabelJobQueue(run)
         with deadline.within(0.01):  # as inside a LabelModel call with a short deadline
             job = queue.submit("a@1", label_work.LabelOptions(), 1)
         for _ in range(500):
@@ -825,6 +826,6 @@ def test_label_jobs_do_not_inherit_the_submitting_rpcs_deadline() -> None:
                 break
             await asyncio.sleep(0.01)
         await queue.close(grace=5)
-        assert job.state == ingestion.DONE and seen == [None]
+        assert job.state == label_jobs.DONE and seen == [None]
 
     asyncio.run(scenario())

@@ -32,8 +32,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mllgraph.hub import imports, probe_folder, probes, registry
-from mllgraph.hub import loading as experts
+from mllgraph.hub import imports, loading, probe_folder, probes, registry
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
@@ -86,7 +85,7 @@ def server(neo4j_settings, sdag_graph, import_dir: Path) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def weights(import_dir: Path) -> bytes:
     torch.manual_seed(0)
-    path = experts.save_weights(experts.build_timm(ARCH, 2, 1), import_dir / "ok.safetensors")
+    path = loading.save_weights(loading.build_timm(ARCH, 2, 1), import_dir / "ok.safetensors")
     data = path.read_bytes()
     assert len(data) < UPLOAD_LIMIT
     return data
@@ -391,7 +390,7 @@ def test_client_and_cli_upload_weights_and_probes(
     from mllgraph import client as mc
 
     torch.manual_seed(3)
-    local = experts.save_weights(experts.build_timm(ARCH, 2, 1), tmp_path / "mine.safetensors")
+    local = loading.save_weights(loading.build_timm(ARCH, 2, 1), tmp_path / "mine.safetensors")
     sha = hashlib.sha256(local.read_bytes()).hexdigest()
     target = f"127.0.0.1:{server.port}"
     with mc.Client(target, settings=server.settings, timeout=T) as client:

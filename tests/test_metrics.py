@@ -266,7 +266,7 @@ def test_label_job_states_are_exposed_as_they_change() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from mllgraph.errors import FailedPrecondition
-    from services import ingestion, telemetry
+    from services import label_jobs, telemetry
 
     async def scenario() -> list[dict[str, float]]:
         release = asyncio.Event()
@@ -277,7 +277,7 @@ def test_label_job_states_are_exposed_as_they_change() -> None:
             await release.wait()
             return "labelled"
 
-        queue = ingestion.LabelJobQueue(run)
+        queue = label_jobs.LabelJobQueue(run)
         registry = CollectorRegistry()
         registry.register(telemetry.label_job_collector(queue.state_counts))
 

@@ -24,7 +24,8 @@ from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
 from mllgraph.label import work as label_work
 from mllgraph.v1 import ingestion_pb2, ingestion_pb2_grpc
-from services import ingestion
+from services import label_jobs
+from services.common import RunningServer
 from tests.helpers import ingestion_server, random_probe_sets
 
 pytestmark = pytest.mark.neo4j
@@ -201,7 +202,7 @@ def server(
     tuple[
         ingestion_pb2_grpc.IngestionServiceStub,
         asyncio.AbstractEventLoop,
-        ingestion.IngestionServer,
+        RunningServer,
     ]
 ]:  # noqa: E501
     with ingestion_server(neo4j_settings, "race-test-loop") as (running, channel, loop):
@@ -228,7 +229,7 @@ def test_concurrent_label_model_calls_get_one_job(
             if not job.active:
                 break
             threading.Event().wait(0.1)
-        assert job.state == ingestion.DONE, job.message
+        assert job.state == label_jobs.DONE, job.message
         request = ingestion_pb2.LabelModelRequest(
             model_id=mid, options=ingestion_pb2.LabelOptions(relabel=True)
         )
@@ -238,11 +239,11 @@ def test_submit_is_atomic_and_closed_while_deleting() -> None:
     async def scenario() -> None:
         gate = asyncio.Event()
 
-        async def run(job: ingestion.LabelJob) -> str:
+        async def run(job: label_jobs.LabelJob) -> str:
             await gate.wait()
             return "done"
 
-        queue = ingestion.LabelJobQueue(run)
+        queue = label_jobs.LabelJobQueue(run)
         opts = label_work.LabelOptions()
         a, b = queue.submit("m@1", opts, 2), queue.submit("m@1", opts, 2)
         assert a is b
@@ -250,13 +251,13 @@ def test_submit_is_atomic_and_closed_while_deleting() -> None:
         with pytest.raises(FailedPrecondition, match="being deleted"):
             queue.submit("d@1", opts, 2)
         for _ in range(500):
-            if a.state == ingestion.RUNNING:
+            if a.state == label_jobs.RUNNING:
                 break
             await asyncio.sleep(0.01)
         assert queue.submit("m@1", opts, 2) is a  # running counts as active too
         gate.set()
         await queue.close(grace=5)
-        assert a.state == ingestion.DONE
+        assert a.state == label_jobs.DONE
 
     asyncio.run(scenario())
 
@@ -279,7 +280,7 @@ def test_a_job_reported_failed_at_shutdown_writes_nothing_afterwards(
         inside.set()
         release.wait(30)
 
-    async def run(job: ingestion.LabelJob) -> str:
+    async def run(job: label_jobs.LabelJob) -> str:
         def work() -> str:
             try:
                 labeller.label_model(
@@ -299,15 +300,15 @@ def test_a_job_reported_failed_at_shutdown_writes_nothing_afterwards(
 
         return await asyncio.to_thread(work)
 
-    async def scenario() -> ingestion.LabelJob:
-        queue = ingestion.LabelJobQueue(run)
+    async def scenario() -> label_jobs.LabelJob:
+        queue = label_jobs.LabelJobQueue(run)
         job = queue.submit(mid, label_work.LabelOptions(), 2)
         assert await asyncio.to_thread(inside.wait, 60)
         await queue.close(grace=0.2)
         return job
 
     job = asyncio.run(scenario())
-    assert job.state == ingestion.FAILED and "nothing was written" in job.message
+    assert job.state == label_jobs.FAILED and "nothing was written" in job.message
     release.set()
     for _ in range(300):
         if thread_outcome:

@@ -25,11 +25,11 @@ import grpc
 import numpy as np
 import pytest
 
+from mllgraph import wire
 from mllgraph.combine import rule as combine
 from mllgraph.errors import InvalidArgument
 from mllgraph.select import chco
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc
-from services import inference as svc
 from services import replicas
 
 CLASSES = ("dog", "cat", "horse")
@@ -73,7 +73,7 @@ def _request(tag: str) -> inference_pb2.ClassifyRequest:
     image = inference_pb2.Image(
         id=tag, raw=inference_pb2.RawArray(data=img.tobytes(), shape=[8, 8], dtype="uint8")
     )
-    return inference_pb2.ClassifyRequest(images=[image], inline_plan=svc.plan_to_proto(doc))
+    return inference_pb2.ClassifyRequest(images=[image], inline_plan=wire.inline_plan_to_proto(doc))
 
 
 def _check(resp: inference_pb2.ClassifyResponse, tag: str) -> None:

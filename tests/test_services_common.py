@@ -21,7 +21,6 @@ from mllgraph.graph import deadline
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc, selection_pb2, selection_pb2_grpc
 from services.common import (
     GRAPH_SHARE,
-    STATUS_BY_ERROR,
     HealthServicer,
     KeyValueFormatter,
     build_server,
@@ -30,8 +29,8 @@ from services.common import (
     rpc,
     serve_until_signal,
     set_serving,
-    status_for,
 )
+from services.errors import STATUS_BY_ERROR, status_for
 
 SELECTION = full_service_name(selection_pb2, "SelectionService")
 INFERENCE = full_service_name(inference_pb2, "InferenceService")

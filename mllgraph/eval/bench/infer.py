@@ -66,6 +66,7 @@ def bench_infer(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
 
     import grpc
 
+    from mllgraph import wire
     from mllgraph.errors import FailedPrecondition
     from mllgraph.graph import db
     from mllgraph.hub import loading, registry
@@ -109,7 +110,7 @@ def bench_infer(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 stub = inference_pb2_grpc.InferenceServiceStub(channel)
-                inline = {k: svc.plan_to_proto(doc) for k, doc in configs.items()}
+                inline = {k: wire.inline_plan_to_proto(doc) for k, doc in configs.items()}
                 for k in configs:  # warm-up: load every model, one image
                     await stub.Classify(
                         inference_pb2.ClassifyRequest(inline_plan=inline[k], images=raw[:1])

@@ -168,8 +168,7 @@ def _service_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 def _build_hub(rig: Rig, log: Callable[[str], None]) -> None:
     """Six concepts, two quickly trained Fashion experts labelled on small probe sets."""
-    from mllgraph.hub import loading as experts
-    from mllgraph.hub import probes, registry
+    from mllgraph.hub import loading, probes, registry
     from mllgraph.hubs.fashion import data as fashion
     from mllgraph.hubs.fashion import experts as fashion_experts
     from mllgraph.label import run as labeller
@@ -211,7 +210,7 @@ def _build_hub(rig: Rig, log: Callable[[str], None]) -> None:
             max_train=800,
             batch_size=100,
         )
-        path = experts.save_weights(model, tmp / f"{name}.safetensors")
+        path = loading.save_weights(model, tmp / f"{name}.safetensors")
         reg = registry.register_model(
             graph,
             settings,
