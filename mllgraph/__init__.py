@@ -18,7 +18,7 @@ circle or on a room importing one listed after it.
     reuse     step 3: serving a plan (images, model cache, batching)
     hubs      standard-hub builders (Fashion-MNIST), through the steps above
     wire      proto conversions shared by the services and the client
-    client    the typed Python client of the three services
+    client    the typed Python client of the three services (client, client_types)
     services  the gRPC servers (thin wiring), and starting them locally
     web       the web page over the client
     eval      evaluation, benchmarks, the demo

@@ -11,7 +11,8 @@ from pathlib import Path
 import mllgraph
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = {"errors", "paths", "settings", "auth", "protos", "v1", "__main__"}
+BASE = {"errors", "paths", "settings", "auth", "protos", "v1"}
+PART_OF = {"__main__": "cli", "client_types": "client"}  # top-level modules of a room
 MAX_LINES = 800
 LONG_MARK = "long on purpose"
 
@@ -41,8 +42,8 @@ def room_of(module: str) -> str:
         return "services"
     if len(parts) == 1:
         return "base"
-    if parts[1] == "__main__":
-        return "cli"
+    if parts[1] in PART_OF:
+        return PART_OF[parts[1]]
     return "base" if parts[1] in BASE else parts[1]
 
 
