@@ -120,7 +120,9 @@ def build(
         (report.registered if r.created else report.already).append(r.record["id"])
         models.append(r.record["id"])
     if experts:
-        paths = experts.train_fashion_hub(
+        from mllgraph.hubs.fashion.experts import train_fashion_hub  # torch: only when training
+
+        paths = train_fashion_hub(
             experts,
             seed,
             trained_dir(settings, seed) / f"split{split_seed}-e{epochs}-m{max_train_per_expert}",
