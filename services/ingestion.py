@@ -25,13 +25,19 @@ the catalogue. Thin wiring over `mllgraph.hub.registry`, `mllgraph.label.run` an
 
 Labelling jobs (the queue: services/label_jobs.py)
 --------------------------------------------------
-`LabelModel` validates synchronously (the model exists -> else NOT_FOUND; it is not labelled
-yet unless `options.relabel` -> else FAILED_PRECONDITION; at least one probe set exists ->
-else FAILED_PRECONDITION), then queues a job and returns it QUEUED. One worker task runs the
-jobs one at a time, in submission order, each in a worker thread
-(`labeller.label_model`). A second `LabelModel` for a model whose job is still queued or
-running returns that job instead of queuing another: the check and the queueing happen
-together on the event loop (`LabelJobQueue.submit`), so concurrent calls get one job.
+`LabelModel` validates synchronously (the model exists -> else NOT_FOUND; at least one probe
+set exists -> else FAILED_PRECONDITION), then claims the model for a new job and returns it
+QUEUED. One worker task runs the jobs one at a time, in submission order, each in a worker
+thread (`labeller.label_model`).
+
+One job per model, however many callers, across threads and processes: calls for one model
+are decided one at a time in this process (a lock per model), and the decision is a claim in
+the graph (`mllgraph.label.claims`: one conditional write under the model node's lock, with a
+lease the running job renews), so replicated services never both label a model. A call
+returns the model's queued or running job, or the job that finished after the call arrived
+(its request is served: e.g. a call that raced a job just finishing); a model labelled
+before the call is FAILED_PRECONDITION unless `options.relabel`; a model another process is
+labelling is ALREADY_EXISTS, naming that job.
 `GetLabelJob` reports QUEUED -> RUNNING -> DONE | FAILED; `progress` follows the labeller's
 progress callback (probe images through the
 model, scaled to 0..0.95; measuring and writing the labels is the rest) and is 1 at DONE;
@@ -69,6 +75,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,6 +84,7 @@ import grpc
 import numpy as np
 
 from mllgraph.errors import (
+    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     MllgraphError,
@@ -86,6 +94,7 @@ from mllgraph.errors import (
 from mllgraph.graph.db import Graph
 from mllgraph.graph.wordnet import concept_display_name
 from mllgraph.hub import imports, probe_folder, probes, registry
+from mllgraph.label import claims
 from mllgraph.label import run as labeller
 from mllgraph.label import work as label_work
 from mllgraph.settings import Settings
@@ -236,6 +245,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self._grounder_lock = threading.Lock()
         self._register_lock = asyncio.Lock()
         self.jobs = LabelJobQueue(self._run_label_job)
+        self._label_locks: dict[str, asyncio.Lock] = {}  # per model: LabelModel's decision
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -256,8 +266,26 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
     def _ground(self, name: str) -> str:
         return self.grounder()(name)
 
+    async def _renew_claim(self, job: LabelJob) -> None:
+        """Keep the job's claim on its model alive while it runs (the lease ends it otherwise)."""
+        while True:
+            await asyncio.sleep(claims.RENEW_S)
+            try:
+                await asyncio.to_thread(claims.renew, self.graph, job.model_id, job.job_id)
+            except MllgraphError as e:  # the graph is down: the lease still runs for a while
+                log.warning("label_claim_renew_failed job=%s error=%r", job.job_id, str(e))
+
+    def _release_claim(self, job: LabelJob) -> None:
+        try:
+            claims.release(self.graph, job.model_id, job.job_id)
+        except MllgraphError as e:  # the lease ends the claim anyway
+            log.warning("label_claim_release_failed job=%s error=%r", job.job_id, str(e))
+
     async def close(self, grace: float | None = None) -> None:
+        queued = self.jobs.queued()  # they never run: give their models back now
         await self.jobs.close(grace)
+        for job in queued:
+            await asyncio.to_thread(self._release_claim, job)
         if self._owns_graph:
             await asyncio.to_thread(self.graph.close)
         # Jobs run as Ray tasks with MLLGRAPH_EXECUTOR=ray: shut down the Ray they started.
@@ -278,15 +306,20 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         def progress(done: int, total: int) -> None:
             job.progress = 0.95 * done / total if total else 0.0
 
-        r = await asyncio.to_thread(
-            labeller.label_model,
-            self.graph,
-            self.settings,
-            job.model_id,
-            job.options,
-            progress=progress,
-            cancel=job.token,
-        )
+        renewing = asyncio.create_task(self._renew_claim(job), name=f"claim-{job.job_id}")
+        try:
+            r = await asyncio.to_thread(
+                labeller.label_model,
+                self.graph,
+                self.settings,
+                job.model_id,
+                job.options,
+                progress=progress,
+                cancel=job.token,
+            )
+        finally:
+            renewing.cancel()
+            await asyncio.to_thread(self._release_claim, job)
         return (
             f"labelled {job.heads_total} heads of {r.model_id}: {r.labels} labels and "
             f"{r.group_labels} group labels from {r.images} probe images of {r.concepts} "
@@ -488,24 +521,52 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
     async def LabelModel(  # noqa: N802
         self, request: ingestion_pb2.LabelModelRequest, context: grpc.aio.ServicerContext
     ) -> ingestion_pb2.LabelJob:
+        arrived = time.time()
         mid = _required(request.model_id, "model_id")
         options = label_options_from_proto(request.options)
-        record = await asyncio.to_thread(registry.get_model, self.graph, mid)
-        active = self.jobs.active_for(mid)
-        if active is not None:  # submit() checks again, atomically
-            return active.to_proto()
-        if record.get("labelled_at") and not request.options.relabel:
+        # One decision at a time per model in this process; the graph claim settles it
+        # across processes (replicated services): see "Labelling jobs" above.
+        async with self._label_locks.setdefault(mid, asyncio.Lock()):
+            job = self.jobs.active_for(mid) or self.jobs.served_since(mid, arrived)
+            if job is not None:
+                return job.to_proto()
+            record = await asyncio.to_thread(registry.get_model, self.graph, mid)
+            if not await asyncio.to_thread(probes.probe_sets, self.graph):
+                raise FailedPrecondition(
+                    f"cannot label {mid}: no concept has probe images yet; add some with "
+                    "`mllgraph probes add` (or `mllgraph hub build`)"
+                )
+            job_id = uuid.uuid4().hex
+            claim = await asyncio.to_thread(
+                claims.claim,
+                self.graph,
+                mid,
+                job_id,
+                relabel=request.options.relabel,
+                since_ms=int(arrived * 1000),
+            )
+            if claim.granted:
+                try:
+                    return self.jobs.submit(
+                        mid, options, int(record["num_classes"]), job_id
+                    ).to_proto()
+                except BaseException:
+                    await asyncio.to_thread(claims.release, self.graph, mid, job_id)
+                    raise
+            if claim.busy:
+                raise AlreadyExists(
+                    f"model {mid} is being labelled by job {claim.holder} of another process "
+                    "(another ingestion service or the CLI); watch the model's labelled_at"
+                )
+            if claim.fresh:
+                raise FailedPrecondition(
+                    f"model {mid} was labelled at {claim.labelled_at}, after this request "
+                    "arrived (by another process): its labels are current"
+                )
             raise FailedPrecondition(
-                f"model {mid} is already labelled (at {record['labelled_at']}); set "
+                f"model {mid} is already labelled (at {claim.labelled_at}); set "
                 "options.relabel to replace its labels"
             )
-        sets = await asyncio.to_thread(probes.probe_sets, self.graph)
-        if not sets:
-            raise FailedPrecondition(
-                f"cannot label {mid}: no concept has probe images yet; add some with "
-                "`mllgraph probes add` (or `mllgraph hub fashion-probes`)"
-            )
-        return self.jobs.submit(mid, options, int(record["num_classes"])).to_proto()
 
     @rpc
     async def GetLabelJob(  # noqa: N802

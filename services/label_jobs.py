@@ -123,8 +123,25 @@ class LabelJobQueue:
     def active_for(self, model_id: str) -> LabelJob | None:
         return next((j for j in self._jobs.values() if j.active and j.model_id == model_id), None)
 
-    def submit(self, model_id: str, options: label_work.LabelOptions, heads_total: int) -> LabelJob:
-        """Queue a job for `model_id`, or return its queued or running job if it has one.
+    def served_since(self, model_id: str, since: float) -> LabelJob | None:
+        """The newest job that labelled `model_id` and finished at or after `since`
+        (time.time()): a request that arrived then is served by it."""
+        done = [
+            j
+            for j in self._jobs.values()
+            if j.model_id == model_id and j.state == DONE and (j.finished_at or 0.0) >= since
+        ]
+        return max(done, key=lambda j: j.finished_at or 0.0, default=None)
+
+    def submit(
+        self,
+        model_id: str,
+        options: label_work.LabelOptions,
+        heads_total: int,
+        job_id: str | None = None,
+    ) -> LabelJob:
+        """Queue a job for `model_id` (under `job_id`, e.g. the id its claim was granted to),
+        or return its queued or running job if it has one.
 
         Atomic on the event loop (no await between the check and the queueing), so two
         concurrent LabelModel calls for one model get one job. FailedPrecondition while the
@@ -141,7 +158,7 @@ class LabelJobQueue:
             self._worker = asyncio.create_task(
                 self._work(), name="label-job-worker", context=contextvars.Context()
             )
-        job = LabelJob(uuid.uuid4().hex, model_id, options, heads_total)
+        job = LabelJob(job_id or uuid.uuid4().hex, model_id, options, heads_total)
         self._jobs[job.job_id] = job
         self._queue.put_nowait(job)
         self._evict()
@@ -206,6 +223,9 @@ class LabelJobQueue:
                 self._finish(job, DONE, message)
             finally:
                 self._current = self._running = None
+
+    def queued(self) -> list[LabelJob]:
+        return [j for j in self._jobs.values() if j.state == QUEUED]
 
     async def close(self, grace: float | None) -> None:
         """Fail queued jobs, give a running one `grace` seconds, then stop the worker."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -411,3 +412,132 @@ def test_failed_label_write_keeps_the_old_pair_and_labels(
     assert now not in (None, before_version)
     recorded = registry.get_model(graph, mid)["probe_outputs"]
     assert str(now) in recorded
+
+
+# -- label claims: one labelling per model across processes ----------------------------------
+
+
+def test_claims_grant_one_of_many_concurrent_callers(
+    sdag_graph, neo4j_settings, weights, cleanup
+) -> None:
+    from mllgraph.label import claims
+
+    mid = _register(sdag_graph, neo4j_settings, _name("claim"), weights)
+    cleanup.append(mid)
+    now_ms = int(time.time() * 1000)
+    jobs = [f"job-{i}" for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:  # each claim is its own transaction
+        results = list(
+            pool.map(
+                lambda j: claims.claim(sdag_graph, mid, j, relabel=False, since_ms=now_ms), jobs
+            )
+        )
+    granted = [j for j, r in zip(jobs, results, strict=True) if r.granted]
+    assert len(granted) == 1, results
+    assert all(r.busy and r.holder == granted[0] for r in results if not r.granted)
+    # Held: nobody else gets it, relabel or not; renewing works only for the holder.
+    assert not claims.claim(sdag_graph, mid, "late", relabel=True, since_ms=now_ms).granted
+    assert claims.renew(sdag_graph, mid, granted[0]) and not claims.renew(sdag_graph, mid, "late")
+    claims.release(sdag_graph, mid, "late")  # not the holder: no effect
+    assert claims.claim(sdag_graph, mid, "late", relabel=False, since_ms=now_ms).busy
+    claims.release(sdag_graph, mid, granted[0])
+    again = claims.claim(sdag_graph, mid, "next", relabel=False, since_ms=now_ms)
+    assert again.granted and again.holder == "next"
+    claims.release(sdag_graph, mid, "next")
+    # A lapsed lease (a holder that died) frees the model.
+    assert claims.claim(sdag_graph, mid, "dead", relabel=False, since_ms=now_ms, lease_s=0).granted
+    assert claims.claim(sdag_graph, mid, "alive", relabel=False, since_ms=now_ms).granted
+    claims.release(sdag_graph, mid, "alive")
+    with pytest.raises(NotFound, match="not registered"):
+        claims.claim(sdag_graph, mid + "-nope", "x", relabel=False, since_ms=now_ms)
+
+
+def test_a_labelled_model_is_claimed_only_to_relabel_and_never_by_an_older_request(
+    sdag_graph, neo4j_settings, weights, probe_sets, cleanup
+) -> None:
+    from mllgraph.label import claims
+
+    mid = _register(sdag_graph, neo4j_settings, _name("claimed"), weights)
+    cleanup.append(mid)
+    before = int(time.time() * 1000) - 1000  # a request that arrived before the labelling
+    labeller.label_model(
+        sdag_graph, neo4j_settings, mid, label_work.LabelOptions(samples_per_concept=4)
+    )
+    after = int(time.time() * 1000) + 1000
+    old = claims.claim(sdag_graph, mid, "old", relabel=True, since_ms=before)
+    assert not old.granted and old.fresh and old.labelled  # served by that labelling
+    plain = claims.claim(sdag_graph, mid, "plain", relabel=False, since_ms=after)
+    assert not plain.granted and plain.labelled and not plain.fresh
+    relabel = claims.claim(sdag_graph, mid, "relabel", relabel=True, since_ms=after)
+    assert relabel.granted
+    claims.release(sdag_graph, mid, "relabel")
+
+
+def test_two_services_on_one_graph_label_a_model_once(
+    sdag_graph, neo4j_settings, weights, probe_sets, cleanup
+) -> None:
+    """Two ingestion services (each its own job queue, as two processes have) get LabelModel
+    calls for one model at once: one job runs; the other service answers ALREADY_EXISTS
+    naming it, or, once it is done, FAILED_PRECONDITION (its labels are current)."""
+    import grpc
+
+    mid = _register(sdag_graph, neo4j_settings, _name("twice"), weights)
+    cleanup.append(mid)
+    request = ingestion_pb2.LabelModelRequest(model_id=mid)
+    with (
+        ingestion_server(neo4j_settings, "claim-a") as (a, channel_a, _),
+        ingestion_server(neo4j_settings, "claim-b") as (b, channel_b, _),
+    ):
+        stubs = [ingestion_pb2_grpc.IngestionServiceStub(c) for c in (channel_a, channel_b)]
+        calls = [stub.LabelModel.future(request, timeout=60) for stub in stubs for _ in range(3)]
+        jobs, refused = set(), []
+        for call in calls:
+            try:
+                jobs.add(call.result().job_id)
+            except grpc.RpcError as e:
+                refused.append((e.code(), e.details()))
+        assert len(jobs) == 1, (jobs, refused)
+        job_id = jobs.pop()
+        owner = a if job_id in a.servicer.jobs._jobs else b
+        assert all(
+            code == grpc.StatusCode.ALREADY_EXISTS
+            and job_id in details
+            or code == grpc.StatusCode.FAILED_PRECONDITION
+            and "labelled" in details
+            for code, details in refused
+        ), refused
+        job = owner.servicer.jobs.get(job_id)
+        for _ in range(600):
+            if not job.active:
+                break
+            threading.Event().wait(0.1)
+        assert job.state == label_jobs.DONE, job.message
+    # The claim was released with the job: a relabel can claim the model again.
+    from mllgraph.label import claims
+
+    now_ms = int(time.time() * 1000) + 1000  # a relabel asked after the job
+    assert claims.claim(sdag_graph, mid, "after", relabel=True, since_ms=now_ms).granted
+    claims.release(sdag_graph, mid, "after")
+
+
+def test_a_call_racing_a_job_that_just_finished_gets_that_job() -> None:
+    """The race the busy machine showed: a LabelModel call that arrived before a job
+    finished, and is decided after, is served by that job (no second labelling)."""
+
+    async def scenario() -> None:
+        async def run(job: label_jobs.LabelJob) -> str:
+            return "done"
+
+        queue = label_jobs.LabelJobQueue(run)
+        arrived = time.time()
+        job = queue.submit("m@1", label_work.LabelOptions(), 2)
+        for _ in range(500):
+            if job.state == label_jobs.DONE:
+                break
+            await asyncio.sleep(0.01)
+        assert queue.active_for("m@1") is None
+        assert queue.served_since("m@1", arrived) is job
+        assert queue.served_since("m@1", time.time() + 1) is None  # a later request is not
+        await queue.close(grace=5)
+
+    asyncio.run(scenario())

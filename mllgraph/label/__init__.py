@@ -10,6 +10,8 @@ Adding a model costs one model's work: only its own rows are touched.
 - `work`: the labelling work in three steps: `prepare` (reads), `compute` (the model on the
   probes and the measurement; no writes), `commit` (outputs and edges).
 - `run`: dispatch: in this process, or `ray_exec` (one Ray task per model).
+- `claims`: at most one labelling of a model at a time, across processes (a claim in the
+  graph with a lease); the ingestion service's jobs take one.
 
 Imports hub, graph, combine and below. Must not import ground, select, reuse or anything
 above them. Graph statements: `cypher/label/`.
