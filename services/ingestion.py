@@ -289,9 +289,9 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         if self._owns_graph:
             await asyncio.to_thread(self.graph.close)
         # Jobs run as Ray tasks with MLLGRAPH_EXECUTOR=ray: shut down the Ray they started.
-        ray_exec = sys.modules.get("mllgraph.label.ray_exec")
-        if ray_exec is not None:
-            await asyncio.to_thread(ray_exec.shutdown)
+        executor = sys.modules.get("mllgraph.hub.executor")  # a no-op unless Ray was started here
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown)
 
     def _register(self, reg: registry.Registration) -> registry.RegisteredModel:
         ground = self._ground if reg.class_names else None

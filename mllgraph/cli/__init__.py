@@ -69,6 +69,6 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
 
 def _shutdown_ray() -> None:
     """Shut down a Ray this command started or joined (labelling with the ray executor)."""
-    ray_exec = sys.modules.get("mllgraph.label.ray_exec")
-    if ray_exec is not None:
-        ray_exec.shutdown()
+    executor = sys.modules.get("mllgraph.hub.executor")  # a no-op unless Ray was started here
+    if executor is not None:
+        executor.shutdown()
