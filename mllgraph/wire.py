@@ -230,7 +230,7 @@ def inline_plan_from_proto(plan: selection_pb2.Plan) -> dict[str, Any]:
     """An inline proto Plan as a plan document (checked by PlanClassifier).
 
     `combination_json` may be the whole plan document (what SelectHeads returns: pass the
-    Plan unchanged) or only its combination part; see `select.plan.read_combination_json`.
+    Plan unchanged) or only its combination part; see `plan.document.read_combination_json`.
     Class names are checked (`check_class_name`) and their number capped (MAX_CLASSES)."""
     from mllgraph.plan import document as plan_doc
 

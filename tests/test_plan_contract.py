@@ -1,4 +1,4 @@
-"""The plan document's checks (mllgraph/select/plan.py), pure: class names and the two shapes
+"""The plan document's checks (mllgraph/plan/document.py), pure: class names and the two shapes
 of a Plan message's `combination_json`. The gRPC side is in tests/test_inference.py."""
 
 from __future__ import annotations

@@ -133,10 +133,10 @@ class TaskResult:
     classify_ms: float
     baselines: dict[str, float] = field(default_factory=dict)
     split: str | None = None  # the task's suite half: "dev", "test" or None
-    # What scored the uncovered classes (reuse/apply.patch_rule): "none", "stacked",
+    # What scored the uncovered classes (plan/apply.patch_rule): "none", "stacked",
     # "conse:<model>" or "constant".
     patch: str = "none"
-    # Per uncovered class, why (select/plan.UNCOVERED_WHY): "no head" or "not chosen".
+    # Per uncovered class, why (plan/document.UNCOVERED_WHY): "no head" or "not chosen".
     uncovered_why: dict[str, str] = field(default_factory=dict)
 
     def uncovered_text(self) -> str:

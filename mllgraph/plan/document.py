@@ -361,7 +361,7 @@ def _parse_plan(doc: Mapping[str, Any]) -> ParsedPlan:
                 )
             )
         heads.append(tuple(listed))
-    # The stacked rule may also read models no class is mapped to (select/feature_sets).
+    # The stacked rule may also read models no class is mapped to (combine/screen).
     models = sorted({g.model_id for a in assignment for g in a.groups})
     raw_patch = doc["combination"].get("patch")
     patch = None

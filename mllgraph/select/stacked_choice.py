@@ -144,7 +144,7 @@ def _as_stacked_serves(
 
 def _stacked(problem: chco.ChcoProblem, plan: chco.Plan) -> StackedFit | None:
     """The stacked rule for the chosen models, kept only when its out-of-fold accuracy on the
-    probe images beats the per-class rule's (in-sample) accuracy there (reuse/stacked)."""
+    probe images beats the per-class rule's (in-sample) accuracy there (combine/stacked)."""
     if not plan.models:
         return None
     rule = stacked.fit(
