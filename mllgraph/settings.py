@@ -54,8 +54,22 @@ class Settings:
     # Host names the web page answers besides the loopback ones (comma-separated; "*": any);
     # other Host headers are refused (DNS rebinding).
     web_allowed_hosts: str = ""
-    # RPCs in progress per service; one more is refused (RESOURCE_EXHAUSTED), never queued.
+    # Calls in progress per service, in budgets counted apart (services/limits.py); one more
+    # is refused (RESOURCE_EXHAUSTED), never queued. Unary calls of the services' RPCs:
     max_concurrent_rpcs: int = 128
+    # ... their streaming calls (ClassifyStream, UploadWeights, AddProbes):
+    max_concurrent_streams: int = 32
+    # ... health Watch and reflection streams (they need no token); health Check is never counted:
+    max_open_streams: int = 16
+    # ... and streams of each of those two kinds one caller (token name, else address) holds.
+    max_streams_per_caller: int = 8
+    # A client- or bidi-streaming call that receives no message this long ends DEADLINE_EXCEEDED.
+    stream_idle_timeout_s: float = 30.0
+    # Health Watch and reflection streams end after this, whatever deadline the client sent.
+    open_stream_max_s: float = 300.0
+    # The deadline of a call that came without one: one request message / streamed requests.
+    rpc_default_deadline_s: float = 60.0
+    stream_default_deadline_s: float = 3600.0
     # Stored plans (mllgraph.select.retention): the newest plan_max_count are kept, and none
     # older than plan_max_age_s (0: no age limit); an evicted plan is NOT_FOUND.
     plan_max_count: int = 10_000
@@ -189,6 +203,23 @@ class Settings:
             web_allowed_hosts=_env("MLLGRAPH_WEB_ALLOWED_HOSTS", cls.web_allowed_hosts),
             max_concurrent_rpcs=int(
                 _env("MLLGRAPH_MAX_CONCURRENT_RPCS", str(cls.max_concurrent_rpcs))
+            ),
+            max_concurrent_streams=int(
+                _env("MLLGRAPH_MAX_CONCURRENT_STREAMS", str(cls.max_concurrent_streams))
+            ),
+            max_open_streams=int(_env("MLLGRAPH_MAX_OPEN_STREAMS", str(cls.max_open_streams))),
+            max_streams_per_caller=int(
+                _env("MLLGRAPH_MAX_STREAMS_PER_CALLER", str(cls.max_streams_per_caller))
+            ),
+            stream_idle_timeout_s=float(
+                _env("MLLGRAPH_STREAM_IDLE_TIMEOUT_S", str(cls.stream_idle_timeout_s))
+            ),
+            open_stream_max_s=float(_env("MLLGRAPH_OPEN_STREAM_MAX_S", str(cls.open_stream_max_s))),
+            rpc_default_deadline_s=float(
+                _env("MLLGRAPH_RPC_DEFAULT_DEADLINE_S", str(cls.rpc_default_deadline_s))
+            ),
+            stream_default_deadline_s=float(
+                _env("MLLGRAPH_STREAM_DEFAULT_DEADLINE_S", str(cls.stream_default_deadline_s))
             ),
             plan_max_count=int(_env("MLLGRAPH_PLAN_MAX_COUNT", str(cls.plan_max_count))),
             plan_max_age_s=float(_env("MLLGRAPH_PLAN_MAX_AGE_S", str(cls.plan_max_age_s))),
