@@ -110,8 +110,9 @@ def rpc(handler: _HandlerT) -> _HandlerT:
     Works for coroutine methods (unary responses) and async-generator methods (streaming
     responses). MllgraphError -> its mapped status and message; grpc aborts and
     cancellation pass through; any other exception -> INTERNAL (logged with traceback).
-    Graph calls made by a unary handler (in worker threads too) get GRAPH_SHARE of the RPC's
-    remaining time as their transaction timeout (`mllgraph.graph.deadline`).
+    Graph calls made by the handler (in worker threads too) get GRAPH_SHARE of the RPC's
+    remaining time at its start (`limits.time_remaining`: the client's deadline, else the
+    server's default) as their transaction timeout (`mllgraph.graph.deadline`).
     Every call logs ``rpc method=<Class.Method> status=<CODE> ms=<elapsed>``.
     """
     method = handler.__qualname__
@@ -125,9 +126,10 @@ def rpc(handler: _HandlerT) -> _HandlerT:
             start = time.perf_counter()
             sent = 0
             try:
-                async for response in handler(self, request, context):
-                    yield response
-                    sent += 1
+                with deadline.within(_graph_deadline(context)):
+                    async for response in handler(self, request, context):
+                        yield response
+                        sent += 1
             except grpc.aio.AbortError:
                 _log_call(method, _final_code(context), start, sent=sent)
                 raise

@@ -3,7 +3,9 @@ the catalogue. Thin wiring over `mllgraph.hub.registry`, `mllgraph.label.run` an
 `mllgraph.hub.probes`.
 
 * Every blocking library call (the Neo4j driver, torch, the grounding resolver) runs in a
-  worker thread (`asyncio.to_thread`), so the event loop keeps answering health checks.
+  worker thread, so the event loop keeps answering health checks: work that needs the graph
+  on the graph-work threads (`services.common.graph_thread`), the rest (uploads, decoding)
+  with `asyncio.to_thread`, so that a frozen database cannot take every thread.
 * Domain errors become gRPC statuses in one place (`services.common.rpc`).
 * Registrations are serialised within the process (one at a time), so two concurrent
   requests for the same id cannot both pass the existence check.
@@ -95,6 +97,7 @@ from services import telemetry
 from services.common import (
     RunningServer,
     full_service_name,
+    graph_thread,
     neo4j_health_report,
     rpc,
     run_server,
@@ -370,7 +373,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         if source in ("weights_path", "weights_sha256"):
             registry.validate_identity(dataclasses.replace(reg, weights_path=Path("-")))
         async with self._register_lock:
-            result = await asyncio.to_thread(self._register_from, reg, source, ref)
+            result = await graph_thread(self._register_from, reg, source, ref)
         record = result.record
         log.info(
             "model_registered id=%s created=%s arch=%s heads=%d source=%s sha256=%s",
@@ -448,7 +451,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             groups.setdefault(concept, []).append(arr)
         if count == 0:
             raise InvalidArgument("AddProbes: no ProbeImage arrived")
-        report = await asyncio.to_thread(
+        report = await graph_thread(
             probe_folder.attach_groups,
             self.graph,
             self.settings,
@@ -518,7 +521,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self, request: ingestion_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> ingestion_pb2.Model:
         mid = _required(request.model_id, "model_id")
-        return await asyncio.to_thread(self._model_with_heads, mid, request.include_heads)
+        return await graph_thread(self._model_with_heads, mid, request.include_heads)
 
     @rpc
     async def ListModels(  # noqa: N802
@@ -561,7 +564,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             token = records[-1]["id"] if len(records) == page_size else ""
             return ingestion_pb2.ListModelsResponse(models=models, next_page_token=token)
 
-        return await asyncio.to_thread(work)
+        return await graph_thread(work)
 
     @rpc
     async def DeleteModel(  # noqa: N802
@@ -579,7 +582,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                 )
             self.jobs.closed.add(mid)
             try:
-                out = await asyncio.to_thread(registry.delete_model, self.graph, self.settings, mid)
+                out = await graph_thread(registry.delete_model, self.graph, self.settings, mid)
             except NotFound:
                 if request.allow_missing:
                     return ingestion_pb2.DeleteModelResponse(model_id=mid)
