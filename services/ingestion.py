@@ -105,6 +105,7 @@ from services.common import (
     start_service,
     watch_health,
 )
+from services.errors import redact
 from services.label_jobs import LabelJob, LabelJobQueue
 
 log = logging.getLogger("mllgraph.services.ingestion")
@@ -481,7 +482,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                 for a in report.attached
             ],
             refused=[
-                ingestion_pb2.RefusedProbe(path=r["path"], reason=r["reason"])
+                ingestion_pb2.RefusedProbe(path=r["path"], reason=redact(r["reason"]))
                 for r in report.refused
             ],
             stale_models=report.stale_models,

@@ -59,10 +59,25 @@ class ToySelection(selection_pb2_grpc.SelectionServiceServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "handler aborted itself")
         if request.plan_id == "slow":
             await asyncio.sleep(0.5)
+        if request.plan_id.startswith("/"):  # a weights file of the server's: torch refuses it
+            raise errors.InvalidArgument(
+                f"weights file {request.plan_id} was refused: {_torch_says(request.plan_id)}"
+            )
         if request.plan_id == "deadline":  # what a graph call in a worker thread would see
             left = await asyncio.to_thread(deadline.remaining)
             return selection_pb2.Explanation(plan_id=request.plan_id, notes=[repr(left)])
         return selection_pb2.Explanation(plan_id=request.plan_id, notes=["ok"])
+
+
+def _torch_says(path: str) -> str:
+    """What torch.load(weights_only=True) says about the file at `path`."""
+    import torch
+
+    try:
+        torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - its message is what the test needs
+        return str(e)
+    raise AssertionError(f"torch loaded {path}")
 
 
 class ToyInference(inference_pb2_grpc.InferenceServiceServicer):
@@ -179,6 +194,27 @@ def test_errors_reach_the_client_with_their_status(caplog: pytest.LogCaptureFixt
     internal = [r for r in caplog.records if r.getMessage().startswith("rpc_internal_error")]
     assert len(internal) == 1 and internal[0].exc_info is not None
     assert "secret internals" in internal[0].getMessage()
+
+
+def test_error_details_name_no_server_path_and_no_torch_advice(tmp_path: Any) -> None:
+    """Issue 25 §6: a weights file in a temporary folder of the server, refused by torch: the
+    caller is told which file (its name) and torch's reason, not the folder or the advice."""
+    folder = tmp_path / "models" / "uploads" / ".register-x1"
+    folder.mkdir(parents=True)
+    weights = folder / "weights.pt"
+    weights.write_bytes(b"x" * 100)  # garbage: torch's weights-only loader refuses it
+
+    async def scenario(_server: Any, _health: Any, channel: grpc.aio.Channel) -> None:
+        stub = selection_pb2_grpc.SelectionServiceStub(channel)
+        request = selection_pb2.ExplainSelectionRequest(plan_id=str(weights))
+        details = (await rpc_error(stub.ExplainSelection(request))).details()
+        assert details.startswith("weights file …/weights.pt was refused: Weights only load")
+        assert "Unsupported operand" in details  # torch's reason stays
+        assert str(tmp_path) not in details and ".register-" not in details
+        for advice in ("weights_only` set to `False`", "file an issue", "documentation"):
+            assert advice not in details, details
+
+    run_with_server(scenario)
 
 
 def test_concurrent_rpcs_over_the_limit_are_refused_at_once() -> None:
