@@ -90,9 +90,14 @@ class Settings:
     # service process). A request waits for room (up to its deadline); one that alone needs
     # more is RESOURCE_EXHAUSTED. Default: two requests at the per-request limit.
     infer_max_inflight_pixels: int = 2 * 4 * 4096 * 4096
+    # The same for AddProbes' decoding in the ingestion service (one image at a time per call,
+    # kept at 224 px afterwards). Default: two images at the per-image limit.
+    probe_max_inflight_pixels: int = 2 * 4096 * 4096
     # Inputs from callers (README "Running it for others"). RegisterModel's weights_path is
     # read only under `import_dir` (None: weights_path refused; upload instead).
     import_dir: Path | None = None
+    # Uploads kept until registered plus uploads in progress, together (one caller: half).
+    max_pending_upload_bytes: int = 8 * 1024**3
     max_upload_bytes: int = 2 * 1024**3  # UploadWeights and weights_bytes; more: RESOURCE_EXHAUSTED
     upload_ttl_s: float = 24 * 3600.0  # uploads not registered within this are removed
     max_probe_images: int = 2000  # images per AddProbes call; more: RESOURCE_EXHAUSTED
@@ -237,7 +242,13 @@ class Settings:
             infer_max_inflight_pixels=int(
                 _env("MLLGRAPH_INFER_MAX_INFLIGHT_PIXELS", str(cls.infer_max_inflight_pixels))
             ),
+            probe_max_inflight_pixels=int(
+                _env("MLLGRAPH_PROBE_MAX_INFLIGHT_PIXELS", str(cls.probe_max_inflight_pixels))
+            ),
             import_dir=_path_env("MLLGRAPH_IMPORT_DIR"),
+            max_pending_upload_bytes=int(
+                _env("MLLGRAPH_MAX_PENDING_UPLOAD_BYTES", str(cls.max_pending_upload_bytes))
+            ),
             max_upload_bytes=int(_env("MLLGRAPH_MAX_UPLOAD_BYTES", str(cls.max_upload_bytes))),
             upload_ttl_s=float(_env("MLLGRAPH_UPLOAD_TTL_S", str(cls.upload_ttl_s))),
             max_probe_images=int(_env("MLLGRAPH_MAX_PROBE_IMAGES", str(cls.max_probe_images))),
