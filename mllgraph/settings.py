@@ -54,8 +54,22 @@ class Settings:
     # Host names the web page answers besides the loopback ones (comma-separated; "*": any);
     # other Host headers are refused (DNS rebinding).
     web_allowed_hosts: str = ""
-    # RPCs in progress per service; one more is refused (RESOURCE_EXHAUSTED), never queued.
+    # Calls in progress per service, in budgets counted apart (services/limits.py); one more
+    # is refused (RESOURCE_EXHAUSTED), never queued. Unary calls of the services' RPCs:
     max_concurrent_rpcs: int = 128
+    # ... their streaming calls (ClassifyStream, UploadWeights, AddProbes):
+    max_concurrent_streams: int = 32
+    # ... health Watch and reflection streams (they need no token); health Check is never counted:
+    max_open_streams: int = 16
+    # ... and streams of each of those two kinds one caller (token name, else address) holds.
+    max_streams_per_caller: int = 8
+    # A client- or bidi-streaming call that receives no message this long ends DEADLINE_EXCEEDED.
+    stream_idle_timeout_s: float = 30.0
+    # Health Watch and reflection streams end after this, whatever deadline the client sent.
+    open_stream_max_s: float = 300.0
+    # The deadline of a call that came without one: one request message / streamed requests.
+    rpc_default_deadline_s: float = 60.0
+    stream_default_deadline_s: float = 3600.0
     # Stored plans (mllgraph.select.retention): the newest plan_max_count are kept, and none
     # older than plan_max_age_s (0: no age limit); an evicted plan is NOT_FOUND.
     plan_max_count: int = 10_000
@@ -76,9 +90,14 @@ class Settings:
     # service process). A request waits for room (up to its deadline); one that alone needs
     # more is RESOURCE_EXHAUSTED. Default: two requests at the per-request limit.
     infer_max_inflight_pixels: int = 2 * 4 * 4096 * 4096
+    # The same for AddProbes' decoding in the ingestion service (one image at a time per call,
+    # kept at 224 px afterwards). Default: two images at the per-image limit.
+    probe_max_inflight_pixels: int = 2 * 4096 * 4096
     # Inputs from callers (README "Running it for others"). RegisterModel's weights_path is
     # read only under `import_dir` (None: weights_path refused; upload instead).
     import_dir: Path | None = None
+    # Uploads kept until registered plus uploads in progress, together (one caller: half).
+    max_pending_upload_bytes: int = 8 * 1024**3
     max_upload_bytes: int = 2 * 1024**3  # UploadWeights and weights_bytes; more: RESOURCE_EXHAUSTED
     upload_ttl_s: float = 24 * 3600.0  # uploads not registered within this are removed
     max_probe_images: int = 2000  # images per AddProbes call; more: RESOURCE_EXHAUSTED
@@ -190,6 +209,23 @@ class Settings:
             max_concurrent_rpcs=int(
                 _env("MLLGRAPH_MAX_CONCURRENT_RPCS", str(cls.max_concurrent_rpcs))
             ),
+            max_concurrent_streams=int(
+                _env("MLLGRAPH_MAX_CONCURRENT_STREAMS", str(cls.max_concurrent_streams))
+            ),
+            max_open_streams=int(_env("MLLGRAPH_MAX_OPEN_STREAMS", str(cls.max_open_streams))),
+            max_streams_per_caller=int(
+                _env("MLLGRAPH_MAX_STREAMS_PER_CALLER", str(cls.max_streams_per_caller))
+            ),
+            stream_idle_timeout_s=float(
+                _env("MLLGRAPH_STREAM_IDLE_TIMEOUT_S", str(cls.stream_idle_timeout_s))
+            ),
+            open_stream_max_s=float(_env("MLLGRAPH_OPEN_STREAM_MAX_S", str(cls.open_stream_max_s))),
+            rpc_default_deadline_s=float(
+                _env("MLLGRAPH_RPC_DEFAULT_DEADLINE_S", str(cls.rpc_default_deadline_s))
+            ),
+            stream_default_deadline_s=float(
+                _env("MLLGRAPH_STREAM_DEFAULT_DEADLINE_S", str(cls.stream_default_deadline_s))
+            ),
             plan_max_count=int(_env("MLLGRAPH_PLAN_MAX_COUNT", str(cls.plan_max_count))),
             plan_max_age_s=float(_env("MLLGRAPH_PLAN_MAX_AGE_S", str(cls.plan_max_age_s))),
             device=_env("MLLGRAPH_DEVICE", cls.device),
@@ -206,7 +242,13 @@ class Settings:
             infer_max_inflight_pixels=int(
                 _env("MLLGRAPH_INFER_MAX_INFLIGHT_PIXELS", str(cls.infer_max_inflight_pixels))
             ),
+            probe_max_inflight_pixels=int(
+                _env("MLLGRAPH_PROBE_MAX_INFLIGHT_PIXELS", str(cls.probe_max_inflight_pixels))
+            ),
             import_dir=_path_env("MLLGRAPH_IMPORT_DIR"),
+            max_pending_upload_bytes=int(
+                _env("MLLGRAPH_MAX_PENDING_UPLOAD_BYTES", str(cls.max_pending_upload_bytes))
+            ),
             max_upload_bytes=int(_env("MLLGRAPH_MAX_UPLOAD_BYTES", str(cls.max_upload_bytes))),
             upload_ttl_s=float(_env("MLLGRAPH_UPLOAD_TTL_S", str(cls.upload_ttl_s))),
             max_probe_images=int(_env("MLLGRAPH_MAX_PROBE_IMAGES", str(cls.max_probe_images))),

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -48,10 +49,10 @@ from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from mllgraph.errors import InvalidArgument, MllgraphError, Unavailable
+from mllgraph.errors import DeadlineExceeded, InvalidArgument, MllgraphError, Unavailable
 from mllgraph.graph import deadline
 from mllgraph.settings import Settings
-from services import telemetry
+from services import limits, telemetry
 from services.errors import _short, abort_with, status_for
 from services.security import ServerSecurity
 
@@ -67,6 +68,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest request/response the servers accept (weights uploads, image batches)."""
 
 _HandlerT = TypeVar("_HandlerT", bound=Callable[..., Any])
+_T = TypeVar("_T")
 
 GRAPH_SHARE = 0.9
 """Share of an RPC's remaining time its graph calls may use (`mllgraph.graph.deadline`), so
@@ -74,12 +76,10 @@ they end, DEADLINE_EXCEEDED, while the client still waits for the answer."""
 
 
 def _graph_deadline(context: grpc.aio.ServicerContext) -> float | None:
-    """Seconds the handler's graph calls may take: a share of the RPC's time left."""
-    try:
-        left = context.time_remaining()
-    except Exception:  # a context without deadlines (tests' fakes): no limit
-        return None
-    return None if left is None else max(0.0, left) * GRAPH_SHARE
+    """Seconds the handler's graph calls may take: a share of the RPC's time left (the
+    client's deadline, else the server's default one: `limits.time_remaining`)."""
+    left = limits.time_remaining(context)
+    return None if left is None else left * GRAPH_SHARE
 
 
 # --- the rpc decorator ------------------------------------------------------------------
@@ -110,8 +110,9 @@ def rpc(handler: _HandlerT) -> _HandlerT:
     Works for coroutine methods (unary responses) and async-generator methods (streaming
     responses). MllgraphError -> its mapped status and message; grpc aborts and
     cancellation pass through; any other exception -> INTERNAL (logged with traceback).
-    Graph calls made by a unary handler (in worker threads too) get GRAPH_SHARE of the RPC's
-    remaining time as their transaction timeout (`mllgraph.graph.deadline`).
+    Graph calls made by the handler (in worker threads too) get GRAPH_SHARE of the RPC's
+    remaining time at its start (`limits.time_remaining`: the client's deadline, else the
+    server's default) as their transaction timeout (`mllgraph.graph.deadline`).
     Every call logs ``rpc method=<Class.Method> status=<CODE> ms=<elapsed>``.
     """
     method = handler.__qualname__
@@ -125,9 +126,10 @@ def rpc(handler: _HandlerT) -> _HandlerT:
             start = time.perf_counter()
             sent = 0
             try:
-                async for response in handler(self, request, context):
-                    yield response
-                    sent += 1
+                with deadline.within(_graph_deadline(context)):
+                    async for response in handler(self, request, context):
+                        yield response
+                        sent += 1
             except grpc.aio.AbortError:
                 _log_call(method, _final_code(context), start, sent=sent)
                 raise
@@ -197,12 +199,16 @@ def _address(host: str, port: int) -> str:
 
 
 HANDLER_THREADS = 64
-"""Threads of the event loop's default executor (handlers' `asyncio.to_thread`). More than
-the graph layer's own pool (`mllgraph.graph.db.GRAPH_WORKERS`, 16), so that handlers reach the
-graph layer, which answers within their deadline (a thread freed in time, DEADLINE_EXCEEDED,
-or UNAVAILABLE at once when the database stopped answering), instead of queueing for a
-handler thread until their deadline has passed (Python's default is min(32, CPUs + 4): 6 on
-2 cores)."""
+"""Threads of the event loop's default executor (handlers' `asyncio.to_thread`: database-free
+work such as uploads and decoding). Python's default is min(32, CPUs + 4): 6 on 2 cores."""
+
+GRAPH_THREADS = 32
+"""Threads for handlers' graph work (`graph_thread`), apart from the default executor: while
+Neo4j is slow or frozen, calls waiting on it hold at most these, and database-free calls
+(UploadWeights, decoding) still get a thread. More than the graph layer's own pool
+(`mllgraph.graph.db.GRAPH_WORKERS`, 16), so that handlers reach the graph layer, which answers
+within their deadline (a thread freed in time, DEADLINE_EXCEEDED, or UNAVAILABLE at once when
+the database stopped answering)."""
 
 
 _LOOPS_WITH_HANDLER_THREADS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
@@ -216,6 +222,56 @@ def _ensure_handler_threads(loop: asyncio.AbstractEventLoop) -> None:
         ThreadPoolExecutor(HANDLER_THREADS, thread_name_prefix="mllgraph-handler")
     )
     _LOOPS_WITH_HANDLER_THREADS.add(loop)
+
+
+@dataclasses.dataclass
+class _GraphThreads:
+    """The graph-work threads of one event loop, and a semaphore that hands them out."""
+
+    pool: ThreadPoolExecutor
+    free: asyncio.Semaphore
+
+
+def _graph_threads(loop: asyncio.AbstractEventLoop) -> _GraphThreads:
+    """`loop`'s graph-work threads, made on first use (kept on the loop: they go with it)."""
+    threads = getattr(loop, "_mllgraph_graph_threads", None)
+    if threads is None:
+        pool = ThreadPoolExecutor(GRAPH_THREADS, thread_name_prefix="mllgraph-graph-work")
+        threads = _GraphThreads(pool, asyncio.Semaphore(GRAPH_THREADS))
+        loop._mllgraph_graph_threads = threads  # type: ignore[attr-defined]
+    return threads
+
+
+def _release_on(loop: asyncio.AbstractEventLoop, semaphore: asyncio.Semaphore) -> None:
+    """Release `semaphore` on `loop` (from any thread; nothing when the loop is closed)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(semaphore.release)
+
+
+async def graph_thread(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    """``asyncio.to_thread`` for work that reads or writes the graph, on GRAPH_THREADS threads
+    of its own (see there). With all of them busy, the call waits for one until its graph
+    deadline (`mllgraph.graph.deadline`), then DeadlineExceeded naming Neo4j. A thread counts
+    as busy until its work ends, even when the call awaiting it was cancelled."""
+    loop = asyncio.get_running_loop()
+    threads = _graph_threads(loop)
+    wait_s = deadline.remaining()
+    try:
+        async with asyncio.timeout(None if wait_s is None else max(0.0, wait_s)):
+            await threads.free.acquire()
+    except TimeoutError:
+        raise DeadlineExceeded(
+            f"no thread for graph work came free within {wait_s:.1f} s (the request's "
+            f"deadline): {GRAPH_THREADS} graph calls are waiting on Neo4j"
+        ) from None
+    context = contextvars.copy_context()
+    try:
+        work = threads.pool.submit(context.run, functools.partial(fn, *args, **kwargs))
+    except BaseException:
+        threads.free.release()
+        raise
+    work.add_done_callback(lambda _: _release_on(loop, threads.free))
+    return await asyncio.wrap_future(work)
 
 
 async def build_server(
@@ -233,27 +289,35 @@ async def build_server(
     `service_names` are the fully qualified names of the services (see
     `full_service_name`); health reports each of them and the overall server ("") as
     NOT_SERVING until `set_serving` is called. Reflection lists them plus the health and
-    reflection services. `port` 0 picks a free port. `max_concurrent_rpcs` (None: no limit)
-    caps the RPCs in progress; one more is refused with RESOURCE_EXHAUSTED at once instead of
-    queueing. Returns (server, health, bound_port).
+    reflection services. `port` 0 picks a free port. Returns (server, health, bound_port).
     Raises Unavailable when the address cannot be bound (e.g. the port is in use).
 
     `settings` (default: `Settings()`, nothing configured) brings TLS, bearer tokens, the
     bind rule (`ServerSecurity.check_bind`: FailedPrecondition for a non-loopback `host`
     without TLS and tokens unless insecure) and the metrics port of the first service
     (``<name>_metrics_port``; 0 = no endpoint). `collectors` are added to its registry.
-    Every server gets request ids and per-RPC metrics (`telemetry.RequestInterceptor`).
+    Every server gets request ids and per-RPC metrics (`telemetry.RequestInterceptor`), and
+    the call budgets, stream limits and default deadlines of `settings`
+    (`limits.LimitInterceptor`); `max_concurrent_rpcs` (None: no limit) overrides
+    ``settings.max_concurrent_rpcs``, the unary calls in progress: one more is refused with
+    RESOURCE_EXHAUSTED at once instead of queueing.
     """
     if max_concurrent_rpcs is not None and max_concurrent_rpcs < 1:
         raise InvalidArgument(f"max_concurrent_rpcs must be >= 1, got {max_concurrent_rpcs}")
     settings = settings if settings is not None else Settings()
     security = ServerSecurity.from_settings(settings)
     security.check_bind(host)
+    call_limits = limits.CallLimits.from_settings(settings)
+    call_limits = dataclasses.replace(call_limits, unary=max_concurrent_rpcs)
     _ensure_handler_threads(asyncio.get_running_loop())
     metrics = telemetry.ServiceMetrics(collectors)
     server = grpc.aio.server(
-        interceptors=[telemetry.RequestInterceptor(metrics), *security.interceptors()],
-        maximum_concurrent_rpcs=max_concurrent_rpcs,
+        # In this order: the limits see the caller the auth interceptor found.
+        interceptors=[
+            telemetry.RequestInterceptor(metrics),
+            *security.interceptors(),
+            limits.LimitInterceptor(call_limits),
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -15,7 +15,8 @@
   decoding anything and releases them once its predictions are built; one that does not fit
   waits (first come, first served) until its deadline (DEADLINE_EXCEEDED), one that alone
   needs more than the budget is RESOURCE_EXHAUSTED at once.
-* Deadlines: the batcher gets the RPC deadline less a safety margin
+* Deadlines: the batcher gets the RPC deadline (the client's, else the server's default:
+  `services.limits.time_remaining`) less a safety margin
   (``min(DEADLINE_MARGIN_S, 20 % of the time left)``), so a request that waits too long in
   the queue is dropped with the server's own DEADLINE_EXCEEDED before the client gives up.
 * Health: NOT_SERVING until models can be served: Neo4j answers (checked every
@@ -59,10 +60,11 @@ from mllgraph.reuse import vlm as vlm_patch
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from mllgraph.wire import inline_plan_from_proto
-from services import telemetry
+from services import limits, telemetry
 from services.common import (
     RunningServer,
     full_service_name,
+    graph_thread,
     rpc,
     run_server,
     run_service_main,
@@ -218,7 +220,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         worker thread, so it classifies while Neo4j is slow or frozen and the threads are
         busy waiting on it."""
         clf = self._cached(request)
-        return clf if clf is not None else await asyncio.to_thread(self._resolve, request)
+        return clf if clf is not None else await graph_thread(self._resolve, request)
 
     def _resolve(self, request: inference_pb2.ClassifyRequest) -> classifier.PlanClassifier | None:
         which = request.WhichOneof("plan")
@@ -306,7 +308,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise InvalidArgument(f"top_k must be >= 0, got {request.top_k}")
         top_k = min(request.top_k or DEFAULT_TOP_K, len(clf.class_names))
         deadline = None
-        remaining = context.time_remaining()
+        remaining = limits.time_remaining(context)
         if remaining is not None:
             deadline = time.monotonic() + remaining - min(DEADLINE_MARGIN_S, 0.2 * remaining)
         encoded = any(im.WhichOneof("data") == "encoded" for im in request.images)

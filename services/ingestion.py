@@ -3,19 +3,25 @@ the catalogue. Thin wiring over `mllgraph.hub.registry`, `mllgraph.label.run` an
 `mllgraph.hub.probes`.
 
 * Every blocking library call (the Neo4j driver, torch, the grounding resolver) runs in a
-  worker thread (`asyncio.to_thread`), so the event loop keeps answering health checks.
+  worker thread, so the event loop keeps answering health checks: work that needs the graph
+  on the graph-work threads (`services.common.graph_thread`), the rest (uploads, decoding)
+  with `asyncio.to_thread`, so that a frozen database cannot take every thread.
 * Domain errors become gRPC statuses in one place (`services.common.rpc`).
 * Registrations are serialised within the process (one at a time), so two concurrent
   requests for the same id cannot both pass the existence check.
 * Weights from callers (`mllgraph.hub.imports`): `UploadWeights` streams a file into
   ``<model store>/uploads/<sha256>`` (hashed on the fly, capped by ``max_upload_bytes``,
-  RESOURCE_EXHAUSTED beyond, kept only complete); `RegisterModel` names it by
-  ``weights_sha256`` (or a blob already stored) and consumes it. ``weights_path`` is read only
-  inside ``import_dir`` (FAILED_PRECONDITION when none is configured). Either way the registry
-  reads a private copy in a temporary folder of the model store, removed whatever happens.
+  RESOURCE_EXHAUSTED beyond, kept only complete; the uploads kept and arriving together
+  within ``max_pending_upload_bytes``, one caller half of it: services/uploads.py);
+  `RegisterModel` names it by ``weights_sha256`` (or a blob already stored) and consumes it.
+  ``weights_path`` is read only inside ``import_dir`` (FAILED_PRECONDITION when none is
+  configured). Either way the registry reads a private copy in a temporary folder of the
+  model store, removed whatever happens.
 * `AddProbes` streams probe images with their concept (the folder layout of `mllgraph probes
-  add --folder`), decodes each as it arrives (pixel limit checked from the header), and
-  attaches them with `probe_folder.attach_groups`: the same report and stale marks as the CLI.
+  add --folder`), decodes each as it arrives (pixel limit checked from the header; the pixels
+  of all AddProbes decoding at once within ``probe_max_inflight_pixels``, a
+  `mllgraph.reuse.admission.PixelBudget`: one that does not fit waits), and attaches them
+  with `probe_folder.attach_groups`: the same report and stale marks as the CLI.
   Streamed, not a server path: any remote caller can send them, and the server reads nothing
   from its disk on a caller's behalf.
 * Input specs and the shared enum vocabularies convert through `mllgraph.wire`.
@@ -65,7 +71,9 @@ NOT_SERVING again while it does not.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
+import io
 import logging
 import math
 import os
@@ -85,6 +93,7 @@ import numpy as np
 
 from mllgraph.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     MllgraphError,
@@ -97,13 +106,15 @@ from mllgraph.hub import imports, probe_folder, probes, registry
 from mllgraph.label import claims
 from mllgraph.label import run as labeller
 from mllgraph.label import work as label_work
+from mllgraph.reuse import admission
 from mllgraph.settings import Settings
 from mllgraph.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from mllgraph.wire import JOB_STATE_NAMES, f32, spec_from_proto, spec_to_proto, timestamp
-from services import telemetry
+from services import limits, telemetry, uploads
 from services.common import (
     RunningServer,
     full_service_name,
+    graph_thread,
     neo4j_health_report,
     rpc,
     run_server,
@@ -111,6 +122,7 @@ from services.common import (
     start_service,
     watch_health,
 )
+from services.errors import redact
 from services.label_jobs import LabelJob, LabelJobQueue
 
 log = logging.getLogger("mllgraph.services.ingestion")
@@ -218,6 +230,18 @@ def _named_by_content(path: Path) -> Path:
     return path.rename(path.with_name(path.stem + suffix))
 
 
+def _header_pixels(encoded: bytes) -> int:
+    """Pixels an image decodes to, from its header (nothing decoded); 0 when unreadable
+    (decoding then says why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(encoded)) as im:
+            return int(im.size[0]) * int(im.size[1])
+    except Exception:  # noqa: BLE001 - any failure is load_image's to report
+        return 0
+
+
 def _stored_blob(settings: Settings, sha: str) -> Path:
     blob = registry.stored_blob(settings, sha)
     if blob is not None:
@@ -244,6 +268,8 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self._grounder: Callable[[str], str] | None = None
         self._grounder_lock = threading.Lock()
         self._register_lock = asyncio.Lock()
+        self.decode_budget = admission.PixelBudget(settings.probe_max_inflight_pixels)
+        self.uploads = uploads.UploadQuota(settings)
         self.jobs = LabelJobQueue(self._run_label_job)
         self._label_locks: dict[str, asyncio.Lock] = {}  # per model: LabelModel's decision
 
@@ -403,7 +429,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         if source in ("weights_path", "weights_sha256"):
             registry.validate_identity(dataclasses.replace(reg, weights_path=Path("-")))
         async with self._register_lock:
-            result = await asyncio.to_thread(self._register_from, reg, source, ref)
+            result = await graph_thread(self._register_from, reg, source, ref)
         record = result.record
         log.info(
             "model_registered id=%s created=%s arch=%s heads=%d source=%s sha256=%s",
@@ -421,25 +447,53 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> ingestion_pb2.WeightsRef:
         await asyncio.to_thread(imports.prune_uploads, self.settings)
+        self.uploads.started(await asyncio.to_thread(uploads.scan, self.settings.upload_dir))
+        quota = uploads.UploadTicket(self.uploads, limits.caller_of(context))
         upload: imports.Upload | None = None
+        kept: tuple[str, int] | None = None
         try:
             async for chunk in request_iterator:
                 if upload is None:
                     upload = imports.Upload(
                         self.settings, total_bytes=chunk.total_bytes, expected_sha256=chunk.sha256
                     )
+                    quota.cover(chunk.total_bytes)
                 elif chunk.total_bytes or chunk.sha256:
                     raise InvalidArgument("total_bytes and sha256 belong in the first chunk only")
                 if chunk.data:
+                    quota.cover(upload.size + len(chunk.data))
                     await asyncio.to_thread(upload.write, chunk.data)
             if upload is None:
                 raise InvalidArgument("the upload is empty: no WeightsChunk arrived")
-            sha, size = await asyncio.to_thread(upload.finish)
+            sha, size = kept = await asyncio.to_thread(upload.finish)
         finally:
             if upload is not None:
                 upload.abort()  # nothing to do after finish; else the temporary file goes
+            quota.end(kept)
         log.info("weights_uploaded sha256=%s bytes=%d", sha[:12], size)
         return ingestion_pb2.WeightsRef(sha256=sha, size_bytes=size)
+
+    async def _decode_probe(self, encoded: bytes, context: Any) -> np.ndarray:
+        """One probe image, decoded within the service's pixel budget (`decode_budget`): its
+        pixels, read from the header, are reserved first (waiting for room until the call's
+        deadline) and held until the decoding thread ends."""
+        max_pixels = self.settings.infer_max_image_pixels
+        pixels = await asyncio.to_thread(_header_pixels, encoded)
+        if pixels > max_pixels:
+            pixels = 0  # load_image refuses it from the header: nothing is decoded
+        left = limits.time_remaining(context)
+        until = None if left is None else time.monotonic() + left
+        async with self.decode_budget.reserve(pixels, deadline=until, what="a probe image") as held:
+            decoding: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+            def decode() -> np.ndarray:
+                try:
+                    return probe_folder.load_image(encoded, max_pixels=max_pixels)
+                finally:
+                    decoding.set_result(None)
+
+            held.track(decoding)
+            return await asyncio.to_thread(decode)
 
     @rpc
     async def AddProbes(  # noqa: N802
@@ -470,18 +524,16 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                 )
                 continue
             try:
-                arr = await asyncio.to_thread(
-                    probe_folder.load_image,
-                    msg.encoded,
-                    max_pixels=self.settings.infer_max_image_pixels,
-                )
+                arr = await self._decode_probe(msg.encoded, context)
+            except DeadlineExceeded:
+                raise  # no room to decode before the call's deadline: the call fails
             except MllgraphError as e:
                 refused.append({"path": name, "reason": str(e)})
                 continue
             groups.setdefault(concept, []).append(arr)
         if count == 0:
             raise InvalidArgument("AddProbes: no ProbeImage arrived")
-        report = await asyncio.to_thread(
+        report = await graph_thread(
             probe_folder.attach_groups,
             self.graph,
             self.settings,
@@ -511,7 +563,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                 for a in report.attached
             ],
             refused=[
-                ingestion_pb2.RefusedProbe(path=r["path"], reason=r["reason"])
+                ingestion_pb2.RefusedProbe(path=r["path"], reason=redact(r["reason"]))
                 for r in report.refused
             ],
             stale_models=report.stale_models,
@@ -530,14 +582,14 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             job = self.jobs.active_for(mid) or self.jobs.served_since(mid, arrived)
             if job is not None:
                 return job.to_proto()
-            record = await asyncio.to_thread(registry.get_model, self.graph, mid)
-            if not await asyncio.to_thread(probes.probe_sets, self.graph):
+            record = await graph_thread(registry.get_model, self.graph, mid)
+            if not await graph_thread(probes.probe_sets, self.graph):
                 raise FailedPrecondition(
                     f"cannot label {mid}: no concept has probe images yet; add some with "
                     "`mllgraph probes add` (or `mllgraph hub build`)"
                 )
             job_id = uuid.uuid4().hex
-            claim = await asyncio.to_thread(
+            claim = await graph_thread(
                 claims.claim,
                 self.graph,
                 mid,
@@ -551,7 +603,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                         mid, options, int(record["num_classes"]), job_id
                     ).to_proto()
                 except BaseException:
-                    await asyncio.to_thread(claims.release, self.graph, mid, job_id)
+                    await graph_thread(claims.release, self.graph, mid, job_id)
                     raise
             if claim.busy:
                 raise AlreadyExists(
@@ -579,7 +631,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self, request: ingestion_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> ingestion_pb2.Model:
         mid = _required(request.model_id, "model_id")
-        return await asyncio.to_thread(self._model_with_heads, mid, request.include_heads)
+        return await graph_thread(self._model_with_heads, mid, request.include_heads)
 
     @rpc
     async def ListModels(  # noqa: N802
@@ -622,7 +674,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             token = records[-1]["id"] if len(records) == page_size else ""
             return ingestion_pb2.ListModelsResponse(models=models, next_page_token=token)
 
-        return await asyncio.to_thread(work)
+        return await graph_thread(work)
 
     @rpc
     async def DeleteModel(  # noqa: N802
@@ -640,7 +692,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                 )
             self.jobs.closed.add(mid)
             try:
-                out = await asyncio.to_thread(registry.delete_model, self.graph, self.settings, mid)
+                out = await graph_thread(registry.delete_model, self.graph, self.settings, mid)
             except NotFound:
                 if request.allow_missing:
                     return ingestion_pb2.DeleteModelResponse(model_id=mid)

@@ -1,7 +1,7 @@
 """SelectionService (grpc.aio): ground a task's class names, select expert heads under a model
 budget (CHCO), store the plan, return it and explain it. Thin wiring over `mllgraph.select.run`.
 
-* `SelectHeads` runs `select.select` in a worker thread (`asyncio.to_thread`); the grounding
+* `SelectHeads` runs `select.select` on a graph-work thread (`common.graph_thread`); the grounding
   resolver is built and warmed once at start-up, so no request pays for WordNet or the text
   embedder. Health reports SERVING only once the resolver is warm and Neo4j answers, and
   NOT_SERVING again while Neo4j does not; a request that arrives before the resolver is warm
@@ -66,6 +66,7 @@ from mllgraph.wire import f32
 from services.common import (
     RunningServer,
     full_service_name,
+    graph_thread,
     neo4j_health_report,
     rpc,
     run_server,
@@ -231,11 +232,11 @@ class SelectionServicer(selection_pb2_grpc.SelectionServiceServicer):
         self._check_ready()
         classes, options = request_to_task(request, self.default_budget)
         if getattr(options, "models", None):
-            await asyncio.to_thread(
+            await graph_thread(
                 registry.require_models, self.graph, options.models, "options.models"
             )
         t = time.perf_counter()
-        ctx = await asyncio.to_thread(
+        ctx = await graph_thread(
             select.select, self.graph, self.settings, classes, options, self.resolver
         )
         ms = (time.perf_counter() - t) * 1000
@@ -268,7 +269,7 @@ class SelectionServicer(selection_pb2_grpc.SelectionServiceServicer):
         plan_id = plan_id.strip()
         if not plan_id:
             raise InvalidArgument("plan_id: required")
-        return await asyncio.to_thread(select.get_plan, self.graph, plan_id)
+        return await graph_thread(select.get_plan, self.graph, plan_id)
 
     @rpc
     async def GetPlan(self, request: Any, context: Any) -> selection_pb2.Plan:
@@ -278,7 +279,7 @@ class SelectionServicer(selection_pb2_grpc.SelectionServiceServicer):
     async def ExplainSelection(self, request: Any, context: Any) -> selection_pb2.Explanation:
         plan = await self._plan(request.plan_id)
         try:
-            current = await asyncio.to_thread(registry.catalogue_version, self.graph)
+            current = await graph_thread(registry.catalogue_version, self.graph)
         except MllgraphError:
             current = None
         return explain(plan, self.concepts, current)

@@ -285,3 +285,56 @@ def _call(call: Any, request: Any, timeout: float) -> tuple[grpc.StatusCode, str
     except grpc.RpcError as e:
         return e.code(), e.details() or ""
     return grpc.StatusCode.OK, ""
+
+
+def test_calls_without_a_deadline_end_and_uploads_go_on_while_frozen(own_neo4j) -> None:
+    """Issue 25 §5: 70 GetModel calls sent without a deadline while the database is frozen
+    end at the server's default deadline (naming Neo4j or the graph), and a database-free
+    UploadWeights made meanwhile is served: graph work cannot take every thread."""
+    from mllgraph.graph import neo4j_server
+
+    settings = replace(own_neo4j, rpc_default_deadline_s=4.0)
+    loop = Loop()
+    ingest = loop.run(ingestion.start(settings, 0, health_interval=1.0))
+    channel = grpc.insecure_channel(f"127.0.0.1:{ingest.port}")
+    stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
+    unknown = ingestion_pb2.GetModelRequest(model_id=f"{PREFIX}-none@1")
+    pid = neo4j_server.running_pid(settings)
+    assert pid is not None
+    try:
+        assert _call(stub.GetModel, unknown, 30.0)[0] == grpc.StatusCode.NOT_FOUND  # connected
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with ThreadPoolExecutor(70) as pool:
+                t0 = time.monotonic()
+                hanging = [pool.submit(_call_untimed, stub.GetModel, unknown) for _ in range(70)]
+                time.sleep(0.5)  # they are waiting on the frozen database now
+                chunk = ingestion_pb2.WeightsChunk(data=b"frozen-graph upload")
+                ref = stub.UploadWeights(iter([chunk]), timeout=10)
+                uploaded_after = time.monotonic() - t0
+                answers = [f.result(timeout=60) for f in hanging]
+                all_ended_after = time.monotonic() - t0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert ref.size_bytes == len(chunk.data) and uploaded_after < 5
+        assert all_ended_after < settings.rpc_default_deadline_s + 10
+        for code, details in answers:
+            assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            assert re.search(r"neo4j|graph|default deadline", details, re.I), (code, details)
+        end = time.monotonic() + 60  # resumed: answered again (the waiting calls drained)
+        while _call(stub.GetModel, unknown, 10.0)[0] != grpc.StatusCode.NOT_FOUND:
+            assert time.monotonic() < end, "not answering after the database resumed"
+            time.sleep(0.5)
+    finally:
+        channel.close()
+        loop.run(ingest.close(1.0))
+        loop.close()
+
+
+def _call_untimed(call: Any, request: Any) -> tuple[grpc.StatusCode, str]:
+    """`call(request)` with no deadline: (code, details)."""
+    try:
+        call(request)
+    except grpc.RpcError as e:
+        return e.code(), e.details() or ""
+    return grpc.StatusCode.OK, ""
