@@ -607,8 +607,8 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                     raise
             if claim.busy:
                 raise AlreadyExists(
-                    f"model {mid} is being labelled by job {claim.holder} of another process "
-                    "(another ingestion service or the CLI); watch the model's labelled_at"
+                    f"model {mid} is being labelled by job {claim.holder} of another ingestion "
+                    "service on this graph; watch the model's labelled_at"
                 )
             if claim.fresh:
                 raise FailedPrecondition(

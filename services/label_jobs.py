@@ -21,6 +21,7 @@ from mllgraph.errors import FailedPrecondition, MllgraphError, NotFound
 from mllgraph.label import work as label_work
 from mllgraph.v1 import ingestion_pb2
 from mllgraph.wire import JOB_STATE_NAMES, timestamp
+from services.errors import redact
 
 # The jobs' lines belong to the ingestion service's log.
 log = logging.getLogger("mllgraph.services.ingestion")
@@ -77,7 +78,7 @@ class LabelJob:
             model_id=self.model_id,
             state=self.state,
             progress=min(max(self.progress, 0.0), 1.0),
-            message=self.message,
+            message=redact(self.message),  # a job's error may name server paths
             heads_done=self.heads_done,
             heads_total=self.heads_total,
         )
