@@ -23,7 +23,7 @@ def test_quick_reliability_bench_writes_its_report_and_its_checks_hold(tmp_path)
         pytest.skip("the bench starts and freezes a Neo4j of its own (the suite uses another)")
     # The frozen-database check is left to tests/test_frozen_graph.py (its own server, no race
     # with the machine's load); here the checks that hold on any machine.
-    checks = ("load", "bad_inputs", "auth", "inference_kill")
+    checks = ("load", "bad_inputs", "auth", "web_inputs", "web_auth", "inference_kill")
     args = argparse.Namespace(
         quick=True, checks=",".join(checks), seconds=2.0, deadline=20.0, out=str(tmp_path)
     )
@@ -57,8 +57,21 @@ def test_quick_reliability_bench_writes_its_report_and_its_checks_hold(tmp_path)
         assert refused[(rpc, "read token")] == "PERMISSION_DENIED"
     assert auth["catalogue_unchanged"]
 
+    # The web page as a process: every bad request a 4xx (never a 500), its RSS bounded.
+    web = saved["checks"]["web_inputs"]
+    statuses = {r["case"]: r["status"] for r in web["tried"]}
+    assert web["never_500"] and web["page_alive"] and web["memory"]["pass"], web["memory"]
+    assert statuses["a 68 MB JSON body to /api/select, chunked (no length)"] == 413
+    assert statuses["a 50000x50000 PNG bomb header"] == 413
+    assert statuses["a TIFF file"] == statuses["a BMP file"] == 400
+    assert statuses["GET /api/models with Host: evil.example"] == 421
+    wrong = [r for r in web["tried"] + saved["checks"]["web_auth"]["tried"] if not r["pass"]]
+    assert not wrong, wrong
+    web_auth = saved["checks"]["web_auth"]
+    assert web_auth["access_log"]["pass"] and all(b["pass"] for b in web_auth["bind"])
+
     kill = saved["checks"]["inference_kill"]
     assert kill["code_after"] == "OK" and kill["same_predictions"]
 
-    for name in ("bad_inputs", "auth", "inference_kill"):
+    for name in ("bad_inputs", "auth", "web_inputs", "web_auth", "inference_kill"):
         assert saved["checks"][name]["pass"], name

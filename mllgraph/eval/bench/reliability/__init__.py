@@ -1,5 +1,5 @@
-"""`mllgraph bench reliability`: load, bad inputs, auth, faults and memory, each pass/fail
-(issue #12 §7). Writes `reports/reliability.{json,md}`.
+"""`mllgraph bench reliability`: load, bad inputs, auth, the web page, faults and memory, each
+pass/fail (issue #12 §7, issue #25). Writes `reports/reliability.{json,md}`.
 
 Loopback only, on a Neo4j of its own (a scratch home and a free port, never the user's
 database) with a tiny hub it builds itself: two quickly trained Fashion experts over six
@@ -12,6 +12,12 @@ kill one. Every loop is bounded in count and in time. Checks, in order:
   catalogue unchanged (node and edge counts before and after);
 * auth: an ingestion service with tokens refuses every write RPC without a token
   (UNAUTHENTICATED) and with a read token (PERMISSION_DENIED);
+* web_inputs: the web page (`mllgraph serve web`, a subprocess over the services) answers
+  oversized bodies, 68 MB JSON, pixel bombs, TIFF/BMP, budget=10**30, a foreign Host and a
+  POST without the CSRF token with its 4xx (never a 500), classifies a PNG, and its peak RSS
+  stays bounded;
+* web_auth: the page with tokens: 401 without one, 200 with a read token, the /login cookie,
+  CSRF on signed-in POSTs, 421 for a foreign Host, the access log, the bind rule;
 * inference_kill: inference SIGKILLed and restarted gives the same predictions;
 * frozen_db: Neo4j SIGSTOPped: every RPC answers within its deadline, cached plans classify;
   all served again after SIGCONT;
@@ -28,5 +34,6 @@ from __future__ import annotations
 from mllgraph.eval.bench.reliability.run import bench_reliability
 
 # What callers use (`mllgraph.eval.bench.BENCHES`, tests/test_reliability_bench.py); the parts
-# live in one module each: rig, requests, load, bad_inputs, auth, faults, memory, report, run.
+# live in one module each: rig, requests, load, bad_inputs, auth, webpage, web, faults, memory,
+# report, run.
 __all__ = ["bench_reliability"]

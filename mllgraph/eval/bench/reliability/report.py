@@ -68,8 +68,24 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for r in checks["auth"]["tried"]:
             lines.append(f"| {r['rpc']} | {r['caller']} | {r['code']} | {r['expected']} |")
+    for name, title in (("web_inputs", "Web page: inputs"), ("web_auth", "Web page: tokens")):
+        if name in checks and "error" not in checks[name]:
+            lines += _web(checks[name], title)
     for name in ("inference_kill", "frozen_db", "neo4j_stop", "memory"):
         if name in checks:
             body = {k: v for k, v in checks[name].items() if k != "pass"}
             lines += ["", f"## {name}", "", "```json", json.dumps(body, indent=1), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _web(res: dict[str, Any], title: str) -> list[str]:
+    """A web check's rows (request, HTTP status, expected), then its memory, access log and
+    bind results as JSON."""
+    lines = ["", f"## {title}", "", "| request | status | expected | ms |", "|---|---|---|---|"]
+    for r in res["tried"]:
+        mark = "" if r["pass"] else " **wrong**"
+        lines.append(
+            f"| {r['case']} | {r['status']}{mark} | {r['expected']} | {r.get('ms') or '-'} |"
+        )
+    rest = {k: res[k] for k in ("memory", "access_log", "bind", "never_500") if k in res}
+    return lines + ["", "```json", json.dumps(rest, indent=1, ensure_ascii=False), "```"]

@@ -28,10 +28,29 @@ from mllgraph.eval.bench.reliability.load import check_load
 from mllgraph.eval.bench.reliability.memory import BYTES_PER_PIXEL, check_memory
 from mllgraph.eval.bench.reliability.report import markdown
 from mllgraph.eval.bench.reliability.rig import open_rig
+from mllgraph.eval.bench.reliability.web import check_web_auth, check_web_inputs
 from mllgraph.settings import Settings
 
-CHECKS = ("load", "bad_inputs", "auth", "inference_kill", "frozen_db", "neo4j_stop", "memory")
-QUICK_CHECKS = ("load", "bad_inputs", "auth", "inference_kill", "frozen_db")
+CHECKS = (
+    "load",
+    "bad_inputs",
+    "auth",
+    "web_inputs",
+    "web_auth",
+    "inference_kill",
+    "frozen_db",
+    "neo4j_stop",
+    "memory",
+)
+QUICK_CHECKS = (
+    "load",
+    "bad_inputs",
+    "auth",
+    "web_inputs",
+    "web_auth",
+    "inference_kill",
+    "frozen_db",
+)
 
 
 def bench_reliability(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -60,6 +79,8 @@ def bench_reliability(settings: Settings, args: argparse.Namespace) -> dict[str,
                 "load": lambda: check_load(rig, seconds, levels),
                 "bad_inputs": lambda: check_bad_inputs(rig),
                 "auth": lambda: check_auth(rig),
+                "web_inputs": lambda: check_web_inputs(rig),
+                "web_auth": lambda: check_web_auth(rig),
                 "inference_kill": lambda: check_inference_kill(rig),
                 "frozen_db": lambda: check_frozen_db(rig, 3.0 if quick else 8.0, deadline_s),
                 "neo4j_stop": lambda: check_neo4j_stop(rig, 5.0 if quick else 10.0, deadline_s),
