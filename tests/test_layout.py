@@ -160,3 +160,19 @@ def test_the_checks_catch_what_they_are_for():
     assert room_of("mllgraph.settings") == "base"
     assert room_of("services.common") == "services"
     assert room_order().index("select") < room_order().index("reuse")
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject.toml lists packages by hand (cypher/ is mapped into the wheel): every
+    package folder must be listed, or a non-editable install lacks it."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    folders = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for top in ("mllgraph", "services")
+        for p in (ROOT / top).rglob("__init__.py")
+    }
+    assert folders - listed == set()
