@@ -77,6 +77,9 @@ class Settings:
     max_upload_bytes: int = 2 * 1024**3  # UploadWeights and weights_bytes; more: RESOURCE_EXHAUSTED
     upload_ttl_s: float = 24 * 3600.0  # uploads not registered within this are removed
     max_probe_images: int = 2000  # images per AddProbes call; more: RESOURCE_EXHAUSTED
+    # Largest model RegisterModel builds (parameters; checked on the meta device, before any
+    # memory is spent): more is INVALID_ARGUMENT. ViT-L/16 has 304M, ViT-H/14 632M.
+    max_model_params: int = 500_000_000
     # Selection service: what SelectHeads reads from the graph, kept per catalogue version
     # (entries: one per concept and query kind; LRU beyond; 0 turns the cache off).
     select_cache_entries: int = 20_000
@@ -201,6 +204,7 @@ class Settings:
             max_upload_bytes=int(_env("MLLGRAPH_MAX_UPLOAD_BYTES", str(cls.max_upload_bytes))),
             upload_ttl_s=float(_env("MLLGRAPH_UPLOAD_TTL_S", str(cls.upload_ttl_s))),
             max_probe_images=int(_env("MLLGRAPH_MAX_PROBE_IMAGES", str(cls.max_probe_images))),
+            max_model_params=int(_env("MLLGRAPH_MAX_MODEL_PARAMS", str(cls.max_model_params))),
             select_cache_entries=int(
                 _env("MLLGRAPH_SELECT_CACHE_ENTRIES", str(cls.select_cache_entries))
             ),

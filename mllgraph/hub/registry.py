@@ -357,9 +357,15 @@ def register_model(
         if reg.builtin:
             model, _, _ = loading.load_efficientnet_lite(reg.builtin)
         else:
-            model = loading.build_timm(arch, n_labels, spec.channels)
             try:
-                loading.load_weights(model, path)
+                model = loading.build_with_weights(
+                    arch,
+                    n_labels,
+                    spec.channels,
+                    path,
+                    max_params=settings.max_model_params,
+                    label=_weights_label(reg, path),
+                )
             except InvalidArgument as e:
                 if "does not fit" not in str(e):  # corrupt or refused: already clear
                     raise
@@ -396,6 +402,20 @@ def register_model(
                 # blob between the put and the write of the Model (see _remove_remote_blob).
                 remote.put(path, key)
             return created
+
+
+def _weights_label(reg: Registration, path: Path) -> str:
+    """How errors name the weights: as the caller gave them, not a temporary copy's path."""
+    if reg.weights_bytes:
+        return f"the uploaded weights ({len(reg.weights_bytes):,} bytes)"
+    if reg.origin is not None:
+        kind, ref = reg.origin
+        return (
+            f"the uploaded weights (sha256 {ref[:12]}…)"
+            if kind == "stream"
+            else f"weights {kind} {ref}"
+        )
+    return f"weights file {path}"
 
 
 Discard = Callable[[], object]  # undoes a registration's store of a blob (on a failed write)
