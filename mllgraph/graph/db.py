@@ -46,7 +46,7 @@ from mllgraph.errors import (
     Unavailable,
 )
 from mllgraph.graph import cypher, deadline, user_query
-from mllgraph.settings import Settings
+from mllgraph.settings import Settings, password_file
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -223,9 +223,12 @@ class Graph:
         except (ServiceUnavailable, SessionExpired, OSError) as e:
             raise _unreachable(self.settings, e) from e
         except AuthError as e:
+            where = "NEO4J_USER / NEO4J_PASSWORD"
+            if self.settings.uses_local_neo4j and self.settings.neo4j_password_given is None:
+                where += f" (unset: the password in {password_file(self.settings.neo4j_home)})"
             raise FailedPrecondition(
                 f"Neo4j at {self.settings.bolt_uri} refused user {self.settings.neo4j_user!r}: "
-                "check NEO4J_USER / NEO4J_PASSWORD"
+                f"check {where}"
             ) from e
         except ClientError as e:
             if "DatabaseNotFound" in (e.code or ""):
