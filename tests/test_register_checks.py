@@ -104,3 +104,58 @@ def test_fitting_weights_under_the_cap_load(tmp_path: Path, real_builds: list[st
     assert real_builds == [SMALL]
     for key, value in small.state_dict().items():
         assert torch.equal(model.state_dict()[key], value)
+
+
+# -- one concept per head --------------------------------------------------------------------
+
+CRANE_BIRD, CRANE_MACHINE = "n02012849", "n03126707"  # ImageNet's two "crane" classes
+GYM_SHOE = "n03472535"
+
+
+class Concepts(NoModels):
+    """Every wnid is a concept whose first lemma is "crane"."""
+
+    def read(self, name: str, **params: Any) -> list[dict[str, Any]]:
+        if name == "hub/concept_ids":
+            return [{"found": params["wnids"]}]
+        if name == "graph/concept":
+            return [{"wnid": w, "lemmas": ["crane"]} for w in params["keys"]]
+        return super().read(name, **params)
+
+
+def _register_labels(tmp_path: Path, ground: Any = None, **labels: Any) -> None:
+    small = loading.build_timm(SMALL, len(next(iter(labels.values()))), 1)
+    path = loading.save_weights(small, tmp_path / "small.safetensors")
+    reg = registry.Registration(
+        name="labels", arch=SMALL, weights_path=path, input_spec=SPEC, **labels
+    )
+    registry.register_model(NoModels(), replace(Settings(), home=tmp_path), reg, ground)  # type: ignore[arg-type]
+
+
+def test_repeated_class_names_are_refused_before_grounding(tmp_path: Path) -> None:
+    grounded: list[str] = []
+
+    def ground(name: str) -> str:
+        grounded.append(name)
+        return "n03057021"
+
+    names = ["coat", "Coat", " coat", "COAT"]
+    with pytest.raises(InvalidArgument, match=r"class_names: .*#0 'coat', #1 'Coat', #2 'coat'"):
+        _register_labels(tmp_path, ground, class_names=names)
+    assert grounded == []
+
+
+def test_class_names_grounding_to_one_concept_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match=f"#0 'sneaker', #1 'gym shoe' ground to {GYM_SHOE}"):
+        _register_labels(tmp_path, lambda name: GYM_SHOE, class_names=["sneaker", "gym shoe"])
+
+
+def test_a_repeated_wnid_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match=f"wnids: .*#0 '{GYM_SHOE}', #2 '{GYM_SHOE}'"):
+        _register_labels(tmp_path, wnids=[GYM_SHOE, CRANE_BIRD, GYM_SHOE])
+
+
+def test_one_name_for_two_concepts_is_fine_as_wnids() -> None:
+    reg = registry.Registration(name="cranes", wnids=[CRANE_BIRD, CRANE_MACHINE])
+    labels, wnids = registry._labels_to_wnids(Concepts(), reg, 2, None)  # type: ignore[arg-type]
+    assert labels == ["crane", "crane"] and wnids == [CRANE_BIRD, CRANE_MACHINE]
