@@ -167,8 +167,8 @@ def test_killed_worker_is_retried_and_catalogue_consistent(
 ) -> None:
     marker = str(tmp_path / "killed-once")
 
-    def dies_once(settings: Settings, work: work.LabelWork, *, device: str):
-        outcome = work.compute(settings, work, device=device)
+    def dies_once(settings: Settings, job: work.LabelWork, *, device: str):
+        outcome = work.compute(settings, job, device=device)
         try:  # the first attempt to get here dies, its work computed but not returned
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
         except FileExistsError:

@@ -26,13 +26,14 @@ from collections.abc import Callable
 from typing import Any
 
 from mllgraph.graph.db import Graph
-from mllgraph.hub.executor import MAX_RETRIES, _placement, _ray, failure, start
+from mllgraph.hub.executor import MAX_RETRIES, _placement, _ray, failure, shutdown, start
 from mllgraph.label import work as labeller
 from mllgraph.settings import Settings
 
 CANCEL_POLL_S = 1.0  # how often the driver looks at a job's cancel token
 ComputeFn = Callable[..., labeller.LabelOutcome]  # (settings, work, *, device) -> outcome
 log = logging.getLogger(__name__)
+__all__ = ["label_models", "shutdown"]  # shutdown: the CLI and the ingestion service call it here
 
 
 def _run_task(
