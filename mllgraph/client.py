@@ -534,22 +534,13 @@ class Client:
         Files that are not .jpg/.jpeg/.png and entries that are not sub-folders are refused
         here; the server refuses unreadable images and unknown concepts. All in one call
         (the server caps images per call: MLLGRAPH_MAX_PROBE_IMAGES)."""
-        root = Path(folder).expanduser()
-        if not root.is_dir():
-            raise InvalidArgument(f"folder {root}: no such directory")
-        refused: list[tuple[str, str]] = []
-        files: list[tuple[str, Path]] = []
-        for entry in sorted(root.iterdir()):
-            if not entry.is_dir():
-                refused.append((str(entry), "not a sub-folder"))
-                continue
-            for f in sorted(entry.rglob("*")):
-                if f.is_dir():
-                    continue
-                if f.suffix.lower() not in PROBE_EXTENSIONS:
-                    refused.append((str(f), "not a .jpg/.jpeg/.png file"))
-                    continue
-                files.append((entry.name, f))
+        # The folder reader of `probes add --folder`: no symbolic link is followed and no
+        # file outside the folder is read (it was: /etc/shadow through a link, as root).
+        from mllgraph.hub.probe_folder import folder_files, folder_root, read_inside
+
+        root = folder_root(folder)
+        files, refusals = folder_files(root)
+        refused = [(r["path"], r["reason"]) for r in refusals]
         if not files:
             raise InvalidArgument(f"folder {root}: no .jpg/.jpeg/.png file in any sub-folder")
 
@@ -558,7 +549,7 @@ class Client:
                 yield ingestion_pb2.ProbeImage(
                     concept=concept,
                     name=str(f),
-                    encoded=f.read_bytes(),
+                    encoded=read_inside(root, f),
                     source=(source or f"folder {root}") if i == 0 else "",
                 )
 

@@ -6,11 +6,21 @@ rest of the code takes a `Settings` and never reads `os.environ` itself.
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mllgraph import paths
+
+log = logging.getLogger(__name__)
+
+# The password every project-managed Neo4j got before issue 25 (printed in the README, so
+# known to every local user). A server started since gets a random one (`local_password`).
+LEGACY_NEO4J_PASSWORD = "mllgraph-local"
+PASSWORD_FILE = "password"  # in the local server's folder (<home>/neo4j/password), mode 0600
+_legacy_reported: set[Path] = set()
 
 
 def _env(name: str, default: str) -> str:
@@ -23,12 +33,86 @@ def _path_env(name: str) -> Path | None:
     return Path(value) if value else None
 
 
+def password_file(neo4j_home: Path) -> Path:
+    """Where the project-managed server's password is kept."""
+    return neo4j_home / PASSWORD_FILE
+
+
+def has_legacy_database(neo4j_home: Path) -> bool:
+    """True for a local server's data without a password file: first started before the
+    password was random, so it still has `LEGACY_NEO4J_PASSWORD` (until `rotate_password`)."""
+    return not password_file(neo4j_home).exists() and (neo4j_home / "data" / "databases").is_dir()
+
+
+def local_password(neo4j_home: Path) -> str:
+    """The project-managed server's password: the one kept in its folder; for a new server a
+    random one, written there first (owner-only, 0600); for data started before that file
+    existed, the old default (said once in the log, with what to do)."""
+    path = password_file(neo4j_home)
+    try:
+        return _read_password(path)
+    except FileNotFoundError:
+        pass
+    if has_legacy_database(neo4j_home):
+        if neo4j_home not in _legacy_reported:
+            _legacy_reported.add(neo4j_home)
+            log.warning(
+                "neo4j_legacy_password home=%s: this local Neo4j was first started with the "
+                "README's default password, which every local user knows; `mllgraph neo4j "
+                "start` gives it a random one (kept in %s, 0600) when it next starts it",
+                neo4j_home,
+                path,
+            )
+        return LEGACY_NEO4J_PASSWORD
+    return _create_password(path)
+
+
+def _read_password(path: Path) -> str:
+    """The password in `path` (FileNotFoundError when there is none), its mode made 0600."""
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    password = path.read_text().strip()
+    if not password:
+        raise ValueError(f"{path} is empty: remove it, or put the local Neo4j's password in it")
+    return password
+
+
+def write_password(path: Path, password: str) -> None:
+    """`password` into `path` atomically (a 0600 file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def _create_password(path: Path) -> str:
+    """A new random password in `path`, unless another process wrote one first (then that)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".{path.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
+    write_password(part, secrets.token_urlsafe(24))
+    try:
+        os.link(part, path)  # fails when another process's password is already there
+    except FileExistsError:
+        pass
+    finally:
+        part.unlink(missing_ok=True)
+    return _read_password(path)
+
+
 @dataclass(frozen=True)
 class Settings:
     # Neo4j. `neo4j_uri` None means: use (and if needed start) the project-managed server.
     neo4j_uri: str | None = None
     neo4j_user: str = "neo4j"
-    neo4j_password: str = "mllgraph-local"
+    # NEO4J_PASSWORD as given; None: see the `neo4j_password` property.
+    neo4j_password_given: str | None = None
     neo4j_database: str = "neo4j"
     # The project-managed local server (Bolt on 127.0.0.1 only).
     local_neo4j_port: int = 7687
@@ -101,6 +185,9 @@ class Settings:
     max_upload_bytes: int = 2 * 1024**3  # UploadWeights and weights_bytes; more: RESOURCE_EXHAUSTED
     upload_ttl_s: float = 24 * 3600.0  # uploads not registered within this are removed
     max_probe_images: int = 2000  # images per AddProbes call; more: RESOURCE_EXHAUSTED
+    # Largest model RegisterModel builds (parameters; checked on the meta device, before any
+    # memory is spent): more is INVALID_ARGUMENT. ViT-L/16 has 304M, ViT-H/14 632M.
+    max_model_params: int = 500_000_000
     # Selection service: what SelectHeads reads from the graph, kept per catalogue version
     # (entries: one per concept and query kind; LRU beyond; 0 turns the cache off).
     select_cache_entries: int = 20_000
@@ -140,6 +227,17 @@ class Settings:
     @property
     def uses_local_neo4j(self) -> bool:
         return self.neo4j_uri is None
+
+    @property
+    def neo4j_password(self) -> str:
+        """NEO4J_PASSWORD when given. Else, for the project-managed server, the random
+        password kept in its folder (`local_password`: made on first use); for a server of
+        your own (NEO4J_URI), the old default."""
+        if self.neo4j_password_given is not None:
+            return self.neo4j_password_given
+        if self.uses_local_neo4j:
+            return local_password(self.neo4j_home)
+        return LEGACY_NEO4J_PASSWORD
 
     @property
     def bolt_uri(self) -> str:
@@ -187,7 +285,7 @@ class Settings:
         return cls(
             neo4j_uri=os.environ.get("NEO4J_URI") or None,
             neo4j_user=_env("NEO4J_USER", cls.neo4j_user),
-            neo4j_password=_env("NEO4J_PASSWORD", cls.neo4j_password),
+            neo4j_password_given=os.environ.get("NEO4J_PASSWORD") or None,
             neo4j_database=_env("NEO4J_DATABASE", cls.neo4j_database),
             local_neo4j_port=int(_env("MLLGRAPH_NEO4J_PORT", str(cls.local_neo4j_port))),
             local_neo4j_heap=_env("MLLGRAPH_NEO4J_HEAP", cls.local_neo4j_heap),
@@ -252,6 +350,7 @@ class Settings:
             max_upload_bytes=int(_env("MLLGRAPH_MAX_UPLOAD_BYTES", str(cls.max_upload_bytes))),
             upload_ttl_s=float(_env("MLLGRAPH_UPLOAD_TTL_S", str(cls.upload_ttl_s))),
             max_probe_images=int(_env("MLLGRAPH_MAX_PROBE_IMAGES", str(cls.max_probe_images))),
+            max_model_params=int(_env("MLLGRAPH_MAX_MODEL_PARAMS", str(cls.max_model_params))),
             select_cache_entries=int(
                 _env("MLLGRAPH_SELECT_CACHE_ENTRIES", str(cls.select_cache_entries))
             ),

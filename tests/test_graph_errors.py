@@ -12,12 +12,13 @@ from neo4j.exceptions import (
     ClientError,
     ConstraintError,
     DatabaseUnavailable,
+    Neo4jError,
     ServiceUnavailable,
     SessionExpired,
     TransientError,
 )
 
-from mllgraph.errors import AlreadyExists, DeadlineExceeded, Unavailable
+from mllgraph.errors import AlreadyExists, DeadlineExceeded, ResourceExhausted, Unavailable
 from mllgraph.graph import db, deadline
 from mllgraph.settings import Settings
 from services.errors import status_for
@@ -41,6 +42,23 @@ def test_driver_errors_map_to_their_status(driver_error, ours, code) -> None:
     assert info.value.__cause__ is driver_error
     assert status_for(info.value) == code
     assert status_for(driver_error) == grpc.StatusCode.INTERNAL  # what it was before
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "Neo.TransientError.General.MemoryPoolOutOfMemoryError",
+        "Neo.TransientError.General.TransactionMemoryLimit",
+        "Neo.ClientError.General.TransactionOutOfMemoryError",
+    ],
+)
+def test_the_memory_guard_is_resource_exhausted_not_busy(code: str) -> None:
+    error = Neo4jError._hydrate_neo4j(code=code, message="would use more than the limit 2.0 GiB")
+    with pytest.raises(ResourceExhausted) as info, db.driver_errors(SETTINGS):
+        raise error
+    message = str(info.value)
+    assert "busy" not in message and "db.memory.transaction.max" in message and code in message
+    assert status_for(info.value) == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_other_driver_errors_pass_unchanged() -> None:

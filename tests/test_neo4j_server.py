@@ -14,7 +14,7 @@ import pytest
 from mllgraph.errors import FailedPrecondition, Unavailable
 from mllgraph.graph import neo4j_server
 from mllgraph.graph.db import Graph
-from mllgraph.settings import Settings
+from mllgraph.settings import LEGACY_NEO4J_PASSWORD, Settings, password_file
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,6 +89,29 @@ def test_start_status_stop_by_recorded_pid(neo4j_settings: Settings, tmp_path: P
     assert neo4j_server.running_pid(scratch) is None
     assert neo4j_server.status(scratch)["answers"] is False
     assert neo4j_server.stop(scratch) is False
+
+
+@pytest.mark.neo4j
+def test_local_server_password_is_random_and_an_old_one_is_rotated(
+    neo4j_settings: Settings, tmp_path: Path
+) -> None:
+    scratch = _scratch(neo4j_settings, tmp_path, local_neo4j_heap="256m",
+                       local_neo4j_pagecache="64m", neo4j_password_given=None)  # fmt: skip
+    file = password_file(scratch.neo4j_home)
+    old = replace(scratch, neo4j_password_given=LEGACY_NEO4J_PASSWORD)
+    try:  # a server first started before passwords were random
+        neo4j_server.start(old)
+    finally:
+        neo4j_server.stop(old)
+    assert not file.exists() and scratch.neo4j_password == LEGACY_NEO4J_PASSWORD
+    try:
+        neo4j_server.start(scratch)  # launched here: the old default is replaced
+        assert file.exists() and (file.stat().st_mode & 0o777) == 0o600
+        assert scratch.neo4j_password not in ("", LEGACY_NEO4J_PASSWORD)
+        assert neo4j_server._try_connect(scratch) == "ok"
+        assert neo4j_server._try_connect(old) == "auth"
+    finally:
+        neo4j_server.stop(scratch)
 
 
 @pytest.mark.neo4j

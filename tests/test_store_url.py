@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from mllgraph import paths
-from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
+from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mllgraph.hub import loading, probe_outputs, probes, registry, store
 from mllgraph.hubs.fashion import experts as fashion_experts
 from mllgraph.label import run as labeller
@@ -105,6 +105,45 @@ def test_a_missing_backend_names_the_package_to_install(
         FailedPrecondition, match=r"MLLGRAPH_PROBE_STORE='s3://bucket/probes'.*pip install s3fs"
     ):
         _ = Settings(home=tmp_path).probe_store
+
+
+def test_credentials_in_a_store_url_never_reach_a_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if importlib.util.find_spec("aiohttp") is not None:
+        pytest.skip("aiohttp is installed here")
+    monkeypatch.setenv(paths.MODEL_STORE_VAR, "http://alice:hunter22@example.invalid/models")
+    with pytest.raises(FailedPrecondition) as info:
+        _ = Settings(home=tmp_path).model_store
+    message = str(info.value)
+    assert "hunter22" not in message and "alice" not in message
+    assert "'http://***@example.invalid/models'" in message
+    assert "pip install aiohttp" in message  # not fsspec, which is installed
+
+
+def test_an_unreachable_store_is_one_clear_error_without_credentials(tmp_path: Path) -> None:
+    url = "ftp://bob:hunter22@host.invalid/models"
+    with pytest.raises(Unavailable, match=r"'ftp://\*\*\*@host.invalid/models': cannot reach") as e:
+        paths.filesystem(paths.MODEL_STORE_VAR, url)
+    assert "hunter22" not in str(e.value) and "bob" not in str(e.value)
+
+
+def test_redact_hides_users_passwords_and_query_values() -> None:
+    assert paths.redact("s3://bucket/x") == "s3://bucket/x"
+    assert paths.redact("http://u:p@h/x?sig=abc&k=1") == "http://***@h/x?sig=***&k=***"
+    assert paths.redact("simplecache::sftp://me:pw@h/x") == "simplecache::sftp://***@h/x"
+
+
+def test_a_file_url_must_name_an_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(paths.MODEL_STORE_VAR, "file://etc/x")
+    with pytest.raises(
+        InvalidArgument, match=r"MLLGRAPH_MODEL_STORE='file://etc/x'.*file:///etc/x"
+    ):
+        _ = Settings(home=tmp_path).model_store
+    monkeypatch.setenv(paths.MODEL_STORE_VAR, f"file://localhost{tmp_path}/m")
+    assert Settings(home=tmp_path).model_store == tmp_path / "m"
 
 
 # --- probe outputs: versions and CURRENT ----------------------------------------------------

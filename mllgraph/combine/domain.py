@@ -53,11 +53,15 @@ def thumbnails(images: Sequence[np.ndarray]) -> np.ndarray:
             raise InvalidArgument(f"image {i} has shape {a.shape}; expected (H, W) or (H, W, 3)")
         if a.dtype != np.uint8:  # float images in [0, 1], as preprocess accepts them
             a = np.clip(np.asarray(a, dtype=np.float64) * 255.0, 0, 255).astype(np.uint8)
-        small = Image.fromarray(np.ascontiguousarray(a[:, :, :3])).resize(
-            (THUMBNAIL, THUMBNAIL), Image.BILINEAR, reducing_gap=None
-        )
-        out[i] = np.asarray(small, dtype=np.float64).reshape(-1) / 255.0
+        out[i] = thumbnail(Image.fromarray(np.ascontiguousarray(a[:, :, :3])))
     return out
+
+
+def thumbnail(image: Image.Image) -> np.ndarray:
+    """One Pillow image's (192,) thumbnail in [0, 1], as `thumbnails` makes it for an array
+    (gray: three equal channels; alpha dropped)."""
+    small = image.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.BILINEAR, reducing_gap=None)
+    return np.asarray(small, dtype=np.float64).reshape(-1) / 255.0
 
 
 @dataclass(frozen=True)

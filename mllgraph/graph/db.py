@@ -43,10 +43,11 @@ from mllgraph.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    ResourceExhausted,
     Unavailable,
 )
 from mllgraph.graph import cypher, deadline, user_query
-from mllgraph.settings import Settings
+from mllgraph.settings import Settings, password_file
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -68,17 +69,45 @@ def _timed_out(e: Neo4jError) -> bool:
     return "TransactionTimedOut" in (e.code or "") or "TransactionTimedOut" in (e.message or "")
 
 
+# Neo4j's memory guards: one transaction over db.memory.transaction.max, all of them over
+# dbms.memory.transaction.total.max (a TransientError, though retrying the same call fails
+# the same way), the JVM itself out of heap. GQL statuses 51N72/51N73 name the first two.
+_MEMORY_CODES = (
+    "TransactionMemoryLimit",
+    "TransactionOutOfMemoryError",
+    "MemoryPoolOutOfMemoryError",
+    "General.OutOfMemoryError",
+)
+
+
+def _out_of_memory(e: Neo4jError) -> bool:
+    code = e.code or ""
+    gql = str(getattr(e, "gql_status", "") or "")
+    return any(c in code for c in _MEMORY_CODES) or gql in ("51N72", "51N73")
+
+
+def _memory_exhausted(e: Neo4jError) -> ResourceExhausted:
+    return ResourceExhausted(
+        "Neo4j refused the graph call: it needs more memory than the server allows a "
+        "transaction (db.memory.transaction.max, or all transactions together: "
+        f"dbms.memory.transaction.total.max); ask for less at once ({e.message}; {e.code})"
+    )
+
+
 def translate(settings: Settings, e: Exception) -> Exception | None:
     """The project's own error for a driver error, or None to let it pass unchanged:
     unreachable server, lost connection and transient errors (deadlocks, a database still
-    starting; managed transactions have retried them already) -> Unavailable; a constraint
-    violation -> AlreadyExists; a transaction past its timeout -> DeadlineExceeded."""
+    starting; managed transactions have retried them already) -> Unavailable; a call over
+    Neo4j's memory guard -> ResourceExhausted; a constraint violation -> AlreadyExists; a
+    transaction past its timeout -> DeadlineExceeded."""
     if isinstance(e, ServiceUnavailable):
         return _unreachable(settings, e)
     if isinstance(e, SessionExpired):
         return Unavailable(
             f"the connection to Neo4j at {settings.bolt_uri} was lost: try again ({e})"
         )
+    if isinstance(e, Neo4jError) and _out_of_memory(e):
+        return _memory_exhausted(e)
     if isinstance(e, TransientError):
         return Unavailable(f"Neo4j is busy or recovering, try again: {e.message} ({e.code})")
     if isinstance(e, ConstraintError):
@@ -223,9 +252,12 @@ class Graph:
         except (ServiceUnavailable, SessionExpired, OSError) as e:
             raise _unreachable(self.settings, e) from e
         except AuthError as e:
+            where = "NEO4J_USER / NEO4J_PASSWORD"
+            if self.settings.uses_local_neo4j and self.settings.neo4j_password_given is None:
+                where += f" (unset: the password in {password_file(self.settings.neo4j_home)})"
             raise FailedPrecondition(
                 f"Neo4j at {self.settings.bolt_uri} refused user {self.settings.neo4j_user!r}: "
-                "check NEO4J_USER / NEO4J_PASSWORD"
+                f"check {where}"
             ) from e
         except ClientError as e:
             if "DatabaseNotFound" in (e.code or ""):
@@ -329,6 +361,8 @@ class Graph:
         except (ServiceUnavailable, SessionExpired, TransientError) as e:
             raise translate(self.settings, e) or e from e
         except Neo4jError as e:
+            if _out_of_memory(e):
+                raise _memory_exhausted(e) from e
             code = e.code or ""
             if "WriteOnReadOnlyAccess" in code or "AccessMode" in code:
                 raise InvalidArgument(

@@ -6,13 +6,20 @@ Community itself: Maven copies the runtime closure of `org.neo4j:neo4j` into
 (`org.neo4j.server.CommunityEntryPoint`) with a generated `neo4j.conf`. The bootloader that
 would read JVM flags from neo4j.conf is bypassed, so heap and JVM flags go on the `java`
 command line here. Bolt listens on 127.0.0.1 only; HTTP is off.
+
+Its password is random, made on first use and kept in `<home>/neo4j/password` (0600; see
+`mllgraph.settings.local_password`), unless NEO4J_PASSWORD is set. A server first started
+before that (with the README's old default, which every local user could read) gets a random
+password the next time `start` launches it (`rotate_password`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -23,11 +30,12 @@ from pathlib import Path
 
 from mllgraph.errors import FailedPrecondition, Unavailable
 from mllgraph.graph.user_query import ALLOWED_PROCEDURES
-from mllgraph.settings import Settings
+from mllgraph.settings import Settings, has_legacy_database, password_file, write_password
 
 NEO4J_VERSION = "5.26.30"
 SUPPORTED_JAVA = (17, 21)  # Neo4j 5.26 LTS runs on Java 17 and 21
 MAIN_CLASS = "org.neo4j.server.CommunityEntryPoint"
+log = logging.getLogger(__name__)
 DEFAULT_PASSWORD = "neo4j"  # Neo4j's initial password, changed on first start
 # Procedures the local server loads (`dbms.security.procedures.allowlist`) are the ones
 # `mllgraph query` allows (`user_query.ALLOWED_PROCEDURES`): schema look-ups; the project's
@@ -249,26 +257,56 @@ def _try_connect(settings: Settings) -> str:
         return "down"
 
 
-def _set_initial_password(settings: Settings) -> None:
-    """A fresh Neo4j has neo4j/neo4j with a forced change: set NEO4J_PASSWORD."""
+def _change_password(settings: Settings, old: str, new: str) -> None:
     import neo4j
 
-    with neo4j.GraphDatabase.driver(
-        settings.bolt_uri, auth=(settings.neo4j_user, DEFAULT_PASSWORD)
-    ) as driver:
-        try:
-            driver.execute_query(
-                "ALTER CURRENT USER SET PASSWORD FROM $old TO $new",
-                old=DEFAULT_PASSWORD,
-                new=settings.neo4j_password,
-                database_="system",
-            )
-        except neo4j.exceptions.AuthError as e:
-            raise FailedPrecondition(
-                f"the local Neo4j under {paths(settings).root} rejects NEO4J_PASSWORD and is no "
-                "longer fresh; use the password it was first started with, or stop it and "
-                f"remove {paths(settings).data} to start over"
-            ) from e
+    with neo4j.GraphDatabase.driver(settings.bolt_uri, auth=(settings.neo4j_user, old)) as driver:
+        driver.execute_query(
+            "ALTER CURRENT USER SET PASSWORD FROM $old TO $new",
+            old=old,
+            new=new,
+            database_="system",
+        )
+
+
+def _set_initial_password(settings: Settings) -> None:
+    """A fresh Neo4j has neo4j/neo4j with a forced change: set the configured password."""
+    import neo4j
+
+    try:
+        _change_password(settings, DEFAULT_PASSWORD, settings.neo4j_password)
+    except neo4j.exceptions.AuthError as e:
+        where = (
+            "NEO4J_PASSWORD"
+            if settings.neo4j_password_given is not None
+            else f"the password in {password_file(settings.neo4j_home)}"
+        )
+        raise FailedPrecondition(
+            f"the local Neo4j under {paths(settings).root} rejects {where} and is no "
+            "longer fresh; use the password it was first started with, or stop it and "
+            f"remove {paths(settings).data} to start over"
+        ) from e
+
+
+def rotate_password(settings: Settings) -> None:
+    """Give the running project-managed server a new random password, kept in its folder
+    (0600). The new password is written beside the file first (`password.pending`), so a
+    crash between the change and the switch leaves it readable there."""
+    if not settings.uses_local_neo4j or settings.neo4j_password_given is not None:
+        raise FailedPrecondition(
+            "rotate_password: only for the project-managed server without NEO4J_PASSWORD "
+            "(a password you set is yours to change)"
+        )
+    old, new = settings.neo4j_password, secrets.token_urlsafe(24)
+    file = password_file(settings.neo4j_home)
+    pending = file.with_name(file.name + ".pending")
+    write_password(pending, new)
+    try:
+        _change_password(settings, old, new)
+    except BaseException:
+        pending.unlink(missing_ok=True)
+        raise
+    os.replace(pending, file)
 
 
 def start(settings: Settings, *, timeout: float = 180.0) -> tuple[int, float]:
@@ -305,16 +343,25 @@ def start(settings: Settings, *, timeout: float = 180.0) -> tuple[int, float]:
         f"--home-dir={p.root}",
         f"--config-dir={conf.parent}",
     ]
-    with p.console_log.open("ab") as log:
+    with p.console_log.open("ab") as console:
         proc = subprocess.Popen(
             cmd,
-            stdout=log,
+            stdout=console,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # survives the CLI that started it
         )
     p.pid_file.write_text(str(proc.pid))
     _wait_ready(settings, proc.pid, t0, timeout)
+    if settings.neo4j_password_given is None and has_legacy_database(settings.neo4j_home):
+        # Launched here, so no client holds a session on it yet: a safe moment to change it.
+        rotate_password(settings)
+        log.warning(
+            "neo4j_password_rotated home=%s: the README's old default password was replaced "
+            "by a random one, kept in %s (0600); restart services started before this",
+            p.root,
+            password_file(settings.neo4j_home),
+        )
     return proc.pid, time.monotonic() - t0
 
 

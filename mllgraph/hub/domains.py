@@ -7,6 +7,10 @@ written first and the graph second, so a reader never finds a sha256 without its
 failed graph write removes the new file. Older profile files are removed after the switch.
 In a model store at a URL (`store`) the file is put there too, and readers fetch it into
 their cache by its sha256.
+
+`describe_path` fits a profile on images in a folder or an array file with bounded memory:
+each image is decoded, reduced to its thumbnail and let go before the next (a JPEG decoded
+at a reduced scale), so only the 192 numbers per image are kept.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mllgraph.combine.domain import DomainProfile, thumbnails
-from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
+from mllgraph.combine.domain import MAX_IMAGES, THUMBNAIL, DomainProfile, thumbnail, thumbnails
+from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from mllgraph.hub import registry, store
 from mllgraph.settings import Settings
 
@@ -31,6 +35,11 @@ if TYPE_CHECKING:
 _CACHE: dict[str, DomainProfile] = {}
 _CACHE_SIZE = 256  # ~300 kB each; the oldest loaded goes first
 _CACHE_LOCK = threading.Lock()
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# A JPEG is decoded at the smallest DCT scale that keeps this many pixels a side: the 8x8
+# thumbnail still averages dozens of pixels each, so it matches a full decode's closely.
+DRAFT_SIDE = THUMBNAIL * 32
+ARRAY_SLICE = 64  # images of an array file thumbnailed at once
 
 
 def profile_path(settings: Settings, mid: str, sha256: str) -> Path:
@@ -53,6 +62,68 @@ def describe(
     record it. `source` says what the images were, for people reading the catalogue."""
     registry.get_model(graph, mid)  # NotFound before any work
     return record(graph, settings, mid, DomainProfile.fit(thumbnails(images)), source)
+
+
+def describe_path(
+    graph: Graph, settings: Settings, mid: str, path: Path, source: str | None = None
+) -> dict[str, Any]:
+    """`describe` from a folder of JPEG/PNG files (searched recursively, in name order, at
+    most MAX_IMAGES) or a .npy/.npz array (N, H, W[, C]), one image in memory at a time;
+    images over `settings.infer_max_image_pixels` are refused (from their headers)."""
+    registry.get_model(graph, mid)  # NotFound before any work
+    thumbs = path_thumbnails(Path(path), max_pixels=settings.infer_max_image_pixels)
+    source = source or f"{len(thumbs)} images from {path}"
+    return record(graph, settings, mid, DomainProfile.fit(thumbs), source)
+
+
+def path_thumbnails(path: Path, *, max_pixels: int, limit: int = MAX_IMAGES) -> np.ndarray:
+    """(N, 192) thumbnails of the images at `path` (see `describe_path`)."""
+    if path.suffix in (".npy", ".npz") and path.is_file():
+        return _array_thumbnails(path, limit)
+    if not path.is_dir():
+        raise InvalidArgument(f"images {path}: not a folder or a .npy/.npz file")
+    files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    out = np.empty((len(files), THUMBNAIL * THUMBNAIL * 3))
+    for i, f in enumerate(files):
+        out[i] = _file_thumbnail(f, max_pixels)
+    return out
+
+
+def _file_thumbnail(path: Path, max_pixels: int) -> np.ndarray:
+    """One image file's thumbnail, decoded at a reduced size where the format allows."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ResourceExhausted(
+                    f"images: {path} has {w}x{h} pixels, over the limit of {max_pixels:,} "
+                    "per image (MLLGRAPH_INFER_MAX_IMAGE_PIXELS); downscale it"
+                )
+            im.draft("RGB", (DRAFT_SIDE, DRAFT_SIDE))  # JPEG only: a no-op for PNG
+            return thumbnail(im)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise InvalidArgument(f"images: {path} is not a readable image: {e}") from e
+
+
+def _array_thumbnails(path: Path, limit: int) -> np.ndarray:
+    """Thumbnails of an (N, H, W[, C]) array file (.npz: its `images`), a slice at a time
+    (a .npy is memory-mapped, so only the slice is read)."""
+    try:
+        loaded = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise InvalidArgument(f"images: {path} is not a readable .npy/.npz array: {e}") from e
+    try:
+        if hasattr(loaded, "files") and "images" not in loaded.files:
+            raise InvalidArgument(f"images: {path} has no 'images' array ({loaded.files})")
+        images = loaded["images"] if hasattr(loaded, "files") else loaded
+        n = min(len(images), limit)
+        parts = [thumbnails(list(images[i : i + ARRAY_SLICE])) for i in range(0, n, ARRAY_SLICE)]
+    finally:
+        if hasattr(loaded, "close"):
+            loaded.close()
+    return np.concatenate(parts) if parts else np.empty((0, THUMBNAIL * THUMBNAIL * 3))
 
 
 def record(

@@ -14,6 +14,7 @@ import importlib
 import importlib.resources
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -162,10 +163,15 @@ def _few(keys: Sequence[str], n: int = 5) -> str:
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > n else shown
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors from a weights file, refusing anything that is not plain data."""
+def read_state_dict(path: Path, *, label: str | None = None) -> dict[str, torch.Tensor]:
+    """Tensors from a weights file, refusing anything that is not plain data.
+
+    Errors name the file as `label` (default "weights file <path>"): a service names a
+    caller's upload, not the temporary path it was copied to.
+    """
+    label = label or f"weights file {path}"
     if not path.is_file():
-        raise NotFound(f"weights file {path} does not exist")
+        raise NotFound(f"{label} does not exist")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -173,9 +179,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise InvalidArgument(
-                f"weights file {path} is not a valid safetensors file: {e}"
-            ) from e
+            raise InvalidArgument(f"{label} is not a valid safetensors file: {e}") from e
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols it was not written with; not our concern.
@@ -184,20 +188,18 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Weights only load failed" not in msg:
-            raise InvalidArgument(
-                f"weights file {path} is corrupt or not a torch checkpoint: {msg}"
-            ) from e
-        # weights_only refuses globals it does not know: exactly the code-running pickles.
-        # Keep torch's reason, drop its advice to retry with weights_only=False.
-        lines = [ln.strip() for ln in msg.splitlines()[1:] if ln.strip()]
-        reason = next((ln for ln in lines if not ln.startswith("Check the doc")), "")
+            raise InvalidArgument(f"{label} is corrupt or not a torch checkpoint: {msg}") from e
+        # weights_only refuses globals it does not know (exactly the code-running pickles)
+        # and opcodes it does not know (garbage). Keep torch's reason, not its advice.
         raise InvalidArgument(
-            f"weights file {path} was refused: it is not a plain tensor checkpoint and "
-            f"loading it could run code ({reason or 'disallowed pickle content'})"
+            f"{label} was refused: it is not a plain tensor checkpoint (damaged, or loading "
+            f"it could run code; torch's weights-only loader says: {_torch_reason(msg)})"
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
+        raise InvalidArgument(f"{label} is corrupt or truncated: {type(e).__name__}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - torch's unpicklers raise assorted errors on garbage
         raise InvalidArgument(
-            f"weights file {path} is corrupt or truncated: {type(e).__name__}: {e}"
+            f"{label} is corrupt or not a weights file: {type(e).__name__}: {e}"
         ) from e
     # Common checkpoint wrappers: {"state_dict": {...}}, {"model": {...}}.
     if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -206,30 +208,35 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping):
-        raise InvalidArgument(f"weights file {path} holds a {type(obj).__name__}, not a state_dict")
+        raise InvalidArgument(f"{label} holds a {type(obj).__name__}, not a state_dict")
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
-        raise InvalidArgument(f"weights file {path} has non-tensor entries: {_few(bad)}")
+        raise InvalidArgument(f"{label} has non-tensor entries: {_few(bad)}")
+    if not obj:
+        raise InvalidArgument(f"{label} holds no tensors")
     return dict(obj)
 
 
-def load_weights(model: nn.Module, path: Path) -> nn.Module:
-    """Load a state_dict file into `model` strictly; returns the model.
+def _torch_reason(message: str) -> str:
+    """The reason inside torch's "Weights only load failed" text, without its advice (to
+    retry with weights_only=False, to file an issue, to read the documentation)."""
+    found = re.search(r"WeightsUnpickler error:(.*?)(?:Check the documentation|$)", message, re.S)
+    reason = " ".join(found.group(1).split()) if found else ""
+    return reason or "disallowed pickle content"
 
-    `.safetensors` is read with safetensors; anything else with
-    `torch.load(weights_only=True)`. Pickles that would run code, corrupt files and
-    key/shape mismatches raise InvalidArgument naming the file.
-    """
-    path = Path(path)
-    state = _read_state_dict(path)
+
+def _unwrapped(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys saved from DataParallel ("module.x") as the bare model's ("x")."""
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}  # saved from DataParallel
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
+        return {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _fit_problems(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> list[str]:
+    """What keeps `state` from loading strictly into a model whose state_dict is `own` (the
+    tensors may be on the meta device: only names and shapes are compared)."""
     # num_batches_tracked only counts BN updates; many exporters drop it.
-    for k in [k for k in missing if k.endswith("num_batches_tracked")]:
-        state[k] = own[k]
-        missing.remove(k)
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     shapes = [
         f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -243,16 +250,96 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
         problems.append(f"unexpected keys: {_few(unexpected)}")
     if shapes:
         problems.append(f"shape mismatches: {_few(shapes, 3)}")
+    return problems
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], label: str) -> nn.Module:
+    """`state` into `model` strictly (InvalidArgument naming `label` when it does not fit)."""
+    state = _unwrapped(state)
+    own = model.state_dict()
+    problems = _fit_problems(own, state)
     if problems:
         raise InvalidArgument(
-            f"weights file {path} does not fit the {type(model).__name__} model: "
-            + "; ".join(problems)
+            f"{label} does not fit the {type(model).__name__} model: " + "; ".join(problems)
         )
+    for k in own:
+        if k not in state:  # a dropped num_batches_tracked
+            state[k] = own[k]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise InvalidArgument(f"weights file {path} does not fit the model: {e}") from e
+        raise InvalidArgument(f"{label} does not fit the model: {e}") from e
     return model
+
+
+def load_weights(model: nn.Module, path: Path, *, label: str | None = None) -> nn.Module:
+    """Load a state_dict file into `model` strictly; returns the model.
+
+    `.safetensors` is read with safetensors; anything else with
+    `torch.load(weights_only=True)`. Pickles that would run code, corrupt files and
+    key/shape mismatches raise InvalidArgument naming the file (or `label`).
+    """
+    path = Path(path)
+    label = label or f"weights file {path}"
+    return _load_state(model, read_state_dict(path, label=label), label)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _meta_build(arch: str, num_classes: int, in_chans: int) -> nn.Module | None:
+    """The model's skeleton on the meta device (shapes, no memory, milliseconds); None for
+    an architecture whose construction needs real tensors."""
+    try:
+        with torch.device("meta"):
+            return build_timm(arch, num_classes, in_chans)
+    except InvalidArgument as e:
+        if "cannot build" not in str(e):
+            raise  # a bad name or head count: the same on any device
+        return None
+
+
+def _check_cap(params: int, max_params: int, arch: str, what: str) -> None:
+    if params > max_params:
+        raise InvalidArgument(
+            f"arch {arch!r}: {what} {params:,} parameters, over this server's limit of "
+            f"{max_params:,} (MLLGRAPH_MAX_MODEL_PARAMS)"
+        )
+
+
+def build_with_weights(
+    arch: str,
+    num_classes: int,
+    in_chans: int,
+    path: Path,
+    *,
+    max_params: int,
+    label: str | None = None,
+) -> nn.Module:
+    """A timm model holding a weights file's tensors, checked in order of cost, so that
+    nothing big is built for a caller's garbage: the file is read as a state_dict of tensors
+    first; the architecture is then built on the meta device (no memory), its parameter
+    count checked against `max_params` and its keys and shapes against the file; only then
+    is it built for real and loaded. For an architecture that cannot be built on the meta
+    device, the file's own tensor count stands in for the cap until the real build."""
+    path = Path(path)
+    label = label or f"weights file {path}"
+    state = _unwrapped(read_state_dict(path, label=label))
+    skeleton = _meta_build(arch, num_classes, in_chans)
+    if skeleton is None:
+        _check_cap(sum(t.numel() for t in state.values()), max_params, arch, "its weights hold")
+    else:
+        _check_cap(parameter_count(skeleton), max_params, arch, "it has")
+        problems = _fit_problems(skeleton.state_dict(), state)
+        if problems:
+            raise InvalidArgument(
+                f"{label} does not fit the {type(skeleton).__name__} model: " + "; ".join(problems)
+            )
+        del skeleton
+    model = build_timm(arch, num_classes, in_chans)
+    _check_cap(parameter_count(model), max_params, arch, "it has")
+    return _load_state(model, state, label)
 
 
 def save_weights(model: nn.Module, path: Path) -> Path:

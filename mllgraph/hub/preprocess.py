@@ -117,6 +117,93 @@ class InputSpec:
         return cls(**kwargs).validate()
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_RESIZE = "resize_crop"
+DEFAULT_CROP_PCT = 0.875  # resize_crop without a stated crop (timm's usual)
+DEFAULT_INTERPOLATION = "bilinear"
+
+
+def arch_defaults(arch: str) -> dict[str, Any]:
+    """The input settings timm's pretrained config states for `arch` (metadata only, no
+    download): size, interpolation (one of INTERPOLATIONS), crop_pct, mean and std; {} when
+    timm has none (or `arch` is no timm model)."""
+    try:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(arch) if arch and timm.is_model(arch) else None
+    except Exception:  # noqa: BLE001 - defaults are a convenience; validation comes later
+        cfg = None
+    if cfg is None:
+        return {}
+    out: dict[str, Any] = {}
+    if cfg.input_size:
+        out["size"] = int(cfg.input_size[-1])
+    if cfg.interpolation in INTERPOLATIONS:
+        out["interpolation"] = cfg.interpolation
+    if cfg.crop_pct:
+        out["crop_pct"] = float(cfg.crop_pct)
+    if cfg.mean and len(cfg.mean) == 3:
+        out["mean"], out["std"] = tuple(cfg.mean), tuple(cfg.std)
+    return out
+
+
+def complete_spec(
+    arch: str = "",
+    *,
+    base: InputSpec | None = None,
+    size: int | None = None,
+    channels: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    resize: str | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+) -> InputSpec:
+    """The input spec of a registration from the fields a caller gave (None: not given).
+
+    The one place unset fields get their defaults, for every way of registering (the
+    service's RegisterModel, `mllgraph models register` locally or through a service), so
+    the same weights and flags give the same spec whichever way they come: a field given
+    wins; else `base`'s (a builtin's own spec); else what timm's pretrained config states for
+    `arch` (size, interpolation, crop_pct, mean and std); else resize_crop with crop_pct
+    0.875 (1.0 for plain resize), bilinear, ImageNet statistics (averaged for one channel).
+    Raises InvalidArgument naming the first bad field.
+    """
+    channels = channels or (base.channels if base else 3)
+    stated = {} if base else arch_defaults(arch)
+    size = size or (base.size if base else stated.get("size", 0))
+    if not size:
+        raise InvalidArgument(f"input_spec.size: required (arch {arch!r} has no default size)")
+    resize = resize or (base.resize if base else DEFAULT_RESIZE)
+    if crop_pct is None:
+        if base:
+            crop_pct = base.crop_pct
+        else:
+            crop_pct = stated.get("crop_pct", DEFAULT_CROP_PCT) if resize == "resize_crop" else 1.0
+
+    def stats(given: Sequence[float] | None, name: str, imagenet: tuple[float, ...]) -> tuple:
+        if given:
+            return tuple(given)
+        if base and base.channels == channels:
+            return tuple(getattr(base, name))
+        values = tuple(stated.get(name, imagenet))
+        return values if channels == 3 else (round(sum(values) / len(values), 4),)
+
+    interpolation = interpolation or (
+        base.interpolation if base else stated.get("interpolation", DEFAULT_INTERPOLATION)
+    )
+    return InputSpec(
+        size=size,
+        resize=resize,
+        crop_pct=crop_pct,
+        mean=stats(mean, "mean", IMAGENET_MEAN),
+        std=stats(std, "std", IMAGENET_STD),
+        channels=channels,
+        interpolation=interpolation,
+    ).validate()
+
+
 def _as_image_groups(images: np.ndarray | Sequence[np.ndarray]) -> tuple[int, list[tuple]]:
     """Group images by shape: returns (count, [(indices, uint8 array (n, H, W, C))])."""
     if isinstance(images, np.ndarray):

@@ -11,23 +11,38 @@ every model with a head that declares, or is measured (method `probe`) on, the c
 concept under it is marked stale (`m.stale = true`); `mllgraph models label --stale` relabels
 exactly those, one model's work each.
 
+Files are read only from inside the folder (`folder_files`, `read_inside`): a symbolic link,
+file or folder, is refused and never followed, and so is a file whose real path, as opened,
+lies outside the folder, or that is not a regular file. `client.add_probes` (the `--target`
+path) lists and reads a folder with the same two functions.
+
+Adding a folder is all or nothing: when attaching a sub-folder fails (not a refused file or
+an unknown concept, which the report lists, but e.g. the database or the disk), the probe
+sets this call had attached are removed again and the error says so; a set that cannot be
+removed is named in the error.
+
 Graph statements: `cypher/hub/mark_stale.cypher`, `cypher/hub/stale_models.cypher`.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
 from mllgraph.errors import InvalidArgument, MllgraphError, ResourceExhausted
-from mllgraph.graph.db import Graph
-from mllgraph.hub import probes
 from mllgraph.settings import Settings
+
+if TYPE_CHECKING:  # the reader below is also the client's: no Neo4j driver at import
+    from mllgraph.graph.db import Graph
+    from mllgraph.hub.probes import ProbeSet
 
 SIDE = 256
 EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -40,6 +55,86 @@ class FolderReport:
     attached: list[dict[str, Any]] = field(default_factory=list)  # {folder, wnid, set_id, images}
     refused: list[dict[str, str]] = field(default_factory=list)  # {path, reason}
     stale_models: list[str] = field(default_factory=list)
+
+
+def _refusal(path: Path, reason: str) -> dict[str, str]:
+    return {"path": str(path), "reason": reason}
+
+
+def folder_root(folder: Path | str) -> Path:
+    """The folder's real path (the boundary every file must stay inside)."""
+    given = Path(folder).expanduser()
+    if not given.is_dir():
+        raise InvalidArgument(f"folder {given}: no such directory")
+    return given.resolve()
+
+
+def folder_files(folder: Path | str) -> tuple[list[tuple[str, Path]], list[dict[str, str]]]:
+    """(sub-folder name, file) for each .jpg/.jpeg/.png file under the folder's sub-folders,
+    in name order, and what was refused and why: entries that are not sub-folders, symbolic
+    links (files and folders alike, never followed), files that are not regular files, and
+    other extensions. Reading them is `read_inside`'s (it checks again, on the open file)."""
+    root = folder_root(folder)
+    files: list[tuple[str, Path]] = []
+    refused: list[dict[str, str]] = []
+    for entry in sorted(root.iterdir()):
+        if entry.is_symlink():
+            refused.append(_refusal(entry, "a symbolic link (not followed)"))
+        elif not entry.is_dir():
+            refused.append(_refusal(entry, "not a sub-folder"))
+        else:
+            for path, why in _walk(entry):
+                if why:
+                    refused.append(_refusal(path, why))
+                else:
+                    files.append((entry.name, path))
+    return files, refused
+
+
+def _walk(folder: Path) -> Iterator[tuple[Path, str]]:
+    """(file, "") for each image file under `folder` and (path, reason) for each refused
+    entry, in name order, without following any symbolic link."""
+    for top, dirs, names in os.walk(folder, followlinks=False):
+        linked = sorted(d for d in dirs if (Path(top) / d).is_symlink())
+        dirs[:] = sorted(d for d in dirs if d not in linked)
+        for d in linked:
+            yield Path(top) / d, "a symbolic link (not followed)"
+        for name in sorted(names):
+            path = Path(top) / name
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                yield path, "a symbolic link (not followed)"
+            elif not stat.S_ISREG(mode):
+                yield path, "not a regular file"
+            elif path.suffix.lower() not in EXTENSIONS:
+                yield path, "not a .jpg/.jpeg/.png file"
+            else:
+                yield path, ""
+
+
+def read_inside(root: Path, path: Path) -> bytes:
+    """The bytes of `path`, a regular file inside the real folder `root`: opened without
+    following a symbolic link, and its real path checked on the open file itself (a folder
+    swapped for a link after listing cannot lead outside). InvalidArgument otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        raise InvalidArgument(f"{path}: cannot be read without following a link ({e})") from e
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidArgument(f"{path}: not a regular file")
+        real = _opened_path(fd, path)
+        if not real.is_relative_to(root):
+            raise InvalidArgument(f"{path}: lies outside the folder {root} (at {real})")
+        return f.read()
+
+
+def _opened_path(fd: int, path: Path) -> Path:
+    """The real path of an open file (Linux: /proc/self/fd), else of its name."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return Path(os.path.realpath(path))
 
 
 def load_image(
@@ -95,34 +190,50 @@ def add_folder(
     ground: Callable[[str], str] | None = None,
     source: str = "",
 ) -> FolderReport:
-    """Attach one probe set per sub-folder of `folder`; see the module docstring."""
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise InvalidArgument(f"folder {folder}: no such directory")
-    report = FolderReport()
-    for entry in sorted(folder.iterdir()):
-        if not entry.is_dir():
-            report.refused.append({"path": str(entry), "reason": "not a sub-folder"})
-            continue
-        try:
-            wnid = concept_of_folder(graph, entry.name, ground)
-        except MllgraphError as e:
-            report.refused.append({"path": str(entry), "reason": f"no concept: {e}"})
-            continue
-        images = []
-        for f in sorted(entry.rglob("*")):
-            if f.is_dir():
-                continue
-            if f.suffix.lower() not in EXTENSIONS:
-                report.refused.append({"path": str(f), "reason": "not a .jpg/.jpeg/.png file"})
-                continue
-            try:
-                images.append(load_image(f))
-            except InvalidArgument as e:
-                report.refused.append({"path": str(f), "reason": str(e)})
-        _attach(graph, settings, report, entry.name, wnid, images, source or f"folder {entry}")
+    """Attach one probe set per sub-folder of `folder`, all or nothing; see the module
+    docstring."""
+    root = folder_root(folder)
+    files, refused = folder_files(root)
+    report = FolderReport(refused=refused)
+    by_folder: dict[str, list[Path]] = {}
+    for name, path in files:
+        by_folder.setdefault(name, []).append(path)
+    for entry in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
+        by_folder.setdefault(entry.name, [])  # a sub-folder without images is reported too
+
+    def images_of(name: str) -> list[np.ndarray]:
+        return _load_files(root, by_folder[name], report)
+
+    with _all_or_nothing(graph) as created:
+        for name, wnid in _concepts(graph, sorted(by_folder), ground, report):
+            where = source or f"folder {root / name}"
+            _attach(graph, settings, report, created, name, wnid, images_of(name), where)
     report.stale_models = sorted(set(report.stale_models))
     return report
+
+
+def _load_files(root: Path, paths: list[Path], report: FolderReport) -> list[np.ndarray]:
+    """The images of one sub-folder; an unreadable or oversized one is refused, not fatal."""
+    images = []
+    for path in paths:
+        try:
+            images.append(load_image(read_inside(root, path)))
+        except (InvalidArgument, ResourceExhausted) as e:
+            report.refused.append(_refusal(path, str(e)))
+    return images
+
+
+def _concepts(
+    graph: Graph, names: list[str], ground: Callable[[str], str] | None, report: FolderReport
+) -> list[tuple[str, str]]:
+    """(name, wnid) of each sub-folder name that stands for a concept; the rest refused."""
+    found = []
+    for name in names:
+        try:
+            found.append((name, concept_of_folder(graph, name, ground)))
+        except MllgraphError as e:
+            report.refused.append({"path": name, "reason": f"no concept: {e}"})
+    return found
 
 
 def attach_groups(
@@ -135,35 +246,76 @@ def attach_groups(
     refused: list[dict[str, str]] | None = None,
 ) -> FolderReport:
     """`add_folder` for images already loaded (`load_image`), keyed by what would be the
-    sub-folder's name (e.g. streamed over gRPC); `refused` starts the report's list."""
+    sub-folder's name (e.g. streamed over gRPC); `refused` starts the report's list. All or
+    nothing, like `add_folder`."""
     report = FolderReport(refused=list(refused or []))
-    for name in sorted(groups):
-        try:
-            wnid = concept_of_folder(graph, name, ground)
-        except MllgraphError as e:
-            report.refused.append({"path": name, "reason": f"no concept: {e}"})
-            continue
-        _attach(graph, settings, report, name, wnid, groups[name], source)
+    with _all_or_nothing(graph) as created:
+        for name, wnid in _concepts(graph, sorted(groups), ground, report):
+            _attach(graph, settings, report, created, name, wnid, groups[name], source)
     report.stale_models = sorted(set(report.stale_models))
     return report
+
+
+@contextmanager
+def _all_or_nothing(graph: Graph) -> Iterator[list[ProbeSet]]:
+    """The probe sets a block creates (it appends them); removed again when the block
+    fails, and the error then says what was undone (`_undo`)."""
+    created: list[ProbeSet] = []
+    try:
+        yield created
+    except BaseException as e:
+        _undo(graph, created, e)
+
+
+def _undo(graph: Graph, created: list[ProbeSet], error: BaseException) -> NoReturn:
+    """Remove `created` and raise `error` again, saying what is left attached."""
+    from mllgraph.hub import probes
+
+    left = []
+    for ps in reversed(created):
+        try:
+            probes.remove_probe_set(graph, ps.id)
+        except Exception:  # noqa: BLE001 - named in the error below
+            left.append(f"{ps.id} ({ps.concept})")
+    if left:
+        note = (
+            "probe sets attached before the failure could not be removed again: "
+            f"{', '.join(left)}; remove them with `mllgraph probes remove ID`"
+        )
+    elif created:
+        note = (
+            f"nothing was attached: the {len(created)} probe set(s) attached before it were removed"
+        )
+    else:
+        note = "nothing was attached"
+    if isinstance(error, MllgraphError):
+        raise type(error)(f"{error}; {note}") from error
+    error.add_note(note)
+    raise error
 
 
 def _attach(
     graph: Graph,
     settings: Settings,
     report: FolderReport,
+    created: list[ProbeSet],
     folder: str,
     wnid: str,
     images: list[np.ndarray],
     source: str,
 ) -> None:
-    """One concept's images as one probe set; stale marks when it is new."""
+    """One concept's images as one probe set; stale marks when it is new (then it goes in
+    `created`)."""
+    from mllgraph.hub import probes
+
     if not images:
         report.refused.append({"path": folder, "reason": "no usable image"})
         return
-    ps, created = probes.add_probe_set(
+    ps, new = probes.add_probe_set(
         graph, settings, concept=wnid, images=np.stack(images), source=source
     )
+    if new:
+        created.append(ps)
     report.attached.append(
         {
             "folder": folder,
@@ -171,10 +323,10 @@ def _attach(
             "concept": ps.concept,
             "set_id": ps.id,
             "images": ps.count,
-            "created": created,
+            "created": new,
         }
     )
-    if created:
+    if new:
         report.stale_models += mark_stale(graph, ps.wnid)
 
 

@@ -283,14 +283,17 @@ def _labels_to_wnids(
         bad = [f"#{i} {w!r}" for i, w in enumerate(wnids) if not WNID_RE.match(w)]
         if bad:
             raise InvalidArgument(f"wnids: not wnids like 'n02084071': {', '.join(bad[:5])}")
+        _refuse_repeats("wnids", wnids, wnids)
         labels = list(wnids)
     else:
         labels = [n.strip() for n in reg.class_names or []]
         if any(not n for n in labels):
             raise InvalidArgument("class_names: an empty class name")
+        _refuse_repeats("class_names", [" ".join(n.split()).casefold() for n in labels], labels)
         if ground is None:
             raise FailedPrecondition("class_names need a grounding resolver")
         wnids = [ground(n) for n in labels]  # raises InvalidArgument naming the class
+        _refuse_repeats("class_names", wnids, labels, grounded=True)
     found = set(graph.read("hub/concept_ids", wnids=sorted(set(wnids)))[0]["found"])
     unknown = [f"#{i} {w}" for i, w in enumerate(wnids) if w not in found]
     if unknown:
@@ -302,6 +305,34 @@ def _labels_to_wnids(
         names = {r["wnid"]: r["lemmas"][0] for r in graph.read("graph/concept", keys=sorted(found))}
         labels = [names[w].replace("_", " ") for w in wnids]
     return labels, wnids
+
+
+def _refuse_repeats(
+    field_name: str, keys: list[str], given: list[str], *, grounded: bool = False
+) -> None:
+    """InvalidArgument when two heads share a key: a class name (after normalising case and
+    spaces), a wnid, or the concept class names ground to. A model's heads are distinct
+    classes, so two heads declaring one concept are a mistake (four heads all "coat").
+    Classes that share a name but are different concepts (ImageNet's two "crane"s) are
+    given as wnids."""
+    heads: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        heads.setdefault(key, []).append(i)
+    repeated = [(key, idx) for key, idx in heads.items() if len(idx) > 1]
+    if not repeated:
+        return
+    verb = "ground to" if grounded else "are"
+    shown = "; ".join(
+        f"heads {', '.join(f'#{i} {given[i]!r}' for i in idx[:5])}"
+        + (f" (and {len(idx) - 5} more)" if len(idx) > 5 else "")
+        + (f" {verb} {key}" if grounded else f" {verb} the same")
+        for key, idx in repeated[:5]
+    )
+    raise InvalidArgument(
+        f"{field_name}: each head must declare its own concept, but {shown}"
+        + (f"; and {len(repeated) - 5} more repeats" if len(repeated) > 5 else "")
+        + ("; give wnids to say which concept each class means" if field_name != "wnids" else "")
+    )
 
 
 def register_model(
@@ -357,9 +388,15 @@ def register_model(
         if reg.builtin:
             model, _, _ = loading.load_efficientnet_lite(reg.builtin)
         else:
-            model = loading.build_timm(arch, n_labels, spec.channels)
             try:
-                loading.load_weights(model, path)
+                model = loading.build_with_weights(
+                    arch,
+                    n_labels,
+                    spec.channels,
+                    path,
+                    max_params=settings.max_model_params,
+                    label=_weights_label(reg, path),
+                )
             except InvalidArgument as e:
                 if "does not fit" not in str(e):  # corrupt or refused: already clear
                     raise
@@ -396,6 +433,20 @@ def register_model(
                 # blob between the put and the write of the Model (see _remove_remote_blob).
                 remote.put(path, key)
             return created
+
+
+def _weights_label(reg: Registration, path: Path) -> str:
+    """How errors name the weights: as the caller gave them, not a temporary copy's path."""
+    if reg.weights_bytes:
+        return f"the uploaded weights ({len(reg.weights_bytes):,} bytes)"
+    if reg.origin is not None:
+        kind, ref = reg.origin
+        return (
+            f"the uploaded weights (sha256 {ref[:12]}…)"
+            if kind == "stream"
+            else f"weights {kind} {ref}"
+        )
+    return f"weights file {path}"
 
 
 Discard = Callable[[], object]  # undoes a registration's store of a blob (on a failed write)

@@ -49,6 +49,7 @@ from mllgraph.paths import (
     filesystem,
     is_remote,
     local_path,
+    redact,
 )
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class Remote:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"Remote({self.url!r})"
+        return f"Remote({redact(self.url)!r})"
 
     def url_of(self, key: str) -> str:
         """The URL recorded for a key (in the graph: what workers elsewhere read)."""
@@ -162,11 +163,13 @@ class Remote:
             try:
                 self.fs.get_file(self._path(key), str(part))
             except FileNotFoundError:
-                raise FailedPrecondition(f"{self.url_of(key)} is missing from the store") from None
+                raise FailedPrecondition(
+                    f"{redact(self.url_of(key))} is missing from the store"
+                ) from None
             if sha256 is not None and sha256_file(part) != sha256:
                 raise FailedPrecondition(
-                    f"{self.url_of(key)} does not have sha256 {sha256[:12]}…: the store holds "
-                    "other bytes under this name (a write in progress, or damage); try again"
+                    f"{redact(self.url_of(key))} does not have sha256 {sha256[:12]}…: the store "
+                    "holds other bytes under this name (a write in progress, or damage); try again"
                 )
             os.replace(part, local)
         finally:

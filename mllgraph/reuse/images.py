@@ -4,6 +4,12 @@ Malformed input is ``InvalidArgument``; an image over the configured pixel limit
 (``Settings.infer_max_image_pixels``) is ``ResourceExhausted``, like a request over the
 image-count limit: both are well-formed requests that ask for more work than this server is
 configured to do (the proto documents RESOURCE_EXHAUSTED for "batch too large").
+
+Memory per pixel: the admission budget (`mllgraph.reuse.admission`) counts pixels, so no
+format may cost much more per pixel than 8-bit RGB does (Pillow's 4 bytes a pixel while
+decoding, plus the 3-byte array returned). 16-bit and 32-bit gray images are therefore scaled
+to 8 bits one strip of rows at a time (`_wide_gray`): Pillow's own 2 (or 4) bytes a pixel,
+the 1-byte result and one strip, never a whole-image int64 or float64 array.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +29,8 @@ from mllgraph.errors import (
 ENCODED_FORMATS = ("PNG", "JPEG")
 """The encoded formats the inference service decodes (Pillow's names); other images are
 sent as raw pixels."""
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I")  # 16-bit PNG gray; 32-bit integer gray
+STRIP_PIXELS = 1 << 18  # pixels per strip when scaling a wide gray image to 8 bits
 
 
 def _check_pixels(h: int, w: int, max_pixels: int, where: str) -> None:
@@ -115,10 +124,8 @@ def decode_image(encoded: bytes, *, max_pixels: int, where: str = "image") -> np
     _check_pixels(h, w, max_pixels, where)
     try:
         im = ImageOps.exif_transpose(im) or im
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.int64)
-            scale = 65535 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255
-            return np.clip(np.rint(arr * (255.0 / scale)), 0, 255).astype(np.uint8)
+        if im.mode in WIDE_GRAY_MODES:
+            return _wide_gray(im)
         if im.mode in ("1", "L", "LA", "F"):
             return np.asarray(im.convert("L"), dtype=np.uint8).copy()
         return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
@@ -126,6 +133,27 @@ def decode_image(encoded: bytes, *, max_pixels: int, where: str = "image") -> np
         raise ResourceExhausted(f"{where}: {e}") from e
     except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt pixel data
         raise InvalidArgument(f"{where}: the image data is corrupt or truncated ({e})") from e
+
+
+def _wide_gray(im: Any) -> np.ndarray:
+    """A 16-bit or 32-bit gray Pillow image as uint8 (H, W), scaled strip by strip.
+
+    16-bit values v become round(v / 257) (65535 -> 255, as 8-bit gray would hold them); a
+    32-bit image whose values all lie in 0..255 keeps them, any other is read as 16-bit
+    (negative values clipped to 0, values over 65535 to 255).
+    """
+    w, h = im.size
+    _, high = im.getextrema()
+    sixteen = im.mode.startswith("I;16") or high > 255
+    top_value = 65535 if sixteen else 255
+    out = np.empty((h, w), dtype=np.uint8)
+    rows = max(1, STRIP_PIXELS // max(w, 1))
+    for top in range(0, h, rows):
+        bottom = min(h, top + rows)
+        strip = np.asarray(im.crop((0, top, w, bottom)))
+        values = np.clip(strip, 0, top_value).astype(np.uint32)
+        out[top:bottom] = (values + 128) // 257 if sixteen else values
+    return out
 
 
 def raw_image(
