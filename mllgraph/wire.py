@@ -73,9 +73,6 @@ RESIZE_FROM_PROTO: dict[int, str] = {
 """The proto's ResizeMode -> an InputSpec's ``resize``."""
 RESIZE_TO_PROTO: dict[str, int] = {v: k for k, v in RESIZE_FROM_PROTO.items()}
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 # --- scalars ----------------------------------------------------------------------------------
 
@@ -100,67 +97,25 @@ def timestamp(value: str | float | None) -> Timestamp | None:
 # --- input specs ------------------------------------------------------------------------------
 
 
-def _arch_defaults(arch: str) -> dict[str, Any]:
-    """timm's pretrained config for `arch` (metadata only, no download); {} if none."""
-    try:
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg(arch) if arch and timm.is_model(arch) else None
-    except Exception:  # noqa: BLE001 - defaults are a convenience; validation comes later
-        cfg = None
-    if cfg is None:
-        return {}
-    out: dict[str, Any] = {}
-    if cfg.input_size:
-        out["size"] = int(cfg.input_size[-1])
-    if cfg.interpolation:
-        out["interpolation"] = cfg.interpolation
-    if cfg.crop_pct:
-        out["crop_pct"] = float(cfg.crop_pct)
-    if cfg.mean and len(cfg.mean) == 3:
-        out["mean"], out["std"] = tuple(cfg.mean), tuple(cfg.std)
-    return out
-
-
 def spec_from_proto(msg: common_pb2.InputSpec, arch: str, base: InputSpec | None) -> InputSpec:
-    """The effective InputSpec: fields set in `msg`, the rest from `base` (a builtin's own
-    spec), else timm's config for `arch`, else ImageNet statistics (averaged for 1 channel).
-    Raises InvalidArgument naming the first bad field."""
-    from mllgraph.hub.preprocess import InputSpec  # torch: only where a spec is built
+    """The effective InputSpec of a RegisterModel request: the fields set in `msg`, the rest
+    completed by `preprocess.complete_spec` (the one place defaults live, shared with the
+    CLI). Raises InvalidArgument naming the first bad field."""
+    from mllgraph.hub.preprocess import complete_spec  # torch: only where a spec is built
 
-    channels = msg.channels or (base.channels if base else 3)
-    arch_cfg = {} if base else _arch_defaults(arch)
-    size = msg.size or (base.size if base else arch_cfg.get("size", 0))
-    if not size:
-        raise InvalidArgument(f"input_spec.size: required (arch {arch!r} has no default size)")
     if msg.resize_mode and msg.resize_mode not in RESIZE_FROM_PROTO:
         raise InvalidArgument(f"input_spec.resize_mode: unknown value {msg.resize_mode}")
-    resize = RESIZE_FROM_PROTO.get(msg.resize_mode) or (base.resize if base else "resize_crop")
-    if msg.crop_pct:
-        crop_pct = f32(msg.crop_pct)
-    elif base:
-        crop_pct = base.crop_pct
-    else:
-        crop_pct = arch_cfg.get("crop_pct", 0.875) if resize == "resize_crop" else 1.0
-
-    def stats(given: list[float], name: str, imagenet: tuple[float, ...]) -> tuple[float, ...]:
-        if given:
-            return tuple(f32(v) for v in given)
-        if base and base.channels == channels:
-            return tuple(getattr(base, name))
-        values = tuple(arch_cfg.get(name, imagenet))
-        return values if channels == 3 else (round(sum(values) / len(values), 4),)
-
-    return InputSpec(
-        size=size,
-        resize=resize,
-        crop_pct=crop_pct,
-        mean=stats(list(msg.mean), "mean", IMAGENET_MEAN),
-        std=stats(list(msg.std), "std", IMAGENET_STD),
-        channels=channels,
-        interpolation=msg.interpolation
-        or (base.interpolation if base else arch_cfg.get("interpolation", "bilinear")),
-    ).validate()
+    return complete_spec(
+        arch,
+        base=base,
+        size=msg.size or None,
+        channels=msg.channels or None,
+        mean=[f32(v) for v in msg.mean] or None,
+        std=[f32(v) for v in msg.std] or None,
+        resize=RESIZE_FROM_PROTO.get(msg.resize_mode) or None,
+        crop_pct=f32(msg.crop_pct) if msg.crop_pct else None,
+        interpolation=msg.interpolation or None,
+    )
 
 
 def spec_to_proto(spec: dict[str, Any]) -> common_pb2.InputSpec:

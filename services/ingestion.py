@@ -267,7 +267,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self._grounder_factory = grounder_factory
         self._grounder: Callable[[str], str] | None = None
         self._grounder_lock = threading.Lock()
-        self._register_lock = asyncio.Lock()
+        self._delete_lock = asyncio.Lock()
         self.decode_budget = admission.PixelBudget(settings.probe_max_inflight_pixels)
         self.uploads = uploads.UploadQuota(settings)
         self.jobs = LabelJobQueue(self._run_label_job)
@@ -428,8 +428,9 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         )
         if source in ("weights_path", "weights_sha256"):
             registry.validate_identity(dataclasses.replace(reg, weights_path=Path("-")))
-        async with self._register_lock:
-            result = await graph_thread(self._register_from, reg, source, ref)
+        # No service-wide lock: the library serialises what registrations share (weights
+        # files, under registry.store_lock), and a slow build must not hold up the others.
+        result = await graph_thread(self._register_from, reg, source, ref)
         record = result.record
         log.info(
             "model_registered id=%s created=%s arch=%s heads=%d source=%s sha256=%s",
@@ -681,9 +682,9 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self, request: ingestion_pb2.DeleteModelRequest, context: grpc.aio.ServicerContext
     ) -> ingestion_pb2.DeleteModelResponse:
         mid = _required(request.model_id, "model_id")
-        # Serialised with registrations (they share weights files) and closed to new label
-        # jobs for `mid` from the check below until the delete has finished.
-        async with self._register_lock:
+        # Closed to new label jobs for `mid` from the check below until the delete has
+        # finished (the weights file is removed under registry.store_lock).
+        async with self._delete_lock:
             active = self.jobs.active_for(mid)
             if active is not None:
                 raise FailedPrecondition(

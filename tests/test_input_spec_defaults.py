@@ -53,16 +53,9 @@ def test_the_service_completes_a_spec_as_the_library_does() -> None:
         assert spec_from_proto(msg, arch, None) == complete_spec(arch, **fields)
 
 
-@pytest.mark.xfail(
-    reason="mllgraph/cli.py's _spec_from_args still builds InputSpec itself (bilinear, "
-    "resize, mean/std 0.5); it must call preprocess.complete_spec, with its --resize, "
-    "--crop-pct and --channels defaults None (then drop this mark: strict, it fails once "
-    "the CLI agrees)",
-    raises=AssertionError,
-    strict=True,
-)
 def test_the_cli_completes_a_spec_as_the_library_does() -> None:
     from mllgraph import cli
+    from mllgraph.cli import models
 
     args = cli.build_parser().parse_args(
         [
@@ -78,6 +71,6 @@ def test_the_cli_completes_a_spec_as_the_library_does() -> None:
             "224",
         ]
     )
-    spec = cli._spec_from_args(args)
+    spec = models._spec_from_args(args)
     assert isinstance(spec, InputSpec)
     assert spec == complete_spec(VIT, size=224)

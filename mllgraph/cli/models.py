@@ -23,21 +23,21 @@ from mllgraph.errors import InvalidArgument
 from mllgraph.settings import Settings
 
 
-def _spec_from_args(args: argparse.Namespace):  # -> InputSpec | None
-    from mllgraph.hub.preprocess import InputSpec
-
+def _spec_from_args(args: argparse.Namespace) -> Any:  # -> InputSpec | None
+    """The input spec the flags give, completed as the ingestion service completes it
+    (`preprocess.complete_spec`), so a registration gets the same spec either way."""
     if args.input_size is None:
         return None
-    channels = args.channels
-    mean = tuple(args.mean) if args.mean else (0.5,) * channels
-    std = tuple(args.std) if args.std else (0.5,) * channels
-    return InputSpec(
+    from mllgraph.hub.preprocess import complete_spec
+
+    return complete_spec(
+        args.arch or "",
         size=args.input_size,
+        channels=args.channels,
+        mean=args.mean,
+        std=args.std,
         resize=args.resize,
         crop_pct=args.crop_pct,
-        mean=mean,
-        std=std,
-        channels=channels,
     )
 
 
@@ -173,36 +173,14 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
             if args.clear:
                 console.print_json(data=domains.clear(graph, settings, args.model_id))
                 return 0
-            images = _domain_images(Path(args.images))
-            source = args.source or f"{len(images)} images from {args.images}"
+            path = Path(args.images)
+            if not (path.is_dir() or (path.suffix in (".npy", ".npz") and path.is_file())):
+                raise InvalidArgument(f"--images {path}: not a folder or a .npy/.npz file")
+            # One image in memory at a time, each checked from its header first.
             console.print_json(
-                data=domains.describe(graph, settings, args.model_id, images, source)
+                data=domains.describe_path(graph, settings, args.model_id, path, args.source)
             )
     return 0
-
-
-def _domain_images(path: Path) -> list[Any]:
-    """Images for `models domain`: a .npy/.npz array (N, H, W[, C]) or a folder of JPEG/PNG
-    files (searched recursively; at most 5,000, in name order)."""
-    import numpy as np
-    from PIL import Image
-
-    if path.suffix in (".npy", ".npz") and path.is_file():
-        data = np.load(path)
-        return list(data["images"] if hasattr(data, "files") else data)
-    if not path.is_dir():
-        raise InvalidArgument(f"--images {path}: not a folder or a .npy/.npz file")
-    files = sorted(f for f in path.rglob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png"))[
-        :5000
-    ]
-    images = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                images.append(np.asarray(im.convert("RGB")))
-        except (OSError, ValueError) as e:
-            raise InvalidArgument(f"--images: {f} is not a readable image: {e}") from e
-    return images
 
 
 def _print_registered(result: Any) -> None:
@@ -257,11 +235,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--class-names", help="comma-separated, one per head in logit order")
     q.add_argument("--wnids", help="comma-separated wnids, one per head")
     q.add_argument("--input-size", type=int)
-    q.add_argument("--channels", type=int, default=3)
+    q.add_argument("--channels", type=int, help="input channels (default 3)")
     q.add_argument("--mean", type=float, nargs="+")
     q.add_argument("--std", type=float, nargs="+")
-    q.add_argument("--resize", default="resize", choices=["resize", "resize_crop"])
-    q.add_argument("--crop-pct", type=float, default=1.0)
+    q.add_argument(
+        "--resize", choices=["resize", "resize_crop"], help="default resize_crop (as the service)"
+    )
+    q.add_argument(
+        "--crop-pct", type=float, help="default: timm's for --arch, else 0.875 (1.0 with resize)"
+    )
     q.add_argument(
         "--top1-accuracy",
         type=float,
