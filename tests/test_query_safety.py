@@ -172,3 +172,43 @@ def test_cli_query_refuses_and_truncates(graph, neo4j_settings: Settings, capsys
     out = capsys.readouterr()
     assert [r["x"] for r in json.loads(out.out)] == [1, 2, 3, 4, 5]
     assert "truncated" in out.err
+
+
+@pytest.mark.neo4j
+def test_cli_query_ends_at_the_first_ctrl_c(graph, neo4j_settings: Settings) -> None:
+    """One Ctrl-C ends `mllgraph query` at once, while its query is still running (the
+    driver's clean-up had waited for the query: the first Ctrl-C seemed ignored)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    slow = "UNWIND range(1, 2000000000) AS x WITH x WHERE x = -7 RETURN x"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mllgraph", "query", slow, "--timeout", "120"],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Wait until the server runs it (a test-only admin query, not a user's).
+        for _ in range(600):
+            running, _, _ = graph.driver.execute_query(
+                "SHOW TRANSACTIONS YIELD currentQuery WHERE currentQuery CONTAINS '-7' "
+                "RETURN count(*) AS n",
+                database_=neo4j_settings.neo4j_database,
+            )
+            if running[0]["n"] or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None and running[0]["n"], proc.communicate()
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - start < 3.0
+        assert proc.returncode == 130 and "interrupted" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()

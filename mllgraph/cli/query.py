@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from rich.console import Console
 
 from mllgraph.cli.common import console, rows_table
 from mllgraph.settings import Settings
+
+T = TypeVar("T")
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -36,8 +42,10 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     name = f"cookbook/{args.query}"
     text = cypher.load(name) if name in cypher.names("cookbook/") else args.query
     with db.connect(settings) as graph:
-        rows = graph.run_user_query(
-            text, dict(args.param), timeout_s=args.timeout, max_rows=args.max_rows
+        rows = _interruptible(
+            lambda: graph.run_user_query(
+                text, dict(args.param), timeout_s=args.timeout, max_rows=args.max_rows
+            )
         )
     if args.json:
         print(json.dumps(rows, default=str, indent=1))
@@ -51,6 +59,35 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
             "(MLLGRAPH_QUERY_MAX_ROWS)[/]"
         )
     return 0
+
+
+def _interruptible(work: Callable[[], T]) -> T:
+    """`work()` in a thread, so that Ctrl-C ends the command at once: in the main thread the
+    driver's clean-up on KeyboardInterrupt waits for the running query, and the first Ctrl-C
+    seemed ignored. The process exits (130) without that clean-up; closing its connection
+    ends the transaction on the server."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = work()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            out["error"] = e
+
+    thread = threading.Thread(target=run, name="user-query", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.1)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the query is abandoned (closing the connection ends it)", file=sys.stderr
+        )
+        sys.stderr.flush()
+        os._exit(130)
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
