@@ -198,13 +198,14 @@ def fit(
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
-    from threadpoolctl import threadpool_limits
 
     # An unconverged fit is still a valid (regularised) model and the nested CV judges it: the
     # warning says nothing a user can act on.
-    # One BLAS thread: these fits are small, and on a busy machine a pool of spinning threads
-    # made each one ~10x slower (measured: 2.4 s against 0.22 s for 1,000 x 1,005 features).
-    with warnings.catch_warnings(), threadpool_limits(1):
+    # No BLAS thread limit here: OpenBLAS's count is process-wide, and a request that set it
+    # raced with overlapping ones (mllgraph.threads). Since the fit reads at most MAX_COLUMNS
+    # heads it gains nothing from one: 200 images x 1,000 heads took 0.87-1.13 s on one BLAS
+    # thread and 0.95-1.18 s on two, with the same coefficients (busy 2-core machine).
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         labels = np.asarray(labels, dtype=np.int64)
         counts = np.bincount(labels, minlength=num_classes)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from mllgraph.threads import local_threads
+
 log = logging.getLogger(__name__)
 
 EMBEDDING_DIM = 384
@@ -25,6 +27,20 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 
 _models: dict[tuple[str, str], Any] = {}
 _models_lock = threading.Lock()
+# One encoding at a time (as before): a fast tokenizer used from two threads at once can fail
+# ("Already borrowed"), and a batch takes milliseconds.
+_encode_lock = threading.Lock()
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """The block on `n` OpenMP threads (torch's CPU kernels), in the calling thread only:
+    torch's process-wide setting (torch.set_num_threads) is never touched from a request."""
+    if n is None:
+        yield
+        return
+    with local_threads(n):
+        yield
 
 
 def bundled_model_dir() -> Path:
@@ -85,7 +101,7 @@ class TextEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         model = self.model
-        with _threads(self.cpu_threads if self.device == "cpu" else None):
+        with _encode_lock, _threads(self.cpu_threads if self.device == "cpu" else None):
             vectors = model.encode(
                 list(texts),
                 batch_size=64,
@@ -94,28 +110,6 @@ class TextEmbedder:
                 show_progress_bar=False,
             )
         return np.asarray(vectors, dtype=np.float32)
-
-
-_threads_lock = threading.Lock()
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Run torch on `n` intra-op threads for the block (torch's setting is process-wide)."""
-    if n is None:
-        yield
-        return
-    import torch
-
-    with _threads_lock:
-        previous = torch.get_num_threads()
-        if previous != n:
-            torch.set_num_threads(n)
-        try:
-            yield
-        finally:
-            if previous != n:
-                torch.set_num_threads(previous)
 
 
 _default: TextEmbedder | None = None

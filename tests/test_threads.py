@@ -1,0 +1,146 @@
+"""No request changes the process's thread settings (issue 24, item 5): overlapping stacked
+fits and sentence encodings, run from several threads at once, while other threads watch
+the BLAS / OpenMP pools (threadpoolctl) and torch's thread count, as every other request
+would see them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from mllgraph import threads
+from mllgraph.combine import stacked
+
+CONFIGURED = 2  # what the process is set to at "start-up" here, whatever the machine's cores
+
+
+def _pools() -> tuple[tuple[str, int], ...]:
+    return tuple(sorted({(p["internal_api"], int(p["num_threads"])) for p in threadpool_info()}))
+
+
+def _torch_threads_fresh() -> int:
+    """torch's count as a thread torch has not seen yet (a new request's) starts with."""
+    import torch
+
+    out: list[int] = []
+    t = threading.Thread(target=lambda: out.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    return out[0]
+
+
+@pytest.fixture
+def configured() -> Iterator[None]:
+    """The process at CONFIGURED threads in every pool, as a start-up would set it."""
+    import torch
+
+    before = torch.get_num_threads()
+    limits = threadpool_limits(CONFIGURED)
+    torch.set_num_threads(CONFIGURED)
+    try:
+        yield
+    finally:
+        limits.restore_original_limits()
+        torch.set_num_threads(before)
+
+
+def _watch_while(work: Callable[[], None], n_workers: int, repeats: int) -> set[object]:
+    """Run `work` `repeats` times in each of `n_workers` threads at once; meanwhile a watcher
+    thread records what it sees. Returns the set of observations."""
+    seen: set[object] = set()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.add(("pools", _pools()))
+            seen.add(("torch-new-thread", _torch_threads_fresh()))
+
+    def run() -> None:
+        try:
+            for _ in range(repeats):
+                work()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    workers = [threading.Thread(target=run) for _ in range(n_workers)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    watcher.join()
+    assert not errors, errors
+    return seen
+
+
+def _expected() -> set[object]:
+    return {("pools", _pools()), ("torch-new-thread", _torch_threads_fresh())}
+
+
+def test_overlapping_stacked_fits_leave_the_thread_settings_alone(configured: None) -> None:
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 15)
+    logits = {"m@1": rng.normal(size=(y.size, 12)) + 3 * np.eye(12)[y]}
+    reference = stacked.fit(logits, y, 4, ["m@1"], {})
+    assert reference is not None
+    expected = _expected()
+    fits: list[stacked.StackedRule | None] = []
+
+    def work() -> None:
+        fits.append(stacked.fit(logits, y, 4, ["m@1"], {}))
+
+    assert _watch_while(work, n_workers=4, repeats=3) - expected == set()
+    assert _expected() == expected  # and afterwards: the configured ones
+    assert all(f is not None and np.array_equal(f.coef, reference.coef) for f in fits)
+
+
+def test_overlapping_encodings_leave_the_thread_settings_alone(configured: None) -> None:
+    from mllgraph.ground.embed import TextEmbedder
+
+    embedder = TextEmbedder("cpu").load()
+    texts = [f"a photo of thing number {i}" for i in range(24)]
+    reference = embedder.encode(texts)
+    expected = _expected()
+    results: list[np.ndarray] = []
+
+    def work() -> None:
+        results.append(embedder.encode(texts))
+
+    assert _watch_while(work, n_workers=3, repeats=4) - expected == set()
+    assert _expected() == expected
+    for r in results:
+        np.testing.assert_allclose(r, reference, atol=1e-5)
+
+
+def test_local_threads_are_for_the_calling_thread_only(configured: None) -> None:
+    import torch
+
+    torch.get_num_threads()
+    inside: list[int] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def request() -> None:
+        with threads.local_threads(1):
+            inside.append(torch.get_num_threads())
+            entered.set()
+            release.wait(10)
+        inside.append(torch.get_num_threads())
+
+    t = threading.Thread(target=request)
+    t.start()
+    assert entered.wait(10)
+    try:
+        assert torch.get_num_threads() == CONFIGURED  # this thread, while the other is limited
+        assert _torch_threads_fresh() == CONFIGURED
+        assert {n for api, n in _pools() if api == "openmp"} == {CONFIGURED}
+    finally:
+        release.set()
+        t.join()
+    assert inside == [1, CONFIGURED]
