@@ -66,7 +66,7 @@ INJECTION = '"}) MATCH (n) DETACH DELETE n //'
 
 @pytest.fixture(scope="module")
 def resolver() -> Resolver:
-    """The real resolver: nltk morphology and MiniLM, loaded once for the module."""
+    """The real resolver: WordNet morphology and MiniLM, loaded once for the module."""
     r = default_resolver(Settings.from_env())
     assert r.embeddings_available, "the MiniLM embedder must load in tests"
     r.warm_up()

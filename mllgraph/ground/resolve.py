@@ -72,7 +72,7 @@ from mllgraph.ground.words import (
     Morphology,
     compact,
     describe,
-    nltk_morphology,
+    morphy_morphology,
     normalise_name,
     suffix_morphology,
     to_key,
@@ -681,25 +681,29 @@ _default_lock = threading.Lock()
 
 
 def default_resolver(settings: Settings | None = None, use_embeddings: bool = True) -> Resolver:
-    """The process-wide resolver over the Debian WordNet files, nltk morphology and MiniLM.
+    """The process-wide resolver over the Debian WordNet files, WordNet's noun morphology (nltk's
+    morphy, read from the same files) and MiniLM.
 
-    Built once per (WordNet folder, nltk data folder, embeddings) and shared. If the embedder
+    Built once per (WordNet folder, embeddings) and shared. The lexicon and morphology are
+    parsed from `data.noun`, `index.noun` and `noun.exc` (no nltk reader). If the embedder
     cannot be loaded, the resolver still works lexically (a warning is logged).
     """
-    from mllgraph.graph.wordnet import load_nouns, nltk_wordnet
+    from mllgraph.graph.wordnet import load_nouns, noun_morphology_data
     from mllgraph.ground.embed import default_embedder
 
     settings = settings or Settings.from_env()
-    key = (settings.wordnet_dir, settings.nltk_data, use_embeddings)
+    key = (settings.wordnet_dir, use_embeddings)
     with _default_lock:
         resolver = _default_resolvers.get(key)
         if resolver is None:
             nouns = load_nouns(settings.wordnet_dir)
             morphology: Morphology | None
             try:
-                morphology = nltk_morphology(nltk_wordnet(settings.wordnet_dir, settings.nltk_data))
+                morphology = morphy_morphology(*noun_morphology_data(settings.wordnet_dir))
             except Exception as exc:  # suffix rules cover regular plurals
-                log.warning("nltk WordNet reader unavailable (%s); using suffix rules", exc)
+                log.warning(
+                    "WordNet noun exception lists unavailable (%s); using suffix rules", exc
+                )
                 morphology = None
             embedder: Embedder | None = None
             if use_embeddings:
