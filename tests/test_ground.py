@@ -8,8 +8,12 @@ table is checked against WordNet by `test_override_table_matches_wordnet`).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,7 +70,7 @@ INJECTION = '"}) MATCH (n) DETACH DELETE n //'
 
 @pytest.fixture(scope="module")
 def resolver() -> Resolver:
-    """The real resolver: nltk morphology and MiniLM, loaded once for the module."""
+    """The real resolver: WordNet morphology and MiniLM, loaded once for the module."""
     r = default_resolver(Settings.from_env())
     assert r.embeddings_available, "the MiniLM embedder must load in tests"
     r.warm_up()
@@ -394,6 +398,33 @@ def test_warm_task_is_fast(resolver: Resolver) -> None:
 class _BrokenEmbedder:
     def encode(self, texts: list[str]) -> np.ndarray:
         raise RuntimeError("no model here")
+
+
+def test_default_resolver_loads_no_encoder_and_no_nltk_until_needed() -> None:
+    # A stored plan's names are unambiguous: building the shared resolver and grounding such
+    # a name must not load nltk's WordNet reader or the sentence encoder (tens of seconds).
+    code = (
+        "import sys\n"
+        "from mllgraph.ground.resolve import default_resolver\n"
+        "from mllgraph.settings import Settings\n"
+        "r = default_resolver(Settings.from_env())\n"
+        "g = r.resolve_name('sandals')\n"
+        "heavy = ('nltk', 'torch', 'sentence_transformers', 'transformers')\n"
+        "print(g.wnid, g.method, [m for m in heavy if m in sys.modules], r.embeddings_available)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [FASHION_WNIDS["Sandal"], "morphology", "[]", "True"]
+
+
+def test_encode_texts_drops_an_encoder_that_fails(resolver: Resolver) -> None:
+    lexical = Resolver(resolver.nouns, morphology=resolver._morphology, embedder=_BrokenEmbedder())
+    assert lexical.embeddings_available  # loaded lazily: not known to fail yet
+    assert lexical.encode_texts(["a sandal"]) is None
+    assert not lexical.embeddings_available  # not tried again on every call
 
 
 def test_lexical_only_when_the_embedder_fails(

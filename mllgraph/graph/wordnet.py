@@ -3,9 +3,14 @@
 The SDAG is WordNet's noun hierarchy. Loading parses `data.noun` and `index.noun` directly
 (under a second) rather than walking nltk's reader synset by synset (tens of seconds); the
 names it gives (`dog.n.01`) follow nltk's rule exactly: first lemma, lower-cased, and the
-synset's position among that lemma's senses in `index.noun`. nltk is still what the grounding
-code uses for morphology, so `prepare_nltk_data` lays out the folder nltk expects (a real copy,
-plus the `lexnames` file Debian does not ship) — we never call `nltk.download`.
+synset's position among that lemma's senses in `index.noun`. Morphology reads the same files:
+`noun_morphology_data` gives what nltk's morphy consults for nouns (the `index.noun` lemmas and
+the `noun.exc` exception lists) in well under a second, where building nltk's reader took tens
+of seconds (all four parts of speech, and its multilingual `map_wn` mapping over
+`index.sense`, which the project never uses). `nltk_wordnet` still builds nltk's reader — the
+test that checks our morphology against nltk's uses it — over a folder `prepare_nltk_data`
+lays out as nltk expects (a real copy, plus the `lexnames` file Debian does not ship); we
+never call `nltk.download`.
 """
 
 from __future__ import annotations
@@ -150,6 +155,23 @@ def load_nouns(wordnet_dir: Path = Path("/usr/share/wordnet")) -> WordNetNouns:
         s.name = f"{first}.n.{sense:02d}"
     _assign_depths(synsets)
     return WordNetNouns(synsets=synsets, lemma_index=index)
+
+
+@cache
+def noun_morphology_data(
+    wordnet_dir: Path = Path("/usr/share/wordnet"),
+) -> tuple[frozenset[str], dict[str, tuple[str, ...]]]:
+    """What nltk's morphy consults for nouns: the `index.noun` lemmas and `noun.exc`
+    (inflected form -> base forms; a form listed twice keeps its last line, as in nltk)."""
+    _check_dir(wordnet_dir)
+    with (wordnet_dir / "index.noun").open(encoding="utf-8") as f:
+        lemmas = frozenset(line.split(None, 1)[0] for line in f if not line.startswith(" "))
+    exceptions: dict[str, tuple[str, ...]] = {}
+    with (wordnet_dir / "noun.exc").open(encoding="utf-8") as f:
+        for line in f:
+            terms = line.split()
+            exceptions[terms[0]] = tuple(terms[1:])
+    return lemmas, exceptions
 
 
 def prepare_nltk_data(wordnet_dir: Path, nltk_data: Path) -> Path:

@@ -72,7 +72,7 @@ from mllgraph.ground.words import (
     Morphology,
     compact,
     describe,
-    nltk_morphology,
+    morphy_morphology,
     normalise_name,
     suffix_morphology,
     to_key,
@@ -627,12 +627,17 @@ class Resolver(ApproximateMatching):
     def encode_texts(self, texts: list[str]) -> np.ndarray | None:
         """L2-normalised vectors of free texts from the grounding's own text encoder (rows
         in order), or None when grounding has none (it is then lexical)."""
-        if self._embedder is None:
+        embedder = self._embedder
+        if embedder is None:
             return None
         try:
-            return self._embedder.encode(texts)
+            return embedder.encode(texts)
         except Exception as exc:  # the same fallback as _embed: no encoder, no text test
+            # The encoder loads on first use, so a failure here is most likely a load that
+            # failed: drop it, as `_embed` does, rather than retry the load on every call.
             log.warning("text embedder unavailable (%s)", exc)
+            with self._lock:
+                self._embedder = None
             return None
 
     # -- task checks ---------------------------------------------------------------------------
@@ -681,32 +686,33 @@ _default_lock = threading.Lock()
 
 
 def default_resolver(settings: Settings | None = None, use_embeddings: bool = True) -> Resolver:
-    """The process-wide resolver over the Debian WordNet files, nltk morphology and MiniLM.
+    """The process-wide resolver over the Debian WordNet files, WordNet's noun morphology (nltk's
+    morphy, read from the same files) and MiniLM.
 
-    Built once per (WordNet folder, nltk data folder, embeddings) and shared. If the embedder
-    cannot be loaded, the resolver still works lexically (a warning is logged).
+    Built once per (WordNet folder, embeddings) and shared, and cheap to build: the lexicon and
+    morphology are parsed from `data.noun`, `index.noun` and `noun.exc` (no nltk reader), and
+    the sentence encoder loads on the first name that needs an embedding (an ambiguous or
+    approximate one), not here; `Resolver.warm_up` loads it ahead. If the encoder cannot be
+    loaded then, the resolver goes on lexically (a warning is logged).
     """
-    from mllgraph.graph.wordnet import load_nouns, nltk_wordnet
+    from mllgraph.graph.wordnet import load_nouns, noun_morphology_data
     from mllgraph.ground.embed import default_embedder
 
     settings = settings or Settings.from_env()
-    key = (settings.wordnet_dir, settings.nltk_data, use_embeddings)
+    key = (settings.wordnet_dir, use_embeddings)
     with _default_lock:
         resolver = _default_resolvers.get(key)
         if resolver is None:
             nouns = load_nouns(settings.wordnet_dir)
             morphology: Morphology | None
             try:
-                morphology = nltk_morphology(nltk_wordnet(settings.wordnet_dir, settings.nltk_data))
+                morphology = morphy_morphology(*noun_morphology_data(settings.wordnet_dir))
             except Exception as exc:  # suffix rules cover regular plurals
-                log.warning("nltk WordNet reader unavailable (%s); using suffix rules", exc)
+                log.warning(
+                    "WordNet noun exception lists unavailable (%s); using suffix rules", exc
+                )
                 morphology = None
-            embedder: Embedder | None = None
-            if use_embeddings:
-                try:
-                    embedder = default_embedder().load()
-                except Exception as exc:  # the resolver works lexically
-                    log.warning("text embedder unavailable (%s); grounding lexically", exc)
+            embedder = default_embedder() if use_embeddings else None
             resolver = Resolver(nouns, morphology=morphology, embedder=embedder)
             _default_resolvers[key] = resolver
     return resolver

@@ -5,8 +5,10 @@
   `to_key` (a phrase's lemma key), the patterns the resolver splits names with (`PAREN`,
   `WORD`) and the `FILLER_WORDS` dropped before approximate matching; `describe` names a
   class in messages.
-- Morphology: `suffix_morphology` (WordNet's noun detachment rules) and `nltk_morphology`
-  (nltk's morphy, irregular plurals included), each a `Morphology`.
+- Morphology: `suffix_morphology` (WordNet's noun detachment rules, unfiltered),
+  `morphy_morphology` (nltk's morphy for nouns, irregular plurals included, over the lemma
+  set and exception lists `graph.wordnet.noun_morphology_data` reads) and `nltk_morphology`
+  (the same through an nltk reader), each a `Morphology`.
 
 Imports nothing of mllgraph; the rest of ground builds on it.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 Morphology = Callable[[str], Iterable[str]]
@@ -82,6 +84,41 @@ _NOUN_SUFFIXES = (
 def suffix_morphology(word: str) -> list[str]:
     """Candidate base forms by WordNet's noun suffix rules (unfiltered)."""
     return [word[: -len(old)] + new for old, new in _NOUN_SUFFIXES if word.endswith(old)]
+
+
+# nltk's noun substitutions (WordNetCorpusReader.MORPHOLOGICAL_SUBSTITUTIONS["n"]), in its
+# order: the rules above plus "ves" -> "f" (wolves -> wolf).
+_MORPHY_NOUN_SUFFIXES = (
+    ("s", ""),
+    ("ses", "s"),
+    ("ves", "f"),
+    ("xes", "x"),
+    ("zes", "z"),
+    ("ches", "ch"),
+    ("shes", "sh"),
+    ("men", "man"),
+    ("ies", "y"),
+)
+
+
+def morphy_morphology(
+    lemmas: Collection[str], exceptions: Mapping[str, Sequence[str]]
+) -> Morphology:
+    """nltk's `_morphy(word, "n")` without nltk's reader: the word itself and, if it is in the
+    exception lists, its listed base forms, else one pass of the substitution rules; kept
+    if they are noun lemmas, in that order, without repeats. `lemmas` are WordNet's own (the
+    filter does not see lemmas users add; the resolver's suffix rules cover those)."""
+
+    def forms(word: str) -> list[str]:
+        if word in exceptions:
+            bases = list(exceptions[word])
+        else:
+            bases = [
+                word[: -len(old)] + new for old, new in _MORPHY_NOUN_SUFFIXES if word.endswith(old)
+            ]
+        return [f for f in dict.fromkeys([word, *bases]) if f in lemmas]
+
+    return forms
 
 
 def nltk_morphology(reader: Any) -> Morphology:
