@@ -78,8 +78,10 @@ def neo4j_settings() -> Iterator[Settings]:
     if _docker_answers():
         from testcontainers.neo4j import Neo4jContainer
 
-        with Neo4jContainer(NEO4J_IMAGE, password=settings.neo4j_password) as container:
-            yield replace(settings, neo4j_uri=container.get_connection_url())
+        password = settings.neo4j_password
+        with Neo4jContainer(NEO4J_IMAGE, password=password) as container:
+            uri = container.get_connection_url()
+            yield replace(settings, neo4j_uri=uri, neo4j_password_given=password)
         return
     from mllgraph.errors import MllgraphError
     from mllgraph.graph import neo4j_server

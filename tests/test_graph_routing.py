@@ -15,7 +15,13 @@ pytestmark = pytest.mark.neo4j
 
 def _routed(settings: Settings) -> Settings:
     host_port = settings.bolt_uri.split("://", 1)[1]
-    return replace(settings, neo4j_uri=f"neo4j://{host_port}")
+    # The same server under another scheme: its password goes along (a NEO4J_URI without
+    # NEO4J_PASSWORD would mean a server of one's own, with the old default password).
+    return replace(
+        settings,
+        neo4j_uri=f"neo4j://{host_port}",
+        neo4j_password_given=settings.neo4j_password,
+    )
 
 
 def test_neo4j_scheme_reads_and_writes_on_a_single_server(sdag_graph) -> None:

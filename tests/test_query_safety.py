@@ -196,7 +196,8 @@ def test_cli_query_ends_at_the_first_ctrl_c(graph, neo4j_settings: Settings) -> 
         # Wait until the server runs it (a test-only admin query, not a user's).
         for _ in range(600):
             running, _, _ = graph.driver.execute_query(
-                "SHOW TRANSACTIONS YIELD currentQuery WHERE currentQuery CONTAINS '-7' "
+                "SHOW TRANSACTIONS YIELD currentQuery "
+                "WHERE currentQuery STARTS WITH 'UNWIND range(1, 2000000000)' "
                 "RETURN count(*) AS n",
                 database_=neo4j_settings.neo4j_database,
             )
