@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -176,6 +177,47 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_bind(
+    host: str,
+    *,
+    tls: bool,
+    tokens: bool,
+    insecure: bool,
+    log: logging.Logger,
+    listen: tuple[str, str],
+    risk: tuple[str, str],
+) -> None:
+    """The bind rule of every server here (the gRPC services and the web page): a
+    non-loopback `host` needs TLS and tokens, unless `insecure` (then a warning is logged).
+
+    `listen`: what the server does, as in "refusing to <listen[0]> on" and "<listen[1]> on"
+    (e.g. ("listen", "listening")); `risk`: what anyone reaching the port could do without
+    tokens, in the refusal and in the warning."""
+    if is_loopback_host(host) or (tls and tokens):
+        return
+    missing = " and ".join(
+        what
+        for what, ok in (
+            ("TLS (MLLGRAPH_TLS_CERT, MLLGRAPH_TLS_KEY)", tls),
+            ("tokens (MLLGRAPH_TOKENS_FILE or MLLGRAPH_TOKENS)", tokens),
+        )
+        if not ok
+    )
+    if not insecure:
+        raise FailedPrecondition(
+            f"refusing to {listen[0]} on {host} without {missing}: anyone who reaches the port "
+            f"could {risk[0]}. Configure them (see `mllgraph tokens create` and README "
+            "'Running it for others'), bind 127.0.0.1, or pass --insecure to accept the risk"
+        )
+    log.warning(
+        "INSECURE: %s on %s without %s (--insecure); anyone who can reach this port can %s",
+        listen[1],
+        host,
+        missing,
+        risk[1] if not tokens else "read the traffic",
+    )
 
 
 def target_host(target: str) -> str:

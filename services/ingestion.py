@@ -84,6 +84,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -271,7 +272,11 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self.decode_budget = admission.PixelBudget(settings.probe_max_inflight_pixels)
         self.uploads = uploads.UploadQuota(settings)
         self.jobs = LabelJobQueue(self._run_label_job)
-        self._label_locks: dict[str, asyncio.Lock] = {}  # per model: LabelModel's decision
+        # Per model: LabelModel's decision. Weak: a lock lives only while calls hold it, so
+        # calls naming many (or bogus) models leave nothing behind.
+        self._label_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -579,7 +584,8 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         options = label_options_from_proto(request.options)
         # One decision at a time per model in this process; the graph claim settles it
         # across processes (replicated services): see "Labelling jobs" above.
-        async with self._label_locks.setdefault(mid, asyncio.Lock()):
+        lock = self._label_locks.setdefault(mid, asyncio.Lock())
+        async with lock:
             job = self.jobs.active_for(mid) or self.jobs.served_since(mid, arrived)
             if job is not None:
                 return job.to_proto()

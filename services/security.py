@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from mllgraph.auth import SCOPES, TokenTable, is_loopback_host, read_pem, scope_allows
+from mllgraph.auth import SCOPES, TokenTable, check_bind, read_pem, scope_allows
 from mllgraph.errors import FailedPrecondition, MllgraphError, PermissionDenied, Unauthenticated
 from mllgraph.settings import Settings
 from services.errors import status_for
@@ -172,29 +172,14 @@ class ServerSecurity:
 
     def check_bind(self, host: str) -> None:
         """Refuse a non-loopback `host` without TLS and tokens, unless insecure (warned)."""
-        if is_loopback_host(host) or (self.tls and self.tokens):
-            return
-        missing = " and ".join(
-            what
-            for what, ok in (
-                ("TLS (MLLGRAPH_TLS_CERT, MLLGRAPH_TLS_KEY)", self.tls),
-                ("tokens (MLLGRAPH_TOKENS_FILE or MLLGRAPH_TOKENS)", bool(self.tokens)),
-            )
-            if not ok
-        )
-        if not self.insecure:
-            raise FailedPrecondition(
-                f"refusing to listen on {host} without {missing}: anyone who reaches the port "
-                "could register, label and delete models. Configure them (see `mllgraph tokens "
-                "create` and README 'Running it for others'), bind 127.0.0.1, or pass "
-                "--insecure to accept the risk"
-            )
-        log.warning(
-            "INSECURE: listening on %s without %s (--insecure); anyone who can reach this "
-            "port can %s",
+        check_bind(
             host,
-            missing,
-            "read and change the catalogue" if not self.tokens else "read the traffic",
+            tls=self.tls,
+            tokens=bool(self.tokens),
+            insecure=self.insecure,
+            log=log,
+            listen=("listen", "listening"),
+            risk=("register, label and delete models", "read and change the catalogue"),
         )
 
     def describe(self) -> str:

@@ -87,18 +87,8 @@ def suffix_morphology(word: str) -> list[str]:
 
 
 # nltk's noun substitutions (WordNetCorpusReader.MORPHOLOGICAL_SUBSTITUTIONS["n"]), in its
-# order: the rules above plus "ves" -> "f" (wolves -> wolf).
-_MORPHY_NOUN_SUFFIXES = (
-    ("s", ""),
-    ("ses", "s"),
-    ("ves", "f"),
-    ("xes", "x"),
-    ("zes", "z"),
-    ("ches", "ch"),
-    ("shes", "sh"),
-    ("men", "man"),
-    ("ies", "y"),
-)
+# order: the rules above plus "ves" -> "f" (wolves -> wolf) after "ses".
+_MORPHY_NOUN_SUFFIXES = (*_NOUN_SUFFIXES[:2], ("ves", "f"), *_NOUN_SUFFIXES[2:])
 
 
 def morphy_morphology(

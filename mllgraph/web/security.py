@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from mllgraph.auth import TokenTable, is_loopback_host, read_pem
+from mllgraph.auth import TokenTable, check_bind, read_pem
 from mllgraph.errors import FailedPrecondition, PermissionDenied
 from mllgraph.settings import Settings
 
@@ -138,29 +138,17 @@ class WebSecurity:
 
     def check_bind(self, host: str) -> None:
         """Refuse a non-loopback `host` without TLS and tokens, unless insecure (warned)."""
-        if is_loopback_host(host) or (self.tls and self.tokens):
-            return
-        missing = " and ".join(
-            what
-            for what, ok in (
-                ("TLS (MLLGRAPH_TLS_CERT, MLLGRAPH_TLS_KEY)", self.tls),
-                ("tokens (MLLGRAPH_TOKENS_FILE or MLLGRAPH_TOKENS)", bool(self.tokens)),
-            )
-            if not ok
-        )
-        if not self.insecure:
-            raise FailedPrecondition(
-                f"refusing to serve the web page on {host} without {missing}: anyone who "
-                "reaches the port could use the services and Neo4j with this page's "
-                "credentials. Configure them (see `mllgraph tokens create` and README "
-                "'Running it for others'), bind 127.0.0.1, or pass --insecure to accept the risk"
-            )
-        log.warning(
-            "INSECURE: serving the web page on %s without %s (--insecure); anyone who can "
-            "reach this port can %s",
+        check_bind(
             host,
-            missing,
-            "use it with this page's credentials" if not self.tokens else "read the traffic",
+            tls=self.tls,
+            tokens=bool(self.tokens),
+            insecure=self.insecure,
+            log=log,
+            listen=("serve the web page", "serving the web page"),
+            risk=(
+                "use the services and Neo4j with this page's credentials",
+                "use it with this page's credentials",
+            ),
         )
 
     def host_allowed(self, host_header: str | None) -> bool:
