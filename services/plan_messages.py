@@ -329,7 +329,7 @@ def explain(plan: dict[str, Any], concepts: Concepts, current_catalogue: int | N
         elif plan.get("patch"):
             how = (
                 f"scored by the ConSE patch: {plan['patch']['model_id']}'s heads mapped to the "
-                f"class names by text similarity (weight {plan['patch']['weight']:.3g})"
+                "class names by text similarity; " + plan_doc.patch_summary(plan["patch"])
             )
         else:
             how = "scored by the constant fallback, or a VLM where the inference service has one"

@@ -59,15 +59,153 @@ def test_calibrated_weight_lets_the_patch_take_at_most_the_steal_rate() -> None:
     rng = np.random.default_rng(0)
     n = 400
     z = np.log(rng.uniform(0.2, 0.9, size=(n, 3)))  # covered classes 0, 1; 2 uncovered
-    p = rng.dirichlet(np.ones(3), size=n)
-    w = conse.calibrate_weight(z, p, [2])
-    floor = rule.FALLBACK_EVIDENCE
-    left = np.exp(z[:, :2].max(axis=1)) > floor  # what the constant alone leaves covered
-    taken = np.log(floor + w * p[:, 2]) > z[:, :2].max(axis=1)
-    assert 0 < (taken & left).sum() <= conse.STEAL_RATE * left.sum()
-    assert conse.calibrate_weight(z[:0], p[:0], [2]) == conse.DEFAULT_WEIGHT
-    # The patch never close to an uncovered class: it may speak at full weight.
-    assert conse.calibrate_weight(z, np.zeros_like(p), [2]) == 1.0
+    e = rng.uniform(0, 1, size=(n, 3))
+    ones, zeros = np.ones(3), np.zeros(3)
+    w, cal = conse.calibrate(z, e, [2], ones, zeros)
+    taken = np.log(rule.FALLBACK_EVIDENCE + w * e[:, 2] + rule.EPS) > z[:, :2].max(axis=1)
+    assert cal.method == conse.PROBE_IMAGES and cal.images == n
+    assert 0 < taken.sum() <= conse.STEAL_RATE * n
+    assert cal.steal_share == pytest.approx(taken.mean()) and cal.floor_share == 0
+    # One image more and the rate is passed: the weight is the largest that keeps to it.
+    assert np.sum(np.log(rule.FALLBACK_EVIDENCE + w * 1.01 * e[:, 2]) > z[:, :2].max(1)) > (
+        conse.STEAL_RATE * n
+    )
+    # The patch close to no uncovered class: it may speak at full weight, taking nothing.
+    assert conse.calibrate(z, np.zeros_like(e), [2], ones, zeros)[0] == 1.0
+    # Too few covered-class images: the structural weight, and nothing measured.
+    w, cal = conse.calibrate(z[:5], e[:5], [2], ones, zeros)
+    assert (w, cal.method, cal.images, cal.steal_share) == (
+        conse.STRUCTURAL_WEIGHT, conse.STRUCTURAL, 5, None
+    )  # fmt: skip
+    # Images the constant floor takes by itself count too: the weight drops to its minimum
+    # and the calibration says what the floor took.
+    low = z.copy()
+    low[:20, :2] = np.log(rule.FALLBACK_EVIDENCE / 10)
+    w, cal = conse.calibrate(low, e, [2], ones, zeros)
+    assert w == conse.MIN_WEIGHT and cal.floor_share == pytest.approx(20 / n)
+    assert cal.steal_share is not None and cal.steal_share > conse.STEAL_RATE
+    assert "floor alone takes 5.0%" in cal.describe()
+
+
+def test_never_steal_table_keeps_only_heads_that_speak_for_the_uncovered_class() -> None:
+    # heads 10 (used by a covered class), 11 (closer to covered class 0), 12 and 13 (closer
+    # to uncovered class 1); class 2 uncovered, nearest nobody.
+    cos = np.asarray([[0.2, 0.9, 0.0], [0.6, 0.5, 0.0], [0.1, 0.8, 0.0], [0.1, 0.4, 0.0]])
+    heads, sim = conse.never_steal_table((10, 11, 12, 13), cos, [1, 2], covered_heads={10})
+    assert heads == (12, 13)
+    np.testing.assert_allclose(sim, [[0.0, 1.0, 0.0], [0.0, 0.5, 0.0]])  # nearest counts 1
+    # The full cosines decide "closer", not the sparse table (where 0 may mean "not kept").
+    sparse = cos.copy()
+    sparse[1, 0] = 0.0
+    assert conse.never_steal_table((10, 11, 12, 13), sparse, [1], {10}, cos)[0] == (12, 13)
+    assert conse.never_steal_table((10, 11, 12, 13), sparse, [1], {10})[0] == (11, 12, 13)
+
+
+# -- a synthetic hub where the old patch steals ----------------------------------------------------
+
+# The broad expert's heads and their cosines to the task's classes (cat, flower, coffee); coffee
+# is uncovered, cat and flower are covered by heads 0 and 1 of the same expert.
+_HEADS = {
+    "tabby": [0.8, 0.1, 0.1],
+    "daisy": [0.1, 0.8, 0.2],
+    "espresso": [0.1, 0.1, 0.8],
+    "coffee mug": [0.1, 0.1, 0.7],
+    "vase": [0.1, 0.5, 0.35],
+    "pot": [0.1, 0.3, 0.4],
+    "bee": [0.2, 0.4, 0.3],
+    "pizza": [0.1, 0.1, 0.3],
+}
+_COVERED_BY = {0: [0], 1: [1]}  # class -> the expert's heads the plan sums for it
+
+
+def _images(rng: np.random.Generator, n: int, main: list[int], mass: tuple[float, float]) -> Any:
+    """(n, H) logits of the broad expert: `mass` (a range) on the `main` heads, the rest spread
+    at random over all heads (a photo is never only its class)."""
+    h = len(_HEADS)
+    probs = np.zeros((n, h))
+    share = rng.uniform(*mass, size=n)
+    for i in range(n):
+        on = rng.dirichlet(np.ones(len(main)))
+        probs[i, main] = share[i] * on
+        rest = rng.dirichlet(np.full(h, 0.5))
+        probs[i] += (1 - share[i]) * rest
+    return np.log(probs + 1e-9)
+
+
+def _plan_scores(logits: np.ndarray) -> np.ndarray:
+    """The rule's scores of the covered classes (quality 0.8, defaults), as class_scores does."""
+    from mllgraph.combine.rule import (
+        ClassAssignment,
+        CombinationParams,
+        HeadGroup,
+        class_scores,
+    )
+
+    assignment = [
+        ClassAssignment(c, (HeadGroup("broad@1", tuple(h), "declared", 0.8),))
+        for c, h in _COVERED_BY.items()
+    ] + [ClassAssignment(2, ())]
+    params = rule.default_params(assignment)
+    assert isinstance(params, CombinationParams)
+    return class_scores({"broad@1": logits}, assignment, params), params
+
+
+def _taken(patch: conse.ConsePatch, logits: np.ndarray) -> float:
+    z, params = _plan_scores(logits)
+    ev = patch.evidence(logits, [2])
+    z[:, 2] = rule.score_column(ev[2], params.weights[2], params.biases[2])
+    return float(np.mean(z.argmax(axis=1) == 2))
+
+
+def test_the_old_patch_steals_covered_images_and_the_calibrated_one_does_not() -> None:
+    rng = np.random.default_rng(7)
+    heads, sim = tuple(range(len(_HEADS))), np.asarray(list(_HEADS.values()))
+    covered = np.concatenate(
+        [_images(rng, 200, [0], (0.2, 0.9)), _images(rng, 200, [1], (0.2, 0.9))]
+    )  # probe images of cat and flower: the expert holds 20-90% on their heads
+    coffee = _images(rng, 100, [2, 3], (0.5, 0.95))  # photos of coffee
+    fresh = np.concatenate([_images(rng, 200, [0], (0.2, 0.9)), _images(rng, 200, [1], (0.2, 0.9))])
+
+    # Before: the normalised share at its default weight (no covered-class probe images).
+    old = conse.ConsePatch("broad@1", 1.0, heads, sim, weight=conse.DEFAULT_WEIGHT, top=8)
+    assert _taken(old, covered) > conse.STEAL_RATE and _taken(old, fresh) > conse.STEAL_RATE
+
+    # Now: the mass rule over the never-steal table, calibrated on the covered images.
+    used = {h for hs in _COVERED_BY.values() for h in hs}
+    nh, ns = conse.never_steal_table(heads, sim, [2], used)
+    new = conse.ConsePatch("broad@1", 1.0, nh, ns, top=8, rule=conse.MASS)
+    z, params = _plan_scores(covered)
+    weight, cal = conse.calibrate(
+        z, new.patch_evidence(covered), [2], params.weights, params.biases
+    )
+    new = conse.ConsePatch("broad@1", 1.0, nh, ns, weight, 8, rule=conse.MASS, calibration=cal)
+    assert cal.images == 400 and cal.steal_share is not None
+    assert cal.steal_share <= conse.STEAL_RATE
+    assert _taken(new, covered) == pytest.approx(cal.steal_share)
+    assert _taken(new, fresh) <= 2 * conse.STEAL_RATE  # held out: close to the target
+    # ... and coffee still wins the images no covered class explains.
+    assert _taken(new, coffee) >= 0.9
+    assert _taken(old, coffee) >= 0.9
+
+
+def test_a_plan_from_before_keeps_its_share_rule_and_says_it_is_uncalibrated() -> None:
+    from mllgraph.plan.document import patch_summary
+
+    before = _patch([[0.9, 0.1], [0.1, 0.9]], heads=(0, 1), weight=0.25).to_dict()
+    for key in ("evidence", "calibration"):
+        before.pop(key)
+    parsed = conse.ConsePatch.from_dict(before, 2)
+    assert parsed.rule == conse.SHARE and parsed.calibration.method == conse.UNCALIBRATED
+    logits = np.log([[0.6, 0.4]])
+    p = parsed.probabilities(logits)[0]
+    assert parsed.evidence(logits, [1])[1][0] == pytest.approx(rule.FALLBACK_EVIDENCE + 0.25 * p[1])
+    assert "uncalibrated" in patch_summary({"model_id": "broad@1", "weight": 0.25})
+    made = _patch([[0.9, 0.1]], heads=(0,), rule=conse.MASS, weight=0.4,
+                  calibration=conse.Calibration(conse.PROBE_IMAGES, 300, 0.0167, 0.0))  # fmt: skip
+    again = conse.ConsePatch.from_dict(made.to_dict(), 2)
+    assert again.rule == conse.MASS and again.calibration == made.calibration
+    line = patch_summary({"model_id": "broad@1", **made.to_dict()})
+    assert "mass rule" in line and "300 covered-class probe image(s)" in line and "1.7%" in line
 
 
 @pytest.mark.parametrize(
@@ -82,6 +220,10 @@ def test_calibrated_weight_lets_the_patch_take_at_most_the_steal_rate() -> None:
         ({"temperature": 0}, "temperature"),
         ({"weight": float("nan")}, "weight"),
         ({"top": 0}, "top"),
+        ({"evidence": "votes"}, "evidence must be one of"),
+        ({"calibration": {"method": "guess"}}, "calibration.method"),
+        ({"calibration": {"method": "probe images", "images": "many"}}, "must be numbers"),
+        ({"calibration": {"method": "probe images", "steal_share": 1.5}}, r"shares in \[0, 1\]"),
     ],
 )
 def test_a_malformed_patch_is_invalid_argument(change: dict[str, Any], message: str) -> None:

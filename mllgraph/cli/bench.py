@@ -62,7 +62,8 @@ def cmd_zeroshot(args: argparse.Namespace, settings: Settings) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (print figures, write reports/*.json)")
     p.add_argument(
-        "what", choices=["sdag", "ingest", "label", "select", "infer", "reliability", "zeroshot"]
+        "what",
+        choices=["sdag", "ingest", "label", "select", "infer", "reliability", "zeroshot", "patch"],
     )
     p.add_argument(
         "--sizes",
@@ -95,6 +96,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seconds", type=float, default=10.0, help="seconds per load series")
     g.add_argument(
         "--deadline", type=float, default=10.0, help="client deadline (s) of the fault checks' RPCs"
+    )
+    g = p.add_argument_group("patch")
+    g.add_argument(
+        "--before",
+        help="patch: a report of the same study on the previous code, shown side by side",
     )
     g = p.add_argument_group("zeroshot")
     g.add_argument("--tasks", help="task suite JSON (default: the shipped dev + test suite)")

@@ -94,10 +94,12 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
             how = f"scored by the ConSE patch of {plan['patch']['model_id']}"
         else:
             how = "scored by the constant fallback (or a VLM, where one is configured)"
-        from mllgraph.plan.document import uncovered_names
+        from mllgraph.plan.document import patch_summary, uncovered_names
 
         why = {c["name"]: c.get("uncovered_why", "") for c in plan["classes"]}
         console.print(f"uncovered: {uncovered_names(plan['uncovered'], why)}; {how}")
+        if plan.get("patch") and not stacked.get("used"):
+            console.print(f"patch: {patch_summary(plan['patch'])}")
     if stacked:
         console.print(
             f"stacked rule over {stacked['features']} heads: out-of-fold accuracy "

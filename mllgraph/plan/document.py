@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mllgraph.combine.combination import Plan as Combination
-from mllgraph.combine.conse import ConsePatch
+from mllgraph.combine.conse import SHARE, UNCALIBRATED, Calibration, ConsePatch
 from mllgraph.combine.rule import KINDS as HEAD_GROUP_KINDS
 from mllgraph.combine.rule import ClassAssignment, CombinationParams
 from mllgraph.combine.stacked import StackedRule
@@ -47,8 +47,9 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # also considers the broadest labelled experts, select/broad_models; 10: the screened plan maps
 # classes to its models' own best heads, and is served by its per-class rule if that is better;
 # 11: an uncovered class says why, UNCOVERED_WHY; 12: a plan served by its stacked rule
-# reports that rule's per-class recall and covers classes through the heads it reads).
-SELECTION_VERSION = 12
+# reports that rule's per-class recall and covers classes through the heads it reads;
+# 13: the ConSE patch's mass rule, calibrated to take <= 2% of covered-class probe images).
+SELECTION_VERSION = 13
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2
@@ -68,6 +69,20 @@ def uncovered_names(names: Sequence[str], why: Mapping[str, str]) -> str:
     """E.g. "sweater (not chosen), tee (no head)"; a name without a reason (a plan made
     before reasons existed) alone."""
     return ", ".join(f"{n} ({why[n]})" if why.get(n) else n for n in names)
+
+
+def patch_summary(patch: Mapping[str, Any]) -> str:
+    """One line on a plan's ConSE patch (the document's top-level `patch`): its model, rule,
+    weight and how the weight was calibrated, e.g. for the CLI and ExplainSelection."""
+    raw = patch.get("calibration")
+    try:
+        calibration = Calibration(UNCALIBRATED) if raw is None else Calibration.from_dict(raw)
+    except InvalidArgument:
+        calibration = Calibration(UNCALIBRATED)
+    rule, weight = patch.get("evidence", SHARE), float(patch.get("weight") or 0)
+    return f"ConSE of {patch.get('model_id')} ({rule} rule), weight {weight:.3g}; " + (
+        calibration.describe()
+    )
 
 
 # The candidates query's kinds, as coverage (a group of heads covers through descendants).

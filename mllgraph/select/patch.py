@@ -1,8 +1,10 @@
 """The ConSE patch for the classes a plan leaves uncovered (`mllgraph.combine.conse`).
 
 - `conse_patch`: the hub's broadest expert (at least `PATCH_MIN_HEADS` heads) and the text
-  similarities of its heads to the class names, calibrated on the covered classes' probe
-  images; inference applies it when no VLM is configured.
+  similarities of its heads to the class names (the mass rule: a head a covered class uses
+  or is named closer to never votes for an uncovered one), its weight calibrated so that
+  uncovered classes take at most `conse.STEAL_RATE` of the covered classes' probe images
+  (structural where they have too few); inference applies it when no VLM is configured.
 - The text vectors it needs, kept across requests: the patch model's head names per model
   version, and each class text encoded alone (`_class_text_vectors`).
 
@@ -97,16 +99,46 @@ def conse_patch(
     if class_vecs is None:
         return None
     heads, sim = conse.similarity_table(class_vecs, head_vecs)
-    patch = conse.ConsePatch(mid, float(found[0]["temperature"]), heads, sim, model_version=version)
-    # Calibrate on the probe images of the covered classes, seen by the plan's models and
-    # the patch model alike.
+    # The mass rule's table: a head the plan uses for a covered class, or one text-closer to
+    # a covered class than to the uncovered one, never votes for the uncovered one.
+    used = {h for a in plan.assignment for g in a.groups if g.model_id == mid for h in g.heads}
+    cosines = np.clip(head_vecs[list(heads)] @ class_vecs.T, 0.0, None)
+    heads, sim = conse.never_steal_table(heads, sim, plan.uncovered, used, cosines)
+    patch = conse.ConsePatch(
+        mid, float(found[0]["temperature"]), heads, sim, model_version=version, rule=conse.MASS
+    )
+    return replace(patch, **_calibration(settings, plan, patch, probe_rows, cache, len(classes)))
+
+
+def _calibration(
+    settings: Settings,
+    plan: chco.Plan,
+    patch: conse.ConsePatch,
+    probe_rows: list[dict[str, Any]],
+    cache: ProbeOutputCache,
+    k: int,
+) -> dict[str, Any]:
+    """The patch's weight and calibration (mllgraph.combine.conse.calibrate) on the probe
+    images of the COVERED classes that the plan's models and the patch model all saw; never
+    on task images. Too few of them: the structural weight."""
     try:
-        outputs = {m: cache.get(settings, m) for m in {*plan.models, mid}}
+        outputs = {m: cache.get(settings, m) for m in {*plan.models, patch.model_id}}
     except FailedPrecondition:
-        return patch  # some outputs are gone: the default weight
-    labels, logits, _ = probe_matrix(probe_rows, outputs, len(classes))
-    if labels.size == 0:
-        return patch
-    z = class_scores(logits, plan.assignment, plan.params)
-    weight = conse.calibrate_weight(z, patch.probabilities(logits[mid]), plan.uncovered)
-    return replace(patch, weight=weight)
+        outputs = {}  # some outputs are gone: nothing to measure on
+    labels, logits, _ = probe_matrix(probe_rows, outputs, k) if outputs else (None, {}, {})
+    if labels is None or labels.size == 0:
+        return {
+            "weight": conse.STRUCTURAL_WEIGHT,
+            "calibration": conse.Calibration(conse.STRUCTURAL),
+        }
+    covered = ~np.isin(labels, plan.uncovered)  # an uncovered class's own images are its to take
+    rows = {m: v[covered] for m, v in logits.items()}
+    z = class_scores({m: rows[m] for m in plan.models}, plan.assignment, plan.params)
+    weight, calibration = conse.calibrate(
+        z,
+        patch.patch_evidence(rows[patch.model_id]),
+        plan.uncovered,
+        plan.params.weights,
+        plan.params.biases,
+    )
+    return {"weight": weight, "calibration": calibration}

@@ -25,8 +25,9 @@
    covered by the best candidate head the rule reads. Otherwise, for classes left uncovered,
    the ConSE patch
    (`mllgraph.combine.conse`): the hub's broadest expert and text similarities of its heads to
-   the class names, calibrated on the covered classes' probe images; inference applies it
-   when no VLM is configured.
+   the class names, calibrated so that it takes at most 2% of the covered classes' probe
+   images (the plan's `patch.calibration` says how, on how many, and what it took);
+   inference applies it when no VLM is configured.
 5. Store the plan in Neo4j under an id derived from the request and the catalogue version,
    so the same inputs always give the same plan.
 
@@ -311,7 +312,9 @@ def select(
             body["patch"] = {
                 "rule": "conse",
                 "model_id": patch.model_id,
+                "evidence": patch.rule,
                 "weight": patch.weight,
+                "calibration": patch.calibration.to_dict(),
                 "classes": [classes[c].name for c in plan.uncovered],
             }
     if store:
