@@ -61,30 +61,44 @@ def test_calibrated_weight_lets_the_patch_take_at_most_the_steal_rate() -> None:
     z = np.log(rng.uniform(0.2, 0.9, size=(n, 3)))  # covered classes 0, 1; 2 uncovered
     e = rng.uniform(0, 1, size=(n, 3))
     ones, zeros = np.ones(3), np.zeros(3)
-    w, cal = conse.calibrate(z, e, [2], ones, zeros)
-    taken = np.log(rule.FALLBACK_EVIDENCE + w * e[:, 2] + rule.EPS) > z[:, :2].max(axis=1)
+
+    def taken(w: float, floor: float, scores: np.ndarray = z) -> np.ndarray:
+        return np.log(floor + w * e[:, 2] + rule.EPS) > scores[:, :2].max(axis=1)
+
+    w, floor, cal = conse.calibrate(z, e, [2], ones, zeros)
+    assert floor == rule.FALLBACK_EVIDENCE  # the constant takes none of these: kept
     assert cal.method == conse.PROBE_IMAGES and cal.images == n
-    assert 0 < taken.sum() <= conse.STEAL_RATE * n
-    assert cal.steal_share == pytest.approx(taken.mean()) and cal.floor_share == 0
-    # One image more and the rate is passed: the weight is the largest that keeps to it.
-    assert np.sum(np.log(rule.FALLBACK_EVIDENCE + w * 1.01 * e[:, 2]) > z[:, :2].max(1)) > (
-        conse.STEAL_RATE * n
-    )
+    assert 0 < taken(w, floor).sum() <= conse.STEAL_RATE * n
+    assert cal.steal_share == pytest.approx(taken(w, floor).mean()) and cal.floor_share == 0
+    # A little more weight and the rate is passed: the weight is the largest that keeps to it.
+    assert taken(w * 1.01, floor).sum() > conse.STEAL_RATE * n
     # The patch close to no uncovered class: it may speak at full weight, taking nothing.
     assert conse.calibrate(z, np.zeros_like(e), [2], ones, zeros)[0] == 1.0
-    # Too few covered-class images: the structural weight, and nothing measured.
-    w, cal = conse.calibrate(z[:5], e[:5], [2], ones, zeros)
-    assert (w, cal.method, cal.images, cal.steal_share) == (
-        conse.STRUCTURAL_WEIGHT, conse.STRUCTURAL, 5, None
+    # Too few covered-class images: the structural weight and floor, nothing measured.
+    w, floor, cal = conse.calibrate(z[:5], e[:5], [2], ones, zeros)
+    assert (w, floor, cal.method, cal.images, cal.steal_share) == (
+        conse.STRUCTURAL_WEIGHT, conse.STRUCTURAL_FLOOR, conse.STRUCTURAL, 5, None
     )  # fmt: skip
-    # Images the constant floor takes by itself count too: the weight drops to its minimum
-    # and the calibration says what the floor took.
-    low = z.copy()
-    low[:20, :2] = np.log(rule.FALLBACK_EVIDENCE / 10)
-    w, cal = conse.calibrate(low, e, [2], ones, zeros)
-    assert w == conse.MIN_WEIGHT and cal.floor_share == pytest.approx(20 / n)
-    assert cal.steal_share is not None and cal.steal_share > conse.STEAL_RATE
-    assert "floor alone takes 5.0%" in cal.describe()
+
+
+def test_a_floor_that_would_steal_is_lowered_to_half_the_steal_rate() -> None:
+    """Images whose covered evidence is below the rule's constant floor (a 1000-head expert
+    with 0.4% of its mass on the right class's heads) would go to the uncovered class by the
+    floor alone: the floor drops until it takes at most half the allowance."""
+    rng = np.random.default_rng(1)
+    n = 400
+    z = np.log(rng.uniform(0.2, 0.9, size=(n, 3)))
+    z[:40, :2] = np.log(rng.uniform(0.001, 0.04, size=(40, 2)))  # 10%: weak but right
+    e = rng.uniform(0, 1, size=(n, 3))
+    w, floor, cal = conse.calibrate(z, e, [2], np.ones(3), np.zeros(3))
+    best = z[:, :2].max(axis=1)
+    assert 0 < floor < rule.FALLBACK_EVIDENCE
+    assert np.sum(np.log(floor + rule.EPS) > best) <= conse.STEAL_RATE / 2 * n
+    assert cal.floor_share is not None and cal.floor_share <= conse.STEAL_RATE / 2
+    took = np.log(floor + w * e[:, 2] + rule.EPS) > best
+    assert took.sum() <= conse.STEAL_RATE * n and cal.steal_share == pytest.approx(took.mean())
+    # The old floor alone would have taken all of the weak images.
+    assert np.sum(np.log(rule.FALLBACK_EVIDENCE) > best) >= 40
 
 
 def test_never_steal_table_keeps_only_heads_that_speak_for_the_uncovered_class() -> None:
@@ -175,10 +189,12 @@ def test_the_old_patch_steals_covered_images_and_the_calibrated_one_does_not() -
     nh, ns = conse.never_steal_table(heads, sim, [2], used)
     new = conse.ConsePatch("broad@1", 1.0, nh, ns, top=8, rule=conse.MASS)
     z, params = _plan_scores(covered)
-    weight, cal = conse.calibrate(
+    weight, floor, cal = conse.calibrate(
         z, new.patch_evidence(covered), [2], params.weights, params.biases
     )
-    new = conse.ConsePatch("broad@1", 1.0, nh, ns, weight, 8, rule=conse.MASS, calibration=cal)
+    new = conse.ConsePatch(
+        "broad@1", 1.0, nh, ns, weight, 8, rule=conse.MASS, calibration=cal, floor=floor
+    )
     assert cal.images == 400 and cal.steal_share is not None
     assert cal.steal_share <= conse.STEAL_RATE
     assert _taken(new, covered) == pytest.approx(cal.steal_share)
@@ -192,18 +208,22 @@ def test_a_plan_from_before_keeps_its_share_rule_and_says_it_is_uncalibrated() -
     from mllgraph.plan.document import patch_summary
 
     before = _patch([[0.9, 0.1], [0.1, 0.9]], heads=(0, 1), weight=0.25).to_dict()
-    for key in ("evidence", "calibration"):
+    for key in ("evidence", "calibration", "floor"):
         before.pop(key)
     parsed = conse.ConsePatch.from_dict(before, 2)
     assert parsed.rule == conse.SHARE and parsed.calibration.method == conse.UNCALIBRATED
     logits = np.log([[0.6, 0.4]])
     p = parsed.probabilities(logits)[0]
     assert parsed.evidence(logits, [1])[1][0] == pytest.approx(rule.FALLBACK_EVIDENCE + 0.25 * p[1])
-    assert "uncalibrated" in patch_summary({"model_id": "broad@1", "weight": 0.25})
-    made = _patch([[0.9, 0.1]], heads=(0,), rule=conse.MASS, weight=0.4,
+    summary = patch_summary({"model_id": "broad@1", "weight": 0.25})
+    assert "uncalibrated" in summary and "floor the rule's constant" in summary
+    made = _patch([[0.9, 0.1]], heads=(0,), rule=conse.MASS, weight=0.4, floor=0.0,
                   calibration=conse.Calibration(conse.PROBE_IMAGES, 300, 0.0167, 0.0))  # fmt: skip
     again = conse.ConsePatch.from_dict(made.to_dict(), 2)
     assert again.rule == conse.MASS and again.calibration == made.calibration
+    assert again.floor == 0.0 and again.evidence(logits, [1])[1][0] == pytest.approx(
+        0.4 * again.patch_evidence(logits)[0, 1]
+    )
     line = patch_summary({"model_id": "broad@1", **made.to_dict()})
     assert "mass rule" in line and "300 covered-class probe image(s)" in line and "1.7%" in line
 
@@ -222,6 +242,8 @@ def test_a_plan_from_before_keeps_its_share_rule_and_says_it_is_uncalibrated() -
         ({"top": 0}, "top"),
         ({"evidence": "votes"}, "evidence must be one of"),
         ({"calibration": {"method": "guess"}}, "calibration.method"),
+        ({"floor": -0.1}, r"floor must be in \[0, 1\]"),
+        ({"floor": "low"}, "floor must be a number"),
         ({"calibration": {"method": "probe images", "images": "many"}}, "must be numbers"),
         ({"calibration": {"method": "probe images", "steal_share": 1.5}}, r"shares in \[0, 1\]"),
     ],

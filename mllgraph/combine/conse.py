@@ -21,20 +21,26 @@ closest to each class). Two evidence rules exist:
 - ``share`` (plans from before; kept so they still load and classify as they did): the
   ConSE distribution normalised over the K classes, ``p_conse(k | x) = score_k / Σ_j
   score_j`` with ``score_k = Σ_{t ∈ top(x)} p_t(x) · S[t, k]``. Normalised, a photo whose
-  expert mass sits on heads close to NO class still hands the uncovered class a share near 1:
-  it outbid covered classes whose heads held a real but modest mass (photos-5's flower).
+  expert mass sits on heads close to NO class can still hand the uncovered class a share near
+  1, outbidding covered classes whose heads hold a real but modest mass.
 
-Uncovered class c gets the constant fallback's share plus the patch's evidence,
-``FALLBACK_EVIDENCE / U + weight · m_c(x)`` (``p_conse`` under ``share``).
+Uncovered class c gets a floor plus the patch's evidence, ``floor + weight · m_c(x)``
+(``p_conse`` under ``share``). Under ``share`` the floor is the rule's constant
+``FALLBACK_EVIDENCE / U``; under ``mass`` it is the patch's own, calibrated with the weight:
+the constant alone outbids any covered class whose heads hold less than ~6% of an expert's
+mass, which a 1000-head ImageNet expert often does on a photo it still ranks right (photos-5's
+flower: 0.4% on daisy and lady's slipper; its motorbike: 6% on moped), so it stole those.
 
-``weight`` is calibrated at selection (:func:`calibrate`) on the hub's probe images of the
-task's COVERED classes (never on task images): the largest weight (at most 1) at which an
-uncovered class takes at most ``STEAL_RATE`` of those images, measured with the plan's own
-scores, the constant floor included. The plan records how (:class:`Calibration`): method
-``probe images`` with the number of images and the measured share; ``structural`` where the
-covered classes have fewer than ``MIN_CALIBRATION_IMAGES`` probe images (declared ImageNet
-heads): weight 1, i.e. u's nearest head's mass counts as much as a covered class's heads'
-mass, and the never-steal table alone keeps covered images from u (not measured).
+Both are calibrated at selection (:func:`calibrate`) on the hub's probe images of the task's
+COVERED classes (never on task images), measured with the plan's own scores: the floor is the
+rule's constant unless that alone would take more than half of ``STEAL_RATE`` of the images
+(then the largest floor that takes at most half), and the weight is the largest (at most 1) at
+which uncovered classes take at most ``STEAL_RATE`` of them, floor included. The plan records
+how (:class:`Calibration`): method ``probe images`` with the number of images and the measured
+shares; ``structural`` where the covered classes have fewer than ``MIN_CALIBRATION_IMAGES``
+probe images (e.g. declared ImageNet heads): floor 0 and weight 1, i.e. an uncovered class
+wins only where the expert's mass on its own heads (its nearest head counting fully) exceeds
+that on every covered class's heads (times their quality), and nothing is measured.
 
 Selection writes the patch into the plan's combination (``combination["patch"]``), so
 inference needs neither Neo4j nor the text encoder: an inline plan carries it whole.
@@ -59,6 +65,7 @@ STEAL_RATE = 0.02  # the share of covered-class probe images uncovered classes m
 MIN_CALIBRATION_IMAGES = 20  # fewer covered-class probe images: the structural weight
 DEFAULT_WEIGHT = 0.5  # the dataclass default; selection always sets a calibrated weight
 STRUCTURAL_WEIGHT = 1.0
+STRUCTURAL_FLOOR = 0.0
 MIN_WEIGHT = 1e-3
 MAX_HEADS = 100_000  # a plan's patch is refused beyond this (malformed or hostile JSON)
 MASS, SHARE = "mass", "share"
@@ -74,7 +81,7 @@ class Calibration:
     method: str  # one of CALIBRATION_METHODS; "uncalibrated": a plan from before
     images: int = 0  # covered-class probe images it was measured on
     steal_share: float | None = None  # share of them an uncovered class takes at the weight
-    floor_share: float | None = None  # ... the constant floor alone takes (weight -> 0)
+    floor_share: float | None = None  # ... the floor alone takes (weight -> 0)
     steal_rate: float = STEAL_RATE  # the target
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,13 +124,13 @@ class Calibration:
                 f"take {self.steal_share:.1%} of them (target <= {self.steal_rate:.0%})"
             )
             if self.floor_share is not None and self.floor_share > self.steal_rate:
-                text += f"; the constant floor alone takes {self.floor_share:.1%}"
+                text += f"; the floor alone takes {self.floor_share:.1%}"
             return text
         if self.method == STRUCTURAL:
             return (
-                f"structural weight: fewer than {MIN_CALIBRATION_IMAGES} covered-class probe "
-                f"images ({self.images}), so the share it takes is not measured; it counts only "
-                "heads closer to an uncovered class than to any covered one"
+                f"structural: fewer than {MIN_CALIBRATION_IMAGES} covered-class probe images "
+                f"({self.images}), so what it takes is not measured; no floor, and only the "
+                "expert's mass on heads closer to an uncovered class than to any covered one"
             )
         return "uncalibrated (a plan from before the steal calibration)"
 
@@ -139,6 +146,7 @@ class ConsePatch:
     model_version: str = ""
     rule: str = SHARE  # MASS or SHARE (module doc); a plan without one is from before: SHARE
     calibration: Calibration = Calibration(UNCALIBRATED)
+    floor: float | None = None  # the uncovered classes' floor; None: the rule's constant / U
 
     @property
     def num_classes(self) -> int:
@@ -153,6 +161,7 @@ class ConsePatch:
             "temperature": self.temperature,
             "top": self.top,
             "weight": self.weight,
+            "floor": self.floor,
             "calibration": self.calibration.to_dict(),
             "heads": list(self.heads),
             "similarity": [[round(float(v), 4) for v in row] for row in self.similarity],
@@ -196,6 +205,14 @@ class ConsePatch:
             raise bad(f"weight must be > 0, got {weight}")
         if top < 1:
             raise bad(f"top must be >= 1, got {top}")
+        floor = d.get("floor")
+        if floor is not None:
+            try:
+                floor = float(floor)
+            except (TypeError, ValueError) as e:
+                raise bad(f"floor must be a number or null ({type(e).__name__})") from e
+            if not (math.isfinite(floor) and 0 <= floor <= 1):
+                raise bad(f"floor must be in [0, 1], got {floor}")
         raw_calibration = d.get("calibration")
         calibration = (
             Calibration(UNCALIBRATED)
@@ -212,6 +229,7 @@ class ConsePatch:
             str(d.get("model_version", "")),
             evidence,
             calibration,
+            floor,
         )
 
     def scores(self, logits: np.ndarray) -> np.ndarray:
@@ -246,10 +264,10 @@ class ConsePatch:
         return self.probabilities(logits)
 
     def evidence(self, logits: np.ndarray, uncovered: Sequence[int]) -> dict[int, np.ndarray]:
-        """{uncovered class: FALLBACK_EVIDENCE / U + weight · evidence(class | x)} for the
-        rule's extra_evidence (module doc)."""
+        """{uncovered class: floor + weight · evidence(class | x)} for the rule's
+        extra_evidence (module doc)."""
         p = self.patch_evidence(logits)
-        floor = floor_evidence(max(len(uncovered), 1))
+        floor = self.floor if self.floor is not None else floor_evidence(max(len(uncovered), 1))
         return {int(c): floor + self.weight * p[:, c] for c in uncovered}
 
 
@@ -301,36 +319,41 @@ def never_steal_table(
     return tuple(int(heads[i]) for i in kept), out[kept]
 
 
-def steal_thresholds(
-    covered_scores: np.ndarray,
-    patch_evidence: np.ndarray,
-    uncovered: Sequence[int],
-    weights: np.ndarray,
-    biases: np.ndarray,
+def evidence_needed(
+    covered_scores: np.ndarray, uncovered: Sequence[int], weights: np.ndarray, biases: np.ndarray
 ) -> np.ndarray:
-    """(N,) per covered-class image, the patch weight above which an uncovered class takes
-    it: 0 where the constant floor alone takes it, inf where no weight <= any does.
+    """(N, U) the evidence each uncovered class needs to take each image: its score
+    ``a_u log(e + EPS) + b_u`` beats ``Z = max_c z_c`` once ``e > exp((Z - b_u) / a_u) - EPS``.
 
-    covered_scores: (N, K) the rule's scores z on those images (uncovered columns ignored);
-    patch_evidence: (N, K) what the weight multiplies; weights/biases: the rule's per-class
-    parameters. Uncovered class u's score ``a_u log(f + w e_u + EPS) + b_u`` beats ``Z =
-    max_c z_c`` once ``w > (exp((Z - b_u) / a_u) - f - EPS) / e_u``."""
+    covered_scores: (N, K) the rule's scores z on covered-class images (uncovered columns
+    ignored); weights/biases: the rule's per-class parameters."""
     unc = sorted({int(c) for c in uncovered})
     cov = [c for c in range(covered_scores.shape[1]) if c not in set(unc)]
-    n = covered_scores.shape[0]
-    if not unc or not cov or n == 0:
-        return np.full(n, np.inf)
-    best = covered_scores[:, cov].max(axis=1)
-    floor = floor_evidence(len(unc))
-    out = np.full(n, np.inf)
-    for u in unc:
-        with np.errstate(over="ignore"):
-            need = np.exp((best - biases[u]) / weights[u]) - floor - EPS  # evidence u must add
-        e = patch_evidence[:, u]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            w = np.where(need < 0, 0.0, np.where(e > 0, need / np.maximum(e, 1e-300), np.inf))
-        out = np.minimum(out, w)
-    return out
+    best = covered_scores[:, cov].max(axis=1, keepdims=True)
+    with np.errstate(over="ignore"):
+        return np.exp((best - biases[unc]) / weights[unc]) - EPS
+
+
+def steal_thresholds(need: np.ndarray, patch_evidence: np.ndarray, floor: float) -> np.ndarray:
+    """(N,) per image, the weight above which an uncovered class takes it: 0 where the floor
+    alone takes it, inf where no weight does. need: (N, U) from :func:`evidence_needed`;
+    patch_evidence: (N, U) what the weight multiplies, same columns."""
+    gap = need - floor
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(
+            gap < 0,
+            0.0,
+            np.where(patch_evidence > 0, gap / np.maximum(patch_evidence, 1e-300), np.inf),
+        )
+    return w.min(axis=1) if w.shape[1] else np.full(w.shape[0], np.inf)
+
+
+def _largest_below(values: np.ndarray, allowed: int) -> float:
+    """The largest x with at most `allowed` of `values` below it (just under the next one:
+    a tie would go to the lower class index, whichever that is)."""
+    if allowed >= values.size:
+        return math.inf
+    return float(np.sort(values)[allowed]) * (1 - 1e-9)
 
 
 def calibrate(
@@ -340,22 +363,22 @@ def calibrate(
     weights: np.ndarray,
     biases: np.ndarray,
     steal_rate: float = STEAL_RATE,
-) -> tuple[float, Calibration]:
-    """The patch's weight from probe images of covered classes, and what it takes there.
+) -> tuple[float, float, Calibration]:
+    """(weight, floor, calibration) from probe images of covered classes (module doc).
 
-    The largest weight in [MIN_WEIGHT, 1] at which uncovered classes take at most
-    `steal_rate` of the images (the floor's own takings included; where the floor alone
-    takes more, MIN_WEIGHT, and the calibration says so). Fewer than MIN_CALIBRATION_IMAGES
-    images: STRUCTURAL_WEIGHT, unmeasured. Arguments as :func:`steal_thresholds`."""
+    The floor: the rule's constant, unless that alone takes more than half of `steal_rate`
+    of the images (then the largest that takes at most half); the weight: the largest in
+    [MIN_WEIGHT, 1] at which uncovered classes take at most `steal_rate`, floor included.
+    Fewer than MIN_CALIBRATION_IMAGES images: the structural floor and weight, unmeasured.
+    patch_evidence: (N, K) what the weight multiplies; the rest as :func:`evidence_needed`."""
     n = int(covered_scores.shape[0])
-    if n < MIN_CALIBRATION_IMAGES:
-        return STRUCTURAL_WEIGHT, Calibration(STRUCTURAL, images=n)
-    t = steal_thresholds(covered_scores, patch_evidence, uncovered, weights, biases)
-    allowed = int(math.floor(steal_rate * n))  # images it may take
-    limit = float(np.sort(t)[allowed]) if allowed < n else math.inf
-    # Just under the (allowed + 1)-th smallest threshold: that image stays covered (a tie
-    # would go to the lower class index, whichever it is).
-    weight = min(1.0, max(MIN_WEIGHT, limit * (1 - 1e-9)))
-    share = float(np.mean(t < weight))
-    floor_share = float(np.mean(t <= 0))
-    return weight, Calibration(PROBE_IMAGES, n, share, floor_share, steal_rate)
+    unc = sorted({int(c) for c in uncovered})
+    if n < MIN_CALIBRATION_IMAGES or not unc:
+        return STRUCTURAL_WEIGHT, STRUCTURAL_FLOOR, Calibration(STRUCTURAL, images=n)
+    need = evidence_needed(covered_scores, unc, weights, biases)
+    floor_limit = _largest_below(need.min(axis=1), int(math.floor(steal_rate / 2 * n)))
+    floor = max(0.0, min(floor_evidence(len(unc)), floor_limit))
+    t = steal_thresholds(need, patch_evidence[:, unc], floor)
+    weight = min(1.0, max(MIN_WEIGHT, _largest_below(t, int(math.floor(steal_rate * n)))))
+    share, floor_share = float(np.mean(t < weight)), float(np.mean(t <= 0))
+    return weight, floor, Calibration(PROBE_IMAGES, n, share, floor_share, steal_rate)

@@ -80,8 +80,11 @@ def patch_summary(patch: Mapping[str, Any]) -> str:
     except InvalidArgument:
         calibration = Calibration(UNCALIBRATED)
     rule, weight = patch.get("evidence", SHARE), float(patch.get("weight") or 0)
-    return f"ConSE of {patch.get('model_id')} ({rule} rule), weight {weight:.3g}; " + (
-        calibration.describe()
+    floor = patch.get("floor")
+    floor_text = "the rule's constant" if floor is None else f"{float(floor):.3g}"
+    return (
+        f"ConSE of {patch.get('model_id')} ({rule} rule), weight {weight:.3g}, floor "
+        f"{floor_text}; {calibration.describe()}"
     )
 
 

@@ -118,9 +118,9 @@ def _calibration(
     cache: ProbeOutputCache,
     k: int,
 ) -> dict[str, Any]:
-    """The patch's weight and calibration (mllgraph.combine.conse.calibrate) on the probe
-    images of the COVERED classes that the plan's models and the patch model all saw; never
-    on task images. Too few of them: the structural weight."""
+    """The patch's weight, floor and calibration (mllgraph.combine.conse.calibrate) on the
+    probe images of the COVERED classes that the plan's models and the patch model all saw;
+    never on task images. Too few of them: the structural weight and floor."""
     try:
         outputs = {m: cache.get(settings, m) for m in {*plan.models, patch.model_id}}
     except FailedPrecondition:
@@ -129,16 +129,17 @@ def _calibration(
     if labels is None or labels.size == 0:
         return {
             "weight": conse.STRUCTURAL_WEIGHT,
+            "floor": conse.STRUCTURAL_FLOOR,
             "calibration": conse.Calibration(conse.STRUCTURAL),
         }
     covered = ~np.isin(labels, plan.uncovered)  # an uncovered class's own images are its to take
     rows = {m: v[covered] for m, v in logits.items()}
     z = class_scores({m: rows[m] for m in plan.models}, plan.assignment, plan.params)
-    weight, calibration = conse.calibrate(
+    weight, floor, calibration = conse.calibrate(
         z,
         patch.patch_evidence(rows[patch.model_id]),
         plan.uncovered,
         plan.params.weights,
         plan.params.biases,
     )
-    return {"weight": weight, "calibration": calibration}
+    return {"weight": weight, "floor": floor, "calibration": calibration}

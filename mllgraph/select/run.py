@@ -314,6 +314,7 @@ def select(
                 "model_id": patch.model_id,
                 "evidence": patch.rule,
                 "weight": patch.weight,
+                "floor": patch.floor,
                 "calibration": patch.calibration.to_dict(),
                 "classes": [classes[c].name for c in plan.uncovered],
             }
