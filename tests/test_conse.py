@@ -101,6 +101,31 @@ def test_a_floor_that_would_steal_is_lowered_to_half_the_steal_rate() -> None:
     assert np.sum(np.log(rule.FALLBACK_EVIDENCE) > best) >= 40
 
 
+def test_covered_classes_without_probe_images_cap_the_floor_at_their_noise_level() -> None:
+    """No covered-class probe images (declared ImageNet heads): the floor is what the weakest
+    covered class shows on hub probe images of other concepts (its 99th percentile), so it
+    wins only images no covered class explains better than it explains unrelated ones."""
+    rng = np.random.default_rng(2)
+    other = np.log(rng.uniform(0.0, 0.002, size=(500, 3)))  # 1000 heads: ~chance everywhere
+    other[:, 1] = np.log(rng.uniform(0.0, 0.02, size=500))  # class 1 has more heads
+    cap = conse.noise_floor(other, [0, 1])
+    assert cap == pytest.approx(np.quantile(np.exp(other[:, 0]), conse.NOISE_QUANTILE))
+    assert conse.noise_floor(other[:5], [0, 1]) is None  # too few images to say
+    assert conse.noise_floor(other, []) is None
+    w, floor, cal = conse.calibrate(
+        np.zeros((0, 3)), np.zeros((0, 3)), [2], np.ones(3), np.zeros(3),
+        floor_cap=cap, other_images=500,
+    )  # fmt: skip
+    assert (w, floor) == (conse.STRUCTURAL_WEIGHT, cap) and cal.method == conse.HUB_PROBES
+    assert cal.other_images == 500 and "500 hub probe image(s)" in cal.describe()
+    # With covered-class probe images as well, the cap still bounds the rule's constant.
+    z = np.log(rng.uniform(0.2, 0.9, size=(100, 3)))
+    _, floor, cal = conse.calibrate(
+        z, np.zeros((100, 3)), [2], np.ones(3), np.zeros(3), floor_cap=cap, other_images=500
+    )
+    assert floor == cap and cal.method == conse.PROBE_IMAGES and cal.steal_share == 0
+
+
 def test_never_steal_table_keeps_only_heads_that_speak_for_the_uncovered_class() -> None:
     # heads 10 (used by a covered class), 11 (closer to covered class 0), 12 and 13 (closer
     # to uncovered class 1); class 2 uncovered, nearest nobody.

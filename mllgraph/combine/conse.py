@@ -37,10 +37,14 @@ rule's constant unless that alone would take more than half of ``STEAL_RATE`` of
 (then the largest floor that takes at most half), and the weight is the largest (at most 1) at
 which uncovered classes take at most ``STEAL_RATE`` of them, floor included. The plan records
 how (:class:`Calibration`): method ``probe images`` with the number of images and the measured
-shares; ``structural`` where the covered classes have fewer than ``MIN_CALIBRATION_IMAGES``
-probe images (e.g. declared ImageNet heads): floor 0 and weight 1, i.e. an uncovered class
-wins only where the expert's mass on its own heads (its nearest head counting fully) exceeds
-that on every covered class's heads (times their quality), and nothing is measured.
+shares. Where the covered classes have fewer than ``MIN_CALIBRATION_IMAGES`` probe images
+(e.g. declared ImageNet heads) the weight is 1: an uncovered class wins where the expert's
+mass on its own heads (its nearest head counting fully) exceeds that on every covered
+class's heads (times their quality). A covered class without probe images also caps the
+floor at its noise level (:func:`noise_floor`): its evidence's ``NOISE_QUANTILE`` on the
+hub's probe images of concepts that are none of the task's (method ``hub probes``, with
+their number), so the floor wins only an image no such class explains better than it
+explains images of other things; with no such images either, floor 0 (``structural``).
 
 Selection writes the patch into the plan's combination (``combination["patch"]``), so
 inference needs neither Neo4j nor the text encoder: an inline plan carries it whole.
@@ -70,8 +74,10 @@ MIN_WEIGHT = 1e-3
 MAX_HEADS = 100_000  # a plan's patch is refused beyond this (malformed or hostile JSON)
 MASS, SHARE = "mass", "share"
 EVIDENCE_RULES = (MASS, SHARE)
-PROBE_IMAGES, STRUCTURAL, UNCALIBRATED = "probe images", "structural", "uncalibrated"
-CALIBRATION_METHODS = (PROBE_IMAGES, STRUCTURAL, UNCALIBRATED)
+PROBE_IMAGES, HUB_PROBES = "probe images", "hub probes"
+STRUCTURAL, UNCALIBRATED = "structural", "uncalibrated"
+CALIBRATION_METHODS = (PROBE_IMAGES, HUB_PROBES, STRUCTURAL, UNCALIBRATED)
+NOISE_QUANTILE = 1 - STEAL_RATE / 2  # a class's evidence on images of other concepts, at most
 
 
 @dataclass(frozen=True)
@@ -83,11 +89,13 @@ class Calibration:
     steal_share: float | None = None  # share of them an uncovered class takes at the weight
     floor_share: float | None = None  # ... the floor alone takes (weight -> 0)
     steal_rate: float = STEAL_RATE  # the target
+    other_images: int = 0  # hub probe images of other concepts the floor was measured on
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "images": self.images,
+            "other_images": self.other_images,
             "steal_share": None if self.steal_share is None else round(self.steal_share, 4),
             "floor_share": None if self.floor_share is None else round(self.floor_share, 4),
             "steal_rate": self.steal_rate,
@@ -100,7 +108,7 @@ class Calibration:
                 f"the plan's patch: calibration.method must be one of {CALIBRATION_METHODS}"
             )
         try:
-            images = int(d.get("images", 0))
+            images, other = int(d.get("images", 0)), int(d.get("other_images", 0))
             shares = [
                 None if d.get(k) is None else float(d[k]) for k in ("steal_share", "floor_share")
             ]
@@ -110,14 +118,22 @@ class Calibration:
                 f"the plan's patch: calibration images, shares and rate must be numbers "
                 f"({type(e).__name__})"
             ) from e
-        if images < 0 or any(s is not None and not 0 <= s <= 1 for s in [*shares, rate]):
+        if min(images, other) < 0 or any(
+            s is not None and not 0 <= s <= 1 for s in [*shares, rate]
+        ):
             raise InvalidArgument(
                 "the plan's patch: calibration images must be >= 0 and shares in [0, 1]"
             )
-        return cls(str(d["method"]), images, shares[0], shares[1], rate)
+        return cls(str(d["method"]), images, shares[0], shares[1], rate, other)
 
     def describe(self) -> str:
         """One line for the CLI and ExplainSelection."""
+        noise = (
+            f"; floor at most covered classes' {NOISE_QUANTILE:.0%} evidence on "
+            f"{self.other_images} hub probe image(s) of other concepts"
+            if self.other_images
+            else ""
+        )
         if self.method == PROBE_IMAGES:
             text = (
                 f"calibrated on {self.images} covered-class probe image(s): uncovered classes "
@@ -125,12 +141,13 @@ class Calibration:
             )
             if self.floor_share is not None and self.floor_share > self.steal_rate:
                 text += f"; the floor alone takes {self.floor_share:.1%}"
-            return text
-        if self.method == STRUCTURAL:
+            return text + noise
+        if self.method in (HUB_PROBES, STRUCTURAL):
             return (
-                f"structural: fewer than {MIN_CALIBRATION_IMAGES} covered-class probe images "
-                f"({self.images}), so what it takes is not measured; no floor, and only the "
+                f"{self.method}: fewer than {MIN_CALIBRATION_IMAGES} covered-class probe images "
+                f"({self.images}), so what it takes of them is not measured; weight 1 on the "
                 "expert's mass on heads closer to an uncovered class than to any covered one"
+                + (noise or "; no floor")
             )
         return "uncalibrated (a plan from before the steal calibration)"
 
@@ -356,6 +373,18 @@ def _largest_below(values: np.ndarray, allowed: int) -> float:
     return float(np.sort(values)[allowed]) * (1 - 1e-9)
 
 
+def noise_floor(other_scores: np.ndarray, classes: Sequence[int]) -> float | None:
+    """The floor that no covered class loses to where it explains an image: the least, over
+    `classes`, of the NOISE_QUANTILE of a class's evidence ``exp(z_c)`` on hub probe images of
+    OTHER concepts (none of the task's); above that, its heads say something. None with
+    fewer than MIN_CALIBRATION_IMAGES such images or no class."""
+    cols = sorted({int(c) for c in classes})
+    if other_scores.shape[0] < MIN_CALIBRATION_IMAGES or not cols:
+        return None
+    evidence = np.exp(other_scores[:, cols])
+    return float(np.quantile(evidence, NOISE_QUANTILE, axis=0).min())
+
+
 def calibrate(
     covered_scores: np.ndarray,
     patch_evidence: np.ndarray,
@@ -363,22 +392,34 @@ def calibrate(
     weights: np.ndarray,
     biases: np.ndarray,
     steal_rate: float = STEAL_RATE,
+    *,
+    floor_cap: float | None = None,
+    other_images: int = 0,
 ) -> tuple[float, float, Calibration]:
     """(weight, floor, calibration) from probe images of covered classes (module doc).
 
-    The floor: the rule's constant, unless that alone takes more than half of `steal_rate`
-    of the images (then the largest that takes at most half); the weight: the largest in
-    [MIN_WEIGHT, 1] at which uncovered classes take at most `steal_rate`, floor included.
-    Fewer than MIN_CALIBRATION_IMAGES images: the structural floor and weight, unmeasured.
-    patch_evidence: (N, K) what the weight multiplies; the rest as :func:`evidence_needed`."""
+    The floor: the rule's constant (at most `floor_cap`: :func:`noise_floor` for covered
+    classes without probe images, measured on `other_images`), unless that alone takes more
+    than half of `steal_rate` of the images (then the largest that takes at most half); the
+    weight: the largest in [MIN_WEIGHT, 1] at which uncovered classes take at most
+    `steal_rate`, floor included. Fewer than MIN_CALIBRATION_IMAGES images: weight 1 and the
+    floor `floor_cap` ("hub probes") or 0 ("structural"), unmeasured. patch_evidence: (N, K)
+    what the weight multiplies; the rest as :func:`evidence_needed`."""
     n = int(covered_scores.shape[0])
     unc = sorted({int(c) for c in uncovered})
     if n < MIN_CALIBRATION_IMAGES or not unc:
-        return STRUCTURAL_WEIGHT, STRUCTURAL_FLOOR, Calibration(STRUCTURAL, images=n)
+        if floor_cap is None:
+            return STRUCTURAL_WEIGHT, STRUCTURAL_FLOOR, Calibration(STRUCTURAL, images=n)
+        calibration = Calibration(HUB_PROBES, images=n, other_images=other_images)
+        return STRUCTURAL_WEIGHT, floor_cap, calibration
     need = evidence_needed(covered_scores, unc, weights, biases)
     floor_limit = _largest_below(need.min(axis=1), int(math.floor(steal_rate / 2 * n)))
-    floor = max(0.0, min(floor_evidence(len(unc)), floor_limit))
+    floor = (
+        floor_evidence(len(unc)) if floor_cap is None else min(floor_cap, floor_evidence(len(unc)))
+    )
+    floor = max(0.0, min(floor, floor_limit))
     t = steal_thresholds(need, patch_evidence[:, unc], floor)
     weight = min(1.0, max(MIN_WEIGHT, _largest_below(t, int(math.floor(steal_rate * n)))))
     share, floor_share = float(np.mean(t < weight)), float(np.mean(t <= 0))
-    return weight, floor, Calibration(PROBE_IMAGES, n, share, floor_share, steal_rate)
+    calibration = Calibration(PROBE_IMAGES, n, share, floor_share, steal_rate, other_images)
+    return weight, floor, calibration

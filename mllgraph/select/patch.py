@@ -32,6 +32,7 @@ from mllgraph.select.reads import Reads
 from mllgraph.settings import Settings
 
 PATCH_MIN_HEADS = 100  # a model this broad (declaring concepts) may patch uncovered classes
+OTHER_IMAGES_MAX = 5000  # hub probe images of other concepts read for a noise floor
 
 _PATCH_TEXTS: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # head-name vectors
 _PATCH_TEXTS_MAX = 8
@@ -119,27 +120,66 @@ def _calibration(
     k: int,
 ) -> dict[str, Any]:
     """The patch's weight, floor and calibration (mllgraph.combine.conse.calibrate) on the
-    probe images of the COVERED classes that the plan's models and the patch model all saw;
-    never on task images. Too few of them: the structural weight and floor."""
+    probe images of the COVERED classes that the plan's models and the patch model all saw,
+    the floor also capped by covered classes without such images at their noise level on the
+    hub's probe images of other concepts (`conse.noise_floor`); never on task images."""
     try:
         outputs = {m: cache.get(settings, m) for m in {*plan.models, patch.model_id}}
     except FailedPrecondition:
         outputs = {}  # some outputs are gone: nothing to measure on
-    labels, logits, _ = probe_matrix(probe_rows, outputs, k) if outputs else (None, {}, {})
-    if labels is None or labels.size == 0:
+    if not outputs:
         return {
             "weight": conse.STRUCTURAL_WEIGHT,
             "floor": conse.STRUCTURAL_FLOOR,
             "calibration": conse.Calibration(conse.STRUCTURAL),
         }
+    labels, logits, _ = probe_matrix(probe_rows, outputs, k)
     covered = ~np.isin(labels, plan.uncovered)  # an uncovered class's own images are its to take
     rows = {m: v[covered] for m, v in logits.items()}
-    z = class_scores({m: rows[m] for m in plan.models}, plan.assignment, plan.params)
+    if covered.any():
+        z = class_scores({m: rows[m] for m in plan.models}, plan.assignment, plan.params)
+        evidence = patch.patch_evidence(rows[patch.model_id])
+    else:
+        z = evidence = np.zeros((0, k))
+    seen = set(labels[covered].tolist())
+    unseen = [c for c in range(k) if plan.assignment[c].groups and c not in seen]
+    cap, other = None, 0
+    if unseen:
+        z_other = _other_concept_scores(plan, probe_rows, outputs, k)
+        cap, other = conse.noise_floor(z_other, unseen), int(z_other.shape[0])
     weight, floor, calibration = conse.calibrate(
         z,
-        patch.patch_evidence(rows[patch.model_id]),
+        evidence,
         plan.uncovered,
         plan.params.weights,
         plan.params.biases,
+        floor_cap=cap,
+        other_images=other if cap is not None else 0,
     )
     return {"weight": weight, "floor": floor, "calibration": calibration}
+
+
+def _other_concept_scores(
+    plan: chco.Plan,
+    probe_rows: list[dict[str, Any]],
+    outputs: dict[str, Any],
+    k: int,
+) -> np.ndarray:
+    """(N, K) the plan's scores on the hub's probe images of concepts that are none of the
+    task's (every probe set the models saw but the task's and its proxies'), at most
+    OTHER_IMAGES_MAX of them."""
+    task_sets = {r["set_id"] for r in probe_rows}
+    sets: dict[str, int] = {}
+    for out in outputs.values():
+        for set_id, (_, count) in out.sets.items():
+            sets[set_id] = min(count, sets.get(set_id, count))
+    rows, total = [], 0
+    for set_id in sorted(sets):
+        if set_id in task_sets or total >= OTHER_IMAGES_MAX:
+            continue
+        rows.append({"set_id": set_id, "class_index": 0, "distance": 0})
+        total += sets[set_id]
+    _, logits, _ = probe_matrix(rows, outputs, k)
+    if not logits:
+        return np.zeros((0, k))
+    return class_scores({m: logits[m] for m in plan.models}, plan.assignment, plan.params)
