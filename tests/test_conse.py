@@ -370,3 +370,37 @@ def test_class_texts_are_encoded_alone_and_kept_across_tasks() -> None:
     np.testing.assert_array_equal(a[0], default_embedder().encode(["a photo of a cat"])[0])
     assert all(len(c) == 1 for c in calls) and len(calls) == 3  # "cat" encoded once
     assert patch._class_text_vectors(lambda texts: None, ["a photo of a dog"]) is None
+
+
+def _plan_with_patch(patch: dict[str, Any]) -> dict[str, Any]:
+    cls = {"grounding": {"method": "exact", "score": 1.0}, "estimated_accuracy": None}
+    return {
+        "plan_id": "p", "budget": 5, "models": ["m@1"], "solver": "exact",
+        "estimated_accuracy": 0.8, "catalogue_version": 1, "uncovered": ["coffee"],
+        "classes": [
+            {**cls, "name": "cat", "concept": {"wnid": "n02121620", "name": "cat.n.01"},
+             "coverage": "declared", "heads": [{"model_id": "m@1", "head_index": 1,
+             "head_label": "tabby", "label_score": 0.8, "label_wnid": "n02123045"}]},
+            {**cls, "name": "coffee", "concept": {"wnid": "n07929519", "name": "coffee.n.01"},
+             "coverage": "uncovered", "heads": []},
+        ],
+        "patch": patch,
+    }  # fmt: skip
+
+
+def test_explain_selection_and_the_cli_say_how_the_patch_was_calibrated() -> None:
+    from mllgraph.cli.common import console
+    from services import plan_messages
+
+    made = _patch([[0.9, 0.1]], heads=(0,), rule=conse.MASS, weight=1.0, floor=0.0009,
+                  calibration=conse.Calibration(conse.HUB_PROBES, 0, other_images=500))  # fmt: skip
+    plan = _plan_with_patch({**made.to_dict(), "classes": ["coffee"]})
+    notes = plan_messages.explain(plan, plan_messages.Concepts(None)).notes
+    line = next(n for n in notes if n.startswith("Uncovered classes"))
+    assert "mass rule" in line and "floor 0.0009" in line and "500 hub probe image(s)" in line
+    from mllgraph.cli.select import print_plan
+
+    with console.capture() as out:
+        print_plan({**plan, "params_fitted": False, "created_at": "t"})
+    patch_lines = [x for x in out.get().splitlines() if x.startswith("patch: ")]
+    assert len(patch_lines) == 1 and "hub probes" in patch_lines[0]
