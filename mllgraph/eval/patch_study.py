@@ -146,6 +146,7 @@ def task_row(result: photos.PhotoResult, plan: dict[str, Any] | None) -> dict[st
             "model_id": patch.get("model_id"),
             "evidence": patch.get("evidence", "share" if patch else None),
             "weight": patch.get("weight"),
+            "floor": patch.get("floor"),  # absent: the rule's constant (plans from before)
             "calibration": patch.get("calibration"),
         }
         if patch

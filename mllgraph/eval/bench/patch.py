@@ -58,9 +58,11 @@ def _row(row: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any]:
         "mll_at_least_best_single": row["mll_at_least_best_single"],
         "covered_photos_taken_by_uncovered": row["covered_photos_taken_by_uncovered"],
         "patch_weight": patch.get("weight"),
+        "patch_floor": patch.get("floor"),
         "patch_calibration": cal.get("method"),
         "calibration_images": cal.get("images"),
         "measured_steal_share": cal.get("steal_share"),
+        "floor_noise_images": cal.get("other_images"),
     }
     if before is not None:
         old = {r["task"]: r for r in before.get("tasks", [])}.get(row["task"])
@@ -68,4 +70,5 @@ def _row(row: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any]:
             out["mll_before"] = old["mll"]
             out["covered_photos_taken_before"] = old["covered_photos_taken_by_uncovered"]
             out["patch_weight_before"] = (old.get("patch") or {}).get("weight")
+            out["patch_evidence_before"] = (old.get("patch") or {}).get("evidence")
     return out
