@@ -2,9 +2,10 @@
 
 - `conse_patch`: the hub's broadest expert (at least `PATCH_MIN_HEADS` heads) and the text
   similarities of its heads to the class names (the mass rule: a head a covered class uses
-  or is named closer to never votes for an uncovered one), its weight calibrated so that
-  uncovered classes take at most `conse.STEAL_RATE` of the covered classes' probe images
-  (structural where they have too few); inference applies it when no VLM is configured.
+  or is named closer to never votes for an uncovered one), its weight and floor calibrated
+  so that uncovered classes take at most `conse.STEAL_RATE` of the covered classes' probe
+  images; covered classes without probe images cap the floor at their noise level on the
+  hub's probe images of other concepts. Inference applies it when no VLM is configured.
 - The text vectors it needs, kept across requests: the patch model's head names per model
   version, and each class text encoded alone (`_class_text_vectors`).
 
