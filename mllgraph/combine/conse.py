@@ -129,7 +129,7 @@ class Calibration:
     def describe(self) -> str:
         """One line for the CLI and ExplainSelection."""
         noise = (
-            f"; floor at most covered classes' {NOISE_QUANTILE:.0%} evidence on "
+            f"; floor: the covered classes' {NOISE_QUANTILE:.0%} evidence on "
             f"{self.other_images} hub probe image(s) of other concepts"
             if self.other_images
             else ""
@@ -144,9 +144,8 @@ class Calibration:
             return text + noise
         if self.method in (HUB_PROBES, STRUCTURAL):
             return (
-                f"{self.method}: fewer than {MIN_CALIBRATION_IMAGES} covered-class probe images "
-                f"({self.images}), so what it takes of them is not measured; weight 1 on the "
-                "expert's mass on heads closer to an uncovered class than to any covered one"
+                f"{self.method}: {self.images} covered-class probe image(s) (< "
+                f"{MIN_CALIBRATION_IMAGES}), so what it takes of them is not measured"
                 + (noise or "; no floor")
             )
         return "uncalibrated (a plan from before the steal calibration)"
