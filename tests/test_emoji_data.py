@@ -387,3 +387,24 @@ def test_held_out_emoji_never_on_both_sides(
         real_cache, rows, style_split, tmp_path / "all", per_style=2, side=64
     )
     assert split.leaks(everything, tasks, held_out_emoji=True)
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def test_cli_probes_and_tasks(
+    real_cache: catalogue.Catalogue, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mllgraph.cli import main
+
+    base = ["hub", "emoji"]
+    common = ["--concepts", str(CONCEPTS), "--held-out", "openmoji", "--side", "64"]
+    assert main([*base, "probes", *common, "--out", str(tmp_path / "p"), "--per-style", "2"]) == 0
+    assert "mllgraph probes add --folder" in capsys.readouterr().out
+    assert not (tmp_path / "p" / "openmoji").exists()
+    assert len(list((tmp_path / "p" / "twemoji").rglob("*.png"))) == 3 * 2
+    assert main([*base, "tasks", *common, "--out", str(tmp_path / "t"), "--per-emoji", "1"]) == 0
+    assert len(list((tmp_path / "t").rglob("*.png"))) == 4
+    bad = ["--concepts", str(CONCEPTS), "--held-out", "noir", "--out", str(tmp_path / "x")]
+    assert main([*base, "probes", *bad]) == 1
+    assert "emoji style 'noir'" in capsys.readouterr().err

@@ -135,9 +135,11 @@ class Catalogue:
         return [e for e in self.emoji.values() if style in e.sources]
 
     def counts(self) -> dict[str, int]:
-        """Emoji per style, and with images in all styles / in at least one."""
+        """Emoji per style, with images in exactly n styles, in all, in at least one."""
         out = {s: len(self.with_style(s)) for s in STYLES}
-        out["all_styles"] = sum(1 for e in self.emoji.values() if len(e.sources) == len(STYLES))
+        for n in range(1, len(STYLES) + 1):
+            out[f"in_{n}_styles"] = sum(1 for e in self.emoji.values() if len(e.sources) == n)
+        out["all_styles"] = out[f"in_{len(STYLES)}_styles"]
         out["any_style"] = len(self.emoji)
         return out
 
