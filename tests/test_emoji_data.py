@@ -408,3 +408,53 @@ def test_cli_probes_and_tasks(
     bad = ["--concepts", str(CONCEPTS), "--held-out", "noir", "--out", str(tmp_path / "x")]
     assert main([*base, "probes", *bad]) == 1
     assert "emoji style 'noir'" in capsys.readouterr().err
+
+
+@pytest.mark.neo4j
+def test_probe_folders_attach_one_set_per_concept_and_style(
+    real_cache: catalogue.Catalogue, sdag_graph: object, neo4j_settings: Settings, tmp_path: Path
+) -> None:
+    from mllgraph.hub import probes
+
+    rows = [r for r in split.read_concepts(CONCEPTS) if r.wnid != "n07739125"]
+    style_split = split.split("twemoji", ["openmoji", "fluent-flat", "twemoji"])
+    split.write_probe_folders(real_cache, rows, style_split, tmp_path, per_style=2, side=64)
+    attached = []
+    try:
+        for style in style_split.probe_styles:
+            report = probe_folder.add_folder(
+                sdag_graph, neo4j_settings, tmp_path / style, source=f"emoji:{style}"
+            )
+            assert not report.refused
+            attached += report.attached
+        assert sorted((a["wnid"], a["images"]) for a in attached) == [
+            ("n02084071", 2),
+            ("n02084071", 2),
+            ("n02121620", 2),
+            ("n02121620", 2),
+        ]
+        ours = {a["set_id"] for a in attached}
+        sources = {p.source for p in probes.probe_sets(sdag_graph) if p.id in ours}
+        assert sources == {"emoji:openmoji", "emoji:fluent-flat"}
+    finally:
+        for a in attached:
+            probes.remove_probe_set(sdag_graph, a["set_id"])
+
+
+def test_training_images_never_come_from_the_held_out_style(
+    real_cache: catalogue.Catalogue,
+) -> None:
+    rows = split.read_concepts(CONCEPTS)
+    style_split = split.split("openmoji")
+    train = split.training_images(real_cache, rows, style_split, per_emoji=1, side=32)
+    assert {t.style for t in train} == set(style_split.probe_styles)
+    assert len(train) == 4 * 3
+    tasks = split.task_images(real_cache, rows, style_split, per_emoji=1, side=32)
+    assert not {t.source_sha256 for t in train} & {t.source_sha256 for t in tasks}
+    assert not {t.seed for t in train} & {t.seed for t in tasks}
+    with pytest.raises(InvalidArgument, match="held-out style"):
+        split.training_images(real_cache, rows, style_split, styles=["openmoji"])
+    held = split.training_images(
+        real_cache, rows, style_split, per_emoji=1, side=32, exclude=[DOG, DOG_FACE]
+    )
+    assert {t.hexcode for t in held} == {CAT, "1F34E"}

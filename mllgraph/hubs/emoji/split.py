@@ -211,6 +211,8 @@ def write_probe_folders(
 
 @dataclass(frozen=True)
 class TaskImage:
+    """One augmented image of an emoji (a task image, or a training image)."""
+
     hexcode: str
     wnid: str
     synset: str
@@ -232,35 +234,61 @@ def task_images(
 ) -> list[TaskImage]:
     """`per_emoji` augmented images of each mapped emoji the held-out style draws (of those in
     `only`, when given), from the task seed stream (disjoint from the probes')."""
+    style = style_split.held_out
+    out = _augmented(catalogue, rows, (style,), TASK, per_emoji, seed, side, only, ())
+    if not out:
+        raise NotFound(f"no mapped emoji has an image in the held-out style {style}")
+    return out
+
+
+def training_images(
+    catalogue: Catalogue,
+    rows: Iterable[ConceptRow],
+    style_split: StyleSplit,
+    *,
+    styles: Iterable[str] | None = None,
+    per_emoji: int = 5,
+    seed: int = 0,
+    side: int = augment.SIDE,
+    exclude: Iterable[str] = (),
+) -> list[TaskImage]:
+    """Images an expert may be trained on: `per_emoji` of each mapped emoji (not in `exclude`)
+    in each of `styles` (default: the probe styles), from the training seed stream.
+    InvalidArgument if `styles` holds the held-out style."""
+    chosen = style_split.guard(styles or style_split.probe_styles, TRAIN)
+    return _augmented(catalogue, rows, chosen, TRAIN, per_emoji, seed, side, None, exclude)
+
+
+def _augmented(
+    catalogue: Catalogue,
+    rows: Iterable[ConceptRow],
+    styles: tuple[str, ...],
+    purpose: str,
+    per_emoji: int,
+    seed: int,
+    side: int,
+    only: Iterable[str] | None,
+    exclude: Iterable[str],
+) -> list[TaskImage]:
     if per_emoji < 1:
         raise InvalidArgument(f"per_emoji {per_emoji}: expected at least 1")
-    style = style_split.held_out
     keep = None if only is None else {key(h) for h in only}
+    skip = {key(h) for h in exclude}
     out = []
     for row in sorted(rows, key=lambda r: (r.wnid, key(r.hexcode))):
         k = key(row.hexcode)
-        if (keep is not None and k not in keep) or k not in catalogue.emoji:
+        if (keep is not None and k not in keep) or k in skip or k not in catalogue.emoji:
             continue
         emoji = catalogue.get(row.hexcode)
-        if style not in emoji.sources:
-            continue
-        rgba = raster.cached_raster(catalogue, emoji.hexcode, style)
-        digest = file_hash(emoji.sources[style])
-        for i in range(per_emoji):
-            s = augment.seed_for(TASK, style, emoji.hexcode, i, seed)
-            out.append(
-                TaskImage(
-                    emoji.hexcode,
-                    row.wnid,
-                    row.synset,
-                    style,
-                    s,
-                    digest,
-                    augment.augment(rgba, s, side),
-                )
-            )
-    if not out:
-        raise NotFound(f"no mapped emoji has an image in the held-out style {style}")
+        for style in styles:
+            if style not in emoji.sources:
+                continue
+            rgba = raster.cached_raster(catalogue, emoji.hexcode, style)
+            digest = file_hash(emoji.sources[style])
+            for i in range(per_emoji):
+                s = augment.seed_for(purpose, style, emoji.hexcode, i, seed)
+                image = augment.augment(rgba, s, side)
+                out.append(TaskImage(emoji.hexcode, row.wnid, row.synset, style, s, digest, image))
     return out
 
 
