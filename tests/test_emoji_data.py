@@ -184,6 +184,7 @@ def test_no_code_path_names_a_reserved_style() -> None:
     restrictive sets' packages, fonts or image folders."""
     sources = [*sorted((ROOT / "mllgraph" / "hubs" / "emoji").glob("*.py"))]
     sources += [ROOT / "mllgraph" / "cli" / "emoji.py", ROOT / "scripts" / "run.sh"]
+    sources += [ROOT / "scripts" / "emoji_probes.sh"]
     for path in sources:
         for n, line in enumerate(path.read_text().splitlines(), 1):
             assert not RESERVED.search(line), f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
@@ -365,6 +366,8 @@ def test_no_held_out_image_reachable_from_the_probe_folders(
         split.write_probe_folders(
             real_cache, rows, split.StyleSplit("fluent-modern", ("fluent-modern",)), tmp_path / "x"
         )
+    with pytest.raises(InvalidArgument, match="not empty"):
+        split.write_probe_folders(real_cache, rows, style_split, out, per_style=1)
     tainted = [{**manifest[0], "style": "fluent-modern"}]
     assert split.leaks(tainted, tasks)
 
@@ -376,7 +379,7 @@ def test_held_out_emoji_never_on_both_sides(
     kept, held = split.split_emoji([r.hexcode for r in rows], 0.5, seed=1)
     style_split = split.split("twemoji")
     manifest = split.write_probe_folders(
-        real_cache, rows, style_split, tmp_path, per_style=2, side=64, exclude=held
+        real_cache, rows, style_split, tmp_path / "kept", per_style=2, side=64, exclude=held
     )
     tasks = split.task_images(real_cache, rows, style_split, per_emoji=2, side=64, only=held)
     assert {catalogue.key(m["hexcode"]) for m in manifest} <= kept

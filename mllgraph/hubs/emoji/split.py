@@ -153,11 +153,15 @@ def write_probe_folders(
     exclude: Iterable[str] = (),
 ) -> list[dict]:
     """`per_style` augmented images per (concept, probe style), the concept's emoji taken in
-    turn, under `out/<style>/<wnid>/`; the manifest (also `out/manifest.json`). Emoji in
+    turn, under `out/<style>/<wnid>/` (`out` new or empty); the manifest (also
+    `out/manifest.json`). Emoji in
     `exclude` (held-out emoji) and sources equal to a held-out-style source are skipped; a
     (concept, style) with no emoji left gets no folder."""
     if per_style < 1:
         raise InvalidArgument(f"per_style {per_style}: expected at least 1")
+    if out.exists() and any(out.iterdir()):
+        # Left-over images would join the probe sets that `probes add --folder` makes.
+        raise InvalidArgument(f"probe folder {out} is not empty: write into a new or empty one")
     styles = style_split.guard(style_split.probe_styles, PROBE)
     excluded = {key(h) for h in exclude}
     held_hashes = {
