@@ -201,6 +201,11 @@ class Settings:
     ray_num_cpus: int | None = None  # CPUs of a Ray started here; None: this machine's
     wordnet_dir: Path = Path("/usr/share/wordnet")
     fashion_mnist_dir: Path = Path("/usr/share/datasets/fashion-mnist")
+    # The emoji world's npm packages and rasters (mllgraph.hubs.emoji): outside the home on
+    # purpose, so every test run (each with its own temporary home) reuses one download.
+    emoji_cache: Path = field(
+        default_factory=lambda: Path("~/.cache/mllgraph/emoji").expanduser().resolve()
+    )
     # Benchmark and demo reports (the web page's Results page reads the latest one).
     reports_dir: Path = Path("reports")
     # Serving to others (see services/security.py and README "Running it for others").
@@ -366,6 +371,9 @@ class Settings:
             else None,
             wordnet_dir=Path(_env("MLLGRAPH_WORDNET_DIR", str(cls.wordnet_dir))),
             fashion_mnist_dir=Path(_env("MLLGRAPH_FASHION_MNIST_DIR", str(cls.fashion_mnist_dir))),
+            emoji_cache=Path(_env("MLLGRAPH_EMOJI_CACHE", "~/.cache/mllgraph/emoji"))
+            .expanduser()
+            .resolve(),
             reports_dir=Path(_env("MLLGRAPH_REPORTS_DIR", str(cls.reports_dir))),
             tls_cert=_path_env("MLLGRAPH_TLS_CERT"),
             tls_key=_path_env("MLLGRAPH_TLS_KEY"),

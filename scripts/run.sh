@@ -14,6 +14,8 @@ need=()
 for pkg in wordnet-base wordnet-sense-index dataset-fashion-mnist maven python3-venv chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+# npm fetches the emoji world's packages (below); any Node.js install with npm will do.
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if ! { java -version 2>&1 | grep -qE 'version "(17|21)' || ls /usr/lib/jvm/*-17-* /usr/lib/jvm/*-21-* >/dev/null 2>&1; }; then
   need+=(openjdk-17-jre-headless)
 fi
@@ -36,6 +38,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+
+# The emoji world's pinned npm packages, integrity-checked, into the emoji cache
+# (MLLGRAPH_EMOJI_CACHE, default ~/.cache/mllgraph/emoji); a no-op once there.
+.venv/bin/mllgraph hub emoji fetch
 
 if [ "$what" = demo ]; then
   exec .venv/bin/mllgraph demo

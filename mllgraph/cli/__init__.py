@@ -1,8 +1,9 @@
 """The `mllgraph` command line: `main` (the console script `mllgraph.cli:main`, and
 `python -m mllgraph`) and `build_parser`, which lets each command module add its sub-parsers.
 
-One module per command group (neo4j, sdag, models, probes, hub, query, select (select and
-classify), serve, tokens, bench, demo), each with `register(subparsers)`; what they share is
+One module per command group (neo4j, sdag, models, probes, hub (and emoji, its `hub emoji`
+sub-group), query, select (select and classify), serve, tokens, bench, demo), each with
+`register(subparsers)`; what they share is
 in `common`. They import heavy modules (torch, nltk, the library steps, the services) inside
 their handlers only, so the CLI starts fast. Outside this package only mllgraph/__main__.py
 (and the console script) import it.

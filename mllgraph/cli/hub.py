@@ -1,4 +1,5 @@
-"""`mllgraph hub build`: the standard hub (the SDAG, probes, experts, labels).
+"""`mllgraph hub build`: the standard hub (the SDAG, probes, experts, labels); `mllgraph hub
+emoji ...`: the emoji world's images (`mllgraph.cli.emoji`).
 
 Imports the library (mllgraph.graph, hub, label) inside the handler only (the CLI must start
 fast); never mllgraph.web or mllgraph.eval.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from mllgraph.cli import emoji
 from mllgraph.cli.common import console, executor_flag, with_executor
 from mllgraph.settings import Settings
 
@@ -46,4 +48,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--probes-per-class", type=int, default=None)
     q.add_argument("--samples-per-concept", type=int, default=200)
     executor_flag(q)
-    p.set_defaults(handler=cmd_hub)
+    q.set_defaults(handler=cmd_hub)
+    emoji.register(s)
