@@ -55,6 +55,13 @@ def test_every_row_has_every_field(rows: list[dict[str, str]]) -> None:
         assert not empty, f"line {i} ({row['hexcode']}) lacks {empty}"
 
 
+def test_lines_split_on_tabs_alone() -> None:
+    """Readers may split lines on tabs: no field is quoted or holds a quote mark."""
+    lines = CONCEPTS.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines, start=1):
+        assert len(line.split("\t")) == len(CONCEPT_COLUMNS) and '"' not in line, f"line {i}"
+
+
 def test_hexcodes_are_openmoji_style_and_unique(rows: list[dict[str, str]]) -> None:
     seen: set[str] = set()
     for row in rows:

@@ -158,7 +158,9 @@ def read_emoji(tarballs: dict[str, Path]) -> list[Emoji]:
 
 
 def _gloss(nouns: WordNetNouns, wnid: str, limit: int = 70) -> str:
-    text = nouns.get(wnid).definition.split(";")[0].strip()
+    # The definition before its examples, without WordNet's quote marks, so that a TSV
+    # field never needs quoting.
+    text = nouns.get(wnid).definition.split(";")[0].replace('"', "").strip()
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
@@ -227,17 +229,32 @@ CANDIDATE_COLUMNS = (
 
 
 def write_tsv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, str]]) -> None:
+    """Plain TSV that `line.split("\\t")` reads: no quoting, so a tab, newline or double
+    quote inside a field is refused rather than quoted."""
     with path.open("w", encoding="utf-8", newline="") as f:
-        w = csv.DictWriter(f, columns, delimiter="\t", lineterminator="\n", extrasaction="ignore")
+        w = csv.DictWriter(
+            f,
+            columns,
+            delimiter="\t",
+            lineterminator="\n",
+            extrasaction="ignore",
+            quoting=csv.QUOTE_NONE,
+            quotechar=None,
+        )
         w.writeheader()
         for row in rows:
+            bad = [c for c in columns if re.search(r'[\t\n"]', str(row.get(c, "")))]
+            if bad:
+                raise InvalidArgument(
+                    f"{row.get('hexcode')}: fields {bad} hold a tab, newline or quote"
+                )
             w.writerow(row)
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
     with path.open(encoding="utf-8", newline="") as f:
         lines = [line for line in f if line.strip() and not line.startswith("#")]
-    return list(csv.DictReader(lines, delimiter="\t"))
+    return list(csv.DictReader(lines, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
 # A decision's `change`: how the reviewed synset relates to the grounding's candidate.
