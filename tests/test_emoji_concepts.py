@@ -20,6 +20,7 @@ from mllgraph.hubs.emoji.build_concepts import (
     MIN_STYLES,
     STYLES,
     finalize,
+    nested_concepts,
     read_tsv,
 )
 from mllgraph.settings import Settings
@@ -151,3 +152,12 @@ def test_finalize_refuses_bad_decisions(nouns: WordNetNouns) -> None:
         finalize([cand], [dict(good, synset="frump.n.01")], nouns)
     rows, counts = finalize([cand], [dict(good, synset="frump.n.01", change="wrong")], nouns)
     assert counts["wrong"] == 1 and counts["wrong (lemma)"] == 1
+
+
+def test_nested_concepts_names_each_concept_under_another(nouns: WordNetNouns) -> None:
+    rows = [
+        {"wnid": "n02084071"},  # dog.n.01
+        {"wnid": "n02113978"},  # mexican_hairless.n.01, under dog
+        {"wnid": "n02121620"},  # cat.n.01
+    ]
+    assert nested_concepts(rows, nouns) == [("mexican_hairless.n.01", "dog.n.01")]

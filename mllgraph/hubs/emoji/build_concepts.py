@@ -349,12 +349,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     nouns = load_nouns()
     rows, counts = finalize(read_tsv(args.candidates), read_tsv(args.decisions), nouns)
     write_tsv(args.out, CONCEPT_COLUMNS, rows)
-    print(summary(rows, counts))
+    print(summary(rows, counts, nouns))
     print(f"wrote {args.out}")
     return 0
 
 
-def summary(rows: Sequence[dict[str, str]], counts: Counter[str]) -> str:
+def nested_concepts(rows: Sequence[dict[str, str]], nouns: WordNetNouns) -> list[tuple[str, str]]:
+    """(concept, ancestor) pairs of the file's concepts where one lies under the other
+    (poodle under dog): a task should not hold both as classes."""
+    wnids = {r["wnid"] for r in rows}
+    pairs: list[tuple[str, str]] = []
+    for wnid in sorted(wnids):
+        seen: set[str] = set()
+        stack = [wnid]
+        while stack:
+            s = nouns.get(stack.pop())
+            for parent in s.hypernyms + s.instance_hypernyms:
+                if parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+        pairs += [(nouns.get(wnid).name, nouns.get(a).name) for a in sorted(seen & wnids)]
+    return pairs
+
+
+def summary(
+    rows: Sequence[dict[str, str]], counts: Counter[str], nouns: WordNetNouns | None = None
+) -> str:
     """How the review went (the grounding's candidates kept or changed, overall and by the
     grounding's method) and the concepts per group."""
     n = len(rows)
@@ -375,6 +395,9 @@ def summary(rows: Sequence[dict[str, str]], counts: Counter[str]) -> str:
     for group, wnids in sorted(per_group.items()):
         emoji = sum(r["group"] == group for r in rows)
         lines.append(f"  group {group}: {len(wnids)} concepts, {emoji} emoji")
+    if nouns is not None:
+        pairs = nested_concepts(rows, nouns)
+        lines.append(f"{len(pairs)} (concept, ancestor) pairs among the concepts, e.g. {pairs[:3]}")
     return "\n".join(lines)
 
 
