@@ -79,7 +79,13 @@ from mllgraph.select.candidates import (
     nearby_candidates,
 )
 from mllgraph.select.patch import conse_patch
-from mllgraph.select.probe_data import CACHE, ProbeOutputCache, probe_matrix, proxy_probes
+from mllgraph.select.probe_data import (
+    CACHE,
+    ProbeOutputCache,
+    class_probes,
+    probe_matrix,
+    proxy_probes,
+)
 from mllgraph.select.reads import Reads
 from mllgraph.select.stacked_choice import broad_models, stacked_choice
 from mllgraph.settings import Settings
@@ -275,6 +281,7 @@ def select(
             budget=options.budget,
             row_stats=row_stats,
             finite_models=frozenset(finite),
+            class_probes=class_probes(probe_rows, outputs, len(classes)),
         )
         plan = solve(problem, options)
         solver_note = plan.solver
