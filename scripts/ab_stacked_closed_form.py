@@ -10,8 +10,13 @@ the stacked rule serves the plan, the time spent in the fitter per SelectHeads (
 CHCO's models and the screen's) and the whole step-4 time (`timings_ms.stacked_ms`). The fit
 cache is off for both, so every fit is timed.
 
-    MLLGRAPH_HOME=/tmp/hub python scripts/ab_stacked_closed_form.py --sizes 12 \\
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MLLGRAPH_HOME=/tmp/hub \\
+        python scripts/ab_stacked_closed_form.py --sizes 12 --tune press,cols64 \\
         --out reports/ab_stacked_closed_form.json
+
+One BLAS thread: on a shared 2-core machine, OpenBLAS's default (a thread per core) made the
+former fit's L-BFGS take minutes per task under load, which measures the machine, not the
+rule. `--tune` adds dev-only variants of the new rule (TUNING).
 
 The hub is the demo's (`mllgraph demo` or `hub build --experts 12`, seed 0).
 """
@@ -32,6 +37,30 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 VARIANTS = ("old", "new")
+
+
+def _press_only(path: Any, y: np.ndarray, weights: np.ndarray) -> tuple[float, np.ndarray]:
+    """A tuning variant: alpha by the class-weighted leave-one-out squared error alone."""
+    from mllgraph.combine import stacked
+
+    onehot = np.eye(path.y.shape[1])[y]
+    best: tuple[float, float, np.ndarray] | None = None
+    for alpha in stacked.ALPHAS:
+        loo = path.loo(alpha * y.size)
+        err = float(weights @ ((loo - onehot) ** 2).sum(1))
+        if best is None or err < best[0]:
+            best = (err, alpha, loo)
+    assert best is not None
+    return best[1], best[2]
+
+
+# Dev-only tuning variants of the new rule: attributes of mllgraph.combine.stacked replaced
+# for one SelectHeads (`--tune press,cols64`).
+TUNING: dict[str, dict[str, Any]] = {
+    "press": {"choose_alpha": _press_only},
+    "cols64": {"MAX_COLUMNS": 64},
+    "cols512": {"MAX_COLUMNS": 512},
+}
 
 
 def timed(fitter: Callable[..., Any], spent: list[float]) -> Callable[..., Any]:
@@ -66,8 +95,11 @@ def main() -> int:
     ap.add_argument("--budget", type=int, default=5)
     ap.add_argument("--split", default="dev")
     ap.add_argument("--test-per-class", type=int, default=50)
+    ap.add_argument("--tune", default="", help=f"extra variants of the new rule: {list(TUNING)}")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    tuned = [t for t in args.tune.split(",") if t]
+    variants = (*VARIANTS, *tuned)
 
     # The code under test is the code at start (a later commit must not be credited).
     commit = subprocess.run(
@@ -94,9 +126,12 @@ def main() -> int:
             for task in suite.tasks:
                 idx, labels = images.for_task(task)
                 row: dict[str, Any] = {"task": task.name, "experts": len(ids)}
-                for variant in VARIANTS:
+                for variant in variants:
                     spent: list[float] = []
-                    stacked.fit = timed(fitters[variant], spent)
+                    stacked.fit = timed(fitters.get(variant, original), spent)
+                    saved = {a: getattr(stacked, a) for a in TUNING.get(variant, {})}
+                    for a, v in TUNING.get(variant, {}).items():
+                        setattr(stacked, a, v)
                     try:
                         plan = select.select(
                             graph,
@@ -108,6 +143,8 @@ def main() -> int:
                         ).plan
                     finally:
                         stacked.fit = original
+                        for a, v in saved.items():
+                            setattr(stacked, a, v)
                     pred = scoring.classify_plan(plan, logits, idx, logits.in_domain)
                     row[variant] = float((pred == labels).mean())
                     row[f"{variant}_models"] = plan["models"]
@@ -120,7 +157,8 @@ def main() -> int:
                 print(
                     f"{size:>3} {task.name:<32} old {row['old']:.3f}  new {row['new']:.3f}  "
                     f"fit {row['old_fit_ms']:.0f} / {row['new_fit_ms']:.0f} ms "
-                    f"({row['old_fits']} / {row['new_fits']} fits)",
+                    f"({row['old_fits']} / {row['new_fits']} fits)  "
+                    + "  ".join(f"{t} {row[t]:.3f}" for t in tuned),
                     flush=True,
                 )
     summary: dict[int, dict[str, Any]] = {}
@@ -140,6 +178,7 @@ def main() -> int:
             "fit_ms_per_select_new_median": float(np.median([r["new_fit_ms"] for r in mine])),
             "fit_ms_per_select_old_mean": float(np.mean([r["old_fit_ms"] for r in mine])),
             "fit_ms_per_select_new_mean": float(np.mean([r["new_fit_ms"] for r in mine])),
+            "tuning_variants_mean": {t: float(np.mean([r[t] for r in mine])) for t in tuned},
         }
         print(f"hub of {size} experts ({args.split}): {json.dumps(summary[size])}")
     if args.out:
