@@ -174,7 +174,7 @@ def main() -> int:
             "mean_diff_points": float(np.mean(diffs)),
             "worst_task_diff_points": float(min(diffs)),
             "tasks_more_than_half_a_point_worse": [
-                r["task"] for r, d in zip(mine, diffs, strict=True) if d < -0.5
+                r["task"] for r, d in zip(mine, diffs, strict=True) if d < -0.5 - 1e-9
             ],
             "fit_ms_per_select_old_median": float(np.median([r["old_fit_ms"] for r in mine])),
             "fit_ms_per_select_new_median": float(np.median([r["new_fit_ms"] for r in mine])),
