@@ -86,10 +86,12 @@ class FitCache:
 
     Unlike graph reads, a fit needs no catalogue version: its key names every input. Model
     ids carry their version and a registered id keeps its weights (content-addressed), so
-    its probe outputs and temperature for a probe set do not change; probe set ids name
-    fixed images (a set cannot be re-added with other images); and the probe images of each
-    class are in the key. Two requests that miss the same key at once both fit (the same
-    rule): no lock is held while fitting.
+    its probe outputs for a probe set do not change; probe set ids name fixed images (a set
+    cannot be re-added with other images); and the probe images of each class are in the
+    key. (One gap: an id deleted and registered again with other weights is told apart only
+    by its calibrated temperature, also in the key, which other weights all but surely move.)
+    Two requests that miss the same key at once both fit (the same rule): no lock is held
+    while fitting.
     """
 
     def __init__(self, capacity: int) -> None:
