@@ -42,6 +42,7 @@ class RidgePath:
     uty: np.ndarray  # (r, K) U^T diag(s) (Y - y_mean)
     y: np.ndarray  # (N, K) the targets
     intercept_leverage: np.ndarray  # (N,) w_i / sum(w): the intercept's part of H_ii
+    u_sq: np.ndarray  # (N, r) U ** 2, which every lam's hat diagonal reads
 
     @classmethod
     def of(cls, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> RidgePath:
@@ -62,19 +63,19 @@ class RidgePath:
         xt = sqrt_w[:, None] * (x - x_mean)
         u, s, vt = _thin_svd(xt)
         uty = u.T @ (sqrt_w[:, None] * (y - y_mean))
-        return cls(x_mean, y_mean, sqrt_w, u, s, vt, uty, y, w / total)
+        return cls(x_mean, y_mean, sqrt_w, u, s, vt, uty, y, w / total, u * u)
 
     def _shrink(self, lam: float) -> np.ndarray:
         return self.s**2 / (self.s**2 + lam)
 
     def fitted(self, lam: float) -> np.ndarray:
         """(N, K) in-sample predictions at `lam`."""
-        centred = (self.u * self._shrink(lam)) @ self.uty
+        centred = self.u @ (self._shrink(lam)[:, None] * self.uty)  # (r, K) scaled, not (N, r)
         return self.y_mean + centred / self.sqrt_w[:, None]
 
     def leverage(self, lam: float) -> np.ndarray:
         """(N,) the hat matrix's diagonal at `lam`."""
-        return self.intercept_leverage + (self.u**2) @ self._shrink(lam)
+        return self.intercept_leverage + self.u_sq @ self._shrink(lam)
 
     def loo(self, lam: float) -> np.ndarray:
         """(N, K) exact leave-one-out predictions at `lam` (module doc)."""
