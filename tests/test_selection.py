@@ -505,6 +505,34 @@ def test_library_select_matches_the_service(hub: Hub, stub: Any) -> None:
         select.select(hub.graph, hub.settings, classes, plan_request.SelectOptions(budget=0), None)
 
 
+def test_a_task_worded_and_ordered_otherwise_reuses_the_stacked_fit(hub: Hub) -> None:
+    """The stacked rule's fits are kept by the models and the probe images of each class
+    (select.stacked_choice.FITS), not by the wording or order of the classes: the same
+    concepts under other names, in another order, find the fits and get the same rule with
+    its classes permuted."""
+    from mllgraph.select import stacked_choice
+
+    options = plan_request.SelectOptions(solver="exact")
+    wnids = [CLOG, MOCCASIN, TOTE, KILT]
+    named = [plan_request.TaskClass(NAMES[w]) for w in wnids]
+    first = select.select(hub.graph, hub.settings, named, options, hub.resolver, store=False)
+    assert [c["concept"]["wnid"] for c in first.plan["classes"]] == wnids
+    assert "stacked" in first.plan  # every class has probe images: a rule was fitted
+    hits, misses = stacked_choice.FITS.hits, stacked_choice.FITS.misses
+    order = [2, 0, 3, 1]
+    other = [
+        plan_request.TaskClass(f"thing {i}", pinned_wnid=wnids[c]) for i, c in enumerate(order)
+    ]
+    second = select.select(hub.graph, hub.settings, other, options, hub.resolver, store=False)
+    assert stacked_choice.FITS.hits > hits and stacked_choice.FITS.misses == misses
+    assert second.plan["stacked"]["cv_accuracy"] == first.plan["stacked"]["cv_accuracy"]
+    assert second.plan["models"] == first.plan["models"]
+    if first.plan["stacked"]["used"]:
+        a, b = first.plan["combination"]["stacked"], second.plan["combination"]["stacked"]
+        assert b["coef"] == [a["coef"][c] for c in order]
+        assert b["cv_recall"] == [a["cv_recall"][c] for c in order]
+
+
 # --- a catalogue without labelled models ---------------------------------------------------------
 
 

@@ -5,7 +5,8 @@ Out: class scores, fitted rules, and the data types a plan carries (`combination
 No I/O: no Neo4j, no torch, no files; numpy, scipy and scikit-learn only.
 
 - `rule`: the one per-class combination rule (calibration, weights, biases, fallback).
-- `stacked`: the stacked rule (a logistic regression over all heads of the chosen models).
+- `stacked`: the stacked rule (a linear softmax over all heads of the chosen models, fitted in
+  closed form by `ridge`); `stacked_logistic`: its former fit, kept for comparisons.
 - `screen`: which models the stacked rule should read.
 - `conse`: the ConSE patch for uncovered classes.
 - `domain`: an expert's input domain (which images its heads may speak about).

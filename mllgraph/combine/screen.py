@@ -1,4 +1,4 @@
-"""Which models the stacked rule should read (pure: numpy and scikit-learn, no I/O).
+"""Which models the stacked rule should read (pure: numpy and scipy, no I/O).
 
 CHCO chooses models by the per-class rule: the heads mapped to each class. The stacked rule
 (:mod:`mllgraph.combine.stacked`) reads every head of the chosen models, so the best models for
@@ -21,8 +21,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy import special
 
-from mllgraph.combine.stacked import features
+from mllgraph.combine.stacked import anova_f, features
 
 SCREEN_MODELS = 16  # models screened at most: those covering most of the task (`shortlist`)
 # ... and the sub-hub's broadest labelled experts beside them (`select/broad_models`): the
@@ -61,6 +62,17 @@ def class_mean_distances(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
     return d / z.shape[1]
 
 
+def anova(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(F, p-value) of each column of `x` between the classes present in `y` (as
+    scikit-learn's f_classif, whose import alone costs a one-shot `mllgraph select` most of a
+    second); a constant column has F 0 and p 1."""
+    f = anova_f(x, y)
+    k = np.unique(y).size
+    if k < 2 or y.size <= k:
+        return f, np.ones_like(f)
+    return f, special.fdtrc(k - 1, y.size - k, f)
+
+
 def model_distances(
     logits: Mapping[str, np.ndarray],
     temperatures: Mapping[str, float],
@@ -69,13 +81,8 @@ def model_distances(
     k: int,
 ) -> np.ndarray:
     """`class_mean_distances` of one model's SCREEN_COLUMNS most class-dependent heads."""
-    from sklearn.feature_selection import f_classif
-
     x = features(logits, [model], temperatures)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f, p = f_classif(x, y)
-    f = np.nan_to_num(f, nan=0.0, posinf=np.finfo(np.float64).max)
-    p = np.nan_to_num(p, nan=1.0)
+    f, p = anova(x, y)
     order = np.argsort(-f, kind="stable")[:SCREEN_COLUMNS]
     # Heads that do not depend on the class only add noise to a nearest-mean distance.
     keep = order[p[order] < SCREEN_P_VALUE]

@@ -1,4 +1,4 @@
-"""The stacked combination rule (pure: numpy and scikit-learn, no I/O).
+"""The stacked combination rule (pure numpy, no I/O).
 
 The per-class rule (:mod:`mllgraph.combine.rule`) reads only the heads mapped to each class. The
 plan's models say more than that: an expert for {shirt, pullover, coat} also tells a T-shirt
@@ -7,39 +7,58 @@ from a shirt through heads no class is mapped to. The stacked rule uses them all
     x(image) = [log(softmax(logits_m / T_m) + EPS) for every plan model m, all its heads]
     p(class | image) = softmax(coef @ x + intercept)
 
-a multinomial logistic regression over the task's classes, fitted at selection on the hub's
-probe images of the task's concepts (class-balanced, L2 strength C chosen by cross-validation
-among :data:`CS`, reading at most :data:`MAX_COLUMNS` heads: those whose output differs
-most between the task's classes). It is only fitted when the request asks for fitted
-parameters (``fit_params``), the task has at most :data:`MAX_CLASSES` classes and every class
-has at least :data:`MIN_IMAGES_PER_CLASS` probe images (a class without images could not be
-learnt; such plans keep the per-class rule, whose priors cover it), and only kept when its
-out-of-fold accuracy beats the per-class rule's accuracy on the same images (in-sample, so
-the bar is high). Its estimate is honest: nested cross-validation, the outer folds never used
-to choose C or to fit (:attr:`StackedRule.cv_accuracy`).
+fitted at selection on the hub's probe images of the task's concepts, reading at most
+:data:`MAX_COLUMNS` heads: those whose output differs most between the task's classes (ANOVA
+F). The fit is closed-form (:func:`fit`, method ``ridge_loo``): class-balanced ridge
+regression of one-hot targets on the standardised heads, its strength chosen among
+:data:`ALPHAS` by the exact leave-one-out squared error (PRESS) along the whole path from one
+decomposition (:mod:`mllgraph.combine.ridge`), and one temperature, fitted on those
+leave-one-out scores, that turns its scores into probabilities (folded into coef and
+intercept, so inference is the same softmax as for the former logistic rule,
+:mod:`mllgraph.combine.stacked_logistic`, whose plans still load and score as they did).
+Tens of milliseconds where the nested L-BFGS cross-validation took seconds.
+
+It is only fitted when the request asks for fitted parameters (``fit_params``), the task has
+at most :data:`MAX_CLASSES` classes and every class has at least :data:`MIN_IMAGES_PER_CLASS`
+probe images (a class without images could not be learnt; such plans keep the per-class
+rule, whose priors cover it), and only kept when its out-of-fold accuracy beats the per-class
+rule's accuracy on the same images (in-sample, so the bar is high). Its estimate is honest:
+nested, :data:`FOLDS` stratified outer folds never used to choose the heads, the strength or
+the fit (the strength is chosen by leave-one-out inside each outer training part)
+(:attr:`StackedRule.cv_accuracy`).
 
 Inference applies it from the plan (``combination["stacked"]``, schema version 2), so
 uncovered classes of such a plan are scored by the other heads, not by a patch.
+
+A fit depends on the models, their temperatures, which probe images carry which class and
+the constants here, not on the class names: :func:`fit_key` names that, with the classes in
+a canonical order (:func:`canonical_order`), so selection can keep fits across requests that
+word or order the same task differently (`mllgraph.select.cache.FitCache`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from mllgraph.combine.ridge import RidgePath
 from mllgraph.combine.rule import EPS, model_probabilities
 from mllgraph.errors import FailedPrecondition, InvalidArgument
 
 MIN_IMAGES_PER_CLASS = 5
-# Beyond this many classes the nested cross-validation costs seconds per SelectHeads: such
-# tasks keep the per-class rule.
+# Larger tasks keep the per-class rule (a stacked rule's coef grows with the classes, and
+# its probe images per class shrink).
 MAX_CLASSES = 32
 FOLDS = 3
-CS = (0.1, 1.0, 10.0)
+# Ridge strengths, relative: lam = alpha * (number of images), on standardised heads.
+ALPHAS = tuple(float(a) for a in np.logspace(-3, 2, 21))
+# Softmax temperatures (multipliers of the ridge scores) searched on the leave-one-out scores.
+SCALES = tuple(float(t) for t in np.logspace(-1, 3, 81))
+METHODS = ("ridge_loo", "logistic_cv")  # how a rule was fitted; the first is today's
 MAX_COLUMNS = 256  # heads the regression reads at most (the most class-dependent ones)
 IMAGES_PER_COLUMN = 1  # and no more heads than probe images
 MAX_FEATURES = 20_000  # a plan's stacked part is refused beyond this (hostile JSON)
@@ -64,10 +83,19 @@ class StackedRule:
     columns: tuple[int, ...]  # the heads it reads, as columns of the concatenated features
     coef: np.ndarray  # (K, len(columns))
     intercept: np.ndarray  # (K,)
+    # Inverse regularisation strength: 1 / alpha for ridge_loo, logistic C for logistic_cv.
     c: float
     cv_accuracy: float  # out-of-fold accuracy on the probe images
     # Out-of-fold recall per class (empty for a rule read from an older plan).
     cv_recall: tuple[float, ...] = ()
+    method: str = "logistic_cv"  # a plan that names none was fitted before ridge_loo
+
+    def in_class_order(self, order: Sequence[int]) -> StackedRule:
+        """The same rule with its classes renumbered: class `i` of the result is class
+        `order[i]` of this one."""
+        rows = list(order)
+        recall = tuple(self.cv_recall[i] for i in rows) if self.cv_recall else ()
+        return replace(self, coef=self.coef[rows], intercept=self.intercept[rows], cv_recall=recall)
 
     def read_heads(self) -> set[tuple[str, int]]:
         """(model, head) of every head the rule reads (its columns)."""
@@ -100,6 +128,7 @@ class StackedRule:
             "c": self.c,
             "cv_accuracy": self.cv_accuracy,
             "cv_recall": [round(float(r), 6) for r in self.cv_recall],
+            "method": self.method,
         }
 
     @classmethod
@@ -151,36 +180,117 @@ class StackedRule:
             raise bad("temperatures must be > 0")
         if recall and len(recall) != num_classes:
             raise bad(f"cv_recall must list {num_classes} recalls, one per class")
+        method = d.get("method", "logistic_cv")
+        if method not in METHODS:
+            raise bad(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         return cls(
             tuple(models), tuple(heads), temperatures, tuple(columns), coef, intercept, c, cv,
-            recall,
+            recall, method,
         )  # fmt: skip
 
 
-def _model(c: float) -> Any:
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(C=c, class_weight="balanced", max_iter=300)
+# -- the closed-form fit ---------------------------------------------------------------------
 
 
-def _folds(labels: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import StratifiedKFold
+def anova_f(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(D,) one-way ANOVA F of each column of `x` between the classes present in `y`; a
+    column constant overall scores 0, one constant within each class but not between them
+    the largest float."""
+    x = np.asarray(x, dtype=np.float64)
+    _, yi = np.unique(y, return_inverse=True)
+    k, n = int(yi.max(initial=-1)) + 1, yi.size
+    if k < 2 or n <= k:
+        return np.zeros(x.shape[1])
+    onehot = np.eye(k)[yi]
+    counts = onehot.sum(axis=0)
+    means = (onehot.T @ x) / counts[:, None]
+    between = counts @ (means - x.mean(axis=0)) ** 2
+    within = ((x - means[yi]) ** 2).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = (between / (k - 1)) / (within / (n - k))
+    return np.nan_to_num(f, nan=0.0, posinf=np.finfo(np.float64).max)
 
-    splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(labels)), labels))
+
+def _top_columns(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The heads whose log-probability differs most between the classes (ANOVA F; constant
+    heads score 0), in column order, at most MAX_COLUMNS and one per IMAGES_PER_COLUMN
+    images: a broad expert has 1,000 heads, a task needs few, and a fit over all of them
+    overfits the probe images."""
+    keep = max(int(y.max()) + 1, min(MAX_COLUMNS, len(y) // IMAGES_PER_COLUMN))
+    if x.shape[1] <= keep:
+        return np.arange(x.shape[1])
+    return np.sort(np.argsort(-anova_f(x, y), kind="stable")[:keep])
 
 
-def _choose_c(x: np.ndarray, y: np.ndarray, seed: int) -> float:
-    """C with the best mean held-out accuracy over FOLDS stratified folds (first on ties)."""
-    folds = _folds(y, min(FOLDS, int(np.bincount(y).min())), seed)
-    best_c, best = CS[0], -1.0
-    for c in CS:
-        acc = np.mean(
-            [(_model(c).fit(x[tr], y[tr]).predict(x[te]) == y[te]).mean() for tr, te in folds]
-        )
-        if acc > best:
-            best_c, best = c, float(acc)
-    return best_c
+def balanced_weights(y: np.ndarray, k: int) -> np.ndarray:
+    """(N,) sample weights that give every class present the same total weight (as
+    scikit-learn's class_weight="balanced"): n / (classes present * images of its class)."""
+    counts = np.bincount(y, minlength=k)
+    return y.size / (np.count_nonzero(counts) * counts[y].astype(np.float64))
+
+
+@dataclass(frozen=True)
+class _RidgeFit:
+    columns: np.ndarray  # the heads read, as columns of the features
+    coef: np.ndarray  # (K, len(columns)), on the unstandardised features
+    intercept: np.ndarray  # (K,)
+    alpha: float
+    loo: np.ndarray  # (N, K) leave-one-out scores at alpha
+
+
+def choose_alpha(path: RidgePath, y: np.ndarray, weights: np.ndarray) -> tuple[float, np.ndarray]:
+    """The alpha in ALPHAS with the smallest class-weighted leave-one-out squared error
+    (PRESS; ties: the first), and its leave-one-out predictions. (Chosen on the dev half
+    over the leave-one-out accuracy, which jumps by whole images on a few hundred: 0.52
+    points better in the mean, reports/ab_stacked_closed_form.json.)"""
+    onehot = np.eye(path.y.shape[1])[y]
+    best: tuple[float, float, np.ndarray] | None = None
+    for alpha in ALPHAS:
+        loo = path.loo(alpha * y.size)
+        press = float(weights @ ((loo - onehot) ** 2).sum(axis=1))
+        if best is None or press < best[0]:
+            best = (press, alpha, loo)
+    assert best is not None  # ALPHAS is not empty
+    return best[1], best[2]
+
+
+def _fit_ridge(x: np.ndarray, y: np.ndarray, k: int) -> _RidgeFit:
+    """Heads chosen, standardised, the path decomposed once, alpha chosen by leave-one-out,
+    all on (x, y) alone."""
+    columns = _top_columns(x, y)
+    xs = x[:, columns]
+    w = balanced_weights(y, k)
+    mean = w @ xs / w.sum()
+    sd = np.sqrt(w @ (xs - mean) ** 2 / w.sum())
+    sd = np.where(sd > 0, sd, 1.0)  # a constant head: centred to 0, whatever its scale
+    path = RidgePath.of((xs - mean) / sd, np.eye(k)[y], w)
+    alpha, loo = choose_alpha(path, y, w)
+    coef, intercept = path.coefficients(alpha * y.size)
+    coef = coef / sd
+    return _RidgeFit(columns, coef, intercept - coef @ mean, alpha, loo)
+
+
+def softmax_scale(scores: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float:
+    """The multiplier in SCALES of `scores` (N, K) whose softmax has the least
+    class-weighted log loss on labels `y` (ties: the first)."""
+    z = scores - scores.max(axis=1, keepdims=True)
+    zt = np.asarray(SCALES)[:, None, None] * z  # (scales, N, K): all at once
+    log_p = zt[:, np.arange(y.size), y] - np.log(np.exp(zt).sum(axis=2))
+    return SCALES[int(np.argmin(-(log_p @ weights)))]
+
+
+def stratified_folds(y: np.ndarray, k: int, n_splits: int, seed: int) -> np.ndarray:
+    """(N,) the fold of each image: each class's images shuffled (by `seed`) and dealt
+    round the folds, each class starting where the previous one stopped, so the folds'
+    sizes differ by at most one."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(y.size, dtype=np.int64)
+    start = 0
+    for c in range(k):
+        idx = np.flatnonzero(y == c)
+        fold[rng.permutation(idx)] = (start + np.arange(idx.size)) % n_splits
+        start += idx.size
+    return fold
 
 
 def fit(
@@ -192,75 +302,73 @@ def fit(
     *,
     seed: int = 0,
 ) -> StackedRule | None:
-    """The stacked rule on probe images, with its nested cross-validated accuracy; None when
-    a class has fewer than MIN_IMAGES_PER_CLASS images or the task has more than MAX_CLASSES
-    classes (module doc)."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-
-    # An unconverged fit is still a valid (regularised) model and the nested CV judges it: the
-    # warning says nothing a user can act on.
-    # No BLAS thread limit here: OpenBLAS's count is process-wide, and a request that set it
-    # raced with overlapping ones (mllgraph.threads). Since the fit reads at most MAX_COLUMNS
-    # heads it gains nothing from one: 200 images x 1,000 heads took 0.87-1.13 s on one BLAS
-    # thread and 0.95-1.18 s on two, with the same coefficients (busy 2-core machine).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        labels = np.asarray(labels, dtype=np.int64)
-        counts = np.bincount(labels, minlength=num_classes)
-        if (
-            not models
-            or labels.size == 0
-            or counts.min() < MIN_IMAGES_PER_CLASS
-            or num_classes > MAX_CLASSES
-        ):
-            return None
-        models = sorted(models)
-        temps = {m: float(temperatures.get(m, 1.0)) for m in models}
-        x = features(logits, models, temps)
-        # Outer folds estimate; inner folds (inside each outer training part) choose C.
-        # Feature selection is part of the fit, so it too happens inside each outer fold.
-        predicted = np.empty_like(labels)
-        for tr, te in _folds(labels, FOLDS, seed):
-            cols = _top_columns(x[tr], labels[tr])
-            xt = x[tr][:, cols]
-            c = _choose_c(xt, labels[tr], seed)
-            predicted[te] = _model(c).fit(xt, labels[tr]).predict(x[te][:, cols])
-        right = predicted == labels
-        columns = _top_columns(x, labels)
-        x = x[:, columns]
-        c = _choose_c(x, labels, seed)
-        final = _model(c).fit(x, labels)
-        coef = np.asarray(final.coef_, dtype=np.float64)
-        intercept = np.asarray(final.intercept_, dtype=np.float64)
-        if num_classes == 2:  # sklearn's binary form, as two softmax rows: sigmoid(w.x + b)
-            coef = np.vstack([np.zeros_like(coef), coef])
-            intercept = np.concatenate([[0.0], intercept])
-        return StackedRule(
-            models=tuple(models),
-            heads=tuple(int(np.asarray(logits[m]).shape[1]) for m in models),
-            temperatures=temps,
-            columns=tuple(int(i) for i in columns),
-            coef=coef,
-            intercept=intercept,
-            c=c,
-            cv_accuracy=float(right.mean()),
-            cv_recall=tuple(float(right[labels == k].mean()) for k in range(num_classes)),
-        )
+    """The stacked rule on probe images (closed-form ridge, module doc), with its nested
+    out-of-fold accuracy; None when a class has fewer than MIN_IMAGES_PER_CLASS images or
+    the task has more than MAX_CLASSES classes."""
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels, minlength=num_classes)
+    if (
+        not models
+        or labels.size == 0
+        or counts.min() < MIN_IMAGES_PER_CLASS
+        or num_classes > MAX_CLASSES
+    ):
+        return None
+    models = sorted(models)
+    temps = {m: float(temperatures.get(m, 1.0)) for m in models}
+    x = features(logits, models, temps).astype(np.float64)
+    # Outer folds estimate; everything the fit chooses (heads, alpha) is chosen inside each
+    # outer training part, so the held-out fold never informs its own prediction.
+    fold = stratified_folds(labels, num_classes, FOLDS, seed)
+    predicted = np.empty_like(labels)
+    for f in range(FOLDS):
+        held = fold == f
+        part = _fit_ridge(x[~held], labels[~held], num_classes)
+        scores = x[held][:, part.columns] @ part.coef.T + part.intercept
+        predicted[held] = scores.argmax(axis=1)
+    right = predicted == labels
+    final = _fit_ridge(x, labels, num_classes)
+    scale = softmax_scale(final.loo, labels, balanced_weights(labels, num_classes))
+    return StackedRule(
+        models=tuple(models),
+        heads=tuple(int(np.asarray(logits[m]).shape[1]) for m in models),
+        temperatures=temps,
+        columns=tuple(int(i) for i in final.columns),
+        coef=scale * final.coef,
+        intercept=scale * final.intercept,
+        c=1.0 / final.alpha,
+        cv_accuracy=float(right.mean()),
+        cv_recall=tuple(float(right[labels == k].mean()) for k in range(num_classes)),
+        method="ridge_loo",
+    )
 
 
-def _top_columns(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The heads whose log-probability differs most between the classes (ANOVA F; constant
-    heads score 0), in column order, at most MAX_COLUMNS and one per IMAGES_PER_COLUMN
-    images: a broad expert has 1,000 heads, a task needs few, and a fit over all of them is
-    slow and overfits the probe images."""
-    keep = max(int(y.max()) + 1, min(MAX_COLUMNS, len(y) // IMAGES_PER_COLUMN))
-    if x.shape[1] <= keep:
-        return np.arange(x.shape[1])
-    from sklearn.feature_selection import f_classif
+# -- what a fit depends on -------------------------------------------------------------------
 
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f, _ = f_classif(x, y)
-    f = np.nan_to_num(f, nan=0.0, posinf=np.finfo(np.float64).max)
-    return np.sort(np.argsort(-f, kind="stable")[:keep])
+# A class's probe images, as selection knows them: its (probe set id, images used) pairs.
+ClassProbes = tuple[tuple[str, int], ...]
+
+
+def canonical_order(partition: Sequence[ClassProbes]) -> list[int]:
+    """The task's classes in an order that depends only on their probe images:
+    `order[i]` is the class that comes i-th (`partition[c]`: class c's probe images)."""
+    return sorted(range(len(partition)), key=lambda c: partition[c])
+
+
+def fit_key(
+    models: Sequence[str],
+    temperatures: Mapping[str, float],
+    partition: Sequence[ClassProbes],
+    *,
+    seed: int = 0,
+) -> tuple[Any, ...]:
+    """What :func:`fit` depends on, the same for any wording or order of the task's classes
+    when the fit sees them in `canonical_order`: the models (their ids carry the version)
+    and temperatures, which probe images form each class (as a set of classes), and the
+    rule's constants."""
+    constants = (
+        MIN_IMAGES_PER_CLASS, MAX_CLASSES, FOLDS, MAX_COLUMNS, IMAGES_PER_COLUMN, ALPHAS,
+        SCALES, EPS, seed,
+    )  # fmt: skip
+    temps = tuple((m, float(temperatures.get(m, 1.0))) for m in sorted(models))
+    return (temps, tuple(sorted(partition)), constants)

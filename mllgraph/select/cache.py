@@ -1,4 +1,5 @@
-"""What selection reads from the graph, kept per catalogue version (no I/O here).
+"""What selection keeps across requests (no I/O here): what it reads from the graph, per
+catalogue version (`CatalogueCache`), and its fitted stacked rules (`FitCache`).
 
 Every registration, labelling and deletion (and every probe-set or user-concept change) bumps
 the catalogue's version in the same transaction as the change (`cypher/hub/*`,
@@ -77,6 +78,54 @@ class CatalogueCache:
         with self._lock:
             self._items.clear()
             self.version = None
+
+
+class FitCache:
+    """An LRU of `capacity` fitted stacked rules, keyed by what a fit depends on
+    (`mllgraph.combine.stacked.fit_key`); thread-safe.
+
+    Unlike graph reads, a fit needs no catalogue version: its key names every input. Model
+    ids carry their version and a registered id keeps its weights (content-addressed), so
+    its probe outputs for a probe set do not change; probe set ids name fixed images (a set
+    cannot be re-added with other images); and the probe images of each class are in the
+    key. (One gap: an id deleted and registered again with other weights is told apart only
+    by its calibrated temperature, also in the key, which other weights all but surely move.)
+    Two requests that miss the same key at once both fit (the same rule): no lock is held
+    while fitting.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(0, int(capacity))
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable) -> Any:
+        """The fit kept under `key` (None: no rule was possible), or `MISSING`."""
+        with self._lock:
+            if key not in self._items:
+                self.misses += 1
+                return _MISSING
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        if self.capacity == 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
 
 MISSING = _MISSING

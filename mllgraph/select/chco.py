@@ -64,6 +64,7 @@ from mllgraph.combine.rule import (
     per_class_accuracy,
     score_column,
 )
+from mllgraph.combine.stacked import ClassProbes
 from mllgraph.errors import InvalidArgument
 
 DEFAULT_EXACT_LIMIT = 200_000
@@ -127,6 +128,10 @@ class ChcoProblem:
     # Optional: models whose logits the caller has already found finite (selection checks
     # each probe-output file once, not each task's rows of it); the others are checked here.
     finite_models: frozenset[str] = frozenset()
+    # Optional, per class: the (probe set, images used) pairs its probe images come from
+    # (`select.probe_data.class_probes`). Given, the stacked rule's fits are kept across
+    # requests (`select.stacked_choice`); None (a synthetic problem): always fitted anew.
+    class_probes: tuple[ClassProbes, ...] | None = None
 
     def __post_init__(self) -> None:
         k = self.num_classes
@@ -207,6 +212,13 @@ class ChcoProblem:
         for m, st in (self.row_stats or {}).items():
             if m not in logits or np.shape(st) != (n, 2):
                 raise InvalidArgument(f"row_stats[{m!r}] must be ({n}, 2) for a known model")
+        if self.class_probes is not None:
+            per_class = [sum(n for _, n in sets) for sets in self.class_probes]
+            if per_class != np.bincount(labels, minlength=k).tolist():
+                raise InvalidArgument(
+                    f"class_probes must give each of the {k} classes as many images as labels "
+                    f"does: {per_class} against {np.bincount(labels, minlength=k).tolist()}"
+                )
         object.__setattr__(self, "_evidence", {})
 
     def evidence(self, group: HeadGroup) -> np.ndarray:

@@ -4,7 +4,7 @@
   opened once per file version, and its softmax row statistics.
 - `proxy_probes`: stand-in probe sets for classes with none under their own concept.
 - `probe_matrix`: task-class labels of the usable probe images and each model's logits on
-  them, aligned (one gather per model).
+  them, aligned (one gather per model); `class_probes`: which probe sets form each class.
 
 No model runs here. Imports hub (probe outputs), combine and below, and `select.reads`; must
 not import `select.run` or anything above select.
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mllgraph.combine.rule import softmax_row_stats
+from mllgraph.combine.stacked import ClassProbes
 from mllgraph.hub import probe_outputs
 from mllgraph.select.reads import Reads
 from mllgraph.settings import Settings
@@ -152,6 +153,36 @@ def proxy_probes(
     return extra
 
 
+def _usable_sets(
+    probe_rows: list[dict[str, Any]], outputs: dict[str, probe_outputs.ProbeOutputs]
+) -> tuple[dict[str, tuple[int, int]], list[tuple[str, int]]]:
+    """{set: (its task class, distance)}, a set under two task classes going to the nearer
+    one; and the usable sets, in id order, with the images of each that every model in
+    `outputs` has outputs for."""
+    nearest: dict[str, tuple[int, int]] = {}
+    for r in probe_rows:
+        best = nearest.get(r["set_id"])
+        if best is None or r["distance"] < best[1]:
+            nearest[r["set_id"]] = (r["class_index"], r["distance"])
+    layouts = list({id(o.sets): o.sets for o in outputs.values()}.values())
+    usable = []
+    for set_id in sorted(nearest):
+        counts = [lay[set_id][1] for lay in layouts if set_id in lay]
+        if outputs and len(counts) == len(layouts) and min(counts) > 0:
+            usable.append((set_id, min(counts)))
+    return nearest, usable
+
+
+def class_probes(
+    probe_rows: list[dict[str, Any]], outputs: dict[str, probe_outputs.ProbeOutputs], k: int
+) -> tuple[ClassProbes, ...]:
+    """Per task class, the (probe set, images used) pairs whose images `probe_matrix` labels
+    with it: which probe images form each class, whatever the classes are called (the
+    stacked rule's fit cache is keyed by it)."""
+    nearest, usable = _usable_sets(probe_rows, outputs)
+    return tuple(tuple((s, n) for s, n in usable if nearest[s][0] == c) for c in range(k))
+
+
 def probe_matrix(
     probe_rows: list[dict[str, Any]], outputs: dict[str, probe_outputs.ProbeOutputs], k: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -163,18 +194,9 @@ def probe_matrix(
     gather from its memory map (not one slice per probe set: 100 classes x 1,000 models).
     Also returns each model's row numbers in its file.
     """
-    nearest: dict[str, tuple[int, int]] = {}
-    for r in probe_rows:
-        best = nearest.get(r["set_id"])
-        if best is None or r["distance"] < best[1]:
-            nearest[r["set_id"]] = (r["class_index"], r["distance"])
+    nearest, usable = _usable_sets(probe_rows, outputs)
     models = sorted(outputs)
     layouts = list({id(outputs[m].sets): outputs[m].sets for m in models}.values())
-    usable = []
-    for set_id in sorted(nearest):
-        counts = [lay[set_id][1] for lay in layouts if set_id in lay]
-        if models and len(counts) == len(layouts) and min(counts) > 0:
-            usable.append((set_id, min(counts)))
     labels = np.concatenate(
         [np.full(n, nearest[s][0], dtype=np.int64) for s, n in usable] or [np.zeros(0, np.int64)]
     )

@@ -15,19 +15,19 @@
    declared candidates but no stored probe outputs (never labelled) is taken to spread its
    mass evenly over its heads on the probe images (uniform logits): it cannot be simulated,
    so it is assumed not to take the measured classes' images.
-4. When every class has probe images, the stacked rule (`mllgraph.combine.stacked`: a logistic
-   regression on all heads of the chosen models), kept if it beats the per-class rule out of
-   fold; it is also fitted on the models a cheap screen picks (`feature_sets`: among the
-   best-covering candidates' models and the sub-hub's broadest labelled experts, which
-   `select/broad_models` finds even when no head of theirs is a candidate), and the better
-   of the two is served. A plan its stacked rule serves reports what that rule does: each
-   class's estimate is the rule's out-of-fold recall, and a class CHCO left uncovered is
-   covered by the best candidate head the rule reads. Otherwise, for classes left uncovered,
-   the ConSE patch
-   (`mllgraph.combine.conse`): the hub's broadest expert and text similarities of its heads to
-   the class names, calibrated so that it takes at most 2% of the covered classes' probe
-   images (the plan's `patch.calibration` says how, on how many, and what it took);
-   inference applies it when no VLM is configured.
+4. When every class has probe images, the stacked rule (`mllgraph.combine.stacked`: a linear
+   softmax on all heads of the chosen models, fitted in closed form, milliseconds; fits kept
+   across requests by what they depend on, `stacked_choice.FITS`), kept if it beats the
+   per-class rule out of fold; it is also fitted on the models a cheap screen picks
+   (`feature_sets`: among the best-covering candidates' models and the sub-hub's broadest
+   labelled experts, which `select/broad_models` finds even when no head of theirs is a
+   candidate), and the better of the two is served. A plan its stacked rule serves reports
+   what that rule does: each class's estimate is the rule's out-of-fold recall, and a class
+   CHCO left uncovered is covered by the best candidate head the rule reads. Otherwise, for
+   classes left uncovered, the ConSE patch (`mllgraph.combine.conse`): the hub's broadest
+   expert and text similarities of its heads to the class names, calibrated so that it takes
+   at most 2% of the covered classes' probe images (the plan's `patch.calibration` says how,
+   on how many, and what it took); inference applies it when no VLM is configured.
 5. Store the plan in Neo4j under an id derived from the request and the catalogue version,
    so the same inputs always give the same plan.
 
@@ -80,7 +80,13 @@ from mllgraph.select.candidates import (
     nearby_candidates,
 )
 from mllgraph.select.patch import conse_patch
-from mllgraph.select.probe_data import CACHE, ProbeOutputCache, probe_matrix, proxy_probes
+from mllgraph.select.probe_data import (
+    CACHE,
+    ProbeOutputCache,
+    class_probes,
+    probe_matrix,
+    proxy_probes,
+)
 from mllgraph.select.reads import Reads
 from mllgraph.select.stacked_choice import broad_models, stacked_choice
 from mllgraph.settings import Settings
@@ -276,6 +282,7 @@ def select(
             budget=options.budget,
             row_stats=row_stats,
             finite_models=frozenset(finite),
+            class_probes=class_probes(probe_rows, outputs, len(classes)),
         )
         plan = solve(problem, options)
         solver_note = plan.solver

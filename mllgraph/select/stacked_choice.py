@@ -2,13 +2,15 @@
 
 - `broad_models`: the sub-hub's broadest labelled experts, which the screen considers beside
   the candidates' models (`select/broad_models`, through `select.reads`).
+- `fit_stacked`: the stacked rule over some models, kept across requests (`FITS`) by what
+  the fit depends on (`stacked.fit_key`).
 - `stacked_choice`: CHCO's plan with the stacked rule (`mllgraph.combine.stacked`) over its
   models, or the plan over the models the screen (`mllgraph.combine.screen`) picks, whichever
   serves the probe images better; the plan as that rule serves it (`StackedFit`: the rule,
   kept or not, and the plan document's `stacked` note).
 
-Imports plan, combine and below, and `select.alternatives`, `select.chco`, `select.reads`;
-must not import `select.run` or anything above select.
+Imports plan, combine and below, and `select.alternatives`, `select.cache`, `select.chco`,
+`select.reads`; must not import `select.run` or anything above select.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from mllgraph.combine import screen as feature_sets
 from mllgraph.combine import stacked
@@ -30,9 +34,13 @@ from mllgraph.combine.rule import (
 from mllgraph.plan.request import SelectOptions, TaskClass
 from mllgraph.select import chco
 from mllgraph.select.alternatives import solve, uncovered_plan
+from mllgraph.select.cache import MISSING, FitCache
 from mllgraph.select.reads import Reads
 
 StackedFit = tuple[stacked.StackedRule | None, dict[str, Any]]
+
+# This process's fitted stacked rules (a rule is at most 32 x 256 numbers: 64 KiB).
+FITS = FitCache(256)
 
 
 def broad_models(
@@ -142,15 +150,41 @@ def _as_stacked_serves(
     return replace(plan, assignment=assignment, params=params, uncovered=uncovered), fit
 
 
+def fit_stacked(problem: chco.ChcoProblem, models: Sequence[str]) -> stacked.StackedRule | None:
+    """`stacked.fit` over `models` on the problem's probe images, kept in `FITS` when the
+    problem says which probe images form each class: fitted with the classes in their
+    canonical order (so a task worded or ordered otherwise finds the same fit) and
+    returned in the problem's order."""
+    fitter = stacked.fit
+    if problem.class_probes is None:
+        return fitter(
+            problem.logits_by_model, problem.labels, problem.num_classes, models,
+            problem.temperatures,
+        )  # fmt: skip
+    order = stacked.canonical_order(problem.class_probes)
+    rank = np.empty(problem.num_classes, dtype=np.int64)
+    rank[order] = np.arange(problem.num_classes)  # rank[c]: class c's canonical position
+    # The fitter is part of the key: the side-by-side comparison swaps it (scripts/).
+    key = (
+        fitter.__module__,
+        *stacked.fit_key(models, problem.temperatures, problem.class_probes),
+    )
+    canonical = FITS.get(key)
+    if canonical is MISSING:
+        canonical = fitter(
+            problem.logits_by_model, rank[problem.labels], problem.num_classes, models,
+            problem.temperatures,
+        )  # fmt: skip
+        FITS.put(key, canonical)
+    return None if canonical is None else canonical.in_class_order(rank)
+
+
 def _stacked(problem: chco.ChcoProblem, plan: chco.Plan) -> StackedFit | None:
     """The stacked rule for the chosen models, kept only when its out-of-fold accuracy on the
     probe images beats the per-class rule's (in-sample) accuracy there (combine/stacked)."""
     if not plan.models:
         return None
-    rule = stacked.fit(
-        problem.logits_by_model, problem.labels, problem.num_classes, plan.models,
-        problem.temperatures,
-    )  # fmt: skip
+    rule = fit_stacked(problem, plan.models)
     if rule is None:
         return None
     logits = {m: problem.logits_by_model[m] for m in plan.models}
