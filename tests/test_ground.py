@@ -368,6 +368,7 @@ def test_grounding_to_dict_is_json(resolver: Resolver) -> None:
         "method",
         "coverage",
         "hub_preferred",
+        "reasons",
     }
     assert d["alternatives"][0].keys() == {"wnid", "concept_name", "score"}
     assert json.loads(json.dumps(d)) == d
@@ -378,7 +379,12 @@ def test_deterministic(resolver: Resolver) -> None:
     names = [*FASHION_MNIST, "crane", "mouse", "bat", "laptopp"]
     first = [g.to_dict() for g in resolver.resolve_task(names)]
     assert [g.to_dict() for g in resolver.resolve_task(names)] == first
-    fresh = Resolver(resolver.nouns, morphology=resolver._morphology, embedder=resolver._embedder)
+    fresh = Resolver(
+        resolver.nouns,
+        morphology=resolver._morphology,
+        embedder=resolver._embedder,
+        tag_counts=resolver.tag_counts,
+    )
     again = [g.to_dict() for g in fresh.resolve_task(names)]
     assert [(d["wnid"], d["method"]) for d in again] == [(d["wnid"], d["method"]) for d in first]
     for a, b in zip(again, first, strict=True):

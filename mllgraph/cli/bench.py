@@ -62,13 +62,23 @@ def cmd_zeroshot(args: argparse.Namespace, settings: Settings) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (print figures, write reports/*.json)")
     p.add_argument(
-        "what", choices=["sdag", "ingest", "label", "select", "infer", "reliability", "zeroshot"]
+        "what",
+        choices=[
+            "sdag",
+            "ingest",
+            "label",
+            "select",
+            "infer",
+            "reliability",
+            "zeroshot",
+            "grounding",
+        ],
     )
     p.add_argument(
         "--sizes",
         default=None,
         help="infer: request batch sizes (default 1,32,256); select: hub sizes in models "
-        "(default 10,100,1000; 10000 takes long)",
+        "(default 10,100,1000; 10000 takes long); grounding: task sizes (default 3,10,30)",
     )
     p.add_argument(
         "--cpu-chunks",
@@ -95,6 +105,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seconds", type=float, default=10.0, help="seconds per load series")
     g.add_argument(
         "--deadline", type=float, default=10.0, help="client deadline (s) of the fault checks' RPCs"
+    )
+    g = p.add_argument_group("grounding")
+    g.add_argument(
+        "--tasks-per-size",
+        type=int,
+        default=500,
+        help="random tasks per half (dev, test) and task size, in each mode",
+    )
+    g.add_argument(
+        "--names",
+        action="append",
+        help="an extra name list (JSON [{name, wnid}] or TSV name<TAB>wnid), e.g. the emoji "
+        "world's concept names; repeatable",
     )
     g = p.add_argument_group("zeroshot")
     g.add_argument("--tasks", help="task suite JSON (default: the shipped dev + test suite)")
