@@ -21,7 +21,7 @@ import pytest
 from mllgraph.errors import InvalidArgument, NotFound
 from mllgraph.graph.wordnet import ROOT_WNID, Synset, WordNetNouns
 from mllgraph.ground.overrides import Overrides, load_override_file
-from mllgraph.ground.records import METHODS, Grounding
+from mllgraph.ground.records import METHODS, Grounding, ScoreWeights
 from mllgraph.ground.resolve import Resolver, default_resolver
 from mllgraph.ground.words import normalise_name
 from mllgraph.plan.document import MAX_CLASSES
@@ -481,7 +481,9 @@ def tiny() -> Iterator[WordNetNouns]:
 
 
 def test_pure_logic_on_a_custom_lexicon(tiny: WordNetNouns) -> None:
-    r = Resolver(tiny, overrides=Overrides(names={}, senses={}))
+    # The default context floor is set for WordNet's depths; this hierarchy is 4 levels deep.
+    weights = ScoreWeights(context_floor=0.0)
+    r = Resolver(tiny, overrides=Overrides(names={}, senses={}), weights=weights)
     assert r.resolve_name("crane").wnid == "n7"  # first sense, no context
     assert r.resolve_task(["crane", "heron"])[0].wnid == "n4"
     assert r.resolve_task(["crane", "forklift"])[0].wnid == "n7"

@@ -23,7 +23,7 @@ How a name is grounded
             + 1.5 * visual(c)                              # imageable lexicographer file
             + 1.0 * agree(c)                               # "/"/"," alternatives agreeing
             + 6.0 * cos(e("a photo of a {name}"), e("{first lemma}: {gloss}"))
-            + 4.0 * ctx(c) / 10                            # resolve_task only
+            + 5.0 * ctx(c) / 10                            # resolve_task only
 
    `P(c)` is the sense's share of its lemma's WordNet tag counts (`index.sense`), smoothed
    by pseudo-counts alpha / (1 + rank) so that an untagged sense is not zero and untagged
@@ -32,7 +32,8 @@ How a name is grounded
    club 0) a weaker one. Linear in P, not log P: on the benchmark's dev half a log prior let
    SemCor's few counts overrule context ("boxer" the person among dogs).
    A preferred sense of the override table has P = 1 (context can still overrule it).
-   `ctx(c)` is the mean depth of the lowest common ancestor of `c` with the k = min(5, n-1)
+   `ctx(c)` is the mean depth beyond 4 (`ScoreWeights.context_floor`: sharing only `whole` or
+   `matter` is no context) of the lowest common ancestor of `c` with the k = min(5, n-1)
    nearest other classes, each other class counted by its own sense probabilities (so a
    rare sense of a neighbour hardly counts). Confidence is a softmax of `s / temperature` over
    the name's candidates; context is recomputed twice from the updated probabilities.
@@ -568,6 +569,7 @@ class Resolver(ApproximateMatching):
         """
         n = len(probs)
         k = float(min(self.weights.context_neighbours, n - 1))
+        floor = self.weights.context_floor
         total: dict[str, float] = defaultdict(float)
         own: list[dict[str, float]] = []
         for dist in probs:
@@ -587,7 +589,7 @@ class Resolver(ApproximateMatching):
                     for a, depth in self._ancestors(wnid):
                         reach = min(total[a] - own[i].get(a, 0.0), k)
                         if reach > covered + 1e-9:
-                            acc += (reach - covered) * depth
+                            acc += (reach - covered) * max(0.0, depth - floor)
                             covered = reach
                             if covered >= k - 1e-9:
                                 break
