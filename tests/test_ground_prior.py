@@ -256,6 +256,10 @@ def test_a_small_benchmark_run_scores_and_explains_misses(resolver: Resolver) ->
         ("language", "test", 3, 4, 12),
     ]
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    for r in rows:
+        assert sum(m["times"] for m in r["misses"]) == round((1 - r["accuracy"]) * r["names"])
+    grouped = bench.group_misses(misses + misses[:1])
+    assert grouped[0]["times"] == 2 and grouped[0]["name"] == misses[0].name
     text = bench.markdown(
         {
             "commit": "x",

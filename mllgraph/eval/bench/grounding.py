@@ -67,7 +67,7 @@ class NameEntry:
 @dataclass
 class Miss:
     name: str
-    context: list[str]  # the task's other names
+    context: list[str]  # the task's other names (of the first such miss, when grouped)
     chosen: str  # wnid and concept name, 'n07929351 coffee.n.02'
     truth: str
     why: str
@@ -300,6 +300,16 @@ def score_tasks(
     return right, total, misses
 
 
+def group_misses(misses: Sequence[Miss]) -> list[dict[str, Any]]:
+    """Misses of one series grouped by (name, chosen, truth), most frequent first: how many
+    times, and the first one's context and reasons."""
+    grouped: dict[tuple[str, str, str], list[Miss]] = defaultdict(list)
+    for m in misses:
+        grouped[(m.name, m.chosen, m.truth)].append(m)
+    ranked = sorted(grouped.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    return [{**asdict(ms[0]), "times": len(ms)} for _, ms in ranked]
+
+
 # -- the benchmark -----------------------------------------------------------------------------
 
 
@@ -333,7 +343,7 @@ def run_series(
                     "names": total,
                     "accuracy": round(right / total, 4) if total else None,
                     "seconds": round(seconds, 2),
-                    "misses": [asdict(m) for m in misses],
+                    "misses": group_misses(misses),
                 }
                 log(f"{mode:8s} {half:4s} size {size:2d}: {row['accuracy']} ({seconds:.1f} s)")
                 results.append(row)
@@ -400,8 +410,9 @@ def bench_grounding(settings: Settings, args: argparse.Namespace) -> dict[str, A
     }
 
 
-def markdown(report: Mapping[str, Any], max_misses: int = 150) -> str:
-    """The report as Markdown: accuracies, then the misses grouped (most frequent first)."""
+def markdown(report: Mapping[str, Any], max_misses: int = 60) -> str:
+    """The report as Markdown: accuracies, then the misses grouped (most frequent first; the
+    JSON has them all)."""
     lines = [
         "# Grounding benchmark",
         "",
@@ -442,7 +453,8 @@ def markdown(report: Mapping[str, Any], max_misses: int = 150) -> str:
                             grouped[(m["name"], m["chosen"], m["truth"])].append(m)
                 if not grouped:
                     continue
-                total = sum(len(v) for v in grouped.values())
+                times = {k: sum(m["times"] for m in ms) for k, ms in grouped.items()}
+                total = sum(times.values())
                 lines += [
                     "",
                     f"## Misses: {name}, {mode}, {half} ({total} in {len(grouped)} kinds)",
@@ -450,13 +462,14 @@ def markdown(report: Mapping[str, Any], max_misses: int = 150) -> str:
                     "| name | chosen | truth | times | e.g. context | why |",
                     "|---|---|---|---|---|---|",
                 ]
-                ranked = sorted(grouped.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-                for (n, chosen, truth), ms in ranked[:max_misses]:
+                ranked = sorted(grouped.items(), key=lambda kv: (-times[kv[0]], kv[0]))
+                for key, ms in ranked[:max_misses]:
+                    n, chosen, truth = key
                     context = ", ".join(ms[0]["context"][:6])
                     if len(ms[0]["context"]) > 6:
                         context += ", ..."
                     lines.append(
-                        f"| {n} | {chosen} | {truth} | {len(ms)} | {context} | {ms[0]['why']} |"
+                        f"| {n} | {chosen} | {truth} | {times[key]} | {context} | {ms[0]['why']} |"
                     )
                 if len(ranked) > max_misses:
                     lines.append(f"| ... {len(ranked) - max_misses} more in the JSON | | | | | |")
