@@ -274,3 +274,17 @@ def test_a_small_benchmark_run_scores_and_explains_misses(resolver: Resolver) ->
         }
     )
     assert "| imagenet | language | dev |" in text
+
+
+def test_explain_selection_states_the_prior_and_the_context(resolver: Resolver) -> None:
+    from services.plan_messages import _grounding_reason
+
+    coffee = resolver.resolve_task(["cat", "coffee", "motorbike", "tripod", "flower"])[1]
+    planned = {
+        "name": "coffee",
+        "concept": {"wnid": coffee.wnid, "name": coffee.concept_name},
+        "grounding": json.loads(json.dumps(coffee.to_dict())),  # as the plan document keeps it
+    }
+    text = _grounding_reason(planned)
+    assert "WordNet tags this sense 46 time(s)" in text and "the next sense 0" in text
+    assert "task context" in text
