@@ -72,7 +72,7 @@ def _tiny() -> WordNetNouns:
         synset("n1", "food", ROOT_WNID, "noun.food"),
         synset("n2", "plant", ROOT_WNID, "noun.plant"),
         synset("n3", "brew", "n1", "noun.food"),  # 'brew': the shrub is listed first here
-        synset("n4", "brew", "n2", "noun.plant"),
+        synset("n4", "brew", "n2", "noun.food"),  # same file: only the prior differs
         synset("n5", "sprout", "n2", "noun.plant"),
         synset("n6", "sprout", "n1", "noun.food"),
         synset("n7", "sprout", "n1", "noun.food"),
