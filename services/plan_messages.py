@@ -165,6 +165,19 @@ def _grounding_reason(c: dict[str, Any]) -> str:
             f"{concept_display_name(a.get('concept_name', ''))} ({a['wnid']})" for a in alts[:3]
         )
         text += f"; other senses: {shown} (pin the class to choose another)"
+    reasons = g.get("reasons") or {}
+    if g.get("ambiguous") and "prior_p" in reasons:
+        # The one scored decision, in words: WordNet's sense frequency against the task.
+        text += (
+            f"; WordNet tags this sense {reasons.get('tag_count', 0):.0f} time(s) "
+            f"(prior {float(reasons['prior_p']):.2f}), the next sense "
+            f"{reasons.get('runner_up_tag_count', 0):.0f}"
+        )
+        if "context" in reasons:
+            text += (
+                f"; task context {float(reasons['context']):.2f} against "
+                f"{float(reasons.get('runner_up_context', 0.0)):.2f}"
+            )
     if g.get("hub_preferred"):
         text += (
             "; of the senses that fit the task, this is the one the hub has heads for, "

@@ -49,8 +49,15 @@ def resolver(neo4j_settings: Settings) -> Any:
     return default_resolver(neo4j_settings)
 
 
-def _select(graph: Any, settings: Settings, resolver: Any, mid: str, names: list[str]) -> dict:
-    classes = [plan_request.TaskClass(n) for n in names]
+def _select(
+    graph: Any,
+    settings: Settings,
+    resolver: Any,
+    mid: str,
+    names: list[str],
+    pinned: dict[str, str] | None = None,
+) -> dict:
+    classes = [plan_request.TaskClass(n, (pinned or {}).get(n)) for n in names]
     options = plan_request.SelectOptions(budget=1, models=(mid,))
     return select.select(graph, settings, classes, options, resolver, store=False).plan
 
@@ -193,13 +200,19 @@ def test_a_declared_plan_classifies_real_photos(
 def test_uncovered_classes_get_the_conse_patch_of_the_broad_expert(
     sdag_graph: Any, neo4j_settings: Settings, resolver: Any, lite: str
 ) -> None:
-    """ "astronaut" and "coffee" (the drink) have no head in the sub-hub: the plan carries the
-    ConSE patch of its broad expert, and inference scores them with it, not a constant."""
+    """ "astronaut" and "coffee" pinned to the bean have no head in the sub-hub: the plan
+    carries the ConSE patch of its broad expert, and inference scores them with it, not a
+    constant. (Unpinned, "coffee" is the drink, which the expert's espresso head covers.)"""
     data = pytest.importorskip("skimage.data")
     from mllgraph.reuse import cache as model_cache
     from mllgraph.reuse import classifier
 
-    plan = _select(sdag_graph, neo4j_settings, resolver, lite, ["astronaut", "coffee", "motorbike"])
+    names = ["astronaut", "coffee", "motorbike"]
+    drink = _select(sdag_graph, neo4j_settings, resolver, lite, names)
+    assert drink["uncovered"] == ["astronaut"]
+    plan = _select(
+        sdag_graph, neo4j_settings, resolver, lite, names, pinned={"coffee": "n07929351"}
+    )
     assert plan["uncovered"] == ["astronaut", "coffee"]
     patch = plan["combination"]["patch"]
     assert patch["rule"] == "conse" and patch["model_id"] == lite

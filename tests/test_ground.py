@@ -21,7 +21,7 @@ import pytest
 from mllgraph.errors import InvalidArgument, NotFound
 from mllgraph.graph.wordnet import ROOT_WNID, Synset, WordNetNouns
 from mllgraph.ground.overrides import Overrides, load_override_file
-from mllgraph.ground.records import METHODS, Grounding
+from mllgraph.ground.records import METHODS, Grounding, ScoreWeights
 from mllgraph.ground.resolve import Resolver, default_resolver
 from mllgraph.ground.words import normalise_name
 from mllgraph.plan.document import MAX_CLASSES
@@ -368,6 +368,7 @@ def test_grounding_to_dict_is_json(resolver: Resolver) -> None:
         "method",
         "coverage",
         "hub_preferred",
+        "reasons",
     }
     assert d["alternatives"][0].keys() == {"wnid", "concept_name", "score"}
     assert json.loads(json.dumps(d)) == d
@@ -378,7 +379,12 @@ def test_deterministic(resolver: Resolver) -> None:
     names = [*FASHION_MNIST, "crane", "mouse", "bat", "laptopp"]
     first = [g.to_dict() for g in resolver.resolve_task(names)]
     assert [g.to_dict() for g in resolver.resolve_task(names)] == first
-    fresh = Resolver(resolver.nouns, morphology=resolver._morphology, embedder=resolver._embedder)
+    fresh = Resolver(
+        resolver.nouns,
+        morphology=resolver._morphology,
+        embedder=resolver._embedder,
+        tag_counts=resolver.tag_counts,
+    )
     again = [g.to_dict() for g in fresh.resolve_task(names)]
     assert [(d["wnid"], d["method"]) for d in again] == [(d["wnid"], d["method"]) for d in first]
     for a, b in zip(again, first, strict=True):
@@ -475,7 +481,9 @@ def tiny() -> Iterator[WordNetNouns]:
 
 
 def test_pure_logic_on_a_custom_lexicon(tiny: WordNetNouns) -> None:
-    r = Resolver(tiny, overrides=Overrides(names={}, senses={}))
+    # The default context floor is set for WordNet's depths; this hierarchy is 4 levels deep.
+    weights = ScoreWeights(context_floor=0.0)
+    r = Resolver(tiny, overrides=Overrides(names={}, senses={}), weights=weights)
     assert r.resolve_name("crane").wnid == "n7"  # first sense, no context
     assert r.resolve_task(["crane", "heron"])[0].wnid == "n4"
     assert r.resolve_task(["crane", "forklift"])[0].wnid == "n7"

@@ -65,13 +65,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (print figures, write reports/*.json)")
     p.add_argument(
         "what",
-        choices=["sdag", "ingest", "label", "select", "infer", "reliability", "zeroshot", "patch"],
+        choices=[
+            "sdag",
+            "ingest",
+            "label",
+            "select",
+            "infer",
+            "reliability",
+            "zeroshot",
+            "patch",
+            "grounding",
+        ],
     )
     p.add_argument(
         "--sizes",
         default=None,
         help="infer: request batch sizes (default 1,32,256); select: hub sizes in models "
-        "(default 10,100,1000; 10000 takes long)",
+        "(default 10,100,1000; 10000 takes long); grounding: task sizes (default 3,10,30)",
     )
     p.add_argument(
         "--cpu-chunks",
@@ -103,6 +113,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--before",
         help="patch: a report of the same study on the previous code, shown side by side",
+    )
+    g = p.add_argument_group("grounding")
+    g.add_argument(
+        "--tasks-per-size",
+        type=int,
+        default=500,
+        help="random tasks per half (dev, test) and task size, in each mode",
+    )
+    g.add_argument(
+        "--names",
+        action="append",
+        help="an extra name list (JSON [{name, wnid}] or TSV name<TAB>wnid), e.g. the emoji "
+        "world's concept names; repeatable",
     )
     g = p.add_argument_group("zeroshot")
     g.add_argument("--tasks", help="task suite JSON (default: the shipped dev + test suite)")

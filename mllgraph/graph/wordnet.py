@@ -7,7 +7,9 @@ synset's position among that lemma's senses in `index.noun`. Morphology reads th
 `noun_morphology_data` gives what nltk's morphy consults for nouns (the `index.noun` lemmas and
 the `noun.exc` exception lists) in well under a second, where building nltk's reader took tens
 of seconds (all four parts of speech, and its multilingual `map_wn` mapping over
-`index.sense`, which the project never uses). `nltk_wordnet` still builds nltk's reader — the
+`index.sense`). `noun_tag_counts` reads WordNet's sense frequencies from `index.sense` (the
+tag counts of the semantic concordance: how often each sense of a lemma was tagged), the
+prior grounding puts on a lemma's senses. `nltk_wordnet` still builds nltk's reader — the
 test that checks our morphology against nltk's uses it — over a folder `prepare_nltk_data`
 lays out as nltk expects (a real copy, plus the `lexnames` file Debian does not ship); we
 never call `nltk.download`.
@@ -155,6 +157,38 @@ def load_nouns(wordnet_dir: Path = Path("/usr/share/wordnet")) -> WordNetNouns:
         s.name = f"{first}.n.{sense:02d}"
     _assign_depths(synsets)
     return WordNetNouns(synsets=synsets, lemma_index=index)
+
+
+@cache
+def noun_tag_counts(wordnet_dir: Path = Path("/usr/share/wordnet")) -> dict[str, dict[str, int]]:
+    """Lemma key ('coffee') -> {wnid: tag count} for every noun sense `index.sense` lists.
+
+    A line is `lemma%ss_type:lex_filenum:lex_id:head_word:head_id offset sense_number
+    tag_cnt`; ss_type 1 is a noun. Most senses were never tagged (count 0): the counts say
+    which sense is dominant where they exist, nothing where they do not. Raises
+    FailedPrecondition when the file is missing (Debian package `wordnet-sense-index`).
+    """
+    path = wordnet_dir / "index.sense"
+    if not path.is_file():
+        raise FailedPrecondition(
+            f"WordNet sense index {path} not found; install it with "
+            "`apt-get install wordnet-sense-index` or set MLLGRAPH_WORDNET_DIR"
+        )
+    counts: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                key, offset, _sense_number, tag_count = parts
+                lemma, _, lex_sense = key.partition("%")
+                if not lex_sense.startswith("1:"):
+                    continue  # not a noun
+                counts.setdefault(lemma.lower(), {})["n" + offset] = int(tag_count)
+            except ValueError as e:
+                raise FailedPrecondition(f"{path} line {number} is malformed: {line!r}") from e
+    return counts
 
 
 @cache

@@ -7,7 +7,7 @@ is its last word), kept only when imageable and close enough in spelling or mean
 docstring.
 
 `ApproximateMatching` is a mixin of `Resolver`: it uses the resolver's lexicon lookups
-(`_senses`, `_spellings`, `_base_forms`, `_override`), its sense embeddings (`_embed`),
+(`_sense_priors`, `_spellings`, `_base_forms`, `_override`), its sense embeddings (`_embed`),
 `_visual`, and the spelling indexes `_refresh_indexes` keeps (`_compact_index`, `_trigrams`).
 
 Imports `ground.records`, `ground.words`, errors and below; must not import the resolver or
@@ -39,7 +39,7 @@ class ApproximateMatching:
     if TYPE_CHECKING:  # the resolver's own, which these methods use
 
         def _refresh_indexes(self) -> None: ...
-        def _senses(self, key: str) -> list[str]: ...
+        def _sense_priors(self, key: str) -> list[tuple[str, int, float]]: ...
         def _spellings(self, key: str) -> list[str]: ...
         def _base_forms(self, key: str) -> list[str]: ...
         def _override(self, norm: str) -> str | None: ...
@@ -81,14 +81,14 @@ class ApproximateMatching:
         }
         cands: dict[str, Cand] = {}
 
-        def add_concept(wnid: str, rank: int, sim: float) -> None:
+        def add_concept(wnid: str, rank: int, sim: float, count: int = 0, prior: float = 1.0):
             c = cands.get(wnid)
             if c is None or sim > c.lexical:
-                cands[wnid] = Cand(wnid=wnid, rank=rank, morph=False, alt=0, lexical=sim)
+                cands[wnid] = Cand(wnid, rank, False, 0, count=count, prior=prior, lexical=sim)
 
         def add(lemma: str, sim: float) -> None:
-            for rank, wnid in enumerate(self._senses(lemma)[:3]):
-                add_concept(wnid, rank, sim)
+            for rank, (wnid, count, prior) in enumerate(self._sense_priors(lemma)[:3]):
+                add_concept(wnid, rank, sim, count, prior)
 
         def share(text: str) -> float:
             return len(compact(text)) / max(1, len(name_compact))

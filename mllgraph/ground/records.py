@@ -27,20 +27,35 @@ METHODS = ("override", "lemma", "morphology", "context", "embedding", "fuzzy", "
 class ScoreWeights:
     """Weights of the sense score (`mllgraph.ground.resolve`'s module docstring).
 
-    Tuned on the 1,000 ImageNet-1k class names (torchvision's spelling) against their wnids:
-    89.1% right one name at a time, 92.3% as one 1,000-class task. Raising the embedding,
-    context and visual weights each helped up to these values; the temperature barely matters.
+    The visual, embedding and context weights were first tuned on the 1,000 ImageNet-1k class
+    names (torchvision's spelling) against their wnids, with WordNet's sense order as the prior.
+    The sense-frequency prior (`prior`, `prior_alpha`) replaced that order and was tuned, with
+    `context`, on the dev half of `mllgraph bench grounding` (reports/grounding.md).
     """
 
-    rank: float = 1.0
+    # Weight of P(sense | lemma), WordNet's tag counts smoothed: (count + alpha / (1 + rank))
+    # / (sum of counts + sum of alpha / (1 + rank)) over the lemma's senses. The pseudo-counts
+    # keep an untagged sense above zero and WordNet's own order among untagged senses; a sense
+    # tagged dozens of times dominates, one tagged once or twice barely. Dev half, 80 tasks
+    # per size (3/10/30 names): weight 0.5-2 and alpha 1-3 within 1 point of each other;
+    # a log prior lost 1-2 points; with no prior at all "coffee" among a flower became the
+    # coffee bean. Context must then be strong to overrule a dominant sense.
+    prior: float = 1.0
+    prior_alpha: float = 3.0
     visual: float = 1.5
     agree: float = 1.0
     embed: float = 6.0
-    context: float = 4.0
+    context: float = 5.0
     temperature: float = 0.5
     context_neighbours: int = 5
     min_visual: float = 0.15  # below this a sense is dropped if the name has an imageable one
     context_depth_scale: float = 10.0
+    # LCA depth that counts as no shared context: sharing only `whole`, `object` or `matter`
+    # (depth <= 4) with the other classes says nothing, so a produce name in a task of animals
+    # is not pulled to its plant sense, and senses that fit equally leave the choice to the
+    # hub's coverage (dev half, 150 tasks per size: hub mode 96.9% -> 98.3% in 10-name tasks,
+    # words alone within 0.3 points, with `context` 4 -> 5).
+    context_floor: float = 4.0
     # resolve_task with hub coverage: how much less context a covered sense may have than the
     # best sense and still count as fitting the task (LCA depth levels).
     hub_context_slack: float = 1.0
@@ -82,6 +97,10 @@ class Grounding:
     # whether coverage changed the choice (the best sense without it was another one).
     coverage: dict[str, float] = field(default_factory=dict)
     hub_preferred: bool = False
+    # The chosen sense's terms of the score (ambiguous names): its WordNet tag count and
+    # smoothed prior, and what each term added ('prior', 'visual', 'agree', 'embed',
+    # 'context'), beside the same terms of the runner-up sense ('runner_up_*').
+    reasons: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -100,10 +119,13 @@ class Cand:
     rank: int  # position among the senses of the lemma it came from (0 = most frequent)
     morph: bool  # reached through morphology (a plural)
     alt: int  # which "/"/"," alternative produced it (0 = the first)
+    count: int = 0  # WordNet tag count of this sense of that lemma
+    prior: float = 1.0  # smoothed share of the lemma's tag counts (`ScoreWeights.prior`)
     agree: float = 0.0  # share of the alternatives that have it (or a relative) as a candidate
     lexical: float = 0.0  # approximate grounding: spelling similarity to the name
     hub: float = 0.0  # the hub's coverage of this sense, 0..1
     score: float = 0.0
+    terms: dict[str, float] = field(default_factory=dict)  # score term -> what it added
 
 
 @dataclass

@@ -19,13 +19,21 @@ How a name is grounded
    dropped when the name also has an imageable one.
 3. *Scoring* the candidates of an ambiguous name (see `ScoreWeights`)::
 
-       s(c) = 1.0 * 1 / (1 + rank + 0.5 * morph + alt)    # WordNet sense order
+       s(c) = 1.0 * P(c) / (1 + 0.5 * morph + alt)        # WordNet sense frequency
             + 1.5 * visual(c)                              # imageable lexicographer file
             + 1.0 * agree(c)                               # "/"/"," alternatives agreeing
             + 6.0 * cos(e("a photo of a {name}"), e("{first lemma}: {gloss}"))
-            + 4.0 * ctx(c) / 10                            # resolve_task only
+            + 5.0 * ctx(c) / 10                            # resolve_task only
 
-   `ctx(c)` is the mean depth of the lowest common ancestor of `c` with the k = min(5, n-1)
+   `P(c)` is the sense's share of its lemma's WordNet tag counts (`index.sense`), smoothed
+   by pseudo-counts alpha / (1 + rank) so that an untagged sense is not zero and untagged
+   senses keep WordNet's order (`ScoreWeights.prior_alpha`): "coffee" the beverage (46 tags,
+   P 0.86) needs a strong context to lose to the shrub (0 tags, P 0.05), "bat" (animal 2,
+   club 0) a weaker one. Linear in P, not log P: on the benchmark's dev half a log prior let
+   SemCor's few counts overrule context ("boxer" the person among dogs).
+   A preferred sense of the override table has P = 1 (context can still overrule it).
+   `ctx(c)` is the mean depth beyond 4 (`ScoreWeights.context_floor`: sharing only `whole` or
+   `matter` is no context) of the lowest common ancestor of `c` with the k = min(5, n-1)
    nearest other classes, each other class counted by its own sense probabilities (so a
    rare sense of a neighbour hardly counts). Confidence is a softmax of `s / temperature` over
    the name's candidates; context is recomputed twice from the updated probabilities.
@@ -37,7 +45,8 @@ How a name is grounded
    pullover heads cover (both senses sit under garment), while an animal task's "bat" stays
    the animal even when the hub covers only the club (the club does not fit the task). A
    preference, not a weight: it never trades context for coverage. The grounding records its
-   senses' coverage and whether coverage decided (`hub_preferred`).
+   senses' coverage and whether coverage decided (`hub_preferred`), and the chosen and
+   runner-up senses' score terms (`reasons`).
 4. *Approximate* grounding for names WordNet lacks: fuzzy lemma matches (character-trigram
    index + difflib), lemmas of single words and of trailing sub-phrases (the head of an
    English compound is its last word), reranked by embedding similarity. Flagged
@@ -87,13 +96,17 @@ QUERY_TEMPLATE = "a photo of a {name}"
 # How likely a concept in each lexicographer file is to be an image class: the share of the
 # file's synsets that ImageNet-21k uses (artifact 68%, food 72%, plant 54%, animal 53%,
 # shape 36%, person 26%, object 15%; act, location, substance, attribute, body 2-4%; state,
-# cognition, quantity, time, feeling ... ~0%), coarsened into tiers. Plants and animals get
-# the artifact tier on purpose: their lower share reflects WordNet's many obscure species, and
-# "crane"/"mouse"/"bat" must not lean towards machines merely for being artifacts.
+# cognition, quantity, time, feeling ... ~0%), coarsened into tiers. Animals get the artifact
+# tier on purpose: their lower share reflects WordNet's many obscure species, and
+# "crane"/"mouse"/"bat" must not lean towards machines merely for being artifacts. Plants get
+# the lowest tier that still counts as imageable (0.5): a name with a plant and a food sense
+# ("broccoli", "fig", "acorn squash") is photographed as the food, as ImageNet files it (dev
+# half of `bench grounding`, 150 tasks per size: words alone +1.8/+0.9/+0.5 points for 3/10/30
+# names); a name with only plant senses is unaffected.
 _VISUAL_TIER: dict[str, float] = {
     "noun.artifact": 1.0,
     "noun.food": 1.0,
-    "noun.plant": 1.0,
+    "noun.plant": 0.5,
     "noun.animal": 1.0,
     "noun.object": 0.8,
     "noun.shape": 0.5,
@@ -124,8 +137,11 @@ class Resolver(ApproximateMatching):
         embedder: Embedder | None = None,
         overrides: Overrides | None = None,
         weights: ScoreWeights | None = None,
+        tag_counts: Mapping[str, Mapping[str, int]] | None = None,
     ) -> None:
         self.nouns = nouns
+        # lemma key -> {wnid: WordNet tag count}; none: every sense untagged (order only).
+        self.tag_counts: Mapping[str, Mapping[str, int]] = tag_counts or {}
         self._morphology = morphology
         self._embedder = embedder
         self.overrides = overrides if overrides is not None else default_overrides()
@@ -162,9 +178,13 @@ class Resolver(ApproximateMatching):
         names: Sequence[str],
         pinned: Mapping[int, str] | None = None,
         sense_coverage: SenseCoverage | None = None,
+        *,
+        distinct: bool = True,
     ) -> list[Grounding]:
         """Ground a task's class names together, each disambiguated by the others and, when
-        `sense_coverage` is given, towards senses the hub has heads for."""
+        `sense_coverage` is given, towards senses the hub has heads for. With `distinct`
+        (always, for a task), two names on one concept are refused; the grounding benchmark
+        turns it off to score every name of a task anyway."""
         if isinstance(names, str) or not isinstance(names, Sequence):
             raise InvalidArgument("class names must be a list of strings")
         if len(names) == 0:
@@ -193,7 +213,8 @@ class Resolver(ApproximateMatching):
         for i in pins:
             g = groundings[i]
             g.method, g.pinned, g.score = "pinned", True, 1.0
-        self._check_duplicates(groundings)
+        if distinct:
+            self._check_duplicates(groundings)
         return groundings
 
     def concept(self, wnid_or_name: str) -> str | None:
@@ -232,6 +253,22 @@ class Resolver(ApproximateMatching):
         if preferred and preferred in self.nouns.synsets:
             senses = [preferred] + [w for w in senses if w != preferred]
         return senses
+
+    def _sense_priors(self, key: str) -> list[tuple[str, int, float]]:
+        """The senses of lemma `key` in order, each with its tag count and smoothed prior."""
+        senses = self._senses(key)
+        known = self.tag_counts.get(key, {})
+        counts = [int(known.get(w, 0)) for w in senses]
+        alpha = self.weights.prior_alpha
+        mass = [n + alpha / (1.0 + r) for r, n in enumerate(counts)]
+        total = sum(mass)
+        priors = [(w, n, m / total) for w, n, m in zip(senses, counts, mass, strict=True)]
+        preferred = self.overrides.senses.get(key)
+        if priors and preferred and senses[0] == preferred:
+            # The table says WordNet's counts are wrong for images here ("pants" -> trousers,
+            # untagged): its sense is taken as certain in the prior; context can still win.
+            priors[0] = (preferred, counts[0], 1.0)
+        return priors
 
     def _spellings(self, key: str) -> list[str]:
         """Lemma keys matching `key` up to hyphens, underscores and other punctuation."""
@@ -328,10 +365,10 @@ class Resolver(ApproximateMatching):
         seen: set[str] = set()
         for morph, keys in ((False, self._spellings(key)), (True, self._base_forms(key))):
             for lemma in keys:
-                for rank, wnid in enumerate(self._senses(lemma)):
+                for rank, (wnid, count, prior) in enumerate(self._sense_priors(lemma)):
                     if wnid not in seen:
                         seen.add(wnid)
-                        cands.append(Cand(wnid=wnid, rank=rank, morph=morph, alt=alt_index))
+                        cands.append(Cand(wnid, rank, morph, alt_index, count=count, prior=prior))
         return cands
 
     def _qualified_candidates(self, key: str, alt_index: int) -> list[Cand]:
@@ -397,11 +434,17 @@ class Resolver(ApproximateMatching):
                 continue
             q = vecs[0].get(p.query) if vecs is not None and len(p.cands) > 1 else None
             for c in p.cands:
-                s = w.rank / (1.0 + c.rank + 0.5 * c.morph + c.alt)
-                s += w.visual * self._visual(c.wnid) + w.agree * c.agree + w.lexical * c.lexical
+                c.terms = {
+                    "prior": w.prior * c.prior / (1.0 + 0.5 * c.morph + c.alt),
+                    "visual": w.visual * self._visual(c.wnid),
+                    "agree": w.agree * c.agree,
+                }
+                if c.lexical:
+                    c.terms["lexical"] = w.lexical * c.lexical
                 if q is not None and vecs is not None:
-                    s += (w.approx_embed if p.approximate else w.embed) * float(vecs[1][c.wnid] @ q)
-                c.score = s
+                    weight = w.approx_embed if p.approximate else w.embed
+                    c.terms["embed"] = weight * float(vecs[1][c.wnid] @ q)
+                c.score = sum(c.terms.values())
         base = {id(p): [c.score for c in p.cands] for p in plans}
         probs = [self._probs(p) for p in plans]
         use_context = context and len(plans) > 1 and any(len(p.cands) > 1 for p in ambiguous)
@@ -412,7 +455,8 @@ class Resolver(ApproximateMatching):
                 for i, p in enumerate(plans):
                     if p.fixed is None and len(p.cands) > 1:
                         for c, b in zip(p.cands, base[id(p)], strict=True):
-                            c.score = b + w.context * ctx[i][c.wnid] / w.context_depth_scale
+                            c.terms["context"] = w.context * ctx[i][c.wnid] / w.context_depth_scale
+                            c.score = b + c.terms["context"]
                 probs = [self._probs(p) for p in plans]
         chosen: list[str | None] = [None] * len(plans)
         if sense_coverage is not None and ctx:
@@ -495,6 +539,13 @@ class Resolver(ApproximateMatching):
             (c.wnid, self._concept_name(c.wnid), round(probs[c.wnid], 6))
             for c in (plan.cands[i] for i in order[1:6])
         ]
+        reasons: dict[str, float] = {}
+        if ambiguous:
+            reasons = {"tag_count": float(best.count), "prior_p": round(best.prior, 6)}
+            reasons |= {k: round(v, 4) for k, v in best.terms.items()}
+            runner_up = plan.cands[order[1]]
+            reasons["runner_up_tag_count"] = float(runner_up.count)
+            reasons |= {f"runner_up_{k}": round(v, 4) for k, v in runner_up.terms.items()}
         return Grounding(
             name=plan.name,
             wnid=best.wnid,
@@ -505,6 +556,7 @@ class Resolver(ApproximateMatching):
             pinned=False,
             alternatives=alternatives,
             method=method,
+            reasons=reasons,
         )
 
     def _visual(self, wnid: str) -> float:
@@ -521,6 +573,7 @@ class Resolver(ApproximateMatching):
         """
         n = len(probs)
         k = float(min(self.weights.context_neighbours, n - 1))
+        floor = self.weights.context_floor
         total: dict[str, float] = defaultdict(float)
         own: list[dict[str, float]] = []
         for dist in probs:
@@ -540,7 +593,7 @@ class Resolver(ApproximateMatching):
                     for a, depth in self._ancestors(wnid):
                         reach = min(total[a] - own[i].get(a, 0.0), k)
                         if reach > covered + 1e-9:
-                            acc += (reach - covered) * depth
+                            acc += (reach - covered) * max(0.0, depth - floor)
                             covered = reach
                             if covered >= k - 1e-9:
                                 break
@@ -695,7 +748,7 @@ def default_resolver(settings: Settings | None = None, use_embeddings: bool = Tr
     approximate one), not here; `Resolver.warm_up` loads it ahead. If the encoder cannot be
     loaded then, the resolver goes on lexically (a warning is logged).
     """
-    from mllgraph.graph.wordnet import load_nouns, noun_morphology_data
+    from mllgraph.graph.wordnet import load_nouns, noun_morphology_data, noun_tag_counts
     from mllgraph.ground.embed import default_embedder
 
     settings = settings or Settings.from_env()
@@ -712,8 +765,15 @@ def default_resolver(settings: Settings | None = None, use_embeddings: bool = Tr
                     "WordNet noun exception lists unavailable (%s); using suffix rules", exc
                 )
                 morphology = None
+            try:
+                tag_counts = noun_tag_counts(settings.wordnet_dir)
+            except Exception as exc:  # without counts the prior falls back to sense order
+                log.warning("WordNet tag counts unavailable (%s); using sense order", exc)
+                tag_counts = {}
             embedder = default_embedder() if use_embeddings else None
-            resolver = Resolver(nouns, morphology=morphology, embedder=embedder)
+            resolver = Resolver(
+                nouns, morphology=morphology, embedder=embedder, tag_counts=tag_counts
+            )
             _default_resolvers[key] = resolver
     return resolver
 

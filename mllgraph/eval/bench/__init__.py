@@ -1,5 +1,6 @@
 """Benchmarks: each prints its figures and writes `reports/bench_<name>.json`
-(`reliability` writes its own `reports/reliability.{json,md}`, with pass/fail per check).
+(`reliability` writes its own `reports/reliability.{json,md}`, with pass/fail per check;
+`grounding` its own `reports/grounding.{json,md}`, with every miss).
 
 One module per benchmark, registered by name below (``mllgraph bench NAME``). Figures come
 from one run on the machine at hand; compare ratios within a run, not across machines.
@@ -24,6 +25,7 @@ BENCHES = {
     "select": ("select", "bench_select"),
     "reliability": ("reliability", "bench_reliability"),
     "patch": ("patch", "bench_patch"),
+    "grounding": ("grounding", "bench_grounding"),
 }
 
 
