@@ -92,6 +92,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=5,
         help="select --hub: runs of each whole command (0: none)",
     )
+    g.add_argument(
+        "--series-budget-s",
+        type=float,
+        default=None,
+        help="select --hub: stop a series (or a command's runs) after this many seconds, one "
+        "request at least (a loaded machine); default: no limit",
+    )
     p.add_argument("--models", type=int, default=1000, help="ingest: synthetic models")
     p.add_argument("--samples-per-concept", type=int, default=100)
     p.add_argument(

@@ -170,13 +170,21 @@ def served(
 
 
 def select_series(
-    client: Any, tasks: Sequence[list[str]], *, new: bool, seen: set[str] | None = None
+    client: Any,
+    tasks: Sequence[list[str]],
+    *,
+    new: bool,
+    seen: set[str] | None = None,
+    budget_s: float = math.inf,
 ) -> dict[str, Any]:
     """SelectHeads for each task through `client` (the client's default options); wall time
     and, for `new` tasks, the plan's own split. A `new` task answered by a stored plan (one
     in `seen`, the plan ids this run got so far, or one made before the request started: an
-    earlier run's at the same catalogue version) is not counted: `already_stored`."""
+    earlier run's at the same catalogue version) is not counted: `already_stored`. Stops
+    after `budget_s` seconds (a shared machine: `cut_short` says so), one request at least."""
     seen = set() if seen is None else seen
+    t0 = time.monotonic()
+    cut_short = False
     import grpc
 
     from mllgraph.errors import MllgraphError
@@ -186,7 +194,10 @@ def select_series(
     errors: list[str] = []
     stored = stacked_used = 0
     models: list[int] = []
-    for names in tasks:
+    for i, names in enumerate(tasks):
+        if i and time.monotonic() - t0 > budget_s:
+            cut_short = True
+            break
         started = time.time()
         try:
             plan = client.select(names)
@@ -208,7 +219,10 @@ def select_series(
             parts["rest"].append(wall[-1] - sum(parts[k][-1] for k in PARTS))
             stacked_used += bool((doc.get("stacked") or {}).get("used"))
         models.append(len(plan.model_ids))
-    out: dict[str, Any] = {"requests": len(wall), "errors": len(errors)}
+    asked = len(wall) + len(errors) + stored
+    out: dict[str, Any] = {"requests": len(wall), "errors": len(errors), "asked": asked}
+    if cut_short:
+        out["cut_short_at_s"] = budget_s
     if errors:
         out["error_examples"] = errors[:3]
     if new:
@@ -225,11 +239,19 @@ def select_series(
 # -- whole processes --------------------------------------------------------------------------
 
 
-def run_times(argvs: Sequence[Sequence[str]], env: dict[str, str]) -> dict[str, Any]:
-    """Wall time of `python -m mllgraph ARGV` for each argv (one fresh process each)."""
+def run_times(
+    argvs: Sequence[Sequence[str]], env: dict[str, str], budget_s: float = math.inf
+) -> dict[str, Any]:
+    """Wall time of `python -m mllgraph ARGV` for each argv (one fresh process each); stops
+    after `budget_s` seconds, one run at least (`cut_short_at_s`)."""
     seconds: list[float] = []
     failures: list[str] = []
-    for argv in argvs:
+    t0 = time.monotonic()
+    cut_short = False
+    for i, argv in enumerate(argvs):
+        if i and time.monotonic() - t0 > budget_s:
+            cut_short = True
+            break
         t = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "mllgraph", *argv],
@@ -244,6 +266,8 @@ def run_times(argvs: Sequence[Sequence[str]], env: dict[str, str]) -> dict[str, 
             continue
         seconds.append(dt)
     out: dict[str, Any] = {"runs": len(seconds), "failures": len(failures)}
+    if cut_short:
+        out["cut_short_at_s"] = budget_s
     if failures:
         out["failure_examples"] = failures[:2]
     if seconds:
@@ -275,7 +299,12 @@ def classify_images(folder: Path, settings: Settings) -> list[Path]:
 
 
 def command_timings(
-    make: TaskMaker, env: dict[str, str], ports: dict[str, int], folder: Path, runs: int
+    make: TaskMaker,
+    env: dict[str, str],
+    ports: dict[str, int],
+    folder: Path,
+    runs: int,
+    budget_s: float = math.inf,
 ) -> dict[str, Any]:
     """The commands a person types, `runs` times each, over the local hub and with --target
     (the services in `ports`). The stored-plan and classify tasks are made once first."""
@@ -288,12 +317,13 @@ def command_timings(
     out["select_help"] = run_times([["select", "--help"]] * runs, env)
     for suffix, where, extra in (("", env, []), ("_target", target_env, target)):
         new = [["select", ", ".join(make.make(3)), *extra] for _ in range(runs)]
-        out[f"select_new_3{suffix}"] = run_times(new, where)
+        out[f"select_new_3{suffix}"] = run_times(new, where, budget_s)
         run_times([["select", stored, *extra]], where)  # made once, not counted
-        out[f"select_stored{suffix}"] = run_times([["select", stored, *extra]] * runs, where)
+        again = [["select", stored, *extra]] * runs
+        out[f"select_stored{suffix}"] = run_times(again, where, budget_s)
         classify = ["classify", str(folder), "--classes", CLASSIFY_CLASSES, *extra]
         run_times([classify], where)  # its plan made once, not counted
-        out[f"classify_10{suffix}"] = run_times([classify] * runs, where)
+        out[f"classify_10{suffix}"] = run_times([classify] * runs, where, budget_s)
     return out
 
 
@@ -310,6 +340,7 @@ def bench_real_hub(settings: Settings, args: argparse.Namespace) -> dict[str, An
 
     n_req = int(args.requests)
     runs = int(getattr(args, "runs", 5))
+    budget_s = float(getattr(args, "series_budget_s", None) or math.inf)
     seed = int(args.seed) if args.seed else int(time.time())  # new tasks: a fresh seed
     figures: dict[str, Any] = {
         "home": str(settings.home),
@@ -347,18 +378,22 @@ def bench_real_hub(settings: Settings, args: argparse.Namespace) -> dict[str, An
         address = f"127.0.0.1:{ports['selection']}"
         with mc.Client(selection=address, settings=settings, timeout=300) as client:
             seen: set[str] = set()
-            select_series(client, [make.make(3) for _ in range(3)], new=True, seen=seen)  # warm
+            warm = [make.make(3) for _ in range(3)]
+            select_series(client, warm, new=True, seen=seen, budget_s=budget_s)
             series: dict[str, Any] = {}
             tasks = {3: [make.make(3) for _ in range(n_req)]}
             tasks[k_big] = [make.make(k_big) for _ in range(n_req)]
             for k, ts in tasks.items():
-                series[f"new_{k}_classes"] = select_series(client, ts, new=True, seen=seen)
+                series[f"new_{k}_classes"] = select_series(
+                    client, ts, new=True, seen=seen, budget_s=budget_s
+                )
             mixed = [make.make(10, probed_share=0.5) for _ in range(n_req)]
             series["new_10_classes_half_unprobed"] = select_series(
-                client, mixed, new=True, seen=seen
+                client, mixed, new=True, seen=seen, budget_s=budget_s
             )
             for k, ts in tasks.items():
-                series[f"repeated_{k}_classes"] = select_series(client, ts * 2, new=False)
+                asked = ts[: series[f"new_{k}_classes"]["asked"]]  # those the series reached
+                series[f"repeated_{k}_classes"] = select_series(client, asked * 2, new=False)
             figures["select"] = series
             for name, entry in series.items():
                 print(f"[bench select --hub {args.hub}] {name}: {json.dumps(entry)[:300]}")
@@ -366,7 +401,7 @@ def bench_real_hub(settings: Settings, args: argparse.Namespace) -> dict[str, An
             folder = Path(tmp) / "images"
             folder.mkdir()
             classify_images(folder, settings)
-            figures["commands"] = command_timings(make, env, ports, folder, runs)
+            figures["commands"] = command_timings(make, env, ports, folder, runs, budget_s)
             print(f"[bench select --hub {args.hub}] commands: {json.dumps(figures['commands'])}")
     figures["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
     figures["method"] = METHOD
