@@ -245,8 +245,11 @@ def bench_select(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
     if getattr(args, "hub", None):
         from mllgraph.eval.bench import select_real
 
-        figures = select_real.bench_real_hub(settings, args)
-        return {"report": str(select_real.merge_report(args.out, args.hub, figures)), **figures}
+        def save(figures: dict[str, Any]) -> Path:
+            return select_real.merge_report(args.out, args.hub, figures)
+
+        figures = select_real.bench_real_hub(settings, args, save)
+        return {"report": str(save(figures)), **figures}
     import os
     import shutil
 

@@ -25,13 +25,14 @@ import json
 import math
 import os
 import random
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,8 @@ def served(
     ports = {name: free_port() for name in services}
     started: dict[str, subprocess.Popen[bytes]] = {}
     seconds: dict[str, float] = {}
+    # SIGTERM (a bench stopped from outside) unwinds through `finally`: no service left behind.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         for name in services:
             t = time.monotonic()
@@ -164,6 +167,7 @@ def served(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- SelectHeads through gRPC -----------------------------------------------------------------
@@ -298,41 +302,32 @@ def classify_images(folder: Path, settings: Settings) -> list[Path]:
     return paths
 
 
-def command_timings(
-    make: TaskMaker,
-    env: dict[str, str],
-    ports: dict[str, int],
-    folder: Path,
-    runs: int,
-    budget_s: float = math.inf,
-) -> dict[str, Any]:
-    """The commands a person types, `runs` times each, over the local hub and with --target
-    (the services in `ports`). The stored-plan and classify tasks are made once first."""
-    target_env = {**env}
-    for name, port in ports.items():
-        target_env[f"MLLGRAPH_{name.upper()}_PORT"] = str(port)
-    target = ["--target", "127.0.0.1"]
-    stored = ", ".join(make.make(3))
-    out: dict[str, Any] = {"help": run_times([["--help"]] * runs, env)}
-    out["select_help"] = run_times([["select", "--help"]] * runs, env)
-    for suffix, where, extra in (("", env, []), ("_target", target_env, target)):
-        new = [["select", ", ".join(make.make(3)), *extra] for _ in range(runs)]
-        out[f"select_new_3{suffix}"] = run_times(new, where, budget_s)
-        run_times([["select", stored, *extra]], where)  # made once, not counted
-        again = [["select", stored, *extra]] * runs
-        out[f"select_stored{suffix}"] = run_times(again, where, budget_s)
-        classify = ["classify", str(folder), "--classes", CLASSIFY_CLASSES, *extra]
-        run_times([classify], where)  # its plan made once, not counted
-        out[f"classify_10{suffix}"] = run_times([classify] * runs, where, budget_s)
-    return out
+def command_argvs(
+    make: TaskMaker, folder: Path, runs: int, target: bool, stored_task: Sequence[str]
+) -> dict[str, tuple[list[list[str]], list[str] | None]]:
+    """name -> (the runs' argvs, an argv run once first and not counted, or None): the
+    commands a person types, over the local hub or with --target (then `_target`).
+    `stored_task`: a task whose plan is stored already (run once first all the same)."""
+    extra = ["--target", "127.0.0.1"] if target else []
+    suffix = "_target" if target else ""
+    stored = ["select", ", ".join(stored_task), *extra]
+    classify = ["classify", str(folder), "--classes", CLASSIFY_CLASSES, *extra]
+    new = [["select", ", ".join(make.make(3)), *extra] for _ in range(runs)]
+    return {
+        f"select_stored{suffix}": ([stored] * runs, stored),  # made once first
+        f"classify_10{suffix}": ([classify] * runs, classify),  # its plan made once first
+        f"select_new_3{suffix}": (new, None),
+    }
 
 
 # -- the benchmark ----------------------------------------------------------------------------
 
 
-def bench_real_hub(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    """Measure the hub at MLLGRAPH_HOME as series `args.hub`; returns its figures (the
-    caller merges them into the report)."""
+def bench_real_hub(
+    settings: Settings, args: argparse.Namespace, save: Callable[[dict[str, Any]], Any] | None
+) -> dict[str, Any]:
+    """Measure the hub at MLLGRAPH_HOME as series `args.hub`; returns its figures, and hands
+    them to `save` after every step (the report merge)."""
     from mllgraph import client as mc
     from mllgraph.errors import FailedPrecondition
     from mllgraph.graph import db, neo4j_server
@@ -366,45 +361,68 @@ def bench_real_hub(settings: Settings, args: argparse.Namespace) -> dict[str, An
         "covered_concepts": len(concepts),
         "probed_concepts": sum(c.probed for c in concepts),
     }
+    figures["method"] = METHOD
     make = TaskMaker(concepts, seed)
     env = {**os.environ, "MLLGRAPH_HOME": str(settings.home)}
     # The probed concepts bound the task size with stacked fits (10 on the Fashion hubs).
     k_big = min(10, len(make.probed))
+
+    def step(key: str, name: str, entry: dict[str, Any]) -> None:
+        figures.setdefault(key, {})[name] = entry
+        figures["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
+        print(f"[bench select --hub {args.hub}] {name}: {json.dumps(entry)[:300]}", flush=True)
+        if save is not None:  # after every step: a run cut short keeps what it measured
+            save(figures)
+
+    commands: dict[str, tuple[list[list[str]], list[str] | None]] = {}
+    if runs > 0:
+        commands["help"] = ([["--help"]] * runs, None)
+        commands["select_help"] = ([["select", "--help"]] * runs, None)
     with (
         tempfile.TemporaryDirectory(prefix="bench-select-real-") as tmp,
         served(env, ("selection", "inference"), Path(tmp)) as (ports, start_s),
     ):
         figures["service_start_s"] = start_s
+        target_env = {**env, **{f"MLLGRAPH_{n.upper()}_PORT": str(p) for n, p in ports.items()}}
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        classify_images(folder, settings)
+
+        def command(name: str) -> None:
+            argvs, first = commands[name]
+            where = target_env if name.endswith("_target") else env
+            if first is not None:
+                run_times([first], where)
+            step("commands", name, run_times(argvs, where, budget_s))
+
         address = f"127.0.0.1:{ports['selection']}"
-        with mc.Client(selection=address, settings=settings, timeout=300) as client:
+        with mc.Client(selection=address, settings=settings, timeout=1800) as client:
             seen: set[str] = set()
+            # Warm the service's caches; its first task's plan is then the stored one.
             warm = [make.make(3) for _ in range(3)]
             select_series(client, warm, new=True, seen=seen, budget_s=budget_s)
-            series: dict[str, Any] = {}
-            tasks = {3: [make.make(3) for _ in range(n_req)]}
-            tasks[k_big] = [make.make(k_big) for _ in range(n_req)]
-            for k, ts in tasks.items():
-                series[f"new_{k}_classes"] = select_series(
-                    client, ts, new=True, seen=seen, budget_s=budget_s
-                )
+            if runs > 0:
+                for target in (True, False):
+                    commands.update(command_argvs(make, folder, runs, target, warm[0]))
+            for name in ("help", "select_help", "select_stored_target", "select_stored"):
+                if name in commands:
+                    command(name)
+            # Cheap and decisive first, so a run cut short by a loaded machine has them.
+            for k in dict.fromkeys((3, k_big)):
+                ts = [make.make(k) for _ in range(n_req)]
+                new = select_series(client, ts, new=True, seen=seen, budget_s=budget_s)
+                step("select", f"new_{k}_classes", new)
+                asked = ts[: new["asked"]]  # the tasks the new series reached, twice more
+                step("select", f"repeated_{k}_classes", select_series(client, asked * 2, new=False))
+            for name in ("classify_10_target", "select_new_3_target"):
+                if name in commands:
+                    command(name)
             mixed = [make.make(10, probed_share=0.5) for _ in range(n_req)]
-            series["new_10_classes_half_unprobed"] = select_series(
-                client, mixed, new=True, seen=seen, budget_s=budget_s
-            )
-            for k, ts in tasks.items():
-                asked = ts[: series[f"new_{k}_classes"]["asked"]]  # those the series reached
-                series[f"repeated_{k}_classes"] = select_series(client, asked * 2, new=False)
-            figures["select"] = series
-            for name, entry in series.items():
-                print(f"[bench select --hub {args.hub}] {name}: {json.dumps(entry)[:300]}")
-        if runs > 0:
-            folder = Path(tmp) / "images"
-            folder.mkdir()
-            classify_images(folder, settings)
-            figures["commands"] = command_timings(make, env, ports, folder, runs, budget_s)
-            print(f"[bench select --hub {args.hub}] commands: {json.dumps(figures['commands'])}")
-    figures["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
-    figures["method"] = METHOD
+            half = select_series(client, mixed, new=True, seen=seen, budget_s=budget_s)
+            step("select", "new_10_classes_half_unprobed", half)
+            for name in ("classify_10", "select_new_3"):
+                if name in commands:
+                    command(name)
     return figures
 
 
