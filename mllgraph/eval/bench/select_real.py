@@ -43,6 +43,7 @@ from mllgraph.settings import Settings
 MIN_COVER_SCORE = 0.5  # a concept counts as covered with a measured label this good
 PARTS = ("grounding", "cypher", "load", "chco", "stacked")
 SERVICE_START_TIMEOUT_S = 300.0
+COMMAND_TIMEOUT_S = 1200.0  # one whole command (a loaded machine is slow, not wrong)
 # The 10 images `classify` gets: the photos suite's photos and two Fashion-MNIST test images.
 CLASSIFY_PHOTOS = ("chelsea", "coffee", "motorcycle", "camera", "rocket", "astronaut")
 CLASSIFY_PHOTOS += ("china", "flower")
@@ -257,13 +258,17 @@ def run_times(
             cut_short = True
             break
         t = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-m", "mllgraph", *argv],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "mllgraph", *argv],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            failures.append(f"timed out after {COMMAND_TIMEOUT_S:.0f} s")
+            continue
         dt = time.perf_counter() - t
         if done.returncode != 0:
             failures.append(f"exit {done.returncode}: {done.stderr.strip()[-300:]}")
