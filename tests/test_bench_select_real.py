@@ -103,7 +103,7 @@ def test_merge_report_keeps_the_synthetic_series(tmp_path: Path) -> None:
     md = (tmp_path / "bench_select.md").read_text()
     assert md.startswith("# synthetic\n\nkept text\n")
     assert md.count(select_real.BEGIN) == 1 and md.count("### `tiny`") == 1
-    assert "new_10_classes p95 450 ms (goal < 300): NOT met (1.5x the goal)" in md
+    assert "new_10_classes p95 450 ms (goal at 10 classes < 300): NOT met (1.5x the goal)" in md
     assert "help median 0.2 s (goal < 0.5 s): met" in md
 
 

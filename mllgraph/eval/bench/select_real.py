@@ -476,7 +476,7 @@ def merge_report(out_dir: str | Path, name: str, figures: dict[str, Any]) -> Pat
 
 BEGIN = "<!-- real-hubs: written by `mllgraph bench select --hub NAME` -->"
 END = "<!-- /real-hubs -->"
-GOALS_MS = {"new_10_classes": 300, "repeated_10_classes": 20}
+GOALS_MS = {"new": 300, "repeated": 20}  # p95 ms at 10 classes
 GOALS_S = {"select_stored": 3.0, "select_new_3": 5.0, "help": 0.5}
 
 
@@ -528,14 +528,27 @@ def markdown(hubs: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _largest(select: dict[str, Any], kind: str) -> tuple[str, int] | None:
+    """The `KIND_K_classes` series with the largest K (a hub with fewer than 10 probed
+    concepts has its big series at fewer classes)."""
+    sizes = [
+        int(name.split("_")[1])
+        for name in select
+        if name.startswith(f"{kind}_") and name.endswith("_classes")
+    ]
+    return (f"{kind}_{max(sizes)}_classes", max(sizes)) if sizes else None
+
+
 def _goals(hub: dict[str, Any]) -> str:
     """Each goal of issue #24 beside its figure: met or by how much it misses."""
     said = []
-    for series, goal in GOALS_MS.items():
-        p95 = ((hub.get("select") or {}).get(series) or {}).get("grpc", {}).get("p95_ms")
-        if p95 is not None:
+    select = hub.get("select") or {}
+    for kind, goal in GOALS_MS.items():
+        found = _largest(select, kind)
+        p95 = select[found[0]].get("grpc", {}).get("p95_ms") if found else None
+        if found and p95 is not None:
             verdict = "met" if p95 < goal else f"NOT met ({p95 / goal:.1f}x the goal)"
-            said.append(f"{series} p95 {p95:,.0f} ms (goal < {goal}): {verdict}")
+            said.append(f"{found[0]} p95 {p95:,.0f} ms (goal at 10 classes < {goal}): {verdict}")
     for cmd, goal_s in GOALS_S.items():
         median = ((hub.get("commands") or {}).get(cmd) or {}).get("median_s")
         if median is not None:
