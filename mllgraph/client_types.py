@@ -76,6 +76,16 @@ class Plan:
     budget: int
     created_at: datetime | None
     select_ms: float = 0.0  # wall time of the SelectHeads call, seen from the client
+    # The whole plan document as the service sent it (Plan.combination_json): pass-through.
+    combination_json: str = field(default="", repr=False)
+
+    @property
+    def document(self) -> dict[str, Any]:
+        """The plan document (classes with their grounding, heads, `timings_ms` of when it
+        was made, ...): what `mllgraph select` prints. Parsed on each call."""
+        import json
+
+        return dict(json.loads(self.combination_json)) if self.combination_json else {}
 
     @property
     def class_names(self) -> list[str]:
@@ -266,6 +276,7 @@ def plan_from_proto(p: selection_pb2.Plan, select_ms: float = 0.0) -> Plan:
         budget=p.budget,
         created_at=_time(p, "created_at"),
         select_ms=select_ms,
+        combination_json=p.combination_json,
     )
 
 

@@ -91,6 +91,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "batch), side by side, e.g. 0,4,8,16",
     )
     p.add_argument("--requests", type=int, default=30, help="select/ingest: requests per series")
+    g = p.add_argument_group("select on a real hub")
+    g.add_argument(
+        "--hub",
+        metavar="NAME",
+        help="select: measure the real hub at MLLGRAPH_HOME (served by `mllgraph serve`) as "
+        "series NAME, e.g. main, fashion50: new and repeated tasks through gRPC, and whole "
+        "commands; merged into reports/bench_select.{json,md}",
+    )
+    g.add_argument(
+        "--runs",
+        type=int,
+        default=5,
+        help="select --hub: runs of each whole command (0: none)",
+    )
+    g.add_argument(
+        "--series-budget-s",
+        type=float,
+        default=None,
+        help="select --hub: stop a series (or a command's runs) after this many seconds, one "
+        "request at least (a loaded machine); default: no limit",
+    )
     p.add_argument("--models", type=int, default=1000, help="ingest: synthetic models")
     p.add_argument("--samples-per-concept", type=int, default=100)
     p.add_argument(

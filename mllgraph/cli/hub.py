@@ -31,6 +31,7 @@ def cmd_hub(args: argparse.Namespace, settings: Settings) -> int:
             epochs=args.epochs,
             imagenet=() if args.no_imagenet else hub.registry.BUILTINS,
             probes_per_class=args.probes_per_class,
+            max_train_per_expert=args.max_train,
             label_options=label_work.LabelOptions(samples_per_concept=args.samples_per_concept),
             log=console.print,
         )
@@ -46,6 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--epochs", type=int, default=2)
     q.add_argument("--no-imagenet", action="store_true", help="skip EfficientNet-Lite0/1/2")
     q.add_argument("--probes-per-class", type=int, default=None)
+    q.add_argument(
+        "--max-train",
+        type=int,
+        default=None,
+        help="training images per expert (default: all; the demo's hub: 4000, epochs 1, so "
+        "`--experts 50 --epochs 1 --max-train 4000` on a copy of it trains only the new ones)",
+    )
     q.add_argument("--samples-per-concept", type=int, default=200)
     executor_flag(q)
     q.set_defaults(handler=cmd_hub)

@@ -127,13 +127,14 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
 
 
 def cmd_select(args: argparse.Namespace, settings: Settings) -> int:
-    from mllgraph.graph import db
-    from mllgraph.ground.resolve import default_resolver
-    from mllgraph.plan import request as plan_request
-    from mllgraph.select import run as select
-
     names = _task_classes(args.classes)
     pins = _pins(names, args.pin)
+    if args.target:
+        return _select_through_service(args, settings, names, pins)
+    from mllgraph.graph import db
+    from mllgraph.plan import request as plan_request
+    from mllgraph.select import stored
+
     classes = [plan_request.TaskClass(n, pins.get(n)) for n in names]
     options = plan_request.SelectOptions(
         budget=args.budget,
@@ -143,16 +144,82 @@ def cmd_select(args: argparse.Namespace, settings: Settings) -> int:
         min_label_score=args.min_label_score,
     )
     options.validate()
-    select.validate_classes(classes)
-    with console.status("loading the grounding resolver"):
-        resolver = default_resolver(settings)
+    stored.validate_classes(classes)
+    warn_slow_start(settings, "select")
     with db.connect(settings) as graph:
-        ctx = select.select(graph, settings, classes, options, resolver)
+        # A stored plan is found by its key: no grounding, no torch, no probe outputs.
+        plan, timings = stored.find_stored(graph, classes, options), None
+        if plan is None:
+            from mllgraph.ground.resolve import default_resolver
+            from mllgraph.select import run as select
+
+            ctx = select.select(graph, settings, classes, options, default_resolver(settings))
+            plan, timings = ctx.plan, ctx.timings
     if args.json:
-        print(json.dumps(ctx.plan, indent=1))
+        print(json.dumps(plan, indent=1))
     else:
-        print_plan(ctx.plan, ctx.timings)
+        print_plan(plan, timings)
     return 0
+
+
+def _select_through_service(
+    args: argparse.Namespace, settings: Settings, names: list[str], pins: dict[str, str]
+) -> int:
+    """`select --target`: SelectHeads on a running selection service (nothing to load here)."""
+    import math
+    import time
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from mllgraph import client as mc
+
+    with mc.Client(args.target, settings=settings, timeout=args.timeout) as client:
+        plan = client.select(
+            names,
+            args.budget,
+            pins=pins,
+            solver=args.solver,
+            allow_ancestor=not args.no_ancestor,
+            fit_params=not args.no_fit,
+            min_label_score=args.min_label_score,
+        )
+        address = client.addresses["selection"]
+    doc = plan.document
+    if args.json:
+        print(json.dumps(doc, indent=1))
+        return 0
+    # The answer does not say whether the plan came from the store: one made before this
+    # call started is a stored one (its timings_ms are those of the request that made it);
+    # created_at has whole seconds.
+    started = time.time() - plan.select_ms / 1000.0
+    made = plan.created_at.timestamp() if plan.created_at is not None else started
+    fresh = math.floor(started) <= made <= datetime.now(UTC).timestamp()
+    timings = SimpleNamespace(**doc["timings_ms"]) if fresh and doc.get("timings_ms") else None
+    print_plan(doc, timings)
+    console.print(f"SelectHeads at {address}: {plan.select_ms:.0f} ms")
+    return 0
+
+
+def warn_slow_start(settings: Settings, command: str, services: bool = False) -> None:
+    """One line on stderr when this command is about to start slow things itself: the local
+    Neo4j (seconds to tens of seconds) and, for `classify`, the services in this process.
+    Running services answer without either: say so."""
+    starts = []
+    if settings.uses_local_neo4j:
+        from mllgraph.graph import neo4j_server
+
+        if neo4j_server.running_pid(settings) is None:
+            starts.append("the local Neo4j")
+    if services:
+        starts.append("the three services in this process")
+    if starts:
+        Console(stderr=True).print(
+            f"starting {' and '.join(starts)} (slow); with the services running "
+            "(`mllgraph serve selection`, `... inference`), "
+            f"`mllgraph {command} --target 127.0.0.1 ...` starts nothing",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -242,6 +309,8 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     if not args.target:
         from services.local import start_local_services
 
+        warn_slow_start(settings, "classify", services=True)
+
         services = start_local_services(settings, console.status)
     try:
         target = args.target
@@ -298,6 +367,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-fit", action="store_true", help="default combination parameters")
     p.add_argument("--min-label-score", type=float, default=0.05)
     p.add_argument("--json", action="store_true", help="print the plan document")
+    p.add_argument(
+        "--target",
+        help="HOST (default ports) or HOST:PORT of a running selection service: select there "
+        "(fast: nothing to start or load here); default: in this process over the local hub",
+    )
+    p.add_argument("--timeout", type=float, default=300.0, help="with --target: deadline, s")
     p.set_defaults(handler=cmd_select)
 
     p = sub.add_parser("classify", help="classify images into your class names")

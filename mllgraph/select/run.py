@@ -64,7 +64,6 @@ from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
 from mllgraph.graph.db import Graph
 from mllgraph.hub import probe_outputs, registry
 from mllgraph.plan.document import (
-    MAX_CLASSES,
     STACKED_SCHEMA_VERSION,
     plan_document,
     plan_id_for,
@@ -89,6 +88,7 @@ from mllgraph.select.probe_data import (
 )
 from mllgraph.select.reads import Reads
 from mllgraph.select.stacked_choice import broad_models, stacked_choice
+from mllgraph.select.stored import stored_plan, validate_classes
 from mllgraph.settings import Settings
 
 
@@ -107,17 +107,6 @@ def ensure_schema(graph: Graph) -> None:
 
 
 # -- the request -----------------------------------------------------------------------------
-
-
-def validate_classes(classes: list[TaskClass]) -> None:
-    if not classes:
-        raise InvalidArgument("classes: the task has no classes")
-    if len(classes) < 2:
-        raise InvalidArgument(
-            f"classes: a task needs at least two classes, got one ({classes[0].name!r})"
-        )
-    if len(classes) > MAX_CLASSES:
-        raise InvalidArgument(f"classes: {len(classes)} is over the limit of {MAX_CLASSES}")
 
 
 def _ground(
@@ -189,9 +178,9 @@ def select(
         )
     pid = plan_id_for(classes, options, version)
     if store:
-        existing = graph.read("select/plan_get", id=pid)
-        if existing:
-            return SelectionContext(plan=json.loads(existing[0]["body"]))
+        existing = stored_plan(graph, pid)
+        if existing is not None:
+            return SelectionContext(plan=existing)
 
     timings = Timings()
     t = time.perf_counter()

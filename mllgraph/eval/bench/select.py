@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import time
@@ -238,7 +239,17 @@ def _profile_candidates(graph: Any, wnids: list[str], allow_ancestor: bool) -> d
 
 def bench_select(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     """SelectHeads latency through gRPC on synthetic hubs of growing size (see the report's
-    `method` for what is synthetic); 10,000 models take long (--sizes 10,100,1000,10000)."""
+    `method` for what is synthetic); 10,000 models take long (--sizes 10,100,1000,10000).
+    With `--hub NAME`: the real hub at MLLGRAPH_HOME instead (`select_real`), merged into
+    the report under `real_hubs.NAME`."""
+    if getattr(args, "hub", None):
+        from mllgraph.eval.bench import select_real
+
+        def save(figures: dict[str, Any]) -> Path:
+            return select_real.merge_report(args.out, args.hub, figures)
+
+        figures = select_real.bench_real_hub(settings, args, save)
+        return {"report": str(save(figures)), **figures}
     import os
     import shutil
 
@@ -343,6 +354,11 @@ def bench_select(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
         for d in (home / "models", home / "probes"):
             shutil.rmtree(d, ignore_errors=True)
     figures["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
+    # The real-hub series (`--hub NAME`) live in the same report: keep them.
+    previous = Path(args.out) / "bench_select.json"
+    if previous.exists():
+        with contextlib.suppress(ValueError):
+            figures["real_hubs"] = json.loads(previous.read_text()).get("real_hubs", {})
     largest = figures["sizes"].get(str(sizes[-1]), {})
     figures["setup"] = {
         "neo4j_start_s": round(start_s, 1),
