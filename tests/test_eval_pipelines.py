@@ -194,3 +194,32 @@ def test_a_stacked_plan_classifies_alike_inline_through_grpc_and_in_process(
         json.loads(inline_plan_to_proto(doc).combination_json)["stacked"]["rule"]
         == "stacked_logistic"
     )
+
+
+def test_the_references_on_the_tiny_hub(tiny_hub: dict[str, Any]) -> None:
+    """stack-all, hindsight and the summed-subtree reference through the suite runner: what
+    each gives on a hub with a known shape."""
+    from mllgraph.eval.references import StackAll
+
+    graph, settings, models = tiny_hub["graph"], tiny_hub["settings"], tiny_hub["models"]
+    suite = parse_suite(SUITE)
+    images = evalset.eval_images(settings, per_class=12)
+    logits = evalset.LogitCache(graph, settings, images)
+    library = ev.LibraryPipeline(graph, settings, logits)
+    results = ev.run_suite(
+        graph, settings, suite, library, images, logits, budget=2, models=models,
+        stack_all=StackAll(graph, settings, logits, models),
+        baselines=("hindsight", "stack_all"), log=lambda _m: None,
+    )  # fmt: skip
+    with_dog, boot_dress = results
+    # "dog" has no probe images: no stacked rule can be fitted over the hub for that task.
+    assert "stack_all" not in with_dog.baselines
+    # Ankle boot against dress: each expert knows one of them; over both, well separated.
+    assert boot_dress.baselines["stack_all"] > 0.8
+    # Hindsight is MLL's own selection restricted to the expert it names, scored alike.
+    for r, task in zip(results, suite.tasks, strict=True):
+        assert r.hindsight_model in models
+        plan = library.select(task, 1, (r.hindsight_model,))
+        idx, labels = images.for_task(task)
+        again = float((library.classify_indices(plan, idx) == labels).mean())
+        assert r.baselines["hindsight"] == pytest.approx(again)

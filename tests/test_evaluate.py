@@ -171,7 +171,7 @@ def test_an_uncovered_class_gets_the_same_evidence_in_mll_and_the_baselines():
     assert baselines.baseline_single(view) == float(np.mean(mll == np.array(LABELS_3)))
 
 
-# -- the oracle's recipe ---------------------------------------------------------------------
+# -- the expert-recipe model ----------------------------------------------------------------
 
 
 def test_expert_per_class_budget():
@@ -188,18 +188,22 @@ def _task(*fashion: tuple[int, ...]):
     return Task("t", tuple(SuiteClass(f"c{i}", f) for i, f in enumerate(fashion)))
 
 
-def test_oracle_trains_on_the_task_classes_with_the_per_class_budget():
+def test_expert_recipe_model_trains_on_the_task_classes_with_the_per_class_budget():
     pool = np.arange(100, 160)
     pool_labels = np.repeat(np.arange(6), 10)  # 10 pool images of each Fashion class 0..5
     task = _task((1,), (3, 4))  # class 1 against classes 3 + 4 (a hypernym)
-    capped = references.Oracle(None, references.OracleRecipe("test_resnet", 2, per_class_images=4))
+    capped = references.ExpertRecipeModel(
+        None, references.ExpertRecipe("test_resnet", 2, per_class_images=4)
+    )
     picked = capped.training_indices(task, pool, pool_labels)
     assert np.all(np.diff(picked) > 0)
     assert np.bincount(pool_labels[picked], minlength=6).tolist() == [0, 4, 0, 4, 4, 0]
-    again = references.Oracle(None, references.OracleRecipe("test_resnet", 2, per_class_images=4))
+    again = references.ExpertRecipeModel(
+        None, references.ExpertRecipe("test_resnet", 2, per_class_images=4)
+    )
     assert np.array_equal(again.training_indices(task, pool, pool_labels), picked)
-    every = references.Oracle(
-        None, references.OracleRecipe("test_resnet", 2, per_class_images=None)
+    every = references.ExpertRecipeModel(
+        None, references.ExpertRecipe("test_resnet", 2, per_class_images=None)
     )
     assert np.bincount(pool_labels[every.training_indices(task, pool, pool_labels)]).tolist() == [
         0,
@@ -210,10 +214,10 @@ def test_oracle_trains_on_the_task_classes_with_the_per_class_budget():
     ]
 
 
-def test_oracle_recipe_is_described():
-    text = references.OracleRecipe("test_resnet", 3, per_class_images=1143).describe()
+def test_expert_recipe_is_described():
+    text = references.ExpertRecipe("test_resnet", 3, per_class_images=1143).describe()
     assert "test_resnet" in text and "3 epoch" in text and "1143" in text
-    assert "every" in references.OracleRecipe("test_resnet", 3, per_class_images=None).describe()
+    assert "every" in references.ExpertRecipe("test_resnet", 3, per_class_images=None).describe()
 
 
 # -- summaries per suite half ----------------------------------------------------------------
@@ -224,33 +228,43 @@ def _result(name: str, split: str | None, mll: float, **baselines: float) -> ev.
 
 
 RESULTS = [
-    _result("d1", "dev", 0.8, oracle=1.0, random=0.5),
-    _result("d2", "dev", 0.6, oracle=0.8, random=0.3),
-    _result("t1", "test", 0.45, oracle=0.9),
+    _result("d1", "dev", 0.8, supervised=1.0, random=0.5),
+    _result("d2", "dev", 0.6, supervised=0.8, random=0.3),
+    _result("t1", "test", 0.45, supervised=0.9),
     _result("x", None, 0.15),  # in neither half; in "all", but not in any share
 ]
 
 
-def test_summary_has_mean_accuracy_and_share_of_the_oracle():
+def test_summary_has_mean_accuracy_and_share_of_the_supervised_reference():
     s = summary.summarise(RESULTS[:2])
     assert s["tasks"] == 2
-    assert s["mean_accuracy"] == pytest.approx({"mll": 0.7, "oracle": 0.9, "random": 0.4})
-    share = {"mll": 0.7 / 0.9, "oracle": 1.0, "random": 0.4 / 0.9}
-    assert s["share_of_oracle"] == pytest.approx(share)
-    # No oracle figure: no share.
-    assert summary.summarise(RESULTS[3:])["share_of_oracle"] == {"mll": None}
+    assert s["mean_accuracy"] == pytest.approx({"mll": 0.7, "supervised": 0.9, "random": 0.4})
+    share = {"mll": 0.7 / 0.9, "supervised": 1.0, "random": 0.4 / 0.9}
+    assert s["share_of_supervised"] == pytest.approx(share)
+    lo, hi = s["interval_95"]["mll"]
+    assert 0.6 <= lo < 0.7 < hi <= 0.8  # two tasks, 0.6 and 0.8: resampled means in between
+    # No supervised figure: no share.
+    assert summary.summarise(RESULTS[3:])["share_of_supervised"] == {"mll": None}
 
 
 def test_halves_side_by_side():
     h = summary.summarise_halves(RESULTS)
     assert [h[k]["tasks"] for k in ("dev", "test", "all")] == [2, 1, 4]
-    assert h["test"]["share_of_oracle"]["mll"] == pytest.approx(0.5)
+    assert h["test"]["share_of_supervised"]["mll"] == pytest.approx(0.5)
     assert "random" not in h["test"]["mean_accuracy"]  # no random figure on that half
     assert h["dev"]["mean_accuracy"]["mll"] == pytest.approx(0.7)
+    assert h["dev_minus_test"]["mll"]["difference"] == pytest.approx(0.25)
     table = summary.halves_table(RESULTS).splitlines()
-    assert table[0].startswith("| method | dev (2 tasks) | dev: share of oracle | test (1 tasks)")
-    # all: mean of 0.8, 0.6, 0.45, 0.15; share over the three tasks with an oracle figure.
-    assert table[2] == "| mll | 0.700 | 77.8% | 0.450 | 50.0% | 0.500 | 68.5% |"
+    assert table[0].startswith(
+        "| method | dev (2 tasks) | dev: share of supervised | test (1 tasks)"
+    )
+    assert table[0].endswith("| dev − test |")
+    # all: mean of 0.8, 0.6, 0.45, 0.15; share over the three tasks with a supervised figure.
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert cells[0] == "mll" and cells[1].startswith("0.700 [") and cells[2] == "77.8%"
+    assert cells[3] == "0.450 [0.450, 0.450]" and cells[4] == "50.0%"
+    assert cells[5].startswith("0.500 [") and cells[6] == "68.5%"
+    assert cells[7].startswith("+0.250 [+0.150, +0.350]")
     md = summary.markdown_table(RESULTS)
     assert "| d1 | dev | 2 | 10 |" in md and "| x | - | 2 | 10 |" in md
 
@@ -277,3 +291,16 @@ def test_uncovered_classes_say_why_and_are_counted_per_half():
     assert halves["test"]["tasks_with_uncovered"] == {"no head": 1, "not chosen": 1}
     assert halves["all"]["tasks_with_uncovered"] == {"no head": 1, "not chosen": 2}
     assert "b (not chosen); scored by stacked |" in summary.markdown_table([budget])
+
+
+def test_bootstrap_intervals_have_known_answers():
+    assert summary.bootstrap_interval([]) is None
+    assert summary.bootstrap_interval([0.5, 0.5, 0.5]) == pytest.approx([0.5, 0.5])
+    values = list(np.linspace(0.0, 1.0, 41))
+    lo, hi = summary.bootstrap_interval(values)
+    # The mean's standard error is sd/sqrt(n) = 0.296/6.4 = 0.046: about ±0.09 at 95%.
+    assert 0.40 < lo < 0.43 and 0.57 < hi < 0.60
+    assert summary.bootstrap_interval(values) == [lo, hi]  # seeded
+    d = summary.difference_interval([0.9] * 5, [0.7] * 5)
+    assert d == pytest.approx([0.2, 0.2])
+    assert summary.difference_interval([0.9], []) is None

@@ -11,7 +11,7 @@ from mllgraph.eval import references, summary, zeroshot
 
 
 def _report() -> zeroshot.ZeroShotReport:
-    recipe = references.OracleRecipe("test_resnet", 2, per_class_images=None)
+    recipe = references.ExpertRecipe("test_resnet", 2, per_class_images=None)
     result = ev.TaskResult(
         task="a-b",
         classes=["a", "b"],
@@ -22,24 +22,30 @@ def _report() -> zeroshot.ZeroShotReport:
         uncovered=[],
         selection_ms=1.0,
         classify_ms=1.0,
-        baselines={"oracle": 1.0, "random": 0.5},
+        baselines={"supervised": 1.0, "expert_recipe": 0.95, "random": 0.5},
     )
     return zeroshot.ZeroShotReport(
         config={},
         main=summary.results_json([result]),
         summary=summary.summarise([result]),
-        oracle={"description": recipe.describe()},
+        expert_recipe={"description": recipe.describe()},
+        supervised={"description": "a small CNN"},
     )
 
 
-def test_report_says_what_mll_and_the_oracle_use(tmp_path: Path):
+def test_report_says_what_mll_and_the_references_use(tmp_path: Path):
     paths = zeroshot.write(_report(), tmp_path, "t")
     md = (tmp_path / "t.md").read_text()
     assert tmp_path / "t.md" in paths and tmp_path / "t.json" in paths
-    assert ev.MLL_USES in md and ev.ORACLE_USES in md
+    assert ev.MLL_USES in md and ev.REFERENCES_USE in md
+    # The first line after the title says what MLL used, and that Fashion is probe-pool.
+    first = md.splitlines()[2]
+    assert first.startswith("MLL used: the task's class names") and "same distribution" in first
     assert "no image or label of the task" in md
+    assert "oracle" not in md.lower()
     assert "Tasks with an uncovered class (no head: dev 0, test 0; not chosen: dev 0" in md
-    assert "## Oracle recipe" in md and "test_resnet" in md
+    assert "## Expert-recipe model" in md and "test_resnet" in md
+    assert "## Supervised reference" in md and "a small CNN" in md
     assert "no training" not in md
     assert "## Run" in md and "commit `" in md
 
@@ -89,9 +95,9 @@ def test_recipe_matches_the_hub_builds_version():
 
 
 HUB_ROWS = [
-    {"experts": 10, "seed": 0, "mll": 0.8, "random": 0.5, "oracle": 0.9},
-    {"experts": 10, "seed": 1, "mll": 0.6, "random": 0.7, "oracle": 0.9},
-    {"experts": 5, "seed": 0, "mll": 0.5, "random": None, "oracle": 0.9},
+    {"experts": 10, "seed": 0, "mll": 0.8, "random": 0.5, "supervised": 0.9},
+    {"experts": 10, "seed": 1, "mll": 0.6, "random": 0.7, "supervised": 0.9},
+    {"experts": 5, "seed": 0, "mll": 0.5, "random": None, "supervised": 0.9},
 ]
 
 
@@ -107,9 +113,9 @@ def test_aggregate_is_mean_and_std_over_seeds_per_size():
 
 def test_hub_size_table():
     lines = zeroshot._hub_size_table(HUB_ROWS)
-    assert lines[0] == "| experts | mll | oracle | random |"
-    assert lines[2] == "| 5 | 0.500 ± 0.000 | 0.900 ± 0.000 |  |"
-    assert lines[3] == "| 10 | 0.700 ± 0.100 | 0.900 ± 0.000 | 0.600 ± 0.100 |"
+    assert lines[0] == "| experts | mll | random | supervised |"
+    assert lines[2] == "| 5 | 0.500 ± 0.000 |  | 0.900 ± 0.000 |"
+    assert lines[3] == "| 10 | 0.700 ± 0.100 | 0.600 ± 0.100 | 0.900 ± 0.000 |"
 
 
 def test_the_report_plots_the_hub_size_study(tmp_path: Path):
@@ -141,6 +147,6 @@ def test_halves_rows_for_the_console():
     report = _report()
     report.halves = summary.summarise_halves([ev.TaskResult(**r) for r in report.main])
     rows = zeroshot.halves_rows(report)
-    assert [r["method"] for r in rows] == ["mll", "oracle", "random"]
-    assert rows[0]["all (1)"] == "0.900" and rows[0]["all: % of oracle"] == "90.0%"
-    assert rows[0]["dev (0)"] == "" and rows[0]["test: % of oracle"] == ""
+    assert [r["method"] for r in rows] == ["mll", "expert_recipe", "random", "supervised"]
+    assert rows[0]["all (1)"] == "0.900" and rows[0]["all: % of supervised"] == "90.0%"
+    assert rows[0]["dev (0)"] == "" and rows[0]["test: % of supervised"] == ""

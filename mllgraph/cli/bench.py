@@ -43,7 +43,9 @@ def cmd_zeroshot(args: argparse.Namespace, settings: Settings) -> int:
         test_per_class=args.test_per_class,
         budget=args.budget,
         imagenet=not args.no_imagenet,
-        oracle=not args.no_oracle,
+        expert_recipe=not args.no_expert_recipe,
+        supervised=not args.no_supervised,
+        references=not args.no_references,
         grpc=not args.in_process,
         photos=not args.no_photos,
         out_dir=Path(args.out),
@@ -107,7 +109,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--test-per-class", type=int, default=300)
     g.add_argument("--budget", type=int, default=5)
     g.add_argument("--no-imagenet", action="store_true")
-    g.add_argument("--no-oracle", action="store_true")
+    g.add_argument(
+        "--no-expert-recipe",
+        "--no-oracle",  # its old name
+        dest="no_expert_recipe",
+        action="store_true",
+        help="skip the expert-recipe model (the hub's expert architecture trained per task)",
+    )
+    g.add_argument(
+        "--no-supervised", action="store_true", help="skip the supervised reference (a CNN)"
+    )
+    g.add_argument(
+        "--no-references",
+        action="store_true",
+        help="skip the hindsight, stack-all and summed-subtree references",
+    )
     g.add_argument("--in-process", action="store_true", help="library calls instead of gRPC")
     g.add_argument(
         "--no-photos", action="store_true", help="skip the photos suite (real photos, gRPC only)"

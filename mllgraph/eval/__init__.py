@@ -2,10 +2,13 @@
 (its `bench` and `demo` commands) does.
 
 - `tasks`: task suites (JSON) of class names with their Fashion-MNIST ground truth.
-- `evaluate`: MLL and the baselines (random, single, uniform, oracle, ConSE) on a suite
-  (`run_suite`), built on `evalset` (evaluation images, cached logits), `scoring` (the rule
-  every method is scored by), `baselines` (random, single, uniform) and `references` (oracle,
-  ConSE); `summary`: means, shares of the oracle and the tables of a run.
+- `evaluate`: MLL, the baselines and the references on a suite (`run_suite`; what each method
+  is and sees: its module doc), built on `evalset` (evaluation images, cached logits),
+  `scoring` (the inference rule, for every method scored from a plan), `baselines` (random,
+  single, uniform, hindsight), `references` (stack-all, summed ImageNet subtrees, the
+  expert-recipe model, ConSE) and `supervised` (a CNN on all labelled train images);
+  `summary`: means with task-bootstrap intervals, shares of the supervised reference, the
+  dev − test difference, and the tables of a run.
 - `pipeline` pieces: `evaluate.LibraryPipeline` (in-process) and `grpc_pipeline` (the
   three services).
 - `zeroshot`: `mllgraph bench zeroshot`: hub build, suite, hub-size study, report.

@@ -1,7 +1,8 @@
 """The baselines that choose heads from the hub's candidates, scored by the shared rule
 (`scoring`) with default weights at the calibrated temperatures: random (a uniformly random
 candidate per class, mean of 5 draws), single (the one expert covering most classes) and
-uniform (every candidate, equal weights). See `evaluate`'s module doc for what each sees.
+uniform (every candidate, equal weights); and hindsight (the best single expert through MLL's
+own selection and inference rule). See `evaluate`'s module doc for what each sees.
 
 Imports scoring only from the evaluation; it must not import evaluate, references or summary.
 """
@@ -135,3 +136,34 @@ def _by_class(cands: list[chco.Candidate], k: int) -> list[list[chco.Candidate]]
     for c in cands:
         out[c.class_index].append(c)
     return out
+
+
+def baseline_hindsight(
+    graph: Graph,
+    settings: Settings,
+    task: Task,
+    resolver: Any,
+    view: TaskView,
+) -> tuple[float, str | None]:
+    """The best single expert in hindsight, given what MLL gets: for each model with a
+    candidate head, MLL's own selection restricted to that model (its calibration, fitted
+    parameters, stacked rule and patch), scored by the inference rule on the task's images;
+    the best accuracy and its model. It looks at the task's labels to pick: an upper bound
+    on any one expert, not a method."""
+    from mllgraph.eval.scoring import classify_plan
+
+    best, best_model = 0.0, None
+    for mid in sorted({c.group.model_id for c in view.candidates}):
+        ctx = select.select(
+            graph,
+            settings,
+            [plan_request.TaskClass(n) for n in task.names],
+            plan_request.SelectOptions(budget=1, models=(mid,)),
+            resolver,
+            store=False,
+        )
+        pred = classify_plan(ctx.plan, view.logits_of, view.idx, view.in_domain_of)
+        acc = float((pred == view.labels).mean())
+        if acc > best or best_model is None:
+            best, best_model = acc, mid
+    return best, best_model

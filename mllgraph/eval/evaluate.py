@@ -1,41 +1,41 @@
-"""Zero-shot evaluation: MLL against baselines on the same tasks and test images.
+"""Zero-shot evaluation: MLL against baselines and references on the same tasks and images.
 
 For every task of a suite: SelectHeads (CHCO) then Classify on Fashion-MNIST test images of
 the task's classes, through a `Pipeline` — the gRPC services in `bench zeroshot` and the
 demo, or the library in-process (the hub-size study, where hundreds of selections run).
 
-Baselines, computed on the same images from each model's logits (every model runs once on
-the evaluation images and its logits are cached). Every method is scored by the same code
-(:func:`scoring.task_scores`): the shared rule (`mllgraph.combine.rule.combine`) at each model's
-calibrated temperature (the one labelling fitted on the hub's probe images, which selection
-and inference use too), and the same offline fallback evidence
-(`mllgraph.combine.rule.fallback_evidence`) for every class the method leaves uncovered. Only the
-choice of heads and the combination's per-class weights differ:
-  (a) random   — a uniformly random candidate per class (mean of 5 draws), default weights;
-  (b) single   — the one expert covering most classes (ties: higher mean label score), its
-                 best head group per covered class, default weights; the classes it does not
-                 cover get the fallback like any uncovered class;
-  (c) uniform  — every candidate group of every candidate model, evidence averaged with
-                 equal weights (label scores ignored), no budget and no optimisation;
-  (d) oracle   — :class:`references.OracleRecipe`: the hub's strongest expert architecture
-                 trained with the experts' recipe and per-class image budget on the task's
-                 classes (a supervised reference: it sees labelled task images, MLL does not);
-  (e) conse    — text-only zero-shot from offline parts (a stand-in for a VLM):
-                 EfficientNet-Lite0's ImageNet top-10 probabilities mapped to the task's class
-                 names by MiniLM text-embedding similarity (ConSE-style).
-MLL's plan adds what selection fitted on the hub's probe images (per-class weights and
-biases); an uncovered class keeps weight 1 and bias 0 there, as in the baselines.
+Every model runs once on the evaluation images (its logits are cached). What each method is:
+  random, single, uniform — head choices among the candidates selection finds, scored by the
+      parameter-free rule (`scoring`: default weights at the calibrated temperatures, the
+      constant fallback for uncovered classes). They get NEITHER MLL's fitted parameters,
+      NOR its stacked rule, NOR its patch: they show what choosing heads is worth, not what
+      a user could do instead. random: a random candidate per class (mean of 5 draws);
+      single: the expert covering most classes; uniform: every candidate, equal weights.
+  hindsight — the best single expert in hindsight, given exactly what MLL gets: for each
+      model with a candidate head, MLL's own selection restricted to that model (its
+      calibration, fitted parameters, stacked rule and patch), scored on the task's images by
+      the inference rule; the best of them (it peeks at the task's labels to pick).
+  stack_all — :class:`references.StackAll`: the stacked rule over every head of every hub
+      model, fitted on the same probe images; no graph search, no CHCO, no budget.
+  imagenet_subtree — :class:`references.SubtreeSum`: one ImageNet expert's probabilities
+      summed over each class's WordNet subtree (the best of the hub's ImageNet experts).
+  supervised — :class:`supervised.Supervised`: a small CNN trained on all labelled
+      Fashion-MNIST train images (it sees labelled images of the task's classes).
+  expert_recipe — :class:`references.ExpertRecipeModel`: the hub's largest expert
+      architecture trained per task with the experts' own recipe and image budget (formerly
+      called "oracle"; it is not one: a weak supervised model).
+  conse — text-only zero-shot from offline parts (a stand-in for a VLM).
 
 What MLL uses, exactly (:data:`MLL_USES`): the task's class names and the hub's own probe
-images (labelled concept images the hub keeps to label its models; the temperatures and
-combination weights are fitted on them); no image or label of the task. The random, single
-and uniform baselines use the same; ConSE uses class names only; the oracle is trained on
-labelled images of the task's classes.
+images; on the Fashion suite those probe images are Fashion-MNIST train images, drawn from the
+same distribution as the test images (a probe-pool result, not a zero-shot one).
 
 Where the parts live: `evalset` (the evaluation images and each model's logits on them),
-`scoring` (the rule every method is scored by), `baselines` (random, single, uniform),
-`references` (the oracle and ConSE) and `summary` (means, shares of the oracle, the tables).
-This module holds the suite runner: the pipelines, :class:`TaskResult` and :func:`run_suite`.
+`scoring` (the rule the baselines are scored by), `baselines` (random, single, uniform,
+hindsight), `references` (stack-all, summed subtrees, the expert-recipe model and ConSE),
+`supervised`, and `summary` (means with intervals, shares of the supervised reference, the
+tables). This module holds the suite runner: the pipelines, :class:`TaskResult` and
+:func:`run_suite`.
 """
 
 from __future__ import annotations
@@ -49,14 +49,16 @@ import numpy as np
 
 from mllgraph.eval.baselines import (
     TaskView,
+    baseline_hindsight,
     baseline_random,
     baseline_single,
     baseline_uniform,
     candidates_for,
 )
 from mllgraph.eval.evalset import EvalImages, LogitCache
-from mllgraph.eval.references import ConSE, Oracle
+from mllgraph.eval.references import ConSE, ExpertRecipeModel, StackAll, SubtreeSum
 from mllgraph.eval.scoring import classify_plan
+from mllgraph.eval.supervised import Supervised
 from mllgraph.eval.tasks import Suite, Task
 from mllgraph.graph.db import Graph
 from mllgraph.plan import apply
@@ -66,13 +68,21 @@ from mllgraph.plan.document import uncovered_names
 from mllgraph.select import run as select
 from mllgraph.settings import Settings
 
-BASELINES = ("random", "single", "uniform", "oracle", "conse")
+BASELINES = (
+    "random", "single", "uniform", "hindsight", "stack_all", "imagenet_subtree", "supervised",
+    "expert_recipe", "conse",
+)  # fmt: skip
 # What MLL sees of a task, stated wherever its figures are shown (module doc).
 MLL_USES = (
-    "MLL uses the task's class names and the hub's own probe images (temperatures and "
-    "combination weights are fitted on them); no image or label of the task"
+    "MLL used: the task's class names, and the hub's own probe images (temperatures and "
+    "combination weights are fitted on them), here Fashion-MNIST train-split images — drawn "
+    "from the same distribution as the test images (a probe-pool result, not zero-shot); no "
+    "image or label of the task"
 )
-ORACLE_USES = "the oracle is trained on labelled images of the task's classes"
+REFERENCES_USE = (
+    "the supervised reference and the expert-recipe model are trained on labelled images of "
+    "the task's classes; hindsight picks its expert with the task's labels"
+)
 Log = Callable[[str], None]
 
 
@@ -138,6 +148,7 @@ class TaskResult:
     patch: str = "none"
     # Per uncovered class, why (plan/document.UNCOVERED_WHY): "no head" or "not chosen".
     uncovered_why: dict[str, str] = field(default_factory=dict)
+    hindsight_model: str | None = None  # the expert the hindsight baseline picked
 
     def uncovered_text(self) -> str:
         """E.g. "sweater (not chosen), tee (no head); scored by stacked", or "-"."""
@@ -156,8 +167,11 @@ def run_suite(
     *,
     budget: int,
     models: tuple[str, ...] | None = None,
-    oracle: Oracle | None = None,
+    expert_recipe: ExpertRecipeModel | None = None,
     conse: ConSE | None = None,
+    supervised: Supervised | None = None,
+    stack_all: StackAll | None = None,
+    subtree: SubtreeSum | None = None,
     baselines: tuple[str, ...] = BASELINES,
     seed: int = 0,
     log: Log = print,
@@ -202,8 +216,22 @@ def run_suite(
             r.baselines["single"] = baseline_single(view)
         if "uniform" in baselines:
             r.baselines["uniform"] = baseline_uniform(view)
-        if oracle is not None and "oracle" in baselines:
-            r.baselines["oracle"] = oracle.accuracy(task, images, idx, labels)
+        if "hindsight" in baselines:
+            r.baselines["hindsight"], r.hindsight_model = baseline_hindsight(
+                graph, settings, task, resolver, view
+            )
+        if stack_all is not None and "stack_all" in baselines:
+            value = stack_all.accuracy(plan, idx, labels)
+            if value is not None:  # None: some class lacks probe images to fit on
+                r.baselines["stack_all"] = value
+        if subtree is not None and "imagenet_subtree" in baselines:
+            value = subtree.accuracy(plan, idx, labels)
+            if value is not None:  # None: the hub has no ImageNet expert
+                r.baselines["imagenet_subtree"] = value
+        if supervised is not None and "supervised" in baselines:
+            r.baselines["supervised"] = supervised.accuracy(task, images.images, idx, labels)
+        if expert_recipe is not None and "expert_recipe" in baselines:
+            r.baselines["expert_recipe"] = expert_recipe.accuracy(task, images, idx, labels)
         if conse is not None and "conse" in baselines:
             r.baselines["conse"] = conse.accuracy(task, idx, labels)
         results.append(r)

@@ -1,5 +1,5 @@
-"""The references MLL is compared with that do not choose the hub's heads: the oracle (a
-supervised model trained per task with the experts' recipe, :class:`OracleRecipe`) and ConSE
+"""The references MLL is compared with that do not choose the hub's heads: the expert_recipe (a
+supervised model trained per task with the experts' recipe, :class:`ExpertRecipe`) and ConSE
 (text-only zero-shot from ImageNet probabilities and class-name embeddings).
 
 Imports evalset only from the evaluation; it must not import evaluate, baselines or summary.
@@ -32,13 +32,13 @@ def expert_per_class_budget(
     if max_train_per_expert is None:
         return None
     if not expert_class_counts:
-        raise InvalidArgument("the oracle's image budget needs at least one expert")
+        raise InvalidArgument("the expert_recipe's image budget needs at least one expert")
     return max(1, round(max_train_per_expert / float(np.median(expert_class_counts))))
 
 
 @dataclass(frozen=True)
-class OracleRecipe:
-    """How the oracle is trained, the same in the demo and the benchmark.
+class ExpertRecipe:
+    """How the expert_recipe is trained, the same in the demo and the benchmark.
 
     The hub's strongest expert architecture (largest by parameter count), trained with the
     experts' own training code and epochs (`fashion_experts.train_expert`), on the task's classes
@@ -68,16 +68,16 @@ class OracleRecipe:
         )
 
 
-class Oracle:
-    """A supervised reference per task: :class:`OracleRecipe` (cached per class set)."""
+class ExpertRecipeModel:
+    """A supervised reference per task: :class:`ExpertRecipe` (cached per class set)."""
 
-    def __init__(self, settings: Settings, recipe: OracleRecipe) -> None:
+    def __init__(self, settings: Settings, recipe: ExpertRecipe) -> None:
         self.settings, self.recipe = settings, recipe
         self._cache: dict[tuple[tuple[int, ...], ...], Any] = {}
         self.seconds = 0.0
 
     def training_indices(self, task: Task, pool: np.ndarray, pool_labels: np.ndarray) -> np.ndarray:
-        """Sorted positions into `pool` of the oracle's training images for `task`."""
+        """Sorted positions into `pool` of the expert_recipe's training images for `task`."""
         rng = np.random.default_rng(self.recipe.seed)
         keep = []
         for f in sorted(task.label_map()):
@@ -150,3 +150,99 @@ class ConSE:
         rows = np.arange(len(idx))[:, None]
         scores = np.einsum("nt,ntk->nk", p[rows, top], sim[top])
         return float((scores.argmax(1) == labels).mean())
+
+
+def task_concepts(plan: dict[str, Any]) -> list[str]:
+    """The wnid each task class grounds to in MLL's plan (the references use MLL's grounding:
+    they differ from it in what they do with the concepts, not in what the names mean)."""
+    return [c["concept"]["wnid"] for c in plan["classes"]]
+
+
+class StackAll:
+    """*stack-all*: the stacked rule (`mllgraph.combine.stacked`) over every head of every
+    hub model that has probe outputs, fitted on the probe images of the task's concepts — the
+    same images MLL's selection reads — with no graph search, no CHCO and no budget. What it
+    loses or gains against MLL is what grounding-driven selection adds (and whether the
+    budget costs accuracy). None for a task where some class has too few probe images."""
+
+    def __init__(
+        self, graph: Graph, settings: Settings, logits: LogitCache, models: Sequence[str]
+    ) -> None:
+        self.graph, self.settings, self.logits = graph, settings, logits
+        self.models = tuple(models)
+
+    def accuracy(self, plan: dict[str, Any], idx: np.ndarray, labels: np.ndarray) -> float | None:
+        from mllgraph.combine import stacked
+        from mllgraph.errors import FailedPrecondition
+        from mllgraph.select.probe_data import CACHE, probe_matrix
+        from mllgraph.select.reads import Reads
+
+        wnids = task_concepts(plan)
+        reads = Reads(self.graph, None, registry.catalogue_version(self.graph))
+        outputs = {}
+        for mid in self.models:
+            try:
+                outputs[mid] = CACHE.get(self.settings, mid)
+            except FailedPrecondition:  # declared only: no probe outputs to fit on
+                continue
+        probe_labels, probe_logits, _ = probe_matrix(reads.task_probes(wnids), outputs, len(wnids))
+        if not probe_logits:
+            return None
+        temperatures = {m: o.temperature for m, o in outputs.items()}
+        models = sorted(probe_logits)
+        rule = stacked.fit(probe_logits, probe_labels, len(wnids), models, temperatures)
+        if rule is None:
+            return None
+        probs = rule.probabilities({m: self.logits(m)[idx] for m in rule.models})
+        return float((probs.argmax(1) == labels).mean())
+
+
+class SubtreeSum:
+    """*one ImageNet expert, summed subtrees*: the expert's 1000 ImageNet probabilities summed
+    over each task class's WordNet subtree (the ImageNet classes at or below the class's
+    concept), argmax over the task's classes — what a user writes in 30 lines, with no hub.
+    A class with no ImageNet class under it scores 0. Each of the hub's ImageNet experts is
+    scored; :meth:`accuracy` gives the best of them on the task (in hindsight)."""
+
+    def __init__(
+        self, graph: Graph, settings: Settings, logits: LogitCache, models: Sequence[str]
+    ) -> None:
+        from mllgraph.graph.wordnet import load_nouns
+        from mllgraph.hub.loading import imagenet_wnids
+
+        self.logits = logits
+        self.models = [m for m in models if m.split("@", 1)[0] in registry.BUILTINS]
+        wn = load_nouns(settings.wordnet_dir)
+        self.ancestors = [_ancestors(wn, w) for w in imagenet_wnids()]
+
+    def heads_under(self, wnid: str) -> list[int]:
+        return [h for h, anc in enumerate(self.ancestors) if wnid in anc]
+
+    def per_model(
+        self, plan: dict[str, Any], idx: np.ndarray, labels: np.ndarray
+    ) -> dict[str, float]:
+        from mllgraph.combine.rule import model_probabilities
+
+        heads = [self.heads_under(w) for w in task_concepts(plan)]
+        out = {}
+        for mid in self.models:
+            p = model_probabilities(self.logits(mid)[idx].astype(np.float64), 1.0)
+            scores = np.stack([p[:, h].sum(1) if h else np.zeros(len(p)) for h in heads], 1)
+            out[mid] = float((scores.argmax(1) == labels).mean())
+        return out
+
+    def accuracy(self, plan: dict[str, Any], idx: np.ndarray, labels: np.ndarray) -> float | None:
+        scores = self.per_model(plan, idx, labels)
+        return max(scores.values()) if scores else None
+
+
+def _ancestors(wn: Any, wnid: str) -> frozenset[str]:
+    """`wnid` and every concept above it (hypernyms and instance hypernyms)."""
+    seen, todo = {wnid}, [wnid]
+    while todo:
+        s = wn.synsets[todo.pop()]
+        for up in (*s.hypernyms, *s.instance_hypernyms):
+            if up not in seen:
+                seen.add(up)
+                todo.append(up)
+    return frozenset(seen)
