@@ -37,6 +37,7 @@ from mllgraph.eval.emoji_suite import EmojiSuite, EmojiTask
 from mllgraph.eval.tasks import SPLITS
 from mllgraph.graph.db import Graph
 from mllgraph.hub import probe_folder, probes, registry
+from mllgraph.hubs.emoji import augment as emoji_augment
 from mllgraph.hubs.emoji import catalogue as emoji_catalogue
 from mllgraph.hubs.emoji import split as emoji_split
 from mllgraph.settings import Settings
@@ -52,6 +53,7 @@ class EmojiConfig:
     held_out: tuple[str, ...] = emoji_catalogue.STYLES
     per_style: int = 4  # probe images per concept and probe style
     per_emoji: int = 20  # task images per emoji in the held-out style
+    side: int = emoji_augment.SIDE  # probe and task image side (px)
     tasks_per_half: int | None = None  # None: the whole suite
     budget: int = 5
     seed: int = 0
@@ -114,6 +116,7 @@ def attach_probes(
     *,
     per_style: int,
     seed: int,
+    side: int = emoji_augment.SIDE,
 ) -> list[dict]:
     """Replace the hub's emoji probe sets by ones from the split's probe styles; the
     manifest of the images attached."""
@@ -122,7 +125,7 @@ def attach_probes(
     if folder.exists():
         shutil.rmtree(folder)
     manifest = emoji_split.write_probe_folders(
-        cat, rows, style_split, folder, per_style=per_style, seed=seed
+        cat, rows, style_split, folder, per_style=per_style, seed=seed, side=side
     )
     for style in style_split.probe_styles:
         if (folder / style).is_dir():
@@ -184,10 +187,10 @@ def run(
         log(f"held-out style {held_out}: probes from {', '.join(style_split.probe_styles)}")
         manifest = attach_probes(
             graph, settings, cat, probed_rows, style_split, folder,
-            per_style=config.per_style, seed=config.seed,
+            per_style=config.per_style, seed=config.seed, side=config.side,
         )  # fmt: skip
         tasks = emoji_split.task_images(
-            cat, rows, style_split, per_emoji=config.per_emoji, seed=config.seed
+            cat, rows, style_split, per_emoji=config.per_emoji, seed=config.seed, side=config.side
         )
         check_no_leak(graph, manifest, tasks, held_out)
         label_s = {}
@@ -198,7 +201,7 @@ def run(
             log(f"  labelled {m}: {result.images} probe images, {result.labels} labels, "
                 f"{result.seconds:.0f} s")  # fmt: skip
         images = EmojiImages(
-            np.stack([t.image for t in tasks]), np.array([t.wnid for t in tasks], dtype=object)
+            np.stack([t.image for t in tasks]), np.array([t.wnid for t in tasks], dtype=str)
         )
         results, logit_s = run_style(graph, settings, suite, images, models, config, log)
         for r in results:
