@@ -73,8 +73,8 @@ class EmojiSuite:
         return {w for t in self.tasks for w in t.wnids}
 
     def limited(self, per_half: int | None) -> EmojiSuite:
-        """The first `per_half` tasks of each half (the stored order mixes sizes and puts a
-        task with an unprobed class early), for a run at a smaller scale."""
+        """The first `per_half` tasks of each half (the stored order puts a task with an
+        unprobed class first, then mixes sizes), for a run at a smaller scale."""
         if per_half is None:
             return self
         if per_half < 1:
@@ -135,9 +135,12 @@ def build_suite(
         chosen_bare = rng.sample(bare, min(UNPROBED_PER_HALF, len(bare)))
         unprobed += chosen_bare
         probed = [w for w in pool if w not in chosen_bare]
-        plan = [(size, i, chosen_bare[i % len(chosen_bare)]) for i, size in
-                enumerate(UNCOVERED_SIZES)] if chosen_bare else []  # fmt: skip
-        plan += [(size, r, None) for r in range(ROUNDS) for size in SIZES]
+        uncovered = [(size, i, chosen_bare[i % len(chosen_bare)]) for i, size in
+                     enumerate(UNCOVERED_SIZES)] if chosen_bare else []  # fmt: skip
+        plan = [(size, r, None) for r in range(ROUNDS) for size in SIZES]
+        # A prefix of each half (a small run) mixes sizes and holds one uncovered task.
+        for at, task in zip((0, 5, 10), uncovered, strict=False):
+            plan.insert(at, task)
         for size, r, extra in plan:
             picked = _draw(rng, probed, size - (extra is not None), ancestors, extra)
             tag = "-uncovered" if extra else ""
