@@ -16,6 +16,8 @@ from mllgraph.settings import Settings
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from mllgraph.eval import bench
 
+    if args.what == "zeroshot" and args.world == "emoji":
+        return cmd_zeroshot_emoji(args, settings)
     if args.what == "zeroshot":
         return cmd_zeroshot(args, settings)
     figures = bench.run(args.what, settings, args)
@@ -57,6 +59,42 @@ def cmd_zeroshot(args: argparse.Namespace, settings: Settings) -> int:
     paths = zeroshot.write(report, config.out_dir, config.name)
     title = f"{len(report.main)} tasks: mean accuracy per half"
     console.print(rows_table(zeroshot.halves_rows(report), title))
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_zeroshot_emoji(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from mllgraph.eval import emoji_suite, emoji_world
+    from mllgraph.graph import db, sdag
+    from mllgraph.graph.wordnet import load_nouns
+    from mllgraph.hubs.emoji.catalogue import STYLES, check_style
+
+    suite = emoji_suite.load_suite(args.tasks)  # refuses an invalid file before any work
+    held_out = (
+        tuple(check_style(s.strip()) for s in args.held_out.split(",")) if args.held_out else STYLES
+    )
+    config = emoji_world.EmojiConfig(
+        held_out=held_out,
+        per_style=args.per_style,
+        per_emoji=args.per_emoji,
+        tasks_per_half=args.tasks_per_half,
+        budget=args.budget,
+        seed=args.seed,
+        hindsight=not args.no_references,
+        out_dir=Path(args.out),
+        name=args.name if args.name != "zeroshot" else "zeroshot_emoji",
+    )
+    with db.connect(settings) as graph:
+        sdag.load(graph, load_nouns(settings.wordnet_dir))
+        report = emoji_world.run(graph, settings, suite, config, log=console.print)
+    paths = emoji_world.write(report, config.out_dir, config.name)
+    console.print(emoji_world.first_line(report))
+    title = (
+        f"{report.counts['suite_tasks']} tasks x {len(report.runs)} held-out styles: mean accuracy"
+    )
+    console.print(rows_table(emoji_world.halves_rows(report), title))
     console.print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -179,4 +217,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-photos", action="store_true", help="skip the photos suite (real photos, gRPC only)"
     )
     g.add_argument("--name", default="zeroshot", help="report file stem under --out")
+    g.add_argument(
+        "--world",
+        choices=("fashion", "emoji"),
+        default="fashion",
+        help="fashion: the Fashion-MNIST suite (probe-pool); emoji: leave one style out",
+    )
+    g = p.add_argument_group("zeroshot --world emoji")
+    g.add_argument("--held-out", help="held-out styles, comma-separated (default: all four)")
+    g.add_argument("--per-style", type=int, default=4, help="probe images per concept and style")
+    g.add_argument("--per-emoji", type=int, default=20, help="task images per held-out emoji")
+    g.add_argument(
+        "--tasks-per-half", type=int, default=None, help="first N tasks of each half (all)"
+    )
     p.set_defaults(handler=cmd_bench)

@@ -12,6 +12,8 @@
 - `pipeline` pieces: `evaluate.LibraryPipeline` (in-process) and `grpc_pipeline` (the
   three services).
 - `zeroshot`: `mllgraph bench zeroshot`: hub build, suite, hub-size study, report.
+- `emoji_suite` (+ `tasks_emoji.json`): the emoji task suite, dev/test split by concept group;
+  `emoji_world`: `mllgraph bench zeroshot --world emoji`, leave one art style out.
 - `gap_study`: CHCO's heuristic against its exact solver on synthetic problems.
 - `bundle`: `python -m mllgraph.eval.bundle export-plan` (a plan bundle for the GPU check).
 - `bench/`: one module per benchmark (`mllgraph bench NAME`).

@@ -1,0 +1,376 @@
+"""`mllgraph bench zeroshot --world emoji`: leave-one-style-out zero-shot evaluation on the
+emoji world (issue #22, items 2-4, first cut).
+
+For each held-out style S:
+1. every emoji probe set in the hub is removed, and probe folders are written from the other
+   styles only (`hubs.emoji.split.write_probe_folders`: S refused by the split's guard, and a
+   source with the bytes of an S source skipped) and attached through the code
+   `mllgraph probes add --folder` uses (`hub.probe_folder.add_folder`, one probe set per
+   concept and style, source `emoji:<style>`). The suite's unprobed concepts get none.
+2. :func:`check_no_leak`: no probe set in the graph comes from S, and no probe image shares a
+   style, source bytes or augmentation seed with a task image (`split.leaks`). The run stops
+   otherwise.
+3. The hub's ImageNet experts (EfficientNet-Lite0/1/2, `registry.BUILTINS`) are labelled on
+   those probe sets (measured labels), with at most `per_style` x probe styles images per
+   concept (the same cap applies to the hub's other probe sets).
+4. Tasks are scored on S's task images only (`split.task_images`, its own seed stream).
+
+Methods, one scoring path (`evaluate.run_suite`, selection through the library
+`select.select`, not the gRPC services): MLL (budget 5), single, uniform, hindsight,
+stack_all, imagenet_subtree, and chance (1/K).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mllgraph.errors import FailedPrecondition
+from mllgraph.eval import evalset, references, summary
+from mllgraph.eval import evaluate as ev
+from mllgraph.eval.emoji_suite import EmojiSuite, EmojiTask
+from mllgraph.eval.tasks import SPLITS
+from mllgraph.graph.db import Graph
+from mllgraph.hub import probe_folder, probes, registry
+from mllgraph.hubs.emoji import augment as emoji_augment
+from mllgraph.hubs.emoji import catalogue as emoji_catalogue
+from mllgraph.hubs.emoji import split as emoji_split
+from mllgraph.settings import Settings
+
+Log = ev.Log
+SOURCE_PREFIX = "emoji:"
+CONCEPTS_FILE = Path(emoji_split.__file__).with_name("concepts.tsv")
+METHODS = ("single", "uniform", "hindsight", "stack_all", "imagenet_subtree")
+
+
+@dataclass
+class EmojiConfig:
+    held_out: tuple[str, ...] = emoji_catalogue.STYLES
+    per_style: int = 4  # probe images per concept and probe style
+    per_emoji: int = 20  # task images per emoji in the held-out style
+    side: int = emoji_augment.SIDE  # probe and task image side (px)
+    tasks_per_half: int | None = None  # None: the whole suite
+    budget: int = 5
+    seed: int = 0
+    hindsight: bool = True
+    models: tuple[str, ...] = ()  # empty: the ImageNet experts (registry.BUILTINS)
+    work_dir: Path | None = None  # probe folders (default: under the home)
+    out_dir: Path = Path("reports")
+    name: str = "zeroshot_emoji"
+
+
+@dataclass(frozen=True)
+class EmojiImages:
+    """The held-out style's task images and the concept each shows (duck-types
+    `evalset.EvalImages` for `evaluate.run_suite` and `evalset.LogitCache`)."""
+
+    images: np.ndarray  # uint8 (N, side, side, 3)
+    wnids: np.ndarray  # (N,) str
+
+    def for_task(self, task: EmojiTask) -> tuple[np.ndarray, np.ndarray]:
+        mapping = {w: i for i, w in enumerate(task.wnids)}
+        idx = np.flatnonzero(np.isin(self.wnids, list(mapping)))
+        return idx, np.array([mapping[w] for w in self.wnids[idx]], dtype=np.int64)
+
+
+@dataclass
+class StyleRun:
+    held_out: str
+    probe_styles: list[str]
+    probe_images: int
+    probe_concepts: int
+    task_images: int
+    label_s: dict[str, dict[str, float]]  # per model: total_s, forward_s, images
+    eval_logits_s: dict[str, float]
+    selection_ms_mean: float
+    results: list[dict[str, Any]] = field(default_factory=list)
+    halves: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EmojiReport:
+    config: dict[str, Any]
+    counts: dict[str, Any]
+    runs: list[StyleRun] = field(default_factory=list)
+    overall: dict[str, Any] = field(default_factory=dict)  # every style's tasks pooled
+    targets: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def emoji_probe_sets(graph: Graph) -> list[probes.ProbeSet]:
+    return [p for p in probes.probe_sets(graph) if p.source.startswith(SOURCE_PREFIX)]
+
+
+def attach_probes(
+    graph: Graph,
+    settings: Settings,
+    cat: emoji_catalogue.Catalogue,
+    rows: list[emoji_split.ConceptRow],
+    style_split: emoji_split.StyleSplit,
+    folder: Path,
+    *,
+    per_style: int,
+    seed: int,
+    side: int = emoji_augment.SIDE,
+) -> list[dict]:
+    """Replace the hub's emoji probe sets by ones from the split's probe styles; the
+    manifest of the images attached."""
+    for ps in emoji_probe_sets(graph):  # every style: sets from an earlier split go too
+        probes.remove_probe_set(graph, ps.id)
+    if folder.exists():
+        shutil.rmtree(folder)
+    manifest = emoji_split.write_probe_folders(
+        cat, rows, style_split, folder, per_style=per_style, seed=seed, side=side
+    )
+    for style in style_split.probe_styles:
+        if (folder / style).is_dir():
+            probe_folder.add_folder(graph, settings, folder / style, source=SOURCE_PREFIX + style)
+    return manifest
+
+
+def check_no_leak(
+    graph: Graph, manifest: list[dict], tasks: list[emoji_split.TaskImage], held_out: str
+) -> None:
+    """FailedPrecondition naming the first leaks: a probe set in the graph from the held-out
+    style, or a probe image sharing a style, source bytes or seed with a task image."""
+    found = [
+        f"probe set {p.id} ({p.source})"
+        for p in emoji_probe_sets(graph)
+        if p.source[len(SOURCE_PREFIX) :] == held_out
+    ]
+    found += emoji_split.leaks(manifest, tasks)
+    if found:
+        raise FailedPrecondition(
+            f"held-out style {held_out} reachable from the probes: {'; '.join(found[:5])}"
+        )
+
+
+def run(
+    graph: Graph,
+    settings: Settings,
+    suite: EmojiSuite,
+    config: EmojiConfig,
+    log: Log = print,
+) -> EmojiReport:
+    from mllgraph.eval.bench.common import git_commit
+    from mllgraph.label import run as labeller
+    from mllgraph.label.work import LabelOptions
+
+    t_all = time.perf_counter()
+    suite = suite.limited(config.tasks_per_half)
+    cat = emoji_catalogue.load(settings.emoji_cache)
+    wanted = suite.concepts()
+    rows = [r for r in emoji_split.read_concepts(CONCEPTS_FILE) if r.wnid in wanted]
+    probed_rows = [r for r in rows if r.wnid not in suite.unprobed]
+    models = config.models or tuple(registry.model_id(b, "1") for b in registry.BUILTINS)
+    for m in models:
+        registry.get_model(graph, m)  # NotFound before any work
+    folder = config.work_dir or settings.home / "emoji_eval" / "probes"
+    report = EmojiReport(
+        config={**asdict(config), "commit": git_commit(), "models": list(models)},
+        counts={
+            "suite_tasks": len(suite.tasks),
+            "concepts": len(wanted),
+            "unprobed_concepts": len(wanted & suite.unprobed),
+            "emoji": len(rows),
+            "styles": list(emoji_catalogue.STYLES),
+        },
+    )
+    pooled: list[ev.TaskResult] = []
+    for held_out in config.held_out:
+        style_split = emoji_split.split(held_out)
+        log(f"held-out style {held_out}: probes from {', '.join(style_split.probe_styles)}")
+        manifest = attach_probes(
+            graph, settings, cat, probed_rows, style_split, folder,
+            per_style=config.per_style, seed=config.seed, side=config.side,
+        )  # fmt: skip
+        tasks = emoji_split.task_images(
+            cat, rows, style_split, per_emoji=config.per_emoji, seed=config.seed, side=config.side
+        )
+        check_no_leak(graph, manifest, tasks, held_out)
+        label_s = {}
+        options = LabelOptions(samples_per_concept=config.per_style * len(style_split.probe_styles))
+        for m in models:
+            result = labeller.label_model(graph, settings, m, options)
+            label_s[m] = {
+                "total_s": round(result.seconds, 1),
+                "forward_s": round(result.forward_seconds, 1),
+                "images": result.images,
+            }
+            log(f"  labelled {m}: {result.images} probe images, {result.labels} labels, "
+                f"{result.seconds:.0f} s ({result.forward_seconds:.0f} s forward)")  # fmt: skip
+        images = EmojiImages(
+            np.stack([t.image for t in tasks]), np.array([t.wnid for t in tasks], dtype=str)
+        )
+        results, logit_s = run_style(graph, settings, suite, images, models, config, log)
+        for r in results:
+            r.task = f"{held_out}/{r.task}"
+        pooled += results
+        report.runs.append(
+            StyleRun(
+                held_out=held_out,
+                probe_styles=list(style_split.probe_styles),
+                probe_images=len(manifest),
+                probe_concepts=len({m["wnid"] for m in manifest}),
+                task_images=len(tasks),
+                label_s=label_s,
+                eval_logits_s={m: round(v, 1) for m, v in logit_s.items()},
+                selection_ms_mean=round(float(np.mean([r.selection_ms for r in results])), 1),
+                results=summary.results_json(results),
+                halves=summary.summarise_halves(results),
+            )
+        )
+        report.counts.setdefault("task_images", {})[held_out] = len(tasks)
+        report.counts.setdefault("probe_images", {})[held_out] = len(manifest)
+    report.overall = summary.summarise_halves(pooled)
+    report.targets = targets(pooled)
+    report.seconds = round(time.perf_counter() - t_all, 1)
+    return report
+
+
+def run_style(
+    graph: Graph,
+    settings: Settings,
+    suite: EmojiSuite,
+    images: EmojiImages,
+    models: tuple[str, ...],
+    config: EmojiConfig,
+    log: Log,
+) -> tuple[list[ev.TaskResult], dict[str, float]]:
+    """Every task of `suite` on one held-out style's images, every method; and each
+    model's seconds for its logits on those images."""
+    logits = evalset.LogitCache(graph, settings, images)  # type: ignore[arg-type]
+    logits.prefetch(models)
+    stack_all = references.StackAll(graph, settings, logits, models)
+    subtree = references.SubtreeSum(graph, settings, logits, models)
+    methods = METHODS if config.hindsight else tuple(m for m in METHODS if m != "hindsight")
+    results = ev.run_suite(
+        graph, settings, suite, ev.LibraryPipeline(graph, settings, logits),  # type: ignore[arg-type]
+        images, logits, budget=config.budget, models=models,  # type: ignore[arg-type]
+        stack_all=stack_all, subtree=subtree, baselines=methods, seed=config.seed, log=log,
+    )  # fmt: skip
+    for r in results:
+        r.baselines["chance"] = 1.0 / len(r.classes)
+    log("  eval logits: " + ", ".join(f"{m} {s:.0f} s" for m, s in logits.seconds.items()))
+    return results, dict(logits.seconds)
+
+
+def targets(results: list[ev.TaskResult]) -> dict[str, Any]:
+    """Issue #22's done-criteria on the pooled tasks: each figure and its margin (positive:
+    met). Best single expert: `hindsight` (an upper bound on any one expert)."""
+    out: dict[str, Any] = {"mll": float(np.mean([r.mll for r in results])) if results else None}
+    if not results:
+        return out
+
+    def margin(method: str, offset: float) -> dict[str, Any] | None:
+        # Paired: MLL on the tasks the reference has a figure for (stack-all has none where
+        # a class lacks probe images).
+        both = [(r.mll, r.baselines[method]) for r in results if method in r.baselines]
+        if not both:
+            return None
+        mll, ref = (float(np.mean(v)) for v in zip(*both, strict=True))
+        return {"tasks": len(both), "mll": mll, method: ref, "margin": mll - (ref + offset)}
+
+    out["mll_vs_best_single_plus_10"] = margin("hindsight", 0.10)
+    out["mll_vs_imagenet_subtree_plus_10"] = margin("imagenet_subtree", 0.10)
+    out["mll_vs_stack_all_minus_1"] = margin("stack_all", -0.01)
+    small = [r.mll for r in results if len(r.classes) <= 10]
+    out["mll_tasks_le_10_classes"] = float(np.mean(small)) if small else None
+    out["tasks_le_10_vs_0.85"] = None if not small else round(float(np.mean(small)) - 0.85, 4)
+    gaps = [abs(r.estimated - r.mll) for r in results if r.estimated is not None]
+    out["mean_abs_estimate_gap"] = float(np.mean(gaps)) if gaps else None
+    out["estimate_gap_vs_0.05"] = None if not gaps else round(0.05 - float(np.mean(gaps)), 4)
+    return out
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def first_line(report: EmojiReport) -> str:
+    parts = [
+        f"S = {r.held_out}: probe images from {', '.join(r.probe_styles)} (never {r.held_out})"
+        for r in report.runs
+    ]
+    return (
+        "MLL used: the task's class names, and the hub's emoji probe images from the styles "
+        "other than the held-out one (" + "; ".join(parts) + "), on which the ImageNet experts "
+        "were labelled and combination weights fitted; no image or label of the held-out style."
+    )
+
+
+def write(report: EmojiReport, out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = summary.write_json(out_dir / f"{name}.json", asdict(report))
+    cfg = {k: v for k, v in report.config.items() if k not in ("out_dir", "name", "work_dir")}
+    commit = cfg.pop("commit", "unknown")
+    md = [
+        f"{first_line(report)}",
+        "",
+        "# Zero-shot on the emoji world (leave one style out)",
+        "",
+        f"Code: commit `{commit}`. Config: " + ", ".join(f"{k} {v}" for k, v in cfg.items()),
+        "",
+        "Counts: " + ", ".join(f"{k} {v}" for k, v in report.counts.items()),
+        "",
+        "Methods, one scoring path (evaluate.run_suite; selection through the library): "
+        "`mll` (budget as configured), `single`/`uniform` (candidate heads, parameter-free "
+        "rule), `hindsight` (best single expert through MLL's own selection, picked with the "
+        "task's labels), `stack_all` (stacked rule over every head of the models, same probe "
+        "images), `imagenet_subtree` (best ImageNet expert, probabilities summed over each "
+        "class's WordNet subtree), `chance` (1/K).",
+        "",
+        "## All held-out styles pooled (tasks × styles; task-bootstrap 95% intervals)",
+        "",
+    ]
+    pooled = [ev.TaskResult(**r) for run in report.runs for r in run.results]
+    md += [summary.halves_table(pooled), "", "## Issue #22 targets (pooled)", "", "```"]
+    md += [summary_json(report.targets), "```", ""]
+    for run in report.runs:
+        results = [ev.TaskResult(**r) for r in run.results]
+        md += [
+            f"## Held-out style {run.held_out}",
+            "",
+            f"Probe styles {', '.join(run.probe_styles)}: {run.probe_images} probe images of "
+            f"{run.probe_concepts} concepts; {run.task_images} task images. Labelling "
+            + ", ".join(
+                f"{m} {v['total_s']} s ({v['forward_s']} s forward, {v['images']} images)"
+                for m, v in run.label_s.items()
+            )
+            + "; eval logits "
+            + ", ".join(f"{m} {s} s" for m, s in run.eval_logits_s.items())
+            + f"; selection {run.selection_ms_mean:.0f} ms per task (mean).",
+            "",
+            summary.halves_table(results),
+            "",
+            "Per task (`mll estimated` is the plan's estimate, `mll` the measured accuracy):",
+            "",
+            summary.markdown_table(results),
+            "",
+        ]
+    md += [f"Total {report.seconds:.0f} s."]
+    path = out_dir / f"{name}.md"
+    path.write_text("\n".join(md) + "\n")
+    return [path, json_path]
+
+
+def summary_json(data: Any) -> str:
+    import json
+
+    return json.dumps(data, indent=1, default=str)
+
+
+def halves_rows(report: EmojiReport) -> list[dict[str, Any]]:
+    """Per method: pooled mean accuracy per half (a console table)."""
+    rows = []
+    for m in report.overall.get("all", {}).get("mean_accuracy", {}):
+        row: dict[str, Any] = {"method": m}
+        for h in (*SPLITS, "all"):
+            acc = report.overall[h]["mean_accuracy"].get(m)
+            row[f"{h} ({report.overall[h]['tasks']})"] = "" if acc is None else f"{acc:.3f}"
+        rows.append(row)
+    return rows

@@ -1,0 +1,180 @@
+"""Leave-one-style-out evaluation on the emoji world (mllgraph.eval.emoji_world), end to end on
+a tiny hub: two small randomly initialised experts declaring a handful of emoji concepts, one
+held-out style, probe sets attached through `probes add --folder`'s code, real Neo4j.
+
+What it checks can fail: no probe set in the graph (and no probe image) comes from the held-out
+style, the unprobed concept gets no probe set, and every method is scored on the held-out
+style's images only."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mllgraph.errors import FailedPrecondition
+from mllgraph.eval import emoji_suite, emoji_world
+from mllgraph.hub import loading, probes, registry
+from mllgraph.hub.preprocess import InputSpec
+from mllgraph.hubs.emoji import catalogue, install
+from mllgraph.settings import Settings
+
+pytestmark = pytest.mark.neo4j
+
+HELD_OUT = "twemoji"
+DOG, CAT, HORSE, BANANA, APPLE = "n02084071", "n02121620", "n02374451", "n07753592", "n07739125"
+CHIPMUNK = "n02360282"  # no ImageNet class under it: unprobed here
+SUITE = {
+    "name": "tiny-emoji",
+    "unprobed": [CHIPMUNK],
+    "tasks": [
+        {
+            "name": "animals",
+            "split": "dev",
+            "classes": [
+                {"name": "dog", "wnid": DOG},
+                {"name": "cat", "wnid": CAT},
+                {"name": "chipmunk", "wnid": CHIPMUNK},
+            ],
+        },
+        {
+            "name": "fruit-horse",
+            "split": "test",
+            "classes": [
+                {"name": "banana", "wnid": BANANA},
+                {"name": "red apple", "wnid": APPLE},
+                {"name": "horse", "wnid": HORSE},
+            ],
+        },
+    ],
+}
+SPEC = InputSpec(size=32, resize="resize", mean=(0.5,) * 3, std=(0.5,) * 3, channels=3)
+
+
+@pytest.fixture(scope="module")
+def emoji_cache() -> Path:
+    cache = Settings.from_env().emoji_cache
+    absent = install.missing(cache)
+    if absent:
+        why = f"emoji packages {absent} not installed in {cache} (run `mllgraph hub emoji fetch`)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: {why}")
+        pytest.skip(why)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def tiny_hub(
+    sdag_graph: Any, neo4j_settings: Settings, emoji_cache: Path, tmp_path_factory: Any
+) -> Any:
+    graph = sdag_graph
+    settings = replace(neo4j_settings, device="cpu", emoji_cache=emoji_cache)
+    tmp = tmp_path_factory.mktemp("emoji_eval")
+    uid = uuid.uuid4().hex[:8]
+    models = []
+    try:
+        for name, arch, wnids in (
+            ("a", "test_efficientnet", [DOG, CAT, HORSE]),
+            ("b", "test_resnet", [BANANA, APPLE, DOG]),
+        ):
+            model = loading.build_timm(arch, len(wnids), 3)
+            reg = registry.register_model(
+                graph,
+                settings,
+                registry.Registration(
+                    name=f"emojieval-{uid}-{name}",
+                    arch=arch,
+                    weights_path=loading.save_weights(model, tmp / f"{name}.safetensors"),
+                    wnids=wnids,
+                    input_spec=SPEC,
+                ),
+            )
+            models.append(reg.record["id"])
+        yield {"graph": graph, "settings": settings, "models": tuple(models), "tmp": tmp}
+    finally:
+        for mid in models:
+            registry.delete_model(graph, settings, mid)
+        for ps in emoji_world.emoji_probe_sets(graph):
+            probes.remove_probe_set(graph, ps.id)
+
+
+def test_held_out_style_end_to_end(tiny_hub: dict[str, Any]) -> None:
+    graph, settings = tiny_hub["graph"], tiny_hub["settings"]
+    suite = emoji_suite.parse_suite(SUITE)
+    config = emoji_world.EmojiConfig(
+        held_out=(HELD_OUT,),
+        per_style=2,
+        per_emoji=2,
+        side=64,
+        budget=2,
+        models=tiny_hub["models"],
+        work_dir=tiny_hub["tmp"] / "probes",
+        out_dir=tiny_hub["tmp"] / "reports",
+    )
+    report = emoji_world.run(graph, settings, suite, config, log=lambda _m: None)
+
+    (run,) = report.runs
+    assert run.held_out == HELD_OUT and HELD_OUT not in run.probe_styles
+    # The style split: what the graph holds now comes from the probe styles only, and the
+    # unprobed concept has no set.
+    sets = emoji_world.emoji_probe_sets(graph)
+    assert {p.source for p in sets} == {f"emoji:{s}" for s in run.probe_styles}
+    assert {p.wnid for p in sets} == {DOG, CAT, HORSE, BANANA, APPLE}
+    assert run.probe_images == 5 * 3 * 2  # probed concepts x probe styles x per_style
+    # Task images: the held-out style only, every emoji of the six concepts, 2 each.
+    cat = catalogue.load(settings.emoji_cache)
+    emoji = [r for r in emoji_world.emoji_split.read_concepts(emoji_world.CONCEPTS_FILE)]
+    n_emoji = sum(
+        1
+        for r in emoji
+        if r.wnid in {DOG, CAT, HORSE, BANANA, APPLE, CHIPMUNK}
+        and HELD_OUT in cat.get(r.hexcode).sources
+    )
+    assert run.task_images == 2 * n_emoji
+    by_task = {r["task"]: r for r in run.results}
+    assert set(by_task) == {f"{HELD_OUT}/animals", f"{HELD_OUT}/fruit-horse"}
+    for r in run.results:
+        assert 0.0 <= r["mll"] <= 1.0 and r["estimated"] is not None
+        assert r["baselines"]["chance"] == pytest.approx(1 / 3)
+        assert {"single", "uniform", "hindsight"} <= set(r["baselines"])
+    # stack-all fits only where every class has probe images: not with chipmunk
+    assert "stack_all" in by_task[f"{HELD_OUT}/fruit-horse"]["baselines"]
+    assert "stack_all" not in by_task[f"{HELD_OUT}/animals"]["baselines"]
+    # chipmunk has no probe set and no expert declares it: uncovered
+    assert "chipmunk" in " ".join(by_task[f"{HELD_OUT}/animals"]["uncovered"])
+    paths = emoji_world.write(report, config.out_dir, "tiny")
+    first = paths[0].read_text().splitlines()[0]
+    assert f"never {HELD_OUT}" in first and "openmoji" in first
+
+
+def test_a_held_out_probe_set_stops_the_run(tiny_hub: dict[str, Any]) -> None:
+    graph, settings = tiny_hub["graph"], tiny_hub["settings"]
+    cat = catalogue.load(settings.emoji_cache)
+    rows = [r for r in emoji_world.emoji_split.read_concepts(emoji_world.CONCEPTS_FILE)]
+    rows = [r for r in rows if r.wnid == DOG]
+    style_split = emoji_world.emoji_split.split(HELD_OUT)
+    folder = tiny_hub["tmp"] / "leak"
+    manifest = emoji_world.attach_probes(
+        graph, settings, cat, rows, style_split, folder, per_style=1, seed=0, side=64
+    )
+    tasks = emoji_world.emoji_split.task_images(cat, rows, style_split, per_emoji=1, side=64)
+    emoji_world.check_no_leak(graph, manifest, tasks, HELD_OUT)  # clean
+    # A probe set of the held-out style in the graph (as a user might attach one) is caught.
+    image = tasks[0].image[None]
+    ps, _ = probes.add_probe_set(
+        graph, settings, concept=DOG, images=image, set_id=f"leak-{uuid.uuid4().hex[:6]}",
+        source=f"emoji:{HELD_OUT}",
+    )  # fmt: skip
+    try:
+        with pytest.raises(FailedPrecondition, match=f"held-out style {HELD_OUT}"):
+            emoji_world.check_no_leak(graph, manifest, tasks, HELD_OUT)
+    finally:
+        probes.remove_probe_set(graph, ps.id)
+    # ... and so is a probe image made from a held-out source.
+    tainted = [{**manifest[0], "source_sha256": tasks[0].source_sha256}]
+    with pytest.raises(FailedPrecondition, match="bytes"):
+        emoji_world.check_no_leak(graph, tainted, tasks, HELD_OUT)
