@@ -164,3 +164,13 @@ def test_busy_graph_threads_are_waited_for_and_abandoned_ones_refuse_at_once() -
     finally:
         release.set()
         graph.close()
+
+
+def test_long_computations_stop_at_the_request_deadline() -> None:
+    """deadline.check: selection's pure steps stop once the caller's deadline has passed
+    (no server needed), and never outside a request."""
+    deadline.check("anything")  # no deadline: nothing happens
+    with deadline.within(60.0):
+        deadline.check("the stacked rule's fit")
+    with deadline.within(-1.0), pytest.raises(DeadlineExceeded, match="during the stacked"):
+        deadline.check("the stacked rule's fit")

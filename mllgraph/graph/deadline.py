@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from mllgraph.errors import DeadlineExceeded
+
 _deadline: ContextVar[float | None] = ContextVar("mllgraph_graph_deadline", default=None)
 
 
@@ -33,3 +35,14 @@ def remaining() -> float | None:
     """Seconds left before the current deadline (<= 0: passed); None without one."""
     at = _deadline.get()
     return None if at is None else at - time.monotonic()
+
+
+def check(stage: str) -> None:
+    """Raise DeadlineExceeded when the current deadline has passed: long pure computations
+    (selection's fits) call this between their steps, so a request whose caller has given up
+    stops computing instead of holding a worker thread (and the process, at exit) for minutes."""
+    left = remaining()
+    if left is not None and left <= 0:
+        raise DeadlineExceeded(
+            f"the request's deadline passed during {stage}; retry with a longer deadline"
+        )

@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
+from mllgraph.graph import deadline
 from mllgraph.graph.db import Graph
 from mllgraph.hub import probe_outputs, registry
 from mllgraph.plan.document import (
@@ -186,6 +187,7 @@ def select(
     t = time.perf_counter()
     groundings = _ground(classes, resolver, reads, options)
     timings.grounding_ms = (time.perf_counter() - t) * 1000
+    deadline.check("grounding the class names")
     wnids = [g.wnid for g in groundings]
     if len(set(wnids)) != len(wnids):  # pinned wnids can collide; the resolver checks names
         dup = [(classes[i].name, w) for i, w in enumerate(wnids) if wnids.count(w) > 1]
@@ -198,6 +200,7 @@ def select(
     probe_rows = reads.task_probes(wnids)
     probe_rows += proxy_probes(reads, rows, probe_rows, len(classes))
     timings.cypher_ms = (time.perf_counter() - t) * 1000
+    deadline.check("reading the candidates")
 
     t = time.perf_counter()
     outputs: dict[str, probe_outputs.ProbeOutputs] = {}
@@ -238,6 +241,7 @@ def select(
     for mid, h in declared_only.items():
         logits[mid] = np.zeros((labels.size, h), dtype=np.float32)
     timings.load_ms = (time.perf_counter() - t) * 1000
+    deadline.check("loading the probe outputs")
 
     info: CandidateInfo = {}
     candidates = candidates_of_rows(rows, logits, declared_only, info)
@@ -276,6 +280,7 @@ def select(
         plan = solve(problem, options)
         solver_note = plan.solver
     timings.chco_ms = (time.perf_counter() - t) * 1000
+    deadline.check("CHCO")
     t = time.perf_counter()
     fit = None
     if problem is not None and options.fit_params and not set(plan.models) & set(declared_only):

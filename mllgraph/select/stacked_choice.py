@@ -9,8 +9,8 @@
   serves the probe images better; the plan as that rule serves it (`StackedFit`: the rule,
   kept or not, and the plan document's `stacked` note).
 
-Imports plan, combine and below, and `select.alternatives`, `select.cache`, `select.chco`,
-`select.reads`; must not import `select.run` or anything above select.
+Imports graph.deadline, plan, combine and below, and `select.alternatives`, `select.cache`,
+`select.chco`, `select.reads`; must not import `select.run` or anything above select.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from mllgraph.combine.rule import (
     class_scores,
     fallback_evidence,
 )
+from mllgraph.graph import deadline
 from mllgraph.plan.request import SelectOptions, TaskClass
 from mllgraph.select import chco
 from mllgraph.select.alternatives import solve, uncovered_plan
@@ -184,6 +185,7 @@ def _stacked(problem: chco.ChcoProblem, plan: chco.Plan) -> StackedFit | None:
     probe images beats the per-class rule's (in-sample) accuracy there (combine/stacked)."""
     if not plan.models:
         return None
+    deadline.check("the stacked rule's fit")
     rule = fit_stacked(problem, plan.models)
     if rule is None:
         return None
