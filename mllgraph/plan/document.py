@@ -47,8 +47,9 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # also considers the broadest labelled experts, select/broad_models; 10: the screened plan maps
 # classes to its models' own best heads, and is served by its per-class rule if that is better;
 # 11: an uncovered class says why, UNCOVERED_WHY; 12: a plan served by its stacked rule
-# reports that rule's per-class recall and covers classes through the heads it reads).
-SELECTION_VERSION = 12
+# reports that rule's per-class recall and covers classes through the heads it reads;
+# 13: a cost budget, ms per image, and the cheapest plan within the accuracy slack served).
+SELECTION_VERSION = 13
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2

@@ -30,6 +30,7 @@ from mllgraph.combine.rule import (
 from mllgraph.plan.request import SelectOptions, TaskClass
 from mllgraph.select import chco
 from mllgraph.select.alternatives import solve, uncovered_plan
+from mllgraph.select.cost_front import cheapest_within
 from mllgraph.select.reads import Reads
 
 StackedFit = tuple[stacked.StackedRule | None, dict[str, Any]]
@@ -58,7 +59,9 @@ def stacked_choice(
     `broad` experts) picks other models for the stacked rule, CHCO's plan restricted to
     those with the stacked rule over them: whichever serves the probe images better (the
     stacked rule's out-of-fold accuracy where it is kept, else the per-class rule's
-    estimate, for either plan). Ties keep CHCO's.
+    estimate, for either plan), by the same rule as CHCO's front: the cheaper one (ms per
+    image) unless the other is more than `options.accuracy_slack` better. Ties keep CHCO's.
+    The screen's models must fit the problem's cost cap.
     `own_candidates(models)`: those models' own candidate heads, for CHCO's plan restricted
     to them (the problem's candidates may hold none of a broad expert's)."""
     first = _stacked(problem, plan)
@@ -74,6 +77,10 @@ def stacked_choice(
         problem.num_classes, problem.budget,
     )  # fmt: skip
     if not picked or set(picked) == set(plan.models):
+        return _as_stacked_serves(plan, first, problem, own_candidates)
+    if problem.max_cost is not None and problem.plan_cost(picked) > problem.max_cost:
+        first[1]["screened_models"] = picked
+        first[1]["screened_over_cost"] = problem.plan_cost(picked)
         return _as_stacked_serves(plan, first, problem, own_candidates)
     kept = [c for c in problem.candidates if c.group.model_id in picked]
     if own_candidates is not None:
@@ -91,7 +98,12 @@ def stacked_choice(
         other, served = replace(solved, models=picked), second[1]["cv_accuracy"]
     else:
         other, served = solved, solved.estimated_accuracy
-    if second is None or not served > current:
+    # As CHCO's front: the cheaper of the two unless the other is more than the slack better
+    # (ties, and costs equal: CHCO's).
+    points = [(current, problem.plan_cost(plan.models))]
+    if second is not None:
+        points.append((served, problem.plan_cost(other.models)))
+    if second is None or cheapest_within(points, options.accuracy_slack) == 0:
         first[1]["screened_models"] = picked
         return _as_stacked_serves(plan, first, problem, own_candidates)
     second[1]["screened_models"] = picked
