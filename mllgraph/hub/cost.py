@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from mllgraph.hub import forward
-from mllgraph.hub.preprocess import InputSpec, preprocess
+if TYPE_CHECKING:  # torch is imported where a model is timed: listing costs stays light
+    import torch
+    from torch import nn
+
+    from mllgraph.hub.preprocess import InputSpec
 
 COST_BATCH = 8  # images per timed batch
 COST_REPEATS = 5  # timed batches; their median is taken (a busy machine's outliers fall away)
@@ -48,6 +49,11 @@ def measure(
 ) -> dict[str, Any]:
     """Time `model` on random images of `spec`'s size: {cost_ms_per_image (median of `repeats`
     batches of `batch`, after one warm-up batch), cost_device, cost_threads, cost_batch}."""
+    import torch
+
+    from mllgraph.hub import forward
+    from mllgraph.hub.preprocess import preprocess
+
     dev = torch.device(device)
     model = forward.to_channels_last(model.to(dev).eval())
     shape = (batch, spec.size, spec.size) + ((3,) if spec.channels == 3 else ())
@@ -75,6 +81,8 @@ def measure(
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -98,5 +106,5 @@ def needs_measuring(record: dict[str, Any], device: str) -> bool:
     """True when the record has no measured cost, or one from another kind of device."""
     return (
         record.get("cost_ms_per_image") is None
-        or record.get("cost_device") != torch.device(device).type
+        or record.get("cost_device") != str(device).split(":")[0]
     )
