@@ -177,7 +177,8 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
                 record = registry.measure_cost(graph, settings, mid)
                 console.print(
                     f"{mid}: {record['cost_ms_per_image']:.3g} ms per image on "
-                    f"{record['cost_device']} ({record['cost_threads']} torch threads)"
+                    f"{record['cost_device']} ({record.get('cost_clock', 'wall')} time, "
+                    f"{record['cost_threads']} thread(s))"
                 )
             if not todo:
                 console.print("every model has a measured cost (--all measures them again)")

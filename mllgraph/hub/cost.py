@@ -8,17 +8,24 @@ measured on another device, the next time it is labelled. Until then `cost_of` e
 from the weights' size and the input size, marked as estimated.
 
 The timing runs the model as the inference service does (`forward.run`: channels_last, the
-CPU chunk, inference mode, on `Settings.torch_device()`), with the process's torch threads:
-the service sets none of its own (see `mllgraph.threads`), so both see the same count.
+CPU chunk, inference mode, on `Settings.torch_device()`). On the CPU it counts the CPU time of
+one thread (`time.thread_time`, torch on one thread for the block: `mllgraph.threads`), the
+compute the image costs whatever else runs: on a shared machine wall time is not a property of
+the model (measured here under a load of 20 on 2 cores: EfficientNet-Lite0 at 613 ms of wall
+time per image on 2 threads, 60 ms on 1, and 15 ms of CPU either way). On CUDA, wall time
+with the device synchronised. `cost_clock` says which ("cpu" or "wall").
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from mllgraph.threads import local_threads
 
 if TYPE_CHECKING:  # torch is imported where a model is timed: listing costs stays light
     import torch
@@ -31,11 +38,9 @@ COST_REPEATS = 5  # timed batches; their median is taken (a busy machine's outli
 # Fewer timed batches for a slow model, so that measuring a large one stays within seconds.
 COST_TIME_BUDGET_S = 3.0
 # The estimate for an unmeasured model: ms per million float32 parameters at 224 x 224 pixels,
-# scaled by pixels. Fitted by eye to EfficientNet-Lite0..2 on one CPU core (roughly 10-20 ms);
-# a rough figure, always reported as estimated.
-ESTIMATE_MS_PER_MPARAM_224 = 2.5
-# Node properties the cost is written to (Model nodes; `hub/model_set_cost`).
-COST_PROPERTIES = ("cost_ms_per_image", "cost_device", "cost_threads", "cost_batch")
+# scaled by pixels. From EfficientNet-Lite0 (4.7M parameters, about 15 ms of CPU per image);
+# a rough figure (small convolutional nets on large inputs cost more), always marked estimated.
+ESTIMATE_MS_PER_MPARAM_224 = 3.0
 
 
 def measure(
@@ -60,23 +65,27 @@ def measure(
     images = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
     x = preprocess(images, spec, device=dev)
     chunk = forward.chunk_for(dev, cpu_chunk)
-    t = time.perf_counter()
-    forward.run(model, x, chunk)  # warm-up: first-call allocations and kernel selection
-    _sync(dev)
-    warm_s = time.perf_counter() - t
-    repeats = max(1, min(repeats, int(COST_TIME_BUDGET_S / max(warm_s, 1e-6))))
-    times = []
-    for _ in range(repeats):
-        _sync(dev)
+    on_cpu = dev.type == "cpu"
+    clock = time.thread_time if on_cpu else time.perf_counter
+    with local_threads(1) if on_cpu else contextlib.nullcontext():
         t = time.perf_counter()
-        forward.run(model, x, chunk)
+        forward.run(model, x, chunk)  # warm-up: first-call allocations and kernel selection
         _sync(dev)
-        times.append(time.perf_counter() - t)
+        warm_s = time.perf_counter() - t
+        repeats = max(1, min(repeats, int(COST_TIME_BUDGET_S / max(warm_s, 1e-6))))
+        times = []
+        for _ in range(repeats):
+            _sync(dev)
+            t = clock()
+            forward.run(model, x, chunk)
+            _sync(dev)
+            times.append(clock() - t)
     return {
         "cost_ms_per_image": statistics.median(times) * 1000 / batch,
         "cost_device": dev.type,
-        "cost_threads": int(torch.get_num_threads()),
+        "cost_threads": 1 if on_cpu else int(torch.get_num_threads()),
         "cost_batch": int(batch),
+        "cost_clock": "cpu" if on_cpu else "wall",
     }
 
 
