@@ -40,7 +40,7 @@ def cmd_zeroshot(args: argparse.Namespace, settings: Settings) -> int:
         max_train_per_expert=args.max_train,
         probes_per_class=args.probes_per_class,
         samples_per_concept=args.samples_per_concept,
-        test_per_class=args.test_per_class,
+        test_per_class=args.test_per_class or 300,
         budget=args.budget,
         imagenet=not args.no_imagenet,
         oracle=not args.no_oracle,
@@ -62,7 +62,8 @@ def cmd_zeroshot(args: argparse.Namespace, settings: Settings) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (print figures, write reports/*.json)")
     p.add_argument(
-        "what", choices=["sdag", "ingest", "label", "select", "infer", "reliability", "zeroshot"]
+        "what",
+        choices=["sdag", "ingest", "label", "select", "infer", "reliability", "zeroshot", "cost"],
     )
     p.add_argument(
         "--sizes",
@@ -97,14 +98,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--deadline", type=float, default=10.0, help="client deadline (s) of the fault checks' RPCs"
     )
     g = p.add_argument_group("zeroshot")
-    g.add_argument("--tasks", help="task suite JSON (default: the shipped dev + test suite)")
+    g.add_argument(
+        "--tasks",
+        help="task suite JSON (default: the shipped dev + test suite; cost: the demo's tasks)",
+    )
     g.add_argument("--experts", type=int, default=50, help="Fashion experts per hub seed")
     g.add_argument("--seeds", type=ints, default=(0, 1, 2), help="hub seeds, e.g. 0,1,2")
     g.add_argument("--hub-sizes", type=ints, default=(5, 10, 20, 50), help="hub sizes to study")
     g.add_argument("--epochs", type=int, default=2)
     g.add_argument("--max-train", type=int, default=None, help="training images per expert")
     g.add_argument("--probes-per-class", type=int, default=None)
-    g.add_argument("--test-per-class", type=int, default=300)
+    g.add_argument(
+        "--test-per-class", type=int, default=None, help="test images per class (300; cost: 50)"
+    )
     g.add_argument("--budget", type=int, default=5)
     g.add_argument("--no-imagenet", action="store_true")
     g.add_argument("--no-oracle", action="store_true")

@@ -23,6 +23,7 @@ BENCHES = {
     "infer": ("infer", "bench_infer"),
     "select": ("select", "bench_select"),
     "reliability": ("reliability", "bench_reliability"),
+    "cost": ("cost", "bench_cost"),
 }
 
 
