@@ -38,6 +38,9 @@ def bench_cost(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     suite = load_suite(getattr(args, "tasks", None))
     if not getattr(args, "tasks", None):
         suite = Suite(suite.name, tuple(t for t in suite.tasks if t.name in DEMO_TASKS))
+    from mllgraph.eval.bench.common import write_report
+
+    out = getattr(args, "out", None) or "reports"
     per_class = getattr(args, "test_per_class", None) or 50
     budget = getattr(args, "budget", None) or 5
     images = evalset.eval_images(settings, per_class)
@@ -75,6 +78,8 @@ def bench_cost(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
                     "front": plan.get("cost_front", []),
                 }
                 rows.append(row)
+                # Written after every row: a run cut short still leaves its figures.
+                write_report("cost", {"partial": True, "costs": costs, "tasks": rows}, out)
                 print(
                     f"{task.name:<24} {policy:<11} {row['accuracy']:.3f} "
                     f"{row['images_per_s']:>7.1f} img/s  {row['cost_ms_per_image']:>7.2f} ms/img  "
