@@ -42,6 +42,7 @@ from mllgraph.client_types import (
     ClassScore,
     Concept,
     Explanation,
+    FrontPlan,
     Grounding,
     HeadLabels,
     HeadUse,
@@ -86,6 +87,7 @@ __all__ = [  # the client, and its results (defined in mllgraph.client_types)
     "Client",
     "Concept",
     "Explanation",
+    "FrontPlan",
     "Grounding",
     "HeadLabels",
     "HeadUse",
@@ -334,11 +336,15 @@ class Client:
         fit_params: bool = True,
         min_label_score: float = 0.0,
         models: Sequence[str] = (),
+        max_cost_ms: float = 0.0,
+        accuracy_slack: float | None = None,
         timeout: float | None = None,
     ) -> Plan:
-        """Ground the class names and choose heads under `budget` models. The service reuses a
-        stored plan for an identical request over an unchanged catalogue. `classes` may be
-        one comma-separated string."""
+        """Ground the class names and choose heads under `budget` models and `max_cost_ms`
+        (the plan's models' cost, ms per image; 0: no cap); the service serves the cheapest
+        plan within `accuracy_slack` of the best estimate (None: its default, half a point).
+        The service reuses a stored plan for an identical request over an unchanged
+        catalogue. `classes` may be one comma-separated string."""
         names = split_classes(classes)
         if solver not in SOLVER_TO_PROTO:
             raise InvalidArgument(f"solver {solver!r}: one of {', '.join(SOLVER_TO_PROTO)}")
@@ -352,6 +358,8 @@ class Client:
                 fit_params=fit_params,
                 min_label_score=min_label_score,
                 models=list(models),
+                max_cost_ms=max_cost_ms,
+                accuracy_slack=accuracy_slack,
             ),
         )
         t = time.perf_counter()

@@ -76,6 +76,8 @@ class Plan:
     budget: int
     created_at: datetime | None
     select_ms: float = 0.0  # wall time of the SelectHeads call, seen from the client
+    cost_ms_per_image: float = 0.0  # the plan's models' cost per image on the serving device
+    cost_estimated: bool = False  # some of it estimated (a model never measured)
     # The whole plan document as the service sent it (Plan.combination_json): pass-through.
     combination_json: str = field(default="", repr=False)
 
@@ -116,10 +118,21 @@ class ClassExplanation:
 
 
 @dataclass(frozen=True)
+class FrontPlan:
+    """A plan on the accuracy-cost front the selection considered."""
+
+    model_ids: list[str]
+    estimated_accuracy: float
+    cost_ms_per_image: float
+    chosen: bool
+
+
+@dataclass(frozen=True)
 class Explanation:
     plan_id: str
     classes: list[ClassExplanation]
     notes: list[str]
+    cost_front: list[FrontPlan] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -277,6 +290,8 @@ def plan_from_proto(p: selection_pb2.Plan, select_ms: float = 0.0) -> Plan:
         created_at=_time(p, "created_at"),
         select_ms=select_ms,
         combination_json=p.combination_json,
+        cost_ms_per_image=p.cost_ms_per_image,
+        cost_estimated=p.cost_estimated,
     )
 
 
@@ -301,6 +316,10 @@ def explanation_from_proto(e: selection_pb2.Explanation) -> Explanation:
             for c in e.classes
         ],
         notes=list(e.notes),
+        cost_front=[
+            FrontPlan(list(f.model_ids), f.estimated_accuracy, f.cost_ms_per_image, f.chosen)
+            for f in e.cost_front
+        ],
     )
 
 

@@ -110,7 +110,26 @@ def _options_to_proto(options: dict[str, Any]) -> selection_pb2.SelectOptions:
     )
     if options.get("models") and hasattr(msg, "models"):
         msg.models.extend(options["models"])
+    msg.max_cost_ms = float(options.get("max_cost_ms") or 0.0)
+    if options.get("accuracy_slack") is not None:
+        msg.accuracy_slack = float(options["accuracy_slack"])
     return msg
+
+
+def _cost_estimated(plan: dict[str, Any]) -> bool:
+    return any(c.get("estimated") for c in (plan.get("model_costs") or {}).values())
+
+
+def _front_to_proto(plan: dict[str, Any]) -> list[selection_pb2.FrontPlan]:
+    return [
+        selection_pb2.FrontPlan(
+            model_ids=list(p["models"]),
+            estimated_accuracy=_acc(p.get("estimated_accuracy")),
+            cost_ms_per_image=float(p["cost_ms_per_image"]),
+            chosen=bool(p.get("chosen")),
+        )
+        for p in plan.get("cost_front") or []
+    ]
 
 
 def plan_to_proto(plan: dict[str, Any], concepts: Concepts) -> selection_pb2.Plan:
@@ -143,6 +162,8 @@ def plan_to_proto(plan: dict[str, Any], concepts: Concepts) -> selection_pb2.Pla
         budget=int(plan.get("budget") or 0),
         options=_options_to_proto(plan.get("options") or {}),
         measured_fraction=float(plan.get("measured_fraction", 1.0)),
+        cost_ms_per_image=float(plan.get("cost_ms_per_image") or 0.0),
+        cost_estimated=_cost_estimated(plan),
     )
 
 
@@ -324,6 +345,8 @@ def explain(plan: dict[str, Any], concepts: Concepts, current_catalogue: int | N
         f"Estimated accuracy {_fmt(plan_acc)}; combination parameters "
         f"{'fitted on the probe images' if plan.get('params_fitted') else 'at their defaults'}.",
     ]
+    if plan.get("cost_ms_per_image") is not None:
+        notes.append(_cost_note(plan))
     share = plan.get("measured_fraction")
     if share is not None and share < 1.0 and plan_acc is not None:
         notes.append(
@@ -367,4 +390,32 @@ def explain(plan: dict[str, Any], concepts: Concepts, current_catalogue: int | N
             f"{plan.get('catalogue_version')} -> {current_catalogue}); select again for a "
             "plan over the current models."
         )
-    return selection_pb2.Explanation(plan_id=plan["plan_id"], classes=out_classes, notes=notes)
+    return selection_pb2.Explanation(
+        plan_id=plan["plan_id"],
+        classes=out_classes,
+        notes=notes,
+        cost_front=_front_to_proto(plan),
+    )
+
+
+def _cost_note(plan: dict[str, Any]) -> str:
+    """The plan's cost, and how it was chosen from the accuracy-cost front."""
+    options = plan.get("options") or {}
+    cost = float(plan["cost_ms_per_image"])
+    text = f"Cost {cost:.3g} ms per image" + (
+        " (estimated for a model never measured)" if _cost_estimated(plan) else ""
+    )
+    cap = float(options.get("max_cost_ms") or 0.0)
+    if cap > 0:
+        text += f", under a cap of {cap:.3g} ms"
+    front = plan.get("cost_front") or []
+    if len(front) > 1:
+        best = max(front, key=lambda p: p.get("estimated_accuracy") or 0.0)
+        slack = float(options.get("accuracy_slack") or 0.0)
+        best_acc = _fmt(best.get("estimated_accuracy"))
+        text += (
+            f"; the cheapest of {len(front)} plans on the accuracy-cost front within "
+            f"{slack * 100:.2g} point(s) of the best estimate ({best_acc} at "
+            f"{float(best['cost_ms_per_image']):.3g} ms)"
+        )
+    return text + "."

@@ -23,6 +23,8 @@ budget (CHCO), store the plan, return it and explain it. Thin wiring over `mllgr
   an unknown solver; min_label_score outside [0, 1]    INVALID_ARGUMENT
   max_heads_per_class / time_limit_seconds != 0        INVALID_ARGUMENT (not supported yet)
   options.models with an empty id                      INVALID_ARGUMENT
+  options.max_cost_ms < 0 or not finite                INVALID_ARGUMENT
+  options.accuracy_slack outside [0, 1] or not finite  INVALID_ARGUMENT
   solver EXACT on a search space over its limit        INVALID_ARGUMENT
   pinned_wnid that is no WordNet noun / user concept   NOT_FOUND
   no labelled model in the catalogue                   FAILED_PRECONDITION
@@ -113,6 +115,18 @@ def _models_option(opts: selection_pb2.SelectOptions) -> dict[str, Any]:
     return {"models": tuple(models)}
 
 
+def _check_cost_options(options: plan_request.SelectOptions) -> None:
+    """`options.validate()`, with the cost options' errors naming the request's fields
+    (options.max_cost_ms, options.accuracy_slack)."""
+    try:
+        options.validate()
+    except InvalidArgument as e:
+        msg = str(e)
+        if msg.startswith(("max_cost_ms", "accuracy_slack")):
+            raise InvalidArgument(f"options.{msg}") from e
+        raise
+
+
 def request_to_task(
     request: selection_pb2.SelectHeadsRequest, default_budget: int = DEFAULT_BUDGET
 ) -> tuple[list[plan_request.TaskClass], plan_request.SelectOptions]:
@@ -151,9 +165,15 @@ def request_to_task(
         min_label_score=(
             f32(opts.min_label_score) if opts.min_label_score else DEFAULT_MIN_LABEL_SCORE
         ),
+        max_cost_ms=float(opts.max_cost_ms),
+        accuracy_slack=(
+            float(opts.accuracy_slack)
+            if opts.HasField("accuracy_slack")
+            else plan_request.ACCURACY_SLACK
+        ),
         **_models_option(opts),
     )
-    options.validate()
+    _check_cost_options(options)
     select.validate_classes(classes)
     return classes, options
 

@@ -13,6 +13,8 @@ CALL (m) {
 }
 SET m.labelled_at = datetime(), m.temperature = $temperature, m.label_probe_images = $n_images,
     m.probe_outputs = $probe_outputs, m.label_seconds = $seconds, m.stale = false
+// hub.cost: the cost per image labelling measured, where it measured one ({} else).
+SET m += $cost
 WITH m
 MERGE (cat:CatalogueMeta {id: 'catalogue'})
   ON CREATE SET cat.version = 0

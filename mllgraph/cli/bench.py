@@ -42,7 +42,7 @@ def cmd_zeroshot(args: argparse.Namespace, settings: Settings) -> int:
         max_train_per_expert=args.max_train,
         probes_per_class=args.probes_per_class,
         samples_per_concept=args.samples_per_concept,
-        test_per_class=args.test_per_class,
+        test_per_class=args.test_per_class or 300,
         budget=args.budget,
         imagenet=not args.no_imagenet,
         expert_recipe=not args.no_expert_recipe,
@@ -113,6 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "zeroshot",
             "patch",
             "grounding",
+            "cost",
         ],
     )
     p.add_argument(
@@ -187,14 +188,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "world's concept names; repeatable",
     )
     g = p.add_argument_group("zeroshot")
-    g.add_argument("--tasks", help="task suite JSON (default: the shipped dev + test suite)")
+    g.add_argument(
+        "--tasks",
+        help="task suite JSON (default: the shipped dev + test suite; cost: the demo's tasks)",
+    )
     g.add_argument("--experts", type=int, default=50, help="Fashion experts per hub seed")
     g.add_argument("--seeds", type=ints, default=(0, 1, 2), help="hub seeds, e.g. 0,1,2")
     g.add_argument("--hub-sizes", type=ints, default=(5, 10, 20, 50), help="hub sizes to study")
     g.add_argument("--epochs", type=int, default=2)
     g.add_argument("--max-train", type=int, default=None, help="training images per expert")
     g.add_argument("--probes-per-class", type=int, default=None)
-    g.add_argument("--test-per-class", type=int, default=300)
+    g.add_argument(
+        "--test-per-class", type=int, default=None, help="test images per class (300; cost: 50)"
+    )
     g.add_argument("--budget", type=int, default=5)
     g.add_argument("--no-imagenet", action="store_true")
     g.add_argument(

@@ -155,16 +155,33 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
                 limit=args.limit,
             )
             keys = ["id", "arch", "num_classes", "source", "labelled_at"]
-            console.print(rows_table([{k: r.get(k) for k in keys} for r in rows], "models"))
+            console.print(
+                rows_table([{**{k: r.get(k) for k in keys}, **_cost(r)} for r in rows], "models")
+            )
         elif args.action == "show":
             record = registry.get_model(graph, args.model_id)
-            console.print_json(data=record)
+            console.print_json(data={**record, **_cost(record)})
             heads = registry.heads(graph, args.model_id, top_k=3)[: args.heads]
             for h in heads:
                 h["labels"] = ", ".join(f"{x['name']} {x['score']:.2f}" for x in h["labels"])
             console.print(rows_table(heads, f"first {len(heads)} heads (best measured labels)"))
         elif args.action == "delete":
             console.print_json(data=registry.delete_model(graph, settings, args.model_id))
+        elif args.action == "cost":
+            todo = list(args.model_id) or [
+                r["id"]
+                for r in registry.list_models(graph, limit=1000)
+                if args.all or r.get("cost_ms_per_image") is None
+            ]
+            for mid in todo:
+                record = registry.measure_cost(graph, settings, mid)
+                console.print(
+                    f"{mid}: {record['cost_ms_per_image']:.3g} ms per image on "
+                    f"{record['cost_device']} ({record.get('cost_clock', 'wall')} time, "
+                    f"{record['cost_threads']} thread(s))"
+                )
+            if not todo:
+                console.print("every model has a measured cost (--all measures them again)")
         elif args.action == "domain":
             from mllgraph.hub import domains
 
@@ -181,6 +198,14 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
                 data=domains.describe_path(graph, settings, args.model_id, path, args.source)
             )
     return 0
+
+
+def _cost(record: dict[str, Any]) -> dict[str, Any]:
+    """The model's cost per image as listed: measured, or estimated (`hub.cost.cost_of`)."""
+    from mllgraph.hub import cost as hub_cost
+
+    ms, estimated = hub_cost.cost_of(record)
+    return {"ms_per_image": f"{ms:.3g}" + (" (estimated)" if estimated else "")}
 
 
 def _print_registered(result: Any) -> None:
@@ -269,6 +294,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--heads", type=int, default=10)
     q = s.add_parser("delete")
     q.add_argument("model_id")
+    q = s.add_parser(
+        "cost",
+        help="measure models' cost per image on this machine's serving device and record it "
+        "(default: every model without a measured cost)",
+    )
+    q.add_argument("model_id", nargs="*")
+    q.add_argument("--all", action="store_true", help="measure every model again")
     q = s.add_parser(
         "domain",
         help="describe a model's input domain from images like its training images: on "

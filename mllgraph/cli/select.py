@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mllgraph.cli.common import console
+from mllgraph.plan.request import ACCURACY_SLACK
 from mllgraph.settings import Settings
 
 
@@ -52,6 +53,26 @@ def _measured_note(plan: dict[str, Any]) -> str:
     if share is None or share >= 1.0 or plan.get("estimated_accuracy") is None:
         return ""
     return f" ({share:.0%} measured, the rest declared priors)"
+
+
+def cost_line(plan: dict[str, Any]) -> str:
+    """The plan's cost per image, per model, and the accuracy-cost front it was chosen from."""
+    if plan.get("cost_ms_per_image") is None:
+        return "cost: not recorded (a plan made before costs were)"
+    costs = plan.get("model_costs") or {}
+    each = ", ".join(
+        f"{m} {c['ms_per_image']:.3g}" + (" est." if c.get("estimated") else "")
+        for m, c in sorted(costs.items())
+    )
+    text = f"cost {plan['cost_ms_per_image']:.3g} ms/image" + (f" ({each})" if each else "")
+    front = plan.get("cost_front") or []
+    if len(front) > 1:
+        text += " · front: " + " | ".join(
+            f"{_fmt_acc(p.get('estimated_accuracy'))} @ {p['cost_ms_per_image']:.3g} ms"
+            + (" *" if p.get("chosen") else "")
+            for p in front
+        )
+    return text
 
 
 def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
@@ -108,6 +129,7 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
             + ("used" if stacked["used"] else "not used")
         )
     fitted = "fitted" if plan.get("params_fitted") else "default"
+    console.print(cost_line(plan))
     console.print(
         f"models ({len(plan['models'])} of at most {plan['budget']}): "
         f"{', '.join(plan['models']) or 'none'} · solver {plan['solver']} · params {fitted} · "
@@ -142,6 +164,8 @@ def cmd_select(args: argparse.Namespace, settings: Settings) -> int:
         allow_ancestor=not args.no_ancestor,
         fit_params=not args.no_fit,
         min_label_score=args.min_label_score,
+        max_cost_ms=args.max_cost_ms,
+        accuracy_slack=args.accuracy_slack,
     )
     options.validate()
     stored.validate_classes(classes)
@@ -366,6 +390,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ancestor", action="store_true", help="no ancestor-concept heads")
     p.add_argument("--no-fit", action="store_true", help="default combination parameters")
     p.add_argument("--min-label-score", type=float, default=0.05)
+    p.add_argument(
+        "--max-cost-ms",
+        type=float,
+        default=0.0,
+        help="cap on the plan's compute: its models' cost, ms per image (default 0: no cap)",
+    )
+    p.add_argument(
+        "--accuracy-slack",
+        type=float,
+        default=ACCURACY_SLACK,
+        help="serve the cheapest plan within this of the best estimate (default "
+        f"{ACCURACY_SLACK}, half a point; 0: the most accurate plan)",
+    )
     p.add_argument("--json", action="store_true", help="print the plan document")
     p.add_argument(
         "--target",

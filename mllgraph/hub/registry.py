@@ -202,6 +202,23 @@ def list_models(
     return [_plain(r["model"]) for r in rows]
 
 
+def measure_cost(graph: Graph, settings: Settings, mid: str) -> dict[str, Any]:
+    """Measure a registered model's cost per image now (`hub.cost`) and record it on its
+    node; the record as written. For models registered before costs were measured."""
+    from mllgraph.hub import cost as hub_cost
+    from mllgraph.hub import loading
+
+    record = get_model(graph, mid)
+    model, spec = loading.load_model(settings, record)
+    cost = hub_cost.measure(
+        model, spec, settings.torch_device(), cpu_chunk=settings.infer_cpu_chunk
+    )
+    rows = graph.write("hub/model_set_cost", id=mid, cost=cost)
+    if not rows:
+        raise NotFound(f"model {mid!r} was deleted while its cost was measured")
+    return _plain(rows[0]["model"])
+
+
 def catalogue_version(graph: Graph) -> int:
     return int(graph.read("hub/catalogue_version")[0]["version"])
 
@@ -339,6 +356,7 @@ def register_model(
     graph: Graph, settings: Settings, reg: Registration, ground: Grounder | None = None
 ) -> RegisteredModel:
     """Validate, store and write one model; see the module docstring for the guarantees."""
+    from mllgraph.hub import cost as hub_cost
     from mllgraph.hub import loading
 
     validate_identity(reg)
@@ -411,6 +429,9 @@ def register_model(
                     f"the weights file is corrupt or not a weights file: {type(e).__name__}: {e}"
                 ) from e
         loading.check_forward(model, spec, n_labels)
+        cost = hub_cost.measure(
+            model, spec, settings.torch_device(), cpu_chunk=settings.infer_cpu_chunk
+        )
         labels, wnids = _labels_to_wnids(graph, reg, n_labels, ground)
 
         suffix = ".safetensors" if is_safetensors(path) else ".pt"
@@ -427,7 +448,8 @@ def register_model(
                 key = blob_key(sha, suffix)
                 weights, discard = remote.url_of(key), _put_blob(graph, remote, path, key, sha)
             created = _create(graph, reg, mid, arch, source, source_ref, sha, weights,
-                              path.stat().st_size, spec, labels, wnids, discard)  # fmt: skip
+                              path.stat().st_size, spec, labels, wnids, discard,
+                              cost)  # fmt: skip
             if remote is not None and not remote.exists(key):
                 # A deletion elsewhere of the last other model with these weights removed the
                 # blob between the put and the write of the Model (see _remove_remote_blob).
@@ -515,6 +537,7 @@ def _create(
     labels: list[str],
     wnids: list[str],
     discard: Discard | None,
+    cost: dict[str, Any] | None = None,
 ) -> RegisteredModel:
     """Write the Model and its heads (under the store lock); on failure `discard` the blob
     this registration stored (it removes it unless a model references it)."""
@@ -538,6 +561,7 @@ def _create(
         "input_mean": list(spec.mean),
         "input_std": list(spec.std),
         "metadata": json.dumps(reg.metadata, sort_keys=True),
+        **(cost or {}),  # hub.cost: ms per image on the serving device, and how measured
     }
     if reg.top1_accuracy is not None:
         props["top1_accuracy"] = float(reg.top1_accuracy)

@@ -34,6 +34,7 @@ import numpy as np
 
 from mllgraph.errors import Aborted, FailedPrecondition, InvalidArgument
 from mllgraph.graph.db import Graph
+from mllgraph.hub import cost as hub_cost
 from mllgraph.hub import forward, loading, probes, registry
 from mllgraph.hub.probe_outputs import StagedOutputs, stage_probe_outputs
 from mllgraph.label import measure as labelling
@@ -169,6 +170,8 @@ class LabelOutcome:
     labels: int
     group_labels: int
     forward_seconds: float
+    # hub.cost's measurement, when the model had none for this kind of device (else None).
+    cost: dict[str, Any] | None = None
 
 
 def prepare(
@@ -226,6 +229,10 @@ def compute(
         )
         done += take
     forward_s = time.monotonic() - t_fwd
+    cost = None
+    if hub_cost.needs_measuring(work.record, device):
+        # A model registered before costs were measured, or on another kind of device.
+        cost = hub_cost.measure(model, spec, device, cpu_chunk=settings.infer_cpu_chunk)
 
     probed = work.probed
     concept_index = {w: i for i, w in enumerate(probed)}
@@ -290,6 +297,7 @@ def compute(
         labels=len(labels),
         group_labels=len(groups),
         forward_seconds=forward_s,
+        cost=cost,
     )
 
 
@@ -308,6 +316,7 @@ def _write_labels(
                 {"path": staged.location, "sets": {ps.id: n for ps, n in work.plan}}
             ),
             seconds=time.time() - work.started,
+            cost=outcome.cost or {},
         )[0]["catalogue_version"]
     )
 

@@ -48,9 +48,10 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # classes to its models' own best heads, and is served by its per-class rule if that is better;
 # 11: an uncovered class says why, UNCOVERED_WHY; 12: a plan served by its stacked rule
 # reports that rule's per-class recall and covers classes through the heads it reads;
-# 13: the stacked rule fitted in closed form (ridge with leave-one-out, combine/stacked) and
-# the ConSE patch's mass rule, calibrated to take <= 2% of covered-class probe images).
-SELECTION_VERSION = 13
+# 13: the stacked rule fitted in closed form (ridge with leave-one-out, combine/stacked), the
+# ConSE patch's mass rule, calibrated to take <= 2% of covered-class probe images, and a cost
+# budget, ms per image, with the cheapest plan within the accuracy slack served).
+SELECTION_VERSION = 14
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2

@@ -6,11 +6,15 @@ selection (which reads them) and the plan document share this module. Pure: no I
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from mllgraph.errors import InvalidArgument
 
 SOLVERS = ("auto", "exact", "heuristic")
+# Serve the cheapest plan (ms per image) whose estimated accuracy is within this of the best
+# plan's estimate: 0.005 = half a point of accuracy.
+ACCURACY_SLACK = 0.005
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,10 @@ class SelectOptions:
     declared_prior: float = 0.5
     # Restrict candidates to these model ids (None: the whole hub). Used to study hub size.
     models: tuple[str, ...] | None = None
+    # Cap on the plan's compute: the sum of its models' cost, ms per image (0: no cap).
+    max_cost_ms: float = 0.0
+    # The served plan: the cheapest within this of the best estimate (0: the most accurate).
+    accuracy_slack: float = ACCURACY_SLACK
 
     def validate(self) -> None:
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
@@ -46,6 +54,25 @@ class SelectOptions:
             raise InvalidArgument(f"declared_prior must be in [0, 1], got {self.declared_prior}")
         if not 1 <= self.per_kind_limit <= 1000:
             raise InvalidArgument(f"per_kind_limit must be 1..1000, got {self.per_kind_limit}")
+        cap = self.max_cost_ms
+        if isinstance(cap, bool) or not isinstance(cap, int | float):
+            raise InvalidArgument(f"max_cost_ms must be a number of ms per image, got {cap!r}")
+        if not (math.isfinite(cap) and cap >= 0):
+            raise InvalidArgument(
+                f"max_cost_ms must be a finite number of ms per image >= 0 (0: no cap), got {cap}"
+            )
+        slack = self.accuracy_slack
+        if isinstance(slack, bool) or not isinstance(slack, int | float):
+            raise InvalidArgument(f"accuracy_slack must be a number in [0, 1], got {slack!r}")
+        if not (math.isfinite(slack) and 0.0 <= slack <= 1.0):
+            raise InvalidArgument(
+                f"accuracy_slack must be in [0, 1] (0.005 = half a point), got {slack}"
+            )
+
+    @property
+    def cost_cap(self) -> float | None:
+        """`max_cost_ms` as CHCO takes it: None when there is no cap."""
+        return float(self.max_cost_ms) if self.max_cost_ms > 0 else None
 
 
 @dataclass

@@ -10,6 +10,9 @@ for every class, not only for classes without candidates, because a budget can m
 all classes impossible and because a bad candidate can steal images from good ones; the
 tie-break below still prefers covering a class when accuracy is equal.
 
+A second, optional budget caps compute: ``max_cost``, the sum of the chosen models'
+``model_cost`` (ms per image), honoured by both solvers like the model count.
+
 Objective and tie-break (both solvers): maximise the number of probe images whose argmax
 class is right, plus the prior credit of the classes without probe images (below); then
 higher mean label score (uncovered = 0); then fewer models; then lower total
@@ -38,6 +41,7 @@ internals.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,7 +116,8 @@ class ChcoProblem:
     """A CHCO instance: candidates, probe logits per model and the probes' task-class labels.
 
     Candidates are deduplicated and sorted on construction, so their input order never
-    changes the plan. ``model_cost`` (missing models cost 0) only breaks ties.
+    changes the plan. ``model_cost`` (ms per image; missing models cost 0) breaks ties, and
+    ``max_cost`` (None: no cap) bounds the chosen models' total cost.
     """
 
     num_classes: int
@@ -122,6 +127,7 @@ class ChcoProblem:
     temperatures: dict[str, float]
     budget: int
     model_cost: dict[str, float] | None = None
+    max_cost: float | None = None
     # Optional, per model: `rule.softmax_row_stats` of its logits rows at its temperature
     # (N, 2), so a candidate's evidence reads only its heads' columns (same values).
     row_stats: dict[str, np.ndarray] | None = None
@@ -202,6 +208,7 @@ class ChcoProblem:
                 if not (math.isfinite(v) and v >= 0):
                     raise InvalidArgument(f"model_cost[{m!r}] is {v}; expected >= 0")
                 costs[m] = v
+        object.__setattr__(self, "max_cost", _checked_cap(self.max_cost))
         object.__setattr__(self, "num_classes", int(k))
         object.__setattr__(self, "budget", int(b))
         object.__setattr__(self, "labels", labels)
@@ -258,6 +265,17 @@ class ChcoProblem:
             ev.setflags(write=False)
             memo[(model_id, heads)] = ev
 
+    def with_max_cost(self, cap: float | None) -> ChcoProblem:
+        """This problem under another cost cap, sharing its checked inputs and evidence."""
+        new = copy.copy(self)
+        object.__setattr__(new, "max_cost", _checked_cap(cap))
+        return new
+
+    def plan_cost(self, models: list[str] | tuple[str, ...]) -> float:
+        """Total cost (ms per image) of running these models (missing costs count 0)."""
+        costs = self.model_cost or {}
+        return math.fsum(costs.get(m, 0.0) for m in set(models))
+
     @property
     def num_images(self) -> int:
         return int(self.labels.size)
@@ -272,6 +290,16 @@ class ChcoProblem:
         """Images a class without probes counts for: the probed classes' mean (1 if none)."""
         probed = int((~self.unprobed).sum())
         return self.num_images / probed if probed else 1.0
+
+
+def _checked_cap(cap: Any) -> float | None:
+    if cap is None:
+        return None
+    if isinstance(cap, bool) or not isinstance(cap, int | float | np.number):
+        raise InvalidArgument(f"max_cost is {cap!r}; expected a number of ms per image")
+    if not (math.isfinite(cap) and cap >= 0):
+        raise InvalidArgument(f"max_cost is {cap}; expected a finite number >= 0")
+    return float(cap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,22 +523,23 @@ def solve_exact(problem: ChcoProblem, *, limit: int = DEFAULT_EXACT_LIMIT) -> Pl
         new[1:] = mdl[1:] != mdl[:-1]
         new &= mdl >= 0
         n_models = new.sum(axis=0)
-        valid = n_models <= problem.budget
+        cost_sum = np.where(new, ext_cost[mdl], 0.0).sum(axis=0)
+        valid = (n_models <= problem.budget) & _within_cost(cost_sum, problem.max_cost)
         if not valid.any():
             continue
-        cand, mdl, new, n_models, flat = (
+        cand, mdl, new, n_models, flat, cost_sum = (
             cand[:, valid],
             mdl[:, valid],
             new[:, valid],
             n_models[valid],
             flat[valid],
+            cost_sum[valid],
         )
         evaluated += flat.size
         pred = ext[cand.T].argmax(axis=1)  # (B, N); first index on ties, like combine
         correct = (pred == prep.labels).sum(axis=1) + ext_credit[cand].sum(axis=0)
         # Sorted before summing so that equal multisets give bit-equal sums.
         label_sum = np.sort(ext_label[cand], axis=0).sum(axis=0)
-        cost_sum = np.where(new, ext_cost[mdl], 0.0).sum(axis=0)
         order = np.lexsort((flat, cost_sum, n_models, -label_sum, -correct))
         b = order[0]
         key = (float(correct[b]), float(label_sum[b]), int(n_models[b]), float(cost_sum[b]))
@@ -524,7 +553,7 @@ def solve_exact(problem: ChcoProblem, *, limit: int = DEFAULT_EXACT_LIMIT) -> Pl
             best_key, finalists = key, [flat[tied]]
         elif key == best_key:
             finalists.append(flat[tied])
-    if best_key is None:  # unreachable: all-uncovered is always within the budget
+    if best_key is None:  # unreachable: all-uncovered is within both budgets (cost 0)
         raise InvalidArgument("no assignment fits the budget")
     flats = np.concatenate(finalists)
 
@@ -538,6 +567,14 @@ def solve_exact(problem: ChcoProblem, *, limit: int = DEFAULT_EXACT_LIMIT) -> Pl
     choice = np.array([opt_ids[c][opts[c]] for c in range(k)], dtype=np.int64)
     choice[choice == none] = -1
     return _make_plan(prep, choice, "exact", evaluated)
+
+
+def _within_cost(cost: np.ndarray, cap: float | None) -> np.ndarray:
+    """Which totals fit the cost cap; a relative tolerance so that a plan's own cost, summed
+    in another order, still fits a cap set to it."""
+    if cap is None:
+        return np.ones(np.shape(cost), dtype=bool)
+    return np.asarray(cost) <= cap * (1 + 1e-9) + 1e-12
 
 
 def _better_exact(a: tuple[float, float, int, float], b: tuple[float, float, int, float]) -> bool:
@@ -817,6 +854,9 @@ def _rank_models(state: _State, chosen: set[int], excluded: set[int], top: int) 
     pair_gain = np.maximum.reduceat(gain, prep.pair_start)
     model_gain = np.bincount(prep.pair_model, weights=pair_gain, minlength=len(prep.model_ids))
     model_gain[list(chosen | excluded)] = 0.0
+    if prep.problem.max_cost is not None:  # models whose cost would break the cap: none
+        spent = math.fsum(prep.cost[list(state.models() | chosen)])
+        model_gain[~_within_cost(spent + prep.cost, prep.problem.max_cost)] = 0.0
     ids = np.flatnonzero(model_gain > 0)
     # Best gain, then lower cost, then model id (model_ids are sorted: the index orders them).
     order = np.lexsort((ids, prep.cost[ids], -model_gain[ids]))

@@ -15,7 +15,8 @@ still need a round trip. Keys (all at one catalogue version, see `mllgraph.selec
 * the labelled-model count (the "no labelled models" precondition): one entry;
 * the ConSE patch's broad expert (`select/patch_model`): one entry per sub-hub;
 * the broadest labelled experts for the stacked rule's screen (`select/broad_models`): one
-  entry per sub-hub.
+  entry per sub-hub;
+* each model's cost per image (`select/model_costs`): one entry per model.
 
 With no cache (or a disabled one) every reader sends the same one query for the whole task
 that selection always sent.
@@ -78,6 +79,23 @@ class Reads:
             found = dict(self.graph.read("select/labelled_models")[0])
             self._put(key, found)
         return found
+
+    def model_costs(self, model_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Per model: its recorded cost per image, or what its estimate is made from
+        (`select/model_costs`; `hub.cost.cost_of` reads the rows). One entry per model."""
+        out: dict[str, dict[str, Any]] = {}
+        todo = []
+        for m in sorted(set(model_ids)):
+            found = self._get(("model_cost", m))
+            if found is MISSING:
+                todo.append(m)
+            else:
+                out[m] = found
+        if todo:
+            for row in self.graph.read("select/model_costs", ids=todo):
+                out[row["id"]] = dict(row)
+                self._put(("model_cost", row["id"]), out[row["id"]])
+        return out
 
     def patch_model(self, min_heads: int, options: SelectOptions) -> list[dict[str, Any]]:
         """`select/patch_model`: the broad expert of the options' sub-hub that patches

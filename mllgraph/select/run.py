@@ -10,7 +10,10 @@
    classes without probes, the probe sets of the nearest candidate concepts (proxy probes).
    A class still without any candidate borrows the heads of a sibling or cousin concept
    whose name the text encoder puts close to it (`select/nearby_candidates`, `nearby`).
-3. Run CHCO on the candidate models' stored probe outputs (no model runs here). Classes
+3. Run CHCO on the candidate models' stored probe outputs (no model runs here), under the
+   model count and the cost cap (ms per image, `hub.cost`), once per point of the
+   accuracy-cost front (`select.cost_front`); the cheapest plan within the accuracy slack of
+   the best is served. Classes
    without probe images are scored with their candidates' prior (see `chco`). A model with
    declared candidates but no stored probe outputs (never labelled) is taken to spread its
    mass evenly over its heads on the probe images (uniform logits): it cannot be simulated,
@@ -52,6 +55,7 @@ combination rule (`mllgraph.combine.rule`), versioned by `schema_version`.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -63,6 +67,7 @@ import numpy as np
 from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
 from mllgraph.graph import deadline
 from mllgraph.graph.db import Graph
+from mllgraph.hub import cost as hub_cost
 from mllgraph.hub import probe_outputs, registry
 from mllgraph.plan.document import (
     STACKED_SCHEMA_VERSION,
@@ -79,6 +84,7 @@ from mllgraph.select.candidates import (
     declared_candidates,
     nearby_candidates,
 )
+from mllgraph.select.cost_front import FrontPoint, front_document, solve_front
 from mllgraph.select.patch import conse_patch
 from mllgraph.select.probe_data import (
     CACHE,
@@ -262,6 +268,8 @@ def select(
 
     t = time.perf_counter()
     problem = None
+    front: list[FrontPoint] = []
+    costs = {m: hub_cost.cost_of(row) for m, row in reads.model_costs(sorted(logits)).items()}
     if not candidates:
         plan = uncovered_plan(len(classes))
         solver_note = "no candidates"
@@ -273,11 +281,13 @@ def select(
             labels=labels,
             temperatures={m: temperatures[m] for m in logits},
             budget=options.budget,
+            model_cost={m: c for m, (c, _) in costs.items()},
+            max_cost=options.cost_cap,
             row_stats=row_stats,
             finite_models=frozenset(finite),
             class_probes=class_probes(probe_rows, outputs, len(classes)),
         )
-        plan = solve(problem, options)
+        plan, front = solve_front(problem, lambda p: solve(p, options), options.accuracy_slack)
         solver_note = plan.solver
     timings.chco_ms = (time.perf_counter() - t) * 1000
     deadline.check("CHCO")
@@ -294,6 +304,14 @@ def select(
         frozenset(c.class_index for c in candidates),
     )  # fmt: skip
     body["solver_note"] = solver_note
+    # What the served plan costs to run, ms per image (hub.cost; "estimated" where unmeasured).
+    body["cost_ms_per_image"] = math.fsum(costs.get(m, (0.0, False))[0] for m in plan.models)
+    body["model_costs"] = {
+        m: {"ms_per_image": costs[m][0], "estimated": costs[m][1]}
+        for m in plan.models
+        if m in costs
+    }
+    body["cost_front"] = front_document(front, plan.models)
     body["alternatives"] = alternatives(plan, candidates, logits, labels, info, problem)
     stacked_rule = None
     if fit is not None:

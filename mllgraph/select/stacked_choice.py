@@ -36,6 +36,7 @@ from mllgraph.plan.request import SelectOptions, TaskClass
 from mllgraph.select import chco
 from mllgraph.select.alternatives import solve, uncovered_plan
 from mllgraph.select.cache import MISSING, FitCache
+from mllgraph.select.cost_front import cheapest_within
 from mllgraph.select.reads import Reads
 
 StackedFit = tuple[stacked.StackedRule | None, dict[str, Any]]
@@ -67,7 +68,10 @@ def stacked_choice(
     `broad` experts) picks other models for the stacked rule, CHCO's plan restricted to
     those with the stacked rule over them: whichever serves the probe images better (the
     stacked rule's out-of-fold accuracy where it is kept, else the per-class rule's
-    estimate, for either plan). Ties keep CHCO's.
+    estimate, for either plan), by the same rule as CHCO's front: the cheapest (ms per
+    image) unless another is more than `options.accuracy_slack` better. Ties keep CHCO's.
+    With model costs the screen runs twice: over every model, and over the models no
+    costlier than CHCO's whole plan. The screen's models must fit the problem's cost cap.
     `own_candidates(models)`: those models' own candidate heads, for CHCO's plan restricted
     to them (the problem's candidates may hold none of a broad expert's)."""
     first = _stacked(problem, plan)
@@ -78,12 +82,58 @@ def stacked_choice(
         best = coverage.setdefault(c.group.model_id, {})
         best[c.class_index] = max(best.get(c.class_index, 0.0), c.group.label_score)
     screened = sorted({*feature_sets.shortlist(coverage), *plan.models, *broad})
-    picked, _ = feature_sets.greedy_models(
-        problem.logits_by_model, problem.temperatures, screened, problem.labels,
-        problem.num_classes, problem.budget,
-    )  # fmt: skip
-    if not picked or set(picked) == set(plan.models):
+    current = first[1]["cv_accuracy"] if first[0] is not None else plan.estimated_accuracy
+    # Each option as it would be served, CHCO's first: (plan, fit, estimate, screened models).
+    options_: list[tuple[chco.Plan, StackedFit, float, list[str]]] = []
+    tried: list[list[str]] = []
+    # The screen over every screened model, and again over those no costlier than CHCO's
+    # whole plan: the first finds the most separating models whatever they cost, the second
+    # the cheap ones that might serve within the slack of it.
+    chco_cost = problem.plan_cost(plan.models)
+    cheap = [m for m in screened if problem.plan_cost([m]) <= chco_cost]
+    for pool in (screened, cheap) if problem.model_cost else (screened,):
+        picked, _ = feature_sets.greedy_models(
+            problem.logits_by_model, problem.temperatures, pool, problem.labels,
+            problem.num_classes, problem.budget,
+        )  # fmt: skip
+        if not picked or set(picked) == set(plan.models) or picked in tried:
+            continue
+        tried.append(picked)
+        if problem.max_cost is not None and problem.plan_cost(picked) > problem.max_cost:
+            first[1]["screened_over_cost"] = problem.plan_cost(picked)
+            continue
+        found = _screened(problem, options, picked, own_candidates)
+        if found is not None:
+            options_.append((*found, picked))
+    if tried:
+        first[1]["screened_models"] = tried[0]
+    screens = [
+        {"models": m, "served_estimate": e, "cost_ms_per_image": problem.plan_cost(o.models)}
+        for o, _, e, m in options_
+    ]
+    # As CHCO's front: the cheapest unless another is more than the slack better (ties, and
+    # costs equal: CHCO's).
+    points = [(current, chco_cost)] + [(e, problem.plan_cost(o.models)) for o, _, e, _ in options_]
+    best = cheapest_within(points, options.accuracy_slack)
+    if best == 0:
+        first[1]["screens"] = screens
         return _as_stacked_serves(plan, first, problem, own_candidates)
+    other, second, _, picked = options_[best - 1]
+    second[1]["screens"] = screens
+    second[1]["screened_models"] = picked
+    second[1]["chco_models"] = list(plan.models)
+    second[1]["chco_served_estimate"] = current
+    return _as_stacked_serves(other, second, problem, own_candidates)
+
+
+def _screened(
+    problem: chco.ChcoProblem,
+    options: SelectOptions,
+    picked: list[str],
+    own_candidates: Callable[[Sequence[str]], list[chco.Candidate]] | None,
+) -> tuple[chco.Plan, StackedFit, float] | None:
+    """CHCO's plan restricted to the screen's `picked` models, with the stacked rule over
+    them: (the plan, its fit, its served estimate), or None when no stacked rule fits."""
     kept = [c for c in problem.candidates if c.group.model_id in picked]
     if own_candidates is not None:
         kept += own_candidates(picked)  # (ChcoProblem drops duplicates)
@@ -92,21 +142,13 @@ def stacked_choice(
     # The stacked rule reads every picked model, even one CHCO maps no class to (a broad
     # expert may have no candidate heads at all).
     second = _stacked(sub, replace(solved, models=picked))
-
-    # Each plan as it would be served: its stacked rule where kept, else its per-class rule
-    # (which reads only the models it maps).
-    current = first[1]["cv_accuracy"] if first[0] is not None else plan.estimated_accuracy
-    if second is not None and second[0] is not None:
-        other, served = replace(solved, models=picked), second[1]["cv_accuracy"]
-    else:
-        other, served = solved, solved.estimated_accuracy
-    if second is None or not served > current:
-        first[1]["screened_models"] = picked
-        return _as_stacked_serves(plan, first, problem, own_candidates)
-    second[1]["screened_models"] = picked
-    second[1]["chco_models"] = list(plan.models)
-    second[1]["chco_served_estimate"] = current
-    return _as_stacked_serves(other, second, problem, own_candidates)
+    if second is None:
+        return None
+    # As it would be served: its stacked rule where kept, else its per-class rule (which
+    # reads only the models it maps).
+    if second[0] is not None:
+        return replace(solved, models=picked), second, second[1]["cv_accuracy"]
+    return solved, second, solved.estimated_accuracy
 
 
 def _as_stacked_serves(

@@ -57,7 +57,7 @@ class TaskClass(_message.Message):
     def __init__(self, name: _Optional[str] = ..., pinned_wnid: _Optional[str] = ...) -> None: ...
 
 class SelectOptions(_message.Message):
-    __slots__ = ("solver", "allow_ancestor", "fit_params", "max_heads_per_class", "min_label_score", "time_limit_seconds", "models")
+    __slots__ = ("solver", "allow_ancestor", "fit_params", "max_heads_per_class", "min_label_score", "time_limit_seconds", "models", "max_cost_ms", "accuracy_slack")
     SOLVER_FIELD_NUMBER: _ClassVar[int]
     ALLOW_ANCESTOR_FIELD_NUMBER: _ClassVar[int]
     FIT_PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,8 @@ class SelectOptions(_message.Message):
     MIN_LABEL_SCORE_FIELD_NUMBER: _ClassVar[int]
     TIME_LIMIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_COST_MS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_SLACK_FIELD_NUMBER: _ClassVar[int]
     solver: Solver
     allow_ancestor: bool
     fit_params: bool
@@ -72,7 +74,9 @@ class SelectOptions(_message.Message):
     min_label_score: float
     time_limit_seconds: float
     models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, solver: _Optional[_Union[Solver, str]] = ..., allow_ancestor: _Optional[bool] = ..., fit_params: _Optional[bool] = ..., max_heads_per_class: _Optional[int] = ..., min_label_score: _Optional[float] = ..., time_limit_seconds: _Optional[float] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_cost_ms: float
+    accuracy_slack: float
+    def __init__(self, solver: _Optional[_Union[Solver, str]] = ..., allow_ancestor: _Optional[bool] = ..., fit_params: _Optional[bool] = ..., max_heads_per_class: _Optional[int] = ..., min_label_score: _Optional[float] = ..., time_limit_seconds: _Optional[float] = ..., models: _Optional[_Iterable[str]] = ..., max_cost_ms: _Optional[float] = ..., accuracy_slack: _Optional[float] = ...) -> None: ...
 
 class SelectHeadsRequest(_message.Message):
     __slots__ = ("classes", "budget", "options")
@@ -127,7 +131,7 @@ class PlannedClass(_message.Message):
     def __init__(self, name: _Optional[str] = ..., concept: _Optional[_Union[_common_pb2.ConceptRef, _Mapping]] = ..., grounding: _Optional[_Union[Grounding, _Mapping]] = ..., coverage: _Optional[_Union[Coverage, str]] = ..., heads: _Optional[_Iterable[_Union[_common_pb2.HeadRef, _Mapping]]] = ..., estimated_accuracy: _Optional[float] = ..., uncovered_reason: _Optional[_Union[UncoveredReason, str]] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("plan_id", "classes", "estimated_accuracy", "model_ids", "solver", "params_fitted", "catalogue_version", "created_at", "combination_json", "budget", "options", "measured_fraction")
+    __slots__ = ("plan_id", "classes", "estimated_accuracy", "model_ids", "solver", "params_fitted", "catalogue_version", "created_at", "combination_json", "budget", "options", "measured_fraction", "cost_ms_per_image", "cost_estimated")
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +144,8 @@ class Plan(_message.Message):
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     MEASURED_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    COST_MS_PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    COST_ESTIMATED_FIELD_NUMBER: _ClassVar[int]
     plan_id: str
     classes: _containers.RepeatedCompositeFieldContainer[PlannedClass]
     estimated_accuracy: float
@@ -152,7 +158,9 @@ class Plan(_message.Message):
     budget: int
     options: SelectOptions
     measured_fraction: float
-    def __init__(self, plan_id: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[PlannedClass, _Mapping]]] = ..., estimated_accuracy: _Optional[float] = ..., model_ids: _Optional[_Iterable[str]] = ..., solver: _Optional[_Union[Solver, str]] = ..., params_fitted: _Optional[bool] = ..., catalogue_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., combination_json: _Optional[str] = ..., budget: _Optional[int] = ..., options: _Optional[_Union[SelectOptions, _Mapping]] = ..., measured_fraction: _Optional[float] = ...) -> None: ...
+    cost_ms_per_image: float
+    cost_estimated: bool
+    def __init__(self, plan_id: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[PlannedClass, _Mapping]]] = ..., estimated_accuracy: _Optional[float] = ..., model_ids: _Optional[_Iterable[str]] = ..., solver: _Optional[_Union[Solver, str]] = ..., params_fitted: _Optional[bool] = ..., catalogue_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., combination_json: _Optional[str] = ..., budget: _Optional[int] = ..., options: _Optional[_Union[SelectOptions, _Mapping]] = ..., measured_fraction: _Optional[float] = ..., cost_ms_per_image: _Optional[float] = ..., cost_estimated: _Optional[bool] = ...) -> None: ...
 
 class GetPlanRequest(_message.Message):
     __slots__ = ("plan_id",)
@@ -196,12 +204,26 @@ class ClassExplanation(_message.Message):
     reasons: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, name: _Optional[str] = ..., concept: _Optional[_Union[_common_pb2.ConceptRef, _Mapping]] = ..., coverage: _Optional[_Union[Coverage, str]] = ..., chosen: _Optional[_Iterable[_Union[HeadCandidate, _Mapping]]] = ..., alternatives: _Optional[_Iterable[_Union[HeadCandidate, _Mapping]]] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class FrontPlan(_message.Message):
+    __slots__ = ("model_ids", "estimated_accuracy", "cost_ms_per_image", "chosen")
+    MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    COST_MS_PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    model_ids: _containers.RepeatedScalarFieldContainer[str]
+    estimated_accuracy: float
+    cost_ms_per_image: float
+    chosen: bool
+    def __init__(self, model_ids: _Optional[_Iterable[str]] = ..., estimated_accuracy: _Optional[float] = ..., cost_ms_per_image: _Optional[float] = ..., chosen: _Optional[bool] = ...) -> None: ...
+
 class Explanation(_message.Message):
-    __slots__ = ("plan_id", "classes", "notes")
+    __slots__ = ("plan_id", "classes", "notes", "cost_front")
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
+    COST_FRONT_FIELD_NUMBER: _ClassVar[int]
     plan_id: str
     classes: _containers.RepeatedCompositeFieldContainer[ClassExplanation]
     notes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, plan_id: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[ClassExplanation, _Mapping]]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+    cost_front: _containers.RepeatedCompositeFieldContainer[FrontPlan]
+    def __init__(self, plan_id: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[ClassExplanation, _Mapping]]] = ..., notes: _Optional[_Iterable[str]] = ..., cost_front: _Optional[_Iterable[_Union[FrontPlan, _Mapping]]] = ...) -> None: ...

@@ -59,7 +59,8 @@ class SelectionServiceServicer:
     def SelectHeads(self, request, context):
         """Grounds each task class to a concept and selects heads, returning a stored Plan.
         Errors: INVALID_ARGUMENT (fewer than 2 or more than 1,000 classes, two names grounding
-        to one concept, control characters, negative budget), NOT_FOUND (a pinned_wnid that is
+        to one concept, control characters, negative budget, a negative or non-finite
+        options.max_cost_ms, options.accuracy_slack outside [0, 1]), NOT_FOUND (a pinned_wnid that is
         no concept, an options.models id that is no registered model), FAILED_PRECONDITION (no labelled models in the catalogue), UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -26,6 +26,7 @@ BENCHES = {
     "reliability": ("reliability", "bench_reliability"),
     "patch": ("patch", "bench_patch"),
     "grounding": ("grounding", "bench_grounding"),
+    "cost": ("cost", "bench_cost"),
 }
 
 

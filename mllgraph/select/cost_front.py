@@ -1,0 +1,108 @@
+"""The accuracy-cost front of a CHCO problem, and the plan served from it.
+
+A plan's cost is the sum of its models' cost per image (ms, `ChcoProblem.model_cost`). CHCO
+maximises accuracy under the model count and the cost cap; the front is found by solving again
+under a cap just below the last plan's cost (the epsilon-constraint method), so each solve
+yields the best plan the solver finds that is strictly cheaper than the one before. The plan
+served is the cheapest on the front whose estimate lies within `accuracy_slack` of the best
+estimate (`cheapest_within`): a point of accuracy is rarely worth ten times the compute.
+
+Pure: no graph, no files. Imports plan and below, and `select.chco`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mllgraph.plan.request import ACCURACY_SLACK
+from mllgraph.select import chco
+
+# Solves per front at most (the first included): each is one CHCO run.
+FRONT_MAX_PLANS = 6
+# A cap just below a plan's cost excludes it: `chco._within_cost` allows 1e-9 relative.
+_BELOW = 1e-6
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """One plan CHCO considered: its models, estimated accuracy and cost (ms per image)."""
+
+    models: tuple[str, ...]
+    estimate: float
+    cost_ms: float
+
+    def to_dict(self, chosen: bool = False) -> dict[str, Any]:
+        return {
+            "models": list(self.models),
+            "estimated_accuracy": None if math.isnan(self.estimate) else self.estimate,
+            "cost_ms_per_image": self.cost_ms,
+            "chosen": chosen,
+        }
+
+
+def _score(estimate: float) -> float:
+    return -math.inf if estimate is None or math.isnan(estimate) else float(estimate)
+
+
+def cheapest_within(points: Sequence[tuple[float, float]], slack: float) -> int:
+    """Index of the cheapest (estimate, cost) whose estimate is within `slack` of the best;
+    equal costs: the higher estimate, then the earlier point. A NaN estimate ranks last."""
+    if not points:
+        raise ValueError("cheapest_within: no points")
+    best = max(_score(e) for e, _ in points)
+    ok = [i for i, (e, _) in enumerate(points) if _score(e) >= best - slack or best == -math.inf]
+    return min(ok, key=lambda i: (points[i][1], -_score(points[i][0]), i))
+
+
+def non_dominated(points: Sequence[FrontPoint]) -> list[FrontPoint]:
+    """The points no other point beats on both estimate and cost (one of equal pairs kept),
+    cheapest first."""
+    out: list[FrontPoint] = []
+    for p in sorted(points, key=lambda p: (p.cost_ms, -_score(p.estimate), p.models)):
+        if not out or _score(p.estimate) > _score(out[-1].estimate):
+            out.append(p)
+    return out
+
+
+def solve_front(
+    problem: chco.ChcoProblem,
+    solve_one: Callable[[chco.ChcoProblem], chco.Plan],
+    slack: float = ACCURACY_SLACK,
+    max_plans: int = FRONT_MAX_PLANS,
+) -> tuple[chco.Plan, list[FrontPoint]]:
+    """The plan to serve and the front considered (non-dominated, cheapest first).
+
+    The first solve is under the problem's own budgets; each next one caps the cost just below
+    the previous plan's. Stops at a plan with no cost (nothing cheaper exists), at one whose
+    estimate falls more than `slack` below the best (no cheaper plan could be served), or after
+    `max_plans` solves."""
+    if not (math.isfinite(slack) and slack >= 0):
+        raise ValueError(f"slack is {slack}; expected a finite number >= 0")
+    plans = [solve_one(problem)]
+    best = _score(plans[0].estimated_accuracy)
+    while len(plans) < max_plans:
+        last = plans[-1]
+        cost = problem.plan_cost(last.models)
+        if not last.models or cost <= 0 or _score(last.estimated_accuracy) < best - slack:
+            break
+        cap = cost * (1 - _BELOW) - 1e-9
+        if cap < 0:
+            break
+        if problem.max_cost is not None:
+            cap = min(cap, problem.max_cost)
+        plans.append(solve_one(problem.with_max_cost(cap)))
+        best = max(best, _score(plans[-1].estimated_accuracy))
+    points = [(p.estimated_accuracy, problem.plan_cost(p.models)) for p in plans]
+    chosen = plans[cheapest_within(points, slack)]
+    front = non_dominated(
+        [FrontPoint(tuple(p.models), float(e), c) for p, (e, c) in zip(plans, points, strict=True)]
+    )
+    return chosen, front
+
+
+def front_document(front: Sequence[FrontPoint], served: Sequence[str]) -> list[dict[str, Any]]:
+    """The plan document's `cost_front`: each point, the served plan's models marked."""
+    return [p.to_dict(chosen=set(p.models) == set(served)) for p in front]

@@ -1,0 +1,155 @@
+"""The cost budget (ms per image) in CHCO, on a synthetic hub with a known best plan: a cheap
+expert that misses a few images against an expensive model that misses none. Pure: no server."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mllgraph.combine.rule import HeadGroup
+from mllgraph.errors import InvalidArgument
+from mllgraph.plan.request import ACCURACY_SLACK, SelectOptions
+from mllgraph.select import chco
+from mllgraph.select.chco import Candidate, ChcoProblem
+from mllgraph.select.cost_front import FrontPoint, cheapest_within, non_dominated, solve_front
+
+PER_CLASS = 100
+COSTS = {"cheap": 0.5, "big": 20.0, "mid": 8.0}
+
+
+def _hub(misses: int, *, max_cost: float | None = None, budget: int = 5) -> ChcoProblem:
+    """Three classes of 100 probe images. `big` (20 ms/image) is right on all of them;
+    `cheap` (0.5 ms) calls the first `misses` images of class 0 class 1; `mid` (8 ms) is right
+    on classes 1 and 2 only and calls every class-0 image class 1. Known best plan: `big`
+    alone (accuracy 1, fewest models); cheapest near it: `cheap` (1 - misses / 300)."""
+    labels = np.repeat([0, 1, 2], PER_CLASS)
+    big = np.eye(3)[labels] * 6.0
+    cheap = big.copy()
+    cheap[:misses] = np.array([0.0, 6.0, 0.0])
+    mid = big.copy()
+    mid[labels == 0] = np.array([0.0, 6.0, 0.0])
+    logits = {"big": big, "cheap": cheap, "mid": mid}
+    cands = [
+        Candidate(c, HeadGroup(m, (c,), "exact", 0.9))
+        for m in ("big", "cheap", "mid")
+        for c in range(3)
+    ]
+    temps = dict.fromkeys(logits, 1.0)
+    return ChcoProblem(3, cands, logits, labels, temps, budget, model_cost=COSTS, max_cost=max_cost)
+
+
+def _exact(p: ChcoProblem) -> chco.Plan:
+    return chco.solve_exact(p)
+
+
+def _heuristic(p: ChcoProblem) -> chco.Plan:
+    return chco.solve_heuristic(p)
+
+
+@pytest.mark.parametrize("solver", [_exact, _heuristic])
+def test_without_cost_cap_the_best_plan_is_the_expensive_one(solver) -> None:
+    plan = solver(_hub(misses=1))
+    assert plan.models == ["big"]
+    assert plan.estimated_accuracy == 1.0
+
+
+@pytest.mark.parametrize("solver", [_exact, _heuristic])
+def test_cost_cap_excludes_the_expensive_plan(solver) -> None:
+    plan = solver(_hub(misses=3, max_cost=10.0))
+    assert plan.models == ["cheap"]
+    assert plan.estimated_accuracy == pytest.approx(1 - 3 / 300)
+    # A cap under every model: only the all-uncovered plan fits.
+    assert solver(_hub(misses=3, max_cost=0.1)).models == []
+
+
+@pytest.mark.parametrize("solver", [_exact, _heuristic])
+def test_cost_cap_bounds_the_sum_of_the_models_costs(solver) -> None:
+    # A budget that fits `mid` or `cheap` alone but not `big`: every plan's total stays under.
+    for cap in (0.5, 8.0, 8.5, 19.9, 20.0, 28.5):
+        plan = solver(_hub(misses=3, max_cost=cap))
+        assert sum(COSTS[m] for m in plan.models) <= cap + 1e-9
+
+
+@pytest.mark.parametrize("solver", [_exact, _heuristic])
+def test_slack_serves_the_cheap_plan_within_half_a_point(solver) -> None:
+    # 1 miss in 300: 0.33 points below the best, within 0.5: the cheap plan is served.
+    plan, front = solve_front(_hub(misses=1), solver, ACCURACY_SLACK)
+    assert plan.models == ["cheap"]
+    costs = [p.cost_ms for p in front]
+    assert costs == sorted(costs)
+    by_models = {p.models: p for p in front}
+    assert by_models[("big",)].estimate == 1.0
+    assert by_models[("cheap",)].cost_ms == 0.5
+
+
+@pytest.mark.parametrize("solver", [_exact, _heuristic])
+def test_slack_keeps_the_accurate_plan_beyond_half_a_point(solver) -> None:
+    # 3 misses in 300: 1 point below the best, outside 0.5: the accurate plan is served.
+    plan, front = solve_front(_hub(misses=3), solver, ACCURACY_SLACK)
+    assert plan.models == ["big"]
+    assert {p.models for p in front} >= {("big",), ("cheap",)}
+    # With a wider slack, the cheap one; with none at all, the best (the model-count budget).
+    assert solve_front(_hub(misses=3), solver, 0.02)[0].models == ["cheap"]
+    assert solve_front(_hub(misses=1), solver, 0.0)[0].models == ["big"]
+
+
+def test_slack_under_a_cost_cap_stays_under_it() -> None:
+    plan, front = solve_front(_hub(misses=3, max_cost=10.0), _exact, ACCURACY_SLACK)
+    assert plan.models == ["cheap"]
+    assert all(p.cost_ms <= 10.0 for p in front)
+
+
+def test_costs_break_ties_between_equally_accurate_plans() -> None:
+    # Only classes 1 and 2 on probe images: `mid` and `big` are equally right there, and the
+    # exact solver keeps the cheaper (`cheap` misses nothing on them either, cheaper still).
+    p = _hub(misses=3)
+    keep = p.labels != 0
+    sub = ChcoProblem(
+        3,
+        [c for c in p.candidates if c.group.model_id in ("big", "mid") and c.class_index != 0],
+        {m: x[keep] for m, x in p.logits_by_model.items()},
+        p.labels[keep],
+        p.temperatures,
+        5,
+        model_cost=COSTS,
+    )
+    assert chco.solve_exact(sub).models == ["mid"]
+
+
+def test_cheapest_within_and_non_dominated() -> None:
+    pts = [(0.90, 30.0), (0.897, 2.0), (0.80, 0.5), (float("nan"), 0.0)]
+    assert cheapest_within(pts, 0.005) == 1
+    assert cheapest_within(pts, 0.0) == 0
+    assert cheapest_within(pts, 0.2) == 2
+    # Equal costs: the higher estimate.
+    assert cheapest_within([(0.5, 1.0), (0.6, 1.0)], 0.5) == 1
+    front = non_dominated(
+        [
+            FrontPoint(("a",), 0.9, 30.0),
+            FrontPoint(("b",), 0.8, 40.0),  # dominated by a
+            FrontPoint(("c",), 0.85, 2.0),
+        ]
+    )
+    assert [p.models for p in front] == [("c",), ("a",)]
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, "5"])
+def test_a_bad_max_cost_is_refused_naming_it(bad) -> None:
+    with pytest.raises(InvalidArgument, match="max_cost"):
+        _hub(misses=1, max_cost=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="max_cost_ms"):
+        SelectOptions(max_cost_ms=bad).validate()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, math.nan])
+def test_a_bad_accuracy_slack_is_refused_naming_it(bad) -> None:
+    with pytest.raises(InvalidArgument, match="accuracy_slack"):
+        SelectOptions(accuracy_slack=bad).validate()
+
+
+def test_select_options_cost_cap() -> None:
+    assert SelectOptions().cost_cap is None
+    assert SelectOptions(max_cost_ms=12.5).cost_cap == 12.5
+    assert SelectOptions().accuracy_slack == ACCURACY_SLACK == 0.005
