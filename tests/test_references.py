@@ -57,3 +57,15 @@ def test_summed_subtrees_of_one_imagenet_expert():
     # A class with no ImageNet class under it scores 0 everywhere: it never wins.
     plan3 = {"classes": [*plan["classes"], {"concept": {"wnid": idea}}]}
     assert ref.per_model(plan3, np.arange(3), np.array([2, 2, 2])) == {"efficientnet_lite0@1": 0.0}
+
+
+def test_supervised_recipes_name_their_network():
+    from mllgraph.errors import InvalidArgument
+    from mllgraph.eval.supervised import SupervisedRecipe
+
+    assert SupervisedRecipe().arch == "mlp" and SupervisedRecipe().epoch_count == 10
+    assert "MLP" in SupervisedRecipe().describe() and "60,000" in SupervisedRecipe().describe()
+    assert "CNN" in SupervisedRecipe("cnn").describe()
+    assert SupervisedRecipe("cnn", epochs=1).epoch_count == 1
+    with pytest.raises(InvalidArgument, match="'resnet' is unknown"):
+        SupervisedRecipe("resnet")

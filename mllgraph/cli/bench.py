@@ -47,6 +47,7 @@ def cmd_zeroshot(args: argparse.Namespace, settings: Settings) -> int:
         imagenet=not args.no_imagenet,
         expert_recipe=not args.no_expert_recipe,
         supervised=not args.no_supervised,
+        supervised_arch=args.supervised_arch,
         references=not args.no_references,
         grpc=not args.in_process,
         photos=not args.no_photos,
@@ -210,8 +211,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip the expert-recipe model (the hub's expert architecture trained per task)",
     )
+    g.add_argument("--no-supervised", action="store_true", help="skip the supervised reference")
     g.add_argument(
-        "--no-supervised", action="store_true", help="skip the supervised reference (a CNN)"
+        "--supervised-arch",
+        choices=("mlp", "cnn"),
+        default="mlp",
+        help="the supervised reference's network (eval/supervised; cnn: ~10x the CPU time)",
     )
     g.add_argument(
         "--no-references",

@@ -18,7 +18,7 @@ import numpy as np
 
 from mllgraph.eval import evalset, references, summary
 from mllgraph.eval import evaluate as ev
-from mllgraph.eval.supervised import Supervised
+from mllgraph.eval.supervised import Supervised, SupervisedRecipe
 from mllgraph.eval.tasks import SPLITS, Suite
 from mllgraph.graph.db import Graph
 from mllgraph.hub import registry
@@ -42,7 +42,8 @@ class ZeroShotConfig:
     budget: int = 5
     imagenet: bool = True
     expert_recipe: bool = True  # recipe: references.ExpertRecipe, derived from the experts' own
-    supervised: bool = True  # eval/supervised: a small CNN on all labelled train images
+    supervised: bool = True  # eval/supervised: a network trained on all labelled train images
+    supervised_arch: str = "mlp"  # "mlp" or "cnn" (eval/supervised)
     references: bool = True  # hindsight, stack_all and imagenet_subtree (evaluate's doc)
     grpc: bool = True
     photos: bool = True  # the photos suite (eval/photos.py), through gRPC with the ImageNet experts
@@ -163,7 +164,7 @@ def run(
     conse = references.ConSE(graph, settings, logits) if config.imagenet else None
     supervised = None
     if config.supervised:
-        supervised = Supervised(settings)
+        supervised = Supervised(settings, SupervisedRecipe(config.supervised_arch))
         supervised.model()  # trained (or read from its cache) before the timed run
         report.supervised = {
             **asdict(supervised.recipe),
