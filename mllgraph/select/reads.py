@@ -15,7 +15,9 @@ still need a round trip. Keys (all at one catalogue version, see `mllgraph.selec
 * the labelled-model count (the "no labelled models" precondition): one entry;
 * the ConSE patch's broad expert (`select/patch_model`): one entry per sub-hub;
 * the broadest labelled experts for the stacked rule's screen (`select/broad_models`): one
-  entry per sub-hub.
+  entry per sub-hub;
+* the probe sets with their concepts' ancestors, for the "none of these" calibration
+  (`select/probe_set_concepts`): one entry.
 
 With no cache (or a disabled one) every reader sends the same one query for the whole task
 that selection always sent.
@@ -103,6 +105,16 @@ class Reads:
             found = self.graph.read(
                 "select/broad_models", min_heads=min_heads, limit=limit, models=models
             )
+            self._put(key, found)
+        return list(found)
+
+    def probe_set_concepts(self, limit: int) -> list[dict[str, Any]]:
+        """`select/probe_set_concepts`: probe sets (at most `limit`, by id) with their concept
+        and its ancestors. The same for every task, so kept per version."""
+        key = ("probe_set_concepts", limit)
+        found = self._get(key)
+        if found is MISSING:
+            found = self.graph.read("select/probe_set_concepts", limit=limit)
             self._put(key, found)
         return list(found)
 

@@ -27,7 +27,10 @@
    (`mllgraph.combine.conse`): the hub's broadest expert and text similarities of its heads to
    the class names, calibrated on the covered classes' probe images; inference applies it
    when no VLM is configured.
-5. Store the plan in Neo4j under an id derived from the request and the catalogue version,
+5. The "none of these" calibration (`select/none_calibration`): the plan's score that an image
+   fits none of its classes, fitted on the task's probe images against probe images of
+   concepts outside the task, with its default threshold.
+6. Store the plan in Neo4j under an id derived from the request and the catalogue version,
    so the same inputs always give the same plan.
 
 Steps 1-2 read the graph through `mllgraph.select.reads`, which keeps what it read per
@@ -69,7 +72,7 @@ from mllgraph.plan.document import (
     plan_id_for,
 )
 from mllgraph.plan.request import SelectOptions, TaskClass, Timings
-from mllgraph.select import chco
+from mllgraph.select import chco, none_calibration
 from mllgraph.select.alternatives import alternatives, solve, uncovered_plan
 from mllgraph.select.cache import CatalogueCache
 from mllgraph.select.candidates import (
@@ -314,6 +317,13 @@ def select(
                 "weight": patch.weight,
                 "classes": [classes[c].name for c in plan.uncovered],
             }
+    t = time.perf_counter()
+    none, body["none_of_these"] = none_calibration.calibrate(
+        reads, settings, body, wnids, probe_rows, outputs, cache
+    )
+    if none is not None:
+        body["combination"]["none"] = none
+    body["none_of_these"]["ms"] = (time.perf_counter() - t) * 1000
     if store:
         graph.write("select/plan_put", id=pid, body=json.dumps(body), catalogue_version=version)
     return SelectionContext(plan=body, candidates=candidates, timings=timings, problem=problem)
