@@ -18,6 +18,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.what == "zeroshot":
         return cmd_zeroshot(args, settings)
+    if args.what == "none":
+        return cmd_none(args, settings)
     figures = bench.run(args.what, settings, args)
     console.print_json(data=figures)
     return 0
@@ -59,10 +61,36 @@ def cmd_zeroshot(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_none(args: argparse.Namespace, settings: Settings) -> int:
+    """ "None of these" on the Fashion probe pool (mllgraph.eval.none_study)."""
+    from pathlib import Path
+
+    from mllgraph.eval import none_study
+    from mllgraph.eval.summary import write_json
+    from mllgraph.eval.tasks import load_suite
+    from mllgraph.graph import db
+
+    suite = load_suite(args.tasks)
+    with db.connect(settings) as graph:
+        report = none_study.run_fashion(
+            graph,
+            settings,
+            suite,
+            per_class=args.none_per_class,
+            budget=args.budget,
+            log=console.print,
+        )
+    path = write_json(Path(args.out) / "none_of_these.json", report)
+    console.print_json(data={"halves": report["halves"], "all": report["all"]})
+    console.print(f"wrote {path}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (print figures, write reports/*.json)")
     p.add_argument(
-        "what", choices=["sdag", "ingest", "label", "select", "infer", "reliability", "zeroshot"]
+        "what",
+        choices=["sdag", "ingest", "label", "select", "infer", "reliability", "zeroshot", "none"],
     )
     p.add_argument(
         "--sizes",
@@ -113,4 +141,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-photos", action="store_true", help="skip the photos suite (real photos, gRPC only)"
     )
     g.add_argument("--name", default="zeroshot", help="report file stem under --out")
+    g = p.add_argument_group("none (also --tasks, --budget)")
+    g.add_argument(
+        "--none-per-class", type=int, default=100, help="Fashion-MNIST test images per class"
+    )
     p.set_defaults(handler=cmd_bench)
