@@ -179,3 +179,27 @@ def test_measure_counts_a_rejected_in_task_image_as_wrong() -> None:
     assert got["auroc"] == pytest.approx(0.75)
     with pytest.raises(InvalidArgument, match="same length"):
         none.measure(np.zeros(2), np.zeros(3, bool), np.zeros(1), 0.5)
+
+
+def test_head_columns_pick_the_telling_heads_and_travel_with_the_plan() -> None:
+    assignment = _assignment()
+    inside, outside = _data(seed=6)
+    # Only head 5 tells the sides apart here: outside images all put their mass on it.
+    rng = np.random.default_rng(7)
+    outside = {"m": _logits(rng, 300, np.full(300, 5))}
+    picked = none.head_columns(inside, outside, ["m"], {"m": 1.0}, 1)
+    assert picked == [("m", 5)]
+    assert none.head_columns(inside, outside, ["m"], {"m": 1.0}, 0) == []
+    xi, _ = _features(inside, assignment)
+    probs_i = rule.combine(inside, assignment, rule.default_params(assignment))
+    probs_o = rule.combine(outside, assignment, rule.default_params(assignment))
+    heads = none.task_heads(assignment)
+    fi = none.features(inside, probs_i, ["m"], heads, {"m": 1.0}, picked)
+    fo = none.features(outside, probs_o, ["m"], heads, {"m": 1.0}, picked)
+    assert fi.shape[1] == xi.shape[1] + 1
+    fitted = none.fit(fi, fo, ["m"], heads, {"m": 1.0}, extra=picked)
+    assert fitted is not None and fitted.extra == (("m", 5),)
+    again = none.NoneCalibration.from_dict(fitted.to_dict())
+    np.testing.assert_allclose(again.scores(outside, probs_o), fitted.scores(outside, probs_o))
+    with pytest.raises(InvalidArgument, match="extra"):
+        none.NoneCalibration.from_dict({**fitted.to_dict(), "extra": [["other", 1]]})

@@ -48,6 +48,8 @@ MIN_IMAGES = 10  # per side (in-task, outside): fewer cannot place a threshold
 FOLDS = 5
 C = 1.0
 MAX_MODELS = 64  # a plan's calibration is refused beyond this many models (hostile JSON)
+MAX_EXTRA = 256
+HEAD_FEATURES = 0  # heads read one by one too (`head_columns`), the most telling first
 FEATURES_PER_MODEL = ("log_task_mass", "log_max_prob", "energy")
 
 
@@ -60,7 +62,11 @@ def task_heads(assignment: Sequence[ClassAssignment]) -> dict[str, tuple[int, ..
     return {m: tuple(sorted(h)) for m, h in sorted(heads.items())}
 
 
-def _columns(models: Sequence[str], heads: Mapping[str, Sequence[int]]) -> list[tuple[str, str]]:
+def _columns(
+    models: Sequence[str],
+    heads: Mapping[str, Sequence[int]],
+    extra: Sequence[tuple[str, int]] = (),
+) -> list[tuple[str, str]]:
     """(model or "", feature name) per column, in order."""
     cols = []
     for m in models:
@@ -68,7 +74,30 @@ def _columns(models: Sequence[str], heads: Mapping[str, Sequence[int]]) -> list[
             if name != "log_task_mass" or heads.get(m):
                 cols.append((m, name))
     cols.append(("", "log_max_class_prob"))
+    cols += [(m, f"log_prob_head_{h}") for m, h in extra]
     return cols
+
+
+def head_columns(
+    inside: Mapping[str, np.ndarray],
+    outside: Mapping[str, np.ndarray],
+    models: Sequence[str],
+    temperatures: Mapping[str, float],
+    limit: int,
+) -> list[tuple[str, int]]:
+    """The `limit` heads (model, head) whose log-probability differs most between in-task
+    and outside images (two-sample t statistic), in (model, head) order."""
+    if limit <= 0:
+        return []
+    found = []
+    for m in models:
+        a = np.log(model_probabilities(np.asarray(inside[m]), temperatures.get(m, 1.0)) + EPS)
+        b = np.log(model_probabilities(np.asarray(outside[m]), temperatures.get(m, 1.0)) + EPS)
+        se = np.sqrt(a.var(axis=0) / len(a) + b.var(axis=0) / len(b)) + 1e-9
+        t = np.abs(a.mean(axis=0) - b.mean(axis=0)) / se
+        found += [(float(v), m, h) for h, v in enumerate(t)]
+    found.sort(key=lambda x: -x[0])
+    return sorted((m, h) for _, m, h in found[:limit])
 
 
 def features(
@@ -77,19 +106,28 @@ def features(
     models: Sequence[str],
     heads: Mapping[str, Sequence[int]],
     temperatures: Mapping[str, float],
+    extra: Sequence[tuple[str, int]] = (),
 ) -> np.ndarray:
-    """(N, D) features of the module doc; `class_probs` (N, K) is the served rule's output."""
+    """(N, D) features of the module doc; `class_probs` (N, K) is the served rule's output;
+    `extra`: (model, head) whose log-probabilities are features too."""
     cols = []
+    per_model: dict[str, np.ndarray] = {}
     for m in models:
         z = np.asarray(logits[m], dtype=np.float64) / float(temperatures.get(m, 1.0))
         top = z.max(axis=1)
         energy = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
         p = model_probabilities(np.asarray(logits[m]), temperatures.get(m, 1.0))
+        per_model[m] = p
         if heads.get(m):
             cols.append(np.log(p[:, list(heads[m])].sum(axis=1) + EPS))
         cols.append(np.log(p.max(axis=1) + EPS))
         cols.append(energy)
     cols.append(np.log(np.asarray(class_probs, dtype=np.float64).max(axis=1) + EPS))
+    for m, h in extra:
+        p = per_model.get(m)
+        if p is None:
+            p = per_model[m] = model_probabilities(np.asarray(logits[m]), temperatures.get(m, 1.0))
+        cols.append(np.log(p[:, h] + EPS))
     return np.stack(cols, axis=1)
 
 
@@ -106,6 +144,7 @@ class NoneCalibration:
     coef: np.ndarray  # (D,)
     intercept: float
     threshold: float  # score > threshold: "none of these"
+    extra: tuple[tuple[str, int], ...] = ()  # (model, head) log-probabilities read too
     # On the probe images, out of fold: AUROC, share of in-task images rejected, counts.
     probe_auroc: float = math.nan
     probe_rejected: float = math.nan
@@ -123,10 +162,10 @@ class NoneCalibration:
         for m in self.models:
             if m not in logits:
                 raise InvalidArgument(f"the none-of-these score needs the logits of model {m}")
-        x = features(logits, class_probs, self.models, self.heads, self.temperatures)
+        x = features(logits, class_probs, self.models, self.heads, self.temperatures, self.extra)
         n = x.shape[0]
         speaking = np.zeros(n, dtype=np.int64)
-        cols = _columns(self.models, self.heads)
+        cols = _columns(self.models, self.heads, self.extra)
         for m in self.models:
             mask = (in_domain or {}).get(m)
             ok = np.ones(n, bool) if mask is None else np.asarray(mask, bool)
@@ -151,6 +190,7 @@ class NoneCalibration:
             "coef": [float(v) for v in self.coef],
             "intercept": float(self.intercept),
             "threshold": float(self.threshold),
+            "extra": [[m, h] for m, h in self.extra],
             "probe_auroc": _json_float(self.probe_auroc),
             "probe_rejected": _json_float(self.probe_rejected),
             "positives": self.positives,
@@ -181,7 +221,8 @@ class NoneCalibration:
         try:
             heads = {str(m): tuple(int(h) for h in hs) for m, hs in raw_heads.items() if hs}
             temperatures = {str(m): float(t) for m, t in temps.items()}
-            width = len(_columns(models, heads))
+            extra = tuple((str(m), int(h)) for m, h in d.get("extra") or ())
+            width = len(_columns(models, heads, extra))
             mean = _vector(d["mean"], width)
             scale = _vector(d["scale"], width)
             coef = _vector(d["coef"], width)
@@ -194,8 +235,10 @@ class NoneCalibration:
                 f"mean, scale and coef must be {len(models)} models' feature vectors, "
                 f"intercept and threshold numbers ({type(e).__name__}: {str(e)[:100]})"
             ) from e
-        if any(h < 0 for hs in heads.values() for h in hs):
+        if any(h < 0 for hs in heads.values() for h in hs) or any(h < 0 for _, h in extra):
             raise bad("head indexes must be >= 0")
+        if not {m for m, _ in extra} <= set(models) or len(extra) > MAX_EXTRA:
+            raise bad(f"extra must name at most {MAX_EXTRA} heads of its models")
         if not (math.isfinite(intercept) and math.isfinite(threshold) and 0 <= threshold <= 1):
             raise bad("intercept must be finite and threshold in [0, 1]")
         if np.any(scale <= 0):
@@ -203,7 +246,7 @@ class NoneCalibration:
         if any(not (math.isfinite(t) and t > 0) for t in temperatures.values()):
             raise bad("temperatures must be > 0")
         return cls(
-            tuple(models), heads, temperatures, mean, scale, coef, intercept, threshold,
+            tuple(models), heads, temperatures, mean, scale, coef, intercept, threshold, extra,
             stats[0], stats[1], counts[0], counts[1],
         )  # fmt: skip
 
@@ -253,6 +296,7 @@ def fit(
     heads: Mapping[str, Sequence[int]],
     temperatures: Mapping[str, float],
     *,
+    extra: Sequence[tuple[str, int]] = (),
     max_rejected: float = MAX_REJECTED,
     seed: int = 0,
 ) -> NoneCalibration | None:
@@ -295,6 +339,7 @@ def fit(
         coef=np.asarray(final.coef_[0], dtype=np.float64),
         intercept=float(final.intercept_[0]),
         threshold=threshold,
+        extra=tuple((str(m), int(h)) for m, h in extra),
         probe_auroc=auroc(oof[y == 0], oof[y == 1]),
         probe_rejected=float(np.mean(oof[y == 0] > threshold)),
         positives=int(len(xi)),

@@ -100,12 +100,18 @@ def calibrate(
     heads = none_of_these.task_heads(plan.assignment)
     temperatures = {m: float(outs[m].temperature) for m in plan.models}
 
+    extra = none_of_these.head_columns(
+        inside, outside, plan.models, temperatures, none_of_these.HEAD_FEATURES
+    )
+
     def feats(logits: Mapping[str, np.ndarray]) -> np.ndarray:
         n = next(iter(logits.values())).shape[0]
         probs = apply.probabilities(plan, logits, n)
-        return none_of_these.features(logits, probs, plan.models, heads, temperatures)
+        return none_of_these.features(logits, probs, plan.models, heads, temperatures, extra)
 
-    fitted = none_of_these.fit(feats(inside), feats(outside), plan.models, heads, temperatures)
+    fitted = none_of_these.fit(
+        feats(inside), feats(outside), plan.models, heads, temperatures, extra=extra
+    )
     if fitted is None:
         return None, {"calibrated": False, "why": "too few probe images"}
     summary = {
