@@ -46,16 +46,14 @@ def _data(seed: int, n: int = 300) -> tuple[dict[str, np.ndarray], dict[str, np.
 
 
 def _features(logits: dict[str, np.ndarray], assignment: list[rule.ClassAssignment]):
-    probs = rule.combine(logits, assignment, rule.default_params(assignment))
-    heads = none.task_heads(assignment)
-    return none.features(logits, probs, ["m"], heads, {"m": 1.0}), probs
+    return none.features(logits, ["m"], none.task_heads(assignment), {"m": 1.0})
 
 
 def _fitted(seed: int = 0) -> none.NoneCalibration:
     assignment = _assignment()
     inside, outside = _data(seed)
-    xi, _ = _features(inside, assignment)
-    xo, _ = _features(outside, assignment)
+    xi = _features(inside, assignment)
+    xo = _features(outside, assignment)
     fitted = none.fit(xi, xo, ["m"], none.task_heads(assignment), {"m": 1.0})
     assert fitted is not None
     return fitted
@@ -82,11 +80,8 @@ def test_fit_separates_outside_images_and_keeps_the_in_task_share() -> None:
     assert fitted.probe_rejected <= none.MAX_REJECTED
     assert fitted.positives == fitted.negatives == 300
     # New images from the same experts: the threshold still lets nearly all in-task ones by.
-    assignment = _assignment()
     inside, outside = _data(seed=1)
-    _, pi = _features(inside, assignment)
-    _, po = _features(outside, assignment)
-    si, so = fitted.scores(inside, pi), fitted.scores(outside, po)
+    si, so = fitted.scores(inside), fitted.scores(outside)
     assert np.all((si >= 0) & (si <= 1))
     assert np.mean(si > fitted.threshold) <= 0.03
     assert np.mean(so > fitted.threshold) > 0.8
@@ -102,13 +97,11 @@ def test_too_few_images_give_no_calibration() -> None:
 
 def test_out_of_domain_model_is_neutral_and_no_speaking_model_scores_one() -> None:
     fitted = _fitted()
-    assignment = _assignment()
     inside, _ = _data(seed=2, n=6)
-    _, probs = _features(inside, assignment)
-    everywhere = fitted.scores(inside, probs, {"m": np.ones(6, bool)})
-    np.testing.assert_allclose(everywhere, fitted.scores(inside, probs))
+    everywhere = fitted.scores(inside, {"m": np.ones(6, bool)})
+    np.testing.assert_allclose(everywhere, fitted.scores(inside))
     mask = np.array([True, False, True, False, True, True])
-    got = fitted.scores(inside, probs, {"m": mask})
+    got = fitted.scores(inside, {"m": mask})
     np.testing.assert_allclose(got[mask], everywhere[mask])
     assert np.all(got[~mask] == 1.0)  # the only model refused them: no evidence at all
 
@@ -117,8 +110,7 @@ def test_round_trip_and_malformed_calibrations() -> None:
     fitted = _fitted()
     again = none.NoneCalibration.from_dict(fitted.to_dict())
     inside, _ = _data(seed=4, n=20)
-    _, probs = _features(inside, _assignment())
-    np.testing.assert_allclose(again.scores(inside, probs), fitted.scores(inside, probs))
+    np.testing.assert_allclose(again.scores(inside), fitted.scores(inside))
     good = fitted.to_dict()
     for change, match in [
         ({"rule": "other"}, "none_logistic"),
@@ -133,7 +125,7 @@ def test_round_trip_and_malformed_calibrations() -> None:
         with pytest.raises(InvalidArgument, match=match):
             none.NoneCalibration.from_dict({**copy.deepcopy(good), **change})
     with pytest.raises(InvalidArgument, match="logits of model m"):
-        fitted.scores({}, np.zeros((1, 3)))
+        fitted.scores({})
 
 
 def _document(calibration: dict | None) -> dict:
@@ -154,12 +146,9 @@ def test_plan_document_carries_the_calibration_and_old_plans_have_none() -> None
     parsed = parse_plan(_document(fitted.to_dict()))
     assert parsed.none is not None and parsed.none.threshold == fitted.threshold
     inside, _ = _data(seed=5, n=10)
-    probs = apply.probabilities(parsed, inside, 10)
-    np.testing.assert_allclose(
-        apply.none_scores(parsed, inside, probs), fitted.scores(inside, probs)
-    )
+    np.testing.assert_allclose(apply.none_scores(parsed, inside), fitted.scores(inside))
     old = parse_plan(_document(None))
-    assert old.none is None and apply.none_scores(old, inside, probs) is None
+    assert old.none is None and apply.none_scores(old, inside) is None
     stranger = {**fitted.to_dict(), "models": ["other"], "heads": {"other": [0, 1, 2]}}
     with pytest.raises(InvalidArgument, match="does not"):
         parse_plan(_document(stranger))
@@ -190,16 +179,14 @@ def test_head_columns_pick_the_telling_heads_and_travel_with_the_plan() -> None:
     picked = none.head_columns(inside, outside, ["m"], {"m": 1.0}, 1)
     assert picked == [("m", 5)]
     assert none.head_columns(inside, outside, ["m"], {"m": 1.0}, 0) == []
-    xi, _ = _features(inside, assignment)
-    probs_i = rule.combine(inside, assignment, rule.default_params(assignment))
-    probs_o = rule.combine(outside, assignment, rule.default_params(assignment))
+    xi = _features(inside, assignment)
     heads = none.task_heads(assignment)
-    fi = none.features(inside, probs_i, ["m"], heads, {"m": 1.0}, picked)
-    fo = none.features(outside, probs_o, ["m"], heads, {"m": 1.0}, picked)
+    fi = none.features(inside, ["m"], heads, {"m": 1.0}, picked)
+    fo = none.features(outside, ["m"], heads, {"m": 1.0}, picked)
     assert fi.shape[1] == xi.shape[1] + 1
     fitted = none.fit(fi, fo, ["m"], heads, {"m": 1.0}, extra=picked)
     assert fitted is not None and fitted.extra == (("m", 5),)
     again = none.NoneCalibration.from_dict(fitted.to_dict())
-    np.testing.assert_allclose(again.scores(outside, probs_o), fitted.scores(outside, probs_o))
+    np.testing.assert_allclose(again.scores(outside), fitted.scores(outside))
     with pytest.raises(InvalidArgument, match="extra"):
         none.NoneCalibration.from_dict({**fitted.to_dict(), "extra": [["other", 1]]})

@@ -79,6 +79,7 @@ def cmd_none(args: argparse.Namespace, settings: Settings) -> int:
             per_class=args.none_per_class,
             budget=args.budget,
             log=console.print,
+            logits_dir=Path(args.logits_dir) if args.logits_dir else None,
         )
     path = write_json(Path(args.out) / "none_of_these.json", report)
     console.print_json(data={"halves": report["halves"], "all": report["all"]})
@@ -145,4 +146,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--none-per-class", type=int, default=100, help="Fashion-MNIST test images per class"
     )
+    g.add_argument("--logits-dir", help="keep the models' test-image logits here (reruns reuse)")
     p.set_defaults(handler=cmd_bench)

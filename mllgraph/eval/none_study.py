@@ -18,9 +18,11 @@ the task's classes, negatives the test images of the other classes. Halves repor
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,7 +74,7 @@ def logit_scorer(plan: Mapping[str, Any], logits: LogitCache) -> Scorer:
             if mask is not None:
                 masks[m] = mask[idx]
         probs = apply.probabilities(parsed, by_model, len(idx), None, masks)
-        scores = apply.none_scores(parsed, by_model, probs, masks)
+        scores = apply.none_scores(parsed, by_model, masks)
         assert scores is not None
         return probs.argmax(1), scores
 
@@ -103,6 +105,31 @@ def measure_task(
     return got
 
 
+class StoredLogits(LogitCache):
+    """A `LogitCache` that also keeps each model's logits in `folder` (one .npy per model
+    and image set), so a rerun over the same hub and images runs no model again."""
+
+    def __init__(self, graph: Graph, settings: Settings, images: EvalImages, folder: Path):
+        super().__init__(graph, settings, images)
+        self.folder = folder
+        digest = hashlib.sha256(images.images.tobytes()).hexdigest()[:12]
+        self._stem = f"{len(images.images)}-{digest}"
+
+    def _path(self, mid: str) -> Path:
+        safe = "".join(ch if ch.isalnum() or ch in "-_.@" else "_" for ch in mid)
+        return self.folder / f"{safe}-{self._stem}.npy"
+
+    def __call__(self, mid: str) -> np.ndarray:
+        path = self._path(mid)
+        if mid not in self._logits and path.is_file():
+            self._logits[mid] = np.load(path)
+        out = super().__call__(mid)
+        if not path.is_file():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            np.save(path, out)
+        return out
+
+
 def fashion_tasks(suite: Suite) -> list[Task]:
     """The suite's tasks that leave some Fashion-MNIST class out (so have negatives)."""
     every = set(range(len(FASHION_CLASSES)))
@@ -117,14 +144,20 @@ def run_fashion(
     per_class: int = 200,
     budget: int = 5,
     log: Log = print,
+    logits_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The Fashion study of the module doc; a JSON-ready report."""
+    """The Fashion study of the module doc; a JSON-ready report. `logits_dir`: keep the
+    models' logits on the test images there (`StoredLogits`)."""
     from mllgraph.ground.resolve import default_resolver
     from mllgraph.plan import request as plan_request
     from mllgraph.select import run as select
 
     images: EvalImages = eval_images(settings, per_class)
-    logits = LogitCache(graph, settings, images)
+    logits = (
+        LogitCache(graph, settings, images)
+        if logits_dir is None
+        else StoredLogits(graph, settings, images, logits_dir)
+    )
     resolver = default_resolver(settings)
     rows = []
     for task in fashion_tasks(suite):

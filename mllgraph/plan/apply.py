@@ -10,7 +10,7 @@ in-process path both call it, so they cannot drift apart.
   domain profile refuses. The stacked rule reads every plan model on every image, so an image
   that any plan model refuses is scored by the per-class rule, without that model.
 - "None of these" (:mod:`mllgraph.combine.none_of_these`): `none_scores` from the plan's
-  calibration, the same models' logits, the served probabilities and the same `in_domain`.
+  calibration, the same models' logits and the same `in_domain`.
 """
 
 from __future__ import annotations
@@ -73,11 +73,10 @@ def probabilities(
 def none_scores(
     plan: ParsedPlan,
     logits: Mapping[str, np.ndarray],
-    probs: np.ndarray,
     in_domain: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray | None:
-    """(n,) "none of these" scores of the plan's calibration on images whose class
-    probabilities `probabilities` gave as `probs`; None for a plan without one."""
+    """(n,) "none of these" scores of the plan's calibration (the same `in_domain` as
+    `probabilities`); None for a plan without one."""
     if plan.none is None:
         return None
-    return plan.none.scores(logits, probs, in_domain)
+    return plan.none.scores(logits, in_domain)

@@ -199,7 +199,7 @@ class PlanClassifier:
         in_domain = self.in_domain(images)
         probs = apply.probabilities(self.plan, logits, len(images), extra, in_domain)
         results = self._results(probs, in_domain)
-        none = apply.none_scores(self.plan, logits, probs, in_domain)
+        none = apply.none_scores(self.plan, logits, in_domain)
         if none is not None:
             for res, score in zip(results, none, strict=True):
                 res.none_score = float(score)

@@ -105,9 +105,7 @@ def calibrate(
     )
 
     def feats(logits: Mapping[str, np.ndarray]) -> np.ndarray:
-        n = next(iter(logits.values())).shape[0]
-        probs = apply.probabilities(plan, logits, n)
-        return none_of_these.features(logits, probs, plan.models, heads, temperatures, extra)
+        return none_of_these.features(logits, plan.models, heads, temperatures, extra)
 
     fitted = none_of_these.fit(
         feats(inside), feats(outside), plan.models, heads, temperatures, extra=extra
