@@ -71,6 +71,7 @@ def cmd_none(args: argparse.Namespace, settings: Settings) -> int:
     from mllgraph.graph import db
 
     suite = load_suite(args.tasks)
+    out = Path(args.out) / "none_of_these.json"
     with db.connect(settings) as graph:
         report = none_study.run_fashion(
             graph,
@@ -80,8 +81,9 @@ def cmd_none(args: argparse.Namespace, settings: Settings) -> int:
             budget=args.budget,
             log=console.print,
             logits_dir=Path(args.logits_dir) if args.logits_dir else None,
+            out=out,
         )
-    path = write_json(Path(args.out) / "none_of_these.json", report)
+    path = write_json(out, report)
     console.print_json(data={"halves": report["halves"], "all": report["all"]})
     console.print(f"wrote {path}")
     return 0

@@ -30,6 +30,7 @@ import numpy as np
 from mllgraph.combine import none_of_these
 from mllgraph.errors import FailedPrecondition
 from mllgraph.eval.evalset import EvalImages, LogitCache, eval_images
+from mllgraph.eval.summary import write_json
 from mllgraph.eval.tasks import SPLITS, Suite, Task
 from mllgraph.graph.db import Graph
 from mllgraph.hubs.fashion.data import FASHION_CLASSES
@@ -145,9 +146,11 @@ def run_fashion(
     budget: int = 5,
     log: Log = print,
     logits_dir: Path | None = None,
+    out: Path | None = None,
 ) -> dict[str, Any]:
     """The Fashion study of the module doc; a JSON-ready report. `logits_dir`: keep the
-    models' logits on the test images there (`StoredLogits`)."""
+    models' logits on the test images there (`StoredLogits`); `out`: write the report there
+    after every task (a long run's finished tasks are kept if it is stopped)."""
     from mllgraph.ground.resolve import default_resolver
     from mllgraph.plan import request as plan_request
     from mllgraph.select import run as select
@@ -159,8 +162,25 @@ def run_fashion(
         else StoredLogits(graph, settings, images, logits_dir)
     )
     resolver = default_resolver(settings)
-    rows = []
-    for task in fashion_tasks(suite):
+    rows: list[dict[str, Any]] = []
+
+    def report() -> dict[str, Any]:
+        return {
+            "what": "none of these on the Fashion probe pool: tasks of a subset of Fashion "
+            "classes; in-task = held-out Fashion-MNIST test images of the task's classes, "
+            "negatives = test images of the other classes; calibration on the hub's probe "
+            "images",
+            "targets": {"auroc": 0.90, "accuracy_drop_points": 1.0},
+            "per_class": per_class,
+            "budget": budget,
+            "tasks_planned": len(todo),
+            "halves": {s: summarise([r for r in rows if r.get("split") == s]) for s in SPLITS},
+            "all": summarise(rows),
+            "tasks": rows,
+        }
+
+    todo = fashion_tasks(suite)
+    for task in todo:
         t0 = time.perf_counter()
         ctx = select.select(
             graph,
@@ -175,6 +195,8 @@ def run_fashion(
         if plan_doc.parse_plan(plan).none is None:
             log(f"{task.name}: no calibration ({(plan.get('none_of_these') or {}).get('why')})")
             rows.append(row)
+            if out is not None:
+                write_json(out, report())
             continue
         inside, labels = images.for_task(task)
         outside = np.flatnonzero(~np.isin(images.fashion, list(task.label_map())))
@@ -187,17 +209,9 @@ def run_fashion(
             f"{row['outside_rejected']:.2f}"
         )
         rows.append(row)
-    return {
-        "what": "none of these on the Fashion probe pool: tasks of a subset of Fashion "
-        "classes; in-task = held-out Fashion-MNIST test images of the task's classes, "
-        "negatives = test images of the other classes; calibration on the hub's probe images",
-        "targets": {"auroc": 0.90, "accuracy_drop_points": 1.0},
-        "per_class": per_class,
-        "budget": budget,
-        "halves": {s: summarise([r for r in rows if r.get("split") == s]) for s in SPLITS},
-        "all": summarise(rows),
-        "tasks": rows,
-    }
+        if out is not None:
+            write_json(out, report())
+    return report()
 
 
 def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
