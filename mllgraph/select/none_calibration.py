@@ -1,7 +1,8 @@
 """Selection's last step: the plan's "none of these" calibration (`mllgraph.combine.
 none_of_these`), fitted on the hub's probe images.
 
-Positives: the task's probe images (the sets under its classes, as CHCO used them).
+Positives: the task's probe images (the sets under its classes, as CHCO used them; at most
+:data:`MAX_INSIDE_IMAGES`, evenly spread).
 Negatives: probe sets of concepts outside the task, neither under a class (those are the
 task's) nor above one (an image of "footwear" may well be a sandal): at most
 :data:`MAX_OUTSIDE_IMAGES` images, spread evenly over at most :data:`MAX_OUTSIDE_SETS` sets.
@@ -32,7 +33,7 @@ from mllgraph.settings import Settings
 
 MAX_OUTSIDE_SETS = 200
 MAX_OUTSIDE_IMAGES = 3000
-MAX_INSIDE_IMAGES = 20_000
+MAX_INSIDE_IMAGES = 5000  # evenly spread; a 1,000-head model costs 40 MB per 5,000 rows
 PROBE_SET_LIMIT = 20_000  # probe sets the graph read looks at, by id
 
 
