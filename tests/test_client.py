@@ -140,7 +140,8 @@ def test_allow_none(client: mc.Client, hub: dict[str, Any], task_images) -> None
     for p, q in zip(on, default, strict=True):
         assert p.none_score is not None and 0 <= p.none_score <= 1
         assert p.none_of_these == (p.none_score > on.none_threshold)
-        assert p.probabilities == q.probabilities
+        # (other batches, other float rounding: batch=7 against the default 64)
+        assert p.probabilities == pytest.approx(q.probabilities, abs=1e-5)
         if p.none_of_these:
             assert (p.class_index, p.class_name, p.heads) == (-1, "none of these", [])
         else:

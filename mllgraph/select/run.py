@@ -57,7 +57,7 @@ import json
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -323,7 +323,9 @@ def select(
     )
     if none is not None:
         body["combination"]["none"] = none
-    body["none_of_these"]["ms"] = (time.perf_counter() - t) * 1000
+    timings.none_ms = (time.perf_counter() - t) * 1000
+    timings.total_ms = (time.perf_counter() - t_start) * 1000
+    body["timings_ms"] = asdict(timings)
     if store:
         graph.write("select/plan_put", id=pid, body=json.dumps(body), catalogue_version=version)
     return SelectionContext(plan=body, candidates=candidates, timings=timings, problem=problem)
