@@ -390,10 +390,13 @@ class Client:
         ids: Sequence[str] | None = None,
         batch: int = CLASSIFY_BATCH,
         timeout: float | None = None,
+        allow_none: bool = False,
         **select_options: Any,
     ) -> Classification:
         """Classify `images` into `classes` (selecting a plan first: a stored one for the same
-        task is reused) or with a given `plan` (a Plan or a plan id)."""
+        task is reused) or with a given `plan` (a Plan or a plan id). `allow_none`: an image
+        the experts' evidence fits no class well is answered "none of these"
+        (`Prediction.none_of_these`); a plan without that calibration is FailedPrecondition."""
         items = _as_list(images)
         if not items:
             raise InvalidArgument("images: no images to classify")
@@ -415,13 +418,21 @@ class Client:
         patch = ""
         per_model: dict[str, dict[str, float]] = {}
         server_ms = 0.0
+        none_threshold: float | None = None
         t = time.perf_counter()
         for start in range(0, len(messages), max(batch, 1)):
             request = inference_pb2.ClassifyRequest(
-                plan_id=plan.plan_id, images=messages[start : start + batch], top_k=top_k
+                plan_id=plan.plan_id,
+                images=messages[start : start + batch],
+                top_k=top_k,
+                allow_none=allow_none,
             )
             response = self._call(self._inference.Classify, request, "Classify", timeout)
-            predictions += [prediction_from_proto(p, names) for p in response.predictions]
+            predictions += [
+                prediction_from_proto(p, names, allow_none) for p in response.predictions
+            ]
+            if allow_none:
+                none_threshold = response.none_threshold
             uncovered = list(response.uncovered_classes)
             patch = response.patch
             server_ms += response.total_ms
@@ -430,7 +441,9 @@ class Client:
                 m["forward_ms"] += mt.forward_ms
                 m["preprocess_ms"] += mt.preprocess_ms
         timings = Timings(plan.select_ms, (time.perf_counter() - t) * 1000, server_ms, per_model)
-        return Classification(predictions, plan, plan.plan_id, uncovered, timings, patch)
+        return Classification(
+            predictions, plan, plan.plan_id, uncovered, timings, patch, none_threshold
+        )
 
     # -- ingestion --
 

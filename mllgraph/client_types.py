@@ -154,6 +154,10 @@ class Prediction:
     used_fallback: bool
     # Plan models set aside for this image: it is outside their described input domain.
     out_of_domain: list[str] = field(default_factory=list)
+    # "None of these" (asked for with allow_none): the image fits none of the classes;
+    # class_name is then "none of these", class_index -1 and probability the none_score.
+    none_of_these: bool = False
+    none_score: float | None = None  # only when allow_none was asked for
 
     @property
     def models(self) -> list[str]:
@@ -181,6 +185,8 @@ class Classification:
     # What scored the uncovered classes: "" (none uncovered), "conse:<model id>", "vlm:<name>"
     # or "constant" (ClassifyResponse.patch).
     patch: str = ""
+    # The plan's "none of these" threshold, when allow_none was asked for (else None).
+    none_threshold: float | None = None
 
     def __iter__(self) -> Iterator[Prediction]:
         return iter(self.predictions)
@@ -360,7 +366,9 @@ def job_from_proto(j: ingestion_pb2.LabelJob) -> LabelJob:
     )
 
 
-def prediction_from_proto(p: inference_pb2.Prediction, class_names: Sequence[str]) -> Prediction:
+def prediction_from_proto(
+    p: inference_pb2.Prediction, class_names: Sequence[str], allow_none: bool = False
+) -> Prediction:
     probs = list(p.class_probabilities)
     names = (
         list(class_names) if len(class_names) == len(probs) else [str(i) for i in range(len(probs))]
@@ -375,4 +383,6 @@ def prediction_from_proto(p: inference_pb2.Prediction, class_names: Sequence[str
         heads=[_head(h) for h in p.contributing_heads],
         used_fallback=p.used_fallback,
         out_of_domain=list(p.out_of_domain_models),
+        none_of_these=p.none_of_these,
+        none_score=p.none_score if allow_none else None,
     )

@@ -6,6 +6,9 @@
   device from ``settings.torch_device()``).
 * ClassifyStream: one response per request, in order; a request may leave the plan unset to
   reuse the previous one.
+* ``allow_none``: a prediction whose "none of these" score (`mllgraph.combine.none_of_these`,
+  computed for every image of a calibrated plan) is above the plan's threshold answers
+  "none of these" (class_index -1); a plan without a calibration: FAILED_PRECONDITION.
 * Limits (Settings): ``infer_max_images`` per request and ``infer_max_image_pixels`` per image
   (RESOURCE_EXHAUSTED beyond); a request's images together may hold at most
   ``REQUEST_PIXEL_FACTOR`` times the per-image limit (RESOURCE_EXHAUSTED).
@@ -45,6 +48,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from mllgraph.combine.none_of_these import NONE_CLASS_INDEX, NONE_CLASS_NAME
 from mllgraph.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -307,6 +311,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if request.top_k < 0:
             raise InvalidArgument(f"top_k must be >= 0, got {request.top_k}")
         top_k = min(request.top_k or DEFAULT_TOP_K, len(clf.class_names))
+        if request.allow_none and clf.none_threshold is None:
+            raise FailedPrecondition(
+                f'allow_none: plan {clf.plan.plan_id or "(inline)"} has no "none of these" '
+                "calibration (made before it existed, or its hub has no probe images of "
+                "concepts outside the task: see the plan's none_of_these): select the task "
+                "again, or leave allow_none unset"
+            )
         deadline = None
         remaining = limits.time_remaining(context)
         if remaining is not None:
@@ -352,28 +363,38 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             uncovered_classes=clf.uncovered_names,
             patch="" if clf.fallback_rule == "none" else clf.fallback_rule,
         )
+        threshold = clf.none_threshold if request.allow_none else None
+        if threshold is not None:
+            response.none_threshold = threshold
         for i, (im, res) in enumerate(zip(request.images, run.results, strict=True)):
             order = np.argsort(-res.probabilities, kind="stable")[:top_k]
-            response.predictions.append(
-                inference_pb2.Prediction(
-                    image_id=im.id or str(i),
-                    class_index=res.class_index,
-                    class_name=res.class_name,
-                    probability=res.probability,
-                    class_probabilities=res.probabilities.astype(np.float32).tolist(),
-                    contributing_heads=[_head_ref(h) for h in res.contributing_heads],
-                    used_fallback=res.used_fallback,
-                    out_of_domain_models=list(res.out_of_domain),
-                    top=[
-                        inference_pb2.ClassScore(
-                            class_index=int(c),
-                            class_name=clf.class_names[int(c)],
-                            probability=float(res.probabilities[c]),
-                        )
-                        for c in order
-                    ],
-                )
+            prediction = inference_pb2.Prediction(
+                image_id=im.id or str(i),
+                class_index=res.class_index,
+                class_name=res.class_name,
+                probability=res.probability,
+                class_probabilities=res.probabilities.astype(np.float32).tolist(),
+                contributing_heads=[_head_ref(h) for h in res.contributing_heads],
+                used_fallback=res.used_fallback,
+                out_of_domain_models=list(res.out_of_domain),
+                top=[
+                    inference_pb2.ClassScore(
+                        class_index=int(c),
+                        class_name=clf.class_names[int(c)],
+                        probability=float(res.probabilities[c]),
+                    )
+                    for c in order
+                ],
             )
+            if threshold is not None and res.none_score is not None:
+                prediction.none_score = res.none_score
+                if res.none_score > threshold:
+                    prediction.none_of_these = True
+                    prediction.class_index = NONE_CLASS_INDEX
+                    prediction.class_name = NONE_CLASS_NAME
+                    prediction.probability = res.none_score
+                    del prediction.contributing_heads[:]
+            response.predictions.append(prediction)
         for mid, t in run.timings.items():
             response.model_timings.append(
                 inference_pb2.ModelTiming(

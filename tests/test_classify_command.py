@@ -92,3 +92,42 @@ def test_classify_command(hub: dict[str, Any], tmp_path: Path, capsys) -> None:
 
     code = cli.main(["classify", "--classes", "sandal, sneaker", str(folder / "broken.png")])
     assert code == 1 and "no readable image" in capsys.readouterr().err
+
+
+def test_classify_allow_none(hub: dict[str, Any], tmp_path: Path, capsys) -> None:
+    """`--allow-none`: JSON lines carry the score and the flag, the table names "none of these"
+    and says how many; without it, the lines are as before."""
+    x, y = hub["x_test"], hub["y_test"]
+    files = []
+    for f in (5, 7, 3, 9):  # sandal, sneaker; dress and boot are outside the task
+        for i in np.flatnonzero(y == f)[:3]:
+            path = tmp_path / f"{f}-{i}.png"
+            Image.fromarray(x[i]).save(path)
+            files.append(str(path))
+    ports = {k: int(v.rsplit(":", 1)[1]) for k, v in hub["addresses"].items()}
+    settings = replace(
+        hub["settings"],
+        ingestion_port=ports["ingestion"],
+        selection_port=ports["selection"],
+        inference_port=ports["inference"],
+    )
+    argv = ["classify", "--classes", ", ".join(CLASSES), "--budget", "2", "--target", "127.0.0.1"]
+    argv += [f"--pin={n}={w}" for n, w in PINS.items()]
+    assert cli.main([*argv, *files, "--json"], settings=settings) == 0
+    plain = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all("none_score" not in r and "none_of_these" not in r for r in plain)
+
+    assert cli.main([*argv, *files, "--json", "--allow-none"], settings=settings) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["image"] for r in rows] == [r["image"] for r in plain]
+    with mc.Client(**hub["addresses"]) as c:
+        direct = c.classify(files, CLASSES, budget=2, pins=PINS, allow_none=True)
+    for r, p, q in zip(rows, direct, plain, strict=True):
+        assert r["none_of_these"] == p.none_of_these
+        assert r["none_score"] == pytest.approx(p.none_score, abs=1e-4)
+        assert r["class"] == ("none of these" if p.none_of_these else q["class"])
+
+    assert cli.main([*argv, *files, "--allow-none"], settings=settings) == 0
+    out = capsys.readouterr().out
+    rejected = sum(p.none_of_these for p in direct)
+    assert f'"none of these": {rejected} of {len(files)} images' in out and "threshold" in out

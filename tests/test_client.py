@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from mllgraph import client as mc
-from mllgraph.errors import InvalidArgument, NotFound, Unavailable
+from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mllgraph.hub import loading
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc
 
@@ -114,6 +114,66 @@ def test_select_classify_explain(client: mc.Client, hub: dict[str, Any], task_im
     assert [c.name for c in explanation.classes] == CLASSES
     assert explanation.classes[-1].coverage == "uncovered" and not explanation.classes[-1].chosen
     assert explanation.classes[0].chosen and explanation.classes[0].reasons
+
+
+def test_allow_none(client: mc.Client, hub: dict[str, Any], task_images) -> None:
+    """ "None of these" through the client: off by default, the raw stub's answers when asked,
+    and a plan without the calibration refused with FailedPrecondition."""
+    import json
+    import uuid
+
+    from mllgraph.select import run as select
+
+    x_in, _ = task_images
+    x, y = hub["x_test"], hub["y_test"]
+    x_out = x[np.concatenate([np.flatnonzero(y == f)[:4] for f in (3, 9)])]  # dress, boot
+    images = [*x_in, *x_out]
+    plan = _select(client, hub)
+    document = select.get_plan(hub["graph"], plan.plan_id)
+    threshold = document["combination"]["none"]["threshold"]
+
+    default = client.classify(images, plan=plan)
+    assert default.none_threshold is None
+    assert all(p.none_score is None and not p.none_of_these for p in default)
+    on = client.classify(images, plan=plan, allow_none=True, batch=7)
+    assert on.none_threshold == pytest.approx(threshold)
+    for p, q in zip(on, default, strict=True):
+        assert p.none_score is not None and 0 <= p.none_score <= 1
+        assert p.none_of_these == (p.none_score > on.none_threshold)
+        # (other batches, other float rounding: batch=7 against the default 64)
+        assert p.probabilities == pytest.approx(q.probabilities, abs=1e-5)
+        if p.none_of_these:
+            assert (p.class_index, p.class_name, p.heads) == (-1, "none of these", [])
+        else:
+            assert (p.class_index, p.class_name) == (q.class_index, q.class_name)
+    with grpc.insecure_channel(hub["addresses"]["inference"]) as channel:
+        raw = inference_pb2_grpc.InferenceServiceStub(channel).Classify(
+            inference_pb2.ClassifyRequest(
+                plan_id=plan.plan_id, images=[mc.to_image(im) for im in images], allow_none=True
+            ),
+            timeout=120,
+        )
+    assert [(p.class_index, p.none_of_these) for p in raw.predictions] == [
+        (p.class_index, p.none_of_these) for p in on
+    ]
+    assert [p.none_score for p in raw.predictions] == pytest.approx(
+        [p.none_score for p in on], abs=1e-5
+    )
+
+    # A stored plan made before the calibration existed.
+    old = json.loads(json.dumps(document))
+    del old["combination"]["none"]
+    old["plan_id"] = f"plan-old-{uuid.uuid4().hex[:8]}"
+    hub["graph"].write(
+        "select/plan_put",
+        id=old["plan_id"],
+        body=json.dumps(old),
+        catalogue_version=old["catalogue_version"],
+    )
+    with pytest.raises(FailedPrecondition) as e:
+        client.classify(images[:2], plan=old["plan_id"], allow_none=True)
+    assert e.value.code == "FAILED_PRECONDITION" and "none of these" in str(e.value)
+    assert len(client.classify(images[:2], plan=old["plan_id"])) == 2
 
 
 def test_images_in_every_form(client: mc.Client, hub: dict[str, Any], tmp_path: Path) -> None:

@@ -392,6 +392,83 @@ def _bad_requests(hub: dict[str, Any]) -> list[tuple[str, Any, grpc.StatusCode, 
     ]  # fmt: skip
 
 
+def _same_answers(a: inference_pb2.ClassifyResponse, b: inference_pb2.ClassifyResponse) -> None:
+    """The predictions of two responses agree in every field (timings aside)."""
+    assert [p.SerializeToString(deterministic=True) for p in a.predictions] == [
+        p.SerializeToString(deterministic=True) for p in b.predictions
+    ]
+
+
+def test_allow_none_answers_none_of_these_and_is_off_by_default(hub: dict[str, Any]) -> None:
+    plan, stub = hub["plan"], hub["server"].stub
+    assert plan["none_of_these"]["calibrated"], plan["none_of_these"]
+    x_test, y_test = fashion.load_split("test", hub["settings"].fashion_mnist_dir)
+    # Dresses and boots (concepts the hub has probe images of, outside the task) and the
+    # task's own classes.
+    idx = np.flatnonzero(np.isin(y_test, [3, 9, 5, 7, 1, 8]))[:MAX_IMAGES]
+    images = [raw(im) for im in x_test[idx]]
+    clf = classifier.PlanClassifier(
+        plan, hub["graph"], hub["settings"], model_cache.ModelCache(hub["settings"], device="cpu")
+    )
+    lib = clf.classify(list(x_test[idx]))
+    scores = np.array([r.none_score for r in lib])
+    assert np.all((scores >= 0) & (scores <= 1))
+
+    plain = stub.Classify(request(plan["plan_id"], images), timeout=60)
+    off = stub.Classify(request(plan["plan_id"], images, allow_none=False), timeout=60)
+    _same_answers(plain, off)  # default off: today's answers, no score
+    assert plain.none_threshold == 0
+    assert not any(p.none_of_these or p.none_score for p in plain.predictions)
+
+    # The stored plan at its own threshold, and a copy whose threshold splits these images
+    # (so both kinds of answer show).
+    split = json.loads(json.dumps(plan))
+    split["combination"]["none"]["threshold"] = float(np.median(scores))
+    for doc, req in (
+        (plan, request(plan["plan_id"], images, allow_none=True)),
+        (
+            split,
+            request(images=images, inline_plan=wire.inline_plan_to_proto(split), allow_none=True),
+        ),
+    ):
+        threshold = doc["combination"]["none"]["threshold"]
+        on = stub.Classify(req, timeout=60)
+        assert on.none_threshold == pytest.approx(threshold)
+        for p, q, r in zip(on.predictions, plain.predictions, lib, strict=True):
+            assert p.none_score == pytest.approx(r.none_score, abs=1e-6)
+            assert p.none_of_these == (r.none_score > threshold)
+            assert list(p.class_probabilities) == list(q.class_probabilities)
+            assert [t.class_index for t in p.top] == [t.class_index for t in q.top]
+            if p.none_of_these:
+                assert (p.class_index, p.class_name) == (-1, "none of these")
+                assert p.probability == pytest.approx(p.none_score)
+                assert not p.contributing_heads
+            else:
+                assert (p.class_index, p.class_name) == (q.class_index, q.class_name)
+    assert 0 < sum(p.none_of_these for p in on.predictions) < len(images)
+
+    # A stream: each request says for itself.
+    first, second = stub.ClassifyStream(
+        iter([request(plan["plan_id"], images[:4], allow_none=True), request("", images[:4])]),
+        timeout=60,
+    )
+    assert first.none_threshold == pytest.approx(plan["combination"]["none"]["threshold"])
+    assert second.none_threshold == 0 and all(p.class_index >= 0 for p in second.predictions)
+
+    # A plan without the calibration (made before it existed): refused only when asked.
+    old = json.loads(json.dumps(plan))
+    del old["combination"]["none"]
+    inline = wire.inline_plan_to_proto(old)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Classify(request(images=images[:2], inline_plan=inline, allow_none=True), timeout=30)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = info.value.details()
+    assert "none of these" in details and "select the task again" in details
+    assert len(
+        stub.Classify(request(images=images[:2], inline_plan=inline), timeout=30).predictions
+    )
+
+
 def test_bad_input_statuses_and_still_serving(hub: dict[str, Any]) -> None:
     server = hub["server"]
     good = request(hub["plan"]["plan_id"], [raw(hub["x"][0])])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -132,6 +133,42 @@ def test_api_classify_equals_the_client(site: dict[str, Any]) -> None:
         assert got["experts"] == want.models
 
 
+def test_allow_none_checkbox_and_api(site: dict[str, Any]) -> None:
+    hub, http, url = site["hub"], _http(), site["url"]
+    csrf = _csrf(url)
+    dress = _png(_image(hub, 3))  # a concept outside the task
+    fields = [("classes", CLASSES), ("budget", "2"), ("samples", "sandal")]
+    fields += [("images", ("dress.png", dress, "image/png"))]
+    plain = json.loads(
+        http.request("POST", url + "/api/classify", fields=fields, headers=csrf).data
+    )
+    assert "none_threshold" not in plain
+    assert all("none_score" not in p for p in plain["predictions"])
+    r = http.request(
+        "POST", url + "/api/classify", fields=[*fields, ("allow_none", "1")], headers=csrf
+    )
+    assert r.status == 200, r.data[:500]
+    body = json.loads(r.data)
+    app_samples = site["app"].state.web.samples
+    direct = site["client"].classify(
+        [app_samples["sandal"].png, dress], CLASSES, budget=2, top_k=5, allow_none=True
+    )
+    assert body["none_threshold"] == pytest.approx(direct.none_threshold)
+    for got, want in zip(body["predictions"], direct, strict=True):
+        assert got["none_score"] == pytest.approx(want.none_score, abs=1e-6)
+        assert (got["class"], got["none_of_these"]) == (want.class_name, want.none_of_these)
+
+    # The page: the checkbox stays ticked and each prediction shows its score.
+    r = http.request("POST", url + "/", fields=[*fields, ("allow_none", "1")], headers=csrf)
+    page = r.data.decode()
+    assert r.status == 200 and 'class="none-score"' in page
+    assert page.count('class="none-score"') == 2
+    assert re.search(r'id="allow_none"[^>]*checked', page)
+    r = http.request("POST", url + "/", fields=fields, headers=csrf)
+    assert 'class="none-score"' not in r.data.decode()
+    assert not re.search(r'id="allow_none"[^>]*checked', r.data.decode())
+
+
 def test_api_refuses_bad_input_with_messages(site: dict[str, Any]) -> None:
     http, url = _http(), site["url"]
     csrf = _csrf(url)
@@ -143,6 +180,10 @@ def test_api_refuses_bad_input_with_messages(site: dict[str, Any]) -> None:
         ([("classes", "sandal, bag"), ("images", ("a.txt", b"text", "text/plain"))], "can be read"),
         ([("classes", "sandal, bag"), ("budget", "many"), ("samples", "sandal")], "budget"),
         ([("classes", "sandal, bag"), ("samples", "no-such")], "no sample"),
+        (
+            [("classes", "sandal, bag"), ("samples", "sandal"), ("allow_none", "maybe")],
+            "allow_none",
+        ),
     ]
     for fields, message in cases:
         r = http.request("POST", url + "/api/classify", fields=fields, headers=csrf)

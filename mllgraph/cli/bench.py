@@ -20,6 +20,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         return cmd_zeroshot_emoji(args, settings)
     if args.what == "zeroshot":
         return cmd_zeroshot(args, settings)
+    if args.what == "none":
+        return cmd_none(args, settings)
     figures = bench.run(args.what, settings, args)
     console.print_json(data=figures)
     return 0
@@ -97,6 +99,33 @@ def cmd_zeroshot_emoji(args: argparse.Namespace, settings: Settings) -> int:
     )
     console.print(rows_table(emoji_world.halves_rows(report), title))
     console.print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def cmd_none(args: argparse.Namespace, settings: Settings) -> int:
+    """ "None of these" on the Fashion probe pool (mllgraph.eval.none_study)."""
+    from pathlib import Path
+
+    from mllgraph.eval import none_study
+    from mllgraph.eval.summary import write_json
+    from mllgraph.eval.tasks import load_suite
+    from mllgraph.graph import db
+
+    suite = load_suite(args.tasks)
+    out = Path(args.out) / "none_of_these.json"
+    with db.connect(settings) as graph:
+        report = none_study.run_fashion(
+            graph,
+            settings,
+            suite,
+            per_class=args.none_per_class,
+            budget=args.budget,
+            log=console.print,
+            logits_dir=Path(args.logits_dir) if args.logits_dir else None,
+            out=out,
+        )
+    path = write_json(out, report)
+    console.print_json(data={"halves": report["halves"], "all": report["all"]})
+    console.print(f"wrote {path}")
     return 0
 
 
@@ -115,6 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "patch",
             "grounding",
             "cost",
+            "none",
         ],
     )
     p.add_argument(

@@ -278,7 +278,8 @@ def expand_images(args: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def classification_rows(result: Any) -> list[dict[str, Any]]:
-    """One JSON-ready dict per prediction of a `client.Classification`."""
+    """One JSON-ready dict per prediction of a `client.Classification` (with
+    "none_of_these" and "none_score" when allow_none was asked for)."""
     return [
         {
             "image": p.image_id,
@@ -294,6 +295,11 @@ def classification_rows(result: Any) -> list[dict[str, Any]]:
             "out_of_domain": p.out_of_domain,
             "plan_id": result.plan_id,
         }
+        | (
+            {"none_of_these": p.none_of_these, "none_score": round(p.none_score, 4)}
+            if p.none_score is not None
+            else {}
+        )
         for p in result
     ]
 
@@ -345,7 +351,14 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
             settings=settings,
             timeout=args.timeout,
         ) as client:
-            result = client.classify(messages, names, budget=args.budget, pins=pins, top_k=args.top)
+            result = client.classify(
+                messages,
+                names,
+                budget=args.budget,
+                pins=pins,
+                top_k=args.top,
+                allow_none=args.allow_none,
+            )
     finally:
         if services is not None:
             services.stop()
@@ -371,6 +384,12 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
             f"{plan.estimated_accuracy:.3f} · uncovered: {', '.join(result.uncovered) or 'none'}"
         )
     t = result.timings
+    if result.none_threshold is not None:
+        rejected = sum(p.none_of_these for p in result)
+        console.print(
+            f'"none of these": {rejected} of {len(result)} images '
+            f"(threshold {result.none_threshold:.3f})"
+        )
     console.print(f"select {t.select_ms:.0f} ms · classify {t.classify_ms:.0f} ms")
     return 1 if failed else 0
 
@@ -424,5 +443,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "this process over the local hub",
     )
     p.add_argument("--timeout", type=float, default=300.0, help="deadline per call, seconds")
+    p.add_argument(
+        "--allow-none",
+        action="store_true",
+        help='answer "none of these" for an image the experts\' evidence fits no class well '
+        "(the plan's calibrated threshold)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.set_defaults(handler=cmd_classify)

@@ -10,6 +10,7 @@ No I/O: no Neo4j, no torch, no files; numpy, scipy and scikit-learn only.
 - `screen`: which models the stacked rule should read.
 - `conse`: the ConSE patch for uncovered classes.
 - `domain`: an expert's input domain (which images its heads may speak about).
+- `none_of_these`: the score that an image fits none of the task's classes.
 - `combination`: the chosen heads per class and the rule's parameters (what CHCO returns).
 
 Imports only `mllgraph.errors`. Must not import any other room.

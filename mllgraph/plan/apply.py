@@ -9,6 +9,8 @@ in-process path both call it, so they cannot drift apart.
 - `in_domain` (:mod:`mllgraph.combine.domain`): a model's heads say nothing about an image its
   domain profile refuses. The stacked rule reads every plan model on every image, so an image
   that any plan model refuses is scored by the per-class rule, without that model.
+- "None of these" (:mod:`mllgraph.combine.none_of_these`): `none_scores` from the plan's
+  calibration, the same models' logits and the same `in_domain`.
 """
 
 from __future__ import annotations
@@ -66,3 +68,15 @@ def probabilities(
         keep = ~refused
         probs[keep] = plan.stacked.probabilities({m: v[keep] for m, v in logits.items()})
     return probs
+
+
+def none_scores(
+    plan: ParsedPlan,
+    logits: Mapping[str, np.ndarray],
+    in_domain: Mapping[str, np.ndarray] | None = None,
+) -> np.ndarray | None:
+    """(n,) "none of these" scores of the plan's calibration (the same `in_domain` as
+    `probabilities`); None for a plan without one."""
+    if plan.none is None:
+        return None
+    return plan.none.scores(logits, in_domain)

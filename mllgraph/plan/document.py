@@ -24,6 +24,7 @@ import numpy as np
 
 from mllgraph.combine.combination import Plan as Combination
 from mllgraph.combine.conse import SHARE, UNCALIBRATED, Calibration, ConsePatch
+from mllgraph.combine.none_of_these import NoneCalibration
 from mllgraph.combine.rule import KINDS as HEAD_GROUP_KINDS
 from mllgraph.combine.rule import ClassAssignment, CombinationParams
 from mllgraph.combine.stacked import StackedRule
@@ -50,7 +51,8 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # reports that rule's per-class recall and covers classes through the heads it reads;
 # 13: the stacked rule fitted in closed form (ridge with leave-one-out, combine/stacked), the
 # ConSE patch's mass rule, calibrated to take <= 2% of covered-class probe images, and a cost
-# budget, ms per image, with the cheapest plan within the accuracy slack served).
+# budget, ms per image, with the cheapest plan within the accuracy slack served; 14: the
+# "none of these" calibration, combination["none"]).
 SELECTION_VERSION = 14
 
 MAX_CLASSES = 1000
@@ -266,6 +268,9 @@ class ParsedPlan:
     patch: ConsePatch | None = None
     # The stacked rule (combination["stacked"], schema 2): when set, it alone scores classes.
     stacked: StackedRule | None = None
+    # The "none of these" score and threshold (combination["none"], mllgraph.combine.
+    # none_of_these); absent in plans made before it, or without probe images outside the task.
+    none: NoneCalibration | None = None
 
     @property
     def uncovered(self) -> list[int]:
@@ -395,6 +400,11 @@ def _parse_plan(doc: Mapping[str, Any]) -> ParsedPlan:
         if not set(stacked.models) <= set(models) | set(comb.models):
             raise InvalidArgument("the stacked rule reads models the plan does not list")
         models = sorted(set(models) | set(stacked.models))
+    none = None
+    if doc["combination"].get("none") is not None:
+        none = NoneCalibration.from_dict(doc["combination"]["none"])
+        if not set(none.models) <= set(models):
+            raise InvalidArgument("the none-of-these calibration reads models the plan does not")
     return ParsedPlan(
         plan_id=str(doc.get("plan_id", "") or ""),
         class_names=names,
@@ -404,6 +414,7 @@ def _parse_plan(doc: Mapping[str, Any]) -> ParsedPlan:
         heads=heads,
         patch=patch,
         stacked=stacked,
+        none=none,
     )
 
 

@@ -82,4 +82,5 @@ class Timings:
     load_ms: float = 0.0
     chco_ms: float = 0.0
     stacked_ms: float = 0.0
+    none_ms: float = 0.0  # the "none of these" calibration (select/none_calibration)
     total_ms: float = 0.0

@@ -12,6 +12,10 @@ class names are always reported (:attr:`PlanClassifier.uncovered_names`).
 A plan model with a domain profile (:mod:`mllgraph.combine.domain`, the record's
 ``domain_sha256``) says nothing about an image outside its domain: the prediction lists it
 in ``out_of_domain`` and its heads do not contribute.
+
+A plan with a "none of these" calibration (:mod:`mllgraph.combine.none_of_these`) gives every
+prediction its ``none_score``; whether an answer becomes "none of these" is the caller's
+choice (``allow_none``, against :attr:`PlanClassifier.none_threshold`), so batches mix freely.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class PredictionResult:
     used_fallback: bool
     # Plan models that said nothing about this image: outside their input domain.
     out_of_domain: tuple[str, ...] = ()
+    # "None of these" score in [0, 1] (None: the plan has no calibration).
+    none_score: float | None = None
 
 
 @dataclass
@@ -122,6 +128,8 @@ class PlanClassifier:
                 (max(g.heads) for a in self.plan.assignment for g in a.groups if g.model_id == mid),
                 default=-1,  # a model only the stacked rule reads (it checks its head count)
             )
+            if self.plan.none is not None:  # the heads the "none of these" score reads
+                used = max([used, *(h for m, h in self.plan.none.extra if m == mid)])
             if int(record.get("num_classes", used + 1)) <= used:
                 raise FailedPrecondition(
                     f"the plan uses head {used} of model {mid}, which has "
@@ -146,6 +154,12 @@ class PlanClassifier:
     @property
     def uncovered_names(self) -> list[str]:
         return [self.plan.class_names[c] for c in self.plan.uncovered]
+
+    @property
+    def none_threshold(self) -> float | None:
+        """The plan's default "none of these" threshold (score above it: none); None when the
+        plan has no calibration."""
+        return None if self.plan.none is None else self.plan.none.threshold
 
     @property
     def fallback_rule(self) -> str:
@@ -187,6 +201,10 @@ class PlanClassifier:
         in_domain = self.in_domain(images)
         probs = apply.probabilities(self.plan, logits, len(images), extra, in_domain)
         results = self._results(probs, in_domain)
+        none = apply.none_scores(self.plan, logits, in_domain)
+        if none is not None:
+            for res, score in zip(results, none, strict=True):
+                res.none_score = float(score)
         return BatchRun(results, timings, logits if keep_logits else {})
 
     def in_domain(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:

@@ -17,6 +17,8 @@ still need a round trip. Keys (all at one catalogue version, see `mllgraph.selec
 * the broadest labelled experts for the stacked rule's screen (`select/broad_models`): one
   entry per sub-hub;
 * each model's cost per image (`select/model_costs`): one entry per model.
+* the probe sets with their concepts' ancestors, for the "none of these" calibration
+  (`select/probe_set_concepts`): one entry.
 
 With no cache (or a disabled one) every reader sends the same one query for the whole task
 that selection always sent.
@@ -121,6 +123,16 @@ class Reads:
             found = self.graph.read(
                 "select/broad_models", min_heads=min_heads, limit=limit, models=models
             )
+            self._put(key, found)
+        return list(found)
+
+    def probe_set_concepts(self, limit: int) -> list[dict[str, Any]]:
+        """`select/probe_set_concepts`: probe sets (at most `limit`, by id) with their concept
+        and its ancestors. The same for every task, so kept per version."""
+        key = ("probe_set_concepts", limit)
+        found = self._get(key)
+        if found is MISSING:
+            found = self.graph.read("select/probe_set_concepts", limit=limit)
             self._put(key, found)
         return list(found)
 

@@ -31,7 +31,10 @@
    expert and text similarities of its heads to the class names, calibrated so that it takes
    at most 2% of the covered classes' probe images (the plan's `patch.calibration` says how,
    on how many, and what it took); inference applies it when no VLM is configured.
-5. Store the plan in Neo4j under an id derived from the request and the catalogue version,
+5. The "none of these" calibration (`select/none_calibration`): the plan's score that an image
+   fits none of its classes, fitted on the task's probe images against probe images of
+   concepts outside the task, with its default threshold.
+6. Store the plan in Neo4j under an id derived from the request and the catalogue version,
    so the same inputs always give the same plan.
 
 Steps 1-2 read the graph through `mllgraph.select.reads`, which keeps what it read per
@@ -59,7 +62,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -75,7 +78,7 @@ from mllgraph.plan.document import (
     plan_id_for,
 )
 from mllgraph.plan.request import SelectOptions, TaskClass, Timings
-from mllgraph.select import chco
+from mllgraph.select import chco, none_calibration
 from mllgraph.select.alternatives import alternatives, solve, uncovered_plan
 from mllgraph.select.cache import CatalogueCache
 from mllgraph.select.candidates import (
@@ -337,6 +340,15 @@ def select(
                 "calibration": patch.calibration.to_dict(),
                 "classes": [classes[c].name for c in plan.uncovered],
             }
+    t = time.perf_counter()
+    none, body["none_of_these"] = none_calibration.calibrate(
+        reads, settings, body, wnids, probe_rows, outputs, cache
+    )
+    if none is not None:
+        body["combination"]["none"] = none
+    timings.none_ms = (time.perf_counter() - t) * 1000
+    timings.total_ms = (time.perf_counter() - t_start) * 1000
+    body["timings_ms"] = asdict(timings)
     if store:
         graph.write("select/plan_put", id=pid, body=json.dumps(body), catalogue_version=version)
     return SelectionContext(plan=body, candidates=candidates, timings=timings, problem=problem)

@@ -26,7 +26,7 @@ from mllgraph.v1 import common_pb2 as mllgraph_dot_v1_dot_common__pb2
 from mllgraph.v1 import selection_pb2 as mllgraph_dot_v1_dot_selection__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmllgraph/v1/inference.proto\x12\x0bmllgraph.v1\x1a\x18mllgraph/v1/common.proto\x1a\x1bmllgraph/v1/selection.proto\"6\n\x08RawArray\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x05\x12\r\n\x05\x64type\x18\x03 \x01(\t\"T\n\x05Image\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x0cH\x00\x12$\n\x03raw\x18\x03 \x01(\x0b\x32\x15.mllgraph.v1.RawArrayH\x00\x42\x06\n\x04\x64\x61ta\"\x89\x01\n\x0f\x43lassifyRequest\x12\x11\n\x07plan_id\x18\x01 \x01(\tH\x00\x12(\n\x0binline_plan\x18\x02 \x01(\x0b\x32\x11.mllgraph.v1.PlanH\x00\x12\"\n\x06images\x18\x03 \x03(\x0b\x32\x12.mllgraph.v1.Image\x12\r\n\x05top_k\x18\x04 \x01(\x05\x42\x06\n\x04plan\"J\n\nClassScore\x12\x13\n\x0b\x63lass_index\x18\x01 \x01(\x05\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"\x86\x02\n\nPrediction\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lass_index\x18\x02 \x01(\x05\x12\x12\n\nclass_name\x18\x03 \x01(\t\x12\x13\n\x0bprobability\x18\x04 \x01(\x02\x12\x1b\n\x13\x63lass_probabilities\x18\x05 \x03(\x02\x12\x30\n\x12\x63ontributing_heads\x18\x06 \x03(\x0b\x32\x14.mllgraph.v1.HeadRef\x12\x15\n\rused_fallback\x18\x07 \x01(\x08\x12$\n\x03top\x18\x08 \x03(\x0b\x32\x17.mllgraph.v1.ClassScore\x12\x1c\n\x14out_of_domain_models\x18\t \x03(\t\"J\n\x0bModelTiming\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nforward_ms\x18\x02 \x01(\x02\x12\x15\n\rpreprocess_ms\x18\x03 \x01(\x02\"\xbe\x01\n\x10\x43lassifyResponse\x12,\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x17.mllgraph.v1.Prediction\x12\x19\n\x11uncovered_classes\x18\x02 \x03(\t\x12/\n\rmodel_timings\x18\x03 \x03(\x0b\x32\x18.mllgraph.v1.ModelTiming\x12\x0f\n\x07plan_id\x18\x04 \x01(\t\x12\x10\n\x08total_ms\x18\x05 \x01(\x02\x12\r\n\x05patch\x18\x06 \x01(\t2\xae\x01\n\x10InferenceService\x12G\n\x08\x43lassify\x12\x1c.mllgraph.v1.ClassifyRequest\x1a\x1d.mllgraph.v1.ClassifyResponse\x12Q\n\x0e\x43lassifyStream\x12\x1c.mllgraph.v1.ClassifyRequest\x1a\x1d.mllgraph.v1.ClassifyResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmllgraph/v1/inference.proto\x12\x0bmllgraph.v1\x1a\x18mllgraph/v1/common.proto\x1a\x1bmllgraph/v1/selection.proto\"6\n\x08RawArray\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x05\x12\r\n\x05\x64type\x18\x03 \x01(\t\"T\n\x05Image\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x0cH\x00\x12$\n\x03raw\x18\x03 \x01(\x0b\x32\x15.mllgraph.v1.RawArrayH\x00\x42\x06\n\x04\x64\x61ta\"\x9d\x01\n\x0f\x43lassifyRequest\x12\x11\n\x07plan_id\x18\x01 \x01(\tH\x00\x12(\n\x0binline_plan\x18\x02 \x01(\x0b\x32\x11.mllgraph.v1.PlanH\x00\x12\"\n\x06images\x18\x03 \x03(\x0b\x32\x12.mllgraph.v1.Image\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x12\n\nallow_none\x18\x05 \x01(\x08\x42\x06\n\x04plan\"J\n\nClassScore\x12\x13\n\x0b\x63lass_index\x18\x01 \x01(\x05\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"\xb1\x02\n\nPrediction\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lass_index\x18\x02 \x01(\x05\x12\x12\n\nclass_name\x18\x03 \x01(\t\x12\x13\n\x0bprobability\x18\x04 \x01(\x02\x12\x1b\n\x13\x63lass_probabilities\x18\x05 \x03(\x02\x12\x30\n\x12\x63ontributing_heads\x18\x06 \x03(\x0b\x32\x14.mllgraph.v1.HeadRef\x12\x15\n\rused_fallback\x18\x07 \x01(\x08\x12$\n\x03top\x18\x08 \x03(\x0b\x32\x17.mllgraph.v1.ClassScore\x12\x1c\n\x14out_of_domain_models\x18\t \x03(\t\x12\x15\n\rnone_of_these\x18\n \x01(\x08\x12\x12\n\nnone_score\x18\x0b \x01(\x02\"J\n\x0bModelTiming\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nforward_ms\x18\x02 \x01(\x02\x12\x15\n\rpreprocess_ms\x18\x03 \x01(\x02\"\xd6\x01\n\x10\x43lassifyResponse\x12,\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x17.mllgraph.v1.Prediction\x12\x19\n\x11uncovered_classes\x18\x02 \x03(\t\x12/\n\rmodel_timings\x18\x03 \x03(\x0b\x32\x18.mllgraph.v1.ModelTiming\x12\x0f\n\x07plan_id\x18\x04 \x01(\t\x12\x10\n\x08total_ms\x18\x05 \x01(\x02\x12\r\n\x05patch\x18\x06 \x01(\t\x12\x16\n\x0enone_threshold\x18\x07 \x01(\x02\x32\xae\x01\n\x10InferenceService\x12G\n\x08\x43lassify\x12\x1c.mllgraph.v1.ClassifyRequest\x1a\x1d.mllgraph.v1.ClassifyResponse\x12Q\n\x0e\x43lassifyStream\x12\x1c.mllgraph.v1.ClassifyRequest\x1a\x1d.mllgraph.v1.ClassifyResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,15 +38,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGE']._serialized_start=155
   _globals['_IMAGE']._serialized_end=239
   _globals['_CLASSIFYREQUEST']._serialized_start=242
-  _globals['_CLASSIFYREQUEST']._serialized_end=379
-  _globals['_CLASSSCORE']._serialized_start=381
-  _globals['_CLASSSCORE']._serialized_end=455
-  _globals['_PREDICTION']._serialized_start=458
-  _globals['_PREDICTION']._serialized_end=720
-  _globals['_MODELTIMING']._serialized_start=722
-  _globals['_MODELTIMING']._serialized_end=796
-  _globals['_CLASSIFYRESPONSE']._serialized_start=799
-  _globals['_CLASSIFYRESPONSE']._serialized_end=989
-  _globals['_INFERENCESERVICE']._serialized_start=992
-  _globals['_INFERENCESERVICE']._serialized_end=1166
+  _globals['_CLASSIFYREQUEST']._serialized_end=399
+  _globals['_CLASSSCORE']._serialized_start=401
+  _globals['_CLASSSCORE']._serialized_end=475
+  _globals['_PREDICTION']._serialized_start=478
+  _globals['_PREDICTION']._serialized_end=783
+  _globals['_MODELTIMING']._serialized_start=785
+  _globals['_MODELTIMING']._serialized_end=859
+  _globals['_CLASSIFYRESPONSE']._serialized_start=862
+  _globals['_CLASSIFYRESPONSE']._serialized_end=1076
+  _globals['_INFERENCESERVICE']._serialized_start=1079
+  _globals['_INFERENCESERVICE']._serialized_end=1253
 # @@protoc_insertion_point(module_scope)

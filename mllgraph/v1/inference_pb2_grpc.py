@@ -55,7 +55,8 @@ class InferenceServiceServicer:
         """Classifies a batch of images.
         Errors: NOT_FOUND (plan_id, or a model the plan uses), INVALID_ARGUMENT (no plan, no
         images, undecodable image, bad raw shape/dtype), FAILED_PRECONDITION (unknown
-        combination_json schema_version), RESOURCE_EXHAUSTED (batch too large, an image over the
+        combination_json schema_version; allow_none with a plan that has no "none of these"
+        calibration), RESOURCE_EXHAUSTED (batch too large, an image over the
         per-image pixel limit, or images that alone decode to more pixels than the server's
         in-flight budget), DEADLINE_EXCEEDED (the deadline passed while the request waited for
         room in that budget, or in the batch queue). The budget caps the decoded pixels of all

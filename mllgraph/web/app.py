@@ -113,6 +113,18 @@ def parse_budget(text: str) -> int:
     return budget
 
 
+def parse_flag(value: Any, name: str) -> bool:
+    """A form checkbox: absent or empty (unchecked), "1", "true", "on" or "yes" (checked),
+    "0", "false", "off" or "no"; anything else InvalidArgument naming the field."""
+    text = "" if value is None else str(value).strip().lower()
+    if text in ("", "0", "false", "off", "no"):
+        return False
+    if text in ("1", "true", "on", "yes"):
+        return True
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    raise InvalidArgument(f"{name}: a checkbox (1/true/on or 0/false/off), got {shown!r}")
+
+
 def validation_message(e: RequestValidationError) -> tuple[str, str | None]:
     """FastAPI's validation errors as one line naming the fields, and the first field."""
     parts, fields = [], []
@@ -194,9 +206,10 @@ class Web:
 
     def run_task(
         self, classes: str | list[str], budget: int, uploads: list[tuple[str, bytes]],
-        sample_keys: list[str],
+        sample_keys: list[str], allow_none: bool = False,
     ) -> dict[str, Any]:  # fmt: skip
         """Classify uploads and samples into the classes: predictions, plan, per-file errors.
+        `allow_none`: an image that fits no class may be answered "none of these".
         Raises InvalidArgument for a task that cannot run (no classes, no image)."""
         names = mc.split_classes(classes)
         if len(names) < 2:
@@ -212,7 +225,9 @@ class Web:
         if len(images) > MAX_IMAGES:
             raise InvalidArgument(f"images: at most {MAX_IMAGES} at once, got {len(images)}")
         messages, shown, errors = self.admit_images(images)
-        result = self.client.classify(messages, names, budget=budget, top_k=len(names))
+        result = self.client.classify(
+            messages, names, budget=budget, top_k=len(names), allow_none=allow_none
+        )
         explanation = self.client.explain(result.plan_id)
         predictions = []
         for p, (label, data) in zip(result, shown, strict=True):
@@ -231,6 +246,8 @@ class Web:
                     "out_of_domain": p.out_of_domain,
                 }
             )
+            if allow_none:
+                predictions[-1] |= {"none_of_these": p.none_of_these, "none_score": p.none_score}
         assert result.plan is not None
         return {
             "classes": names,
@@ -238,7 +255,7 @@ class Web:
             "errors": errors,
             "plan": plan_view(result.plan, explanation),
             "timings": asdict(result.timings),
-        }
+        } | ({"none_threshold": result.none_threshold} if allow_none else {})
 
 
 def create_app(
@@ -292,7 +309,9 @@ def create_app(
         log.error("web_internal_error path=%s", request.url.path, exc_info=e)
         return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
 
-    async def read_form(request: Request) -> tuple[str, int, list[tuple[str, bytes]], list[str]]:
+    async def read_form(
+        request: Request,
+    ) -> tuple[str, int, list[tuple[str, bytes]], list[str], bool]:
         form = await request.form(max_files=MAX_IMAGES + 1, max_fields=MAX_IMAGES + 16)
         require_csrf(request, form.get(CSRF_FIELD))
         uploads = []
@@ -302,25 +321,31 @@ def create_app(
             uploads.append((f.filename, await f.read(MAX_UPLOAD_BYTES + 1)))
         budget = parse_budget(str(form.get("budget") or ""))
         samples = [str(s) for s in form.getlist("samples")]
-        return str(form.get("classes") or ""), budget, uploads, samples
+        allow_none = parse_flag(form.get("allow_none"), "allow_none")
+        return str(form.get("classes") or ""), budget, uploads, samples, allow_none
 
     # -- pages --
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def try_page(request: Request) -> HTMLResponse:
-        return page(request, "try.html", classes="", budget=DEFAULT_BUDGET, chosen=[])
+        return page(
+            request, "try.html", classes="", budget=DEFAULT_BUDGET, chosen=[], allow_none=False
+        )
 
     @app.post("/", response_class=HTMLResponse, include_in_schema=False)
     async def try_submit(request: Request) -> HTMLResponse:
-        classes, budget, chosen = "", DEFAULT_BUDGET, []
+        classes, budget, chosen, allow_none = "", DEFAULT_BUDGET, [], False
         try:
-            classes, budget, uploads, chosen = await read_form(request)
-            task = await run_in_threadpool(web.run_task, classes, budget, uploads, chosen)
+            classes, budget, uploads, chosen, allow_none = await read_form(request)
+            task = await run_in_threadpool(
+                web.run_task, classes, budget, uploads, chosen, allow_none
+            )
         except MllgraphError as e:
             status = HTTP_STATUS.get(_code(e), 500)
             return page(request, "try.html", status, classes=classes, budget=budget,
-                        chosen=chosen, error=_message(e))  # fmt: skip
-        return page(request, "try.html", classes=classes, budget=budget, chosen=chosen, task=task)
+                        chosen=chosen, allow_none=allow_none, error=_message(e))  # fmt: skip
+        return page(request, "try.html", classes=classes, budget=budget, chosen=chosen,
+                    allow_none=allow_none, task=task)  # fmt: skip
 
     @app.get("/hub", response_class=HTMLResponse, include_in_schema=False)
     async def hub_page(request: Request, name: str = "") -> HTMLResponse:
@@ -374,10 +399,11 @@ def create_app(
     @app.post("/api/classify", tags=["api"], summary="Select a plan and classify images")
     async def api_classify(request: Request) -> dict[str, Any]:
         """Multipart form: `classes` (comma-separated), `budget`, `images` (files, repeatable),
-        `samples` (names of bundled samples, repeatable). Returns predictions per image, the
-        plan, and an error per file that could not be read."""
-        classes, budget, uploads, chosen = await read_form(request)
-        task = await run_in_threadpool(web.run_task, classes, budget, uploads, chosen)
+        `samples` (names of bundled samples, repeatable), `allow_none` ("1"/"true"/"on":
+        an image that fits no class may be answered "none of these"). Returns predictions per
+        image, the plan, and an error per file that could not be read."""
+        classes, budget, uploads, chosen, allow_none = await read_form(request)
+        task = await run_in_threadpool(web.run_task, classes, budget, uploads, chosen, allow_none)
         for p in task["predictions"]:
             p.pop("thumbnail", None)
         return task

@@ -1,0 +1,125 @@
+"""Selection's last step: the plan's "none of these" calibration (`mllgraph.combine.
+none_of_these`), fitted on the hub's probe images.
+
+Positives: the task's probe images (the sets under its classes, as CHCO used them; at most
+:data:`MAX_INSIDE_IMAGES`, evenly spread).
+Negatives: probe sets of concepts outside the task, neither under a class (those are the
+task's) nor above one (an image of "footwear" may well be a sandal): at most
+:data:`MAX_OUTSIDE_IMAGES` images, spread evenly over at most :data:`MAX_OUTSIDE_SETS` sets.
+Both are scored as inference scores them: the plan parsed from its document, its models'
+stored probe outputs, `mllgraph.plan.apply`. Nothing runs a model here.
+
+A plan gets no calibration (and says why in its document's ``none_of_these``) when its
+models are not all simulable (a model without probe outputs), or either side has fewer than
+`none_of_these.MIN_IMAGES` images (a hub whose probe sets all lie under the task). Inference
+then refuses ``allow_none`` with FAILED_PRECONDITION rather than guess a threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mllgraph.combine import none_of_these
+from mllgraph.errors import FailedPrecondition
+from mllgraph.hub import probe_outputs
+from mllgraph.plan import apply
+from mllgraph.plan.document import parse_plan
+from mllgraph.select.probe_data import ProbeOutputCache, probe_matrix
+from mllgraph.select.reads import Reads
+from mllgraph.settings import Settings
+
+MAX_OUTSIDE_SETS = 200
+MAX_OUTSIDE_IMAGES = 3000
+MAX_INSIDE_IMAGES = 5000  # evenly spread; a 1,000-head model costs 40 MB per 5,000 rows
+PROBE_SET_LIMIT = 20_000  # probe sets the graph read looks at, by id
+
+
+def outside_sets(
+    reads: Reads, wnids: Sequence[str], limit: int = MAX_OUTSIDE_SETS
+) -> list[dict[str, Any]]:
+    """Probe sets whose concept is neither under nor above (nor equal to) any task class's
+    concept, by id, at most `limit`, as `probe_matrix` rows (one pseudo-class, 0)."""
+    task = set(wnids)
+    above = set().union(*reads.ancestors(wnids)) if wnids else set()
+    out = []
+    for r in reads.probe_set_concepts(PROBE_SET_LIMIT):
+        concept = r["wnid"]
+        if not r["count"] or concept in task or concept in above:
+            continue
+        if task & set(r["ancestors"]):  # under a class: the task's own images
+            continue
+        out.append({"class_index": 0, "set_id": r["set_id"], "distance": 0})
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _even(n: int, cap: int) -> np.ndarray:
+    """At most `cap` of `n` rows, evenly spread (deterministic)."""
+    if n <= cap:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, cap).round().astype(np.int64))
+
+
+def calibrate(
+    reads: Reads,
+    settings: Settings,
+    document: Mapping[str, Any],
+    wnids: Sequence[str],
+    probe_rows: list[dict[str, Any]],
+    outputs: Mapping[str, probe_outputs.ProbeOutputs],
+    cache: ProbeOutputCache,
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(the calibration for ``combination["none"]`` or None, the document's summary)."""
+    plan = parse_plan(document)
+    if not plan.models:
+        return None, {"calibrated": False, "why": "the plan has no expert heads"}
+    run = apply.models_to_run(plan)
+    outs: dict[str, probe_outputs.ProbeOutputs] = {}
+    for m in run:
+        try:
+            outs[m] = outputs[m] if m in outputs else cache.get(settings, m)
+        except FailedPrecondition:
+            return None, {"calibrated": False, "why": f"model {m} has no stored probe outputs"}
+    labels, inside, _ = probe_matrix(probe_rows, outs, len(plan.class_names))
+    negative_rows = outside_sets(reads, wnids)
+    _, outside, _ = probe_matrix(negative_rows, outs, 1)
+    n_in = labels.size
+    n_out = next(iter(outside.values())).shape[0] if outside else 0
+    if min(n_in, n_out) < none_of_these.MIN_IMAGES:
+        return None, {
+            "calibrated": False,
+            "why": f"too few probe images: {n_in} of the task's concepts, {n_out} of concepts "
+            f"outside it (at least {none_of_these.MIN_IMAGES} each)",
+        }
+    keep_in, keep_out = _even(n_in, MAX_INSIDE_IMAGES), _even(n_out, MAX_OUTSIDE_IMAGES)
+    inside = {m: v[keep_in] for m, v in inside.items()}
+    outside = {m: v[keep_out] for m, v in outside.items()}
+    heads = none_of_these.task_heads(plan.assignment)
+    temperatures = {m: float(outs[m].temperature) for m in plan.models}
+
+    extra = none_of_these.head_columns(
+        inside, outside, plan.models, temperatures, none_of_these.HEAD_FEATURES
+    )
+
+    def feats(logits: Mapping[str, np.ndarray]) -> np.ndarray:
+        return none_of_these.features(logits, plan.models, heads, temperatures, extra)
+
+    fitted = none_of_these.fit(
+        feats(inside), feats(outside), plan.models, heads, temperatures, extra=extra
+    )
+    if fitted is None:
+        return None, {"calibrated": False, "why": "too few probe images"}
+    summary = {
+        "calibrated": True,
+        "threshold": fitted.threshold,
+        "probe_auroc": fitted.probe_auroc,
+        "probe_rejected": fitted.probe_rejected,
+        "inside_images": fitted.positives,
+        "outside_images": fitted.negatives,
+        "outside_sets": len(negative_rows),
+    }
+    return fitted.to_dict(), summary

@@ -1,0 +1,192 @@
+"""The "none of these" score alone (mllgraph.combine.none_of_these): pure, no Neo4j.
+
+Synthetic experts: an in-task image puts most of a model's mass on the task's heads, an image
+of another concept on the other heads, with the same kind of noise, so the score must learn
+which features separate them; the plan contract carries the calibration (plan.document).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from mllgraph.combine import none_of_these as none
+from mllgraph.combine import rule
+from mllgraph.combine.combination import Plan
+from mllgraph.errors import InvalidArgument
+from mllgraph.plan import apply
+from mllgraph.plan.document import parse_plan
+
+HEADS = 8  # heads 0-2 are the task's three classes, 3-7 other concepts
+TASK = (0, 1, 2)
+
+
+def _logits(rng: np.random.Generator, n: int, hot: np.ndarray) -> np.ndarray:
+    z = rng.normal(0.0, 1.0, (n, HEADS))
+    z[np.arange(n), hot] += 4.0
+    return z
+
+
+def _assignment(models: tuple[str, ...] = ("m",)) -> list[rule.ClassAssignment]:
+    return [
+        rule.ClassAssignment(c, tuple(rule.HeadGroup(m, (c,), "exact", 0.9) for m in models))
+        for c in TASK
+    ]
+
+
+def _data(seed: int, n: int = 300) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    inside = {"m": _logits(rng, n, rng.integers(0, 3, n))}
+    outside = {"m": _logits(rng, n, rng.integers(3, HEADS, n))}
+    return inside, outside
+
+
+def _features(logits: dict[str, np.ndarray], assignment: list[rule.ClassAssignment]):
+    return none.features(logits, ["m"], none.task_heads(assignment), {"m": 1.0})
+
+
+def _fitted(seed: int = 0) -> none.NoneCalibration:
+    assignment = _assignment()
+    inside, outside = _data(seed)
+    xi = _features(inside, assignment)
+    xo = _features(outside, assignment)
+    fitted = none.fit(xi, xo, ["m"], none.task_heads(assignment), {"m": 1.0})
+    assert fitted is not None
+    return fitted
+
+
+def test_auroc_matches_sklearn_and_threshold_rejects_at_most_the_share() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0, 1, 200), rng.normal(1, 1, 150)
+    a[:10] = b[:10]  # ties across the sides count half
+    want = roc_auc_score(np.r_[np.zeros(200), np.ones(150)], np.r_[a, b])
+    assert none.auroc(a, b) == pytest.approx(want)
+    assert math.isnan(none.auroc(a, np.array([])))
+    for share in (0.0, 0.01, 0.05, 0.2):
+        t = none.threshold_for(a, share)
+        assert np.mean(a > t) <= share
+        assert np.mean(a >= t) > share or share == 0.0  # the lowest such threshold
+    with pytest.raises(InvalidArgument, match="at least one"):
+        none.threshold_for(np.array([]))
+
+
+def test_fit_separates_outside_images_and_keeps_the_in_task_share() -> None:
+    fitted = _fitted()
+    assert fitted.probe_auroc > 0.95
+    assert fitted.probe_rejected <= none.MAX_REJECTED
+    assert fitted.positives == fitted.negatives == 300
+    # New images from the same experts: the threshold still lets nearly all in-task ones by.
+    inside, outside = _data(seed=1)
+    si, so = fitted.scores(inside), fitted.scores(outside)
+    assert np.all((si >= 0) & (si <= 1))
+    assert np.mean(si > fitted.threshold) <= 0.03
+    assert np.mean(so > fitted.threshold) > 0.8
+    assert none.auroc(si, so) > 0.95
+
+
+def test_too_few_images_give_no_calibration() -> None:
+    x = np.zeros((none.MIN_IMAGES - 1, 4))
+    assert none.fit(x, np.ones((50, 4)), ["m"], {}, {}) is None
+    with pytest.raises(InvalidArgument, match="alike"):
+        none.fit(np.zeros((20, 4)), np.zeros((20, 3)), ["m"], {}, {})
+
+
+def test_out_of_domain_model_is_neutral_and_no_speaking_model_scores_one() -> None:
+    fitted = _fitted()
+    inside, _ = _data(seed=2, n=6)
+    everywhere = fitted.scores(inside, {"m": np.ones(6, bool)})
+    np.testing.assert_allclose(everywhere, fitted.scores(inside))
+    mask = np.array([True, False, True, False, True, True])
+    got = fitted.scores(inside, {"m": mask})
+    np.testing.assert_allclose(got[mask], everywhere[mask])
+    assert np.all(got[~mask] == 1.0)  # the only model refused them: no evidence at all
+
+
+def test_round_trip_and_malformed_calibrations() -> None:
+    fitted = _fitted()
+    again = none.NoneCalibration.from_dict(fitted.to_dict())
+    inside, _ = _data(seed=4, n=20)
+    np.testing.assert_allclose(again.scores(inside), fitted.scores(inside))
+    good = fitted.to_dict()
+    for change, match in [
+        ({"rule": "other"}, "none_logistic"),
+        ({"models": []}, "models"),
+        ({"coef": [1.0]}, "coef"),
+        ({"scale": [0.0] * len(good["scale"])}, "scale"),
+        ({"threshold": 2.0}, "threshold"),
+        ({"heads": {"x": [0]}}, "heads"),
+        ({"temperatures": {"m": -1}}, "temperatures"),
+        ({"mean": ["a"] * len(good["mean"])}, "mean"),
+    ]:
+        with pytest.raises(InvalidArgument, match=match):
+            none.NoneCalibration.from_dict({**copy.deepcopy(good), **change})
+    with pytest.raises(InvalidArgument, match="logits of model m"):
+        fitted.scores({})
+
+
+def _document(calibration: dict | None) -> dict:
+    assignment = _assignment()
+    plan = Plan(assignment, rule.default_params(assignment), 0.9, [0.9] * 3, [], ["m"], "x", 0)
+    doc = {
+        "plan_id": "p",
+        "classes": [{"name": f"c{i}"} for i in TASK],
+        "combination": {"schema_version": 1, "plan": plan.to_dict()},
+    }
+    if calibration is not None:
+        doc["combination"]["none"] = calibration
+    return doc
+
+
+def test_plan_document_carries_the_calibration_and_old_plans_have_none() -> None:
+    fitted = _fitted()
+    parsed = parse_plan(_document(fitted.to_dict()))
+    assert parsed.none is not None and parsed.none.threshold == fitted.threshold
+    inside, _ = _data(seed=5, n=10)
+    np.testing.assert_allclose(apply.none_scores(parsed, inside), fitted.scores(inside))
+    old = parse_plan(_document(None))
+    assert old.none is None and apply.none_scores(old, inside) is None
+    stranger = {**fitted.to_dict(), "models": ["other"], "heads": {"other": [0, 1, 2]}}
+    with pytest.raises(InvalidArgument, match="does not"):
+        parse_plan(_document(stranger))
+
+
+def test_measure_counts_a_rejected_in_task_image_as_wrong() -> None:
+    got = none.measure(
+        inside_scores=np.array([0.1, 0.2, 0.9, 0.95]),
+        inside_correct=np.array([True, True, True, False]),
+        outside_scores=np.array([0.8, 0.99]),
+        threshold=0.5,
+    )
+    assert got["accuracy"] == 0.75
+    assert got["accuracy_allow_none"] == 0.5  # image 2 was right, now "none"
+    assert got["accuracy_drop_points"] == pytest.approx(25.0)
+    assert got["inside_rejected"] == 0.5 and got["outside_rejected"] == 1.0
+    assert got["auroc"] == pytest.approx(0.75)
+    with pytest.raises(InvalidArgument, match="same length"):
+        none.measure(np.zeros(2), np.zeros(3, bool), np.zeros(1), 0.5)
+
+
+def test_head_columns_pick_the_telling_heads_and_travel_with_the_plan() -> None:
+    assignment = _assignment()
+    inside, outside = _data(seed=6)
+    # Only head 5 tells the sides apart here: outside images all put their mass on it.
+    rng = np.random.default_rng(7)
+    outside = {"m": _logits(rng, 300, np.full(300, 5))}
+    picked = none.head_columns(inside, outside, ["m"], {"m": 1.0}, 1)
+    assert picked == [("m", 5)]
+    assert none.head_columns(inside, outside, ["m"], {"m": 1.0}, 0) == []
+    xi = _features(inside, assignment)
+    heads = none.task_heads(assignment)
+    fi = none.features(inside, ["m"], heads, {"m": 1.0}, picked)
+    fo = none.features(outside, ["m"], heads, {"m": 1.0}, picked)
+    assert fi.shape[1] == xi.shape[1] + 1
+    fitted = none.fit(fi, fo, ["m"], heads, {"m": 1.0}, extra=picked)
+    assert fitted is not None and fitted.extra == (("m", 5),)
+    again = none.NoneCalibration.from_dict(fitted.to_dict())
+    np.testing.assert_allclose(again.scores(outside), fitted.scores(outside))
+    with pytest.raises(InvalidArgument, match="extra"):
+        none.NoneCalibration.from_dict({**fitted.to_dict(), "extra": [["other", 1]]})
