@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from neo4j.exceptions import ClientError
@@ -175,23 +176,29 @@ def test_cli_query_refuses_and_truncates(graph, neo4j_settings: Settings, capsys
 
 
 @pytest.mark.neo4j
-def test_cli_query_ends_at_the_first_ctrl_c(graph, neo4j_settings: Settings) -> None:
+def test_cli_query_ends_at_the_first_ctrl_c(
+    graph, neo4j_settings: Settings, tmp_path: Path
+) -> None:
     """One Ctrl-C ends `mllgraph query` at once, while its query is still running (the
     driver's clean-up had waited for the query: the first Ctrl-C seemed ignored)."""
     import signal
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     slow = "UNWIND range(1, 2000000000) AS x WITH x WHERE x = -7 RETURN x"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mllgraph", "query", slow, "--timeout", "120"],
-        cwd=Path(__file__).resolve().parents[1],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # Its output goes to a file, not a pipe, and the test waits for the CLI process itself:
+    # a process the CLI may have started (e.g. a local Neo4j it tried to start while the
+    # suite's server was slow to answer) would hold a pipe open long after the CLI exited.
+    log = tmp_path / "query.err"
+    with log.open("w") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mllgraph", "query", slow, "--timeout", "120"],
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+            text=True,
+        )
     try:
         # Wait until the server runs it (a test-only admin query, not a user's).
         for _ in range(600):
@@ -204,12 +211,13 @@ def test_cli_query_ends_at_the_first_ctrl_c(graph, neo4j_settings: Settings) -> 
             if running[0]["n"] or proc.poll() is not None:
                 break
             time.sleep(0.1)
-        assert proc.poll() is None and running[0]["n"], proc.communicate()
+        assert proc.poll() is None and running[0]["n"], log.read_text()
         start = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-        assert time.monotonic() - start < 3.0
-        assert proc.returncode == 130 and "interrupted" in err
+        proc.wait(timeout=30)
+        err = log.read_text()
+        assert time.monotonic() - start < 3.0, err
+        assert proc.returncode == 130 and "interrupted" in err, err
     finally:
         if proc.poll() is None:
             proc.kill()
