@@ -49,9 +49,4 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python -m mllgraph.protos --check
-# The Ctrl-C test of `mllgraph query` runs on its own after the suite: inside the whole suite
-# it failed in 3 of 4 runs (the CLI did not exit within 30 s of Ctrl-C), alone never; the
-# interaction is not understood yet (see the closing note of session 9).
-ctrl_c=tests/test_query_safety.py::test_cli_query_ends_at_the_first_ctrl_c
-.venv/bin/python -m pytest -q -ra --durations=15 --deselect "$ctrl_c"
-exec .venv/bin/python -m pytest -q -ra "$ctrl_c"
+exec .venv/bin/python -m pytest -q -ra --durations=15
