@@ -198,6 +198,10 @@ def test_cli_query_ends_at_the_first_ctrl_c(
             stdout=subprocess.DEVNULL,
             stderr=err_file,
             text=True,
+            # A suite started in the background by a non-interactive shell (`pytest &`)
+            # inherits SIGINT ignored, and so would the CLI: give it the default a terminal
+            # gives, or the Ctrl-C below never reaches it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         # Wait until the server runs it (a test-only admin query, not a user's).
