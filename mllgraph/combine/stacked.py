@@ -293,6 +293,18 @@ def stratified_folds(y: np.ndarray, k: int, n_splits: int, seed: int) -> np.ndar
     return fold
 
 
+def fittable(labels: np.ndarray, num_classes: int, models: Sequence[str]) -> bool:
+    """Whether a stacked rule can be fitted at all: some models, at least
+    MIN_IMAGES_PER_CLASS images of every class, at most MAX_CLASSES classes."""
+    counts = np.bincount(labels, minlength=num_classes)
+    return bool(
+        models
+        and labels.size > 0
+        and counts.min() >= MIN_IMAGES_PER_CLASS
+        and num_classes <= MAX_CLASSES
+    )
+
+
 def fit(
     logits: Mapping[str, np.ndarray],
     labels: np.ndarray,
@@ -306,13 +318,7 @@ def fit(
     out-of-fold accuracy; None when a class has fewer than MIN_IMAGES_PER_CLASS images or
     the task has more than MAX_CLASSES classes."""
     labels = np.asarray(labels, dtype=np.int64)
-    counts = np.bincount(labels, minlength=num_classes)
-    if (
-        not models
-        or labels.size == 0
-        or counts.min() < MIN_IMAGES_PER_CLASS
-        or num_classes > MAX_CLASSES
-    ):
+    if not fittable(labels, num_classes, models):
         return None
     models = sorted(models)
     temps = {m: float(temperatures.get(m, 1.0)) for m in models}

@@ -21,11 +21,10 @@ import numpy as np
 from mllgraph.combine.stacked import (
     FOLDS,
     IMAGES_PER_COLUMN,
-    MAX_CLASSES,
     MAX_COLUMNS,
-    MIN_IMAGES_PER_CLASS,
     StackedRule,
     features,
+    fittable,
 )
 
 CS = (0.1, 1.0, 10.0)
@@ -88,13 +87,7 @@ def fit(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         labels = np.asarray(labels, dtype=np.int64)
-        counts = np.bincount(labels, minlength=num_classes)
-        if (
-            not models
-            or labels.size == 0
-            or counts.min() < MIN_IMAGES_PER_CLASS
-            or num_classes > MAX_CLASSES
-        ):
+        if not fittable(labels, num_classes, models):
             return None
         models = sorted(models)
         temps = {m: float(temperatures.get(m, 1.0)) for m in models}
