@@ -88,6 +88,33 @@ def test_fit_separates_outside_images_and_keeps_the_in_task_share() -> None:
     assert none.auroc(si, so) > 0.95
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_folds_and_logistic_fit_are_scikit_learns(seed: int) -> None:
+    # Selection fits without importing scikit-learn; the answers must be the ones it gave.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(0, 1, (37, 4)), rng.normal(0.8, 1.3, (61, 4))])
+    y = np.concatenate([np.zeros(37, np.int64), np.ones(61, np.int64)])
+    folds = none.stratified_folds(y, 5, seed)
+    for k, (_, test) in enumerate(StratifiedKFold(5, shuffle=True, random_state=seed).split(x, y)):
+        assert np.array_equal(np.flatnonzero(folds == k), test)
+    for c in (0.05, 1.0, 30.0):
+        coef, intercept = none.balanced_logistic(x, y, c)
+        ref = LogisticRegression(C=c, class_weight="balanced", tol=1e-10, max_iter=10_000)
+        ref.fit(x, y)
+        np.testing.assert_allclose(coef, ref.coef_[0], atol=1e-5)
+        assert intercept == pytest.approx(ref.intercept_[0], abs=1e-5)
+
+
+def test_logistic_fit_stays_finite_on_separable_data() -> None:
+    x = np.array([[-3.0], [-2.0], [-1.0], [1.0], [2.0], [3.0]])
+    y = np.array([0, 0, 0, 1, 1, 1])
+    coef, intercept = none.balanced_logistic(x * 100, y, 1.0)
+    assert np.all(np.isfinite(coef)) and math.isfinite(intercept) and coef[0] > 0
+
+
 def test_too_few_images_give_no_calibration() -> None:
     x = np.zeros((none.MIN_IMAGES - 1, 4))
     assert none.fit(x, np.ones((50, 4)), ["m"], {}, {}) is None

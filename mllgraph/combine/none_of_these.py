@@ -34,7 +34,6 @@ model refuses has no evidence for any class at all and scores 1.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -276,9 +275,11 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
     b = np.asarray(outside, dtype=np.float64)
     if a.size == 0 or b.size == 0:
         return math.nan
-    from scipy.stats import rankdata
-
-    ranks = rankdata(np.concatenate([a, b]))
+    # Average ranks (ties share their mean rank), as scipy.stats.rankdata; numpy only, so
+    # selection never imports scipy.stats.
+    _, inverse, counts = np.unique(np.concatenate([a, b]), return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = ((ends - counts + 1 + ends) / 2.0)[inverse]
     return float((ranks[a.size :].sum() - b.size * (b.size + 1) / 2) / (a.size * b.size))
 
 
@@ -290,6 +291,58 @@ def threshold_for(inside_scores: np.ndarray, max_rejected: float = MAX_REJECTED)
         raise InvalidArgument("threshold_for needs at least one in-task score")
     allowed = math.floor(max_rejected * s.size)  # images that may score above it
     return float(s[s.size - 1 - allowed])
+
+
+def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each sample's test fold: scikit-learn's `StratifiedKFold(folds, shuffle=True,
+    random_state=seed)` for labels 0/1 whose first sample is 0, reproduced exactly (a test
+    compares them) so that selection need not import scikit-learn (a second per process)."""
+    rng = np.random.RandomState(seed)
+    order = np.sort(y)
+    allocation = np.array([np.bincount(order[i::folds], minlength=2) for i in range(folds)])
+    test_folds = np.empty(len(y), dtype=np.int64)
+    for k in (0, 1):
+        for_class = np.arange(folds).repeat(allocation[:, k])
+        rng.shuffle(for_class)
+        test_folds[y == k] = for_class
+    return test_folds
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow warning for large |z|
+
+
+def balanced_logistic(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:
+    """(coef, intercept) minimising 0.5 |coef|^2 + c * sum_i w_i logloss_i with the classes
+    weighted to equal total weight and the intercept not penalised: scikit-learn's
+    `LogisticRegression(C=c, class_weight="balanced")` optimum (a test compares them), found
+    by Newton's method, exact in a few steps for the handful of features used here."""
+    n, d = x.shape
+    counts = np.bincount(y, minlength=2).astype(np.float64)
+    weight = c * n / (2.0 * counts[y])
+    xa = np.hstack([x, np.ones((n, 1))])
+    penalty = np.ones(d + 1)
+    penalty[-1] = 0.0
+
+    def objective(b: np.ndarray) -> float:
+        z = xa @ b
+        return float(weight @ (np.logaddexp(0.0, z) - y * z) + 0.5 * penalty @ (b * b))
+
+    beta = np.zeros(d + 1)
+    value = objective(beta)
+    for _ in range(100):
+        p = _sigmoid(xa @ beta)
+        grad = xa.T @ (weight * (p - y)) + penalty * beta
+        hess = (xa * (weight * p * (1.0 - p))[:, None]).T @ xa + np.diag(penalty)
+        step = np.linalg.solve(hess + 1e-12 * np.eye(d + 1), grad)
+        shrink = 1.0  # halve a step that does not lower the objective (far from the optimum)
+        while objective(beta - shrink * step) > value + 1e-12 and shrink > 1e-6:
+            shrink /= 2
+        beta -= shrink * step
+        value = objective(beta)
+        if np.max(np.abs(shrink * step)) < 1e-10:
+            break
+    return beta[:-1].copy(), float(beta[-1])
 
 
 def fit(
@@ -305,9 +358,6 @@ def fit(
 ) -> NoneCalibration | None:
     """The calibration from `features` of in-task (`inside`) and outside probe images; None
     when either side has fewer than MIN_IMAGES images."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
-
     xi = np.asarray(inside, dtype=np.float64)
     xo = np.asarray(outside, dtype=np.float64)
     if xi.ndim != 2 or xo.ndim != 2 or xi.shape[1] != xo.shape[1]:
@@ -320,18 +370,12 @@ def fit(
     x = (np.concatenate([xi, xo]) - mean) / scale
     y = np.concatenate([np.zeros(len(xi), np.int64), np.ones(len(xo), np.int64)])
 
-    def model() -> Any:
-        return LogisticRegression(C=C, class_weight="balanced", max_iter=500)
-
-    with warnings.catch_warnings():
-        # An unconverged fit is still a valid, regularised model; the out-of-fold scores
-        # below judge it.
-        warnings.simplefilter("ignore")
-        oof = np.empty(len(y))
-        folds = min(FOLDS, len(xi), len(xo))
-        for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
-            oof[te] = model().fit(x[tr], y[tr]).predict_proba(x[te])[:, 1]
-        final = model().fit(x, y)
+    oof = np.empty(len(y))
+    folds = stratified_folds(y, min(FOLDS, len(xi), len(xo)), seed)
+    for k in range(int(folds.max()) + 1):
+        coef, intercept = balanced_logistic(x[folds != k], y[folds != k], C)
+        oof[folds == k] = _sigmoid(x[folds == k] @ coef + intercept)
+    coef, intercept = balanced_logistic(x, y, C)
     threshold = threshold_for(oof[y == 0], max_rejected)
     return NoneCalibration(
         models=tuple(models),
@@ -339,8 +383,8 @@ def fit(
         temperatures={m: float(temperatures.get(m, 1.0)) for m in models},
         mean=mean,
         scale=scale,
-        coef=np.asarray(final.coef_[0], dtype=np.float64),
-        intercept=float(final.intercept_[0]),
+        coef=coef,
+        intercept=intercept,
         threshold=threshold,
         extra=tuple((str(m), int(h)) for m, h in extra),
         probe_auroc=auroc(oof[y == 0], oof[y == 1]),

@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
 
 from mllgraph.errors import InvalidArgument
 
@@ -697,6 +696,8 @@ def fit_params(
         + [(None, None)] * covered.size
         + [_LOG_TEMPERATURE_BOUNDS] * len(data.models)
     )
+    from scipy.optimize import minimize  # here: reading a stored plan needs no optimiser
+
     res = minimize(
         objective,
         theta0,
