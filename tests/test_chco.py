@@ -350,3 +350,44 @@ def test_a_task_without_any_probe_image_is_planned_by_priors(solver) -> None:
     assert one.estimated_accuracy == pytest.approx(0.75) and one.measured_fraction == 0.0
     two = solver(ChcoProblem(2, cands, logits, empty, temps, 2))
     assert two.models == ["E", "F"] and two.estimated_accuracy == pytest.approx(0.9)
+
+
+# --- the exact search's right-image counts, met in the middle (select/exact_counts) -------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_met_in_the_middle_gives_the_direct_plans(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from mllgraph.select import exact_counts
+
+    problem = synthetic_problem(seed, num_classes=3 + seed % 4, num_models=6, budget=2 + seed % 3)
+    if seed % 2:  # coarse logits: many exact ties, which must break as the argmax does
+        problem = replace(
+            problem, logits_by_model={m: np.round(v) for m, v in problem.logits_by_model.items()}
+        )
+    assert exact_search_size(problem) > 10
+    met = solve_exact(problem)
+    monkeypatch.setattr(exact_counts, "MAX_HALF_ELEMENTS", 0)  # the direct evaluation
+    direct = solve_exact(problem)
+    assert met.assignment == direct.assignment and met.models == direct.models
+    assert met.estimated_accuracy == direct.estimated_accuracy
+    assert met.evaluated == direct.evaluated
+
+
+def test_exact_counts_by_halves_match_a_direct_count() -> None:
+    from mllgraph.select import exact_counts
+
+    rng = np.random.default_rng(0)
+    ext = rng.integers(0, 3, (9, 7)).astype(float)  # small integers: ties everywhere
+    options = [np.array([0, 1, 8]), np.array([2, 3, 8]), np.array([4, 5, 6, 8])]
+    labels = np.array([0, 1, 2, 0, 1, 2, 2])
+    met = exact_counts.halves(ext, options, labels, chunk_elements=5)
+    assert met is not None
+    counts = met.counts(0, math.prod(len(o) for o in options[: met.split]))
+    picks = np.stack(np.unravel_index(np.arange(counts.size), [len(o) for o in options]))
+    rows = np.stack([options[c][picks[c]] for c in range(3)])  # (K, assignments)
+    direct = (ext[rows.T].argmax(axis=1) == labels).sum(axis=1)
+    assert np.array_equal(counts, direct)

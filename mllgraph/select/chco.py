@@ -70,6 +70,7 @@ from mllgraph.combine.rule import (
 )
 from mllgraph.combine.stacked import ClassProbes
 from mllgraph.errors import InvalidArgument
+from mllgraph.select import exact_counts
 
 DEFAULT_EXACT_LIMIT = 200_000
 # Scores gathered per exact-search chunk (chunk x K x N floats): bounds memory at ~32 MB.
@@ -511,11 +512,17 @@ def solve_exact(problem: ChcoProblem, *, limit: int = DEFAULT_EXACT_LIMIT) -> Pl
     ext_credit = np.append(prep.cand_credit, 0.0)
     ext_cost = np.append(prep.cost, 0.0)
     chunk = max(1, _EXACT_CHUNK_ELEMENTS // max(1, k * n))
+    # Right-image counts met in the middle (select/exact_counts) where the halves fit; the
+    # chunks are then whole rows of A's combinations.
+    met = exact_counts.halves(ext, opt_ids, prep.labels, _EXACT_CHUNK_ELEMENTS)
+    if met is not None:
+        chunk = met.size_b * max(1, _EXACT_CHUNK_ELEMENTS // max(1, met.size_b * n))
     best_key: tuple[float, float, int, float] | None = None
     finalists: list[np.ndarray] = []
     evaluated = 0
     for lo in range(0, size, chunk):
         flat = np.arange(lo, min(size, lo + chunk))
+        right = None if met is None else met.counts(lo // met.size_b, flat[-1] // met.size_b + 1)
         opts = np.unravel_index(flat, sizes)
         cand = np.stack([opt_ids[c][opts[c]] for c in range(k)])  # (K, B)
         mdl = np.sort(ext_model[cand], axis=0)
@@ -536,8 +543,12 @@ def solve_exact(problem: ChcoProblem, *, limit: int = DEFAULT_EXACT_LIMIT) -> Pl
             cost_sum[valid],
         )
         evaluated += flat.size
-        pred = ext[cand.T].argmax(axis=1)  # (B, N); first index on ties, like combine
-        correct = (pred == prep.labels).sum(axis=1) + ext_credit[cand].sum(axis=0)
+        if right is None:
+            pred = ext[cand.T].argmax(axis=1)  # (B, N); first index on ties, like combine
+            right = (pred == prep.labels).sum(axis=1)
+        else:
+            right = right[valid]
+        correct = right + ext_credit[cand].sum(axis=0)
         # Sorted before summing so that equal multisets give bit-equal sums.
         label_sum = np.sort(ext_label[cand], axis=0).sum(axis=0)
         order = np.lexsort((flat, cost_sum, n_models, -label_sum, -correct))
