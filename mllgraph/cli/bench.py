@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from mllgraph.cli.common import console, ints, rows_table
+from mllgraph.eval.bench import BENCHES
 from mllgraph.settings import Settings
 
 
@@ -133,19 +134,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (print figures, write reports/*.json)")
     p.add_argument(
         "what",
-        choices=[
-            "sdag",
-            "ingest",
-            "label",
-            "select",
-            "infer",
-            "reliability",
-            "zeroshot",
-            "patch",
-            "grounding",
-            "cost",
-            "none",
-        ],
+        # The registered benchmarks, and the two this module runs itself.
+        choices=[*BENCHES, "zeroshot", "none"],
     )
     p.add_argument(
         "--sizes",

@@ -9,14 +9,16 @@ Nothing here is asserted by the test suite.
 
 from __future__ import annotations
 
-import argparse
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mllgraph.eval.bench.common import write_report
-from mllgraph.settings import Settings
+if TYPE_CHECKING:
+    import argparse
 
-# name -> (module, function); modules are imported on use (some pull in torch or gRPC).
+    from mllgraph.settings import Settings
+
+# name -> (module, function); modules are imported on use (some pull in torch or gRPC). The
+# CLI reads this mapping for its choices, so this module imports nothing heavy.
 BENCHES = {
     "ingest": ("ingest", "bench_ingest"),
     "sdag": ("sdag", "bench_sdag"),
@@ -31,6 +33,8 @@ BENCHES = {
 
 
 def run(what: str, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from mllgraph.eval.bench.common import write_report
+
     module, function = BENCHES[what]
     bench = getattr(importlib.import_module(f"mllgraph.eval.bench.{module}"), function)
     figures = bench(settings, args)
