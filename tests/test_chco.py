@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -267,16 +268,13 @@ def test_gap_study_heuristic_vs_exact() -> None:
     assert study["frac_optimal"] > 0.5
 
 
-def test_heuristic_speed_on_large_instance() -> None:
+def test_heuristic_on_a_large_instance_keeps_the_budget() -> None:
+    # Its speed is `mllgraph bench select`'s to measure (no timed asserts in tests).
     problem = synthetic_problem(3, 100, 500, 5, 50, 5)
     assert 1500 <= len(problem.candidates) <= 3000 and problem.num_images == 5000
-    wall, cpu = time.perf_counter(), time.process_time()
     plan = solve_heuristic(problem)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    n = len(problem.candidates)
-    print(f"\nheuristic: {n} candidates, 5000 images: {wall:.2f}s wall, {cpu:.2f}s cpu")
-    assert len(plan.models) <= 5
-    assert cpu < 3.0  # ~0.4 s; loose because CI machines are shared
+    assert 0 < len(plan.models) <= 5
+    assert plan.estimated_accuracy >= solve_heuristic(replace(problem, budget=1)).estimated_accuracy
 
 
 # --- classes without probe images: scored with the prior ----------------------------------------
@@ -359,7 +357,6 @@ def test_a_task_without_any_probe_image_is_planned_by_priors(solver) -> None:
 def test_exact_met_in_the_middle_gives_the_direct_plans(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dataclasses import replace
 
     from mllgraph.select import exact_counts
 

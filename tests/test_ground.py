@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -391,11 +390,16 @@ def test_deterministic(resolver: Resolver) -> None:
         assert a["score"] == pytest.approx(b["score"], abs=1e-4)
 
 
-def test_warm_task_is_fast(resolver: Resolver) -> None:
-    resolver.resolve_task(FASHION_MNIST)
-    start = time.perf_counter()
-    resolver.resolve_task(FASHION_MNIST)
-    assert time.perf_counter() - start < 0.1
+def test_warm_task_encodes_nothing_again(resolver: Resolver, monkeypatch) -> None:
+    # What makes a repeated task fast (timings are benchmarks' business, not tests'): the
+    # second grounding of the same names reuses every text embedding.
+    first = [g.to_dict() for g in resolver.resolve_task(FASHION_MNIST)]
+    calls: list[int] = []
+    embedder = resolver._embedder
+    encode = embedder.encode
+    monkeypatch.setattr(embedder, "encode", lambda texts: calls.append(len(texts)) or encode(texts))
+    assert [g.to_dict() for g in resolver.resolve_task(FASHION_MNIST)] == first
+    assert sum(calls) == 0
 
 
 # -- without embeddings, and with a lexicon of one's own ----------------------------------------
