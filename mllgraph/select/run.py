@@ -88,6 +88,13 @@ from mllgraph.select.candidates import (
     nearby_candidates,
 )
 from mllgraph.select.cost_front import FrontPoint, front_document, solve_front
+from mllgraph.select.estimates import (
+    calibration_models,
+    calibrations,
+    domain_gate,
+    own_probe_images,
+    revise,
+)
 from mllgraph.select.patch import conse_patch
 from mllgraph.select.probe_data import (
     CACHE,
@@ -254,6 +261,8 @@ def select(
 
     info: CandidateInfo = {}
     candidates = candidates_of_rows(rows, logits, declared_only, info)
+    # A model whose input domain refuses a class's probe images does not cover that class.
+    candidates, set_aside = domain_gate(reads, settings, candidates, probe_rows)
 
     own_of: dict[tuple[str, ...], list[chco.Candidate]] = {}
 
@@ -266,7 +275,8 @@ def select(
         key = tuple(sorted(picked))
         if key not in own_of:
             own = reads.candidates(wnids, replace(options, models=key))
-            own_of[key] = candidates_of_rows(own, logits, declared_only, info)
+            mine = candidates_of_rows(own, logits, declared_only, info)
+            own_of[key] = domain_gate(reads, settings, mine, probe_rows)[0]
         return own_of[key]
 
     t = time.perf_counter()
@@ -340,6 +350,17 @@ def select(
                 "calibration": patch.calibration.to_dict(),
                 "classes": [classes[c].name for c in plan.uncovered],
             }
+    for (ci, _mid), why in sorted(set_aside.items()):
+        if body["classes"][ci]["coverage"] == "uncovered":
+            body["classes"][ci]["domain_set_aside"] = why["why"]
+    body["domain_set_aside"] = [
+        {"class": classes[ci].name, "model": mid, **{k: v for k, v in why.items() if k != "covers"}}
+        for (ci, mid), why in sorted(set_aside.items())
+    ]
+    # Each class's estimate from the evidence of its kind (select/estimates, select/evidence).
+    routes, pool = calibrations(reads, settings, cache, calibration_models(body, candidates))
+    own = own_probe_images(class_probes(probe_rows, outputs, len(classes)), probe_rows)
+    revise(body, own, routes, pool)
     t = time.perf_counter()
     none, body["none_of_these"] = none_calibration.calibrate(
         reads, settings, body, wnids, probe_rows, outputs, cache
