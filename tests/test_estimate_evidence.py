@@ -102,7 +102,7 @@ def test_nothing_measured_is_chance_and_says_so() -> None:
     )  # fmt: skip
     assert e.estimate == 0.25 and "nothing measured" in e.text
     u = _evidence("uncovered", model=None)
-    assert u.kind == "uncovered" and u.estimate == 0.25 and "patch" in u.text
+    assert u.kind == "uncovered" and u.estimate == 0.25 and "not estimated" in u.text
 
 
 def test_own_probe_images_win_over_any_route() -> None:

@@ -145,6 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "grounding",
             "cost",
             "none",
+            "estimates",
         ],
     )
     p.add_argument(

@@ -6,7 +6,8 @@ pure), with the graph reads and probe outputs behind it; and the domain gate on 
   declares on probed concepts (`select/declared_heads`). Kept per model, catalogue version
   and probe-output file: computed at selection time rather than stored by labelling, so a
   hub labelled before them has them too, and they follow the hub's probe sets as they grow.
-* `revise`: the plan document's estimates, per class and overall, from that evidence; what
+* `revise` (through `estimate_plan`, which reads only the calibrations a plan needs): the
+  plan document's estimates, per class and overall, from that evidence; what
   CHCO or the stacked rule scored on the probe images (proxies and label-score priors
   included) stays beside it as ``simulated_accuracy``.
 * `domain_gate`: a model that states an input domain (`mllgraph.combine.domain`) does not
@@ -132,12 +133,37 @@ def own_probe_images(
     return [sum(n for s, n in sets if s not in proxies) for sets in class_sets]
 
 
-def calibration_models(body: Mapping[str, Any], candidates: Sequence[chco.Candidate]) -> list[str]:
-    """The models whose calibrations a plan's estimate may need: the plan's first, then the
-    candidates' (the pool), by id."""
-    first = sorted(body.get("models") or [])
-    rest = sorted({c.group.model_id for c in candidates} - set(first))
-    return first + rest
+def estimate_plan(
+    reads: Reads,
+    settings: Settings,
+    cache: ProbeOutputCache,
+    body: dict[str, Any],
+    candidates: Sequence[chco.Candidate],
+    own_images: Sequence[int],
+) -> list[ClassEvidence]:
+    """`revise` the plan document with the calibrations its classes need: those of the
+    models covering a class without probe images of its own; when one of them has none, the
+    pool of the candidates' models too (at most MAX_MODELS). A plan whose classes all have
+    probe images reads nothing."""
+    needed = sorted(
+        {
+            c["heads"][0]["model_id"]
+            for c, n in zip(body["classes"], own_images, strict=True)
+            if n == 0 and c.get("heads")
+        }
+    )
+    routes: Routes = {}
+    pool: dict[str, Calibration | None] = {"ancestor": None, "declared": None}
+    if needed:
+        routes, pool = calibrations(reads, settings, cache, needed)
+        if any(cal is None for cal in routes.values()):
+            others = sorted({c.group.model_id for c in candidates} - set(needed))
+            more, _ = calibrations(reads, settings, cache, needed + others)
+            pool = {
+                route: pooled([c for (_, r), c in more.items() if r == route])
+                for route in ("ancestor", "declared")
+            }
+    return revise(body, own_images, routes, pool)
 
 
 def revise(
@@ -165,7 +191,9 @@ def revise(
                 e.kind, e.estimate, e.text + "; " + c["domain_set_aside"], e.model, e.images
             )
         c["simulated_accuracy"] = c.get("estimated_accuracy")
-        c["estimated_accuracy"] = e.estimate
+        # An uncovered class without probe images is not estimated (the overall estimate
+        # counts it at chance: leaving it out would claim the plan is better than it is).
+        c["estimated_accuracy"] = None if e.kind == "uncovered" else e.estimate
         c["estimate_evidence"] = e.to_dict()
         c["own_probe_images"] = int(own_images[i])
         c["measured"] = e.kind == "measured"

@@ -215,7 +215,10 @@ def class_evidence(
         )
     if coverage == "uncovered" or model is None:
         return ClassEvidence(
-            "uncovered", chance, f"uncovered: patch or floor, estimated at chance 1/{k}"
+            "uncovered",
+            chance,
+            f"uncovered (the patch or the floor scores it), no probe images: not estimated; "
+            f"the plan's estimate counts it at chance, 1/{k}",
         )
     route = ROUTE_OF_COVERAGE.get(coverage)
     if route is None:  # exact/descendants heads but no probe images of its own: a label prior

@@ -31,10 +31,15 @@
    expert and text similarities of its heads to the class names, calibrated so that it takes
    at most 2% of the covered classes' probe images (the plan's `patch.calibration` says how,
    on how many, and what it took); inference applies it when no VLM is configured.
-5. The "none of these" calibration (`select/none_calibration`): the plan's score that an image
+5. Each class's estimate rests on evidence of its kind (`select/estimates`,
+   `select/evidence`): its own probe images, else a route calibration measured on the hub's
+   probed concepts (ancestor route, declared heads), else chance; what CHCO simulated stays
+   as `simulated_accuracy`. Before CHCO, a model whose input domain refuses a class's probe
+   images is taken out of that class's candidates (`estimates.domain_gate`).
+6. The "none of these" calibration (`select/none_calibration`): the plan's score that an image
    fits none of its classes, fitted on the task's probe images against probe images of
    concepts outside the task, with its default threshold.
-6. Store the plan in Neo4j under an id derived from the request and the catalogue version,
+7. Store the plan in Neo4j under an id derived from the request and the catalogue version,
    so the same inputs always give the same plan.
 
 Steps 1-2 read the graph through `mllgraph.select.reads`, which keeps what it read per
@@ -88,13 +93,7 @@ from mllgraph.select.candidates import (
     nearby_candidates,
 )
 from mllgraph.select.cost_front import FrontPoint, front_document, solve_front
-from mllgraph.select.estimates import (
-    calibration_models,
-    calibrations,
-    domain_gate,
-    own_probe_images,
-    revise,
-)
+from mllgraph.select.estimates import domain_gate, estimate_plan, own_probe_images
 from mllgraph.select.patch import conse_patch
 from mllgraph.select.probe_data import (
     CACHE,
@@ -358,9 +357,8 @@ def select(
         for (ci, mid), why in sorted(set_aside.items())
     ]
     # Each class's estimate from the evidence of its kind (select/estimates, select/evidence).
-    routes, pool = calibrations(reads, settings, cache, calibration_models(body, candidates))
     own = own_probe_images(class_probes(probe_rows, outputs, len(classes)), probe_rows)
-    revise(body, own, routes, pool)
+    estimate_plan(reads, settings, cache, body, candidates, own)
     t = time.perf_counter()
     none, body["none_of_these"] = none_calibration.calibrate(
         reads, settings, body, wnids, probe_rows, outputs, cache
