@@ -30,3 +30,16 @@ def test_rows_and_summary() -> None:
     assert s["fashion:dev"]["tasks"] == 1 and "photos:-" not in s
     text = markdown({"config": {}, "seconds": 1.0, "summary": s, "tasks": rows})
     assert "| fashion | a | dev | 2 | 10 | 0.700 | 1.000 | 0.800 |" in text
+
+
+def test_proxy_sets_at_the_borrowed_concept_count_as_its_own_images() -> None:
+    from mllgraph.select.estimates import ancestor_probe_images, own_probe_images
+
+    rows = [
+        {"set_id": "s1", "class_index": 0, "wnid": "a", "count": 5},
+        {"set_id": "p1", "class_index": 1, "wnid": "t", "proxy": "t", "count": 7},
+        {"set_id": "p2", "class_index": 2, "wnid": "u", "proxy": "t2", "count": 4},
+    ]
+    class_sets = [(("s1", 5),), (("p1", 7),), (("p2", 4),)]
+    assert own_probe_images(class_sets, rows) == [5, 0, 0]
+    assert ancestor_probe_images(class_sets, rows) == [None, (7, "t"), None]

@@ -120,3 +120,19 @@ def test_overall_weighs_unmeasured_classes_like_a_mean_measured_class() -> None:
     assert estimate == pytest.approx((10 * 1.0 + 30 * 0.5 + 20 * 0.4) / 60)
     assert share == pytest.approx(40 / 60)
     assert overall([ancestor]) == (pytest.approx(0.4), 0.0)
+
+
+def test_an_ancestor_with_its_own_probe_images_is_measured_on_them() -> None:
+    """ "slacks" under trouser, whose own images CHCO scored: that is measured evidence of the
+    route; through a related concept, or with no such images, the calibration instead."""
+    e = class_evidence(
+        k=4, coverage="ancestor", own_images=0, measured_estimate=0.9, model="m",
+        calibrations=ROUTES, pool=POOL, ancestor_images=(50, "n04489008"),
+    )  # fmt: skip
+    assert (e.kind, e.estimate, e.images) == ("ancestor_images", 0.9, 50)
+    assert "ancestor n04489008" in e.text
+    related = class_evidence(
+        k=4, coverage="related", own_images=0, measured_estimate=0.9, model="m",
+        calibrations=ROUTES, pool=POOL, ancestor_images=(50, "n04489008"),
+    )  # fmt: skip
+    assert related.kind == "ancestor" and related.estimate == pytest.approx(0.4)

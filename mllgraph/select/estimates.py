@@ -133,6 +133,23 @@ def own_probe_images(
     return [sum(n for s, n in sets if s not in proxies) for sets in class_sets]
 
 
+def ancestor_probe_images(
+    class_sets: Sequence[Sequence[tuple[str, int]]], probe_rows: Sequence[Mapping[str, Any]]
+) -> list[tuple[int, str] | None]:
+    """Per class without sets of its own, (images, concept) of the proxy sets that sit at
+    the concept it borrowed them from (not under it): that concept's own images."""
+    at_via = {
+        r["set_id"]: r["proxy"]
+        for r in probe_rows
+        if r.get("proxy") and r.get("wnid") == r["proxy"]
+    }
+    out: list[tuple[int, str] | None] = []
+    for sets in class_sets:
+        mine = [(n, at_via[s]) for s, n in sets if s in at_via]
+        out.append((sum(n for n, _ in mine), mine[0][1]) if mine else None)
+    return out
+
+
 def estimate_plan(
     reads: Reads,
     settings: Settings,
@@ -140,6 +157,7 @@ def estimate_plan(
     body: dict[str, Any],
     candidates: Sequence[chco.Candidate],
     own_images: Sequence[int],
+    ancestor_images: Sequence[tuple[int, str] | None] | None = None,
 ) -> list[ClassEvidence]:
     """`revise` the plan document with the calibrations its classes need: those of the
     models covering a class without probe images of its own; when one of them has none, the
@@ -163,7 +181,7 @@ def estimate_plan(
                 route: pooled([c for (_, r), c in more.items() if r == route])
                 for route in ("ancestor", "declared")
             }
-    return revise(body, own_images, routes, pool)
+    return revise(body, own_images, routes, pool, ancestor_images)
 
 
 def revise(
@@ -171,12 +189,16 @@ def revise(
     own_images: Sequence[int],
     routes: Routes,
     pool: Mapping[str, Calibration | None],
+    ancestor_images: Sequence[tuple[int, str] | None] | None = None,
 ) -> list[ClassEvidence]:
     """Rewrite the plan document's estimates from each class's evidence (in place)."""
     k = len(body["classes"])
     found = []
     for i, c in enumerate(body["classes"]):
         model = c["heads"][0]["model_id"] if c.get("heads") else None
+        parent = ancestor_images[i] if ancestor_images is not None else None
+        if parent is not None and parent[1] not in {h.get("label_wnid") for h in c["heads"]}:
+            parent = None  # its heads are labelled elsewhere: the proxy measured other heads
         e = class_evidence(
             k=k,
             coverage=c["coverage"],
@@ -185,6 +207,7 @@ def revise(
             model=model,
             calibrations=routes,
             pool=pool,
+            ancestor_images=parent,
         )
         if c["coverage"] == "uncovered" and c.get("domain_set_aside"):
             e = ClassEvidence(

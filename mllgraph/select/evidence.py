@@ -5,17 +5,23 @@ A class's estimate is only as good as what was measured for it. Four kinds (`KIN
 
 * ``measured``: the class has probe images of its own concept (or below it); its estimate
   is what CHCO or the stacked rule scored on them (its recall).
-* ``ancestor``: covered through an ancestor or a related concept, no probe images of its
-  own. CHCO may have simulated it on a nearby concept's images (proxy probes): that measures
-  the head on *that* concept, not on this class (a clothing head scores 1.0 on clothing
-  images, and says nothing of "umbrella"). Its estimate is the model's **ancestor-route
+* ``ancestor_images``: covered through an ancestor A that has probe images of its own
+  (A itself probed, not only concepts under it): every image of the class is an image of A,
+  so what CHCO scored on A's images (proxy probes) is measured evidence of this route
+  ("slacks" on trouser images).
+* ``ancestor``: covered through an ancestor whose images are all of other concepts under it,
+  or through a related concept (a sibling or cousin), no probe images of its own. CHCO may
+  have simulated it on those other concepts' images (proxy probes): that measures the head
+  on *them*, not on this class (a clothing head scores 1.0 on clothing images, and says
+  nothing of "umbrella"). Its estimate is the model's **ancestor-route
   calibration** (:func:`ancestor_route`), measured leave-one-concept-out on the hub's
   probed concepts.
 * ``declared``: covered by declared, unmeasured heads. Its estimate is the model's
   **declared calibration** (:func:`declared_route`): how its declared heads fare on the
   probed concepts they declare, instead of one constant prior for every such class.
 * ``uncovered``: no head covers it (the ConSE patch or the offline floor scores it). Without
-  probe images of its own nothing was measured: estimated at chance, 1/K.
+  probe images of its own nothing was measured: not estimated, and counted at chance, 1/K,
+  in the plan's estimate.
 
 A model with no calibration of the kind a class needs borrows the hub's pooled one (every
 calibrated model of the request, weighted by the concepts each rests on); with none at all,
@@ -34,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KINDS = ("measured", "ancestor", "declared", "uncovered")
+KINDS = ("measured", "ancestor_images", "ancestor", "declared", "uncovered")
 # Coverage kinds (plan/document.COVERAGES) whose estimate needs a route calibration.
 ROUTE_OF_COVERAGE = {"ancestor": "ancestor", "related": "ancestor", "declared": "declared"}
 MIN_LABEL_SCORE = 0.05  # as SelectOptions.min_label_score: a weaker label is no route
@@ -199,11 +205,14 @@ def class_evidence(
     model: str | None,
     calibrations: Mapping[tuple[str, str], Calibration | None],
     pool: Mapping[str, Calibration | None],
+    ancestor_images: tuple[int, str] | None = None,
 ) -> ClassEvidence:
     """One class's evidence and estimate. `coverage`: the plan's coverage of the class;
     `own_images`: its own probe images (not proxies); `measured_estimate`: what CHCO or the
     stacked rule scored on them; `model`: the model of its heads; `calibrations[(model,
-    route)]` and `pool[route]`: the routes' calibrations ("ancestor", "declared")."""
+    route)]` and `pool[route]`: the routes' calibrations ("ancestor", "declared");
+    `ancestor_images`: (images, wnid) when its heads' ancestor concept has probe images of
+    its own and `measured_estimate` was scored on them."""
     chance = 1.0 / k
     if own_images > 0 and measured_estimate is not None:
         return ClassEvidence(
@@ -219,6 +228,15 @@ def class_evidence(
             chance,
             f"uncovered (the patch or the floor scores it), no probe images: not estimated; "
             f"the plan's estimate counts it at chance, 1/{k}",
+        )
+    if coverage == "ancestor" and ancestor_images and measured_estimate is not None:
+        n, wnid = ancestor_images
+        return ClassEvidence(
+            "ancestor_images",
+            float(measured_estimate),
+            f"measured on {n} probe images of its ancestor {wnid} (its images are among them)",
+            model,
+            n,
         )
     route = ROUTE_OF_COVERAGE.get(coverage)
     if route is None:  # exact/descendants heads but no probe images of its own: a label prior

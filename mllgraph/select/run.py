@@ -93,7 +93,12 @@ from mllgraph.select.candidates import (
     nearby_candidates,
 )
 from mllgraph.select.cost_front import FrontPoint, front_document, solve_front
-from mllgraph.select.estimates import domain_gate, estimate_plan, own_probe_images
+from mllgraph.select.estimates import (
+    ancestor_probe_images,
+    domain_gate,
+    estimate_plan,
+    own_probe_images,
+)
 from mllgraph.select.patch import conse_patch
 from mllgraph.select.probe_data import (
     CACHE,
@@ -357,8 +362,10 @@ def select(
         for (ci, mid), why in sorted(set_aside.items())
     ]
     # Each class's estimate from the evidence of its kind (select/estimates, select/evidence).
-    own = own_probe_images(class_probes(probe_rows, outputs, len(classes)), probe_rows)
-    estimate_plan(reads, settings, cache, body, candidates, own)
+    class_sets = class_probes(probe_rows, outputs, len(classes))
+    own = own_probe_images(class_sets, probe_rows)
+    parents = ancestor_probe_images(class_sets, probe_rows)
+    estimate_plan(reads, settings, cache, body, candidates, own, parents)
     t = time.perf_counter()
     none, body["none_of_these"] = none_calibration.calibrate(
         reads, settings, body, wnids, probe_rows, outputs, cache
