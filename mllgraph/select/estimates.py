@@ -58,15 +58,17 @@ GATE_IMAGES_PER_SET = 32
 
 Routes = dict[tuple[str, str], Calibration | None]
 _CAL: OrderedDict[tuple[str, int], tuple[Any, dict[str, Calibration | None]]] = OrderedDict()
-_CAL_SIZE = 4096
+_CAL_SIZE = 1024  # models; each entry holds its (memory-mapped) probe outputs open
 _THUMBS: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 _THUMBS_SIZE = 4096
 _LOCK = threading.Lock()
 
 
 def _model_calibrations(
-    reads: Reads, outputs: Any, sets: list[dict[str, Any]], own: Mapping[str, list[int]]
+    outputs: Any, sets: list[dict[str, Any]], own: Mapping[str, list[int]]
 ) -> dict[str, Calibration | None]:
+    """One model's route calibrations from its stored probe logits (the first ROWS_PER_SET
+    images of each probe set it was labelled on)."""
     layout = outputs.sets
     used = [s for s in sets if layout.get(s["set_id"], (0, 0))[1] > 0]
     if not used:
@@ -111,7 +113,7 @@ def calibrations(
         if hit is not None and hit[0] is outputs.data:
             found = hit[1]
         else:
-            found = _model_calibrations(reads, outputs, sets, own.get(mid) or {})
+            found = _model_calibrations(outputs, sets, own.get(mid) or {})
             with _LOCK:
                 _CAL[key] = (outputs.data, found)  # holding data keeps the check sound
                 while len(_CAL) > _CAL_SIZE:
