@@ -56,12 +56,17 @@ def test_ancestor_route_never_credits_a_head_that_only_its_own_images_taught() -
     assert ancestor_route(np.zeros((0, 3), np.float32), CONCEPTS, OWN) is None
 
 
-def test_declared_route_is_the_share_its_declared_heads_win() -> None:
-    """Sandal's declared head wins 2 of 4; sneaker's 4 of 4; shirt has no declared head."""
+def test_declared_route_is_the_share_its_declared_heads_win_among_the_rivals() -> None:
+    """Scored as a task would: sandal's images among the Sandal and Sneaker heads (shirt
+    declares none, so its head is no rival): 2 of 4 go to Sandal (one image's overall winner,
+    Shirt, is not in the task; its runner-up Sneaker is); sneaker's 4 of 4 to Sneaker."""
     winners = [0, 0, 1, 2, 1, 1, 1, 1, 2, 2, 0, 0]
-    cal = declared_route(_logits(winners, 3), CONCEPTS, {"sandal": [0], "sneaker": [1, 0]})
+    runner_up = [1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 2, 2]
+    own = {"sandal": [0], "sneaker": [1]}
+    cal = declared_route(_logits(winners, 3, runner_up), CONCEPTS, own)
     assert cal == Calibration(accuracy=0.75, concepts=2, images=8)
     assert declared_route(_logits(winners, 3), CONCEPTS, {}) is None
+    assert declared_route(_logits(winners, 3), CONCEPTS, {"sandal": [0]}) is None  # no rival
 
 
 def test_pooled_weighs_models_by_their_concepts() -> None:

@@ -93,6 +93,17 @@ def _winners_without(
     return out, keep
 
 
+def _nested(c: ProbedConcept, d: ProbedConcept) -> bool:
+    return c.wnid == d.wnid or c.wnid in d.ancestors or d.wnid in c.ancestors
+
+
+def _task_winners(logits: np.ndarray, rows: np.ndarray, heads: set[int]) -> np.ndarray:
+    """The winning head of each of `rows` among `heads` only: a task's rule compares the
+    task's classes' heads, not every head of the model."""
+    cols = np.asarray(sorted(heads), dtype=np.int64)
+    return cols[logits[np.ix_(rows, cols)].argmax(axis=1)]
+
+
 def ancestor_route(
     logits: np.ndarray,
     concepts: Sequence[ProbedConcept],
@@ -107,8 +118,11 @@ def ancestor_route(
     smallest image set above C that is larger than C's, and not every image) gets the head
     labelling would put on A from those other images alone: the best F1 of "wins the image"
     against "is under A", as `label.measure` scores labels (at least `min_score`). C's
-    result is the share of its images that head wins among the model's remaining heads.
-    Concepts without such an ancestor or head are not counted. None: no concept counted."""
+    images are then scored as a task would score them: that head for C against the own
+    heads of the probed concepts not under A (a task's other classes: a class under A would
+    block the ancestor route), and C's result is the share of its images that head wins.
+    Concepts without such an ancestor, head or rival concept are not counted. None: no
+    concept counted."""
     n_images, n_heads = logits.shape
     if n_images == 0 or n_heads == 0:
         return None
@@ -126,7 +140,8 @@ def ancestor_route(
         if mine.size == 0 or not fits:
             continue
         nearest = min(fits, key=lambda a: (sizes[a], a))
-        winners, keep = _winners_without(logits, all_winners, own_heads.get(c.wnid, ()))
+        own = set(own_heads.get(c.wnid, ()))
+        winners, keep = _winners_without(logits, all_winners, sorted(own))
         if not keep.any():
             continue
         rest = np.ones(n_images, dtype=bool)
@@ -138,24 +153,43 @@ def ancestor_route(
         head = int(np.argmax(f1))
         if f1[head] < min_score:
             continue
-        results.append((float(np.mean(winners[mine] == head)), int(mine.size)))
+        rivals = (
+            {
+                h
+                for d in concepts
+                if not _nested(c, d) and nearest not in d.ancestors and d.wnid != nearest
+                for h in own_heads.get(d.wnid, ())
+            }
+            - own
+            - {head}
+        )
+        if not rivals:
+            continue
+        got = _task_winners(logits, mine, rivals | {head})
+        results.append((float(np.mean(got == head)), int(mine.size)))
     return _mean(results)
 
 
 def declared_route(
     logits: np.ndarray, concepts: Sequence[ProbedConcept], own_heads: Mapping[str, Sequence[int]]
 ) -> Calibration | None:
-    """How one model's declared heads fare where the hub measured them: for each probed
-    concept C with heads declaring C or a concept under it (`own_heads[C]`), the share of C's
-    images one of those heads wins (argmax over all heads, as labelling's winner). None: no
-    probed concept has such heads."""
+    """How one model's declared heads fare where the hub measured them, scored as a task
+    would score them: for each probed concept C with heads declaring C or a concept under it
+    (`own_heads[C]`), its images among the declared heads of every other probed concept
+    that has some (neither above nor below C): the share of C's images one of C's heads
+    wins. None: no probed concept has such heads and a rival."""
     results: list[tuple[float, int]] = []
-    winners = logits.argmax(axis=1) if logits.size else np.zeros(0, dtype=np.int64)
     for c in concepts:
-        heads = list(own_heads.get(c.wnid, ()))
+        heads = set(own_heads.get(c.wnid, ()))
         if c.rows.size == 0 or not heads:
             continue
-        results.append((float(np.isin(winners[c.rows], heads).mean()), int(c.rows.size)))
+        rivals = {
+            h for d in concepts if not _nested(c, d) for h in own_heads.get(d.wnid, ())
+        } - heads
+        if not rivals:
+            continue
+        got = _task_winners(logits, c.rows, heads | rivals)
+        results.append((float(np.isin(got, sorted(heads)).mean()), int(c.rows.size)))
     return _mean(results)
 
 
