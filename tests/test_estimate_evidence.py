@@ -40,9 +40,9 @@ OWN = {"sandal": [0], "sneaker": [1], "shirt": [2]}
 
 def test_ancestor_route_leaves_the_concept_and_its_heads_out() -> None:
     """Sandal left out: its nearest ancestor with other images is shoe (sneaker's images),
-    whose head is Sneaker; without the Sandal head, 3 of 4 sandal images go to Sneaker and
-    1 to Shirt. Sneaker left out: symmetric, all 4 go to Sandal. Shirt has no ancestor
-    with other images short of every image (artifact): not counted."""
+    whose head is Sneaker; scored against the rival Shirt head (shirt is not under shoe),
+    3 of 4 sandal images go to Sneaker. Sneaker left out: symmetric, all 4 go to Sandal.
+    Shirt has no ancestor with other images short of every image (artifact): not counted."""
     winners = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
     runner_up = [1, 1, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0]
     cal = ancestor_route(_logits(winners, 3, runner_up), CONCEPTS, OWN)
