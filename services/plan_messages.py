@@ -277,7 +277,16 @@ def explain(plan: dict[str, Any], concepts: Concepts, current_catalogue: int | N
                 "and their quality is a prior (the model's stated top-1 accuracy or the "
                 "default), not measured on probe images."
             )
-        if c.get("estimated_accuracy") is not None and not c.get("measured", True):
+        evidence = c.get("estimate_evidence")
+        if isinstance(evidence, dict) and c.get("estimated_accuracy") is not None:
+            # What the estimate rests on (select/evidence): its own probe images, a route
+            # calibration measured on the hub's probed concepts, or chance.
+            reasons.append(
+                f"Estimated accuracy {c['estimated_accuracy']:.3f}: {evidence.get('text')}."
+            )
+            if c.get("domain_set_aside"):
+                reasons.append(f"Not covering: {c['domain_set_aside']}.")
+        elif c.get("estimated_accuracy") is not None and not c.get("measured", True):
             reasons.append(
                 f"No probe images for this concept: its estimate {c['estimated_accuracy']:.3f} "
                 "is the prior of its heads, not a measurement."
@@ -350,8 +359,9 @@ def explain(plan: dict[str, Any], concepts: Concepts, current_catalogue: int | N
     share = plan.get("measured_fraction")
     if share is not None and share < 1.0 and plan_acc is not None:
         notes.append(
-            f"{share:.0%} of the estimated accuracy is measured on probe images; the rest "
-            "is the prior of classes without probe images (e.g. declared, unmeasured)."
+            f"{share:.0%} of the estimated accuracy is measured on the classes' own probe "
+            "images; the rest comes from the classes without any (route calibrations "
+            "measured on the hub's probed concepts, or chance: each class's reasons say which)."
         )
     if over_budget_classes:
         notes.append(

@@ -85,11 +85,16 @@ def test_declared_heads_cover_a_task_no_measured_label_covers(
         assert [(h["model_id"], _wnid_of_head(lite, h["head_index"])) for h in c["heads"]] == [
             (lite, wnid)
         ]
-        assert c["estimated_accuracy"] == pytest.approx(0.751)  # the prior, not a measure
-    # Nothing was measured: the whole estimate is prior.
+        # The hub never measured this model's declared heads (it is not labelled here), and
+        # no other model's stand in: chance, not its stated top-1 accuracy (select/evidence).
+        assert c["simulated_accuracy"] == pytest.approx(0.751)  # CHCO's prior credit
+        assert c["estimated_accuracy"] == pytest.approx(1 / len(TASK))
+        assert c["estimate_evidence"]["kind"] == "declared"
+        assert "nothing measured" in c["estimate_evidence"]["text"]
+    # Nothing was measured.
     assert plan["measured_fraction"] == 0.0
     covered = [c for c in plan["classes"] if c["coverage"] != "uncovered"]
-    assert plan["estimated_accuracy"] == pytest.approx(0.751)
+    assert plan["estimated_accuracy"] == pytest.approx(1 / len(TASK))
     assert len(covered) + len(plan["uncovered"]) == len(TASK)
     # motorcycle.n.01: ImageNet has no motorcycle head, but moped lies under it.
     moto = by_name["motorcycle"]
@@ -143,10 +148,10 @@ def test_the_service_and_the_cli_say_declared_unmeasured(
         "MATCH (p:Plan {id: $id}) DETACH DELETE p", id=plan.plan_id, database_=sdag_graph.database
     )
     assert [c.coverage for c in plan.classes] == [selection_pb2.COVERAGE_DECLARED] * 2
-    assert plan.measured_fraction == 0.0 and plan.estimated_accuracy == pytest.approx(0.751)
+    assert plan.measured_fraction == 0.0 and plan.estimated_accuracy == pytest.approx(0.5)
     for c in why.classes:
         assert any("Declared, unmeasured" in r for r in c.reasons), c.reasons
-        assert any("not a measurement" in r for r in c.reasons), c.reasons
+        assert any("nothing measured of this kind" in r for r in c.reasons), c.reasons
     assert any("0% of the estimated accuracy is measured" in n for n in why.notes), why.notes
     width = console.width
     console.width = 250  # one table row per class, whatever the terminal

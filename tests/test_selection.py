@@ -723,3 +723,84 @@ def test_the_next_select_sees_a_registration_labelling_and_deletion(
     assert [c["coverage"] for c in deleted.plan["classes"]] == [
         c["coverage"] for c in before.plan["classes"]
     ]
+
+
+# --- what each estimate rests on (select/evidence, select/estimates) ----------------------------
+
+
+def test_a_class_without_probes_is_estimated_by_its_route_calibration_not_its_proxy(
+    hub: Hub,
+) -> None:
+    """handbag is covered only through a neighbour (the tote bag's heads, simulated on the
+    tote probes). Its estimate is the ancestor-route calibration measured leave-one-concept-
+    out on the hub's probed concepts, whatever the proxy images scored."""
+    from mllgraph.select import estimates
+    from mllgraph.select.probe_data import CACHE
+    from mllgraph.select.reads import Reads
+
+    handbag = "n02774152"
+    classes = [
+        plan_request.TaskClass("handbag", pinned_wnid=handbag),
+        plan_request.TaskClass("clog", pinned_wnid=CLOG),
+        plan_request.TaskClass("kilt", pinned_wnid=KILT),
+    ]
+    options = plan_request.SelectOptions(fit_params=False)
+    ctx = select.select(hub.graph, hub.settings, classes, options, hub.resolver, store=False)
+    bag, clog = ctx.plan["classes"][0], ctx.plan["classes"][1]
+    assert bag["own_probe_images"] == 0 and not bag["measured"]
+    evidence = bag["estimate_evidence"]
+    assert evidence["kind"] == "ancestor" and "ancestor route" in evidence["text"]
+    model = bag["heads"][0]["model_id"]
+    reads = Reads(hub.graph, None, registry.catalogue_version(hub.graph))
+    routes, pool = estimates.calibrations(reads, hub.settings, CACHE, [model])
+    cal = routes[(model, "ancestor")] or pool["ancestor"]
+    expected = max(cal.accuracy, 1 / 3) if cal is not None else 1 / 3
+    assert bag["estimated_accuracy"] == pytest.approx(expected)
+    assert bag["simulated_accuracy"] is not None  # what the proxy images scored, kept aside
+    assert clog["estimate_evidence"]["kind"] == "measured"
+    assert clog["estimate_evidence"]["images"] == clog["own_probe_images"] == PROBES_PER_CONCEPT
+    assert 0.0 < ctx.plan["measured_fraction"] < 1.0
+
+
+def test_a_model_its_input_domain_sets_aside_does_not_cover(hub: Hub) -> None:
+    """Expert a (clog, moccasin) given an input domain of colour noise refuses the gray
+    pattern probe images of clog: in a sub-hub of experts a and b (b: tote bag, kilt), its
+    heads are then no candidate for clog and the plan says why; without the profile, expert
+    a covers clog."""
+    from mllgraph.hub import domains
+
+    mid = hub.models["a"]
+    classes = [
+        plan_request.TaskClass("clog", pinned_wnid=CLOG),
+        plan_request.TaskClass("tote bag", pinned_wnid=TOTE),
+    ]
+    options = plan_request.SelectOptions(fit_params=False, models=(mid, hub.models["b"]))
+    before = select.select(hub.graph, hub.settings, classes, options, hub.resolver, store=False)
+    assert before.plan["classes"][0]["coverage"] == "exact"
+    noise = np.random.default_rng(0).integers(0, 256, size=(80, 28, 28, 3), dtype=np.uint8)
+    domains.describe(hub.graph, hub.settings, mid, list(noise), "tests: colour noise")
+    try:
+        ctx = select.select(hub.graph, hub.settings, classes, options, hub.resolver, store=False)
+    finally:
+        domains.clear(hub.graph, hub.settings, mid)
+    clog, was = ctx.plan["classes"][0], before.plan["classes"][0]
+    assert mid in {h["model_id"] for h in was["heads"]}
+    assert mid not in {h["model_id"] for h in clog["heads"]}
+    assert not [c for c in ctx.candidates if c.class_index == 0 and c.group.model_id == mid]
+    aside = [a for a in ctx.plan["domain_set_aside"] if a["class"] == "clog"]
+    assert aside and aside[0]["model"] == mid and aside[0]["accepted"] < 0.5
+    assert "set aside by its input domain" in aside[0]["why"]
+    if clog["coverage"] == "uncovered":  # else expert b covers it (its background head)
+        assert "set aside by its input domain" in clog["domain_set_aside"]
+    assert clog["estimate_evidence"]["kind"] == "measured"  # on its own probe images
+
+
+def test_explain_says_what_each_estimate_rests_on(hub: Hub, stub: Any) -> None:
+    handbag = selection_pb2.TaskClass(name="handbag", pinned_wnid="n02774152")
+    options = selection_pb2.SelectOptions(allow_ancestor=True)  # proto bools default off
+    plan = _select(hub, stub, ["clog", "kilt", handbag], options=options)
+    ex = stub.ExplainSelection(selection_pb2.ExplainSelectionRequest(plan_id=plan.plan_id))
+    assert any(f"measured on {PROBES_PER_CONCEPT} probe images" in r for r in ex.classes[0].reasons)
+    # calibrated, or "nothing measured of this kind" where no probed concept has a rival
+    assert any(r.startswith("Estimated accuracy") and "ancestor route" in r
+               for r in ex.classes[2].reasons), list(ex.classes[2].reasons)  # fmt: skip

@@ -52,7 +52,7 @@ def _measured_note(plan: dict[str, Any]) -> str:
     share = plan.get("measured_fraction")
     if share is None or share >= 1.0 or plan.get("estimated_accuracy") is None:
         return ""
-    return f" ({share:.0%} measured, the rest declared priors)"
+    return f" ({share:.0%} measured on the classes' own probe images)"
 
 
 def cost_line(plan: dict[str, Any]) -> str:
@@ -85,6 +85,7 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
         "coverage",
         "heads (model:head label score)",
         "est. acc",
+        "estimate rests on",
     ):
         table.add_column(col, overflow="fold")
     for c in plan["classes"]:
@@ -105,6 +106,7 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
             "declared, unmeasured" if c["coverage"] == "declared" else c["coverage"],
             heads or "-",
             _fmt_acc(c.get("estimated_accuracy")),
+            (c.get("estimate_evidence") or {}).get("text", "-"),
         )
     console.print(table)
     stacked = plan.get("stacked") or {}

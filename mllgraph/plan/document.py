@@ -52,8 +52,9 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # 13: the stacked rule fitted in closed form (ridge with leave-one-out, combine/stacked), the
 # ConSE patch's mass rule, calibrated to take <= 2% of covered-class probe images, and a cost
 # budget, ms per image, with the cheapest plan within the accuracy slack served; 14: the
-# "none of these" calibration, combination["none"]).
-SELECTION_VERSION = 14
+# "none of these" calibration, combination["none"]; 15: estimates from evidence of each
+# class's kind, select/evidence, and the domain gate on candidates, select/estimates).
+SELECTION_VERSION = 15
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2

@@ -17,8 +17,10 @@ still need a round trip. Keys (all at one catalogue version, see `mllgraph.selec
 * the broadest labelled experts for the stacked rule's screen (`select/broad_models`): one
   entry per sub-hub;
 * each model's cost per image (`select/model_costs`): one entry per model.
-* the probe sets with their concepts' ancestors, for the "none of these" calibration
-  (`select/probe_set_concepts`): one entry.
+* the probe sets with their concepts' ancestors, for the "none of these" calibration and the
+  estimate calibrations (`select/probe_set_concepts`): one entry.
+* per model, its heads declaring probed concepts (`select/declared_heads`) and its input
+  domain record (`select/model_domains`): one entry each per model.
 
 With no cache (or a disabled one) every reader sends the same one query for the whole task
 that selection always sent.
@@ -135,6 +137,46 @@ class Reads:
             found = self.graph.read("select/probe_set_concepts", limit=limit)
             self._put(key, found)
         return list(found)
+
+    def _per_model(self, what: str, ids: Sequence[str], fetch: Any) -> dict[str, Any]:
+        """{model: its value}, one entry per model and version: cached ones as they are, the
+        others from one `fetch(ids)` call that returns {model: value} (absent: `None`)."""
+        out: dict[str, Any] = {}
+        todo = []
+        for m in sorted(set(ids)):
+            found = self._get((what, m))
+            if found is MISSING:
+                todo.append(m)
+            else:
+                out[m] = found
+        if todo:
+            fetched = fetch(todo)
+            for m in todo:
+                out[m] = fetched.get(m)
+                self._put((what, m), out[m])
+        return out
+
+    def declared_heads(self, ids: Sequence[str]) -> dict[str, dict[str, list[int]]]:
+        """`select/declared_heads`: per model, {probed concept: the heads declaring it or a
+        concept under it} (the estimate calibrations' "own heads")."""
+
+        def fetch(todo: list[str]) -> dict[str, dict[str, list[int]]]:
+            found: dict[str, dict[str, list[int]]] = {m: {} for m in todo}
+            for r in self.graph.read("select/declared_heads", ids=todo):
+                for wnid in r["probed"]:
+                    found[r["model"]].setdefault(wnid, []).append(int(r["head"]))
+            return found
+
+        return self._per_model("declared_heads", ids, fetch)
+
+    def model_domains(self, ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """`select/model_domains`: per model, its domain record ({id, domain_sha256}), or
+        None for a model that states no input domain."""
+
+        def fetch(todo: list[str]) -> dict[str, dict[str, Any]]:
+            return {r["id"]: dict(r) for r in self.graph.read("select/model_domains", ids=todo)}
+
+        return self._per_model("model_domain", ids, fetch)
 
     # -- per concept ------------------------------------------------------------------------
 

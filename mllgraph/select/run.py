@@ -31,10 +31,15 @@
    expert and text similarities of its heads to the class names, calibrated so that it takes
    at most 2% of the covered classes' probe images (the plan's `patch.calibration` says how,
    on how many, and what it took); inference applies it when no VLM is configured.
-5. The "none of these" calibration (`select/none_calibration`): the plan's score that an image
+5. Each class's estimate rests on evidence of its kind (`select/estimates`,
+   `select/evidence`): its own probe images, else a route calibration measured on the hub's
+   probed concepts (ancestor route, declared heads), else chance; what CHCO simulated stays
+   as `simulated_accuracy`. Before CHCO, a model whose input domain refuses a class's probe
+   images is taken out of that class's candidates (`estimates.domain_gate`).
+6. The "none of these" calibration (`select/none_calibration`): the plan's score that an image
    fits none of its classes, fitted on the task's probe images against probe images of
    concepts outside the task, with its default threshold.
-6. Store the plan in Neo4j under an id derived from the request and the catalogue version,
+7. Store the plan in Neo4j under an id derived from the request and the catalogue version,
    so the same inputs always give the same plan.
 
 Steps 1-2 read the graph through `mllgraph.select.reads`, which keeps what it read per
@@ -88,6 +93,12 @@ from mllgraph.select.candidates import (
     nearby_candidates,
 )
 from mllgraph.select.cost_front import FrontPoint, front_document, solve_front
+from mllgraph.select.estimates import (
+    ancestor_probe_images,
+    domain_gate,
+    estimate_plan,
+    own_probe_images,
+)
 from mllgraph.select.patch import conse_patch
 from mllgraph.select.probe_data import (
     CACHE,
@@ -254,6 +265,8 @@ def select(
 
     info: CandidateInfo = {}
     candidates = candidates_of_rows(rows, logits, declared_only, info)
+    # A model whose input domain refuses a class's probe images does not cover that class.
+    candidates, set_aside = domain_gate(reads, settings, candidates, probe_rows)
 
     own_of: dict[tuple[str, ...], list[chco.Candidate]] = {}
 
@@ -266,7 +279,8 @@ def select(
         key = tuple(sorted(picked))
         if key not in own_of:
             own = reads.candidates(wnids, replace(options, models=key))
-            own_of[key] = candidates_of_rows(own, logits, declared_only, info)
+            mine = candidates_of_rows(own, logits, declared_only, info)
+            own_of[key] = domain_gate(reads, settings, mine, probe_rows)[0]
         return own_of[key]
 
     t = time.perf_counter()
@@ -340,6 +354,18 @@ def select(
                 "calibration": patch.calibration.to_dict(),
                 "classes": [classes[c].name for c in plan.uncovered],
             }
+    for (ci, _mid), why in sorted(set_aside.items()):
+        if body["classes"][ci]["coverage"] == "uncovered":
+            body["classes"][ci]["domain_set_aside"] = why["why"]
+    body["domain_set_aside"] = [
+        {"class": classes[ci].name, "model": mid, **{k: v for k, v in why.items() if k != "covers"}}
+        for (ci, mid), why in sorted(set_aside.items())
+    ]
+    # Each class's estimate from the evidence of its kind (select/estimates, select/evidence).
+    class_sets = class_probes(probe_rows, outputs, len(classes))
+    own = own_probe_images(class_sets, probe_rows)
+    parents = ancestor_probe_images(class_sets, probe_rows)
+    estimate_plan(reads, settings, cache, body, candidates, own, parents)
     t = time.perf_counter()
     none, body["none_of_these"] = none_calibration.calibrate(
         reads, settings, body, wnids, probe_rows, outputs, cache

@@ -29,6 +29,7 @@ BENCHES = {
     "patch": ("patch", "bench_patch"),
     "grounding": ("grounding", "bench_grounding"),
     "cost": ("cost", "bench_cost"),
+    "estimates": ("estimates", "bench_estimates"),
 }
 
 
