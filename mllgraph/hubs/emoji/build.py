@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mllgraph.combine.domain import DomainProfile
+from mllgraph.combine.domain import MIN_IMAGES, DomainProfile
 from mllgraph.graph.db import Graph
 from mllgraph.hub import domains, registry
 from mllgraph.hub.preprocess import InputSpec
@@ -95,7 +95,10 @@ def build_experts(
         report.groups.setdefault(spec.group.name, []).append(mid)
         report.heldout_accuracy[mid] = meta["heldout_accuracy"]
         if domain and not r.record.get("domain_sha256"):
-            thumbs = np.load(path.with_suffix(".domain.npy"))
+            thumbs = np.load(emoji_experts.sibling(path, ".domain.npy"))
+            if len(thumbs) < MIN_IMAGES:  # too few to describe a domain: trusted everywhere
+                log(f"  {mid}: no domain profile ({len(thumbs)} training images < {MIN_IMAGES})")
+                continue
             source = (
                 f"emoji {spec.group.name} in {', '.join(meta['train_styles'])} (augmented), "
                 f"{len(thumbs)} training images"
@@ -131,7 +134,7 @@ def register_trained(
             name=meta["name"],
             version=meta["version"],
             arch=meta["arch"],
-            weights_path=json_path.with_suffix(".safetensors"),
+            weights_path=emoji_experts.sibling(json_path, ".safetensors"),
             wnids=list(meta["wnids"]),
             input_spec=InputSpec.from_dict(meta["input_spec"]),
             metadata={

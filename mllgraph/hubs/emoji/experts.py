@@ -257,8 +257,14 @@ def cache_key(spec: ExpertSpec) -> str:
 
 def expert_paths(out_dir: Path, spec: ExpertSpec) -> tuple[Path, Path]:
     """(<json>, <weights>) of a trained expert in the cache folder."""
-    stem = Path(out_dir) / f"{spec.name}-{cache_key(spec)}"
-    return stem.with_suffix(".json"), stem.with_suffix(".safetensors")
+    stem = f"{spec.name}-{cache_key(spec)}"
+    return Path(out_dir) / f"{stem}.json", Path(out_dir) / f"{stem}.safetensors"
+
+
+def sibling(json_path: Path, suffix: str) -> Path:
+    """A file beside an expert's JSON (`.safetensors`, `.domain.npy`). Not `with_suffix`:
+    names like `emoji-mammals.1-...` hold a dot of their own."""
+    return json_path.with_name(json_path.name.removesuffix(".json") + suffix)
 
 
 # -- training data ----------------------------------------------------------------------------
@@ -477,7 +483,7 @@ def _train_group(
         train_s = time.perf_counter() - t
         acc = accuracy(model, unseen, recipe)
         save_weights(model, weights_path)
-        np.save(json_path.with_suffix(".domain.npy"), domain_thumbs.astype(np.float32))
+        np.save(sibling(json_path, ".domain.npy"), domain_thumbs.astype(np.float32))
         meta = {
             "name": spec.name,
             "version": spec.version,
