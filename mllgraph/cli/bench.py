@@ -292,7 +292,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--expert-groups", help="comma-separated concept groups (default: all)")
     g.add_argument(
-        "--expert-archs", default="test_resnet,test_efficientnet", help="comma-separated archs"
+        "--expert-archs", default="test_resnet,test_mambaout", help="comma-separated archs"
     )
     g.add_argument("--expert-epochs", type=int, default=12)
     g.add_argument("--expert-per-emoji", type=int, default=16, help="training images per emoji")

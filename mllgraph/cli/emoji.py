@@ -227,7 +227,7 @@ def register(hub_actions: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--groups", help="comma-separated concept groups (default: every group)")
     q.add_argument(
-        "--archs", default="test_resnet,test_efficientnet", help="comma-separated timm archs"
+        "--archs", default="test_resnet,test_mambaout", help="comma-separated timm archs"
     )
     q.add_argument("--held-out", help="a style to check the training styles against")
     q.add_argument("--concepts", help="concepts file (default: the package's concepts.tsv)")
