@@ -202,6 +202,33 @@ def check_experts(
         )
 
 
+def groundable(
+    settings: Settings, suite: EmojiSuite, log: Log
+) -> tuple[EmojiSuite, dict[str, str]]:
+    """The suite without the tasks holding a class name the resolver cannot ground (selection
+    would refuse the whole task), and those tasks with the reason. Reported, never hidden:
+    such a task is a grounding failure of MLL, not a task it was scored on."""
+    from mllgraph.errors import MllgraphError
+    from mllgraph.ground.resolve import default_resolver
+
+    resolver = default_resolver(settings)
+    failed: dict[str, str] = {}
+    for name in sorted({c.name for t in suite.tasks for c in t.classes}):
+        try:
+            resolver.resolve_name(name, allow_approximate=True)
+        except MllgraphError as e:
+            failed[name] = str(e)
+    not_scored = {
+        t.name: "; ".join(failed[c.name] for c in t.classes if c.name in failed)
+        for t in suite.tasks
+        if any(c.name in failed for c in t.classes)
+    }
+    for task, why in not_scored.items():
+        log(f"task {task} not scored: {why}")
+    kept = tuple(t for t in suite.tasks if t.name not in not_scored)
+    return EmojiSuite(suite.name, kept, suite.unprobed, suite.groups), not_scored
+
+
 def run(
     graph: Graph,
     settings: Settings,
@@ -215,6 +242,7 @@ def run(
 
     t_all = time.perf_counter()
     suite = suite.limited(config.tasks_per_half)
+    suite, not_scored = groundable(settings, suite, log)
     cat = emoji_catalogue.load(settings.emoji_cache)
     wanted = suite.concepts()
     rows = [r for r in emoji_split.read_concepts(CONCEPTS_FILE) if r.wnid in wanted]
@@ -245,6 +273,7 @@ def run(
             "unprobed_concepts": len(wanted & suite.unprobed),
             "emoji": len(rows),
             "styles": list(emoji_catalogue.STYLES),
+            "tasks_not_scored": not_scored,
         },
     )
     pooled: list[ev.TaskResult] = []
