@@ -49,6 +49,15 @@ SUITE = {
                 {"name": "horse", "wnid": HORSE},
             ],
         },
+        {  # a CLDR name the resolver cannot ground: listed as not scored, not run
+            "name": "medals",
+            "split": "test",
+            "classes": [
+                {"name": "3rd place medal", "wnid": "n02906254"},
+                {"name": "banana", "wnid": BANANA},
+                {"name": "horse", "wnid": HORSE},
+            ],
+        },
     ],
 }
 TINY = ex.Recipe(epochs=1, per_emoji=2, eval_per_emoji=1, size=32, batch_size=8)
@@ -290,6 +299,8 @@ def test_emoji_run_with_experts(hub: Any, tmp_path: Path) -> None:
         assert len(steps) == 4 and run.curve[-1]["models"] == 1 + len(added)
         assert set(report.hub_comparison) >= {"all"}
         assert report.hub_comparison["all"]["tasks"] == 2
+        assert list(report.counts["tasks_not_scored"]) == ["medals"]
+        assert "3rd place medal" in report.counts["tasks_not_scored"]["medals"]
         # The full hub's plans may use the emoji experts; the base run's may not.
         base_models = {m for r in report.imagenet_only_results for m in r["models"]}
         assert base_models <= {base}
