@@ -74,6 +74,7 @@ def cmd_zeroshot_emoji(args: argparse.Namespace, settings: Settings) -> int:
     from mllgraph.graph import db, sdag
     from mllgraph.graph.wordnet import load_nouns
     from mllgraph.hubs.emoji.catalogue import STYLES, check_style
+    from mllgraph.hubs.emoji.experts import Recipe
 
     suite = emoji_suite.load_suite(args.tasks)  # refuses an invalid file before any work
     held_out = (
@@ -89,6 +90,12 @@ def cmd_zeroshot_emoji(args: argparse.Namespace, settings: Settings) -> int:
         hindsight=not args.no_references,
         out_dir=Path(args.out),
         name=args.name if args.name != "zeroshot" else "zeroshot_emoji",
+        emoji_experts=args.emoji_experts,
+        expert_groups=tuple(args.expert_groups.split(",")) if args.expert_groups else None,
+        expert_archs=tuple(a.strip() for a in args.expert_archs.split(",")),
+        expert_recipe=Recipe(epochs=args.expert_epochs, per_emoji=args.expert_per_emoji),
+        train_styles=tuple(args.train_styles.split(",")) if args.train_styles else None,
+        curve=not args.no_curve,
     )
     with db.connect(settings) as graph:
         sdag.load(graph, load_nouns(settings.wordnet_dir))
@@ -99,7 +106,13 @@ def cmd_zeroshot_emoji(args: argparse.Namespace, settings: Settings) -> int:
         f"{report.counts['suite_tasks']} tasks x {len(report.runs)} held-out styles: mean accuracy"
     )
     console.print(rows_table(emoji_world.halves_rows(report), title))
+    for half, c in report.hub_comparison.items():
+        console.print(
+            f"MLL {half} ({c['tasks']} tasks): ImageNet experts only {c['imagenet_only']:.3f}, "
+            f"with emoji experts {c['with_emoji_experts']:.3f} ({c['difference']:+.3f})"
+        )
     console.print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
 
 
 def cmd_none(args: argparse.Namespace, settings: Settings) -> int:
@@ -261,4 +274,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--tasks-per-half", type=int, default=None, help="first N tasks of each half (all)"
     )
+    g.add_argument(
+        "--emoji-experts",
+        action="store_true",
+        help="train (cached) and add emoji experts per held-out style: experts, probes and "
+        "tasks then come from three different styles",
+    )
+    g.add_argument("--expert-groups", help="comma-separated concept groups (default: all)")
+    g.add_argument(
+        "--expert-archs", default="test_resnet,test_mambaout", help="comma-separated archs"
+    )
+    g.add_argument("--expert-epochs", type=int, default=12)
+    g.add_argument("--expert-per-emoji", type=int, default=16, help="training images per emoji")
+    g.add_argument(
+        "--train-styles",
+        help="the experts' training styles for every held-out style (default: a rotation; "
+        "the probes come from the styles left)",
+    )
+    g.add_argument("--no-curve", action="store_true", help="skip the group-by-group hub curve")
     p.set_defaults(handler=cmd_bench)

@@ -7,6 +7,9 @@
 - `probes`: augmented probe folders for a concepts file and a held-out style, in the layout
   `mllgraph probes add --folder` reads (one folder per probe style).
 - `tasks`: the held-out style's task images, `<out>/<wnid>/<hexcode>-<i>.png`.
+- `experts`: small emoji experts, one per concept group and arch, trained on the given styles
+  only (cached), registered with heads declared by wnid, a domain profile, and labelled on
+  the hub's probe sets (`mllgraph.hubs.emoji.build`).
 
 Imports the library inside the handlers only (the CLI must start fast).
 """
@@ -151,6 +154,44 @@ def cmd_tasks(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_experts(args: argparse.Namespace, settings: Settings) -> int:
+    from mllgraph.graph import db, sdag
+    from mllgraph.graph.wordnet import load_nouns
+    from mllgraph.hubs.emoji import build, experts
+
+    recipe = experts.Recipe(epochs=args.epochs, per_emoji=args.per_emoji, size=args.size)
+    # Every bad input (group, arch, style, recipe) is refused here, before any work.
+    specs, skipped = build.plan(
+        train_styles=args.train_styles.split(","),
+        groups=args.groups.split(",") if args.groups else None,
+        archs=tuple(a.strip() for a in args.archs.split(",")),
+        seed=args.seed,
+        recipe=recipe,
+        held_out=args.held_out,
+        concepts=Path(args.concepts) if args.concepts else experts.CONCEPTS_FILE,
+    )
+    console.print(
+        f"{len(specs)} emoji experts ({len({s.group.name for s in specs})} groups x "
+        f"{len({s.arch for s in specs})} archs) on {', '.join(specs[0].train_styles)}"
+        + (f"; groups skipped: {skipped}" if skipped else "")
+    )
+    with db.connect(settings) as graph:
+        sdag.load(graph, load_nouns(settings.wordnet_dir))
+        report = build.build_experts(
+            graph,
+            settings,
+            specs,
+            held_out=args.held_out,
+            label=not args.no_label,
+            samples_per_concept=args.samples_per_concept,
+            log=console.print,
+        )
+    for mid in report.models:
+        console.print(f"{mid}: accuracy on unseen augmentations {report.heldout_accuracy[mid]:.3f}")
+    console.print(f"labelled {len(report.labelled)} models")
+    return 0
+
+
 def register(hub_actions: argparse._SubParsersAction) -> None:
     """`emoji` under `mllgraph hub`."""
     p = hub_actions.add_parser("emoji", help="the emoji world's images (fetch, stats, probes)")
@@ -177,3 +218,23 @@ def register(hub_actions: argparse._SubParsersAction) -> None:
         else:
             q.add_argument("--per-emoji", type=int, default=5)
         q.set_defaults(handler=handler)
+    q = s.add_parser(
+        "experts",
+        help="train (cached), register and label emoji experts, one per concept group and arch",
+    )
+    q.add_argument(
+        "--train-styles", required=True, help="comma-separated training styles, e.g. A,B"
+    )
+    q.add_argument("--groups", help="comma-separated concept groups (default: every group)")
+    q.add_argument(
+        "--archs", default="test_resnet,test_mambaout", help="comma-separated timm archs"
+    )
+    q.add_argument("--held-out", help="a style to check the training styles against")
+    q.add_argument("--concepts", help="concepts file (default: the package's concepts.tsv)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--epochs", type=int, default=12)
+    q.add_argument("--per-emoji", type=int, default=16, help="images per emoji and style")
+    q.add_argument("--size", type=int, default=64, help="the experts' input side (px)")
+    q.add_argument("--no-label", action="store_true", help="register without labelling")
+    q.add_argument("--samples-per-concept", type=int, default=200)
+    q.set_defaults(handler=cmd_experts)

@@ -30,15 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from mllgraph.errors import FailedPrecondition
-from mllgraph.eval import evalset, references, summary
+from mllgraph.errors import FailedPrecondition, InvalidArgument
+from mllgraph.eval import evalset, summary
 from mllgraph.eval import evaluate as ev
+from mllgraph.eval import references as references_mod
 from mllgraph.eval.emoji_suite import EmojiSuite, EmojiTask
 from mllgraph.eval.tasks import SPLITS
 from mllgraph.graph.db import Graph
 from mllgraph.hub import probe_folder, probes, registry
 from mllgraph.hubs.emoji import augment as emoji_augment
+from mllgraph.hubs.emoji import build as emoji_build
 from mllgraph.hubs.emoji import catalogue as emoji_catalogue
+from mllgraph.hubs.emoji import experts as emoji_experts_mod
 from mllgraph.hubs.emoji import split as emoji_split
 from mllgraph.settings import Settings
 
@@ -59,6 +62,14 @@ class EmojiConfig:
     seed: int = 0
     hindsight: bool = True
     models: tuple[str, ...] = ()  # empty: the ImageNet experts (registry.BUILTINS)
+    # Emoji experts (hubs.emoji.experts): trained per held-out style S on training styles
+    # that hold neither S nor a probe style (`style_plan`, or `train_styles` for every S).
+    emoji_experts: bool = False
+    expert_groups: tuple[str, ...] | None = None  # None: every planned group
+    expert_archs: tuple[str, ...] = emoji_experts_mod.DEFAULT_ARCHS
+    expert_recipe: emoji_experts_mod.Recipe = emoji_experts_mod.Recipe()
+    train_styles: tuple[str, ...] | None = None  # None: the rotation of `style_plan`
+    curve: bool = True  # MLL as the emoji experts join group by group (no relabelling)
     work_dir: Path | None = None  # probe folders (default: under the home)
     out_dir: Path = Path("reports")
     name: str = "zeroshot_emoji"
@@ -90,6 +101,9 @@ class StyleRun:
     selection_ms_mean: float
     results: list[dict[str, Any]] = field(default_factory=list)
     halves: dict[str, Any] = field(default_factory=dict)
+    train_styles: list[str] = field(default_factory=list)  # the emoji experts' (none: off)
+    experts: dict[str, Any] = field(default_factory=dict)  # per emoji expert, see expert_summary
+    curve: list[dict[str, Any]] = field(default_factory=list)  # MLL by hub (curve_point)
 
 
 @dataclass
@@ -99,6 +113,11 @@ class EmojiReport:
     runs: list[StyleRun] = field(default_factory=list)
     overall: dict[str, Any] = field(default_factory=dict)  # every style's tasks pooled
     targets: dict[str, Any] = field(default_factory=dict)
+    # Every method with the ImageNet experts only (the emoji run's first hub), pooled; and
+    # MLL with vs without the emoji experts, paired by task (see compare_hubs).
+    imagenet_only: dict[str, Any] = field(default_factory=dict)
+    hub_comparison: dict[str, Any] = field(default_factory=dict)
+    imagenet_only_results: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -150,6 +169,66 @@ def check_no_leak(
         )
 
 
+def styles_for(config: EmojiConfig, held_out: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(training styles of the emoji experts, probe styles) for one held-out style. Without
+    emoji experts: no training styles, probes from every other style."""
+    if not config.emoji_experts:
+        return (), emoji_split.split(held_out).probe_styles
+    if config.train_styles is None:
+        return emoji_experts_mod.style_plan(held_out)
+    train = emoji_experts_mod.check_train_styles(config.train_styles, held_out)
+    probe = tuple(s for s in emoji_catalogue.STYLES if s not in (held_out, *train))
+    if not probe:
+        raise InvalidArgument(
+            f"training styles {', '.join(train)} with held-out {held_out}: no style left for probes"
+        )
+    return train, probe
+
+
+def check_experts(
+    graph: Graph, models: list[str], held_out: str, probe_styles: tuple[str, ...]
+) -> None:
+    """FailedPrecondition naming the emoji experts whose training styles hold the held-out
+    style or a probe style (a leak, or probes that measure an expert on its own data)."""
+    found = []
+    for mid in models:
+        seen = emoji_build.train_styles_of(registry.get_model(graph, mid))
+        bad = seen & {held_out, *probe_styles}
+        if bad:
+            found.append(f"{mid} trained on {', '.join(sorted(bad))}")
+    if found:
+        raise FailedPrecondition(
+            f"held-out style {held_out} (probes {', '.join(probe_styles)}): {'; '.join(found[:5])}"
+        )
+
+
+def groundable(
+    settings: Settings, suite: EmojiSuite, log: Log
+) -> tuple[EmojiSuite, dict[str, str]]:
+    """The suite without the tasks holding a class name the resolver cannot ground (selection
+    would refuse the whole task), and those tasks with the reason. Reported, never hidden:
+    such a task is a grounding failure of MLL, not a task it was scored on."""
+    from mllgraph.errors import MllgraphError
+    from mllgraph.ground.resolve import default_resolver
+
+    resolver = default_resolver(settings)
+    failed: dict[str, str] = {}
+    for name in sorted({c.name for t in suite.tasks for c in t.classes}):
+        try:
+            resolver.resolve_name(name, allow_approximate=True)
+        except MllgraphError as e:
+            failed[name] = str(e)
+    not_scored = {
+        t.name: "; ".join(failed[c.name] for c in t.classes if c.name in failed)
+        for t in suite.tasks
+        if any(c.name in failed for c in t.classes)
+    }
+    for task, why in not_scored.items():
+        log(f"task {task} not scored: {why}")
+    kept = tuple(t for t in suite.tasks if t.name not in not_scored)
+    return EmojiSuite(suite.name, kept, suite.unprobed, suite.groups), not_scored
+
+
 def run(
     graph: Graph,
     settings: Settings,
@@ -163,6 +242,7 @@ def run(
 
     t_all = time.perf_counter()
     suite = suite.limited(config.tasks_per_half)
+    suite, not_scored = groundable(settings, suite, log)
     cat = emoji_catalogue.load(settings.emoji_cache)
     wanted = suite.concepts()
     rows = [r for r in emoji_split.read_concepts(CONCEPTS_FILE) if r.wnid in wanted]
@@ -170,6 +250,20 @@ def run(
     models = config.models or tuple(registry.model_id(b, "1") for b in registry.BUILTINS)
     for m in models:
         registry.get_model(graph, m)  # NotFound before any work
+    # Every held-out style's styles and expert plan, checked before any work.
+    plans = {}
+    for held_out in config.held_out:
+        train_styles, probe_styles = styles_for(config, held_out)
+        specs: list[emoji_experts_mod.ExpertSpec] = []
+        skipped: dict[str, str] = {}
+        if config.emoji_experts:
+            # Unprobed concepts stay uncovered: the suite's "class nothing covers" tasks.
+            specs, skipped = emoji_build.plan(
+                train_styles=train_styles, groups=config.expert_groups,
+                archs=config.expert_archs, seed=config.seed, recipe=config.expert_recipe,
+                held_out=held_out, exclude=suite.unprobed,
+            )  # fmt: skip
+        plans[held_out] = (train_styles, probe_styles, specs, skipped)
     folder = config.work_dir or settings.home / "emoji_eval" / "probes"
     report = EmojiReport(
         config={**asdict(config), "commit": git_commit(), "models": list(models)},
@@ -179,12 +273,18 @@ def run(
             "unprobed_concepts": len(wanted & suite.unprobed),
             "emoji": len(rows),
             "styles": list(emoji_catalogue.STYLES),
+            "tasks_not_scored": not_scored,
         },
     )
     pooled: list[ev.TaskResult] = []
+    pooled_base: list[ev.TaskResult] = []
     for held_out in config.held_out:
-        style_split = emoji_split.split(held_out)
-        log(f"held-out style {held_out}: probes from {', '.join(style_split.probe_styles)}")
+        train_styles, probe_styles, specs, skipped = plans[held_out]
+        style_split = emoji_split.split(held_out, (held_out, *probe_styles))
+        log(
+            f"held-out style {held_out}: probes from {', '.join(style_split.probe_styles)}"
+            + (f"; emoji experts trained on {', '.join(train_styles)}" if train_styles else "")
+        )
         manifest = attach_probes(
             graph, settings, cat, probed_rows, style_split, folder,
             per_style=config.per_style, seed=config.seed, side=config.side,
@@ -193,9 +293,17 @@ def run(
             cat, rows, style_split, per_emoji=config.per_emoji, seed=config.seed, side=config.side
         )
         check_no_leak(graph, manifest, tasks, held_out)
+        experts = emoji_build.ExpertsReport()
+        if specs:
+            experts = emoji_build.build_experts(
+                graph, settings, specs, held_out=held_out, label=False, log=log
+            )
+            experts.skipped_groups = skipped
+            check_experts(graph, experts.models, held_out, style_split.probe_styles)
+        hub = (*models, *experts.models)
         label_s = {}
         options = LabelOptions(samples_per_concept=config.per_style * len(style_split.probe_styles))
-        for m in models:
+        for m in hub:
             result = labeller.label_model(graph, settings, m, options)
             label_s[m] = {
                 "total_s": round(result.seconds, 1),
@@ -207,10 +315,19 @@ def run(
         images = EmojiImages(
             np.stack([t.image for t in tasks]), np.array([t.wnid for t in tasks], dtype=str)
         )
-        results, logit_s = run_style(graph, settings, suite, images, models, config, log)
-        for r in results:
+        logits = evalset.LogitCache(graph, settings, images)  # type: ignore[arg-type]
+        results, logit_s = run_style(graph, settings, suite, images, hub, config, log, logits)
+        curve: list[dict[str, Any]] = []
+        base: list[ev.TaskResult] = []
+        if experts.models:
+            base, _ = run_style(graph, settings, suite, images, models, config, log, logits)
+            curve = hub_curve(graph, settings, suite, images, models, experts, config, log, logits)
+            curve.insert(0, curve_point("ImageNet experts", models, base))
+            curve.append(curve_point("+ every emoji expert", hub, results))
+        for r in (*results, *base):
             r.task = f"{held_out}/{r.task}"
         pooled += results
+        pooled_base += base
         report.runs.append(
             StyleRun(
                 held_out=held_out,
@@ -223,12 +340,19 @@ def run(
                 selection_ms_mean=round(float(np.mean([r.selection_ms for r in results])), 1),
                 results=summary.results_json(results),
                 halves=summary.summarise_halves(results),
+                train_styles=list(train_styles),
+                experts=expert_summary(experts, logits),
+                curve=curve,
             )
         )
         report.counts.setdefault("task_images", {})[held_out] = len(tasks)
         report.counts.setdefault("probe_images", {})[held_out] = len(manifest)
     report.overall = summary.summarise_halves(pooled)
     report.targets = targets(pooled)
+    if pooled_base:
+        report.imagenet_only = summary.summarise_halves(pooled_base)
+        report.hub_comparison = compare_hubs(pooled_base, pooled)
+        report.imagenet_only_results = summary.results_json(pooled_base)
     report.seconds = round(time.perf_counter() - t_all, 1)
     return report
 
@@ -241,23 +365,112 @@ def run_style(
     models: tuple[str, ...],
     config: EmojiConfig,
     log: Log,
+    logits: evalset.LogitCache | None = None,
+    *,
+    references: bool = True,
 ) -> tuple[list[ev.TaskResult], dict[str, float]]:
-    """Every task of `suite` on one held-out style's images, every method; and each
-    model's seconds for its logits on those images."""
-    logits = evalset.LogitCache(graph, settings, images)  # type: ignore[arg-type]
+    """Every task of `suite` on one held-out style's images, every method (MLL alone without
+    `references`); and each model's seconds for its logits on those images. A shared
+    `logits` cache lets several model subsets be scored with one forward pass per model."""
+    if logits is None:
+        logits = evalset.LogitCache(graph, settings, images)  # type: ignore[arg-type]
     logits.prefetch(models)
-    stack_all = references.StackAll(graph, settings, logits, models)
-    subtree = references.SubtreeSum(graph, settings, logits, models)
     methods = METHODS if config.hindsight else tuple(m for m in METHODS if m != "hindsight")
+    stack_all = subtree = None
+    if references:
+        stack_all = references_mod.StackAll(graph, settings, logits, models)
+        subtree = references_mod.SubtreeSum(graph, settings, logits, models)
     results = ev.run_suite(
         graph, settings, suite, ev.LibraryPipeline(graph, settings, logits),  # type: ignore[arg-type]
         images, logits, budget=config.budget, models=models,  # type: ignore[arg-type]
-        stack_all=stack_all, subtree=subtree, baselines=methods, seed=config.seed, log=log,
+        stack_all=stack_all, subtree=subtree, baselines=methods if references else (),
+        seed=config.seed, log=log,
     )  # fmt: skip
     for r in results:
         r.baselines["chance"] = 1.0 / len(r.classes)
     log("  eval logits: " + ", ".join(f"{m} {s:.0f} s" for m, s in logits.seconds.items()))
-    return results, dict(logits.seconds)
+    return results, {m: logits.seconds[m] for m in models if m in logits.seconds}
+
+
+def compare_hubs(base: list[ev.TaskResult], full: list[ev.TaskResult]) -> dict[str, Any]:
+    """MLL with the ImageNet experts only against with the emoji experts too, on the same
+    tasks: means and the paired difference's task-bootstrap interval, per half."""
+    out: dict[str, Any] = {}
+    for half in (*SPLITS, "all"):
+        pairs = [
+            (b.mll, f.mll)
+            for b, f in zip(base, full, strict=True)
+            if half == "all" or b.split == half
+        ]
+        if not pairs:
+            continue
+        b_v, f_v = (list(v) for v in zip(*pairs, strict=True))
+        diff = [f - b for b, f in pairs]
+        out[half] = {
+            "tasks": len(pairs),
+            "imagenet_only": float(np.mean(b_v)),
+            "imagenet_only_95": summary.bootstrap_interval(b_v),
+            "with_emoji_experts": float(np.mean(f_v)),
+            "with_emoji_experts_95": summary.bootstrap_interval(f_v),
+            "difference": float(np.mean(diff)),
+            "difference_95": summary.bootstrap_interval(diff),
+        }
+    return out
+
+
+def curve_point(step: str, models: tuple[str, ...], results: list[ev.TaskResult]) -> dict:
+    """MLL's mean per half with task-bootstrap intervals, for one hub (a step of the curve)."""
+    point: dict[str, Any] = {"step": step, "models": len(models)}
+    for half in (*SPLITS, "all"):
+        values = [r.mll for r in results if half == "all" or r.split == half]
+        point[half] = {
+            "tasks": len(values),
+            "mll": float(np.mean(values)) if values else None,
+            "interval_95": summary.bootstrap_interval(values),
+        }
+    return point
+
+
+def hub_curve(
+    graph: Graph,
+    settings: Settings,
+    suite: EmojiSuite,
+    images: EmojiImages,
+    base: tuple[str, ...],
+    experts: emoji_build.ExpertsReport,
+    config: EmojiConfig,
+    log: Log,
+    logits: evalset.LogitCache,
+) -> list[dict]:
+    """MLL as the emoji experts join one group at a time (selection restricted to a model
+    subset: the labels stay as they are). The first and last steps are added by the caller."""
+    if not config.curve:
+        return []
+    points, hub = [], base
+    groups = list(experts.groups.items())
+    for group, mids in groups[:-1]:  # the last step is the full hub
+        hub = (*hub, *mids)
+        results, _ = run_style(
+            graph, settings, suite, images, hub, config, lambda _m: None, logits, references=False
+        )
+        points.append(curve_point(f"+ {group}", hub, results))
+        log(f"  hub +{group}: {len(hub)} models, MLL {points[-1]['all']['mll']:.3f}")
+    return points
+
+
+def expert_summary(experts: emoji_build.ExpertsReport, logits: evalset.LogitCache) -> dict:
+    """Per emoji expert: its group, the sanity figure, and the share of the held-out style's
+    task images its domain profile accepts (refused images get no say from its heads)."""
+    out = {}
+    for group, mids in experts.groups.items():
+        for mid in mids:
+            mask = logits.in_domain(mid)
+            out[mid] = {
+                "group": group,
+                "heldout_accuracy_training_styles": experts.heldout_accuracy.get(mid),
+                "task_images_in_domain": None if mask is None else round(float(mask.mean()), 4),
+            }
+    return {"models": out, "skipped_groups": experts.skipped_groups}
 
 
 def targets(results: list[ev.TaskResult]) -> dict[str, Any]:
@@ -292,15 +505,59 @@ def targets(results: list[ev.TaskResult]) -> dict[str, Any]:
 
 
 def first_line(report: EmojiReport) -> str:
-    parts = [
-        f"S = {r.held_out}: probe images from {', '.join(r.probe_styles)} (never {r.held_out})"
-        for r in report.runs
-    ]
+    parts = []
+    for r in report.runs:
+        part = f"S = {r.held_out}: probe images from {', '.join(r.probe_styles)}"
+        if r.train_styles:
+            part += f", emoji experts trained on {', '.join(r.train_styles)}"
+        parts.append(part + f" (never {r.held_out})")
+    experts = any(r.train_styles for r in report.runs)
     return (
-        "MLL used: the task's class names, and the hub's emoji probe images from the styles "
-        "other than the held-out one (" + "; ".join(parts) + "), on which the ImageNet experts "
-        "were labelled and combination weights fitted; no image or label of the held-out style."
+        "MLL used: the task's class names, and the hub's emoji probe images from styles "
+        "other than the held-out one ("
+        + "; ".join(parts)
+        + "), on which the ImageNet "
+        + ("and emoji " if experts else "")
+        + "experts were labelled and combination weights fitted; no image or label of the "
+        "held-out style."
     )
+
+
+def _with_iv(value: float, iv: list[float] | None, sign: bool = False) -> str:
+    fmt = "+.3f" if sign else ".3f"
+    return f"{value:{fmt}}" + ("" if iv is None else f" [{iv[0]:{fmt}}, {iv[1]:{fmt}}]")
+
+
+def curve_table(curve: list[dict[str, Any]]) -> str:
+    """The hub-size curve as a markdown table: MLL per half with 95% intervals."""
+    lines = [
+        "| hub | models | dev | test | all |",
+        "|---|---:|---|---|---|",
+    ]
+    for p in curve:
+        cells = []
+        for half in (*SPLITS, "all"):
+            c = p[half]
+            iv = c["interval_95"]
+            cells.append("-" if c["mll"] is None else f"{c['mll']:.3f} [{iv[0]:.3f}, {iv[1]:.3f}]")
+        lines.append(f"| {p['step']} | {p['models']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def experts_table(experts: dict[str, Any]) -> str:
+    lines = [
+        "| emoji expert | group | accuracy, unseen augmentations of its training styles "
+        "| task images in its domain |",
+        "|---|---|---:|---:|",
+    ]
+    for mid, e in experts.get("models", {}).items():
+        dom = e["task_images_in_domain"]
+        lines.append(
+            f"| {mid} | {e['group']} | {e['heldout_accuracy_training_styles']:.3f} | "
+            + ("no profile" if dom is None else f"{dom:.3f}")
+            + " |"
+        )
+    return "\n".join(lines)
 
 
 def write(report: EmojiReport, out_dir: Path, name: str) -> list[Path]:
@@ -330,6 +587,27 @@ def write(report: EmojiReport, out_dir: Path, name: str) -> list[Path]:
     pooled = [ev.TaskResult(**r) for run in report.runs for r in run.results]
     md += [summary.halves_table(pooled), "", "## Issue #22 targets (pooled)", "", "```"]
     md += [summary_json(report.targets), "```", ""]
+    if report.hub_comparison:
+        md += [
+            "## MLL: ImageNet experts only vs with the emoji experts (pooled, paired by task)",
+            "",
+            "| half | tasks | ImageNet only | with emoji experts | difference |",
+            "|---|---:|---|---|---|",
+        ]
+        for half, c in report.hub_comparison.items():
+            md.append(
+                f"| {half} | {c['tasks']} | {_with_iv(c['imagenet_only'], c['imagenet_only_95'])}"
+                f" | {_with_iv(c['with_emoji_experts'], c['with_emoji_experts_95'])}"
+                f" | {_with_iv(c['difference'], c['difference_95'], sign=True)} |"
+            )
+        base = [ev.TaskResult(**r) for r in report.imagenet_only_results]
+        md += [
+            "",
+            "Every method with the ImageNet experts only:",
+            "",
+            summary.halves_table(base),
+            "",
+        ]
     for run in report.runs:
         results = [ev.TaskResult(**r) for r in run.results]
         md += [
@@ -347,6 +625,25 @@ def write(report: EmojiReport, out_dir: Path, name: str) -> list[Path]:
             "",
             summary.halves_table(results),
             "",
+        ]
+        if run.curve:
+            md += [
+                "Hub-size curve: MLL with the ImageNet experts only, then as the emoji experts "
+                "join group by group (selection restricted to the models; same labels), "
+                "task-bootstrap 95% intervals:",
+                "",
+                curve_table(run.curve),
+                "",
+            ]
+        if run.experts.get("models"):
+            md += [
+                f"Emoji experts (trained on {', '.join(run.train_styles)}; groups skipped: "
+                f"{run.experts.get('skipped_groups') or 'none'}):",
+                "",
+                experts_table(run.experts),
+                "",
+            ]
+        md += [
             "Per task (`mll estimated` is the plan's estimate, `mll` the measured accuracy):",
             "",
             summary.markdown_table(results),

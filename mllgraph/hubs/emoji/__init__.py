@@ -9,10 +9,14 @@ packages, as probe sets and task images for leave-one-style-out evaluation.
 - `raster`: SVG/PNG to fixed-size RGBA (resvg), cached.
 - `augment`: seeded scenes (background, scale, position, small rotation). Pure.
 - `split`: the style split, probe folders for `mllgraph probes add --folder`, task images.
+- `experts`: small emoji experts, one per concept group and arch, trained on given styles
+  only, cached (imports `hub`, torch and timm lazily); `build`: their registration, domain
+  profile and labelling (imports `label`, like the Fashion builder).
 
 Only these styles exist here. One further style is reserved for an outside evaluation of this
 project, and two vendors' sets have restrictive licences: no package, path or name of theirs
 appears in this package (`tests/test_emoji_data.py` checks the sources).
 
-Imports base and numpy/PIL/resvg only; must not import select, reuse, the services or above.
+The images' modules import base and numpy/PIL/resvg only; nothing here imports select, reuse,
+the services or above.
 """
