@@ -146,6 +146,12 @@ def test_held_out_style_end_to_end(tiny_hub: dict[str, Any]) -> None:
     assert "stack_all" not in by_task[f"{HELD_OUT}/animals"]["baselines"]
     # chipmunk has no probe set and no expert declares it: uncovered
     assert "chipmunk" in " ".join(by_task[f"{HELD_OUT}/animals"]["uncovered"])
+    # "None of these" per task on the held-out style: the unrelated concepts' images are the
+    # negatives (no task concept is under or above another here, so all of the others).
+    none = {r["task"]: r for r in run.none_of_these["tasks"]}
+    assert set(none) == {"animals", "fruit-horse"}
+    for row in none.values():
+        assert "why" in row or (0.0 <= row["auroc"] <= 1.0 and row["negatives"] > 0)
     paths = emoji_world.write(report, config.out_dir, "tiny")
     first = paths[0].read_text().splitlines()[0]
     assert f"never {HELD_OUT}" in first and "openmoji" in first

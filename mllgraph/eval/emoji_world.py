@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from mllgraph.errors import FailedPrecondition, InvalidArgument
-from mllgraph.eval import evalset, summary
+from mllgraph.eval import emoji_none, evalset, summary
 from mllgraph.eval import evaluate as ev
 from mllgraph.eval import references as references_mod
 from mllgraph.eval.emoji_suite import EmojiSuite, EmojiTask
@@ -104,6 +104,8 @@ class StyleRun:
     train_styles: list[str] = field(default_factory=list)  # the emoji experts' (none: off)
     experts: dict[str, Any] = field(default_factory=dict)  # per emoji expert, see expert_summary
     curve: list[dict[str, Any]] = field(default_factory=list)  # MLL by hub (curve_point)
+    # "None of these" on the held-out style's images (eval/emoji_none.measure).
+    none_of_these: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -317,6 +319,9 @@ def run(
         )
         logits = evalset.LogitCache(graph, settings, images)  # type: ignore[arg-type]
         results, logit_s = run_style(graph, settings, suite, images, hub, config, log, logits)
+        none = emoji_none.measure(
+            graph, settings, suite.tasks, images, logits, config.budget, hub, log
+        )
         curve: list[dict[str, Any]] = []
         base: list[ev.TaskResult] = []
         if experts.models:
@@ -343,6 +348,7 @@ def run(
                 train_styles=list(train_styles),
                 experts=expert_summary(experts, logits),
                 curve=curve,
+                none_of_these=none,
             )
         )
         report.counts.setdefault("task_images", {})[held_out] = len(tasks)
@@ -643,6 +649,25 @@ def write(report: EmojiReport, out_dir: Path, name: str) -> list[Path]:
                 experts_table(run.experts),
                 "",
             ]
+        if run.none_of_these:
+            md += [
+                '"None of these" at each plan\'s default threshold (in-task: the held-out '
+                "style's images of the task's concepts; negatives: its images of unrelated "
+                "concepts; calibrated on the probe styles only; targets AUROC >= 0.90, "
+                "drop <= 1 point):",
+                "",
+                "| half | tasks calibrated | AUROC mean | AUROC min | drop mean (pt) | "
+                "drop max (pt) | negatives refused |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for half, h in {**run.none_of_these["halves"], "all": run.none_of_these["all"]}.items():
+                md.append(
+                    f"| {half} | {h['calibrated']} of {h['tasks']} | {_num(h['auroc_mean'])} | "
+                    f"{_num(h['auroc_min'])} | {_num(h['accuracy_drop_points_mean'], 2)} | "
+                    f"{_num(h['accuracy_drop_points_max'], 2)} | "
+                    f"{_num(h['outside_rejected_mean'])} |"
+                )
+            md.append("")
         md += [
             "Per task (`mll estimated` is the plan's estimate, `mll` the measured accuracy):",
             "",
@@ -653,6 +678,10 @@ def write(report: EmojiReport, out_dir: Path, name: str) -> list[Path]:
     path = out_dir / f"{name}.md"
     path.write_text("\n".join(md) + "\n")
     return [path, json_path]
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def summary_json(data: Any) -> str:
