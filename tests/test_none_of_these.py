@@ -108,6 +108,20 @@ def test_folds_and_logistic_fit_are_scikit_learns(seed: int) -> None:
         assert intercept == pytest.approx(ref.intercept_[0], abs=1e-5)
 
 
+def test_logistic_fit_survives_equal_features_far_out_of_scale() -> None:
+    # Seen in a selection: two equal features ~1e9 on the outside images made the Newton
+    # system singular to working precision.
+    rng = np.random.default_rng(1)
+    inside = rng.normal(0, 1, (20, 3))
+    outside = np.column_stack([rng.normal(-2.4e9, 1e8, 60), rng.normal(0, 1, 60), np.zeros(60)])
+    x = np.concatenate([inside, outside])
+    x = np.column_stack([x, x[:, 0]])  # a duplicate
+    y = np.concatenate([np.zeros(20, np.int64), np.ones(60, np.int64)])
+    coef, intercept = none.balanced_logistic(x, y, 1.0)
+    assert np.all(np.isfinite(coef)) and math.isfinite(intercept)
+    assert coef[0] == pytest.approx(coef[3], rel=1e-6)  # equal features, equal weights
+
+
 def test_logistic_fit_stays_finite_on_separable_data() -> None:
     x = np.array([[-3.0], [-2.0], [-1.0], [1.0], [2.0], [3.0]])
     y = np.array([0, 0, 0, 1, 1, 1])

@@ -334,7 +334,13 @@ def balanced_logistic(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarra
         p = _sigmoid(xa @ beta)
         grad = xa.T @ (weight * (p - y)) + penalty * beta
         hess = (xa * (weight * p * (1.0 - p))[:, None]).T @ xa + np.diag(penalty)
-        step = np.linalg.solve(hess + 1e-12 * np.eye(d + 1), grad)
+        try:
+            step = np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            # Singular to working precision: two equal features far out of the in-task scale
+            # (their Hessian entries ~1e19 swallow the penalty's 1). The least-squares step
+            # splits the weight between them, as the penalised optimum does.
+            step = np.linalg.lstsq(hess, grad, rcond=None)[0]
         shrink = 1.0  # halve a step that does not lower the objective (far from the optimum)
         while objective(beta - shrink * step) > value + 1e-12 and shrink > 1e-6:
             shrink /= 2
