@@ -79,9 +79,14 @@ class MiniLM:
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64) -> Tensor:
+        # Batches of similar lengths pad little (as sentence-transformers does): texts are
+        # encoded longest first and put back in their order at the end.
+        tokens = self.tokenizer.encode_batch(list(texts))
+        order = sorted(range(len(texts)), key=lambda i: -len(tokens[i].ids))
         out = []
         for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer.encode_batch(texts[start : start + batch_size])
+            picked = [texts[i] for i in order[start : start + batch_size]]
+            batch = self.tokenizer.encode_batch(picked)
             ids = torch.tensor([b.ids for b in batch], device=self.device)
             keep = torch.tensor([b.attention_mask for b in batch], device=self.device)
             kinds = torch.tensor([b.type_ids for b in batch], device=self.device)
@@ -99,4 +104,9 @@ class MiniLM:
             weights = keep[..., None].to(x.dtype)
             pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
             out.append(F.normalize(pooled, p=2, dim=1))
-        return torch.cat(out) if out else torch.zeros((0, self._w("pooler.dense.bias").shape[0]))
+        if not out:
+            return torch.zeros((0, self._w("pooler.dense.bias").shape[0]))
+        vectors = torch.cat(out)
+        back = torch.empty(len(order), dtype=torch.long)
+        back[torch.tensor(order)] = torch.arange(len(order))
+        return vectors[back]

@@ -15,9 +15,14 @@ Imports plan, graph, combine and below, and `select.chco`, `select.probe_data`,
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +36,8 @@ from mllgraph.select import chco
 from mllgraph.select.probe_data import ProbeOutputCache, probe_matrix
 from mllgraph.select.reads import Reads
 from mllgraph.settings import Settings
+
+log = logging.getLogger(__name__)
 
 PATCH_MIN_HEADS = 100  # a model this broad (declaring concepts) may patch uncovered classes
 OTHER_IMAGES_MAX = 5000  # hub probe images of other concepts read for a noise floor
@@ -68,6 +75,34 @@ def _class_text_vectors(encode: Any, texts: list[str]) -> np.ndarray | None:
     return np.stack([known[t] for t in texts]) if texts else None
 
 
+def stored_text_vectors(folder: Path, texts: list[str], encode: Any) -> np.ndarray | None:
+    """`encode(texts)`, kept in `folder` under a digest of the texts and the encoder's name,
+    so that a new process (a `mllgraph select` command) does not encode a broad expert's
+    1,000 head names again (~3 s on one core). A file that cannot be read or written is
+    recomputed or skipped: the cache never fails a selection."""
+    from mllgraph.ground.embed import MODEL_NAME
+
+    digest = hashlib.sha256("\n".join([MODEL_NAME, *texts]).encode()).hexdigest()[:32]
+    path = folder / f"{digest}.npy"
+    try:
+        vectors = np.load(path)
+        if vectors.shape[0] == len(texts):
+            return vectors
+    except (OSError, ValueError):
+        pass
+    vectors = encode(texts)
+    if vectors is None:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".npy", delete=False) as f:
+            np.save(f, np.asarray(vectors))
+        os.replace(f.name, path)  # whole or absent, whoever reads it concurrently
+    except OSError as e:
+        log.debug("head text vectors not kept in %s: %s", folder, e)
+    return vectors
+
+
 def conse_patch(
     graph: Graph,
     reads: Reads,
@@ -91,7 +126,11 @@ def conse_patch(
     head_vecs = _PATCH_TEXTS.get(key)
     if head_vecs is None:
         names = [r["name"] for r in graph.read("select/patch_heads", id=mid)]
-        head_vecs = encode([conse.TEMPLATE.format(n.replace("_", " ")) for n in names])
+        head_vecs = stored_text_vectors(
+            settings.home / "cache" / "head_texts",
+            [conse.TEMPLATE.format(n.replace("_", " ")) for n in names],
+            encode,
+        )
         if head_vecs is None:
             return None
         _PATCH_TEXTS[key] = head_vecs
