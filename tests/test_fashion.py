@@ -71,3 +71,31 @@ def test_split_pools_disjoint_deterministic_stratified(fmnist_root: Path) -> Non
     assert small.size == 1234
     with pytest.raises(InvalidArgument, match="probe_size"):
         fashion.split_pools(7, probe_size=60_000, root=fmnist_root)
+
+
+def test_a_second_probe_pool_of_another_size_is_refused_before_writing(
+    sdag_graph, neo4j_settings
+) -> None:
+    from mllgraph.errors import FailedPrecondition
+    from mllgraph.hub import probes
+    from mllgraph.hubs.fashion import build
+
+    seed = 97  # a pool id no other test uses
+    concepts = {c: w for c, w in build.fashion_concepts(neo4j_settings).items() if c < 2}
+    made = build.register_fashion_probes(
+        sdag_graph, neo4j_settings, seed=seed, wnids=concepts, per_class=5
+    )
+    try:
+        again = build.register_fashion_probes(
+            sdag_graph, neo4j_settings, seed=seed, wnids=concepts, per_class=5
+        )
+        assert [p.id for p in again] == [p.id for p in made]  # the same pool: reused
+        before = {p.id for p in probes.probe_sets(sdag_graph)}
+        with pytest.raises(FailedPrecondition, match=r"fashion-mnist-s97-c0-n5.*--probes-per"):
+            build.register_fashion_probes(
+                sdag_graph, neo4j_settings, seed=seed, wnids=concepts, per_class=6
+            )
+        assert {p.id for p in probes.probe_sets(sdag_graph)} == before  # nothing written
+    finally:
+        for p in made:
+            probes.remove_probe_set(sdag_graph, p.id)

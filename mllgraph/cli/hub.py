@@ -46,13 +46,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--epochs", type=int, default=2)
     q.add_argument("--no-imagenet", action="store_true", help="skip EfficientNet-Lite0/1/2")
-    q.add_argument("--probes-per-class", type=int, default=None)
+    q.add_argument(
+        "--probes-per-class",
+        type=int,
+        default=None,
+        help="Fashion-MNIST probe images per class (default: all 1,000; the demo's hub: 300; "
+        "a hub keeps one size: another is refused)",
+    )
     q.add_argument(
         "--max-train",
         type=int,
         default=None,
-        help="training images per expert (default: all; the demo's hub: 4000, epochs 1, so "
-        "`--experts 50 --epochs 1 --max-train 4000` on a copy of it trains only the new ones)",
+        help="training images per expert (default: all; the demo's hub: 4000, epochs 1, 300 "
+        "probes per class, 50 samples per concept, so `--experts 50 --epochs 1 --max-train "
+        "4000 --probes-per-class 300 --samples-per-concept 50` on it trains and labels only "
+        "the new experts)",
     )
     q.add_argument("--samples-per-concept", type=int, default=200)
     executor_flag(q)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mllgraph.combine.domain import DomainProfile, thumbnails
+from mllgraph.errors import FailedPrecondition
 from mllgraph.graph.db import Graph
 from mllgraph.ground.resolve import grounder
 from mllgraph.hub import domains, probes, registry
@@ -173,13 +174,29 @@ def register_fashion_probes(
     images, labels = fashion.load_split("train", settings.fashion_mnist_dir)
     _, probe_idx = fashion.split_pools(seed, root=settings.fashion_mnist_dir)
     rng = np.random.default_rng(seed)
-    out = []
+    planned = []
     for cls, wnid in sorted(wnids.items()):
         idx = probe_idx[labels[probe_idx] == cls]
         idx = idx[rng.permutation(len(idx))]
         if per_class is not None:
             idx = idx[:per_class]
-        set_id = f"fashion-mnist-s{seed}-c{cls}-n{len(idx)}"
+        planned.append((cls, wnid, idx, f"fashion-mnist-s{seed}-c{cls}-n{len(idx)}"))
+    # A second pool of another size beside the first would leave the labelled models measured
+    # on the old sets only (selection then reads "0% measured"): refuse before writing.
+    prefix = f"fashion-mnist-s{seed}-c"
+    ids = {set_id for *_, set_id in planned}
+    other = sorted(
+        p.id for p in probes.probe_sets(graph) if p.id.startswith(prefix) and p.id not in ids
+    )
+    if other:
+        raise FailedPrecondition(
+            f"this hub already has Fashion-MNIST probe sets of another size ({', '.join(other[:3])}"
+            f"{', ...' if len(other) > 3 else ''}); build with the same --probes-per-class "
+            "(the number after '-n'), or remove them first (`mllgraph probes remove`) and "
+            "relabel the models"
+        )
+    out = []
+    for cls, wnid, idx, set_id in planned:
         ps, _ = probes.add_probe_set(
             graph,
             settings,
