@@ -26,21 +26,6 @@ from mllgraph.settings import Settings
 Log = Callable[[str], None]
 
 
-def ancestors_of(wnids: Sequence[str], hypernyms: Mapping[str, Sequence[str]]) -> dict[str, set]:
-    """wnid -> its strict ancestors (hypernyms and instance hypernyms, transitively)."""
-    out: dict[str, set[str]] = {}
-    for wnid in wnids:
-        seen: set[str] = set()
-        todo = list(hypernyms.get(wnid, ()))
-        while todo:
-            parent = todo.pop()
-            if parent not in seen:
-                seen.add(parent)
-                todo.extend(hypernyms.get(parent, ()))
-        out[wnid] = seen
-    return out
-
-
 def negatives(
     image_wnids: np.ndarray, task_wnids: Sequence[str], ancestors: Mapping[str, set]
 ) -> np.ndarray:
@@ -73,9 +58,8 @@ def measure(
     from mllgraph.select import run as select
 
     nouns = load_nouns(settings.wordnet_dir)
-    hypernyms = {w: [*s.hypernyms, *s.instance_hypernyms] for w, s in nouns.synsets.items()}
-    wnids = sorted(set(images.wnids.tolist()) | {w for t in tasks for w in t.wnids})
-    ancestors = ancestors_of(wnids, hypernyms)
+    wnids = set(images.wnids.tolist()) | {w for t in tasks for w in t.wnids}
+    ancestors = {w: nouns.with_ancestors(w) - {w} for w in wnids}
     resolver = default_resolver(settings)
     rows: list[dict[str, Any]] = []
     for task in tasks:

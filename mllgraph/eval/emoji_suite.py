@@ -185,15 +185,14 @@ def wordnet_facts(
     wnids: Iterable[str], wordnet_dir: Path = Path("/usr/share/wordnet")
 ) -> tuple[dict[str, frozenset[str]], set[str]]:
     """(ancestors of each concept, concepts with an ImageNet-1k class at or below them)."""
-    from mllgraph.eval.references import _ancestors
     from mllgraph.graph.wordnet import load_nouns
     from mllgraph.hub.loading import imagenet_wnids
 
     wn = load_nouns(wordnet_dir)
-    ancestors = {w: _ancestors(wn, w) - {w} for w in wnids}
+    ancestors = {w: wn.with_ancestors(w) - {w} for w in wnids}
     under = set()
     for inet in imagenet_wnids():
-        under |= _ancestors(wn, inet)
+        under |= wn.with_ancestors(inet)
     return ancestors, {w for w in ancestors if w in under}
 
 

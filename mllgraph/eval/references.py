@@ -213,7 +213,7 @@ class SubtreeSum:
         self.logits = logits
         self.models = [m for m in models if m.split("@", 1)[0] in registry.BUILTINS]
         wn = load_nouns(settings.wordnet_dir)
-        self.ancestors = [_ancestors(wn, w) for w in imagenet_wnids()]
+        self.ancestors = [wn.with_ancestors(w) for w in imagenet_wnids()]
 
     def heads_under(self, wnid: str) -> list[int]:
         return [h for h, anc in enumerate(self.ancestors) if wnid in anc]
@@ -234,15 +234,3 @@ class SubtreeSum:
     def accuracy(self, plan: dict[str, Any], idx: np.ndarray, labels: np.ndarray) -> float | None:
         scores = self.per_model(plan, idx, labels)
         return max(scores.values()) if scores else None
-
-
-def _ancestors(wn: Any, wnid: str) -> frozenset[str]:
-    """`wnid` and every concept above it (hypernyms and instance hypernyms)."""
-    seen, todo = {wnid}, [wnid]
-    while todo:
-        s = wn.synsets[todo.pop()]
-        for up in (*s.hypernyms, *s.instance_hypernyms):
-            if up not in seen:
-                seen.add(up)
-                todo.append(up)
-    return frozenset(seen)

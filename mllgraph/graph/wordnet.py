@@ -65,6 +65,17 @@ class WordNetNouns:
     def get(self, wnid: str) -> Synset:
         return self.synsets[wnid]
 
+    def with_ancestors(self, wnid: str) -> frozenset[str]:
+        """`wnid` and every concept above it (hypernyms and instance hypernyms)."""
+        seen, todo = {wnid}, [wnid]
+        while todo:
+            s = self.synsets[todo.pop()]
+            for up in (*s.hypernyms, *s.instance_hypernyms):
+                if up not in seen:
+                    seen.add(up)
+                    todo.append(up)
+        return frozenset(seen)
+
 
 def lemma_key(text: str) -> str:
     """The form lemmas are indexed under: lower case, spaces as underscores."""
