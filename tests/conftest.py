@@ -70,6 +70,21 @@ def _unavailable(why: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def emoji_cache() -> Path:
+    """The installed emoji packages (`mllgraph hub emoji fetch`); a failure under CI=true."""
+    from mllgraph.hubs.emoji import install
+
+    cache = Settings.from_env().emoji_cache
+    absent = install.missing(cache)
+    if absent:
+        why = f"emoji packages {absent} not installed in {cache} (run `mllgraph hub emoji fetch`)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: {why}")
+        pytest.skip(why)
+    return cache
+
+
+@pytest.fixture(scope="session")
 def neo4j_settings() -> Iterator[Settings]:
     settings = Settings.from_env()
     if not settings.uses_local_neo4j:

@@ -24,6 +24,36 @@ FASHION_WNIDS = {
 }
 
 
+# The tiny emoji world of the emoji tests: six concepts, one (chipmunk) with no ImageNet class
+# under it and so no probe set, in two tasks, one per half.
+DOG, CAT, HORSE, BANANA, APPLE = "n02084071", "n02121620", "n02374451", "n07753592", "n07739125"
+CHIPMUNK = "n02360282"
+TINY_EMOJI_SUITE: dict[str, Any] = {
+    "name": "tiny-emoji",
+    "unprobed": [CHIPMUNK],
+    "tasks": [
+        {
+            "name": "animals",
+            "split": "dev",
+            "classes": [
+                {"name": "dog", "wnid": DOG},
+                {"name": "cat", "wnid": CAT},
+                {"name": "chipmunk", "wnid": CHIPMUNK},
+            ],
+        },
+        {
+            "name": "fruit-horse",
+            "split": "test",
+            "classes": [
+                {"name": "banana", "wnid": BANANA},
+                {"name": "red apple", "wnid": APPLE},
+                {"name": "horse", "wnid": HORSE},
+            ],
+        },
+    ],
+}
+
+
 class Loop:
     """An asyncio loop in a daemon thread, for servers called with blocking stubs."""
 

@@ -34,15 +34,8 @@ CIRCLE_SVG = (
 
 
 @pytest.fixture(scope="module")
-def real_cache() -> catalogue.Catalogue:
-    cache = Settings.from_env().emoji_cache
-    absent = install.missing(cache)
-    if absent:
-        why = f"emoji packages {absent} not installed in {cache} (run `mllgraph hub emoji fetch`)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true: {why}")
-        pytest.skip(why)
-    return catalogue.load(cache)
+def real_cache(emoji_cache: Path) -> catalogue.Catalogue:
+    return catalogue.load(emoji_cache)
 
 
 # --- the install step -------------------------------------------------------------------

@@ -8,7 +8,6 @@ style's images only."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -20,51 +19,15 @@ from mllgraph.errors import FailedPrecondition
 from mllgraph.eval import emoji_suite, emoji_world
 from mllgraph.hub import loading, probes, registry
 from mllgraph.hub.preprocess import InputSpec
-from mllgraph.hubs.emoji import catalogue, install
+from mllgraph.hubs.emoji import catalogue
 from mllgraph.settings import Settings
+from tests.helpers import APPLE, BANANA, CAT, CHIPMUNK, DOG, HORSE, TINY_EMOJI_SUITE
 
 pytestmark = pytest.mark.neo4j
 
 HELD_OUT = "twemoji"
-DOG, CAT, HORSE, BANANA, APPLE = "n02084071", "n02121620", "n02374451", "n07753592", "n07739125"
-CHIPMUNK = "n02360282"  # no ImageNet class under it: unprobed here
-SUITE = {
-    "name": "tiny-emoji",
-    "unprobed": [CHIPMUNK],
-    "tasks": [
-        {
-            "name": "animals",
-            "split": "dev",
-            "classes": [
-                {"name": "dog", "wnid": DOG},
-                {"name": "cat", "wnid": CAT},
-                {"name": "chipmunk", "wnid": CHIPMUNK},
-            ],
-        },
-        {
-            "name": "fruit-horse",
-            "split": "test",
-            "classes": [
-                {"name": "banana", "wnid": BANANA},
-                {"name": "red apple", "wnid": APPLE},
-                {"name": "horse", "wnid": HORSE},
-            ],
-        },
-    ],
-}
+SUITE = TINY_EMOJI_SUITE
 SPEC = InputSpec(size=32, resize="resize", mean=(0.5,) * 3, std=(0.5,) * 3, channels=3)
-
-
-@pytest.fixture(scope="module")
-def emoji_cache() -> Path:
-    cache = Settings.from_env().emoji_cache
-    absent = install.missing(cache)
-    if absent:
-        why = f"emoji packages {absent} not installed in {cache} (run `mllgraph hub emoji fetch`)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true: {why}")
-        pytest.skip(why)
-    return cache
 
 
 @pytest.fixture(scope="module")

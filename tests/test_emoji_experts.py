@@ -9,7 +9,6 @@ emoji experts on."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -20,35 +19,16 @@ import pytest
 
 from mllgraph.errors import FailedPrecondition, InvalidArgument
 from mllgraph.hub.preprocess import InputSpec
-from mllgraph.hubs.emoji import catalogue, install, split
+from mllgraph.hubs.emoji import catalogue, split
 from mllgraph.hubs.emoji import experts as ex
 from mllgraph.settings import Settings
+from tests.helpers import BANANA, CAT, DOG, HORSE, TINY_EMOJI_SUITE
 
 SPEC = InputSpec(size=32, resize="resize", mean=(0.5,) * 3, std=(0.5,) * 3, channels=3)
-DOG, CAT, HORSE, BANANA, APPLE = "n02084071", "n02121620", "n02374451", "n07753592", "n07739125"
-CHIPMUNK = "n02360282"  # no ImageNet class under it: unprobed, so no expert declares it
 SUITE = {
-    "name": "tiny-emoji",
-    "unprobed": [CHIPMUNK],
+    **TINY_EMOJI_SUITE,
     "tasks": [
-        {
-            "name": "animals",
-            "split": "dev",
-            "classes": [
-                {"name": "dog", "wnid": DOG},
-                {"name": "cat", "wnid": CAT},
-                {"name": "chipmunk", "wnid": CHIPMUNK},
-            ],
-        },
-        {
-            "name": "fruit-horse",
-            "split": "test",
-            "classes": [
-                {"name": "banana", "wnid": BANANA},
-                {"name": "red apple", "wnid": APPLE},
-                {"name": "horse", "wnid": HORSE},
-            ],
-        },
+        *TINY_EMOJI_SUITE["tasks"],
         {  # a CLDR name the resolver cannot ground: listed as not scored, not run
             "name": "medals",
             "split": "test",
@@ -143,18 +123,6 @@ def test_plan_refuses_a_bad_arch_and_recipe() -> None:
 
 
 # -- with the emoji packages ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def emoji_cache() -> Path:
-    cache = Settings.from_env().emoji_cache
-    absent = install.missing(cache)
-    if absent:
-        why = f"emoji packages {absent} not installed in {cache} (run `mllgraph hub emoji fetch`)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true: {why}")
-        pytest.skip(why)
-    return cache
 
 
 @pytest.fixture(scope="module")
