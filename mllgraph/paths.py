@@ -1,4 +1,5 @@
-"""Where a store lives: a plain path, a `file://` URL, or any other fsspec URL.
+"""Where a store lives: a plain path, a `file://` URL, or any other fsspec URL; and
+`write_atomic`, how a local file is written whole or not at all.
 
 Dependency-free on purpose: `mllgraph.settings` reads store locations through these helpers,
 and settings must import nothing from a subpackage (it sits below every room). The stores
@@ -11,7 +12,9 @@ message here shows it through `redact`, never as given.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -144,3 +147,19 @@ def _missing_package(protocol: str, error: ImportError) -> str:
         return package
     named = re.findall(r'"([A-Za-z0-9_.-]+)"', known.get("err", ""))
     return " ".join(named) or f"the fsspec backend for {protocol}://"
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` whole or not at all: a temporary file beside it, then a rename,
+    so a reader (another process too) sees the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are not secrets
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

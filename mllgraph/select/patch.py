@@ -16,9 +16,8 @@ Imports plan, graph, combine and below, and `select.chco`, `select.probe_data`,
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-import os
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import replace
@@ -31,6 +30,7 @@ from mllgraph.combine import conse
 from mllgraph.combine.rule import class_scores
 from mllgraph.errors import FailedPrecondition
 from mllgraph.graph.db import Graph
+from mllgraph.paths import write_atomic
 from mllgraph.plan.request import SelectOptions, TaskClass
 from mllgraph.select import chco
 from mllgraph.select.probe_data import ProbeOutputCache, probe_matrix
@@ -93,11 +93,10 @@ def stored_text_vectors(folder: Path, texts: list[str], encode: Any) -> np.ndarr
     vectors = encode(texts)
     if vectors is None:
         return None
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(vectors))
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".npy", delete=False) as f:
-            np.save(f, np.asarray(vectors))
-        os.replace(f.name, path)  # whole or absent, whoever reads it concurrently
+        write_atomic(path, buffer.getvalue())  # whole or absent, whoever reads it concurrently
     except OSError as e:
         log.debug("head text vectors not kept in %s: %s", folder, e)
     return vectors

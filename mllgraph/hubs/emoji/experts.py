@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from mllgraph.errors import InvalidArgument
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.hubs.emoji import augment, split
 from mllgraph.hubs.emoji.catalogue import STYLES, Catalogue, check_style
+from mllgraph.paths import write_atomic
 
 CONCEPTS_FILE = Path(split.__file__).with_name("concepts.tsv")
 MIN_CONCEPTS, MAX_CONCEPTS = 5, 40  # concepts per expert (issue #22)
@@ -514,9 +514,7 @@ def _train_group(
             "weights_sha256": sha256_file(weights_path),
         }
         # Written last and atomically: its presence marks a finished expert.
-        tmp = json_path.with_name(json_path.name + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, json_path)
+        write_atomic(json_path, (json.dumps(meta, indent=1) + "\n").encode())
         log(
             f"  trained {spec.name}@{spec.version}: {len(group.wnids)} concepts, "
             f"{len(data.images)} images, {train_s:.0f} s, accuracy on unseen augmentations "

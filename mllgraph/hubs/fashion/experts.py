@@ -9,7 +9,6 @@ that the hub holds many narrow experts whose heads overlap. Part of the standard
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +25,7 @@ from mllgraph.errors import AlreadyExists, InvalidArgument
 from mllgraph.hub.loading import build_timm, model_device, save_weights
 from mllgraph.hub.preprocess import InputSpec, preprocess
 from mllgraph.hub.store import sha256_file
+from mllgraph.paths import write_atomic
 
 FASHION_INPUT_SPEC = InputSpec(size=28, resize="resize", mean=(0.2860,), std=(0.3530,), channels=1)
 
@@ -396,9 +396,7 @@ def _train_plan(
                 "weights_sha256": sha256_file(weights_path),
             }
             # The JSON is written last and atomically: its presence marks a finished expert.
-            tmp = json_path.with_name(json_path.name + ".tmp")
-            tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, json_path)
+            write_atomic(json_path, (json.dumps(meta, indent=2) + "\n").encode())
             bar.remove_task(step_task)
             bar.advance(hub_task)
             paths.append(json_path)
