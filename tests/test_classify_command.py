@@ -27,6 +27,17 @@ def hub(fashion_services: dict[str, Any]) -> dict[str, Any]:
     return fashion_services
 
 
+def _target_settings(hub: dict[str, Any]) -> Any:
+    """The hub's settings with its running services' ports (what `--target HOST` reads)."""
+    ports = {k: int(v.rsplit(":", 1)[1]) for k, v in hub["addresses"].items()}
+    return replace(
+        hub["settings"],
+        ingestion_port=ports["ingestion"],
+        selection_port=ports["selection"],
+        inference_port=ports["inference"],
+    )
+
+
 def test_classify_command(hub: dict[str, Any], tmp_path: Path, capsys) -> None:
     x, y = hub["x_test"], hub["y_test"]
     folder, other = tmp_path / "photos", tmp_path / "more"
@@ -77,13 +88,7 @@ def test_classify_command(hub: dict[str, Any], tmp_path: Path, capsys) -> None:
     assert {r["image"]: r["class"] for r in rows} == {p.image_id: p.class_name for p in direct}
 
     # --target: the running services (HOST alone takes the ports from the settings).
-    ports = {k: int(v.rsplit(":", 1)[1]) for k, v in hub["addresses"].items()}
-    settings = replace(
-        hub["settings"],
-        ingestion_port=ports["ingestion"],
-        selection_port=ports["selection"],
-        inference_port=ports["inference"],
-    )
+    settings = _target_settings(hub)
     code = cli.main([*argv[:-1], "--target", "127.0.0.1"], settings=settings)
     out, _ = capsys.readouterr()
     assert code == 1  # broken.png
@@ -104,13 +109,7 @@ def test_classify_allow_none(hub: dict[str, Any], tmp_path: Path, capsys) -> Non
             path = tmp_path / f"{f}-{i}.png"
             Image.fromarray(x[i]).save(path)
             files.append(str(path))
-    ports = {k: int(v.rsplit(":", 1)[1]) for k, v in hub["addresses"].items()}
-    settings = replace(
-        hub["settings"],
-        ingestion_port=ports["ingestion"],
-        selection_port=ports["selection"],
-        inference_port=ports["inference"],
-    )
+    settings = _target_settings(hub)
     argv = ["classify", "--classes", ", ".join(CLASSES), "--budget", "2", "--target", "127.0.0.1"]
     argv += [f"--pin={n}={w}" for n, w in PINS.items()]
     assert cli.main([*argv, *files, "--json"], settings=settings) == 0

@@ -34,16 +34,16 @@ print(json.dumps({'codes': codes, 'heavy': heavy, 'argvs': len(argvs)}))
 """
 
 
-def _probe() -> dict:
+def _python(*args: str) -> subprocess.CompletedProcess:
+    """A fresh interpreter over this checkout."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(HEAVY)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
+
+
+def _probe() -> dict:
+    out = _python("-c", PROBE, json.dumps(HEAVY))
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -55,15 +55,7 @@ def test_help_imports_no_heavy_library() -> None:
 
 
 def test_help_subprocess_prints_the_commands() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(
-        [sys.executable, "-m", "mllgraph", "--help"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _python("-m", "mllgraph", "--help")
     assert out.returncode == 0, out.stderr
     for command in ("select", "classify", "bench", "serve"):
         assert command in out.stdout

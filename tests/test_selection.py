@@ -49,6 +49,7 @@ from mllgraph.v1 import selection_pb2, selection_pb2_grpc
 pytestmark = pytest.mark.neo4j
 
 CLOG, MOCCASIN, TOTE, KILT = "n03047553", "n03776877", "n02970408", "n03617312"
+HANDBAG = "n02774152"  # bag.n.04: no probe images; related heads labelled on the tote bag
 DEMOCRACY = "n06217103"  # no probe images, no labelled heads: always uncovered
 NAMES = {CLOG: "clog", MOCCASIN: "moccasin", TOTE: "tote bag", KILT: "kilt"}
 LEMMAS = {CLOG: "clog", MOCCASIN: "moccasin", TOTE: "carryall", KILT: "kilt"}  # first lemmas
@@ -556,17 +557,21 @@ def test_empty_hub_is_failed_precondition(hub: Hub) -> None:
     assert "no labelled models" in err.details()
 
 
-def test_class_without_probes_borrows_its_nearest_concepts_probes(hub: Hub) -> None:
-    """handbag (bag.n.04) has no probe images; its related candidates were labelled on the
-    tote bag, a cousin under container.n.01, so it borrows the tote probes to be simulated."""
-    handbag = "n02774152"
+def _handbag_clog_kilt(hub: Hub) -> select.SelectionContext:
+    """handbag (no probe images), clog and kilt, pinned; default rule parameters, not stored."""
     classes = [
-        plan_request.TaskClass("handbag", pinned_wnid=handbag),
+        plan_request.TaskClass("handbag", pinned_wnid=HANDBAG),
         plan_request.TaskClass("clog", pinned_wnid=CLOG),
         plan_request.TaskClass("kilt", pinned_wnid=KILT),
     ]
     options = plan_request.SelectOptions(fit_params=False)
-    ctx = select.select(hub.graph, hub.settings, classes, options, hub.resolver, store=False)
+    return select.select(hub.graph, hub.settings, classes, options, hub.resolver, store=False)
+
+
+def test_class_without_probes_borrows_its_nearest_concepts_probes(hub: Hub) -> None:
+    """handbag (bag.n.04) has no probe images; its related candidates were labelled on the
+    tote bag, a cousin under container.n.01, so it borrows the tote probes to be simulated."""
+    ctx = _handbag_clog_kilt(hub)
     bag = ctx.plan["classes"][0]
     assert bag["coverage"] == "related"
     assert bag["probe_images"] == PROBES_PER_CONCEPT  # the tote bag's probe set
@@ -631,7 +636,6 @@ def test_cached_and_uncached_plans_are_equal(hub: Hub) -> None:
     from mllgraph.select.cache import CatalogueCache
 
     cache = CatalogueCache(1000)
-    handbag = "n02774152"
     tasks = [
         [plan_request.TaskClass(n) for n in TASK],
         [plan_request.TaskClass(n) for n in ("clog", "moccasin", "kilt")],
@@ -639,7 +643,7 @@ def test_cached_and_uncached_plans_are_equal(hub: Hub) -> None:
         # concept's ancestor candidates must not leak into a task where they are blocked.
         [plan_request.TaskClass(n) for n in ("clog", "tote bag", "kilt")],
         [
-            plan_request.TaskClass("handbag", pinned_wnid=handbag),  # proxy probes, related heads
+            plan_request.TaskClass("handbag", pinned_wnid=HANDBAG),  # proxy probes, related heads
             plan_request.TaskClass("clog", pinned_wnid=CLOG),
             plan_request.TaskClass("kilt", pinned_wnid=KILT),
         ],
@@ -738,14 +742,7 @@ def test_a_class_without_probes_is_estimated_by_its_route_calibration_not_its_pr
     from mllgraph.select.probe_data import CACHE
     from mllgraph.select.reads import Reads
 
-    handbag = "n02774152"
-    classes = [
-        plan_request.TaskClass("handbag", pinned_wnid=handbag),
-        plan_request.TaskClass("clog", pinned_wnid=CLOG),
-        plan_request.TaskClass("kilt", pinned_wnid=KILT),
-    ]
-    options = plan_request.SelectOptions(fit_params=False)
-    ctx = select.select(hub.graph, hub.settings, classes, options, hub.resolver, store=False)
+    ctx = _handbag_clog_kilt(hub)
     bag, clog = ctx.plan["classes"][0], ctx.plan["classes"][1]
     assert bag["own_probe_images"] == 0 and not bag["measured"]
     evidence = bag["estimate_evidence"]
@@ -796,7 +793,7 @@ def test_a_model_its_input_domain_sets_aside_does_not_cover(hub: Hub) -> None:
 
 
 def test_explain_says_what_each_estimate_rests_on(hub: Hub, stub: Any) -> None:
-    handbag = selection_pb2.TaskClass(name="handbag", pinned_wnid="n02774152")
+    handbag = selection_pb2.TaskClass(name="handbag", pinned_wnid=HANDBAG)
     options = selection_pb2.SelectOptions(allow_ancestor=True)  # proto bools default off
     plan = _select(hub, stub, ["clog", "kilt", handbag], options=options)
     ex = stub.ExplainSelection(selection_pb2.ExplainSelectionRequest(plan_id=plan.plan_id))
