@@ -27,12 +27,11 @@ import json
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from mllgraph.errors import InvalidArgument
-from mllgraph.eval.tasks import SPLITS
+from mllgraph.eval.tasks import SPLITS, read_suite_json
 
 SUITE_FILE = "tasks_emoji.json"
 SIZES = (3, 5, 10, 20)  # classes per task; the issue asks for 3-30
@@ -238,18 +237,7 @@ def parse_suite(data: Any, source: str = "<data>") -> EmojiSuite:
 
 def load_suite(path: str | Path | None = None) -> EmojiSuite:
     """The emoji suite from a file, or the one shipped beside this module."""
-    if path is None:
-        text, source = (resources.files("mllgraph.eval") / SUITE_FILE).read_text(), SUITE_FILE
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise InvalidArgument(f"emoji task suite {p}: no such file")
-        text, source = p.read_text(encoding="utf-8"), str(p)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _fail(source, f"malformed JSON at line {e.lineno}: {e.msg}") from e
-    return parse_suite(data, source)
+    return parse_suite(*read_suite_json(path, SUITE_FILE, "emoji task suite"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -116,20 +116,26 @@ def parse_suite(data: Any, source: str = "<data>") -> Suite:
     return Suite(str(data.get("name") or source), tuple(tasks))
 
 
-def load_suite(path: str | Path | None = None) -> Suite:
-    """A suite from a file, or the default suite shipped with mllgraph."""
+def read_suite_json(
+    path: str | Path | None, packaged: str, what: str = "task suite"
+) -> tuple[Any, str]:
+    """(a suite file's JSON data, where it came from): `path`, or the file `packaged` beside
+    this module. `what` names the suite in the errors."""
     if path is None:
-        text = (resources.files("mllgraph.eval") / DEFAULT_SUITE).read_text()
-        source = DEFAULT_SUITE
+        text, source = (resources.files("mllgraph.eval") / packaged).read_text(), packaged
     else:
         p = Path(path)
         if not p.is_file():
-            raise InvalidArgument(f"task suite {p}: no such file")
+            raise InvalidArgument(f"{what} {p}: no such file")
         text, source = p.read_text(encoding="utf-8"), str(p)
     try:
-        data = json.loads(text)
+        return json.loads(text), source
     except json.JSONDecodeError as e:
         raise InvalidArgument(
-            f"task suite {source}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"
+            f"{what} {source}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"
         ) from e
-    return parse_suite(data, source)
+
+
+def load_suite(path: str | Path | None = None) -> Suite:
+    """A suite from a file, or the default suite shipped with mllgraph."""
+    return parse_suite(*read_suite_json(path, DEFAULT_SUITE))
