@@ -79,10 +79,10 @@ class MiniLM:
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64) -> Tensor:
-        # Batches of similar lengths pad little (as sentence-transformers does): texts are
-        # encoded longest first and put back in their order at the end.
-        tokens = self.tokenizer.encode_batch(list(texts))
-        order = sorted(range(len(texts)), key=lambda i: -len(tokens[i].ids))
+        # Batches of similar lengths pad little: texts are encoded longest first (by characters,
+        # as sentence-transformers orders them, so nothing is tokenized twice) and put back in
+        # their order at the end.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = []
         for start in range(0, len(texts), batch_size):
             picked = [texts[i] for i in order[start : start + batch_size]]
