@@ -32,6 +32,17 @@ PY="${PYTHON:-python3}"
 stamp=".venv/.mllgraph-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  # torch and its CUDA libraries take about 7 GB; a full disk otherwise fails deep inside pip.
+  if ! ls -d .venv/lib/python3*/site-packages/torch >/dev/null 2>&1; then
+    for dir in . "${TMPDIR:-/tmp}"; do
+      free_gb=$(( $(df -Pk "$dir" | awk 'NR==2 {print $4}') / 1048576 ))
+      if (( free_gb < 8 )); then
+        echo "[setup] only ${free_gb} GB free on $(cd "$dir" && pwd) (the install needs about 8 GB there):" \
+          "free some space, or point TMPDIR at a larger disk" >&2
+        exit 1
+      fi
+    done
+  fi
   echo "[setup] pip install -e .[dev] (the first time downloads torch: a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[dev]"
