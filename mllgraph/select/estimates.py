@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mllgraph.combine.domain import thumbnails
+from mllgraph.combine.domain import DomainProfile, thumbnails
 from mllgraph.errors import FailedPrecondition, NotFound
 from mllgraph.graph.db import Graph
 from mllgraph.hub import domains, probes
@@ -61,6 +61,10 @@ _CAL: OrderedDict[tuple[str, int], tuple[Any, dict[str, Calibration | None]]] = 
 _CAL_SIZE = 1024  # models; each entry holds its (memory-mapped) probe outputs open
 _THUMBS: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 _THUMBS_SIZE = 4096
+# Which of a probe set's thumbnails a domain profile accepts, by (profile sha256, set, count):
+# the same for every task that meets that model and set, so a new task pays only new pairs.
+_ACCEPTED: OrderedDict[tuple[str, str, int], np.ndarray] = OrderedDict()
+_ACCEPTED_SIZE = 65536  # pairs; each at most GATE_IMAGES_PER_SET booleans
 _LOCK = threading.Lock()
 
 
@@ -231,6 +235,31 @@ def revise(
 # -- the domain gate ---------------------------------------------------------------------------
 
 
+def _accepted(
+    graph: Graph,
+    settings: Settings,
+    sha: str,
+    profile: DomainProfile,
+    set_id: str,
+    count: int,
+) -> np.ndarray | None:
+    """Which of the set's gate thumbnails the profile accepts (None: no images)."""
+    key = (sha, set_id, count)
+    with _LOCK:
+        if key in _ACCEPTED:
+            _ACCEPTED.move_to_end(key)
+            return _ACCEPTED[key]
+    thumbs = _thumbnails(graph, settings, set_id, count)
+    if thumbs is None:
+        return None
+    accepted = profile.accepts(thumbs) if len(thumbs) else np.zeros(0, dtype=bool)
+    with _LOCK:
+        _ACCEPTED[key] = accepted
+        while len(_ACCEPTED) > _ACCEPTED_SIZE:
+            _ACCEPTED.popitem(last=False)
+    return accepted
+
+
 def _thumbnails(graph: Graph, settings: Settings, set_id: str, count: int) -> np.ndarray | None:
     key = (set_id, count)
     with _LOCK:
@@ -289,11 +318,12 @@ def _gate(
         profile = domains.load(settings, mid, dict(record))
     except FailedPrecondition:
         return {"covers": True, "why": "profile unreadable"}  # inference will say so itself
-    parts = [_thumbnails(reads.graph, settings, s, n) for s, n in sorted(sets.items())]
-    thumbs = [t for t in parts if t is not None and len(t)]
-    if not thumbs:
+    sha = str(record["domain_sha256"])
+    parts = [_accepted(reads.graph, settings, sha, profile, s, n) for s, n in sorted(sets.items())]
+    verdicts = [a for a in parts if a is not None and a.size]
+    if not verdicts:
         return {"covers": True, "why": "no probe images to check"}
-    accepted = profile.accepts(np.concatenate(thumbs))
+    accepted = np.concatenate(verdicts)
     share = float(accepted.mean())
     return {
         "covers": share >= MIN_ACCEPTED,
