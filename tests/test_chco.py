@@ -371,7 +371,39 @@ def test_exact_met_in_the_middle_gives_the_direct_plans(
     direct = solve_exact(problem)
     assert met.assignment == direct.assignment and met.models == direct.models
     assert met.estimated_accuracy == direct.estimated_accuracy
-    assert met.evaluated == direct.evaluated
+    # The met-in-the-middle search skips assignments that cannot reach the best it has.
+    assert 0 < met.evaluated <= direct.evaluated
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_exact_search_skips_only_what_cannot_win(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound-pruned search returns the plan of the search that scores every assignment:
+    with exact ties (coarse logits), prior credit (a class without probe images), model
+    costs under a cap, and a tight budget."""
+    from mllgraph.select import exact_counts
+
+    rng = np.random.default_rng(100 + seed)
+    problem = synthetic_problem(seed, num_classes=4 + seed % 3, num_models=7, budget=1 + seed % 3)
+    if seed % 2:
+        logits = {m: np.round(v) for m, v in problem.logits_by_model.items()}
+        problem = replace(problem, logits_by_model=logits)
+    if seed % 4 < 2:  # class 0 unprobed: its candidates earn prior credit instead of images
+        rows = problem.labels != 0
+        logits = {m: v[rows] for m, v in problem.logits_by_model.items()}
+        problem = replace(problem, labels=problem.labels[rows], logits_by_model=logits)
+    if seed % 3 == 0:
+        costs = {m: float(rng.uniform(0.5, 20.0)) for m in problem.logits_by_model}
+        problem = replace(
+            problem, model_cost=costs, max_cost=float(np.median(list(costs.values()))) * 2
+        )
+    pruned = solve_exact(problem)
+    monkeypatch.setattr(exact_counts, "_BOUND_TOLERANCE", math.inf)  # no pair is skipped
+    every = solve_exact(problem)
+    assert pruned.assignment == every.assignment and pruned.models == every.models
+    assert pruned.estimated_accuracy == every.estimated_accuracy
+    assert pruned.evaluated <= every.evaluated
 
 
 def test_exact_counts_by_halves_match_a_direct_count() -> None:

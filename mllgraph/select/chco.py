@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -511,18 +511,26 @@ def solve_exact(problem: ChcoProblem, *, limit: int = DEFAULT_EXACT_LIMIT) -> Pl
     ext_label = np.append(prep.cand_label, 0.0)
     ext_credit = np.append(prep.cand_credit, 0.0)
     ext_cost = np.append(prep.cost, 0.0)
-    chunk = max(1, _EXACT_CHUNK_ELEMENTS // max(1, k * n))
-    # Right-image counts met in the middle (select/exact_counts) where the halves fit; the
-    # chunks are then whole rows of A's combinations.
-    met = exact_counts.halves(ext, opt_ids, prep.labels, _EXACT_CHUNK_ELEMENTS)
-    if met is not None:
-        chunk = met.size_b * max(1, _EXACT_CHUNK_ELEMENTS // max(1, met.size_b * n))
     best_key: tuple[float, float, int, float] | None = None
     finalists: list[np.ndarray] = []
     evaluated = 0
-    for lo in range(0, size, chunk):
-        flat = np.arange(lo, min(size, lo + chunk))
-        right = None if met is None else met.counts(lo // met.size_b, flat[-1] // met.size_b + 1)
+    # Right-image counts met in the middle (select/exact_counts) where the halves fit, best
+    # bounds first, skipping assignments that cannot reach the best found so far; else every
+    # assignment, scored directly.
+    met = exact_counts.halves(ext, opt_ids, prep.labels, _EXACT_CHUNK_ELEMENTS)
+    blocks: Iterator[tuple[np.ndarray, np.ndarray | None]]
+    if met is None:
+        chunk = max(1, _EXACT_CHUNK_ELEMENTS // max(1, k * n))
+        blocks = ((np.arange(lo, min(size, lo + chunk)), None) for lo in range(0, size, chunk))
+    else:
+        blocks = exact_counts.best_first(
+            met,
+            exact_counts.option_sums(ext_credit, opt_ids[: met.split]),
+            exact_counts.option_sums(ext_credit, opt_ids[met.split :]),
+            max(1, _EXACT_CHUNK_ELEMENTS // max(1, met.size_b * n)),
+            lambda: -math.inf if best_key is None else best_key[0],
+        )
+    for flat, right in blocks:
         opts = np.unravel_index(flat, sizes)
         cand = np.stack([opt_ids[c][opts[c]] for c in range(k)])  # (K, B)
         mdl = np.sort(ext_model[cand], axis=0)

@@ -18,7 +18,7 @@ Pure numpy, no I/O; `chco.solve_exact` uses it and checks give the same plans
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +26,8 @@ import numpy as np
 # One half's (best, which) tables above this many entries: the direct evaluation instead
 # (a lopsided space, e.g. one class with most of the options).
 MAX_HALF_ELEMENTS = 8_000_000
+# Bounds and totals add the same credits in other orders: skip only pairs clearly below.
+_BOUND_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,59 @@ class Halves:
         ge = self.best_a[a_lo:a_hi, None, :] >= self.best_b[None, :, :]
         right = (self.hit_a[a_lo:a_hi, None, :] & ge) | (self.hit_b[None, :, :] & ~ge)
         return right.sum(axis=2).reshape(-1)
+
+    def counts_of(self, a_rows: np.ndarray, b_rows: np.ndarray) -> np.ndarray:
+        """(len(a_rows), len(b_rows)): right images of each pair of A's and B's combinations."""
+        ge = self.best_a[a_rows][:, None, :] >= self.best_b[b_rows][None, :, :]
+        right = (self.hit_a[a_rows][:, None, :] & ge) | (self.hit_b[b_rows][None, :, :] & ~ge)
+        return right.sum(axis=2)
+
+
+def option_sums(values: np.ndarray, options: Sequence[np.ndarray]) -> np.ndarray:
+    """Per combination of `options` (one row of each, in flat order), the sum of `values`
+    over the rows it picks."""
+    sizes = [len(o) for o in options]
+    picks = np.unravel_index(np.arange(math.prod(sizes)), sizes)
+    out = np.zeros(math.prod(sizes))
+    for c, o in enumerate(options):
+        out += values[o[picks[c]]]
+    return out
+
+
+def best_first(
+    met: Halves,
+    extra_a: np.ndarray,
+    extra_b: np.ndarray,
+    rows_per_block: int,
+    floor: Callable[[], float],
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Blocks of (flat assignment indexes, right images), skipping every pair that cannot
+    reach `floor()` — the best total (right images + extra) of an assignment the caller has
+    kept so far.
+
+    A pair's right images are at most A's hits plus B's hits (an image of A's classes can
+    only be right through A, and likewise for B), so `hits + extra` bounds its total, and
+    `extra` (the prior credit of unprobed classes) splits exactly into A's and B's parts.
+    A's combinations go in decreasing order of their bound, the first alone, so that a high
+    floor is set early and the rest are mostly skipped unscored. A pair whose bound equals
+    the floor is kept: it may tie the best, and the caller breaks ties over all of them."""
+    bound_a = met.hit_a.sum(axis=1) + extra_a
+    bound_b = met.hit_b.sum(axis=1) + extra_b
+    order = np.argsort(-bound_a, kind="stable")
+    top_b = float(bound_b.max())
+    # The best-bounded row alone first: a floor before the first full block.
+    starts = [0, *range(1, order.size, max(1, rows_per_block))]
+    for lo, hi in zip(starts, [*starts[1:], order.size], strict=True):
+        rows = order[lo:hi]
+        least = floor() - _BOUND_TOLERANCE
+        if bound_a[rows[0]] + top_b < least:
+            return  # every later row has a bound no higher
+        cols = np.flatnonzero(bound_b >= least - bound_a[rows[0]])
+        keep = bound_a[rows][:, None] + bound_b[cols][None, :] >= least
+        if not keep.any():
+            continue
+        flat = rows[:, None] * met.size_b + cols[None, :]
+        yield flat[keep], met.counts_of(rows, cols)[keep]
 
 
 def split_point(sizes: Sequence[int]) -> int:
