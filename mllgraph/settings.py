@@ -194,6 +194,11 @@ class Settings:
     # ... and each model's softmax row statistics on its probe images (16 bytes per image per
     # model), so a candidate's evidence reads only its heads (LRU beyond; 0: off).
     select_probe_stats_mb: int = 256
+    # numpy's and scipy's BLAS threads, set once at start-up (`threads.set_blas_threads`; 0:
+    # the library's default, one per core). Selection and combination are many small matrix
+    # operations, where a second thread only waits: on a loaded 2-core machine two threads
+    # made SelectHeads 4x slower. OPENBLAS_NUM_THREADS in the environment wins.
+    blas_threads: int = 1
     # Where batch work (labelling) runs: "local" (this process) or "ray" (one task per model;
     # a local Ray started on this machine, or the cluster at ray_address).
     executor: str = "local"
@@ -362,6 +367,7 @@ class Settings:
             select_probe_stats_mb=int(
                 _env("MLLGRAPH_SELECT_PROBE_STATS_MB", str(cls.select_probe_stats_mb))
             ),
+            blas_threads=int(_env("MLLGRAPH_BLAS_THREADS", str(cls.blas_threads))),
             executor=_env("MLLGRAPH_EXECUTOR", cls.executor).strip().lower(),
             ray_address=os.environ.get("MLLGRAPH_RAY_ADDRESS")
             or os.environ.get("RAY_ADDRESS")

@@ -7,15 +7,19 @@ and a request that overlaps sees nothing. OpenBLAS's count (numpy, scipy, scikit
 ``torch.set_num_threads`` (it also sets the count every thread torch has not seen yet starts
 with) are process-wide: a request must never change them (two overlapping requests race: one
 restores what the other changed, and the service is left on one thread). They belong to
-start-up, and the project sets neither: their defaults (one thread per core) stand, or the
-usual ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` in the environment of the process.
+start-up: :func:`set_blas_threads` (the CLI's and each service's entry point, from
+``Settings.blas_threads``) sets BLAS's; torch's default (one thread per core) stands, or
+``OMP_NUM_THREADS`` in the environment of the process.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from mllgraph.errors import InvalidArgument
 
 
 @contextmanager
@@ -34,3 +38,22 @@ def local_threads(n: int) -> Iterator[None]:
         yield
     finally:
         limits.restore_original_limits()
+
+
+def set_blas_threads(n: int) -> None:
+    """At start-up only (process-wide): numpy's and scipy's BLAS on `n` threads (0: leave the
+    library's default). An ``OPENBLAS_NUM_THREADS`` already in the environment wins. Set in
+    the environment for BLAS libraries loaded later (OpenBLAS reads it when it loads) and
+    for child processes, and applied to those already loaded. torch's OpenMP pool is not a
+    BLAS pool and is left alone."""
+    if n < 0:
+        raise InvalidArgument(
+            f"MLLGRAPH_BLAS_THREADS is {n}: give a number of threads, or 0 for the library default"
+        )
+    if n == 0 or "OPENBLAS_NUM_THREADS" in os.environ:
+        return
+    os.environ["OPENBLAS_NUM_THREADS"] = str(n)
+    if "numpy" in sys.modules or "scipy" in sys.modules:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n, user_api="blas")

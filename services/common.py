@@ -49,6 +49,7 @@ from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from mllgraph import threads
 from mllgraph.errors import DeadlineExceeded, InvalidArgument, MllgraphError, Unavailable
 from mllgraph.graph import deadline
 from mllgraph.settings import Settings
@@ -690,6 +691,7 @@ def run_service_main(
     configure_logging(args.log_level)
     try:
         settings = apply_serving_flags(Settings.from_env(), args, name)
+        threads.set_blas_threads(settings.blas_threads)
         options = serve_options(args, settings) if serve_options is not None else {}
         asyncio.run(serve(settings, port=args.port, host=args.host, **options))
     except MllgraphError as e:

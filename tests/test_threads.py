@@ -144,3 +144,64 @@ def test_local_threads_are_for_the_calling_thread_only(configured: None) -> None
         release.set()
         t.join()
     assert inside == [1, CONFIGURED]
+
+
+# --- BLAS threads, set once at start-up (threads.set_blas_threads) ---------------------------
+
+_BLAS_PROBE = """
+import os, sys
+from mllgraph import threads
+if sys.argv[1] == "numpy-first":
+    import numpy  # noqa: F401  (already loaded: threadpoolctl must apply it)
+threads.set_blas_threads(int(sys.argv[2]))
+import numpy, scipy.linalg  # noqa: F401,E401
+from threadpoolctl import threadpool_info
+print(sorted({int(p["num_threads"]) for p in threadpool_info() if p["user_api"] == "blas"}))
+"""
+
+
+def _blas_threads_in_fresh_process(order: str, n: int, env: dict[str, str]) -> str:
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS",)}
+    done = subprocess.run(
+        [sys.executable, "-c", _BLAS_PROBE, order, str(n)],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("order", ["numpy-later", "numpy-first"])
+def test_set_blas_threads_applies_whether_numpy_is_loaded_or_not(order: str) -> None:
+    assert _blas_threads_in_fresh_process(order, 1, {}) == "[1]"
+
+
+def test_openblas_num_threads_in_the_environment_wins() -> None:
+    env = {"OPENBLAS_NUM_THREADS": "2"}  # (OpenBLAS caps it at the machine's cores)
+    alone = _blas_threads_in_fresh_process("numpy-later", 0, env)
+    if alone == "[1]":
+        pytest.skip("one core: 2 BLAS threads cannot be told from 1 here")
+    assert _blas_threads_in_fresh_process("numpy-later", 1, env) == alone
+
+
+def test_zero_blas_threads_leaves_the_library_default() -> None:
+    default = _blas_threads_in_fresh_process("numpy-later", 0, {})
+    assert default == _blas_threads_in_fresh_process("numpy-first", 0, {})
+    assert default != "[]"
+
+
+def test_a_negative_blas_thread_count_is_refused_by_name(capsys: pytest.CaptureFixture) -> None:
+    from mllgraph.cli import main
+    from mllgraph.errors import InvalidArgument
+    from mllgraph.settings import Settings
+
+    with pytest.raises(InvalidArgument, match="MLLGRAPH_BLAS_THREADS is -1"):
+        threads.set_blas_threads(-1)
+    assert main(["neo4j", "status"], Settings(blas_threads=-1)) == 1
+    assert "MLLGRAPH_BLAS_THREADS is -1" in capsys.readouterr().err

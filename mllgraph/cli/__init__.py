@@ -16,6 +16,7 @@ import sys
 
 from rich.console import Console
 
+from mllgraph import threads
 from mllgraph.cli import (
     bench,
     demo,
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     settings = settings or Settings.from_env()
     handler: Handler = args.handler
     try:
+        threads.set_blas_threads(settings.blas_threads)
         return handler(args, settings)
     except MllgraphError as e:
         Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
