@@ -894,16 +894,17 @@ def _greedy_add(state: _State, chosen: set[int], excluded: set[int], lookahead: 
         return False
     base = state.key()
     cp = state.checkpoint()
-    best: tuple[tuple[float, float], int] | None = None
+    # (key, model, the state it leads to): returning to it is cheaper than trying it again.
+    best: tuple[tuple[float, float], int, tuple[np.ndarray, ...]] | None = None
     for m in order:
         changes = _try_model(state, int(m))
         key = state.key()
-        state.restore(cp)
         if changes and key > base and (best is None or key > best[0]):
-            best = (key, int(m))
+            best = (key, int(m), state.checkpoint())
+        state.restore(cp)
     if best is None:
         return False
-    _try_model(state, best[1])
+    state.restore(best[2])
     chosen.add(best[1])
     return True
 
