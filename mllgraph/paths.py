@@ -37,6 +37,28 @@ def is_remote(location: str) -> bool:
     return location.split("://", 1)[0].lower() not in LOCAL_PROTOCOLS
 
 
+def in_store(root: Path, location: str, depth: int = 3) -> Path:
+    """The file on this machine that a local store `location` (as the graph records it) names,
+    for a store rooted at `root`.
+
+    A path inside `root` is itself. The graph records absolute paths, so a hub whose home was
+    copied or moved (or a second machine's home on the same graph) finds another home's paths:
+    such a path is taken by its last parts (up to `depth`) under `root`, where that file exists
+    — a store's layout below its root is the same everywhere (`<set id>.npz`,
+    `blobs/<sha[:2]>/<sha><ext>`), and the names are content-addressed or unique per hub. Else
+    the path as given (the files of another home, still there)."""
+    path = Path(location)
+    if not path.is_absolute():
+        return root / path
+    if path.is_relative_to(root):
+        return path
+    for n in range(1, min(depth, len(path.parts) - 1) + 1):
+        mine = root.joinpath(*path.parts[-n:])
+        if mine.is_file():
+            return mine
+    return path
+
+
 _USERINFO = re.compile(r"(://)[^/?#@\s]*@")
 _QUERY_VALUE = re.compile(r"([?&][^=&#\s]+=)[^&#\s]*")
 

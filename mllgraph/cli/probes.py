@@ -84,7 +84,7 @@ def cmd_probes(args: argparse.Namespace, settings: Settings) -> int:
             rows = [p.__dict__ for p in probes.probe_sets(graph)]
             console.print(rows_table(rows, "probe sets"))
         elif args.action == "remove":
-            probes.remove_probe_set(graph, args.id)
+            probes.remove_probe_set(graph, args.id, settings)
             console.print(f"removed {args.id}")
     return 0
 

@@ -142,7 +142,7 @@ def attach_probes(
     """Replace the hub's emoji probe sets by ones from the split's probe styles; the
     manifest of the images attached."""
     for ps in emoji_probe_sets(graph):  # every style: sets from an earlier split go too
-        probes.remove_probe_set(graph, ps.id)
+        probes.remove_probe_set(graph, ps.id, settings)
     if folder.exists():
         shutil.rmtree(folder)
     manifest = emoji_split.write_probe_folders(

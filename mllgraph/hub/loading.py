@@ -426,7 +426,7 @@ def weights_file(settings: Settings, record: dict[str, Any]) -> Path:
                 f"the weights of model {record['id']} cannot be read: {e}; re-register it or "
                 "restore the file"
             ) from e
-    path = Path(location)
+    path = paths.in_store(settings.model_store, location)
     if not path.is_file():
         raise FailedPrecondition(
             f"the weights of model {record['id']} are missing from the model store: {path}; "

@@ -204,7 +204,7 @@ def add_folder(
     def images_of(name: str) -> list[np.ndarray]:
         return _load_files(root, by_folder[name], report)
 
-    with _all_or_nothing(graph) as created:
+    with _all_or_nothing(graph, settings) as created:
         for name, wnid in _concepts(graph, sorted(by_folder), ground, report):
             where = source or f"folder {root / name}"
             _attach(graph, settings, report, created, name, wnid, images_of(name), where)
@@ -249,7 +249,7 @@ def attach_groups(
     sub-folder's name (e.g. streamed over gRPC); `refused` starts the report's list. All or
     nothing, like `add_folder`."""
     report = FolderReport(refused=list(refused or []))
-    with _all_or_nothing(graph) as created:
+    with _all_or_nothing(graph, settings) as created:
         for name, wnid in _concepts(graph, sorted(groups), ground, report):
             _attach(graph, settings, report, created, name, wnid, groups[name], source)
     report.stale_models = sorted(set(report.stale_models))
@@ -257,24 +257,26 @@ def attach_groups(
 
 
 @contextmanager
-def _all_or_nothing(graph: Graph) -> Iterator[list[ProbeSet]]:
+def _all_or_nothing(graph: Graph, settings: Settings) -> Iterator[list[ProbeSet]]:
     """The probe sets a block creates (it appends them); removed again when the block
     fails, and the error then says what was undone (`_undo`)."""
     created: list[ProbeSet] = []
     try:
         yield created
     except BaseException as e:
-        _undo(graph, created, e)
+        _undo(graph, settings, created, e)
 
 
-def _undo(graph: Graph, created: list[ProbeSet], error: BaseException) -> NoReturn:
+def _undo(
+    graph: Graph, settings: Settings, created: list[ProbeSet], error: BaseException
+) -> NoReturn:
     """Remove `created` and raise `error` again, saying what is left attached."""
     from mllgraph.hub import probes
 
     left = []
     for ps in reversed(created):
         try:
-            probes.remove_probe_set(graph, ps.id)
+            probes.remove_probe_set(graph, ps.id, settings)
         except Exception:  # noqa: BLE001 - named in the error below
             left.append(f"{ps.id} ({ps.concept})")
     if left:

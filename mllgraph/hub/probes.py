@@ -17,7 +17,6 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -126,7 +125,9 @@ def probe_sets(graph: Graph) -> list[ProbeSet]:
     ]
 
 
-def remove_probe_set(graph: Graph, set_id: str) -> None:
+def remove_probe_set(graph: Graph, set_id: str, settings: Settings | None = None) -> None:
+    """Remove a probe set from the graph and its file from this home's probe store (never a
+    file of another home whose path the graph still records: a copied hub's original)."""
     rows = graph.read("hub/probe_set_get", id=set_id)
     if not rows:
         raise NotFound(f"probe set {set_id!r} does not exist")
@@ -134,8 +135,11 @@ def remove_probe_set(graph: Graph, set_id: str) -> None:
     location = rows[0]["probe_set"]["path"]
     if paths.is_remote(location):
         store.remove_url(location)  # cached copies elsewhere are never read again
-    else:
-        Path(location).unlink(missing_ok=True)
+        return
+    root = (settings or Settings.from_env()).probe_store
+    path = paths.in_store(root, location)
+    if path.is_relative_to(root):
+        path.unlink(missing_ok=True)
 
 
 def load_images(
@@ -149,7 +153,7 @@ def load_images(
         except FailedPrecondition as e:
             raise NotFound(f"images of probe set {probe_set.id} are missing: {e}") from e
     else:
-        path = Path(probe_set.path)
+        path = paths.in_store((settings or Settings.from_env()).probe_store, probe_set.path)
     if not path.is_file():
         raise NotFound(f"images of probe set {probe_set.id} are missing: {path}")
     with np.load(path) as data:

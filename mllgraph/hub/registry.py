@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mllgraph import paths
 from mllgraph.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -638,7 +639,7 @@ def delete_model(graph: Graph, settings: Settings, mid: str) -> dict[str, Any]:
                 graph, remote, key, record["sha256"]
             )
         elif row["still_in_use"] == 0:  # counted in the delete's own transaction
-            blob = Path(record["weights_path"])
+            blob = paths.in_store(settings.model_store, record["weights_path"])
             if blob.is_file() and blob.is_relative_to(settings.model_store):
                 blob.unlink()
                 weights_removed = True

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mllgraph import paths
 from mllgraph.errors import (
     FailedPrecondition,
 )
@@ -64,6 +65,8 @@ def export_bundle(
     portable = {}
     for mid, rec in records.items():
         src = Path(rec["weights_path"])
+        if settings is not None:  # a copied or moved home: its own blob (paths.in_store)
+            src = paths.in_store(settings.model_store, str(src))
         if not src.is_file():
             raise FailedPrecondition(f"the weights of model {mid} are missing: {src}")
         dst = out / "blobs" / src.name
