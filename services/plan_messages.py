@@ -14,9 +14,9 @@ Mapping the plan document (`mllgraph.select.run`) to the `Plan` message
 * ``combination_json`` is the whole plan document as JSON (it carries ``schema_version`` and
   ``combination``), exactly as stored; inference parses it. Like the stored copy it may hold
   ``NaN`` inside ``combination`` (Python's json reads it).
-* Proto option defaults differ from the library's: ``allow_ancestor`` and ``fit_params`` are
-  proto booleans and off unless set; budget 0 and min_label_score 0 take the server
-  defaults (5, 0.05).
+* ``allow_ancestor`` and ``fit_params`` are optional booleans: unset, the server takes the
+  library's defaults (both on, as the Python client and the CLI); a plan echoes both set.
+  Budget 0 and min_label_score 0 take the server defaults (5, 0.05).
 """
 
 from __future__ import annotations

@@ -127,6 +127,14 @@ def _check_cost_options(options: plan_request.SelectOptions) -> None:
         raise
 
 
+def _flag(opts: selection_pb2.SelectOptions, name: str) -> bool:
+    """An optional bool of SelectOptions: as set, else the library's default (one plan for a
+    task whichever door it came through: gRPC, the client, the CLI)."""
+    if opts.HasField(name):
+        return bool(getattr(opts, name))
+    return bool(getattr(plan_request.SelectOptions(), name))
+
+
 def request_to_task(
     request: selection_pb2.SelectHeadsRequest, default_budget: int = DEFAULT_BUDGET
 ) -> tuple[list[plan_request.TaskClass], plan_request.SelectOptions]:
@@ -160,8 +168,8 @@ def request_to_task(
     options = plan_request.SelectOptions(
         budget=request.budget or default_budget,
         solver=_SOLVER_FROM_PROTO[opts.solver],
-        allow_ancestor=bool(opts.allow_ancestor),
-        fit_params=bool(opts.fit_params),
+        allow_ancestor=_flag(opts, "allow_ancestor"),
+        fit_params=_flag(opts, "fit_params"),
         min_label_score=(
             f32(opts.min_label_score) if opts.min_label_score else DEFAULT_MIN_LABEL_SCORE
         ),

@@ -401,7 +401,26 @@ def test_pinned_classes_and_options(hub: Hub, stub: Any) -> None:
     assert all(c.grounding.pinned and c.grounding.score == 1.0 for c in plan.classes)
     assert plan.solver == selection_pb2.SOLVER_HEURISTIC
     assert plan.options.min_label_score == pytest.approx(0.06)
-    assert plan.options.fit_params and not plan.options.allow_ancestor
+    # Unset optional flags take the library's defaults (as the client and the CLI).
+    assert plan.options.fit_params and plan.options.allow_ancestor
+
+
+def test_option_flags_unset_take_the_librarys_defaults_and_false_is_kept() -> None:
+    from services.selection import request_to_task
+
+    def options(**kw: Any) -> plan_request.SelectOptions:
+        request = selection_pb2.SelectHeadsRequest(
+            classes=[selection_pb2.TaskClass(name=n) for n in ("kilt", "clog")],
+            options=selection_pb2.SelectOptions(**kw),
+        )
+        return request_to_task(request)[1]
+
+    default = plan_request.SelectOptions()
+    unset = options()
+    assert (unset.allow_ancestor, unset.fit_params) == (default.allow_ancestor, default.fit_params)
+    assert (unset.allow_ancestor, unset.fit_params) == (True, True)
+    off = options(allow_ancestor=False, fit_params=False)
+    assert (off.allow_ancestor, off.fit_params) == (False, False)
 
 
 # --- bad input -------------------------------------------------------------------------------

@@ -26,45 +26,45 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mllgraph.v1 import common_pb2 as mllgraph_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmllgraph/v1/selection.proto\x12\x0bmllgraph.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18mllgraph/v1/common.proto\".\n\tTaskClass\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bpinned_wnid\x18\x02 \x01(\t\"\x87\x02\n\rSelectOptions\x12#\n\x06solver\x18\x01 \x01(\x0e\x32\x13.mllgraph.v1.Solver\x12\x16\n\x0e\x61llow_ancestor\x18\x02 \x01(\x08\x12\x12\n\nfit_params\x18\x03 \x01(\x08\x12\x1b\n\x13max_heads_per_class\x18\x04 \x01(\x05\x12\x17\n\x0fmin_label_score\x18\x05 \x01(\x02\x12\x1a\n\x12time_limit_seconds\x18\x06 \x01(\x02\x12\x0e\n\x06models\x18\x07 \x03(\t\x12\x13\n\x0bmax_cost_ms\x18\x08 \x01(\x01\x12\x1b\n\x0e\x61\x63\x63uracy_slack\x18\t \x01(\x01H\x00\x88\x01\x01\x42\x11\n\x0f_accuracy_slack\"z\n\x12SelectHeadsRequest\x12\'\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x16.mllgraph.v1.TaskClass\x12\x0e\n\x06\x62udget\x18\x02 \x01(\x05\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.mllgraph.v1.SelectOptions\"A\n\x14GroundingAlternative\x12\x0c\n\x04wnid\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\x8b\x01\n\tGrounding\x12\x11\n\tambiguous\x18\x01 \x01(\x08\x12\x13\n\x0b\x61pproximate\x18\x02 \x01(\x08\x12\x37\n\x0c\x61lternatives\x18\x03 \x03(\x0b\x32!.mllgraph.v1.GroundingAlternative\x12\x0e\n\x06pinned\x18\x04 \x01(\x08\x12\r\n\x05score\x18\x05 \x01(\x02\"\x93\x02\n\x0cPlannedClass\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x07\x63oncept\x18\x02 \x01(\x0b\x32\x17.mllgraph.v1.ConceptRef\x12)\n\tgrounding\x18\x03 \x01(\x0b\x32\x16.mllgraph.v1.Grounding\x12\'\n\x08\x63overage\x18\x04 \x01(\x0e\x32\x15.mllgraph.v1.Coverage\x12#\n\x05heads\x18\x05 \x03(\x0b\x32\x14.mllgraph.v1.HeadRef\x12\x1a\n\x12\x65stimated_accuracy\x18\x06 \x01(\x02\x12\x36\n\x10uncovered_reason\x18\x07 \x01(\x0e\x32\x1c.mllgraph.v1.UncoveredReason\"\x9e\x03\n\x04Plan\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12*\n\x07\x63lasses\x18\x02 \x03(\x0b\x32\x19.mllgraph.v1.PlannedClass\x12\x1a\n\x12\x65stimated_accuracy\x18\x03 \x01(\x02\x12\x11\n\tmodel_ids\x18\x04 \x03(\t\x12#\n\x06solver\x18\x05 \x01(\x0e\x32\x13.mllgraph.v1.Solver\x12\x15\n\rparams_fitted\x18\x06 \x01(\x08\x12\x19\n\x11\x63\x61talogue_version\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x63ombination_json\x18\t \x01(\t\x12\x0e\n\x06\x62udget\x18\n \x01(\x05\x12+\n\x07options\x18\x0b \x01(\x0b\x32\x1a.mllgraph.v1.SelectOptions\x12\x19\n\x11measured_fraction\x18\x0c \x01(\x02\x12\x19\n\x11\x63ost_ms_per_image\x18\r \x01(\x01\x12\x16\n\x0e\x63ost_estimated\x18\x0e \x01(\x08\"!\n\x0eGetPlanRequest\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\"*\n\x17\x45xplainSelectionRequest\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\"\x9c\x01\n\rHeadCandidate\x12\"\n\x04head\x18\x01 \x01(\x0b\x32\x14.mllgraph.v1.HeadRef\x12,\n\x0bvia_concept\x18\x02 \x01(\x0b\x32\x17.mllgraph.v1.ConceptRef\x12\x1a\n\x12\x65stimated_accuracy\x18\x03 \x01(\x02\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xe2\x01\n\x10\x43lassExplanation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x07\x63oncept\x18\x02 \x01(\x0b\x32\x17.mllgraph.v1.ConceptRef\x12\'\n\x08\x63overage\x18\x03 \x01(\x0e\x32\x15.mllgraph.v1.Coverage\x12*\n\x06\x63hosen\x18\x04 \x03(\x0b\x32\x1a.mllgraph.v1.HeadCandidate\x12\x30\n\x0c\x61lternatives\x18\x05 \x03(\x0b\x32\x1a.mllgraph.v1.HeadCandidate\x12\x0f\n\x07reasons\x18\x06 \x03(\t\"e\n\tFrontPlan\x12\x11\n\tmodel_ids\x18\x01 \x03(\t\x12\x1a\n\x12\x65stimated_accuracy\x18\x02 \x01(\x02\x12\x19\n\x11\x63ost_ms_per_image\x18\x03 \x01(\x01\x12\x0e\n\x06\x63hosen\x18\x04 \x01(\x08\"\x89\x01\n\x0b\x45xplanation\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12.\n\x07\x63lasses\x18\x02 \x03(\x0b\x32\x1d.mllgraph.v1.ClassExplanation\x12\r\n\x05notes\x18\x03 \x03(\t\x12*\n\ncost_front\x18\x04 \x03(\x0b\x32\x16.mllgraph.v1.FrontPlan*Y\n\x06Solver\x12\x16\n\x12SOLVER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSOLVER_AUTO\x10\x01\x12\x10\n\x0cSOLVER_EXACT\x10\x02\x12\x14\n\x10SOLVER_HEURISTIC\x10\x03*\xae\x01\n\x08\x43overage\x12\x18\n\x14\x43OVERAGE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43OVERAGE_EXACT\x10\x01\x12\x18\n\x14\x43OVERAGE_DESCENDANTS\x10\x02\x12\x15\n\x11\x43OVERAGE_ANCESTOR\x10\x03\x12\x16\n\x12\x43OVERAGE_UNCOVERED\x10\x04\x12\x14\n\x10\x43OVERAGE_RELATED\x10\x05\x12\x15\n\x11\x43OVERAGE_DECLARED\x10\x06*r\n\x0fUncoveredReason\x12 \n\x1cUNCOVERED_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18UNCOVERED_REASON_NO_HEAD\x10\x01\x12\x1f\n\x1bUNCOVERED_REASON_NOT_CHOSEN\x10\x02\x32\xe4\x01\n\x10SelectionService\x12\x41\n\x0bSelectHeads\x12\x1f.mllgraph.v1.SelectHeadsRequest\x1a\x11.mllgraph.v1.Plan\x12\x39\n\x07GetPlan\x12\x1b.mllgraph.v1.GetPlanRequest\x1a\x11.mllgraph.v1.Plan\x12R\n\x10\x45xplainSelection\x12$.mllgraph.v1.ExplainSelectionRequest\x1a\x18.mllgraph.v1.Explanationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmllgraph/v1/selection.proto\x12\x0bmllgraph.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18mllgraph/v1/common.proto\".\n\tTaskClass\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bpinned_wnid\x18\x02 \x01(\t\"\xb3\x02\n\rSelectOptions\x12#\n\x06solver\x18\x01 \x01(\x0e\x32\x13.mllgraph.v1.Solver\x12\x1b\n\x0e\x61llow_ancestor\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\nfit_params\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12\x1b\n\x13max_heads_per_class\x18\x04 \x01(\x05\x12\x17\n\x0fmin_label_score\x18\x05 \x01(\x02\x12\x1a\n\x12time_limit_seconds\x18\x06 \x01(\x02\x12\x0e\n\x06models\x18\x07 \x03(\t\x12\x13\n\x0bmax_cost_ms\x18\x08 \x01(\x01\x12\x1b\n\x0e\x61\x63\x63uracy_slack\x18\t \x01(\x01H\x02\x88\x01\x01\x42\x11\n\x0f_allow_ancestorB\r\n\x0b_fit_paramsB\x11\n\x0f_accuracy_slack\"z\n\x12SelectHeadsRequest\x12\'\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x16.mllgraph.v1.TaskClass\x12\x0e\n\x06\x62udget\x18\x02 \x01(\x05\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.mllgraph.v1.SelectOptions\"A\n\x14GroundingAlternative\x12\x0c\n\x04wnid\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\x8b\x01\n\tGrounding\x12\x11\n\tambiguous\x18\x01 \x01(\x08\x12\x13\n\x0b\x61pproximate\x18\x02 \x01(\x08\x12\x37\n\x0c\x61lternatives\x18\x03 \x03(\x0b\x32!.mllgraph.v1.GroundingAlternative\x12\x0e\n\x06pinned\x18\x04 \x01(\x08\x12\r\n\x05score\x18\x05 \x01(\x02\"\x93\x02\n\x0cPlannedClass\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x07\x63oncept\x18\x02 \x01(\x0b\x32\x17.mllgraph.v1.ConceptRef\x12)\n\tgrounding\x18\x03 \x01(\x0b\x32\x16.mllgraph.v1.Grounding\x12\'\n\x08\x63overage\x18\x04 \x01(\x0e\x32\x15.mllgraph.v1.Coverage\x12#\n\x05heads\x18\x05 \x03(\x0b\x32\x14.mllgraph.v1.HeadRef\x12\x1a\n\x12\x65stimated_accuracy\x18\x06 \x01(\x02\x12\x36\n\x10uncovered_reason\x18\x07 \x01(\x0e\x32\x1c.mllgraph.v1.UncoveredReason\"\x9e\x03\n\x04Plan\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12*\n\x07\x63lasses\x18\x02 \x03(\x0b\x32\x19.mllgraph.v1.PlannedClass\x12\x1a\n\x12\x65stimated_accuracy\x18\x03 \x01(\x02\x12\x11\n\tmodel_ids\x18\x04 \x03(\t\x12#\n\x06solver\x18\x05 \x01(\x0e\x32\x13.mllgraph.v1.Solver\x12\x15\n\rparams_fitted\x18\x06 \x01(\x08\x12\x19\n\x11\x63\x61talogue_version\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x63ombination_json\x18\t \x01(\t\x12\x0e\n\x06\x62udget\x18\n \x01(\x05\x12+\n\x07options\x18\x0b \x01(\x0b\x32\x1a.mllgraph.v1.SelectOptions\x12\x19\n\x11measured_fraction\x18\x0c \x01(\x02\x12\x19\n\x11\x63ost_ms_per_image\x18\r \x01(\x01\x12\x16\n\x0e\x63ost_estimated\x18\x0e \x01(\x08\"!\n\x0eGetPlanRequest\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\"*\n\x17\x45xplainSelectionRequest\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\"\x9c\x01\n\rHeadCandidate\x12\"\n\x04head\x18\x01 \x01(\x0b\x32\x14.mllgraph.v1.HeadRef\x12,\n\x0bvia_concept\x18\x02 \x01(\x0b\x32\x17.mllgraph.v1.ConceptRef\x12\x1a\n\x12\x65stimated_accuracy\x18\x03 \x01(\x02\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xe2\x01\n\x10\x43lassExplanation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x07\x63oncept\x18\x02 \x01(\x0b\x32\x17.mllgraph.v1.ConceptRef\x12\'\n\x08\x63overage\x18\x03 \x01(\x0e\x32\x15.mllgraph.v1.Coverage\x12*\n\x06\x63hosen\x18\x04 \x03(\x0b\x32\x1a.mllgraph.v1.HeadCandidate\x12\x30\n\x0c\x61lternatives\x18\x05 \x03(\x0b\x32\x1a.mllgraph.v1.HeadCandidate\x12\x0f\n\x07reasons\x18\x06 \x03(\t\"e\n\tFrontPlan\x12\x11\n\tmodel_ids\x18\x01 \x03(\t\x12\x1a\n\x12\x65stimated_accuracy\x18\x02 \x01(\x02\x12\x19\n\x11\x63ost_ms_per_image\x18\x03 \x01(\x01\x12\x0e\n\x06\x63hosen\x18\x04 \x01(\x08\"\x89\x01\n\x0b\x45xplanation\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12.\n\x07\x63lasses\x18\x02 \x03(\x0b\x32\x1d.mllgraph.v1.ClassExplanation\x12\r\n\x05notes\x18\x03 \x03(\t\x12*\n\ncost_front\x18\x04 \x03(\x0b\x32\x16.mllgraph.v1.FrontPlan*Y\n\x06Solver\x12\x16\n\x12SOLVER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSOLVER_AUTO\x10\x01\x12\x10\n\x0cSOLVER_EXACT\x10\x02\x12\x14\n\x10SOLVER_HEURISTIC\x10\x03*\xae\x01\n\x08\x43overage\x12\x18\n\x14\x43OVERAGE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43OVERAGE_EXACT\x10\x01\x12\x18\n\x14\x43OVERAGE_DESCENDANTS\x10\x02\x12\x15\n\x11\x43OVERAGE_ANCESTOR\x10\x03\x12\x16\n\x12\x43OVERAGE_UNCOVERED\x10\x04\x12\x14\n\x10\x43OVERAGE_RELATED\x10\x05\x12\x15\n\x11\x43OVERAGE_DECLARED\x10\x06*r\n\x0fUncoveredReason\x12 \n\x1cUNCOVERED_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18UNCOVERED_REASON_NO_HEAD\x10\x01\x12\x1f\n\x1bUNCOVERED_REASON_NOT_CHOSEN\x10\x02\x32\xe4\x01\n\x10SelectionService\x12\x41\n\x0bSelectHeads\x12\x1f.mllgraph.v1.SelectHeadsRequest\x1a\x11.mllgraph.v1.Plan\x12\x39\n\x07GetPlan\x12\x1b.mllgraph.v1.GetPlanRequest\x1a\x11.mllgraph.v1.Plan\x12R\n\x10\x45xplainSelection\x12$.mllgraph.v1.ExplainSelectionRequest\x1a\x18.mllgraph.v1.Explanationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mllgraph.v1.selection_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SOLVER']._serialized_start=2155
-  _globals['_SOLVER']._serialized_end=2244
-  _globals['_COVERAGE']._serialized_start=2247
-  _globals['_COVERAGE']._serialized_end=2421
-  _globals['_UNCOVEREDREASON']._serialized_start=2423
-  _globals['_UNCOVEREDREASON']._serialized_end=2537
+  _globals['_SOLVER']._serialized_start=2199
+  _globals['_SOLVER']._serialized_end=2288
+  _globals['_COVERAGE']._serialized_start=2291
+  _globals['_COVERAGE']._serialized_end=2465
+  _globals['_UNCOVEREDREASON']._serialized_start=2467
+  _globals['_UNCOVEREDREASON']._serialized_end=2581
   _globals['_TASKCLASS']._serialized_start=103
   _globals['_TASKCLASS']._serialized_end=149
   _globals['_SELECTOPTIONS']._serialized_start=152
-  _globals['_SELECTOPTIONS']._serialized_end=415
-  _globals['_SELECTHEADSREQUEST']._serialized_start=417
-  _globals['_SELECTHEADSREQUEST']._serialized_end=539
-  _globals['_GROUNDINGALTERNATIVE']._serialized_start=541
-  _globals['_GROUNDINGALTERNATIVE']._serialized_end=606
-  _globals['_GROUNDING']._serialized_start=609
-  _globals['_GROUNDING']._serialized_end=748
-  _globals['_PLANNEDCLASS']._serialized_start=751
-  _globals['_PLANNEDCLASS']._serialized_end=1026
-  _globals['_PLAN']._serialized_start=1029
-  _globals['_PLAN']._serialized_end=1443
-  _globals['_GETPLANREQUEST']._serialized_start=1445
-  _globals['_GETPLANREQUEST']._serialized_end=1478
-  _globals['_EXPLAINSELECTIONREQUEST']._serialized_start=1480
-  _globals['_EXPLAINSELECTIONREQUEST']._serialized_end=1522
-  _globals['_HEADCANDIDATE']._serialized_start=1525
-  _globals['_HEADCANDIDATE']._serialized_end=1681
-  _globals['_CLASSEXPLANATION']._serialized_start=1684
-  _globals['_CLASSEXPLANATION']._serialized_end=1910
-  _globals['_FRONTPLAN']._serialized_start=1912
-  _globals['_FRONTPLAN']._serialized_end=2013
-  _globals['_EXPLANATION']._serialized_start=2016
-  _globals['_EXPLANATION']._serialized_end=2153
-  _globals['_SELECTIONSERVICE']._serialized_start=2540
-  _globals['_SELECTIONSERVICE']._serialized_end=2768
+  _globals['_SELECTOPTIONS']._serialized_end=459
+  _globals['_SELECTHEADSREQUEST']._serialized_start=461
+  _globals['_SELECTHEADSREQUEST']._serialized_end=583
+  _globals['_GROUNDINGALTERNATIVE']._serialized_start=585
+  _globals['_GROUNDINGALTERNATIVE']._serialized_end=650
+  _globals['_GROUNDING']._serialized_start=653
+  _globals['_GROUNDING']._serialized_end=792
+  _globals['_PLANNEDCLASS']._serialized_start=795
+  _globals['_PLANNEDCLASS']._serialized_end=1070
+  _globals['_PLAN']._serialized_start=1073
+  _globals['_PLAN']._serialized_end=1487
+  _globals['_GETPLANREQUEST']._serialized_start=1489
+  _globals['_GETPLANREQUEST']._serialized_end=1522
+  _globals['_EXPLAINSELECTIONREQUEST']._serialized_start=1524
+  _globals['_EXPLAINSELECTIONREQUEST']._serialized_end=1566
+  _globals['_HEADCANDIDATE']._serialized_start=1569
+  _globals['_HEADCANDIDATE']._serialized_end=1725
+  _globals['_CLASSEXPLANATION']._serialized_start=1728
+  _globals['_CLASSEXPLANATION']._serialized_end=1954
+  _globals['_FRONTPLAN']._serialized_start=1956
+  _globals['_FRONTPLAN']._serialized_end=2057
+  _globals['_EXPLANATION']._serialized_start=2060
+  _globals['_EXPLANATION']._serialized_end=2197
+  _globals['_SELECTIONSERVICE']._serialized_start=2584
+  _globals['_SELECTIONSERVICE']._serialized_end=2812
 # @@protoc_insertion_point(module_scope)
