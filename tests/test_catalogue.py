@@ -249,8 +249,15 @@ def test_documented_model_commands_run(
     )
     register = ["models", "register", "--name", name, "--weights", str(weights)]
     register += ["--arch", "test_efficientnet", "--wnids", f"{SANDAL},{GYM_SHOE}"]
-    assert cli.main([*register, "--input-size", "28", "--channels", "1"]) == 0
+    # A bad --metadata flag names itself, and nothing is registered.
+    assert cli.main([*register, "--metadata", "no-equals-sign"]) == 1
+    assert "--metadata 'no-equals-sign': write KEY=VALUE" in capsys.readouterr().err
+    assert not registry.list_models(sdag_graph, name=name)
+    meta = ["--metadata", "training_data=fashion-mnist", "--metadata", "licence=mit"]
+    assert cli.main([*register, "--input-size", "28", "--channels", "1", *meta]) == 0
     assert f"{mid} registered: 2 heads" in capsys.readouterr().out
+    stored = registry.get_model(sdag_graph, mid)["metadata"]
+    assert stored == {"training_data": "fashion-mnist", "licence": "mit"}
 
     assert cli.main(["models", "label", mid, "--samples-per-concept", "20"]) == 0
     out = capsys.readouterr()

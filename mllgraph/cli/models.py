@@ -8,6 +8,7 @@ CLI must start fast); never mllgraph.web or mllgraph.eval.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,20 @@ def _split_list(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",")] if text else None
 
 
+def _metadata(pairs: list[str] | None) -> dict[str, str]:
+    """`--metadata KEY=VALUE` flags as a dict (a key given twice: InvalidArgument)."""
+    out: dict[str, str] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidArgument(f"--metadata {pair!r}: write KEY=VALUE, e.g. training_data=...")
+        if key in out:
+            raise InvalidArgument(f"--metadata: key {key!r} is given twice")
+        out[key] = value
+    return out
+
+
 def _registration(args: argparse.Namespace) -> Any:  # -> registry.Registration
     """What `models register` asks, from its flags (--timm: from timm's metadata)."""
     from pathlib import Path
@@ -59,13 +74,14 @@ def _registration(args: argparse.Namespace) -> Any:  # -> registry.Registration
                 "models register --timm: the arch, labels and input spec come from timm; "
                 "no --builtin, --arch, --class-names, --wnids or --input-size"
             )
-        return timm_source.registration(
+        reg = timm_source.registration(
             args.name,
             args.timm,
             version=args.version,
             weights=Path(args.weights) if args.weights else None,
             top1_accuracy=args.top1_accuracy,
         )
+        return replace(reg, metadata={**reg.metadata, **_metadata(args.metadata)})
     return registry.Registration(
         name=args.name,
         version=args.version,
@@ -75,6 +91,7 @@ def _registration(args: argparse.Namespace) -> Any:  # -> registry.Registration
         class_names=_split_list(args.class_names),
         wnids=_split_list(args.wnids),
         input_spec=_spec_from_args(args),
+        metadata=_metadata(args.metadata),
         top1_accuracy=args.top1_accuracy,
     )
 
@@ -274,6 +291,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="stated top-1 accuracy on its own labels, in (0, 1]: the prior of its declared "
         "(unmeasured) heads; builtins state their own",
+    )
+    q.add_argument(
+        "--metadata",
+        action="append",
+        metavar="KEY=VALUE",
+        help="free-form metadata stored with the model (repeatable), e.g. "
+        "training_data=imagenet-1k or licence=apache-2.0",
     )
     target_flags(q, "register through a running ingestion service; --weights is uploaded")
     q = s.add_parser("label", help="run models on the probes and write their labels")
