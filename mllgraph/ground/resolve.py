@@ -75,7 +75,15 @@ from mllgraph.errors import InvalidArgument, NotFound
 from mllgraph.graph.wordnet import WordNetNouns
 from mllgraph.ground.approximate import ApproximateMatching
 from mllgraph.ground.overrides import Overrides, default_overrides
-from mllgraph.ground.records import Cand, Embedder, Grounding, Plan, ScoreWeights, SenseCoverage
+from mllgraph.ground.records import (
+    APPROXIMATE_ROLES,
+    Cand,
+    Embedder,
+    Grounding,
+    Plan,
+    ScoreWeights,
+    SenseCoverage,
+)
 from mllgraph.ground.words import (
     PAREN,
     Morphology,
@@ -156,6 +164,7 @@ class Resolver(ApproximateMatching):
         self._compact_index: dict[str, list[str]] | None = None
         self._name_index: dict[str, str] | None = None
         self._trigrams: tuple[list[str], dict[str, np.ndarray], np.ndarray] | None = None
+        self._children: dict[str, list[str]] | None = None  # wnid -> hyponyms (approximate)
         self._indexed_size = -1
 
     @property
@@ -245,6 +254,7 @@ class Resolver(ApproximateMatching):
             self._compact_index = dict(by_compact)
             self._name_index = {s.name.lower(): w for w, s in self.nouns.synsets.items()}
             self._trigrams = None
+            self._children = None
             self._indexed_size = size
 
     def _senses(self, key: str) -> list[str]:
@@ -440,7 +450,8 @@ class Resolver(ApproximateMatching):
                     "agree": w.agree * c.agree,
                 }
                 if c.lexical:
-                    c.terms["lexical"] = w.lexical * c.lexical
+                    # Approximate: named by how the name reached it (its phrase's role).
+                    c.terms[APPROXIMATE_ROLES.get(c.role, "lexical")] = w.lexical * c.lexical
                 if q is not None and vecs is not None:
                     weight = w.approx_embed if p.approximate else w.embed
                     c.terms["embed"] = weight * float(vecs[1][c.wnid] @ q)
@@ -546,6 +557,8 @@ class Resolver(ApproximateMatching):
             runner_up = plan.cands[order[1]]
             reasons["runner_up_tag_count"] = float(runner_up.count)
             reasons |= {f"runner_up_{k}": round(v, 4) for k, v in runner_up.terms.items()}
+        elif plan.approximate:  # one candidate: still say how the name reached it
+            reasons = {k: round(v, 4) for k, v in best.terms.items()}
         return Grounding(
             name=plan.name,
             wnid=best.wnid,
