@@ -1,14 +1,18 @@
 """Approximate grounding: the nearest concepts for a name WordNet lacks (`ApproximateMatching`).
 
-Fuzzy lemma matches (a character-trigram index over the lexicon's compact lemma keys, then
-difflib), lemmas of single words and of trailing sub-phrases (the head of an English compound
-is its last word), kept only when imageable and close enough in spelling or meaning (see
-`ScoreWeights`); `closest_lemmas` for error messages. Step 4 of `mllgraph.ground.resolve`'s
-docstring.
+The name is read as English noun phrases (`words.parse_name`: "umbrella with rain drops" is
+an umbrella in the context of rain drops; in "leaf fluttering in wind" the participle starts
+the context; "monkey face" is a monkey, its head naming a body part). Candidates: fuzzy lemma
+matches of the whole name (a character-trigram index over the lexicon's compact lemma keys,
+then difflib), the lemmas of every sub-phrase (plurals too) weighted by the phrase's role (the
+head of an English compound is its last word) and the kinds of the head ("graduation cap" ->
+mortarboard); kept only when imageable and close enough in spelling or meaning (see
+`ScoreWeights`), then scored by the resolver in one decision against the whole name.
+`closest_lemmas` for error messages. Step 4 of `mllgraph.ground.resolve`'s docstring.
 
 `ApproximateMatching` is a mixin of `Resolver`: it uses the resolver's lexicon lookups
 (`_sense_priors`, `_spellings`, `_base_forms`, `_override`), its sense embeddings (`_embed`),
-`_visual`, and the spelling indexes `_refresh_indexes` keeps (`_compact_index`, `_trigrams`).
+`_visual`, and the indexes `_refresh_indexes` keeps (`_compact_index`, `_trigrams`, `_children`).
 
 Imports `ground.records`, `ground.words`, errors and below; must not import the resolver or
 anything above ground.
@@ -75,23 +79,36 @@ class ApproximateMatching:
         return [lemma.replace("_", " ") for lemma, _ in best]
 
     def _approximate(self, plan: Plan, allow: bool, where: str) -> None:
-        """Nearest concepts for a name WordNet lacks; raises InvalidArgument if none is close.
-
-        The name is read as English noun phrases (`words.parse_name`): the object phrase and
-        its head noun, modifiers, and a context after a preposition, negation or participle.
-        Candidates come from the whole name misspelt, from every sub-phrase that is a lemma
-        (plurals too), each weighted by its role and its share of the name, and from the
-        kinds of the head ("high-speed train" -> bullet train), which must match the whole
-        name clearly better than the head itself. The resolver then scores them all in one
-        decision (spelling/role, meaning against the whole name, prior, context)."""
+        """Nearest concepts for a name WordNet lacks; raises InvalidArgument if none is close
+        (or if the caller does not `allow` approximate grounding). See `_phrase_candidates`."""
         if not allow:
             raise InvalidArgument(
                 f"{where} is not a WordNet noun; closest lemmas: "
                 f"{', '.join(self.closest_lemmas(plan.name)) or '(none)'}"
             )
+        sensible = self._phrase_candidates(plan)
+        if not sensible:
+            raise InvalidArgument(
+                f"{where} cannot be grounded to a WordNet concept; closest lemmas: "
+                f"{', '.join(self.closest_lemmas(plan.name)) or '(none)'}"
+            )
+        plan.cands = sensible
+        plan.approximate = True
+
+    def _phrase_candidates(self, plan: Plan) -> list[Cand]:
+        """Candidate concepts of a name read as English noun phrases; none if none is close.
+
+        The name is read as English noun phrases (`words.parse_name`): the object phrase and
+        its head noun, modifiers, and a context after a preposition, negation or participle.
+        Candidates come from the whole name misspelt, from every sub-phrase that is a lemma
+        (plurals too), each weighted by its role and its share of the name, and from the kinds
+        of the head ("high-speed train" -> bullet train), which must match the whole name
+        clearly better than the head itself. Only imageable ones close in spelling or meaning
+        are kept; the resolver then scores them in one decision (the phrase's role, meaning
+        against the whole name, prior, context), recording each term (`APPROXIMATE_ROLES`)."""
         w = self.weights
         norm = " ".join(PAREN.sub(" ", normalise_name(plan.name)).split())
-        parse = parse_name(norm, self._is_noun_word)
+        parse = parse_name(norm, self._is_thing_word)
         words = parse.words
         content = [x for x in words if x not in FUNCTION_WORDS] or list(words)
         name_compact = compact("".join(content))
@@ -141,9 +158,10 @@ class ApproximateMatching:
         # name; a modifier ("monkey" of "monkey face") or a context phrase ("rain" of "umbrella
         # with rain") a share-weighted hint. The whole name (reached here only once filler
         # words are gone: "hoodie thing") scores 1.
-        # A head that names a body part ("monkey face", "horse head") shows the whole the
-        # modifier names: the modifier is weighed as a head, the visual term then decides.
-        part_head = self._names_body_part("_".join(words[parse.head : parse.head + 1]))
+        # A head that names a body part or a form ("monkey face", "horse head", "cheese
+        # wedge") shows the whole or the stuff the modifier names: the modifier is weighed as a
+        # head, the visual term and the meaning then decide.
+        part_head = self._names_part_or_form(words[parse.head])
         heads: list[tuple[str, float]] = []
         for i, j in parse.phrases():
             phrase = "_".join(words[i:j])
@@ -163,7 +181,9 @@ class ApproximateMatching:
             hits = self._spellings(phrase) + self._base_forms(phrase)
             for lemma in hits:
                 add(lemma, weight, role)
-                if role == "head" and (i, j) != whole:
+                # Only modifiers of the object name a kind of it ("graduation cap"), not its
+                # context ("leaf fluttering in wind" is a leaf, of no particular kind).
+                if role == "head" and any(x not in FUNCTION_WORDS for x in words[:i]):
                     heads.append((lemma, weight))
             if not hits and j == i + 1 and len(phrase) >= 3 and role != "context":
                 for lemma, sim in self._fuzzy(compact(phrase), limit=3):
@@ -179,10 +199,7 @@ class ApproximateMatching:
                             kind, 0, weight - w.approx_narrower_penalty, "narrower", prior=prior
                         )
         if not cands:
-            raise InvalidArgument(
-                f"{where} cannot be grounded: no WordNet lemma is close; closest lemmas: "
-                f"{', '.join(self.closest_lemmas(plan.name)) or '(none)'}"
-            )
+            return []
 
         # Keep only sensible candidates: an imageable concept that is either spelt almost like
         # the name (a typo) or close in meaning with some lexical support.
@@ -215,22 +232,21 @@ class ApproximateMatching:
                 )
             ):
                 sensible.append(c)
-        if not sensible:
-            raise InvalidArgument(
-                f"{where} cannot be grounded to a WordNet concept; closest lemmas: "
-                f"{', '.join(self.closest_lemmas(plan.name))}"
-            )
-        plan.cands = sensible
-        plan.approximate = True
+        return sensible
 
-    def _is_noun_word(self, word: str) -> bool:
-        """Whether `word` is a noun lemma or the plural of one (for `parse_name`)."""
-        return bool(self._spellings(word) or self._base_forms(word))
+    def _is_thing_word(self, key: str) -> bool:
+        """Whether lemma key `key` (or its singular) has an imageable sense, for `parse_name`:
+        "building" and "playing_cards" have, "fluttering" (an act) has not."""
+        return any(
+            self._visual(wnid) >= self.weights.approx_min_visual
+            for lemma in self._spellings(key) + self._base_forms(key)
+            for wnid in self.nouns.lemma_index.get(lemma, ())
+        )
 
-    def _names_body_part(self, key: str) -> bool:
-        """Whether lemma `key`'s first sense is a body part (noun.body)."""
+    def _names_part_or_form(self, key: str) -> bool:
+        """Whether lemma `key`'s first sense is a body part, a shape or a quantity."""
         senses = self._sense_priors(key) if key else []
-        return bool(senses) and self.nouns.synsets[senses[0][0]].lexname == "noun.body"
+        return bool(senses) and self.nouns.synsets[senses[0][0]].lexname in _PART_OR_FORM
 
     def _kinds(self, wnid: str, depth: int = 1) -> list[str]:
         """The concepts up to `depth` levels below `wnid` (hyponyms), from an index built once."""
@@ -289,6 +305,10 @@ class ApproximateMatching:
                 scored.append((lemma, ratio))
         scored.sort(key=lambda kv: (-kv[1], kv[0]))
         return scored[:limit]
+
+
+# Lexicographer files of heads that name a part or a form of what their modifier names.
+_PART_OR_FORM = frozenset({"noun.body", "noun.shape", "noun.quantity"})
 
 
 def _grams(key: str) -> list[str]:

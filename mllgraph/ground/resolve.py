@@ -47,11 +47,11 @@ How a name is grounded
    preference, not a weight: it never trades context for coverage. The grounding records its
    senses' coverage and whether coverage decided (`hub_preferred`), and the chosen and
    runner-up senses' score terms (`reasons`).
-4. *Approximate* grounding for names WordNet lacks: fuzzy lemma matches (character-trigram
-   index + difflib), lemmas of single words and of trailing sub-phrases (the head of an
-   English compound is its last word), reranked by embedding similarity. Flagged
-   `approximate=True`; refused with `InvalidArgument` listing the closest lemmas when nothing
-   is close enough or when the caller disallows it.
+4. *Approximate* grounding for names WordNet lacks ("monkey face", "umbrella with rain
+   drops"): the name read as noun phrases gives candidates (`ground.approximate`), scored
+   as in 3 against the whole name with the phrase's role as a term (`reasons`). Flagged
+   `approximate=True`; refused with `InvalidArgument` listing the closest lemmas when
+   nothing is close enough or when the caller disallows it.
 
 This module keeps the `Resolver` (lexical candidates, scoring with context, hub coverage and
 embeddings, the task checks), `default_resolver` and `grounder`. Beside it in

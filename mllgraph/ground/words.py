@@ -88,11 +88,13 @@ class NameParse:
         ]
 
 
-def parse_name(norm: str, is_noun: Callable[[str], bool]) -> NameParse:
-    """Read a normalised name's structure (see `NameParse`); `is_noun` tells a word that is a
-    noun lemma (or the plural of one) from one that is not, so that a participle after the
-    object ("leaf fluttering in wind", "glass tilted left") is not taken for its head while
-    nouns ending alike ("wedding", "bed") are. Possessives count as their noun ("worker's")."""
+def parse_name(norm: str, is_thing: Callable[[str], bool]) -> NameParse:
+    """Read a normalised name's structure (see `NameParse`); `is_thing` tells a word or
+    phrase (a lemma key) that names a concrete thing (a noun lemma, or the plural of one, with
+    an imageable sense) from one that does not, so that a participle after the object ("leaf
+    fluttering in wind", "glass tilted left") is not taken for its head while nouns ending
+    alike ("office building", "guitar string") and compounds ("flower playing cards") are.
+    Possessives count as their noun ("worker's")."""
     # Hyphenated words are split into their parts ("two-hump camel"), remembered as such: a
     # participle inside one ("snow-capped") modifies the noun after it, it starts no context.
     raw: list[tuple[str, bool]] = []
@@ -123,7 +125,11 @@ def parse_name(norm: str, is_noun: Callable[[str], bool]) -> NameParse:
         if w in PREPOSITIONS or w in NEGATIONS:
             return True
         participle = len(w) >= 5 and (w.endswith("ing") or w.endswith("ed"))
-        return participle and not hyphened and not is_noun(w)
+        if not participle or hyphened:
+            return False
+        # Not when it begins a compound that names a thing ("flower playing cards").
+        end = next((j for j in range(i, len(words)) if words[j] in FUNCTION_WORDS), len(words))
+        return not any(is_thing("_".join(words[i:j])) for j in range(i + 1, end + 1))
 
     object_end = len(words)
     for i in range(1, len(words)):
