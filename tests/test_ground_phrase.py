@@ -161,6 +161,16 @@ def test_a_kind_must_match_clearly_better_than_the_head(small: Resolver) -> None
     assert strict.resolve_name("high-speed train").wnid == "t3"
 
 
+def test_hub_coverage_does_not_trade_one_reading_for_another(small: Resolver) -> None:
+    # The hub covers only the plain train: coverage may choose among one phrase's senses, but
+    # must not swap the reading the name's words chose ("pool 8 ball" is no generic ball).
+    def covers_train(wnids: list[str]) -> dict[str, float]:
+        return {w: 1.0 if w == "t3" else 0.0 for w in wnids}
+
+    g = small.resolve_task(["high-speed train", "monkey"], sense_coverage=covers_train)[0]
+    assert g.wnid == "t4" and not g.hub_preferred and g.coverage["t3"] == 1.0
+
+
 def test_names_with_no_plausible_concept_are_refused(small: Resolver) -> None:
     for name in ("xqzvbnm qwrtp", "with the of"):
         with pytest.raises(InvalidArgument, match="closest lemmas"):

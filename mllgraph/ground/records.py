@@ -151,6 +151,11 @@ class Cand:
     score: float = 0.0
     terms: dict[str, float] = field(default_factory=dict)  # score term -> what it added
 
+    @property
+    def lexical_term(self) -> str:
+        """The name of this candidate's lexical term among the score's terms (its role's)."""
+        return APPROXIMATE_ROLES.get(self.role, "lexical")
+
 
 @dataclass
 class Plan:

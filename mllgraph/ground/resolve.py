@@ -47,17 +47,16 @@ How a name is grounded
    preference, not a weight: it never trades context for coverage. The grounding records its
    senses' coverage and whether coverage decided (`hub_preferred`), and the chosen and
    runner-up senses' score terms (`reasons`).
-4. *Approximate* grounding for names WordNet lacks ("monkey face", "umbrella with rain
-   drops"): the name read as noun phrases gives candidates (`ground.approximate`), scored
-   as in 3 against the whole name with the phrase's role as a term (`reasons`). Flagged
-   `approximate=True`; refused with `InvalidArgument` listing the closest lemmas when
-   nothing is close enough or when the caller disallows it.
+4. *Approximate* grounding for names WordNet lacks ("monkey face"): the name read as noun
+   phrases gives candidates (`ground.approximate`), scored as in 3 against the whole name,
+   the phrase's role a term (`reasons`); coverage chooses only among one phrase's senses.
+   Flagged `approximate=True`; refused with `InvalidArgument` listing the closest lemmas
+   when nothing is close enough or when the caller disallows it.
 
 This module keeps the `Resolver` (lexical candidates, scoring with context, hub coverage and
-embeddings, the task checks), `default_resolver` and `grounder`. Beside it in
-`mllgraph.ground`: `words` (normalisation and morphology), `overrides` (the override file),
-`records` (`Grounding`, `ScoreWeights` and the resolver's working records) and `approximate`
-(step 4, a mixin of `Resolver`, with `closest_lemmas`).
+embeddings, the task checks), `default_resolver` and `grounder`. Beside it: `words`
+(normalisation, morphology, phrases), `overrides`, `records` (`Grounding`, `ScoreWeights`,
+working records) and `approximate` (step 4, a mixin of `Resolver`, with `closest_lemmas`).
 """
 
 from __future__ import annotations
@@ -75,15 +74,7 @@ from mllgraph.errors import InvalidArgument, NotFound
 from mllgraph.graph.wordnet import WordNetNouns
 from mllgraph.ground.approximate import ApproximateMatching
 from mllgraph.ground.overrides import Overrides, default_overrides
-from mllgraph.ground.records import (
-    APPROXIMATE_ROLES,
-    Cand,
-    Embedder,
-    Grounding,
-    Plan,
-    ScoreWeights,
-    SenseCoverage,
-)
+from mllgraph.ground.records import Cand, Embedder, Grounding, Plan, ScoreWeights, SenseCoverage
 from mllgraph.ground.words import (
     PAREN,
     Morphology,
@@ -451,7 +442,7 @@ class Resolver(ApproximateMatching):
                 }
                 if c.lexical:
                     # Approximate: named by how the name reached it (its phrase's role).
-                    c.terms[APPROXIMATE_ROLES.get(c.role, "lexical")] = w.lexical * c.lexical
+                    c.terms[c.lexical_term] = w.lexical * c.lexical
                 if q is not None and vecs is not None:
                     weight = w.approx_embed if p.approximate else w.embed
                     c.terms["embed"] = weight * float(vecs[1][c.wnid] @ q)
@@ -490,8 +481,13 @@ class Resolver(ApproximateMatching):
         """The sense to ground to: the best covered among those fitting the task (module doc)."""
         order = sorted(plan.cands, key=lambda c: -round(probs[c.wnid], 12))  # stable: WordNet
         best = order[0]
+        # An approximate name's candidates are readings, not senses: coverage chooses among the
+        # senses of the best one's phrase ("pool 8 ball" stays a pool ball).
         fitting = [
-            c for c in order if ctx[c.wnid] >= ctx[best.wnid] - self.weights.hub_context_slack
+            c
+            for c in order
+            if ctx[c.wnid] >= ctx[best.wnid] - self.weights.hub_context_slack
+            and (c.role, c.lexical) == (best.role, best.lexical)
         ]
         top = max(c.hub for c in fitting)
         return next(c.wnid for c in fitting if c.hub == top)
