@@ -224,3 +224,12 @@ def test_explain_selection_says_how_the_name_was_read(resolver: Resolver) -> Non
     }
     text = _grounding_reason(planned)
     assert "approximate: read from a word qualifying the name's head" in text
+
+
+def test_lemmas_spelt_alike_up_to_punctuation_are_one_word(resolver: Resolver) -> None:
+    # CLDR writes "jack-o-lantern"; WordNet has that spelling only for a fungus, and the
+    # carved pumpkin as "jack-o'-lantern": both are candidates, the score chooses.
+    assert resolver._spellings("jack-o-lantern") == ["jack-o-lantern", "jack-o'-lantern"]
+    g = resolver.resolve_name("jack-o-lantern")
+    assert g.wnid == "n03590841" and not g.approximate  # jack-o'-lantern.n.02
+    assert "n13005329" in {w for w, _, _ in g.alternatives}  # jack-o-lantern_fungus.n.01

@@ -275,12 +275,15 @@ class Resolver(ApproximateMatching):
         """Lemma keys matching `key` up to hyphens, underscores and other punctuation."""
         if not key:
             return []
-        for variant in (key, key.replace("-", "_"), key.replace("_", "-")):
-            if variant in self.nouns.lemma_index or variant in self.overrides.senses:
-                return [variant]
         self._refresh_indexes()
         assert self._compact_index is not None
-        return list(self._compact_index.get(compact(key), ()))
+        alike = self._compact_index.get(compact(key), [])
+        for variant in (key, key.replace("-", "_"), key.replace("_", "-")):
+            if variant in self.nouns.lemma_index or variant in self.overrides.senses:
+                # Lemmas spelt alike up to punctuation are one word to a user: CLDR's
+                # "jack-o-lantern" is WordNet's fungus and its "jack-o'-lantern".
+                return list(dict.fromkeys([variant, *alike]))
+        return list(alike)
 
     def _base_forms(self, key: str) -> list[str]:
         """Singular forms of `key` that are lemmas; for a multiword key, of its last word."""
