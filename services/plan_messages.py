@@ -171,6 +171,16 @@ def _fmt(x: float | None) -> str:
     return "not estimated" if x is None or x != x else f"{x:.3f}"
 
 
+# How an approximate grounding read the name: its score term (ground.records.APPROXIMATE_ROLES).
+_APPROXIMATE_READING = {
+    "head_phrase": "read from the name's head noun",
+    "modifier_phrase": "read from a word qualifying the name's head",
+    "context_phrase": "read from the name's context (after a preposition or participle)",
+    "narrower": "a kind of the name's head that fits the whole name better",
+    "lexical": "spelt like the name",
+}
+
+
 def _grounding_reason(c: dict[str, Any]) -> str:
     g = c.get("grounding") or {}
     concept = f"{concept_display_name(c['concept'].get('name', ''))} ({c['concept']['wnid']})"
@@ -178,15 +188,17 @@ def _grounding_reason(c: dict[str, Any]) -> str:
         return f"{c['name']!r} is pinned to {concept}."
     text = f"{c['name']!r} was grounded to {concept} by {g.get('method', 'lemma')}"
     text += f" with confidence {float(g.get('score') or 0):.2f}"
+    reasons = g.get("reasons") or {}
     if g.get("approximate"):
-        text += "; WordNet lacks the name, so this is the nearest concept (approximate)"
+        text += "; WordNet lacks the name, so this is the nearest concept (approximate"
+        how = next((t for key, t in _APPROXIMATE_READING.items() if key in reasons), None)
+        text += f": {how}, scored against the whole name)" if how else ")"
     alts = g.get("alternatives") or []
     if g.get("ambiguous") and alts:
         shown = ", ".join(
             f"{concept_display_name(a.get('concept_name', ''))} ({a['wnid']})" for a in alts[:3]
         )
         text += f"; other senses: {shown} (pin the class to choose another)"
-    reasons = g.get("reasons") or {}
     if g.get("ambiguous") and "prior_p" in reasons:
         # The one scored decision, in words: WordNet's sense frequency against the task.
         text += (

@@ -70,6 +70,27 @@ class ScoreWeights:
     approx_head_embed: float = 0.3  # ... with some agreement in meaning
     approx_word: float = 0.25  # another word of the name ...
     approx_word_embed: float = 0.5  # ... with clear agreement in meaning
+    # Phrases of a multiword name by role (`words.parse_name`): a modifier of the object
+    # phrase and a context phrase score this times their share of the name, and need this much
+    # agreement in meaning with the whole name; a kind of the head scores the head's weight less
+    # a penalty, and must match the whole name this much better (cosine) than the head sense.
+    approx_modifier: float = 0.4
+    approx_modifier_embed: float = 0.5
+    approx_context: float = 0.2
+    approx_context_embed: float = 0.5
+    approx_narrower_penalty: float = 0.2
+    approx_narrower_margin: float = 0.1
+
+
+# Approximate grounding: how a candidate concept was reached from the name, and the name of its
+# structural term among the score's terms (`Grounding.reasons`).
+APPROXIMATE_ROLES: dict[str, str] = {
+    "spelling": "lexical",  # the whole name, or one word of it, misspelt
+    "head": "head_phrase",  # a sub-phrase holding the head noun ("glass" of "magnifying glass")
+    "modifier": "modifier_phrase",  # another word of the object phrase ("monkey" of "monkey face")
+    "context": "context_phrase",  # after a preposition or participle ("rain" in "... with rain")
+    "narrower": "narrower",  # a kind of the head ("bullet train" for "high-speed train")
+}
 
 
 class Embedder(Protocol):
@@ -123,9 +144,17 @@ class Cand:
     prior: float = 1.0  # smoothed share of the lemma's tag counts (`ScoreWeights.prior`)
     agree: float = 0.0  # share of the alternatives that have it (or a relative) as a candidate
     lexical: float = 0.0  # approximate grounding: spelling similarity to the name
+    # Approximate grounding: how the name reached it (`APPROXIMATE_ROLES`): misspelt as a whole,
+    # a sub-phrase that is the name's head, a modifier or its context, or a narrower concept.
+    role: str = ""
     hub: float = 0.0  # the hub's coverage of this sense, 0..1
     score: float = 0.0
     terms: dict[str, float] = field(default_factory=dict)  # score term -> what it added
+
+    @property
+    def lexical_term(self) -> str:
+        """The name of this candidate's lexical term among the score's terms (its role's)."""
+        return APPROXIMATE_ROLES.get(self.role, "lexical")
 
 
 @dataclass

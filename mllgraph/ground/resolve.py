@@ -47,17 +47,16 @@ How a name is grounded
    preference, not a weight: it never trades context for coverage. The grounding records its
    senses' coverage and whether coverage decided (`hub_preferred`), and the chosen and
    runner-up senses' score terms (`reasons`).
-4. *Approximate* grounding for names WordNet lacks: fuzzy lemma matches (character-trigram
-   index + difflib), lemmas of single words and of trailing sub-phrases (the head of an
-   English compound is its last word), reranked by embedding similarity. Flagged
-   `approximate=True`; refused with `InvalidArgument` listing the closest lemmas when nothing
-   is close enough or when the caller disallows it.
+4. *Approximate* grounding for names WordNet lacks ("monkey face"): the name read as noun
+   phrases gives candidates (`ground.approximate`), scored as in 3 against the whole name,
+   the phrase's role a term (`reasons`); coverage chooses only among one phrase's senses.
+   Flagged `approximate=True`; refused with `InvalidArgument` listing the closest lemmas
+   when nothing is close enough or when the caller disallows it.
 
 This module keeps the `Resolver` (lexical candidates, scoring with context, hub coverage and
-embeddings, the task checks), `default_resolver` and `grounder`. Beside it in
-`mllgraph.ground`: `words` (normalisation and morphology), `overrides` (the override file),
-`records` (`Grounding`, `ScoreWeights` and the resolver's working records) and `approximate`
-(step 4, a mixin of `Resolver`, with `closest_lemmas`).
+embeddings, the task checks), `default_resolver` and `grounder`. Beside it: `words`
+(normalisation, morphology, phrases), `overrides`, `records` (`Grounding`, `ScoreWeights`,
+working records) and `approximate` (step 4, a mixin of `Resolver`, with `closest_lemmas`).
 """
 
 from __future__ import annotations
@@ -156,6 +155,7 @@ class Resolver(ApproximateMatching):
         self._compact_index: dict[str, list[str]] | None = None
         self._name_index: dict[str, str] | None = None
         self._trigrams: tuple[list[str], dict[str, np.ndarray], np.ndarray] | None = None
+        self._children: dict[str, list[str]] | None = None  # wnid -> hyponyms (approximate)
         self._indexed_size = -1
 
     @property
@@ -245,6 +245,7 @@ class Resolver(ApproximateMatching):
             self._compact_index = dict(by_compact)
             self._name_index = {s.name.lower(): w for w, s in self.nouns.synsets.items()}
             self._trigrams = None
+            self._children = None
             self._indexed_size = size
 
     def _senses(self, key: str) -> list[str]:
@@ -274,12 +275,15 @@ class Resolver(ApproximateMatching):
         """Lemma keys matching `key` up to hyphens, underscores and other punctuation."""
         if not key:
             return []
-        for variant in (key, key.replace("-", "_"), key.replace("_", "-")):
-            if variant in self.nouns.lemma_index or variant in self.overrides.senses:
-                return [variant]
         self._refresh_indexes()
         assert self._compact_index is not None
-        return list(self._compact_index.get(compact(key), ()))
+        alike = self._compact_index.get(compact(key), [])
+        for variant in (key, key.replace("-", "_"), key.replace("_", "-")):
+            if variant in self.nouns.lemma_index or variant in self.overrides.senses:
+                # Lemmas spelt alike up to punctuation are one word to a user: CLDR's
+                # "jack-o-lantern" is WordNet's fungus and its "jack-o'-lantern".
+                return list(dict.fromkeys([variant, *alike]))
+        return list(alike)
 
     def _base_forms(self, key: str) -> list[str]:
         """Singular forms of `key` that are lemmas; for a multiword key, of its last word."""
@@ -440,7 +444,8 @@ class Resolver(ApproximateMatching):
                     "agree": w.agree * c.agree,
                 }
                 if c.lexical:
-                    c.terms["lexical"] = w.lexical * c.lexical
+                    # Approximate: named by how the name reached it (its phrase's role).
+                    c.terms[c.lexical_term] = w.lexical * c.lexical
                 if q is not None and vecs is not None:
                     weight = w.approx_embed if p.approximate else w.embed
                     c.terms["embed"] = weight * float(vecs[1][c.wnid] @ q)
@@ -479,8 +484,13 @@ class Resolver(ApproximateMatching):
         """The sense to ground to: the best covered among those fitting the task (module doc)."""
         order = sorted(plan.cands, key=lambda c: -round(probs[c.wnid], 12))  # stable: WordNet
         best = order[0]
+        # An approximate name's candidates are readings, not senses: coverage chooses among the
+        # senses of the best one's phrase ("pool 8 ball" stays a pool ball).
         fitting = [
-            c for c in order if ctx[c.wnid] >= ctx[best.wnid] - self.weights.hub_context_slack
+            c
+            for c in order
+            if ctx[c.wnid] >= ctx[best.wnid] - self.weights.hub_context_slack
+            and (c.role, c.lexical) == (best.role, best.lexical)
         ]
         top = max(c.hub for c in fitting)
         return next(c.wnid for c in fitting if c.hub == top)
@@ -546,6 +556,8 @@ class Resolver(ApproximateMatching):
             runner_up = plan.cands[order[1]]
             reasons["runner_up_tag_count"] = float(runner_up.count)
             reasons |= {f"runner_up_{k}": round(v, 4) for k, v in runner_up.terms.items()}
+        elif plan.approximate:  # one candidate: still say how the name reached it
+            reasons = {k: round(v, 4) for k, v in best.terms.items()}
         return Grounding(
             name=plan.name,
             wnid=best.wnid,

@@ -18,7 +18,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 Morphology = Callable[[str], Iterable[str]]
 
@@ -33,6 +34,113 @@ FILLER_WORDS = frozenset({
     "a", "an", "the", "of", "my", "some", "thing", "things", "stuff", "object", "objects",
     "item", "items", "type", "kind", "sort", "photo", "picture", "image",
 })  # fmt: skip
+
+
+# English function words, for reading a name's structure (`parse_name`). A preposition starts
+# the name's context ("umbrella with rain drops", "leaf in wind"); a negation a state ("hourglass
+# not done"); articles, possessives and conjunctions join words without naming anything.
+PREPOSITIONS = frozenset({
+    "about", "above", "across", "after", "against", "along", "among", "around", "at", "before",
+    "behind", "below", "beneath", "beside", "between", "beyond", "by", "during", "for", "from",
+    "in", "inside", "into", "near", "of", "off", "on", "onto", "out", "outside", "over",
+    "through", "to", "toward", "towards", "under", "underneath", "upon", "with", "within",
+    "without",
+})  # fmt: skip
+NEGATIONS = frozenset({"not", "no", "non"})
+JOINING_WORDS = frozenset({
+    "a", "an", "the", "and", "or", "my", "your", "his", "her", "its", "our", "their", "some",
+    "this", "that", "these", "those",
+})  # fmt: skip
+# Nouns that only say "a picture of" or "some kind of" something: dropped with a following "of".
+NOISE_NOUNS = frozenset({
+    "thing", "things", "stuff", "object", "objects", "item", "items", "type", "kind", "sort",
+    "photo", "picture", "image",
+})  # fmt: skip
+FUNCTION_WORDS = PREPOSITIONS | NEGATIONS | JOINING_WORDS
+
+PhraseRole = Literal["head", "modifier", "context"]
+
+
+@dataclass(frozen=True)
+class NameParse:
+    """A multiword name read as English noun phrases: `words[:object_end]` name the object,
+    the rest (after a preposition, a negation or a trailing participle) its context or state;
+    `words[head]` is the object phrase's head noun (its last content word: a "bucket hat" is a
+    hat), any other word of the object phrase a modifier."""
+
+    words: tuple[str, ...]
+    object_end: int
+    head: int
+
+    def role(self, start: int, end: int) -> PhraseRole:
+        """The role of the sub-phrase `words[start:end]`: it names the object (it holds the
+        head noun), qualifies it (a modifier), or names its context."""
+        if start >= self.object_end:
+            return "context"
+        return "head" if start <= self.head < end else "modifier"
+
+    def phrases(self) -> list[tuple[int, int]]:
+        """Every sub-phrase that starts and ends on a content word (a possible lemma)."""
+        n = len(self.words)
+        content = [w not in FUNCTION_WORDS for w in self.words]
+        return [
+            (i, j) for i in range(n) for j in range(i + 1, n + 1) if content[i] and content[j - 1]
+        ]
+
+
+def parse_name(norm: str, is_thing: Callable[[str], bool]) -> NameParse:
+    """Read a normalised name's structure (see `NameParse`); `is_thing` tells a word or
+    phrase (a lemma key) that names a concrete thing (a noun lemma, or the plural of one, with
+    an imageable sense) from one that does not, so that a participle after the object ("leaf
+    fluttering in wind", "glass tilted left") is not taken for its head while nouns ending
+    alike ("office building", "guitar string") and compounds ("flower playing cards") are.
+    Possessives count as their noun ("worker's")."""
+    # Hyphenated words are split into their parts ("two-hump camel"), remembered as such: a
+    # participle inside one ("snow-capped") modifies the noun after it, it starts no context.
+    raw: list[tuple[str, bool]] = []
+    for token in WORD.findall(norm):
+        parts = [p.removesuffix("'s").strip("'") for p in token.split("-")]
+        parts = [p for p in parts if p]
+        raw.extend((p, len(parts) > 1) for p in parts)
+    kept: list[tuple[str, bool]] = []
+    skip_of = False
+    for w, hyphened in raw:
+        if w in NOISE_NOUNS and len(raw) > 1:
+            skip_of = True
+            continue
+        if skip_of and w == "of":
+            skip_of = False
+            continue
+        skip_of = False
+        kept.append((w, hyphened))
+    if not any(w not in FUNCTION_WORDS for w, _ in kept):
+        kept = raw
+    # A leading article or possessive says nothing about the structure.
+    while len(kept) > 1 and kept[0][0] in JOINING_WORDS:
+        kept.pop(0)
+    words = [w for w, _ in kept]
+
+    def starts_context(i: int) -> bool:
+        w, hyphened = kept[i]
+        if w in PREPOSITIONS or w in NEGATIONS:
+            return True
+        participle = len(w) >= 5 and (w.endswith("ing") or w.endswith("ed"))
+        if not participle or hyphened:
+            return False
+        # Not when it begins a compound that names a thing ("flower playing cards").
+        end = next((j for j in range(i, len(words)) if words[j] in FUNCTION_WORDS), len(words))
+        return not any(is_thing("_".join(words[i:j])) for j in range(i + 1, end + 1))
+
+    object_end = len(words)
+    for i in range(1, len(words)):
+        if any(x not in FUNCTION_WORDS for x in words[:i]) and starts_context(i):
+            object_end = i
+            break
+    head = next(
+        (i for i in range(object_end - 1, -1, -1) if words[i] not in FUNCTION_WORDS),
+        object_end - 1,
+    )
+    return NameParse(tuple(words), object_end, max(head, 0))
 
 
 def fold(text: str) -> str:

@@ -49,7 +49,7 @@ from typing import Any
 from mllgraph.errors import InvalidArgument
 from mllgraph.eval.bench.common import git_commit
 from mllgraph.graph.wordnet import WordNetNouns
-from mllgraph.ground.records import Grounding, SenseCoverage
+from mllgraph.ground.records import APPROXIMATE_ROLES, Grounding, SenseCoverage
 from mllgraph.ground.resolve import Resolver
 from mllgraph.ground.words import normalise_name
 from mllgraph.settings import Settings
@@ -232,9 +232,9 @@ def _why(g: Grounding, truth: str) -> str:
     elif g.reasons:
         rank = "runner-up" if alts[0] == truth else f"alternative {alts.index(truth) + 1}"
         terms = [
-            f"{k} {g.reasons[k]:+.2f}/{g.reasons.get('runner_up_' + k, 0.0):+.2f}"
-            for k in ("prior", "embed", "context", "visual", "agree")
-            if k in g.reasons
+            f"{k} {g.reasons.get(k, 0.0):+.2f}/{g.reasons.get('runner_up_' + k, 0.0):+.2f}"
+            for k in ("prior", "embed", "context", "visual", "agree", *APPROXIMATE_ROLES.values())
+            if k in g.reasons or "runner_up_" + k in g.reasons
         ]
         parts.append(
             f"truth is the {rank}; tags {g.reasons.get('tag_count', 0):.0f}/"
