@@ -53,8 +53,9 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # ConSE patch's mass rule, calibrated to take <= 2% of covered-class probe images, and a cost
 # budget, ms per image, with the cheapest plan within the accuracy slack served; 14: the
 # "none of these" calibration, combination["none"]; 15: estimates from evidence of each
-# class's kind, select/evidence, and the domain gate on candidates, select/estimates).
-SELECTION_VERSION = 15
+# class's kind, select/evidence, and the domain gate on candidates, select/estimates;
+# 16: names WordNet lacks read as noun phrases, ground/approximate).
+SELECTION_VERSION = 16
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2
