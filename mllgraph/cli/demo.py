@@ -22,4 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--serve", action="store_true", help="afterwards, serve the web page until Ctrl-C"
     )
+    p.add_argument(
+        "--no-emoji",
+        action="store_true",
+        help="skip the emoji world (a held-out art style, true zero-shot) after the Fashion one",
+    )
     p.set_defaults(handler=cmd_demo)

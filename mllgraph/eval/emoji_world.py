@@ -70,6 +70,7 @@ class EmojiConfig:
     expert_recipe: emoji_experts_mod.Recipe = emoji_experts_mod.Recipe()
     train_styles: tuple[str, ...] | None = None  # None: the rotation of `style_plan`
     curve: bool = True  # MLL as the emoji experts join group by group (no relabelling)
+    none_of_these: bool = True  # measure "none of these" on the held-out style (emoji_none)
     work_dir: Path | None = None  # probe folders (default: under the home)
     out_dir: Path = Path("reports")
     name: str = "zeroshot_emoji"
@@ -319,9 +320,11 @@ def run(
         )
         logits = evalset.LogitCache(graph, settings, images)  # type: ignore[arg-type]
         results, logit_s = run_style(graph, settings, suite, images, hub, config, log, logits)
-        none = emoji_none.measure(
-            graph, settings, suite.tasks, images, logits, config.budget, hub, log
-        )
+        none: dict[str, Any] = {}
+        if config.none_of_these:
+            none = emoji_none.measure(
+                graph, settings, suite.tasks, images, logits, config.budget, hub, log
+            )
         curve: list[dict[str, Any]] = []
         base: list[ev.TaskResult] = []
         if experts.models:
