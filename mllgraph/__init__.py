@@ -7,7 +7,8 @@ Rooms, lowest first. A room imports only from rooms above it in this list (and f
 itself); `tests/test_layout.py` walks every import, lazy ones included, and fails on a
 circle or on a room importing one listed after it.
 
-    base      errors, paths, settings, auth, protos, threads, v1 (generated): no subpackage
+    base      errors, paths, settings, auth, protos, threads, gc_pause, v1 (generated):
+              no subpackage
     combine   pure maths of combining heads (numpy, scipy, scikit-learn; no I/O)
     plan      the plan contract: request, document, apply
     graph     the SDAG in Neo4j: driver layer, Cypher loader, WordNet, local server

@@ -11,7 +11,7 @@ from pathlib import Path
 import mllgraph
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = {"errors", "paths", "settings", "auth", "protos", "threads", "v1"}
+BASE = {"errors", "paths", "settings", "auth", "protos", "threads", "gc_pause", "v1"}
 PART_OF = {"__main__": "cli", "client_types": "client"}  # top-level modules of a room
 MAX_LINES = 800
 LONG_MARK = "long on purpose"

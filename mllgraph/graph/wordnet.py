@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from mllgraph import gc_pause
 from mllgraph.errors import FailedPrecondition
 
 ROOT_WNID = "n00001740"  # entity.n.01
@@ -160,13 +161,14 @@ def _assign_depths(synsets: dict[str, Synset]) -> None:
 def load_nouns(wordnet_dir: Path = Path("/usr/share/wordnet")) -> WordNetNouns:
     """All WordNet 3.0 noun synsets with nltk-compatible names, parents and depths."""
     _check_dir(wordnet_dir)
-    synsets = _parse_data(wordnet_dir / "data.noun")
-    index = _parse_index(wordnet_dir / "index.noun")
-    for s in synsets.values():
-        first = s.lemmas[0].lower()
-        sense = index[first].index(s.wnid) + 1
-        s.name = f"{first}.n.{sense:02d}"
-    _assign_depths(synsets)
+    with gc_pause.paused(freeze=True):  # kept for the process (@cache): mllgraph.gc_pause
+        synsets = _parse_data(wordnet_dir / "data.noun")
+        index = _parse_index(wordnet_dir / "index.noun")
+        for s in synsets.values():
+            first = s.lemmas[0].lower()
+            sense = index[first].index(s.wnid) + 1
+            s.name = f"{first}.n.{sense:02d}"
+        _assign_depths(synsets)
     return WordNetNouns(synsets=synsets, lemma_index=index)
 
 

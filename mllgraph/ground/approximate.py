@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mllgraph import gc_pause
 from mllgraph.errors import InvalidArgument
 from mllgraph.ground.records import Cand, Plan, ScoreWeights
 from mllgraph.ground.words import (
@@ -269,7 +270,7 @@ class ApproximateMatching:
     def _trigram_index(self) -> tuple[list[str], dict[str, np.ndarray], np.ndarray]:
         self._refresh_indexes()
         if self._trigrams is None:
-            with self._lock:
+            with self._lock, gc_pause.paused():
                 if self._trigrams is None:
                     assert self._compact_index is not None
                     keys = sorted(self._compact_index)

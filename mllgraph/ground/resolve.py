@@ -70,6 +70,7 @@ from typing import Any
 
 import numpy as np
 
+from mllgraph import gc_pause
 from mllgraph.errors import InvalidArgument, NotFound
 from mllgraph.graph.wordnet import WordNetNouns
 from mllgraph.ground.approximate import ApproximateMatching
@@ -238,7 +239,7 @@ class Resolver(ApproximateMatching):
         size = len(self.nouns.lemma_index) + len(self.nouns.synsets)
         if size == self._indexed_size:
             return
-        with self._lock:
+        with self._lock, gc_pause.paused():
             by_compact: dict[str, list[str]] = defaultdict(list)
             for lemma in self.nouns.lemma_index:
                 by_compact[compact(lemma)].append(lemma)
@@ -765,7 +766,7 @@ def default_resolver(settings: Settings | None = None, use_embeddings: bool = Tr
 
     settings = settings or Settings.from_env()
     key = (settings.wordnet_dir, use_embeddings)
-    with _default_lock:
+    with _default_lock, gc_pause.paused(freeze=True):  # kept for the process: gc_pause
         resolver = _default_resolvers.get(key)
         if resolver is None:
             nouns = load_nouns(settings.wordnet_dir)
