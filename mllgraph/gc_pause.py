@@ -10,9 +10,19 @@ loses nothing; it runs again as before afterwards.
 
 from __future__ import annotations
 
+import atexit
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
+
+
+@cache
+def _unfreeze_at_exit() -> None:
+    """At exit, hand frozen objects back to the collector, so that the interpreter's last
+    collection frees them as it would have (extension modules such as triton's report
+    objects never freed at exit as leaks)."""
+    atexit.register(gc.unfreeze)
 
 
 @contextmanager
@@ -31,6 +41,7 @@ def paused(*, freeze: bool = False) -> Iterator[None]:
         yield
         if freeze:
             gc.freeze()
+            _unfreeze_at_exit()
     finally:
         if was_enabled:
             gc.enable()

@@ -37,7 +37,7 @@ def test_paused_is_restored_after_an_error() -> None:
 
 def test_freeze_moves_what_lives_out_of_later_collections() -> None:
     """In a fresh process (freezing is process-wide): objects alive at the end of a frozen
-    block are no longer walked; an error in the block freezes nothing."""
+    block are no longer walked, until exit hands them back; an error freezes nothing."""
     code = (
         "import gc\n"
         "from mllgraph import gc_pause\n"
@@ -50,6 +50,9 @@ def test_freeze_moves_what_lives_out_of_later_collections() -> None:
         "with gc_pause.paused(freeze=True):\n"
         "    kept = [[i] for i in range(1000)]\n"
         "assert gc.get_freeze_count() >= 1000 and gc.isenabled()\n"
+        "import atexit\n"
+        "atexit._run_exitfuncs()  # as at exit: handed back to the collector\n"
+        "assert gc.get_freeze_count() == 0\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
