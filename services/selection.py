@@ -130,9 +130,8 @@ def _check_cost_options(options: plan_request.SelectOptions) -> None:
 def _flag(opts: selection_pb2.SelectOptions, name: str) -> bool:
     """An optional bool of SelectOptions: as set, else the library's default (one plan for a
     task whichever door it came through: gRPC, the client, the CLI)."""
-    if opts.HasField(name):
-        return bool(getattr(opts, name))
-    return bool(getattr(plan_request.SelectOptions(), name))
+    source = opts if opts.HasField(name) else plan_request.SelectOptions
+    return bool(getattr(source, name))
 
 
 def request_to_task(

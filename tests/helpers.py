@@ -54,6 +54,30 @@ TINY_EMOJI_SUITE: dict[str, Any] = {
 }
 
 
+def register_stand_ins(
+    graph: Any, settings: Any, prefix: str, folder: Path, ids: list[str]
+) -> None:
+    """Register two untrained stand-ins for the ImageNet experts of the tiny emoji world,
+    appending each id to `ids` as it is made (the caller deletes them, even after a failure
+    half-way): a (dog, cat, horse), test_efficientnet; b (banana, red apple, dog), test_resnet.
+    Their inputs: 32 px RGB, plain resize."""
+    from mllgraph.hub import loading, registry
+    from mllgraph.hub.preprocess import InputSpec
+
+    spec = InputSpec(size=32, resize="resize", mean=(0.5,) * 3, std=(0.5,) * 3, channels=3)
+    for name, arch, wnids in (
+        ("a", "test_efficientnet", [DOG, CAT, HORSE]),
+        ("b", "test_resnet", [BANANA, APPLE, DOG]),
+    ):
+        weights = loading.save_weights(
+            loading.build_timm(arch, len(wnids), 3), folder / f"{name}.safetensors"
+        )
+        reg = registry.Registration(
+            name=f"{prefix}-{name}", arch=arch, weights_path=weights, wnids=wnids, input_spec=spec
+        )
+        ids.append(registry.register_model(graph, settings, reg).record["id"])
+
+
 class Loop:
     """An asyncio loop in a daemon thread, for servers called with blocking stubs."""
 
@@ -170,7 +194,7 @@ def random_probe_sets(
         yield made
     finally:
         for ps in made:
-            probes.remove_probe_set(graph, ps.id)
+            probes.remove_probe_set(graph, ps.id, settings)
 
 
 @contextlib.contextmanager
@@ -229,4 +253,4 @@ def two_expert_hub(graph: Any, settings: Any, tmp: Path, prefix: str) -> Iterato
         for mid in models:
             registry.delete_model(graph, settings, mid)
         for set_id in sets:
-            probes.remove_probe_set(graph, set_id)
+            probes.remove_probe_set(graph, set_id, settings)

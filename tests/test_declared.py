@@ -311,4 +311,4 @@ def test_probe_folder_marks_stale_and_label_stale_measures(
         assert plan["measured_fraction"] == 1.0
     finally:
         for p in sets:
-            probes.remove_probe_set(sdag_graph, p.id)
+            probes.remove_probe_set(sdag_graph, p.id, neo4j_settings)

@@ -22,14 +22,12 @@ from rich.console import Console
 
 from mllgraph.eval import demo, demo_emoji, emoji_suite, emoji_world
 from mllgraph.eval.zeroshot import ZeroShotReport
-from mllgraph.hub import loading, registry
-from mllgraph.hub.preprocess import InputSpec
+from mllgraph.hub import registry
 from mllgraph.hubs.emoji import build as emoji_build
 from mllgraph.hubs.emoji import experts as emoji_experts
 from mllgraph.settings import Settings
-from tests.helpers import APPLE, BANANA, CAT, DOG, HORSE, TINY_EMOJI_SUITE
+from tests.helpers import APPLE, BANANA, CAT, DOG, HORSE, TINY_EMOJI_SUITE, register_stand_ins
 
-SPEC = InputSpec(size=32, resize="resize", mean=(0.5,) * 3, std=(0.5,) * 3, channels=3)
 TINY = emoji_experts.Recipe(epochs=1, per_emoji=2, eval_per_emoji=1, size=32, batch_size=8)
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,25 +53,9 @@ def test_the_emoji_step_end_to_end_leaves_the_catalogue_as_it_was(
     graph = sdag_graph
     settings = replace(neo4j_settings, device="cpu", emoji_cache=emoji_cache)
     uid = uuid.uuid4().hex[:8]
-    stand_ins = []
+    stand_ins: list[str] = []
     try:
-        for name, arch, wnids in (
-            ("a", "test_efficientnet", [DOG, CAT, HORSE]),
-            ("b", "test_resnet", [BANANA, APPLE, DOG]),
-        ):
-            model = loading.build_timm(arch, len(wnids), 3)
-            reg = registry.register_model(
-                graph,
-                settings,
-                registry.Registration(
-                    name=f"demoemoji-{uid}-{name}",
-                    arch=arch,
-                    weights_path=loading.save_weights(model, tmp_path / f"{name}.safetensors"),
-                    wnids=wnids,
-                    input_spec=SPEC,
-                ),
-            )
-            stand_ins.append(reg.record["id"])
+        register_stand_ins(graph, settings, f"demoemoji-{uid}", tmp_path, stand_ins)
         suite = emoji_suite.parse_suite(TINY_EMOJI_SUITE)
         cfg = demo_emoji.config(
             suite,

@@ -434,7 +434,7 @@ def test_probe_folders_attach_one_set_per_concept_and_style(
         assert sources == {"emoji:openmoji", "emoji:fluent-flat"}
     finally:
         for a in attached:
-            probes.remove_probe_set(sdag_graph, a["set_id"])
+            probes.remove_probe_set(sdag_graph, a["set_id"], neo4j_settings)
 
 
 def test_training_images_never_come_from_the_held_out_style(

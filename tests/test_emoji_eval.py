@@ -17,17 +17,24 @@ import pytest
 
 from mllgraph.errors import FailedPrecondition
 from mllgraph.eval import emoji_suite, emoji_world
-from mllgraph.hub import loading, probes, registry
-from mllgraph.hub.preprocess import InputSpec
+from mllgraph.hub import probes, registry
 from mllgraph.hubs.emoji import catalogue
 from mllgraph.settings import Settings
-from tests.helpers import APPLE, BANANA, CAT, CHIPMUNK, DOG, HORSE, TINY_EMOJI_SUITE
+from tests.helpers import (
+    APPLE,
+    BANANA,
+    CAT,
+    CHIPMUNK,
+    DOG,
+    HORSE,
+    TINY_EMOJI_SUITE,
+    register_stand_ins,
+)
 
 pytestmark = pytest.mark.neo4j
 
 HELD_OUT = "twemoji"
 SUITE = TINY_EMOJI_SUITE
-SPEC = InputSpec(size=32, resize="resize", mean=(0.5,) * 3, std=(0.5,) * 3, channels=3)
 
 
 @pytest.fixture(scope="module")
@@ -38,31 +45,15 @@ def tiny_hub(
     settings = replace(neo4j_settings, device="cpu", emoji_cache=emoji_cache)
     tmp = tmp_path_factory.mktemp("emoji_eval")
     uid = uuid.uuid4().hex[:8]
-    models = []
+    models: list[str] = []
     try:
-        for name, arch, wnids in (
-            ("a", "test_efficientnet", [DOG, CAT, HORSE]),
-            ("b", "test_resnet", [BANANA, APPLE, DOG]),
-        ):
-            model = loading.build_timm(arch, len(wnids), 3)
-            reg = registry.register_model(
-                graph,
-                settings,
-                registry.Registration(
-                    name=f"emojieval-{uid}-{name}",
-                    arch=arch,
-                    weights_path=loading.save_weights(model, tmp / f"{name}.safetensors"),
-                    wnids=wnids,
-                    input_spec=SPEC,
-                ),
-            )
-            models.append(reg.record["id"])
+        register_stand_ins(graph, settings, f"emojieval-{uid}", tmp, models)
         yield {"graph": graph, "settings": settings, "models": tuple(models), "tmp": tmp}
     finally:
         for mid in models:
             registry.delete_model(graph, settings, mid)
         for ps in emoji_world.emoji_probe_sets(graph):
-            probes.remove_probe_set(graph, ps.id)
+            probes.remove_probe_set(graph, ps.id, settings)
 
 
 def test_held_out_style_end_to_end(tiny_hub: dict[str, Any]) -> None:
@@ -142,7 +133,7 @@ def test_a_held_out_probe_set_stops_the_run(tiny_hub: dict[str, Any]) -> None:
         with pytest.raises(FailedPrecondition, match=f"held-out style {HELD_OUT}"):
             emoji_world.check_no_leak(graph, manifest, tasks, HELD_OUT)
     finally:
-        probes.remove_probe_set(graph, ps.id)
+        probes.remove_probe_set(graph, ps.id, settings)
     # ... and so is a probe image made from a held-out source.
     tainted = [{**manifest[0], "source_sha256": tasks[0].source_sha256}]
     with pytest.raises(FailedPrecondition, match="bytes"):

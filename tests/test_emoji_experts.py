@@ -286,5 +286,5 @@ def test_emoji_run_with_experts(hub: Any, tmp_path: Path) -> None:
         for mid in [base, *added]:
             registry.delete_model(graph, settings, mid)
         for ps in emoji_world.emoji_probe_sets(graph):
-            probes.remove_probe_set(graph, ps.id)
+            probes.remove_probe_set(graph, ps.id, settings)
     assert np.isfinite(report.overall["all"]["mean_accuracy"]["mll"])

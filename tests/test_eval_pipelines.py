@@ -102,7 +102,7 @@ def tiny_hub(sdag_graph: Any, neo4j_settings: Any, tmp_path_factory: pytest.Temp
         for mid in models:
             registry.delete_model(graph, settings, mid)
         for set_id in sets:
-            probes.remove_probe_set(graph, set_id)
+            probes.remove_probe_set(graph, set_id, settings)
 
 
 def test_grpc_and_in_process_pipelines_agree(tiny_hub: dict[str, Any]) -> None:

@@ -98,4 +98,4 @@ def test_a_second_probe_pool_of_another_size_is_refused_before_writing(
         assert {p.id for p in probes.probe_sets(sdag_graph)} == before  # nothing written
     finally:
         for p in made:
-            probes.remove_probe_set(sdag_graph, p.id)
+            probes.remove_probe_set(sdag_graph, p.id, neo4j_settings)

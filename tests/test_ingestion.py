@@ -118,7 +118,7 @@ def probe_sets(sdag_graph, neo4j_settings) -> Iterator[list[probes.ProbeSet]]:
         yield made
     finally:
         for ps in made:
-            probes.remove_probe_set(sdag_graph, ps.id)
+            probes.remove_probe_set(sdag_graph, ps.id, neo4j_settings)
             assert not Path(ps.path).exists()
 
 

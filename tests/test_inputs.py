@@ -362,7 +362,7 @@ def test_add_probes_attaches_reports_and_marks_stale(
         assert stored.shape[1:] == (probe_folder.SIDE, probe_folder.SIDE, 3)
     finally:
         for set_id in made:
-            probes.remove_probe_set(sdag_graph, set_id)
+            probes.remove_probe_set(sdag_graph, set_id, neo4j_settings)
 
 
 def test_add_probes_refuses_too_many_and_attaches_nothing(server, sdag_graph) -> None:
@@ -443,4 +443,4 @@ def test_client_and_cli_upload_weights_and_probes(
     finally:
         for p in probes.probe_sets(sdag_graph):
             if p.id not in before:
-                probes.remove_probe_set(sdag_graph, p.id)
+                probes.remove_probe_set(sdag_graph, p.id, server.settings)

@@ -129,4 +129,4 @@ def test_add_folder_is_all_or_nothing(
         assert [a["wnid"] for a in report.attached] == [BOOT, SANDAL]
     finally:
         for a in report.attached:
-            probes.remove_probe_set(sdag_graph, a["set_id"])
+            probes.remove_probe_set(sdag_graph, a["set_id"], neo4j_settings)

@@ -212,7 +212,7 @@ def _cleanup(hub: Hub) -> None:
             registry.delete_model(hub.graph, hub.settings, mid)
     for set_id in hub.probe_sets:
         with contextlib.suppress(NotFound):
-            probes.remove_probe_set(hub.graph, set_id)
+            probes.remove_probe_set(hub.graph, set_id, hub.settings)
     if hub.plan_ids:
         hub.graph.driver.execute_query(
             "MATCH (p:Plan) WHERE p.id IN $ids DETACH DELETE p",

@@ -375,7 +375,7 @@ def _deployment(graph: Any, settings: Settings, weights: dict[str, Path], check:
                 registry.delete_model(graph, settings, mid)
         for ps in sets:
             with contextlib.suppress(NotFound):
-                probes.remove_probe_set(graph, ps.id)
+                probes.remove_probe_set(graph, ps.id, settings)
 
 
 @pytest.mark.neo4j

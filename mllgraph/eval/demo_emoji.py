@@ -121,7 +121,7 @@ def restore(graph: Graph, settings: Settings, before: set[str], work_dir: Path) 
     t = time.perf_counter()
     out = Restored()
     for ps in emoji_world.emoji_probe_sets(graph):
-        probes.remove_probe_set(graph, ps.id)
+        probes.remove_probe_set(graph, ps.id, settings)
         out.probe_sets_removed += 1
     for mid in sorted(model_ids(graph) - before):
         registry.delete_model(graph, settings, mid)

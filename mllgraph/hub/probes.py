@@ -125,7 +125,7 @@ def probe_sets(graph: Graph) -> list[ProbeSet]:
     ]
 
 
-def remove_probe_set(graph: Graph, set_id: str, settings: Settings | None = None) -> None:
+def remove_probe_set(graph: Graph, set_id: str, settings: Settings) -> None:
     """Remove a probe set from the graph and its file from this home's probe store (never a
     file of another home whose path the graph still records: a copied hub's original)."""
     rows = graph.read("hub/probe_set_get", id=set_id)
@@ -136,7 +136,7 @@ def remove_probe_set(graph: Graph, set_id: str, settings: Settings | None = None
     if paths.is_remote(location):
         store.remove_url(location)  # cached copies elsewhere are never read again
         return
-    root = (settings or Settings.from_env()).probe_store
+    root = settings.probe_store
     path = paths.in_store(root, location)
     if path.is_relative_to(root):
         path.unlink(missing_ok=True)
