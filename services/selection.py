@@ -246,6 +246,18 @@ class SelectionServicer(selection_pb2_grpc.SelectionServiceServicer):
         self.ready = True
         log.info("selection_warm ms=%.0f", (time.perf_counter() - t) * 1000)
 
+    async def drain(self, grace: float | None) -> None:
+        """Let the plan evictions started after SelectHeads finish, `grace` s at most (None:
+        none), then cancel the rest: a task left pending when the event loop closes is
+        destroyed with a warning, and its sweep would use a closed driver."""
+        pending = set(self._background)
+        if pending and grace:
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
     def close(self) -> None:
         if self._owns_graph:
             self.graph.close()
@@ -328,7 +340,8 @@ async def start(
     `await running.close()`."""
     servicer = servicer or SelectionServicer(settings)
 
-    async def close_servicer(_grace: float | None) -> None:
+    async def close_servicer(grace: float | None) -> None:
+        await servicer.drain(grace)
         servicer.close()
 
     running = await start_service(

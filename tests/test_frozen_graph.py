@@ -144,6 +144,32 @@ def test_the_selection_service_sweeps_plans(own_neo4j, own_graph) -> None:
     assert len(_plan_ids(graph)) == 2
 
 
+def test_closing_the_selection_service_ends_its_evictions(own_neo4j, own_graph) -> None:
+    """An eviction started after SelectHeads is waited for up to the grace period, then
+    cancelled: none is left pending when the event loop closes."""
+    servicer = SelectionServicer(own_neo4j, graph=own_graph, resolver=None)
+    finished: list[str] = []
+
+    async def quick() -> int:
+        await asyncio.sleep(0.01)
+        finished.append("quick")
+        return 0
+
+    async def stuck() -> int:
+        await asyncio.sleep(3600)
+        return 0
+
+    async def scenario() -> tuple[asyncio.Task[int], asyncio.Task[int]]:
+        tasks = asyncio.create_task(quick()), asyncio.create_task(stuck())
+        servicer._background.update(tasks)
+        await servicer.drain(0.5)
+        return tasks
+
+    done, hung = asyncio.run(scenario())
+    assert finished == ["quick"] and done.done() and not done.cancelled()
+    assert hung.cancelled()
+
+
 # --- a frozen database ----------------------------------------------------------------------
 
 
