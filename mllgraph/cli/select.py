@@ -126,7 +126,13 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
     if stacked:
         console.print(
             f"stacked rule over {stacked['features']} heads: out-of-fold accuracy "
-            f"{stacked['cv_accuracy']:.3f} against {stacked['per_class_rule_accuracy']:.3f} "
+            f"{stacked['cv_accuracy']:.3f}"
+            + (
+                " (one probe source held out at a time)"
+                if stacked.get("cv_folds") == "sources"
+                else ""
+            )
+            + f" against {stacked['per_class_rule_accuracy']:.3f} "
             f"for the per-class rule on the probe images: "
             + ("used" if stacked["used"] else "not used")
         )

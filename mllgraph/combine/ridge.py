@@ -102,3 +102,30 @@ def _thin_svd(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if d <= n:  # vecs are V
         return (a @ vecs) / s, s, vecs.T
     return vecs, s, ((a.T @ vecs) / s).T
+
+
+def leave_groups_out(
+    x: np.ndarray,
+    y: np.ndarray,
+    weights: np.ndarray,
+    groups: np.ndarray,
+    lams: np.ndarray,
+) -> np.ndarray:
+    """(L, N, K) each point's prediction, at each of `lams`, by the fit on the other groups
+    alone (weights as given): leave-one-group-out, one decomposition per group. Where a
+    group's points are near copies of each other (augmented copies of one image, one art
+    style), leave-one-out would score each from its copies; this scores it as a new group
+    would be."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    groups = np.asarray(groups)
+    lams = np.asarray(lams, dtype=np.float64)
+    out = np.empty((lams.size, *y.shape))
+    for g in np.unique(groups):
+        held = groups == g
+        path = RidgePath.of(x[~held], y[~held], weights[~held])
+        centred = x[held] - path.x_mean
+        for i, lam in enumerate(lams):
+            coef = (path.vt.T * (path.s / (path.s**2 + lam))) @ path.uty  # (D, K)
+            out[i, held] = path.y_mean + centred @ coef
+    return out

@@ -25,7 +25,10 @@ rule, whose priors cover it), and only kept when its out-of-fold accuracy beats 
 rule's accuracy on the same images (in-sample, so the bar is high). Its estimate is honest:
 nested, :data:`FOLDS` stratified outer folds never used to choose the heads, the strength or
 the fit (the strength is chosen by leave-one-out inside each outer training part)
-(:attr:`StackedRule.cv_accuracy`).
+(:attr:`StackedRule.cv_accuracy`). Where classes have probe images from several sources (art
+styles of one emoji, a user's folders), the folds hold one source out at a time instead
+(:func:`source_folds`, :attr:`StackedRule.cv_folds`): images of one source are near copies of
+each other, and folds by image then measure 1.0 for almost any rule.
 
 Inference applies it from the plan (``combination["stacked"]``, schema version 2), so
 uncovered classes of such a plan are scored by the other heads, not by a patch.
@@ -45,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from mllgraph.combine.ridge import RidgePath
+from mllgraph.combine.ridge import RidgePath, leave_groups_out
 from mllgraph.combine.rule import EPS, model_probabilities
 from mllgraph.errors import FailedPrecondition, InvalidArgument
 
@@ -59,6 +62,7 @@ ALPHAS = tuple(float(a) for a in np.logspace(-3, 2, 21))
 # Softmax temperatures (multipliers of the ridge scores) searched on the leave-one-out scores.
 SCALES = tuple(float(t) for t in np.logspace(-1, 3, 81))
 METHODS = ("ridge_loo", "logistic_cv")  # how a rule was fitted; the first is today's
+CV_FOLDS = ("images", "sources")  # what its out-of-fold estimate held out (`fit`)
 MAX_COLUMNS = 256  # heads the regression reads at most (the most class-dependent ones)
 IMAGES_PER_COLUMN = 1  # and no more heads than probe images
 MAX_FEATURES = 20_000  # a plan's stacked part is refused beyond this (hostile JSON)
@@ -89,6 +93,9 @@ class StackedRule:
     # Out-of-fold recall per class (empty for a rule read from an older plan).
     cv_recall: tuple[float, ...] = ()
     method: str = "logistic_cv"  # a plan that names none was fitted before ridge_loo
+    # What the out-of-fold estimate held out: "images" (stratified folds) or "sources"
+    # (one probe source at a time, `fit`).
+    cv_folds: str = "images"
 
     def in_class_order(self, order: Sequence[int]) -> StackedRule:
         """The same rule with its classes renumbered: class `i` of the result is class
@@ -129,6 +136,7 @@ class StackedRule:
             "cv_accuracy": self.cv_accuracy,
             "cv_recall": [round(float(r), 6) for r in self.cv_recall],
             "method": self.method,
+            "cv_folds": self.cv_folds,
         }
 
     @classmethod
@@ -183,9 +191,12 @@ class StackedRule:
         method = d.get("method", "logistic_cv")
         if method not in METHODS:
             raise bad(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        folds = d.get("cv_folds", "images")
+        if folds not in CV_FOLDS:
+            raise bad(f"cv_folds must be one of {', '.join(CV_FOLDS)}, got {folds!r}")
         return cls(
             tuple(models), tuple(heads), temperatures, tuple(columns), coef, intercept, c, cv,
-            recall, method,
+            recall, method, folds,
         )  # fmt: skip
 
 
@@ -254,17 +265,65 @@ def choose_alpha(path: RidgePath, y: np.ndarray, weights: np.ndarray) -> tuple[f
     return best[1], best[2]
 
 
-def _fit_ridge(x: np.ndarray, y: np.ndarray, k: int) -> _RidgeFit:
-    """Heads chosen, standardised, the path decomposed once, alpha chosen by leave-one-out,
-    all on (x, y) alone."""
+def choose_alpha_by_group(
+    x: np.ndarray, y: np.ndarray, k: int, weights: np.ndarray, groups: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """As :func:`choose_alpha` on the standardised heads `x`, with each image predicted by
+    the fit on the other groups (`ridge.leave_groups_out`) instead of by leave-one-out."""
+    onehot = np.eye(k)[y]
+    lams = np.asarray(ALPHAS) * y.size
+    held_out = leave_groups_out(x, onehot, weights, groups, lams)  # (alphas, N, K)
+    press = ((held_out - onehot) ** 2).sum(axis=2) @ weights
+    best = int(np.argmin(press))  # ties: the first, as choose_alpha
+    return ALPHAS[best], held_out[best]
+
+
+def source_folds(
+    y: np.ndarray, k: int, sources: np.ndarray | None, seed: int = 0
+) -> np.ndarray | None:
+    """(N,) a fold per image that holds one probe source out at a time, or None where no
+    class has images from two sources or more (then nothing can be held out by source).
+
+    Fold f holds the images of source f (sources in sorted order) of every class that has
+    images from two sources or more; the images of a class from a single source are dealt
+    round the same folds (stratified, seeded), so every fold's training part still has
+    every class. An estimate over these folds is what the rule does on a source it never
+    saw, for the classes where that can be measured."""
+    if sources is None:
+        return None
+    sources = np.asarray(sources)
+    names, source = np.unique(sources, return_inverse=True)
+    source = source.reshape(-1)
+    multi = np.array([np.unique(source[y == c]).size >= 2 for c in range(k)], dtype=bool)
+    if names.size < 2 or not multi.any():
+        return None
+    fold = source.copy()
+    single = ~multi[y]
+    if single.any():
+        dealt = stratified_folds(y[single], k, int(names.size), seed)
+        fold[single] = dealt
+    return fold
+
+
+def _fit_ridge(
+    x: np.ndarray, y: np.ndarray, k: int, sources: np.ndarray | None = None
+) -> _RidgeFit:
+    """Heads chosen, standardised, the path decomposed once, alpha chosen by leave-one-out
+    (or, with `sources` that `source_folds` can hold out, by leaving one of those folds out
+    at a time), all on (x, y) alone. `loo`: the held-out scores at the chosen alpha."""
     columns = _top_columns(x, y)
     xs = x[:, columns]
     w = balanced_weights(y, k)
     mean = w @ xs / w.sum()
     sd = np.sqrt(w @ (xs - mean) ** 2 / w.sum())
     sd = np.where(sd > 0, sd, 1.0)  # a constant head: centred to 0, whatever its scale
-    path = RidgePath.of((xs - mean) / sd, np.eye(k)[y], w)
-    alpha, loo = choose_alpha(path, y, w)
+    xs = (xs - mean) / sd
+    path = RidgePath.of(xs, np.eye(k)[y], w)
+    by_group = source_folds(y, k, sources)
+    if by_group is None:
+        alpha, loo = choose_alpha(path, y, w)
+    else:
+        alpha, loo = choose_alpha_by_group(xs, y, k, w, by_group)
     coef, intercept = path.coefficients(alpha * y.size)
     coef = coef / sd
     return _RidgeFit(columns, coef, intercept - coef @ mean, alpha, loo)
@@ -313,27 +372,41 @@ def fit(
     temperatures: Mapping[str, float],
     *,
     seed: int = 0,
+    sources: np.ndarray | None = None,
 ) -> StackedRule | None:
     """The stacked rule on probe images (closed-form ridge, module doc), with its nested
     out-of-fold accuracy; None when a class has fewer than MIN_IMAGES_PER_CLASS images or
-    the task has more than MAX_CLASSES classes."""
+    the task has more than MAX_CLASSES classes.
+
+    `sources` (N,): where each probe image comes from (its probe set's source: a dataset,
+    an art style). Where classes have images from two sources or more, the folds hold one
+    source out at a time (`source_folds`), inside and out: the estimate is then what the
+    rule does on images of a source it never saw, as the user's will be, instead of on near
+    copies of its training images (augmented copies of one emoji score 1.0 whatever the
+    rule), and the strength is chosen for that too."""
     labels = np.asarray(labels, dtype=np.int64)
     if not fittable(labels, num_classes, models):
         return None
     models = sorted(models)
     temps = {m: float(temperatures.get(m, 1.0)) for m in models}
     x = features(logits, models, temps).astype(np.float64)
+    by_source = source_folds(labels, num_classes, sources, seed)
     # Outer folds estimate; everything the fit chooses (heads, alpha) is chosen inside each
     # outer training part, so the held-out fold never informs its own prediction.
-    fold = stratified_folds(labels, num_classes, FOLDS, seed)
+    if by_source is None:
+        fold, sources = stratified_folds(labels, num_classes, FOLDS, seed), None
+    else:
+        fold = by_source
     predicted = np.empty_like(labels)
-    for f in range(FOLDS):
+    for f in range(int(fold.max()) + 1):
         held = fold == f
-        part = _fit_ridge(x[~held], labels[~held], num_classes)
+        part = _fit_ridge(
+            x[~held], labels[~held], num_classes, None if sources is None else sources[~held]
+        )
         scores = x[held][:, part.columns] @ part.coef.T + part.intercept
         predicted[held] = scores.argmax(axis=1)
     right = predicted == labels
-    final = _fit_ridge(x, labels, num_classes)
+    final = _fit_ridge(x, labels, num_classes, sources)
     scale = softmax_scale(final.loo, labels, balanced_weights(labels, num_classes))
     return StackedRule(
         models=tuple(models),
@@ -346,6 +419,7 @@ def fit(
         cv_accuracy=float(right.mean()),
         cv_recall=tuple(float(right[labels == k].mean()) for k in range(num_classes)),
         method="ridge_loo",
+        cv_folds="images" if by_source is None else "sources",
     )
 
 
@@ -353,6 +427,14 @@ def fit(
 
 # A class's probe images, as selection knows them: its (probe set id, images used) pairs.
 ClassProbes = tuple[tuple[str, int], ...]
+
+
+def row_sources(partition: Sequence[ClassProbes], sources: Mapping[str, str]) -> np.ndarray:
+    """(N,) the source of each probe image's set, in the row order selection builds (the
+    task's probe sets by id, each set's images together: `select.probe_data.probe_matrix`),
+    from each class's (set, images) pairs and {set id: source}."""
+    sets = sorted(pair for pairs in partition for pair in pairs)
+    return np.array([sources.get(s, "") for s, n in sets for _ in range(n)], dtype=str)
 
 
 def canonical_order(partition: Sequence[ClassProbes]) -> list[int]:
@@ -367,14 +449,18 @@ def fit_key(
     partition: Sequence[ClassProbes],
     *,
     seed: int = 0,
+    sources: Mapping[str, str] | None = None,
 ) -> tuple[Any, ...]:
     """What :func:`fit` depends on, the same for any wording or order of the task's classes
     when the fit sees them in `canonical_order`: the models (their ids carry the version)
-    and temperatures, which probe images form each class (as a set of classes), and the
-    rule's constants."""
+    and temperatures, which probe images form each class (as a set of classes), the source
+    of each of those probe sets (`sources`: set id -> source, which decides the folds), and
+    the rule's constants."""
     constants = (
         MIN_IMAGES_PER_CLASS, MAX_CLASSES, FOLDS, MAX_COLUMNS, IMAGES_PER_COLUMN, ALPHAS,
         SCALES, EPS, seed,
     )  # fmt: skip
     temps = tuple((m, float(temperatures.get(m, 1.0))) for m in sorted(models))
-    return (temps, tuple(sorted(partition)), constants)
+    used = sorted({s for sets in partition for s, _ in sets})
+    origin = tuple((s, (sources or {}).get(s, "")) for s in used)
+    return (temps, tuple(sorted(partition)), origin, constants)

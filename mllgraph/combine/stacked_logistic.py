@@ -77,8 +77,11 @@ def fit(
     temperatures: Mapping[str, float],
     *,
     seed: int = 0,
+    sources: np.ndarray | None = None,
 ) -> StackedRule | None:
-    """The former stacked rule, same contract as :func:`mllgraph.combine.stacked.fit`."""
+    """The former stacked rule, same contract as :func:`mllgraph.combine.stacked.fit`, but
+    its folds are always stratified by image (`sources` is accepted and not read: the
+    former rule is kept as it was, for side-by-side comparisons)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning

@@ -163,7 +163,9 @@ class StackAll:
     hub model that has probe outputs, fitted on the probe images of the task's concepts — the
     same images MLL's selection reads — with no graph search, no CHCO and no budget. What it
     loses or gains against MLL is what grounding-driven selection adds (and whether the
-    budget costs accuracy). None for a task where some class has too few probe images."""
+    budget costs accuracy). Fitted as MLL's stacked rule is, with each probe image's source
+    (so it too holds one source out where classes have several). None for a task where some
+    class has too few probe images."""
 
     def __init__(
         self, graph: Graph, settings: Settings, logits: LogitCache, models: Sequence[str]
@@ -174,7 +176,7 @@ class StackAll:
     def accuracy(self, plan: dict[str, Any], idx: np.ndarray, labels: np.ndarray) -> float | None:
         from mllgraph.combine import stacked
         from mllgraph.errors import FailedPrecondition
-        from mllgraph.select.probe_data import CACHE, probe_matrix
+        from mllgraph.select.probe_data import CACHE, class_probes, probe_matrix
         from mllgraph.select.reads import Reads
 
         wnids = task_concepts(plan)
@@ -185,12 +187,20 @@ class StackAll:
                 outputs[mid] = CACHE.get(self.settings, mid)
             except FailedPrecondition:  # declared only: no probe outputs to fit on
                 continue
-        probe_labels, probe_logits, _ = probe_matrix(reads.task_probes(wnids), outputs, len(wnids))
+        rows = reads.task_probes(wnids)
+        probe_labels, probe_logits, _ = probe_matrix(rows, outputs, len(wnids))
         if not probe_logits:
             return None
         temperatures = {m: o.temperature for m, o in outputs.items()}
         models = sorted(probe_logits)
-        rule = stacked.fit(probe_logits, probe_labels, len(wnids), models, temperatures)
+        # Each image's probe source, as selection gives it: the same rule as MLL's.
+        sources = stacked.row_sources(
+            class_probes(rows, outputs, len(wnids)),
+            {r["set_id"]: r.get("source") or "" for r in rows},
+        )
+        rule = stacked.fit(
+            probe_logits, probe_labels, len(wnids), models, temperatures, sources=sources
+        )
         if rule is None:
             return None
         probs = rule.probabilities({m: self.logits(m)[idx] for m in rule.models})

@@ -54,8 +54,10 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # budget, ms per image, with the cheapest plan within the accuracy slack served; 14: the
 # "none of these" calibration, combination["none"]; 15: estimates from evidence of each
 # class's kind, select/evidence, and the domain gate on candidates, select/estimates;
-# 16: names WordNet lacks read as noun phrases, ground/approximate).
-SELECTION_VERSION = 16
+# 16: names WordNet lacks read as noun phrases, ground/approximate; 17: where a task's classes
+# have probe images from several sources, the stacked rule and its screen hold one source out
+# at a time, combine/stacked).
+SELECTION_VERSION = 17
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2

@@ -139,6 +139,9 @@ class ChcoProblem:
     # (`select.probe_data.class_probes`). Given, the stacked rule's fits are kept across
     # requests (`select.stacked_choice`); None (a synthetic problem): always fitted anew.
     class_probes: tuple[ClassProbes, ...] | None = None
+    # Optional, probe set id -> its source (a dataset, an art style): with `class_probes`,
+    # the stacked rule's estimate holds one source out at a time (`combine.stacked.fit`).
+    probe_sources: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         k = self.num_classes

@@ -303,6 +303,7 @@ def select(
             row_stats=row_stats,
             finite_models=frozenset(finite),
             class_probes=class_probes(probe_rows, outputs, len(classes)),
+            probe_sources={r["set_id"]: r.get("source") or "" for r in probe_rows},
         )
         plan, front = solve_front(problem, lambda p: solve(p, options), options.accuracy_slack)
         solver_note = plan.solver

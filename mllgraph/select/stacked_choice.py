@@ -91,10 +91,11 @@ def stacked_choice(
     # the cheap ones that might serve within the slack of it.
     chco_cost = problem.plan_cost(plan.models)
     cheap = [m for m in screened if problem.plan_cost([m]) <= chco_cost]
+    groups = stacked.source_folds(problem.labels, problem.num_classes, row_sources(problem))
     for pool in (screened, cheap) if problem.model_cost else (screened,):
         picked, _ = feature_sets.greedy_models(
             problem.logits_by_model, problem.temperatures, pool, problem.labels,
-            problem.num_classes, problem.budget,
+            problem.num_classes, problem.budget, groups,
         )  # fmt: skip
         if not picked or set(picked) == set(plan.models) or picked in tried:
             continue
@@ -210,16 +211,26 @@ def fit_stacked(problem: chco.ChcoProblem, models: Sequence[str]) -> stacked.Sta
     # The fitter is part of the key: the side-by-side comparison swaps it (scripts/).
     key = (
         fitter.__module__,
-        *stacked.fit_key(models, problem.temperatures, problem.class_probes),
+        *stacked.fit_key(
+            models, problem.temperatures, problem.class_probes, sources=problem.probe_sources
+        ),
     )
     canonical = FITS.get(key)
     if canonical is MISSING:
         canonical = fitter(
             problem.logits_by_model, rank[problem.labels], problem.num_classes, models,
-            problem.temperatures,
+            problem.temperatures, sources=row_sources(problem),
         )  # fmt: skip
         FITS.put(key, canonical)
     return None if canonical is None else canonical.in_class_order(rank)
+
+
+def row_sources(problem: chco.ChcoProblem) -> np.ndarray | None:
+    """(N,) the source of each probe image (`stacked.row_sources`); None when the problem
+    does not say which sets its images come from."""
+    if problem.class_probes is None or problem.probe_sources is None:
+        return None
+    return stacked.row_sources(problem.class_probes, problem.probe_sources)
 
 
 def _stacked(problem: chco.ChcoProblem, plan: chco.Plan) -> StackedFit | None:
@@ -239,6 +250,7 @@ def _stacked(problem: chco.ChcoProblem, plan: chco.Plan) -> StackedFit | None:
     note = {
         "used": used,
         "cv_accuracy": rule.cv_accuracy,
+        "cv_folds": rule.cv_folds,
         "per_class_rule_accuracy": per_class,
         "c": rule.c,
         "features": len(rule.columns),

@@ -1,0 +1,167 @@
+"""The stacked rule's estimate when probe images come from several sources (pure, no server):
+leave-one-group-out ridge, folds by source, and the fit cache's key naming the sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mllgraph.combine import stacked
+from mllgraph.combine.ridge import RidgePath, leave_groups_out
+from mllgraph.errors import InvalidArgument
+
+
+def _weighted_ridge(x: np.ndarray, y: np.ndarray, w: np.ndarray, lam: float) -> np.ndarray:
+    """(D+1, K) the textbook solution, intercept first (normal equations, intercept free)."""
+    a = np.hstack([np.ones((x.shape[0], 1)), x])
+    penalty = lam * np.eye(a.shape[1])
+    penalty[0, 0] = 0.0
+    return np.linalg.solve(a.T @ (w[:, None] * a) + penalty, a.T @ (w[:, None] * y))
+
+
+def test_leave_groups_out_is_refitting_without_each_group() -> None:
+    rng = np.random.default_rng(0)
+    n, d, k = 30, 8, 3
+    x, y = rng.normal(size=(n, d)), np.eye(k)[np.arange(n) % k]
+    w = rng.uniform(0.5, 2.0, size=n)
+    groups = rng.integers(0, 4, size=n)
+    lams = np.array([0.1, 3.0, 50.0])
+    got = leave_groups_out(x, y, w, groups, lams)
+    for i, lam in enumerate(lams):
+        for g in np.unique(groups):
+            held = groups == g
+            beta = _weighted_ridge(x[~held], y[~held], w[~held], lam)
+            want = np.hstack([np.ones((held.sum(), 1)), x[held]]) @ beta
+            np.testing.assert_allclose(got[i, held], want, atol=1e-8)
+
+
+def test_one_point_per_group_is_leave_one_out() -> None:
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(20, 5)), np.eye(2)[np.arange(20) % 2]
+    w = rng.uniform(0.5, 2.0, size=20)
+    path = RidgePath.of(x, y, w)
+    got = leave_groups_out(x, y, w, np.arange(20), np.array([0.5, 5.0]))
+    np.testing.assert_allclose(got[0], path.loo(0.5), atol=1e-8)
+    np.testing.assert_allclose(got[1], path.loo(5.0), atol=1e-8)
+
+
+def _styles(sources: int, per: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits of one model with 40 heads for 3 classes: in each source (an art style) each
+    class is one drawing copied `per` times with small noise (its own random look), plus a
+    weak signal all sources share. Within a source the copies give the class away; only the
+    shared signal carries over to a new source."""
+    rng = np.random.default_rng(seed)
+    k, heads = 3, 40
+    shared = rng.normal(size=(k, heads))
+    rows, labels, source = [], [], []
+    for s in range(sources):
+        look = rng.normal(size=(k, heads)) * 2.0
+        for c in range(k):
+            copies = 0.35 * shared[c] + look[c] + 0.1 * rng.normal(size=(per, heads))
+            rows.append(copies)
+            labels += [c] * per
+            source += [f"style{s}"] * per
+    return np.vstack(rows), np.array(labels), np.array(source)
+
+
+def test_folds_by_source_estimate_a_new_source_where_folds_by_image_do_not() -> None:
+    x, y, src = _styles(sources=4, per=8, seed=3)
+    by_image = stacked.fit({"m@1": x}, y, 3, ["m@1"], {})
+    by_source = stacked.fit({"m@1": x}, y, 3, ["m@1"], {}, sources=src)
+    assert by_image is not None and by_source is not None
+    assert by_image.cv_folds == "images" and by_source.cv_folds == "sources"
+    # Images of sources no fit has seen: what the user's images are.
+    new_x, new_y, _ = _styles(sources=30, per=8, seed=99)
+    truth = float((by_source.probabilities({"m@1": new_x}).argmax(1) == new_y).mean())
+    assert by_image.cv_accuracy > 0.95  # copies on both sides of each fold: saturated
+    assert truth < 0.9
+    assert abs(by_source.cv_accuracy - truth) < abs(by_image.cv_accuracy - truth)
+    assert abs(by_source.cv_accuracy - truth) < 0.15
+
+
+def test_a_class_from_one_source_is_dealt_round_the_source_folds() -> None:
+    x, y, src = _styles(sources=3, per=6, seed=4)
+    src = src.copy()
+    src[y == 0] = "style0"  # class 0 seen in one source only: it cannot be held out by source
+    fold = stacked.source_folds(y, 3, src)
+    assert fold is not None
+    np.testing.assert_array_equal(fold[y != 0], [int(s[-1]) for s in src[y != 0]])
+    assert np.bincount(fold[y == 0], minlength=3).tolist() == [6, 6, 6]  # every fold keeps it
+    rule = stacked.fit({"m@1": x}, y, 3, ["m@1"], {}, sources=src)
+    assert rule is not None and rule.cv_folds == "sources"
+
+
+def test_without_a_class_from_two_sources_the_folds_are_by_image() -> None:
+    x, y, _ = _styles(sources=3, per=6, seed=4)
+    one_each = np.array([f"style{c}" for c in y])  # each class from its own source
+    assert stacked.source_folds(y, 3, one_each) is None
+    assert stacked.source_folds(y, 3, None) is None
+    assert stacked.source_folds(y, 3, np.full(y.size, "fashion")) is None
+    rule = stacked.fit({"m@1": x}, y, 3, ["m@1"], {}, sources=one_each)
+    plain = stacked.fit({"m@1": x}, y, 3, ["m@1"], {})
+    assert rule is not None and plain is not None and rule.cv_folds == "images"
+    np.testing.assert_array_equal(rule.coef, plain.coef)
+
+
+def test_cv_folds_round_trips_and_is_checked() -> None:
+    x, y, src = _styles(sources=3, per=6, seed=5)
+    rule = stacked.fit({"m@1": x}, y, 3, ["m@1"], {}, sources=src)
+    assert rule is not None
+    again = stacked.StackedRule.from_dict(rule.to_dict(), 3)
+    assert again.cv_folds == "sources"
+    older = {k: v for k, v in rule.to_dict().items() if k != "cv_folds"}
+    assert stacked.StackedRule.from_dict(older, 3).cv_folds == "images"
+    with pytest.raises(InvalidArgument, match="cv_folds"):
+        stacked.StackedRule.from_dict({**rule.to_dict(), "cv_folds": "emoji"}, 3)
+
+
+def test_the_fit_key_names_each_sets_source() -> None:
+    sets = [(("s0", 8),), (("s1", 8),)]
+    temps = {"m@1": 1.0}
+    one = stacked.fit_key(["m@1"], temps, sets, sources={"s0": "a", "s1": "a"})
+    other = stacked.fit_key(["m@1"], temps, sets, sources={"s0": "a", "s1": "b"})
+    assert one != other
+    assert one == stacked.fit_key(["m@1"], temps, sets[::-1], sources={"s1": "a", "s0": "a"})
+
+
+def test_selection_passes_each_rows_source_in_row_order() -> None:
+    from mllgraph.combine.rule import HeadGroup
+    from mllgraph.select import chco, stacked_choice
+
+    x, y, src = _styles(sources=2, per=6, seed=6)
+    # probe_matrix's row order: the task's sets by id, each set's images together.
+    order = np.lexsort((np.arange(y.size), y, src))  # set id "<style>-<class>"
+    x, y, src = x[order], y[order], src[order]
+    ids = [f"{s}-{c}" for s, c in zip(src, y, strict=True)]
+    class_probes = tuple(
+        tuple((sid, ids.count(sid)) for sid in sorted(set(ids)) if sid.endswith(f"-{c}"))
+        for c in range(3)
+    )
+    problem = chco.ChcoProblem(
+        3, [chco.Candidate(c, HeadGroup("m@1", (c,), "exact", 0.9)) for c in range(3)],
+        {"m@1": x}, y, {"m@1": 1.0}, budget=1, class_probes=class_probes,
+        probe_sources={sid: sid.split("-")[0] for sid in ids},
+    )  # fmt: skip
+    assert list(stacked_choice.row_sources(problem)) == list(src)
+    stacked_choice.FITS.clear()
+    rule = stacked_choice.fit_stacked(problem, ["m@1"])
+    assert rule is not None and rule.cv_folds == "sources"
+
+
+def test_the_screen_measures_each_image_against_the_other_sources_class_means() -> None:
+    from mllgraph.combine import screen
+
+    x, y, src = _styles(sources=3, per=5, seed=7)
+    got = screen.class_mean_distances(x, y, 3, src)
+    sd = x.std(axis=0)
+    z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    for i in range(y.size):
+        others = src != src[i]
+        means = np.stack([z[others & (y == c)].mean(axis=0) for c in range(3)])
+        want = ((z[i] - means) ** 2).sum(axis=1) / z.shape[1]
+        np.testing.assert_allclose(got[i], want, atol=1e-9)
+    # Near copies within a source: leave-one-out finds every image's class (a screen would
+    # stop at the first model); leave one source out does not.
+    loo = screen.class_mean_distances(x, y, 3)
+    assert (loo.argmin(1) == y).mean() == 1.0
+    assert (got.argmin(1) == y).mean() < 0.9
