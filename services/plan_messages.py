@@ -393,11 +393,16 @@ def explain(plan: dict[str, Any], concepts: Concepts, current_catalogue: int | N
             how = "scored by the constant fallback, or a VLM where the inference service has one"
         notes.append(f"Uncovered classes: {', '.join(repr(n) for n in plan['uncovered'])}; {how}.")
     if stacked:
+        held = (
+            "one probe source held out at a time"
+            if stacked.get("cv_folds") == "sources"
+            else "folds of probe images"
+        )
         notes.append(
-            f"Stacked rule (logistic regression on all {stacked['features']} heads of the "
-            f"chosen models): out-of-fold accuracy {stacked['cv_accuracy']:.3f} against "
-            f"{stacked['per_class_rule_accuracy']:.3f} for the per-class rule on the same probe "
-            f"images; {'used' if stacked['used'] else 'not used'}."
+            f"Stacked rule (ridge regression on the chosen models' {stacked['features']} most "
+            f"class-dependent heads): out-of-fold accuracy {stacked['cv_accuracy']:.3f} "
+            f"({held}) against {stacked['per_class_rule_accuracy']:.3f} for the per-class rule "
+            f"on the same probe images; {'used' if stacked['used'] else 'not used'}."
         )
     for c in plan.get("classes", []):
         near = c.get("related_by_text")

@@ -165,3 +165,25 @@ def test_the_screen_measures_each_image_against_the_other_sources_class_means() 
     loo = screen.class_mean_distances(x, y, 3)
     assert (loo.argmin(1) == y).mean() == 1.0
     assert (got.argmin(1) == y).mean() < 0.9
+
+
+def test_explain_selection_and_the_cli_say_what_the_estimate_held_out() -> None:
+    from mllgraph.cli.common import console
+    from mllgraph.cli.select import print_plan
+    from services import plan_messages
+    from tests.test_conse import _patch, _plan_with_patch  # a small printable plan
+
+    made = _patch([[0.9, 0.1]], heads=(0,))
+    base = _plan_with_patch({**made.to_dict(), "classes": ["coffee"]})
+    for folds, said in (("sources", "one probe source held out at a time"),
+                        ("images", "folds of probe images")):  # fmt: skip
+        stacked_note = {"used": True, "cv_accuracy": 0.8, "cv_folds": folds,
+                        "per_class_rule_accuracy": 0.7, "c": 1.0, "features": 12}  # fmt: skip
+        plan = {**base, "stacked": stacked_note}
+        notes = plan_messages.explain(plan, plan_messages.Concepts(None)).notes
+        line = next(n for n in notes if n.startswith("Stacked rule"))
+        assert said in line and "ridge" in line and "0.800" in line
+        with console.capture() as out:
+            print_plan({**plan, "params_fitted": True, "created_at": "t"})
+        cli = next(x for x in out.get().splitlines() if x.startswith("stacked rule"))
+        assert ("one probe source held out at a time" in cli) == (folds == "sources")
