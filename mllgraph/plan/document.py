@@ -54,8 +54,10 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # budget, ms per image, with the cheapest plan within the accuracy slack served; 14: the
 # "none of these" calibration, combination["none"]; 15: estimates from evidence of each
 # class's kind, select/evidence, and the domain gate on candidates, select/estimates;
-# 16: names WordNet lacks read as noun phrases, ground/approximate).
-SELECTION_VERSION = 16
+# 16: names WordNet lacks read as noun phrases, ground/approximate; 17: the `pictured` term
+# of grounding, ground/depict: a name of an organism and its food grounds to the plant's food
+# or to the animal).
+SELECTION_VERSION = 17
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2
