@@ -28,7 +28,9 @@ How a name is grounded
 
    `P(c)` is the sense's share of its lemma's WordNet tag counts (`index.sense`), smoothed
    by pseudo-counts alpha / (1 + rank) so that an untagged sense is not zero and untagged
-   senses keep WordNet's order (`ScoreWeights.prior_alpha`): "coffee" the beverage (46 tags,
+   senses keep WordNet's order (`ScoreWeights.prior_alpha`); where no sense of the lemma was
+   tagged, the pseudo-counts are equal (`prior_untagged_order`: WordNet orders senses by
+   their counts, so without any the order says little): "coffee" the beverage (46 tags,
    P 0.86) needs a strong context to lose to the shrub (0 tags, P 0.05), "bat" (animal 2,
    club 0) a weaker one. Linear in P, not log P: on the benchmark's dev half a log prior let
    SemCor's few counts overrule context ("boxer" the person among dogs).
@@ -236,7 +238,11 @@ class Resolver(ApproximateMatching):
         known = self.tag_counts.get(key, {})
         counts = [int(known.get(w, 0)) for w in senses]
         alpha = self.weights.prior_alpha
-        mass = [n + alpha / (1.0 + r) for r, n in enumerate(counts)]
+        # WordNet orders a lemma's senses by their tag counts; where none was tagged the order
+        # says little about frequency, so it counts only this much (`prior_untagged_order`).
+        # Without any counts at all (no sense index) the order is all there is.
+        order = 1.0 if any(counts) or not self.tag_counts else self.weights.prior_untagged_order
+        mass = [n + alpha / (1.0 + order * r) for r, n in enumerate(counts)]
         total = sum(mass)
         priors = [(w, n, m / total) for w, n, m in zip(senses, counts, mass, strict=True)]
         preferred = self.overrides.senses.get(key)

@@ -56,7 +56,7 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # class's kind, select/evidence, and the domain gate on candidates, select/estimates;
 # 16: names WordNet lacks read as noun phrases, ground/approximate; 17: the `pictured` term
 # of grounding, ground/depict: a name of an organism and its food grounds to the plant's food
-# or to the animal).
+# or to the animal; equal priors for the senses of a lemma none of which WordNet tagged).
 SELECTION_VERSION = 17
 
 MAX_CLASSES = 1000
