@@ -20,14 +20,27 @@ from mllgraph.settings import Settings
 
 
 def test_pictured_prefers_the_food_of_a_plant_and_the_animal_over_its_food() -> None:
-    assert depict.pictured("noun.food", {"noun.food", "noun.plant"}) == 1.0
-    assert depict.pictured("noun.plant", {"noun.food", "noun.plant"}) == 0.0
-    assert depict.pictured("noun.animal", {"noun.animal", "noun.food"}) == 1.0
-    assert depict.pictured("noun.food", {"noun.animal", "noun.food"}) == 0.0
+    assert depict.pictured("food", {"food", "plant"}) == 1.0
+    assert depict.pictured("plant", {"food", "plant"}) == 0.0
+    assert depict.pictured("animal", {"animal", "food"}) == 1.0
+    assert depict.pictured("food", {"animal", "food"}) == 0.0
     # A name without the other kind of sense gets nothing: not a bonus for food or animals.
-    assert depict.pictured("noun.food", {"noun.food", "noun.artifact"}) == 0.0
-    assert depict.pictured("noun.animal", {"noun.animal", "noun.artifact"}) == 0.0
-    assert depict.pictured("noun.artifact", {"noun.artifact", "noun.food", "noun.plant"}) == 0.0
+    assert depict.pictured("food", {"food", None}) == 0.0
+    assert depict.pictured("animal", {"animal", None}) == 0.0
+    assert depict.pictured(None, {None, "food", "plant"}) == 0.0
+
+
+def test_only_whole_organisms_are_the_plant_or_the_animal() -> None:
+    def synset(lexname: str) -> Synset:
+        return Synset("n1", "x.n.01", ["x"], "an x", lexname, hypernyms=["n0"])
+
+    assert depict.sense_kind(synset("noun.food"), is_organism=False) == "food"
+    assert depict.sense_kind(synset("noun.plant"), is_organism=True) == "plant"
+    assert depict.sense_kind(synset("noun.animal"), is_organism=True) == "animal"
+    # A bird's wing or an egg (noun.animal) and an onion bulb (noun.plant) are parts.
+    assert depict.sense_kind(synset("noun.animal"), is_organism=False) is None
+    assert depict.sense_kind(synset("noun.plant"), is_organism=False) is None
+    assert depict.sense_kind(synset("noun.artifact"), is_organism=False) is None
 
 
 def test_visual_tiers_and_instances() -> None:
@@ -59,15 +72,15 @@ def _lexicon() -> WordNetNouns:
         "n10": ("lobster", "n06", "noun.food"),  # listed first, as WordNet does
         "n11": ("crabmeat", "n06", "noun.food"),
         "n12": ("scampi", "n06", "noun.food"),
-        "n20": ("organism", "n01", "noun.Tops"),
-        "n21": ("animal", "n20", "noun.animal"),
+        "n00004475": ("organism", "n01", "noun.Tops"),  # depict.ORGANISM
+        "n21": ("animal", "n00004475", "noun.animal"),
         "n22": ("invertebrate", "n21", "noun.animal"),
         "n23": ("arthropod", "n22", "noun.animal"),
         "n24": ("crustacean", "n23", "noun.animal"),
         "n25": ("lobster", "n24", "noun.animal"),
         "n26": ("crab", "n24", "noun.animal"),
         "n27": ("shrimp", "n24", "noun.animal"),
-        "n30": ("plant", "n20", "noun.plant"),
+        "n30": ("plant", "n00004475", "noun.plant"),
         "n31": ("woody plant", "n30", "noun.plant"),
         "n32": ("tree", "n31", "noun.plant"),
         "n33": ("angiospermous tree", "n32", "noun.plant"),
@@ -159,6 +172,14 @@ def test_names_of_an_organism_and_its_food(resolver: Resolver, task: list[str], 
     g = resolver.resolve_task(task)[0]
     assert g.wnid == wnid, g
     assert g.reasons["pictured"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["wing", "egg"])
+def test_parts_of_an_animal_are_not_the_animal(resolver: Resolver, name: str) -> None:
+    # A bird's wing (beside the fowl's wing as food) and an egg are filed under noun.animal
+    # but are no organism: the term leaves them to the other terms.
+    g = resolver.resolve_name(name)
+    assert "pictured" not in g.reasons and "runner_up_pictured" not in g.reasons
 
 
 def test_peach_among_fruit_trees_is_the_tree(resolver: Resolver) -> None:

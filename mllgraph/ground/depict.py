@@ -60,16 +60,28 @@ def visual(synset: Synset) -> float:
 # links 257 such same-name pairs as food part-of plant, 99 as food part-of animal): a plant is
 # named after its produce and photographed as it ("peach", "garlic", "head cabbage": the fruit,
 # bulb or head one buys, as ImageNet files them), while an animal's food is named after the
-# animal and a photo of the name shows the animal ("lobster", "squid", "duck"). A preference
-# between the senses of one name only: it adds nothing where the name lacks the other kind.
+# animal and a photo of the name shows the animal ("lobster", "squid", "duck"). Only whole
+# organisms count as the plant or the animal: "wing" (a bird's, beside the fowl's wing as food)
+# and "egg" are parts, and get nothing. A preference between the senses of one name only: it
+# adds nothing where the name lacks the other kind.
+ORGANISM = "n00004475"  # organism.n.01
 PICTURED_OVER: dict[str, str] = {
-    "noun.food": "noun.plant",  # the food, where the name also names the plant
-    "noun.animal": "noun.food",  # the animal, where the name also names its food
+    "food": "plant",  # the food, where the name also names the plant
+    "animal": "food",  # the animal, where the name also names its food
 }
 
 
-def pictured(lexname: str, name_lexnames: Collection[str]) -> float:
-    """1.0 for the sense a photo of the name shows when the name's senses (their lexicographer
-    files `name_lexnames`) name both an organism and its food, else 0.0."""
-    other = PICTURED_OVER.get(lexname)
-    return 1.0 if other is not None and other in name_lexnames else 0.0
+def sense_kind(synset: Synset, is_organism: bool) -> str | None:
+    """'food', 'plant' or 'animal' (an organism of that lexicographer file), else None."""
+    if synset.lexname == "noun.food":
+        return "food"
+    if is_organism and synset.lexname in ("noun.plant", "noun.animal"):
+        return synset.lexname.removeprefix("noun.")
+    return None
+
+
+def pictured(kind: str | None, name_kinds: Collection[str | None]) -> float:
+    """1.0 for the sense a photo of the name shows when the name's senses (their
+    `sense_kind`s, `name_kinds`) name both an organism and its food, else 0.0."""
+    other = PICTURED_OVER.get(kind) if kind else None
+    return 1.0 if other is not None and other in name_kinds else 0.0

@@ -37,7 +37,8 @@ How a name is grounded
    A preferred sense of the override table has P = 1 (context can still overrule it).
    `visual` and `pictured` come from `ground.depict`: `pictured(c)` is 1 for the food sense
    of a name that also names the plant it comes from ("peach", "garlic") and for the animal
-   sense of a name that also names the animal's food ("lobster", "squid"), else 0.
+   sense of a name that also names the animal's food ("lobster", "squid"), else 0; the plant
+   or animal must be an organism, not a part ("wing", "egg").
    `ctx(c)` is the mean depth beyond 4 (`ScoreWeights.context_floor`: sharing only `whole` or
    `matter` is no context) of the lowest common ancestor of `c` with the k = min(5, n-1)
    nearest other classes, each other class counted by its own sense probabilities (so a
@@ -418,14 +419,14 @@ class Resolver(ApproximateMatching):
             if p.fixed is not None:
                 continue
             q = vecs[0].get(p.query) if vecs is not None and len(p.cands) > 1 else None
-            lexnames = {self.nouns.synsets[c.wnid].lexname for c in p.cands}
+            kinds = {c.wnid: self._sense_kind(c.wnid) for c in p.cands}
             for c in p.cands:
                 c.terms = {
                     "prior": w.prior * c.prior / (1.0 + 0.5 * c.morph + c.alt),
                     "visual": w.visual * self._visual(c.wnid),
                     "agree": w.agree * c.agree,
                 }
-                pictured = depict.pictured(self.nouns.synsets[c.wnid].lexname, lexnames)
+                pictured = depict.pictured(kinds[c.wnid], kinds.values())
                 if pictured:
                     c.terms["pictured"] = w.pictured * pictured
                 if c.lexical:
@@ -558,6 +559,10 @@ class Resolver(ApproximateMatching):
 
     def _visual(self, wnid: str) -> float:
         return depict.visual(self.nouns.synsets[wnid])
+
+    def _sense_kind(self, wnid: str) -> str | None:
+        is_organism = any(a == depict.ORGANISM for a, _ in self._ancestors(wnid))
+        return depict.sense_kind(self.nouns.synsets[wnid], is_organism)
 
     def _context(self, probs: list[dict[str, float]]) -> list[dict[str, float]]:
         """Per class and candidate: mean LCA depth with the k nearest other classes.
