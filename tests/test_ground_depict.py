@@ -182,6 +182,13 @@ def test_parts_of_an_animal_are_not_the_animal(resolver: Resolver, name: str) ->
     assert "pictured" not in g.reasons and "runner_up_pictured" not in g.reasons
 
 
+def test_a_modifier_of_a_phrase_gets_no_pictured_term(resolver: Resolver) -> None:
+    # "cherry blossom" (WordNet lacks it) is a flower; its word "cherry" names no class.
+    g = resolver.resolve_task(["cherry blossom", "lemon", "tent"])[0]
+    assert g.approximate and g.wnid == "n11669335"  # flower.n.02
+    assert "pictured" not in g.reasons and "runner_up_pictured" not in g.reasons
+
+
 def test_peach_among_fruit_trees_is_the_tree(resolver: Resolver) -> None:
     peach = resolver.resolve_task(["peach", "oak", "maple", "birch"])[0]
     assert peach.wnid == "n12648045"  # peach.n.01, the tree: context overrules the term

@@ -38,7 +38,8 @@ How a name is grounded
    `visual` and `pictured` come from `ground.depict`: `pictured(c)` is 1 for the food sense
    of a name that also names the plant it comes from ("peach", "garlic") and for the animal
    sense of a name that also names the animal's food ("lobster", "squid"), else 0; the plant
-   or animal must be an organism, not a part ("wing", "egg").
+   or animal must be an organism, not a part ("wing", "egg"), and a name's modifier or context
+   word names neither ("cherry" in "cherry blossom").
    `ctx(c)` is the mean depth beyond 4 (`ScoreWeights.context_floor`: sharing only `whole` or
    `matter` is no context) of the lowest common ancestor of `c` with the k = min(5, n-1)
    nearest other classes, each other class counted by its own sense probabilities (so a
@@ -419,14 +420,20 @@ class Resolver(ApproximateMatching):
             if p.fixed is not None:
                 continue
             q = vecs[0].get(p.query) if vecs is not None and len(p.cands) > 1 else None
-            kinds = {c.wnid: self._sense_kind(c.wnid) for c in p.cands}
+            # What the name itself names: not a modifier or context word of a phrase
+            # ("cherry blossom" is no cherry, whether tree or fruit).
+            kinds = {
+                c.wnid: self._sense_kind(c.wnid)
+                for c in p.cands
+                if c.role not in ("modifier", "context")
+            }
             for c in p.cands:
                 c.terms = {
                     "prior": w.prior * c.prior / (1.0 + 0.5 * c.morph + c.alt),
                     "visual": w.visual * self._visual(c.wnid),
                     "agree": w.agree * c.agree,
                 }
-                pictured = depict.pictured(kinds[c.wnid], kinds.values())
+                pictured = depict.pictured(kinds.get(c.wnid), kinds.values())
                 if pictured:
                     c.terms["pictured"] = w.pictured * pictured
                 if c.lexical:
