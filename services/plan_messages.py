@@ -211,6 +211,14 @@ def _grounding_reason(c: dict[str, Any]) -> str:
                 f"; task context {float(reasons['context']):.2f} against "
                 f"{float(reasons.get('runner_up_context', 0.0)):.2f}"
             )
+    if g.get("ambiguous") and ("pictured" in reasons or "runner_up_pictured" in reasons):
+        # ground.depict: the name names both an organism and its food.
+        which = "this sense" if "pictured" in reasons else "the next sense"
+        text += (
+            "; the name names both an organism and the food it gives, and a photo of it "
+            f"shows {which} (pictured {float(reasons.get('pictured', 0.0)):.2f} against "
+            f"{float(reasons.get('runner_up_pictured', 0.0)):.2f})"
+        )
     if g.get("hub_preferred"):
         text += (
             "; of the senses that fit the task, this is the one the hub has heads for, "

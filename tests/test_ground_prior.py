@@ -5,6 +5,7 @@ small run of `mllgraph bench grounding` (mllgraph.eval.bench.grounding). No Neo4
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -93,10 +94,15 @@ def test_smoothed_prior_follows_the_counts_and_keeps_untagged_senses() -> None:
     assert priors[0][2] == pytest.approx(alpha / total)  # untagged, first: alpha / 1
     assert priors[1][2] == pytest.approx((40 + alpha / 2) / total)
     assert sum(p for _, _, p in priors) == pytest.approx(1.0)
-    # No counts at all: the pseudo-counts alone, falling with WordNet's order, never zero.
+    # No sense of the lemma tagged: the pseudo-counts alone, never zero, and WordNet's order
+    # (by tag counts, so saying little here) counts as `prior_untagged_order` says: not at all
+    # by default, fully at 1.
     untagged = [p for _, _, p in r._sense_priors("sprout")]
-    assert untagged[0] > untagged[1] > untagged[2] > 0
-    assert sum(untagged) == pytest.approx(1.0)
+    assert untagged == pytest.approx([1 / 3] * 3)
+    r.weights = dataclasses.replace(r.weights, prior_untagged_order=1.0)
+    ordered = [p for _, _, p in r._sense_priors("sprout")]
+    assert ordered[0] > ordered[1] > ordered[2] > 0
+    assert sum(ordered) == pytest.approx(1.0)
     # The tagged sense wins a name alone although WordNet lists it second.
     g = r.resolve_name("brew")
     assert g.wnid == "n3" and g.reasons["tag_count"] == 40
@@ -152,6 +158,37 @@ def test_mouse_among_computer_parts_is_the_device(resolver: Resolver, task: list
     assert mouse.wnid == COMPUTER_MOUSE
     # The animal is the dominant sense (14 tags, the device none): context overruled it.
     assert mouse.reasons["tag_count"] == 0 and mouse.reasons["runner_up_tag_count"] == 14
+
+
+ALTAR_TABLE, ALTAR_STRUCTURE = "n02699629", "n02699494"  # altar.n.01, .n.02: both untagged
+
+
+@pytest.mark.parametrize(
+    ("task", "wnid"),
+    [
+        (["altar", "goldfish", "broom"], ALTAR_STRUCTURE),  # ImageNet's altar
+        (["pajama", "goldfish", "broom"], "n03877472"),  # pajama.n.02, ImageNet's nightclothes
+    ],
+)
+def test_untagged_senses_are_not_ranked_by_order(
+    resolver: Resolver, task: list[str], wnid: str
+) -> None:
+    g = resolver.resolve_task(task)[0]
+    assert g.wnid == wnid, g
+    assert g.reasons["tag_count"] == g.reasons["runner_up_tag_count"] == 0
+    assert g.reasons["prior"] == pytest.approx(g.reasons["runner_up_prior"])
+    # WordNet's first sense won where its order still counted.
+    ordered = dataclasses.replace(resolver.weights, prior_untagged_order=1.0)
+    old = Resolver(
+        resolver.nouns, embedder=resolver._embedder, weights=ordered, tag_counts=resolver.tag_counts
+    )
+    assert old.resolve_task(task)[0].wnid != wnid
+
+
+def test_altar_among_church_furniture_is_the_communion_table(resolver: Resolver) -> None:
+    altar = resolver.resolve_task(["altar", "church", "pew", "font"])[0]
+    assert altar.wnid == ALTAR_TABLE  # context decides where the prior no longer does
+    assert altar.reasons["context"] > altar.reasons["runner_up_context"]
 
 
 def test_fashion_suite_wordings_keep_their_groundings(resolver: Resolver) -> None:

