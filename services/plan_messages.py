@@ -410,7 +410,12 @@ def explain(plan: dict[str, Any], concepts: Concepts, current_catalogue: int | N
             f"Stacked rule (ridge regression on the chosen models' {stacked['features']} most "
             f"class-dependent heads): out-of-fold accuracy {stacked['cv_accuracy']:.3f} "
             f"({held}) against {stacked['per_class_rule_accuracy']:.3f} for the per-class rule "
-            f"on the same probe images; {'used' if stacked['used'] else 'not used'}."
+            f"on the same probe images (in-sample); {'used' if stacked['used'] else 'not used'}"
+            + (
+                " (held-out sources are what a new style of image meets)."
+                if stacked["used"] and stacked.get("cv_folds") == "sources"
+                else "."
+            )
         )
     for c in plan.get("classes", []):
         near = c.get("related_by_text")

@@ -187,3 +187,36 @@ def test_explain_selection_and_the_cli_say_what_the_estimate_held_out() -> None:
             print_plan({**plan, "params_fitted": True, "created_at": "t"})
         cli = next(x for x in out.get().splitlines() if x.startswith("stacked rule"))
         assert ("one probe source held out at a time" in cli) == (folds == "sources")
+
+
+@pytest.mark.parametrize("by_source", [True, False])
+def test_a_stacked_rule_estimated_on_held_out_sources_is_kept(by_source: bool) -> None:
+    """Folds by image: kept only when its out-of-fold accuracy beats the per-class rule's
+    in-sample accuracy (here both are 1.0: not kept). Folds by source: kept, since the
+    in-sample figure is no fair bar for a new source."""
+    from mllgraph.combine.rule import HeadGroup
+    from mllgraph.select import chco, stacked_choice
+
+    rng = np.random.default_rng(8)
+    y = np.repeat(np.arange(3), 12)
+    x = rng.normal(size=(36, 6))
+    x[np.arange(36), y] += 8.0  # head c says class c, in every source
+    src = np.tile(np.repeat(["a", "b", "c"], 4), 3)  # sets "<source>-<class>", by id
+    order = np.lexsort((np.arange(36), y, src))
+    x, y, src = x[order], y[order], src[order]
+    ids = [f"{s}-{c}" for s, c in zip(src, y, strict=True)]
+    class_probes = tuple(
+        tuple((sid, ids.count(sid)) for sid in sorted(set(ids)) if sid.endswith(f"-{c}"))
+        for c in range(3)
+    )
+    problem = chco.ChcoProblem(
+        3, [chco.Candidate(c, HeadGroup("m@1", (c,), "exact", 0.9)) for c in range(3)],
+        {"m@1": x}, y, {"m@1": 1.0}, budget=1, class_probes=class_probes,
+        probe_sources={sid: sid.split("-")[0] for sid in ids} if by_source else None,
+    )  # fmt: skip
+    stacked_choice.FITS.clear()
+    plan = chco.solve(problem)
+    rule, note = stacked_choice._stacked(problem, plan)
+    assert note["per_class_rule_accuracy"] == 1.0 and note["cv_accuracy"] == 1.0
+    assert note["cv_folds"] == ("sources" if by_source else "images")
+    assert note["used"] is by_source and (rule is not None) is by_source

@@ -133,7 +133,7 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
                 else ""
             )
             + f" against {stacked['per_class_rule_accuracy']:.3f} "
-            f"for the per-class rule on the probe images: "
+            f"for the per-class rule on the probe images (in-sample): "
             + ("used" if stacked["used"] else "not used")
         )
     fitted = "fitted" if plan.get("params_fitted") else "default"
