@@ -220,3 +220,19 @@ def test_a_stacked_rule_estimated_on_held_out_sources_is_kept(by_source: bool) -
     assert note["per_class_rule_accuracy"] == 1.0 and note["cv_accuracy"] == 1.0
     assert note["cv_folds"] == ("sources" if by_source else "images")
     assert note["used"] is by_source and (rule is not None) is by_source
+
+
+def test_only_a_concept_probed_from_two_sources_names_its_sources() -> None:
+    from mllgraph.select.probe_data import probe_sources
+
+    rows = [
+        {"set_id": "dog-a", "wnid": "n1", "source": "emoji:openmoji"},
+        {"set_id": "dog-b", "wnid": "n1", "source": "emoji:fluent-flat"},
+        # A task class "shirt" with the pools of two concepts under it: not two sources.
+        {"set_id": "shirt", "wnid": "n2", "source": "Fashion-MNIST: Shirt"},
+        {"set_id": "tee", "wnid": "n3", "source": "Fashion-MNIST: T-shirt/top"},
+        {"set_id": "old", "wnid": "n4", "source": None},
+    ]
+    assert probe_sources(rows) == {
+        "dog-a": "emoji:openmoji", "dog-b": "emoji:fluent-flat", "shirt": "", "tee": "", "old": "",
+    }  # fmt: skip

@@ -176,7 +176,7 @@ class StackAll:
     def accuracy(self, plan: dict[str, Any], idx: np.ndarray, labels: np.ndarray) -> float | None:
         from mllgraph.combine import stacked
         from mllgraph.errors import FailedPrecondition
-        from mllgraph.select.probe_data import CACHE, class_probes, probe_matrix
+        from mllgraph.select.probe_data import CACHE, class_probes, probe_matrix, probe_sources
         from mllgraph.select.reads import Reads
 
         wnids = task_concepts(plan)
@@ -194,10 +194,7 @@ class StackAll:
         temperatures = {m: o.temperature for m, o in outputs.items()}
         models = sorted(probe_logits)
         # Each image's probe source, as selection gives it: the same rule as MLL's.
-        sources = stacked.row_sources(
-            class_probes(rows, outputs, len(wnids)),
-            {r["set_id"]: r.get("source") or "" for r in rows},
-        )
+        sources = stacked.row_sources(class_probes(rows, outputs, len(wnids)), probe_sources(rows))
         rule = stacked.fit(
             probe_logits, probe_labels, len(wnids), models, temperatures, sources=sources
         )

@@ -4,7 +4,8 @@
   opened once per file version, and its softmax row statistics.
 - `proxy_probes`: stand-in probe sets for classes with none under their own concept.
 - `probe_matrix`: task-class labels of the usable probe images and each model's logits on
-  them, aligned (one gather per model); `class_probes`: which probe sets form each class.
+  them, aligned (one gather per model); `class_probes`: which probe sets form each class;
+  `probe_sources`: where each set's images come from, where that can be held out.
 
 No model runs here. Imports hub (probe outputs), combine and below, and `select.reads`; must
 not import `select.run` or anything above select.
@@ -181,6 +182,22 @@ def class_probes(
     stacked rule's fit cache is keyed by it)."""
     nearest, usable = _usable_sets(probe_rows, outputs)
     return tuple(tuple((s, n) for s, n in usable if nearest[s][0] == c) for c in range(k))
+
+
+def probe_sources(probe_rows: list[dict[str, Any]]) -> dict[str, str]:
+    """{probe set: its source} for the sets whose concept has probe sets from two sources or
+    more (one emoji in several art styles); "" for the others. Only such sets say how a rule
+    fares on a new rendering of the same concept; two sets of different concepts under one
+    task class (Fashion's "Shirt" and "T-shirt/top" pools under "shirt") differ by concept,
+    not by source, and holding one out would measure something else
+    (`combine.stacked.source_folds`)."""
+    by_concept: dict[str, set[str]] = {}
+    for r in probe_rows:
+        by_concept.setdefault(r["wnid"], set()).add(r.get("source") or "")
+    return {
+        r["set_id"]: (r.get("source") or "") if len(by_concept[r["wnid"]]) > 1 else ""
+        for r in probe_rows
+    }
 
 
 def probe_matrix(

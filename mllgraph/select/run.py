@@ -105,6 +105,7 @@ from mllgraph.select.probe_data import (
     ProbeOutputCache,
     class_probes,
     probe_matrix,
+    probe_sources,
     proxy_probes,
 )
 from mllgraph.select.reads import Reads
@@ -303,7 +304,7 @@ def select(
             row_stats=row_stats,
             finite_models=frozenset(finite),
             class_probes=class_probes(probe_rows, outputs, len(classes)),
-            probe_sources={r["set_id"]: r.get("source") or "" for r in probe_rows},
+            probe_sources=probe_sources(probe_rows),
         )
         plan, front = solve_front(problem, lambda p: solve(p, options), options.accuracy_slack)
         solver_note = plan.solver
