@@ -100,7 +100,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="one sub-folder per concept (wnid, name.n.NN or a class name) of JPEG/PNG files",
     )
     q.add_argument("--id")
-    q.add_argument("--source", default="")
+    q.add_argument(
+        "--source",
+        default="",
+        help="where the images come from (a dataset, an art style); where a concept has probe "
+        "sets from two sources or more, selection's stacked-rule estimate holds one out at a time",
+    )
     target_flags(q, "send --folder's images to a running ingestion service (AddProbes)")
     s.add_parser("list")
     q = s.add_parser("remove")
