@@ -124,13 +124,14 @@ def test_the_fit_key_names_each_sets_source() -> None:
     assert one == stacked.fit_key(["m@1"], temps, sets[::-1], sources={"s1": "a", "s0": "a"})
 
 
-def test_selection_passes_each_rows_source_in_row_order() -> None:
+def _sourced_problem(x: np.ndarray, y: np.ndarray, src: np.ndarray, *, sources: bool = True):
+    """A 3-class ChcoProblem (head c mapped to class c) whose probe sets are "<source>-<class>",
+    rows in probe_matrix's order (the sets by id, each set's images together); and each row's
+    source in that order."""
     from mllgraph.combine.rule import HeadGroup
-    from mllgraph.select import chco, stacked_choice
+    from mllgraph.select import chco
 
-    x, y, src = _styles(sources=2, per=6, seed=6)
-    # probe_matrix's row order: the task's sets by id, each set's images together.
-    order = np.lexsort((np.arange(y.size), y, src))  # set id "<style>-<class>"
+    order = np.lexsort((np.arange(y.size), y, src))
     x, y, src = x[order], y[order], src[order]
     ids = [f"{s}-{c}" for s, c in zip(src, y, strict=True)]
     class_probes = tuple(
@@ -140,8 +141,15 @@ def test_selection_passes_each_rows_source_in_row_order() -> None:
     problem = chco.ChcoProblem(
         3, [chco.Candidate(c, HeadGroup("m@1", (c,), "exact", 0.9)) for c in range(3)],
         {"m@1": x}, y, {"m@1": 1.0}, budget=1, class_probes=class_probes,
-        probe_sources={sid: sid.split("-")[0] for sid in ids},
+        probe_sources={sid: sid.split("-")[0] for sid in ids} if sources else None,
     )  # fmt: skip
+    return problem, src
+
+
+def test_selection_passes_each_rows_source_in_row_order() -> None:
+    from mllgraph.select import stacked_choice
+
+    problem, src = _sourced_problem(*_styles(sources=2, per=6, seed=6))
     assert list(stacked_choice.row_sources(problem)) == list(src)
     stacked_choice.FITS.clear()
     rule = stacked_choice.fit_stacked(problem, ["m@1"])
@@ -194,26 +202,14 @@ def test_a_stacked_rule_estimated_on_held_out_sources_is_kept(by_source: bool) -
     """Folds by image: kept only when its out-of-fold accuracy beats the per-class rule's
     in-sample accuracy (here both are 1.0: not kept). Folds by source: kept, since the
     in-sample figure is no fair bar for a new source."""
-    from mllgraph.combine.rule import HeadGroup
     from mllgraph.select import chco, stacked_choice
 
     rng = np.random.default_rng(8)
     y = np.repeat(np.arange(3), 12)
     x = rng.normal(size=(36, 6))
     x[np.arange(36), y] += 8.0  # head c says class c, in every source
-    src = np.tile(np.repeat(["a", "b", "c"], 4), 3)  # sets "<source>-<class>", by id
-    order = np.lexsort((np.arange(36), y, src))
-    x, y, src = x[order], y[order], src[order]
-    ids = [f"{s}-{c}" for s, c in zip(src, y, strict=True)]
-    class_probes = tuple(
-        tuple((sid, ids.count(sid)) for sid in sorted(set(ids)) if sid.endswith(f"-{c}"))
-        for c in range(3)
-    )
-    problem = chco.ChcoProblem(
-        3, [chco.Candidate(c, HeadGroup("m@1", (c,), "exact", 0.9)) for c in range(3)],
-        {"m@1": x}, y, {"m@1": 1.0}, budget=1, class_probes=class_probes,
-        probe_sources={sid: sid.split("-")[0] for sid in ids} if by_source else None,
-    )  # fmt: skip
+    src = np.tile(np.repeat(["a", "b", "c"], 4), 3)
+    problem, _ = _sourced_problem(x, y, src, sources=by_source)
     stacked_choice.FITS.clear()
     plan = chco.solve(problem)
     rule, note = stacked_choice._stacked(problem, plan)

@@ -124,8 +124,7 @@ def leave_groups_out(
     for g in np.unique(groups):
         held = groups == g
         path = RidgePath.of(x[~held], y[~held], weights[~held])
-        centred = x[held] - path.x_mean
         for i, lam in enumerate(lams):
-            coef = (path.vt.T * (path.s / (path.s**2 + lam))) @ path.uty  # (D, K)
-            out[i, held] = path.y_mean + centred @ coef
+            coef, intercept = path.coefficients(lam)
+            out[i, held] = x[held] @ coef.T + intercept
     return out

@@ -52,14 +52,12 @@ def class_mean_distances(
     +inf."""
     sd = x.std(axis=0)
     z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    if groups is not None:
-        return _group_out_distances(z, y, k, np.asarray(groups))
+    sums = np.zeros((k, z.shape[1]))
+    np.add.at(sums, y, z)
     counts = np.bincount(y, minlength=k).astype(np.float64)
-    means = np.zeros((k, z.shape[1]))
-    np.add.at(means, y, z)
-    means /= np.maximum(counts, 1)[:, None]
-    d = (z * z).sum(1)[:, None] - 2 * z @ means.T + (means * means).sum(1)[None, :]
-    d = np.maximum(d, 0.0)
+    if groups is not None:
+        return _group_out_distances(z, y, sums, counts, np.asarray(groups))
+    d = _squared_distances(z, sums / np.maximum(counts, 1)[:, None])
     # Leave one out: ||x - m'||^2 = (n / (n - 1))^2 ||x - m||^2 for the image's own class.
     own = counts[y]
     scale = np.where(own > 1, (own / np.maximum(own - 1, 1)) ** 2, np.inf)
@@ -68,25 +66,27 @@ def class_mean_distances(
     return d / z.shape[1]
 
 
-def _group_out_distances(z: np.ndarray, y: np.ndarray, k: int, groups: np.ndarray) -> np.ndarray:
+def _squared_distances(z: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """(N, K) squared distance of each row of `z` to each class mean (never below 0)."""
+    d = (z * z).sum(1)[:, None] - 2 * z @ means.T + (means * means).sum(1)[None, :]
+    return np.maximum(d, 0.0)
+
+
+def _group_out_distances(
+    z: np.ndarray, y: np.ndarray, sums: np.ndarray, counts: np.ndarray, groups: np.ndarray
+) -> np.ndarray:
     """`class_mean_distances` with each image measured against class means of the other
-    groups only: near copies within a group (augmented copies of one drawing) then tell
-    nothing, as for an image of a new source."""
-    sums = np.zeros((k, z.shape[1]))
-    np.add.at(sums, y, z)
-    counts = np.bincount(y, minlength=k).astype(np.float64)
+    groups only (`sums`, `counts`: every image's, per class): near copies within a group
+    (augmented copies of one drawing) then tell nothing, as for an image of a new source."""
+    k = counts.size
     d = np.empty((y.size, k))
     for g in np.unique(groups):
         mine = groups == g
         g_sums = np.zeros_like(sums)
         np.add.at(g_sums, y[mine], z[mine])
         left = counts - np.bincount(y[mine], minlength=k)
-        means = (sums - g_sums) / np.maximum(left, 1)[:, None]
-        zg = z[mine]
-        dg = (zg * zg).sum(1)[:, None] - 2 * zg @ means.T + (means * means).sum(1)[None, :]
-        dg = np.maximum(dg, 0.0)
-        dg[:, left == 0] = np.inf
-        d[mine] = dg
+        d[mine] = _squared_distances(z[mine], (sums - g_sums) / np.maximum(left, 1)[:, None])
+        d[np.ix_(mine, left == 0)] = np.inf
     return d / z.shape[1]
 
 

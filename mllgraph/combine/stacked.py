@@ -305,12 +305,10 @@ def source_folds(
     return fold
 
 
-def _fit_ridge(
-    x: np.ndarray, y: np.ndarray, k: int, sources: np.ndarray | None = None
-) -> _RidgeFit:
+def _fit_ridge(x: np.ndarray, y: np.ndarray, k: int, folds: np.ndarray | None = None) -> _RidgeFit:
     """Heads chosen, standardised, the path decomposed once, alpha chosen by leave-one-out
-    (or, with `sources` that `source_folds` can hold out, by leaving one of those folds out
-    at a time), all on (x, y) alone. `loo`: the held-out scores at the chosen alpha."""
+    (or, with `folds` from `source_folds`, by leaving one of those folds out at a time), all
+    on (x, y) alone. `loo`: the held-out scores at the chosen alpha."""
     columns = _top_columns(x, y)
     xs = x[:, columns]
     w = balanced_weights(y, k)
@@ -319,11 +317,10 @@ def _fit_ridge(
     sd = np.where(sd > 0, sd, 1.0)  # a constant head: centred to 0, whatever its scale
     xs = (xs - mean) / sd
     path = RidgePath.of(xs, np.eye(k)[y], w)
-    by_group = source_folds(y, k, sources)
-    if by_group is None:
+    if folds is None:
         alpha, loo = choose_alpha(path, y, w)
     else:
-        alpha, loo = choose_alpha_by_group(xs, y, k, w, by_group)
+        alpha, loo = choose_alpha_by_group(xs, y, k, w, folds)
     coef, intercept = path.coefficients(alpha * y.size)
     coef = coef / sd
     return _RidgeFit(columns, coef, intercept - coef @ mean, alpha, loo)
@@ -393,20 +390,18 @@ def fit(
     by_source = source_folds(labels, num_classes, sources, seed)
     # Outer folds estimate; everything the fit chooses (heads, alpha) is chosen inside each
     # outer training part, so the held-out fold never informs its own prediction.
-    if by_source is None:
-        fold, sources = stratified_folds(labels, num_classes, FOLDS, seed), None
-    else:
-        fold = by_source
+    fold = stratified_folds(labels, num_classes, FOLDS, seed) if by_source is None else by_source
     predicted = np.empty_like(labels)
     for f in range(int(fold.max()) + 1):
         held = fold == f
-        part = _fit_ridge(
-            x[~held], labels[~held], num_classes, None if sources is None else sources[~held]
-        )
+        inner = None
+        if by_source is not None:  # the training part's own source folds
+            inner = source_folds(labels[~held], num_classes, sources[~held], seed)
+        part = _fit_ridge(x[~held], labels[~held], num_classes, inner)
         scores = x[held][:, part.columns] @ part.coef.T + part.intercept
         predicted[held] = scores.argmax(axis=1)
     right = predicted == labels
-    final = _fit_ridge(x, labels, num_classes, sources)
+    final = _fit_ridge(x, labels, num_classes, by_source)
     scale = softmax_scale(final.loo, labels, balanced_weights(labels, num_classes))
     return StackedRule(
         models=tuple(models),
