@@ -130,3 +130,30 @@ def test_add_folder_is_all_or_nothing(
     finally:
         for a in report.attached:
             probes.remove_probe_set(sdag_graph, a["set_id"], neo4j_settings)
+
+
+@pytest.mark.neo4j
+def test_the_cli_records_the_source_it_is_given(
+    sdag_graph: Any, neo4j_settings: Any, tmp_path: Path
+) -> None:
+    """README: `mllgraph probes add --folder sketches/ --source sketches`: every set it attaches
+    carries that source (selection holds a concept's sources out one at a time)."""
+    from mllgraph import cli
+
+    root = tmp_path / "sketches"
+    for i, wnid in enumerate((BOOT, SANDAL)):
+        (root / wnid).mkdir(parents=True)
+        (root / wnid / "x.png").write_bytes(_png(200 + i))
+    before = {p.id for p in probes.probe_sets(sdag_graph)}
+    args = cli.build_parser().parse_args(
+        ["probes", "add", "--folder", str(root), "--source", "sketches"]
+    )
+    assert args.handler(args, neo4j_settings) == 0
+    added = [p for p in probes.probe_sets(sdag_graph) if p.id not in before]
+    try:
+        assert sorted((p.wnid, p.source) for p in added) == [
+            (BOOT, "sketches"), (SANDAL, "sketches"),
+        ]  # fmt: skip
+    finally:
+        for p in added:
+            probes.remove_probe_set(sdag_graph, p.id, neo4j_settings)
