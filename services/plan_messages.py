@@ -389,17 +389,21 @@ def explain(plan: dict[str, Any], concepts: Concepts, current_catalogue: int | N
             f"{', '.join(repr(n) for n in over_budget_classes)} stayed uncovered for lack of it."
         )
     stacked = plan.get("stacked") or {}
-    if plan.get("uncovered"):
-        if stacked.get("used"):
-            how = "scored by the stacked rule from the other heads"
-        elif plan.get("patch"):
+    by_stacked, patched = plan_doc.split_uncovered(plan)
+    if by_stacked:
+        notes.append(
+            f"Uncovered classes: {', '.join(repr(n) for n in by_stacked)}; scored by the "
+            "stacked rule from the other heads."
+        )
+    if patched:
+        if plan.get("patch"):
             how = (
                 f"scored by the ConSE patch: {plan['patch']['model_id']}'s heads mapped to the "
                 "class names by text similarity; " + plan_doc.patch_summary(plan["patch"])
             )
         else:
             how = "scored by the constant fallback, or a VLM where the inference service has one"
-        notes.append(f"Uncovered classes: {', '.join(repr(n) for n in plan['uncovered'])}; {how}.")
+        notes.append(f"Uncovered classes: {', '.join(repr(n) for n in patched)}; {how}.")
     if stacked:
         held = (
             "one probe source held out at a time"
@@ -417,6 +421,14 @@ def explain(plan: dict[str, Any], concepts: Concepts, current_catalogue: int | N
                 else "."
             )
         )
+        if stacked.get("scored_classes") is not None:
+            listed = set(stacked["scored_classes"])
+            others = [c["name"] for i, c in enumerate(plan["classes"]) if i not in listed]
+            notes.append(
+                f"The stacked rule scores {len(listed)} of the {len(plan['classes'])} classes; "
+                f"{', '.join(repr(n) for n in others)} (no probe images) are scored by the "
+                "per-class rule, which decides between them and the stacked rule's classes."
+            )
     for c in plan.get("classes", []):
         near = c.get("related_by_text")
         if near:

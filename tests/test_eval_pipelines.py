@@ -136,6 +136,10 @@ def test_grpc_and_in_process_pipelines_agree(tiny_hub: dict[str, Any]) -> None:
     in_process = run(library)
     first = in_process[0]
     assert "dog" in first.uncovered and len(first.uncovered) < 5
+    # "dog" has no probe images: a stacked rule is fitted on the four other classes only, and
+    # the per-class rule (its patch) scores "dog" (both paths agreed on it above).
+    note = library.select(suite.tasks[0], 2, models)["stacked"]
+    assert note["scored_classes"] == [0, 1, 2, 3]
     assert [r.split for r in in_process] == ["dev", "test"]
     for g, lib in zip(through_grpc, in_process, strict=True):
         fields = ("task", "mll", "models", "uncovered", "baselines")

@@ -111,18 +111,23 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
     console.print(table)
     stacked = plan.get("stacked") or {}
     if plan.get("uncovered"):
-        if stacked.get("used"):
-            how = "scored by the stacked rule from the other heads"
-        elif plan.get("patch"):
-            how = f"scored by the ConSE patch of {plan['patch']['model_id']}"
-        else:
-            how = "scored by the constant fallback (or a VLM, where one is configured)"
-        from mllgraph.plan.document import patch_summary, uncovered_names
+        from mllgraph.plan.document import patch_summary, split_uncovered, uncovered_names
 
         why = {c["name"]: c.get("uncovered_why", "") for c in plan["classes"]}
-        console.print(f"uncovered: {uncovered_names(plan['uncovered'], why)}; {how}")
-        if plan.get("patch") and not stacked.get("used"):
-            console.print(f"patch: {patch_summary(plan['patch'])}")
+        by_stacked, patched = split_uncovered(plan)
+        if by_stacked:
+            console.print(
+                f"uncovered: {uncovered_names(by_stacked, why)}; "
+                "scored by the stacked rule from the other heads"
+            )
+        if patched:
+            if plan.get("patch"):
+                how = f"scored by the ConSE patch of {plan['patch']['model_id']}"
+            else:
+                how = "scored by the constant fallback (or a VLM, where one is configured)"
+            console.print(f"uncovered: {uncovered_names(patched, why)}; {how}")
+            if plan.get("patch"):
+                console.print(f"patch: {patch_summary(plan['patch'])}")
     if stacked:
         console.print(
             f"stacked rule over {stacked['features']} heads: out-of-fold accuracy "
@@ -135,6 +140,7 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
             + f" against {stacked['per_class_rule_accuracy']:.3f} "
             f"for the per-class rule on the probe images (in-sample): "
             + ("used" if stacked["used"] else "not used")
+            + _partial_note(plan, stacked)
         )
     fitted = "fitted" if plan.get("params_fitted") else "default"
     console.print(cost_line(plan))
@@ -459,3 +465,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.set_defaults(handler=cmd_classify)
+
+
+def _partial_note(plan: dict[str, Any], stacked: dict[str, Any]) -> str:
+    """Which classes a stacked rule leaves to the per-class rule (no probe images)."""
+    listed = stacked.get("scored_classes")
+    if listed is None:
+        return ""
+    others = [c["name"] for i, c in enumerate(plan["classes"]) if i not in set(listed)]
+    return (
+        f"; it scores {len(listed)} classes, the per-class rule {', '.join(others)} "
+        "(no probe images)"
+    )

@@ -18,20 +18,22 @@ intercept, so inference is the same softmax as for the former logistic rule,
 :mod:`mllgraph.combine.stacked_logistic`, whose plans still load and score as they did).
 Tens of milliseconds where the nested L-BFGS cross-validation took seconds.
 
-It is only fitted when the request asks for fitted parameters (``fit_params``), the task has
-at most :data:`MAX_CLASSES` classes and every class has at least :data:`MIN_IMAGES_PER_CLASS`
-probe images (a class without images could not be learnt; such plans keep the per-class
-rule, whose priors cover it), and only kept when its out-of-fold accuracy beats the per-class
-rule's accuracy on the same images (in-sample, so the bar is high). Its estimate is honest:
-nested, :data:`FOLDS` stratified outer folds never used to choose the heads, the strength or
-the fit (the strength is chosen by leave-one-out inside each outer training part)
+It is only fitted when the request asks for fitted parameters (``fit_params``), the task has at
+most :data:`MAX_CLASSES` classes and every class it scores has at least
+:data:`MIN_IMAGES_PER_CLASS` probe images. A class without any could not be learnt: selection
+fits the rule on the other classes (:attr:`StackedRule.classes`) and leaves that class to the
+per-class rule (its heads' priors, or the patch), which decides between it and the rule's
+classes at inference (:func:`within`). It is only kept when its out-of-fold accuracy beats the
+per-class rule's accuracy on the same images (in-sample, so the bar is high). Its estimate is
+honest: nested, :data:`FOLDS` stratified outer folds never used to choose the heads, the
+strength or the fit (the strength is chosen by leave-one-out inside each outer training part)
 (:attr:`StackedRule.cv_accuracy`). Where classes have probe images from several sources (art
 styles of one emoji, a user's folders), the folds hold one source out at a time instead
 (:func:`source_folds`, :attr:`StackedRule.cv_folds`): images of one source are near copies of
 each other, and folds by image then measure 1.0 for almost any rule.
 
 Inference applies it from the plan (``combination["stacked"]``, schema version 2), so
-uncovered classes of such a plan are scored by the other heads, not by a patch.
+uncovered classes it scores are scored by the other heads, not by a patch.
 
 A fit depends on the models, their temperatures, which probe images carry which class and
 the constants here, not on the class names: :func:`fit_key` names that, with the classes in
@@ -96,13 +98,31 @@ class StackedRule:
     # What the out-of-fold estimate held out: "images" (stratified folds) or "sources"
     # (one probe source at a time, `fit`).
     cv_folds: str = "images"
+    # The task classes its rows score, ascending; empty: every class, in order. A task class
+    # without probe images cannot be learnt: the per-class rule (its heads, else the patch)
+    # scores it, and this rule shares out among its own classes the mass that rule gives
+    # them (`within`).
+    classes: tuple[int, ...] = ()
 
     def in_class_order(self, order: Sequence[int]) -> StackedRule:
         """The same rule with its classes renumbered: class `i` of the result is class
         `order[i]` of this one."""
-        rows = list(order)
+        if self.classes:
+            row_of = {c: j for j, c in enumerate(self.classes)}
+            kept = [(i, row_of[o]) for i, o in enumerate(order) if o in row_of]
+            rows = [j for _, j in kept]
+            classes = tuple(i for i, _ in kept)
+        else:
+            rows, classes = list(order), ()
         recall = tuple(self.cv_recall[i] for i in rows) if self.cv_recall else ()
-        return replace(self, coef=self.coef[rows], intercept=self.intercept[rows], cv_recall=recall)
+        return replace(
+            self, coef=self.coef[rows], intercept=self.intercept[rows], cv_recall=recall,
+            classes=classes,
+        )  # fmt: skip
+
+    def scores(self, num_classes: int) -> list[int]:
+        """The task classes this rule scores (of `num_classes`)."""
+        return list(self.classes) if self.classes else list(range(num_classes))
 
     def read_heads(self) -> set[tuple[str, int]]:
         """(model, head) of every head the rule reads (its columns)."""
@@ -137,6 +157,7 @@ class StackedRule:
             "cv_recall": [round(float(r), 6) for r in self.cv_recall],
             "method": self.method,
             "cv_folds": self.cv_folds,
+            **({"classes": list(self.classes)} if self.classes else {}),
         }
 
     @classmethod
@@ -171,23 +192,36 @@ class StackedRule:
             or not all(0 <= i < sum(heads) for i in columns)
         ):
             raise bad(f"columns must be a non-empty list of head columns below {sum(heads)}")
+        classes = d.get("classes", [])
+        if (
+            not isinstance(classes, list)
+            or any(isinstance(c, bool) or not isinstance(c, int) for c in classes)
+            or classes != sorted(set(classes))
+            or (classes and (len(classes) < 2 or len(classes) >= num_classes))
+            or not all(0 <= c < num_classes for c in classes)
+        ):
+            raise bad(
+                f"classes must list, ascending, at least 2 and fewer than all {num_classes} "
+                "task classes (or be absent: all of them)"
+            )
+        rows = len(classes) or num_classes
         try:
-            coef = np.asarray(d["coef"], dtype=np.float64).reshape(num_classes, len(columns))
-            intercept = np.asarray(d["intercept"], dtype=np.float64).reshape(num_classes)
+            coef = np.asarray(d["coef"], dtype=np.float64).reshape(rows, len(columns))
+            intercept = np.asarray(d["intercept"], dtype=np.float64).reshape(rows)
             temperatures = {str(m): float(t) for m, t in temps.items()}
             c, cv = float(d.get("c", 1.0)), float(d.get("cv_accuracy", math.nan))
             recall = tuple(float(r) for r in d.get("cv_recall") or ())
         except (TypeError, ValueError, KeyError) as e:
             raise bad(
-                f"coef must be {num_classes} rows of {len(columns)} numbers and intercept "
-                f"{num_classes} numbers ({type(e).__name__})"
+                f"coef must be {rows} rows of {len(columns)} numbers and intercept "
+                f"{rows} numbers ({type(e).__name__})"
             ) from e
         if not (np.all(np.isfinite(coef)) and np.all(np.isfinite(intercept))):
             raise bad("coef and intercept must be finite")
         if any(not (math.isfinite(t) and t > 0) for t in temperatures.values()):
             raise bad("temperatures must be > 0")
-        if recall and len(recall) != num_classes:
-            raise bad(f"cv_recall must list {num_classes} recalls, one per class")
+        if recall and len(recall) != rows:
+            raise bad(f"cv_recall must list {rows} recalls, one per class it scores")
         method = d.get("method", "logistic_cv")
         if method not in METHODS:
             raise bad(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -196,8 +230,20 @@ class StackedRule:
             raise bad(f"cv_folds must be one of {', '.join(CV_FOLDS)}, got {folds!r}")
         return cls(
             tuple(models), tuple(heads), temperatures, tuple(columns), coef, intercept, c, cv,
-            recall, method, folds,
+            recall, method, folds, tuple(classes),
         )  # fmt: skip
+
+
+def within(rule_probs: np.ndarray, base: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """(N, K) class probabilities where a rule scores only `classes` of the task's K:
+    `base` (the per-class rule's, over all K) for the others, and for those the rule's
+    probabilities `rule_probs` (N, len(classes)) times the mass `base` gives them together.
+    So the per-class rule (its heads, its patch) decides between the classes the rule cannot
+    score and the rest, the rule among the rest."""
+    out = np.array(base, dtype=np.float64, copy=True)
+    idx = list(classes)
+    out[:, idx] = out[:, idx].sum(axis=1, keepdims=True) * rule_probs
+    return out
 
 
 # -- the closed-form fit ---------------------------------------------------------------------

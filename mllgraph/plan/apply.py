@@ -2,7 +2,10 @@
 an image (pure: no I/O). Inference (`classifier.PlanClassifier`) and the evaluation's
 in-process path both call it, so they cannot drift apart.
 
-- A plan with a stacked rule (schema 2, :mod:`mllgraph.combine.stacked`): that rule alone.
+- A plan with a stacked rule (schema 2, :mod:`mllgraph.combine.stacked`): that rule alone;
+  where it scores only some classes (the others have no probe images), the per-class rule
+  below decides between those others and the rule's classes, the rule among its own
+  (`stacked.within`).
 - Otherwise the per-class rule (:mod:`mllgraph.combine.rule`), where uncovered classes get
   `extra` evidence when the caller has some (a configured VLM), else the plan's ConSE patch
   (:mod:`mllgraph.combine.conse`), else the constant fallback (:mod:`mllgraph.reuse.vlm`).
@@ -20,6 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from mllgraph.combine.rule import combine, fallback_evidence
+from mllgraph.combine.stacked import within
 from mllgraph.plan.document import ParsedPlan
 
 
@@ -28,7 +32,7 @@ def patch_rule(plan: ParsedPlan, has_vlm: bool = False) -> str:
     "constant"."""
     if not plan.uncovered:
         return "none"
-    if plan.stacked is not None:
+    if plan.stacked is not None and set(plan.uncovered) <= set(plan.stacked.scores(plan.k)):
         return "stacked"
     if has_vlm:
         return "vlm"
@@ -54,7 +58,8 @@ def probabilities(
     refused = np.zeros(n, bool)
     for mask in masks.values():
         refused |= ~mask
-    if plan.stacked is not None and not refused.any():
+    whole = plan.stacked is not None and not plan.stacked.classes
+    if whole and not refused.any():
         return plan.stacked.probabilities(logits)
     if extra is None and plan.uncovered:
         if plan.patch is not None:
@@ -66,7 +71,8 @@ def probabilities(
     )
     if plan.stacked is not None:  # the stacked rule where every plan model sees the image
         keep = ~refused
-        probs[keep] = plan.stacked.probabilities({m: v[keep] for m, v in logits.items()})
+        rule = plan.stacked.probabilities({m: v[keep] for m, v in logits.items()})
+        probs[keep] = within(rule, probs[keep], plan.stacked.classes) if not whole else rule
     return probs
 
 

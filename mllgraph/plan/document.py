@@ -58,8 +58,9 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # have probe images from several sources, the stacked rule and its screen hold one source out
 # at a time, combine/stacked; 18: the `pictured` term of grounding, ground/depict: a name of an
 # organism and its food grounds to the plant's food or to the animal; equal priors for the
-# senses of a lemma none of which WordNet tagged).
-SELECTION_VERSION = 18
+# senses of a lemma none of which WordNet tagged); 19: a task with classes without probe
+# images keeps the stacked rule for the others, `StackedRule.classes`).
+SELECTION_VERSION = 19
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2
@@ -79,6 +80,20 @@ def uncovered_names(names: Sequence[str], why: Mapping[str, str]) -> str:
     """E.g. "sweater (not chosen), tee (no head)"; a name without a reason (a plan made
     before reasons existed) alone."""
     return ", ".join(f"{n} ({why[n]})" if why.get(n) else n for n in names)
+
+
+def split_uncovered(plan: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """A plan document's uncovered class names: (those its stacked rule scores from the
+    other heads, those the patch or the fallback scores). A stacked rule that lists
+    `scored_classes` scores only those (the others have no probe images)."""
+    uncovered = list(plan.get("uncovered") or [])
+    note = plan.get("stacked") or {}
+    if not note.get("used"):
+        return [], uncovered
+    names = [c.get("name") for c in plan.get("classes", [])]
+    listed = note.get("scored_classes")
+    scored = set(names) if listed is None else {names[i] for i in listed if 0 <= i < len(names)}
+    return [n for n in uncovered if n in scored], [n for n in uncovered if n not in scored]
 
 
 def patch_summary(patch: Mapping[str, Any]) -> str:
@@ -272,7 +287,8 @@ class ParsedPlan:
     heads: list[tuple[HeadInfo, ...]]  # per class, as the document lists them
     # The ConSE patch for the uncovered classes (combination["patch"]), if selection made one.
     patch: ConsePatch | None = None
-    # The stacked rule (combination["stacked"], schema 2): when set, it alone scores classes.
+    # The stacked rule (combination["stacked"], schema 2): when set, it alone scores its
+    # classes (all, or those with probe images: `plan.apply`).
     stacked: StackedRule | None = None
     # The "none of these" score and threshold (combination["none"], mllgraph.combine.
     # none_of_these); absent in plans made before it, or without probe images outside the task.
@@ -281,6 +297,10 @@ class ParsedPlan:
     @property
     def uncovered(self) -> list[int]:
         return [a.class_index for a in self.assignment if not a.groups]
+
+    @property
+    def k(self) -> int:
+        return len(self.class_names)
 
 
 # What a malformed document raises while it is read (wrong types, missing keys, too deep):

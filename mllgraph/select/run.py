@@ -18,19 +18,21 @@
    declared candidates but no stored probe outputs (never labelled) is taken to spread its
    mass evenly over its heads on the probe images (uniform logits): it cannot be simulated,
    so it is assumed not to take the measured classes' images.
-4. When every class has probe images, the stacked rule (`mllgraph.combine.stacked`: a linear
-   softmax on all heads of the chosen models, fitted in closed form, milliseconds; fits kept
-   across requests by what they depend on, `stacked_choice.FITS`), kept if it beats the
+4. When two classes or more have probe images, the stacked rule (`mllgraph.combine.stacked`: a
+   linear softmax on all heads of the chosen models, fitted in closed form, milliseconds; fits
+   kept across requests by what they depend on, `stacked_choice.FITS`), kept if it beats the
    per-class rule out of fold; it is also fitted on the models a cheap screen picks
    (`feature_sets`: among the best-covering candidates' models and the sub-hub's broadest
    labelled experts, which `select/broad_models` finds even when no head of theirs is a
-   candidate), and the better of the two is served. A plan its stacked rule serves reports
-   what that rule does: each class's estimate is the rule's out-of-fold recall, and a class
-   CHCO left uncovered is covered by the best candidate head the rule reads. Otherwise, for
-   classes left uncovered, the ConSE patch (`mllgraph.combine.conse`): the hub's broadest
-   expert and text similarities of its heads to the class names, calibrated so that it takes
-   at most 2% of the covered classes' probe images (the plan's `patch.calibration` says how,
-   on how many, and what it took); inference applies it when no VLM is configured.
+   candidate), and the better of the two is served. A plan its stacked rule serves reports what
+   that rule does: each class's estimate is the rule's out-of-fold recall, and a class CHCO
+   left uncovered is covered by the best candidate head the rule reads. A class without probe
+   images is not the rule's: the per-class rule scores it, and the stacked rule shares out
+   among the others the mass that rule gives them (`StackedRule.classes`). For classes left
+   uncovered that no stacked rule scores, the ConSE patch (`mllgraph.combine.conse`): the hub's
+   broadest expert and text similarities of its heads to the class names, calibrated so that it
+   takes at most 2% of the covered classes' probe images (the plan's `patch.calibration` says
+   how, on how many, and what it took); inference applies it when no VLM is configured.
 5. Each class's estimate rests on evidence of its kind (`select/estimates`,
    `select/evidence`): its own probe images, else a route calibration measured on the hub's
    probed concepts (ancestor route, declared heads), else chance; what CHCO simulated stays
@@ -338,10 +340,14 @@ def select(
     if stacked_rule is not None:
         body["combination"]["schema_version"] = STACKED_SCHEMA_VERSION
         body["combination"]["stacked"] = stacked_rule.to_dict()
-        # Out-of-fold, so honest; every class has probe images, so all of it is measured.
-        body["estimated_accuracy"] = stacked_rule.cv_accuracy
-        body["measured_fraction"] = 1.0
-    elif plan.uncovered:
+        if not stacked_rule.classes:
+            # Out-of-fold, so honest; every class has probe images, so all of it is measured.
+            body["estimated_accuracy"] = stacked_rule.cv_accuracy
+            body["measured_fraction"] = 1.0
+    patched = set(plan.uncovered) - set(
+        stacked_rule.scores(len(classes)) if stacked_rule is not None else ()
+    )
+    if patched:  # uncovered classes no stacked rule scores: the ConSE patch
         patch = conse_patch(
             graph, reads, settings, plan, classes, options, resolver, probe_rows, cache
         )

@@ -75,7 +75,7 @@ def stacked_choice(
     `own_candidates(models)`: those models' own candidate heads, for CHCO's plan restricted
     to them (the problem's candidates may hold none of a broad expert's)."""
     first = _stacked(problem, plan)
-    if first is None:  # no stacked rule possible for this task (a class without images, ...)
+    if first is None:  # no stacked rule possible (fewer than two classes with images, ...)
         return plan, None
     coverage: dict[str, dict[int, float]] = {}
     for c in problem.candidates:
@@ -166,8 +166,12 @@ def _as_stacked_serves(
     rule = fit[0]
     if rule is None:
         return plan, fit
-    plan = replace(plan, per_class_accuracy=list(rule.cv_recall or plan.per_class_accuracy))
-    if not plan.uncovered:
+    scored = rule.scores(problem.num_classes)
+    per_class = list(plan.per_class_accuracy)
+    for c, recall in zip(scored, rule.cv_recall or (), strict=False):
+        per_class[c] = recall
+    plan = replace(plan, per_class_accuracy=per_class)
+    if not set(plan.uncovered) & set(scored):
         return plan, fit
     read = rule.read_heads()
     pool = [*problem.candidates, *(own_candidates(rule.models) if own_candidates else ())]
@@ -175,6 +179,8 @@ def _as_stacked_serves(
     found: dict[int, HeadGroup] = {}
     for c in pool:
         if c.class_index not in plan.uncovered or c.class_index in found:
+            continue
+        if c.class_index not in scored:  # the per-class rule's patch scores it
             continue
         if any((c.group.model_id, h) in read for h in c.group.heads):
             found[c.class_index] = c.group
@@ -198,7 +204,41 @@ def fit_stacked(problem: chco.ChcoProblem, models: Sequence[str]) -> stacked.Sta
     """`stacked.fit` over `models` on the problem's probe images, kept in `FITS` when the
     problem says which probe images form each class: fitted with the classes in their
     canonical order (so a task worded or ordered otherwise finds the same fit) and
-    returned in the problem's order."""
+    returned in the problem's order. Where some classes have no probe images at all, the
+    rule is fitted on the others (at least two) and scores only those
+    (`StackedRule.classes`): the per-class rule, with its heads or its patch, scores the
+    rest (`plan.apply`). Before, one such class cost the whole task the stacked rule."""
+    counts = np.bincount(problem.labels, minlength=problem.num_classes)
+    probed = [c for c in range(problem.num_classes) if counts[c] > 0]
+    if len(probed) < 2:
+        return None
+    if len(probed) < problem.num_classes:
+        rule = _fit_stacked(_restricted(problem, probed), models)
+        return None if rule is None else replace(rule, classes=tuple(probed))
+    return _fit_stacked(problem, models)
+
+
+def _restricted(problem: chco.ChcoProblem, classes: Sequence[int]) -> chco.ChcoProblem:
+    """The problem on `classes` only (renumbered 0..), every probe image kept: the other
+    classes have none."""
+    index = {c: i for i, c in enumerate(classes)}
+    remap = np.full(problem.num_classes, -1, dtype=np.int64)
+    remap[list(classes)] = np.arange(len(classes))
+    probes = problem.class_probes
+    return replace(
+        problem,
+        num_classes=len(classes),
+        candidates=[
+            replace(c, class_index=index[c.class_index])
+            for c in problem.candidates
+            if c.class_index in index
+        ],
+        labels=remap[problem.labels],
+        class_probes=None if probes is None else tuple(probes[c] for c in classes),
+    )
+
+
+def _fit_stacked(problem: chco.ChcoProblem, models: Sequence[str]) -> stacked.StackedRule | None:
     fitter = stacked.fit
     if problem.class_probes is None:
         return fitter(
@@ -242,7 +282,7 @@ def _stacked(problem: chco.ChcoProblem, plan: chco.Plan) -> StackedFit | None:
     sources its heads and weights were chosen on, and an image of a new source (an unseen
     art style) is what the plan will meet. So every plan `stacked_choice` compares is then
     estimated the same way. (Emoji world, dev half, three probe styles, held-out twemoji:
-    MLL 0.784 -> 0.793 over 19 tasks; scripts/ab_source_folds.py.)"""
+    MLL 0.784 -> 0.793 over 19 tasks; scripts/ab_emoji.py --experiment source-folds.)"""
     if not plan.models:
         return None
     deadline.check("the stacked rule's fit")
@@ -256,6 +296,7 @@ def _stacked(problem: chco.ChcoProblem, plan: chco.Plan) -> StackedFit | None:
     used = rule.cv_folds == "sources" or rule.cv_accuracy > per_class
     note = {
         "used": used,
+        **({"scored_classes": list(rule.classes)} if rule.classes else {}),
         "cv_accuracy": rule.cv_accuracy,
         "cv_folds": rule.cv_folds,
         "per_class_rule_accuracy": per_class,
