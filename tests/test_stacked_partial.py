@@ -169,3 +169,32 @@ def test_the_plan_document_says_which_uncovered_classes_the_rule_scores() -> Non
     assert split_uncovered(plan) == (["T-shirt"], ["hat"])
     plan["stacked"] = {"used": False, "scored_classes": [0, 1, 2]}
     assert split_uncovered(plan) == ([], ["T-shirt", "hat"])
+
+
+def test_explain_selection_and_the_cli_say_which_classes_a_partial_rule_scores() -> None:
+    from mllgraph.cli.common import console
+    from mllgraph.cli.select import print_plan
+    from services import plan_messages
+    from tests.test_conse import _patch, _plan_with_patch  # cat (covered), coffee (uncovered)
+
+    made = _patch([[0.9, 0.1]], heads=(0,))
+    base = _plan_with_patch({**made.to_dict(), "classes": ["coffee"]})
+    note = {"used": True, "cv_accuracy": 0.8, "cv_folds": "sources",
+            "per_class_rule_accuracy": 0.7, "c": 1.0, "features": 12}  # fmt: skip
+    partial = {**base, "stacked": {**note, "scored_classes": [0]}}
+    whole = {**base, "stacked": note}
+    said = plan_messages.explain(partial, plan_messages.Concepts(None)).notes
+    assert any("'coffee'" in n and "ConSE patch" in n for n in said)
+    assert not any("scored by the stacked rule" in n for n in said)
+    assert any(n.startswith("The stacked rule scores 1 of the 2 classes") for n in said)
+    said = plan_messages.explain(whole, plan_messages.Concepts(None)).notes
+    assert any("'coffee'" in n and "scored by the stacked rule" in n for n in said)
+    with console.capture() as out:
+        print_plan({**partial, "params_fitted": True, "created_at": "t"})
+    text = out.get()
+    assert (
+        "ConSE patch" in text
+        and "patch: " in text
+        and "1 of the 2 classes" in text
+        and "coffee (no probe images)" in text
+    )

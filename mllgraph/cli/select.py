@@ -474,6 +474,6 @@ def _partial_note(plan: dict[str, Any], stacked: dict[str, Any]) -> str:
         return ""
     others = [c["name"] for i, c in enumerate(plan["classes"]) if i not in set(listed)]
     return (
-        f"; it scores {len(listed)} classes, the per-class rule {', '.join(others)} "
-        "(no probe images)"
+        f"; it scores {len(listed)} of the {len(plan['classes'])} classes, the per-class rule "
+        f"the others: {', '.join(others)} (no probe images)"
     )
