@@ -405,11 +405,7 @@ def explain(plan: dict[str, Any], concepts: Concepts, current_catalogue: int | N
             how = "scored by the constant fallback, or a VLM where the inference service has one"
         notes.append(f"Uncovered classes: {', '.join(repr(n) for n in patched)}; {how}.")
     if stacked:
-        held = (
-            "one probe source held out at a time"
-            if stacked.get("cv_folds") == "sources"
-            else "folds of probe images"
-        )
+        held = plan_doc.held_out_text(stacked)
         notes.append(
             f"Stacked rule (ridge regression on the chosen models' {stacked['features']} most "
             f"class-dependent heads): out-of-fold accuracy {stacked['cv_accuracy']:.3f} "

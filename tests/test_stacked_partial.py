@@ -198,3 +198,26 @@ def test_explain_selection_and_the_cli_say_which_classes_a_partial_rule_scores()
         and "1 of the 2 classes" in text
         and "coffee (no probe images)" in text
     )
+
+
+def test_an_estimate_that_held_out_one_of_two_sources_says_it_is_likely_low() -> None:
+    from mllgraph.plan.document import held_out_text
+
+    assert held_out_text({"cv_folds": "images"}) == "folds of probe images"
+    assert held_out_text({"cv_folds": "sources", "cv_sources": 3}) == (
+        "one probe source held out at a time"
+    )
+    two = held_out_text({"cv_folds": "sources", "cv_sources": 2})
+    assert two.startswith("one probe source held out at a time") and "likely low" in two
+    # The note records how many sources the folds held out (two styles, three classes).
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(3), 8)
+    x = rng.normal(size=(24, 6))
+    x[np.arange(24), y] += 4.0
+    src = np.tile(np.repeat(["a", "b"], 4), 3)
+    from tests.test_stacked_sources import _sourced_problem
+
+    problem, _ = _sourced_problem(x, y, src, sources=True)
+    stacked_choice.FITS.clear()
+    _, note = stacked_choice._stacked(problem, chco.solve(problem))
+    assert note["cv_folds"] == "sources" and note["cv_sources"] == 2

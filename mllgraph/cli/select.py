@@ -129,14 +129,12 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
             if plan.get("patch"):
                 console.print(f"patch: {patch_summary(plan['patch'])}")
     if stacked:
+        from mllgraph.plan.document import held_out_text
+
         console.print(
             f"stacked rule over {stacked['features']} heads: out-of-fold accuracy "
             f"{stacked['cv_accuracy']:.3f}"
-            + (
-                " (one probe source held out at a time)"
-                if stacked.get("cv_folds") == "sources"
-                else ""
-            )
+            + (f" ({held_out_text(stacked)})" if stacked.get("cv_folds") == "sources" else "")
             + f" against {stacked['per_class_rule_accuracy']:.3f} "
             f"for the per-class rule on the probe images (in-sample): "
             + ("used" if stacked["used"] else "not used")

@@ -82,6 +82,21 @@ def uncovered_names(names: Sequence[str], why: Mapping[str, str]) -> str:
     return ", ".join(f"{n} ({why[n]})" if why.get(n) else n for n in names)
 
 
+def held_out_text(note: Mapping[str, Any]) -> str:
+    """What a stacked rule's estimate held out (its plan note), for the CLI and
+    ExplainSelection."""
+    if note.get("cv_folds") != "sources":
+        return "folds of probe images"
+    n = note.get("cv_sources")
+    text = "one probe source held out at a time"
+    if n == 2:
+        text += (
+            " (only two sources: each fold's rule learnt from one, the served rule learns "
+            "from both, so the estimate is likely low)"
+        )
+    return text
+
+
 def split_uncovered(plan: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """A plan document's uncovered class names: (those its stacked rule scores from the
     other heads, those the patch or the fallback scores). A stacked rule that lists

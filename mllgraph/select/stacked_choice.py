@@ -294,11 +294,18 @@ def _stacked(problem: chco.ChcoProblem, plan: chco.Plan) -> StackedFit | None:
     z = class_scores(logits, plan.assignment, plan.params, extra_evidence=extra)
     per_class = float((z.argmax(1) == problem.labels).mean())
     used = rule.cv_folds == "sources" or rule.cv_accuracy > per_class
+    held_out = None
+    if rule.cv_folds == "sources":
+        folds = stacked.source_folds(problem.labels, problem.num_classes, row_sources(problem))
+        held_out = None if folds is None else int(folds.max()) + 1
     note = {
         "used": used,
         **({"scored_classes": list(rule.classes)} if rule.classes else {}),
         "cv_accuracy": rule.cv_accuracy,
         "cv_folds": rule.cv_folds,
+        # How many sources the folds hold out in turn: with two, each fold's rule learns from
+        # one source only, and the estimate is low for a rule that learns from both.
+        **({"cv_sources": held_out} if held_out else {}),
         "per_class_rule_accuracy": per_class,
         "c": rule.c,
         "features": len(rule.columns),
