@@ -188,6 +188,44 @@ def test_an_expert_trains_and_is_cached(
         ex.train_experts(cat, other, tmp_path / "x", held_out="fluent-flat")
 
 
+def test_a_pretrained_expert_reuses_the_builtin_backbone_and_trains_its_head(
+    emoji_cache: Path, small_group: ex.ConceptGroup, tmp_path: Path
+) -> None:
+    """tf_efficientnet_lite0 with the builtin Lite0's weights computes what the builtin does;
+    the expert keeps that backbone, learns a head for its group, and is saved as a plain timm
+    model the generic loader rebuilds."""
+    import json
+
+    import torch
+
+    from mllgraph.hub.loading import build_timm, load_efficientnet_lite, load_weights
+
+    builtin, spec, _ = load_efficientnet_lite("efficientnet_lite0")
+    copy = ex.pretrained_backbone("tf_efficientnet_lite0")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x), builtin(x), atol=1e-4, rtol=1e-4)
+    assert TINY.input_spec("tf_efficientnet_lite0") == spec  # its backbone's input, not 32 px
+
+    cat = catalogue.load(emoji_cache)
+    specs = ex.plan_experts([small_group], ["tf_efficientnet_lite0"], ["fluent-flat"],
+                            recipe=TINY, held_out="twemoji")  # fmt: skip
+    (path,) = ex.train_experts(cat, specs, tmp_path, held_out="twemoji", log=lambda _m: None)
+    meta = json.loads(path.read_text())
+    assert meta["pretrained_from"] == "efficientnet_lite0" and meta["num_classes"] == 5
+    assert InputSpec.from_dict(meta["input_spec"]) == spec
+    # Training images of its own style: a linear head on ImageNet features gets most right.
+    assert meta["heldout_accuracy"] >= 0.6
+    model = build_timm(meta["arch"], meta["num_classes"], 3)
+    load_weights(model, ex.sibling(path, ".safetensors"))
+    model.eval()
+    with torch.no_grad():  # the backbone was frozen: the same features as the builtin's
+        torch.testing.assert_close(
+            model.forward_features(x), copy.forward_features(x), atol=1e-4, rtol=1e-4
+        )
+        assert model(x).shape == (2, 5)
+
+
 # -- registration and the run (real Neo4j) ----------------------------------------------------
 
 

@@ -1,6 +1,14 @@
-"""Small emoji experts: timm architectures trained from scratch, each on one concept group of
-`concepts.tsv` (mammals, fruit, road vehicles, ...), one head per concept (several emoji of one
-concept are one class), on seeded augmented rasters of given *training styles* only.
+"""Emoji experts, each on one concept group of `concepts.tsv` (mammals, fruit, road vehicles,
+...), one head per concept (several emoji of one concept are one class), on seeded augmented
+rasters of given *training styles* only. Two kinds:
+
+- small timm architectures trained from scratch at 64 px (``test_resnet``, ...);
+- ``tf_efficientnet_lite0``: the builtin EfficientNet-Lite0's ImageNet backbone, frozen, with
+  a new head trained on the group's images (:data:`PRETRAINED_ARCHS`). timm's
+  ``tf_efficientnet_lite0`` is the same network as the builtin (TF "same" padding), parameter
+  for parameter in order, so the expert is a plain timm model the registry loads like any
+  other. It is how experts are usually made; a from-scratch 64-px model learns one style and
+  carries little of it to another.
 
 Leave-one-style-out needs experts that never saw the held-out style S: the training styles
 go through `split.StyleSplit.guard` for every style outside them, and a source whose bytes
@@ -49,8 +57,14 @@ STYLE_CODES = {"openmoji": "om", "fluent-flat": "ff", "fluent-modern": "fm", "tw
 #   test_mambaout      6 s (5 s) 0.82 | test_nfnet        24 s (15 s) 0.64
 # Defaults: the two best of those figures per second. Under load, a 1,056-image group took
 # test_resnet 36 s.
-EMOJI_ARCHS: tuple[str, ...] = ("test_resnet", "test_efficientnet", "test_mambaout", "test_nfnet")
+# Experts on a pretrained backbone: timm arch -> the builtin whose ImageNet weights it starts
+# from (its backbone frozen, a new head trained; module doc).
+PRETRAINED_ARCHS: dict[str, str] = {"tf_efficientnet_lite0": "efficientnet_lite0"}
+EMOJI_ARCHS: tuple[str, ...] = (
+    "test_resnet", "test_efficientnet", "test_mambaout", "test_nfnet", *PRETRAINED_ARCHS,
+)  # fmt: skip
 DEFAULT_ARCHS: tuple[str, ...] = ("test_resnet", "test_mambaout")
+HEAD_STEPS = 300  # full-batch Adam steps of a pretrained expert's new head
 
 # Rotation of held-out style -> (training styles, probe styles): the next style in this
 # cycle gives the probes, the other two train the experts.
@@ -84,9 +98,14 @@ class Recipe:
     def tag(self) -> str:
         return f"e{self.epochs}n{self.per_emoji}x{self.size}"
 
-    def input_spec(self) -> InputSpec:
+    def input_spec(self, arch: str | None = None) -> InputSpec:
         # Probe and task images are 224 px scenes; the spec resizes them (antialiased) to
-        # `size`, and training images take exactly that path.
+        # `size`, and training images take exactly that path. A pretrained expert takes its
+        # backbone's own input (`size` does not apply).
+        if arch in PRETRAINED_ARCHS:
+            from mllgraph.hub.loading import EFFICIENTNET_LITE
+
+            return EFFICIENTNET_LITE[PRETRAINED_ARCHS[arch]].input_spec
         return InputSpec(
             size=self.size, resize="resize", mean=(0.5,) * 3, std=(0.5,) * 3, channels=3
         )
@@ -357,14 +376,17 @@ def train_model(
     seed: int,
     device: str = "cpu",
 ) -> Any:
-    """A timm `arch` trained from scratch on `data`; the eval-mode model. Deterministic for a
-    seed on the CPU with a fixed thread count (the global RNG state is restored)."""
+    """A timm `arch` trained from scratch on `data` (a pretrained arch: its new head only,
+    :func:`train_head`); the eval-mode model. Deterministic for a seed on the CPU with a fixed
+    thread count (the global RNG state is restored)."""
     import torch
     import torch.nn.functional as F
 
     from mllgraph.hub.loading import build_timm
     from mllgraph.hub.preprocess import preprocess
 
+    if arch in PRETRAINED_ARCHS:
+        return train_head(arch, data, num_classes, recipe, seed=seed, device=device)
     dev = torch.device(device)
     spec = recipe.input_spec()
     x_all = preprocess(data.images, spec, device=dev)
@@ -395,14 +417,81 @@ def train_model(
     return model.eval()
 
 
-def accuracy(model: Any, data: TrainingSet, recipe: Recipe) -> float:
+def pretrained_backbone(arch: str) -> Any:
+    """timm `arch` (eval mode, 1000 heads) with the ImageNet weights of its builtin
+    (:data:`PRETRAINED_ARCHS`), copied parameter for parameter; FailedPrecondition when the
+    two networks do not line up."""
+    from mllgraph.errors import FailedPrecondition
+    from mllgraph.hub.loading import build_timm, load_efficientnet_lite
+
+    source, _, _ = load_efficientnet_lite(PRETRAINED_ARCHS[arch])
+    model = build_timm(arch, 1000, 3)
+    target = model.state_dict()
+    names = [k for k in target if not k.endswith("num_batches_tracked")]
+    values = [v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")]
+    if len(names) != len(values) or any(
+        target[k].shape != v.shape for k, v in zip(names, values, strict=True)
+    ):
+        raise FailedPrecondition(
+            f"timm {arch} does not line up with the builtin {PRETRAINED_ARCHS[arch]}'s weights "
+            "(another timm version?): train the experts with a from-scratch arch"
+        )
+    model.load_state_dict({**target, **dict(zip(names, values, strict=True))})
+    return model.eval()
+
+
+def train_head(
+    arch: str, data: TrainingSet, num_classes: int, recipe: Recipe, *, seed: int,
+    device: str = "cpu",
+) -> Any:  # fmt: skip
+    """A pretrained expert: `arch`'s frozen ImageNet backbone (:func:`pretrained_backbone`)
+    and a new linear head on its pooled features, fitted full-batch (Adam, weight decay) on
+    `data`. Deterministic for a seed on the CPU."""
+    import torch
+    import torch.nn.functional as F
+
+    from mllgraph.hub.preprocess import preprocess
+
+    dev = torch.device(device)
+    model = pretrained_backbone(arch).to(dev)
+    spec = recipe.input_spec(arch)
+    with torch.no_grad():  # preprocessed in chunks: 224-px float batches are large
+        feats = torch.cat(
+            [
+                model.forward_head(
+                    model.forward_features(preprocess(data.images[s : s + 32], spec, device=dev)),
+                    pre_logits=True,
+                )
+                for s in range(0, len(data.images), 32)
+            ]
+        )
+    y = torch.from_numpy(data.labels.astype(np.int64)).to(dev)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.reset_classifier(num_classes)
+        head = model.get_classifier().to(dev)
+        opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
+        for _ in range(HEAD_STEPS):
+            loss = F.cross_entropy(head(feats), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def accuracy(model: Any, data: TrainingSet, recipe: Recipe, arch: str | None = None) -> float:
     import torch
 
     from mllgraph.hub.preprocess import preprocess
 
+    spec = recipe.input_spec(arch)
     with torch.no_grad():
-        x = preprocess(data.images, recipe.input_spec())
-        pred = torch.cat([model(x[s : s + 256]).argmax(1) for s in range(0, len(x), 256)])
+        pred = torch.cat(
+            [
+                model(preprocess(data.images[s : s + 64], spec)).argmax(1)
+                for s in range(0, len(data.images), 64)
+            ]
+        )
     return float((pred.numpy() == data.labels).mean())
 
 
@@ -486,7 +575,7 @@ def _train_group(
         t = time.perf_counter()
         model = train_model(spec.arch, data, len(group.wnids), recipe, seed=spec.seed)
         train_s = time.perf_counter() - t
-        acc = accuracy(model, unseen, recipe)
+        acc = accuracy(model, unseen, recipe, spec.arch)
         save_weights(model, weights_path)
         np.save(sibling(json_path, ".domain.npy"), domain_thumbs.astype(np.float32))
         meta = {
@@ -504,7 +593,9 @@ def _train_group(
             "never_seen_styles": [s for s in STYLES if s not in spec.train_styles],
             "seed": spec.seed,
             "recipe": asdict(recipe),
-            "input_spec": recipe.input_spec().to_dict(),
+            "input_spec": recipe.input_spec(spec.arch).to_dict(),
+            # The ImageNet model whose backbone it reuses (frozen), or None: from scratch.
+            "pretrained_from": PRETRAINED_ARCHS.get(spec.arch),
             "train_images": len(data.images),
             "heldout_accuracy": round(acc, 4),  # unseen augmentations, training styles
             "heldout_images": len(unseen.images),
