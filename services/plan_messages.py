@@ -417,11 +417,11 @@ def explain(plan: dict[str, Any], concepts: Concepts, current_catalogue: int | N
                 else "."
             )
         )
-        if stacked.get("scored_classes") is not None:
-            listed = set(stacked["scored_classes"])
-            others = [c["name"] for i, c in enumerate(plan["classes"]) if i not in listed]
+        others = plan_doc.stacked_unscored(plan)
+        if others is not None:
+            k = len(plan["classes"])
             notes.append(
-                f"The stacked rule scores {len(listed)} of the {len(plan['classes'])} classes; "
+                f"The stacked rule scores {k - len(others)} of the {k} classes; "
                 f"{', '.join(repr(n) for n in others)} (no probe images) are scored by the "
                 "per-class rule, which decides between them and the stacked rule's classes."
             )

@@ -16,22 +16,11 @@ from mllgraph.errors import InvalidArgument
 from mllgraph.plan import apply
 from mllgraph.plan.document import STACKED_SCHEMA_VERSION, parse_plan, split_uncovered
 from mllgraph.select import chco, stacked_choice
+from tests.test_stacked import _doc as _stacked_doc
+from tests.test_stacked import _shirts as _images
 
 SHIRT = HeadGroup("m@1", (0,), "exact", 0.9)
 COAT = HeadGroup("m@1", (1,), "exact", 0.8)
-
-
-def _images(n_per_class: int = 40, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Model "m@1" has heads (shirt, coat, other); classes shirt (0), T-shirt (1), coat (2).
-    Shirts and T-shirts both fire head 0, T-shirts also head 2; coats fire head 1."""
-    rng = np.random.default_rng(seed)
-    y = np.repeat([0, 1, 2], n_per_class)
-    z = rng.normal(0, 0.3, size=(y.size, 3))
-    z[y == 0, 0] += 3
-    z[y == 1, 0] += 3
-    z[y == 1, 2] += 1.5
-    z[y == 2, 1] += 3
-    return {"m@1": z}, y
 
 
 def _problem(logits: dict[str, np.ndarray], y: np.ndarray) -> chco.ChcoProblem:
@@ -47,26 +36,8 @@ def _without_tshirts() -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 
 def _doc(rule: stacked.StackedRule) -> dict[str, Any]:
-    group = {"model_id": "m@1", "heads": [0], "kind": "exact", "label_score": 0.9}
-    return {
-        "plan_id": "p",
-        "classes": [{"name": n, "heads": []} for n in ("shirt", "T-shirt", "coat")],
-        "combination": {
-            "schema_version": STACKED_SCHEMA_VERSION,
-            "plan": {
-                "assignment": [
-                    {"class_index": 0, "groups": [group]},
-                    {"class_index": 1, "groups": []},
-                    {"class_index": 2, "groups": [{**group, "heads": [1]}]},
-                ],
-                "params": {"temperatures": {"m@1": 1.0}, "weights": [1.0] * 3,
-                           "biases": [0.0] * 3, "fitted": False},
-                "estimated_accuracy": 1.0, "per_class_accuracy": [1.0, None, 1.0],
-                "uncovered": [1], "models": ["m@1"], "solver": "exact", "evaluated": 1,
-            },
-            "stacked": rule.to_dict(),
-        },
-    }  # fmt: skip
+    """test_stacked's plan document (shirt, T-shirt uncovered, coat) with `rule`."""
+    return _stacked_doc({"stacked": rule.to_dict()}, STACKED_SCHEMA_VERSION)
 
 
 def test_a_class_without_probe_images_leaves_the_stacked_rule_to_the_others() -> None:

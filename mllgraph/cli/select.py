@@ -138,7 +138,7 @@ def print_plan(plan: dict[str, Any], timings: Any | None = None) -> None:
             + f" against {stacked['per_class_rule_accuracy']:.3f} "
             f"for the per-class rule on the probe images (in-sample): "
             + ("used" if stacked["used"] else "not used")
-            + _partial_note(plan, stacked)
+            + _partial_note(plan)
         )
     fitted = "fitted" if plan.get("params_fitted") else "default"
     console.print(cost_line(plan))
@@ -465,13 +465,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_classify)
 
 
-def _partial_note(plan: dict[str, Any], stacked: dict[str, Any]) -> str:
+def _partial_note(plan: dict[str, Any]) -> str:
     """Which classes a stacked rule leaves to the per-class rule (no probe images)."""
-    listed = stacked.get("scored_classes")
-    if listed is None:
+    from mllgraph.plan.document import stacked_unscored
+
+    others = stacked_unscored(plan)
+    if others is None:
         return ""
-    others = [c["name"] for i, c in enumerate(plan["classes"]) if i not in set(listed)]
+    k = len(plan["classes"])
     return (
-        f"; it scores {len(listed)} of the {len(plan['classes'])} classes, the per-class rule "
+        f"; it scores {k - len(others)} of the {k} classes, the per-class rule "
         f"the others: {', '.join(others)} (no probe images)"
     )

@@ -97,6 +97,16 @@ def held_out_text(note: Mapping[str, Any]) -> str:
     return text
 
 
+def stacked_unscored(plan: Mapping[str, Any]) -> list[str] | None:
+    """The class names a plan document's stacked rule leaves to the per-class rule (they have
+    no probe images); None when the rule lists no `scored_classes` (it scores them all)."""
+    listed = (plan.get("stacked") or {}).get("scored_classes")
+    if listed is None:
+        return None
+    scored = set(listed)
+    return [c["name"] for i, c in enumerate(plan.get("classes", [])) if i not in scored]
+
+
 def split_uncovered(plan: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """A plan document's uncovered class names: (those its stacked rule scores from the
     other heads, those the patch or the fallback scores). A stacked rule that lists

@@ -344,10 +344,8 @@ def select(
             # Out-of-fold, so honest; every class has probe images, so all of it is measured.
             body["estimated_accuracy"] = stacked_rule.cv_accuracy
             body["measured_fraction"] = 1.0
-    patched = set(plan.uncovered) - set(
-        stacked_rule.scores(len(classes)) if stacked_rule is not None else ()
-    )
-    if patched:  # uncovered classes no stacked rule scores: the ConSE patch
+    scored = set(stacked_rule.scores(len(classes))) if stacked_rule is not None else set()
+    if set(plan.uncovered) - scored:  # uncovered classes no stacked rule scores: the patch
         patch = conse_patch(
             graph, reads, settings, plan, classes, options, resolver, probe_rows, cache
         )

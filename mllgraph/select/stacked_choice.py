@@ -221,7 +221,6 @@ def fit_stacked(problem: chco.ChcoProblem, models: Sequence[str]) -> stacked.Sta
 def _restricted(problem: chco.ChcoProblem, classes: Sequence[int]) -> chco.ChcoProblem:
     """The problem on `classes` only (renumbered 0..), every probe image kept: the other
     classes have none."""
-    index = {c: i for i, c in enumerate(classes)}
     remap = np.full(problem.num_classes, -1, dtype=np.int64)
     remap[list(classes)] = np.arange(len(classes))
     probes = problem.class_probes
@@ -229,9 +228,9 @@ def _restricted(problem: chco.ChcoProblem, classes: Sequence[int]) -> chco.ChcoP
         problem,
         num_classes=len(classes),
         candidates=[
-            replace(c, class_index=index[c.class_index])
+            replace(c, class_index=int(remap[c.class_index]))
             for c in problem.candidates
-            if c.class_index in index
+            if remap[c.class_index] >= 0
         ],
         labels=remap[problem.labels],
         class_probes=None if probes is None else tuple(probes[c] for c in classes),
@@ -294,10 +293,10 @@ def _stacked(problem: chco.ChcoProblem, plan: chco.Plan) -> StackedFit | None:
     z = class_scores(logits, plan.assignment, plan.params, extra_evidence=extra)
     per_class = float((z.argmax(1) == problem.labels).mean())
     used = rule.cv_folds == "sources" or rule.cv_accuracy > per_class
-    held_out = None
-    if rule.cv_folds == "sources":
-        folds = stacked.source_folds(problem.labels, problem.num_classes, row_sources(problem))
-        held_out = None if folds is None else int(folds.max()) + 1
+    # A probe set keeps its source only where its concept has sets from two sources or more
+    # (select.probe_data.probe_sources): the named sources are those the folds hold out.
+    sources = row_sources(problem) if rule.cv_folds == "sources" else None
+    held_out = len({s for s in sources if s}) if sources is not None else None
     note = {
         "used": used,
         **({"scored_classes": list(rule.classes)} if rule.classes else {}),
