@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from mllgraph.errors import InvalidArgument
+from mllgraph.errors import FailedPrecondition, InvalidArgument
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.hubs.emoji import augment, split
 from mllgraph.hubs.emoji.catalogue import STYLES, Catalogue, check_style
@@ -421,7 +421,6 @@ def pretrained_backbone(arch: str) -> Any:
     """timm `arch` (eval mode, 1000 heads) with the ImageNet weights of its builtin
     (:data:`PRETRAINED_ARCHS`), copied parameter for parameter; FailedPrecondition when the
     two networks do not line up."""
-    from mllgraph.errors import FailedPrecondition
     from mllgraph.hub.loading import build_timm, load_efficientnet_lite
 
     source, _, _ = load_efficientnet_lite(PRETRAINED_ARCHS[arch])
