@@ -420,3 +420,108 @@ def test_exact_counts_by_halves_match_a_direct_count() -> None:
     rows = np.stack([options[c][picks[c]] for c in range(3)])  # (K, assignments)
     direct = (ext[rows.T].argmax(axis=1) == labels).sum(axis=1)
     assert np.array_equal(counts, direct)
+
+
+def _without_images_of(problem: ChcoProblem, classes: set[int]) -> ChcoProblem:
+    """The problem with no probe image of `classes` (their prior credit counts instead)."""
+    keep = ~np.isin(problem.labels, list(classes))
+    return replace(
+        problem,
+        labels=problem.labels[keep],
+        logits_by_model={m: v[keep] for m, v in problem.logits_by_model.items()},
+    )
+
+
+def test_the_evaluators_cached_thresholds_follow_moves_and_restores() -> None:
+    """`option_totals` (thresholds kept per state, runs of candidates read as views) counts
+    what a state built afresh with the same choice counts, after moves and restores."""
+    problem = _without_images_of(synthetic_problem(13, 7, 10, 4, 8, 3), {2})
+    prep = chco._prepare(problem)
+    state = chco._State(prep)
+    rng = np.random.default_rng(3)
+    saved = [state.checkpoint()]
+    for step in range(60):
+        if step % 7 == 6:
+            state.restore(saved[int(rng.integers(0, len(saved)))])
+        else:
+            c = int(rng.integers(0, prep.k))
+            ids = np.arange(prep.start[c], prep.start[c + 1])
+            state.set(c, int(rng.choice(np.append(ids, -1))))
+            saved.append(state.checkpoint())
+        fresh = chco._State(prep)
+        for k, i in enumerate(state.choice):
+            fresh.set(k, int(i))
+        for k in range(prep.k):
+            ids = np.arange(prep.start[k], prep.start[k + 1])
+            picks = [ids, ids[::2], np.sort(rng.choice(ids, ids.size // 2, replace=False))]
+            for sub in picks:
+                for none in (False, True):
+                    options = fresh.options(sub, none)
+                    want = fresh.totals(k, options) if options.size else np.zeros(0)
+                    np.testing.assert_array_equal(state.option_totals(k, sub, none), want)
+
+
+def test_restarts_that_meet_an_earlier_search_take_its_end() -> None:
+    """The heuristic's memo of converged searches (`ends`) changes how much is evaluated,
+    never the plan: the same plans as searches that each run to their own end."""
+
+    def without_memo(*args: object, **kwargs: object) -> None:
+        kwargs.pop("ends", None)
+        args = args[:6]
+        original(*args, **kwargs)
+
+    original = chco._local_search
+    saved = 0
+    for seed in range(12):
+        problem = synthetic_problem(seed, 8, 12, 4, 10, 3)
+        if seed % 2:
+            problem = _without_images_of(problem, {1, 5})
+        for rounds in (1, 2, 50):  # a search cut short by its rounds is not an end
+            with_memo = solve_heuristic(problem, max_rounds=rounds)
+            chco._local_search = without_memo  # type: ignore[assignment]
+            try:
+                alone = solve_heuristic(problem, max_rounds=rounds)
+            finally:
+                chco._local_search = original
+            got, want = replace(with_memo, evaluated=0), replace(alone, evaluated=0)
+            assert got.to_dict() == want.to_dict()
+            saved += alone.evaluated - with_memo.evaluated
+    assert saved > 0  # the memo was used
+
+
+def test_a_recorded_end_is_taken_only_with_rounds_enough_left() -> None:
+    """`ends` maps a round's start to where a converged search went from it and in how many
+    rounds: a search meeting that start takes it only when it has those rounds left, and
+    what is recorded is an end indeed (searching on from it changes nothing)."""
+    problem = synthetic_problem(0, 8, 12, 4, 10, 3)
+    prep = chco._prepare(problem)
+    state = chco._State(prep)
+    empty = state.checkpoint()
+    chosen: set[int] = set()
+    while chco._greedy_add(state, chosen, set(), 4):
+        pass
+    start = (state.choice.tobytes(), frozenset(chosen))
+    first_round = state.checkpoint()
+    for rounds_left, taken in ((3, False), (5, True)):
+        # A made-up end (every class uncovered), said to need 5 rounds from this start.
+        ends: chco._Ends = {start: (empty, frozenset(), 5)}
+        state.restore(first_round)
+        here = set(chosen)
+        chco._local_search(state, here, problem.budget, 4, rounds_left, 3, ends)
+        assert (state.choice == -1).all() == taken
+    recorded = 0
+    for seed in range(6):
+        prep = chco._prepare(synthetic_problem(seed, 8, 12, 4, 10, 3))
+        state = chco._State(prep)
+        empty = state.checkpoint()
+        for rounds in (1, 2, 50):  # a search cut short by its rounds records nothing
+            ends = {}
+            state.restore(empty)
+            chco._local_search(state, set(), 3, 4, rounds, 3, ends)
+            recorded += len(ends)
+            for end, models, n in ends.values():
+                assert 1 <= n <= rounds
+                state.restore(end)
+                chco._local_search(state, set(models), 3, 4, 50, 3, None)
+                assert (state.choice == end[0]).all()
+    assert recorded

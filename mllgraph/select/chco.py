@@ -325,11 +325,15 @@ class _Prepared:
     cand_model: np.ndarray  # (C,) index into model_ids
     cand_label: np.ndarray  # (C,) label scores
     cand_credit: np.ndarray  # (C,) prior credit (w * label score) for unprobed classes, else 0
+    cand_labels: list[float]  # cand_label and cand_credit as lists, for the heuristic's
+    cand_credits: list[float]  # per-class moves (a few candidates each)
     unprobed: np.ndarray  # indices of the classes without probe images
+    is_unprobed: np.ndarray  # (K,) bool: class without probe images
     scores: np.ndarray  # (C, N) default-rule score column of each candidate
     none_row: np.ndarray  # (1, N) the uncovered score
     cost: np.ndarray  # (M,) model costs
     images_of: list[np.ndarray]  # image rows per class
+    own_scores: list[np.ndarray]  # per class, (its candidates, its images) of `scores`
     own_cand: np.ndarray  # pairs (candidate, image of the candidate's class) ...
     own_img: np.ndarray  # ... for the batched first-order evaluation
     pair_start: np.ndarray  # starts of runs of equal (class, model) in cands
@@ -373,11 +377,15 @@ def _prepare(problem: ChcoProblem) -> _Prepared:
         cand_model=cand_model,
         cand_label=cand_label,
         cand_credit=cand_credit,
+        cand_labels=cand_label.tolist(),
+        cand_credits=cand_credit.tolist(),
         unprobed=np.flatnonzero(unprobed),
+        is_unprobed=np.asarray(unprobed, dtype=bool),
         scores=scores,
         none_row=np.full((1, n), UNCOVERED_SCORE),
         cost=cost,
         images_of=images_of,
+        own_scores=[scores[start[c] : start[c + 1]][:, images_of[c]] for c in range(k)],
         own_cand=own_cand,
         own_img=own_img,
         pair_start=pair_start,
@@ -632,6 +640,14 @@ def top2(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return vals, idx
 
 
+# Class c's own-class images and what an option must beat there, the other images at stake
+# and what it must stay under there, and the count right when c is uncovered
+# (`_State.thresholds`).
+_Thresholds = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
+# The state's arrays (choice, zy, top values, top indices) and its thresholds.
+_Checkpoint = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, _Thresholds]]
+
+
 class _State:
     """A current assignment, its (N, K) score matrix and each image's top-2 classes.
 
@@ -649,13 +665,15 @@ class _State:
         self.z = np.full((prep.n, prep.k), UNCOVERED_SCORE)
         self.zy = np.full(prep.n, UNCOVERED_SCORE)  # each image's own-class score
         self.top_val, self.top_idx = top2(self.z)
+        self._thresholds: dict[int, _Thresholds] = {}
         self._recount()
         self.evaluated = 0
 
     def _recount(self) -> None:
         self.correct = self.top_idx[:, 0] == self.p.labels
         self.count = int(self.correct.sum())
-        self.value = self.count + self.credit_with(-1, -1)
+        self.credit = self.credit_with(-1, -1)
+        self.value = self.count + self.credit
 
     def credit_with(self, c: int, cand: int) -> float:
         """Prior credit of the current choice with class c set to `cand` (c=-1: as is).
@@ -679,10 +697,14 @@ class _State:
     def models(self) -> set[int]:
         return {int(self.p.cand_model[i]) for i in self.choice if i >= 0}
 
-    def totals(self, c: int, v: np.ndarray) -> np.ndarray:
-        """Correct-image count if class c's column were each row of v (n_opts, N)."""
+    def thresholds(self, c: int) -> _Thresholds:
+        """What an option for class c must beat (see the class docstring), in the current
+        state: kept until the state changes, as options of one class are often weighed
+        several times from one state (a model tried, the state restored, the next tried)."""
+        known = self._thresholds.get(c)
+        if known is not None:
+            return known
         p = self.p
-        self.evaluated += v.shape[0]
         y = p.labels
         t1, t2 = self.top_idx[:, 0], self.top_idx[:, 1]
         # Ties are folded into strict comparisons: x >= t <=> x > nextafter(t, -inf), etc.
@@ -691,10 +713,36 @@ class _State:
         mv = np.where(other_first, self.top_val[ic, 0], self.top_val[ic, 1])
         mi = np.where(other_first, t1[ic], t2[ic])
         own_thr = np.where(c < mi, np.nextafter(mv, -np.inf), mv)  # c wins ties vs higher
-        oth = np.flatnonzero((self.correct | ((t1 == c) & (t2 == y))) & (y != c))
+        # Images of other classes right now, or whose top-1 is c and top-2 their own class.
+        oth = np.flatnonzero((self.correct & (y != c)) | ((t1 == c) & (t2 == y)))
         zy = self.zy[oth]
         oth_thr = np.where(y[oth] < c, np.nextafter(zy, np.inf), zy)  # y wins ties vs higher
+        none = int((own_thr < UNCOVERED_SCORE).sum() + (oth_thr > UNCOVERED_SCORE).sum())
+        known = (ic, own_thr, oth, oth_thr, none)
+        self._thresholds[c] = known
+        return known
+
+    def totals(self, c: int, v: np.ndarray) -> np.ndarray:
+        """Correct-image count if class c's column were each row of v (n_opts, N)."""
+        self.evaluated += v.shape[0]
+        ic, own_thr, oth, oth_thr, _ = self.thresholds(c)
         return (v[:, ic] > own_thr).sum(axis=1) + (v[:, oth] < oth_thr).sum(axis=1)
+
+    def option_totals(self, c: int, ids: np.ndarray, with_none: bool) -> np.ndarray:
+        """:meth:`totals` for the candidates `ids` (ascending) of class c, and uncovered last,
+        without copying whole score rows."""
+        self.evaluated += ids.size + int(with_none)
+        _, own_thr, oth, oth_thr, none = self.thresholds(c)
+        p = self.p
+        if ids.size and ids[-1] - ids[0] + 1 == ids.size:  # a run of candidates: a view
+            rows = slice(int(ids[0]), int(ids[-1]) + 1)
+            own = p.own_scores[c][rows.start - p.start[c] : rows.stop - p.start[c]]
+            other = p.scores[rows, oth]
+        else:
+            own = p.own_scores[c][ids - p.start[c]]
+            other = p.scores[ids[:, None], oth]
+        tot = (own > own_thr).sum(axis=1) + (other < oth_thr).sum(axis=1)
+        return np.append(tot, none) if with_none else tot
 
     def first_order(self) -> np.ndarray:
         """(C,) correct counts if each candidate alone replaced its class's column.
@@ -735,12 +783,13 @@ class _State:
             total += np.bincount(bc, weights=b, minlength=cls.size)
         return np.rint(total).astype(np.int64)
 
-    def checkpoint(self) -> tuple[np.ndarray, ...]:
-        return (self.choice.copy(), self.zy.copy(), self.top_val.copy(), self.top_idx.copy())
+    def checkpoint(self) -> _Checkpoint:
+        arrays = (self.choice.copy(), self.zy.copy(), self.top_val.copy(), self.top_idx.copy())
+        return (*arrays, self._thresholds)
 
-    def restore(self, cp: tuple[np.ndarray, ...]) -> None:
+    def restore(self, cp: _Checkpoint) -> None:
         """Return to a checkpoint without recomputing (cheaper than undoing each move)."""
-        choice, zy, tv, ti = cp
+        choice, zy, tv, ti, thresholds = cp
         for c in np.flatnonzero(choice != self.choice):
             cand = int(choice[c])
             self.z[:, c] = self.p.none_row[0] if cand < 0 else self.p.scores[cand]
@@ -748,6 +797,7 @@ class _State:
         self.zy[:] = zy
         self.top_val[:] = tv
         self.top_idx[:] = ti
+        self._thresholds = thresholds  # (the checkpoint's dict: it holds for that state)
         self._recount()
 
     def options(self, ids: np.ndarray, with_none: bool) -> np.ndarray:
@@ -759,6 +809,7 @@ class _State:
         if self.choice[c] == cand:
             return
         self.choice[c] = cand
+        self._thresholds = {}
         v = self.p.none_row[0] if cand < 0 else self.p.scores[cand]
         old = self.z[:, c].copy()
         self.z[:, c] = v
@@ -802,13 +853,23 @@ def _best_option(
     if ids.size == 0 and not with_none:
         cur = int(state.choice[c])
         return cur, (state.value, state.label_of(cur))
-    tot = state.totals(c, state.options(ids, with_none))
-    opts = list(ids) + ([-1] if with_none else [])
-    labels = [state.label_of(int(i)) for i in opts]
-    vals = [int(tot[j]) + state.credit_with(c, int(opts[j])) for j in range(len(opts))]
+    p = state.p
+    # Options are few (a class's candidates in some models): plain lists beat numpy here.
+    tot = state.option_totals(c, ids, with_none).tolist()
+    opts = ids.tolist() + [-1] if with_none else ids.tolist()
+    labels = [p.cand_labels[i] if i >= 0 else 0.0 for i in opts]
+    if p.is_unprobed[c]:  # the other unprobed classes' credit, and this option's
+        chosen = zip(p.unprobed, state.choice[p.unprobed], strict=True)
+        others = [p.cand_credits[i] for u, i in chosen if u != c and i >= 0]
+        vals = [
+            t + math.fsum([*others, p.cand_credits[i]] if i >= 0 else others)
+            for t, i in zip(tot, opts, strict=True)
+        ]
+    else:  # class c's choice adds no prior credit: every option keeps the current credit
+        vals = [t + state.credit for t in tot]
     # First in candidate order among equals: deterministic.
     best = max(range(len(opts)), key=lambda j: (vals[j], labels[j], -j))
-    return int(opts[best]), (vals[best], labels[best])
+    return opts[best], (vals[best], labels[best])
 
 
 def _improve_class(state: _State, c: int, ids: np.ndarray, with_none: bool) -> bool:
@@ -898,7 +959,7 @@ def _greedy_add(state: _State, chosen: set[int], excluded: set[int], lookahead: 
     base = state.key()
     cp = state.checkpoint()
     # (key, model, the state it leads to): returning to it is cheaper than trying it again.
-    best: tuple[tuple[float, float], int, tuple[np.ndarray, ...]] | None = None
+    best: tuple[tuple[float, float], int, _Checkpoint] | None = None
     for m in order:
         changes = _try_model(state, int(m))
         key = state.key()
@@ -959,13 +1020,38 @@ def _try_swaps(state: _State, chosen: set[int], budget: int, lookahead: int, tri
     return False
 
 
+# A local search's end from a round's start: (the end state, its chosen models, rounds used).
+_Ends = dict[tuple[bytes, frozenset[int]], tuple[_Checkpoint, frozenset[int], int]]
+
+
 def _local_search(
-    state: _State, chosen: set[int], budget: int, lookahead: int, max_rounds: int, swaps: int
+    state: _State,
+    chosen: set[int],
+    budget: int,
+    lookahead: int,
+    max_rounds: int,
+    swaps: int,
+    ends: _Ends | None = None,
 ) -> None:
-    """Fill the budget greedily, then improve until no move helps (see solve_heuristic)."""
+    """Fill the budget greedily, then improve until no move helps (see solve_heuristic).
+
+    A round depends only on the assignment and the chosen models at its start, so a search
+    that reaches a start an earlier search (another restart, `ends`) went on from takes that
+    search's end instead of repeating it; only searches that converged are recorded there,
+    and one is taken only when it needed no more rounds than are left."""
     while len(chosen) < budget and _greedy_add(state, chosen, set(), lookahead):
         pass
-    for _ in range(max_rounds):
+    starts: list[tuple[tuple[bytes, frozenset[int]], int]] = []
+    for r in range(max_rounds):
+        start = (state.choice.tobytes(), frozenset(chosen))
+        known = None if ends is None else ends.get(start)
+        if known is not None and known[2] <= max_rounds - r:
+            state.restore(known[0])
+            chosen.clear()
+            chosen.update(known[1])
+            converged_at = r + known[2]
+            break
+        starts.append((start, r))
         improved = _reassign_sweep(state, chosen)
         _drop_unused(state, chosen)
         while len(chosen) < budget and _greedy_add(state, chosen, set(), lookahead):
@@ -973,7 +1059,14 @@ def _local_search(
         if not improved and swaps:
             improved = _try_swaps(state, chosen, budget, lookahead, swaps)
         if not improved:
+            converged_at = r + 1
             break
+    else:
+        return  # out of rounds: not a converged end, so not recorded
+    if ends is not None:
+        end = (state.checkpoint(), frozenset(chosen))
+        for start, r in starts:
+            ends[start] = (*end, converged_at - r)
 
 
 def _final_key(prep: _Prepared, choice: np.ndarray) -> tuple[Any, ...]:
@@ -1022,13 +1115,14 @@ def solve_heuristic(
     empty = state.checkpoint()
     firsts = _rank_models(state, set(), set(), restarts)
     best: tuple[tuple[Any, ...], np.ndarray] | None = None
+    ends: _Ends = {}
     for first in firsts or [None]:
         state.restore(empty)
         chosen: set[int] = set()
         if first is not None:
             _try_model(state, first)
             chosen.add(first)
-        _local_search(state, chosen, problem.budget, lookahead, max_rounds, swaps)
+        _local_search(state, chosen, problem.budget, lookahead, max_rounds, swaps, ends)
         key = (-state.value, *_final_key(prep, state.choice))
         if best is None or key < best[0]:
             best = (key, state.choice.copy())
