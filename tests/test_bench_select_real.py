@@ -107,6 +107,16 @@ def test_merge_report_keeps_the_synthetic_series(tmp_path: Path) -> None:
     assert "help median 0.2 s (goal < 0.5 s): met" in md
 
 
+def test_new_half_unprobed_tasks_are_judged_by_the_new_task_goal() -> None:
+    select = {
+        "new_9_classes": {"grpc": {"p95_ms": 280.0}},
+        select_real.HALF_UNPROBED: {"grpc": {"p95_ms": 600.0}},
+    }
+    said = select_real._goals({"select": select})
+    assert "new_9_classes p95 280 ms (goal at 10 classes < 300): met" in said
+    assert f"{select_real.HALF_UNPROBED} p95 600 ms (goal at 10 classes < 300): NOT met" in said
+
+
 STORED_PROBE = """
 import contextlib, io, json, sys
 from mllgraph.cli import main

@@ -42,6 +42,7 @@ from mllgraph.settings import Settings
 
 MIN_COVER_SCORE = 0.5  # a concept counts as covered with a measured label this good
 PARTS = ("grounding", "cypher", "load", "chco", "stacked")
+HALF_UNPROBED = "new_10_classes_half_unprobed"  # the series of half-unprobed new tasks
 SERVICE_START_TIMEOUT_S = 300.0
 COMMAND_TIMEOUT_S = 1200.0  # one whole command (a loaded machine is slow, not wrong)
 # The 10 images `classify` gets: the photos suite's photos and two Fashion-MNIST test images.
@@ -424,7 +425,7 @@ def bench_real_hub(
                     command(name)
             mixed = [make.make(10, probed_share=0.5) for _ in range(n_req)]
             half = select_series(client, mixed, new=True, seen=seen, budget_s=budget_s)
-            step("select", "new_10_classes_half_unprobed", half)
+            step("select", HALF_UNPROBED, half)
             for name in ("classify_10", "select_new_3"):
                 if name in commands:
                     command(name)
@@ -543,8 +544,11 @@ def _goals(hub: dict[str, Any]) -> str:
     """Each goal of issue #24 beside its figure: met or by how much it misses."""
     said = []
     select = hub.get("select") or {}
-    for kind, goal in GOALS_MS.items():
-        found = _largest(select, kind)
+    judged = [(_largest(select, kind), goal) for kind, goal in GOALS_MS.items()]
+    # A new 10-class task with unprobed classes is a new 10-class task too: judged the same.
+    if HALF_UNPROBED in select:
+        judged.append(((HALF_UNPROBED, 10), GOALS_MS["new"]))
+    for found, goal in judged:
         p95 = select[found[0]].get("grpc", {}).get("p95_ms") if found else None
         if found and p95 is not None:
             verdict = "met" if p95 < goal else f"NOT met ({p95 / goal:.1f}x the goal)"
