@@ -216,8 +216,10 @@ def test_the_references_on_the_tiny_hub(tiny_hub: dict[str, Any]) -> None:
         baselines=("hindsight", "stack_all"), log=lambda _m: None,
     )  # fmt: skip
     with_dog, boot_dress = results
-    # "dog" has no probe images: no stacked rule can be fitted over the hub for that task.
-    assert "stack_all" not in with_dog.baselines
+    # "dog" has no probe images: the rule over the hub is fitted on the other four classes,
+    # and MLL's plan scores "dog" (as MLL's own partial rule does).
+    # Nothing covers "dog" (its images are shirts): at most the other four classes' 48 of 60.
+    assert 0.5 <= with_dog.baselines["stack_all"] <= 0.8
     # Ankle boot against dress: each expert knows one of them; over both, well separated.
     assert boot_dress.baselines["stack_all"] > 0.8
     # Hindsight is MLL's own selection restricted to the expert it names, scored alike.

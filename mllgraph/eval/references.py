@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -164,8 +164,13 @@ class StackAll:
     same images MLL's selection reads — with no graph search, no CHCO and no budget. What it
     loses or gains against MLL is what grounding-driven selection adds (and whether the
     budget costs accuracy). Fitted as MLL's stacked rule is, with each probe image's source
-    (so it too holds one source out where classes have several). None for a task where some
-    class has too few probe images."""
+    (so it too holds one source out where classes have several).
+
+    Where some task classes have no probe images, it is fitted, as MLL's partial rule is
+    (`StackedRule.classes`), on the others, and MLL's own plan scores the rest (its heads or
+    its patch) and how much the rule's classes get together (`plan.apply`): the reference then
+    differs from MLL only in the rule over the probed classes. None for a task with fewer
+    than two classes with probe images, or where no rule fits."""
 
     def __init__(
         self, graph: Graph, settings: Settings, logits: LogitCache, models: Sequence[str]
@@ -176,6 +181,8 @@ class StackAll:
     def accuracy(self, plan: dict[str, Any], idx: np.ndarray, labels: np.ndarray) -> float | None:
         from mllgraph.combine import stacked
         from mllgraph.errors import FailedPrecondition
+        from mllgraph.plan import apply
+        from mllgraph.plan import document as plan_doc
         from mllgraph.select.probe_data import CACHE, class_probes, probe_matrix, probe_sources
         from mllgraph.select.reads import Reads
 
@@ -195,12 +202,26 @@ class StackAll:
         models = sorted(probe_logits)
         # Each image's probe source, as selection gives it: the same rule as MLL's.
         sources = stacked.row_sources(class_probes(rows, outputs, len(wnids)), probe_sources(rows))
+        probed = np.flatnonzero(np.bincount(probe_labels, minlength=len(wnids)))
+        if probed.size < 2:
+            return None
+        renumber = np.full(len(wnids), -1, dtype=np.int64)
+        renumber[probed] = np.arange(probed.size)
         rule = stacked.fit(
-            probe_logits, probe_labels, len(wnids), models, temperatures, sources=sources
-        )
+            probe_logits, renumber[probe_labels], int(probed.size), models, temperatures,
+            sources=sources,
+        )  # fmt: skip
         if rule is None:
             return None
-        probs = rule.probabilities({m: self.logits(m)[idx] for m in rule.models})
+        if probed.size == len(wnids):
+            probs = rule.probabilities({m: self.logits(m)[idx] for m in rule.models})
+        else:  # MLL's plan with this rule in place of its own (the same scoring path)
+            parsed = replace(
+                plan_doc.parse_plan(plan),
+                stacked=replace(rule, classes=tuple(int(c) for c in probed)),
+            )
+            needed = {*apply.models_to_run(parsed), *rule.models}
+            probs = apply.probabilities(parsed, {m: self.logits(m)[idx] for m in needed}, len(idx))
         return float((probs.argmax(1) == labels).mean())
 
 
