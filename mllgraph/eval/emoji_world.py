@@ -491,7 +491,7 @@ def targets(results: list[ev.TaskResult]) -> dict[str, Any]:
 
     def margin(method: str, offset: float) -> dict[str, Any] | None:
         # Paired: MLL on the tasks the reference has a figure for (stack-all has none where
-        # a class lacks probe images).
+        # fewer than two classes have probe images).
         both = [(r.mll, r.baselines[method]) for r in results if method in r.baselines]
         if not both:
             return None
@@ -587,8 +587,9 @@ def write(report: EmojiReport, out_dir: Path, name: str) -> list[Path]:
         "`mll` (budget as configured), `single`/`uniform` (candidate heads, parameter-free "
         "rule), `hindsight` (best single expert through MLL's own selection, picked with the "
         "task's labels), `stack_all` (stacked rule over every head of the models, same probe "
-        "images), `imagenet_subtree` (best ImageNet expert, probabilities summed over each "
-        "class's WordNet subtree), `chance` (1/K).",
+        "images; classes without probe images scored by MLL's own plan), `imagenet_subtree` "
+        "(best ImageNet expert, probabilities summed over each class's WordNet subtree), "
+        "`chance` (1/K).",
         "",
         "## All held-out styles pooled (tasks × styles; task-bootstrap 95% intervals)",
         "",

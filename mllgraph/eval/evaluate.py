@@ -16,7 +16,8 @@ Every model runs once on the evaluation images (its logits are cached). What eac
       calibration, fitted parameters, stacked rule and patch), scored on the task's images by
       the inference rule; the best of them (it peeks at the task's labels to pick).
   stack_all — :class:`references.StackAll`: the stacked rule over every head of every hub
-      model, fitted on the same probe images; no graph search, no CHCO, no budget.
+      model, fitted on the same probe images; no graph search, no CHCO, no budget (classes
+      without probe images: MLL's own plan scores them, as for MLL's partial rule).
   imagenet_subtree — :class:`references.SubtreeSum`: one ImageNet expert's probabilities
       summed over each class's WordNet subtree (the best of the hub's ImageNet experts).
   supervised — :class:`supervised.Supervised`: a small CNN trained on all labelled
