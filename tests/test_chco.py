@@ -456,7 +456,9 @@ def test_the_evaluators_cached_thresholds_follow_moves_and_restores() -> None:
             picks = [ids, ids[::2], np.sort(rng.choice(ids, ids.size // 2, replace=False))]
             for sub in picks:
                 for none in (False, True):
-                    options = fresh.options(sub, none)
+                    options = prep.scores[sub]
+                    if none:
+                        options = np.vstack([options, prep.none_row])
                     want = fresh.totals(k, options) if options.size else np.zeros(0)
                     np.testing.assert_array_equal(state.option_totals(k, sub, none), want)
 

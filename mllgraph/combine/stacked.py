@@ -395,6 +395,12 @@ def stratified_folds(y: np.ndarray, k: int, n_splits: int, seed: int) -> np.ndar
     return fold
 
 
+def probed_classes(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The classes (ascending) with at least one probe image: those a rule can be fitted on
+    (`StackedRule.classes` where some class has none)."""
+    return np.flatnonzero(np.bincount(labels, minlength=num_classes))
+
+
 def fittable(labels: np.ndarray, num_classes: int, models: Sequence[str]) -> bool:
     """Whether a stacked rule can be fitted at all: some models, at least
     MIN_IMAGES_PER_CLASS images of every class, at most MAX_CLASSES classes."""

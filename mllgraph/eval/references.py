@@ -202,7 +202,7 @@ class StackAll:
         models = sorted(probe_logits)
         # Each image's probe source, as selection gives it: the same rule as MLL's.
         sources = stacked.row_sources(class_probes(rows, outputs, len(wnids)), probe_sources(rows))
-        probed = np.flatnonzero(np.bincount(probe_labels, minlength=len(wnids)))
+        probed = stacked.probed_classes(probe_labels, len(wnids))
         if probed.size < 2:
             return None
         renumber = np.full(len(wnids), -1, dtype=np.int64)
@@ -213,15 +213,13 @@ class StackAll:
         )  # fmt: skip
         if rule is None:
             return None
-        if probed.size == len(wnids):
-            probs = rule.probabilities({m: self.logits(m)[idx] for m in rule.models})
-        else:  # MLL's plan with this rule in place of its own (the same scoring path)
-            parsed = replace(
-                plan_doc.parse_plan(plan),
-                stacked=replace(rule, classes=tuple(int(c) for c in probed)),
-            )
-            needed = {*apply.models_to_run(parsed), *rule.models}
-            probs = apply.probabilities(parsed, {m: self.logits(m)[idx] for m in needed}, len(idx))
+        if probed.size < len(wnids):
+            rule = replace(rule, classes=tuple(int(c) for c in probed))
+        # MLL's plan with this rule in place of its own, scored as inference scores it (a rule
+        # over every class alone decides; a partial one within the per-class rule's share).
+        parsed = replace(plan_doc.parse_plan(plan), stacked=rule)
+        needed = {*apply.models_to_run(parsed), *rule.models}
+        probs = apply.probabilities(parsed, {m: self.logits(m)[idx] for m in needed}, len(idx))
         return float((probs.argmax(1) == labels).mean())
 
 

@@ -672,20 +672,11 @@ class _State:
     def _recount(self) -> None:
         self.correct = self.top_idx[:, 0] == self.p.labels
         self.count = int(self.correct.sum())
-        self.credit = self.credit_with(-1, -1)
+        # The prior credit of the unprobed classes' choices: an exactly rounded sum, so equal
+        # choices give bit-equal values whatever the order (`_best_option` sums alike).
+        chosen = self.choice[self.p.unprobed]
+        self.credit = math.fsum(self.p.cand_credits[i] for i in chosen if i >= 0)
         self.value = self.count + self.credit
-
-    def credit_with(self, c: int, cand: int) -> float:
-        """Prior credit of the current choice with class c set to `cand` (c=-1: as is).
-
-        An exactly rounded sum, so equal choices give bit-equal values whatever the order."""
-        p = self.p
-        if p.unprobed.size == 0:
-            return 0.0
-        chosen = self.choice[p.unprobed].copy()
-        if c >= 0:
-            chosen[p.unprobed == c] = cand
-        return math.fsum(float(p.cand_credit[i]) for i in chosen if i >= 0)
 
     def label_of(self, cand: int) -> float:
         return 0.0 if cand < 0 else float(self.p.cand_label[cand])
@@ -799,10 +790,6 @@ class _State:
         self.top_idx[:] = ti
         self._thresholds = thresholds  # (the checkpoint's dict: it holds for that state)
         self._recount()
-
-    def options(self, ids: np.ndarray, with_none: bool) -> np.ndarray:
-        v = self.p.scores[ids]
-        return np.vstack([v, self.p.none_row]) if with_none else v
 
     def set(self, c: int, cand: int) -> None:
         """Give class c candidate `cand` (-1: uncovered), updating top-2 incrementally."""

@@ -208,8 +208,7 @@ def fit_stacked(problem: chco.ChcoProblem, models: Sequence[str]) -> stacked.Sta
     rule is fitted on the others (at least two) and scores only those
     (`StackedRule.classes`): the per-class rule, with its heads or its patch, scores the
     rest (`plan.apply`). Before, one such class cost the whole task the stacked rule."""
-    counts = np.bincount(problem.labels, minlength=problem.num_classes)
-    probed = [c for c in range(problem.num_classes) if counts[c] > 0]
+    probed = stacked.probed_classes(problem.labels, problem.num_classes).tolist()
     if len(probed) < 2:
         return None
     if len(probed) < problem.num_classes:
