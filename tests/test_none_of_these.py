@@ -88,6 +88,51 @@ def test_fit_separates_outside_images_and_keeps_the_in_task_share() -> None:
     assert none.auroc(si, so) > 0.95
 
 
+def _styled(rng: np.random.Generator, n: int, hot: np.ndarray, blur: float) -> np.ndarray:
+    """Logits of one art style: the more `blur`, the less sure the experts are of anything."""
+    z = rng.normal(0.0, 1.0, (n, HEADS))
+    z[np.arange(n), hot] += 4.0 - blur
+    return z
+
+
+def test_threshold_is_placed_where_an_unseen_source_falls() -> None:
+    # Two probe styles, the second blurrier; the task's images will come in a third, blurrier
+    # still. Held-out scores from stratified folds place the threshold where the known styles
+    # fall, and refuse many in-task images of the new one; leaving one style out at a time
+    # measures what a new style does to the score, and places it above that.
+    rng = np.random.default_rng(5)
+    n = 200
+    assignment = _assignment()
+    heads = none.task_heads(assignment)
+
+    def side(inside: bool, blur: float) -> np.ndarray:
+        hot = rng.integers(0, 3, n) if inside else rng.integers(3, HEADS, n)
+        return _features({"m": _styled(rng, n, hot, blur)}, assignment)
+
+    xi = np.concatenate([side(True, 0.0), side(True, 1.5)])
+    xo = np.concatenate([side(False, 0.0), side(False, 1.5)])
+    sources = np.array(["a"] * n + ["b"] * n + ["a"] * n + ["b"] * n)
+    by_folds = none.fit(xi, xo, ["m"], heads, {"m": 1.0})
+    by_sources = none.fit(xi, xo, ["m"], heads, {"m": 1.0}, sources=sources)
+    assert by_folds is not None and by_sources is not None
+    assert (by_folds.held_out, by_sources.held_out) == ("folds", "sources")
+    # The final fit is the same (all images); only the held-out scores differ.
+    np.testing.assert_allclose(by_sources.coef, by_folds.coef)
+    assert by_sources.threshold > by_folds.threshold
+    new_style = {"m": _styled(rng, 400, rng.integers(0, 3, 400), 3.0)}
+    refused = {
+        f.held_out: float(np.mean(f.scores(new_style) > f.threshold))
+        for f in (by_folds, by_sources)
+    }
+    assert refused["sources"] < refused["folds"]
+    assert none.NoneCalibration.from_dict(by_sources.to_dict()).held_out == "sources"
+    # One source only, or none given: stratified folds, as before.
+    one = none.fit(xi, xo, ["m"], heads, {"m": 1.0}, sources=np.array(["a"] * (4 * n)))
+    assert one is not None and one.held_out == "folds" and one.threshold == by_folds.threshold
+    with pytest.raises(InvalidArgument, match="sources has 3 entries"):
+        none.fit(xi, xo, ["m"], heads, {"m": 1.0}, sources=np.array(["a", "b", "a"]))
+
+
 @pytest.mark.parametrize("seed", [0, 3])
 def test_folds_and_logistic_fit_are_scikit_learns(seed: int) -> None:
     # Selection fits without importing scikit-learn; the answers must be the ones it gave.

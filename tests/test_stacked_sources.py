@@ -232,3 +232,31 @@ def test_only_a_concept_probed_from_two_sources_names_its_sources() -> None:
     assert probe_sources(rows) == {
         "dog-a": "emoji:openmoji", "dog-b": "emoji:fluent-flat", "shirt": "", "tee": "", "old": "",
     }  # fmt: skip
+
+
+def test_matrix_sources_name_each_row_probe_matrix_gives() -> None:
+    # The none-of-these calibration leaves one source out at a time: each of its rows must
+    # carry its own set's source, in the order probe_matrix lays the rows out (sets by id,
+    # only the images every model has outputs for).
+    from mllgraph.hub.probe_outputs import ProbeOutputs
+    from mllgraph.select.probe_data import matrix_sources, probe_matrix
+
+    rows = [
+        {"class_index": 0, "set_id": "dog-b", "wnid": "n1", "distance": 0, "source": "emoji:b"},
+        {"class_index": 0, "set_id": "dog-a", "wnid": "n1", "distance": 0, "source": "emoji:a"},
+        {"class_index": 1, "set_id": "cup", "wnid": "n2", "distance": 0, "source": "photos"},
+        {"class_index": 1, "set_id": "gone", "wnid": "n3", "distance": 0, "source": "x"},
+    ]
+    # Row values say which set and image they are: 10 * set number + image.
+    layout = {"cup": (0, 3), "dog-a": (3, 2), "dog-b": (5, 4)}
+    data = np.array([[10 * k + i] for k, (_, n) in enumerate(layout.values()) for i in range(n)])
+    short = {"cup": (0, 3), "dog-a": (3, 2), "dog-b": (5, 1)}  # a model with one dog-b image
+    outputs = {
+        "m": ProbeOutputs(data.astype(np.float16), layout, 1.0),
+        "n": ProbeOutputs(data[:6].astype(np.float16), short, 1.0),
+    }
+    labels, logits, _ = probe_matrix(rows, outputs, 2)
+    sources = matrix_sources(rows, outputs)
+    assert logits["m"][:, 0].tolist() == [0, 1, 2, 10, 11, 20]
+    assert labels.tolist() == [1, 1, 1, 0, 0, 0]
+    assert sources.tolist() == ["", "", "", "emoji:a", "emoji:a", "emoji:b"]

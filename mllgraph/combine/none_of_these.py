@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from mllgraph.combine.rule import EPS, ClassAssignment, model_probabilities
+from mllgraph.combine.stacked import source_folds
 from mllgraph.errors import InvalidArgument
 
 # What a prediction that is no class says (Prediction.class_name / class_index).
@@ -153,6 +154,9 @@ class NoneCalibration:
     probe_rejected: float = math.nan
     positives: int = 0
     negatives: int = 0
+    # How the held-out scores were made: "sources" (one probe source left out at a time) or
+    # "folds" (stratified folds: the probe images have one source).
+    held_out: str = "folds"
 
     def scores(
         self,
@@ -197,6 +201,7 @@ class NoneCalibration:
             "probe_rejected": _json_float(self.probe_rejected),
             "positives": self.positives,
             "negatives": self.negatives,
+            "held_out": self.held_out,
         }
 
     @classmethod
@@ -232,6 +237,7 @@ class NoneCalibration:
             threshold = float(d["threshold"])
             stats = [_read_float(d.get(k)) for k in ("probe_auroc", "probe_rejected")]
             counts = [int(d.get(k, 0)) for k in ("positives", "negatives")]
+            held_out = str(d.get("held_out", "folds"))
         except (TypeError, ValueError, KeyError) as e:
             raise bad(
                 f"mean, scale and coef must be {len(models)} models' feature vectors, "
@@ -249,7 +255,7 @@ class NoneCalibration:
             raise bad("temperatures must be > 0")
         return cls(
             tuple(models), heads, temperatures, mean, scale, coef, intercept, threshold, extra,
-            stats[0], stats[1], counts[0], counts[1],
+            stats[0], stats[1], counts[0], counts[1], held_out,
         )  # fmt: skip
 
 
@@ -361,9 +367,17 @@ def fit(
     extra: Sequence[tuple[str, int]] = (),
     max_rejected: float = MAX_REJECTED,
     seed: int = 0,
+    sources: np.ndarray | None = None,
 ) -> NoneCalibration | None:
     """The calibration from `features` of in-task (`inside`) and outside probe images; None
-    when either side has fewer than MIN_IMAGES images."""
+    when either side has fewer than MIN_IMAGES images.
+
+    `sources`: (len(inside) + len(outside),) where each image comes from
+    (`select.probe_data.probe_sources`). Where the images come from two sources or more, the
+    held-out scores that set the threshold and give the AUROC leave one source out at a time
+    (`stacked.source_folds`): the threshold is then placed where a rendering the fit never saw
+    falls, not where the fit's own renderings do (in-task images of a new art style look less
+    like the task than held-out images of a known one). Otherwise stratified folds."""
     xi = np.asarray(inside, dtype=np.float64)
     xo = np.asarray(outside, dtype=np.float64)
     if xi.ndim != 2 or xo.ndim != 2 or xi.shape[1] != xo.shape[1]:
@@ -377,8 +391,10 @@ def fit(
     y = np.concatenate([np.zeros(len(xi), np.int64), np.ones(len(xo), np.int64)])
 
     oof = np.empty(len(y))
-    folds = stratified_folds(y, min(FOLDS, len(xi), len(xo)), seed)
-    for k in range(int(folds.max()) + 1):
+    folds, held_out = _held_out_folds(y, sources, seed), "sources"
+    if folds is None:
+        folds, held_out = stratified_folds(y, min(FOLDS, len(xi), len(xo)), seed), "folds"
+    for k in np.unique(folds):
         coef, intercept = balanced_logistic(x[folds != k], y[folds != k], C)
         oof[folds == k] = _sigmoid(x[folds == k] @ coef + intercept)
     coef, intercept = balanced_logistic(x, y, C)
@@ -397,7 +413,25 @@ def fit(
         probe_rejected=float(np.mean(oof[y == 0] > threshold)),
         positives=int(len(xi)),
         negatives=int(len(xo)),
+        held_out=held_out,
     )
+
+
+def _held_out_folds(y: np.ndarray, sources: np.ndarray | None, seed: int) -> np.ndarray | None:
+    """Folds that leave one probe source out at a time (`stacked.source_folds`), or None
+    where there is no such split of the in-task images, or a fold would train without one
+    side."""
+    if sources is None:
+        return None
+    if len(sources) != len(y):
+        raise InvalidArgument(f"sources has {len(sources)} entries for {len(y)} images")
+    folds = source_folds(y, 2, np.asarray(sources), seed)
+    if folds is None or np.unique(np.asarray(sources)[y == 0]).size < 2:
+        return None
+    for k in np.unique(folds):
+        if np.unique(y[folds != k]).size < 2:
+            return None
+    return folds
 
 
 def measure(

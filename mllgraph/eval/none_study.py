@@ -103,6 +103,7 @@ def measure_task(
     got["threshold"] = parsed.none.threshold
     got["probe_auroc"] = parsed.none.probe_auroc
     got["probe_rejected"] = parsed.none.probe_rejected
+    got["held_out"] = parsed.none.held_out  # how the probe figures and threshold were made
     return got
 
 

@@ -59,8 +59,10 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # at a time, combine/stacked; 18: the `pictured` term of grounding, ground/depict: a name of an
 # organism and its food grounds to the plant's food or to the animal; equal priors for the
 # senses of a lemma none of which WordNet tagged); 19: a task with classes without probe
-# images keeps the stacked rule for the others, `StackedRule.classes`).
-SELECTION_VERSION = 19
+# images keeps the stacked rule for the others, `StackedRule.classes`; 20: where the task's
+# probe images come from several sources, the "none of these" threshold is set on scores that
+# leave one source out at a time, combine/none_of_these).
+SELECTION_VERSION = 20
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2

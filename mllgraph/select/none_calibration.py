@@ -7,7 +7,11 @@ Negatives: probe sets of concepts outside the task, neither under a class (those
 task's) nor above one (an image of "footwear" may well be a sandal): at most
 :data:`MAX_OUTSIDE_IMAGES` images, spread evenly over at most :data:`MAX_OUTSIDE_SETS` sets.
 Both are scored as inference scores them: the plan parsed from its document, its models'
-stored probe outputs, `mllgraph.plan.apply`. Nothing runs a model here.
+stored probe outputs, `mllgraph.plan.apply`. Nothing runs a model here. Each image's source
+(`probe_data.probe_sources`: the art style of an emoji's probe set, "" where a concept has
+one source) goes with it: where the task's images come from two sources or more, the fit's
+held-out scores, which set the threshold, leave one source out at a time
+(`none_of_these.fit`).
 
 A plan gets no calibration (and says why in its document's ``none_of_these``) when its
 models are not all simulable (a model without probe outputs), or either side has fewer than
@@ -27,7 +31,7 @@ from mllgraph.errors import FailedPrecondition
 from mllgraph.hub import probe_outputs
 from mllgraph.plan import apply
 from mllgraph.plan.document import parse_plan
-from mllgraph.select.probe_data import ProbeOutputCache, probe_matrix
+from mllgraph.select.probe_data import ProbeOutputCache, matrix_sources, probe_matrix
 from mllgraph.select.reads import Reads
 from mllgraph.settings import Settings
 
@@ -51,7 +55,15 @@ def outside_sets(
             continue
         if task & set(r["ancestors"]):  # under a class: the task's own images
             continue
-        out.append({"class_index": 0, "set_id": r["set_id"], "distance": 0})
+        out.append(
+            {
+                "class_index": 0,
+                "set_id": r["set_id"],
+                "distance": 0,
+                "wnid": concept,
+                "source": r.get("source") or "",
+            }
+        )
         if len(out) >= limit:
             break
     return out
@@ -98,6 +110,10 @@ def calibrate(
     keep_in, keep_out = _even(n_in, MAX_INSIDE_IMAGES), _even(n_out, MAX_OUTSIDE_IMAGES)
     inside = {m: v[keep_in] for m, v in inside.items()}
     outside = {m: v[keep_out] for m, v in outside.items()}
+    # Where each image comes from: the fit's held-out scores leave one source out at a time.
+    sources = np.concatenate(
+        [matrix_sources(probe_rows, outs)[keep_in], matrix_sources(negative_rows, outs)[keep_out]]
+    )
     heads = none_of_these.task_heads(plan.assignment)
     temperatures = {m: float(outs[m].temperature) for m in plan.models}
 
@@ -109,8 +125,9 @@ def calibrate(
         return none_of_these.features(logits, plan.models, heads, temperatures, extra)
 
     fitted = none_of_these.fit(
-        feats(inside), feats(outside), plan.models, heads, temperatures, extra=extra
-    )
+        feats(inside), feats(outside), plan.models, heads, temperatures, extra=extra,
+        sources=sources,
+    )  # fmt: skip
     if fitted is None:
         return None, {"calibrated": False, "why": "too few probe images"}
     summary = {
@@ -121,5 +138,6 @@ def calibrate(
         "inside_images": fitted.positives,
         "outside_images": fitted.negatives,
         "outside_sets": len(negative_rows),
+        "held_out": fitted.held_out,
     }
     return fitted.to_dict(), summary
