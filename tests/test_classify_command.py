@@ -130,3 +130,7 @@ def test_classify_allow_none(hub: dict[str, Any], tmp_path: Path, capsys) -> Non
     out = capsys.readouterr().out
     rejected = sum(p.none_of_these for p in direct)
     assert f'"none of these": {rejected} of {len(files)} images' in out and "threshold" in out
+    # ... and what the threshold is worth: the plan's held-out AUROC on probe images (one
+    # source of Fashion probes: stratified folds).
+    auroc = direct.plan.document["none_of_these"]["probe_auroc"]
+    assert f"probe images, held-out folds: AUROC {auroc:.2f}" in " ".join(out.split())

@@ -400,10 +400,24 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
         rejected = sum(p.none_of_these for p in result)
         console.print(
             f'"none of these": {rejected} of {len(result)} images '
-            f"(threshold {result.none_threshold:.3f})"
+            f"(threshold {result.none_threshold:.3f}{_none_check(plan)})"
         )
     console.print(f"select {t.select_ms:.0f} ms · classify {t.classify_ms:.0f} ms")
     return 1 if failed else 0
+
+
+def _none_check(plan: Any) -> str:
+    """How the plan's "none of these" score did on held-out probe images, as a clause: what
+    a user can expect of the threshold (`select/none_calibration`)."""
+    summary = (plan.document.get("none_of_these") or {}) if plan is not None else {}
+    auroc = summary.get("probe_auroc")
+    if not isinstance(auroc, int | float):
+        return ""
+    how = {
+        "sources": "one probe source held out at a time",
+        "folds": "held-out folds",
+    }.get(str(summary.get("held_out", "folds")), "held out")
+    return f"; probe images, {how}: AUROC {auroc:.2f}"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
