@@ -166,6 +166,44 @@ def test_busy_graph_threads_are_waited_for_and_abandoned_ones_refuse_at_once() -
         graph.close()
 
 
+@pytest.mark.neo4j
+def test_close_waits_for_a_call_its_caller_gave_up_on(neo4j_settings) -> None:
+    """A caller gave up (deadline) on a call that still runs on a graph thread and will use
+    the driver: close() lets it end before closing the driver under it (closing a connection
+    another thread writes to broke the driver's buffers: BufferError at service shutdown
+    after a frozen database resumed). A call that never ends is not waited for past the
+    bound."""
+    import threading
+    import time
+
+    graph = db.Graph(neo4j_settings)
+    graph.verify()
+    ended: dict[str, float] = {}
+
+    def late_query() -> int:
+        time.sleep(0.5)  # the server "resumes" after the caller has given up
+        value = graph.driver.execute_query("RETURN 1 AS one").records[0]["one"]
+        ended["call"] = time.monotonic()
+        return int(value)
+
+    with pytest.raises(DeadlineExceeded, match="did not answer"):
+        graph._bounded(late_query, 0.1)
+    graph.close()
+    closed = time.monotonic()
+    assert "call" in ended and ended["call"] <= closed  # it ran to the end, then the close
+
+    stuck = threading.Event()
+    hung = db.Graph(neo4j_settings)
+    try:
+        with pytest.raises(DeadlineExceeded):
+            hung._bounded(lambda: stuck.wait(30), 0.1)
+        start = time.monotonic()
+        hung.close(wait_s=0.3)
+        assert time.monotonic() - start < 5  # bounded: a server that never answers
+    finally:
+        stuck.set()
+
+
 def test_long_computations_stop_at_the_request_deadline() -> None:
     """deadline.check: selection's pure steps stop once the caller's deadline has passed
     (no server needed), and never outside a request."""

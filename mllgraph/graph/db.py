@@ -17,6 +17,7 @@ health checks notice.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,9 +51,13 @@ from mllgraph.graph import cypher, deadline, user_query
 from mllgraph.settings import Settings, password_file
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 Row = dict[str, Any]
 
 GRAPH_WORKERS = 16  # driver calls under a deadline in flight at once, per Graph
+# How long `close` waits for calls still running on the graph threads before it closes the
+# driver under them (their server may not answer at all).
+CLOSE_WAIT_S = 5.0
 VERIFY_TIMEOUT_S = 10.0  # how long `verify` waits for the server
 
 
@@ -148,6 +153,7 @@ class Graph:
         self._pool: ThreadPoolExecutor | None = None
         self._slots = threading.Condition()
         self._in_flight = 0  # calls holding a graph thread
+        self._running = 0  # of those, calls a graph thread is running now (`close` waits)
         self._abandoned = 0  # of those, calls whose caller gave up (past its deadline)
 
     def __enter__(self) -> Graph:
@@ -156,10 +162,28 @@ class Graph:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Close the driver. Calls still running on the graph threads (their callers may have
+        given up on a server that did not answer) hold its connections, and closing a
+        connection another thread is writing to breaks the driver's buffers (BufferError): they
+        get `wait_s` seconds to end first. A server that still does not answer is not waited
+        for longer; closing under its calls is then logged, not raised (we are shutting down)."""
         if self._pool is not None:
-            # Threads still waiting on a server that does not answer are not waited for.
             self._pool.shutdown(wait=False, cancel_futures=True)
+            end = time.monotonic() + wait_s
+            with self._slots:
+                while self._running and (left := end - time.monotonic()) > 0:
+                    self._slots.wait(min(left, 0.1))  # notify() may wake a caller instead
+                running = self._running
+            if running:
+                try:
+                    self.driver.close()
+                except Exception as e:  # the driver's state under a live call: undefined
+                    log.warning(
+                        "neo4j_close_under_running_calls uri=%s running=%d error=%r",
+                        self.settings.bolt_uri, running, e,
+                    )  # fmt: skip
+                return
         self.driver.close()
 
     def _bounded(self, call: Callable[[], T], wait_s: float) -> T:
@@ -190,11 +214,14 @@ class Graph:
         state = {"released": False, "abandoned": False}  # both guarded by self._slots
 
         def run() -> T:
+            with self._slots:
+                self._running += 1
             try:
                 return call()
             finally:
                 with self._slots:
                     state["released"] = True
+                    self._running -= 1
                     self._in_flight -= 1
                     if state["abandoned"]:
                         self._abandoned -= 1
