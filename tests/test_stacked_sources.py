@@ -234,12 +234,13 @@ def test_only_a_concept_probed_from_two_sources_names_its_sources() -> None:
     }  # fmt: skip
 
 
-def test_matrix_sources_name_each_row_probe_matrix_gives() -> None:
+def test_row_sources_name_each_row_probe_matrix_gives() -> None:
     # The none-of-these calibration leaves one source out at a time: each of its rows must
     # carry its own set's source, in the order probe_matrix lays the rows out (sets by id,
     # only the images every model has outputs for).
     from mllgraph.hub.probe_outputs import ProbeOutputs
-    from mllgraph.select.probe_data import matrix_sources, probe_matrix
+    from mllgraph.select.none_calibration import _row_sources
+    from mllgraph.select.probe_data import probe_matrix
 
     rows = [
         {"class_index": 0, "set_id": "dog-b", "wnid": "n1", "distance": 0, "source": "emoji:b"},
@@ -256,7 +257,7 @@ def test_matrix_sources_name_each_row_probe_matrix_gives() -> None:
         "n": ProbeOutputs(data[:6].astype(np.float16), short, 1.0),
     }
     labels, logits, _ = probe_matrix(rows, outputs, 2)
-    sources = matrix_sources(rows, outputs)
+    sources = _row_sources(rows, outputs, 2)
     assert logits["m"][:, 0].tolist() == [0, 1, 2, 10, 11, 20]
     assert labels.tolist() == [1, 1, 1, 0, 0, 0]
     assert sources.tolist() == ["", "", "", "emoji:a", "emoji:a", "emoji:b"]

@@ -423,10 +423,11 @@ def _held_out_folds(y: np.ndarray, sources: np.ndarray | None, seed: int) -> np.
     side."""
     if sources is None:
         return None
+    sources = np.asarray(sources)
     if len(sources) != len(y):
         raise InvalidArgument(f"sources has {len(sources)} entries for {len(y)} images")
-    folds = source_folds(y, 2, np.asarray(sources), seed)
-    if folds is None or np.unique(np.asarray(sources)[y == 0]).size < 2:
+    folds = source_folds(y, 2, sources, seed)
+    if folds is None or np.unique(sources[y == 0]).size < 2:
         return None
     for k in np.unique(folds):
         if np.unique(y[folds != k]).size < 2:

@@ -168,6 +168,7 @@ class Graph:
         connection another thread is writing to breaks the driver's buffers (BufferError): they
         get `wait_s` seconds to end first. A server that still does not answer is not waited
         for longer; closing under its calls is then logged, not raised (we are shutting down)."""
+        running = 0
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             end = time.monotonic() + wait_s
@@ -175,16 +176,15 @@ class Graph:
                 while self._running and (left := end - time.monotonic()) > 0:
                     self._slots.wait(min(left, 0.1))  # notify() may wake a caller instead
                 running = self._running
-            if running:
-                try:
-                    self.driver.close()
-                except Exception as e:  # the driver's state under a live call: undefined
-                    log.warning(
-                        "neo4j_close_under_running_calls uri=%s running=%d error=%r",
-                        self.settings.bolt_uri, running, e,
-                    )  # fmt: skip
-                return
-        self.driver.close()
+        try:
+            self.driver.close()
+        except Exception as e:  # under a live call the driver's state is undefined
+            if not running:
+                raise
+            log.warning(
+                "neo4j_close_under_running_calls uri=%s running=%d error=%r",
+                self.settings.bolt_uri, running, e,
+            )  # fmt: skip
 
     def _bounded(self, call: Callable[[], T], wait_s: float) -> T:
         """`call()` on the graph threads, waited for at most `wait_s` seconds.

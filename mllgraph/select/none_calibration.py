@@ -26,12 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from mllgraph.combine import none_of_these
+from mllgraph.combine import none_of_these, stacked
 from mllgraph.errors import FailedPrecondition
 from mllgraph.hub import probe_outputs
 from mllgraph.plan import apply
 from mllgraph.plan.document import parse_plan
-from mllgraph.select.probe_data import ProbeOutputCache, matrix_sources, probe_matrix
+from mllgraph.select.probe_data import (
+    ProbeOutputCache,
+    class_probes,
+    probe_matrix,
+    probe_sources,
+)
 from mllgraph.select.reads import Reads
 from mllgraph.settings import Settings
 
@@ -67,6 +72,13 @@ def outside_sets(
         if len(out) >= limit:
             break
     return out
+
+
+def _row_sources(
+    rows: list[dict[str, Any]], outs: dict[str, probe_outputs.ProbeOutputs], k: int
+) -> np.ndarray:
+    """(N,) each `probe_matrix(rows, outs, k)` row's source (`stacked.row_sources`)."""
+    return stacked.row_sources(class_probes(rows, outs, k), probe_sources(rows))
 
 
 def _even(n: int, cap: int) -> np.ndarray:
@@ -110,9 +122,13 @@ def calibrate(
     keep_in, keep_out = _even(n_in, MAX_INSIDE_IMAGES), _even(n_out, MAX_OUTSIDE_IMAGES)
     inside = {m: v[keep_in] for m, v in inside.items()}
     outside = {m: v[keep_out] for m, v in outside.items()}
-    # Where each image comes from: the fit's held-out scores leave one source out at a time.
+    # Where each image comes from, in probe_matrix's row order (as the stacked rule reads it):
+    # the fit's held-out scores leave one source out at a time.
     sources = np.concatenate(
-        [matrix_sources(probe_rows, outs)[keep_in], matrix_sources(negative_rows, outs)[keep_out]]
+        [
+            _row_sources(probe_rows, outs, len(plan.class_names))[keep_in],
+            _row_sources(negative_rows, outs, 1)[keep_out],
+        ]
     )
     heads = none_of_these.task_heads(plan.assignment)
     temperatures = {m: float(outs[m].temperature) for m in plan.models}

@@ -200,16 +200,6 @@ def probe_sources(probe_rows: list[dict[str, Any]]) -> dict[str, str]:
     }
 
 
-def matrix_sources(
-    probe_rows: list[dict[str, Any]], outputs: dict[str, probe_outputs.ProbeOutputs]
-) -> np.ndarray:
-    """(N,) the source of each row `probe_matrix` gives for the same arguments, as
-    `probe_sources` names them ("" where the concept has one source only)."""
-    sources = probe_sources(probe_rows)
-    _, usable = _usable_sets(probe_rows, outputs)
-    return np.array([sources[s] for s, n in usable for _ in range(n)], dtype=str)
-
-
 def probe_matrix(
     probe_rows: list[dict[str, Any]], outputs: dict[str, probe_outputs.ProbeOutputs], k: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
