@@ -26,6 +26,7 @@ from typing import Any
 
 from mllgraph.graph.wordnet import concept_display_name
 from mllgraph.plan import document as plan_doc
+from mllgraph.select.cost_front import COST_TIE
 from mllgraph.v1 import common_pb2, selection_pb2
 from mllgraph.wire import (
     COVERAGE_TO_PROTO,
@@ -464,6 +465,7 @@ def _cost_note(plan: dict[str, Any]) -> str:
         text += (
             f"; the cheapest of {len(front)} plans on the accuracy-cost front within "
             f"{slack * 100:.2g} point(s) of the best estimate ({best_acc} at "
-            f"{float(best['cost_ms_per_image']):.3g} ms)"
+            f"{float(best['cost_ms_per_image']):.3g} ms), costs within "
+            f"{COST_TIE * 100:.0f}% of it counted as equal"
         )
     return text + "."

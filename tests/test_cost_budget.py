@@ -135,6 +135,33 @@ def test_cheapest_within_and_non_dominated() -> None:
     assert [p.models for p in front] == [("c",), ("a",)]
 
 
+def test_costs_within_the_tie_band_count_as_equal_and_the_estimate_decides() -> None:
+    # Two plans a measurement's noise apart in cost: the better estimate is served.
+    near = [(0.900, 27.0), (0.902, 28.0)]
+    assert cheapest_within(near, 0.005) == 1
+    assert cheapest_within(near, 0.005, cost_tie=0.0) == 0  # the rule without the band
+    # Clearly cheaper (beyond the band): the cheaper plan, as before.
+    assert cheapest_within([(0.900, 20.0), (0.902, 28.0)], 0.005) == 0
+    # The band is measured from the cheapest plan within the slack, not from one outside it.
+    assert cheapest_within([(0.80, 1.0), (0.900, 27.0), (0.902, 28.0)], 0.005) == 2
+    # Equal estimates in the band: the cheaper.
+    assert cheapest_within([(0.90, 28.0), (0.90, 27.0)], 0.005) == 1
+
+
+def test_cost_noise_within_the_band_does_not_change_the_plan_served() -> None:
+    """Costs remeasured with up to 10% error each (less than the band): one plan, always.
+    Without the band the same noise flips the choice (so the test can fail)."""
+    rng = np.random.default_rng(0)
+    chosen, chosen_no_band = set(), set()
+    for _ in range(200):
+        lite01, lite2 = 27.0 * rng.uniform(0.9, 1.1), 28.0 * rng.uniform(0.9, 1.1)
+        pts = [(0.900, lite01), (0.902, lite2), (0.70, 0.5)]
+        chosen.add(cheapest_within(pts, 0.005))
+        chosen_no_band.add(cheapest_within(pts, 0.005, cost_tie=0.0))
+    assert chosen == {1}
+    assert chosen_no_band == {0, 1}
+
+
 @pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, "5"])
 def test_a_bad_max_cost_is_refused_naming_it(bad) -> None:
     with pytest.raises(InvalidArgument, match="max_cost"):

@@ -176,7 +176,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--runs",
         type=int,
         default=5,
-        help="select --hub: runs of each whole command (0: none)",
+        help="select --hub: runs of each whole command (0: none); cost-repeat: measurements "
+        "per model, quiet and again loaded",
     )
     g.add_argument(
         "--series-budget-s",
@@ -184,6 +185,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="select --hub: stop a series (or a command's runs) after this many seconds, one "
         "request at least (a loaded machine); default: no limit",
+    )
+    g = p.add_argument_group("cost-repeat")
+    g.add_argument(
+        "--load",
+        type=int,
+        default=2,
+        help="cost-repeat: CPU-bound processes beside the loaded half (default 2)",
+    )
+    g.add_argument(
+        "--models-like",
+        default="",
+        help="cost-repeat: only models whose id contains this (default: every model)",
+    )
+    g.add_argument(
+        "--fronts",
+        nargs="+",
+        metavar="REPORT",
+        help="cost-repeat: reports whose tasks carry their cost_front (e.g. a bench zeroshot "
+        "JSON): how often the served plan changes with the measured costs",
     )
     p.add_argument("--models", type=int, default=1000, help="ingest: synthetic models")
     p.add_argument("--samples-per-concept", type=int, default=100)

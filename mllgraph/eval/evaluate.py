@@ -150,6 +150,10 @@ class TaskResult:
     # Per uncovered class, why (plan/document.UNCOVERED_WHY): "no head" or "not chosen".
     uncovered_why: dict[str, str] = field(default_factory=dict)
     hindsight_model: str | None = None  # the expert the hindsight baseline picked
+    # The served plan's cost (ms per image) and the accuracy-cost front it was chosen from:
+    # which plan a task gets can move with measured costs, and the report shows how.
+    cost_ms: float | None = None
+    cost_front: list[dict[str, Any]] = field(default_factory=list)
 
     def uncovered_text(self) -> str:
         """E.g. "sweater (not chosen), tee (no head); scored by stacked", or "-"."""
@@ -208,6 +212,8 @@ def run_suite(
             uncovered_why={
                 c["name"]: c["uncovered_why"] for c in plan["classes"] if "uncovered_why" in c
             },
+            cost_ms=plan.get("cost_ms_per_image"),
+            cost_front=list(plan.get("cost_front") or []),
         )
         cands, temps = candidates_for(graph, settings, task, resolver, models)
         view = TaskView(k, cands, temps, logits, idx, labels, logits.in_domain)

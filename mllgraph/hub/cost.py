@@ -19,7 +19,6 @@ with the device synchronised. `cost_clock` says which ("cpu" or "wall").
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +33,11 @@ if TYPE_CHECKING:  # torch is imported where a model is timed: listing costs sta
     from mllgraph.hub.preprocess import InputSpec
 
 COST_BATCH = 8  # images per timed batch
-COST_REPEATS = 5  # timed batches; their median is taken (a busy machine's outliers fall away)
+# Timed batches; their minimum is taken. Other work on the machine only adds to a batch's CPU
+# time (cache and memory-bandwidth contention), so the least-disturbed batch is the model's
+# own cost: across repeated measurements, quiet and under load, the minimum moved less than
+# the median (`mllgraph bench cost-repeat`, reports/cost_repeat.json).
+COST_REPEATS = 5
 # Fewer timed batches for a slow model, so that measuring a large one stays within seconds.
 COST_TIME_BUDGET_S = 3.0
 # The estimate for an unmeasured model: ms per million float32 parameters at 224 x 224 pixels,
@@ -52,8 +55,30 @@ def measure(
     batch: int = COST_BATCH,
     repeats: int = COST_REPEATS,
 ) -> dict[str, Any]:
-    """Time `model` on random images of `spec`'s size: {cost_ms_per_image (median of `repeats`
-    batches of `batch`, after one warm-up batch), cost_device, cost_threads, cost_batch}."""
+    """Time `model` on random images of `spec`'s size: {cost_ms_per_image (the least of
+    `repeats` batches of `batch`, after one warm-up batch), cost_device, cost_threads,
+    cost_batch, cost_clock}."""
+    timed = time_batches(model, spec, device, cpu_chunk=cpu_chunk, batch=batch, repeats=repeats)
+    return {
+        "cost_ms_per_image": min(timed["ms_per_image"]),
+        "cost_device": timed["device"],
+        "cost_threads": timed["threads"],
+        "cost_batch": int(batch),
+        "cost_clock": timed["clock"],
+    }
+
+
+def time_batches(
+    model: nn.Module,
+    spec: InputSpec,
+    device: str,
+    *,
+    cpu_chunk: int = 0,
+    batch: int = COST_BATCH,
+    repeats: int = COST_REPEATS,
+) -> dict[str, Any]:
+    """Each timed batch's ms per image (after one warm-up batch; fewer than `repeats` for a
+    model whose warm-up took long), with the device, clock and threads they were timed on."""
     import torch
 
     from mllgraph.hub import forward
@@ -81,11 +106,10 @@ def measure(
             _sync(dev)
             times.append(clock() - t)
     return {
-        "cost_ms_per_image": statistics.median(times) * 1000 / batch,
-        "cost_device": dev.type,
-        "cost_threads": 1 if on_cpu else int(torch.get_num_threads()),
-        "cost_batch": int(batch),
-        "cost_clock": "cpu" if on_cpu else "wall",
+        "ms_per_image": [s * 1000 / batch for s in times],
+        "device": dev.type,
+        "threads": 1 if on_cpu else int(torch.get_num_threads()),
+        "clock": "cpu" if on_cpu else "wall",
     }
 
 

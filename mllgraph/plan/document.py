@@ -61,8 +61,10 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # senses of a lemma none of which WordNet tagged); 19: a task with classes without probe
 # images keeps the stacked rule for the others, `StackedRule.classes`; 20: where the task's
 # probe images come from several sources, the "none of these" threshold is set on scores that
-# leave one source out at a time, combine/none_of_these).
-SELECTION_VERSION = 20
+# leave one source out at a time, combine/none_of_these; 21: plan costs within
+# select/cost_front.COST_TIE of the cheapest within the slack count as equal, and the best
+# estimate among them is served).
+SELECTION_VERSION = 21
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2

@@ -5,7 +5,8 @@ maximises accuracy under the model count and the cost cap; the front is found by
 under a cap just below the last plan's cost (the epsilon-constraint method), so each solve
 yields the best plan the solver finds that is strictly cheaper than the one before. The plan
 served is the cheapest on the front whose estimate lies within `accuracy_slack` of the best
-estimate (`cheapest_within`): a point of accuracy is rarely worth ten times the compute.
+estimate (`cheapest_within`): a point of accuracy is rarely worth ten times the compute. Costs
+within `COST_TIE` of each other are not told apart (measurement noise), the estimate decides.
 
 Pure: no graph, no files. Imports plan and below, and `select.chco`.
 """
@@ -22,6 +23,12 @@ from mllgraph.select import chco
 
 # Solves per front at most (the first included): each is one CHCO run.
 FRONT_MAX_PLANS = 6
+# Costs within this fraction of the cheapest eligible plan's count as equal when the plan to
+# serve is picked (the better estimate wins among them). A model's measured cost moves
+# between measurements (another time, another load); without the band, a rebuilt hub could
+# serve another plan for the same task because of that noise alone. The spread it covers is
+# measured by `mllgraph bench cost-repeat` (reports/cost_repeat.json).
+COST_TIE = 0.25
 # A cap just below a plan's cost excludes it: `chco._within_cost` allows 1e-9 relative.
 _BELOW = 1e-6
 
@@ -47,14 +54,20 @@ def _score(estimate: float) -> float:
     return -math.inf if estimate is None or math.isnan(estimate) else float(estimate)
 
 
-def cheapest_within(points: Sequence[tuple[float, float]], slack: float) -> int:
-    """Index of the cheapest (estimate, cost) whose estimate is within `slack` of the best;
-    equal costs: the higher estimate, then the earlier point. A NaN estimate ranks last."""
+def cheapest_within(
+    points: Sequence[tuple[float, float]], slack: float, cost_tie: float = COST_TIE
+) -> int:
+    """Index of the plan to serve among (estimate, cost) points: of those whose estimate is
+    within `slack` of the best, the cheapest; but costs within `cost_tie` (relative) of that
+    cheapest one count as equal, and of those the higher estimate wins (then the lower cost,
+    then the earlier point). A NaN estimate ranks last."""
     if not points:
         raise ValueError("cheapest_within: no points")
     best = max(_score(e) for e, _ in points)
     ok = [i for i, (e, _) in enumerate(points) if _score(e) >= best - slack or best == -math.inf]
-    return min(ok, key=lambda i: (points[i][1], -_score(points[i][0]), i))
+    floor = min(points[i][1] for i in ok)
+    tied = [i for i in ok if points[i][1] <= floor * (1 + cost_tie)]
+    return min(tied, key=lambda i: (-_score(points[i][0]), points[i][1], i))
 
 
 def non_dominated(points: Sequence[FrontPoint]) -> list[FrontPoint]:

@@ -69,7 +69,8 @@ def stacked_choice(
     those with the stacked rule over them: whichever serves the probe images better (the
     stacked rule's out-of-fold accuracy where it is kept, else the per-class rule's
     estimate, for either plan), by the same rule as CHCO's front: the cheapest (ms per
-    image) unless another is more than `options.accuracy_slack` better. Ties keep CHCO's.
+    image) unless another is more than `options.accuracy_slack` better, costs within
+    `cost_front.COST_TIE` counted as equal (the better estimate). Ties keep CHCO's.
     With model costs the screen runs twice: over every model, and over the models no
     costlier than CHCO's whole plan. The screen's models must fit the problem's cost cap.
     `own_candidates(models)`: those models' own candidate heads, for CHCO's plan restricted

@@ -29,6 +29,7 @@ BENCHES = {
     "patch": ("patch", "bench_patch"),
     "grounding": ("grounding", "bench_grounding"),
     "cost": ("cost", "bench_cost"),
+    "cost-repeat": ("cost_repeat", "bench_cost_repeat"),
     "estimates": ("estimates", "bench_estimates"),
 }
 
