@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mllgraph.eval.bench.cost_repeat import _flips, _summary
+from mllgraph.eval.bench.cost_repeat import _flips, _pair_ratios, _summary
 from mllgraph.hub import cost as hub_cost
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.select.cost_front import COST_TIE
@@ -52,3 +52,14 @@ def test_plan_flips_count_rounds_whose_costs_serve_another_point() -> None:
     assert (flips["fronts"], flips["fronts_measured"]) == (2, 1)
     assert flips["min_band_0"] == {"tasks_flipping": 1, "round_pairs_differing": 1.0}
     assert flips[f"min_band_{COST_TIE:g}"] == {"tasks_flipping": 0, "round_pairs_differing": 0.0}
+
+
+def test_pair_ratios_compare_every_two_measurements_of_one_model() -> None:
+    models = {
+        "a": _summary({"quiet": [[1.0], [1.1]], "loaded": [[1.2]]}),
+        "b": _summary({"quiet": [[4.0], [4.0]], "loaded": [[4.0]]}),
+    }
+    r = _pair_ratios(models, "min")
+    assert r["pairs"] == 6 and r["max"] == pytest.approx(1.2)
+    # The six ratios: 1, 1, 1 (b), 1.1, 1.2, 1.2 / 1.1 (a); their median halfway 1 to 1.0909.
+    assert r["p50"] == pytest.approx((1.0 + 1.2 / 1.1) / 2, abs=1e-3)  # rounded to 3 places

@@ -10,16 +10,18 @@ round so that each sees the same machine. Per model and per aggregate of a measu
 batches (median, min): the largest over the smallest of its measurements, quiet, loaded and
 both together. The recorded cost on each node is not changed.
 
-`--fronts REPORT.json ...` (reports whose tasks carry their `cost_front`, e.g. a `bench
-zeroshot` report) adds what that spread does to plans: each front's points are costed with
-every round's measurements and the served point picked (`cost_front.cheapest_within`, with and
-without the cost band); a task "flips" when two rounds serve different points. The fronts are
-taken as recorded: a front CHCO would find under other costs is not solved again.
+`--fronts REPORT.json ...` (reports whose task rows carry their front: `cost_front` in a
+`bench zeroshot` report, `front` in `bench cost`'s) adds what that spread does to plans: each
+front's points are costed with every round's measurements and the served point picked
+(`cost_front.cheapest_within`, with and without the cost band); a task "flips" when two rounds
+serve different points. The fronts are taken as recorded: a front CHCO would find under other
+costs is not solved again.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -27,6 +29,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mllgraph.plan.request import ACCURACY_SLACK
 from mllgraph.select.cost_front import COST_TIE, cheapest_within
@@ -74,6 +78,7 @@ def bench_cost_repeat(settings: Settings, args: argparse.Namespace) -> dict[str,
         }
         for agg in AGGREGATES
     }
+    pair_ratio = {agg: _pair_ratios(models, agg) for agg in AGGREGATES}
     fronts = _fronts(getattr(args, "fronts", None) or [])
     flips = _flips(fronts, models) if fronts else None
     return {
@@ -83,6 +88,7 @@ def bench_cost_repeat(settings: Settings, args: argparse.Namespace) -> dict[str,
         "load_processes": burners,
         "models": models,
         "worst_spread": spread,
+        "pair_ratio": pair_ratio,
         "method": (
             "each model loaded once and timed as registration times it (hub.cost.time_batches:"
             f" one warm-up batch, then up to {hub_cost.COST_REPEATS} batches of "
@@ -90,7 +96,8 @@ def bench_cost_repeat(settings: Settings, args: argparse.Namespace) -> dict[str,
             f" rounds with nothing else started, then {rounds} with {burners} busy-looping "
             "Python processes beside it; models interleaved, rotated per round. A "
             "measurement's cost is the median or the min of its batches; spread = largest / "
-            "smallest measurement of a model."
+            "smallest measurement of a model; pair_ratio: percentiles of larger / smaller over "
+            "every two measurements of one model."
         ),
     }
 
@@ -110,14 +117,28 @@ def _summary(phases: dict[str, list[list[float]]]) -> dict[str, Any]:
     return out
 
 
+def _pair_ratios(models: dict[str, Any], agg: str) -> dict[str, float]:
+    """Percentiles of larger / smaller over every two measurements of one model (all models):
+    how far apart two measurements of one cost fall. `cost_front.COST_TIE` is set from it."""
+    ratios = sorted(
+        max(a, b) / min(a, b)
+        for s in models.values()
+        for a, b in itertools.combinations(s[agg]["quiet"] + s[agg]["loaded"], 2)
+    )
+    at = {"p50": 0.5, "p90": 0.9, "p95": 0.95}
+    out = {k: round(float(np.quantile(ratios, q)), 3) for k, q in at.items()}
+    return {**out, "max": round(ratios[-1], 3), "pairs": len(ratios)}
+
+
 def _fronts(paths: list[str]) -> dict[str, list[dict[str, Any]]]:
     """{report:task: its recorded front} from the rows (at any depth) that carry one."""
     out: dict[str, list[dict[str, Any]]] = {}
 
     def walk(x: Any, where: str) -> None:
         if isinstance(x, dict):
-            if isinstance(x.get("cost_front"), list) and len(x["cost_front"]) > 1:
-                out[f"{where}:{x.get('task')}"] = x["cost_front"]
+            front = x.get("cost_front", x.get("front"))  # bench zeroshot's, bench cost's
+            if isinstance(front, list) and len(front) > 1 and "task" in x:
+                out[f"{where}:{x['task']}:{x.get('policy', '')}"] = front
             for v in x.values():
                 walk(v, where)
         elif isinstance(x, list):
