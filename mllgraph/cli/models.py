@@ -324,7 +324,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: every model without a measured cost)",
     )
     q.add_argument("model_id", nargs="*")
-    q.add_argument("--all", action="store_true", help="measure every model again")
+    q.add_argument(
+        "--all",
+        action="store_true",
+        help="measure every model again, one after the other: costs measured on other days "
+        "(another load, another machine speed) then compare like with like",
+    )
     q = s.add_parser(
         "domain",
         help="describe a model's input domain from images like its training images: on "
