@@ -20,7 +20,7 @@ def test_time_batches_times_each_batch_and_measure_takes_the_least() -> None:
     assert len(timed["ms_per_image"]) == 3 and all(t > 0 for t in timed["ms_per_image"])
     assert (timed["device"], timed["clock"], timed["threads"]) == ("cpu", "cpu", 1)
     cost = hub_cost.measure(model, spec, "cpu", batch=4, repeats=3)
-    assert cost["cost_ms_per_image"] > 0 and cost["cost_clock"] == "cpu"
+    assert cost["cost_ms_per_image"] > 0 and (cost["cost_clock"], cost["cost_batch"]) == ("cpu", 4)
     assert torch.get_num_threads() >= 1  # the one-thread block restored the setting
 
 

@@ -47,24 +47,16 @@ COST_TIME_BUDGET_S = 3.0
 ESTIMATE_MS_PER_MPARAM_224 = 3.0
 
 
-def measure(
-    model: nn.Module,
-    spec: InputSpec,
-    device: str,
-    *,
-    cpu_chunk: int = 0,
-    batch: int = COST_BATCH,
-    repeats: int = COST_REPEATS,
-) -> dict[str, Any]:
-    """Time `model` on random images of `spec`'s size: {cost_ms_per_image (the least of
-    `repeats` batches of `batch`, after one warm-up batch), cost_device, cost_threads,
-    cost_batch, cost_clock}."""
-    timed = time_batches(model, spec, device, cpu_chunk=cpu_chunk, batch=batch, repeats=repeats)
+def measure(model: nn.Module, spec: InputSpec, device: str, **timing: int) -> dict[str, Any]:
+    """Time `model` on random images of `spec`'s size: {cost_ms_per_image (the least of the
+    timed batches), cost_device, cost_threads, cost_batch, cost_clock}. `timing`: the keyword
+    arguments of `time_batches` (cpu_chunk, batch, repeats)."""
+    timed = time_batches(model, spec, device, **timing)
     return {
         "cost_ms_per_image": min(timed["ms_per_image"]),
         "cost_device": timed["device"],
         "cost_threads": timed["threads"],
-        "cost_batch": int(batch),
+        "cost_batch": timed["batch"],
         "cost_clock": timed["clock"],
     }
 
@@ -108,6 +100,7 @@ def time_batches(
             times.append(clock() - t)
     return {
         "ms_per_image": [s * 1000 / batch for s in times],
+        "batch": int(batch),
         "device": dev.type,
         "threads": 1 if on_cpu else int(torch.get_num_threads()),
         "clock": "cpu" if on_cpu else "wall",
