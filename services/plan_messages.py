@@ -466,6 +466,6 @@ def _cost_note(plan: dict[str, Any]) -> str:
             f"; the cheapest of {len(front)} plans on the accuracy-cost front within "
             f"{slack * 100:.2g} point(s) of the best estimate ({best_acc} at "
             f"{float(best['cost_ms_per_image']):.3g} ms), costs within "
-            f"{COST_TIE * 100:.0f}% of it counted as equal"
+            f"{COST_TIE * 100:.0f}% of the cheapest such plan counted as equal"
         )
     return text + "."

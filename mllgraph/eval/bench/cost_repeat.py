@@ -40,6 +40,7 @@ AGGREGATES = {"median": statistics.median, "min": min}
 
 
 def bench_cost_repeat(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from mllgraph.eval.bench.common import git_commit
     from mllgraph.graph import db
     from mllgraph.hub import cost as hub_cost
     from mllgraph.hub import loading, registry
@@ -82,6 +83,7 @@ def bench_cost_repeat(settings: Settings, args: argparse.Namespace) -> dict[str,
     fronts = _fronts(getattr(args, "fronts", None) or [])
     flips = _flips(fronts, models) if fronts else None
     return {
+        "commit": git_commit(),
         "device": str(device),
         "plan_flips": flips,
         "rounds_per_phase": rounds,
@@ -103,16 +105,16 @@ def bench_cost_repeat(settings: Settings, args: argparse.Namespace) -> dict[str,
 
 
 def _summary(phases: dict[str, list[list[float]]]) -> dict[str, Any]:
+    """Per aggregate: each measurement's cost per phase, and each phase's spread (and both
+    phases' together, "all")."""
     out: dict[str, Any] = {"batches_ms": phases}
     for agg, f in AGGREGATES.items():
-        values = {phase: [f(b) for b in runs] for phase, runs in phases.items()}
-        both = values["quiet"] + values["loaded"]
+        values = {phase: [f(b) for b in phases[phase]] for phase in ("quiet", "loaded")}
+        values["all"] = values["quiet"] + values["loaded"]
         out[agg] = {
             "quiet": [round(v, 3) for v in values["quiet"]],
             "loaded": [round(v, 3) for v in values["loaded"]],
-            "spread_quiet": round(max(values["quiet"]) / min(values["quiet"]), 3),
-            "spread_loaded": round(max(values["loaded"]) / min(values["loaded"]), 3),
-            "spread_all": round(max(both) / min(both), 3),
+            **{f"spread_{k}": round(max(v) / min(v), 3) for k, v in values.items()},
         }
     return out
 
@@ -177,12 +179,14 @@ def _flips(fronts: dict[str, list[dict[str, Any]]], models: dict[str, Any]) -> d
 
 
 def _served(front: list[dict[str, Any]], costs: dict[str, float], band: float) -> int:
-    estimate = [p.get("estimated_accuracy") for p in front]
-    points = [
-        (math.nan if e is None else float(e), sum(costs[m] for m in p["models"]))
-        for e, p in zip(estimate, front, strict=True)
-    ]
+    """The front point served under these model costs (a missing estimate ranks last)."""
+    points = [(_estimate(p), sum(costs[m] for m in p["models"])) for p in front]
     return cheapest_within(points, ACCURACY_SLACK, cost_tie=band)
+
+
+def _estimate(point: dict[str, Any]) -> float:
+    e = point.get("estimated_accuracy")
+    return math.nan if e is None else float(e)
 
 
 def _burn(n: int) -> list[subprocess.Popen[bytes]]:
