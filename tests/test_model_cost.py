@@ -141,3 +141,42 @@ def test_cli_shows_costs(hub: dict[str, Any], capsys: pytest.CaptureFixture[str]
     args = cli.build_parser().parse_args(["select", ",".join(CLASSES), "--max-cost-ms", "nan"])
     with pytest.raises(InvalidArgument, match="max_cost_ms"):
         args.handler(args, settings)
+
+
+def test_bench_cost_repeat_measures_again_without_recording(
+    hub: dict[str, Any], tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README's `mllgraph bench cost-repeat`: every matching model measured `--runs` times per
+    phase, the spreads and the flips of a given front reported, the nodes' costs unchanged;
+    a filter no model matches exits naming it."""
+    import json
+    import os
+
+    from mllgraph import cli
+
+    graph, settings, models = hub["graph"], hub["settings"], hub["models"]
+    before = {m: registry.get_model(graph, m)["cost_ms_per_image"] for m in models}
+    front = [
+        {"models": [models[0]], "estimated_accuracy": 0.9},
+        {"models": models, "estimated_accuracy": 0.95},
+    ]
+    fronts = tmp_path / "fronts.json"
+    fronts.write_text(json.dumps({"tasks": [{"task": "t", "cost_front": front}]}))
+    like = os.path.commonprefix(models)
+    argv = ["bench", "cost-repeat", "--runs", "2", "--load", "0", "--models-like", like]
+    argv += ["--fronts", str(fronts), "--out", str(tmp_path)]
+    assert cli.main(argv, settings=settings) == 0
+    report = json.loads((tmp_path / "bench_cost-repeat.json").read_text())
+    assert sorted(report["models"]) == sorted(models) and report["load_processes"] == 0
+    for m in models:
+        assert (
+            len(report["models"][m]["min"]["quiet"])
+            == len(report["models"][m]["min"]["loaded"])
+            == 2
+        )
+    assert report["pair_ratio"]["min"]["pairs"] == 6 * len(models)  # 4 measurements: 6 pairs
+    assert report["plan_flips"]["fronts_measured"] == 1
+    assert {m: registry.get_model(graph, m)["cost_ms_per_image"] for m in models} == before
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="no-such-model"):
+        cli.main(["bench", "cost-repeat", "--models-like", "no-such-model"], settings=settings)

@@ -45,8 +45,8 @@ def bench_cost_repeat(settings: Settings, args: argparse.Namespace) -> dict[str,
     from mllgraph.hub import cost as hub_cost
     from mllgraph.hub import loading, registry
 
-    rounds = max(2, int(getattr(args, "runs", None) or 4))
-    burners = max(0, int(getattr(args, "load", None) or 2))
+    rounds = max(2, int(getattr(args, "runs", None) or 5))
+    burners = max(0, int(getattr(args, "load", 2)))  # 0: the loaded half runs alone too
     like = getattr(args, "models_like", None) or ""
     with db.connect(settings) as graph:
         records = [r for r in registry.list_models(graph, limit=1000) if like in r["id"]]
