@@ -613,6 +613,68 @@ def test_sub_hub_sees_its_own_heads_before_the_per_kind_limit(hub: Hub) -> None:
         assert [(h["model_id"], h["label_wnid"]) for h in kilt["heads"]] == [(mid, KILT)]
 
 
+class _CountingGraph:
+    """The hub's graph, counting the reads that reach it."""
+
+    def __init__(self, graph: Any) -> None:
+        self.graph, self.reads = graph, 0
+
+    def read(self, name: str, **params: Any) -> list[dict[str, Any]]:
+        self.reads += 1
+        return self.graph.read(name, **params)
+
+
+def test_own_candidates_merged_per_model_are_the_sub_hubs_query(hub: Hub) -> None:
+    """The stacked rule's screen asks for a few models' own candidates, another few per task.
+    Read and kept per concept and model, then merged and cut to the per-kind limit, they must
+    be exactly the rows the candidates query gives for that sub-hub, in its order; a subset
+    of models read before costs no read at all."""
+    from dataclasses import replace
+    from itertools import combinations
+
+    from mllgraph.select.cache import CatalogueCache
+    from mllgraph.select.reads import Reads
+
+    version = registry.catalogue_version(hub.graph)
+    counting = _CountingGraph(hub.graph)
+    cache = CatalogueCache(10_000)
+    cache.at(version)
+    cached = Reads(counting, cache, version)  # type: ignore[arg-type]
+    direct = Reads(hub.graph, None, version)
+    mids = sorted(hub.models.values())
+    tasks = [[CLOG, MOCCASIN, KILT], [CLOG, TOTE, KILT], [HANDBAG, CLOG, KILT], [TOTE]]
+    kinds: set[str] = set()
+    cut = False  # some sub-hub's answer lost rows to the limit
+    for limit in (1, 2, 50):
+        for allow_ancestor in (True, False):
+            options = plan_request.SelectOptions(
+                per_kind_limit=limit, allow_ancestor=allow_ancestor
+            )
+            for wnids in tasks:
+                for n in (1, 2, 3):
+                    for models in combinations(mids, n):
+                        want = direct.candidates(wnids, replace(options, models=models))
+                        got = cached.own_candidates(wnids, models, options)
+                        assert got == want, (limit, allow_ancestor, wnids, models)
+                        kinds |= {r["kind"] for r in want}
+                        everyone = direct.candidates(
+                            wnids, replace(options, models=models, per_kind_limit=50)
+                        )
+                        cut |= len(everyone) > len(want)
+    assert {"exact", "ancestor", "related"} <= kinds and cut  # the test sees what it tests
+    before = counting.reads
+    options = plan_request.SelectOptions(per_kind_limit=2)
+    cached.own_candidates([CLOG, TOTE, KILT], mids[1:], options)
+    assert counting.reads == before  # every (concept, model) pair was read above
+
+
+@pytest.mark.parametrize("name", ["ancestor_discount", "related_discount"])
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, float("nan"), True, "0.5"])
+def test_a_discount_outside_zero_to_one_is_refused(name: str, bad: Any) -> None:
+    with pytest.raises(InvalidArgument, match=name):
+        plan_request.SelectOptions(**{name: bad}).validate()
+
+
 def test_broad_models_are_the_sub_hubs_broadest_labelled_experts(hub: Hub) -> None:
     """select/broad_models (what the stacked rule's screen considers beside the candidates'
     models): labelled models with at least min_heads heads, broadest first, in the sub-hub."""

@@ -10,8 +10,10 @@
 // params: targets [{index, wnid}] (the classes to search: all of the task's, or the ones a
 //         per-concept cache lacks), all_wnids (every task class's wnid: what blocks
 //         ancestors), min_score, per_kind_limit, allow_ancestor, ancestor_discount,
-//         related_discount, models (model ids of a sub-hub, or null for the whole hub:
-//         filtered here, before any per-kind limit, so a sub-hub sees all of its own heads)
+//         related_discount, model_groups (a list of sub-hubs, each a list of model ids or
+//         null for the whole hub: filtered here, before any per-kind limit, so a sub-hub sees
+//         all of its own heads; each group is searched on its own, its rows tagged with its
+//         position as `model_group`: [[a], [b]] gives each model's own best heads per kind)
 //
 // "No other task class lies under a": a, an ancestor of v, is also an ancestor-or-self of
 // another task class exactly when at least two task classes lie at or under it. So the
@@ -25,15 +27,17 @@ WITH x, count(DISTINCT w0) AS n WHERE n >= 2
 WITH collect(x.wnid) AS shared
 UNWIND $targets AS t
 MATCH (v:Concept {wnid: t.wnid})
-CALL (v, t, shared) {
+UNWIND range(0, size($model_groups) - 1) AS g
+WITH v, t, shared, g, $model_groups[g] AS models
+CALL (v, t, shared, models) {
   MATCH (m:Model)-[:HAS_HEAD]->(h:Head)-[l:LABELED]->(v)
-  WHERE l.method <> 'group' AND l.score >= $min_score AND ($models IS NULL OR m.id IN $models)
+  WHERE l.method <> 'group' AND l.score >= $min_score AND (models IS NULL OR m.id IN models)
   WITH m, h, l ORDER BY l.score DESC, m.id, h.index LIMIT $per_kind_limit
   RETURN m.id AS model, [h.index] AS heads, [h.label] AS labels, 'exact' AS kind,
          l.score AS score, v.wnid AS via, v.depth AS via_depth
   UNION
   MATCH (m:Model)-[:HAS_HEAD]->(h:Head)-[l:LABELED {method: 'group'}]->(v)
-  WHERE l.score >= $min_score AND ($models IS NULL OR m.id IN $models)
+  WHERE l.score >= $min_score AND (models IS NULL OR m.id IN models)
   WITH m, l.group_heads AS heads, max(l.score) AS score, collect(h.label) AS labels
   ORDER BY score DESC, m.id LIMIT $per_kind_limit
   RETURN m.id AS model, heads, labels, 'group' AS kind, score, v.wnid AS via,
@@ -42,7 +46,7 @@ CALL (v, t, shared) {
   MATCH (v)<-[:IS_A*1..]-(d:Concept)
   WITH DISTINCT d
   MATCH (m:Model)-[:HAS_HEAD]->(h:Head)-[l:LABELED]->(d)
-  WHERE l.method <> 'group' AND l.score >= $min_score AND ($models IS NULL OR m.id IN $models)
+  WHERE l.method <> 'group' AND l.score >= $min_score AND (models IS NULL OR m.id IN models)
   WITH m, h, max(l.score) AS best ORDER BY h.index
   WITH m, collect(h.index) AS heads, collect(h.label) AS labels, avg(best) AS score
   ORDER BY score DESC, m.id LIMIT $per_kind_limit
@@ -55,7 +59,7 @@ CALL (v, t, shared) {
   WHERE NOT a.wnid IN shared
   WITH DISTINCT a
   MATCH (m:Model)-[:HAS_HEAD]->(h:Head)-[l:LABELED]->(a)
-  WHERE l.method <> 'group' AND l.score >= $min_score AND ($models IS NULL OR m.id IN $models)
+  WHERE l.method <> 'group' AND l.score >= $min_score AND (models IS NULL OR m.id IN models)
   WITH m, h, l, a ORDER BY l.score DESC, a.depth DESC, m.id, h.index LIMIT $per_kind_limit
   RETURN m.id AS model, [h.index] AS heads, [h.label] AS labels, 'ancestor' AS kind,
          l.score * $ancestor_discount AS score, a.wnid AS via, a.depth AS via_depth
@@ -67,13 +71,13 @@ CALL (v, t, shared) {
   WHERE u <> v AND NOT (u)-[:IS_A*1..]->(v) AND NOT (v)-[:IS_A*1..]->(u)
   WITH DISTINCT u
   MATCH (m:Model)-[:HAS_HEAD]->(h:Head)-[l:LABELED]->(u)
-  WHERE l.method <> 'group' AND l.score >= $min_score AND ($models IS NULL OR m.id IN $models)
+  WHERE l.method <> 'group' AND l.score >= $min_score AND (models IS NULL OR m.id IN models)
   WITH m, h, l, u ORDER BY l.score DESC, m.id, h.index LIMIT $per_kind_limit
   RETURN m.id AS model, [h.index] AS heads, [h.label] AS labels, 'related' AS kind,
          l.score * $related_discount AS score, u.wnid AS via, u.depth AS via_depth
 }
 MATCH (m:Model {id: model})
-RETURN t.index AS class_index, model, m.version AS version, coalesce(m.temperature, 1.0) AS temperature,
+RETURN t.index AS class_index, g AS model_group, model, m.version AS version, coalesce(m.temperature, 1.0) AS temperature,
        m.labelled_at IS NOT NULL AS labelled, m.num_classes AS num_heads, heads, labels, kind,
        score, via, via_depth
-ORDER BY class_index, score DESC, model, kind, heads
+ORDER BY class_index, model_group, score DESC, model, kind, heads

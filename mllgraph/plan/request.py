@@ -54,6 +54,13 @@ class SelectOptions:
             raise InvalidArgument(f"declared_prior must be in [0, 1], got {self.declared_prior}")
         if not 1 <= self.per_kind_limit <= 1000:
             raise InvalidArgument(f"per_kind_limit must be 1..1000, got {self.per_kind_limit}")
+        for name in ("ancestor_discount", "related_discount"):
+            # A discount scales a label score; at 0 every such head would rank alike (and the
+            # per-model merge of `select.per_kind` relies on it keeping the scores' order).
+            value = getattr(self, name)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (number and 0.0 < value <= 1.0):
+                raise InvalidArgument(f"{name} must be in (0, 1], got {value!r}")
         cap = self.max_cost_ms
         if isinstance(cap, bool) or not isinstance(cap, int | float):
             raise InvalidArgument(f"max_cost_ms must be a number of ms per image, got {cap!r}")

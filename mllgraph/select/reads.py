@@ -7,6 +7,10 @@ still need a round trip. Keys (all at one catalogue version, see `mllgraph.selec
   query and, when ancestors are allowed, the task's blocked concepts among that concept's
   ancestors (the only part of a concept's answer that depends on the other classes). The
   ancestors come from `select/ancestors`, also cached per concept;
+* a few models' own candidates (the same query, for the stacked rule's screen): per class
+  concept and model, as candidates are, each model's own best heads per kind; a subset of
+  models merges them (`select.per_kind`), so a screen picking other models reads only the
+  pairs never read before;
 * declared candidates (`select/declared_candidates`): per whole request (a declared
   descendant is excluded when it lies under any other class of the task), so only a repeated
   request finds them; they are read only for classes no measured label covers;
@@ -30,15 +34,21 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from mllgraph.select.cache import MISSING, CatalogueCache
 from mllgraph.select.coverage import coverage_of_row
+from mllgraph.select.per_kind import top_per_kind
 
 if TYPE_CHECKING:
     from mllgraph.graph.db import Graph
     from mllgraph.plan.request import SelectOptions
+
+
+def _without_group(row: dict[str, Any]) -> dict[str, Any]:
+    """A candidates row without the query's `model_group` tag (one group: always 0)."""
+    return {k: v for k, v in row.items() if k != "model_group"}
 
 
 def _models(options: SelectOptions) -> list[str] | None:
@@ -209,32 +219,92 @@ class Reads:
         found = self._per_concept([("ancestors", w) for w in wnids], fetch)
         return [frozenset(a for r in rows for a in r["ancestors"]) for rows in found]
 
+    def _blocked(self, wnids: Sequence[str], options: SelectOptions) -> list[tuple[str, ...]]:
+        """Per class, the task's blocked concepts among its ancestors (what its candidates
+        depend on besides its own concept); all empty when nothing is cached (not needed)."""
+        if not (options.allow_ancestor and self.cache is not None and self.cache.enabled):
+            return [()] * len(wnids)
+        above = self.ancestors(wnids)
+        counts = Counter(x for w, anc in zip(wnids, above, strict=True) for x in anc | {w})
+        shared = {x for x, n in counts.items() if n >= 2}
+        return [tuple(sorted(shared & anc)) for anc in above]
+
+    def _candidate_rows(
+        self,
+        wnids: Sequence[str],
+        options: SelectOptions,
+        targets: Sequence[int],
+        model_groups: Sequence[Sequence[str] | None],
+    ) -> list[dict[str, Any]]:
+        return self.graph.read(
+            "select/candidates",
+            targets=[{"index": i, "wnid": wnids[i]} for i in targets],
+            all_wnids=list(wnids),
+            min_score=options.min_label_score,
+            per_kind_limit=options.per_kind_limit,
+            allow_ancestor=options.allow_ancestor,
+            ancestor_discount=options.ancestor_discount,
+            related_discount=options.related_discount,
+            model_groups=[None if g is None else list(g) for g in model_groups],
+        )
+
     def candidates(self, wnids: Sequence[str], options: SelectOptions) -> list[dict[str, Any]]:
         """`select/candidates` for a task's class concepts (rows with `class_index`)."""
         opts = _options_key(options)
-        blocked: list[tuple[str, ...]] = [()] * len(wnids)
-        if options.allow_ancestor and self.cache is not None and self.cache.enabled:
-            above = self.ancestors(wnids)
-            counts = Counter(x for w, anc in zip(wnids, above, strict=True) for x in anc | {w})
-            shared = {x for x, n in counts.items() if n >= 2}
-            blocked = [tuple(sorted(shared & anc)) for anc in above]
+        blocked = self._blocked(wnids, options)
         keys = [("candidates", w, opts, b) for w, b in zip(wnids, blocked, strict=True)]
 
         def fetch(todo: list[int]) -> list[dict[str, Any]]:
-            return self.graph.read(
-                "select/candidates",
-                targets=[{"index": i, "wnid": wnids[i]} for i in todo],
-                all_wnids=list(wnids),
-                min_score=options.min_label_score,
-                per_kind_limit=options.per_kind_limit,
-                allow_ancestor=options.allow_ancestor,
-                ancestor_discount=options.ancestor_discount,
-                related_discount=options.related_discount,
-                models=_models(options),
-            )
+            return self._candidate_rows(wnids, options, todo, [_models(options)])
 
         per_class = self._per_concept(keys, fetch)
-        return [{**r, "class_index": i} for i, rows in enumerate(per_class) for r in rows]
+        return [
+            {**_without_group(r), "class_index": i}
+            for i, rows in enumerate(per_class)
+            for r in rows
+        ]
+
+    def own_candidates(
+        self, wnids: Sequence[str], models: Sequence[str], options: SelectOptions
+    ) -> list[dict[str, Any]]:
+        """`select/candidates` for the sub-hub of `models` alone (`options.models` aside): the
+        same rows, in the same order. Cached per concept and model: each model's own best
+        heads per kind (a query of one-model groups), merged and cut to the per-kind limit
+        (`select.candidates.top_per_kind`), so that another subset of models, as the stacked
+        rule's screen picks one per task, reads nothing it has read before."""
+        models = sorted(set(models))
+        if self.cache is None or not self.cache.enabled:
+            rows = self._candidate_rows(wnids, options, range(len(wnids)), [models])
+            return [_without_group(r) for r in rows]
+        opts = _options_key(replace(options, models=None))
+        blocked = self._blocked(wnids, options)
+        found: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        todo: dict[int, list[str]] = {}
+        for i, (w, b) in enumerate(zip(wnids, blocked, strict=True)):
+            for m in models:
+                rows = self._get(("own_candidates", w, m, opts, b))
+                if rows is MISSING:
+                    todo.setdefault(i, []).append(m)
+                else:
+                    found[(i, m)] = rows
+        if todo:
+            wanted = sorted({m for ms in todo.values() for m in ms})
+            fetched: dict[tuple[int, str], list[dict[str, Any]]] = {}
+            for r in self._candidate_rows(wnids, options, sorted(todo), [[m] for m in wanted]):
+                fetched.setdefault((r["class_index"], wanted[r["model_group"]]), []).append(r)
+            for i, ms in todo.items():  # (all of `wanted` came back for every class in todo)
+                for m in wanted:
+                    rows = [_without_group(r) for r in fetched.get((i, m), [])]
+                    self._put(("own_candidates", wnids[i], m, opts, blocked[i]), rows)
+                    if m in ms:
+                        found[(i, m)] = rows
+        merged = [
+            {**r, "class_index": i}
+            for i in range(len(wnids))
+            for m in models
+            for r in found[(i, m)]
+        ]
+        return top_per_kind(merged, options.per_kind_limit)
 
     def task_probes(self, wnids: Sequence[str]) -> list[dict[str, Any]]:
         """`select/task_probes` for these concepts (`class_index` = position in `wnids`)."""

@@ -69,7 +69,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -281,7 +281,7 @@ def select(
         # rows again would return none of them).
         key = tuple(sorted(picked))
         if key not in own_of:
-            own = reads.candidates(wnids, replace(options, models=key))
+            own = reads.own_candidates(wnids, key, options)
             mine = candidates_of_rows(own, logits, declared_only, info)
             own_of[key] = domain_gate(reads, settings, mine, probe_rows)[0]
         return own_of[key]

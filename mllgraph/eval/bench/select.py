@@ -211,7 +211,7 @@ def _profile_candidates(graph: Any, wnids: list[str], allow_ancestor: bool) -> d
         "min_score": opts.min_label_score,
         "per_kind_limit": opts.per_kind_limit,
         "allow_ancestor": allow_ancestor,
-        "models": None,
+        "model_groups": [None],
         **{k: v for k, v in asdict(opts).items() if k.endswith("_discount")},
     }
     text = cypher.load("select/candidates")
