@@ -4,6 +4,7 @@ expert that misses a few images against an expensive model that misses none. Pur
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -13,7 +14,13 @@ from mllgraph.errors import InvalidArgument
 from mllgraph.plan.request import ACCURACY_SLACK, SelectOptions
 from mllgraph.select import chco
 from mllgraph.select.chco import Candidate, ChcoProblem
-from mllgraph.select.cost_front import FrontPoint, cheapest_within, non_dominated, solve_front
+from mllgraph.select.cost_front import (
+    COST_TIE,
+    FrontPoint,
+    cheapest_within,
+    non_dominated,
+    solve_front,
+)
 
 PER_CLASS = 100
 COSTS = {"cheap": 0.5, "big": 20.0, "mid": 8.0}
@@ -160,6 +167,46 @@ def test_cost_noise_within_the_band_does_not_change_the_plan_served() -> None:
         chosen_no_band.add(cheapest_within(pts, 0.005, cost_tie=0.0))
     assert chosen == {1}
     assert chosen_no_band == {0, 1}
+
+
+# (models, estimate, cost): plans a solver could find, each a little cheaper and worse.
+LADDER = {"a": (0.900, 10.0), "b": (0.899, 9.0), "c": (0.898, 7.5), "d": (0.897, 5.0)}
+LADDER["e"] = (0.800, 1.0)
+
+
+def _ladder_solver(caps: list[float | None]) -> Callable[[ChcoProblem], chco.Plan]:
+    """A solver over LADDER: the best plan within the problem's cost cap; records each cap."""
+    from dataclasses import replace
+
+    from mllgraph.select.alternatives import uncovered_plan
+
+    def solve(p: ChcoProblem) -> chco.Plan:
+        caps.append(p.max_cost)
+        fits = [m for m, (_, cost) in LADDER.items() if p.max_cost is None or cost <= p.max_cost]
+        best = max(fits, key=lambda m: LADDER[m][0])
+        return replace(uncovered_plan(1), models=[best], estimated_accuracy=LADDER[best][0])
+
+    return solve
+
+
+def test_the_front_is_searched_at_the_cost_bands_resolution() -> None:
+    """Each next cap lies below the last plan's cost / 1.25: `b` (9.0, within the band of
+    `a` at 10.0) is never solved for; `c` (7.5) is. The served plan is the same as with the
+    fine walk (step 0): the cheapest within the slack, `d`; one solve fewer."""
+    costs = {m: cost for m, (_, cost) in LADDER.items()}
+    problem = ChcoProblem(1, [], {}, np.zeros(0, dtype=np.int64), {}, 5, model_cost=costs)
+    caps: list[float | None] = []
+    plan, front = solve_front(problem, _ladder_solver(caps), ACCURACY_SLACK)
+    assert plan.models == ["d"]
+    assert [p.models for p in front] == [("e",), ("d",), ("c",), ("a",)]
+    assert caps[0] is None and len(caps) == 4
+    for cap, (_, last_cost) in zip(caps[1:], (LADDER["a"], LADDER["c"], LADDER["d"]), strict=True):
+        assert cap is not None and cap < last_cost / (1 + COST_TIE)
+    fine: list[float | None] = []
+    plan, front = solve_front(problem, _ladder_solver(fine), ACCURACY_SLACK, step=0.0)
+    assert plan.models == ["d"] and len(fine) == 5 and ("b",) in [p.models for p in front]
+    with pytest.raises(ValueError, match="step"):
+        solve_front(problem, _ladder_solver([]), ACCURACY_SLACK, step=-0.1)
 
 
 @pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, "5"])

@@ -63,8 +63,9 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # probe images come from several sources, the "none of these" threshold is set on scores that
 # leave one source out at a time, combine/none_of_these; 21: plan costs within
 # select/cost_front.COST_TIE of the cheapest within the slack count as equal, and the best
-# estimate among them is served).
-SELECTION_VERSION = 21
+# estimate among them is served; 22: the cost front is searched at the band's resolution,
+# each next cap below the last plan's cost divided by 1 + COST_TIE, select/cost_front).
+SELECTION_VERSION = 22
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2

@@ -2,11 +2,13 @@
 
 A plan's cost is the sum of its models' cost per image (ms, `ChcoProblem.model_cost`). CHCO
 maximises accuracy under the model count and the cost cap; the front is found by solving again
-under a cap just below the last plan's cost (the epsilon-constraint method), so each solve
-yields the best plan the solver finds that is strictly cheaper than the one before. The plan
-served is the cheapest on the front whose estimate lies within `accuracy_slack` of the best
-estimate (`cheapest_within`): a point of accuracy is rarely worth ten times the compute. Costs
-within `COST_TIE` of each other are not told apart (measurement noise), the estimate decides.
+under a lower cap (the epsilon-constraint method), so each solve yields the best plan the
+solver finds that is cheaper than the one before. The plan served is the cheapest on the front
+whose estimate lies within `accuracy_slack` of the best estimate (`cheapest_within`): a point
+of accuracy is rarely worth ten times the compute. Costs within `COST_TIE` of each other are
+not told apart (measurement noise), the estimate decides; so the front is searched at that
+resolution: each next cap lies below the last plan's cost divided by 1 + `COST_TIE`, and no
+solve is spent telling apart plans the band counts as equally cheap.
 
 Pure: no graph, no files. Imports plan and below, and `select.chco`.
 """
@@ -21,7 +23,8 @@ from typing import Any
 from mllgraph.plan.request import ACCURACY_SLACK
 from mllgraph.select import chco
 
-# Solves per front at most (the first included): each is one CHCO run.
+# Solves per front at most (the first included): each is one CHCO run (on the main hub's
+# 10-class tasks, about 100-200 ms of a request's CPU each).
 FRONT_MAX_PLANS = 6
 # Costs within this fraction of the cheapest eligible plan's count as equal when the plan to
 # serve is picked (the better estimate wins among them). A model's measured cost moves
@@ -86,15 +89,19 @@ def solve_front(
     solve_one: Callable[[chco.ChcoProblem], chco.Plan],
     slack: float = ACCURACY_SLACK,
     max_plans: int = FRONT_MAX_PLANS,
+    step: float = COST_TIE,
 ) -> tuple[chco.Plan, list[FrontPoint]]:
     """The plan to serve and the front considered (non-dominated, cheapest first).
 
-    The first solve is under the problem's own budgets; each next one caps the cost just below
-    the previous plan's. Stops at a plan with no cost (nothing cheaper exists), at one whose
-    estimate falls more than `slack` below the best (no cheaper plan could be served), or after
-    `max_plans` solves."""
+    The first solve is under the problem's own budgets; each next one caps the cost below the
+    previous plan's divided by 1 + `step` (0: just below it; by default the cost band, within
+    which plans count as equally cheap). Stops at a plan with no cost (nothing cheaper
+    exists), at one whose estimate falls more than `slack` below the best (no cheaper plan
+    could be served), or after `max_plans` solves."""
     if not (math.isfinite(slack) and slack >= 0):
         raise ValueError(f"slack is {slack}; expected a finite number >= 0")
+    if not (math.isfinite(step) and step >= 0):
+        raise ValueError(f"step is {step}; expected a finite number >= 0")
     plans = [solve_one(problem)]
     best = _score(plans[0].estimated_accuracy)
     while len(plans) < max_plans:
@@ -102,7 +109,7 @@ def solve_front(
         cost = problem.plan_cost(last.models)
         if not last.models or cost <= 0 or _score(last.estimated_accuracy) < best - slack:
             break
-        cap = cost * (1 - _BELOW) - 1e-9
+        cap = cost / (1 + step) * (1 - _BELOW) - 1e-9
         if cap < 0:
             break
         if problem.max_cost is not None:
