@@ -270,7 +270,7 @@ class Reads:
         """`select/candidates` for the sub-hub of `models` alone (`options.models` aside): the
         same rows, in the same order. Cached per concept and model: each model's own best
         heads per kind (a query of one-model groups), merged and cut to the per-kind limit
-        (`select.candidates.top_per_kind`), so that another subset of models, as the stacked
+        (`select.per_kind.top_per_kind`), so that another subset of models, as the stacked
         rule's screen picks one per task, reads nothing it has read before."""
         models = sorted(set(models))
         if self.cache is None or not self.cache.enabled:
