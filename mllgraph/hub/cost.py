@@ -37,7 +37,7 @@ COST_BATCH = 8  # images per timed batch
 # time (cache and memory-bandwidth contention), so the least-disturbed batch is the model's
 # own cost: across repeated measurements, quiet and under load, the minimum moved less than
 # the median (`mllgraph bench cost-repeat`, reports/bench_cost-repeat.json: two measurements
-# of one model 1.27x apart at the 95th percentile, against 1.39x with the median).
+# of one model 1.22x apart at the 95th percentile, against 1.33x with the median).
 COST_REPEATS = 5
 # Fewer timed batches for a slow model, so that measuring a large one stays within seconds.
 COST_TIME_BUDGET_S = 3.0

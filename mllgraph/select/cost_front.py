@@ -30,8 +30,8 @@ FRONT_MAX_PLANS = 6
 # serve is picked (the better estimate wins among them). A model's measured cost moves
 # between measurements (another time, another load); without the band, a rebuilt hub could
 # serve another plan for the same task because of that noise alone. 0.25: two measurements of
-# one model's cost fell up to 1.27x apart at the 95th percentile on this project's 2-core
-# machine (`mllgraph bench cost-repeat`, reports/bench_cost-repeat.json, `pair_ratio`).
+# one model's cost fell 1.22x apart at the 95th percentile (1.46x at most) on this project's
+# 2-core machine (`mllgraph bench cost-repeat`, reports/bench_cost-repeat.json, `pair_ratio`).
 COST_TIE = 0.25
 # A cap just below a plan's cost excludes it: `chco._within_cost` allows 1e-9 relative.
 _BELOW = 1e-6

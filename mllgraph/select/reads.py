@@ -278,32 +278,26 @@ class Reads:
             return [_without_group(r) for r in rows]
         opts = _options_key(replace(options, models=None))
         blocked = self._blocked(wnids, options)
-        found: dict[tuple[int, str], list[dict[str, Any]]] = {}
-        todo: dict[int, list[str]] = {}
-        for i, (w, b) in enumerate(zip(wnids, blocked, strict=True)):
-            for m in models:
-                rows = self._get(("own_candidates", w, m, opts, b))
-                if rows is MISSING:
-                    todo.setdefault(i, []).append(m)
-                else:
-                    found[(i, m)] = rows
-        if todo:
-            wanted = sorted({m for ms in todo.values() for m in ms})
-            fetched: dict[tuple[int, str], list[dict[str, Any]]] = {}
-            for r in self._candidate_rows(wnids, options, sorted(todo), [[m] for m in wanted]):
-                fetched.setdefault((r["class_index"], wanted[r["model_group"]]), []).append(r)
-            for i, ms in todo.items():  # (all of `wanted` came back for every class in todo)
-                for m in wanted:
-                    rows = [_without_group(r) for r in fetched.get((i, m), [])]
-                    self._put(("own_candidates", wnids[i], m, opts, blocked[i]), rows)
-                    if m in ms:
-                        found[(i, m)] = rows
-        merged = [
-            {**r, "class_index": i}
-            for i in range(len(wnids))
+        key = {
+            (i, m): ("own_candidates", w, m, opts, blocked[i])
+            for i, w in enumerate(wnids)
             for m in models
-            for r in found[(i, m)]
-        ]
+        }
+        found = {im: self._get(k) for im, k in key.items()}
+        missing = [im for im, rows in found.items() if rows is MISSING]
+        if missing:
+            # One query: every class missing a pair, searched for every model missing one.
+            classes = sorted({i for i, _ in missing})
+            wanted = sorted({m for _, m in missing})
+            fetched: dict[tuple[int, str], list[dict[str, Any]]] = {
+                (i, m): [] for i in classes for m in wanted
+            }
+            for r in self._candidate_rows(wnids, options, classes, [[m] for m in wanted]):
+                fetched[(r["class_index"], wanted[r["model_group"]])].append(_without_group(r))
+            for im, rows in fetched.items():
+                self._put(key[im], rows)
+                found[im] = rows
+        merged = [{**r, "class_index": i} for (i, _), rows in found.items() for r in rows]
         return top_per_kind(merged, options.per_kind_limit)
 
     def task_probes(self, wnids: Sequence[str]) -> list[dict[str, Any]]:
