@@ -432,8 +432,8 @@ def _without_images_of(problem: ChcoProblem, classes: set[int]) -> ChcoProblem:
     )
 
 
-def test_the_evaluators_cached_thresholds_follow_moves_and_restores() -> None:
-    """`option_totals` (thresholds kept per state, runs of candidates read as views) counts
+def test_the_evaluator_follows_moves_and_restores() -> None:
+    """`option_totals` (any subset of a class's candidates, with or without "none") counts
     what a state built afresh with the same choice counts, after moves and restores."""
     problem = _without_images_of(synthetic_problem(13, 7, 10, 4, 8, 3), {2})
     prep = chco._prepare(problem)

@@ -1,4 +1,5 @@
-"""Classification Head Combination Optimization (CHCO). Pure numpy/scipy, no I/O.
+"""Classification Head Combination Optimization (CHCO). Pure numpy/scipy (and the heuristic's
+compiled counting loops, `chco_kernels`), no I/O.
 
 Given candidate head groups per task class and the stored logits of every model on probe
 images of the task's concepts, choose at most one candidate per class, using at most
@@ -32,7 +33,8 @@ Every class's score column depends only on its own candidate, so each candidate'
 vector (N,) is computed once; an assignment's accuracy is an argmax over the (N, K) matrix
 of its columns. The heuristic keeps the top-2 classes of every image so that replacing one
 column is evaluated for all options of that class at once, exactly (argmax semantics
-included), in O(options x N).
+included), in O(options x N), by compiled loops (`chco_kernels`): in numpy each such count
+was ~20 array calls of fixed overhead on a few hundred images, most of a solve's time.
 
 Long on purpose (over 800 lines): one subject — the problem, its two solvers and the parameter
 fit they share — whose pieces are read together; split, each half would need the other's
@@ -70,13 +72,12 @@ from mllgraph.combine.rule import (
 )
 from mllgraph.combine.stacked import ClassProbes
 from mllgraph.errors import InvalidArgument
+from mllgraph.select import chco_kernels as kernels
 from mllgraph.select import exact_counts
 
 DEFAULT_EXACT_LIMIT = 200_000
 # Scores gathered per exact-search chunk (chunk x K x N floats): bounds memory at ~32 MB.
 _EXACT_CHUNK_ELEMENTS = 4_000_000
-# Candidate x image block of the heuristic's batched first-order pass.
-_DENSE_CHUNK_ELEMENTS = 2_000_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,7 +318,7 @@ class _Prepared:
     problem: ChcoProblem
     k: int
     n: int
-    labels: np.ndarray  # (N,)
+    labels: np.ndarray  # (N,) int64
     cands: list[Candidate]  # sorted by (class, model, heads, ...)
     start: np.ndarray  # (K+1,) candidates of class c are start[c]:start[c+1]
     model_ids: list[str]  # sorted models that have candidates
@@ -329,13 +330,9 @@ class _Prepared:
     cand_credits: list[float]  # per-class moves (a few candidates each)
     unprobed: np.ndarray  # indices of the classes without probe images
     is_unprobed: np.ndarray  # (K,) bool: class without probe images
-    scores: np.ndarray  # (C, N) default-rule score column of each candidate
+    scores: np.ndarray  # (C, N) default-rule score column of each candidate, C-contiguous
     none_row: np.ndarray  # (1, N) the uncovered score
     cost: np.ndarray  # (M,) model costs
-    images_of: list[np.ndarray]  # image rows per class
-    own_scores: list[np.ndarray]  # per class, (its candidates, its images) of `scores`
-    own_cand: np.ndarray  # pairs (candidate, image of the candidate's class) ...
-    own_img: np.ndarray  # ... for the batched first-order evaluation
     pair_start: np.ndarray  # starts of runs of equal (class, model) in cands
     pair_model: np.ndarray  # model index of each run
 
@@ -351,13 +348,10 @@ def _prepare(problem: ChcoProblem) -> _Prepared:
     unprobed = problem.unprobed
     cand_credit = np.where(unprobed[cand_class], problem.prior_weight * cand_label, 0.0)
     start = np.searchsorted(cand_class, np.arange(k + 1), side="left")
-    scores = _score_vectors(problem, cands, model_ids)
+    # One dtype and layout for the compiled loops (chco_kernels): no recompiling per caller.
+    scores = np.ascontiguousarray(_score_vectors(problem, cands, model_ids), dtype=np.float64)
     costs = problem.model_cost or {}
     cost = np.array([costs.get(m, 0.0) for m in model_ids], dtype=np.float64)
-    order = np.argsort(problem.labels, kind="stable")
-    bounds = np.searchsorted(problem.labels[order], np.arange(k + 1))
-    images_of = [order[bounds[c] : bounds[c + 1]] for c in range(k)]
-    own_cand, own_img = _class_pairs(start, problem.labels, np.arange(n))
     if cands:
         change = np.flatnonzero(
             (np.diff(cand_class) != 0) | (np.diff(cand_model) != 0)
@@ -369,7 +363,7 @@ def _prepare(problem: ChcoProblem) -> _Prepared:
         problem=problem,
         k=k,
         n=n,
-        labels=problem.labels,
+        labels=np.ascontiguousarray(problem.labels, dtype=np.int64),
         cands=cands,
         start=start,
         model_ids=model_ids,
@@ -384,10 +378,6 @@ def _prepare(problem: ChcoProblem) -> _Prepared:
         scores=scores,
         none_row=np.full((1, n), UNCOVERED_SCORE),
         cost=cost,
-        images_of=images_of,
-        own_scores=[scores[start[c] : start[c + 1]][:, images_of[c]] for c in range(k)],
-        own_cand=own_cand,
-        own_img=own_img,
         pair_start=pair_start,
         pair_model=cand_model[pair_start],
     )
@@ -411,18 +401,6 @@ def _score_vectors(
     # The mean of one label score is itself: log(max(q, floor)) per candidate.
     bias = np.array([math.log(max(c.group.label_score, QUALITY_FLOOR)) for c in cands])
     return score_column(evidence, np.float64(1.0), bias[:, None])
-
-
-def _class_pairs(
-    start: np.ndarray, classes: np.ndarray, images: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """All (candidate, image) pairs where the candidate belongs to the image's given class."""
-    first = start[classes]
-    cnt = start[classes + 1] - first
-    total = int(cnt.sum())
-    img = np.repeat(images, cnt)
-    offset = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-    return np.repeat(first, cnt) + offset, img
 
 
 def exact_search_size(problem: ChcoProblem) -> int:
@@ -640,12 +618,8 @@ def top2(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return vals, idx
 
 
-# Class c's own-class images and what an option must beat there, the other images at stake
-# and what it must stay under there, and the count right when c is uncovered
-# (`_State.thresholds`).
-_Thresholds = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
-# The state's arrays (choice, zy, top values, top indices) and its thresholds.
-_Checkpoint = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, _Thresholds]]
+# The state's arrays (choice, zy, top values, top indices) at a point of the search.
+_Checkpoint = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class _State:
@@ -656,7 +630,8 @@ class _State:
     - y == c: right iff v beats the best other column (top1, or top2 when top1 is c);
     - y != c: right iff y beats every column but c (i.e. i is right now, or top1 is c and
       top2 is y) and y beats v.
-    So top-2 suffices, and all options of a class are scored in one O(options x N) pass.
+    So top-2 suffices, and all options of a class are scored in one O(options x N) pass
+    (`chco_kernels`, compiled: these counts are most of a solve's work).
     """
 
     def __init__(self, prep: _Prepared) -> None:
@@ -665,13 +640,15 @@ class _State:
         self.z = np.full((prep.n, prep.k), UNCOVERED_SCORE)
         self.zy = np.full(prep.n, UNCOVERED_SCORE)  # each image's own-class score
         self.top_val, self.top_idx = top2(self.z)
-        self._thresholds: dict[int, _Thresholds] = {}
         self._recount()
         self.evaluated = 0
 
     def _recount(self) -> None:
         self.correct = self.top_idx[:, 0] == self.p.labels
         self.count = int(self.correct.sum())
+        self._recredit()
+
+    def _recredit(self) -> None:
         # The prior credit of the unprobed classes' choices: an exactly rounded sum, so equal
         # choices give bit-equal values whatever the order (`_best_option` sums alike).
         chosen = self.choice[self.p.unprobed]
@@ -688,99 +665,37 @@ class _State:
     def models(self) -> set[int]:
         return {int(self.p.cand_model[i]) for i in self.choice if i >= 0}
 
-    def thresholds(self, c: int) -> _Thresholds:
-        """What an option for class c must beat (see the class docstring), in the current
-        state: kept until the state changes, as options of one class are often weighed
-        several times from one state (a model tried, the state restored, the next tried)."""
-        known = self._thresholds.get(c)
-        if known is not None:
-            return known
-        p = self.p
-        y = p.labels
-        t1, t2 = self.top_idx[:, 0], self.top_idx[:, 1]
-        # Ties are folded into strict comparisons: x >= t <=> x > nextafter(t, -inf), etc.
-        ic = p.images_of[c]
-        other_first = t1[ic] != c
-        mv = np.where(other_first, self.top_val[ic, 0], self.top_val[ic, 1])
-        mi = np.where(other_first, t1[ic], t2[ic])
-        own_thr = np.where(c < mi, np.nextafter(mv, -np.inf), mv)  # c wins ties vs higher
-        # Images of other classes right now, or whose top-1 is c and top-2 their own class.
-        oth = np.flatnonzero((self.correct & (y != c)) | ((t1 == c) & (t2 == y)))
-        zy = self.zy[oth]
-        oth_thr = np.where(y[oth] < c, np.nextafter(zy, np.inf), zy)  # y wins ties vs higher
-        none = int((own_thr < UNCOVERED_SCORE).sum() + (oth_thr > UNCOVERED_SCORE).sum())
-        known = (ic, own_thr, oth, oth_thr, none)
-        self._thresholds[c] = known
-        return known
-
     def totals(self, c: int, v: np.ndarray) -> np.ndarray:
         """Correct-image count if class c's column were each row of v (n_opts, N)."""
         self.evaluated += v.shape[0]
-        ic, own_thr, oth, oth_thr, _ = self.thresholds(c)
-        return (v[:, ic] > own_thr).sum(axis=1) + (v[:, oth] < oth_thr).sum(axis=1)
+        ids = np.arange(v.shape[0])
+        return self._totals(c, ids, False, np.ascontiguousarray(v, dtype=np.float64))
 
     def option_totals(self, c: int, ids: np.ndarray, with_none: bool) -> np.ndarray:
-        """:meth:`totals` for the candidates `ids` (ascending) of class c, and uncovered last,
-        without copying whole score rows."""
+        """:meth:`totals` for the candidates `ids` of class c, and uncovered last."""
         self.evaluated += ids.size + int(with_none)
-        _, own_thr, oth, oth_thr, none = self.thresholds(c)
-        p = self.p
-        if ids.size and ids[-1] - ids[0] + 1 == ids.size:  # a run of candidates: a view
-            rows = slice(int(ids[0]), int(ids[-1]) + 1)
-            own = p.own_scores[c][rows.start - p.start[c] : rows.stop - p.start[c]]
-            other = p.scores[rows, oth]
-        else:
-            own = p.own_scores[c][ids - p.start[c]]
-            other = p.scores[ids[:, None], oth]
-        tot = (own > own_thr).sum(axis=1) + (other < oth_thr).sum(axis=1)
-        return np.append(tot, none) if with_none else tot
+        return self._totals(c, ids, with_none, self.p.scores)
+
+    def _totals(self, c: int, ids: np.ndarray, with_none: bool, rows: np.ndarray) -> np.ndarray:
+        return kernels.option_totals(
+            c, ids, UNCOVERED_SCORE, with_none, rows, self.p.labels, self.top_val,
+            self.top_idx, self.correct, self.zy,
+        )  # fmt: skip
 
     def first_order(self) -> np.ndarray:
-        """(C,) correct counts if each candidate alone replaced its class's column.
-
-        The same rule as :meth:`totals`, batched over all candidates: own-class images via
-        precomputed (candidate, image) pairs, images right now densely (chunked), images
-        blocked only by their top-1 class via pairs with that class's candidates.
-        """
+        """(C,) correct counts if each candidate alone replaced its class's column."""
         p = self.p
-        s, cls, y = p.scores, p.cand_class, p.labels
-        self.evaluated += cls.size
-        t1, t2 = self.top_idx[:, 0], self.top_idx[:, 1]
-        other_first = t1 != y
-        mv = np.where(other_first, self.top_val[:, 0], self.top_val[:, 1])
-        mi = np.where(other_first, t1, t2)
-        pc, pi = p.own_cand, p.own_img
-        val = s[pc, pi]
-        own = (val > mv[pi]) | ((val == mv[pi]) & (cls[pc] < mi[pi]))
-        # The dense pass below also counts right own-class images (as "v < zy"): remove them.
-        own_right_now = self.correct[pi] & (val < self.zy[pi])
-        total = np.bincount(pc, weights=own.astype(np.float64) - own_right_now, minlength=cls.size)
-        corr = np.flatnonzero(self.correct)
-        step = max(1, _DENSE_CHUNK_ELEMENTS // max(1, cls.size))
-        for lo in range(0, corr.size, step):
-            idx = corr[lo : lo + step]
-            sc, zy = s[:, idx], self.zy[idx]
-            b = sc < zy
-            eq = sc == zy
-            if eq.any():  # y wins a tie against a higher class index
-                b |= eq & (y[idx][None, :] < cls[:, None])
-            total += b.sum(axis=1)
-        blk = np.flatnonzero(~self.correct & (t2 == y))
-        if blk.size:
-            bc, bi = _class_pairs(p.start, t1[blk], blk)
-            val = s[bc, bi]
-            zy = self.zy[bi]
-            b = (val < zy) | ((val == zy) & (y[bi] < cls[bc]))
-            total += np.bincount(bc, weights=b, minlength=cls.size)
-        return np.rint(total).astype(np.int64)
+        self.evaluated += p.cand_class.size
+        return kernels.first_order(
+            p.start, p.scores, p.labels, self.top_val, self.top_idx, self.correct, self.zy
+        )
 
     def checkpoint(self) -> _Checkpoint:
-        arrays = (self.choice.copy(), self.zy.copy(), self.top_val.copy(), self.top_idx.copy())
-        return (*arrays, self._thresholds)
+        return (self.choice.copy(), self.zy.copy(), self.top_val.copy(), self.top_idx.copy())
 
     def restore(self, cp: _Checkpoint) -> None:
         """Return to a checkpoint without recomputing (cheaper than undoing each move)."""
-        choice, zy, tv, ti, thresholds = cp
+        choice, zy, tv, ti = cp
         for c in np.flatnonzero(choice != self.choice):
             cand = int(choice[c])
             self.z[:, c] = self.p.none_row[0] if cand < 0 else self.p.scores[cand]
@@ -788,7 +703,6 @@ class _State:
         self.zy[:] = zy
         self.top_val[:] = tv
         self.top_idx[:] = ti
-        self._thresholds = thresholds  # (the checkpoint's dict: it holds for that state)
         self._recount()
 
     def set(self, c: int, cand: int) -> None:
@@ -796,41 +710,13 @@ class _State:
         if self.choice[c] == cand:
             return
         self.choice[c] = cand
-        self._thresholds = {}
         v = self.p.none_row[0] if cand < 0 else self.p.scores[cand]
-        old = self.z[:, c].copy()
-        self.z[:, c] = v
-        ic = self.p.images_of[c]
-        self.zy[ic] = v[ic]
-        tv, ti = self.top_val, self.top_idx
-        is1, is2 = ti[:, 0] == c, ti[:, 1] == c
-        # Rows where c is in the top 2: the other entry is the best of the rest. If v beats
-        # it, v is first and it second. Else, if v did not drop (v >= old), v still beats
-        # every column outside the top 2 and stays second. Else recompute the row.
-        r = np.flatnonzero(is1 | is2)
-        if r.size:
-            pos = np.where(is1[r], 1, 0)
-            ov, oi, vr = tv[r, pos], ti[r, pos], v[r]
-            wins = (vr > ov) | ((vr == ov) & (c < oi))
-            stays = ~wins & (vr >= old[r])
-            w, st = r[wins], r[stays]
-            tv[w, 0], ti[w, 0], tv[w, 1], ti[w, 1] = v[w], c, ov[wins], oi[wins]
-            tv[st, 0], ti[st, 0], tv[st, 1], ti[st, 1] = ov[stays], oi[stays], v[st], c
-            redo = r[~wins & ~stays]
-            if redo.size:
-                tv[redo], ti[redo] = top2(self.z[redo])
-        o = np.flatnonzero(~(is1 | is2))
-        vo = v[o]
-        enter = (vo > tv[o, 1]) | ((vo == tv[o, 1]) & (c < ti[o, 1]))
-        if enter.any():  # v enters the top 2 of these rows
-            o, vo = o[enter], vo[enter]
-            t0v, t0i = tv[o, 0], ti[o, 0]
-            first = (vo > t0v) | ((vo == t0v) & (c < t0i))
-            tv[o, 1] = np.where(first, t0v, vo)
-            ti[o, 1] = np.where(first, t0i, c)
-            tv[o, 0] = np.where(first, vo, t0v)
-            ti[o, 0] = np.where(first, c, t0i)
-        self._recount()
+        self.count = int(
+            kernels.set_column(
+                c, v, self.z, self.p.labels, self.top_val, self.top_idx, self.zy, self.correct
+            )
+        )
+        self._recredit()
 
 
 def _best_option(
