@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from mllgraph.combine.rule import EPS, ClassAssignment, model_probabilities
+from mllgraph.combine.softmax import log_probabilities
 from mllgraph.combine.stacked import source_folds
 from mllgraph.errors import InvalidArgument
 
@@ -97,8 +98,8 @@ def head_columns(
         return []
     found = []
     for m in models:
-        a = np.log(model_probabilities(np.asarray(inside[m]), temperatures.get(m, 1.0)) + EPS)
-        b = np.log(model_probabilities(np.asarray(outside[m]), temperatures.get(m, 1.0)) + EPS)
+        a = log_probabilities(np.asarray(inside[m]), temperatures.get(m, 1.0))
+        b = log_probabilities(np.asarray(outside[m]), temperatures.get(m, 1.0))
         se = np.sqrt(a.var(axis=0) / len(a) + b.var(axis=0) / len(b)) + 1e-9
         t = np.abs(a.mean(axis=0) - b.mean(axis=0)) / se
         found += [(float(v), m, h) for h, v in enumerate(t)]

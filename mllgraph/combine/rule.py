@@ -46,9 +46,9 @@ from typing import Any
 
 import numpy as np
 
+from mllgraph.combine.softmax import EPS, model_probabilities, shifted_exp
 from mllgraph.errors import InvalidArgument
 
-EPS = 1e-6
 UNCOVERED_SCORE = -1000.0
 # Total constant evidence the uncovered classes share when nothing better is known
 # (mllgraph.reuse.vlm's offline fallback; the ConSE patch adds its evidence on top of it).
@@ -271,35 +271,13 @@ class CombinationParams:
 # scores are bit-for-bit the ones `combine` produces.
 
 
-def _shifted_exp(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """exp(logits / T - row max) and the row maxima; (N, H) and (N,) float64."""
-    a = np.asarray(logits, dtype=np.float64) / float(temperature)
-    if a.shape[1] <= 32:
-        # Column-wise max: numpy's axis-1 reduction is slow on narrow rows (same result).
-        m = a[:, 0].copy()
-        for h in range(1, a.shape[1]):
-            np.maximum(m, a[:, h], out=m)
-    else:
-        m = a.max(axis=1)
-    a -= m[:, None]
-    np.exp(a, out=a)
-    return a, m
-
-
-def model_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Softmax over all heads of one model, at temperature ``temperature``; (N, H) float64."""
-    a, _ = _shifted_exp(logits, temperature)
-    a /= a.sum(axis=1, keepdims=True)
-    return a
-
-
 def softmax_row_stats(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Each row's maximum of logits / T and its sum of exp(logits / T - max); (N, 2) float64.
 
     The softmax is row-wise, so these computed once on all of a model's probe rows give any
     subset of rows, and any heads, the very values `model_probabilities` would: see
     `group_evidence_from_stats`."""
-    a, m = _shifted_exp(logits, temperature)
+    a, m = shifted_exp(logits, temperature)
     return np.stack([m, a.sum(axis=1)], axis=1)
 
 

@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 
 from mllgraph.combine.ridge import RidgePath, leave_groups_out
-from mllgraph.combine.rule import EPS, model_probabilities
+from mllgraph.combine.rule import EPS
+from mllgraph.combine.softmax import log_probabilities
 from mllgraph.errors import FailedPrecondition, InvalidArgument
 
 MIN_IMAGES_PER_CLASS = 5
@@ -74,10 +75,7 @@ def features(
     logits: Mapping[str, np.ndarray], models: Sequence[str], temperatures: Mapping[str, float]
 ) -> np.ndarray:
     """(N, D) calibrated log-probabilities of every head of `models`, in that order."""
-    cols = [
-        np.log(model_probabilities(np.asarray(logits[m]), temperatures.get(m, 1.0)) + EPS)
-        for m in models
-    ]
+    cols = [log_probabilities(np.asarray(logits[m]), temperatures.get(m, 1.0)) for m in models]
     return np.concatenate(cols, axis=1)
 
 

@@ -74,6 +74,7 @@ from typing import Any
 
 import numpy as np
 
+from mllgraph.combine.softmax import softmax_memo
 from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
 from mllgraph.graph import deadline
 from mllgraph.graph.db import Graph
@@ -169,6 +170,7 @@ def catalogue_cache(graph: Graph, settings: Settings) -> CatalogueCache:
 # -- selection -------------------------------------------------------------------------------
 
 
+@softmax_memo()  # one request's softmaxes, computed once each
 def select(
     graph: Graph,
     settings: Settings,
