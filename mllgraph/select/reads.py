@@ -236,6 +236,8 @@ class Reads:
         targets: Sequence[int],
         model_groups: Sequence[Sequence[str] | None],
     ) -> list[dict[str, Any]]:
+        groups = [None if g is None else sorted(set(g)) for g in model_groups]
+        scope = None if any(g is None for g in groups) else sorted({m for g in groups for m in g})
         return self.graph.read(
             "select/candidates",
             targets=[{"index": i, "wnid": wnids[i]} for i in targets],
@@ -245,7 +247,8 @@ class Reads:
             allow_ancestor=options.allow_ancestor,
             ancestor_discount=options.ancestor_discount,
             related_discount=options.related_discount,
-            model_groups=[None if g is None else list(g) for g in model_groups],
+            model_groups=groups,
+            scope=scope,
         )
 
     def candidates(self, wnids: Sequence[str], options: SelectOptions) -> list[dict[str, Any]]:

@@ -212,6 +212,7 @@ def _profile_candidates(graph: Any, wnids: list[str], allow_ancestor: bool) -> d
         "per_kind_limit": opts.per_kind_limit,
         "allow_ancestor": allow_ancestor,
         "model_groups": [None],
+        "scope": None,
         **{k: v for k, v in asdict(opts).items() if k.endswith("_discount")},
     }
     text = cypher.load("select/candidates")
