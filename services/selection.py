@@ -60,7 +60,7 @@ from mllgraph.graph.db import Graph
 from mllgraph.hub import registry
 from mllgraph.plan import document as plan_doc
 from mllgraph.plan import request as plan_request
-from mllgraph.select import retention
+from mllgraph.select import chco_kernels, retention
 from mllgraph.select import run as select
 from mllgraph.settings import Settings
 from mllgraph.v1 import selection_pb2, selection_pb2_grpc
@@ -240,6 +240,7 @@ class SelectionServicer(selection_pb2_grpc.SelectionServiceServicer):
 
             self.resolver = default_resolver(self.settings)
         self.resolver.warm_up()
+        chco_kernels.warm_up()  # CHCO's compiled loops, loaded before the first request
         self.concepts = Concepts(self.resolver)
         self.graph.verify()
         select.ensure_schema(self.graph)

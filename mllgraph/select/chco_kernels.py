@@ -154,3 +154,17 @@ def set_column(
         correct[i] = ok
         right += ok
     return right
+
+
+def warm_up() -> None:
+    """Load (or compile, the first time after an install) every loop on a tiny problem: a
+    long-running service calls this at start-up, so no request pays the ~0.5-2.5 s."""
+    n, k = 3, 2
+    labels = np.zeros(n, dtype=np.int64)
+    z = np.zeros((n, k))
+    top_val, top_idx = np.zeros((n, 2)), np.zeros((n, 2), dtype=np.int64)
+    correct, zy, scores = np.zeros(n, dtype=bool), np.zeros(n), np.zeros((1, n))
+    option_totals(0, np.zeros(1, dtype=np.int64), 0.0, True, scores, labels, top_val, top_idx,
+                  correct, zy)  # fmt: skip
+    first_order(np.array([0, 1, 1]), scores, labels, top_val, top_idx, correct, zy)
+    set_column(0, np.zeros(n), z, labels, top_val, top_idx, zy, correct)
