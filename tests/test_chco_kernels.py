@@ -82,6 +82,7 @@ def test_a_single_class_keeps_the_sentinel_second() -> None:
     kernels.set_column(0, np.array([1.0, 3.0]), z, labels, top_val, top_idx, zy, correct)
     np.testing.assert_array_equal(top_idx, [[0, 1], [0, 1]])
     np.testing.assert_array_equal(top_val, [[1.0, -np.inf], [3.0, -np.inf]])
+
+
 def test_the_kernels_warm_up_on_a_tiny_problem() -> None:
     kernels.warm_up()  # loads or compiles every loop; must not raise on any of them
-

@@ -623,6 +623,41 @@ class _CountingGraph:
         self.reads += 1
         return self.graph.read(name, **params)
 
+    def __getattr__(self, name: str) -> Any:  # writes, schema, the driver: the graph's own
+        return getattr(self.graph, name)
+
+
+def test_a_repeated_request_is_one_read_and_never_a_stale_plan(hub: Hub) -> None:
+    """A stored plan is found in one round trip (the plan id at the version last seen, checked
+    against the version now); once the catalogue moves on, the old version's plan is not
+    served: a plan is made at the new version."""
+    from mllgraph.select.cache import CatalogueCache
+
+    counting = _CountingGraph(hub.graph)
+    cache = CatalogueCache(1_000)
+    classes = [plan_request.TaskClass(name=n) for n in TASK]
+    options = plan_request.SelectOptions()
+
+    def run() -> dict[str, Any]:
+        ctx = select.select(  # type: ignore[arg-type]
+            counting, hub.settings, classes, options, hub.resolver, reads_cache=cache
+        )
+        hub.plan_ids.add(ctx.plan["plan_id"])
+        return ctx.plan
+
+    first = run()
+    counting.reads = 0
+    assert run() == first and counting.reads == 1
+    # Any change to the catalogue moves its version (here: a cost record, unchanged).
+    hub.graph.write("hub/model_set_cost", id=first["models"][0], cost={})
+    counting.reads = 0
+    after = run()
+    assert after["catalogue_version"] == registry.catalogue_version(hub.graph)
+    assert after["catalogue_version"] > first["catalogue_version"]
+    assert after["plan_id"] != first["plan_id"] and counting.reads > 1
+    counting.reads = 0
+    assert run() == after and counting.reads == 1
+
 
 def test_own_candidates_merged_per_model_are_the_sub_hubs_query(hub: Hub) -> None:
     """The stacked rule's screen asks for a few models' own candidates, another few per task.

@@ -189,12 +189,25 @@ def select(
     options.validate()
     validate_classes(classes)
     ensure_schema(graph)
-    version = registry.catalogue_version(graph)
     if reads_cache is True:
         reads_cache = catalogue_cache(graph, settings)
     if not isinstance(reads_cache, CatalogueCache):
         reads_cache = None  # (an empty cache is falsy: its length is 0)
-    else:
+    version, looked = None, False
+    if store and reads_cache is not None and reads_cache.version is not None:
+        # A repeated request in one round trip: the plan id at the version last seen, and
+        # the version now (the plan only where they agree).
+        guess = reads_cache.version
+        row = graph.read(
+            "select/plan_get_at_version", id=plan_id_for(classes, options, guess), version=guess
+        )[0]
+        if row["body"] is not None:
+            return SelectionContext(plan=json.loads(row["body"]))
+        version = int(row["version"])
+        looked = version == guess  # no plan at this version: none to read again below
+    if version is None:
+        version = registry.catalogue_version(graph)
+    if reads_cache is not None:
         reads_cache.at(version)
     reads = Reads(graph, reads_cache, version)
     if reads.labelled_models()["models"] == 0:
@@ -203,7 +216,7 @@ def select(
             "(`mllgraph hub build` or `mllgraph models register` and `mllgraph models label`)"
         )
     pid = plan_id_for(classes, options, version)
-    if store:
+    if store and not looked:
         existing = stored_plan(graph, pid)
         if existing is not None:
             return SelectionContext(plan=existing)
