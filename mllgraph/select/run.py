@@ -113,7 +113,7 @@ from mllgraph.select.probe_data import (
 )
 from mllgraph.select.reads import Reads
 from mllgraph.select.stacked_choice import broad_models, stacked_choice
-from mllgraph.select.stored import stored_plan, validate_classes
+from mllgraph.select.stored import stored_now, validate_classes
 from mllgraph.settings import Settings
 
 
@@ -193,22 +193,16 @@ def select(
         reads_cache = catalogue_cache(graph, settings)
     if not isinstance(reads_cache, CatalogueCache):
         reads_cache = None  # (an empty cache is falsy: its length is 0)
-    version, looked = None, False
-    if store and reads_cache is not None and reads_cache.version is not None:
-        # A repeated request in one round trip: the plan id at the version last seen, and
-        # the version now (the plan only where they agree).
-        guess = reads_cache.version
-        row = graph.read(
-            "select/plan_get_at_version", id=plan_id_for(classes, options, guess), version=guess
-        )[0]
-        if row["body"] is not None:
-            return SelectionContext(plan=json.loads(row["body"]))
-        version = int(row["version"])
-        looked = version == guess  # no plan at this version: none to read again below
-    if version is None:
+    existing = None
+    if store:  # a repeated request: one round trip where the version last seen still holds
+        guess = reads_cache.version if reads_cache is not None else None
+        existing, version = stored_now(graph, classes, options, guess)
+    else:
         version = registry.catalogue_version(graph)
     if reads_cache is not None:
         reads_cache.at(version)
+    if existing is not None:
+        return SelectionContext(plan=existing)
     reads = Reads(graph, reads_cache, version)
     if reads.labelled_models()["models"] == 0:
         raise FailedPrecondition(
@@ -216,10 +210,6 @@ def select(
             "(`mllgraph hub build` or `mllgraph models register` and `mllgraph models label`)"
         )
     pid = plan_id_for(classes, options, version)
-    if store and not looked:
-        existing = stored_plan(graph, pid)
-        if existing is not None:
-            return SelectionContext(plan=existing)
 
     timings = Timings()
     t = time.perf_counter()

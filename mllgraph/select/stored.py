@@ -28,17 +28,27 @@ def validate_classes(classes: list[TaskClass]) -> None:
         raise InvalidArgument(f"classes: {len(classes)} is over the limit of {MAX_CLASSES}")
 
 
-def plan_key(graph: Graph, classes: list[TaskClass], options: SelectOptions) -> str:
-    """The id a plan for this request has at the current catalogue version (read as
-    `hub.registry.catalogue_version` reads it; that module would bring torch in)."""
-    version = int(graph.read("hub/catalogue_version")[0]["version"])
-    return plan_id_for(classes, options, version)
+def stored_now(
+    graph: Graph, classes: list[TaskClass], options: SelectOptions, guess: int | None = None
+) -> tuple[dict[str, Any] | None, int]:
+    """The stored plan for exactly this request at the catalogue version now (None: select()
+    makes one), and that version. `guess`: the version the caller saw last. Where it is still
+    current this is one round trip (`select/plan_get_at_version` reads the plan id at the guess
+    together with the version now); else a second one, at the version the first read found."""
+    if guess is None:  # read as `hub.registry.catalogue_version` does (it would bring torch in)
+        guess = int(graph.read("hub/catalogue_version")[0]["version"])
+    row = _at_version(graph, classes, options, guess)
+    if int(row["version"]) != guess:  # the catalogue moved since: once more, at the version now
+        row = _at_version(graph, classes, options, int(row["version"]))
+    body = row["body"]
+    return (None if body is None else json.loads(body)), int(row["version"])
 
 
-def stored_plan(graph: Graph, plan_id: str) -> dict[str, Any] | None:
-    """The stored plan `plan_id` (a document), or None."""
-    rows = graph.read("select/plan_get", id=plan_id)
-    return json.loads(rows[0]["body"]) if rows else None
+def _at_version(
+    graph: Graph, classes: list[TaskClass], options: SelectOptions, version: int
+) -> dict[str, Any]:
+    pid = plan_id_for(classes, options, version)
+    return graph.read("select/plan_get_at_version", id=pid, version=version)[0]
 
 
 def find_stored(
@@ -48,4 +58,4 @@ def find_stored(
     (select() makes one)."""
     options.validate()
     validate_classes(classes)
-    return stored_plan(graph, plan_key(graph, classes, options))
+    return stored_now(graph, classes, options)[0]
