@@ -22,6 +22,7 @@ from mllgraph.combine.rule import (
 from mllgraph.errors import InvalidArgument
 from mllgraph.eval.gap_study import gap_study, synthetic_problem
 from mllgraph.select import chco
+from mllgraph.select import chco_kernels as kernels
 from mllgraph.select.chco import (
     Candidate,
     ChcoProblem,
@@ -461,6 +462,124 @@ def test_the_evaluator_follows_moves_and_restores() -> None:
                         options = np.vstack([options, prep.none_row])
                     want = fresh.totals(k, options) if options.size else np.zeros(0)
                     np.testing.assert_array_equal(state.option_totals(k, sub, none), want)
+
+
+def _brute_best(state: chco._State, c: int, ids: np.ndarray, with_none: bool) -> tuple:
+    """Class c's best option from scratch: each option's column written into a copy of the
+    scores, right images counted by argmax, the unprobed classes' credit summed by
+    math.fsum; the highest (value, label score), the first among equals."""
+    p = state.p
+    best = None
+    for opt in [*ids.tolist(), *([-1] if with_none else [])]:
+        z = state.z.copy()
+        z[:, c] = p.none_row[0] if opt < 0 else p.scores[opt]
+        choice = state.choice.copy()
+        choice[c] = opt
+        count = int((z.argmax(axis=1) == p.labels).sum())
+        value = count + math.fsum(p.cand_credits[i] for i in choice[p.unprobed] if i >= 0)
+        label = 0.0 if opt < 0 else p.cand_labels[opt]
+        if best is None or (value, label) > best[1:]:
+            best = (opt, value, label)
+    return best
+
+
+def _tied_prep(seed: int) -> chco._Prepared:
+    """A synthetic problem with two classes unprobed and label scores rounded to one digit
+    (so options tie on value and label, and the first must win)."""
+    problem = _without_images_of(synthetic_problem(seed, 7, 9, 4, 6, 3), {1, 4})
+    prep = chco._prepare(problem)
+    prep.cand_label[:] = np.round(prep.cand_label, 1)
+    prep.cand_credit[:] = np.where(
+        prep.is_unprobed[prep.cand_class], problem.prior_weight * prep.cand_label, 0.0
+    )
+    prep.cand_labels, prep.cand_credits = prep.cand_label.tolist(), prep.cand_credit.tolist()
+    return prep
+
+
+def test_the_compiled_moves_make_the_brute_force_choices() -> None:
+    """`best_option`, and the moves built on it (`_State.try_model`, `sweep`,
+    `remove_model`), choose what a from-scratch search chooses, with exactly rounded credits,
+    and leave the state's count, credit and top-2 as a fresh state with that choice has."""
+    rng = np.random.default_rng(11)
+    checked = 0
+    for seed in range(6):
+        prep = _tied_prep(seed)
+        state = chco._State(prep)
+        for _ in range(25):
+            c = int(rng.integers(0, prep.k))
+            ids = np.arange(prep.start[c], prep.start[c + 1])
+            state.set(c, int(rng.choice(np.append(ids, -1))))
+            for k in range(prep.k):
+                ids = np.arange(prep.start[k], prep.start[k + 1])
+                sub = np.sort(rng.choice(ids, int(rng.integers(0, ids.size + 1)), replace=False))
+                for none in (False, True) if sub.size else (True,):
+                    got = kernels.best_option(
+                        k, sub, none, chco.UNCOVERED_SCORE, bool(prep.is_unprobed[k]),
+                        state.credit, *state.arrays(),
+                    )  # fmt: skip
+                    assert got == _brute_best(state, k, sub, none)
+                    checked += 1
+            # The composite moves, against the same moves made one brute-force step at a time.
+            cp = state.checkpoint()
+            m = int(rng.integers(0, len(prep.model_ids)))
+            allowed = rng.random(len(prep.model_ids)) < 0.5
+            for move in ("try_model", "sweep", "remove_model"):
+                state.restore(cp)
+                want = _brute_move(state, move, m, allowed)
+                state.restore(cp)
+                if move == "try_model":
+                    state.try_model(m)
+                elif move == "sweep":
+                    state.sweep(allowed)
+                else:
+                    state.remove_model(m, allowed)
+                np.testing.assert_array_equal(state.choice, want)
+                fresh = chco._State(prep)
+                for k, i in enumerate(want):
+                    fresh.set(k, int(i))
+                fresh._recount()  # count and credit from scratch, not from the moves
+                assert (state.count, state.credit, state.value) == (
+                    fresh.count,
+                    fresh.credit,
+                    fresh.value,
+                )
+                np.testing.assert_array_equal(state.top_idx, fresh.top_idx)
+                np.testing.assert_array_equal(state.correct, fresh.correct)
+            state.restore(cp)
+    assert checked > 500
+
+
+def _brute_move(state: chco._State, move: str, m: int, allowed: np.ndarray) -> np.ndarray:
+    """The choice after `move` (module `chco`'s rules), each class's step by `_brute_best`."""
+    p = state.p
+
+    def improve(c: int, ids: np.ndarray, with_none: bool) -> None:
+        if ids.size == 0 and not with_none:
+            return
+        opt, value, label = _brute_best(state, c, ids, with_none)
+        cur = int(state.choice[c])
+        if opt != cur and (value, label) > (state.value, state.label_of(cur)):
+            state.set(c, opt)
+
+    def allowed_ids(c: int) -> np.ndarray:
+        ids = np.arange(p.start[c], p.start[c + 1])
+        return ids[allowed[p.cand_model[ids]]]
+
+    if move == "try_model":
+        for pi in np.flatnonzero(p.pair_model == m):
+            lo = int(p.pair_start[pi])
+            hi = int(p.pair_start[pi + 1]) if pi + 1 < p.pair_start.size else len(p.cands)
+            improve(int(p.cand_class[lo]), np.arange(lo, hi), False)
+    elif move == "sweep":
+        for c in range(p.k):
+            if allowed_ids(c).size or state.choice[c] >= 0:
+                improve(c, allowed_ids(c), True)
+    else:
+        for c in range(p.k):
+            cur = int(state.choice[c])
+            if cur >= 0 and p.cand_model[cur] == m:
+                state.set(c, _brute_best(state, c, allowed_ids(c), True)[0])
+    return state.choice.copy()
 
 
 def test_restarts_that_meet_an_earlier_search_take_its_end() -> None:

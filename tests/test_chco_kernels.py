@@ -3,6 +3,8 @@ on scores with many exact ties (where the tie rule decides: the lower class inde
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from mllgraph.select import chco_kernels as kernels
@@ -86,3 +88,25 @@ def test_a_single_class_keeps_the_sentinel_second() -> None:
 
 def test_the_kernels_warm_up_on_a_tiny_problem() -> None:
     kernels.warm_up()  # loads or compiles every loop; must not raise on any of them
+
+
+def test_fsum_is_bit_equal_to_math_fsum() -> None:
+    """The compiled exact sum gives math.fsum's very bits, on sums where a naive or
+    compensated sum rounds otherwise (huge cancellations, half-way cases, many tiny terms)."""
+    rng = np.random.default_rng(0)
+    cases = [
+        [], [0.0], [-0.0], [1e16, 1.0, 1e-16], [1e307, 1e307, -1e307], [0.1] * 10,
+        [1.0, 1e100, 1.0, -1e100], [2.0**53, 1.0, 2.0**-60], [2.0**53, -1.0, -(2.0**-60)],
+        [1.0, 2.0**-53, 2.0**-106], [1.0, -(2.0**-53), -(2.0**-106)],
+    ]  # fmt: skip
+    for _ in range(3000):
+        n = int(rng.integers(1, 12))
+        mant = rng.standard_normal(n)
+        cases.append(list(mant * 10.0 ** rng.integers(-30, 30, size=n)))
+        cases.append(list(np.round(rng.random(n), int(rng.integers(1, 4)))))  # credits alike
+        big = float(rng.standard_normal()) * 1e20
+        cases.append([big, *rng.random(n), -big])
+    for xs in cases:
+        arr = np.asarray(xs, dtype=np.float64)
+        got = kernels.fsum(np.append(arr, 7.0), len(xs))  # only the first n are summed
+        assert got.hex() == math.fsum(xs).hex(), xs

@@ -640,17 +640,19 @@ class _State:
         self.z = np.full((prep.n, prep.k), UNCOVERED_SCORE)
         self.zy = np.full(prep.n, UNCOVERED_SCORE)  # each image's own-class score
         self.top_val, self.top_idx = top2(self.z)
+        self.correct = np.zeros(prep.n, dtype=bool)
         self._recount()
         self.evaluated = 0
 
     def _recount(self) -> None:
-        self.correct = self.top_idx[:, 0] == self.p.labels
+        # In place: the compiled moves write into these very arrays (`arrays`).
+        np.equal(self.top_idx[:, 0], self.p.labels, out=self.correct)
         self.count = int(self.correct.sum())
         self._recredit()
 
     def _recredit(self) -> None:
         # The prior credit of the unprobed classes' choices: an exactly rounded sum, so equal
-        # choices give bit-equal values whatever the order (`_best_option` sums alike).
+        # choices give bit-equal values whatever the order (`chco_kernels.fsum` sums alike).
         chosen = self.choice[self.p.unprobed]
         self.credit = math.fsum(self.p.cand_credits[i] for i in chosen if i >= 0)
         self.value = self.count + self.credit
@@ -705,89 +707,74 @@ class _State:
         self.top_idx[:] = ti
         self._recount()
 
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The arrays a compiled move reads and writes, in `chco_kernels`' order."""
+        p = self.p
+        return (
+            p.scores, p.labels, self.z, self.top_val, self.top_idx, self.correct, self.zy,
+            self.choice, p.cand_label, p.cand_credit, p.unprobed,
+        )  # fmt: skip
+
+    def _moved(self, count: int, credit: float, weighed: int) -> None:
+        self.count, self.credit = int(count), float(credit)
+        self.value = self.count + self.credit
+        self.evaluated += int(weighed)
+
     def set(self, c: int, cand: int) -> None:
         """Give class c candidate `cand` (-1: uncovered), updating top-2 incrementally."""
-        if self.choice[c] == cand:
-            return
-        self.choice[c] = cand
-        v = self.p.none_row[0] if cand < 0 else self.p.scores[cand]
-        self.count = int(
-            kernels.set_column(
-                c, v, self.z, self.p.labels, self.top_val, self.top_idx, self.zy, self.correct
-            )
+        count, credit = kernels.move(
+            c, cand, UNCOVERED_SCORE, self.count, self.credit, *self.arrays()
         )
-        self._recredit()
+        self._moved(count, credit, 0)
+
+    def try_model(self, m: int) -> int:
+        """Move each class model m can cover to its best candidate there where that strictly
+        raises (value, label score), one after the other: how many moved."""
+        p = self.p
+        moved, count, credit, weighed = kernels.try_model(
+            m, p.pair_start, p.pair_model, p.cand_class, p.is_unprobed, UNCOVERED_SCORE,
+            self.count, self.credit, *self.arrays(),
+        )  # fmt: skip
+        self._moved(count, credit, weighed)
+        return int(moved)
+
+    def sweep(self, allowed: np.ndarray) -> bool:
+        """Each class in turn to its best option among the `allowed` (M,) models' candidates
+        or uncovered, where that strictly improves; whether any moved."""
+        p = self.p
+        improved, count, credit, weighed = kernels.sweep(
+            allowed, p.start, p.cand_model, p.is_unprobed, UNCOVERED_SCORE, self.count,
+            self.credit, *self.arrays(),
+        )  # fmt: skip
+        self._moved(count, credit, weighed)
+        return bool(improved)
+
+    def remove_model(self, r: int, allowed: np.ndarray) -> None:
+        """Each class using model r to its best option among the `allowed` models'
+        candidates or uncovered, better or not."""
+        p = self.p
+        count, credit, weighed = kernels.remove_model(
+            r, allowed, p.start, p.cand_model, p.is_unprobed, UNCOVERED_SCORE, self.count,
+            self.credit, *self.arrays(),
+        )  # fmt: skip
+        self._moved(count, credit, weighed)
 
 
-def _best_option(
-    state: _State, c: int, ids: np.ndarray, with_none: bool
-) -> tuple[int, tuple[float, float]]:
-    """Best option for class c among `ids` (and none) by (objective, label score)."""
-    if ids.size == 0 and not with_none:
-        cur = int(state.choice[c])
-        return cur, (state.value, state.label_of(cur))
-    p = state.p
-    # Options are few (a class's candidates in some models): plain lists beat numpy here.
-    tot = state.option_totals(c, ids, with_none).tolist()
-    opts = ids.tolist() + [-1] if with_none else ids.tolist()
-    labels = [p.cand_labels[i] if i >= 0 else 0.0 for i in opts]
-    if p.is_unprobed[c]:  # the other unprobed classes' credit, and this option's
-        chosen = zip(p.unprobed, state.choice[p.unprobed], strict=True)
-        others = [p.cand_credits[i] for u, i in chosen if u != c and i >= 0]
-        vals = [
-            t + math.fsum([*others, p.cand_credits[i]] if i >= 0 else others)
-            for t, i in zip(tot, opts, strict=True)
-        ]
-    else:  # class c's choice adds no prior credit: every option keeps the current credit
-        vals = [t + state.credit for t in tot]
-    # First in candidate order among equals: deterministic.
-    best = max(range(len(opts)), key=lambda j: (vals[j], labels[j], -j))
-    return opts[best], (vals[best], labels[best])
-
-
-def _improve_class(state: _State, c: int, ids: np.ndarray, with_none: bool) -> bool:
-    """Move class c to its best option if that strictly improves (count, label score)."""
-    cur = state.choice[c]
-    best, (tot, lab) = _best_option(state, c, ids, with_none)
-    if best != cur and (tot, lab) > (state.value, state.label_of(int(cur))):
-        state.set(c, best)
-        return True
-    return False
-
-
-def _allowed_ids(prep: _Prepared, c: int, allowed: np.ndarray) -> np.ndarray:
-    """Candidates of class c whose model is flagged in `allowed` (M,) bool."""
-    ids = np.arange(prep.start[c], prep.start[c + 1])
-    return ids[allowed[prep.cand_model[ids]]]
+def _allowed(prep: _Prepared, models: set[int]) -> np.ndarray:
+    """(M,) bool: which models are in `models`."""
+    allowed = np.zeros(len(prep.model_ids), dtype=bool)
+    allowed[list(models)] = True
+    return allowed
 
 
 def _reassign_sweep(state: _State, chosen: set[int]) -> bool:
     """One pass over all classes, each moved to its best option among chosen models/none."""
-    prep = state.p
-    allowed = np.zeros(len(prep.model_ids), dtype=bool)
-    allowed[list(chosen)] = True
-    improved = False
-    for c in range(prep.k):
-        ids = _allowed_ids(prep, c, allowed)
-        if ids.size == 0 and state.choice[c] < 0:
-            continue  # only "none" is possible and already chosen
-        improved |= _improve_class(state, c, ids, with_none=True)
-    return improved
+    return state.sweep(_allowed(state.p, chosen))
 
 
-def _try_model(state: _State, m: int) -> list[tuple[int, int]]:
-    """Greedily move the classes model m can cover to m; return the (class, old) changes."""
-    prep = state.p
-    changes: list[tuple[int, int]] = []
-    pairs = np.flatnonzero(prep.pair_model == m)
-    for pi in pairs:
-        lo = int(prep.pair_start[pi])
-        hi = int(prep.pair_start[pi + 1]) if pi + 1 < prep.pair_start.size else len(prep.cands)
-        c = prep.cands[lo].class_index
-        old = int(state.choice[c])
-        if _improve_class(state, c, np.arange(lo, hi), with_none=False):
-            changes.append((c, old))
-    return changes
+def _try_model(state: _State, m: int) -> int:
+    """Greedily move the classes model m can cover to m; how many moved."""
+    return state.try_model(m)
 
 
 def _rank_models(state: _State, chosen: set[int], excluded: set[int], top: int) -> list[int]:
@@ -800,15 +787,11 @@ def _rank_models(state: _State, chosen: set[int], excluded: set[int], top: int) 
     prep = state.p
     if not prep.cands:
         return []
-    k = prep.k
-    cur_label = np.array([state.label_of(int(i)) for i in state.choice])
-    cur_credit = np.array([0.0 if i < 0 else prep.cand_credit[i] for i in state.choice])
-    g = state.first_order() - state.count + (prep.cand_credit - cur_credit[prep.cand_class])
-    ld = prep.cand_label - cur_label[prep.cand_class]
     # Count gain first; label gain / (K+1) only separates equal counts (its sum is < 1).
-    gain = np.where(g >= 0, np.maximum(g + ld / (k + 1), 0.0), 0.0)
-    pair_gain = np.maximum.reduceat(gain, prep.pair_start)
-    model_gain = np.bincount(prep.pair_model, weights=pair_gain, minlength=len(prep.model_ids))
+    model_gain = kernels.model_gains(
+        state.first_order(), state.count, state.choice, prep.cand_class, prep.cand_label,
+        prep.cand_credit, prep.pair_start, prep.pair_model, len(prep.model_ids),
+    )  # fmt: skip
     model_gain[list(chosen | excluded)] = 0.0
     if prep.problem.max_cost is not None:  # models whose cost would break the cap: none
         spent = math.fsum(prep.cost[list(state.models() | chosen)])
@@ -852,13 +835,7 @@ def _drop_unused(state: _State, chosen: set[int]) -> None:
 
 def _remove_model(state: _State, chosen: set[int], r: int) -> None:
     """Move the classes using model r to their best option among the other chosen models."""
-    prep = state.p
-    allowed = np.zeros(len(prep.model_ids), dtype=bool)
-    allowed[list(chosen - {r})] = True
-    for c in np.flatnonzero(state.choice >= 0):
-        if prep.cand_model[state.choice[c]] == r:
-            best, _ = _best_option(state, int(c), _allowed_ids(prep, int(c), allowed), True)
-            state.set(int(c), best)
+    state.remove_model(r, _allowed(state.p, chosen - {r}))
 
 
 def _try_swaps(state: _State, chosen: set[int], budget: int, lookahead: int, tries: int) -> bool:
