@@ -47,6 +47,22 @@ def test_the_screen_picks_the_models_that_separate_the_classes() -> None:
     assert greedy_models(logits, temps, [], y, 3, budget=3) == ([], 0.0)
 
 
+def test_a_second_pool_reuses_the_first_pools_distances() -> None:
+    """`known` carries each model's distances from one screen to the next of the same task:
+    the same picks as screens that compute their own, and a model's distances are computed
+    once (the same array object is read by the second screen)."""
+    logits, y = _hub(seed=3)
+    temps = {m: 1.0 for m in logits}
+    known: dict[str, np.ndarray] = {}
+    first = greedy_models(logits, temps, sorted(logits), y, 3, 2, None, known)
+    assert first == greedy_models(logits, temps, sorted(logits), y, 3, 2)
+    assert sorted(known) == sorted(logits)
+    held = dict(known)
+    second = greedy_models(logits, temps, ["narrow", "noise"], y, 3, 2, None, known)
+    assert second == greedy_models(logits, temps, ["narrow", "noise"], y, 3, 2)
+    assert all(known[m] is held[m] for m in held)  # nothing computed again
+
+
 def test_the_shortlist_keeps_the_models_covering_most_of_the_task() -> None:
     coverage = {"a": {0: 0.9}, "b": {0: 0.5, 1: 0.5}, "c": {0: 0.9, 1: 0.9}, "d": {2: 1.0}}
     assert shortlist(coverage, keep=2) == ["b", "c"]

@@ -127,16 +127,24 @@ def greedy_models(
     k: int,
     budget: int,
     groups: np.ndarray | None = None,
+    known: dict[str, np.ndarray] | None = None,
 ) -> tuple[list[str], float]:
     """Up to `budget` of `models`, added one at a time while the screen's leave-one-out
     accuracy rises (ties: the model id), and that accuracy. With `groups` (folds that hold
     one probe source out at a time: `stacked.source_folds`), leave one such fold out
     instead: where each source's images are near copies, leave-one-out accuracy is 1.0 for
-    almost any model, and the screen would stop at the first."""
+    almost any model, and the screen would stop at the first.
+
+    `known`: each model's `model_distances` from an earlier screen with the same logits,
+    temperatures, labels and groups (a second pool of the same task), filled in here."""
     y = np.asarray(y, dtype=np.int64)
     if y.size == 0 or not models:
         return [], 0.0
-    dist = {m: model_distances(logits, temperatures, m, y, k, groups) for m in sorted(models)}
+    known = {} if known is None else known
+    for m in models:
+        if m not in known:
+            known[m] = model_distances(logits, temperatures, m, y, k, groups)
+    dist = {m: known[m] for m in sorted(models)}
     chosen: list[str] = []
     total = np.zeros((y.size, k))
     best = 0.0

@@ -23,14 +23,18 @@ def _roles(
     top_idx: np.ndarray,
     correct: np.ndarray,
     zy: np.ndarray,
+    idx: np.ndarray,
+    sign: np.ndarray,
     thr: np.ndarray,
-    kind: np.ndarray,
-) -> None:
-    """What a new column for class c must do on each image, written into `kind` and `thr`:
-    1: an image of class c, right iff v > thr (ties folded in: v >= the best other column
-    when c wins ties against it); 2: an image of another class that is right now or blocked
-    only by c, right iff v < thr (v <= its own score when its class wins ties against c);
-    0: an image the column cannot change."""
+) -> int:
+    """The images a new column v for class c can make right, as one test each: image
+    idx[t] is right iff sign[t] * v[idx[t]] > thr[t], for t below the count returned.
+    An image of class c: right iff v > its threshold (ties folded in: v >= the best other
+    column when c wins ties against it). An image of another class that is right now or
+    blocked only by c: right iff v < its threshold (v <= its own score when its class wins
+    ties against c), tested negated (exact) so both kinds take one comparison. Any other
+    image the column cannot change, and it is left out."""
+    m = 0
     for i in range(labels.size):
         y = labels[i]
         t1 = top_idx[i, 0]
@@ -39,22 +43,21 @@ def _roles(
                 mv, mi = top_val[i, 0], t1
             else:
                 mv, mi = top_val[i, 1], top_idx[i, 1]
-            kind[i] = 1
-            thr[i] = np.nextafter(mv, -np.inf) if c < mi else mv
+            idx[m], sign[m] = i, 1.0
+            thr[m] = np.nextafter(mv, -np.inf) if c < mi else mv
+            m += 1
         elif correct[i] or (t1 == c and top_idx[i, 1] == y):
-            kind[i] = 2
-            thr[i] = np.nextafter(zy[i], np.inf) if y < c else zy[i]
-        else:
-            kind[i] = 0
+            idx[m], sign[m] = i, -1.0
+            thr[m] = -(np.nextafter(zy[i], np.inf) if y < c else zy[i])
+            m += 1
+    return m
 
 
 @njit(cache=True, nogil=True)
-def _count(v: np.ndarray, thr: np.ndarray, kind: np.ndarray) -> int:
+def _count(v: np.ndarray, idx: np.ndarray, sign: np.ndarray, thr: np.ndarray, m: int) -> int:
     right = 0
-    for i in range(v.size):
-        k = kind[i]
-        if (k == 1 and v[i] > thr[i]) or (k == 2 and v[i] < thr[i]):
-            right += 1
+    for t in range(m):
+        right += sign[t] * v[idx[t]] > thr[t]
     return right
 
 
@@ -74,14 +77,13 @@ def option_totals(
     """Right-image count if class c's column were each candidate `ids` (rows of `scores`),
     then, with `with_none`, the uncovered column (`none_score` everywhere)."""
     n = labels.size
-    thr = np.empty(n)
-    kind = np.empty(n, dtype=np.int8)
-    _roles(c, labels, top_val, top_idx, correct, zy, thr, kind)
+    idx, sign, thr = np.empty(n, dtype=np.int64), np.empty(n), np.empty(n)
+    m = _roles(c, labels, top_val, top_idx, correct, zy, idx, sign, thr)
     out = np.empty(ids.size + (1 if with_none else 0), dtype=np.int64)
     for j in range(ids.size):
-        out[j] = _count(scores[ids[j]], thr, kind)
+        out[j] = _count(scores[ids[j]], idx, sign, thr, m)
     if with_none:
-        out[ids.size] = _count(np.full(n, none_score), thr, kind)
+        out[ids.size] = _count(np.full(n, none_score), idx, sign, thr, m)
     return out
 
 
@@ -97,15 +99,14 @@ def first_order(
 ) -> np.ndarray:
     """(C,) right-image counts if each candidate alone replaced its class's column."""
     n = labels.size
-    thr = np.empty(n)
-    kind = np.empty(n, dtype=np.int8)
+    idx, sign, thr = np.empty(n, dtype=np.int64), np.empty(n), np.empty(n)
     out = np.zeros(scores.shape[0], dtype=np.int64)
     for c in range(start.size - 1):
         if start[c + 1] == start[c]:
             continue
-        _roles(c, labels, top_val, top_idx, correct, zy, thr, kind)
+        m = _roles(c, labels, top_val, top_idx, correct, zy, idx, sign, thr)
         for j in range(start[c], start[c + 1]):
-            out[j] = _count(scores[j], thr, kind)
+            out[j] = _count(scores[j], idx, sign, thr, m)
     return out
 
 

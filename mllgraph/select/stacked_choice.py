@@ -93,10 +93,11 @@ def stacked_choice(
     chco_cost = problem.plan_cost(plan.models)
     cheap = [m for m in screened if problem.plan_cost([m]) <= chco_cost]
     groups = stacked.source_folds(problem.labels, problem.num_classes, row_sources(problem))
+    distances: dict[str, np.ndarray] = {}  # per model, for both pools (the cheap within all)
     for pool in (screened, cheap) if problem.model_cost else (screened,):
         picked, _ = feature_sets.greedy_models(
             problem.logits_by_model, problem.temperatures, pool, problem.labels,
-            problem.num_classes, problem.budget, groups,
+            problem.num_classes, problem.budget, groups, distances,
         )  # fmt: skip
         if not picked or set(picked) == set(plan.models) or picked in tried:
             continue
