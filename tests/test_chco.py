@@ -515,7 +515,7 @@ def test_the_compiled_moves_make_the_brute_force_choices() -> None:
                 for none in (False, True) if sub.size else (True,):
                     got = kernels.best_option(
                         k, sub, none, chco.UNCOVERED_SCORE, bool(prep.is_unprobed[k]),
-                        state.credit, *state.arrays(),
+                        state.credit, state.arrays(),
                     )  # fmt: skip
                     assert got == _brute_best(state, k, sub, none)
                     checked += 1

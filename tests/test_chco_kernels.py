@@ -110,3 +110,34 @@ def test_fsum_is_bit_equal_to_math_fsum() -> None:
         arr = np.asarray(xs, dtype=np.float64)
         got = kernels.fsum(np.append(arr, 7.0), len(xs))  # only the first n are summed
         assert got.hex() == math.fsum(xs).hex(), xs
+
+
+_AFTER_WARM_UP = """
+import json
+from dataclasses import replace
+from mllgraph.eval.gap_study import synthetic_problem
+from mllgraph.select import chco, chco_kernels
+chco_kernels.warm_up()
+loops = {n: f for n, f in vars(chco_kernels).items() if hasattr(f, "signatures")}
+before = {n: len(f.signatures) for n, f in loops.items()}
+problem = synthetic_problem(0, 7, 9, 4, 6, 3)
+labels = problem.labels.copy()
+labels.flags.writeable = False  # as a selection's cached arrays may be
+chco.solve_heuristic(replace(problem, labels=labels), restarts=2)
+print(json.dumps({n: len(f.signatures) - before[n] for n, f in loops.items()}))
+"""
+
+
+def test_a_solve_after_warm_up_needs_no_other_compiled_loop() -> None:
+    """The loops are typed by their arguments' dtypes, layouts and write flags: a solve must
+    call them as `warm_up` does, else the service's first request compiles for seconds. In a
+    fresh process (this one's loops hold every variant the tests have called)."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _AFTER_WARM_UP], capture_output=True, text=True, check=True
+    ).stdout
+    added = json.loads(out.strip().splitlines()[-1])
+    assert sum(added.values()) == 0, added

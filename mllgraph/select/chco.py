@@ -363,7 +363,9 @@ def _prepare(problem: ChcoProblem) -> _Prepared:
         problem=problem,
         k=k,
         n=n,
-        labels=np.ascontiguousarray(problem.labels, dtype=np.int64),
+        # Fresh, writable copies: the compiled loops are typed by layout and by whether an
+        # array is read-only, and `chco_kernels.warm_up` loads the writable ones.
+        labels=np.array(problem.labels, dtype=np.int64),
         cands=cands,
         start=start,
         model_ids=model_ids,
@@ -374,7 +376,7 @@ def _prepare(problem: ChcoProblem) -> _Prepared:
         cand_labels=cand_label.tolist(),
         cand_credits=cand_credit.tolist(),
         unprobed=np.flatnonzero(unprobed),
-        is_unprobed=np.asarray(unprobed, dtype=bool),
+        is_unprobed=np.array(unprobed, dtype=bool),
         scores=scores,
         none_row=np.full((1, n), UNCOVERED_SCORE),
         cost=cost,
@@ -708,7 +710,7 @@ class _State:
         self._recount()
 
     def arrays(self) -> tuple[np.ndarray, ...]:
-        """The arrays a compiled move reads and writes, in `chco_kernels`' order."""
+        """The arrays a compiled move reads and writes (`chco_kernels`' `state`, in its order)."""
         p = self.p
         return (
             p.scores, p.labels, self.z, self.top_val, self.top_idx, self.correct, self.zy,
@@ -723,7 +725,7 @@ class _State:
     def set(self, c: int, cand: int) -> None:
         """Give class c candidate `cand` (-1: uncovered), updating top-2 incrementally."""
         count, credit = kernels.move(
-            c, cand, UNCOVERED_SCORE, self.count, self.credit, *self.arrays()
+            c, cand, UNCOVERED_SCORE, self.count, self.credit, self.arrays()
         )
         self._moved(count, credit, 0)
 
@@ -733,7 +735,7 @@ class _State:
         p = self.p
         moved, count, credit, weighed = kernels.try_model(
             m, p.pair_start, p.pair_model, p.cand_class, p.is_unprobed, UNCOVERED_SCORE,
-            self.count, self.credit, *self.arrays(),
+            self.count, self.credit, self.arrays(),
         )  # fmt: skip
         self._moved(count, credit, weighed)
         return int(moved)
@@ -744,7 +746,7 @@ class _State:
         p = self.p
         improved, count, credit, weighed = kernels.sweep(
             allowed, p.start, p.cand_model, p.is_unprobed, UNCOVERED_SCORE, self.count,
-            self.credit, *self.arrays(),
+            self.credit, self.arrays(),
         )  # fmt: skip
         self._moved(count, credit, weighed)
         return bool(improved)
@@ -755,7 +757,7 @@ class _State:
         p = self.p
         count, credit, weighed = kernels.remove_model(
             r, allowed, p.start, p.cand_model, p.is_unprobed, UNCOVERED_SCORE, self.count,
-            self.credit, *self.arrays(),
+            self.credit, self.arrays(),
         )  # fmt: skip
         self._moved(count, credit, weighed)
 

@@ -192,7 +192,7 @@ def set_column(
 # The objective a move compares (`chco._State`): value = right-image count + the prior credit
 # of the unprobed classes' choices, an exactly rounded sum (`fsum`) so that equal choices give
 # bit-equal values whatever the order; then the option's label score; then candidate order.
-# `arrays`, in this order, is the state a move reads and writes (`chco._State.arrays`):
+# `state` is the tuple of arrays a move reads and writes (`chco._State.arrays`), in this order:
 # scores (C, N), labels (N,), z (N, K), top_val (N, 2), top_idx (N, 2), correct (N,),
 # zy (N,), choice (K,), cand_label (C,), cand_credit (C,), unprobed (U,).
 
@@ -242,9 +242,10 @@ def fsum(xs: np.ndarray, n: int) -> float:
 
 
 @njit(cache=True, nogil=True)
-def credit(choice: np.ndarray, unprobed: np.ndarray, cand_credit: np.ndarray, skip: int) -> tuple:
+def credit(state: tuple, skip: int) -> tuple:
     """(the chosen credits of the unprobed classes but class `skip` (-1: none skipped), in a
     buffer with one free slot at the end, how many there are)."""
+    choice, cand_credit, unprobed = state[7], state[9], state[10]
     buf = np.empty(unprobed.size + 1)
     m = 0
     for u in unprobed:
@@ -256,26 +257,25 @@ def credit(choice: np.ndarray, unprobed: np.ndarray, cand_credit: np.ndarray, sk
 
 @njit(cache=True, nogil=True)
 def best_option(
-    c: int, ids: np.ndarray, with_none: bool, none_score: float, is_unprobed: bool,
-    state_credit: float, scores: np.ndarray, labels: np.ndarray, z: np.ndarray,
-    top_val: np.ndarray, top_idx: np.ndarray, correct: np.ndarray, zy: np.ndarray,
-    choice: np.ndarray, cand_label: np.ndarray, cand_credit: np.ndarray, unprobed: np.ndarray,
+    c: int, ids: np.ndarray, with_none: bool, none_score: float, unprobed_class: bool,
+    state_credit: float, state: tuple,
 ) -> tuple:  # fmt: skip
     """(option, its value, its label score) for class c among candidates `ids` and, with
     `with_none`, uncovered (-1, last): the highest value, then label score, then the first.
     An unprobed class's option adds its own prior credit to the other unprobed classes';
     any other class's keeps the state's credit."""
+    scores, labels, _, top_val, top_idx, correct, zy, _, cand_label, cand_credit, _ = state
     totals = option_totals(c, ids, none_score, with_none, scores, labels, top_val, top_idx,
                            correct, zy)  # fmt: skip
-    if is_unprobed:
-        buf, m = credit(choice, unprobed, cand_credit, c)
+    if unprobed_class:
+        buf, m = credit(state, c)
     else:
         buf, m = np.empty(1), 0
     best, best_val, best_label = -2, 0.0, 0.0
     for j in range(totals.size):
         opt = ids[j] if j < ids.size else -1
         label = cand_label[opt] if opt >= 0 else 0.0
-        if not is_unprobed:
+        if not unprobed_class:
             val = totals[j] + state_credit
         elif opt >= 0:
             buf[m] = cand_credit[opt]
@@ -289,45 +289,38 @@ def best_option(
 
 @njit(cache=True, nogil=True)
 def move(
-    c: int, cand: int, none_score: float, count: int, state_credit: float,
-    scores: np.ndarray, labels: np.ndarray, z: np.ndarray, top_val: np.ndarray,
-    top_idx: np.ndarray, correct: np.ndarray, zy: np.ndarray, choice: np.ndarray,
-    cand_label: np.ndarray, cand_credit: np.ndarray, unprobed: np.ndarray,
-) -> tuple:  # fmt: skip
+    c: int, cand: int, none_score: float, count: int, state_credit: float, state: tuple
+) -> tuple:
     """Give class c candidate `cand` (-1: uncovered): (right-image count, credit) after."""
+    scores, labels, z, top_val, top_idx, correct, zy, choice, _, _, _ = state
     if choice[c] == cand:
         return count, state_credit
     choice[c] = cand
     v = np.full(labels.size, none_score) if cand < 0 else scores[cand]
     count = set_column(c, v, z, labels, top_val, top_idx, zy, correct)
-    buf, m = credit(choice, unprobed, cand_credit, -1)
+    buf, m = credit(state, -1)
     return count, fsum(buf, m)
 
 
 @njit(cache=True, nogil=True)
 def improve(
-    c: int, ids: np.ndarray, with_none: bool, none_score: float, is_unprobed: bool,
-    count: int, state_credit: float, scores: np.ndarray, labels: np.ndarray, z: np.ndarray,
-    top_val: np.ndarray, top_idx: np.ndarray, correct: np.ndarray, zy: np.ndarray,
-    choice: np.ndarray, cand_label: np.ndarray, cand_credit: np.ndarray, unprobed: np.ndarray,
+    c: int, ids: np.ndarray, with_none: bool, none_score: float, unprobed_class: bool,
+    count: int, state_credit: float, state: tuple,
 ) -> tuple:  # fmt: skip
     """Move class c to its best option if that strictly raises (value, label score):
     (moved, count, credit, options weighed)."""
     if ids.size == 0 and not with_none:
         return False, count, state_credit, 0
     opt, val, label = best_option(
-        c, ids, with_none, none_score, is_unprobed, state_credit, scores, labels, z, top_val,
-        top_idx, correct, zy, choice, cand_label, cand_credit, unprobed,
-    )  # fmt: skip
+        c, ids, with_none, none_score, unprobed_class, state_credit, state
+    )
     weighed = ids.size + (1 if with_none else 0)
+    choice, cand_label = state[7], state[8]
     cur = choice[c]
-    value = count + state_credit
+    value = count + state_credit  # the state's (`chco._State.value`)
     cur_label = cand_label[cur] if cur >= 0 else 0.0
     if opt != cur and (val > value or (val == value and label > cur_label)):
-        count, state_credit = move(
-            c, opt, none_score, count, state_credit, scores, labels, z, top_val, top_idx,
-            correct, zy, choice, cand_label, cand_credit, unprobed,
-        )  # fmt: skip
+        count, state_credit = move(c, opt, none_score, count, state_credit, state)
         return True, count, state_credit, weighed
     return False, count, state_credit, weighed
 
@@ -347,27 +340,21 @@ def _allowed(lo: int, hi: int, cand_model: np.ndarray, allowed: np.ndarray) -> n
 @njit(cache=True, nogil=True)
 def try_model(
     model: int, pair_start: np.ndarray, pair_model: np.ndarray, cand_class: np.ndarray,
-    is_unprobed: np.ndarray, none_score: float, count: int, state_credit: float,
-    scores: np.ndarray, labels: np.ndarray, z: np.ndarray, top_val: np.ndarray,
-    top_idx: np.ndarray, correct: np.ndarray, zy: np.ndarray, choice: np.ndarray,
-    cand_label: np.ndarray, cand_credit: np.ndarray, unprobed: np.ndarray,
+    is_unprobed: np.ndarray, none_score: float, count: int, state_credit: float, state: tuple,
 ) -> tuple:  # fmt: skip
     """Move each class `model` can cover to its best candidate there, one class after the
     other in candidate order, where that strictly improves: (classes moved, count, credit,
     options weighed)."""
     moved, weighed = 0, 0
-    n_cands = cand_class.size
     for p in range(pair_model.size):
         if pair_model[p] != model:
             continue
         lo = pair_start[p]
-        hi = pair_start[p + 1] if p + 1 < pair_start.size else n_cands
+        hi = pair_start[p + 1] if p + 1 < pair_start.size else cand_class.size
         c = cand_class[lo]
         ok, count, state_credit, w = improve(
-            c, np.arange(lo, hi), False, none_score, is_unprobed[c], count, state_credit,
-            scores, labels, z, top_val, top_idx, correct, zy, choice, cand_label, cand_credit,
-            unprobed,
-        )  # fmt: skip
+            c, np.arange(lo, hi), False, none_score, is_unprobed[c], count, state_credit, state
+        )
         moved += ok
         weighed += w
     return moved, count, state_credit, weighed
@@ -376,23 +363,20 @@ def try_model(
 @njit(cache=True, nogil=True)
 def sweep(
     allowed: np.ndarray, start: np.ndarray, cand_model: np.ndarray, is_unprobed: np.ndarray,
-    none_score: float, count: int, state_credit: float, scores: np.ndarray,
-    labels: np.ndarray, z: np.ndarray, top_val: np.ndarray, top_idx: np.ndarray,
-    correct: np.ndarray, zy: np.ndarray, choice: np.ndarray, cand_label: np.ndarray,
-    cand_credit: np.ndarray, unprobed: np.ndarray,
+    none_score: float, count: int, state_credit: float, state: tuple,
 ) -> tuple:  # fmt: skip
     """One pass over the classes in order, each moved to its best option among the
     `allowed` (M,) models' candidates or uncovered where that strictly improves:
     (improved, count, credit, options weighed)."""
+    choice = state[7]
     improved, weighed = False, 0
     for c in range(start.size - 1):
         ids = _allowed(start[c], start[c + 1], cand_model, allowed)
         if ids.size == 0 and choice[c] < 0:
             continue  # only uncovered is possible, and it is the choice already
         ok, count, state_credit, w = improve(
-            c, ids, True, none_score, is_unprobed[c], count, state_credit, scores, labels, z,
-            top_val, top_idx, correct, zy, choice, cand_label, cand_credit, unprobed,
-        )  # fmt: skip
+            c, ids, True, none_score, is_unprobed[c], count, state_credit, state
+        )
         improved |= ok
         weighed += w
     return improved, count, state_credit, weighed
@@ -401,27 +385,19 @@ def sweep(
 @njit(cache=True, nogil=True)
 def remove_model(
     model: int, allowed: np.ndarray, start: np.ndarray, cand_model: np.ndarray,
-    is_unprobed: np.ndarray, none_score: float, count: int, state_credit: float,
-    scores: np.ndarray, labels: np.ndarray, z: np.ndarray, top_val: np.ndarray,
-    top_idx: np.ndarray, correct: np.ndarray, zy: np.ndarray, choice: np.ndarray,
-    cand_label: np.ndarray, cand_credit: np.ndarray, unprobed: np.ndarray,
+    is_unprobed: np.ndarray, none_score: float, count: int, state_credit: float, state: tuple,
 ) -> tuple:  # fmt: skip
     """Move each class using `model` to its best option among the `allowed` models'
     candidates or uncovered, better or not: (count, credit, options weighed)."""
+    choice = state[7]
     weighed = 0
     for c in range(start.size - 1):
         if choice[c] < 0 or cand_model[choice[c]] != model:
             continue
         ids = _allowed(start[c], start[c + 1], cand_model, allowed)
-        opt, _, _ = best_option(
-            c, ids, True, none_score, is_unprobed[c], state_credit, scores, labels, z, top_val,
-            top_idx, correct, zy, choice, cand_label, cand_credit, unprobed,
-        )  # fmt: skip
+        opt, _, _ = best_option(c, ids, True, none_score, is_unprobed[c], state_credit, state)
         weighed += ids.size + 1
-        count, state_credit = move(
-            c, opt, none_score, count, state_credit, scores, labels, z, top_val, top_idx,
-            correct, zy, choice, cand_label, cand_credit, unprobed,
-        )  # fmt: skip
+        count, state_credit = move(c, opt, none_score, count, state_credit, state)
     return count, state_credit, weighed
 
 
@@ -439,10 +415,10 @@ def warm_up() -> None:
     set_column(0, np.zeros(n), z, labels, top_val, top_idx, zy, correct)
     choice, unprobed = np.full(k, -1, dtype=np.int64), np.array([1])
     cand = np.zeros(1)  # one candidate's label score and credit
-    arrays = (scores, labels, z, top_val, top_idx, correct, zy, choice, cand, cand, unprobed)
+    state = (scores, labels, z, top_val, top_idx, correct, zy, choice, cand, cand, unprobed)
     model_gains(first, 0, choice, ids, cand, cand, ids, ids, 1)
     is_unprobed, allowed = np.array([False, True]), np.ones(1, dtype=bool)
-    move(0, 0, 0.0, 0, 0.0, *arrays)
-    try_model(0, ids, ids, ids, is_unprobed, 0.0, 0, 0.0, *arrays)
-    sweep(allowed, start, ids, is_unprobed, 0.0, 0, 0.0, *arrays)
-    remove_model(0, allowed, start, ids, is_unprobed, 0.0, 0, 0.0, *arrays)
+    move(0, 0, 0.0, 0, 0.0, state)
+    try_model(0, ids, ids, ids, is_unprobed, 0.0, 0, 0.0, state)
+    sweep(allowed, start, ids, is_unprobed, 0.0, 0, 0.0, state)
+    remove_model(0, allowed, start, ids, is_unprobed, 0.0, 0, 0.0, state)
