@@ -412,8 +412,9 @@ def exact_search_size(problem: ChcoProblem) -> int:
 
 
 def _label_sum(labels: np.ndarray) -> float:
-    """Order-independent sum, so equal multisets of label scores compare equal."""
-    return math.fsum(sorted(float(x) for x in labels))
+    """Order-independent sum (exactly rounded), so equal multisets of label scores compare
+    equal."""
+    return math.fsum(labels.tolist())
 
 
 def _make_plan(prep: _Prepared, choice: np.ndarray, solver: str, evaluated: int) -> Plan:
@@ -620,8 +621,9 @@ def top2(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return vals, idx
 
 
-# The state's arrays (choice, zy, top values, top indices) at a point of the search.
-_Checkpoint = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+# The state at a point of the search: its arrays (choice, zy, top values, top indices,
+# rightness), its right-image count and its credit.
+_Checkpoint = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, float]
 
 
 class _State:
@@ -695,19 +697,17 @@ class _State:
         )
 
     def checkpoint(self) -> _Checkpoint:
-        return (self.choice.copy(), self.zy.copy(), self.top_val.copy(), self.top_idx.copy())
+        return (
+            self.choice.copy(), self.zy.copy(), self.top_val.copy(), self.top_idx.copy(),
+            self.correct.copy(), self.count, self.credit,
+        )  # fmt: skip
 
     def restore(self, cp: _Checkpoint) -> None:
         """Return to a checkpoint without recomputing (cheaper than undoing each move)."""
-        choice, zy, tv, ti = cp
-        for c in np.flatnonzero(choice != self.choice):
-            cand = int(choice[c])
-            self.z[:, c] = self.p.none_row[0] if cand < 0 else self.p.scores[cand]
-        self.choice[:] = choice
-        self.zy[:] = zy
-        self.top_val[:] = tv
-        self.top_idx[:] = ti
-        self._recount()
+        choice, zy, top_val, top_idx, correct, count, credit = cp
+        kernels.restore(choice, zy, top_val, top_idx, correct, UNCOVERED_SCORE, self.arrays())
+        self.count, self.credit = count, credit
+        self.value = count + credit
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         """The arrays a compiled move reads and writes (`chco_kernels`' `state`, in its order)."""

@@ -401,6 +401,27 @@ def remove_model(
     return count, state_credit, weighed
 
 
+@njit(cache=True, nogil=True)
+def restore(
+    choice_at: np.ndarray, zy_at: np.ndarray, top_val_at: np.ndarray, top_idx_at: np.ndarray,
+    correct_at: np.ndarray, none_score: float, state: tuple,
+) -> None:  # fmt: skip
+    """Put the state's arrays back as a checkpoint holds them: the score column of each
+    class whose choice differs, then choice, own-class scores, top-2 and rightness."""
+    scores, _, z, top_val, top_idx, correct, zy, choice, _, _, _ = state
+    for c in range(choice.size):
+        if choice_at[c] == choice[c]:
+            continue
+        cand = choice_at[c]
+        for i in range(z.shape[0]):
+            z[i, c] = none_score if cand < 0 else scores[cand, i]
+    choice[:] = choice_at
+    zy[:] = zy_at
+    top_val[:] = top_val_at
+    top_idx[:] = top_idx_at
+    correct[:] = correct_at
+
+
 def warm_up() -> None:
     """Load (or compile, the first time after an install) every loop on a tiny problem: a
     long-running service calls this at start-up, so no request pays the ~0.5-2.5 s."""
@@ -422,3 +443,4 @@ def warm_up() -> None:
     try_model(0, ids, ids, ids, is_unprobed, 0.0, 0, 0.0, state)
     sweep(allowed, start, ids, is_unprobed, 0.0, 0, 0.0, state)
     remove_model(0, allowed, start, ids, is_unprobed, 0.0, 0, 0.0, state)
+    restore(choice.copy(), zy.copy(), top_val.copy(), top_idx.copy(), correct.copy(), 0.0, state)
