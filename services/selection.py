@@ -233,7 +233,9 @@ class SelectionServicer(selection_pb2_grpc.SelectionServiceServicer):
         return evicted
 
     def warm_up(self) -> None:
-        """Build and warm the resolver (unless given), check Neo4j, create the plan schema."""
+        """Build and warm the resolver (unless given), check Neo4j, create the plan schema,
+        then select once for a small task of the hub's own (`select.warm_up`, nothing
+        stored), so that the first requests do not pay Neo4j's query planning."""
         t = time.perf_counter()
         if self.resolver is None:
             from mllgraph.ground.resolve import default_resolver
@@ -244,8 +246,23 @@ class SelectionServicer(selection_pb2_grpc.SelectionServiceServicer):
         self.concepts = Concepts(self.resolver)
         self.graph.verify()
         select.ensure_schema(self.graph)
+        t_task = time.perf_counter()
+        try:
+            task = select.warm_up(self.graph, self.settings, self.resolver)
+        except Exception as e:  # only a warm-up: a hub that cannot serve it serves others
+            task = []
+            log.warning(
+                "selection_warm_task_failed error_type=%s error=%s",
+                type(e).__name__,
+                str(e)[:200],
+            )
         self.ready = True
-        log.info("selection_warm ms=%.0f", (time.perf_counter() - t) * 1000)
+        log.info(
+            "selection_warm ms=%.0f task=%s task_ms=%.0f",
+            (time.perf_counter() - t) * 1000,
+            ",".join(task) or "-",
+            (time.perf_counter() - t_task) * 1000,
+        )
 
     async def drain(self, grace: float | None) -> None:
         """Let the plan evictions started after SelectHeads finish, `grace` s at most (None:

@@ -576,6 +576,53 @@ def test_empty_hub_is_failed_precondition(hub: Hub) -> None:
     assert "no labelled models" in err.details()
 
 
+def test_the_service_warms_up_on_a_task_of_the_hubs_own(
+    hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before it reports SERVING, the service selects once for two of the hub's probed and
+    labelled concepts (so Neo4j has planned the queries a request runs), storing nothing;
+    a warm-up that fails (here a grounder that breaks on its first task) is only logged:
+    the service serves all the same."""
+    from services.selection import BackgroundServer
+
+    def plans() -> int:
+        return hub.graph.run_user_query("MATCH (p:Plan) RETURN count(p) AS n")[0]["n"]
+
+    covered = hub.graph.run_user_query(
+        "MATCH (:ProbeSet)-[:PROBES]->(c:Concept)<-[:LABELED]-(:Head) "
+        "RETURN collect(DISTINCT c.wnid) AS wnids"
+    )[0]["wnids"]
+    before = plans()
+    wnids = select.warm_up(hub.graph, hub.settings, hub.resolver)
+    assert len(wnids) == 2 and set(wnids) <= set(covered)
+    assert plans() == before
+
+    class BreaksOnTasks:  # the real grounder, but its task grounding fails
+        def __getattr__(self, name: str) -> Any:
+            return getattr(hub.resolver, name)
+
+        def resolve_task(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("grounder broken for this test")
+
+    for resolver, logged in ((hub.resolver, "task=" + ",".join(wnids)), (BreaksOnTasks(), "")):
+        caplog.clear()
+        with (
+            caplog.at_level("INFO"),
+            BackgroundServer(hub.settings, resolver=resolver) as server,
+            grpc.insecure_channel(server.address) as channel,
+        ):
+            status = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="mllgraph.v1.SelectionService")
+            )
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        if logged:
+            assert logged in caplog.text
+        else:
+            assert "selection_warm_task_failed error_type=RuntimeError" in caplog.text
+            assert "selection_warm ms=" in caplog.text and "task=-" in caplog.text
+    assert plans() == before
+
+
 def _handbag_clog_kilt(hub: Hub) -> select.SelectionContext:
     """handbag (no probe images), clog and kilt, pinned; default rule parameters, not stored."""
     classes = [
