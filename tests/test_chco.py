@@ -477,7 +477,7 @@ def _brute_best(state: chco._State, c: int, ids: np.ndarray, with_none: bool) ->
         choice[c] = opt
         count = int((z.argmax(axis=1) == p.labels).sum())
         value = count + math.fsum(p.cand_credits[i] for i in choice[p.unprobed] if i >= 0)
-        label = 0.0 if opt < 0 else p.cand_labels[opt]
+        label = 0.0 if opt < 0 else float(p.cand_label[opt])
         if best is None or (value, label) > best[1:]:
             best = (opt, value, label)
     return best
@@ -492,7 +492,7 @@ def _tied_prep(seed: int) -> chco._Prepared:
     prep.cand_credit[:] = np.where(
         prep.is_unprobed[prep.cand_class], problem.prior_weight * prep.cand_label, 0.0
     )
-    prep.cand_labels, prep.cand_credits = prep.cand_label.tolist(), prep.cand_credit.tolist()
+    prep.cand_credits = prep.cand_credit.tolist()
     return prep
 
 
@@ -558,7 +558,8 @@ def _brute_move(state: chco._State, move: str, m: int, allowed: np.ndarray) -> n
             return
         opt, value, label = _brute_best(state, c, ids, with_none)
         cur = int(state.choice[c])
-        if opt != cur and (value, label) > (state.value, state.label_of(cur)):
+        label_now = 0.0 if cur < 0 else float(p.cand_label[cur])
+        if opt != cur and (value, label) > (state.value, label_now):
             state.set(c, opt)
 
     def allowed_ids(c: int) -> np.ndarray:

@@ -326,8 +326,7 @@ class _Prepared:
     cand_model: np.ndarray  # (C,) index into model_ids
     cand_label: np.ndarray  # (C,) label scores
     cand_credit: np.ndarray  # (C,) prior credit (w * label score) for unprobed classes, else 0
-    cand_labels: list[float]  # cand_label and cand_credit as lists, for the heuristic's
-    cand_credits: list[float]  # per-class moves (a few candidates each)
+    cand_credits: list[float]  # cand_credit as a list, for the exact sum of the state's credit
     unprobed: np.ndarray  # indices of the classes without probe images
     is_unprobed: np.ndarray  # (K,) bool: class without probe images
     scores: np.ndarray  # (C, N) default-rule score column of each candidate, C-contiguous
@@ -373,7 +372,6 @@ def _prepare(problem: ChcoProblem) -> _Prepared:
         cand_model=cand_model,
         cand_label=cand_label,
         cand_credit=cand_credit,
-        cand_labels=cand_label.tolist(),
         cand_credits=cand_credit.tolist(),
         unprobed=np.flatnonzero(unprobed),
         is_unprobed=np.array(unprobed, dtype=bool),
@@ -660,9 +658,6 @@ class _State:
         chosen = self.choice[self.p.unprobed]
         self.credit = math.fsum(self.p.cand_credits[i] for i in chosen if i >= 0)
         self.value = self.count + self.credit
-
-    def label_of(self, cand: int) -> float:
-        return 0.0 if cand < 0 else float(self.p.cand_label[cand])
 
     def key(self) -> tuple[float, float]:
         chosen = self.choice[self.choice >= 0]
