@@ -69,3 +69,21 @@ def test_supervised_recipes_name_their_network():
     assert SupervisedRecipe("cnn", epochs=1).epoch_count == 1
     with pytest.raises(InvalidArgument, match="'resnet' is unknown"):
         SupervisedRecipe("resnet")
+
+
+def test_the_supervised_networks_initial_weights_come_from_its_seed_alone():
+    """Whatever the process drew before, a recipe's network starts from the same weights (the
+    demo trains the reference after other models), and drawing them leaves the process's
+    random numbers where they were."""
+    import torch
+
+    from mllgraph.eval.supervised import SupervisedRecipe, initial_network
+
+    first = initial_network(SupervisedRecipe()).state_dict()
+    torch.rand(1000)  # other work in between
+    state = torch.random.get_rng_state()
+    again = initial_network(SupervisedRecipe()).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    other = initial_network(SupervisedRecipe(seed=1)).state_dict()
+    assert not torch.equal(first["1.weight"], other["1.weight"])
