@@ -131,7 +131,7 @@ def test_internal_evaluator_matches_combine() -> None:
         for k in range(prep.k):
             lo, hi = prep.start[k], prep.start[k + 1]
             if hi > lo:
-                np.testing.assert_array_equal(first[lo:hi], state.totals(k, prep.scores[lo:hi]))
+                np.testing.assert_array_equal(first[lo:hi], _totals(state, k, prep.scores[lo:hi]))
 
 
 def test_determinism_and_candidate_order_invariance() -> None:
@@ -423,6 +423,25 @@ def test_exact_counts_by_halves_match_a_direct_count() -> None:
     assert np.array_equal(counts, direct)
 
 
+def _option_totals(state: chco._State, c: int, ids: np.ndarray, with_none: bool) -> np.ndarray:
+    """Right-image counts if class c's column were each candidate `ids`, then uncovered."""
+    p = state.p
+    return kernels.option_totals(
+        c, ids, chco.UNCOVERED_SCORE, with_none, p.scores, p.labels, state.top_val,
+        state.top_idx, state.correct, state.zy,
+    )  # fmt: skip
+
+
+def _totals(state: chco._State, c: int, rows: np.ndarray) -> np.ndarray:
+    """Right-image counts if class c's column were each row of `rows` (n, N)."""
+    p = state.p
+    return kernels.option_totals(
+        c, np.arange(rows.shape[0]), chco.UNCOVERED_SCORE, False,
+        np.ascontiguousarray(rows, dtype=np.float64), p.labels, state.top_val, state.top_idx,
+        state.correct, state.zy,
+    )  # fmt: skip
+
+
 def _without_images_of(problem: ChcoProblem, classes: set[int]) -> ChcoProblem:
     """The problem with no probe image of `classes` (their prior credit counts instead)."""
     keep = ~np.isin(problem.labels, list(classes))
@@ -460,8 +479,8 @@ def test_the_evaluator_follows_moves_and_restores() -> None:
                     options = prep.scores[sub]
                     if none:
                         options = np.vstack([options, prep.none_row])
-                    want = fresh.totals(k, options) if options.size else np.zeros(0)
-                    np.testing.assert_array_equal(state.option_totals(k, sub, none), want)
+                    want = _totals(fresh, k, options) if options.size else np.zeros(0)
+                    np.testing.assert_array_equal(_option_totals(state, k, sub, none), want)
 
 
 def _brute_best(state: chco._State, c: int, ids: np.ndarray, with_none: bool) -> tuple:
@@ -476,7 +495,7 @@ def _brute_best(state: chco._State, c: int, ids: np.ndarray, with_none: bool) ->
         choice = state.choice.copy()
         choice[c] = opt
         count = int((z.argmax(axis=1) == p.labels).sum())
-        value = count + math.fsum(p.cand_credits[i] for i in choice[p.unprobed] if i >= 0)
+        value = count + math.fsum(p.cand_credit[i] for i in choice[p.unprobed] if i >= 0)
         label = 0.0 if opt < 0 else float(p.cand_label[opt])
         if best is None or (value, label) > best[1:]:
             best = (opt, value, label)
@@ -492,7 +511,6 @@ def _tied_prep(seed: int) -> chco._Prepared:
     prep.cand_credit[:] = np.where(
         prep.is_unprobed[prep.cand_class], problem.prior_weight * prep.cand_label, 0.0
     )
-    prep.cand_credits = prep.cand_credit.tolist()
     return prep
 
 

@@ -326,7 +326,6 @@ class _Prepared:
     cand_model: np.ndarray  # (C,) index into model_ids
     cand_label: np.ndarray  # (C,) label scores
     cand_credit: np.ndarray  # (C,) prior credit (w * label score) for unprobed classes, else 0
-    cand_credits: list[float]  # cand_credit as a list, for the exact sum of the state's credit
     unprobed: np.ndarray  # indices of the classes without probe images
     is_unprobed: np.ndarray  # (K,) bool: class without probe images
     scores: np.ndarray  # (C, N) default-rule score column of each candidate, C-contiguous
@@ -372,7 +371,6 @@ def _prepare(problem: ChcoProblem) -> _Prepared:
         cand_model=cand_model,
         cand_label=cand_label,
         cand_credit=cand_credit,
-        cand_credits=cand_credit.tolist(),
         unprobed=np.flatnonzero(unprobed),
         is_unprobed=np.array(unprobed, dtype=bool),
         scores=scores,
@@ -656,7 +654,7 @@ class _State:
         # The prior credit of the unprobed classes' choices: an exactly rounded sum, so equal
         # choices give bit-equal values whatever the order (`chco_kernels.fsum` sums alike).
         chosen = self.choice[self.p.unprobed]
-        self.credit = math.fsum(self.p.cand_credits[i] for i in chosen if i >= 0)
+        self.credit = math.fsum(self.p.cand_credit[chosen[chosen >= 0]].tolist())
         self.value = self.count + self.credit
 
     def key(self) -> tuple[float, float]:
@@ -665,23 +663,6 @@ class _State:
 
     def models(self) -> set[int]:
         return {int(self.p.cand_model[i]) for i in self.choice if i >= 0}
-
-    def totals(self, c: int, v: np.ndarray) -> np.ndarray:
-        """Correct-image count if class c's column were each row of v (n_opts, N)."""
-        self.evaluated += v.shape[0]
-        ids = np.arange(v.shape[0])
-        return self._totals(c, ids, False, np.ascontiguousarray(v, dtype=np.float64))
-
-    def option_totals(self, c: int, ids: np.ndarray, with_none: bool) -> np.ndarray:
-        """:meth:`totals` for the candidates `ids` of class c, and uncovered last."""
-        self.evaluated += ids.size + int(with_none)
-        return self._totals(c, ids, with_none, self.p.scores)
-
-    def _totals(self, c: int, ids: np.ndarray, with_none: bool, rows: np.ndarray) -> np.ndarray:
-        return kernels.option_totals(
-            c, ids, UNCOVERED_SCORE, with_none, rows, self.p.labels, self.top_val,
-            self.top_idx, self.correct, self.zy,
-        )  # fmt: skip
 
     def first_order(self) -> np.ndarray:
         """(C,) correct counts if each candidate alone replaced its class's column."""
@@ -769,11 +750,6 @@ def _reassign_sweep(state: _State, chosen: set[int]) -> bool:
     return state.sweep(_allowed(state.p, chosen))
 
 
-def _try_model(state: _State, m: int) -> int:
-    """Greedily move the classes model m can cover to m; how many moved."""
-    return state.try_model(m)
-
-
 def _rank_models(state: _State, chosen: set[int], excluded: set[int], top: int) -> list[int]:
     """Up to `top` outside models with positive first-order gain, best first.
 
@@ -814,7 +790,7 @@ def _greedy_add(state: _State, chosen: set[int], excluded: set[int], lookahead: 
     # (key, model, the state it leads to): returning to it is cheaper than trying it again.
     best: tuple[tuple[float, float], int, _Checkpoint] | None = None
     for m in order:
-        changes = _try_model(state, int(m))
+        changes = state.try_model(int(m))
         key = state.key()
         if changes and key > base and (best is None or key > best[0]):
             best = (key, int(m), state.checkpoint())
@@ -967,7 +943,7 @@ def solve_heuristic(
         state.restore(empty)
         chosen: set[int] = set()
         if first is not None:
-            _try_model(state, first)
+            state.try_model(first)
             chosen.add(first)
         _local_search(state, chosen, problem.budget, lookahead, max_rounds, swaps, ends)
         key = (-state.value, *_final_key(prep, state.choice))
