@@ -622,7 +622,7 @@ class OomAbove(torch.nn.Module):
         self.inner, self.limit, self.seen = inner, limit, seen
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.append(x.shape[0])
+        self.seen.append(int(x.shape[0]))  # int(): fx cannot trace it, so prepare leaves it whole
         if x.shape[0] > self.limit:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return self.inner(x)

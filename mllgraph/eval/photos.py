@@ -178,7 +178,12 @@ class ExpertsAlone:
         from mllgraph.hub import loading
 
         self.names = list(names)
-        self._models = {n: loading.load_efficientnet_lite(n) for n in self.names}
+        from mllgraph.hub import forward
+
+        self._models = {}
+        for n in self.names:
+            model, spec, wnids = loading.load_efficientnet_lite(n)
+            self._models[n] = (forward.prepare(model, spec), spec, wnids)
         self._cache: dict[tuple[str, str], np.ndarray] = {}
 
     def head_wnids(self, name: str) -> list[str]:

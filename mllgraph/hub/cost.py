@@ -7,7 +7,7 @@ a few small timed batches longer) and, for a model registered before costs exist
 measured on another device, the next time it is labelled. Until then `cost_of` estimates it
 from the weights' size and the input size, marked as estimated.
 
-The timing runs the model as the inference service does (`forward.run`: channels_last, the
+The timing runs the model as the inference service does (`forward.prepare`d, `forward.run`: the
 CPU chunk, inference mode, on `Settings.torch_device()`). On the CPU it counts the CPU time of
 one thread (`time.thread_time`, torch on one thread for the block: `mllgraph.threads`), the
 compute the image costs whatever else runs: on a shared machine wall time is not a property of
@@ -78,7 +78,7 @@ def time_batches(
     from mllgraph.hub.preprocess import preprocess
 
     dev = torch.device(device)
-    model = forward.to_channels_last(model.to(dev).eval())
+    model = forward.prepare(model, spec, dev)
     shape = (batch, spec.size, spec.size) + ((3,) if spec.channels == 3 else ())
     images = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
     x = preprocess(images, spec, device=dev)

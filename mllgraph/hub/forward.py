@@ -1,7 +1,8 @@
 """Running one expert over many images in fixed batches: labelling and the evaluation use
 this. The inference service has its own path (`mllgraph.reuse.classifier`: one pass per plan
 batch, fp16 on CUDA); both preprocess with the model's `InputSpec`, so they see the same
-pixels, and both run a pass through `run` (channels_last, CPU chunks)."""
+pixels, and both run a model made ready by `prepare` (rewritten for inference, channels_last)
+through `run` (CPU chunks)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mllgraph.hub import fold
 from mllgraph.hub.preprocess import InputSpec, preprocess
 from mllgraph.settings import Settings
 
@@ -48,6 +50,27 @@ def to_channels_last(module: nn.Module) -> nn.Module:
     return module.to(memory_format=torch.channels_last)
 
 
+def prepare(
+    module: nn.Module,
+    spec: InputSpec,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """`module` ready for `run`: in eval mode, rewritten for inference (`hub.fold`, checked on
+    two example images of `spec`), on `device` in `dtype`, with channels_last weights. Once:
+    a prepared module comes back as it is."""
+    if getattr(module, "_mllgraph_prepared", False):
+        return module
+    module = module.eval()
+    on = next(module.parameters(), torch.empty(0))
+    shape = (2, spec.size, spec.size) + ((3,) if spec.channels == 3 else ())
+    images = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    example = preprocess(images, spec, device=on.device).to(on.dtype)
+    module = to_channels_last(fold.for_inference(module, example).to(device=device, dtype=dtype))
+    module._mllgraph_prepared = True
+    return module
+
+
 def logits(
     model: nn.Module,
     spec: InputSpec,
@@ -58,8 +81,9 @@ def logits(
     progress: Callable[[int], None] | None = None,
     cpu_chunk: int = Settings.infer_cpu_chunk,
 ) -> np.ndarray:
-    """float32 logits (N, heads) of `model` on uint8 `images`, preprocessed per `spec`."""
-    model = to_channels_last(model.to(device).eval())
+    """float32 logits (N, heads) of `model` on uint8 `images`, preprocessed per `spec`. A
+    caller with several batches of images for one model passes it `prepare`d."""
+    model = prepare(model, spec, device)
     chunk = chunk_for(device, cpu_chunk)
     out = []
     for start in range(0, len(images), batch_size):

@@ -212,6 +212,7 @@ def compute(
     total = work.images
     model, spec = loading.load_model(settings, work.record)
     device = device or settings.torch_device()
+    model = forward.prepare(model, spec, device)
     outputs: dict[str, np.ndarray] = {}
     done = 0
     t_fwd = time.monotonic()

@@ -1,7 +1,8 @@
 """The model cache: experts on the device, least recently used evicted beyond a byte budget.
 
 Experts are loaded with ``loading.load_model`` (or, for a bundle, from its weight blobs) and
-kept on the device, in ``channels_last`` (``mllgraph.hub.forward.run``, as in labelling). On
+kept on the device, ``forward.prepare``d as in labelling (rewritten for inference: BatchNorm
+folded into the convolutions, ``mllgraph.hub.fold``; channels_last). On
 CUDA models run in **fp16** (``float16``: 11 mantissa bits keep predictions closer to the fp32
 reference than bf16's 8) under ``torch.inference_mode``; a model whose fp16 logits come out
 non-finite (overflow) is switched to fp32 for good and the batch rerun. On the CPU the same
@@ -166,8 +167,7 @@ class ModelCache:
 
     def _load(self, record: dict[str, Any]) -> LoadedModel:
         module, spec = self.loader(self.settings, record)
-        module = module.eval().to(device=self.device, dtype=self.dtype)
-        module = forward.to_channels_last(module)
+        module = forward.prepare(module, spec, self.device, self.dtype)
         return LoadedModel(
             model_id=str(record["id"]),
             module=module,
