@@ -58,6 +58,13 @@ def test_labelling_measures_a_cost_missing_for_this_device(hub: dict[str, Any]) 
     assert not hub_cost.needs_measuring(record, "cpu")
 
 
+def test_a_cost_timed_by_an_older_runner_is_measured_again() -> None:
+    record = {"cost_ms_per_image": 12.0, "cost_device": "cpu", "cost_threads": 1}
+    assert hub_cost.needs_measuring(record, "cpu")  # before the rewritten graph: no runner
+    assert hub_cost.needs_measuring({**record, "cost_runner": hub_cost.COST_RUNNER - 1}, "cpu")
+    assert not hub_cost.needs_measuring({**record, "cost_runner": hub_cost.COST_RUNNER}, "cpu")
+
+
 def test_unmeasured_models_get_an_estimate_marked_as_such() -> None:
     ms, estimated = hub_cost.cost_of({"size_bytes": 4_000_000, "input_size": 224})
     assert estimated and ms == pytest.approx(hub_cost.ESTIMATE_MS_PER_MPARAM_224)

@@ -33,6 +33,9 @@ if TYPE_CHECKING:  # torch is imported where a model is timed: listing costs sta
     from mllgraph.hub.preprocess import InputSpec
 
 COST_BATCH = 8  # images per timed batch
+# How the timed forward pass was run; a cost from an older runner is measured again at the next
+# labelling. 2: the rewritten graph of `forward.prepare` (hub/fold); 1 (or none): as built.
+COST_RUNNER = 2
 # Timed batches; their minimum is taken. Other work on the machine only adds to a batch's CPU
 # time (cache and memory-bandwidth contention), so the least-disturbed batch is the model's
 # own cost: across repeated measurements, quiet and under load, the minimum moved less than
@@ -58,6 +61,7 @@ def measure(model: nn.Module, spec: InputSpec, device: str, **timing: int) -> di
         "cost_threads": timed["threads"],
         "cost_batch": timed["batch"],
         "cost_clock": timed["clock"],
+        "cost_runner": COST_RUNNER,
     }
 
 
@@ -130,8 +134,10 @@ def cost_of(record: dict[str, Any]) -> tuple[float, bool]:
 
 
 def needs_measuring(record: dict[str, Any], device: str) -> bool:
-    """True when the record has no measured cost, or one from another kind of device."""
+    """True when the record has no measured cost, or one from another kind of device or an
+    older way of running the model (COST_RUNNER)."""
     return (
         record.get("cost_ms_per_image") is None
         or record.get("cost_device") != str(device).split(":")[0]
+        or record.get("cost_runner", 1) != COST_RUNNER
     )

@@ -47,7 +47,7 @@ def bench_cost(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     with db.connect(settings) as graph:
         costs: dict[str, dict[str, Any]] = {}
         for r in registry.list_models(graph, limit=1000):
-            if r.get("cost_ms_per_image") is None:
+            if hub_cost.needs_measuring(r, settings.torch_device()):
                 r = registry.measure_cost(graph, settings, r["id"])
             ms, estimated = hub_cost.cost_of(r)
             costs[r["id"]] = {"ms_per_image": round(ms, 4), "clock": r.get("cost_clock")}
