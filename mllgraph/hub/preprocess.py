@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from mllgraph.errors import InvalidArgument
+
+if TYPE_CHECKING:  # torch is imported where images are preprocessed: the catalogue and
+    import torch  # selection import this module for InputSpec alone, and start faster without
 
 RESIZE_MODES: tuple[str, ...] = ("resize", "resize_crop")
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic", "nearest")
@@ -245,6 +246,8 @@ def _as_image_groups(images: np.ndarray | Sequence[np.ndarray]) -> tuple[int, li
 
 def _resize(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     """Resize/crop a float batch (n, C, H, W) to (n, C, size, size)."""
+    import torch
+
     h, w = x.shape[-2:]
     size = spec.size
     if spec.resize == "resize" or (h == w == size and spec.crop_pct == 1.0):
@@ -262,7 +265,7 @@ def _resize(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
         if mode != "nearest":
             # antialias makes downscaling behave like PIL instead of aliasing.
             kwargs = {"align_corners": False, "antialias": True}
-        x = F.interpolate(x, size=target, mode=mode, **kwargs)
+        x = torch.nn.functional.interpolate(x, size=target, mode=mode, **kwargs)
         if mode == "bicubic":
             x = x.clamp_(0.0, 1.0)  # bicubic overshoots outside [0, 1]
     th, tw = x.shape[-2:]
@@ -286,6 +289,8 @@ def preprocess(
     repeated to 3 channels or RGB reduced to luma as the spec asks; then resize, scale
     to [0, 1] and normalise. Runs on `device` (default CPU) and returns the result there.
     """
+    import torch
+
     spec.validate()
     n, groups = _as_image_groups(images)
     dev = torch.device(device) if device is not None else torch.device("cpu")
