@@ -57,13 +57,13 @@ def prepare(
     dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """`module` ready for `run`: in eval mode, rewritten for inference (`hub.fold`, checked on
-    two example images of `spec`), on `device` in `dtype`, with channels_last weights. Once:
+    an example image of `spec`), on `device` in `dtype`, with channels_last weights. Once:
     a prepared module comes back as it is."""
     if getattr(module, "_mllgraph_prepared", False):
         return module
     module = module.eval()
     on = next(module.parameters(), torch.empty(0))
-    shape = (2, spec.size, spec.size) + ((3,) if spec.channels == 3 else ())
+    shape = (1, spec.size, spec.size) + ((3,) if spec.channels == 3 else ())
     images = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
     example = preprocess(images, spec, device=on.device).to(on.dtype)
     module = to_channels_last(fold.for_inference(module, example).to(device=device, dtype=dtype))
