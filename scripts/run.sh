@@ -43,9 +43,23 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
       fi
     done
   fi
-  echo "[setup] pip install -e .[dev] (the first time downloads torch: a few minutes)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  # uv installs the same packages as pip about 4x faster (torch and its CUDA libraries: 33 s
+  # against 143 s here); pip's own index settings are passed on, and pip takes over if uv
+  # cannot be had or fails.
+  echo "[setup] installing mllgraph and its dependencies into .venv (the first time: torch)"
+  uv_args=()
+  index="${PIP_INDEX_URL:-$(.venv/bin/python -m pip config get global.index-url 2>/dev/null || true)}"
+  [ -n "$index" ] && uv_args+=(--index-url "$index")
+  [ -n "${PIP_EXTRA_INDEX_URL:-}" ] && uv_args+=(--extra-index-url "$PIP_EXTRA_INDEX_URL")
+  [ -n "${PIP_FIND_LINKS:-}" ] && uv_args+=(--find-links "$PIP_FIND_LINKS")
+  if .venv/bin/python -m pip install -q uv \
+    && .venv/bin/uv pip install -q --python .venv/bin/python "${uv_args[@]}" -e ".[dev]"; then
+    :
+  else
+    echo "[setup] uv unavailable or failed: installing with pip (a few minutes)"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e ".[dev]"
+  fi
   echo "$want" > "$stamp"
 fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
