@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -21,7 +23,7 @@ def _randomise_norms(model: nn.Module) -> nn.Module:
     """Trained-looking BatchNorm statistics, so that folding them is not the identity."""
     g = torch.Generator().manual_seed(0)
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.BatchNorm2d):  # BatchNormAct2d too
             n = m.num_features
             m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
             m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
@@ -54,7 +56,11 @@ def test_efficientnet_lite_folds_its_norms_and_keeps_its_logits() -> None:
 
 
 # What the rewrites remove from each family (its other layers are left as they are).
-REWRITTEN = {"test_nfnet": "ScaledStdConv2d", "test_resnet": "BatchNorm2d"}
+REWRITTEN = {
+    "test_efficientnet": "BatchNormAct2d",
+    "test_nfnet": "ScaledStdConv2d",
+    "test_resnet": "BatchNorm2d",
+}
 
 
 @pytest.mark.parametrize("arch", sorted(FASHION_ARCHS))
@@ -159,3 +165,45 @@ def test_prepare_once() -> None:
     model = _randomise_norms(loading.build_timm("test_resnet", 3, 1))
     ready = forward.prepare(model, FASHION_INPUT_SPEC)
     assert forward.prepare(ready, FASHION_INPUT_SPEC) is ready
+
+
+def test_other_threads_run_their_models_while_models_are_traced() -> None:
+    """fx patches nn.Module.__call__ for the whole process while it traces: other threads'
+    forward passes must run as usual meanwhile, and traces from several threads at once must
+    each succeed (as when the inference service loads models while others classify)."""
+    torch.manual_seed(0)
+    busy = _randomise_norms(loading.build_timm("test_resnet", 3, 1))
+    x = _images(FASHION_INPUT_SPEC, 2)
+    with torch.inference_mode():
+        want = busy(x)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def classify() -> None:
+        while not stop.is_set():
+            try:
+                with torch.inference_mode():
+                    torch.testing.assert_close(busy(x), want)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+                return
+
+    traced = _randomise_norms(loading.build_timm("test_efficientnet", 5, 1))
+    example = _images(FASHION_INPUT_SPEC, 1)
+    results: list[nn.Module] = []
+
+    def load() -> None:
+        for _ in range(4):
+            results.append(fold.for_inference(traced, example))
+
+    runners = [threading.Thread(target=classify) for _ in range(2)]
+    loaders = [threading.Thread(target=load) for _ in range(3)]
+    for t in runners + loaders:
+        t.start()
+    for t in loaders:
+        t.join(timeout=120)
+    stop.set()
+    for t in runners:
+        t.join(timeout=30)
+    assert errors == [], errors[:1]
+    assert len(results) == 12 and all(r is not traced for r in results)

@@ -5,6 +5,7 @@ Four rewrites, on the graph `torch.fx` traces (convolutions kept whole):
   a plain one with its standardised weight computed once, not at every forward pass (at the
   CPU's 4-image passes of 28x28 images, that recomputation was most of an NFNet expert's time);
 - each eval-mode BatchNorm2d is folded into the convolution before it (weights and a bias);
+  timm's BatchNormAct2d (EfficientNet, MobileNet, ...) likewise, its activation kept;
 - a TF-"same" static padding that is symmetric (EfficientNet-Lite's stride-1 depthwise
   convolutions) moves into the convolution, instead of a separate zero-filled copy;
 - a ReLU/ReLU6 whose input is a convolution's or BatchNorm's own fresh output, read by
@@ -16,12 +17,20 @@ convolutions (BatchNorm, ReLU6, padding): these rewrites remove most of it
 
 `for_inference` checks the rewritten graph against the original on an example batch: a model
 fx cannot trace, or whose outputs differ beyond float rounding, runs unchanged.
+
+Threads: fx traces by patching `nn.Module.__call__` for the whole process. Here a module called
+from any other thread while a trace runs goes straight to its own forward (`_ConvLeafTracer`),
+and one trace runs at a time (`_TRACE_LOCK`), so the patches nest and are undone in order.
+Without that, a service loading a model broke every other thread's forward pass meanwhile
+("module is not installed as a submodule").
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import threading
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -35,16 +44,49 @@ log = logging.getLogger(__name__)
 _STATIC_SAME = "Conv2dStaticSamePadding"
 # timm's weight-standardised convolutions: class name -> whether a learnt gain scales it.
 _STANDARDISED = {"StdConv2d": False, "ScaledStdConv2d": True}
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish)
+# timm's BatchNorm2d followed by its own dropout and activation in one module.
+_NORM_ACT = "BatchNormAct2d"
 # Outputs differ from the original by float rounding only (about 1e-6 of the largest logit).
 _TOLERANCE = 1e-3
+_TRACE_LOCK = threading.Lock()
 
 
 class _ConvLeafTracer(fx.Tracer):
-    """Keeps every Conv2d (and subclass) one node, so the rewrites see conv -> BN pairs."""
+    """Keeps every Conv2d (and subclass) and timm's BatchNormAct2d one node, so the rewrites
+    see conv -> norm pairs. Only the tracing thread's module calls are traced; other threads'
+    run as they would without a trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thread = threading.get_ident()
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: Any) -> Any:
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, nn.Conv2d) or super().is_leaf_module(m, module_qualified_name)
+        return (
+            isinstance(m, nn.Conv2d)
+            or _is_norm_act(m)
+            or super().is_leaf_module(m, module_qualified_name)
+        )
+
+
+def _is_norm_act(m: nn.Module) -> bool:
+    """timm's BatchNormAct2d whose dropout does nothing at inference."""
+    return (
+        type(m).__name__ == _NORM_ACT
+        and isinstance(m, nn.BatchNorm2d)
+        and isinstance(getattr(m, "drop", None), nn.Identity | nn.Dropout)
+        and isinstance(getattr(m, "act", None), nn.Module)
+    )
 
 
 def for_inference(module: nn.Module, example: torch.Tensor) -> nn.Module:
@@ -55,7 +97,9 @@ def for_inference(module: nn.Module, example: torch.Tensor) -> nn.Module:
         return module
     try:
         # The rewrites add modules and never change the model's own (fuse_conv_bn_eval copies).
-        rewritten = fx.GraphModule(module, _ConvLeafTracer().trace(module))
+        with _TRACE_LOCK:
+            traced = _ConvLeafTracer().trace(module)
+        rewritten = fx.GraphModule(module, traced)
         if not rewrite(rewritten):
             return module
         with torch.inference_mode():
@@ -97,6 +141,11 @@ def _close(got: object, want: object) -> bool:
     return bool((got - want).abs().max() <= _TOLERANCE * scale)
 
 
+def _modules(graph: fx.GraphModule) -> dict[str, nn.Module]:
+    # Every name, a module registered under several (a shared activation) included.
+    return dict(graph.named_modules(remove_duplicate=False))
+
+
 def _replace(graph: fx.GraphModule, node: fx.Node, module: nn.Module, kind: str) -> None:
     # A new name per node: a module the model shares across places stays as it was elsewhere.
     name = f"_inference_{kind}_{node.name}"
@@ -123,7 +172,7 @@ def _plain_copy(conv: nn.Conv2d, weight: torch.Tensor, padding: object) -> nn.Co
 
 
 def _standardised_weights(graph: fx.GraphModule) -> int:
-    modules, changed = dict(graph.named_modules()), 0
+    modules, changed = _modules(graph), 0
     for node in graph.graph.nodes:
         if node.op != "call_module":
             continue
@@ -147,7 +196,7 @@ def _standardised_weights(graph: fx.GraphModule) -> int:
 
 
 def _pads_into_convs(graph: fx.GraphModule) -> int:
-    modules, changed = dict(graph.named_modules()), 0
+    modules, changed = _modules(graph), 0
     for node in graph.graph.nodes:
         if node.op != "call_module":
             continue
@@ -177,11 +226,13 @@ def _is_plain_conv(module: nn.Module) -> bool:
 
 
 def _fold_batch_norms(graph: fx.GraphModule) -> int:
-    modules, changed = dict(graph.named_modules()), 0
+    modules, changed = _modules(graph), 0
     for node in list(graph.graph.nodes):
-        if node.op != "call_module" or type(modules[node.target]) is not nn.BatchNorm2d:
+        if node.op != "call_module":
             continue
         bn, source = modules[node.target], node.args[0]
+        if not (type(bn) is nn.BatchNorm2d or _is_norm_act(bn)):
+            continue
         if not (
             isinstance(source, fx.Node)
             and source.op == "call_module"
@@ -192,15 +243,18 @@ def _fold_batch_norms(graph: fx.GraphModule) -> int:
         ):
             continue
         _replace(graph, source, fuse_conv_bn_eval(modules[source.target], bn), "conv_bn")
-        modules = dict(graph.named_modules())
-        node.replace_all_uses_with(source)
-        graph.graph.erase_node(node)
+        if type(bn) is not nn.BatchNorm2d and not isinstance(bn.act, nn.Identity):
+            _replace(graph, node, bn.act, "norm_act")  # the norm folded, its activation stays
+        else:
+            node.replace_all_uses_with(source)
+            graph.graph.erase_node(node)
+        modules = _modules(graph)
         changed += 1
     return changed
 
 
 def _activations_in_place(graph: fx.GraphModule) -> int:
-    modules, changed = dict(graph.named_modules()), 0
+    modules, changed = _modules(graph), 0
     for node in graph.graph.nodes:
         if node.op != "call_module":
             continue
