@@ -171,12 +171,15 @@ def _plain_copy(conv: nn.Conv2d, weight: torch.Tensor, padding: object) -> nn.Co
     return plain
 
 
+def _module_nodes(graph: fx.GraphModule) -> list[tuple[fx.Node, nn.Module]]:
+    """Each module call of the graph with its module (a snapshot: rewrites may follow)."""
+    modules = _modules(graph)
+    return [(n, modules[n.target]) for n in graph.graph.nodes if n.op == "call_module"]
+
+
 def _standardised_weights(graph: fx.GraphModule) -> int:
-    modules, changed = _modules(graph), 0
-    for node in graph.graph.nodes:
-        if node.op != "call_module":
-            continue
-        conv = modules[node.target]
+    changed = 0
+    for node, conv in _module_nodes(graph):
         scaled = _STANDARDISED.get(type(conv).__name__)
         if scaled is None or getattr(conv, "same_pad", False) or conv.padding_mode != "zeros":
             continue
@@ -196,11 +199,8 @@ def _standardised_weights(graph: fx.GraphModule) -> int:
 
 
 def _pads_into_convs(graph: fx.GraphModule) -> int:
-    modules, changed = _modules(graph), 0
-    for node in graph.graph.nodes:
-        if node.op != "call_module":
-            continue
-        conv = modules[node.target]
+    changed = 0
+    for node, conv in _module_nodes(graph):
         if type(conv).__name__ != _STATIC_SAME or conv.padding != (0, 0):
             continue
         pad = _symmetric_pad(conv.static_padding)
