@@ -150,7 +150,18 @@ class _Branchy(nn.Module):
         return y.mean((2, 3)) if y.sum() > 0 else -y.mean((2, 3))
 
 
-@pytest.mark.parametrize("net", [_Doubling, _Branchy, nn.Flatten])
+class _ActivationOnly(nn.Module):
+    """Nothing to fold, only an activation that could run in place: not worth a graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(3, 2, 3), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x)).mean((2, 3))
+
+
+@pytest.mark.parametrize("net", [_Doubling, _Branchy, nn.Flatten, _ActivationOnly])
 def test_a_model_the_rewrites_cannot_serve_or_need_not_runs_unchanged(net: type[nn.Module]) -> None:
     model = net().eval()
     assert fold.for_inference(model, torch.randn(2, 3, 8, 8)) is model
