@@ -175,11 +175,9 @@ class ExpertsAlone:
     """The builtin ImageNet experts' probabilities per image, computed once per image."""
 
     def __init__(self, names: Sequence[str]) -> None:
-        from mllgraph.hub import loading
+        from mllgraph.hub import forward, loading
 
         self.names = list(names)
-        from mllgraph.hub import forward
-
         self._models = {}
         for n in self.names:
             model, spec, wnids = loading.load_efficientnet_lite(n)

@@ -115,7 +115,8 @@ class ExpertRecipeModel:
                 epochs=self.recipe.epochs,
                 seed=self.recipe.seed,
             )
-            self._cache[key] = model
+            # Prepared once (hub/fold), not at every evaluation of this task's classes.
+            self._cache[key] = forward.prepare(model, fashion_experts.FASHION_INPUT_SPEC)
             self.seconds += time.perf_counter() - t
         model = self._cache[key]
         with torch.inference_mode():

@@ -77,8 +77,7 @@ class TextEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         model = self.model
         with _encode_lock:
-            vectors = model.encode(list(texts), batch_size=64)
-        return vectors.astype(np.float32, copy=False)
+            return model.encode(list(texts), batch_size=64)
 
 
 _default: TextEmbedder | None = None

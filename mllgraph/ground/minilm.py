@@ -47,7 +47,7 @@ class MiniLM:
         self.eps = float(config["layer_norm_eps"])
         # (in, out) copies of the linear layers' (out, in) weights: x @ w without a transpose.
         self.weights = {
-            k: np.ascontiguousarray(v.T) if v.ndim == 2 and ".embeddings." not in f".{k}" else v
+            k: np.ascontiguousarray(v.T) if v.ndim == 2 and not k.startswith("embeddings.") else v
             for k, v in self.weights.items()
         }
         # The tokenizer file carries a fixed padding of 128; sentence-transformers pads to the

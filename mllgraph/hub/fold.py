@@ -8,8 +8,8 @@ Four rewrites, on the graph `torch.fx` traces (convolutions kept whole):
   timm's BatchNormAct2d (EfficientNet, MobileNet, ...) likewise, its activation kept;
 - a TF-"same" static padding that is symmetric (EfficientNet-Lite's stride-1 depthwise
   convolutions) moves into the convolution, instead of a separate zero-filled copy;
-- a ReLU/ReLU6 whose input is a convolution's or BatchNorm's own fresh output, read by
-  nothing else, runs in place.
+- where one of the above changed the graph, a ReLU, ReLU6, SiLU or Hardswish whose input is
+  a convolution's or BatchNorm's own fresh output, read by nothing else, runs in place.
 On the CPU the hub's EfficientNet-Lite experts spent about half their time outside the
 convolutions (BatchNorm, ReLU6, padding): these rewrites remove most of it
 (`mllgraph bench infer`). Only convolutions whose forward is a plain conv over `weight` and
