@@ -90,6 +90,32 @@ def test_anova_f_is_scikit_learns() -> None:
     assert stacked.anova_f(x, labels)[2] == 0.0
 
 
+def test_the_path_at_once_is_each_strength_alone() -> None:
+    k = 3
+    x, labels, w = _data(24, 30, k, seed=5)
+    path = RidgePath.of(x, np.eye(k)[labels], w)
+    lams = np.array([1e-3, 0.2, 4.0, 90.0])
+    got = path.loo_path(lams)
+    for i, lam in enumerate(lams):
+        np.testing.assert_allclose(got[i], path.loo(lam), atol=1e-9, rtol=1e-9)
+
+
+def test_grouped_anova_of_any_set_of_folds_is_anova_of_those_images() -> None:
+    x, labels, _ = _data(45, 11, 4, seed=6)
+    x[:, 3] = 2.5  # constant: 0
+    folds = np.arange(45) % 3
+    labels = labels.copy()
+    labels[(folds == 2) & (labels == 1)] = 0  # fold 2 has no image of class 1
+    stats = stacked.GroupStats.of(x, labels, 4, folds)
+    for keep in ((1, 1, 1), (1, 1, 0), (0, 1, 1), (1, 0, 0)):
+        groups = np.asarray(keep, dtype=bool)
+        rows = groups[folds]
+        want = stacked.anova_f(x[rows], labels[rows])
+        np.testing.assert_allclose(stats.f(groups), want, rtol=1e-9, atol=1e-12)
+    one_class = stacked.GroupStats.of(x, np.zeros(45, dtype=np.int64), 1, folds)
+    assert not one_class.f(np.ones(3, dtype=bool)).any()  # one class: no F
+
+
 def test_the_screens_p_values_are_scikit_learns() -> None:
     from sklearn.feature_selection import f_classif
 

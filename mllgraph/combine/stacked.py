@@ -266,15 +266,74 @@ def anova_f(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.nan_to_num(f, nan=0.0, posinf=np.finfo(np.float64).max)
 
 
-def _top_columns(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class GroupStats:
+    """Every column's count, mean and sum of squared deviations per (group, class) cell of
+    the images: the ANOVA F of the images of any set of groups (`f`) without another pass
+    over them. `fit` scores its outer folds' training parts and the whole this way, one pass
+    over (N, D) heads instead of one per part."""
+
+    counts: np.ndarray  # (G, K)
+    means: np.ndarray  # (G, K, D)
+    squares: np.ndarray  # (G, K, D) about each cell's own mean
+
+    @classmethod
+    def of(cls, x: np.ndarray, y: np.ndarray, k: int, groups: np.ndarray) -> GroupStats:
+        """`x` (N, D), classes `y` (N,) below `k`, `groups` (N,) in 0..G-1."""
+        g = int(groups.max(initial=-1)) + 1
+        cell = groups * k + y
+        onehot = np.zeros((y.size, g * k))
+        onehot[np.arange(y.size), cell] = 1.0
+        counts = onehot.sum(axis=0)
+        means = (onehot.T @ x) / np.maximum(counts, 1.0)[:, None]
+        dev = x - means[cell]
+        squares = onehot.T @ (dev * dev)
+        d = x.shape[1]
+        return cls(counts.reshape(g, k), means.reshape(g, k, d), squares.reshape(g, k, d))
+
+    def f(self, keep: np.ndarray) -> np.ndarray:
+        """(D,) `anova_f` of the images of the groups where `keep` (G,) is true: the cells
+        of a class pooled exactly (Chan et al.'s parallel sums of squares)."""
+        n_g, m_g = self.counts[keep][:, :, None], self.means[keep]  # (g, K, 1), (g, K, D)
+        counts = n_g.sum(axis=0)  # (K, 1)
+        present = counts[:, 0] > 0
+        k, n = int(present.sum()), float(counts.sum())
+        if k < 2 or n <= k:
+            return np.zeros(self.means.shape[2])
+        counts, n_g, m_g = counts[present], n_g[:, present], m_g[:, present]
+        means = (n_g * m_g).sum(axis=0) / counts  # (k, D)
+        within = (self.squares[keep][:, present] + n_g * (m_g - means) ** 2).sum(axis=(0, 1))
+        grand = (counts * means).sum(axis=0) / n
+        between = (counts * (means - grand) ** 2).sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = (between / (k - 1)) / (within / (n - k))
+        return np.nan_to_num(f, nan=0.0, posinf=np.finfo(np.float64).max)
+
+
+def _top_columns(x: np.ndarray, y: np.ndarray, f: np.ndarray | None = None) -> np.ndarray:
     """The heads whose log-probability differs most between the classes (ANOVA F; constant
     heads score 0), in column order, at most MAX_COLUMNS and one per IMAGES_PER_COLUMN
     images: a broad expert has 1,000 heads, a task needs few, and a fit over all of them
-    overfits the probe images."""
+    overfits the probe images. `f`: `anova_f(x, y)` where the caller has it (then `x` is
+    only read for its width)."""
     keep = max(int(y.max()) + 1, min(MAX_COLUMNS, len(y) // IMAGES_PER_COLUMN))
     if x.shape[1] <= keep:
         return np.arange(x.shape[1])
-    return np.sort(np.argsort(-anova_f(x, y), kind="stable")[:keep])
+    f = anova_f(x, y) if f is None else f
+    return np.sort(np.argsort(-f, kind="stable")[:keep])
+
+
+def _fit_part(
+    x: np.ndarray, rows: np.ndarray, y: np.ndarray, k: int, folds: np.ndarray | None,
+    f: np.ndarray | None,
+) -> _RidgeFit:  # fmt: skip
+    """`_fit_ridge` on the images `rows` (bool, N) of `x`; with their `anova_f` `f`, only
+    the heads it reads are copied out of `x`."""
+    if f is None:
+        return _fit_ridge(x[rows], y, k, folds)
+    columns = _top_columns(x, y, f)
+    part = _fit_ridge(x[np.ix_(rows, columns)], y, k, folds)
+    return replace(part, columns=columns[part.columns])
 
 
 def balanced_weights(y: np.ndarray, k: int) -> np.ndarray:
@@ -299,14 +358,10 @@ def choose_alpha(path: RidgePath, y: np.ndarray, weights: np.ndarray) -> tuple[f
     over the leave-one-out accuracy, which jumps by whole images on a few hundred: 0.52
     points better in the mean, reports/ab_stacked_closed_form.json.)"""
     onehot = np.eye(path.y.shape[1])[y]
-    best: tuple[float, float, np.ndarray] | None = None
-    for alpha in ALPHAS:
-        loo = path.loo(alpha * y.size)
-        press = float(weights @ ((loo - onehot) ** 2).sum(axis=1))
-        if best is None or press < best[0]:
-            best = (press, alpha, loo)
-    assert best is not None  # ALPHAS is not empty
-    return best[1], best[2]
+    loo = path.loo_path(np.asarray(ALPHAS) * y.size)  # (alphas, N, K)
+    press = ((loo - onehot) ** 2).sum(axis=2) @ weights
+    best = int(np.argmin(press))  # ties: the first
+    return ALPHAS[best], loo[best]
 
 
 def choose_alpha_by_group(
@@ -436,22 +491,28 @@ def fit(
         return None
     models = sorted(models)
     temps = {m: float(temperatures.get(m, 1.0)) for m in models}
-    x = features(logits, models, temps).astype(np.float64)
+    x = np.asarray(features(logits, models, temps), dtype=np.float64)
     by_source = source_folds(labels, num_classes, sources, seed)
     # Outer folds estimate; everything the fit chooses (heads, alpha) is chosen inside each
     # outer training part, so the held-out fold never informs its own prediction.
     fold = stratified_folds(labels, num_classes, FOLDS, seed) if by_source is None else by_source
+    n_folds = int(fold.max()) + 1
+    # The heads' F of every training part and of the whole, from one pass over x (only
+    # where there are more heads than a fit reads).
+    stats = GroupStats.of(x, labels, num_classes, fold) if x.shape[1] > MAX_COLUMNS else None
     predicted = np.empty_like(labels)
-    for f in range(int(fold.max()) + 1):
+    for f in range(n_folds):
         held = fold == f
         inner = None
         if by_source is not None:  # the training part's own source folds
             inner = source_folds(labels[~held], num_classes, sources[~held], seed)
-        part = _fit_ridge(x[~held], labels[~held], num_classes, inner)
-        scores = x[held][:, part.columns] @ part.coef.T + part.intercept
+        part_f = None if stats is None else stats.f(np.arange(n_folds) != f)
+        part = _fit_part(x, ~held, labels[~held], num_classes, inner, part_f)
+        scores = x[np.ix_(held, part.columns)] @ part.coef.T + part.intercept
         predicted[held] = scores.argmax(axis=1)
     right = predicted == labels
-    final = _fit_ridge(x, labels, num_classes, by_source)
+    whole_f = None if stats is None else stats.f(np.ones(n_folds, dtype=bool))
+    final = _fit_part(x, np.ones(labels.size, dtype=bool), labels, num_classes, by_source, whole_f)
     scale = softmax_scale(final.loo, labels, balanced_weights(labels, num_classes))
     return StackedRule(
         models=tuple(models),
