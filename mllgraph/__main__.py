@@ -2,4 +2,6 @@
 
 from mllgraph.cli import main
 
-raise SystemExit(main())
+# Guarded: a process spawned by `hub.workers` imports this module again (as __mp_main__).
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -199,6 +199,9 @@ class Settings:
     # operations, where a second thread only waits: on a loaded 2-core machine two threads
     # made SelectHeads 4x slower. OPENBLAS_NUM_THREADS in the environment wins.
     blas_threads: int = 1
+    # Processes that train a hub's experts at once, one torch thread each (`hub.workers`;
+    # 0: one per core this process may use, at most 4).
+    train_workers: int = 0
     # Where batch work (labelling) runs: "local" (this process) or "ray" (one task per model;
     # a local Ray started on this machine, or the cluster at ray_address).
     executor: str = "local"
@@ -368,6 +371,7 @@ class Settings:
                 _env("MLLGRAPH_SELECT_PROBE_STATS_MB", str(cls.select_probe_stats_mb))
             ),
             blas_threads=int(_env("MLLGRAPH_BLAS_THREADS", str(cls.blas_threads))),
+            train_workers=int(_env("MLLGRAPH_TRAIN_WORKERS", str(cls.train_workers))),
             executor=_env("MLLGRAPH_EXECUTOR", cls.executor).strip().lower(),
             ray_address=os.environ.get("MLLGRAPH_RAY_ADDRESS")
             or os.environ.get("RAY_ADDRESS")

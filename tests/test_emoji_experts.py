@@ -188,6 +188,28 @@ def test_an_expert_trains_and_is_cached(
         ex.train_experts(cat, other, tmp_path / "x", held_out="fluent-flat")
 
 
+def test_groups_trained_in_two_processes_are_the_ones_trained_here(
+    emoji_cache: Path, small_group: ex.ConceptGroup, tmp_path: Path
+) -> None:
+    cat = catalogue.load(emoji_cache)
+    groups = [small_group, dataclasses.replace(small_group, name="fruit-again")]
+    specs = ex.plan_experts(groups, ["test_resnet"], ["fluent-flat"], recipe=TINY,
+                            held_out="twemoji")  # fmt: skip
+    logged: list[str] = []
+    here = ex.train_experts(cat, specs, tmp_path / "a", held_out="twemoji", log=lambda _m: None)
+    there = ex.train_experts(
+        cat, specs, tmp_path / "b", held_out="twemoji", log=logged.append, workers=2
+    )
+    assert [p.name for p in there] == [p.name for p in here] and len(logged) == 2
+    for a, b in zip(here, there, strict=True):
+        weights = ex.sibling(a, ".safetensors"), ex.sibling(b, ".safetensors")
+        assert weights[0].read_bytes() == weights[1].read_bytes(), a.name
+    # A worker's refusal reaches the caller as it is.
+    other = ex.plan_experts(groups, ["test_efficientnet"], ["fluent-flat"], recipe=TINY)
+    with pytest.raises(InvalidArgument, match="held-out style fluent-flat"):
+        ex.train_experts(cat, other, tmp_path / "x", held_out="fluent-flat", workers=2)
+
+
 def test_a_pretrained_expert_reuses_the_builtin_backbone_and_trains_its_head(
     emoji_cache: Path, small_group: ex.ConceptGroup, tmp_path: Path
 ) -> None:

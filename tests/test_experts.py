@@ -307,6 +307,25 @@ def test_train_expert_learns_and_is_deterministic(fmnist, one_thread: None) -> N
 
 
 @pytest.mark.slow
+def test_experts_trained_in_two_processes_are_the_ones_trained_here(
+    tmp_path: Path, fmnist, one_thread: None
+) -> None:
+    kwargs = dict(epochs=1, max_train_per_expert=200, progress=False, num_threads=1)
+    here = fashion_experts.train_fashion_hub(3, seed=2, out_dir=tmp_path / "a", **kwargs)
+    there = fashion_experts.train_fashion_hub(
+        3, seed=2, out_dir=tmp_path / "b", workers=2, **kwargs
+    )
+    assert [p.name for p in there] == [p.name for p in here]
+    for a, b in zip(here, there, strict=True):
+        weights = a.with_suffix(".safetensors"), b.with_suffix(".safetensors")
+        assert weights[0].read_bytes() == weights[1].read_bytes(), a.name
+    # Done is done: a second run with workers trains nothing.
+    mtimes = [p.stat().st_mtime_ns for p in there]
+    fashion_experts.train_fashion_hub(3, seed=2, out_dir=tmp_path / "b", workers=2, **kwargs)
+    assert [p.stat().st_mtime_ns for p in there] == mtimes
+
+
+@pytest.mark.slow
 def test_train_fashion_hub_writes_and_resumes(tmp_path: Path, fmnist, one_thread: None) -> None:
     paths = fashion_experts.train_fashion_hub(
         2, seed=5, out_dir=tmp_path, epochs=1, max_train_per_expert=300, progress=False

@@ -21,6 +21,7 @@ from mllgraph.combine.domain import MIN_IMAGES, DomainProfile
 from mllgraph.graph.db import Graph
 from mllgraph.hub import domains, registry
 from mllgraph.hub.preprocess import InputSpec
+from mllgraph.hub.workers import worker_count
 from mllgraph.hubs.emoji import catalogue as emoji_catalogue
 from mllgraph.hubs.emoji import experts as emoji_experts
 from mllgraph.settings import Settings
@@ -85,7 +86,11 @@ def build_experts(
     (with `label`) label the models not yet labelled."""
     report = ExpertsReport()
     cat = emoji_catalogue.load(settings.emoji_cache)
-    paths = emoji_experts.train_experts(cat, specs, cache_dir(settings), held_out=held_out, log=log)
+    groups = len({s.group.name for s in specs})
+    paths = emoji_experts.train_experts(
+        cat, specs, cache_dir(settings), held_out=held_out, log=log,
+        workers=worker_count(settings, groups),
+    )  # fmt: skip
     for spec, path in zip(specs, paths, strict=True):
         meta = json.loads(path.read_text(encoding="utf-8"))
         r = register_trained(graph, settings, path, meta)

@@ -41,6 +41,7 @@ import numpy as np
 
 from mllgraph.errors import FailedPrecondition, InvalidArgument
 from mllgraph.hub.preprocess import InputSpec
+from mllgraph.hub.workers import run_jobs
 from mllgraph.hubs.emoji import augment, split
 from mllgraph.hubs.emoji.catalogue import STYLES, Catalogue, check_style
 from mllgraph.paths import write_atomic
@@ -502,32 +503,55 @@ def train_experts(
     held_out: str | None = None,
     num_threads: int | None = 1,
     log: Callable[[str], None] = print,
+    workers: int = 1,
 ) -> list[Path]:
     """Train every spec not already in `out_dir` (the cache); the `<name>-<key>.json` paths.
     Images are made once per group and shared by its archs. `held_out`: a style the run
     holds out, checked against the training set (:func:`training_leaks`) before training.
     One torch thread by default: competing OpenMP threads cost several times on a small
-    shared CPU."""
+    shared CPU. So with `workers` > 1, that many processes train groups at once, one
+    thread each (`hub.workers`; the same weights as one after another)."""
     import torch
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    old_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        by_group: dict[str, list[ExpertSpec]] = {}
-        for spec in specs:
-            by_group.setdefault(spec.group.name, []).append(spec)
-        for group_specs in by_group.values():
-            todo = [s for s in group_specs if not _is_done(*expert_paths(out_dir, s))]
-            if todo:
-                _train_group(catalogue, todo, out_dir, held_out, log)
-            paths += [expert_paths(out_dir, s)[0] for s in group_specs]
-    finally:
-        torch.set_num_threads(old_threads)
-    return paths
+    by_group: dict[str, list[ExpertSpec]] = {}
+    for spec in specs:
+        by_group.setdefault(spec.group.name, []).append(spec)
+    jobs = [
+        _GroupJob(catalogue, tuple(todo), out_dir, held_out)
+        for group_specs in by_group.values()
+        if (todo := [s for s in group_specs if not _is_done(*expert_paths(out_dir, s))])
+    ]
+    if workers > 1 and len(jobs) > 1 and num_threads == 1:
+        run_jobs(_train_group_job, jobs, workers, on_done=lambda _i, lines: [log(x) for x in lines])
+    else:
+        old_threads = torch.get_num_threads()
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        try:
+            for job in jobs:
+                _train_group(job.catalogue, job.specs, job.out_dir, job.held_out, log)
+        finally:
+            torch.set_num_threads(old_threads)
+    return [expert_paths(out_dir, s)[0] for group in by_group.values() for s in group]
+
+
+@dataclass(frozen=True)
+class _GroupJob:
+    """One group's experts to train, in a worker process (`hub.workers`)."""
+
+    catalogue: Catalogue
+    specs: tuple[ExpertSpec, ...]
+    out_dir: Path
+    held_out: str | None
+
+
+def _train_group_job(job: _GroupJob) -> list[str]:
+    """`_train_group` in a worker: its log lines come back to be printed by the parent."""
+    lines: list[str] = []
+    _train_group(job.catalogue, job.specs, job.out_dir, job.held_out, lines.append)
+    return lines
 
 
 def _is_done(json_path: Path, weights_path: Path) -> bool:

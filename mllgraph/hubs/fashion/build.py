@@ -20,6 +20,7 @@ from mllgraph.graph.db import Graph
 from mllgraph.ground.resolve import grounder
 from mllgraph.hub import domains, probes, registry
 from mllgraph.hub.preprocess import InputSpec
+from mllgraph.hub.workers import worker_count
 from mllgraph.hubs.fashion import data as fashion
 from mllgraph.label import run as labeller
 from mllgraph.label import work as label_work
@@ -131,9 +132,11 @@ def build(
             max_train_per_expert=max_train_per_expert,
             progress=progress,
             root=settings.fashion_mnist_dir,
-            # One thread: on a small shared CPU, competing OpenMP threads cost ~4x.
+            # One thread: on a small shared CPU, competing OpenMP threads cost ~4x. So one
+            # process per core instead, each training its share (`hub.workers`).
             num_threads=1,
             split_seed=split_seed,
+            workers=worker_count(settings, experts),
         )
         domain: DomainProfile | None = None
         for p in paths:

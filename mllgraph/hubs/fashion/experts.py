@@ -8,6 +8,7 @@ that the hub holds many narrow experts whose heads overlap. Part of the standard
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -25,6 +26,7 @@ from mllgraph.errors import AlreadyExists, InvalidArgument
 from mllgraph.hub.loading import build_timm, model_device, save_weights
 from mllgraph.hub.preprocess import InputSpec, preprocess
 from mllgraph.hub.store import sha256_file
+from mllgraph.hub.workers import run_jobs
 from mllgraph.paths import write_atomic
 
 FASHION_INPUT_SPEC = InputSpec(size=28, resize="resize", mean=(0.2860,), std=(0.3530,), channels=1)
@@ -260,6 +262,7 @@ def train_fashion_hub(
     root: Path | None = None,
     num_threads: int | None = None,
     split_seed: int | None = None,
+    workers: int = 1,
 ) -> list[Path]:
     """Train the planned Fashion experts into `out_dir`; returns the `<name>.json` paths.
 
@@ -272,9 +275,9 @@ def train_fashion_hub(
     of OpenMP threads competing with other processes on a small shared CPU.
     `split_seed` (default `seed`) picks the train/probe split: hubs of several seeds that
     share one probe pool pass the same `split_seed`, so no expert ever trains on a probe.
+    `workers` > 1 on the CPU: that many processes train the experts at once, one torch
+    thread each (`hub.workers`; the same weights as one after another).
     """
-    from mllgraph.hubs.fashion import data as fashion
-
     if num_threads is not None and (
         isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
     ):
@@ -288,11 +291,47 @@ def train_fashion_hub(
     plan = plan_fashion_hub(n_experts, seed, epochs=epochs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    images, labels = fashion.load_split("train", root)
     split_seed = seed if split_seed is None else split_seed
-    train_idx, _probe_idx = fashion.split_pools(split_seed, root=root)
-    images, labels = images[train_idx], labels[train_idx]
+    todo = [
+        spec
+        for spec in plan
+        if not _is_done(
+            *_expert_paths(out_dir, spec), _expected(spec, split_seed, max_train_per_expert)
+        )
+    ]
+    paths = [_expert_paths(out_dir, spec)[0] for spec in plan]
+    if workers > 1 and len(todo) > 1 and torch.device(device).type == "cpu":
+        jobs = [_Job(spec, split_seed, out_dir, root, max_train_per_expert) for spec in todo]
+        bar = _bar(progress)
+        with bar:
+            task = bar.add_task("fashion experts", total=len(plan), completed=len(plan) - len(todo))
+            run_jobs(_train_job, jobs, workers, on_done=lambda _i, _p: bar.advance(task))
+        return paths
+    images, labels = _training_pool(root, split_seed)
+    bar = _bar(progress)
+    old_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        with bar:
+            task = bar.add_task("fashion experts", total=len(plan), completed=len(plan) - len(todo))
+            for spec in todo:
+                step = bar.add_task(f"  {spec.name}", total=None)
 
+                def report(done: int, total: int, step: Any = step) -> None:
+                    bar.update(step, completed=done, total=total)
+
+                _train_one(
+                    spec, split_seed, out_dir, images, labels, device, max_train_per_expert, report
+                )
+                bar.remove_task(step)
+                bar.advance(task)
+    finally:
+        torch.set_num_threads(old_threads)
+    return paths
+
+
+def _bar(progress: bool) -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -301,103 +340,114 @@ def train_fashion_hub(
         TimeElapsedColumn,
     )
 
-    bar = Progress(
+    return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         disable=not progress,
     )
-    old_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        return _train_plan(
-            plan, split_seed, out_dir, images, labels, bar, device, max_train_per_expert
-        )
-    finally:
-        torch.set_num_threads(old_threads)
 
 
-def _train_plan(
-    plan: list[ExpertSpec],
+def _expert_paths(out_dir: Path, spec: ExpertSpec) -> tuple[Path, Path]:
+    return out_dir / f"{spec.name}.json", out_dir / f"{spec.name}.safetensors"
+
+
+def _expected(spec: ExpertSpec, hub_seed: int, max_train: int | None) -> dict[str, Any]:
+    """What a finished expert's JSON must say to be reused (`_is_done`)."""
+    return {
+        "arch": spec.arch,
+        "fashion_classes": list(spec.classes),
+        "seed": spec.seed,
+        "hub_seed": hub_seed,
+        "epochs": spec.epochs,
+        "max_train": max_train,
+    }
+
+
+def _training_pool(root: Path | None, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The Fashion-MNIST training pool of `split_seed` (never its probe pool)."""
+    from mllgraph.hubs.fashion import data as fashion
+
+    images, labels = fashion.load_split("train", root)
+    train_idx, _probe_idx = fashion.split_pools(split_seed, root=root)
+    return images[train_idx], labels[train_idx]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One expert to train in a worker process (`hub.workers`)."""
+
+    spec: ExpertSpec
+    hub_seed: int
+    out_dir: Path
+    root: Path | None
+    max_train: int | None
+
+
+# A worker trains several experts of one pool: it reads the pool once.
+_worker_pool = functools.lru_cache(maxsize=1)(_training_pool)
+
+
+def _train_job(job: _Job) -> Path:
+    images, labels = _worker_pool(job.root, job.hub_seed)
+    return _train_one(job.spec, job.hub_seed, job.out_dir, images, labels, "cpu", job.max_train)
+
+
+def _train_one(
+    spec: ExpertSpec,
     hub_seed: int,
     out_dir: Path,
     images: np.ndarray,
     labels: np.ndarray,
-    bar: Any,
     device: str | torch.device,
     max_train_per_expert: int | None,
-) -> list[Path]:
-    """Train and write every expert of `plan` that is not already in `out_dir`."""
+    report: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Train one expert of the pool (`images`, `labels`) and write its weights and JSON."""
     from mllgraph.hubs.fashion import data as fashion
 
-    paths: list[Path] = []
-    with bar:
-        hub_task = bar.add_task("fashion experts", total=len(plan))
-        for spec in plan:
-            json_path = out_dir / f"{spec.name}.json"
-            weights_path = out_dir / f"{spec.name}.safetensors"
-            expected = {
-                "arch": spec.arch,
-                "fashion_classes": list(spec.classes),
-                "seed": spec.seed,
-                "hub_seed": hub_seed,
-                "epochs": spec.epochs,
-                "max_train": max_train_per_expert,
-            }
-            if _is_done(json_path, weights_path, expected):
-                paths.append(json_path)
-                bar.advance(hub_task)
-                continue
-            step_task = bar.add_task(f"  {spec.name}", total=None)
-
-            def report(step: int, total: int, task: Any = step_task) -> None:
-                bar.update(task, completed=step, total=total)
-
-            # Pick this expert's training images here (not via max_train) so the reported
-            # train accuracy is measured on exactly the images it was trained on.
-            idx = np.flatnonzero(np.isin(labels, spec.classes))
-            if max_train_per_expert is not None and idx.size > max_train_per_expert:
-                rng = np.random.default_rng(spec.seed)
-                idx = np.sort(rng.choice(idx, size=max_train_per_expert, replace=False))
-            t0 = time.perf_counter()
-            model = train_expert(
-                spec.arch,
-                list(spec.classes),
-                images[idx],
-                labels[idx],
-                epochs=spec.epochs,
-                seed=spec.seed,
-                device=device,
-                progress=report,
-            )
-            train_seconds = time.perf_counter() - t0
-            # At most ~10k images: enough for an accuracy figure, cheap next to training.
-            eval_idx = idx[:: max(1, idx.size // 10_000)]
-            accuracy = expert_accuracy(model, spec.classes, images[eval_idx], labels[eval_idx])
-            save_weights(model, weights_path)
-            meta = {
-                "name": spec.name,
-                "arch": spec.arch,
-                "model_kwargs": FASHION_ARCHS[spec.arch],
-                "num_classes": len(spec.classes),
-                "in_chans": 1,
-                "class_names": [fashion.FASHION_CLASSES[c] for c in spec.classes],
-                "fashion_classes": list(spec.classes),
-                "input_spec": FASHION_INPUT_SPEC.to_dict(),
-                "seed": spec.seed,
-                "hub_seed": hub_seed,  # the split_pools seed: its probe pool is unseen here
-                "epochs": spec.epochs,
-                "max_train": max_train_per_expert,
-                "train_accuracy": round(accuracy, 6),
-                "train_seconds": round(train_seconds, 3),
-                "weights_file": weights_path.name,
-                "weights_sha256": sha256_file(weights_path),
-            }
-            # The JSON is written last and atomically: its presence marks a finished expert.
-            write_atomic(json_path, (json.dumps(meta, indent=2) + "\n").encode())
-            bar.remove_task(step_task)
-            bar.advance(hub_task)
-            paths.append(json_path)
-    return paths
+    json_path, weights_path = _expert_paths(out_dir, spec)
+    # Pick this expert's training images here (not via max_train) so the reported train
+    # accuracy is measured on exactly the images it was trained on.
+    idx = np.flatnonzero(np.isin(labels, spec.classes))
+    if max_train_per_expert is not None and idx.size > max_train_per_expert:
+        rng = np.random.default_rng(spec.seed)
+        idx = np.sort(rng.choice(idx, size=max_train_per_expert, replace=False))
+    t0 = time.perf_counter()
+    model = train_expert(
+        spec.arch,
+        list(spec.classes),
+        images[idx],
+        labels[idx],
+        epochs=spec.epochs,
+        seed=spec.seed,
+        device=device,
+        progress=report,
+    )
+    train_seconds = time.perf_counter() - t0
+    # At most ~10k images: enough for an accuracy figure, cheap next to training.
+    eval_idx = idx[:: max(1, idx.size // 10_000)]
+    accuracy = expert_accuracy(model, spec.classes, images[eval_idx], labels[eval_idx])
+    save_weights(model, weights_path)
+    meta = {
+        "name": spec.name,
+        "arch": spec.arch,
+        "model_kwargs": FASHION_ARCHS[spec.arch],
+        "num_classes": len(spec.classes),
+        "in_chans": 1,
+        "class_names": [fashion.FASHION_CLASSES[c] for c in spec.classes],
+        "fashion_classes": list(spec.classes),
+        "input_spec": FASHION_INPUT_SPEC.to_dict(),
+        "seed": spec.seed,
+        "hub_seed": hub_seed,  # the split_pools seed: its probe pool is unseen here
+        "epochs": spec.epochs,
+        "max_train": max_train_per_expert,
+        "train_accuracy": round(accuracy, 6),
+        "train_seconds": round(train_seconds, 3),
+        "weights_file": weights_path.name,
+        "weights_sha256": sha256_file(weights_path),
+    }
+    # The JSON is written last and atomically: its presence marks a finished expert.
+    write_atomic(json_path, (json.dumps(meta, indent=2) + "\n").encode())
+    return json_path
