@@ -4,6 +4,8 @@ server. The experts trained this way: tests/test_experts.py, tests/test_emoji_ex
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +31,29 @@ def test_jobs_come_back_in_their_order_from_other_processes() -> None:
     # One worker: here, in order.
     here = workers.run_jobs(_square_and_pid, [2, 3], 1)
     assert here == [(4, os.getpid()), (9, os.getpid())]
+
+
+def _wait_for(path: str) -> bool:
+    """True once `path` exists (at most 60 s)."""
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_each_job_is_heard_of_as_it_finishes(tmp_path: Path) -> None:
+    # Job 1 waits for the file the parent writes on hearing of job 0: heard only once every
+    # job had ended, it would wait in vain.
+    flag = str(tmp_path / "job-0-heard")
+
+    def heard(i: int, _r: object) -> None:
+        if i == 0:
+            Path(flag).touch()
+
+    got = workers.run_jobs(_wait_for, [str(tmp_path), flag], 2, on_done=heard)
+    assert got == [True, True]
 
 
 def test_a_job_that_fails_raises_its_own_error_here() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
 
 from mllgraph.errors import InvalidArgument
@@ -72,7 +72,7 @@ def run_jobs(
         index = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
         pending: set[Any] = set(index)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in sorted(done, key=lambda f: index[f]):
                 if future.exception() is not None:
                     for other in pending:

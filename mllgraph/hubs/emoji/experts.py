@@ -524,7 +524,12 @@ def train_experts(
         if (todo := [s for s in group_specs if not _is_done(*expert_paths(out_dir, s))])
     ]
     if workers > 1 and len(jobs) > 1 and num_threads == 1:
-        run_jobs(_train_group_job, jobs, workers, on_done=lambda _i, lines: [log(x) for x in lines])
+
+        def logged(_i: int, lines: list[str]) -> None:
+            for line in lines:
+                log(line)
+
+        run_jobs(_train_group_job, jobs, workers, on_done=logged)
     else:
         old_threads = torch.get_num_threads()
         if num_threads is not None:
