@@ -300,6 +300,8 @@ def train_fashion_hub(
         )
     ]
     paths = [_expert_paths(out_dir, spec)[0] for spec in plan]
+    if not todo:
+        return paths
     if workers > 1 and len(todo) > 1 and torch.device(device).type == "cpu":
         jobs = [_Job(spec, split_seed, out_dir, root, max_train_per_expert) for spec in todo]
         bar = _bar(progress)
