@@ -209,6 +209,45 @@ def test_the_front_is_searched_at_the_cost_bands_resolution() -> None:
         solve_front(problem, _ladder_solver([]), ACCURACY_SLACK, step=-0.1)
 
 
+# Plans a solver could find (their estimates): the best one carries a model that adds nothing,
+# which makes it 19% dearer, inside the band.
+REDUNDANT = {("x", "y", "z"): 0.935, ("x", "y"): 0.935, ("x",): 0.90}
+
+
+def _redundant_solver(caps: list[float | None]) -> Callable[[ChcoProblem], chco.Plan]:
+    from dataclasses import replace
+
+    from mllgraph.select.alternatives import uncovered_plan
+
+    def solve(p: ChcoProblem) -> chco.Plan:
+        caps.append(p.max_cost)
+        fits = [m for m in REDUNDANT if p.max_cost is None or p.plan_cost(m) <= p.max_cost]
+        best = max(fits, key=lambda m: (REDUNDANT[m], len(m)))  # ties: the bigger plan
+        return replace(uncovered_plan(1), models=list(best), estimated_accuracy=REDUNDANT[best])
+
+    return solve
+
+
+def test_a_plan_as_good_and_cheaper_inside_the_band_is_served() -> None:
+    """The walk's second cap (1.90 / 1.25 = 1.52) passes over ("x", "y") at 1.60, as good as
+    ("x", "y", "z"); the look just below the served plan's cost finds it, whatever the
+    measured costs' noise within the band."""
+    costs = {"x": 1.0, "y": 0.6, "z": 0.3}
+    problem = ChcoProblem(1, [], {}, np.zeros(0, dtype=np.int64), {}, 5, model_cost=costs)
+    caps: list[float | None] = []
+    plan, front = solve_front(problem, _redundant_solver(caps), ACCURACY_SLACK)
+    assert plan.models == ["x", "y"]
+    assert [p.models for p in front] == [("x",), ("x", "y")]
+    assert caps[1] is not None and caps[1] < 1.60  # the walk passed over ("x", "y")
+    assert caps[2] is not None and 1.60 < caps[2] < 1.90  # the look inside the band
+    # Other rounds of measured costs, each within 10%: the same plan.
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        noisy = {m: c * rng.uniform(0.9, 1.1) for m, c in costs.items()}
+        again = ChcoProblem(1, [], {}, np.zeros(0, dtype=np.int64), {}, 5, model_cost=noisy)
+        assert solve_front(again, _redundant_solver([]), ACCURACY_SLACK)[0].models == ["x", "y"]
+
+
 @pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, "5"])
 def test_a_bad_max_cost_is_refused_naming_it(bad) -> None:
     with pytest.raises(InvalidArgument, match="max_cost"):

@@ -33,6 +33,9 @@ FRONT_MAX_PLANS = 6
 # one model's cost fell 1.22x apart at the 95th percentile (1.46x at most) on this project's
 # 2-core machine (`mllgraph bench cost-repeat`, reports/bench_cost-repeat.json, `pair_ratio`).
 COST_TIE = 0.25
+# Solves at most, after the walk, looking inside the band below the plan to serve for one
+# as good and cheaper (`solve_front`). One found the main job's case; each costs a CHCO solve.
+BAND_LOOKS = 1
 # A cap just below a plan's cost excludes it: `chco._within_cost` allows 1e-9 relative.
 _BELOW = 1e-6
 
@@ -97,7 +100,9 @@ def solve_front(
     previous plan's divided by 1 + `step` (0: just below it; by default the cost band, within
     which plans count as equally cheap). Stops at a plan with no cost (nothing cheaper
     exists), at one whose estimate falls more than `slack` below the best (no cheaper plan
-    could be served), or after `max_plans` solves."""
+    could be served), or after `max_plans` solves. Then, with a band, up to BAND_LOOKS
+    solves just below the cost of the plan to serve (of two models or more), each kept
+    while it finds a plan with an estimate as high: that one is served instead."""
     if not (math.isfinite(slack) and slack >= 0):
         raise ValueError(f"slack is {slack}; expected a finite number >= 0")
     if not (math.isfinite(step) and step >= 0):
@@ -118,6 +123,24 @@ def solve_front(
         best = max(best, _score(plans[-1].estimated_accuracy))
     points = [(p.estimated_accuracy, problem.plan_cost(p.models)) for p in plans]
     chosen = plans[cheapest_within(points, slack)]
+    # Inside the band the walk above does not look, and a plan there that is as good as the
+    # one to serve (its models less a redundant one, say) is simply better: cheaper at an
+    # equal estimate. Whether the walk's caps happened to reach it followed cost noise (the
+    # main job's reworded-british-b served 3 or 4 Fashion experts from run to run), so look
+    # just below the served plan's cost, while that finds one as good (at most BAND_LOOKS).
+    for _ in range(BAND_LOOKS):
+        cost = problem.plan_cost(chosen.models)
+        if step <= 0 or len(chosen.models) < 2 or cost <= 0:
+            break
+        cap = cost * (1 - _BELOW) - 1e-9
+        if problem.max_cost is not None:
+            cap = min(cap, problem.max_cost)
+        found = solve_one(problem.with_max_cost(cap))
+        if not found.models or _score(found.estimated_accuracy) < _score(chosen.estimated_accuracy):
+            break
+        plans.append(found)
+        points.append((found.estimated_accuracy, problem.plan_cost(found.models)))
+        chosen = plans[cheapest_within(points, slack)]
     front = non_dominated(
         [FrontPoint(tuple(p.models), float(e), c) for p, (e, c) in zip(plans, points, strict=True)]
     )
