@@ -174,19 +174,27 @@ LADDER = {"a": (0.900, 10.0), "b": (0.899, 9.0), "c": (0.898, 7.5), "d": (0.897,
 LADDER["e"] = (0.800, 1.0)
 
 
-def _ladder_solver(caps: list[float | None]) -> Callable[[ChcoProblem], chco.Plan]:
-    """A solver over LADDER: the best plan within the problem's cost cap; records each cap."""
+def _solver(
+    estimates: dict[tuple[str, ...], float], caps: list[float | None]
+) -> Callable[[ChcoProblem], chco.Plan]:
+    """A solver over these plans (models -> estimate): the best whose cost (the problem's
+    `plan_cost`) fits its cap, ties to the bigger plan; records each cap."""
     from dataclasses import replace
 
     from mllgraph.select.alternatives import uncovered_plan
 
     def solve(p: ChcoProblem) -> chco.Plan:
         caps.append(p.max_cost)
-        fits = [m for m, (_, cost) in LADDER.items() if p.max_cost is None or cost <= p.max_cost]
-        best = max(fits, key=lambda m: LADDER[m][0])
-        return replace(uncovered_plan(1), models=[best], estimated_accuracy=LADDER[best][0])
+        fits = [m for m in estimates if p.max_cost is None or p.plan_cost(m) <= p.max_cost]
+        best = max(fits, key=lambda m: (estimates[m], len(m)))
+        return replace(uncovered_plan(1), models=list(best), estimated_accuracy=estimates[best])
 
     return solve
+
+
+def _ladder_solver(caps: list[float | None]) -> Callable[[ChcoProblem], chco.Plan]:
+    """A solver over LADDER (its problems' model costs are LADDER's)."""
+    return _solver({(m,): estimate for m, (estimate, _) in LADDER.items()}, caps)
 
 
 def test_the_front_is_searched_at_the_cost_bands_resolution() -> None:
@@ -215,17 +223,7 @@ REDUNDANT = {("x", "y", "z"): 0.935, ("x", "y"): 0.935, ("x",): 0.90}
 
 
 def _redundant_solver(caps: list[float | None]) -> Callable[[ChcoProblem], chco.Plan]:
-    from dataclasses import replace
-
-    from mllgraph.select.alternatives import uncovered_plan
-
-    def solve(p: ChcoProblem) -> chco.Plan:
-        caps.append(p.max_cost)
-        fits = [m for m in REDUNDANT if p.max_cost is None or p.plan_cost(m) <= p.max_cost]
-        best = max(fits, key=lambda m: (REDUNDANT[m], len(m)))  # ties: the bigger plan
-        return replace(uncovered_plan(1), models=list(best), estimated_accuracy=REDUNDANT[best])
-
-    return solve
+    return _solver(REDUNDANT, caps)
 
 
 def test_a_plan_as_good_and_cheaper_inside_the_band_is_served() -> None:

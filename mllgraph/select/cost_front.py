@@ -114,11 +114,9 @@ def solve_front(
         cost = problem.plan_cost(last.models)
         if not last.models or cost <= 0 or _score(last.estimated_accuracy) < best - slack:
             break
-        cap = cost / (1 + step) * (1 - _BELOW) - 1e-9
+        cap = _cap_below(problem, cost / (1 + step))
         if cap < 0:
             break
-        if problem.max_cost is not None:
-            cap = min(cap, problem.max_cost)
         plans.append(solve_one(problem.with_max_cost(cap)))
         best = max(best, _score(plans[-1].estimated_accuracy))
     points = [(p.estimated_accuracy, problem.plan_cost(p.models)) for p in plans]
@@ -132,10 +130,7 @@ def solve_front(
         cost = problem.plan_cost(chosen.models)
         if step <= 0 or len(chosen.models) < 2 or cost <= 0:
             break
-        cap = cost * (1 - _BELOW) - 1e-9
-        if problem.max_cost is not None:
-            cap = min(cap, problem.max_cost)
-        found = solve_one(problem.with_max_cost(cap))
+        found = solve_one(problem.with_max_cost(_cap_below(problem, cost)))
         if not found.models or _score(found.estimated_accuracy) < _score(chosen.estimated_accuracy):
             break
         plans.append(found)
@@ -145,6 +140,12 @@ def solve_front(
         [FrontPoint(tuple(p.models), float(e), c) for p, (e, c) in zip(plans, points, strict=True)]
     )
     return chosen, front
+
+
+def _cap_below(problem: chco.ChcoProblem, cost: float) -> float:
+    """A cost cap just below `cost` (that cost itself excluded), within the problem's own."""
+    cap = cost * (1 - _BELOW) - 1e-9
+    return cap if problem.max_cost is None else min(cap, problem.max_cost)
 
 
 def front_document(front: Sequence[FrontPoint], served: Sequence[str]) -> list[dict[str, Any]]:

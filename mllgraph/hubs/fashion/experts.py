@@ -302,21 +302,19 @@ def train_fashion_hub(
     paths = [_expert_paths(out_dir, spec)[0] for spec in plan]
     if not todo:
         return paths
-    if workers > 1 and len(todo) > 1 and torch.device(device).type == "cpu":
-        jobs = [_Job(spec, split_seed, out_dir, root, max_train_per_expert) for spec in todo]
-        bar = _bar(progress)
-        with bar:
-            task = bar.add_task("fashion experts", total=len(plan), completed=len(plan) - len(todo))
-            run_jobs(_train_job, jobs, workers, on_done=lambda _i, _p: bar.advance(task))
-        return paths
-    images, labels = _training_pool(root, split_seed)
+    in_workers = workers > 1 and len(todo) > 1 and torch.device(device).type == "cpu"
     bar = _bar(progress)
-    old_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        with bar:
-            task = bar.add_task("fashion experts", total=len(plan), completed=len(plan) - len(todo))
+    with bar:
+        task = bar.add_task("fashion experts", total=len(plan), completed=len(plan) - len(todo))
+        if in_workers:
+            jobs = [_Job(spec, split_seed, out_dir, root, max_train_per_expert) for spec in todo]
+            run_jobs(_train_job, jobs, workers, on_done=lambda _i, _p: bar.advance(task))
+            return paths
+        images, labels = _training_pool(root, split_seed)
+        old_threads = torch.get_num_threads()
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        try:
             for spec in todo:
                 step = bar.add_task(f"  {spec.name}", total=None)
 
@@ -328,8 +326,8 @@ def train_fashion_hub(
                 )
                 bar.remove_task(step)
                 bar.advance(task)
-    finally:
-        torch.set_num_threads(old_threads)
+        finally:
+            torch.set_num_threads(old_threads)
     return paths
 
 
