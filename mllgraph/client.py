@@ -437,9 +437,12 @@ class Client:
             patch = response.patch
             server_ms += response.total_ms
             for mt in response.model_timings:
-                m = per_model.setdefault(mt.model_id, {"forward_ms": 0.0, "preprocess_ms": 0.0})
+                m = per_model.setdefault(
+                    mt.model_id, {"forward_ms": 0.0, "preprocess_ms": 0.0, "cached_images": 0}
+                )
                 m["forward_ms"] += mt.forward_ms
                 m["preprocess_ms"] += mt.preprocess_ms
+                m["cached_images"] += mt.cached_images
         timings = Timings(plan.select_ms, (time.perf_counter() - t) * 1000, server_ms, per_model)
         return Classification(
             predictions, plan, plan.plan_id, uncovered, timings, patch, none_threshold

@@ -170,7 +170,7 @@ class Timings:
     select_ms: float  # 0 when the plan was given
     classify_ms: float  # wall time of the Classify calls, seen from the client
     server_ms: float  # the servers' own total over the Classify calls
-    models: dict[str, dict[str, float]]  # model id -> forward_ms, preprocess_ms
+    models: dict[str, dict[str, float]]  # model id -> forward_ms, preprocess_ms, cached_images
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,9 @@ class Settings:
     infer_cpu_chunk: int = 4
     infer_max_delay_ms: float = 2.0  # longest a request waits for others to batch with
     infer_cache_mb: int = 4096  # device memory for loaded experts (LRU beyond)
+    # Host memory for experts' outputs kept by image content (mllgraph.reuse.outputs): an
+    # image asked about again, under any plan, runs no model it has met. 0: off.
+    infer_output_cache_mb: int = 256
     # Admission control: decoded pixels of all requests in flight together (one budget per
     # service process). A request waits for room (up to its deadline); one that alone needs
     # more is RESOURCE_EXHAUSTED. Default: two requests at the per-request limit.
@@ -350,6 +353,9 @@ class Settings:
                 _env("MLLGRAPH_INFER_MAX_DELAY_MS", str(cls.infer_max_delay_ms))
             ),
             infer_cache_mb=int(_env("MLLGRAPH_INFER_CACHE_MB", str(cls.infer_cache_mb))),
+            infer_output_cache_mb=int(
+                _env("MLLGRAPH_INFER_OUTPUT_CACHE_MB", str(cls.infer_output_cache_mb))
+            ),
             infer_max_inflight_pixels=int(
                 _env("MLLGRAPH_INFER_MAX_INFLIGHT_PIXELS", str(cls.infer_max_inflight_pixels))
             ),

@@ -398,7 +398,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         for mid, t in run.timings.items():
             response.model_timings.append(
                 inference_pb2.ModelTiming(
-                    model_id=mid, forward_ms=t.forward_ms, preprocess_ms=t.preprocess_ms
+                    model_id=mid,
+                    forward_ms=t.forward_ms,
+                    preprocess_ms=t.preprocess_ms,
+                    cached_images=t.cached,
                 )
             )
         response.total_ms = (time.perf_counter() - t0) * 1000

@@ -635,8 +635,9 @@ def test_cuda_oom_retries_with_half_batches(hub: dict[str, Any]) -> None:
         model, spec = loading.load_model(settings, record)
         return OomAbove(model, 4, seen), spec
 
-    # Whole batches per pass, as on CUDA (CPU chunks of 4 would never reach the OOM).
-    settings = replace(hub["settings"], infer_cpu_chunk=0)
+    # Whole batches per pass, as on CUDA (CPU chunks of 4 would never reach the OOM); no
+    # outputs kept, so the second request runs the model again.
+    settings = replace(hub["settings"], infer_cpu_chunk=0, infer_output_cache_mb=0)
     cache = model_cache.ModelCache(settings, device="cpu", loader=loader)
     batcher = batching.DynamicBatcher(max_batch_size=16, max_delay_s=0.002)
     server = ServerThread(hub["settings"], cache=cache, batcher=batcher)
@@ -657,6 +658,34 @@ def test_cuda_oom_retries_with_half_batches(hub: dict[str, Any]) -> None:
         server.stub.Classify(req, timeout=60)
         assert batcher.stats.oom_retries == retries  # the lowered cap avoids new OOMs
         assert batcher.cap(server.servicer._resolve(req).key) == 4
+    finally:
+        server.stop()
+
+
+def test_images_asked_about_again_are_not_run_again(hub: dict[str, Any]) -> None:
+    """The output cache through gRPC: a second task over the same model and images runs no
+    model, says so per model (cached_images), and answers as the first run's logits do."""
+    server = ServerThread(hub["settings"])  # its own model cache: nothing kept yet
+    mid = hub["models"][1]
+    first = single_model_plan(hub, mid, [WNIDS[c] for c in (1, 8, 3)])
+    second = single_model_plan(hub, mid, [WNIDS[c] for c in (5, 7, 9)])
+    x = hub["x"][:6]
+    try:
+        server.wait_serving()
+        a = server.stub.Classify(
+            request(images=[raw(im) for im in x], inline_plan=wire.inline_plan_to_proto(first)),
+            timeout=60,
+        )
+        images_ = [inference_pb2.Image(encoded=png(im)) for im in x]  # decodes to the same
+        b = server.stub.Classify(
+            request(images=images_, inline_plan=wire.inline_plan_to_proto(second)), timeout=60
+        )
+        [ta], [tb] = a.model_timings, b.model_timings
+        assert (ta.cached_images, tb.cached_images) == (0, 6)
+        assert ta.forward_ms > 0 and tb.forward_ms == 0
+        expected = manual_probs(hub, second, x)
+        got = np.array([list(p.class_probabilities) for p in b.predictions])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
     finally:
         server.stop()
 

@@ -53,6 +53,9 @@ class GrpcPipeline:
         self.services = services or Services(settings)
         self._latency_ms: list[float] = []
         self._images = 0
+        # Per model and image of those requests: run, or answered from the service's output
+        # cache (the tasks share test images: mllgraph.reuse.outputs).
+        self._passes = {"run": 0, "cached": 0}
 
     def __enter__(self) -> GrpcPipeline:
         if self._own:
@@ -118,6 +121,9 @@ class GrpcPipeline:
             response = self.inference.Classify(request, timeout=600)
             self._latency_ms.append((time.perf_counter() - t) * 1000)
             self._images += len(batch)
+            for mt in response.model_timings:
+                self._passes["run"] += len(batch) - mt.cached_images
+                self._passes["cached"] += mt.cached_images
             preds += [p.class_index for p in response.predictions]
         return np.asarray(preds, dtype=np.int64)
 
@@ -162,6 +168,9 @@ class GrpcPipeline:
             "classify_requests": len(self._latency_ms),
             "images": self._images,
             "images_per_s": round(self._images / total_s, 1) if total_s else None,
+            # A model's outputs for an image the service had met (under any task) are kept.
+            "model_images_run": self._passes["run"],
+            "model_images_cached": self._passes["cached"],
             "request_p50_ms": round(float(np.percentile(self._latency_ms, 50)), 1)
             if self._latency_ms
             else None,

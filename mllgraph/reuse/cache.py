@@ -28,6 +28,7 @@ from mllgraph.errors import (
 )
 from mllgraph.hub import forward, loading
 from mllgraph.hub.preprocess import InputSpec
+from mllgraph.reuse.outputs import OutputCache
 from mllgraph.settings import Settings
 
 log = logging.getLogger("mllgraph.reuse.cache")
@@ -65,6 +66,11 @@ class LoadedModel:
     @property
     def precision(self) -> str:
         return {v: k for k, v in DTYPES.items()}[self.dtype]
+
+    def output_key(self, record: Mapping[str, Any]) -> tuple[str, str, str]:
+        """What its outputs depend on besides the image: the model's id, its weights and the
+        precision it runs in now (`mllgraph.reuse.outputs`)."""
+        return (self.model_id, str(record.get("sha256", "")), self.precision)
 
 
 def module_bytes(module: nn.Module) -> int:
@@ -104,7 +110,8 @@ class ModelCache:
 
     `precision`: "auto" (fp16 on CUDA, fp32 elsewhere), "fp32", "fp16" or "bf16".
     A single model larger than the budget is still loaded (alone). Thread-safe; concurrent
-    requests for the same model load it once. Failed loads are not cached.
+    requests for the same model load it once. Failed loads are not cached. `outputs`: the
+    models' outputs by image content (`mllgraph.reuse.outputs`), bounded apart.
     """
 
     def __init__(
@@ -128,6 +135,8 @@ class ModelCache:
         self.dtype = DTYPES[precision]
         # Images per forward pass within a batch (hub/forward.run): small on the CPU.
         self.chunk = forward.chunk_for(self.device, settings.infer_cpu_chunk)
+        # The experts' outputs by image content, for every plan that runs these models.
+        self.outputs = OutputCache(settings.infer_output_cache_mb << 20)
         self.loader = loader or _default_loader
         self._items: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
@@ -203,8 +212,10 @@ class ModelCache:
             return [k[0] for k in self._items]
 
     def clear(self) -> None:
+        """Forget the loaded models and the outputs kept by image."""
         with self._lock:
             self._items.clear()
+        self.outputs.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

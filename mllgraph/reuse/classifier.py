@@ -2,12 +2,13 @@
 
 Every model of the plan runs on its own preprocessing (``preprocess`` with the model's stored
 ``InputSpec``; models sharing a spec share the tensor), then :func:`mllgraph.combine.rule.combine`
-(the one rule, shared with selection) gives the class probabilities. Uncovered classes get the
-VLM patch when one is configured, else the plan's ConSE patch (:mod:`mllgraph.combine.conse`:
-its broad expert runs with the plan's models), else the constant fallback
-(:mod:`mllgraph.reuse.vlm`); :attr:`PlanClassifier.fallback_rule` says which. A prediction
-whose class is uncovered has ``used_fallback=True`` and no contributing heads; the uncovered
-class names are always reported (:attr:`PlanClassifier.uncovered_names`).
+(the one rule, shared with selection) gives the class probabilities. A model does not run
+again on an image whose outputs the model cache keeps (:mod:`mllgraph.reuse.outputs`).
+Uncovered classes get the VLM patch when one is configured, else the plan's ConSE patch
+(:mod:`mllgraph.combine.conse`: its broad expert runs with the plan's models), else the
+constant fallback (:mod:`mllgraph.reuse.vlm`); :attr:`PlanClassifier.fallback_rule` says
+which. A prediction whose class is uncovered has ``used_fallback=True`` and no contributing
+heads; the uncovered class names are always reported (:attr:`PlanClassifier.uncovered_names`).
 
 A plan model with a domain profile (:mod:`mllgraph.combine.domain`, the record's
 ``domain_sha256``) says nothing about an image outside its domain: the prediction lists it
@@ -43,6 +44,7 @@ from mllgraph.reuse.cache import (
     RecordSource,
     lookup_record,
 )
+from mllgraph.reuse.outputs import image_digest
 from mllgraph.reuse.vlm import VlmPatch
 from mllgraph.settings import Settings
 
@@ -56,11 +58,13 @@ class ModelTiming:
     forward_ms: float = 0.0
     images: int = 0
     precision: str = ""
+    cached: int = 0  # of the images, those whose outputs were kept (reuse.outputs): not run
 
     def add(self, other: ModelTiming, share: float = 1.0) -> None:
         self.preprocess_ms += other.preprocess_ms * share
         self.forward_ms += other.forward_ms * share
         self.images += other.images if share == 1.0 else round(other.images * share)
+        self.cached += other.cached if share == 1.0 else round(other.cached * share)
         self.precision = other.precision or self.precision
 
 
@@ -218,24 +222,48 @@ class PlanClassifier:
         self, images: Sequence[np.ndarray]
     ) -> tuple[dict[str, np.ndarray], dict[str, ModelTiming]]:
         """Every plan model (and the patch's) once over `images`: {model: float32 logits
-        (N, H)}, timings."""
+        (N, H)}, timings. A model runs only on the images whose outputs the model cache's
+        `outputs` does not keep (`mllgraph.reuse.outputs`)."""
+        outputs = self.cache.outputs
+        digests = [image_digest(im) for im in images] if outputs.enabled else None
         logits: dict[str, np.ndarray] = {}
         timings: dict[str, ModelTiming] = {}
-        inputs: dict[InputSpec, torch.Tensor] = {}
+        inputs: dict[tuple[InputSpec, tuple[int, ...]], torch.Tensor] = {}
         for mid in self.run_models:
-            item = self.cache.get(self.records[mid])
-            t0 = time.perf_counter()
-            x = inputs.get(item.spec)
-            if x is None:
-                x = preprocess(images, item.spec, device=item.device)
-                inputs[item.spec] = x
-            _sync(item.device)
-            t1 = time.perf_counter()
-            out = self._forward(item, x)
-            t2 = time.perf_counter()
+            record = self.records[mid]
+            item = self.cache.get(record)
+            kept = outputs.get_many(item.output_key(record), digests) if digests else []
+            todo = tuple(i for i in range(len(images)) if not kept or kept[i] is None)
+            out = None
+            t0 = t1 = t2 = time.perf_counter()
+            if todo:
+                x = inputs.get((item.spec, todo))
+                if x is None:
+                    x = preprocess([images[i] for i in todo], item.spec, device=item.device)
+                    inputs[(item.spec, todo)] = x
+                _sync(item.device)
+                t1 = time.perf_counter()
+                out = self._forward(item, x)
+                t2 = time.perf_counter()
+                if digests:  # keyed by the precision it ran in (a demotion changes it)
+                    outputs.put_many(item.output_key(record), [digests[i] for i in todo], out)
+            if len(todo) < len(images):
+                width = len(next(r for r in kept if r is not None))
+                full = np.empty((len(images), width), dtype=np.float32)
+                for i, row in enumerate(kept):
+                    if row is not None:
+                        full[i] = row
+                if out is not None:
+                    full[list(todo)] = out
+                out = full
             logits[mid] = out
             timings[mid] = ModelTiming(
-                mid, (t1 - t0) * 1000, (t2 - t1) * 1000, len(images), item.precision
+                mid,
+                (t1 - t0) * 1000,
+                (t2 - t1) * 1000,
+                len(images),
+                item.precision,
+                cached=len(images) - len(todo),
             )
         return logits, timings
 

@@ -79,14 +79,16 @@ class Prediction(_message.Message):
     def __init__(self, image_id: _Optional[str] = ..., class_index: _Optional[int] = ..., class_name: _Optional[str] = ..., probability: _Optional[float] = ..., class_probabilities: _Optional[_Iterable[float]] = ..., contributing_heads: _Optional[_Iterable[_Union[_common_pb2.HeadRef, _Mapping]]] = ..., used_fallback: _Optional[bool] = ..., top: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., out_of_domain_models: _Optional[_Iterable[str]] = ..., none_of_these: _Optional[bool] = ..., none_score: _Optional[float] = ...) -> None: ...
 
 class ModelTiming(_message.Message):
-    __slots__ = ("model_id", "forward_ms", "preprocess_ms")
+    __slots__ = ("model_id", "forward_ms", "preprocess_ms", "cached_images")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FORWARD_MS_FIELD_NUMBER: _ClassVar[int]
     PREPROCESS_MS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_IMAGES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     forward_ms: float
     preprocess_ms: float
-    def __init__(self, model_id: _Optional[str] = ..., forward_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ...) -> None: ...
+    cached_images: int
+    def __init__(self, model_id: _Optional[str] = ..., forward_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., cached_images: _Optional[int] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
     __slots__ = ("predictions", "uncovered_classes", "model_timings", "plan_id", "total_ms", "patch", "none_threshold")

@@ -102,7 +102,13 @@ def bench_infer(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         )
         for im in images[: max(sizes)]
     ]
-    settings = replace(settings, infer_max_images=max(settings.infer_max_images, max(sizes)))
+    # The output cache off: every series sends the same images, and these figures are of the
+    # experts' passes (mllgraph.reuse.outputs).
+    settings = replace(
+        settings,
+        infer_max_images=max(settings.infer_max_images, max(sizes)),
+        infer_output_cache_mb=0,
+    )
 
     async def run(settings: Settings) -> dict[str, Any]:
         server = await svc.start_server(settings, port=0)
