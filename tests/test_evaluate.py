@@ -214,6 +214,43 @@ def test_expert_recipe_model_trains_on_the_task_classes_with_the_per_class_budge
     ]
 
 
+def test_expert_recipe_models_train_in_workers_as_they_do_here() -> None:
+    """`ExpertRecipeModel.train` with two worker processes gives the weights one process
+    gives (one torch thread each way), one model per class set, and `accuracy` reuses them."""
+    import os
+
+    import torch
+
+    from mllgraph.eval.evalset import EvalImages
+    from mllgraph.hubs.fashion import data as fashion
+    from mllgraph.settings import Settings
+
+    settings = Settings.from_env()
+    if not (settings.fashion_mnist_dir / "train-images-idx3-ubyte.gz").is_file():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and no Fashion-MNIST under {settings.fashion_mnist_dir}")
+        pytest.skip(f"no Fashion-MNIST under {settings.fashion_mnist_dir}")
+    recipe = references.ExpertRecipe("test_mambaout", 1, per_class_images=60)
+    tasks = [_task((5,), (7,)), _task((1,), (3, 4)), _task((5,), (7,))]  # two class sets
+    here = references.ExpertRecipeModel(settings, recipe)
+    there = references.ExpertRecipeModel(settings, recipe)
+    here.train(tasks, workers=1)
+    there.train(tasks, workers=2)
+    assert len(here._cache) == len(there._cache) == 2
+    for key, model in here._cache.items():
+        a, b = model.state_dict(), there._cache[key].state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), key
+    x, y = fashion.load_split("test", settings.fashion_mnist_dir)
+    idx = np.flatnonzero(np.isin(y, [5, 7]))[:40]
+    labels = (y[idx] == 7).astype(np.int64)
+    images = EvalImages(x, y)
+    trained = there.seconds
+    accuracy = there.accuracy(tasks[2], images, idx, labels)
+    assert accuracy == here.accuracy(tasks[0], images, idx, labels) and accuracy > 0.5
+    assert there.seconds == trained  # nothing trained again
+
+
 def test_expert_recipe_is_described():
     text = references.ExpertRecipe("test_resnet", 3, per_class_images=1143).describe()
     assert "test_resnet" in text and "3 epoch" in text and "1143" in text

@@ -19,6 +19,7 @@ from mllgraph.eval.evalset import EvalImages, LogitCache
 from mllgraph.eval.tasks import Task
 from mllgraph.graph.db import Graph
 from mllgraph.hub import forward, registry
+from mllgraph.hub.workers import run_jobs
 from mllgraph.settings import Settings
 
 
@@ -68,6 +69,38 @@ class ExpertRecipe:
         )
 
 
+@dataclass(frozen=True)
+class _RecipeJob:
+    """One task's expert-recipe model to train (plain data: it crosses to a worker)."""
+
+    arch: str
+    classes: int
+    images: np.ndarray
+    labels: np.ndarray
+    epochs: int
+    seed: int
+
+
+def _train_recipe(job: _RecipeJob) -> Any:
+    """The expert-recipe model of one task. One torch thread, here or in a worker
+    (`hub.workers`): the same weights whichever ran it."""
+    import torch
+
+    from mllgraph.hubs.fashion import experts as fashion_experts
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # train_expert trains head i on label value classes[i]: the labels are task indices.
+        model = fashion_experts.train_expert(
+            job.arch, list(range(job.classes)), job.images, job.labels,
+            epochs=job.epochs, seed=job.seed,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return model
+
+
 class ExpertRecipeModel:
     """A supervised reference per task: :class:`ExpertRecipe` (cached per class set)."""
 
@@ -75,6 +108,10 @@ class ExpertRecipeModel:
         self.settings, self.recipe = settings, recipe
         self._cache: dict[tuple[tuple[int, ...], ...], Any] = {}
         self.seconds = 0.0
+
+    @staticmethod
+    def _key(task: Task) -> tuple[tuple[int, ...], ...]:
+        return tuple(c.fashion for c in task.classes)
 
     def training_indices(self, task: Task, pool: np.ndarray, pool_labels: np.ndarray) -> np.ndarray:
         """Sorted positions into `pool` of the expert_recipe's training images for `task`."""
@@ -88,37 +125,50 @@ class ExpertRecipeModel:
             keep.append(idx)
         return np.sort(np.concatenate(keep))
 
+    def _jobs(self, tasks: Sequence[Task]) -> dict[tuple[tuple[int, ...], ...], _RecipeJob]:
+        """The training of every task's model not yet kept (one per class set)."""
+        from mllgraph.hubs.fashion import data as fashion
+
+        todo = {self._key(t): t for t in tasks if self._key(t) not in self._cache}
+        if not todo:
+            return {}
+        train_x, train_y = fashion.load_split("train", self.settings.fashion_mnist_dir)
+        pool, _ = fashion.split_pools(self.recipe.split_seed, root=self.settings.fashion_mnist_dir)
+        jobs = {}
+        for key, task in todo.items():
+            keep = pool[self.training_indices(task, pool, train_y[pool])]
+            mapping = task.label_map()
+            y = np.array([mapping[int(f)] for f in train_y[keep]], dtype=np.int64)
+            jobs[key] = _RecipeJob(
+                self.recipe.arch, len(task.classes), train_x[keep], y,
+                self.recipe.epochs, self.recipe.seed,
+            )  # fmt: skip
+        return jobs
+
+    def train(self, tasks: Sequence[Task], workers: int = 1) -> None:
+        """Train the models of `tasks` not yet kept, `workers` processes at once
+        (`hub.workers.run_jobs`): before a suite is evaluated, so that they train side by
+        side on the cores rather than one per task as the tasks come."""
+        t = time.perf_counter()
+        jobs = self._jobs(tasks)
+        from mllgraph.hubs.fashion import experts as fashion_experts
+
+        models = run_jobs(_train_recipe, list(jobs.values()), workers)
+        for key, model in zip(jobs, models, strict=True):
+            # Prepared once (hub/fold), not at every evaluation of this task's classes.
+            self._cache[key] = forward.prepare(model, fashion_experts.FASHION_INPUT_SPEC)
+        self.seconds += time.perf_counter() - t
+
     def accuracy(
         self, task: Task, images: EvalImages, idx: np.ndarray, labels: np.ndarray
     ) -> float:
         import torch
 
-        from mllgraph.hubs.fashion import data as fashion
         from mllgraph.hubs.fashion import experts as fashion_experts
 
-        key = tuple(c.fashion for c in task.classes)
-        if key not in self._cache:
-            t = time.perf_counter()
-            train_x, train_y = fashion.load_split("train", self.settings.fashion_mnist_dir)
-            pool, _ = fashion.split_pools(
-                self.recipe.split_seed, root=self.settings.fashion_mnist_dir
-            )
-            keep = pool[self.training_indices(task, pool, train_y[pool])]
-            mapping = task.label_map()
-            y = np.array([mapping[int(f)] for f in train_y[keep]], dtype=np.int64)
-            # train_expert trains head i on label value classes[i]: give it task indices.
-            model = fashion_experts.train_expert(
-                self.recipe.arch,
-                list(range(len(task.classes))),
-                train_x[keep],
-                y,
-                epochs=self.recipe.epochs,
-                seed=self.recipe.seed,
-            )
-            # Prepared once (hub/fold), not at every evaluation of this task's classes.
-            self._cache[key] = forward.prepare(model, fashion_experts.FASHION_INPUT_SPEC)
-            self.seconds += time.perf_counter() - t
-        model = self._cache[key]
+        if self._key(task) not in self._cache:
+            self.train([task])
+        model = self._cache[self._key(task)]
         with torch.inference_mode():
             out = forward.logits(model, fashion_experts.FASHION_INPUT_SPEC, images.images[idx])
         return float((out.argmax(1) == labels).mean())

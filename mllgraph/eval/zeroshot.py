@@ -22,6 +22,7 @@ from mllgraph.eval.supervised import Supervised, SupervisedRecipe
 from mllgraph.eval.tasks import SPLITS, Suite
 from mllgraph.graph.db import Graph
 from mllgraph.hub import registry
+from mllgraph.hub.workers import worker_count
 from mllgraph.hubs.fashion import build as hub
 from mllgraph.plan.document import UNCOVERED_WHY
 from mllgraph.settings import Settings
@@ -203,6 +204,10 @@ def run(
             baselines=ev.BASELINES if config.references else _without(ev.BASELINES, "hindsight"),
             log=log,
         )
+
+    if expert_recipe is not None:  # every task's, side by side on the cores
+        expert_recipe.train(suite.tasks, worker_count(settings, len(suite.tasks)))
+        log(f"expert-recipe models trained ({expert_recipe.seconds:.0f} s)")
 
     if config.grpc:
         from mllgraph.eval.grpc_pipeline import GrpcPipeline
