@@ -314,6 +314,8 @@ def reuse_collector(
 
     ``mllgraph_model_cache_hits_total`` / ``_misses_total`` / ``_loads_total`` /
     ``_evictions_total``, ``mllgraph_model_cache_bytes`` / ``_budget_bytes`` / ``_models``,
+    ``mllgraph_output_cache_hits_total`` / ``_misses_total`` / ``_evictions_total`` /
+    ``mllgraph_output_cache_bytes`` (outputs kept by image, ``mllgraph.reuse.outputs``),
     ``mllgraph_batch_size`` (histogram), ``mllgraph_batcher_requests_total`` /
     ``_expired_total`` / ``_cancelled_total`` / ``_oom_retries_total`` /
     ``_failed_batches_total``, ``mllgraph_batcher_pending``; ``mllgraph_inflight_pixels`` /
@@ -338,6 +340,16 @@ def reuse_collector(
             "mllgraph_model_cache_budget_bytes", "the cache's budget", cache.budget_bytes
         )
         yield GaugeMetricFamily("mllgraph_model_cache_models", "models cached", len(cache))
+        outputs = cache.outputs
+        for name, doc in (
+            ("hits", "model outputs for an image found kept: no pass (mllgraph.reuse.outputs)"),
+            ("misses", "model outputs for an image not kept: the model ran on it"),
+            ("evictions", "kept outputs evicted to stay within the budget"),
+        ):
+            yield CounterMetricFamily(f"mllgraph_output_cache_{name}", doc, getattr(outputs, name))
+        yield GaugeMetricFamily(
+            "mllgraph_output_cache_bytes", "host memory held by kept outputs", outputs.nbytes
+        )
         stats = batcher.stats
         yield _batch_histogram(stats.size_counts, stats.images)
         for name, doc in (

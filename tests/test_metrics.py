@@ -148,6 +148,30 @@ def test_inference_metrics_move_with_the_calls(inference_server: Any) -> None:
     assert value(after, "mllgraph_inflight_pixels_peak") > 0
 
 
+def test_outputs_kept_by_image_show_in_the_metrics(inference_server: Any) -> None:
+    port = inference_server.metrics_port
+    before = scrape(port)
+    with grpc.insecure_channel(f"127.0.0.1:{inference_server.port}") as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        first = classify(stub, 2)  # two images no other test sends (seed 2)
+        again = classify(stub, 2)
+    assert [t.cached_images for t in first.model_timings] == [0]
+    assert [t.cached_images for t in again.model_timings] == [2]
+    hits = ("mllgraph_output_cache_hits_total", ())
+    after = scrape_when(port, lambda x: x.get(hits, 0) - before.get(hits, 0) >= 2)
+    assert (
+        value(after, "mllgraph_output_cache_hits_total")
+        - value(before, "mllgraph_output_cache_hits_total")
+        == 2
+    )
+    assert (
+        value(after, "mllgraph_output_cache_misses_total")
+        - value(before, "mllgraph_output_cache_misses_total")
+        == 2
+    )
+    assert value(after, "mllgraph_output_cache_bytes") > 0
+
+
 def test_request_id_is_echoed_and_logged(
     inference_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
