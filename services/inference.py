@@ -56,7 +56,7 @@ from mllgraph.errors import (
     ResourceExhausted,
 )
 from mllgraph.plan import document as plan_doc
-from mllgraph.reuse import admission, classifier, images
+from mllgraph.reuse import admission, classifier, images, outputs
 from mllgraph.reuse import batcher as batching
 from mllgraph.reuse import bundle as bundles
 from mllgraph.reuse import cache as model_cache
@@ -83,6 +83,18 @@ DEFAULT_TOP_K = 5
 REQUEST_PIXEL_FACTOR = 4
 DEADLINE_MARGIN_S = 0.2
 CLASSIFIER_CACHE = 64
+
+
+# -- the images' keys in the kept outputs ------------------------------------------------
+
+
+def _with_digests(
+    images: list[np.ndarray], scope: str | None
+) -> tuple[list[np.ndarray], list[bytes] | None]:
+    """The images and their keys in the kept outputs under `scope` (None: none kept)."""
+    if scope is None:
+        return images, None
+    return images, [outputs.image_digest(im, scope) for im in images]
 
 
 # -- where plans and model records come from -------------------------------------------------
@@ -331,20 +343,25 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         async with self.budget.reserve(pixels, deadline=deadline, what=f"{n} images") as held:
             # The pixels stay reserved while a decode thread or a batch still holds the
             # images, even when this RPC is cancelled before they end.
+            # The images' keys in the outputs the service keeps, scoped by the caller: no
+            # caller learns which images another sent (mllgraph.reuse.outputs).
+            scope = limits.caller_of(context) if self.cache.outputs.enabled else None
             if encoded:
                 decoding = concurrent.futures.Future()
 
-                def decode() -> list[np.ndarray]:
+                def decode() -> tuple[list[np.ndarray], list[bytes] | None]:
                     try:
-                        return self._images(request)
+                        return _with_digests(self._images(request), scope)
                     finally:
                         decoding.set_result(None)
 
                 held.track(decoding)
-                images = await asyncio.to_thread(decode)
+                images, digests = await asyncio.to_thread(decode)
             else:
-                images = self._images(request)
-            fut = self.batcher.submit(clf.key, clf.run_batch, images, deadline=deadline)
+                images, digests = _with_digests(self._images(request), scope)
+            fut = self.batcher.submit(
+                clf.key, clf.run_batch, images, deadline=deadline, digests=digests
+            )
             held.track(fut)
             del images
             run: classifier.BatchRun = await asyncio.wrap_future(fut)

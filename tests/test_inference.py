@@ -690,6 +690,32 @@ def test_images_asked_about_again_are_not_run_again(hub: dict[str, Any]) -> None
         server.stop()
 
 
+def test_callers_never_share_kept_outputs(hub: dict[str, Any]) -> None:
+    """Outputs are kept per caller: a second caller sending the same images gets them run
+    again (cached_images 0), so neither the field nor a fast answer tells it what another
+    caller sent; the first caller asking again gets its own kept outputs."""
+    from mllgraph import auth
+
+    made = {name: auth.create_token("read", name) for name in ("alice", "bob")}
+    settings = replace(hub["settings"], tokens=";".join(e.line() for _, e in made.values()))
+    server = ServerThread(settings)
+    doc = single_model_plan(hub, hub["models"][1], [WNIDS[c] for c in (1, 8, 3)])
+    req = request(
+        images=[raw(im) for im in hub["x"][:5]], inline_plan=wire.inline_plan_to_proto(doc)
+    )
+
+    def cached(name: str) -> int:
+        metadata = (("authorization", f"Bearer {made[name][0]}"),)
+        [timing] = server.stub.Classify(req, timeout=60, metadata=metadata).model_timings
+        return timing.cached_images
+
+    try:
+        server.wait_serving()
+        assert [cached("alice"), cached("bob"), cached("alice"), cached("bob")] == [0, 0, 5, 5]
+    finally:
+        server.stop()
+
+
 # -- the rest of the service -----------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mllgraph.combine import rule as combine
+from mllgraph.errors import InvalidArgument
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.reuse import cache as model_cache
 from mllgraph.reuse import classifier
@@ -96,6 +97,7 @@ def test_digest_changes_with_pixels_shape_and_dtype() -> None:
     assert image_digest(a) != image_digest(a.reshape(4, 16))
     assert image_digest(a) != image_digest(a.astype(np.float32))
     assert image_digest(np.asfortranarray(a)) == image_digest(a)  # pixels, not their layout
+    assert image_digest(a, "token 'alice'") != image_digest(a, "token 'bob'") != image_digest(a)
 
 
 def test_rows_are_copies_kept_least_recently_used_by_bytes() -> None:
@@ -171,3 +173,19 @@ def test_the_same_answers_with_the_cache_on_or_off(mb: int) -> None:
     b = clf.run_batch(x[::-1], keep_logits=True)  # the same images, the other way round
     np.testing.assert_allclose(b.logits["m"], a.logits["m"][::-1], atol=1e-5)
     assert sum(seen) == (6 if mb else 12)
+
+
+def test_given_digests_key_the_outputs() -> None:
+    """run_batch's digests (the service scopes them by caller) are the keys: the same image
+    under another digest runs again; a wrong count is refused."""
+    seen: list[int] = []
+    cache = model_cache_for(seen)
+    x = images(3)
+    clf = classifier_for(plan([0, 1]), cache, record())
+    clf.run_batch(x, digests=[image_digest(im, "a") for im in x])
+    clf.run_batch(x, digests=[image_digest(im, "a") for im in x])
+    assert sum(seen) == 3
+    clf.run_batch(x, digests=[image_digest(im, "b") for im in x])
+    assert sum(seen) == 6
+    with pytest.raises(InvalidArgument, match="2 digests for 3 images"):
+        clf.run_batch(x, digests=[b"x" * 16] * 2)

@@ -40,7 +40,8 @@ log = logging.getLogger("mllgraph.reuse.batcher")
 OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,)
 
 
-Runner = Callable[[list[np.ndarray]], BatchRun]
+# run(images) -> BatchRun; called as run(images, digests=...) for requests that give digests.
+Runner = Callable[..., BatchRun]
 
 
 @dataclass
@@ -64,6 +65,7 @@ class _Request:
     deadline: float | None
     enqueued: float
     future: Future
+    digests: list[bytes] | None = None  # the images' keys in the kept outputs (run's digests=)
 
 
 class DynamicBatcher:
@@ -99,22 +101,34 @@ class DynamicBatcher:
         )
 
     def submit(
-        self, key: str, run: Runner, images: Sequence[np.ndarray], *, deadline: float | None = None
+        self,
+        key: str,
+        run: Runner,
+        images: Sequence[np.ndarray],
+        *,
+        deadline: float | None = None,
+        digests: Sequence[bytes] | None = None,
     ) -> Future:
         """Queue `images` for `run` (requests with the same `key` batch together).
 
         `deadline` is a time.monotonic() value; past it, a still-queued request fails with
-        DeadlineExceeded.
+        DeadlineExceeded. `digests` (one per image) go with them to `run(images, digests=)`:
+        the keys of their kept outputs (`mllgraph.reuse.outputs`), scoped by the caller;
+        requests of one key either all give them or none does.
         """
         fut: Future = Future()
         images = list(images)
+        if digests is not None and len(digests) != len(images):
+            raise InvalidArgument(f"{len(digests)} digests for {len(images)} images")
         if not images:
             fut.set_result(BatchRun([]))
             return fut
         with self._cond:
             if self._closing:
                 raise FailedPrecondition("the inference batcher is shut down")
-            self._queue.append(_Request(key, run, images, deadline, time.monotonic(), fut))
+            kept = None if digests is None else list(digests)
+            request = _Request(key, run, images, deadline, time.monotonic(), fut, kept)
+            self._queue.append(request)
             self.stats.requests += 1
             self._cond.notify_all()
         return fut
@@ -194,11 +208,15 @@ class DynamicBatcher:
     def _serve(self, batch: list[_Request]) -> None:
         key, run = batch[0].key, batch[0].run
         images = [im for r in batch for im in r.images]
+        digests = None
+        if all(r.digests is not None for r in batch):
+            digests = [d for r in batch for d in r.digests or ()]
         try:
             out = BatchRun([])
             cap = self.cap(key)
             for start in range(0, len(images), cap):
-                out.extend(self._run_with_retry(key, run, images[start : start + cap]))
+                part = None if digests is None else digests[start : start + cap]
+                out.extend(self._run_with_retry(key, run, images[start : start + cap], part))
         except BaseException as e:  # noqa: BLE001 - every waiting caller gets the error
             self.stats.failed_batches += 1
             if not isinstance(e, MllgraphError):
@@ -216,9 +234,15 @@ class DynamicBatcher:
             start += n
             r.future.set_result(mine)
 
-    def _run_with_retry(self, key: str, run: Runner, images: list[np.ndarray]) -> BatchRun:
+    def _run_with_retry(
+        self,
+        key: str,
+        run: Runner,
+        images: list[np.ndarray],
+        digests: list[bytes] | None = None,
+    ) -> BatchRun:
         try:
-            out = run(images)
+            out = run(images) if digests is None else run(images, digests=digests)
         except OOM_ERRORS as e:
             self.stats.oom_retries += 1
             with contextlib.suppress(Exception):
@@ -231,8 +255,9 @@ class DynamicBatcher:
             half = len(images) // 2
             self._oom_cap[key] = min(self._oom_cap.get(key, self.max_batch_size), half)
             log.warning("cuda_oom batch=%d retry_as=%d+%d", len(images), half, len(images) - half)
-            out = self._run_with_retry(key, run, images[:half])
-            out.extend(self._run_with_retry(key, run, images[half:]))
+            parts = (None, None) if digests is None else (digests[:half], digests[half:])
+            out = self._run_with_retry(key, run, images[:half], parts[0])
+            out.extend(self._run_with_retry(key, run, images[half:], parts[1]))
             return out
         self.stats.batches += 1
         self.stats.images += len(images)

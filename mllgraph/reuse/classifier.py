@@ -33,6 +33,7 @@ import torch
 from mllgraph.combine.domain import thumbnails
 from mllgraph.errors import (
     FailedPrecondition,
+    InvalidArgument,
 )
 from mllgraph.hub import domains, forward
 from mllgraph.hub.preprocess import InputSpec, preprocess
@@ -194,11 +195,19 @@ class PlanClassifier:
     def classify(self, images: Sequence[np.ndarray]) -> list[PredictionResult]:
         return self.run_batch(images).results
 
-    def run_batch(self, images: Sequence[np.ndarray], *, keep_logits: bool = False) -> BatchRun:
+    def run_batch(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        keep_logits: bool = False,
+        digests: Sequence[bytes] | None = None,
+    ) -> BatchRun:
+        """`digests`: the images' keys in the kept outputs (`reuse.outputs.image_digest`,
+        scoped to their callers by the service); None: their unscoped digests."""
         images = list(images)
         if not images:
             return BatchRun([])
-        logits, timings = self.model_logits(images)
+        logits, timings = self.model_logits(images, digests)
         extra, vlm_timing = self._extra_evidence(images)
         if vlm_timing is not None:
             timings[vlm_timing.model_id] = vlm_timing
@@ -219,13 +228,18 @@ class PlanClassifier:
         return {mid: profile.accepts(thumbs) for mid, profile in self.domains.items()}
 
     def model_logits(
-        self, images: Sequence[np.ndarray]
+        self, images: Sequence[np.ndarray], digests: Sequence[bytes] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, ModelTiming]]:
         """Every plan model (and the patch's) once over `images`: {model: float32 logits
         (N, H)}, timings. A model runs only on the images whose outputs the model cache's
-        `outputs` does not keep (`mllgraph.reuse.outputs`)."""
+        `outputs` does not keep (`mllgraph.reuse.outputs`; `digests`: as in run_batch)."""
         outputs = self.cache.outputs
-        digests = [image_digest(im) for im in images] if outputs.enabled else None
+        if not outputs.enabled:
+            digests = None
+        elif digests is None:
+            digests = [image_digest(im) for im in images]
+        elif len(digests) != len(images):
+            raise InvalidArgument(f"{len(digests)} digests for {len(images)} images")
         logits: dict[str, np.ndarray] = {}
         timings: dict[str, ModelTiming] = {}
         inputs: dict[tuple[InputSpec, tuple[int, ...]], torch.Tensor] = {}

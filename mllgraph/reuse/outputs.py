@@ -7,8 +7,9 @@ image do not. So `PlanClassifier.model_logits` looks each (model, image) up here
 runs a model only on the images it has not seen.
 
 - Key: the model's identity as the model cache loads it (id, weights sha256, precision) and
-  the decoded image's digest (`image_digest`: shape, dtype and pixels). Re-registered
-  weights or a model demoted to fp32 miss, as they must.
+  the decoded image's digest (`image_digest`: shape, dtype and pixels, and the caller in the
+  inference service: callers never share kept outputs). Re-registered weights or a model
+  demoted to fp32 miss, as they must.
 - Value: the model's float32 logits row for that image (a copy: a batch's array is not kept
   alive by a view).
 - Bounded by bytes, least recently used evicted; `max_bytes=0` turns it off
@@ -30,11 +31,13 @@ import numpy as np
 ROW_OVERHEAD = 160  # bytes a kept row costs beyond its numbers (key, dict slot, ndarray)
 
 
-def image_digest(image: np.ndarray) -> bytes:
-    """16 bytes that change with the image's shape, dtype or any pixel."""
+def image_digest(image: np.ndarray, scope: str = "") -> bytes:
+    """16 bytes that change with the image's shape, dtype or any pixel, and with `scope`:
+    the service passes the caller, so no caller learns (from `cached_images` or a fast
+    answer) which images another caller sent."""
     image = np.ascontiguousarray(image)
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{image.shape}{image.dtype.str}".encode())
+    h.update(f"{scope}\0{image.shape}{image.dtype.str}".encode())
     h.update(memoryview(image).cast("B"))
     return h.digest()
 
