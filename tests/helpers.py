@@ -254,3 +254,30 @@ def two_expert_hub(graph: Any, settings: Any, tmp: Path, prefix: str) -> Iterato
             registry.delete_model(graph, settings, mid)
         for set_id in sets:
             probes.remove_probe_set(graph, set_id, settings)
+
+
+def one_model_plan(model_id: str, heads: Sequence[int], names: Sequence[str]) -> dict[str, Any]:
+    """A hand-made plan document over one model: class i is head heads[i], named names[i]."""
+    from mllgraph.combine import rule as combine
+    from mllgraph.select import chco
+
+    assignment = [
+        combine.ClassAssignment(i, (combine.HeadGroup(model_id, (h,), "exact", 0.8),))
+        for i, h in enumerate(heads)
+    ]
+    plan = chco.Plan(
+        assignment=assignment,
+        params=combine.default_params(assignment),
+        estimated_accuracy=float("nan"),
+        per_class_accuracy=[float("nan")] * len(heads),
+        uncovered=[],
+        models=[model_id],
+        solver="none",
+        evaluated=0,
+    )
+    return {
+        "plan_id": "",
+        "classes": [{"name": n, "heads": []} for n in names],
+        "models": [model_id],
+        "combination": {"schema_version": 1, "plan": plan.to_dict()},
+    }

@@ -41,7 +41,7 @@ from mllgraph.reuse import vlm as vlm_patch
 from mllgraph.select import chco
 from mllgraph.v1 import inference_pb2, inference_pb2_grpc, selection_pb2
 from services import inference as svc
-from tests.helpers import FASHION_WNIDS, two_expert_hub
+from tests.helpers import FASHION_WNIDS, one_model_plan, two_expert_hub
 
 pytestmark = pytest.mark.neo4j
 
@@ -125,26 +125,7 @@ def manual_probs(hub: dict[str, Any], plan: dict[str, Any], images: np.ndarray, 
 
 def single_model_plan(hub: dict[str, Any], mid: str, wnids: list[str]) -> dict[str, Any]:
     """A hand-made plan document over one model's heads (class i = head i)."""
-    assignment = [
-        combine.ClassAssignment(i, (combine.HeadGroup(mid, (i,), "exact", 0.8),))
-        for i in range(len(wnids))
-    ]
-    cp = chco.Plan(
-        assignment=assignment,
-        params=combine.default_params(assignment),
-        estimated_accuracy=float("nan"),
-        per_class_accuracy=[float("nan")] * len(wnids),
-        uncovered=[],
-        models=[mid],
-        solver="none",
-        evaluated=0,
-    )
-    return {
-        "plan_id": "",
-        "classes": [{"name": f"class-{w}", "heads": []} for w in wnids],
-        "models": [mid],
-        "combination": {"schema_version": 1, "plan": cp.to_dict()},
-    }
+    return one_model_plan(mid, range(len(wnids)), [f"class-{w}" for w in wnids])
 
 
 # -- the hub ---------------------------------------------------------------------------------

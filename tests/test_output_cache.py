@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from mllgraph.combine import rule as combine
 from mllgraph.errors import InvalidArgument
 from mllgraph.hub.preprocess import InputSpec
 from mllgraph.reuse import cache as model_cache
 from mllgraph.reuse import classifier
 from mllgraph.reuse.outputs import ROW_OVERHEAD, OutputCache, image_digest
-from mllgraph.select import chco
 from mllgraph.settings import Settings
+from tests.helpers import one_model_plan
 
 SPEC = InputSpec(size=8, resize="resize", mean=(0.5,), std=(0.5,), channels=1)
 HEADS = 6
@@ -48,26 +47,7 @@ def record(sha: str = "a" * 64) -> dict[str, Any]:
 
 def plan(heads: list[int]) -> dict[str, Any]:
     """A plan document over model m: class i = head heads[i]."""
-    assignment = [
-        combine.ClassAssignment(i, (combine.HeadGroup("m", (h,), "exact", 0.8),))
-        for i, h in enumerate(heads)
-    ]
-    cp = chco.Plan(
-        assignment=assignment,
-        params=combine.default_params(assignment),
-        estimated_accuracy=float("nan"),
-        per_class_accuracy=[float("nan")] * len(heads),
-        uncovered=[],
-        models=["m"],
-        solver="none",
-        evaluated=0,
-    )
-    return {
-        "plan_id": "",
-        "classes": [{"name": f"class-{h}", "heads": []} for h in heads],
-        "models": ["m"],
-        "combination": {"schema_version": 1, "plan": cp.to_dict()},
-    }
+    return one_model_plan("m", heads, [f"class-{h}" for h in heads])
 
 
 def images(n: int, seed: int = 0) -> list[np.ndarray]:
