@@ -32,5 +32,9 @@ def test_bench_infer_compares_cpu_chunks_side_by_side(
         row = by_batch["1"]
         assert {"plan", *report["models"], "ratio"} == set(row)
         assert all(row[k]["images_per_s"] > 0 for k in ("plan", *report["models"]))
+        # Every request ran its models (the warm-up sent the same image: nothing was kept).
+        for k in ("plan", *report["models"]):
+            assert all(ms > 0 for ms in row[k]["server_ms_per_image"].values()), k
+    assert report["output_cache"].startswith("off")
     # Builtins it registered for itself are gone again; the catalogue is as it was.
     assert {m["id"] for m in registry.list_models(sdag_graph, limit=1000)} == before
