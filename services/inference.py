@@ -88,13 +88,9 @@ CLASSIFIER_CACHE = 64
 # -- the images' keys in the kept outputs ------------------------------------------------
 
 
-def _with_digests(
-    images: list[np.ndarray], scope: str | None
-) -> tuple[list[np.ndarray], list[bytes] | None]:
-    """The images and their keys in the kept outputs under `scope` (None: none kept)."""
-    if scope is None:
-        return images, None
-    return images, [outputs.image_digest(im, scope) for im in images]
+def _digests(images: list[np.ndarray], scope: str | None) -> list[bytes] | None:
+    """The images' keys in the kept outputs under `scope` (None: none kept)."""
+    return None if scope is None else [outputs.image_digest(im, scope) for im in images]
 
 
 # -- where plans and model records come from -------------------------------------------------
@@ -350,15 +346,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 decoding = concurrent.futures.Future()
 
                 def decode() -> tuple[list[np.ndarray], list[bytes] | None]:
-                    try:
-                        return _with_digests(self._images(request), scope)
+                    try:  # hashed here too: a large photo takes milliseconds
+                        decoded = self._images(request)
+                        return decoded, _digests(decoded, scope)
                     finally:
                         decoding.set_result(None)
 
                 held.track(decoding)
                 images, digests = await asyncio.to_thread(decode)
             else:
-                images, digests = _with_digests(self._images(request), scope)
+                images = self._images(request)
+                digests = _digests(images, scope)
             fut = self.batcher.submit(
                 clf.key, clf.run_batch, images, deadline=deadline, digests=digests
             )

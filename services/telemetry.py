@@ -28,7 +28,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -304,6 +304,14 @@ def _batch_histogram(size_counts: dict[int, int], total_images: int) -> Metric:
     )
 
 
+def _counters(prefix: str, source: Any, docs: Sequence[tuple[str, str]]) -> Iterator[Metric]:
+    """A counter `prefix_name` per (name, doc), its value `source.name`."""
+    from prometheus_client.core import CounterMetricFamily
+
+    for name, doc in docs:
+        yield CounterMetricFamily(f"{prefix}_{name}", doc, getattr(source, name))
+
+
 def reuse_collector(
     cache_fn: Callable[[], Any],
     batcher_fn: Callable[[], Any],
@@ -322,17 +330,16 @@ def reuse_collector(
     ``_budget`` / ``_peak`` and ``mllgraph_admission_waited_total`` / ``_refused_total`` /
     ``_expired_total``.
     """
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import GaugeMetricFamily
 
     def collect() -> Iterator[Metric]:
         cache, batcher = cache_fn(), batcher_fn()
-        for name, doc in (
+        yield from _counters("mllgraph_model_cache", cache, (
             ("hits", "model lookups served from the cache"),
             ("misses", "model lookups that loaded the model"),
             ("loads", "models loaded onto the device"),
             ("evictions", "models evicted to stay within the budget"),
-        ):
-            yield CounterMetricFamily(f"mllgraph_model_cache_{name}", doc, getattr(cache, name))
+        ))  # fmt: skip
         yield GaugeMetricFamily(
             "mllgraph_model_cache_bytes", "device memory held by cached models", cache.used_bytes
         )
@@ -341,25 +348,23 @@ def reuse_collector(
         )
         yield GaugeMetricFamily("mllgraph_model_cache_models", "models cached", len(cache))
         outputs = cache.outputs
-        for name, doc in (
+        yield from _counters("mllgraph_output_cache", outputs, (
             ("hits", "model outputs for an image found kept: no pass (mllgraph.reuse.outputs)"),
             ("misses", "model outputs for an image not kept: the model ran on it"),
             ("evictions", "kept outputs evicted to stay within the budget"),
-        ):
-            yield CounterMetricFamily(f"mllgraph_output_cache_{name}", doc, getattr(outputs, name))
+        ))  # fmt: skip
         yield GaugeMetricFamily(
             "mllgraph_output_cache_bytes", "host memory held by kept outputs", outputs.nbytes
         )
         stats = batcher.stats
         yield _batch_histogram(stats.size_counts, stats.images)
-        for name, doc in (
+        yield from _counters("mllgraph_batcher", stats, (
             ("requests", "requests submitted to the batcher"),
             ("expired", "requests dropped at their deadline"),
             ("cancelled", "requests cancelled by their caller"),
             ("oom_retries", "batches split after running out of device memory"),
             ("failed_batches", "model passes that failed"),
-        ):
-            yield CounterMetricFamily(f"mllgraph_batcher_{name}", doc, getattr(stats, name))
+        ))  # fmt: skip
         yield GaugeMetricFamily("mllgraph_batcher_pending", "requests waiting", batcher.pending())
         budget = budget_fn() if budget_fn is not None else None
         if budget is not None:
@@ -369,14 +374,11 @@ def reuse_collector(
                 ("_peak", "most pixels reserved at once since start", budget.stats.peak),
             ):
                 yield GaugeMetricFamily(f"mllgraph_inflight_pixels{name}", doc, value)
-            for name, doc in (
+            yield from _counters("mllgraph_admission", budget.stats, (
                 ("waited", "requests that waited for room in the pixel budget"),
                 ("refused", "requests alone over the pixel budget"),
                 ("expired", "requests whose deadline passed while waiting for room"),
-            ):
-                yield CounterMetricFamily(
-                    f"mllgraph_admission_{name}", doc, getattr(budget.stats, name)
-                )
+            ))  # fmt: skip
 
     return CallbackCollector(collect)
 

@@ -19,8 +19,9 @@ from mllgraph.eval.evalset import EvalImages, LogitCache
 from mllgraph.eval.tasks import Task
 from mllgraph.graph.db import Graph
 from mllgraph.hub import forward, registry
-from mllgraph.hub.workers import run_jobs
+from mllgraph.hub.workers import run_jobs, worker_count
 from mllgraph.settings import Settings
+from mllgraph.threads import local_threads
 
 
 def expert_per_class_budget(
@@ -82,23 +83,16 @@ class _RecipeJob:
 
 
 def _train_recipe(job: _RecipeJob) -> Any:
-    """The expert-recipe model of one task. One torch thread, here or in a worker
-    (`hub.workers`): the same weights whichever ran it."""
-    import torch
-
+    """The expert-recipe model of one task. One torch thread, here (for this thread only:
+    `threads.local_threads`) or in a worker (`hub.workers`): the same weights either way."""
     from mllgraph.hubs.fashion import experts as fashion_experts
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with local_threads(1):
         # train_expert trains head i on label value classes[i]: the labels are task indices.
-        model = fashion_experts.train_expert(
+        return fashion_experts.train_expert(
             job.arch, list(range(job.classes)), job.images, job.labels,
             epochs=job.epochs, seed=job.seed,
         )  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
-    return model
 
 
 class ExpertRecipeModel:
@@ -145,14 +139,16 @@ class ExpertRecipeModel:
             )  # fmt: skip
         return jobs
 
-    def train(self, tasks: Sequence[Task], workers: int = 1) -> None:
-        """Train the models of `tasks` not yet kept, `workers` processes at once
-        (`hub.workers.run_jobs`): before a suite is evaluated, so that they train side by
-        side on the cores rather than one per task as the tasks come."""
-        t = time.perf_counter()
-        jobs = self._jobs(tasks)
+    def train(self, tasks: Sequence[Task], workers: int | None = None) -> None:
+        """Train the models of `tasks` not yet kept, `workers` processes at once (None:
+        `hub.workers.worker_count` for them): before a suite is evaluated, so that they
+        train side by side on the cores rather than one per task as the tasks come."""
         from mllgraph.hubs.fashion import experts as fashion_experts
 
+        t = time.perf_counter()
+        jobs = self._jobs(tasks)
+        if workers is None:
+            workers = worker_count(self.settings, len(jobs))
         models = run_jobs(_train_recipe, list(jobs.values()), workers)
         for key, model in zip(jobs, models, strict=True):
             # Prepared once (hub/fold), not at every evaluation of this task's classes.
@@ -167,7 +163,7 @@ class ExpertRecipeModel:
         from mllgraph.hubs.fashion import experts as fashion_experts
 
         if self._key(task) not in self._cache:
-            self.train([task])
+            self.train([task], workers=1)
         model = self._cache[self._key(task)]
         with torch.inference_mode():
             out = forward.logits(model, fashion_experts.FASHION_INPUT_SPEC, images.images[idx])

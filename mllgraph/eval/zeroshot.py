@@ -22,7 +22,6 @@ from mllgraph.eval.supervised import Supervised, SupervisedRecipe
 from mllgraph.eval.tasks import SPLITS, Suite
 from mllgraph.graph.db import Graph
 from mllgraph.hub import registry
-from mllgraph.hub.workers import worker_count
 from mllgraph.hubs.fashion import build as hub
 from mllgraph.plan.document import UNCOVERED_WHY
 from mllgraph.settings import Settings
@@ -206,7 +205,7 @@ def run(
         )
 
     if expert_recipe is not None:  # every task's, side by side on the cores
-        expert_recipe.train(suite.tasks, worker_count(settings, len(suite.tasks)))
+        expert_recipe.train(suite.tasks)
         log(f"expert-recipe models trained ({expert_recipe.seconds:.0f} s)")
 
     if config.grpc:

@@ -246,8 +246,12 @@ class PlanClassifier:
         for mid in self.run_models:
             record = self.records[mid]
             item = self.cache.get(record)
-            kept = outputs.get_many(item.output_key(record), digests) if digests else []
-            todo = tuple(i for i in range(len(images)) if not kept or kept[i] is None)
+            kept = (
+                outputs.get_many(item.output_key(record), digests)
+                if digests
+                else [None] * len(images)
+            )
+            todo = tuple(i for i, row in enumerate(kept) if row is None)
             out = None
             t0 = t1 = t2 = time.perf_counter()
             if todo:
@@ -261,15 +265,9 @@ class PlanClassifier:
                 t2 = time.perf_counter()
                 if digests:  # keyed by the precision it ran in (a demotion changes it)
                     outputs.put_many(item.output_key(record), [digests[i] for i in todo], out)
-            if len(todo) < len(images):
-                width = len(next(r for r in kept if r is not None))
-                full = np.empty((len(images), width), dtype=np.float32)
-                for i, row in enumerate(kept):
-                    if row is not None:
-                        full[i] = row
-                if out is not None:
-                    full[list(todo)] = out
-                out = full
+            if len(todo) < len(images):  # the kept rows, with those just run in their places
+                ran = iter(() if out is None else out)
+                out = np.stack([next(ran) if row is None else row for row in kept])
             logits[mid] = out
             timings[mid] = ModelTiming(
                 mid,
