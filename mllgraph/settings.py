@@ -202,6 +202,10 @@ class Settings:
     # operations, where a second thread only waits: on a loaded 2-core machine two threads
     # made SelectHeads 4x slower. OPENBLAS_NUM_THREADS in the environment wins.
     blas_threads: int = 1
+    # Threads on which one request's independent numeric work runs at once (a selection's
+    # stacked fits; `threads.work_pool`, shared by all requests): 0 one per core, at most 4;
+    # 1 runs it in the request's own thread.
+    work_threads: int = 0
     # Processes that train a hub's experts at once, one torch thread each (`hub.workers`;
     # 0: one per core this process may use, at most 4).
     train_workers: int = 0
@@ -377,6 +381,7 @@ class Settings:
                 _env("MLLGRAPH_SELECT_PROBE_STATS_MB", str(cls.select_probe_stats_mb))
             ),
             blas_threads=int(_env("MLLGRAPH_BLAS_THREADS", str(cls.blas_threads))),
+            work_threads=int(_env("MLLGRAPH_WORK_THREADS", str(cls.work_threads))),
             train_workers=int(_env("MLLGRAPH_TRAIN_WORKERS", str(cls.train_workers))),
             executor=_env("MLLGRAPH_EXECUTOR", cls.executor).strip().lower(),
             ray_address=os.environ.get("MLLGRAPH_RAY_ADDRESS")

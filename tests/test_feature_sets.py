@@ -131,3 +131,46 @@ def test_a_screened_broad_expert_is_mapped_to_the_classes_through_its_own_heads(
     # Its own heads serve it best through the per-class rule here, which beats CHCO's plan.
     assert fit is not None and fit[0] is None and not fit[1]["used"]
     assert served.estimated_accuracy > fit[1]["chco_served_estimate"]
+
+
+def _costed(budget: int) -> tuple[Any, Any, Any]:
+    """`_narrow_candidates_broad_unmapped` with model costs (the broad expert the dearer),
+    so that the screen runs over both pools and three stacked fits are compared."""
+    from dataclasses import replace
+
+    problem, options, plan = _narrow_candidates_broad_unmapped(budget)
+    return replace(problem, model_cost={"narrow@1": 1.0, "broad@1": 20.0}), options, plan
+
+
+def test_the_stacked_fits_on_the_work_pool_give_the_same_plan() -> None:
+    """stacked_choice's fits run at once on a pool while it screens: the plan, the rule and
+    the note are those of the fits run one after another."""
+    from mllgraph import threads
+    from mllgraph.select import stacked_choice as sc
+
+    problem, options, plan = _costed(budget=2)
+    sc.FITS.clear()  # every fit computed, on both sides
+    alone = sc.stacked_choice(problem, plan, options, ["broad@1"], pool=None)
+    sc.FITS.clear()
+    pooled = sc.stacked_choice(problem, plan, options, ["broad@1"], pool=threads.work_pool(2))
+    assert pooled[0] == alone[0]
+    (rule_a, note_a), (rule_p, note_p) = alone[1], pooled[1]
+    assert note_p == note_a and "screens" in note_a
+    assert rule_a is not None and rule_p is not None
+    assert rule_p.to_dict() == rule_a.to_dict()
+
+
+def test_a_passed_deadline_stops_the_fits_on_the_work_pool() -> None:
+    """The request's deadline travels with its fits into the pool's threads: one that has
+    passed ends the selection with DEADLINE_EXCEEDED's error, not a plan."""
+    import pytest
+
+    from mllgraph import threads
+    from mllgraph.errors import DeadlineExceeded
+    from mllgraph.graph import deadline
+    from mllgraph.select import stacked_choice as sc
+
+    problem, options, plan = _costed(budget=2)
+    sc.FITS.clear()
+    with deadline.within(-1.0), pytest.raises(DeadlineExceeded, match="stacked rule's fit"):
+        sc.stacked_choice(problem, plan, options, ["broad@1"], pool=threads.work_pool(2))

@@ -205,3 +205,48 @@ def test_a_negative_blas_thread_count_is_refused_by_name(capsys: pytest.CaptureF
         threads.set_blas_threads(-1)
     assert main(["neo4j", "status"], Settings(blas_threads=-1)) == 1
     assert "MLLGRAPH_BLAS_THREADS is -1" in capsys.readouterr().err
+
+
+# -- the work pool: a request's independent numeric work at once --------------------------
+
+
+def test_work_run_in_a_pool_sees_the_callers_context() -> None:
+    """What the request set in its context (its deadline, its softmax memo) holds in the
+    pool's thread; the result and an exception come back through the future."""
+    from contextvars import ContextVar
+
+    var: ContextVar[str] = ContextVar("test_work_var", default="unset")
+    pool = threads.work_pool(2)
+    assert pool is not None
+    token = var.set("the request's")
+    try:
+        seen = threads.run_in(pool, lambda: (var.get(), threading.current_thread().name))
+        value, name = seen.result(timeout=30)
+        assert value == "the request's" and name.startswith("mllgraph-work")
+        failed = threads.run_in(pool, lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            failed.result(timeout=30)
+    finally:
+        var.reset(token)
+
+
+def test_work_without_a_pool_runs_now_in_the_callers_thread() -> None:
+    here = threading.current_thread()
+    done = threads.run_in(None, lambda: threading.current_thread())
+    assert done.done() and done.result() is here
+    with pytest.raises(ZeroDivisionError):
+        threads.run_in(None, lambda: 1 / 0).result()
+
+
+def test_the_work_pool_is_made_once_per_size_and_one_thread_is_none() -> None:
+    assert threads.work_pool(1) is None
+    assert threads.work_pool(3) is threads.work_pool(3)
+    assert 1 <= threads.work_threads(0) <= threads.MAX_AUTO_WORK_THREADS
+    assert threads.work_threads(5) == 5
+
+
+def test_a_negative_work_thread_count_is_refused_by_name() -> None:
+    from mllgraph.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="MLLGRAPH_WORK_THREADS is -1"):
+        threads.work_threads(-1)

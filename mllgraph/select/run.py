@@ -74,6 +74,7 @@ from typing import Any
 
 import numpy as np
 
+from mllgraph import threads
 from mllgraph.combine.softmax import softmax_memo
 from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
 from mllgraph.graph import deadline
@@ -321,7 +322,8 @@ def select(
     fit = None
     if problem is not None and options.fit_params and not set(plan.models) & set(declared_only):
         extra = [r["model"] for r in broad if r["model"] in outputs]
-        plan, fit = stacked_choice(problem, plan, options, extra, own_candidates)
+        pool = threads.work_pool(settings.work_threads)
+        plan, fit = stacked_choice(problem, plan, options, extra, own_candidates, pool)
     timings.stacked_ms = (time.perf_counter() - t) * 1000
     timings.total_ms = (time.perf_counter() - t_start) * 1000
 

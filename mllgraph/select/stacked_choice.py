@@ -7,9 +7,10 @@
 - `stacked_choice`: CHCO's plan with the stacked rule (`mllgraph.combine.stacked`) over its
   models, or the plan over the models the screen (`mllgraph.combine.screen`) picks, whichever
   serves the probe images better; the plan as that rule serves it (`StackedFit`: the rule,
-  kept or not, and the plan document's `stacked` note).
+  kept or not, and the plan document's `stacked` note). Its fits run at once on the work pool
+  (`threads.work_pool`) while the screen goes on.
 
-Imports graph.deadline, plan, combine and below, and `select.alternatives`, `select.cache`,
+Imports threads, graph.deadline, plan, combine and below, and `select.alternatives`, `select.cache`,
 `select.chco`, `select.reads`; must not import `select.run` or anything above select.
 """
 
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from mllgraph import threads
 from mllgraph.combine import screen as feature_sets
 from mllgraph.combine import stacked
 from mllgraph.combine.rule import (
@@ -62,6 +65,7 @@ def stacked_choice(
     options: SelectOptions,
     broad: Sequence[str] = (),
     own_candidates: Callable[[Sequence[str]], list[chco.Candidate]] | None = None,
+    pool: Executor | None = None,
 ) -> tuple[chco.Plan, StackedFit | None]:
     """CHCO's plan with the stacked rule over its models, or, when the screen
     (`feature_sets.greedy_models`, over the candidates' best-covering models, CHCO's and the
@@ -74,19 +78,22 @@ def stacked_choice(
     With model costs the screen runs twice: over every model, and over the models no
     costlier than CHCO's whole plan. The screen's models must fit the problem's cost cap.
     `own_candidates(models)`: those models' own candidate heads, for CHCO's plan restricted
-    to them (the problem's candidates may hold none of a broad expert's)."""
-    first = _stacked(problem, plan)
-    if first is None:  # no stacked rule possible (fewer than two classes with images, ...)
-        return plan, None
+    to them (the problem's candidates may hold none of a broad expert's).
+
+    The stacked fits, independent of each other, run on `pool` (`threads.work_pool`; None:
+    one after another in this thread) while this thread screens: the same plan either way."""
+    if not plan.models or not can_fit(problem, plan.models):
+        return plan, None  # no stacked rule possible (fewer than two classes with images, ...)
+    first_at = threads.run_in(pool, _stacked, problem, plan)
     coverage: dict[str, dict[int, float]] = {}
     for c in problem.candidates:
         best = coverage.setdefault(c.group.model_id, {})
         best[c.class_index] = max(best.get(c.class_index, 0.0), c.group.label_score)
     screened = sorted({*feature_sets.shortlist(coverage), *plan.models, *broad})
-    current = first[1]["cv_accuracy"] if first[0] is not None else plan.estimated_accuracy
-    # Each option as it would be served, CHCO's first: (plan, fit, estimate, screened models).
-    options_: list[tuple[chco.Plan, StackedFit, float, list[str]]] = []
+    # Each screen's option, CHCO's restricted to its models: (models, plan, its fit's future).
+    pending: list[tuple[list[str], chco.Plan, Future[StackedFit | None]]] = []
     tried: list[list[str]] = []
+    over_cost: float | None = None
     # The screen over every screened model, and again over those no costlier than CHCO's
     # whole plan: the first finds the most separating models whatever they cost, the second
     # the cheap ones that might serve within the slack of it.
@@ -94,20 +101,30 @@ def stacked_choice(
     cheap = [m for m in screened if problem.plan_cost([m]) <= chco_cost]
     groups = stacked.source_folds(problem.labels, problem.num_classes, row_sources(problem))
     distances: dict[str, np.ndarray] = {}  # per model, for both pools (the cheap within all)
-    for pool in (screened, cheap) if problem.model_cost else (screened,):
+    for models in (screened, cheap) if problem.model_cost else (screened,):
         picked, _ = feature_sets.greedy_models(
-            problem.logits_by_model, problem.temperatures, pool, problem.labels,
+            problem.logits_by_model, problem.temperatures, models, problem.labels,
             problem.num_classes, problem.budget, groups, distances,
         )  # fmt: skip
         if not picked or set(picked) == set(plan.models) or picked in tried:
             continue
         tried.append(picked)
         if problem.max_cost is not None and problem.plan_cost(picked) > problem.max_cost:
-            first[1]["screened_over_cost"] = problem.plan_cost(picked)
+            over_cost = problem.plan_cost(picked)
             continue
-        found = _screened(problem, options, picked, own_candidates)
+        pending.append((picked, *_screened(problem, options, picked, own_candidates, pool)))
+    first = first_at.result()
+    if first is None:  # (a fitter that refuses what `can_fit` allows: the plan as it is)
+        return plan, None
+    if over_cost is not None:
+        first[1]["screened_over_cost"] = over_cost
+    # Each option as it would be served, CHCO's first: (plan, fit, estimate, screened models).
+    options_: list[tuple[chco.Plan, StackedFit, float, list[str]]] = []
+    for picked, solved, second_at in pending:
+        found = _as_screened(solved, picked, second_at.result())
         if found is not None:
             options_.append((*found, picked))
+    current = first[1]["cv_accuracy"] if first[0] is not None else plan.estimated_accuracy
     if tried:
         first[1]["screened_models"] = tried[0]
     screens = [
@@ -134,9 +151,10 @@ def _screened(
     options: SelectOptions,
     picked: list[str],
     own_candidates: Callable[[Sequence[str]], list[chco.Candidate]] | None,
-) -> tuple[chco.Plan, StackedFit, float] | None:
-    """CHCO's plan restricted to the screen's `picked` models, with the stacked rule over
-    them: (the plan, its fit, its served estimate), or None when no stacked rule fits."""
+    pool: Executor | None,
+) -> tuple[chco.Plan, Future[StackedFit | None]]:
+    """CHCO's plan restricted to the screen's `picked` models, and the future of the
+    stacked rule over them (on `pool`)."""
     kept = [c for c in problem.candidates if c.group.model_id in picked]
     if own_candidates is not None:
         kept += own_candidates(picked)  # (ChcoProblem drops duplicates)
@@ -144,11 +162,17 @@ def _screened(
     solved = solve(sub, options) if sub.candidates else uncovered_plan(problem.num_classes)
     # The stacked rule reads every picked model, even one CHCO maps no class to (a broad
     # expert may have no candidate heads at all).
-    second = _stacked(sub, replace(solved, models=picked))
+    return solved, threads.run_in(pool, _stacked, sub, replace(solved, models=picked))
+
+
+def _as_screened(
+    solved: chco.Plan, picked: list[str], second: StackedFit | None
+) -> tuple[chco.Plan, StackedFit, float] | None:
+    """A screen's option as it would be served: (the plan, its fit, its served estimate):
+    its stacked rule where kept, else its per-class rule (which reads only the models it
+    maps); None when no stacked rule fits."""
     if second is None:
         return None
-    # As it would be served: its stacked rule where kept, else its per-class rule (which
-    # reads only the models it maps).
     if second[0] is not None:
         return replace(solved, models=picked), second, second[1]["cv_accuracy"]
     return solved, second, solved.estimated_accuracy
@@ -210,13 +234,22 @@ def fit_stacked(problem: chco.ChcoProblem, models: Sequence[str]) -> stacked.Sta
     rule is fitted on the others (at least two) and scores only those
     (`StackedRule.classes`): the per-class rule, with its heads or its patch, scores the
     rest (`plan.apply`). Before, one such class cost the whole task the stacked rule."""
-    probed = stacked.probed_classes(problem.labels, problem.num_classes).tolist()
-    if len(probed) < 2:
+    if not can_fit(problem, models):
         return None
+    probed = stacked.probed_classes(problem.labels, problem.num_classes).tolist()
     if len(probed) < problem.num_classes:
         rule = _fit_stacked(_restricted(problem, probed), models)
         return None if rule is None else replace(rule, classes=tuple(probed))
     return _fit_stacked(problem, models)
+
+
+def can_fit(problem: chco.ChcoProblem, models: Sequence[str]) -> bool:
+    """Whether `fit_stacked` can fit a rule over `models` (`stacked.fittable` on the classes
+    that have probe images, at least two of them), without fitting it."""
+    probed = stacked.probed_classes(problem.labels, problem.num_classes)
+    if probed.size < 2:
+        return False
+    return stacked.fittable(np.searchsorted(probed, problem.labels), int(probed.size), models)
 
 
 def _restricted(problem: chco.ChcoProblem, classes: Sequence[int]) -> chco.ChcoProblem:
