@@ -121,3 +121,14 @@ def test_cli_names_an_unknown_concept(sdag_graph, neo4j_settings: Settings) -> N
     assert out.returncode == 1 and "n99999999" in out.stderr and "Traceback" not in out.stderr
     out = _cli("sdag", "ancestors", "sandal.n.01", **env)
     assert out.returncode == 0 and "footwear.n.02" in out.stdout
+
+
+def test_the_local_server_plans_a_query_once_whatever_its_list_sizes(tmp_path: Path) -> None:
+    """The generated neo4j.conf turns Neo4j's parameter size hints off: with them, a read
+    with a list of one concept and the same read with three were planned apart (~1.5 s each
+    for the candidates query on the demo hub, paid by a request). Every server the suite
+    starts reads this file, and Neo4j refuses a setting it does not know, so the server
+    tests check that the name is still one this Neo4j has."""
+    settings = replace(Settings.from_env(), home=tmp_path)
+    lines = neo4j_server.write_config(settings).read_text().splitlines()
+    assert "internal.cypher.use_parameter_size=false" in lines

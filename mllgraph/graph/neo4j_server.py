@@ -197,6 +197,10 @@ dbms.security.allow_csv_import_from_file_urls=false
 internal.dbms.cypher_ip_blocklist=0.0.0.0/0,::/0
 db.transaction.timeout={settings.neo4j_transaction_timeout_s}s
 dbms.security.procedures.allowlist={allowlist}
+# One plan per query and parameter types, whatever the sizes of its list parameters: with
+# size hints (the default) a 1-class read and a 3-class one are planned apart, ~1.5 s each
+# for the candidates query, paid by whichever request first sends a list of a new size.
+internal.cypher.use_parameter_size=false
 """
     path = p.conf_dir / "neo4j.conf"
     path.write_text(conf)

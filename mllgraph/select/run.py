@@ -404,8 +404,16 @@ def warm_up(graph: Graph, settings: Settings, resolver: Any) -> list[str]:
     if len(rows) < 2:
         return []
     classes = [TaskClass(name=str(r["name"]), pinned_wnid=str(r["wnid"])) for r in rows]
-    select(graph, settings, classes, SelectOptions(), resolver, store=False)
-    return [str(r["wnid"]) for r in rows]
+    options = SelectOptions()
+    done = select(graph, settings, classes, options, resolver, store=False)
+    wnids = [str(r["wnid"]) for r in rows]
+    # The candidates query for chosen models alone (`Reads.own_candidates`: the stacked
+    # rule's screen) has other parameter types, so Neo4j plans it apart (1.3-1.8 s on the
+    # demo hub); the warm task's screen may not have asked for it.
+    models = done.plan.get("models") or [c.group.model_id for c in done.candidates[:1]]
+    if models:
+        Reads(graph, None, registry.catalogue_version(graph)).own_candidates(wnids, models, options)
+    return wnids
 
 
 def get_plan(graph: Graph, plan_id: str) -> dict[str, Any]:
