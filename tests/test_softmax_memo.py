@@ -49,3 +49,23 @@ def test_another_thread_does_not_see_the_block() -> None:
         t.start()
         t.join()
     assert seen[0] is not mine and seen[0].flags.writeable
+
+
+@pytest.mark.parametrize("heads", [7, 1000])  # narrow rows take the column-wise max
+def test_the_row_normalisers_are_the_energy_bit_for_bit_and_come_with_the_softmax(
+    heads: int,
+) -> None:
+    """`log_normalizers` is "none of these"'s energy as it was computed before (its own
+    exp pass), bit for bit; within a block, the softmax of the same logits leaves it behind."""
+    from mllgraph.combine.softmax import log_normalizers
+
+    x = np.random.default_rng(heads).normal(scale=4.0, size=(50, heads)).astype(np.float32)
+    z = np.asarray(x, dtype=np.float64) / 1.7
+    top = z.max(axis=1)
+    energy = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+    np.testing.assert_array_equal(log_normalizers(x, 1.7), energy)
+    with softmax_memo():
+        model_probabilities(x, 1.7)
+        kept = log_normalizers(x, 1.7)
+        assert log_normalizers(x, 1.7) is kept and not kept.flags.writeable
+        np.testing.assert_array_equal(kept, energy)

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from mllgraph.combine.rule import EPS, ClassAssignment, model_probabilities
-from mllgraph.combine.softmax import log_probabilities
+from mllgraph.combine.softmax import log_normalizers, log_probabilities
 from mllgraph.combine.stacked import source_folds
 from mllgraph.errors import InvalidArgument
 
@@ -119,10 +119,8 @@ def features(
     cols = []
     per_model: dict[str, np.ndarray] = {}
     for m in models:
-        z = np.asarray(logits[m], dtype=np.float64) / float(temperatures.get(m, 1.0))
-        top = z.max(axis=1)
-        energy = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
         p = model_probabilities(np.asarray(logits[m]), temperatures.get(m, 1.0))
+        energy = log_normalizers(np.asarray(logits[m]), temperatures.get(m, 1.0))
         per_model[m] = p
         if heads.get(m):
             cols.append(np.log(p[:, list(heads[m])].sum(axis=1) + EPS))

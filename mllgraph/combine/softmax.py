@@ -69,16 +69,39 @@ def _memoized(
     return out
 
 
+def _remember(what: str, logits: np.ndarray, temperature: float, out: np.ndarray) -> None:
+    """Keep `out` as `what` of (logits, T) where a `softmax_memo` block is open."""
+    memo = _MEMO.get()
+    if memo is not None:
+        out.flags.writeable = False
+        memo[(what, id(logits), float(temperature))] = (logits, out)
+
+
 def model_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Softmax over all heads of one model, at temperature ``temperature``; (N, H) float64
     (read-only within a `softmax_memo` block)."""
 
     def compute() -> np.ndarray:
-        a, _ = shifted_exp(logits, temperature)
-        a /= a.sum(axis=1, keepdims=True)
+        a, m = shifted_exp(logits, temperature)
+        total = a.sum(axis=1, keepdims=True)
+        a /= total
+        # The row normalisers come free here ("none of these" reads them as the energy).
+        _remember("lse", logits, temperature, m + np.log(total[:, 0]))
         return a
 
     return _memoized("p", logits, temperature, compute)
+
+
+def log_normalizers(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """(N,) the log of each row's softmax normaliser, max(z) + log(sum(exp(z - max(z))))
+    for z = logits / T: the energy ("none of these"). Within a `softmax_memo` block, read
+    from `model_probabilities` of the same logits where it ran first."""
+
+    def compute() -> np.ndarray:
+        a, m = shifted_exp(logits, temperature)
+        return m + np.log(a.sum(axis=1))
+
+    return _memoized("lse", logits, temperature, compute)
 
 
 def log_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

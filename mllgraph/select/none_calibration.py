@@ -96,8 +96,12 @@ def calibrate(
     probe_rows: list[dict[str, Any]],
     outputs: Mapping[str, probe_outputs.ProbeOutputs],
     cache: ProbeOutputCache,
+    known: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """(the calibration for ``combination["none"]`` or None, the document's summary)."""
+    """(the calibration for ``combination["none"]`` or None, the document's summary).
+    `known`: {model: (its file rows, its logits)} of the task's probe images as selection
+    read them (`probe_matrix`); where a model's rows here are the same, that very array is
+    used, so the softmaxes selection's fits kept for it (`softmax_memo`) are read again."""
     plan = parse_plan(document)
     if not plan.models:
         return None, {"calibrated": False, "why": "the plan has no expert heads"}
@@ -108,7 +112,10 @@ def calibrate(
             outs[m] = outputs[m] if m in outputs else cache.get(settings, m)
         except FailedPrecondition:
             return None, {"calibrated": False, "why": f"model {m} has no stored probe outputs"}
-    labels, inside, _ = probe_matrix(probe_rows, outs, len(plan.class_names))
+    labels, inside, rows = probe_matrix(probe_rows, outs, len(plan.class_names))
+    for m, (file_rows, same) in (known or {}).items():
+        if m in inside and np.array_equal(rows[m], file_rows):
+            inside[m] = same
     negative_rows = outside_sets(reads, wnids)
     _, outside, _ = probe_matrix(negative_rows, outs, 1)
     n_in = labels.size
@@ -120,7 +127,8 @@ def calibrate(
             f"outside it (at least {none_of_these.MIN_IMAGES} each)",
         }
     keep_in, keep_out = _even(n_in, MAX_INSIDE_IMAGES), _even(n_out, MAX_OUTSIDE_IMAGES)
-    inside = {m: v[keep_in] for m, v in inside.items()}
+    if keep_in.size < n_in:
+        inside = {m: v[keep_in] for m, v in inside.items()}
     outside = {m: v[keep_out] for m, v in outside.items()}
     # Where each image comes from, in probe_matrix's row order (as the stacked rule reads it):
     # the fit's held-out scores leave one source out at a time.

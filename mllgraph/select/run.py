@@ -380,8 +380,9 @@ def select(
     parents = ancestor_probe_images(class_sets, probe_rows)
     estimate_plan(reads, settings, cache, body, candidates, own, parents)
     t = time.perf_counter()
+    known = {m: (rows_of[m], logits[m]) for m in rows_of}
     none, body["none_of_these"] = none_calibration.calibrate(
-        reads, settings, body, wnids, probe_rows, outputs, cache
+        reads, settings, body, wnids, probe_rows, outputs, cache, known
     )
     if none is not None:
         body["combination"]["none"] = none
