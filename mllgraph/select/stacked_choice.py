@@ -10,8 +10,9 @@
   kept or not, and the plan document's `stacked` note). Its fits run at once on the work pool
   (`threads.work_pool`) while the screen goes on.
 
-Imports threads, graph.deadline, plan, combine and below, and `select.alternatives`, `select.cache`,
-`select.chco`, `select.reads`; must not import `select.run` or anything above select.
+Imports threads, graph.deadline, plan, combine and below, and `select.alternatives`,
+`select.cache`, `select.chco`, `select.reads`; must not import `select.run` or anything above
+select.
 """
 
 from __future__ import annotations
