@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -711,6 +711,7 @@ def test_own_candidates_merged_per_model_are_the_sub_hubs_query(hub: Hub) -> Non
     Read and kept per concept and model, then merged and cut to the per-kind limit, they must
     be exactly the rows the candidates query gives for that sub-hub, in its order; a subset
     of models read before costs no read at all."""
+    from dataclasses import replace
     from itertools import combinations
 
     from mllgraph.select.cache import CatalogueCache
@@ -747,45 +748,6 @@ def test_own_candidates_merged_per_model_are_the_sub_hubs_query(hub: Hub) -> Non
     options = plan_request.SelectOptions(per_kind_limit=2)
     cached.own_candidates([CLOG, TOTE, KILT], mids[1:], options)
     assert counting.reads == before  # every (concept, model) pair was read above
-
-
-def test_the_screens_own_candidates_are_read_ahead_on_the_work_pool(hub: Hub) -> None:
-    """`prefetch_own_candidates` reads, on the work pool, the own candidates of the models
-    the stacked rule's screen may pick; the screen's read of any of them afterwards reaches
-    no graph and gives the sub-hub query's rows. Nothing is read ahead where nothing would
-    read it: no pool, no reads cache, fits off, or probe images of one class only."""
-    from mllgraph import threads
-    from mllgraph.select.cache import CatalogueCache
-    from mllgraph.select.reads import Reads
-    from mllgraph.select.run import prefetch_own_candidates
-
-    version = registry.catalogue_version(hub.graph)
-    cache = CatalogueCache(10_000)
-    cache.at(version)
-    counting = _CountingGraph(hub.graph)
-    reads = Reads(counting, cache, version)  # type: ignore[arg-type]
-    options = plan_request.SelectOptions()
-    wnids = [CLOG, TOTE, KILT]
-    rows = reads.candidates(wnids, options)
-    probes = [{"class_index": 0}, {"class_index": 1}]
-    pool = threads.work_pool(2)
-    ahead = prefetch_own_candidates(reads, wnids, rows, [], probes, options, pool)
-    assert ahead is not None
-    ahead.result(timeout=60)
-    models = sorted({r["model"] for r in rows})
-    before = counting.reads
-    direct = Reads(hub.graph, None, version)
-    for m in models:
-        got = reads.own_candidates(wnids, [m], options)
-        assert got == direct.candidates(wnids, replace(options, models=[m]))
-    assert counting.reads == before  # every pair was read ahead
-    for args in (
-        (reads, wnids, rows, [], probes, options, None),  # no pool
-        (Reads(hub.graph, None, version), wnids, rows, [], probes, options, pool),  # no cache
-        (reads, wnids, rows, [], probes, replace(options, fit_params=False), pool),
-        (reads, wnids, rows, [], probes[:1], options, pool),  # one class with probe images
-    ):
-        assert prefetch_own_candidates(*args) is None  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", ["ancestor_discount", "related_discount"])

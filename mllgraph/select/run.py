@@ -64,22 +64,18 @@ combination rule (`mllgraph.combine.rule`), versioned by `schema_version`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Executor, Future
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from mllgraph import threads
-from mllgraph.combine import screen
 from mllgraph.combine.softmax import softmax_memo
-from mllgraph.combine.stacked import MAX_CLASSES as MAX_STACKED_CLASSES
 from mllgraph.errors import FailedPrecondition, InvalidArgument, NotFound
 from mllgraph.graph import deadline
 from mllgraph.graph.db import Graph
@@ -244,8 +240,6 @@ def select(
     broad = broad_models(reads, classes, options)
     for r in broad:
         versions.setdefault(r["model"], r["version"])
-    pool = threads.work_pool(settings.work_threads)
-    prefetch = prefetch_own_candidates(reads, wnids, rows, broad, probe_rows, options, pool)
     declared_only: dict[str, int] = {}  # model -> heads, for models without probe outputs
     model_store = str(settings.model_store)
     probe_outputs.refresh_current(settings, sorted(versions))  # a store at a URL: one call for all
@@ -293,9 +287,6 @@ def select(
         # rows again would return none of them).
         key = tuple(sorted(picked))
         if key not in own_of:
-            if prefetch is not None:  # its rows are in the reads cache once it is done
-                with contextlib.suppress(Exception):  # (the read below meets it again)
-                    prefetch.result()
             own = reads.own_candidates(wnids, key, options)
             mine = candidates_of_rows(own, logits, declared_only, info)
             own_of[key] = domain_gate(reads, settings, mine, probe_rows)[0]
@@ -331,6 +322,7 @@ def select(
     fit = None
     if problem is not None and options.fit_params and not set(plan.models) & set(declared_only):
         extra = [r["model"] for r in broad if r["model"] in outputs]
+        pool = threads.work_pool(settings.work_threads)
         plan, fit = stacked_choice(problem, plan, options, extra, own_candidates, pool)
     timings.stacked_ms = (time.perf_counter() - t) * 1000
     timings.total_ms = (time.perf_counter() - t_start) * 1000
@@ -400,37 +392,6 @@ def select(
     if store:
         graph.write("select/plan_put", id=pid, body=json.dumps(body), catalogue_version=version)
     return SelectionContext(plan=body, candidates=candidates, timings=timings, problem=problem)
-
-
-def prefetch_own_candidates(
-    reads: Reads,
-    wnids: Sequence[str],
-    rows: list[dict[str, Any]],
-    broad: list[dict[str, Any]],
-    probe_rows: list[dict[str, Any]],
-    options: SelectOptions,
-    pool: Executor | None,
-) -> Future[Any] | None:
-    """The own candidates (`Reads.own_candidates`) of every model the stacked rule's screen
-    may pick (the candidates' best-covering models, `screen.shortlist`, and the `broad`
-    experts), read on `pool` into the reads cache while the probe outputs load and CHCO
-    solves. For a task's new concepts that read walks the graph again (115-170 ms for broad
-    concepts such as "covering" on the demo hub), and the screen waited for it. Each
-    (concept, model) pair's rows do not depend on the other models asked, so the screen's
-    later read finds the same rows. None where nothing would read them: no pool, no reads
-    cache, or no stacked rule (fits off, over MAX_CLASSES classes, probe images of fewer
-    than two classes)."""
-    probed = {r["class_index"] for r in probe_rows}
-    if pool is None or reads.cache is None or not reads.cache.enabled:
-        return None
-    if not options.fit_params or len(wnids) > MAX_STACKED_CLASSES or len(probed) < 2:
-        return None
-    coverage: dict[str, dict[int, float]] = {}
-    for r in rows:
-        best = coverage.setdefault(r["model"], {})
-        best[r["class_index"]] = max(best.get(r["class_index"], 0.0), float(r["score"]))
-    models = sorted({*screen.shortlist(coverage), *(r["model"] for r in broad)})
-    return threads.run_in(pool, reads.own_candidates, wnids, models, options) if models else None
 
 
 def warm_up(graph: Graph, settings: Settings, resolver: Any) -> list[str]:
