@@ -1,0 +1,139 @@
+"""Which of the stacked choice's options a suite's tasks are served by, and what MLL and the
+stacked stage's time would be without one of the screen's two pools.
+
+`select.stacked_choice` fits the stacked rule on CHCO's models and on what the screen picks
+from two pools (every screened model; with model costs, also those no dearer than CHCO's
+plan). For every task of the Fashion suite's `--split` half, SelectHeads runs in-process
+three times on one hub, everything else equal: `full` (today), `noC` (the cheap pool's
+screen picks nothing) and `noB` (the all-model pool's screen picks nothing); each plan is
+applied to the same cached test images exactly as inference applies it. The fit cache is
+off, so every fit is timed. Recorded per task: MLL accuracy, the stacked stage's time,
+the served plan's cost (ms per image) and whether the screen's option was served.
+
+    MLLGRAPH_HOME=/tmp/hub python scripts/ab_screen_pools.py --split dev \\
+        --out reports/select-real/ab_screen_pools_dev.json
+
+The hub is the demo's (`mllgraph demo` or `hub build --experts 12`, seed 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MODES = ("full", "noC", "noB")
+
+
+def main() -> int:
+    from mllgraph.combine import screen
+    from mllgraph.eval import evalset, scoring, zeroshot
+    from mllgraph.eval.tasks import load_suite
+    from mllgraph.graph import db
+    from mllgraph.ground.resolve import default_resolver
+    from mllgraph.hub import registry
+    from mllgraph.plan import request as plan_request
+    from mllgraph.select import run as select
+    from mllgraph.select import stacked_choice
+    from mllgraph.select.cache import FitCache
+    from mllgraph.settings import Settings
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--split", default="dev")
+    ap.add_argument("--budget", type=int, default=5)
+    ap.add_argument("--test-per-class", type=int, default=50)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    settings = Settings.from_env()
+    suite = load_suite().half(args.split)
+    stacked_choice.FITS = FitCache(0)  # every fit timed
+    greedy = screen.greedy_models
+    state = {"mode": "full", "calls": 0}
+
+    def screened(*a: Any, **k: Any) -> tuple[list[str], float]:
+        # The first call is the all-model pool, the second the cheap one (stacked_choice).
+        state["calls"] += 1
+        skip = {"noB": 1, "noC": 2}.get(str(state["mode"]))
+        return ([], 0.0) if state["calls"] == skip else greedy(*a, **k)
+
+    stacked_choice.feature_sets.greedy_models = screened  # type: ignore[attr-defined]
+    rows: list[dict[str, Any]] = []
+    with db.connect(settings) as graph:
+        images = evalset.eval_images(settings, args.test_per_class)
+        logits = evalset.LogitCache(graph, settings, images)
+        resolver = default_resolver(settings)
+        builtins = tuple(registry.model_id(b, "1") for b in registry.BUILTINS)
+        models = (*zeroshot._fashion_ids(graph, 0, 12, "e1-m4000-p0"), *builtins)
+        for task in suite.tasks:
+            idx, labels = images.for_task(task)
+            row: dict[str, Any] = {"task": task.name}
+            for mode in MODES:
+                state.update(mode=mode, calls=0)
+                plan = select.select(
+                    graph,
+                    settings,
+                    [plan_request.TaskClass(n) for n in task.names],
+                    plan_request.SelectOptions(budget=args.budget, models=models),
+                    resolver,
+                    store=False,
+                ).plan
+                note = plan.get("stacked", {})
+                pred = scoring.classify_plan(plan, logits, idx, logits.in_domain)
+                row[mode] = float((pred == labels).mean())
+                row[f"{mode}_stacked_ms"] = round(plan["timings_ms"]["stacked_ms"], 1)
+                row[f"{mode}_cost_ms_per_image"] = plan.get("cost_ms_per_image")
+                row[f"{mode}_served"] = "screen" if "chco_models" in note else "chco"
+                row[f"{mode}_models"] = plan["models"]
+            rows.append(row)
+            print(
+                f"{task.name:<32} "
+                + "  ".join(
+                    f"{m} {row[m]:.3f} {row[m + '_served']} {row[m + '_stacked_ms']:.0f} ms"
+                    for m in MODES
+                ),
+                flush=True,
+            )
+    summary: dict[str, Any] = {"tasks": len(rows)}
+    for mode in MODES:
+        diffs = [100 * (r[mode] - r["full"]) for r in rows]
+        summary[mode] = {
+            "mean": float(np.mean([r[mode] for r in rows])),
+            "mean_diff_points": float(np.mean(diffs)),
+            "worst_task_diff_points": float(min(diffs)),
+            "tasks_more_than_half_a_point_worse": [
+                r["task"] for r, d in zip(rows, diffs, strict=True) if d < -0.5 - 1e-9
+            ],
+            "stacked_ms_median": float(np.median([r[f"{mode}_stacked_ms"] for r in rows])),
+            "cost_ms_per_image_mean": float(
+                np.mean([r[f"{mode}_cost_ms_per_image"] for r in rows])
+            ),
+            "served_by_the_screen": sum(r[f"{mode}_served"] == "screen" for r in rows),
+        }
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        out = {
+            "what": "the stacked choice's options: MLL, stacked-stage time and cost without "
+            "the screen's cheap pool (noC) or all-model pool (noB); fit cache off",
+            "command": " ".join(sys.argv),
+            "commit": commit,
+            "args": vars(args) | {"out": str(args.out)},
+            "summary": summary,
+            "rows": rows,
+        }
+        args.out.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
