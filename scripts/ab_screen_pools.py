@@ -34,13 +34,11 @@ MODES = ("full", "noC", "noB")
 
 def main() -> int:
     from mllgraph.combine import screen
-    from mllgraph.eval import evalset, scoring, zeroshot
+    from mllgraph.eval import evalset, zeroshot
+    from mllgraph.eval.evaluate import LibraryPipeline
     from mllgraph.eval.tasks import load_suite
     from mllgraph.graph import db
-    from mllgraph.ground.resolve import default_resolver
     from mllgraph.hub import registry
-    from mllgraph.plan import request as plan_request
-    from mllgraph.select import run as select
     from mllgraph.select import stacked_choice
     from mllgraph.select.cache import FitCache
     from mllgraph.settings import Settings
@@ -70,8 +68,10 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     with db.connect(settings) as graph:
         images = evalset.eval_images(settings, args.test_per_class)
-        logits = evalset.LogitCache(graph, settings, images)
-        resolver = default_resolver(settings)
+        # Plans unstored: each mode selects the same task again.
+        pipeline = LibraryPipeline(
+            graph, settings, evalset.LogitCache(graph, settings, images), store=False
+        )
         builtins = tuple(registry.model_id(b, "1") for b in registry.BUILTINS)
         models = (*zeroshot._fashion_ids(graph, 0, 12, "e1-m4000-p0"), *builtins)
         for task in suite.tasks:
@@ -79,16 +79,9 @@ def main() -> int:
             row: dict[str, Any] = {"task": task.name}
             for mode in MODES:
                 state.update(mode=mode, calls=0)
-                plan = select.select(
-                    graph,
-                    settings,
-                    [plan_request.TaskClass(n) for n in task.names],
-                    plan_request.SelectOptions(budget=args.budget, models=models),
-                    resolver,
-                    store=False,
-                ).plan
+                plan = pipeline.select(task, args.budget, models)
                 note = plan.get("stacked", {})
-                pred = scoring.classify_plan(plan, logits, idx, logits.in_domain)
+                pred = pipeline.classify_indices(plan, idx)
                 row[mode] = float((pred == labels).mean())
                 row[f"{mode}_stacked_ms"] = round(plan["timings_ms"]["stacked_ms"], 1)
                 row[f"{mode}_cost_ms_per_image"] = plan.get("cost_ms_per_image")

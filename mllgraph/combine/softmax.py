@@ -64,13 +64,13 @@ def _memoized(
     if known is not None and known[0] is logits:
         return known[1]
     out = compute()
-    out.flags.writeable = False  # shared by every caller of the block
-    memo[key] = (logits, out)
+    _remember(what, logits, temperature, out)
     return out
 
 
 def _remember(what: str, logits: np.ndarray, temperature: float, out: np.ndarray) -> None:
-    """Keep `out` as `what` of (logits, T) where a `softmax_memo` block is open."""
+    """Keep `out` as `what` of (logits, T) where a `softmax_memo` block is open (read-only:
+    shared by every caller of the block)."""
     memo = _MEMO.get()
     if memo is not None:
         out.flags.writeable = False

@@ -103,10 +103,15 @@ class Pipeline(Protocol):
 class LibraryPipeline:
     """Selection and classification in-process (same code the services wrap)."""
 
-    def __init__(self, graph: Graph, settings: Settings, logits: LogitCache) -> None:
+    def __init__(
+        self, graph: Graph, settings: Settings, logits: LogitCache, *, store: bool = True
+    ) -> None:
+        """`store=False`: plans are not stored, so the same task asked again is selected
+        again (side-by-side runs that change the code between two asks)."""
         from mllgraph.ground.resolve import default_resolver
 
         self.graph, self.settings, self.logits = graph, settings, logits
+        self.store = store
         self.resolver = default_resolver(settings)
 
     def select(self, task: Task, budget: int, models: tuple[str, ...] | None) -> dict[str, Any]:
@@ -116,6 +121,7 @@ class LibraryPipeline:
             [plan_request.TaskClass(n) for n in task.names],
             plan_request.SelectOptions(budget=budget, models=models),
             self.resolver,
+            store=self.store,
         )
         return ctx.plan
 

@@ -411,9 +411,9 @@ def warm_up(graph: Graph, settings: Settings, resolver: Any) -> list[str]:
     # The candidates query for chosen models alone (`Reads.own_candidates`: the stacked
     # rule's screen) has other parameter types, so Neo4j plans it apart (1.3-1.8 s on the
     # demo hub); the warm task's screen may not have asked for it.
-    models = done.plan.get("models") or [c.group.model_id for c in done.candidates[:1]]
+    models = done.plan.get("models")
     if models:
-        Reads(graph, None, registry.catalogue_version(graph)).own_candidates(wnids, models, options)
+        Reads(graph, None, done.plan["catalogue_version"]).own_candidates(wnids, models, options)
     return wnids
 
 
