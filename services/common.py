@@ -692,6 +692,7 @@ def run_service_main(
     try:
         settings = apply_serving_flags(Settings.from_env(), args, name)
         threads.set_blas_threads(settings.blas_threads)
+        threads.work_threads(settings.work_threads)  # a bad count: refused now, not per request
         options = serve_options(args, settings) if serve_options is not None else {}
         asyncio.run(serve(settings, port=args.port, host=args.host, **options))
     except MllgraphError as e:

@@ -245,8 +245,13 @@ def test_the_work_pool_is_made_once_per_size_and_one_thread_is_none() -> None:
     assert threads.work_threads(5) == 5
 
 
-def test_a_negative_work_thread_count_is_refused_by_name() -> None:
+def test_a_negative_work_thread_count_is_refused_by_name(capsys: pytest.CaptureFixture) -> None:
+    """At start-up, by the command and each service, not by the first selection's request."""
+    from mllgraph.cli import main
     from mllgraph.errors import InvalidArgument
+    from mllgraph.settings import Settings
 
     with pytest.raises(InvalidArgument, match="MLLGRAPH_WORK_THREADS is -1"):
         threads.work_threads(-1)
+    assert main(["neo4j", "status"], Settings(work_threads=-1)) == 1
+    assert "MLLGRAPH_WORK_THREADS is -1" in capsys.readouterr().err

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     handler: Handler = args.handler
     try:
         threads.set_blas_threads(settings.blas_threads)
+        threads.work_threads(settings.work_threads)  # a bad count: refused now, not per request
         return handler(args, settings)
     except MllgraphError as e:
         Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
