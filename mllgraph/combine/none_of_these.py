@@ -157,6 +157,10 @@ class NoneCalibration:
     # "folds" (stratified folds: the probe images have one source).
     held_out: str = "folds"
 
+    def heads_read(self) -> list[tuple[str, int]]:
+        """(model, head) the score reads one by one (a model must have them)."""
+        return [*((m, h) for m, hs in self.heads.items() for h in hs), *self.extra]
+
     def scores(
         self,
         logits: Mapping[str, np.ndarray],

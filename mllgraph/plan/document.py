@@ -25,6 +25,8 @@ import numpy as np
 from mllgraph.combine.combination import Plan as Combination
 from mllgraph.combine.conse import SHARE, UNCALIBRATED, Calibration, ConsePatch
 from mllgraph.combine.none_of_these import NoneCalibration
+from mllgraph.combine.none_ridge import RULE as NONE_RIDGE
+from mllgraph.combine.none_ridge import NoneRidge
 from mllgraph.combine.rule import KINDS as HEAD_GROUP_KINDS
 from mllgraph.combine.rule import ClassAssignment, CombinationParams
 from mllgraph.combine.stacked import StackedRule
@@ -64,8 +66,10 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # leave one source out at a time, combine/none_of_these; 21: plan costs within
 # select/cost_front.COST_TIE of the cheapest within the slack count as equal, and the best
 # estimate among them is served; 22: the cost front is searched at the band's resolution,
-# each next cap below the last plan's cost divided by 1 + COST_TIE, select/cost_front).
-SELECTION_VERSION = 22
+# each next cap below the last plan's cost divided by 1 + COST_TIE, select/cost_front; 23: the
+# "none of these" score is one more class of a ridge rule over the plan models' heads,
+# combine/none_ridge).
+SELECTION_VERSION = 23
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2
@@ -321,8 +325,9 @@ class ParsedPlan:
     # classes (all, or those with probe images: `plan.apply`).
     stacked: StackedRule | None = None
     # The "none of these" score and threshold (combination["none"], mllgraph.combine.
-    # none_of_these); absent in plans made before it, or without probe images outside the task.
-    none: NoneCalibration | None = None
+    # none_ridge; plans of SELECTION_VERSION 14-22: none_of_these); absent in plans made before
+    # it, or without probe images outside the task.
+    none: NoneRidge | NoneCalibration | None = None
 
     @property
     def uncovered(self) -> list[int]:
@@ -458,7 +463,9 @@ def _parse_plan(doc: Mapping[str, Any]) -> ParsedPlan:
         models = sorted(set(models) | set(stacked.models))
     none = None
     if doc["combination"].get("none") is not None:
-        none = NoneCalibration.from_dict(doc["combination"]["none"])
+        found = doc["combination"]["none"]
+        is_ridge = isinstance(found, dict) and found.get("rule") == NONE_RIDGE
+        none = NoneRidge.from_dict(found) if is_ridge else NoneCalibration.from_dict(found)
         if not set(none.models) <= set(models):
             raise InvalidArgument("the none-of-these calibration reads models the plan does not")
     return ParsedPlan(

@@ -134,7 +134,7 @@ class PlanClassifier:
                 default=-1,  # a model only the stacked rule reads (it checks its head count)
             )
             if self.plan.none is not None:  # the heads the "none of these" score reads
-                used = max([used, *(h for m, h in self.plan.none.extra if m == mid)])
+                used = max([used, *(h for m, h in self.plan.none.heads_read() if m == mid)])
             if int(record.get("num_classes", used + 1)) <= used:
                 raise FailedPrecondition(
                     f"the plan uses head {used} of model {mid}, which has "
