@@ -134,3 +134,32 @@ def test_classify_allow_none(hub: dict[str, Any], tmp_path: Path, capsys) -> Non
     # source of Fashion probes: stratified folds).
     auroc = direct.plan.document["none_of_these"]["probe_auroc"]
     assert f"probe images, held-out folds: AUROC {auroc:.2f}" in " ".join(out.split())
+
+
+def test_bench_none_command(hub: dict[str, Any], tmp_path: Path) -> None:
+    """README's `mllgraph bench none`: the Fashion study of "none of these" on the built hub
+    writes its report, with the plan's rule and its figures (the options were once lost)."""
+    tasks = tmp_path / "tasks.json"
+    suite = {
+        "name": "one",
+        "tasks": [
+            {
+                "name": "sandal-sneaker",
+                "split": "dev",
+                "classes": [
+                    {"name": "sandal", "fashion": ["Sandal"]},
+                    {"name": "sneaker", "fashion": ["Sneaker"]},
+                ],
+            }
+        ],
+    }
+    tasks.write_text(json.dumps(suite))
+    argv = ["bench", "none", "--tasks", str(tasks), "--none-per-class", "10", "--budget", "2"]
+    argv += ["--logits-dir", str(tmp_path / "logits"), "--out", str(tmp_path)]
+    assert cli.main(argv, settings=hub["settings"]) == 0
+    report = json.loads((tmp_path / "none_of_these.json").read_text())
+    assert report["per_class"] == 10 and report["halves"]["dev"]["calibrated"] == 1
+    (row,) = report["tasks"]
+    assert row["none_of_these"]["rule"] == "ridge" and row["inside_images"] == 20
+    assert 0.0 <= row["auroc"] <= 1.0 and row["outside_images"] > 0
+    assert list((tmp_path / "logits").iterdir())  # kept for a rerun

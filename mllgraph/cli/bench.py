@@ -287,6 +287,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="fashion",
         help="fashion: the Fashion-MNIST suite (probe-pool); emoji: leave one style out",
     )
+    g = p.add_argument_group("none (also --tasks, --budget)")
+    g.add_argument(
+        "--none-per-class", type=int, default=100, help="Fashion-MNIST test images per class"
+    )
+    g.add_argument("--logits-dir", help="keep the models' test-image logits here (reruns reuse)")
     g = p.add_argument_group("zeroshot --world emoji")
     g.add_argument("--held-out", help="held-out styles, comma-separated (default: all four)")
     g.add_argument("--per-style", type=int, default=4, help="probe images per concept and style")
