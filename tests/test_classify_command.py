@@ -163,3 +163,36 @@ def test_bench_none_command(hub: dict[str, Any], tmp_path: Path) -> None:
     assert row["none_of_these"]["rule"] == "ridge" and row["inside_images"] == 20
     assert 0.0 <= row["auroc"] <= 1.0 and row["outside_images"] > 0
     assert list((tmp_path / "logits").iterdir())  # kept for a rerun
+
+
+def test_none_calibration_learns_a_class_without_images_from_its_nearest_ancestor(
+    hub: dict[str, Any],
+) -> None:
+    """The rows "none of these" is calibrated on: "slacks" has no probe set of its own, so it
+    learns from the sets at trouser (its nearest ancestor with some), not from the proxy that
+    selection borrowed for it; "dog" has no ancestor with a set, so it keeps its proxy; and no
+    set is both a class's and an outside one."""
+    from mllgraph.hub import registry
+    from mllgraph.select import none_calibration
+    from mllgraph.select.reads import Reads
+    from tests.helpers import FASHION_WNIDS
+
+    graph = hub["graph"]
+    reads = Reads(graph, None, registry.catalogue_version(graph))
+    slacks, sandal, dog = "n04233715", FASHION_WNIDS[5], "n02084071"
+    wnids = [slacks, sandal, dog]
+    rows = reads.task_probes(wnids)
+    assert {r["class_index"] for r in rows} == {1}  # only sandal has sets of its own
+    bag_set = next(r for r in reads.task_probes([FASHION_WNIDS[8]]))
+    proxies = [
+        {**bag_set, "class_index": c, "distance": 1000, "proxy": FASHION_WNIDS[8]} for c in (0, 2)
+    ]
+    inside, outside = none_calibration.calibration_rows(reads, wnids, rows + proxies[:1])
+    by_class = {c: {r["wnid"] for r in inside if r["class_index"] == c} for c in range(3)}
+    assert by_class[0] == {FASHION_WNIDS[1]} and by_class[1] == {sandal} and not by_class[2]
+    names = {r["set_id"] for r in inside}
+    assert names.isdisjoint(r["set_id"] for r in outside)
+    assert bag_set["set_id"] in {r["set_id"] for r in outside}  # a proxy no class learns from
+    inside, outside = none_calibration.calibration_rows(reads, wnids, rows + proxies[1:])
+    assert {r["set_id"] for r in inside if r["class_index"] == 2} == {bag_set["set_id"]}
+    assert bag_set["set_id"] not in {r["set_id"] for r in outside}

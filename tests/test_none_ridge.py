@@ -2,7 +2,7 @@
 
 The synthetic world where the logistic rule of SELECTION_VERSION 14-22 is blind: an image of
 another concept puts as much mass on the task's heads, as surely, as a task image does; only
-*which other* heads light up with it tells them apart (as an emoji of a mandolin lights up
+*which other* heads light up with it tells them apart (as an emoji of a mandolin may light up
 "guitar" as much as a guitar emoji does, but "banjo" and "lute" with it).
 """
 

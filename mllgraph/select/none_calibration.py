@@ -56,6 +56,49 @@ RULE = "ridge"
 PROBE_SET_LIMIT = 20_000  # probe sets the graph read looks at, by id
 
 
+def inside_rows(
+    reads: Reads, wnids: Sequence[str], probe_rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The task's probe rows the calibration learns each class from: its own sets (at or under
+    its concept). A class with none takes the sets at its nearest ancestor that has some
+    (every image of the class is an image of that concept: "slacks" learns from trouser
+    images); only where there is none, the proxy sets selection borrowed for it (probe_data.
+    proxy_probes, possibly of a related concept)."""
+    own = [r for r in probe_rows if not r.get("proxy")]
+    have = {r["class_index"] for r in own}
+    missing = [c for c in range(len(wnids)) if c not in have]
+    if not missing:
+        return own
+    taken = {r["set_id"] for r in own}
+    sets = [r for r in reads.probe_set_concepts(PROBE_SET_LIMIT) if r["count"]]
+    rows = list(own)
+    for c, above in zip(missing, reads.ancestors([wnids[c] for c in missing]), strict=True):
+        at = [r for r in sets if r["wnid"] in above and r["set_id"] not in taken]
+        if at:
+            nearest = max(len(r["ancestors"]) for r in at)  # the deepest ancestor's sets
+            found = [r for r in at if len(r["ancestors"]) == nearest]
+            rows += [
+                {"class_index": c, "set_id": r["set_id"], "distance": 1000, "wnid": r["wnid"],
+                 "source": r.get("source") or ""}
+                for r in found
+            ]  # fmt: skip
+        else:
+            found = [r for r in probe_rows if r.get("proxy") and r["class_index"] == c]
+            rows += found
+        taken |= {r["set_id"] for r in found}
+    return rows
+
+
+def calibration_rows(
+    reads: Reads, wnids: Sequence[str], probe_rows: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the task's rows, `inside_rows`; the outside sets, `outside_sets`, less any set the
+    task learns a class from: a related proxy is never both)."""
+    inside = inside_rows(reads, wnids, probe_rows)
+    positives = {r["set_id"] for r in inside}
+    return inside, [r for r in outside_sets(reads, wnids) if r["set_id"] not in positives]
+
+
 def outside_sets(
     reads: Reads, wnids: Sequence[str], limit: int = MAX_OUTSIDE_SETS
 ) -> list[dict[str, Any]]:
@@ -122,11 +165,11 @@ def calibrate(
             outs[m] = outputs[m] if m in outputs else cache.get(settings, m)
         except FailedPrecondition:
             return None, {"calibrated": False, "why": f"model {m} has no stored probe outputs"}
+    probe_rows, negative_rows = calibration_rows(reads, wnids, probe_rows)
     labels, inside, rows = probe_matrix(probe_rows, outs, len(plan.class_names))
     for m, (file_rows, same) in (known or {}).items():
         if m in inside and np.array_equal(rows[m], file_rows):
             inside[m] = same
-    negative_rows = outside_sets(reads, wnids)
     _, outside, _ = probe_matrix(negative_rows, outs, 1)
     n_in = labels.size
     n_out = next(iter(outside.values())).shape[0] if outside else 0
