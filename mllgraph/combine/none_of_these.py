@@ -200,11 +200,7 @@ class NoneCalibration:
             "intercept": float(self.intercept),
             "threshold": float(self.threshold),
             "extra": [[m, h] for m, h in self.extra],
-            "probe_auroc": _json_float(self.probe_auroc),
-            "probe_rejected": _json_float(self.probe_rejected),
-            "positives": self.positives,
-            "negatives": self.negatives,
-            "held_out": self.held_out,
+            **held_out_fields(self),
         }
 
     @classmethod
@@ -216,13 +212,7 @@ class NoneCalibration:
 
         if not isinstance(d, Mapping) or d.get("rule") != "none_logistic":
             raise bad("only rule 'none_logistic' is known")
-        models = d.get("models")
-        if (
-            not isinstance(models, list)
-            or not 0 < len(models) <= MAX_MODELS
-            or not all(isinstance(m, str) and m for m in models)
-        ):
-            raise bad(f"models must be a list of 1 to {MAX_MODELS} model ids")
+        models = read_models(d, bad)
         raw_heads, temps = d.get("heads"), d.get("temperatures")
         if not isinstance(raw_heads, Mapping) or not set(raw_heads) <= set(models):
             raise bad("heads must map some of its models to head lists")
@@ -238,9 +228,7 @@ class NoneCalibration:
             coef = _vector(d["coef"], width)
             intercept = float(d["intercept"])
             threshold = float(d["threshold"])
-            stats = [_read_float(d.get(k)) for k in ("probe_auroc", "probe_rejected")]
-            counts = [int(d.get(k, 0)) for k in ("positives", "negatives")]
-            held_out = str(d.get("held_out", "folds"))
+            held_out = read_held_out_fields(d)
         except (TypeError, ValueError, KeyError) as e:
             raise bad(
                 f"mean, scale and coef must be {len(models)} models' feature vectors, "
@@ -258,7 +246,7 @@ class NoneCalibration:
             raise bad("temperatures must be > 0")
         return cls(
             tuple(models), heads, temperatures, mean, scale, coef, intercept, threshold, extra,
-            stats[0], stats[1], counts[0], counts[1], held_out,
+            *held_out,
         )  # fmt: skip
 
 
@@ -275,6 +263,40 @@ def _json_float(x: float) -> float | None:
 
 def _read_float(x: Any) -> float:
     return math.nan if x is None else float(x)
+
+
+def held_out_fields(c: Any) -> dict[str, Any]:
+    """The document fields every "none of these" rule shares: its held-out probe figures."""
+    return {
+        "probe_auroc": _json_float(c.probe_auroc),
+        "probe_rejected": _json_float(c.probe_rejected),
+        "positives": c.positives,
+        "negatives": c.negatives,
+        "held_out": c.held_out,
+    }
+
+
+def read_held_out_fields(d: Mapping[str, Any]) -> tuple[float, float, int, int, str]:
+    """`held_out_fields` read back (ValueError/TypeError on a malformed one)."""
+    return (
+        _read_float(d.get("probe_auroc")),
+        _read_float(d.get("probe_rejected")),
+        int(d.get("positives", 0)),
+        int(d.get("negatives", 0)),
+        str(d.get("held_out", "folds")),
+    )
+
+
+def read_models(d: Mapping[str, Any], bad: Any) -> list[str]:
+    """The document's model list, checked (`bad(what)` makes the error)."""
+    models = d.get("models")
+    if (
+        not isinstance(models, list)
+        or not 0 < len(models) <= MAX_MODELS
+        or not all(isinstance(m, str) and m for m in models)
+    ):
+        raise bad(f"models must be a list of 1 to {MAX_MODELS} model ids")
+    return models
 
 
 def auroc(inside: np.ndarray, outside: np.ndarray) -> float:

@@ -34,17 +34,17 @@ import numpy as np
 
 from mllgraph.combine.none_of_these import (
     FOLDS,
-    MAX_MODELS,
     MAX_REJECTED,
     MIN_IMAGES,
     C,
     _held_out_folds,
-    _json_float,
-    _read_float,
     _sigmoid,
     _vector,
     auroc,
     balanced_logistic,
+    held_out_fields,
+    read_held_out_fields,
+    read_models,
     stratified_folds,
     threshold_for,
 )
@@ -198,11 +198,7 @@ class NoneRidge:
             "slope": float(self.slope),
             "intercept": float(self.intercept),
             "threshold": float(self.threshold),
-            "probe_auroc": _json_float(self.probe_auroc),
-            "probe_rejected": _json_float(self.probe_rejected),
-            "positives": self.positives,
-            "negatives": self.negatives,
-            "held_out": self.held_out,
+            **held_out_fields(self),
         }
 
     @classmethod
@@ -214,13 +210,7 @@ class NoneRidge:
 
         if not isinstance(d, Mapping) or d.get("rule") != RULE:
             raise bad(f"rule must be '{RULE}'")
-        models = d.get("models")
-        if (
-            not isinstance(models, list)
-            or not 0 < len(models) <= MAX_MODELS
-            or not all(isinstance(m, str) and m for m in models)
-        ):
-            raise bad(f"models must be a list of 1 to {MAX_MODELS} model ids")
+        models = read_models(d, bad)
         raw_columns, temps, raw_weights = d.get("columns"), d.get("temperatures"), d.get("weights")
         if not isinstance(raw_columns, list) or not 0 < len(raw_columns) <= MAX_COLUMNS:
             raise bad(f"columns must list 1 to {MAX_COLUMNS} [model, head] pairs")
@@ -236,9 +226,7 @@ class NoneRidge:
             fill = _vector(d["fill"], width)
             weights = np.asarray(raw_weights, dtype=np.float64)
             numbers = [float(d[k]) for k in ("slope", "intercept", "threshold")]
-            stats = [_read_float(d.get(k)) for k in ("probe_auroc", "probe_rejected")]
-            counts = [int(d.get(k, 0)) for k in ("positives", "negatives")]
-            held_out = str(d.get("held_out", "folds"))
+            held_out = read_held_out_fields(d)
         except (TypeError, ValueError, KeyError) as e:
             raise bad(
                 "columns must be [model, head] pairs; mean and fill one number per column; "
@@ -258,7 +246,7 @@ class NoneRidge:
             raise bad("temperatures must be > 0")
         return cls(
             tuple(models), temperatures, columns, mean, fill, weights, slope, intercept,
-            threshold, stats[0], stats[1], counts[0], counts[1], held_out,
+            threshold, *held_out,
         )  # fmt: skip
 
 
