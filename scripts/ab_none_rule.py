@@ -25,10 +25,12 @@ README command (1); plans are selected again for each rule (store=False).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +42,21 @@ HELD_OUT = "twemoji"
 RULES = ("logistic", "ridge")
 
 
-def _as_before(rule: str) -> None:
+@contextlib.contextmanager
+def calibrating_as(rule: str) -> Iterator[None]:
     """`logistic`: the calibration exactly as SELECTION_VERSION 22 made it (its rule, and the
     task's rows as selection found them, proxies included, beside every outside set);
-    `ridge`: today's."""
+    `ridge`: today's. Today's code is back on leaving."""
     from mllgraph.select import none_calibration as nc
 
+    today_rows = nc.calibration_rows
     nc.RULE = rule
     if rule == "logistic":
         nc.calibration_rows = lambda reads, wnids, rows: (rows, nc.outside_sets(reads, wnids))
-    else:
-        nc.calibration_rows = TODAY_ROWS
-
-
-TODAY_ROWS: Any = None
+    try:
+        yield
+    finally:
+        nc.RULE, nc.calibration_rows = "ridge", today_rows
 
 
 def _mean_iv(values: list[float], seed: int = 0) -> list[float]:
@@ -63,10 +66,6 @@ def _mean_iv(values: list[float], seed: int = 0) -> list[float]:
 
 
 def main() -> int:
-    global TODAY_ROWS
-    from mllgraph.select import none_calibration as nc
-
-    TODAY_ROWS = nc.calibration_rows
     from mllgraph.eval import emoji_none, emoji_suite, emoji_world, evalset
     from mllgraph.eval.none_study import logit_scorer, measure_task
     from mllgraph.graph import db
@@ -119,36 +118,37 @@ def main() -> int:
             "models": list(models), "budget": args.budget, "rules": {},
         }  # fmt: skip
         for rule in RULES:
-            _as_before(rule)
-            per_task = []
-            t0 = time.perf_counter()
-            for task in suite.tasks:
-                stacked_choice.FITS.clear()
-                classes = [plan_request.TaskClass(n) for n in task.names]
-                options = plan_request.SelectOptions(budget=args.budget, models=models)
-                t = time.perf_counter()
-                ctx = select_run.select(graph, settings, classes, options, resolver, store=False)
-                select_ms = 1000 * (time.perf_counter() - t)
-                plan = ctx.plan
-                row: dict[str, Any] = {"task": task.name, "split": task.split}
-                if plan_doc.parse_plan(plan).none is None:
-                    row["why"] = (plan.get("none_of_these") or {}).get("why")
+            with calibrating_as(rule):
+                per_task = []
+                t0 = time.perf_counter()
+                for task in suite.tasks:
+                    stacked_choice.FITS.clear()
+                    classes = [plan_request.TaskClass(n) for n in task.names]
+                    options = plan_request.SelectOptions(budget=args.budget, models=models)
+                    t = time.perf_counter()
+                    ctx = select_run.select(
+                        graph, settings, classes, options, resolver, store=False
+                    )
+                    select_ms = 1000 * (time.perf_counter() - t)
+                    plan = ctx.plan
+                    row: dict[str, Any] = {"task": task.name, "split": task.split}
+                    if plan_doc.parse_plan(plan).none is None:
+                        row["why"] = (plan.get("none_of_these") or {}).get("why")
+                        per_task.append(row)
+                        continue
+                    inside, labels = images.for_task(task)
+                    outside = emoji_none.negatives(images.wnids, task.wnids, ancestors)
+                    row |= measure_task(plan, logit_scorer(plan, logits), inside, labels, outside)
+                    row["select_ms"] = round(select_ms, 1)
+                    row["models"] = list(plan_doc.parse_plan(plan).models)
+                    print(f"{rule} {task.name}: AUROC {row['auroc']:.3f}, drop "
+                          f"{row['accuracy_drop_points']:.2f}, outside refused "
+                          f"{row['outside_rejected']:.3f}", flush=True)  # fmt: skip
                     per_task.append(row)
-                    continue
-                inside, labels = images.for_task(task)
-                outside = emoji_none.negatives(images.wnids, task.wnids, ancestors)
-                row |= measure_task(plan, logit_scorer(plan, logits), inside, labels, outside)
-                row["select_ms"] = round(select_ms, 1)
-                row["models"] = list(plan_doc.parse_plan(plan).models)
-                print(f"{rule} {task.name}: AUROC {row['auroc']:.3f}, drop "
-                      f"{row['accuracy_drop_points']:.2f}, outside refused "
-                      f"{row['outside_rejected']:.3f}", flush=True)  # fmt: skip
-                per_task.append(row)
-            report["rules"][rule] = {
-                "seconds": round(time.perf_counter() - t0, 1),
-                "tasks": per_task,
-            }
-        _as_before("ridge")
+                report["rules"][rule] = {
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "tasks": per_task,
+                }
     report["summary"] = summarise(report["rules"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
@@ -179,20 +179,19 @@ def fashion(out: Path, budget: int, logits_dir: Path | None) -> int:
             kept = logits_dir or Path(temporary)
             kept.mkdir(parents=True, exist_ok=True)
             for rule in RULES:
-                _as_before(rule)
-                t0 = time.perf_counter()
-                got = none_study.run_fashion(
-                    graph, settings, load_suite(), per_class=50, budget=budget,
-                    logits_dir=kept, log=functools.partial(print, rule, flush=True),
-                )  # fmt: skip
-                tasks = [{**r, "select_ms": None} for r in got["tasks"]]
-                report["rules"][rule] = {
-                    "seconds": round(time.perf_counter() - t0, 1),
-                    "tasks": tasks,
-                }
+                with calibrating_as(rule):
+                    t0 = time.perf_counter()
+                    got = none_study.run_fashion(
+                        graph, settings, load_suite(), per_class=50, budget=budget,
+                        logits_dir=kept, log=functools.partial(print, rule, flush=True),
+                    )  # fmt: skip
+                    tasks = [{**r, "select_ms": None} for r in got["tasks"]]
+                    report["rules"][rule] = {
+                        "seconds": round(time.perf_counter() - t0, 1),
+                        "tasks": tasks,
+                    }
     finally:
         select_run.select = original
-        _as_before("ridge")
     report["summary"] = summarise(report["rules"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float))

@@ -1,6 +1,8 @@
 """`mllgraph classify`: images from files, folders and globs, in-process over the test hub
 (the command starts its own services) and through running services (--target); JSON lines
-parsed, the table read; an unreadable image is named and the others still run."""
+parsed, the table read; an unreadable image is named and the others still run. On the same
+hub (built once per module): `mllgraph bench none`, and the probe rows "none of these" is
+calibrated on (`select.none_calibration.calibration_rows`)."""
 
 from __future__ import annotations
 

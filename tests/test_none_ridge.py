@@ -71,14 +71,15 @@ def test_ridge_is_weighted_ridge_regression() -> None:
     np.testing.assert_allclose(diff, diff[:1].repeat(60, 0), atol=1e-10)
 
 
-def test_column_order_keeps_the_telling_columns() -> None:
+def test_top_columns_keeps_the_telling_columns() -> None:
     rng = np.random.default_rng(2)
     y = np.repeat([0, 1, 2], 50)
     x = rng.normal(size=(150, 10))
     x[:, 7] += 3 * y  # the only column that tells the groups apart
     x[:, 2] += 1 * (y == 2)
-    assert none_ridge.column_order(x, y, 2).tolist() == [2, 7]
-    assert none_ridge.column_order(x, y, 50).tolist() == list(range(10))
+    stats = none_ridge.group_sums(x, y, 3)
+    assert none_ridge.top_columns(stats, 2).tolist() == [2, 7]
+    assert none_ridge.top_columns(stats, 50).tolist() == list(range(10))
 
 
 def test_the_ridge_rule_sees_what_the_logistic_rule_cannot() -> None:

@@ -86,15 +86,10 @@ def anova_f(counts: np.ndarray, sums: np.ndarray, squares: np.ndarray) -> np.nda
     return between / (np.maximum(within, 0.0) + 1e-9)
 
 
-def column_order(x: np.ndarray, y: np.ndarray, limit: int) -> np.ndarray:
-    """The `limit` columns of `x` with the largest ANOVA F over the groups of `y` (sorted
-    column numbers; all of them where there are fewer)."""
-    if x.shape[1] <= limit:
-        return np.arange(x.shape[1])
-    return _top(anova_f(*group_sums(x, y, int(y.max()) + 1)), limit)
-
-
-def _top(f: np.ndarray, limit: int) -> np.ndarray:
+def top_columns(stats: tuple[np.ndarray, np.ndarray, np.ndarray], limit: int) -> np.ndarray:
+    """The `limit` columns with the largest ANOVA F, from `group_sums` (sorted column numbers;
+    all of them where there are fewer)."""
+    f = anova_f(*stats)
     if f.size <= limit:
         return np.arange(f.size)
     return np.sort(np.argsort(-f, kind="stable")[:limit])
@@ -295,8 +290,8 @@ def fit(
         train, test = folds != k, folds == k
         # Stats of the training part: the whole's minus the held-out part's.
         held = group_sums(x[test], y[test], groups + 1)
-        part = tuple(a - b for a, b in zip(stats, held, strict=True))
-        cols = _top(anova_f(*part), keep)
+        part = (stats[0] - held[0], stats[1] - held[1], stats[2] - held[2])
+        cols = top_columns(part, keep)
         # A fold may lack a class: renumber its groups so every output has images.
         present, part_y = np.unique(y[train], return_inverse=True)
         if present[-1] != groups:  # no outside image to train on: nothing to score with
@@ -305,7 +300,7 @@ def fit(
         narrow = x[:, cols]
         mean, weights = ridge(narrow[train], part_y.reshape(-1), present.size, strength)
         oof[test] = raw_scores(narrow[test], mean, weights)
-    cols = _top(anova_f(*stats), keep)
+    cols = top_columns(stats, keep)
     mean, weights = ridge(x[:, cols], y, groups + 1, strength)
     slope, intercept = balanced_logistic(oof[:, None], side, C)
     mapped = _sigmoid(slope[0] * oof + intercept)
