@@ -1,8 +1,9 @@
 """`mllgraph classify`: images from files, folders and globs, in-process over the test hub
 (the command starts its own services) and through running services (--target); JSON lines
 parsed, the table read; an unreadable image is named and the others still run. On the same
-hub (built once per module): `mllgraph bench none`, and the probe rows "none of these" is
-calibrated on (`select.none_calibration.calibration_rows`)."""
+hub (built once per module): `mllgraph bench none`, the probe rows "none of these" is
+calibrated on (`select.none_calibration.calibration_rows`), and the sets a class without its
+own borrows (`select.probe_data.proxy_probes`)."""
 
 from __future__ import annotations
 
@@ -198,3 +199,30 @@ def test_none_calibration_learns_a_class_without_images_from_its_nearest_ancesto
     inside, outside = none_calibration.calibration_rows(reads, wnids, rows + proxies[1:])
     assert {r["set_id"] for r in inside if r["class_index"] == 2} == {bag_set["set_id"]}
     assert bag_set["set_id"] not in {r["set_id"] for r in outside}
+
+
+def test_a_class_without_probes_borrows_its_nearest_ancestors_sets_before_a_related_ones(
+    hub: dict[str, Any],
+) -> None:
+    """Selection's proxy for "slacks" (no probe set of its own): the sets at trouser, an
+    ancestor its candidates were labelled on, before those of a deeper related concept
+    (dress); the related one only where another task class holds the trouser sets."""
+    from mllgraph.hub import registry
+    from mllgraph.select.probe_data import proxy_probes
+    from mllgraph.select.reads import Reads
+    from tests.helpers import FASHION_WNIDS
+
+    graph = hub["graph"]
+    reads = Reads(graph, None, registry.catalogue_version(graph))
+    slacks, trouser, dress = "n04233715", FASHION_WNIDS[1], FASHION_WNIDS[3]
+    candidates = [
+        {"class_index": 0, "kind": "related", "via": dress, "via_depth": 9, "score": 0.9},
+        {"class_index": 0, "kind": "ancestor", "via": trouser, "via_depth": 8, "score": 0.8},
+    ]
+    own = reads.task_probes([slacks, FASHION_WNIDS[5]])  # sandal's sets only
+    borrowed = proxy_probes(reads, candidates, own, 2)
+    assert borrowed and {(r["class_index"], r["proxy"]) for r in borrowed} == {(0, trouser)}
+    assert {r["wnid"] for r in borrowed} == {trouser}
+    own = reads.task_probes([slacks, trouser])  # "slacks, trousers": class 1 holds them
+    borrowed = proxy_probes(reads, candidates, own, 2)
+    assert borrowed and {(r["class_index"], r["proxy"]) for r in borrowed} == {(0, dress)}

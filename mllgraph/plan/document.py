@@ -68,8 +68,9 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # estimate among them is served; 22: the cost front is searched at the band's resolution,
 # each next cap below the last plan's cost divided by 1 + COST_TIE, select/cost_front; 23: the
 # "none of these" score is one more class of a ridge rule over the plan models' heads,
-# combine/none_ridge).
-SELECTION_VERSION = 23
+# combine/none_ridge; 24: a class without probe images borrows its nearest ancestor's sets
+# before a related concept's, select/probe_data.proxy_probes).
+SELECTION_VERSION = 24
 
 MAX_CLASSES = 1000
 MIN_CLASSES = 2

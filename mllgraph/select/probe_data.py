@@ -116,6 +116,17 @@ CACHE = ProbeOutputCache()
 # -- the task's probe images -----------------------------------------------------------------
 
 
+def nearest_first(row: dict[str, Any]) -> tuple[bool, int, float, str]:
+    """`proxy_probes`' order of a class's ancestor and related candidate rows: ancestors
+    first, then the deepest concept, then the better label."""
+    return (
+        row["kind"] != "ancestor",
+        -(row.get("via_depth") or 0),
+        -row["score"],
+        row["via"] or "",
+    )
+
+
 def proxy_probes(
     reads: Reads, rows: list[dict[str, Any]], probe_rows: list[dict[str, Any]], k: int
 ) -> list[dict[str, Any]]:
@@ -123,15 +134,17 @@ def proxy_probes(
 
     Without images a class cannot be simulated, and CHCO would then pick whichever head hurts
     the other classes least, however unrelated. So such a class borrows the probe sets under
-    the nearest concept its ancestor/related candidates were labelled on (e.g. "slacks"
-    borrows the trouser probes its trouser.n.01 candidates came from), provided no other
-    class of the task has probes there. Marked `proxy` with a large distance, so a class's own sets
-    always win.
+    the nearest concept its ancestor/related candidates were labelled on, provided no other
+    class of the task has probes there: its ancestors first, the deepest first (every image
+    of the class is an image of an ancestor: "slacks" borrows the trouser probes its
+    trouser.n.01 candidates came from), then its related concepts, the deepest first (a
+    sibling's images are of another thing: T-shirt images for "slacks" made CHCO cover it
+    with a T-shirt head). Marked `proxy` with a large distance, so a class's own sets always
+    win.
     """
     have = {r["class_index"] for r in probe_rows}
     near: dict[int, list[str]] = {}
-    for r in sorted(rows, key=lambda r: (-(r.get("via_depth") or 0), -r["score"], r["via"] or "")):
-        # The nearest concept first (deepest), then the better label.
+    for r in sorted(rows, key=nearest_first):
         if r["class_index"] not in have and r["kind"] in ("ancestor", "related") and r["via"]:
             near.setdefault(r["class_index"], []).append(r["via"])
     vias = sorted({v for vs in near.values() for v in vs})

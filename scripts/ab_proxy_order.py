@@ -1,0 +1,132 @@
+"""Which probe sets a class without its own borrows (`select.probe_data.proxy_probes`), side
+by side: `old` (the deepest concept its ancestor or related candidates were labelled on,
+whichever kind) and `new` (its ancestors first, the deepest first, then related concepts).
+
+For every task of the Fashion suite's `--split` half, SelectHeads runs in-process once per
+order on one hub, everything else equal (plans unstored; the stacked fit cache is keyed by
+the probe-set partition, so a changed proxy is fitted afresh), and each plan is applied to
+the same cached Fashion-MNIST test images exactly as inference applies it. Recorded per
+task: MLL accuracy per order, each class's borrowed concept, the plan's models and whether
+the plans differ.
+
+    MLLGRAPH_HOME=/tmp/hub python scripts/ab_proxy_order.py --split dev \\
+        --out reports/select-real/ab_proxy_order_dev.json
+
+The hub is the demo's (`mllgraph demo` or `hub build --experts 12`, seed 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MODES = ("old", "new")
+
+
+def old_order(r: dict[str, Any]) -> tuple[int, float, str]:
+    """The order before: the deepest concept first, ancestor or related alike."""
+    return (-(r.get("via_depth") or 0), -r["score"], r["via"] or "")
+
+
+def main() -> int:
+    from mllgraph.eval import evalset, zeroshot
+    from mllgraph.eval.evaluate import LibraryPipeline
+    from mllgraph.eval.tasks import load_suite
+    from mllgraph.graph import db
+    from mllgraph.hub import registry
+    from mllgraph.select import probe_data
+    from mllgraph.select import run as select_run
+    from mllgraph.settings import Settings
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--split", default="dev")
+    ap.add_argument("--budget", type=int, default=5)
+    ap.add_argument("--test-per-class", type=int, default=50)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    settings = Settings.from_env()
+    suite = load_suite().half(args.split)
+    state: dict[str, Any] = {"mode": "new", "proxies": {}}
+    today = probe_data.proxy_probes
+
+    todays_order = probe_data.nearest_first
+
+    def proxies(reads: Any, rows: list[dict[str, Any]], probe_rows: Any, k: int) -> Any:
+        probe_data.nearest_first = old_order if state["mode"] == "old" else todays_order
+        try:
+            found = today(reads, rows, probe_rows, k)
+        finally:
+            probe_data.nearest_first = todays_order
+        state["proxies"] = {str(r["class_index"]): r["proxy"] for r in found}
+        return found
+
+    select_run.proxy_probes = proxies  # type: ignore[assignment]
+    rows: list[dict[str, Any]] = []
+    with db.connect(settings) as graph:
+        images = evalset.eval_images(settings, args.test_per_class)
+        pipeline = LibraryPipeline(
+            graph, settings, evalset.LogitCache(graph, settings, images), store=False
+        )
+        builtins = tuple(registry.model_id(b, "1") for b in registry.BUILTINS)
+        models = (*zeroshot._fashion_ids(graph, 0, 12, "e1-m4000-p0"), *builtins)
+        for task in suite.tasks:
+            idx, labels = images.for_task(task)
+            row: dict[str, Any] = {"task": task.name}
+            for mode in MODES:
+                state["mode"] = mode
+                plan = pipeline.select(task, args.budget, models)
+                pred = pipeline.classify_indices(plan, idx)
+                row[mode] = float((pred == labels).mean())
+                row[f"{mode}_proxies"] = state["proxies"]
+                row[f"{mode}_models"] = plan["models"]
+                row[f"{mode}_coverage"] = [c.get("coverage") for c in plan["classes"]]
+            row["plans_differ"] = any(
+                row[f"old_{k}"] != row[f"new_{k}"] for k in ("proxies", "models", "coverage")
+            )
+            rows.append(row)
+            print(
+                f"{task.name:<32} old {row['old']:.3f} new {row['new']:.3f} "
+                f"proxies {row['old_proxies']} -> {row['new_proxies']}",
+                flush=True,
+            )
+    diffs = [100 * (r["new"] - r["old"]) for r in rows]
+    summary = {
+        "tasks": len(rows),
+        "tasks_with_a_proxy": sum(bool(r["old_proxies"] or r["new_proxies"]) for r in rows),
+        "tasks_whose_plan_changed": [r["task"] for r in rows if r["plans_differ"]],
+        "old_mean": float(np.mean([r["old"] for r in rows])),
+        "new_mean": float(np.mean([r["new"] for r in rows])),
+        "mean_diff_points": float(np.mean(diffs)),
+        "per_task_diff_points": {
+            r["task"]: round(d, 2) for r, d in zip(rows, diffs, strict=True) if d
+        },
+    }
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        out = {
+            "what": "MLL with the proxy probe sets chosen in the old order (deepest concept, "
+            "ancestor or related alike) and the new (ancestors first); plans unstored",
+            "command": " ".join(sys.argv),
+            "commit": commit,
+            "args": vars(args) | {"out": str(args.out)},
+            "summary": summary,
+            "rows": rows,
+        }
+        args.out.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
