@@ -18,7 +18,7 @@ from mllgraph.graph.wordnet import ROOT_WNID, Synset, WordNetNouns
 from mllgraph.ground.overrides import Overrides
 from mllgraph.ground.records import APPROXIMATE_ROLES, ScoreWeights
 from mllgraph.ground.resolve import Resolver, default_resolver
-from mllgraph.ground.words import parse_name
+from mllgraph.ground.words import parse_name, stem, stems_of
 from mllgraph.settings import Settings
 
 # -- parse_name (pure) -------------------------------------------------------------------------
@@ -66,6 +66,14 @@ def test_noise_words_articles_and_possessives() -> None:
     # sub-phrases start and end on content words only
     assert (0, 2) not in hen.phrases() and (0, 4) in hen.phrases()
     assert parse_name("the", _is_thing).words == ("the",)  # nothing to drop it for
+
+
+def test_stems_match_a_definitions_words_to_a_names() -> None:
+    assert [stem(w) for w in ("babies", "humped", "potted", "flats", "dresses", "glass")] == [
+        "baby", "hump", "pot", "flat", "dress", "glass",
+    ]  # fmt: skip
+    assert stem("bus") == "bus" and stem("running") == "run" and stem("electrical") == "electric"
+    assert stems_of("two-humped camel_hair") == {"two", "hump", "camel", "hair"}
 
 
 # -- the rule on a hand-made lexicon ---------------------------------------------------------
@@ -156,9 +164,38 @@ def test_a_kind_must_match_clearly_better_than_the_head(small: Resolver) -> None
         small.nouns,
         embedder=BagOfWords(),
         overrides=Overrides(names={}, senses={}),
-        weights=ScoreWeights(context_floor=0.0, approx_narrower_margin=2.0),
+        weights=ScoreWeights(context_floor=0.0, approx_narrower_margin=2.0, approx_defined=0.0),
     )
-    assert strict.resolve_name("high-speed train").wnid == "t3"
+    assert strict.resolve_name("high-speed train").wnid == "t3"  # (t4's definition holds
+    # "high speed": without the definition term, only the meaning margin admits a kind)
+
+
+def test_a_kind_whose_definition_holds_the_modifiers_is_read_without_embeddings() -> None:
+    """ "two-hump camel": the kind of camel whose definition says "two-humped" (and not the
+    one-humped one, which holds only one of the two words), even with no text encoder to
+    compare meanings; the term is recorded. Without the term, the camel itself."""
+    synsets = [
+        _synset(ROOT_WNID, ["entity"], "", "noun.Tops", "that which exists"),
+        _synset("a1", ["animal"], ROOT_WNID, "noun.animal", "a living organism"),
+        _synset("c1", ["camel"], "a1", "noun.animal", "cud-chewing mammal of the deserts"),
+        _synset("c2", ["arabian_camel"], "c1", "noun.animal", "one-humped camel of Africa"),
+        _synset("c3", ["bactrian_camel"], "c1", "noun.animal", "two-humped camel of Asia"),
+    ]
+    index = {s.lemmas[0]: [s.wnid] for s in synsets}
+    for s in synsets:
+        s.name = f"{s.lemmas[0]}.n.01"
+    nouns = WordNetNouns(synsets={s.wnid: s for s in synsets}, lemma_index=index)
+
+    def resolver(weights: ScoreWeights) -> Resolver:
+        return Resolver(nouns, embedder=None, overrides=Overrides(names={}, senses={}),
+                        weights=weights)  # fmt: skip
+
+    g = resolver(ScoreWeights(context_floor=0.0)).resolve_name("two-hump camel")
+    assert (g.wnid, _reading(g), g.method) == ("c3", "narrower", "fuzzy")
+    assert g.reasons["defined"] == 1.0 and "c2" not in {w for w, _, _ in g.alternatives}
+    plain = resolver(ScoreWeights(context_floor=0.0, approx_defined=0.0))
+    with pytest.raises(InvalidArgument, match="bactrian camel"):  # no meaning to go by
+        plain.resolve_name("two-hump camel")
 
 
 def test_hub_coverage_does_not_trade_one_reading_for_another(small: Resolver) -> None:
@@ -200,6 +237,8 @@ def resolver() -> Resolver:
         ("teapots not used", "n04398044", "head_phrase"),  # teapot.n.01
         ("flower playing cards", "n03963982", "head_phrase"),  # playing_card.n.01
         ("a photo of a sailboat on a lake", "n04128499", "head_phrase"),  # sailboat.n.01
+        ("two-hump camel", "n02437482", "narrower"),  # bactrian_camel.n.01, "two-humped"
+        ("one-piece swimsuit", "n03710721", "narrower"),  # maillot.n.01, "one-piece"
     ],
 )
 def test_phrases_on_the_real_wordnet(resolver: Resolver, name: str, wnid: str, reading: str):

@@ -37,6 +37,8 @@ from mllgraph.ground.words import (
     compact,
     normalise_name,
     parse_name,
+    stem,
+    stems_of,
     to_key,
 )
 
@@ -163,7 +165,9 @@ class ApproximateMatching:
         # wedge") shows the whole or the stuff the modifier names: the modifier is weighed as a
         # head, the visual term and the meaning then decide.
         part_head = self._names_part_or_form(words[parse.head])
-        heads: list[tuple[str, float]] = []
+        heads: list[tuple[str, float, frozenset[str]]] = []
+        # What the modifiers before a head phrase say, to be found in a reading's definition.
+        modified: dict[str, frozenset[str]] = {}  # candidate -> its head phrase's modifiers
         for i, j in parse.phrases():
             phrase = "_".join(words[i:j])
             role = parse.role(i, j)
@@ -180,27 +184,46 @@ class ApproximateMatching:
                 add_concept(fixed, 0, weight, role)
                 continue
             hits = self._spellings(phrase) + self._base_forms(phrase)
+            # Only modifiers of the object name a kind of it ("graduation cap"), not its
+            # context ("leaf fluttering in wind" is a leaf, of no particular kind).
+            mods = frozenset(stem(x) for x in words[:i] if x not in FUNCTION_WORDS)
             for lemma in hits:
                 add(lemma, weight, role)
-                # Only modifiers of the object name a kind of it ("graduation cap"), not its
-                # context ("leaf fluttering in wind" is a leaf, of no particular kind).
-                if role == "head" and any(x not in FUNCTION_WORDS for x in words[:i]):
-                    heads.append((lemma, weight))
+                if role == "head" and mods:
+                    heads.append((lemma, weight, mods))
+                    for wnid, _, _ in self._sense_priors(lemma):
+                        modified.setdefault(wnid, mods)
             if not hits and j == i + 1 and len(phrase) >= 3 and role != "context":
                 for lemma, sim in self._fuzzy(compact(phrase), limit=3):
                     add(lemma, sim * weight, "spelling")  # one misspelt word
         # Kinds of the head: the modifiers may name one ("graduation cap" -> mortarboard).
         narrower: dict[str, str] = {}  # narrower concept -> the head sense it is a kind of
-        for lemma, weight in heads:
+        for lemma, weight, mods in heads:
             for wnid, _, prior in self._sense_priors(lemma)[:2]:
                 for kind in self._kinds(wnid, depth=2):
                     if kind not in cands:
                         narrower[kind] = wnid
+                        modified.setdefault(kind, mods)
                         add_concept(
                             kind, 0, weight - w.approx_narrower_penalty, "narrower", prior=prior
                         )
         if not cands:
             return []
+
+        # The readings whose definition holds all the modifiers of their head phrase, where
+        # they tell one kind from the others: a property many kinds share ("deciduous tree")
+        # names no particular one.
+        holding: dict[frozenset[str], list[Cand]] = defaultdict(list)
+        for c in cands.values():
+            if c.role in ("head", "narrower") and c.wnid in modified:
+                full, named = self._defined(c.wnid, modified[c.wnid])
+                if full:
+                    c.defined = 1.0 + named
+                    holding[modified[c.wnid]].append(c)
+        for found in holding.values():
+            if len(found) > MAX_DEFINED_READINGS:
+                for c in found:
+                    c.defined = 0.0
 
         # Keep only sensible candidates: an imageable concept that is either spelt almost like
         # the name (a typo) or close in meaning with some lexical support.
@@ -214,7 +237,7 @@ class ApproximateMatching:
             emb = float(vecs[1][c.wnid] @ vecs[0][plan.query]) if vecs is not None else None
             if c.role == "narrower":
                 parent = narrower[c.wnid]
-                if (
+                if (w.approx_defined > 0 and c.defined >= 1.0) or (
                     emb is not None
                     and parent in cands
                     and emb
@@ -234,6 +257,15 @@ class ApproximateMatching:
             ):
                 sensible.append(c)
         return sensible
+
+    def _defined(self, wnid: str, modifiers: frozenset[str]) -> tuple[bool, float]:
+        """(whether concept `wnid`'s definition or lemmas hold every one of `modifiers`
+        (stems), the share its lemmas hold)."""
+        synset = self.nouns.synsets[wnid]
+        named = stems_of(" ".join(synset.lemmas))
+        said = named | stems_of(synset.definition)
+        share = len(modifiers & named) / len(modifiers) if modifiers else 0.0
+        return bool(modifiers) and modifiers <= said, share
 
     def _is_thing_word(self, key: str) -> bool:
         """Whether lemma key `key` (or its singular) has an imageable sense, for `parse_name`:
@@ -307,6 +339,10 @@ class ApproximateMatching:
         scored.sort(key=lambda kv: (-kv[1], kv[0]))
         return scored[:limit]
 
+
+# At most this many readings of one head phrase may hold all its modifiers in their
+# definitions for the `defined` term to count (`ScoreWeights.approx_defined`).
+MAX_DEFINED_READINGS = 2
 
 # Lexicographer files of heads that name a part or a form of what their modifier names.
 _PART_OR_FORM = frozenset({"noun.body", "noun.shape", "noun.quantity"})

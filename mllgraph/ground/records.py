@@ -95,6 +95,12 @@ class ScoreWeights:
     approx_context_embed: float = 0.5
     approx_narrower_penalty: float = 0.2
     approx_narrower_margin: float = 0.1
+    # A reading of a compound whose WordNet definition or lemmas hold all the name's modifier
+    # words scores this, plus this times the share its lemmas hold, and a kind of the head
+    # that does is kept without the meaning margin ("two-hump camel": the Bactrian camel is
+    # "two-humped", the Arabian "one-humped"); only where at most
+    # `approximate.MAX_DEFINED_READINGS` readings do ("deciduous tree" is no oak).
+    approx_defined: float = 1.0
 
 
 # Approximate grounding: how a candidate concept was reached from the name, and the name of its
@@ -163,6 +169,9 @@ class Cand:
     # Approximate grounding: how the name reached it (`APPROXIMATE_ROLES`): misspelt as a whole,
     # a sub-phrase that is the name's head, a modifier or its context, or a narrower concept.
     role: str = ""
+    # Approximate grounding: its definition holds the name's modifiers (1 + the share its
+    # lemmas hold), where that tells it from the other readings; else 0.
+    defined: float = 0.0
     hub: float = 0.0  # the hub's coverage of this sense, 0..1
     score: float = 0.0
     terms: dict[str, float] = field(default_factory=dict)  # score term -> what it added

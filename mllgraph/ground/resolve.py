@@ -439,6 +439,8 @@ class Resolver(ApproximateMatching):
                 if c.lexical:
                     # Approximate: named by how the name reached it (its phrase's role).
                     c.terms[c.lexical_term] = w.lexical * c.lexical
+                if c.defined:
+                    c.terms["defined"] = w.approx_defined * c.defined
                 if q is not None and vecs is not None:
                     weight = w.approx_embed if p.approximate else w.embed
                     c.terms["embed"] = weight * float(vecs[1][c.wnid] @ q)

@@ -173,6 +173,33 @@ def describe(index: int, name: str) -> str:
     return f"class {index} ({name!r})"
 
 
+def stem(word: str) -> str:
+    """A crude stem, enough to match a name's words against WordNet's definitions: plurals
+    and -ed/-ing/-al endings off, a doubled final consonant undone ("babies" -> "baby",
+    "humped" -> "hump", "potted" -> "pot", "flats" -> "flat", "electrical" -> "electric")."""
+    w = word.lower()
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) >= 7 and w.endswith("al"):  # "electrical" -> "electric"
+        return w[:-2]
+    for suffix in ("ing", "ed"):
+        if len(w) - len(suffix) >= 3 and w.endswith(suffix):
+            w = w[: -len(suffix)]
+            if len(w) >= 3 and w[-1] == w[-2] and w[-1] not in "aeiouls":
+                w = w[:-1]
+            return w
+    if len(w) > 3 and w.endswith(("ses", "xes", "zes", "ches", "shes")):
+        return w[:-2]
+    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        return w[:-1]
+    return w
+
+
+def stems_of(text: str) -> frozenset[str]:
+    """The stems of a text's words, hyphenated and underscored ones split ("two-humped")."""
+    return frozenset(stem(x) for x in re.findall(r"[a-z0-9]+", fold(text).replace("_", " ")))
+
+
 # -- morphology fallback ---------------------------------------------------------------------
 
 # WordNet's noun detachment rules (morphy(7WN)); used for user-added lemmas and when no nltk
