@@ -69,7 +69,8 @@ READABLE_SCHEMA_VERSIONS = (PLAN_SCHEMA_VERSION, STACKED_SCHEMA_VERSION)
 # each next cap below the last plan's cost divided by 1 + COST_TIE, select/cost_front; 23: the
 # "none of these" score is one more class of a ridge rule over the plan models' heads,
 # combine/none_ridge; 24: a class without probe images borrows its nearest ancestor's sets
-# before a related concept's, select/probe_data.proxy_probes).
+# before a related concept's, select/probe_data.proxy_probes; a name WordNet lacks grounds to
+# a reading whose definition holds its modifiers, ground/approximate `defined`).
 SELECTION_VERSION = 24
 
 MAX_CLASSES = 1000
