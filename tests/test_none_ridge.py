@@ -9,12 +9,13 @@ another concept puts as much mass on the task's heads, as surely, as a task imag
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
 
-from mllgraph.combine import none_of_these, none_ridge, rule
+from mllgraph.combine import none_of_these, none_ridge, packed, rule
 from mllgraph.combine.combination import Plan
 from mllgraph.combine.softmax import log_probabilities
 from mllgraph.errors import InvalidArgument
@@ -144,21 +145,42 @@ def test_out_of_domain_model_is_neutral_and_no_speaking_model_scores_one() -> No
 
 
 def test_round_trip_and_malformed_calibrations() -> None:
+    """The arrays are packed (combine/packed) and read back bit for bit; a calibration written
+    as JSON numbers (plans of SELECTION_VERSION 23) reads the same; anything malformed is
+    InvalidArgument naming the field."""
     fitted = _fit()
-    again = none_ridge.NoneRidge.from_dict(fitted.to_dict())
+    good = json.loads(json.dumps(fitted.to_dict()))
+    assert set(good["weights"]) == {"float64", "shape"}
+    again = none_ridge.NoneRidge.from_dict(good)
     z, _ = _logits(np.random.default_rng(8), 20, False)
-    np.testing.assert_allclose(again.scores({"m": z}), fitted.scores({"m": z}))
-    good = fitted.to_dict()
+    assert np.array_equal(again.scores({"m": z}), fitted.scores({"m": z}))
+    assert np.array_equal(again.weights, fitted.weights) and np.array_equal(again.fill, fitted.fill)
+    as_numbers = {
+        **good,
+        "mean": fitted.mean.tolist(),
+        "fill": fitted.fill.tolist(),
+        "weights": fitted.weights.tolist(),
+    }
+    old = none_ridge.NoneRidge.from_dict(json.loads(json.dumps(as_numbers)))
+    assert np.array_equal(old.scores({"m": z}), fitted.scores({"m": z}))
     width = len(good["columns"])
+    short = packed.pack(fitted.weights[:-1])
     for change, match in [
         ({"rule": "none_logistic"}, "rule must be"),
         ({"models": []}, "models"),
         ({"columns": []}, "columns"),
         ({"columns": [["other", 0]] * width}, "columns must name"),
         ({"columns": [["m", -1]] * width}, "columns must name"),
-        ({"weights": good["weights"][:-1]}, "one row per column"),
+        ({"weights": short}, "one row per column"),
+        ({"weights": as_numbers["weights"][:-1]}, "one row per column"),
+        ({"weights": {**short, "shape": [width, 4]}}, "needs .* bytes"),
+        ({"weights": {**short, "float64": "not base64!"}}, "not base64"),
+        ({"weights": {**short, "shape": [10**6, 10**6]}}, "at most"),
+        ({"weights": {"float64": 1}}, "packed array is"),
+        ({"weights": packed.pack(np.full((width, 4), np.nan))}, "finite"),
         ({"weights": [[float("nan")] * 4] * width}, "finite"),
         ({"mean": [0.0]}, "mean and fill"),
+        ({"mean": packed.pack(np.zeros(1))}, "mean and fill"),
         ({"threshold": 2.0}, "threshold"),
         ({"slope": "x"}, "slope"),
         ({"temperatures": {"m": 0}}, "temperatures"),

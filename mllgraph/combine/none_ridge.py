@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from mllgraph.combine import packed
 from mllgraph.combine.none_of_these import (
     FOLDS,
     MAX_REJECTED,
@@ -189,9 +190,9 @@ class NoneRidge:
             "models": list(self.models),
             "temperatures": dict(self.temperatures),
             "columns": [[m, h] for m, h in self.columns],
-            "mean": [float(v) for v in self.mean],
-            "fill": [float(v) for v in self.fill],
-            "weights": [[float(v) for v in row] for row in self.weights],
+            "mean": packed.pack(self.mean),
+            "fill": packed.pack(self.fill),
+            "weights": packed.pack(self.weights),
             "slope": float(self.slope),
             "intercept": float(self.intercept),
             "threshold": float(self.threshold),
@@ -213,24 +214,24 @@ class NoneRidge:
             raise bad(f"columns must list 1 to {MAX_COLUMNS} [model, head] pairs")
         if not isinstance(temps, Mapping):
             raise bad("temperatures must be an object")
-        if not isinstance(raw_weights, list) or len(raw_weights) != len(raw_columns):
-            raise bad("weights must have one row per column")
         try:
             columns = tuple((str(m), int(h)) for m, h in raw_columns)
             temperatures = {str(m): float(t) for m, t in temps.items()}
             width = len(columns)
-            mean = _vector(d["mean"], width)
-            fill = _vector(d["fill"], width)
-            weights = np.asarray(raw_weights, dtype=np.float64)
+            mean = _vector(packed.unpack(d["mean"]), width)
+            fill = _vector(packed.unpack(d["fill"]), width)
+            weights = packed.unpack(raw_weights)
             numbers = [float(d[k]) for k in ("slope", "intercept", "threshold")]
             held_out = read_held_out_fields(d)
         except (TypeError, ValueError, KeyError) as e:
             raise bad(
-                "columns must be [model, head] pairs; mean and fill one number per column; "
-                f"weights a number matrix; slope, intercept and threshold numbers "
-                f"({type(e).__name__}: {str(e)[:100]})"
+                "columns must be [model, head] pairs; mean and fill one number per column and "
+                "weights a number matrix (as JSON numbers or packed); slope, intercept and "
+                f"threshold numbers ({type(e).__name__}: {str(e)[:100]})"
             ) from e
-        if weights.ndim != 2 or not 1 <= weights.shape[1] <= MAX_CLASSES + 1:
+        if weights.ndim != 2 or weights.shape[0] != width:
+            raise bad("weights must have one row per column")
+        if not 1 <= weights.shape[1] <= MAX_CLASSES + 1:
             raise bad(f"weights must be {width} rows of 1 to {MAX_CLASSES + 1} numbers")
         if not np.all(np.isfinite(weights)):
             raise bad("weights must be finite")
