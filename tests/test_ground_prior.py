@@ -260,6 +260,15 @@ def test_name_files(tmp_path: Path, resolver: Resolver) -> None:
         bench.load_name_file(bad, resolver.nouns)
     with pytest.raises(InvalidArgument, match="cannot read"):
         bench.load_name_file(tmp_path / "missing.tsv", resolver.nouns)
+    # A table whose header names its name and wnid columns (the emoji world's concepts.tsv).
+    table = tmp_path / "concepts.tsv"
+    rows = ["hexcode\tname\twnid\tgroup", "2615\tcoffee\tn07929519\tdrinks"]
+    table.write_text("\n".join([*rows, "1F987\tbat\tn02139199\tmammals", "x\tmouse\tn02330245\t-"]))
+    assert bench.load_name_file(table, resolver.nouns)[0] == bench.NameEntry("coffee", COFFEE_DRINK)
+    assert len(bench.load_name_file(table, resolver.nouns)) == 3
+    table.write_text("\n".join([*rows, "1F987\tbat\tn02139199"]))
+    with pytest.raises(InvalidArgument, match="line 3 is not 4 columns"):
+        bench.load_name_file(table, resolver.nouns)
 
 
 def test_a_small_benchmark_run_scores_and_explains_misses(resolver: Resolver) -> None:

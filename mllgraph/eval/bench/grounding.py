@@ -130,13 +130,27 @@ def load_name_file(path: Path, nouns: WordNetNouns) -> list[NameEntry]:
             else:
                 raise InvalidArgument(f"{path}: entry {item!r} is not {{name, wnid}} or a pair")
     else:
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip() or line.startswith("#"):
-                continue
-            parts = line.split("\t")
-            if len(parts) != 2:
-                raise InvalidArgument(f"{path} line {number} is not 'name<TAB>wnid': {line!r}")
-            rows.append((parts[0], parts[1]))
+        lines = [
+            (number, line.split("\t"))
+            for number, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.startswith("#")
+        ]
+        # A table with a header naming its `name` and `wnid` columns (the emoji world's
+        # concepts.tsv) is read by those; else each line is name<TAB>wnid.
+        header = lines[0][1] if lines else []
+        at = (
+            (header.index("name"), header.index("wnid"))
+            if {"name", "wnid"} <= set(header)
+            else None
+        )
+        for number, parts in lines[1:] if at else lines:
+            if at is not None and len(parts) == len(header):
+                rows.append((parts[at[0]], parts[at[1]]))
+            elif at is None and len(parts) == 2:
+                rows.append((parts[0], parts[1]))
+            else:
+                want, line = f"{len(header)} columns" if at else "'name<TAB>wnid'", "\t".join(parts)
+                raise InvalidArgument(f"{path} line {number} is not {want}: {line!r}")
     entries: list[NameEntry] = []
     for name, wnid in rows:
         if not isinstance(name, str) or not name.strip():
