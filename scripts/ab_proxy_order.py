@@ -17,9 +17,7 @@ The hub is the demo's (`mllgraph demo` or `hub build --experts 12`, seed 0).
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,29 +35,14 @@ def old_order(r: dict[str, Any]) -> tuple[int, float, str]:
 
 
 def main() -> int:
-    from mllgraph.eval import evalset, zeroshot
-    from mllgraph.eval.evaluate import LibraryPipeline
-    from mllgraph.eval.tasks import load_suite
-    from mllgraph.graph import db
-    from mllgraph.hub import registry
+    from fashion_ab import arguments, commit, suite_pipeline
+
     from mllgraph.select import probe_data
     from mllgraph.select import run as select_run
-    from mllgraph.settings import Settings
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--split", default="dev")
-    ap.add_argument("--budget", type=int, default=5)
-    ap.add_argument("--test-per-class", type=int, default=50)
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    settings = Settings.from_env()
-    suite = load_suite().half(args.split)
+    args = arguments()
     state: dict[str, Any] = {"mode": "new", "proxies": {}}
     today = probe_data.proxy_probes
-
     todays_order = probe_data.nearest_first
 
     def proxies(reads: Any, rows: list[dict[str, Any]], probe_rows: Any, k: int) -> Any:
@@ -73,13 +56,7 @@ def main() -> int:
 
     select_run.proxy_probes = proxies  # type: ignore[assignment]
     rows: list[dict[str, Any]] = []
-    with db.connect(settings) as graph:
-        images = evalset.eval_images(settings, args.test_per_class)
-        pipeline = LibraryPipeline(
-            graph, settings, evalset.LogitCache(graph, settings, images), store=False
-        )
-        builtins = tuple(registry.model_id(b, "1") for b in registry.BUILTINS)
-        models = (*zeroshot._fashion_ids(graph, 0, 12, "e1-m4000-p0"), *builtins)
+    with suite_pipeline(args.split, args.test_per_class) as (suite, pipeline, images, models):
         for task in suite.tasks:
             idx, labels = images.for_task(task)
             row: dict[str, Any] = {"task": task.name}
@@ -119,7 +96,7 @@ def main() -> int:
             "what": "MLL with the proxy probe sets chosen in the old order (deepest concept, "
             "ancestor or related alike) and the new (ancestors first); plans unstored",
             "command": " ".join(sys.argv),
-            "commit": commit,
+            "commit": commit(),
             "args": vars(args) | {"out": str(args.out)},
             "summary": summary,
             "rows": rows,

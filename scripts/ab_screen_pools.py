@@ -18,9 +18,7 @@ The hub is the demo's (`mllgraph demo` or `hub build --experts 12`, seed 0).
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,27 +31,13 @@ MODES = ("full", "noC", "noB")
 
 
 def main() -> int:
+    from fashion_ab import arguments, commit, suite_pipeline
+
     from mllgraph.combine import screen
-    from mllgraph.eval import evalset, zeroshot
-    from mllgraph.eval.evaluate import LibraryPipeline
-    from mllgraph.eval.tasks import load_suite
-    from mllgraph.graph import db
-    from mllgraph.hub import registry
     from mllgraph.select import stacked_choice
     from mllgraph.select.cache import FitCache
-    from mllgraph.settings import Settings
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--split", default="dev")
-    ap.add_argument("--budget", type=int, default=5)
-    ap.add_argument("--test-per-class", type=int, default=50)
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    settings = Settings.from_env()
-    suite = load_suite().half(args.split)
+    args = arguments()
     stacked_choice.FITS = FitCache(0)  # every fit timed
     greedy = screen.greedy_models
     state = {"mode": "full", "calls": 0}
@@ -66,14 +50,7 @@ def main() -> int:
 
     stacked_choice.feature_sets.greedy_models = screened  # type: ignore[attr-defined]
     rows: list[dict[str, Any]] = []
-    with db.connect(settings) as graph:
-        images = evalset.eval_images(settings, args.test_per_class)
-        # Plans unstored: each mode selects the same task again.
-        pipeline = LibraryPipeline(
-            graph, settings, evalset.LogitCache(graph, settings, images), store=False
-        )
-        builtins = tuple(registry.model_id(b, "1") for b in registry.BUILTINS)
-        models = (*zeroshot._fashion_ids(graph, 0, 12, "e1-m4000-p0"), *builtins)
+    with suite_pipeline(args.split, args.test_per_class) as (suite, pipeline, images, models):
         for task in suite.tasks:
             idx, labels = images.for_task(task)
             row: dict[str, Any] = {"task": task.name}
@@ -119,7 +96,7 @@ def main() -> int:
             "what": "the stacked choice's options: MLL, stacked-stage time and cost without "
             "the screen's cheap pool (noC) or all-model pool (noB); fit cache off",
             "command": " ".join(sys.argv),
-            "commit": commit,
+            "commit": commit(),
             "args": vars(args) | {"out": str(args.out)},
             "summary": summary,
             "rows": rows,
