@@ -17,7 +17,6 @@ The hub is the demo's (`mllgraph demo` or `hub build --experts 12`, seed 0).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ def old_order(r: dict[str, Any]) -> tuple[int, float, str]:
 
 
 def main() -> int:
-    from fashion_ab import arguments, commit, suite_pipeline
+    from fashion_ab import arguments, report, suite_pipeline
 
     from mllgraph.select import probe_data
     from mllgraph.select import run as select_run
@@ -89,19 +88,11 @@ def main() -> int:
             r["task"]: round(d, 2) for r, d in zip(rows, diffs, strict=True) if d
         },
     }
-    print(json.dumps(summary, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        out = {
-            "what": "MLL with the proxy probe sets chosen in the old order (deepest concept, "
-            "ancestor or related alike) and the new (ancestors first); plans unstored",
-            "command": " ".join(sys.argv),
-            "commit": commit(),
-            "args": vars(args) | {"out": str(args.out)},
-            "summary": summary,
-            "rows": rows,
-        }
-        args.out.write_text(json.dumps(out, indent=1))
+    what = (
+        "MLL with the proxy probe sets chosen in the old order (deepest concept, "
+        "ancestor or related alike) and the new (ancestors first); plans unstored"
+    )
+    report(args, what, summary, rows)
     return 0
 
 

@@ -18,7 +18,6 @@ The hub is the demo's (`mllgraph demo` or `hub build --experts 12`, seed 0).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ MODES = ("full", "noC", "noB")
 
 
 def main() -> int:
-    from fashion_ab import arguments, commit, suite_pipeline
+    from fashion_ab import arguments, report, suite_pipeline
 
     from mllgraph.combine import screen
     from mllgraph.select import stacked_choice
@@ -89,19 +88,11 @@ def main() -> int:
             ),
             "served_by_the_screen": sum(r[f"{mode}_served"] == "screen" for r in rows),
         }
-    print(json.dumps(summary, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        out = {
-            "what": "the stacked choice's options: MLL, stacked-stage time and cost without "
-            "the screen's cheap pool (noC) or all-model pool (noB); fit cache off",
-            "command": " ".join(sys.argv),
-            "commit": commit(),
-            "args": vars(args) | {"out": str(args.out)},
-            "summary": summary,
-            "rows": rows,
-        }
-        args.out.write_text(json.dumps(out, indent=1))
+    what = (
+        "the stacked choice's options: MLL, stacked-stage time and cost without "
+        "the screen's cheap pool (noC) or all-model pool (noB); fit cache off"
+    )
+    report(args, what, summary, rows)
     return 0
 
 

@@ -1,13 +1,16 @@
 """What the Fashion-suite side-by-side scripts (`ab_screen_pools.py`, `ab_proxy_order.py`)
-share: their arguments, the commit they ran at, and the in-process pipeline on the demo hub
-(`mllgraph demo` or `hub build --experts 12`, seed 0) that selects each task unstored and
-applies the plan to cached Fashion-MNIST test images exactly as inference does.
+share: their arguments, their report (with the commit they ran at), and the in-process
+pipeline on the demo hub (`mllgraph demo` or `hub build --experts 12`, seed 0) that selects
+each task unstored and applies the plan to cached Fashion-MNIST test images exactly as
+inference does.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,10 +26,23 @@ def arguments() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def commit() -> str:
-    return subprocess.run(
-        ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+def report(args: argparse.Namespace, what: str, summary: dict[str, Any], rows: list[Any]) -> None:
+    """Print the summary; with --out, write it with the rows, the command and the commit."""
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        out = {
+            "what": what,
+            "command": " ".join(sys.argv),
+            "commit": commit,
+            "args": vars(args) | {"out": str(args.out)},
+            "summary": summary,
+            "rows": rows,
+        }
+        args.out.write_text(json.dumps(out, indent=1))
 
 
 @contextmanager
