@@ -6,8 +6,9 @@ the context; "monkey face" is a monkey, its head naming a body part). Candidates
 matches of the whole name (a character-trigram index over the lexicon's compact lemma keys,
 then difflib), the lemmas of every sub-phrase (plurals too) weighted by the phrase's role (the
 head of an English compound is its last word) and the kinds of the head ("graduation cap" ->
-mortarboard); kept only when imageable and close enough in spelling or meaning (see
-`ScoreWeights`), then scored by the resolver in one decision against the whole name.
+mortarboard; "two-hump camel" -> the Bactrian camel, whose definition holds the modifiers);
+kept only when imageable and close enough in spelling or meaning (see `ScoreWeights`), then
+scored by the resolver in one decision against the whole name.
 `closest_lemmas` for error messages. Step 4 of `mllgraph.ground.resolve`'s docstring.
 
 `ApproximateMatching` is a mixin of `Resolver`: it uses the resolver's lexicon lookups
@@ -106,9 +107,11 @@ class ApproximateMatching:
         Candidates come from the whole name misspelt, from every sub-phrase that is a lemma
         (plurals too), each weighted by its role and its share of the name, and from the kinds
         of the head ("high-speed train" -> bullet train), which must match the whole name
-        clearly better than the head itself. Only imageable ones close in spelling or meaning
-        are kept; the resolver then scores them in one decision (the phrase's role, meaning
-        against the whole name, prior, context), recording each term (`APPROXIMATE_ROLES`)."""
+        clearly better than the head itself, or have a definition that holds the modifiers
+        ("two-hump camel": "two-humped"; the `defined` term, `ScoreWeights.approx_defined`).
+        Only imageable ones close in spelling or meaning are kept; the resolver then scores
+        them in one decision (the phrase's role, meaning against the whole name, prior,
+        context), recording each term (`APPROXIMATE_ROLES`)."""
         w = self.weights
         norm = " ".join(PAREN.sub(" ", normalise_name(plan.name)).split())
         parse = parse_name(norm, self._is_thing_word)
