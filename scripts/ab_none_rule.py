@@ -66,13 +66,12 @@ def _mean_iv(values: list[float], seed: int = 0) -> list[float]:
 
 
 def main() -> int:
-    from mllgraph.eval import emoji_none, emoji_suite, emoji_world, evalset
+    from emoji_ab import held_out_world
+
+    from mllgraph.eval import emoji_none
     from mllgraph.eval.none_study import logit_scorer, measure_task
     from mllgraph.graph import db
-    from mllgraph.graph.wordnet import load_nouns
     from mllgraph.ground.resolve import default_resolver
-    from mllgraph.hub import registry
-    from mllgraph.hubs.emoji import catalogue, split
     from mllgraph.plan import document as plan_doc
     from mllgraph.plan import request as plan_request
     from mllgraph.select import run as select_run
@@ -91,30 +90,16 @@ def main() -> int:
     commit = subprocess.run(
         ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    manifest = json.loads((settings.home / "emoji_eval/probes/manifest.json").read_text())
     with db.connect(settings) as graph:
-        suite, _ = emoji_world.groundable(settings, emoji_suite.load_suite(), print)
-        cat = catalogue.load(settings.emoji_cache)
-        wanted = suite.concepts()
-        rows = [r for r in split.read_concepts(emoji_world.CONCEPTS_FILE) if r.wnid in wanted]
-        style_split = split.split(HELD_OUT, (HELD_OUT, *manifest["probe_styles"]))
-        tasks = split.task_images(cat, rows, style_split, per_emoji=4, seed=0, side=224)
-        images = emoji_world.EmojiImages(
-            np.stack([t.image for t in tasks]), np.array([t.wnid for t in tasks], dtype=str)
-        )
-        models = tuple(
-            m["id"] for m in registry.list_models(graph) if not m["id"].startswith("fashion")
-        )
-        logits = evalset.LogitCache(graph, settings, images)  # type: ignore[arg-type]
+        world = held_out_world(settings, graph, HELD_OUT)
+        suite, images, models, logits = world.suite, world.images, world.models, world.logits
+        ancestors = world.ancestors
         for m in models:
             logits(m)
-        nouns = load_nouns(settings.wordnet_dir)
-        wnids = set(images.wnids.tolist()) | {w for t in suite.tasks for w in t.wnids}
-        ancestors = {w: nouns.with_ancestors(w) - {w} for w in wnids}
         resolver = default_resolver(settings)
         report: dict[str, Any] = {
-            "commit": commit, "held_out": HELD_OUT, "probe_styles": manifest["probe_styles"],
-            "probe_images": len(manifest["images"]), "task_images": len(tasks),
+            "commit": commit, "held_out": HELD_OUT, "probe_styles": world.probe_styles,
+            "probe_images": world.probe_images, "task_images": len(images.wnids),
             "models": list(models), "budget": args.budget, "rules": {},
         }  # fmt: skip
         for rule in RULES:

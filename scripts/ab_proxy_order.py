@@ -33,16 +33,15 @@ def old_order(r: dict[str, Any]) -> tuple[int, float, str]:
     return (-(r.get("via_depth") or 0), -r["score"], r["via"] or "")
 
 
-def main() -> int:
-    from fashion_ab import arguments, report, suite_pipeline
-
+def switch_proxy_order() -> dict[str, Any]:
+    """Make selection's proxy order switchable: the returned state's "mode" ("old" or "new")
+    picks the order for the next selection, which leaves the proxies it borrowed (class ->
+    concept) in its "proxies"."""
     from mllgraph.select import probe_data
     from mllgraph.select import run as select_run
 
-    args = arguments()
     state: dict[str, Any] = {"mode": "new", "proxies": {}}
-    today = probe_data.proxy_probes
-    todays_order = probe_data.nearest_first
+    today, todays_order = probe_data.proxy_probes, probe_data.nearest_first
 
     def proxies(reads: Any, rows: list[dict[str, Any]], probe_rows: Any, k: int) -> Any:
         probe_data.nearest_first = old_order if state["mode"] == "old" else todays_order
@@ -54,6 +53,14 @@ def main() -> int:
         return found
 
     select_run.proxy_probes = proxies  # type: ignore[assignment]
+    return state
+
+
+def main() -> int:
+    from fashion_ab import arguments, report, suite_pipeline
+
+    args = arguments()
+    state = switch_proxy_order()
     rows: list[dict[str, Any]] = []
     with suite_pipeline(args.split, args.test_per_class) as (suite, pipeline, images, models):
         for task in suite.tasks:

@@ -13,7 +13,6 @@ equal, in one process, on one hub prepared by `mllgraph bench zeroshot --world e
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,68 +24,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 MODES = ("old", "new")
 
 
-def old_order(r: dict[str, Any]) -> tuple[int, float, str]:
-    """The order before: the deepest concept first, ancestor or related alike."""
-    return (-(r.get("via_depth") or 0), -r["score"], r["via"] or "")
-
-
 def main() -> int:
+    from ab_proxy_order import switch_proxy_order
+    from emoji_ab import held_out_world
     from fashion_ab import report
 
-    from mllgraph.eval import emoji_none, emoji_suite, emoji_world, evalset
+    from mllgraph.eval import emoji_none
     from mllgraph.eval.none_study import logit_scorer, measure_task
     from mllgraph.graph import db
-    from mllgraph.graph.wordnet import load_nouns
     from mllgraph.ground.resolve import default_resolver
-    from mllgraph.hub import registry
-    from mllgraph.hubs.emoji import catalogue, split
     from mllgraph.plan import document as plan_doc
     from mllgraph.plan import request as plan_request
-    from mllgraph.select import probe_data, stacked_choice
     from mllgraph.select import run as select_run
+    from mllgraph.select import stacked_choice
     from mllgraph.settings import Settings
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    state: dict[str, Any] = {"mode": "new", "proxies": {}}
-    today, todays_order = probe_data.proxy_probes, probe_data.nearest_first
-
-    def proxies(reads: Any, rows: list[dict[str, Any]], probe_rows: Any, k: int) -> Any:
-        probe_data.nearest_first = old_order if state["mode"] == "old" else todays_order
-        try:
-            found = today(reads, rows, probe_rows, k)
-        finally:
-            probe_data.nearest_first = todays_order
-        state["proxies"] = {str(r["class_index"]): r["proxy"] for r in found}
-        return found
-
-    select_run.proxy_probes = proxies  # type: ignore[assignment]
+    state = switch_proxy_order()
     settings = Settings.from_env()
-    manifest = json.loads((settings.home / "emoji_eval/probes/manifest.json").read_text())
     rows_out: list[dict[str, Any]] = []
     with db.connect(settings) as graph:
-        suite, _ = emoji_world.groundable(settings, emoji_suite.load_suite(), print)
-        cat = catalogue.load(settings.emoji_cache)
-        wanted = suite.concepts()
-        rows = [r for r in split.read_concepts(emoji_world.CONCEPTS_FILE) if r.wnid in wanted]
-        style_split = split.split("twemoji", ("twemoji", *manifest["probe_styles"]))
-        tasks = split.task_images(cat, rows, style_split, per_emoji=4, seed=0, side=224)
-        images = emoji_world.EmojiImages(
-            np.stack([t.image for t in tasks]), np.array([t.wnid for t in tasks], dtype=str)
-        )
-        models = tuple(
-            m["id"] for m in registry.list_models(graph) if not m["id"].startswith("fashion")
-        )
-        logits = evalset.LogitCache(graph, settings, images)  # type: ignore[arg-type]
-        nouns = load_nouns(settings.wordnet_dir)
-        wnids = set(images.wnids.tolist()) | {w for t in suite.tasks for w in t.wnids}
-        ancestors = {w: nouns.with_ancestors(w) - {w} for w in wnids}
+        world = held_out_world(settings, graph, "twemoji")
+        images, models, logits = world.images, world.models, world.logits
         resolver = default_resolver(settings)
-        for task in suite.tasks:
+        for task in world.suite.tasks:
             row: dict[str, Any] = {"task": task.name, "split": task.split}
             inside, labels = images.for_task(task)
-            outside = emoji_none.negatives(images.wnids, task.wnids, ancestors)
+            outside = emoji_none.negatives(images.wnids, task.wnids, world.ancestors)
             for mode in MODES:
                 state["mode"] = mode
                 stacked_choice.FITS.clear()

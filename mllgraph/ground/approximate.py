@@ -126,6 +126,8 @@ class ApproximateMatching:
         # The name's own proper sub-phrases, each scored below as words rather than misspellings.
         phrases = {compact("".join(words[i:j])) for i, j in parse.phrases() if (i, j) != whole}
         cands: dict[str, Cand] = {}
+        # What the modifiers before a head phrase say, to be found in a reading's definition.
+        modified: dict[str, frozenset[str]] = {}  # candidate -> its head phrase's modifiers
 
         def add_concept(
             wnid: str, rank: int, sim: float, role: str, count: int = 0, prior: float = 1.0
@@ -136,11 +138,13 @@ class ApproximateMatching:
                     wnid, rank, False, 0, count=count, prior=prior, lexical=sim, role=role
                 )
 
-        def add(lemma: str, sim: float, role: str) -> None:
+        def add(lemma: str, sim: float, role: str, mods: frozenset[str] = frozenset()) -> None:
             # Every sense of the head ("ear" of "ear of corn" is its 5th); three of the others.
             senses = self._sense_priors(lemma)
             for rank, (wnid, count, prior) in enumerate(senses if role == "head" else senses[:3]):
                 add_concept(wnid, rank, sim, role, count, prior)
+                if mods:
+                    modified.setdefault(wnid, mods)
 
         def share(text: str) -> float:
             return len(compact(text)) / max(1, len(name_compact))
@@ -169,8 +173,6 @@ class ApproximateMatching:
         # head, the visual term and the meaning then decide.
         part_head = self._names_part_or_form(words[parse.head])
         heads: list[tuple[str, float, frozenset[str]]] = []
-        # What the modifiers before a head phrase say, to be found in a reading's definition.
-        modified: dict[str, frozenset[str]] = {}  # candidate -> its head phrase's modifiers
         for i, j in parse.phrases():
             phrase = "_".join(words[i:j])
             role = parse.role(i, j)
@@ -189,13 +191,13 @@ class ApproximateMatching:
             hits = self._spellings(phrase) + self._base_forms(phrase)
             # Only modifiers of the object name a kind of it ("graduation cap"), not its
             # context ("leaf fluttering in wind" is a leaf, of no particular kind).
-            mods = frozenset(stem(x) for x in words[:i] if x not in FUNCTION_WORDS)
+            mods = frozenset(
+                stem(x) for x in words[:i] if role == "head" and x not in FUNCTION_WORDS
+            )
             for lemma in hits:
-                add(lemma, weight, role)
-                if role == "head" and mods:
+                add(lemma, weight, role, mods)
+                if mods:
                     heads.append((lemma, weight, mods))
-                    for wnid, _, _ in self._sense_priors(lemma):
-                        modified.setdefault(wnid, mods)
             if not hits and j == i + 1 and len(phrase) >= 3 and role != "context":
                 for lemma, sim in self._fuzzy(compact(phrase), limit=3):
                     add(lemma, sim * weight, "spelling")  # one misspelt word
@@ -263,12 +265,11 @@ class ApproximateMatching:
 
     def _defined(self, wnid: str, modifiers: frozenset[str]) -> tuple[bool, float]:
         """(whether concept `wnid`'s definition or lemmas hold every one of `modifiers`
-        (stems), the share its lemmas hold)."""
+        (stems, at least one), the share its lemmas hold)."""
         synset = self.nouns.synsets[wnid]
         named = stems_of(" ".join(synset.lemmas))
         said = named | stems_of(synset.definition)
-        share = len(modifiers & named) / len(modifiers) if modifiers else 0.0
-        return bool(modifiers) and modifiers <= said, share
+        return modifiers <= said, len(modifiers & named) / len(modifiers)
 
     def _is_thing_word(self, key: str) -> bool:
         """Whether lemma key `key` (or its singular) has an imageable sense, for `parse_name`:
